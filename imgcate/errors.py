@@ -1,0 +1,39 @@
+"""Errors and warnings raised by imgcate.
+
+Every error subclasses :class:`ImgcateError`; each message names the offending input and
+says how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class ImgcateError(Exception):
+    """Base class of every error imgcate raises on purpose."""
+
+
+class InputError(ImgcateError, ValueError):
+    """A user-supplied table, array or option is invalid."""
+
+
+class RasterError(ImgcateError, ValueError):
+    """A raster cannot be read or does not fit the request (CRS, extent, bands, nodata)."""
+
+
+class FitError(ImgcateError, RuntimeError):
+    """A model cannot be fitted or a fitted object cannot be used as asked."""
+
+
+class OutputExistsError(ImgcateError, FileExistsError):
+    """An output file exists and overwriting was not requested."""
+
+
+class ConvergenceWarning(UserWarning):
+    """MCMC or optimisation diagnostics are poor (R-hat, ESS, divergences)."""
+
+
+class OverlapWarning(UserWarning):
+    """Propensity scores come close to 0 or 1, so weights are extreme."""
+
+
+class ExtrapolationWarning(UserWarning):
+    """Predictions are requested for embeddings far from the trial's."""
