@@ -1,0 +1,507 @@
+"""The fitted effect-cluster model: effects, intervals, prediction, diagnostics, save/load."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+import zipfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy import stats as sps
+
+from imgcate.embed import Embeddings
+from imgcate.errors import ConvergenceWarning, FitError, InputError, OutputExistsError
+from imgcate.fit import FitConfig, Standardizer
+from imgcate.model import membership_logits
+
+FORMAT_VERSION = 1
+#: Parameters whose convergence is checked (raw non-centred weights are not reported).
+CHECKED = ("alpha", "beta", "tau_cluster", "sigma", "membership_intercept", "membership_scale",
+           "gamma_scale", "ate", "cluster_share", "nu", "stratum_sd", "group_sd")
+
+
+def interval_names(prob: float) -> tuple[str, str]:
+    """Column names of a central interval, by percentile: 0.9 -> ("5%", "95%")."""
+    _check_prob(prob)
+    lo = 100 * (1 - prob) / 2
+    return f"{lo:g}%", f"{100 - lo:g}%"
+
+
+def _check_prob(prob: float) -> None:
+    if not 0 < prob < 1:
+        raise InputError(f"prob={prob} must be between 0 and 1 (e.g. 0.9 for a 90% interval).")
+
+
+def _quantiles(draws: np.ndarray, prob: float, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    lo = (1 - prob) / 2
+    q = np.quantile(draws, [lo, 1 - lo], axis=axis)
+    return q[0], q[1]
+
+
+def _flat(values: np.ndarray) -> np.ndarray:
+    """(chain, draw, ...) -> (sample, ...)."""
+    return values.reshape((-1,) + values.shape[2:])
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Posterior draws of effects for a set of images (in or out of the trial).
+
+    Attributes
+    ----------
+    image_ids : ndarray (image,)
+    cate : ndarray (sample, image)
+        Conditional average treatment effect on the outcome scale.
+    cluster_prob : ndarray (sample, image, cluster)
+    extrapolation : ndarray (image,)
+        Mahalanobis distance of each embedding from the trial's embeddings (model scale).
+    support_limit : float
+        99th percentile of the trial units' own distances; beyond it an image is flagged.
+    """
+
+    image_ids: np.ndarray
+    cate: np.ndarray
+    cluster_prob: np.ndarray
+    extrapolation: np.ndarray
+    support_limit: float
+
+    @property
+    def outside_support(self) -> np.ndarray:
+        """True where the embedding lies beyond the trial's support (extrapolation)."""
+        return self.extrapolation > self.support_limit
+
+    def to_frame(self, prob: float = 0.9) -> pd.DataFrame:
+        """One row per image: CATE mean, sd, interval, P(CATE > 0), cluster probabilities."""
+        lo_name, hi_name = interval_names(prob)
+        lo, hi = _quantiles(self.cate, prob)
+        out = pd.DataFrame({
+            "image": self.image_ids,
+            "tau_mean": self.cate.mean(0),
+            "tau_sd": self.cate.std(0),
+            f"tau_{lo_name}": lo,
+            f"tau_{hi_name}": hi,
+            "prob_positive": (self.cate > 0).mean(0),
+        })
+        for k in range(self.cluster_prob.shape[-1]):
+            out[f"cluster_prob_{k}"] = self.cluster_prob[:, :, k].mean(0)
+        out["extrapolation"] = self.extrapolation
+        out["outside_support"] = self.outside_support
+        return out
+
+
+@dataclass(frozen=True)
+class EffectFit:
+    """Result of :func:`imgcate.fit`: the posterior and everything needed to predict.
+
+    Attributes
+    ----------
+    idata : arviz.InferenceData
+        Groups posterior, log_likelihood, sample_stats, observed_data (outcome on the model
+        scale) and constant_data (embedding, treatment, covariates on the model scale).
+        ``posterior.tau_cluster`` and ``posterior.ate`` are on the outcome's original scale
+        (log-odds for ``tau_cluster`` with a Bernoulli outcome; ``ate`` is then a risk difference).
+    config : FitConfig
+    standardizer : Standardizer
+    encoder : object, optional
+        Encoder that embedded the trial's chips (reused by :meth:`predict` on new chips).
+    """
+
+    idata: az.InferenceData
+    config: FitConfig
+    standardizer: Standardizer
+    encoder: Any = None
+
+    # ------------------------------------------------------------------ internals
+    def _param(self, name: str) -> np.ndarray | None:
+        post = self.idata.posterior
+        return _flat(post[name].values) if name in post else None
+
+    @property
+    def n_clusters(self) -> int:
+        """Number of effect clusters K."""
+        return self.config.n_clusters
+
+    @property
+    def unit_ids(self) -> np.ndarray:
+        """Ids of the trial's units."""
+        return self.idata.constant_data["unit"].values
+
+    def _baseline(self, embedding: np.ndarray, covariates: np.ndarray | None,
+                  rows: slice | None = None) -> np.ndarray:
+        """Baseline mu0 on the model scale, (sample, unit); covariates None means at their mean."""
+        base = self._param("alpha")[:, None] + self._param("gamma") @ embedding.T
+        if covariates is not None and covariates.shape[1]:
+            base = base + self._param("beta") @ covariates.T
+        if rows is not None:
+            const = self.idata.constant_data
+            for name in ("stratum", "group"):
+                if name in const:
+                    codes = const[name].values[rows]
+                    base = base + (self._param(f"{name}_sd")[:, None]
+                                   * self._param(f"{name}_raw")[:, codes])
+        return base
+
+    def _cluster_prob(self, embedding: np.ndarray) -> np.ndarray:
+        """(sample, unit, cluster) membership probabilities for model-scale embeddings."""
+        n_samples = self._param("alpha").shape[0]
+        if self.n_clusters == 1:
+            return np.ones((n_samples, len(embedding), 1))
+        logits = membership_logits(
+            jnp.asarray(embedding), jnp.asarray(self._param("membership_intercept")),
+            jnp.asarray(self._param("membership")),
+        )
+        return np.asarray(jax.nn.softmax(logits, axis=-1))
+
+    def _cate(self, prob: np.ndarray, base: np.ndarray | None) -> np.ndarray:
+        """(sample, unit) CATE on the original scale from cluster probabilities."""
+        tau = self._param("tau")
+        if self.config.likelihood == "bernoulli":
+            from scipy.special import expit
+
+            diff = expit(base[:, :, None] + tau[:, None, :]) - expit(base)[:, :, None]
+            return (prob * diff).sum(-1)
+        return (prob * tau[:, None, :]).sum(-1) * self.standardizer.outcome_sd
+
+    def _in_sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """In-sample cluster probabilities, CATE draws and responsibilities."""
+        const = self.idata.constant_data
+        emb = const["embedding"].values
+        prob = self._cluster_prob(emb)
+        base = self._baseline(emb, const["covariates"].values, rows=slice(None))
+        cate = self._cate(prob, base)
+        resp = self._responsibilities(prob, base)
+        return prob, cate, resp
+
+    def _responsibilities(self, prob: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """Posterior cluster probabilities given the outcome too, (unit, cluster)."""
+        loglik = self._component_loglik(base)
+        logw = np.log(np.clip(prob, 1e-300, None)) + loglik
+        logw -= logw.max(-1, keepdims=True)
+        w = np.exp(logw)
+        return (w / w.sum(-1, keepdims=True)).mean(0)
+
+    def _component_loglik(self, base: np.ndarray) -> np.ndarray:
+        y = self.idata.observed_data["outcome"].values
+        t = self.idata.constant_data["treatment"].values
+        loc = base[:, :, None] + t[None, :, None] * self._param("tau")[:, None, :]
+        if self.config.likelihood == "bernoulli":
+            return sps.bernoulli.logpmf(y[None, :, None], 1 / (1 + np.exp(-loc)))
+        scale = self._param("sigma")[:, t][:, :, None]
+        if self.config.likelihood == "student_t":
+            return sps.t.logpdf(y[None, :, None], self._param("nu")[:, None, None], loc, scale)
+        return sps.norm.logpdf(y[None, :, None], loc, scale)
+
+    def with_derived(self) -> EffectFit:
+        """Add derived posterior variables (original scale); used once by :func:`fit`."""
+        post = self.idata.posterior
+        n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
+        shape = (n_chain, n_draw)
+        derived = {
+            "gamma": post["gamma_scale"] * post["gamma_raw"],
+        }
+        if self.n_clusters > 1:
+            derived["membership"] = post["membership_scale"] * post["membership_raw"]
+        scale = 1.0 if self.config.likelihood == "bernoulli" else self.standardizer.outcome_sd
+        derived["tau_cluster"] = post["tau"] * scale
+        idata = self.idata.copy()
+        idata.posterior = post.assign(derived)
+        staged = replace(self, idata=idata)
+        prob, cate, _ = staged._in_sample()
+        share = prob.mean(1).reshape(shape + (self.n_clusters,))
+        ate = cate.mean(1).reshape(shape)
+        idata.posterior = idata.posterior.assign(
+            cluster_share=(("chain", "draw", "cluster"), share),
+            ate=(("chain", "draw"), ate),
+        )
+        return staged
+
+    # ------------------------------------------------------------------ diagnostics
+    def diagnostics(self) -> pd.DataFrame:
+        """R-hat, bulk/tail ESS of the reported parameters, and the number of divergences."""
+        names = [v for v in CHECKED if v in self.idata.posterior]
+        table = az.summary(self.idata, var_names=names, kind="diagnostics")
+        return table
+
+    def check_convergence(self) -> list[str]:
+        """Warn (ConvergenceWarning) about R-hat > 1.01, low ESS or divergences; return them."""
+        problems = []
+        stats = self.idata.get("sample_stats")
+        if stats is not None and "diverging" in stats:
+            n_div = int(stats["diverging"].values.sum())
+            if n_div:
+                problems.append(f"{n_div} divergent transitions (raise target_accept)")
+        n_chains = self.idata.posterior.sizes["chain"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            table = self.diagnostics()
+        if n_chains > 1:
+            bad = table[table["r_hat"] > 1.01]
+            if len(bad):
+                problems.append(f"R-hat > 1.01 for {list(bad.index[:5])} (run longer or more "
+                                "chains; a label or mode problem if it persists)")
+        low = table[table["ess_bulk"] < 100 * n_chains]
+        if len(low):
+            problems.append(f"bulk ESS below {100 * n_chains} for {list(low.index[:5])} "
+                            "(raise num_samples)")
+        for message in problems:
+            warnings.warn(f"imgcate fit: {message}.", ConvergenceWarning, stacklevel=3)
+        return problems
+
+    # ------------------------------------------------------------------ tables
+    def cluster_effects(self, prob: float = 0.9) -> pd.DataFrame:
+        """Effect and share of each cluster with central intervals (original scale).
+
+        Returns
+        -------
+        DataFrame
+            One row per cluster: ``tau_mean``, ``tau_sd``, interval columns named by percentile,
+            ``share_mean`` (average membership probability).
+        """
+        lo_name, hi_name = interval_names(prob)
+        tau = _flat(self.idata.posterior["tau_cluster"].values)
+        share = _flat(self.idata.posterior["cluster_share"].values)
+        lo, hi = _quantiles(tau, prob)
+        return pd.DataFrame({
+            "cluster": np.arange(self.n_clusters),
+            "tau_mean": tau.mean(0), "tau_sd": tau.std(0),
+            f"tau_{lo_name}": lo, f"tau_{hi_name}": hi,
+            "share_mean": share.mean(0),
+        }).set_index("cluster")
+
+    def unit_effects(self, prob: float = 0.9) -> pd.DataFrame:
+        """Unit CATE with intervals, cluster probabilities and responsibilities.
+
+        ``cluster_prob_k`` is P(cluster k | image) (what :meth:`predict` gives for new images);
+        ``responsibility_k`` also uses the unit's observed outcome.
+        """
+        lo_name, hi_name = interval_names(prob)
+        cluster_prob, cate, resp = self._in_sample()
+        lo, hi = _quantiles(cate, prob)
+        out = pd.DataFrame({
+            "unit": self.unit_ids,
+            "tau_mean": cate.mean(0), "tau_sd": cate.std(0),
+            f"tau_{lo_name}": lo, f"tau_{hi_name}": hi,
+            "prob_positive": (cate > 0).mean(0),
+        })
+        mean_prob = cluster_prob.mean(0)
+        for k in range(self.n_clusters):
+            out[f"cluster_prob_{k}"] = mean_prob[:, k]
+        for k in range(self.n_clusters):
+            out[f"responsibility_{k}"] = resp[:, k]
+        out["cluster"] = resp.argmax(1)
+        return out
+
+    def ate(self, prob: float = 0.9) -> pd.DataFrame:
+        """The model-implied ATE beside the design-based difference in means.
+
+        Both should agree in a randomized trial; a gap points at a misspecified model.
+        The difference in means uses a Neyman (unequal-variance) standard error and a normal
+        interval.
+        """
+        lo_name, hi_name = interval_names(prob)
+        draws = _flat(self.idata.posterior["ate"].values)
+        lo, hi = _quantiles(draws, prob)
+        y = self.idata.observed_data["outcome"].values * self.standardizer.outcome_sd
+        y = y + self.standardizer.outcome_mean
+        t = self.idata.constant_data["treatment"].values
+        diff = y[t == 1].mean() - y[t == 0].mean()
+        se = np.sqrt(y[t == 1].var(ddof=1) / (t == 1).sum() + y[t == 0].var(ddof=1) / (t == 0).sum())
+        z = sps.norm.ppf(0.5 + prob / 2)
+        return pd.DataFrame({
+            "estimator": ["model_implied", "difference_in_means"],
+            "estimate": [draws.mean(), diff],
+            "std_err": [draws.std(), se],
+            lo_name: [lo, diff - z * se],
+            hi_name: [hi, diff + z * se],
+        }).set_index("estimator")
+
+    def tidy(self, prob: float = 0.9) -> pd.DataFrame:
+        """Headline estimates as a tidy table: cluster effects, cluster shares, ATE.
+
+        Columns ``term``, ``estimate`` (posterior mean), ``std_err`` (posterior sd) and the
+        interval bounds named by percentile.
+        """
+        lo_name, hi_name = interval_names(prob)
+        rows = []
+        post = self.idata.posterior
+        for name, label in (("tau_cluster", "tau_cluster"), ("cluster_share", "cluster_share")):
+            draws = _flat(post[name].values)
+            lo, hi = _quantiles(draws, prob)
+            for k in range(self.n_clusters):
+                rows.append((f"{label}[{k}]", draws[:, k].mean(), draws[:, k].std(), lo[k], hi[k]))
+        draws = _flat(post["ate"].values)
+        lo, hi = _quantiles(draws, prob)
+        rows.append(("ate", draws.mean(), draws.std(), lo, hi))
+        return pd.DataFrame(rows, columns=["term", "estimate", "std_err", lo_name, hi_name])
+
+    def summary(self, prob: float = 0.9) -> str:
+        """A printable summary: settings, cluster effects, ATE check, diagnostics."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            diag = self.diagnostics()
+        n_div = 0
+        if "sample_stats" in self.idata and "diverging" in self.idata.sample_stats:
+            n_div = int(self.idata.sample_stats["diverging"].values.sum())
+        lines = [
+            f"imgcate effect-cluster fit: K={self.n_clusters}, likelihood={self.config.likelihood},"
+            f" method={self.config.method}, units={len(self.unit_ids)}, "
+            f"features={self.idata.constant_data.sizes['feature']}",
+            "",
+            "Cluster effects (original outcome scale):",
+            self.cluster_effects(prob).to_string(float_format=lambda v: f"{v:.3f}"),
+            "",
+            "Average treatment effect:",
+            self.ate(prob).to_string(float_format=lambda v: f"{v:.3f}"),
+            "",
+            f"Diagnostics: max R-hat {diag['r_hat'].max():.3f}, min bulk ESS "
+            f"{diag['ess_bulk'].min():.0f}, divergences {n_div}",
+        ]
+        return "\n".join(lines)
+
+    def loo(self) -> az.ELPDData:
+        """PSIS-LOO of the fit (ArviZ)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return az.loo(self.idata, pointwise=True)
+
+    # ------------------------------------------------------------------ prediction
+    def _support(self) -> tuple[np.ndarray, np.ndarray, float]:
+        emb = self.idata.constant_data["embedding"].values
+        mean = emb.mean(0)
+        cov = np.cov(emb, rowvar=False) + 1e-6 * np.eye(emb.shape[1])
+        prec = np.linalg.inv(np.atleast_2d(cov))
+        dist = np.sqrt(np.einsum("ij,jk,ik->i", emb - mean, prec, emb - mean))
+        return mean, prec, float(np.quantile(dist, 0.99))
+
+    def predict(self, embeddings: Embeddings | np.ndarray | Any, *, max_draws: int | None = None,
+                seed: int = 0) -> Prediction:
+        """Posterior predictive CATE and cluster probabilities for new images.
+
+        Parameters
+        ----------
+        embeddings : Embeddings, ndarray (image, feature) or Chips
+            Raw embeddings (as passed to :func:`fit`), or chips, which are embedded with the
+            fit's encoder exactly as the trial's chips were.
+        max_draws : int, optional
+            Use a random subset of this many posterior draws (faster maps).
+        seed : int
+            Seed of that subset.
+
+        Returns
+        -------
+        Prediction
+            Draws of CATE (sample, image) and cluster probabilities (sample, image, cluster),
+            and an extrapolation score per image.
+        """
+        values, ids = self._raw_embeddings(embeddings)
+        emb = self.standardizer.embedding(values)
+        prob = self._cluster_prob(emb)
+        base = self._baseline(emb, None) if self.config.likelihood == "bernoulli" else None
+        cate = self._cate(prob, base)
+        if max_draws is not None and max_draws < len(cate):
+            rows = np.sort(np.random.default_rng(seed).choice(len(cate), max_draws, replace=False))
+            cate, prob = cate[rows], prob[rows]
+        mean, prec, limit = self._support()
+        dist = np.sqrt(np.einsum("ij,jk,ik->i", emb - mean, prec, emb - mean))
+        return Prediction(image_ids=ids, cate=cate, cluster_prob=prob, extrapolation=dist,
+                          support_limit=limit)
+
+    def _raw_embeddings(self, new: Any) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(new, Embeddings):
+            return new.values, new.image_ids
+        if hasattr(new, "values") and np.ndim(new.values) >= 4:
+            if self.encoder is None:
+                raise FitError("this fit has no encoder; pass embeddings instead of chips.")
+            return np.asarray(self.encoder.transform(new)), np.asarray(new.image_ids)
+        values = np.asarray(new, dtype=float)
+        if values.ndim != 2:
+            raise InputError(f"embeddings must be (image, feature), got shape {values.shape}.")
+        return values, np.arange(len(values))
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Save to one file (a zip archive) holding everything needed to predict later.
+
+        Written to a temporary name and renamed, so a failure leaves no half-written file.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise OutputExistsError(f"{path} exists; pass overwrite=True to replace it.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            with tempfile.TemporaryDirectory() as workdir:
+                nc = Path(workdir) / "idata.nc"
+                self.idata.to_netcdf(str(nc), engine="h5netcdf")
+                with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+                    zf.write(nc, "idata.nc")
+                    meta = {"format_version": FORMAT_VERSION, "config": asdict(self.config)}
+                    zf.writestr("meta.json", json.dumps(meta, indent=2))
+                    zf.writestr("standardizer.npz", _npz_bytes(asdict(self.standardizer)))
+                    if self.encoder is not None:
+                        config, arrays = self.encoder.get_state()
+                        zf.writestr("encoder.json", json.dumps(config))
+                        zf.writestr("encoder.npz", _npz_bytes(arrays))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return path
+
+
+def _npz_bytes(arrays: dict[str, Any]) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    return buf.getvalue()
+
+
+def load_fit(path: str | Path) -> EffectFit:
+    """Load a fit written by :meth:`EffectFit.save`.
+
+    Raises
+    ------
+    InputError
+        If the file is missing, not an imgcate fit, or corrupt.
+    """
+    import io
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"fit file {str(path)!r} does not exist.")
+    try:
+        with zipfile.ZipFile(path) as zf, tempfile.TemporaryDirectory() as workdir:
+            meta = json.loads(zf.read("meta.json"))
+            zf.extract("idata.nc", workdir)
+            idata = az.from_netcdf(str(Path(workdir) / "idata.nc"), engine="h5netcdf")
+            idata.load()
+            arrays = np.load(io.BytesIO(zf.read("standardizer.npz")))
+            std = Standardizer(**{k: (float(v) if v.ndim == 0 else v) for k, v in arrays.items()})
+            encoder = None
+            if "encoder.json" in zf.namelist():
+                from imgcate.embed import encoder_from_state
+
+                enc_arrays = dict(np.load(io.BytesIO(zf.read("encoder.npz"))))
+                encoder = encoder_from_state(json.loads(zf.read("encoder.json")), enc_arrays)
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
+        raise InputError(
+            f"{str(path)!r} is not a readable imgcate fit file ({type(exc).__name__}: {exc}); "
+            "write it again with EffectFit.save()."
+        ) from exc
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{str(path)!r} has fit format {meta.get('format_version')}; "
+                         f"this imgcate reads format {FORMAT_VERSION}.")
+    config = FitConfig(**meta["config"])
+    return EffectFit(idata=idata, config=config, standardizer=std, encoder=encoder)
