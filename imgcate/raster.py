@@ -1,0 +1,493 @@
+"""Image chips: windowed raster reads centred on each unit, with explicit edge and nodata handling.
+
+A :class:`Chips` holds one chip per distinct image (units that share an ``image_id``, or that sit
+at the same location, share one chip) and the index from units to chips.
+
+Sequences (several dates) are stored in one :class:`Chips` whose ``values`` have shape
+(date, image, band, y, x) and whose ``dates`` name the dates; every date holds the same images
+in the same order, so ``unit_image`` applies to each date.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rasterio
+from affine import Affine
+from rasterio.io import DatasetReader
+from rasterio.windows import Window
+
+from imgcate._validate import check_choice
+from imgcate.errors import InputError, RasterError
+from imgcate.units import Trial
+
+SizeUnit = Literal["px", "m"]
+OnEdge = Literal["error", "pad", "drop"]
+SIZE_UNITS = ("px", "m")
+ON_EDGE = ("error", "pad", "drop")
+
+
+@dataclass(frozen=True)
+class Chips:
+    """Image chips, one per distinct image, and the index from units to chips.
+
+    Attributes
+    ----------
+    values : numpy.ndarray
+        float32, shape (image, band, y, x); for sequences (date, image, band, y, x).
+    image_ids : numpy.ndarray
+        Shape (image,): the image key of each chip (the first unit key that uses it).
+    unit_image : numpy.ndarray
+        int, shape (unit,): the chip (row of ``values``) each kept unit looks at.
+    transforms : tuple of affine.Affine or None
+        The geotransform of each chip (for sequences, those of the first date), or None for
+        in-memory chips.
+    crs : rasterio.crs.CRS or None
+        CRS of the chips (of the first date for sequences).
+    band_names : tuple of str
+        One name per band.
+    dates : tuple or None
+        Date labels of a sequence; None for a single date.
+    unit_ids : numpy.ndarray
+        Shape (unit,): ids of the units kept (all units unless ``on_edge="drop"`` removed some).
+    unit_keys : numpy.ndarray
+        Shape (unit,): image key (``trial.image_keys``) of each kept unit.
+    kept : numpy.ndarray
+        bool, shape (n_units of the trial,): which trial units were kept; subset the trial with
+        ``trial.subset(chips.kept)`` after ``on_edge="drop"``.
+    padded : numpy.ndarray
+        bool, shape (image,): chips whose edge or nodata pixels were filled (``on_edge="pad"``).
+    dropped_units : numpy.ndarray
+        Ids of the units dropped by ``on_edge="drop"`` (empty otherwise).
+    """
+
+    values: np.ndarray
+    image_ids: np.ndarray
+    unit_image: np.ndarray
+    transforms: tuple[Affine, ...] | None = None
+    crs: Any = None
+    band_names: tuple[str, ...] = ()
+    dates: tuple | None = None
+    unit_ids: np.ndarray | None = None
+    unit_keys: np.ndarray | None = None
+    kept: np.ndarray | None = None
+    padded: np.ndarray | None = None
+    dropped_units: np.ndarray = field(default_factory=lambda: np.array([]))
+
+    def __post_init__(self) -> None:
+        values = np.asarray(self.values, dtype=np.float32)
+        want = 5 if self.dates is not None else 4
+        if values.ndim != want:
+            dims = "(date, image, band, y, x)" if want == 5 else "(image, band, y, x)"
+            raise InputError(f"chip values must have shape {dims}, got {values.shape}.")
+        n_img = values.shape[-4]
+        ids = np.asarray(self.image_ids)
+        if len(ids) != n_img:
+            raise InputError(f"chips hold {n_img} images but {len(ids)} image ids.")
+        if self.dates is not None and len(self.dates) != values.shape[0]:
+            raise InputError(f"chips hold {values.shape[0]} dates but {len(self.dates)} labels.")
+        unit_image = np.asarray(self.unit_image, dtype=np.int64)
+        if unit_image.size and (unit_image.min() < 0 or unit_image.max() >= n_img):
+            raise InputError("unit_image points outside the chips; it must index rows of values.")
+        names = tuple(self.band_names) or tuple(f"band_{i + 1}" for i in range(values.shape[-3]))
+        if len(names) != values.shape[-3]:
+            raise InputError(f"{len(names)} band names for {values.shape[-3]} bands.")
+        defaults = {
+            "unit_ids": np.arange(len(unit_image)) if self.unit_ids is None else self.unit_ids,
+            "unit_keys": ids[unit_image] if self.unit_keys is None else self.unit_keys,
+            "kept": np.ones(len(unit_image), bool) if self.kept is None else self.kept,
+            "padded": np.zeros(n_img, bool) if self.padded is None else self.padded,
+        }
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "image_ids", ids)
+        object.__setattr__(self, "unit_image", unit_image)
+        object.__setattr__(self, "band_names", names)
+        for name, value in defaults.items():
+            object.__setattr__(self, name, np.asarray(value))
+
+    @property
+    def n_images(self) -> int:
+        """Number of distinct chips."""
+        return self.values.shape[-4]
+
+    @property
+    def n_bands(self) -> int:
+        """Number of bands."""
+        return self.values.shape[-3]
+
+    @property
+    def is_sequence(self) -> bool:
+        """Whether the chips hold several dates."""
+        return self.dates is not None
+
+    def date(self, index: int) -> Chips:
+        """The chips of one date of a sequence, as single-date :class:`Chips`."""
+        if not self.is_sequence:
+            raise InputError("these chips hold a single date; date() needs a sequence.")
+        return Chips(
+            values=self.values[index], image_ids=self.image_ids, unit_image=self.unit_image,
+            transforms=self.transforms, crs=self.crs, band_names=self.band_names,
+            unit_ids=self.unit_ids, unit_keys=self.unit_keys, kept=self.kept,
+            padded=self.padded, dropped_units=self.dropped_units,
+        )
+
+    def for_units(self) -> np.ndarray:
+        """Chip values per kept unit, shape (unit, band, y, x) (or with a leading date axis)."""
+        return self.values[..., self.unit_image, :, :, :]
+
+
+def chips_from_array(
+    values: Any,
+    image_ids: Any = None,
+    *,
+    band_names: Sequence[str] | None = None,
+    dates: Sequence | None = None,
+) -> Chips:
+    """Wrap an in-memory array as :class:`Chips` (one unit per image).
+
+    Parameters
+    ----------
+    values : array_like
+        Shape (image, band, y, x), or (date, image, band, y, x) when ``dates`` is given.
+    image_ids : array_like, optional
+        Shape (image,); defaults to 0..n-1.
+    band_names : sequence of str, optional
+    dates : sequence, optional
+        Date labels of a sequence.
+
+    Returns
+    -------
+    Chips
+        With ``transforms=None`` and ``crs=None``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> chips_from_array(np.zeros((3, 4, 8, 8)), ["a", "b", "c"]).n_images
+    3
+    """
+    arr = np.asarray(values, dtype=np.float32)
+    if arr.ndim != (5 if dates is not None else 4):
+        raise InputError(
+            f"values has shape {arr.shape}; give (image, band, y, x), or (date, image, band, y, x) "
+            "with dates=."
+        )
+    if not np.isfinite(arr).all():
+        raise InputError("chip values hold NaN or infinite pixels; fill or drop them first.")
+    n = arr.shape[-4]
+    ids = np.arange(n) if image_ids is None else np.asarray(image_ids)
+    if pd.Index(ids).has_duplicates:
+        raise InputError("image_ids has duplicates; give each chip its own id.")
+    return Chips(
+        values=arr, image_ids=ids, unit_image=np.arange(n), band_names=tuple(band_names or ()),
+        dates=None if dates is None else tuple(dates), unit_ids=ids, unit_keys=ids,
+    )
+
+
+def _open(raster: Any) -> tuple[DatasetReader, bool]:
+    """An open dataset and whether we opened it (so must close it)."""
+    if isinstance(raster, DatasetReader):
+        if raster.closed:
+            raise RasterError(f"raster {raster.name!r} is closed; pass an open dataset or a path.")
+        return raster, False
+    if not isinstance(raster, str | Path):
+        raise InputError(
+            f"raster must be a path or an open rasterio dataset, got {type(raster).__name__}."
+        )
+    path = Path(raster)
+    if not path.exists() and "://" not in str(raster):
+        raise RasterError(f"raster {str(raster)!r} does not exist; check the path.")
+    try:
+        return rasterio.open(raster), True
+    except rasterio.errors.RasterioError as exc:
+        raise RasterError(
+            f"raster {str(raster)!r} could not be opened ({exc}); check that it is a valid "
+            "GeoTIFF/VRT (re-download or re-export it, e.g. with gdal_translate)."
+        ) from exc
+
+
+def _ids_text(ids: np.ndarray, limit: int = 8) -> str:
+    shown = np.asarray(ids)[:limit].tolist()
+    more = f" and {len(ids) - limit} more" if len(ids) > limit else ""
+    return f"{shown}{more}"
+
+
+def _band_indexes(ds: DatasetReader, bands: Sequence[int | str] | None) -> list[int]:
+    if bands is None:
+        return list(range(1, ds.count + 1))
+    names = list(ds.descriptions)
+    out = []
+    for band in bands:
+        if isinstance(band, str):
+            if band not in names:
+                raise InputError(
+                    f"band {band!r} is not among the band names {names} of raster {ds.name!r}; "
+                    "pass 1-based band numbers or one of those names."
+                )
+            out.append(names.index(band) + 1)
+        elif isinstance(band, int | np.integer) and 1 <= band <= ds.count:
+            out.append(int(band))
+        else:
+            raise InputError(
+                f"band {band!r} is not a band of raster {ds.name!r} (1..{ds.count}); bands are "
+                "1-based as in rasterio."
+            )
+    return out
+
+
+def _chip_shape(ds: DatasetReader, size: float | tuple, size_unit: str) -> tuple[int, int]:
+    sy, sx = (size, size) if np.isscalar(size) else tuple(size)
+    if size_unit == "m":
+        if ds.crs is None or not ds.crs.is_projected:
+            raise InputError(
+                f"size_unit='m' needs a projected raster, but {ds.name!r} has CRS {ds.crs}; "
+                "give the size in pixels (size_unit='px') or reproject the raster."
+            )
+        sy, sx = sy / abs(ds.transform.e), sx / abs(ds.transform.a)
+    h, w = int(round(float(sy))), int(round(float(sx)))
+    if h < 1 or w < 1:
+        raise InputError(f"size={size!r} {size_unit} gives an empty chip; use a larger size.")
+    return h, w
+
+
+@dataclass
+class _Read:
+    values: np.ndarray  # (image, band, y, x) float32
+    missing: np.ndarray  # (image, y, x) bool: outside the raster or nodata
+    transforms: tuple[Affine, ...]
+    crs: Any
+    band_names: tuple[str, ...]
+
+
+def _read_windows(
+    ds: DatasetReader,
+    x: np.ndarray,
+    y: np.ndarray,
+    shape: tuple[int, int],
+    indexes: list[int],
+    scale: float | Sequence[float] | None,
+) -> _Read:
+    """One windowed read per chip centred on (x, y) in the raster CRS."""
+    h, w = shape
+    rows, cols = rasterio.transform.rowcol(ds.transform, x, y)
+    row_off = np.asarray(rows) - h // 2
+    col_off = np.asarray(cols) - w // 2
+    n = len(x)
+    values = np.zeros((n, len(indexes), h, w), np.float32)
+    missing = np.ones((n, h, w), bool)
+    transforms = []
+    for i in range(n):
+        r0, c0 = int(row_off[i]), int(col_off[i])
+        transforms.append(rasterio.windows.transform(Window(c0, r0, w, h), ds.transform))
+        rr0, cc0 = max(r0, 0), max(c0, 0)
+        rr1, cc1 = min(r0 + h, ds.height), min(c0 + w, ds.width)
+        if rr1 <= rr0 or cc1 <= cc0:
+            continue
+        window = Window(cc0, rr0, cc1 - cc0, rr1 - rr0)
+        data = ds.read(indexes, window=window, masked=True)
+        arr = np.ma.getdata(data).astype(np.float32)
+        mask = np.ma.getmaskarray(data) | ~np.isfinite(arr)
+        sl = (slice(rr0 - r0, rr1 - r0), slice(cc0 - c0, cc1 - c0))
+        values[i][(slice(None), *sl)] = np.where(mask, 0.0, arr)
+        missing[i][sl] = mask.any(axis=0)
+    if scale is not None:
+        values = values * np.asarray(scale, np.float32).reshape(-1, 1, 1)
+    names = tuple(ds.descriptions[j - 1] or f"band_{j}" for j in indexes)
+    return _Read(values, missing, tuple(transforms), ds.crs, names)
+
+
+def _group_units(trial: Trial) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Chip keys, unit→chip index, and chip centre (x, y) in the trial CRS.
+
+    Units sharing an image key share a chip centred on their mean location; keys whose centres
+    coincide share one chip too.
+    """
+    keys = trial.image_keys
+    x, y = trial.xy()
+    key_codes, uniq_keys = pd.factorize(pd.Series(keys), sort=False)
+    cx = np.bincount(key_codes, weights=x) / np.bincount(key_codes)
+    cy = np.bincount(key_codes, weights=y) / np.bincount(key_codes)
+    loc_codes, _ = pd.factorize(pd.Series(list(zip(cx, cy, strict=True))), sort=False)
+    n_chips = loc_codes.max() + 1
+    first_key = np.full(n_chips, -1)
+    for k, c in enumerate(loc_codes):
+        if first_key[c] < 0:
+            first_key[c] = k
+    chip_ids = np.asarray(uniq_keys)[first_key]
+    return chip_ids, loc_codes[key_codes], cx[first_key], cy[first_key]
+
+
+def _extract_one(ds, trial, cx, cy, size, size_unit, bands, scale) -> _Read:
+    if ds.crs is None:
+        raise RasterError(
+            f"raster {ds.name!r} has no CRS, so unit locations cannot be placed on it; "
+            "assign one (e.g. rio edit-info --crs EPSG:....)."
+        )
+    geo = gpd.GeoSeries(gpd.points_from_xy(cx, cy), crs=trial.crs).to_crs(ds.crs)
+    xr, yr = geo.x.to_numpy(), geo.y.to_numpy()
+    b = ds.bounds
+    outside = ~((xr >= b.left) & (xr <= b.right) & (yr >= b.bottom) & (yr <= b.top))
+    outside |= ~np.isfinite(xr) | ~np.isfinite(yr)
+    _check_outside(ds, trial, outside)
+    shape = _chip_shape(ds, size, size_unit)
+    return _read_windows(ds, xr, yr, shape, _band_indexes(ds, bands), scale)
+
+
+def _check_outside(ds: DatasetReader, trial: Trial, outside: np.ndarray) -> None:
+    if not outside.any():
+        return
+    _, unit_chip, _, _ = _group_units(trial)
+    units = trial.ids[outside[unit_chip]]
+    raise RasterError(
+        f"units {_ids_text(units)} lie outside raster {ds.name!r} (bounds {tuple(ds.bounds)} in "
+        f"{ds.crs}); check the units' CRS ({trial.crs}) and coordinates, or drop those units with "
+        "trial.subset(...)."
+    )
+
+
+def _fill(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """Fill missing pixels with the chip's band mean over valid pixels (zero if none)."""
+    out = values.copy()
+    for i in np.flatnonzero(missing.any(axis=(1, 2))):
+        valid = ~missing[i]
+        for b in range(values.shape[1]):
+            mean = float(values[i, b][valid].mean()) if valid.any() else 0.0
+            out[i, b][~valid] = mean
+    return out
+
+
+def extract_chips(
+    trial: Trial,
+    raster: Any,
+    size: float | tuple[float, float],
+    *,
+    size_unit: SizeUnit = "px",
+    bands: Sequence[int | str] | None = None,
+    on_edge: OnEdge = "error",
+    scale: float | Sequence[float] | None = None,
+    seed: int | None = None,
+    dates: Sequence | None = None,
+) -> Chips:
+    """Read one chip centred on each distinct image of a trial.
+
+    Unit coordinates are reprojected to the raster's CRS; the chip of an image is the window of
+    ``size`` pixels (or metres) whose centre pixel holds the image's location (the mean location of
+    the units sharing its ``image_id``). One windowed read per distinct image.
+
+    Parameters
+    ----------
+    trial : Trial
+    raster : path, open rasterio dataset, or a list of them
+        Any CRS, band count and dtype. A list (one raster per date) gives a chip sequence with
+        values (date, image, band, y, x).
+    size : float or (height, width)
+        Chip size; for an even pixel size the centre pixel sits just below/right of the middle.
+    size_unit : {"px", "m"}
+        Unit of ``size`` ("m" needs a projected raster; rounded to whole pixels).
+    bands : sequence of int or str, optional
+        1-based band numbers or band descriptions (default: all bands).
+    on_edge : {"error", "pad", "drop"}
+        What to do with a chip that crosses the raster edge or holds nodata pixels: raise a
+        :class:`RasterError` listing the units (default); fill those pixels with the chip's band
+        mean over valid pixels (zero if none) and record it in ``Chips.padded``; or drop those
+        images and their units (see ``Chips.kept`` and ``Chips.dropped_units``).
+    scale : float or sequence of float, optional
+        Multiplier applied to the raw values (per band if a sequence), e.g. 1e-4 for reflectance.
+    seed : int, optional
+        Accepted for a uniform signature; extraction is deterministic and draws no random numbers.
+    dates : sequence, optional
+        Labels of the dates when ``raster`` is a list (default 0..n-1).
+
+    Returns
+    -------
+    Chips
+
+    Raises
+    ------
+    RasterError
+        When the raster cannot be opened, has no CRS, a unit lies outside it, or (with
+        ``on_edge="error"``) a chip crosses its edge or holds nodata.
+    InputError
+        For invalid options.
+
+    Examples
+    --------
+    >>> chips = extract_chips(trial, "scene.tif", 32)  # doctest: +SKIP
+    >>> chips.values.shape  # doctest: +SKIP
+    (120, 6, 32, 32)
+    """
+    check_choice("size_unit", size_unit, SIZE_UNITS)
+    check_choice("on_edge", on_edge, ON_EDGE)
+    del seed
+    rasters = list(raster) if isinstance(raster, list | tuple) else [raster]
+    if not rasters:
+        raise InputError("raster is an empty list; give at least one raster.")
+    is_seq = isinstance(raster, list | tuple)
+    chip_ids, unit_chip, cx, cy = _group_units(trial)
+    reads = []
+    for item in rasters:
+        ds, owned = _open(item)
+        try:
+            reads.append(_extract_one(ds, trial, cx, cy, size, size_unit, bands, scale))
+        finally:
+            if owned:
+                ds.close()
+    shapes = {r.values.shape[1:] for r in reads}
+    if len(shapes) > 1:
+        raise RasterError(
+            f"the rasters of the sequence give chips of different shapes {sorted(shapes)}; use "
+            "rasters with the same bands and resolution (or size_unit='px')."
+        )
+    missing = np.stack([r.missing for r in reads])  # (date, image, y, x)
+    bad = missing.any(axis=(0, 2, 3))
+    unit_bad = bad[unit_chip]
+    values = np.stack([r.values for r in reads])
+    padded = np.zeros(len(chip_ids), bool)
+    kept = np.ones(trial.n_units, bool)
+    dropped = np.array([], dtype=trial.ids.dtype)
+    if bad.any() and on_edge == "error":
+        raise RasterError(
+            f"the chips of units {_ids_text(trial.ids[unit_bad])} cross the raster edge or hold "
+            f"nodata pixels; pass on_edge='pad' to fill them with the band mean, on_edge='drop' "
+            "to drop those units, or use a smaller size."
+        )
+    if bad.any() and on_edge == "pad":
+        values = np.stack([_fill(v, m) for v, m in zip(values, missing, strict=True)])
+        padded = bad
+    if bad.any() and on_edge == "drop":
+        keep_chip = ~bad
+        kept = ~unit_bad
+        dropped = trial.ids[unit_bad]
+        if not keep_chip.any():
+            raise RasterError(
+                "every chip crosses the raster edge or holds nodata, so on_edge='drop' leaves "
+                "nothing; use on_edge='pad' or a smaller size."
+            )
+        new_index = np.cumsum(keep_chip) - 1
+        values, chip_ids = values[:, keep_chip], chip_ids[keep_chip]
+        reads = [_Read(r.values, r.missing, tuple(np.asarray(r.transforms, object)[keep_chip]),
+                       r.crs, r.band_names) for r in reads]
+        unit_chip = new_index[unit_chip[kept]]
+        padded = padded[keep_chip]
+    first = reads[0]
+    return Chips(
+        values=values if is_seq else values[0],
+        image_ids=chip_ids,
+        unit_image=unit_chip,
+        transforms=tuple(first.transforms),
+        crs=first.crs,
+        band_names=first.band_names,
+        dates=(tuple(dates) if dates is not None else tuple(range(len(rasters))))
+        if is_seq else None,
+        unit_ids=trial.ids[kept],
+        unit_keys=trial.image_keys[kept],
+        kept=kept,
+        padded=padded,
+        dropped_units=dropped,
+    )
