@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-import xarray as xr
 from scipy import stats as sps
 
 from imgcate.embed import Embeddings
@@ -185,7 +184,7 @@ class EffectFit:
     def _responsibilities(self, prob: np.ndarray, base: np.ndarray) -> np.ndarray:
         """Posterior cluster probabilities given the outcome too, (unit, cluster)."""
         loglik = self._component_loglik(base)
-        logw = np.log(np.clip(prob, 1e-300, None)) + loglik
+        logw = np.log(np.clip(prob.astype(np.float64), 1e-300, None)) + loglik
         logw -= logw.max(-1, keepdims=True)
         w = np.exp(logw)
         return (w / w.sum(-1, keepdims=True)).mean(0)
@@ -314,8 +313,9 @@ class EffectFit:
         y = self.idata.observed_data["outcome"].values * self.standardizer.outcome_sd
         y = y + self.standardizer.outcome_mean
         t = self.idata.constant_data["treatment"].values
-        diff = y[t == 1].mean() - y[t == 0].mean()
-        se = np.sqrt(y[t == 1].var(ddof=1) / (t == 1).sum() + y[t == 0].var(ddof=1) / (t == 0).sum())
+        treated, control = y[t == 1], y[t == 0]
+        se = np.sqrt(treated.var(ddof=1) / len(treated) + control.var(ddof=1) / len(control))
+        diff = treated.mean() - control.mean()
         z = sps.norm.ppf(0.5 + prob / 2)
         return pd.DataFrame({
             "estimator": ["model_implied", "difference_in_means"],

@@ -31,8 +31,7 @@ class Trial:
     data : geopandas.GeoDataFrame
         One row per unit, point geometry with a CRS.
     id, treatment, outcome : str
-        Column names of the unit id, the binary treatment (0/1) and the outcome. ``outcome``
-        may name a column that is all missing only for prediction tables (``require_outcome=False``).
+        Column names of the unit id, the binary treatment (0/1) and the outcome.
     covariates : tuple of str
         Numeric covariate columns (after the missing-value policy was applied).
     image_id, stratum, cluster : str or None
@@ -193,7 +192,8 @@ def _check_treatment(df: pd.DataFrame, col: str, ids: np.ndarray) -> None:
     if bad.any():
         raise InputError(
             f"treatment column {col!r} must be binary 0/1; units {_rows(bad, ids)} have "
-            f"values {df[col][bad].head(5).tolist()}. Recode treatment as 0 (control) / 1 (treated)."
+            f"values {df[col][bad].head(5).tolist()}. Recode treatment as 0 (control) / "
+            "1 (treated)."
         )
     if values.nunique() < 2:
         raise InputError(

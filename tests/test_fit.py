@@ -1,0 +1,180 @@
+"""The effect-cluster model: recovery, intervals, prediction, persistence, diagnostics.
+
+Tolerances: a posterior mean is compared to the truth within 4 posterior sds. With ~500 units
+the posterior sd approximates the estimator's sampling sd (Bernstein-von Mises), so a correct
+model fails such a check with probability ~6e-5; the Monte Carlo error of the mean (sd/sqrt(ESS),
+ESS >= 100) adds under 10% to that margin.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from imgcate import ConvergenceWarning, InputError
+from imgcate.effects import load_fit
+from imgcate.fit import fit
+from imgcate.simulate import simulate_trial
+
+FAST = {"num_warmup": 300, "num_samples": 300, "num_chains": 2}
+
+
+@pytest.fixture(scope="module")
+def k2():
+    sim = simulate_trial(11, 600, 2, separation=4.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = fit(sim.trial, sim.embeddings, n_clusters=2, seed=1, **FAST)
+    return sim, result
+
+
+def assert_recovers(result, truth, n_sd=4.0):
+    table = result.cluster_effects()
+    err = np.abs(table["tau_mean"].to_numpy() - truth.tau_cluster)
+    assert (err < n_sd * table["tau_sd"].to_numpy()).all(), (table, truth.tau_cluster)
+
+
+def test_k2_recovers_effects_and_clusters(k2):
+    sim, result = k2
+    assert_recovers(result, sim.truth)
+    units = result.unit_effects()
+    # separation 4.5: Bayes accuracy ~98.8%, so ARI of the true assignment is ~0.95
+    assert adjusted_rand_score(sim.truth.cluster, units["cluster"]) >= 0.8
+    np.testing.assert_allclose(units.filter(like="cluster_prob_").sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_k3_recovers_effects_and_clusters():
+    sim = simulate_trial(12, 900, 3, separation=5.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = fit(sim.trial, sim.embeddings, n_clusters=3, seed=2, **FAST)
+    assert_recovers(result, sim.truth)
+    assert adjusted_rand_score(sim.truth.cluster, result.unit_effects()["cluster"]) >= 0.8
+
+
+def test_implied_ate_agrees_with_difference_in_means(k2):
+    sim, result = k2
+    table = result.ate()
+    model, dim = table.loc["model_implied"], table.loc["difference_in_means"]
+    assert abs(model.estimate - dim.estimate) < 3 * dim.std_err
+    assert abs(model.estimate - sim.truth.ate) < 4 * dim.std_err
+    assert list(table.columns) == ["estimate", "std_err", "5%", "95%"]
+
+
+def test_tables_and_idata_dims(k2):
+    _, result = k2
+    tidy = result.tidy(prob=0.8)
+    assert list(tidy.columns) == ["term", "estimate", "std_err", "10%", "90%"]
+    assert (tidy["10%"] < tidy["estimate"]).all() and (tidy["estimate"] < tidy["90%"]).all()
+    post = result.idata.posterior
+    assert post["tau_cluster"].dims == ("chain", "draw", "cluster")
+    assert post["membership"].dims == ("chain", "draw", "feature", "cluster_contrast")
+    assert result.idata.log_likelihood["outcome"].dims == ("chain", "draw", "unit")
+    assert "Cluster effects" in result.summary()
+    assert result.loo().elpd_loo < 0
+
+
+def test_predict_matches_in_sample_and_truth(k2):
+    sim, result = k2
+    emb = sim.embeddings.for_keys(sim.trial.image_keys)
+    pred = result.predict(emb)
+    units = result.unit_effects()
+    np.testing.assert_allclose(pred.cate.mean(0), units["tau_mean"], atol=1e-5)
+    # new images from the same mixture: the posterior CATE tracks their true conditional effect
+    rng = np.random.default_rng(5)
+    centers = sim.truth.centers
+    new_emb = centers[rng.integers(0, 2, 300)] + rng.normal(size=(300, centers.shape[1]))
+    frame = result.predict(new_emb).to_frame()
+    assert np.corrcoef(frame["tau_mean"], sim.truth.cate_of(new_emb))[0, 1] > 0.9
+    assert {"tau_5%", "tau_95%", "prob_positive", "cluster_prob_1"} <= set(frame.columns)
+    far = result.predict(emb[:3] * 0 + 50.0)
+    assert far.outside_support.all() and not pred.outside_support.mean() > 0.05
+
+
+def test_save_load_predict_identical(k2, tmp_path):
+    sim, result = k2
+    path = result.save(tmp_path / "fit.imgcate")
+    loaded = load_fit(path)
+    emb = sim.embeddings.values
+    a, b = result.predict(emb), loaded.predict(emb)
+    np.testing.assert_array_equal(a.cate, b.cate)
+    np.testing.assert_array_equal(a.cluster_prob, b.cluster_prob)
+    assert loaded.cluster_effects().equals(result.cluster_effects())
+    with pytest.raises(Exception, match="exists; pass overwrite=True"):
+        result.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["fit.imgcate"]  # no temporary left
+    (tmp_path / "bad.imgcate").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="not a readable imgcate fit"):
+        load_fit(tmp_path / "bad.imgcate")
+
+
+def test_same_seed_same_posterior():
+    sim = simulate_trial(3, 200, 2)
+    opts = {"num_warmup": 100, "num_samples": 100, "num_chains": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a = fit(sim.trial, sim.embeddings, seed=7, **opts)
+        b = fit(sim.trial, sim.embeddings, seed=7, **opts)
+        c = fit(sim.trial, sim.embeddings, seed=8, **opts)
+    np.testing.assert_array_equal(a.idata.posterior["tau"].values, b.idata.posterior["tau"].values)
+    assert not np.array_equal(a.idata.posterior["tau"].values, c.idata.posterior["tau"].values)
+
+
+def test_too_short_a_run_warns():
+    sim = simulate_trial(4, 200, 2)
+    with pytest.warns(ConvergenceWarning, match="ESS|R-hat|divergent"):
+        fit(sim.trial, sim.embeddings, num_warmup=20, num_samples=20, num_chains=2)
+
+
+def test_svi_recovers_effects():
+    sim = simulate_trial(13, 2000, 2, separation=4.5)
+    result = fit(sim.trial, sim.embeddings, method="svi", seed=0, svi_steps=3000,
+                 svi_batch_size=500, svi_draws=500)
+    table = result.cluster_effects()
+    # SVI posteriors are approximate (often too narrow): absolute tolerance of 0.3
+    # (about 4 sampling sds of a cluster effect at n=2000, noise sd 1)
+    np.testing.assert_allclose(table["tau_mean"], sim.truth.tau_cluster, atol=0.3)
+    assert "svi_loss" in result.idata.groups()
+
+
+@pytest.mark.parametrize("likelihood", ["student_t", "bernoulli"])
+def test_other_likelihoods_recover_effects(likelihood):
+    sim = simulate_trial(14, 1200 if likelihood == "bernoulli" else 600, 2,
+                         likelihood=likelihood, separation=4.5,
+                         tau=(-1.0, 2.0) if likelihood == "bernoulli" else None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = fit(sim.trial, sim.embeddings, likelihood=likelihood, seed=0, **FAST)
+    assert_recovers(result, sim.truth)
+    if likelihood == "bernoulli":
+        ate = result.ate()
+        assert abs(ate.loc["model_implied", "estimate"] - ate.loc["difference_in_means",
+                   "estimate"]) < 3 * ate.loc["difference_in_means", "std_err"]
+
+
+def test_strata_random_effects_and_k1():
+    sim = simulate_trial(15, 400, 1, tau=(1.5,), n_strata=5, stratum_sd=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = fit(sim.trial, sim.embeddings, n_clusters=1, seed=0, **FAST)
+    assert "stratum_sd" in result.idata.posterior
+    assert_recovers(result, sim.truth)
+    assert result.cluster_effects().shape[0] == 1
+
+
+def test_fit_input_errors(k2):
+    sim, _ = k2
+    with pytest.raises(InputError, match="unknown fit option"):
+        fit(sim.trial, sim.embeddings, num_draws=10)
+    with pytest.raises(InputError, match="method='mcmc' is not allowed"):
+        fit(sim.trial, sim.embeddings, method="mcmc")
+    with pytest.raises(InputError, match="rows but the trial has"):
+        fit(sim.trial, np.zeros((3, 4)))
+    with pytest.raises(InputError, match="no embedding for image ids"):
+        fit(sim.trial.subset(np.arange(10)), sim.embeddings.__class__(
+            values=sim.embeddings.values[:2], image_ids=np.array([-1, -2])))
+    with pytest.raises(InputError, match="needs a 0/1 outcome"):
+        fit(sim.trial, sim.embeddings, likelihood="bernoulli")

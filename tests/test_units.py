@@ -1,0 +1,99 @@
+"""read_units: every validation error names the column, the rows and the fix."""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+
+from imgcate import InputError, read_units
+
+
+def table(n: int = 6) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({
+        "id": np.arange(n), "lon": rng.uniform(32, 33, n), "lat": rng.uniform(0, 1, n),
+        "treatment": np.arange(n) % 2, "outcome": rng.normal(size=n),
+        "x": rng.normal(size=n), "village": np.arange(n) // 2,
+    })
+
+
+def test_reads_csv_geopackage_and_parquet_alike(tmp_path):
+    df = table()
+    df.to_csv(tmp_path / "u.csv", index=False)
+    gdf = gpd.GeoDataFrame(df.drop(columns=["lon", "lat"]),
+                           geometry=gpd.points_from_xy(df.lon, df.lat), crs="EPSG:4326")
+    gdf.to_crs("EPSG:32636").to_file(tmp_path / "u.gpkg")
+    gdf.to_parquet(tmp_path / "u.parquet")
+    a = read_units(tmp_path / "u.csv", covariates=["x"], image_id="village")
+    b = read_units(tmp_path / "u.gpkg", covariates=["x"], image_id="village")
+    c = read_units(tmp_path / "u.parquet", covariates=["x"], image_id="village")
+    assert b.crs.to_epsg() == 32636 and a.crs.to_epsg() == 4326
+    np.testing.assert_allclose(b.xy("EPSG:4326")[0], a.xy()[0], atol=1e-9)
+    np.testing.assert_allclose(c.xy()[1], df.lat)
+    np.testing.assert_array_equal(a.image_keys, df.village)
+    np.testing.assert_allclose(a.covariate_matrix[:, 0], df.x)
+
+
+@pytest.mark.parametrize(
+    ("change", "kwargs", "message"),
+    [
+        (lambda d: d.drop(columns="outcome"), {}, "outcome column 'outcome' is not in"),
+        (lambda d: d.assign(treatment=[0, 1, 2, 0, 1, 0]), {}, "must be binary 0/1"),
+        (lambda d: d.assign(treatment="a"), {}, "must be binary 0/1"),
+        (lambda d: d.assign(treatment=1), {}, "is constant"),
+        (lambda d: d.assign(outcome=[1, np.nan, 2, 3, 4, 5]), {}, "units [1]"),
+        (lambda d: d.assign(outcome=[1, np.inf, 2, 3, 4, 5]), {}, "NaN, infinite"),
+        (lambda d: d.assign(id=[0, 1, 1, 2, 3, 4]), {}, "duplicated ids [1]"),
+        (lambda d: d.assign(x=["a", "b", 1, 2, 3, 4]), {"covariates": ["x"]},
+         "covariate 'x' is not numeric"),
+        (lambda d: d.assign(lat=[0.1, None, 0.2, 0.3, 0.4, 0.5]), {}, "missing or non-numeric "
+         "coordinates"),
+        (lambda d: d.assign(x=[1, None, 2, 3, 4, 5]), {"covariates": ["x"]},
+         "missing='drop', 'mean' or 'indicator'"),
+        (lambda d: d, {"covariates": ["nope"]}, "covariate column 'nope' is not in"),
+        (lambda d: d.drop(columns="lon"), {}, "coordinate column 'lon'"),
+        (lambda d: d, {"missing": "zero"}, "missing='zero' is not allowed"),
+    ],
+)
+def test_validation_errors_name_the_problem(change, kwargs, message):
+    with pytest.raises(InputError) as err:
+        read_units(change(table()), **kwargs)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("policy", ["drop", "mean", "indicator"])
+def test_missing_covariate_policies(policy):
+    df = table().assign(x=[1.0, None, 3.0, 4.0, 5.0, 6.0])
+    trial = read_units(df, covariates=["x"], missing=policy)
+    x = trial.covariate_matrix
+    assert np.isfinite(x).all()
+    if policy == "drop":
+        assert trial.n_units == 5
+    else:
+        assert trial.n_units == 6 and x[1, 0] == pytest.approx(np.mean([1, 3, 4, 5, 6]))
+    if policy == "indicator":
+        assert trial.covariates == ("x", "x_missing")
+        np.testing.assert_array_equal(x[:, 1], [0, 1, 0, 0, 0, 0])
+
+
+def test_corrupt_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "units.gpkg"
+    bad.write_bytes(b"not a geopackage at all")
+    with pytest.raises(InputError, match="could not be read"):
+        read_units(bad)
+    with pytest.raises(InputError, match="does not exist"):
+        read_units(tmp_path / "absent.csv")
+    other = tmp_path / "units.txt"
+    other.write_text("id,lon\n")
+    with pytest.raises(InputError, match="unknown extension"):
+        read_units(other)
+
+
+def test_strata_and_cluster_codes_and_subset():
+    trial = read_units(table(), stratum="village", cluster="village")
+    np.testing.assert_array_equal(trial.codes("stratum"), [0, 0, 1, 1, 2, 2])
+    assert trial.codes("cluster").max() == 2
+    sub = trial.subset(trial.treatment_array == 1)
+    assert sub.n_units == 3 and (sub.treatment_array == 1).all()
