@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import warnings
 import zipfile
@@ -18,8 +17,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from imgcate._io import atomic_path
 from imgcate.embed import Embeddings
-from imgcate.errors import ConvergenceWarning, FitError, InputError, OutputExistsError
+from imgcate.errors import ConvergenceWarning, FitError, InputError
 from imgcate.fit import FitConfig, Standardizer
 from imgcate.model import membership_logits
 
@@ -434,30 +434,20 @@ class EffectFit:
 
         Written to a temporary name and renamed, so a failure leaves no half-written file.
         """
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise OutputExistsError(f"{path} exists; pass overwrite=True to replace it.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            with tempfile.TemporaryDirectory() as workdir:
-                nc = Path(workdir) / "idata.nc"
-                self.idata.to_netcdf(str(nc), engine="h5netcdf")
-                with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-                    zf.write(nc, "idata.nc")
-                    meta = {"format_version": FORMAT_VERSION, "config": asdict(self.config)}
-                    zf.writestr("meta.json", json.dumps(meta, indent=2))
-                    zf.writestr("standardizer.npz", _npz_bytes(asdict(self.standardizer)))
-                    if self.encoder is not None:
-                        config, arrays = self.encoder.get_state()
-                        zf.writestr("encoder.json", json.dumps(config))
-                        zf.writestr("encoder.npz", _npz_bytes(arrays))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return path
+        with atomic_path(path, overwrite=overwrite) as tmp, \
+                tempfile.TemporaryDirectory() as workdir:
+            nc = Path(workdir) / "idata.nc"
+            self.idata.to_netcdf(str(nc), engine="h5netcdf")
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+                zf.write(nc, "idata.nc")
+                meta = {"format_version": FORMAT_VERSION, "config": asdict(self.config)}
+                zf.writestr("meta.json", json.dumps(meta, indent=2))
+                zf.writestr("standardizer.npz", _npz_bytes(asdict(self.standardizer)))
+                if self.encoder is not None:
+                    config, arrays = self.encoder.get_state()
+                    zf.writestr("encoder.json", json.dumps(config))
+                    zf.writestr("encoder.npz", _npz_bytes(arrays))
+        return Path(path)
 
 
 def _npz_bytes(arrays: dict[str, Any]) -> bytes:
