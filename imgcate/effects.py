@@ -405,16 +405,64 @@ class EffectFit:
         """
         values, ids = self._raw_embeddings(embeddings)
         emb = self.standardizer.embedding(values)
-        prob = self._cluster_prob(emb)
-        base = self._baseline(emb, None) if self.config.likelihood == "bernoulli" else None
-        cate = self._cate(prob, base)
-        if max_draws is not None and max_draws < len(cate):
-            rows = np.sort(np.random.default_rng(seed).choice(len(cate), max_draws, replace=False))
-            cate, prob = cate[rows], prob[rows]
+        effect = self.effect_function(max_draws=max_draws, seed=seed)
+        cate, prob = (np.asarray(a) for a in effect(jnp.asarray(values, dtype=jnp.float32)))
         mean, prec, limit = self._support()
         dist = np.sqrt(np.einsum("ij,jk,ik->i", emb - mean, prec, emb - mean))
         return Prediction(image_ids=ids, cate=cate, cluster_prob=prob, extrapolation=dist,
                           support_limit=limit)
+
+    def draw_indices(self, max_draws: int | None = None, seed: int = 0) -> np.ndarray:
+        """Posterior draws (flattened over chains) used when ``max_draws`` subsamples them."""
+        total = self._param("alpha").shape[0]
+        if max_draws is None or max_draws >= total:
+            return np.arange(total)
+        return np.sort(np.random.default_rng(seed).choice(total, max_draws, replace=False))
+
+    def effect_function(self, *, max_draws: int | None = None, seed: int = 0):
+        """A pure JAX function from raw embeddings to posterior effect draws.
+
+        The returned ``f(embedding)`` maps a (image, feature_in) array of raw embeddings (as
+        given to :func:`fit`) to ``(cate, cluster_prob)`` of shapes (sample, image) and
+        (sample, image, cluster). It is differentiable and can be ``jax.vmap``-ed or
+        ``jax.jit``-ed, so segment occlusion and gradient saliency run through it end to end.
+
+        Parameters
+        ----------
+        max_draws : int, optional
+            Use a random subset of this many posterior draws.
+        seed : int
+            Seed of that subset.
+        """
+        rows = self.draw_indices(max_draws, seed)
+        std = self.standardizer
+        mean = jnp.asarray(std.embedding_mean, jnp.float32)
+        sd = jnp.asarray(std.embedding_sd, jnp.float32)
+        projection = jnp.asarray(std.projection, jnp.float32)
+        tau = jnp.asarray(self._param("tau")[rows], jnp.float32)
+        bernoulli = self.config.likelihood == "bernoulli"
+        alpha = jnp.asarray(self._param("alpha")[rows], jnp.float32)
+        gamma = jnp.asarray(self._param("gamma")[rows], jnp.float32)
+        k = self.n_clusters
+        if k > 1:
+            intercept = jnp.asarray(self._param("membership_intercept")[rows], jnp.float32)
+            weights = jnp.asarray(self._param("membership")[rows], jnp.float32)
+        scale = std.outcome_sd
+
+        def effect(embedding):
+            emb = ((embedding - mean) / sd) @ projection
+            if k > 1:
+                prob = jax.nn.softmax(membership_logits(emb, intercept, weights), axis=-1)
+            else:
+                prob = jnp.ones((tau.shape[0], emb.shape[0], 1))
+            if bernoulli:
+                base = alpha[:, None] + gamma @ emb.T
+                diff = jax.nn.sigmoid(base[..., None] + tau[:, None, :]) - \
+                    jax.nn.sigmoid(base)[..., None]
+                return (prob * diff).sum(-1), prob
+            return (prob * tau[:, None, :]).sum(-1) * scale, prob
+
+        return effect
 
     def _raw_embeddings(self, new: Any) -> tuple[np.ndarray, np.ndarray]:
         if isinstance(new, Embeddings):
