@@ -471,7 +471,8 @@ def extract_chips(
             )
         new_index = np.cumsum(keep_chip) - 1
         values, chip_ids = values[:, keep_chip], chip_ids[keep_chip]
-        reads = [_Read(r.values, r.missing, tuple(np.asarray(r.transforms, object)[keep_chip]),
+        reads = [_Read(r.values, r.missing,
+                       tuple(t for t, k in zip(r.transforms, keep_chip, strict=True) if k),
                        r.crs, r.band_names) for r in reads]
         unit_chip = new_index[unit_chip[kept]]
         padded = padded[keep_chip]

@@ -127,6 +127,7 @@ def test_edge_policies(scene):
     assert dropped.kept.tolist() == [False, True, False]
     assert trial.subset(dropped.kept).ids.tolist() == dropped.unit_ids.tolist() == ["u1"]
     assert dropped.unit_image.tolist() == [0]
+    assert dropped.transforms == (padded.transforms[1],)
 
 
 def test_nodata_policies(nodata_raster):

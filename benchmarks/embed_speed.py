@@ -1,0 +1,103 @@
+"""Encoder speed and memory: chips/s, achieved conv GFLOP/s beside matmul GFLOP/s, flat memory.
+
+Prints one JSON object. Usage::
+
+    python benchmarks/embed_speed.py            # 10,000 vs 100,000 chips for the memory check
+    python benchmarks/embed_speed.py --quick    # 1,000 vs 10,000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from imgcate.embed import RandomConvFeatures
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _chips(rng: np.random.Generator, n: int, bands: int, size: int) -> np.ndarray:
+    return rng.gamma(2.0, 50.0, size=(n, bands, size, size)).astype(np.float32)
+
+
+def conv_flops(n_features: int, bands: int, size: int, k: int = 3) -> float:
+    """Multiply-adds x 2 of the filter bank on one chip (pooling and PCA are negligible)."""
+    out = (size - k + 1) ** 2
+    return 2.0 * (n_features // 2) * bands * k * k * out
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    t = time.perf_counter()
+    for _ in range(reps):
+        f(a).block_until_ready()
+    return 2.0 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def speed(bands: int, size: int, n_features: int, n: int, batch: int) -> dict:
+    rng = np.random.default_rng(0)
+    x = _chips(rng, max(n, 256), bands, size)
+    enc = RandomConvFeatures(n_features, batch_size=batch).fit(x[:256], seed=0)
+    enc.transform(x[:batch])  # compile
+    t = time.perf_counter()
+    enc.transform(x[:n])
+    dt = time.perf_counter() - t
+    gflops = conv_flops(n_features, bands, size) * n / dt / 1e9
+    return {"chip": f"{size}x{size}x{bands}", "n_features": n_features, "chips": n,
+            "chips_per_s": round(n / dt, 1), "conv_gflop_per_s": round(gflops, 2)}
+
+
+def memory(n_total: int, batch: int, enc: RandomConvFeatures) -> dict:
+    """Transform n_total chips generated batch by batch; report peak RSS (absolute and above start).
+
+    The allocator may return memory between runs, so compare ``peak_rss_mb`` across counts: it
+    stays flat (one batch of conv activations) however many chips are transformed.
+    """
+    rng = np.random.default_rng(1)
+    start, peak = _rss_mb(), _rss_mb()
+    out = []
+    t = time.perf_counter()
+    for lo in range(0, n_total, batch):
+        x = _chips(rng, min(batch, n_total - lo), 6, 32)
+        out.append(enc.transform(x, batch_size=batch).astype(np.float32))
+        peak = max(peak, _rss_mb())
+    dt = time.perf_counter() - t
+    return {"chips": n_total, "seconds": round(dt, 1), "rss_start_mb": round(start, 1),
+            "peak_rss_mb": round(peak, 1), "peak_rss_increase_mb": round(peak - start, 1),
+            "output_mb": round(sum(o.nbytes for o in out) / 2**20, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller chip counts")
+    args = parser.parse_args()
+    n_speed = 256 if args.quick else 2048
+    counts = (1_000, 10_000) if args.quick else (10_000, 100_000)
+    batch = 512
+    result = {
+        "device": str(jax.devices()[0]), "machine": platform.processor() or platform.machine(),
+        "jax": jax.__version__, "matmul_gflop_per_s": round(matmul_gflops(), 2),
+        "speed": [speed(b, s, f, n_speed, batch)
+                  for (b, s) in ((6, 32), (4, 64)) for f in (256, 1024)],
+    }
+    enc = RandomConvFeatures(256, batch_size=batch).fit(
+        _chips(np.random.default_rng(2), 256, 6, 32), seed=0)
+    enc.transform(_chips(np.random.default_rng(3), batch, 6, 32))  # compile before measuring
+    result["memory_32x32x6_256_features"] = [memory(n, batch, enc) for n in counts]
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
