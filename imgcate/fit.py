@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import arviz as az
@@ -279,6 +279,7 @@ def fit(
     n_clusters: int = 2,
     likelihood: str = "gaussian",
     method: str = "nuts",
+    propensity: np.ndarray | None = None,
     seed: int = 0,
     **options: Any,
 ):
@@ -298,6 +299,13 @@ def fit(
         Outcome family: Gaussian, Student-t (heavy tails) or Bernoulli with a logit link.
     method : {"nuts", "svi"}
         NUTS (exact; default) or SVI (approximate; for large trials).
+    propensity : ndarray (unit,), optional
+        Estimated propensity scores for an observational study (e.g. from
+        :func:`imgcate.confounding.estimate_propensity`). They enter the baseline as a
+        covariate named ``propensity``, as in Bayesian causal forests (Hahn, Murray and
+        Carvalho 2020), so that targeting on what the image shows is not mistaken for effect
+        heterogeneity. The effects are causal under ignorability given the image embedding and
+        covariates, and overlap (0 < propensity < 1); check overlap first.
     seed : int
         Random seed; the same seed gives the same posterior on the same machine.
     **options
@@ -341,6 +349,8 @@ def fit(
                        **options).validate()
     if not isinstance(trial, Trial):
         raise InputError("trial must be a Trial; build one with imgcate.read_units(...).")
+    if propensity is not None:
+        trial = _with_propensity(trial, propensity)
     if isinstance(embeddings, Embeddings):
         unit_embedding, encoder = embeddings.for_keys(trial.image_keys), embeddings.encoder
     else:
@@ -360,6 +370,22 @@ def fit(
     if config.method == "nuts":
         result.check_convergence()
     return result
+
+
+def _with_propensity(trial: Trial, propensity: np.ndarray) -> Trial:
+    """The trial with the propensity score added as a baseline covariate."""
+    scores = as_float_array("propensity", propensity, ndim=1)
+    if len(scores) != trial.n_units:
+        raise InputError(
+            f"propensity has {len(scores)} values but the trial has {trial.n_units} units."
+        )
+    if ((scores <= 0) | (scores >= 1)).any():
+        raise InputError("propensity scores must lie strictly between 0 and 1; clip or trim "
+                         "units without overlap first (imgcate.confounding.trim).")
+    if "propensity" in trial.covariates:
+        raise InputError("the trial already has a covariate named 'propensity'; rename it.")
+    data = trial.data.assign(propensity=scores)
+    return replace(trial, data=data, covariates=(*trial.covariates, "propensity"))
 
 
 def _unit_rows(values: np.ndarray, trial: Trial) -> np.ndarray:

@@ -178,3 +178,21 @@ def test_fit_input_errors(k2):
             values=sim.embeddings.values[:2], image_ids=np.array([-1, -2])))
     with pytest.raises(InputError, match="needs a 0/1 outcome"):
         fit(sim.trial, sim.embeddings, likelihood="bernoulli")
+
+
+def test_propensity_adjusted_fit_on_confounded_data():
+    """Targeting on the image plus a baseline that moves with the propensity: the adjusted
+    model (propensity in the baseline, as in BCF) recovers the cluster effects."""
+    from scipy.special import expit
+
+    sim = simulate_trial(21, 800, 2, assignment="confounded", confounding=2.0, separation=4.5)
+    p = sim.truth.propensity
+    shifted = sim.trial.data.assign(outcome=sim.trial.outcome_array + 3.0 * expit(8 * (p - 0.5)))
+    trial = sim.trial.__class__(**{**sim.trial.__dict__, "data": shifted})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = fit(trial, sim.embeddings, propensity=p, seed=0, **FAST)
+    assert "propensity" in result.idata.posterior["beta"].coords["covariate"].values
+    assert_recovers(result, sim.truth)
+    with pytest.raises(InputError, match="strictly between 0 and 1"):
+        fit(trial, sim.embeddings, propensity=np.r_[p[:-1], 1.0])
