@@ -11,7 +11,7 @@ in the same order, so ``unit_image`` applies to each date.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -136,6 +136,24 @@ class Chips:
             unit_ids=self.unit_ids, unit_keys=self.unit_keys, kept=self.kept,
             padded=self.padded, dropped_units=self.dropped_units,
         )
+
+    def coarsen(self, factor: int) -> Chips:
+        """The same chips at ``factor`` times coarser resolution (block means of pixels).
+
+        The footprint is unchanged; ``factor`` must divide the chip size. Used to ask what the
+        images show at a coarser resolution (e.g. 30 m Landsat vs 250 m MODIS-like pixels).
+        """
+        height, width = self.values.shape[-2:]
+        if factor < 1 or height % factor or width % factor:
+            raise InputError(
+                f"factor={factor} must be a positive divisor of the chip size {height}x{width}."
+            )
+        shape = self.values.shape[:-2] + (height // factor, factor, width // factor, factor)
+        coarse = self.values.reshape(shape).mean(axis=(-1, -3))
+        transforms = None if self.transforms is None else tuple(
+            t * Affine.scale(factor) for t in self.transforms
+        )
+        return replace(self, values=coarse, transforms=transforms)
 
     def for_units(self) -> np.ndarray:
         """Chip values per kept unit, shape (unit, band, y, x) (or with a leading date axis)."""
