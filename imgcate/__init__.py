@@ -1,6 +1,19 @@
-"""imgcate: causal effect heterogeneity from satellite images."""
+"""imgcate: causal effect heterogeneity from satellite images.
 
-from imgcate.embed import Embeddings, as_embeddings
+The public API is what this module re-exports; each stage of the data flow lives in its own
+module (units, raster, embed, fit/effects, confounding, segments, maps, evaluate, simulate).
+"""
+
+from imgcate.effects import EffectFit, Prediction, load_fit
+from imgcate.embed import (
+    CNNEncoder,
+    Embeddings,
+    RandomConvFeatures,
+    as_embeddings,
+    embed,
+    encoder_from_state,
+    load_embeddings,
+)
 from imgcate.errors import (
     ConvergenceWarning,
     ExtrapolationWarning,
@@ -11,22 +24,42 @@ from imgcate.errors import (
     OverlapWarning,
     RasterError,
 )
+from imgcate.fit import ClusterComparison, FitConfig, compare_clusters, fit
+from imgcate.raster import Chips, chips_from_array, extract_chips
+from imgcate.simulate import SimulatedTrial, simulate_trial
 from imgcate.units import Trial, read_units
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CNNEncoder",
+    "Chips",
+    "ClusterComparison",
     "ConvergenceWarning",
+    "EffectFit",
     "Embeddings",
     "ExtrapolationWarning",
+    "FitConfig",
     "FitError",
     "ImgcateError",
     "InputError",
     "OutputExistsError",
     "OverlapWarning",
+    "Prediction",
+    "RandomConvFeatures",
     "RasterError",
+    "SimulatedTrial",
     "Trial",
-    "as_embeddings",
-    "read_units",
     "__version__",
+    "as_embeddings",
+    "chips_from_array",
+    "compare_clusters",
+    "embed",
+    "encoder_from_state",
+    "extract_chips",
+    "fit",
+    "load_embeddings",
+    "load_fit",
+    "read_units",
+    "simulate_trial",
 ]

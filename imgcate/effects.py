@@ -226,9 +226,20 @@ class EffectFit:
 
     # ------------------------------------------------------------------ diagnostics
     def diagnostics(self) -> pd.DataFrame:
-        """R-hat, bulk/tail ESS of the reported parameters, and the number of divergences."""
+        """R-hat and bulk/tail ESS of the reported parameters (R-hat is NaN with one chain)."""
         names = [v for v in CHECKED if v in self.idata.posterior]
-        table = az.summary(self.idata, var_names=names, kind="diagnostics")
+        if self.idata.posterior.sizes["chain"] > 1:
+            return az.summary(self.idata, var_names=names, kind="diagnostics")
+        post = self.idata.posterior[names]
+        columns = {}
+        for method in ("bulk", "tail"):
+            ess = az.ess(post, method=method)
+            columns[f"ess_{method}"] = {
+                label: float(value) for name in names
+                for label, value in _labelled(name, ess[name].values)
+            }
+        table = pd.DataFrame(columns)
+        table["r_hat"] = np.nan
         return table
 
     def check_convergence(self) -> list[str]:
@@ -496,6 +507,16 @@ class EffectFit:
                     zf.writestr("encoder.json", json.dumps(config))
                     zf.writestr("encoder.npz", _npz_bytes(arrays))
         return Path(path)
+
+
+def _labelled(name: str, values: np.ndarray):
+    """(label, value) pairs named as az.summary names them: ``tau[0]``, ``beta[1, 0]``."""
+    values = np.asarray(values)
+    if values.ndim == 0:
+        yield name, values
+        return
+    for index in np.ndindex(values.shape):
+        yield f"{name}[{', '.join(map(str, index))}]", values[index]
 
 
 def _npz_bytes(arrays: dict[str, Any]) -> bytes:
