@@ -1,0 +1,275 @@
+"""Posterior effect maps: tiles read from real GeoTIFFs, checked against EffectFit.predict.
+
+The fit (a small NUTS run on a synthetic scene) is built once per test session and kept under
+pytest's base temporary directory, so tests/test_cli.py reuses it (see :func:`map_inputs`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from rasterio.windows import Window
+from shapely.geometry import Polygon, box
+
+from imgcate.effects import load_fit
+from imgcate.errors import InputError, OutputExistsError, RasterError
+from imgcate.maps import aggregate_by_polygon, band_names, predict_map, tile_grid, write_cog
+from imgcate.raster import chips_from_array
+
+TILE = 32
+MAP_OPTS = {"tile_size": TILE, "max_draws": 100, "progress": False, "seed": 1}
+
+
+def map_inputs(tmp_path_factory) -> tuple[Path, Path]:
+    """(scene.tif, fit.imgcate): a 384 x 384 synthetic scene and a K=2 fit on 300 units.
+
+    Built on first use and kept for the session (NUTS 200 + 200 draws, one chain).
+    """
+    from imgcate import ConvergenceWarning
+    from imgcate.embed import embed
+    from imgcate.fit import fit
+    from imgcate.raster import extract_chips
+    from imgcate.scenes import simulate_scene_trial, synthetic_scene
+
+    root = tmp_path_factory.getbasetemp() / "map-inputs"
+    scene, fit_path = root / "scene.tif", root / "fit.imgcate"
+    if fit_path.exists():
+        return scene, fit_path
+    root.mkdir(exist_ok=True)
+    synthetic_scene(scene, seed=4, width=384, height=384)
+    sim = simulate_scene_trial(scene, seed=5, n_units=300, chip_size=TILE)
+    chips = extract_chips(sim.trial, scene, TILE)
+    emb = embed(chips, "rcf", n_features=128, n_components=8, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = fit(sim.trial, emb, n_clusters=2, seed=0, num_warmup=200, num_samples=200,
+                     num_chains=1, progress=False)
+    result.save(fit_path)
+    return scene, fit_path
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    scene, fit_path = map_inputs(tmp_path_factory)
+    return scene, load_fit(fit_path)
+
+
+@pytest.fixture(scope="module")
+def full_map(inputs):
+    scene, fit = inputs
+    return predict_map(fit, scene, stride=16, **MAP_OPTS)
+
+
+def write_variant(src: Path, dst: Path, *, count: int | None = None,
+                  nodata_box: tuple[int, int, int, int] | None = None) -> Path:
+    """A copy of ``src`` with fewer bands, or with a block of nodata pixels (row, col slices)."""
+    with rasterio.open(src) as ds:
+        data, profile = ds.read(), ds.profile
+        names = ds.descriptions
+    if count is not None:
+        data, names = data[:count], names[:count]
+    if nodata_box is not None:
+        r0, r1, c0, c1 = nodata_box
+        data[:, r0:r1, c0:c1] = 0
+        profile["nodata"] = 0
+    profile["count"] = len(data)
+    with rasterio.open(dst, "w", **profile) as out:
+        out.write(data)
+        for i, name in enumerate(names, start=1):
+            out.set_band_description(i, name)
+    return dst
+
+
+def test_map_equals_predict_on_the_same_tiles(inputs, full_map):
+    """Each map pixel equals EffectFit.predict on the tile read directly (slow, obvious)."""
+    scene, fit = inputs
+    ds = full_map
+    assert ds.sizes == {"y": 23, "x": 23, "cluster": 2}
+    picks = [(0, 0), (3, 17), (22, 22), (11, 5)]
+    with rasterio.open(scene) as src:
+        tiles = np.stack([src.read(window=Window(j * 16, i * 16, TILE, TILE)) for i, j in picks])
+        # the output pixel is a 16 px cell centred on its tile
+        assert ds.attrs["transform"] == list(src.transform * rasterio.Affine(
+            16, 0, 8, 0, 16, 8))[:6]
+        assert rasterio.crs.CRS.from_wkt(ds.attrs["crs"]) == src.crs
+    pred = fit.predict(chips_from_array(tiles.astype(np.float32)), max_draws=100, seed=1)
+    table = pred.to_frame(0.9)
+    rows, cols = np.array(picks).T
+    got = {v: ds[v].values[rows, cols] for v in ds.data_vars if v != "cluster_prob"}
+    np.testing.assert_allclose(got["mean"], table["tau_mean"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["sd"], table["tau_sd"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got["lower"], table["tau_5%"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["upper"], table["tau_95%"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["prob_positive"], table["prob_positive"], atol=1e-6)
+    np.testing.assert_allclose(got["extrapolation"], table["extrapolation"], rtol=1e-4)
+    np.testing.assert_array_equal(got["outside_support"], table["outside_support"])
+    np.testing.assert_allclose(ds["cluster_prob"].values[:, rows, cols].T,
+                               table[["cluster_prob_0", "cluster_prob_1"]], atol=1e-5)
+    # the centre coordinate of a pixel is its tile's centre
+    with rasterio.open(scene) as src:
+        cx, cy = src.xy(3 * 16 + 16, 17 * 16 + 16, offset="ul")
+    assert (float(ds.x[17]), float(ds.y[3])) == pytest.approx((cx, cy))
+    assert ds.attrs["n_draws"] == 100 and ds["lower"].attrs["quantile"] == pytest.approx(0.05)
+
+
+def test_the_map_shows_the_known_effect_pattern(inputs, full_map):
+    """Built-up tiles (cluster 1, tau = 2) get larger effects than rural ones (tau = 0)."""
+    scene, _ = inputs
+    from imgcate.scenes import BUILT, ROAD, land_cover_path
+
+    with rasterio.open(land_cover_path(scene)) as src:
+        cover = src.read(1)
+    built = np.isin(cover, (BUILT, ROAD)).astype(float)
+    share = np.array([[built[i * 16:i * 16 + TILE, j * 16:j * 16 + TILE].mean()
+                       for j in range(23)] for i in range(23)])
+    mean = full_map["mean"].values
+    assert np.corrcoef(share.ravel(), mean.ravel())[0, 1] > 0.5
+    assert mean[share > 0.4].mean() > mean[share < 0.1].mean() + 1.0
+
+
+def test_polygons_in_another_crs_line_up_with_the_full_map(inputs, full_map, tmp_path):
+    scene, fit = inputs
+    with rasterio.open(scene) as src:
+        b = src.bounds
+        crs = src.crs
+    x0, y0 = b.left + 3000, b.bottom + 2000
+    poly = Polygon([(x0, y0), (x0 + 4000, y0), (x0, y0 + 3000)])  # a triangle
+    region = gpd.GeoDataFrame({"name": ["district"]}, geometry=[poly], crs=crs).to_crs(4326)
+    path = tmp_path / "region.gpkg"
+    region.to_file(path)
+    part = predict_map(fit, scene, path, stride=16, **MAP_OPTS)
+    inside = np.isfinite(part["mean"].values)
+    assert inside.sum() > 10 and not inside.all()
+    sub = full_map.sel(x=part.x, y=part.y)
+    np.testing.assert_array_equal(part["mean"].values[inside], sub["mean"].values[inside])
+    # every kept cell touches the polygon
+    cell = 16 * 30
+    for yy, xx in zip(*np.nonzero(inside), strict=True):
+        x, y = float(part.x[xx]), float(part.y[yy])
+        assert box(x - cell / 2, y - cell / 2, x + cell / 2, y + cell / 2).intersects(
+            region.to_crs(crs).geometry[0])
+
+
+def test_bounds_region_and_nodata_tiles(inputs, tmp_path):
+    scene, fit = inputs
+    holed = write_variant(scene, tmp_path / "holed.tif", nodata_box=(100, 104, 200, 204))
+    ds = predict_map(fit, holed, **MAP_OPTS)
+    assert ds.sizes["y"] == ds.sizes["x"] == 12
+    nan = np.isnan(ds["mean"].values)
+    assert nan.sum() == 1 and nan[3, 6]  # rows 100-103 / cols 200-203 lie in tile (3, 6)
+    with rasterio.open(scene) as src:
+        x0, y0 = src.xy(64, 96, offset="ul")
+        x1, y1 = src.xy(128, 160, offset="ul")
+    part = predict_map(fit, scene, (x0, y1, x1, y0), **MAP_OPTS)
+    assert part.sizes["y"] == part.sizes["x"] == 2
+    assert np.isfinite(part["mean"].values).all()
+
+
+def test_clear_errors(inputs, tmp_path):
+    scene, fit = inputs
+    with rasterio.open(scene) as src:
+        b = src.bounds
+    with pytest.raises(RasterError, match=r"bounds \(1e\+06.*does not overlap.*raster"):
+        predict_map(fit, scene, (1e6, 1e6, 1.1e6, 1.1e6), **MAP_OPTS)
+    far = gpd.GeoDataFrame(geometry=[box(0, 0, 1, 1)], crs=4326)
+    with pytest.raises(RasterError, match="region of 1 polygon.*does not overlap"):
+        predict_map(fit, scene, far, **MAP_OPTS)
+    three = write_variant(scene, tmp_path / "three.tif", count=3)
+    with pytest.raises(RasterError, match=r"3 band\(s\).*fitted on 6-band"):
+        predict_map(fit, three, **MAP_OPTS)
+    with pytest.raises(InputError, match="tile_size"):
+        predict_map(fit, scene, tile_size=0)
+    with pytest.raises(InputError, match="workers"):
+        predict_map(fit, scene, workers=0)
+    assert tile_grid(scene, (b.left, b.bottom, b.right, b.top)).shape == (12, 12)
+
+
+def test_interrupted_job_resumes_to_the_same_map(inputs, tmp_path):
+    scene, fit = inputs
+    opts = dict(MAP_OPTS, stride=16, block_tiles=50)
+    whole = predict_map(fit, scene, **opts)
+    calls = []
+
+    def kill_after_three(done, total):
+        calls.append(done)
+        if done == 3:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        predict_map(fit, scene, checkpoint_dir=tmp_path / "ckpt", on_block=kill_after_three,
+                    **opts)
+    assert len(list((tmp_path / "ckpt").glob("block-*.npz"))) == 3
+    calls.clear()
+    resumed = predict_map(fit, scene, checkpoint_dir=tmp_path / "ckpt",
+                          on_block=lambda d, t: calls.append((d, t)), **opts)
+    assert calls[0] == (4, 11) and len(calls) == 8  # only the 8 missing blocks were computed
+    xr.testing.assert_identical(resumed, whole)
+    with pytest.raises(InputError, match="another map job"):
+        predict_map(fit, scene, checkpoint_dir=tmp_path / "ckpt", **dict(opts, seed=2))
+
+
+def test_write_cog_is_a_valid_cog_with_named_bands(full_map, tmp_path):
+    from rio_cogeo.cogeo import cog_validate
+
+    path = write_cog(full_map, tmp_path / "effect.tif")
+    valid, errors, _ = cog_validate(path)
+    assert valid, errors
+    with rasterio.open(path) as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert src.profile["tiled"] and src.overviews(1)
+        assert src.descriptions == ("mean", "sd", "lower_5", "upper_95", "prob_positive",
+                                    "cluster_prob_0", "cluster_prob_1", "extrapolation")
+        assert list(src.descriptions) == band_names(full_map)
+        assert src.crs == rasterio.crs.CRS.from_wkt(full_map.attrs["crs"])
+        assert list(src.transform)[:6] == full_map.attrs["transform"]
+        assert np.isnan(src.nodata)
+        tags = src.tags()
+        assert (tags["prob"], tags["seed"], tags["max_draws"]) == ("0.9", "1", "100")
+        assert "imgcate_version" in tags
+        np.testing.assert_array_equal(src.read(1), full_map["mean"].values)
+        np.testing.assert_array_equal(src.read(7), full_map["cluster_prob"].values[1])
+    assert (tmp_path / "effect.png").stat().st_size > 10_000
+    before = path.read_bytes()
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        write_cog(full_map, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["effect.png", "effect.tif"]
+    write_cog(full_map, path, overwrite=True, preview=False, co={"compress": "zstd"})
+    with rasterio.open(path) as src:
+        assert src.compression.name.lower() == "zstd"
+
+
+def test_aggregate_by_polygon_weights_cells_by_area(full_map, tmp_path):
+    t = rasterio.Affine(*full_map.attrs["transform"])
+    # one polygon covering cells (2..3, 4..5) fully; another covering half of cell (0, 0)
+    x0, y0 = t * (4, 2)
+    x1, y1 = t * (6, 4)
+    cx0, cy0 = t * (0, 0)
+    cx1, cy1 = t * (0.5, 1)
+    polys = gpd.GeoDataFrame({"name": ["a", "b"]},
+                             geometry=[box(x0, y1, x1, y0), box(cx0, cy1, cx1, cy0)],
+                             crs=full_map.attrs["crs"])
+    out = aggregate_by_polygon(full_map, polys, tmp_path / "districts.gpkg")
+    mean = full_map["mean"].values
+    assert out.loc[0, "mean"] == pytest.approx(mean[2:4, 4:6].mean(), rel=1e-6)
+    assert out.loc[0, "n_tiles"] == 4 and out.loc[0, "covered_share"] == pytest.approx(1)
+    assert out.loc[1, "mean"] == pytest.approx(mean[0, 0], rel=1e-6)
+    assert out.loc[0, "lower_5"] == pytest.approx(full_map["lower"].values[2:4, 4:6].mean(),
+                                                  rel=1e-6)
+    back = gpd.read_file(tmp_path / "districts.gpkg")
+    assert list(back["name"]) == ["a", "b"]
+
+
+@pytest.mark.slow
+def test_two_dask_workers_give_the_same_map(inputs, full_map, tmp_path):
+    scene, fit = inputs
+    ds = predict_map(fit, scene, stride=16, workers=2, block_tiles=100,
+                     checkpoint_dir=tmp_path / "ckpt", **MAP_OPTS)
+    xr.testing.assert_allclose(ds, full_map, rtol=1e-6, atol=1e-6)
+    assert len(list((tmp_path / "ckpt").glob("block-*.npz"))) == 6
