@@ -26,6 +26,14 @@ from imgcate.errors import (
 )
 from imgcate.fit import ClusterComparison, FitConfig, compare_clusters, fit
 from imgcate.raster import Chips, chips_from_array, extract_chips
+from imgcate.segments import (
+    cluster_sensitivity,
+    saliency,
+    segment_chips,
+    segment_sensitivity,
+    sensitivity_map,
+    typical_images,
+)
 from imgcate.simulate import SimulatedTrial, simulate_trial
 from imgcate.units import Trial, read_units
 
@@ -61,5 +69,11 @@ __all__ = [
     "load_embeddings",
     "load_fit",
     "read_units",
+    "saliency",
+    "segment_chips",
+    "segment_sensitivity",
+    "sensitivity_map",
+    "typical_images",
+    "cluster_sensitivity",
     "simulate_trial",
 ]
