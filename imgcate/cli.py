@@ -1,4 +1,4 @@
-"""Command line: ``imgcate demo | simulate | fit | effects``.
+"""Command line: ``imgcate demo | simulate | fit | effects | map``.
 
 Manners of rasterio's ``rio``: INPUT OUTPUT positionals, ``--overwrite`` to replace files,
 ``-v/-q``, errors that point at the offending option, and examples at the end of each help.
@@ -176,36 +176,163 @@ def effects(fit_file, output, prob, level, overwrite, verbose, quiet):
     click.echo(f"wrote {output}")
 
 
+def _parse_co(values: tuple[str, ...]) -> dict[str, str]:
+    """``--co NAME=VALUE`` options as a dict."""
+    out = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{item!r} must be NAME=VALUE, e.g. --co COMPRESS=ZSTD",
+                                     param_hint="--co")
+        out[name.strip().upper()] = value.strip()
+    return out
+
+
+def _band_option(values: tuple[str, ...]) -> list[int | str] | None:
+    if not values:
+        return None
+    return [int(v) if v.isdigit() else v for v in values]
+
+
+@main.command("map")
+@click.argument("fit_file", metavar="FIT",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("raster", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--region", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Vector file of polygons to map (any CRS).")
+@click.option("--bounds", type=float, nargs=4, default=None, metavar="W S E N",
+              help="Bounds to map, in the raster's CRS.")
+@click.option("--tile-size", default=32, show_default=True,
+              help="Tile side in pixels (the trial's chip size).")
+@click.option("--stride", type=int, default=None,
+              help="Pixels between tiles (default: the tile size).")
+@click.option("--prob", default=0.9, show_default=True, help="Interval probability.")
+@click.option("--max-draws", default=500, show_default=True, help="Posterior draws used.")
+@click.option("--band", "bands", multiple=True,
+              help="Raster band to read, number or description (repeatable; default all).")
+@click.option("--scale", type=float, default=None,
+              help="Multiplier of raw values, as used when the trial's chips were extracted.")
+@click.option("--block-tiles", default=2048, show_default=True, help="Tiles per block.")
+@click.option("--workers", default=1, show_default=True,
+              help="Local Dask worker processes (1: run in this process).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Address of a running Dask scheduler (its workers must read RASTER).")
+@click.option("--co", "creation_options", multiple=True, metavar="NAME=VALUE",
+              help="GDAL COG creation option (repeatable), e.g. --co COMPRESS=ZSTD.")
+@click.option("--resume-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Save finished blocks here; rerun with it to resume an interrupted job.")
+@click.option("--preview/--no-preview", default=True, show_default=True,
+              help="Also write OUTPUT with suffix .png.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the posterior draw subset.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT (and its preview) if they exist.")
+@common
+def map_command(fit_file, raster, output, region, bounds, tile_size, stride, prob, max_draws,
+                bands, scale, block_tiles, workers, scheduler, creation_options, resume_dir,
+                preview, seed, overwrite, verbose, quiet):
+    """Map the posterior effect of FIT over RASTER; write OUTPUT as a Cloud-Optimized GeoTIFF.
+
+    Bands: mean, sd, lower/upper interval bounds, prob_positive, cluster_prob_k and
+    extrapolation (distance from the trial's images); NaN outside the region. A PNG preview is
+    written beside OUTPUT.
+
+    \b
+    Examples:
+      imgcate map fit.imgcate scene.tif effect_map.tif
+      imgcate map fit.imgcate scene.tif district.tif --region district.gpkg --stride 8
+      imgcate map fit.imgcate scene.tif part.tif --bounds 400000 50000 405000 55000 \\
+          --workers 4 --resume-dir map-blocks --co COMPRESS=ZSTD
+    """
+    from imgcate.effects import load_fit
+    from imgcate.maps import predict_map, tile_grid, write_cog
+
+    _setup_logging(verbose, quiet)
+    if region is not None and bounds:
+        raise click.UsageError("give either --region or --bounds, not both.")
+    if not 0 < prob < 1:
+        raise click.BadParameter("must be between 0 and 1", param_hint="--prob")
+    for hint, value in (("--tile-size", tile_size), ("--stride", stride or 1),
+                        ("--max-draws", max_draws), ("--block-tiles", block_tiles),
+                        ("--workers", workers)):
+        if value < 1:
+            raise click.BadParameter("must be at least 1", param_hint=hint)
+    options = _parse_co(creation_options)
+    _run(check_writable, output, overwrite)
+    if preview:
+        _run(check_writable, output.with_suffix(".png"), overwrite)
+    area = region if region is not None else (tuple(bounds) if bounds else None)
+    hint = "--region" if region is not None else "--bounds"
+    try:
+        tile_grid(raster, area, tile_size=tile_size, stride=stride)
+    except ImgcateError as exc:
+        if area is None:
+            raise click.ClickException(str(exc)) from exc
+        raise click.BadParameter(f"must overlap the extent of the input raster: {exc}",
+                                 param_hint=hint) from exc
+    fit_result = _run(load_fit, fit_file)
+    dataset = _run(predict_map, fit_result, raster, area, tile_size=tile_size, stride=stride,
+                   prob=prob, max_draws=max_draws, block_tiles=block_tiles, workers=workers,
+                   scheduler=scheduler, checkpoint_dir=resume_dir, progress=not quiet,
+                   seed=seed, bands=_band_option(bands), scale=scale)
+    _run(write_cog, dataset, output, overwrite=overwrite, preview=preview, co=options)
+    valid = int(dataset["mean"].notnull().sum())
+    outside = int((dataset["outside_support"] == 1).sum())
+    click.echo(f"wrote {output}" + (f" and {output.with_suffix('.png')}" if preview else "")
+               + f": {valid} tiles, {outside} outside the trial's support")
+
+
+DEMO_FILES = ("scene.tif", "fit.imgcate", "cluster_effects.csv", "unit_effects.csv", "ate.csv",
+              "k_comparison.csv", "summary.txt", "segment_sensitivity.png", "effect_map.tif",
+              "effect_map.png")
+
+
 @main.command()
 @click.argument("output_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--n-units", default=800, show_default=True)
+@click.option("--n-units", default=600, show_default=True, help="Units in the simulated trial.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--draws", default=500, show_default=True, help="Warm-up and kept draws per chain.")
+@click.option("--draws", default=300, show_default=True, help="Warm-up and kept draws per chain.")
+@click.option("--scene-size", default=384, show_default=True, help="Scene side in pixels.")
 @click.option("--overwrite", is_flag=True, help="Replace existing files in OUTPUT_DIR.")
 @common
-def demo(output_dir, n_units, seed, draws, overwrite, verbose, quiet):
+def demo(output_dir, n_units, seed, draws, scene_size, overwrite, verbose, quiet):
     """Run the whole pipeline on built-in demo data and write its outputs to OUTPUT_DIR.
 
-    Simulates a two-cluster trial, compares K = 1..3 by PSIS-LOO, fits the chosen model and
-    writes the fit, cluster and unit effects, the ATE check and a summary.
+    Writes a synthetic scene (scene.tif), simulates a trial on it whose effect depends on the
+    built-up share around each unit (two clusters), extracts 32 px chips, embeds them (random
+    convolutional features), compares K = 1..3 by PSIS-LOO, fits the chosen model and writes
+    the fit, cluster and unit effects, the ATE check, a summary, the segment sensitivity of the
+    most typical images of each cluster, and the posterior effect map of the whole scene
+    (Cloud-Optimized GeoTIFF and PNG preview).
 
     \b
     Example:
       imgcate demo demo-output --overwrite
     """
+    from imgcate.embed import embed
     from imgcate.fit import compare_clusters
-    from imgcate.simulate import simulate_trial
+    from imgcate.maps import predict_map, write_cog
+    from imgcate.plots import plot_cluster_gallery
+    from imgcate.raster import chips_from_array, extract_chips
+    from imgcate.scenes import land_cover_path, simulate_scene_trial, synthetic_scene
+    from imgcate.segments import segment_chips, segment_sensitivity, typical_images
 
     _setup_logging(verbose, quiet)
-    names = ["fit.imgcate", "cluster_effects.csv", "unit_effects.csv", "ate.csv",
-             "k_comparison.csv", "summary.txt"]
+    if scene_size < 128:
+        raise click.BadParameter("must be at least 128", param_hint="--scene-size")
     output_dir.mkdir(parents=True, exist_ok=True)
-    for name in names:
+    scene = output_dir / "scene.tif"
+    for name in DEMO_FILES:
         _run(check_writable, output_dir / name, overwrite)
-    click.echo(f"simulating a trial of {n_units} units (seed {seed})")
-    sim = _run(simulate_trial, seed, n_units, 2)
+    _run(check_writable, land_cover_path(scene), overwrite)
+    chip = 32
+    click.echo(f"writing a {scene_size} x {scene_size} px synthetic scene (seed {seed})")
+    _run(synthetic_scene, scene, seed=seed, width=scene_size, height=scene_size)
+    click.echo(f"simulating a trial of {n_units} units on it")
+    sim = _run(simulate_scene_trial, scene, seed=seed + 1, n_units=n_units, chip_size=chip)
+    chips = _run(extract_chips, sim.trial, scene, chip)
+    emb = _run(embed, chips, "rcf", n_features=256, n_components=8, seed=seed)
     click.echo("comparing K = 1, 2, 3 by PSIS-LOO")
-    comparison = _run(compare_clusters, sim.trial, sim.embeddings, k_max=3, seed=seed,
+    comparison = _run(compare_clusters, sim.trial, emb, k_max=3, seed=seed,
                       num_chains=2, num_warmup=draws, num_samples=draws)
     result = comparison.fits[comparison.best_k]
     click.echo(comparison.table.to_string(float_format=lambda v: f"{v:.2f}"))
@@ -213,15 +340,40 @@ def demo(output_dir, n_units, seed, draws, overwrite, verbose, quiet):
     _run(_write_csv, result.cluster_effects().reset_index(), output_dir / "cluster_effects.csv",
          overwrite)
     units = result.unit_effects()
-    units["true_cate"] = sim.truth.cate
+    units["true_cate"] = sim.truth.tau_unit[chips.kept]
+    units["true_cluster"] = sim.truth.cluster[chips.kept]
     _run(_write_csv, units, output_dir / "unit_effects.csv", overwrite)
     _run(_write_csv, result.ate().reset_index(), output_dir / "ate.csv", overwrite)
     _run(_write_csv, comparison.table.reset_index(), output_dir / "k_comparison.csv", overwrite)
-    summary = result.summary() + f"\n\nTrue cluster effects: {sim.truth.tau_cluster.tolist()}\n"
+
+    click.echo("segment sensitivity of the most typical images of each cluster")
+    typical = _run(typical_images, result, chips, 4, max_draws=200, seed=seed)
+    rows = typical["index"].to_numpy()
+    picked = chips_from_array(chips.values[rows], image_ids=chips.image_ids[rows],
+                              band_names=chips.band_names)
+    labels = _run(segment_chips, picked, "grid", n_segments=16)
+    sensitivity = _run(segment_sensitivity, result, picked, labels, max_draws=200, seed=seed)
+    import matplotlib.pyplot as plt
+
+    figure = _run(plot_cluster_gallery, result, picked, sensitivity, n=4,
+                  path=output_dir / "segment_sensitivity.png", overwrite=overwrite,
+                  max_draws=200, seed=seed)
+    plt.close(figure)
+
+    click.echo("mapping the posterior effect over the whole scene")
+    dataset = _run(predict_map, result, scene, tile_size=chip, stride=8, max_draws=300,
+                   progress=not quiet, seed=seed)
+    _run(write_cog, dataset, output_dir / "effect_map.tif", overwrite=overwrite)
+    truth = sim.truth.tau_cluster.tolist()
+    share = float((dataset["outside_support"] == 1).mean())
+    summary = (result.summary() + f"\n\nTrue cluster effects: {truth}\n"
+               f"Effect map: {dataset.sizes['y']} x {dataset.sizes['x']} tiles of {chip} px "
+               f"every 8 px; mean CATE {float(dataset['mean'].mean()):.3f}; "
+               f"{share:.1%} of tiles outside the trial's support.\n")
     with atomic_path(output_dir / "summary.txt", overwrite=overwrite) as tmp:
         tmp.write_text(summary)
     click.echo(summary)
-    click.echo(f"wrote {', '.join(names)} to {output_dir}")
+    click.echo(f"wrote {', '.join(DEMO_FILES)} to {output_dir}")
 
 
 if __name__ == "__main__":

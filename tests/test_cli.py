@@ -57,6 +57,111 @@ def test_errors_point_at_the_option(fitted, tmp_path):
 
 def test_help_ends_with_examples():
     runner = CliRunner()
-    for command in ("simulate", "fit", "effects", "demo"):
+    for command in ("simulate", "fit", "effects", "demo", "map"):
         res = runner.invoke(main, [command, "--help"])
         assert res.exit_code == 0 and "Example" in res.output, command
+
+
+# ------------------------------------------------------------------------------ imgcate map
+@pytest.fixture(scope="module")
+def map_fit(tmp_path_factory):
+    """(scene.tif, fit.imgcate) shared with tests/test_maps.py (built once per session)."""
+    from test_maps import map_inputs
+
+    return map_inputs(tmp_path_factory)
+
+
+def test_map_writes_the_cog_the_api_computes(map_fit, tmp_path):
+    import numpy as np
+    import rasterio
+
+    from imgcate.maps import band_names, predict_map
+
+    scene, fit_path = map_fit
+    out = tmp_path / "effect.tif"
+    res = CliRunner().invoke(main, ["map", str(fit_path), str(scene), str(out), "--stride", "16",
+                                    "--max-draws", "100", "--seed", "1", "--prob", "0.8",
+                                    "--co", "compress=zstd", "-q"])
+    assert res.exit_code == 0, res.output
+    api = predict_map(load_fit(fit_path), scene, stride=16, max_draws=100, seed=1, prob=0.8,
+                      progress=False)
+    with rasterio.open(out) as src, rasterio.open(scene) as ref:
+        assert src.crs == ref.crs
+        assert list(src.transform)[:6] == api.attrs["transform"]
+        assert src.descriptions[:4] == ("mean", "sd", "lower_10", "upper_90")
+        assert list(src.descriptions) == band_names(api)
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert src.compression.name.lower() == "zstd"
+        assert src.tags()["prob"] == "0.8"
+        data = src.read()
+    expected = [api[v].values for v in ("mean", "sd", "lower", "upper", "prob_positive")]
+    expected += list(api["cluster_prob"].values) + [api["extrapolation"].values]
+    np.testing.assert_array_equal(data, np.stack(expected))
+    assert out.with_suffix(".png").exists()
+
+
+def test_map_errors_leave_no_file(map_fit, tmp_path):
+    from test_maps import write_variant
+
+    scene, fit_path = map_fit
+    runner = CliRunner()
+    out = tmp_path / "m.tif"
+    res = runner.invoke(main, ["map", str(fit_path), str(scene), str(out),
+                               "--bounds", "0", "0", "10", "10"])
+    assert res.exit_code != 0
+    assert "--bounds: must overlap the extent of the input raster" in res.output
+    three = write_variant(scene, tmp_path / "three.tif", count=3)
+    res = runner.invoke(main, ["map", str(fit_path), str(three), str(out)])
+    assert res.exit_code != 0 and "3 band(s)" in res.output and "--band" in res.output
+    res = runner.invoke(main, ["map", str(fit_path), str(scene), str(out), "--co", "nonsense"])
+    assert res.exit_code != 0 and "--co" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["three.tif"]
+    out.write_bytes(b"keep")
+    res = runner.invoke(main, ["map", str(fit_path), str(scene), str(out)])
+    assert res.exit_code != 0 and "--overwrite" in res.output
+    assert out.read_bytes() == b"keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif", "three.tif"]
+
+
+def test_map_resume_dir_and_region(map_fit, tmp_path):
+    import geopandas as gpd
+    import numpy as np
+    import rasterio
+    from shapely.geometry import box
+
+    scene, fit_path = map_fit
+    with rasterio.open(scene) as src:
+        b, crs = src.bounds, src.crs
+    region = tmp_path / "region.geojson"
+    gpd.GeoDataFrame(geometry=[box(b.left, b.bottom, b.left + 5000, b.bottom + 5000)],
+                     crs=crs).to_crs(4326).to_file(region)
+    args = ["map", str(fit_path), str(scene), str(tmp_path / "a.tif"), "--region", str(region),
+            "--max-draws", "50", "--block-tiles", "10", "--resume-dir", str(tmp_path / "blocks"),
+            "--no-preview", "-q"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "blocks").glob("block-*.npz"))) >= 2
+    args[3] = str(tmp_path / "b.tif")
+    res = CliRunner().invoke(main, args)  # every block is read back from the resume dir
+    assert res.exit_code == 0, res.output
+    with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b2:
+        np.testing.assert_array_equal(a.read(), b2.read())
+        assert a.width <= 7 and a.height <= 7  # only the tiles touching the region
+    assert not (tmp_path / "a.png").exists()
+
+
+@pytest.mark.slow
+def test_demo_writes_the_whole_pipeline(tmp_path):
+    import rasterio
+
+    res = CliRunner().invoke(main, ["demo", str(tmp_path), "--n-units", "300", "--draws", "150",
+                                    "-q"])
+    assert res.exit_code == 0, res.output
+    for name in ("fit.imgcate", "cluster_effects.csv", "unit_effects.csv", "ate.csv",
+                 "k_comparison.csv", "summary.txt", "segment_sensitivity.png", "effect_map.tif",
+                 "effect_map.png", "scene.tif"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    with rasterio.open(tmp_path / "effect_map.tif") as src:
+        assert src.descriptions[0] == "mean" and src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+    res = CliRunner().invoke(main, ["demo", str(tmp_path)])
+    assert res.exit_code != 0 and "--overwrite" in res.output
