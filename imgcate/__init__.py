@@ -25,6 +25,7 @@ from imgcate.errors import (
     RasterError,
 )
 from imgcate.fit import ClusterComparison, FitConfig, compare_clusters, fit
+from imgcate.maps import TileGrid, aggregate_by_polygon, predict_map, tile_grid, write_cog
 from imgcate.raster import Chips, chips_from_array, extract_chips
 from imgcate.segments import (
     cluster_sensitivity,
@@ -69,6 +70,11 @@ __all__ = [
     "load_embeddings",
     "load_fit",
     "read_units",
+    "predict_map",
+    "write_cog",
+    "aggregate_by_polygon",
+    "tile_grid",
+    "TileGrid",
     "saliency",
     "segment_chips",
     "segment_sensitivity",

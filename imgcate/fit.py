@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, log_likelihood
-from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
+from numpyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoNormal
+from numpyro.infer.initialization import init_to_median, init_to_uniform, init_to_value
+from numpyro.infer.util import unconstrain_fn
 from numpyro.optim import Adam
 
 from imgcate._validate import as_float_array, check_choice
@@ -52,6 +54,12 @@ class FitConfig:
         full batch), guide ("lowrank" or "normal") and posterior draws taken from the guide.
     random_effects : bool
         Add stratum / cluster random intercepts when the trial names those columns.
+    init_restarts, init_steps : int
+        Multi-start initialization: ``init_restarts`` MAP searches (Adam, ``init_steps``
+        steps each, run in parallel with ``jax.vmap``) from random points; every chain (or the
+        SVI guide) starts near the best one. Mixture posteriors have poor local modes (two
+        clusters merged, one empty) that a chain started at random can get stuck in; with
+        0 restarts NumPyro's default random initialization is used.
     seed : int
         Random seed of the inference.
     """
@@ -71,6 +79,8 @@ class FitConfig:
     svi_guide: str = "lowrank"
     svi_draws: int = 1000
     random_effects: bool = True
+    init_restarts: int = 8
+    init_steps: int = 500
     seed: int = 0
     progress: bool = False
 
@@ -82,6 +92,8 @@ class FitConfig:
         check_choice("svi_guide", self.svi_guide, ("lowrank", "normal"))
         if not 1 <= self.n_clusters <= 10:
             raise InputError(f"n_clusters={self.n_clusters} must be between 1 and 10.")
+        if self.init_restarts < 0 or self.init_steps < 1:
+            raise InputError("init_restarts must be >= 0 and init_steps >= 1.")
         for name in ("num_warmup", "num_samples", "num_chains", "svi_steps", "svi_draws"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be a positive integer.")
@@ -212,7 +224,50 @@ def _model_data(trial: Trial, unit_embedding: np.ndarray, std: Standardizer,
     )
 
 
+def _map_start(data: ModelData, config: FitConfig, key) -> dict[str, jnp.ndarray]:
+    """Best of ``init_restarts`` MAP searches from random points (constrained values by site)."""
+    kwargs = data.model_kwargs(config)
+    outcome = jnp.asarray(data.outcome)
+    guide = AutoDelta(effect_cluster_model, init_loc_fn=init_to_uniform(radius=2.0))
+    svi = SVI(effect_cluster_model, guide, Adam(0.05), Trace_ELBO())
+
+    def search(restart_key):
+        state = svi.init(restart_key, outcome=outcome, **kwargs)
+
+        def step(carry, _):
+            carry, loss = svi.update(carry, outcome=outcome, **kwargs)
+            return carry, loss
+
+        state, losses = jax.lax.scan(step, state, None, length=config.init_steps)
+        return svi.get_params(state), losses[-1]
+
+    keys = jax.random.split(key, config.init_restarts)
+    params, losses = jax.jit(jax.vmap(search))(keys)
+    losses = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
+    best = int(jnp.argmin(losses))
+    return guide.median({name: value[best] for name, value in params.items()})
+
+
+def _chain_inits(data: ModelData, config: FitConfig, start: dict, key) -> dict:
+    """Unconstrained initial values per chain: the MAP start plus a small jitter."""
+    kwargs = data.model_kwargs(config)
+    free = unconstrain_fn(effect_cluster_model, (), {"outcome": jnp.asarray(data.outcome),
+                                                      **kwargs}, start)
+    keys = jax.random.split(key, len(free))
+    return {
+        name: value + 0.05 * jax.random.normal(k, (config.num_chains,) + jnp.shape(value))
+        for (name, value), k in zip(free.items(), keys, strict=True)
+    }
+
+
 def _run_nuts(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
+    init_params = None
+    if config.init_restarts:
+        key, key_map, key_jitter = jax.random.split(key, 3)
+        start = _map_start(data, config, key_map)
+        init_params = _chain_inits(data, config, start, key_jitter)
+        if config.num_chains == 1:
+            init_params = {name: value[0] for name, value in init_params.items()}
     kernel = NUTS(effect_cluster_model, target_accept_prob=config.target_accept)
     mcmc = MCMC(
         kernel,
@@ -225,7 +280,7 @@ def _run_nuts(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="There are not enough devices")
         mcmc.run(key, outcome=jnp.asarray(data.outcome), extra_fields=("diverging",
-                 "num_steps", "energy"), **data.model_kwargs(config))
+                 "num_steps", "energy"), init_params=init_params, **data.model_kwargs(config))
     samples = mcmc.get_samples(group_by_chain=True)
     extra = mcmc.get_extra_fields(group_by_chain=True)
     stats = {
@@ -238,7 +293,11 @@ def _run_nuts(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
 
 def _run_svi(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
     guide_cls = AutoLowRankMultivariateNormal if config.svi_guide == "lowrank" else AutoNormal
-    guide = guide_cls(effect_cluster_model)
+    init = init_to_median()
+    if config.init_restarts:
+        key, key_map = jax.random.split(key)
+        init = init_to_value(values=_map_start(data, config, key_map))
+    guide = guide_cls(effect_cluster_model, init_loc_fn=init)
     kwargs = data.model_kwargs(config)
     svi = SVI(effect_cluster_model, guide, Adam(config.svi_learning_rate), Trace_ELBO())
     batch = config.svi_batch_size

@@ -113,9 +113,11 @@ def effect_cluster_model(
     """
     n_units, n_covariates = covariates.shape
     alpha = numpyro.sample("alpha", dist.Normal(0.0, PRIOR["alpha"]))
-    beta = numpyro.sample(
-        "beta", dist.Normal(0.0, PRIOR["beta"]).expand([n_covariates]).to_event(1)
-    )
+    beta = jnp.zeros(0)
+    if n_covariates:  # no zero-size site: it would break MAP initialization and ArviZ
+        beta = numpyro.sample(
+            "beta", dist.Normal(0.0, PRIOR["beta"]).expand([n_covariates]).to_event(1)
+        )
     gamma_scale = numpyro.sample("gamma_scale", dist.HalfNormal(PRIOR["gamma_scale"]))
     gamma_raw = numpyro.sample(
         "gamma_raw", dist.Normal(0.0, 1.0).expand([embedding.shape[1]]).to_event(1)

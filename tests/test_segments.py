@@ -228,8 +228,10 @@ def test_result_layout(grid_result, setting):
     assert res.cate_change_lower.attrs["prob"] == 0.9
     assert res.cate_change_lower.attrs["percentile"] == "5%"
     assert res.cate_change_upper.attrs["percentile"] == "95%"
-    assert (res.cate_change_lower <= res.cate_change_mean).all()
-    assert (res.cate_change_mean <= res.cate_change_upper).all()
+    # a skewed posterior (a segment that matters under few draws) can put its mean outside the
+    # central interval, so only the interval's own order is checked
+    assert (res.cate_change_lower <= res.cate_change_upper).all()
+    assert (res.cate_change_sd >= 0).all()
     assert np.array_equal(res.image.values, chips.image_ids)
     assert np.allclose(res.cluster_prob.sum("cluster"), 1, atol=1e-5)
     # the cluster probability changes sum to zero over clusters
