@@ -20,3 +20,11 @@ def test_example_runs(name, landsat_path, monkeypatch, capsys):
     # the example's own claims: the model found the clusters the scene put there
     assert namespace["comparison"].best_k == 2
     assert namespace["autoc"].estimate > 0
+
+
+def test_api_reference_lists_every_public_name():
+    import imgcate
+
+    text = (EXAMPLES.parent / "docs" / "api.md").read_text()
+    missing = [n for n in imgcate.__all__ if n != "__version__" and f"`{n}`" not in text]
+    assert not missing, f"docs/api.md lacks {missing}"
