@@ -53,6 +53,7 @@ from scipy import stats
 
 from imgcate._validate import as_float_array, check_choice, rng_from_seed
 from imgcate.errors import ConvergenceWarning, InputError, OverlapWarning
+from imgcate.evaluate import aipw_scores
 
 PropensityMethod = Literal["logistic", "bayes"]
 OutcomeModel = Literal["ridge", "lasso", "boosting"]
@@ -987,7 +988,7 @@ def aipw(
         m0 = as_float_array("mu0", mu0, ndim=1)
         m1 = as_float_array("mu1", mu1, ndim=1)
         _check_lengths(outcome=y, mu0=m0, mu1=m1)
-    phi = m1 - m0 + t * (y - m1) / e - (1 - t) * (y - m0) / (1 - e)
+    phi = aipw_scores(y, t, e, m0, m1)
     tau = phi.mean()
     return _from_influence("aipw", tau, phi - tau, codes, prob)
 
