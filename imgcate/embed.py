@@ -195,6 +195,12 @@ def _unflatten(arrays: dict[str, np.ndarray]) -> dict:
     return tree
 
 
+#: Bytes of conv activations one jitted call may hold. Larger calls fall out of the CPU's cache
+#: and run 2-4x slower (measured by benchmarks/embed_speed.py), so a ``batch_size`` above this
+#: is split into smaller calls; the result is the same.
+ACTIVATION_BYTES = 6 * 2**20
+
+
 def _batches(n: int, batch_size: int):
     for start in range(0, n, batch_size):
         yield start, min(start + batch_size, n)
@@ -231,6 +237,10 @@ class _Encoder:
 
     def _min_size(self) -> int:
         return 1
+
+    def _activation_bytes(self, chip_shape: tuple[int, ...]) -> int | None:
+        """Bytes of intermediate activations per chip, where known (sets the call size)."""
+        return None
 
     # -- public ------------------------------------------------------------------------------
     @property
@@ -368,6 +378,9 @@ class _Encoder:
     def _run(self, x: np.ndarray, head: bool, batch_size: int | None) -> np.ndarray:
         self._check_input(x)
         size = min(batch_size or self.batch_size, x.shape[0])
+        per_chip = self._activation_bytes(x.shape[1:])
+        if per_chip:
+            size = max(1, min(size, ACTIVATION_BYTES // per_chip))
         fn, params = self._jitted(head), self._jax_params()
         out = []
         for start, stop in _batches(x.shape[0], size):
@@ -495,6 +508,11 @@ class RandomConvFeatures(_Encoder):
 
     def _module(self) -> nn.Module:
         return RandomConvNet(n_filters=self.n_features // 2, kernel_size=self.kernel_size)
+
+    def _activation_bytes(self, chip_shape: tuple[int, ...]) -> int | None:
+        out = max(chip_shape[-2] - self.kernel_size + 1, 1) * max(
+            chip_shape[-1] - self.kernel_size + 1, 1)
+        return 4 * (self.n_features // 2) * out
 
     def _config(self) -> dict:
         return {"n_features": self.n_features, "kernel_size": self.kernel_size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import jax
@@ -20,6 +21,9 @@ from imgcate.embed import (
 )
 from imgcate.errors import FitError, InputError
 from imgcate.raster import chips_from_array
+
+# the module (imgcate.embed, the attribute, is the embed function)
+embed_module = importlib.import_module("imgcate.embed")
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +57,13 @@ def test_apply_jax_equals_transform_and_is_differentiable(chips):
     np.testing.assert_allclose(per_image, enc.apply_jax(x), atol=1e-5)
 
 
-def test_batching_gives_same_result(chips):
+def test_batching_gives_same_result(chips, monkeypatch):
     enc = RandomConvFeatures(32, n_components=4).fit(chips, seed=0)
+    monkeypatch.setattr(embed_module, "ACTIVATION_BYTES", 2**40)  # every chip in one call
     full = enc.transform(chips, batch_size=1000)
     np.testing.assert_allclose(enc.transform(chips, batch_size=7), full, atol=1e-5)
+    monkeypatch.setattr(embed_module, "ACTIVATION_BYTES", 1)  # the cache cap: one chip per call
+    np.testing.assert_allclose(enc.transform(chips, batch_size=1000), full, atol=1e-5)
 
 
 def test_save_load_transform_new_chips(chips, tmp_path):
