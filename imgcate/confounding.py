@@ -310,8 +310,7 @@ class Propensity:
     @property
     def ipw_weights(self) -> np.ndarray:
         """Inverse-probability (ATE) weights ``t / e + (1 - t) / (1 - e)``, shape (unit,)."""
-        t, e = self.treatment, self.scores
-        return np.where(t == 1, 1 / e, 1 / (1 - e))
+        return _ipw_weights(self.treatment, self.scores)
 
     def overlap_summary(self) -> pd.DataFrame:
         """Overlap diagnostics by treatment arm.
@@ -424,25 +423,17 @@ def _logistic_cross_fit(
 BALANCE_C_GRID = tuple(float(c) for c in np.logspace(-3, 3, 13))
 
 
-def _max_abs_smd(x: np.ndarray, t: np.ndarray, scores: np.ndarray) -> float:
-    """Largest |SMD| over the features after IPW (ATE) weighting, unweighted pooled SD."""
-    e = np.clip(scores, 1e-3, 1 - 1e-3)
-    w = np.where(t == 1, 1 / e, 1 / (1 - e))
-    x1, x0 = x[t == 1], x[t == 0]
-    pooled = np.sqrt((x1.var(axis=0, ddof=1) + x0.var(axis=0, ddof=1)) / 2)
-    diff = _weighted_mean(x1, w[t == 1]) - _weighted_mean(x0, w[t == 0])
-    return float(np.nanmax(np.abs(diff) / np.where(pooled > 0, pooled, np.nan)))
-
-
 def _balance_tuned_cross_fit(
-    x: np.ndarray, t: np.ndarray, folds: np.ndarray
+    x: np.ndarray, t: np.ndarray, folds: np.ndarray, clip: float
 ) -> tuple[np.ndarray, float, dict[float, float]]:
-    """Cross-fitted scores for each C on the grid; keep the C with the best weighted balance."""
+    """Cross-fitted scores for each C on the grid; keep the C whose clipped scores give the
+    smallest max |SMD| after IPW weighting."""
     imbalance: dict[float, float] = {}
     best: tuple[float, float, np.ndarray] | None = None
     for c in BALANCE_C_GRID:
         scores, _ = _logistic_cross_fit(x, t, folds, c, 0)
-        imbalance[c] = _max_abs_smd(x, t, scores)
+        weights = _ipw_weights(t, np.clip(scores, clip, 1 - clip))
+        imbalance[c] = float(np.nanmax(np.abs(_smd(x, t, weights))))
         if best is None or imbalance[c] < best[0]:
             best = (imbalance[c], c, scores)
     assert best is not None
@@ -600,7 +591,7 @@ def estimate_propensity(
         folds = _fold_ids(t, n_folds, rng, _cluster_codes(clusters, n))
         diagnostics: dict[str, Any] = {"n_folds": n_folds}
         if C is None and tune == "balance":
-            raw, C_best, imbalance = _balance_tuned_cross_fit(x, t, folds)
+            raw, C_best, imbalance = _balance_tuned_cross_fit(x, t, folds, clip)
             chosen = [C_best] * len(np.unique(folds))
             diagnostics["max_abs_smd_by_C"] = imbalance
         else:
@@ -1123,6 +1114,23 @@ def _weighted_mean(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return (w[:, None] * x).sum(axis=0) / w.sum()
 
 
+def _ipw_weights(t: np.ndarray, e: np.ndarray) -> np.ndarray:
+    return np.where(t == 1, 1 / e, 1 / (1 - e))
+
+
+def _pooled_sd(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Unweighted pooled SD per feature (NaN where it is 0)."""
+    x1, x0 = x[t == 1], x[t == 0]
+    pooled = np.sqrt((x1.var(axis=0, ddof=1) + x0.var(axis=0, ddof=1)) / 2)
+    return np.where(pooled > 0, pooled, np.nan)
+
+
+def _smd(x: np.ndarray, t: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted standardized mean differences, unweighted pooled SD."""
+    diff = _weighted_mean(x[t == 1], w[t == 1]) - _weighted_mean(x[t == 0], w[t == 0])
+    return diff / _pooled_sd(x, t)
+
+
 def balance_table(
     features: Any,
     treatment: Any,
@@ -1179,17 +1187,14 @@ def balance_table(
     if len(names) != x.shape[1]:
         raise InputError(f"names has {len(names)} entries but features has {x.shape[1]} columns.")
     x1, x0 = x[t == 1], x[t == 0]
-    pooled = np.sqrt((x1.var(axis=0, ddof=1) + x0.var(axis=0, ddof=1)) / 2)
-    pooled = np.where(pooled > 0, pooled, np.nan)
     table = pd.DataFrame(
         {"mean_treated": x1.mean(axis=0), "mean_control": x0.mean(axis=0)}, index=list(names)
     )
-    table["smd_before"] = (table["mean_treated"] - table["mean_control"]) / pooled
+    table["smd_before"] = _smd(x, t, np.ones(len(t)))
     if w is not None:
         table["mean_treated_weighted"] = _weighted_mean(x1, w[t == 1])
         table["mean_control_weighted"] = _weighted_mean(x0, w[t == 0])
-        diff = table["mean_treated_weighted"] - table["mean_control_weighted"]
-        table["smd_after"] = diff / pooled
+        table["smd_after"] = _smd(x, t, w)
     return table
 
 
