@@ -25,7 +25,14 @@ from imgcate.errors import (
     RasterError,
 )
 from imgcate.fit import ClusterComparison, FitConfig, compare_clusters, fit
-from imgcate.maps import TileGrid, aggregate_by_polygon, predict_map, tile_grid, write_cog
+from imgcate.maps import (
+    TileGrid,
+    aggregate_by_polygon,
+    fit_tile_size,
+    predict_map,
+    tile_grid,
+    write_cog,
+)
 from imgcate.raster import Chips, chips_from_array, extract_chips
 from imgcate.segments import (
     cluster_sensitivity,
@@ -71,6 +78,7 @@ __all__ = [
     "load_fit",
     "read_units",
     "predict_map",
+    "fit_tile_size",
     "write_cog",
     "aggregate_by_polygon",
     "tile_grid",

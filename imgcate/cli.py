@@ -203,8 +203,8 @@ def _band_option(values: tuple[str, ...]) -> list[int | str] | None:
               default=None, help="Vector file of polygons to map (any CRS).")
 @click.option("--bounds", type=float, nargs=4, default=None, metavar="W S E N",
               help="Bounds to map, in the raster's CRS.")
-@click.option("--tile-size", default=32, show_default=True,
-              help="Tile side in pixels (the trial's chip size).")
+@click.option("--tile-size", type=int, default=None,
+              help="Tile side in pixels (default: the trial's chip size, which the fit records).")
 @click.option("--stride", type=int, default=None,
               help="Pixels between tiles (default: the tile size).")
 @click.option("--prob", default=0.9, show_default=True, help="Interval probability.")
@@ -244,14 +244,14 @@ def map_command(fit_file, raster, output, region, bounds, tile_size, stride, pro
           --workers 4 --resume-dir map-blocks --co COMPRESS=ZSTD
     """
     from imgcate.effects import load_fit
-    from imgcate.maps import predict_map, tile_grid, write_cog
+    from imgcate.maps import fit_tile_size, predict_map, tile_grid, write_cog
 
     _setup_logging(verbose, quiet)
     if region is not None and bounds:
         raise click.UsageError("give either --region or --bounds, not both.")
     if not 0 < prob < 1:
         raise click.BadParameter("must be between 0 and 1", param_hint="--prob")
-    for hint, value in (("--tile-size", tile_size), ("--stride", stride or 1),
+    for hint, value in (("--tile-size", tile_size or 1), ("--stride", stride or 1),
                         ("--max-draws", max_draws), ("--block-tiles", block_tiles),
                         ("--workers", workers)):
         if value < 1:
@@ -262,6 +262,11 @@ def map_command(fit_file, raster, output, region, bounds, tile_size, stride, pro
         _run(check_writable, output.with_suffix(".png"), overwrite)
     area = region if region is not None else (tuple(bounds) if bounds else None)
     hint = "--region" if region is not None else "--bounds"
+    fit_result = _run(load_fit, fit_file)
+    try:
+        tile_size = fit_tile_size(fit_result, tile_size)
+    except ImgcateError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tile-size") from exc
     try:
         tile_grid(raster, area, tile_size=tile_size, stride=stride)
     except ImgcateError as exc:
@@ -269,7 +274,6 @@ def map_command(fit_file, raster, output, region, bounds, tile_size, stride, pro
             raise click.ClickException(str(exc)) from exc
         raise click.BadParameter(f"must overlap the extent of the input raster: {exc}",
                                  param_hint=hint) from exc
-    fit_result = _run(load_fit, fit_file)
     dataset = _run(predict_map, fit_result, raster, area, tile_size=tile_size, stride=stride,
                    prob=prob, max_draws=max_draws, block_tiles=block_tiles, workers=workers,
                    scheduler=scheduler, checkpoint_dir=resume_dir, progress=not quiet,

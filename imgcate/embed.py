@@ -173,6 +173,13 @@ def _as_values(chips: Any) -> tuple[np.ndarray, bool]:
     return arr, arr.ndim == 5
 
 
+def _chip_spec(chips: Any) -> dict | None:
+    """The cut of :class:`~imgcate.raster.Chips` (None for plain arrays: nothing is known)."""
+    from imgcate.raster import Chips
+
+    return chips.spec() if isinstance(chips, Chips) else None
+
+
 def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for key, value in tree.items():
@@ -223,6 +230,8 @@ class _Encoder:
         self.batch_size = int(batch_size)
         self.params: dict | None = None
         self.n_bands: int | None = None
+        #: How the chips it was fitted on were cut (:meth:`imgcate.raster.Chips.spec`), or None.
+        self.chip_spec: dict | None = None
         self._jit_cache: dict = {}
 
     # -- to be provided by subclasses -------------------------------------------------------
@@ -280,6 +289,7 @@ class _Encoder:
         out = copy.copy(self)
         out._jit_cache = {}
         out.n_bands = int(x.shape[1])
+        out.chip_spec = _chip_spec(chips)
         mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
         std = x.std(axis=(0, 2, 3), dtype=np.float64)
         std = np.where(std > 1e-8 * max(1.0, float(np.abs(mean).max())), std, 1.0)
@@ -335,6 +345,7 @@ class _Encoder:
         """
         self._require_fitted()
         config = {"encoder": self.name, "state_version": 1, "n_bands": self.n_bands,
+                  "chip_spec": self.chip_spec,
                   "n_components": self.n_components, "combine": self.combine,
                   "batch_size": self.batch_size, **self._config()}
         return config, _flatten(self.params)
@@ -640,7 +651,7 @@ def encoder_from_state(config: dict, arrays: dict[str, np.ndarray]) -> _Encoder:
     check_choice("config['encoder']", name, tuple(_ENCODER_CLASSES))
     cls = _ENCODER_CLASSES[name]
     kwargs = {k: v for k, v in config.items()
-              if k not in ("encoder", "state_version", "n_bands")}
+              if k not in ("encoder", "state_version", "n_bands", "chip_spec")}
     enc = cls(**kwargs)
     params = _unflatten(dict(arrays))
     for part in ("norm", "body", "head"):
@@ -648,6 +659,7 @@ def encoder_from_state(config: dict, arrays: dict[str, np.ndarray]) -> _Encoder:
             raise InputError(f"encoder arrays lack the {part!r} group; pass every saved array.")
     enc.params = params
     enc.n_bands = int(config["n_bands"])
+    enc.chip_spec = config.get("chip_spec")  # absent in fits saved before it was recorded
     return enc
 
 

@@ -41,6 +41,9 @@ from imgcate.errors import ExtrapolationWarning, InputError, RasterError
 
 log = logging.getLogger("imgcate")
 
+#: Tile side (px) for fits whose encoder does not know the trial's chip size.
+DEFAULT_TILE_SIZE = 32
+
 #: Variables of a map with (y, x) dims, in the band order of :func:`write_cog`.
 MAP_VARIABLES = ("mean", "sd", "lower", "upper", "prob_positive", "extrapolation")
 #: Tiles outside the trial's support above which :func:`predict_map` warns.
@@ -526,21 +529,85 @@ def _check_bands(fit: Any, ds: Any, bands: Sequence[int | str] | None) -> tuple[
     indexes = _band_indexes(ds, bands)
     want = fit.encoder.n_bands
     names = [ds.descriptions[i - 1] or f"band_{i}" for i in indexes]
-    fit_names = tuple(getattr(fit, "band_names", None) or getattr(fit.encoder, "band_names", None)
-                      or ())
     if len(indexes) != want:
         raise RasterError(
             f"raster {ds.name!r} gives {len(indexes)} band(s) {names} but the fit's encoder was "
             f"fitted on {want}-band chips; map a raster with the trial's bands (or choose them "
             "with bands=[...] / --band)."
         )
-    if fit_names and list(fit_names) != names:
+    spec = fit.encoder.chip_spec or {}
+    fit_names = spec.get("band_names") or []
+    described = all(ds.descriptions[i - 1] for i in indexes)
+    fit_described = any(name != f"band_{j + 1}" for j, name in enumerate(fit_names))
+    if described and fit_described and list(fit_names) != names:
         raise RasterError(
-            f"raster {ds.name!r} has bands {names} but the fit was made on bands "
+            f"raster {ds.name!r} has bands {names} but the trial's chips had bands "
             f"{list(fit_names)}; map a raster with those bands (or choose them with "
             "bands=[...] / --band)."
         )
     return tuple(indexes)
+
+
+def fit_tile_size(fit: Any, tile_size: int | None = None) -> int:
+    """The map tile size for a fit: the size of the trial's chips, which its encoder records.
+
+    Parameters
+    ----------
+    fit : EffectFit
+        A fit that carries its encoder.
+    tile_size : int, optional
+        A requested size; it must equal the chips' size when the encoder knows it.
+
+    Returns
+    -------
+    int
+        ``tile_size``, else the chips' size, else 32 (encoders fitted on plain arrays).
+
+    Raises
+    ------
+    InputError
+        If ``tile_size`` differs from the chips' size, or the chips were not square.
+    """
+    if tile_size is not None:
+        tile_size = _check_tiles(tile_size, None)[0]
+    size = (fit.encoder.chip_spec or {}).get("size_px")
+    if size is None:
+        return DEFAULT_TILE_SIZE if tile_size is None else int(tile_size)
+    if tile_size is None and size[0] != size[1]:
+        raise InputError(
+            f"the trial's chips were {size[0]}x{size[1]} px and map tiles are square; pass "
+            "tile_size (--tile-size) explicitly."
+        )
+    if tile_size is not None and list(size) != [tile_size, tile_size]:
+        raise InputError(
+            f"tile_size={tile_size} px, but the trial's chips were {size[0]}x{size[1]} px and "
+            "the embedding depends on the footprint; omit tile_size (--tile-size) to use the "
+            "chips' size."
+        )
+    return int(size[0])
+
+
+def _chip_settings(
+    fit: Any, ds: Any, tile_size: int | None, scale: float | Sequence[float] | None
+) -> tuple[int, tuple[float, ...] | None]:
+    """Tile size and scale as the trial's chips were cut (``fit.encoder.chip_spec``)."""
+    spec = fit.encoder.chip_spec or {}
+    tile_size = fit_tile_size(fit, tile_size)
+    if scale is None and spec.get("scale") is not None:
+        scale = spec["scale"]
+    if scale is not None:
+        scale = tuple(float(v) for v in np.atleast_1d(scale))
+    pixel = spec.get("pixel_size")
+    if pixel is not None and ds.crs is not None and spec.get("crs") == str(ds.crs):
+        res = np.abs(ds.res)
+        if not np.allclose(res, pixel, rtol=0.01):
+            warnings.warn(
+                f"raster {ds.name!r} has {res[0]:g} x {res[1]:g} pixels but the trial's chips "
+                f"had {pixel[0]:g} x {pixel[1]:g}; tiles of {tile_size} px then cover another "
+                "ground footprint than the chips. Resample the raster to the trial's resolution.",
+                ExtrapolationWarning, stacklevel=3,
+            )
+    return tile_size, scale
 
 
 def _check_options(fit: Any, prob: float, max_draws: int | None, block_tiles: int,
@@ -562,7 +629,7 @@ def predict_map(
     raster: str | Path | Any,
     region: Any = None,
     *,
-    tile_size: int = 32,
+    tile_size: int | None = None,
     stride: int | None = None,
     prob: float = 0.9,
     max_draws: int | None = 500,
@@ -592,8 +659,10 @@ def predict_map(
     region : path, GeoDataFrame, GeoSeries, shapely polygon, (west, south, east, north) or None
         Polygons in any CRS (reprojected to the raster's), bounds in the raster's CRS, or None
         for the whole raster.
-    tile_size : int
-        Tile side in pixels; use the chip size of the trial.
+    tile_size : int, optional
+        Tile side in pixels. Default: the size of the trial's chips, which the fit's encoder
+        records (32 for encoders fitted on plain arrays); another size is an error for such a
+        fit, because the embedding depends on the footprint.
     stride : int, optional
         Distance between tiles in pixels (default ``tile_size``); smaller gives a finer map of
         overlapping tiles.
@@ -619,7 +688,8 @@ def predict_map(
     bands : sequence of int or str, optional
         1-based band numbers or descriptions to read (default all bands).
     scale : float or sequence of float, optional
-        Multiplier of the raw values (per band), as given to :func:`~imgcate.raster.extract_chips`.
+        Multiplier of the raw values (per band). Default: the ``scale`` the trial's chips were
+        extracted with (recorded by the encoder); give it for a raster stored in other units.
     on_block : callable, optional
         Called as ``on_block(done, total)`` after each block is finished (and saved); an
         exception it raises stops the job (the blocks saved so far are kept).
@@ -666,11 +736,10 @@ def predict_map(
     from imgcate.raster import _open
 
     _check_options(fit, prob, max_draws, block_tiles, workers)
-    if scale is not None:
-        scale = tuple(float(v) for v in np.atleast_1d(scale))
     ds, owned = _open(raster)
     try:
         indexes = _check_bands(fit, ds, bands)
+        tile_size, scale = _chip_settings(fit, ds, tile_size, scale)
         grid = tile_grid(ds, region, tile_size=tile_size, stride=stride)
         path = str(ds.name)
     finally:

@@ -65,6 +65,8 @@ class Chips:
         bool, shape (image,): chips whose edge or nodata pixels were filled (``on_edge="pad"``).
     dropped_units : numpy.ndarray
         Ids of the units dropped by ``on_edge="drop"`` (empty otherwise).
+    scale : tuple of float or None
+        The multiplier applied to the raw values (one per band, or one for all), or None.
     """
 
     values: np.ndarray
@@ -79,6 +81,7 @@ class Chips:
     kept: np.ndarray | None = None
     padded: np.ndarray | None = None
     dropped_units: np.ndarray = field(default_factory=lambda: np.array([]))
+    scale: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         values = np.asarray(self.values, dtype=np.float32)
@@ -111,6 +114,24 @@ class Chips:
         for name, value in defaults.items():
             object.__setattr__(self, name, np.asarray(value))
 
+    def spec(self) -> dict[str, Any]:
+        """How these chips were cut: size in pixels, band names, scale, pixel size and CRS.
+
+        An encoder fitted on the chips keeps this (``encoder.chip_spec``, saved with a fit), so
+        that :func:`~imgcate.maps.predict_map` cuts its tiles the same way.
+        """
+        pixel = None
+        if self.transforms:
+            t = self.transforms[0]
+            pixel = [abs(float(t.a)), abs(float(t.e))]
+        return {
+            "size_px": [int(self.values.shape[-2]), int(self.values.shape[-1])],
+            "band_names": list(self.band_names),
+            "scale": None if self.scale is None else [float(v) for v in self.scale],
+            "pixel_size": pixel,
+            "crs": None if self.crs is None else str(self.crs),
+        }
+
     @property
     def n_images(self) -> int:
         """Number of distinct chips."""
@@ -134,7 +155,7 @@ class Chips:
             values=self.values[index], image_ids=self.image_ids, unit_image=self.unit_image,
             transforms=self.transforms, crs=self.crs, band_names=self.band_names,
             unit_ids=self.unit_ids, unit_keys=self.unit_keys, kept=self.kept,
-            padded=self.padded, dropped_units=self.dropped_units,
+            padded=self.padded, dropped_units=self.dropped_units, scale=self.scale,
         )
 
     def coarsen(self, factor: int) -> Chips:
@@ -509,4 +530,5 @@ def extract_chips(
         kept=kept,
         padded=padded,
         dropped_units=dropped,
+        scale=None if scale is None else tuple(float(v) for v in np.atleast_1d(scale)),
     )

@@ -115,6 +115,9 @@ def test_map_errors_leave_no_file(map_fit, tmp_path):
     assert res.exit_code != 0 and "3 band(s)" in res.output and "--band" in res.output
     res = runner.invoke(main, ["map", str(fit_path), str(scene), str(out), "--co", "nonsense"])
     assert res.exit_code != 0 and "--co" in res.output
+    res = runner.invoke(main, ["map", str(fit_path), str(scene), str(out), "--tile-size", "64"])
+    assert res.exit_code != 0 and "--tile-size" in res.output
+    assert "the trial's chips were" in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["three.tif"]
     out.write_bytes(b"keep")
     res = runner.invoke(main, ["map", str(fit_path), str(scene), str(out)])

@@ -18,7 +18,7 @@ from rasterio.windows import Window
 from shapely.geometry import Polygon, box
 
 from imgcate.effects import load_fit
-from imgcate.errors import InputError, OutputExistsError, RasterError
+from imgcate.errors import ExtrapolationWarning, InputError, OutputExistsError, RasterError
 from imgcate.maps import aggregate_by_polygon, band_names, predict_map, tile_grid, write_cog
 from imgcate.raster import chips_from_array
 
@@ -188,6 +188,59 @@ def test_clear_errors(inputs, tmp_path):
     with pytest.raises(InputError, match="workers"):
         predict_map(fit, scene, workers=0)
     assert tile_grid(scene, (b.left, b.bottom, b.right, b.top)).shape == (12, 12)
+
+
+def test_tiles_are_cut_as_the_trial_chips_were(inputs, tmp_path):
+    """The fit's encoder records the chips' cut (saved and loaded with the fit); the map uses
+    it by default and refuses a tile size that would embed another footprint."""
+    import copy
+    import dataclasses
+
+    scene, fit = inputs
+    spec = fit.encoder.chip_spec  # fit was loaded from its file
+    with rasterio.open(scene) as src:
+        assert spec["size_px"] == [TILE, TILE]
+        assert spec["pixel_size"] == pytest.approx(list(np.abs(src.res)))
+        assert rasterio.crs.CRS.from_string(spec["crs"]) == src.crs
+        assert spec["band_names"] == [d or f"band_{i + 1}" for i, d in enumerate(src.descriptions)]
+        x0, y0 = src.xy(64, 96, offset="ul")
+        x1, y1 = src.xy(128, 160, offset="ul")
+    area = (x0, y1, x1, y0)
+    opts = {k: v for k, v in MAP_OPTS.items() if k != "tile_size"}
+    default = predict_map(fit, scene, area, **opts)
+    assert default.attrs["tile_size"] == TILE
+    xr.testing.assert_identical(default, predict_map(fit, scene, area, **MAP_OPTS))
+    with pytest.raises(InputError, match=rf"tile_size=64 px, but the trial's chips were {TILE}x"):
+        predict_map(fit, scene, area, tile_size=64)
+    # the chips' scale is the default scale of the map
+    encoder = copy.copy(fit.encoder)
+    encoder.chip_spec = {**spec, "scale": [0.5]}
+    scaled = dataclasses.replace(fit, encoder=encoder)
+    with pytest.warns(ExtrapolationWarning, match="outside the trial's support"):
+        halved = predict_map(scaled, scene, area, **opts)  # half the values: off the support
+    with pytest.warns(ExtrapolationWarning, match="outside the trial's support"):
+        xr.testing.assert_allclose(halved, predict_map(fit, scene, area, scale=0.5, **opts))
+    assert not np.allclose(halved["mean"], default["mean"])
+
+
+def test_a_raster_at_another_resolution_or_with_other_bands_is_flagged(inputs, tmp_path):
+    scene, fit = inputs
+    with rasterio.open(scene) as src:
+        data, profile = src.read(), dict(src.profile)
+    coarse = tmp_path / "coarse.tif"
+    doubled = {**profile, "transform": profile["transform"] * rasterio.Affine.scale(2)}
+    with rasterio.open(coarse, "w", **doubled) as dst:
+        dst.write(data)
+    with pytest.warns(ExtrapolationWarning, match="another ground footprint"):
+        predict_map(fit, coarse, max_draws=20, progress=False, stride=64)
+    renamed = tmp_path / "renamed.tif"
+    with rasterio.open(renamed, "w", **profile) as dst:
+        dst.write(data)
+        for i in range(1, data.shape[0] + 1):
+            dst.set_band_description(i, f"other_{i}")
+    assert fit.encoder.chip_spec["band_names"] == [f"B{i + 1}" for i in range(data.shape[0])]
+    with pytest.raises(RasterError, match=r"the trial's chips had bands"):
+        predict_map(fit, renamed, max_draws=20, progress=False)
 
 
 def test_interrupted_job_resumes_to_the_same_map(inputs, tmp_path):
