@@ -570,7 +570,8 @@ def fit_tile_size(fit: Any, tile_size: int | None = None) -> int:
     """
     if tile_size is not None:
         tile_size = _check_tiles(tile_size, None)[0]
-    size = (fit.encoder.chip_spec or {}).get("size_px")
+    encoder = getattr(fit, "encoder", None)  # None: predict_map says why it cannot map
+    size = (getattr(encoder, "chip_spec", None) or {}).get("size_px")
     if size is None:
         return DEFAULT_TILE_SIZE if tile_size is None else int(tile_size)
     if tile_size is None and size[0] != size[1]:
