@@ -9,6 +9,7 @@ function ``encoder.apply_jax(x)``.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from imgcate._validate import check_choice, rng_from_seed
-from imgcate.errors import FitError, InputError
+from imgcate.errors import ExtrapolationWarning, FitError, InputError
 
 
 @dataclass(frozen=True)
@@ -124,12 +125,15 @@ class RandomConvNet(nn.Module):
                              (self.n_filters, x.shape[1], k, k))
         bias = self.param("bias", nn.initializers.zeros, (self.n_filters,))
         conv = jax.lax.conv_general_dilated(
-            x, filters, (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW")
+            x, filters, (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NHWC")
         )
-        b = bias[None, :, None, None]
-        pos = jax.nn.relu(conv - b).mean(axis=(2, 3))
-        neg = jax.nn.relu(-conv - b).mean(axis=(2, 3))
-        return jnp.concatenate([pos, neg], axis=1)
+        # Both signs in one expression with one reduction: XLA:CPU then fuses the convolution,
+        # the relu and the pooling into a single kernel, and the (image, y, x, filter)
+        # activations are never written out. Two separate reductions of `conv` would
+        # materialize them and run 2-4x slower (benchmarks/embed_speed.py).
+        signs = jnp.array([1.0, -1.0], dtype=conv.dtype)[:, None]
+        pooled = jax.nn.relu(conv[..., None, :] * signs - bias).mean(axis=(1, 2))
+        return pooled.reshape(x.shape[0], 2 * self.n_filters)  # [pos filters, neg filters]
 
 
 class ConvNet(nn.Module):
@@ -202,10 +206,12 @@ def _unflatten(arrays: dict[str, np.ndarray]) -> dict:
     return tree
 
 
-#: Bytes of conv activations one jitted call may hold. Larger calls fall out of the CPU's cache
-#: and run 2-4x slower (measured by benchmarks/embed_speed.py), so a ``batch_size`` above this
-#: is split into smaller calls; the result is the same.
-ACTIVATION_BYTES = 6 * 2**20
+#: Pooled outputs (chips x filters) per jitted call of :class:`RandomConvFeatures`. XLA:CPU fuses
+#: its convolution, relu and pooling into one kernel that never writes the activations out; with
+#: more outputs per call that kernel runs 3-6x slower, and with far fewer the cores idle (measured
+#: with benchmarks/embed_speed.py on jax 0.10). A larger ``batch_size`` is split into calls of
+#: this size; the result is the same.
+POOLED_PER_CALL = 16384
 
 
 def _batches(n: int, batch_size: int):
@@ -247,8 +253,8 @@ class _Encoder:
     def _min_size(self) -> int:
         return 1
 
-    def _activation_bytes(self, chip_shape: tuple[int, ...]) -> int | None:
-        """Bytes of intermediate activations per chip, where known (sets the call size)."""
+    def _chips_per_call(self) -> int | None:
+        """The most chips one jitted call should take, where it matters for speed."""
         return None
 
     # -- public ------------------------------------------------------------------------------
@@ -318,6 +324,7 @@ class _Encoder:
             Shape (image, component) (for ``combine="concat"``: (image, date * component)).
         """
         self._require_fitted()
+        self._check_spec(chips)
         values, is_seq = _as_values(chips)
         if not is_seq:
             return self._transform_single(values, batch_size)
@@ -358,6 +365,41 @@ class _Encoder:
                 "imgcate.embed(chips, encoder, seed=...) first."
             )
 
+    def _check_spec(self, chips: Any) -> None:
+        """New chips must be cut as the trial's were (known for Chips on both sides)."""
+        new, fitted = _chip_spec(chips), self.chip_spec
+        if new is None or not fitted:
+            return
+        size, want = new["size_px"], list(fitted["size_px"])
+        if size != want:
+            raise InputError(
+                f"chips are {size[0]}x{size[1]} px but the encoder was fitted on "
+                f"{want[0]}x{want[1]} px chips, and the embedding depends on the footprint; cut "
+                f"them with extract_chips(..., size={want[0]}) as the trial's chips were."
+            )
+        if new["scale"] != fitted.get("scale"):
+            raise InputError(
+                f"chips were read with scale={new['scale']} but the trial's chips with "
+                f"scale={fitted.get('scale')}; extract them with the same scale."
+            )
+        names, want_names = new["band_names"], list(fitted.get("band_names") or [])
+        default = [f"band_{i + 1}" for i in range(len(names))]
+        if (names != default and want_names and want_names != default
+                and names != want_names):
+            raise InputError(
+                f"chips have bands {names} but the trial's chips had {want_names}; extract "
+                "them with the same bands (bands=[...])."
+            )
+        pixel, want_pixel = new["pixel_size"], fitted.get("pixel_size")
+        if (pixel and want_pixel and new["crs"] == fitted.get("crs")
+                and not np.allclose(pixel, want_pixel, rtol=0.01)):
+            warnings.warn(
+                f"chips have {pixel[0]:g} x {pixel[1]:g} pixels but the trial's chips had "
+                f"{want_pixel[0]:g} x {want_pixel[1]:g}, so the same pixel size covers another "
+                "ground footprint; resample the raster to the trial's resolution.",
+                ExtrapolationWarning, stacklevel=3,
+            )
+
     def _check_input(self, x: np.ndarray, fitting: bool = False) -> None:
         if x.shape[0] == 0:
             raise InputError("no chips to embed; give at least one chip.")
@@ -389,9 +431,9 @@ class _Encoder:
     def _run(self, x: np.ndarray, head: bool, batch_size: int | None) -> np.ndarray:
         self._check_input(x)
         size = min(batch_size or self.batch_size, x.shape[0])
-        per_chip = self._activation_bytes(x.shape[1:])
-        if per_chip:
-            size = max(1, min(size, ACTIVATION_BYTES // per_chip))
+        per_call = self._chips_per_call()
+        if per_call:
+            size = min(size, per_call)
         fn, params = self._jitted(head), self._jax_params()
         out = []
         for start, stop in _batches(x.shape[0], size):
@@ -520,10 +562,8 @@ class RandomConvFeatures(_Encoder):
     def _module(self) -> nn.Module:
         return RandomConvNet(n_filters=self.n_features // 2, kernel_size=self.kernel_size)
 
-    def _activation_bytes(self, chip_shape: tuple[int, ...]) -> int | None:
-        out = max(chip_shape[-2] - self.kernel_size + 1, 1) * max(
-            chip_shape[-1] - self.kernel_size + 1, 1)
-        return 4 * (self.n_features // 2) * out
+    def _chips_per_call(self) -> int | None:
+        return max(1, POOLED_PER_CALL // (self.n_features // 2))
 
     def _config(self) -> dict:
         return {"n_features": self.n_features, "kernel_size": self.kernel_size,

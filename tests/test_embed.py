@@ -15,6 +15,7 @@ from imgcate.embed import (
     CNNEncoder,
     Embeddings,
     RandomConvFeatures,
+    RandomConvNet,
     embed,
     encoder_from_state,
     load_embeddings,
@@ -45,6 +46,24 @@ def test_same_seed_same_embeddings_different_seed_different(chips):
     assert isinstance(a.encoder, RandomConvFeatures) and a.encoder.is_fitted
 
 
+def test_random_conv_net_equals_a_direct_loop():
+    """The fused one-reduction form against the definition, window by window in NumPy."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3, 2, 7, 6)).astype(np.float32)
+    filters = rng.normal(size=(4, 2, 3, 3)).astype(np.float32)
+    bias = np.abs(rng.normal(size=4)).astype(np.float32)
+    params = {"params": {"filters": jnp.asarray(filters), "bias": jnp.asarray(bias)}}
+    got = np.asarray(RandomConvNet(n_filters=4, kernel_size=3).apply(params, jnp.asarray(x)))
+    want = np.zeros((3, 8))
+    for i in range(3):
+        for f in range(4):
+            conv = np.array([[np.sum(x[i, :, r:r + 3, c:c + 3] * filters[f])
+                              for c in range(4)] for r in range(5)])
+            want[i, f] = np.maximum(conv - bias[f], 0).mean()
+            want[i, 4 + f] = np.maximum(-conv - bias[f], 0).mean()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_apply_jax_equals_transform_and_is_differentiable(chips):
     enc = embed(chips, n_features=64, n_components=8, seed=0).encoder
     x = jnp.asarray(chips.values[:7])
@@ -59,10 +78,10 @@ def test_apply_jax_equals_transform_and_is_differentiable(chips):
 
 def test_batching_gives_same_result(chips, monkeypatch):
     enc = RandomConvFeatures(32, n_components=4).fit(chips, seed=0)
-    monkeypatch.setattr(embed_module, "ACTIVATION_BYTES", 2**40)  # every chip in one call
+    monkeypatch.setattr(embed_module, "POOLED_PER_CALL", 2**40)  # every chip in one call
     full = enc.transform(chips, batch_size=1000)
     np.testing.assert_allclose(enc.transform(chips, batch_size=7), full, atol=1e-5)
-    monkeypatch.setattr(embed_module, "ACTIVATION_BYTES", 1)  # the cache cap: one chip per call
+    monkeypatch.setattr(embed_module, "POOLED_PER_CALL", 1)  # the call cap: one chip per call
     np.testing.assert_allclose(enc.transform(chips, batch_size=1000), full, atol=1e-5)
 
 

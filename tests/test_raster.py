@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
-from rasterio.transform import from_origin
+from rasterio.transform import Affine, from_origin
 from rasterio.windows import Window
 
 from imgcate.errors import InputError, RasterError
@@ -194,3 +194,34 @@ def test_chips_from_array():
         chips_from_array(np.ones((2, 1, 4, 4)), ["a", "a"])
     with pytest.raises(InputError, match="dates="):
         chips_from_array(np.ones((2, 2, 1, 4, 4)))
+
+
+def test_encoder_refuses_chips_cut_another_way(scene, tmp_path):
+    from imgcate.embed import RandomConvFeatures
+    from imgcate.errors import ExtrapolationWarning
+
+    rows, cols = list(range(20, 76, 4)), list(range(20, 104, 6))
+    trial = _trial_at(scene, rows, cols)
+    chips = extract_chips(trial, scene, 8)
+    enc = RandomConvFeatures(16, n_components=4).fit(chips, seed=0)
+    new = extract_chips(_trial_at(scene, [30, 60], [90, 25]), scene, 8)
+    np.testing.assert_allclose(enc.transform(new), enc.transform(new.values))  # same cut: fine
+    with pytest.raises(InputError, match=r"fitted on 8x8 px chips.*size=8"):
+        enc.transform(extract_chips(trial, scene, 12))
+    with pytest.raises(InputError, match=r"scale=\[0.5\].*same scale"):
+        enc.transform(extract_chips(trial, scene, 8, scale=0.5))
+    with rasterio.open(scene) as src:
+        data, profile = src.read(), dict(src.profile)
+    renamed, coarse = tmp_path / "renamed.tif", tmp_path / "coarse.tif"
+    with rasterio.open(renamed, "w", **profile) as dst:
+        dst.write(data)
+        for i in range(1, data.shape[0] + 1):
+            dst.set_band_description(i, f"other_{i}")
+    with pytest.raises(InputError, match=r"the trial's chips had \['B1'"):
+        enc.transform(extract_chips(trial, renamed, 8))
+    with rasterio.open(coarse, "w", **{**profile,
+                                       "transform": profile["transform"] * Affine.scale(2)}) as d:
+        d.write(data)
+    coarse_trial = _trial_at(coarse, [30, 40], [30, 40])
+    with pytest.warns(ExtrapolationWarning, match="another ground footprint"):
+        enc.transform(extract_chips(coarse_trial, coarse, 8))
