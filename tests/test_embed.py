@@ -80,9 +80,13 @@ def test_batching_gives_same_result(chips, monkeypatch):
     enc = RandomConvFeatures(32, n_components=4).fit(chips, seed=0)
     monkeypatch.setattr(embed_module, "POOLED_PER_CALL", 2**40)  # every chip in one call
     full = enc.transform(chips, batch_size=1000)
-    np.testing.assert_allclose(enc.transform(chips, batch_size=7), full, atol=1e-5)
+    # Other call sizes sum in another order. In float32 the pooled max(s * conv, b) - b keeps
+    # ~6 digits of b, fewer of a rarely active filter's mean: differences of ~1e-5 on components
+    # of sd ~1 (1.5e-5 at most on 600 Landsat chips), far below any statistical use.
+    tol = dict(rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(enc.transform(chips, batch_size=7), full, **tol)
     monkeypatch.setattr(embed_module, "POOLED_PER_CALL", 1)  # the call cap: one chip per call
-    np.testing.assert_allclose(enc.transform(chips, batch_size=1000), full, atol=1e-5)
+    np.testing.assert_allclose(enc.transform(chips, batch_size=1000), full, **tol)
 
 
 def test_save_load_transform_new_chips(chips, tmp_path):
