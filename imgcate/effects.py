@@ -210,6 +210,8 @@ class EffectFit:
         }
         if self.n_clusters > 1:
             derived["membership"] = post["membership_scale"] * post["membership_raw"]
+            if "membership_local" in post:  # fits saved before the per-feature sds lack it
+                derived["membership"] = derived["membership"] * post["membership_local"]
         scale = 1.0 if self.config.likelihood == "bernoulli" else self.standardizer.outcome_sd
         derived["tau_cluster"] = post["tau"] * scale
         idata = self.idata.copy()

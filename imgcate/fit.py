@@ -43,8 +43,8 @@ class FitConfig:
     method : {"nuts", "svi"}
         Exact MCMC (default) or stochastic variational inference for large trials.
     n_components : int or None
-        Embedding dimensions kept after standardization (PCA whitening); None keeps the
-        embedding as it is when it has at most 32 features, else 16 components.
+        Whitened principal components of the standardized embedding that the model sees; None
+        keeps all of them when the embedding has at most 32 features, else 16.
     num_warmup, num_samples, num_chains : int
         NUTS settings (``chain_method`` "sequential", "vectorized" or "parallel").
     target_accept : float
@@ -138,12 +138,11 @@ class Standardizer:
         n_comp = n_components if n_components is not None else (d_in if d_in <= 32 else 16)
         if n_comp > d_in:
             raise InputError(f"n_components={n_comp} exceeds the {d_in} embedding features.")
-        if n_comp == d_in and n_components is None:
-            projection = np.eye(d_in)
-        else:
-            _, s, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
-            scale = s[:n_comp] / np.sqrt(max(len(z) - 1, 1))
-            projection = vt[:n_comp].T / np.where(scale > 1e-12, scale, 1.0)
+        # whitened principal components: the per-feature (ARD) membership prior then judges the
+        # relevance of each direction of variation, whatever basis the embedding came in
+        _, s, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
+        scale = s[:n_comp] / np.sqrt(max(len(z) - 1, 1))
+        projection = vt[:n_comp].T / np.where(scale > 1e-12, scale, 1.0)
         return cls(
             outcome_mean=0.0 if binary else float(outcome.mean()),
             outcome_sd=1.0 if binary else float(_safe_sd(outcome[:, None])[0]),
@@ -469,7 +468,7 @@ def _to_inference_data(samples: dict, stats: dict, loglik: np.ndarray, data: Mod
     }
     dims = {
         "beta": ["covariate"], "gamma_raw": ["feature"], "tau": ["cluster"],
-        "membership_intercept": ["cluster_contrast"],
+        "membership_intercept": ["cluster_contrast"], "membership_local": ["feature"],
         "membership_raw": ["feature", "cluster_contrast"], "sigma": ["arm"],
         "stratum_raw": ["stratum"], "group_raw": ["group"], "outcome": ["unit"],
         "embedding": ["unit", "feature"], "covariates": ["unit", "covariate"],

@@ -30,7 +30,8 @@ PRIOR = {
     "gamma_scale": 0.5,  # half-normal scale of the shrinkage sd of embedding coefficients
     "tau": 1.5,  # cluster effects are order statistics of K iid Normal(0, tau)
     "membership_intercept": 2.0,
-    "membership_scale": 1.0,  # half-normal scale of the shrinkage sd of membership weights
+    "membership_scale": 1.0,  # half-normal scale of the global shrinkage sd of membership weights
+    "membership_local": 1.0,  # half-normal scale of each feature's own (ARD) shrinkage sd
     "sigma": 1.0,
     "group_sd": 0.5,  # stratum / cluster random-effect sd
 }
@@ -48,16 +49,27 @@ def _ordered_effects(n_clusters: int) -> jnp.ndarray:
 
 
 def _membership(n_features: int, n_clusters: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Membership intercepts (cluster-1,) and weights (feature, cluster-1), shrunk towards 0."""
+    """Membership intercepts (cluster-1,) and weights (feature, cluster-1), shrunk towards 0.
+
+    Weights are ``scale * local[feature] * raw``: a global shrinkage sd times one sd per feature
+    (automatic relevance determination; the features are the embedding's whitened principal
+    components). With a single global sd, the direction along which the clusters separate pulls
+    it up and every other feature then gets a noisy weight of about the same size; the
+    per-feature sds let those shrink on their own. The prior mean of weight^2 is 1 either way.
+    """
     intercept = numpyro.sample(
         "membership_intercept",
         dist.Normal(0.0, PRIOR["membership_intercept"]).expand([n_clusters - 1]).to_event(1),
     )
     scale = numpyro.sample("membership_scale", dist.HalfNormal(PRIOR["membership_scale"]))
+    local = numpyro.sample(
+        "membership_local",
+        dist.HalfNormal(PRIOR["membership_local"]).expand([n_features]).to_event(1),
+    )
     raw = numpyro.sample(
         "membership_raw", dist.Normal(0.0, 1.0).expand([n_features, n_clusters - 1]).to_event(2)
     )
-    return intercept, scale * raw
+    return intercept, scale * local[:, None] * raw
 
 
 def membership_logits(embedding: jnp.ndarray, intercept: jnp.ndarray, weights: jnp.ndarray):

@@ -72,6 +72,10 @@ def test_tables_and_idata_dims(k2):
     post = result.idata.posterior
     assert post["tau_cluster"].dims == ("chain", "draw", "cluster")
     assert post["membership"].dims == ("chain", "draw", "feature", "cluster_contrast")
+    assert post["membership_local"].dims == ("chain", "draw", "feature")
+    weights = post["membership_scale"] * post["membership_local"] * post["membership_raw"]
+    np.testing.assert_allclose(post["membership"], weights.transpose(*post["membership"].dims),
+                               rtol=1e-6)
     assert result.idata.log_likelihood["outcome"].dims == ("chain", "draw", "unit")
     assert "Cluster effects" in result.summary()
     assert result.loo().elpd_loo < 0
