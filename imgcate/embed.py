@@ -128,14 +128,34 @@ class RandomConvNet(nn.Module):
             x, filters, (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NHWC")
         )
         # Both signs in one expression with one reduction: XLA:CPU then fuses the convolution,
-        # the relu and the pooling into a single kernel, and the (image, y, x, filter)
-        # activations are never written out. Two separate reductions of `conv` would
-        # materialize them and run 2-4x slower. relu(s * conv - b) = max(s * conv, b) - b, and
-        # the max form, with b subtracted after pooling, is one operation less per activation:
-        # 1.1-1.5x faster (benchmarks/embed_speed.py).
-        signs = jnp.array([1.0, -1.0], dtype=conv.dtype)[:, None]
-        pooled = jnp.maximum(conv[..., None, :] * signs, bias).mean(axis=(1, 2)) - bias
-        return pooled.reshape(x.shape[0], 2 * self.n_filters)  # [pos filters, neg filters]
+        # the max and the pooling into a single kernel, and the (image, y, x, filter)
+        # activations are never written out (two separate reductions of `conv` would
+        # materialize them and run 2-4x slower). With m = mean(conv), for any b:
+        #   mean relu(conv - b)  = mean max(conv, b) - b
+        #   mean relu(-conv - b) = mean max(conv, -b) - m        (max(-c, b) = max(c, -b) - c + b)
+        # so the kernel takes one max per activation and sign, and no sign multiply: 1.05-1.15x
+        # faster than max(s * conv, b) (benchmarks/embed_speed.py). m is linear in the chip
+        # and comes from its k x k window means (_mean_conv), a negligible extra pass.
+        pair = jnp.maximum(conv[..., None, :], jnp.stack([bias, -bias])).mean(axis=(1, 2))
+        pos = pair[:, 0] - bias
+        neg = pair[:, 1] - _mean_conv(x, filters)
+        return jnp.concatenate([pos, neg], axis=1)  # [pos filters, neg filters]
+
+
+def _mean_conv(x: jax.Array, filters: jax.Array) -> jax.Array:
+    """Mean over the valid positions of ``conv(x, filters)``, shape (image, filter).
+
+    Linear in ``x``: the filters applied to the chip's k x k window means (``means[c, i, j]`` is
+    the mean of band c over the rows i .. i + H - k and columns j .. j + W - k).
+    """
+    k = filters.shape[-1]
+
+    def box(n: int) -> jax.Array:  # (k, n): row i averages input positions i .. i + n - k
+        offset = jnp.arange(n)[None, :] - jnp.arange(k)[:, None]
+        return ((offset >= 0) & (offset <= n - k)).astype(x.dtype) / (n - k + 1)
+
+    means = jnp.einsum("ih,nchw,jw->ncij", box(x.shape[2]), x, box(x.shape[3]))
+    return jnp.einsum("ncij,fcij->nf", means, filters)
 
 
 class ConvNet(nn.Module):
@@ -437,12 +457,21 @@ class _Encoder:
         if per_call:
             size = min(size, per_call)
         fn, params = self._jitted(head), self._jax_params()
-        out = []
+        out, pending = [], None
         for start, stop in _batches(x.shape[0], size):
             batch = x[start:stop]
             if stop - start < size:  # pad so every batch has one shape (one compilation)
                 batch = np.concatenate([batch, np.repeat(batch[-1:], size - len(batch), 0)])
-            out.append(np.asarray(fn(params, jnp.asarray(batch, jnp.float32)))[: stop - start])
+            # JAX dispatches asynchronously: the next batch is queued before the previous
+            # result is copied back, so the cores do not idle between calls (5-10 % faster).
+            # may_alias: a float32 batch is handed to XLA without a copy (3-4x faster than
+            # jnp.asarray, whose copy cost 5-8 % of the encoder's time).
+            device_batch = jax.device_put(np.asarray(batch, np.float32), may_alias=True)
+            result = fn(params, device_batch), stop - start
+            if pending is not None:
+                out.append(np.asarray(pending[0])[: pending[1]])
+            pending = result
+        out.append(np.asarray(pending[0])[: pending[1]])
         return np.concatenate(out).astype(np.float64)
 
     def _features(self, x: np.ndarray) -> np.ndarray:

@@ -46,19 +46,21 @@ def test_same_seed_same_embeddings_different_seed_different(chips):
     assert isinstance(a.encoder, RandomConvFeatures) and a.encoder.is_fitted
 
 
-def test_random_conv_net_equals_a_direct_loop():
-    """The fused one-reduction form against the definition, window by window in NumPy."""
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_random_conv_net_equals_a_direct_loop(k):
+    """The fused one-reduction form (with the mean response from window means) against the
+    definition, window by window in NumPy, on a non-square chip and biases of both signs."""
     rng = np.random.default_rng(3)
     x = rng.normal(size=(3, 2, 7, 6)).astype(np.float32)
-    filters = rng.normal(size=(4, 2, 3, 3)).astype(np.float32)
-    bias = np.abs(rng.normal(size=4)).astype(np.float32)
+    filters = rng.normal(size=(4, 2, k, k)).astype(np.float32)
+    bias = np.array([0.5, 0.0, -0.3, 1.2], dtype=np.float32)
     params = {"params": {"filters": jnp.asarray(filters), "bias": jnp.asarray(bias)}}
-    got = np.asarray(RandomConvNet(n_filters=4, kernel_size=3).apply(params, jnp.asarray(x)))
+    got = np.asarray(RandomConvNet(n_filters=4, kernel_size=k).apply(params, jnp.asarray(x)))
     want = np.zeros((3, 8))
     for i in range(3):
         for f in range(4):
-            conv = np.array([[np.sum(x[i, :, r:r + 3, c:c + 3] * filters[f])
-                              for c in range(4)] for r in range(5)])
+            conv = np.array([[np.sum(x[i, :, r:r + k, c:c + k] * filters[f])
+                              for c in range(6 - k + 1)] for r in range(7 - k + 1)])
             want[i, f] = np.maximum(conv - bias[f], 0).mean()
             want[i, 4 + f] = np.maximum(-conv - bias[f], 0).mean()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -80,9 +82,9 @@ def test_batching_gives_same_result(chips, monkeypatch):
     enc = RandomConvFeatures(32, n_components=4).fit(chips, seed=0)
     monkeypatch.setattr(embed_module, "POOLED_PER_CALL", 2**40)  # every chip in one call
     full = enc.transform(chips, batch_size=1000)
-    # Other call sizes sum in another order. In float32 the pooled max(s * conv, b) - b keeps
-    # ~6 digits of b, fewer of a rarely active filter's mean: differences of ~1e-5 on components
-    # of sd ~1 (1.5e-5 at most on 600 Landsat chips), far below any statistical use.
+    # Other call sizes sum in another order. In float32 the pooled max(conv, +-b) - (b or the
+    # mean response) keeps ~6 digits of the larger term, fewer of a rarely active filter's mean:
+    # differences of ~1e-5 on components of sd ~1, far below any statistical use.
     tol = dict(rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(enc.transform(chips, batch_size=7), full, **tol)
     monkeypatch.setattr(embed_module, "POOLED_PER_CALL", 1)  # the call cap: one chip per call
