@@ -547,7 +547,9 @@ def load_fit(path: str | Path) -> EffectFit:
             meta = json.loads(zf.read("meta.json"))
             zf.extract("idata.nc", workdir)
             idata = az.from_netcdf(str(Path(workdir) / "idata.nc"), engine="h5netcdf")
-            idata.load()
+            # Into memory before the temporary folder goes: InferenceData.load() returns the
+            # loaded copy (not in place), and a lazy array would later reopen a deleted file.
+            idata = idata.load()
             arrays = np.load(io.BytesIO(zf.read("standardizer.npz")))
             std = Standardizer(**{k: (float(v) if v.ndim == 0 else v) for k, v in arrays.items()})
             encoder = None

@@ -8,6 +8,8 @@ ESS >= 100) adds under 10% to that margin.
 
 from __future__ import annotations
 
+import pickle
+import shutil
 import warnings
 
 import numpy as np
@@ -107,6 +109,15 @@ def test_save_load_predict_identical(k2, tmp_path):
     np.testing.assert_array_equal(a.cate, b.cate)
     np.testing.assert_array_equal(a.cluster_prob, b.cluster_prob)
     assert loaded.cluster_effects().equals(result.cluster_effects())
+    # The loaded posterior lives in memory: saving it again, pickling it (as Dask does) and
+    # reading it after the temporary file is gone all work.
+    fresh = load_fit(path)
+    again = load_fit(fresh.save(tmp_path / "again" / "fit.imgcate"))
+    assert fresh.cluster_effects().equals(result.cluster_effects())
+    assert again.cluster_effects().equals(result.cluster_effects())
+    assert pickle.loads(pickle.dumps(load_fit(path))).cluster_effects().equals(
+        result.cluster_effects())
+    shutil.rmtree(tmp_path / "again")
     with pytest.raises(Exception, match="exists; pass overwrite=True"):
         result.save(path)
     assert [p.name for p in tmp_path.iterdir()] == ["fit.imgcate"]  # no temporary left
