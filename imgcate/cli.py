@@ -19,10 +19,26 @@ from imgcate.errors import ImgcateError
 log = logging.getLogger("imgcate")
 
 
+class _LibraryFilter(logging.Filter):
+    """Other libraries' records (Dask's scheduler logs at INFO) pass only from ``floor`` up:
+    their loggers set their own levels, and the root level does not filter what propagates."""
+
+    def __init__(self, floor: int) -> None:
+        super().__init__()
+        self.floor = floor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.split(".")[0] == "imgcate" or record.levelno >= self.floor
+
+
 def _setup_logging(verbose: int, quiet: int) -> None:
     level = logging.WARNING + 10 * (quiet - verbose)
     logging.basicConfig(level=max(level, logging.DEBUG), format="imgcate: %(message)s")
     log.setLevel(max(level, logging.DEBUG))
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, _LibraryFilter)]:
+            handler.removeFilter(old)
+        handler.addFilter(_LibraryFilter(max(level, logging.WARNING)))
     if quiet:
         warnings.simplefilter("ignore")
 
