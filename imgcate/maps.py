@@ -20,6 +20,7 @@ checkpoint directory so that an interrupted job resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -874,6 +875,23 @@ def _default_blocksize(shape: tuple[int, int]) -> int:
     return int(min(512, max(16, 2 ** math.ceil(math.log2(max(side, 1))))))
 
 
+class _SmallBlocksizeFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "value for BLOCKSIZE creation option" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_small_blocksize():
+    """GDAL's COG driver warns for blocks under 128 px but writes them (a valid COG); small maps
+    get them on purpose, so that they still have overviews. Other GDAL messages pass."""
+    logger, flt = logging.getLogger("rasterio._env"), _SmallBlocksizeFilter()
+    logger.addFilter(flt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(flt)
+
+
 def _preview_path(path: Path) -> Path:
     return path.with_suffix(".png")
 
@@ -953,7 +971,8 @@ def write_cog(dataset: xr.Dataset, path: str | Path, *, overwrite: bool = False,
                 dst.update_tags(i, name=name)
             dst.update_tags(**tags)
         try:
-            rasterio.shutil.copy(staging, tmp, driver="COG", **options)
+            with _quiet_small_blocksize():
+                rasterio.shutil.copy(staging, tmp, driver="COG", **options)
         except rasterio.errors.RasterioError as exc:
             raise InputError(f"GDAL could not write the COG with options {options} ({exc}); "
                              "check the co=/--co values.") from exc
