@@ -39,8 +39,14 @@ def _setup_logging(verbose: int, quiet: int) -> None:
         for old in [f for f in handler.filters if isinstance(f, _LibraryFilter)]:
             handler.removeFilter(old)
         handler.addFilter(_LibraryFilter(max(level, logging.WARNING)))
+    warnings.showwarning = _show_warning
     if quiet:
         warnings.simplefilter("ignore")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings on the command line as one line each, without the source line they came from."""
+    click.echo(f"imgcate: {category.__name__}: {message}", err=True)
 
 
 def _run(fn, *args, **kwargs):
@@ -310,7 +316,8 @@ DEMO_FILES = ("scene.tif", "fit.imgcate", "cluster_effects.csv", "unit_effects.c
 @click.argument("output_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--n-units", default=600, show_default=True, help="Units in the simulated trial.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--draws", default=300, show_default=True, help="Warm-up and kept draws per chain.")
+@click.option("--draws", default=1000, show_default=True,
+              help="Warm-up and kept draws per chain (fewer warn about mixing).")
 @click.option("--scene-size", default=384, show_default=True, help="Scene side in pixels.")
 @click.option("--overwrite", is_flag=True, help="Replace existing files in OUTPUT_DIR.")
 @common

@@ -552,6 +552,12 @@ def compare_clusters(
     Returns
     -------
     ClusterComparison
+
+    Warns
+    -----
+    ConvergenceWarning
+        For the selected K only (R-hat, ESS, divergences; see ``check_convergence``); the fits
+        of the other K are used for the comparison alone and do not warn.
     """
     if k_max < 1:
         raise InputError(f"k_max={k_max} must be at least 1.")
@@ -580,4 +586,5 @@ def compare_clusters(
     ok = table["elpd_diff"] <= np.maximum(4.0, 2.0 * table["dse"])
     best_k = int(table.index[ok.to_numpy()].min())
     table["selected"] = table.index == best_k
+    fits[best_k].check_convergence()  # the other K are only compared; the selected one is used
     return ClusterComparison(table=table, best_k=best_k, fits=fits)

@@ -230,19 +230,39 @@ def plot_cluster_gallery(fit: Any, chips: Chips | np.ndarray, result: xr.Dataset
     k = fit.n_clusters
     fig, axes = plt.subplots(k, n, figsize=(n * panel_size, k * panel_size), squeeze=False)
     effects = fit.cluster_effects()
+    limit = None
+    if result is not None:  # one colour scale for every panel, so panels compare
+        shown = sensitivity_map(result, "cate_change_mean").values[table["index"].to_numpy()]
+        limit = float(np.nanmax(np.abs(shown))) if np.isfinite(shown).any() else 1.0
+        limit = limit if limit > 0 else 1.0
     for row in table.itertuples():
         ax = axes[row.cluster, row.rank]
         if result is None:
             plot_chip(chips, row.index, bands, ax=ax)
         else:
-            plot_segment_sensitivity(chips, result, row.index, bands, ax=ax, colorbar=False)
+            plot_segment_sensitivity(chips, result, row.index, bands, ax=ax, colorbar=False,
+                                     vmax=limit)
         ax.set_title(f"{row.image}: P={row.cluster_prob:.2f}", fontsize=7)
         if row.rank == 0:
             ax.set_ylabel(f"cluster {row.cluster}\ntau={effects.tau_mean[row.cluster]:.2f}",
                           fontsize=8)
     for ax in axes.ravel()[len(table):]:
         ax.set_axis_off()
-    fig.tight_layout()
+    if result is None:
+        fig.suptitle("Most typical images of each effect cluster (P = cluster probability)",
+                     fontsize=9)
+        fig.tight_layout()
+    else:
+        fig.suptitle("Change in the unit's CATE when a segment is hidden (red: the effect "
+                     "rises, blue: it falls); P = cluster probability", fontsize=9)
+        fig.tight_layout(rect=(0, 0, 0.9, 1))
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        bar_ax = fig.add_axes((0.91, 0.15, 0.02, 0.7))
+        bar = fig.colorbar(ScalarMappable(Normalize(-limit, limit), "RdBu_r"), cax=bar_ax)
+        bar.set_label("CATE change when the segment is hidden (outcome units)", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
     if path is not None:
         _save_figure(fig, path, dpi, overwrite)
     return fig

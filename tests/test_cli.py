@@ -185,3 +185,17 @@ def test_quiet_logging_silences_other_libraries():
         assert not shown("distributed.scheduler", logging.INFO)
         assert shown("distributed.scheduler", logging.ERROR)
         assert shown("imgcate", logging.INFO)  # the imgcate logger's own level decides
+
+
+def test_convergence_warning_is_one_clean_line(fitted, tmp_path):
+    """Too few draws: the fit warns on stderr, one line, without the source line it came from."""
+    res = CliRunner().invoke(main, [
+        "fit", str(fitted / "units.csv"), str(fitted / "embeddings.parquet"),
+        str(tmp_path / "fit.imgcate"), "--image-id", "image_id", "-k", "1",
+        "--chains", "1", "--draws", "30",
+    ])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.stderr.splitlines() if "ConvergenceWarning" in line]
+    assert lines and all(line.startswith("imgcate: ConvergenceWarning: imgcate fit:")
+                         for line in lines)
+    assert "return fn(" not in res.stderr

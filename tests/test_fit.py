@@ -18,7 +18,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from imgcate import ConvergenceWarning, InputError
 from imgcate.effects import load_fit
-from imgcate.fit import fit
+from imgcate.fit import compare_clusters, fit
 from imgcate.simulate import simulate_trial
 
 FAST = {"num_warmup": 300, "num_samples": 300, "num_chains": 2}
@@ -211,3 +211,14 @@ def test_propensity_adjusted_fit_on_confounded_data():
     assert_recovers(result, sim.truth)
     with pytest.raises(InputError, match="strictly between 0 and 1"):
         fit(trial, sim.embeddings, propensity=np.r_[p[:-1], 1.0])
+
+
+def test_compare_clusters_warns_for_the_selected_fit():
+    """Each K's fit is quiet during the comparison; the selected one is then checked."""
+    sim = simulate_trial(5, 150, 1)
+    with pytest.warns(ConvergenceWarning, match="bulk ESS") as record:
+        comparison = compare_clusters(sim.trial, sim.embeddings, k_max=1, num_chains=1,
+                                      num_warmup=30, num_samples=30, seed=0)
+    assert comparison.best_k == 1
+    assert all("imgcate fit:" in str(w.message) for w in record
+               if issubclass(w.category, ConvergenceWarning))

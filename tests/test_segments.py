@@ -389,6 +389,13 @@ def test_figures_are_written(grid_result, setting, tmp_path):
     assert Image.open(path).size == (300, 150)
     gallery = tmp_path / "gallery.png"
     fig = plot_cluster_gallery(fitted, chips, grid_result, n=3, path=gallery, dpi=50)
+    overlays = [ax.images[1] for ax in fig.axes if len(ax.images) > 1]
+    assert len(overlays) == 2 * 3 and len({im.get_clim() for im in overlays}) == 1  # one scale
+    limit = overlays[0].get_clim()[1]
+    shown = sensitivity_map(grid_result, "cate_change_mean").values
+    assert 0 < limit <= np.nanmax(np.abs(shown)) + 1e-12
+    bar_axes = [ax for ax in fig.axes if "hidden" in ax.get_ylabel()]
+    assert len(bar_axes) == 1 and fig.get_suptitle()  # one colour bar, and a caption
     plt.close(fig)
     assert Image.open(gallery).size == (3 * 2 * 50, 2 * 2 * 50)
     with pytest.raises(OutputExistsError, match="overwrite"):
