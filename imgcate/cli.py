@@ -49,12 +49,21 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     click.echo(f"imgcate: {category.__name__}: {message}", err=True)
 
 
+#: Library arguments named in error messages ("pass covariate=<column name>") and the options
+#: that set them here.
+_OPTION_OF_ARGUMENT = {"id": "--id-column", "treatment": "--treatment", "outcome": "--outcome",
+                       "covariate": "--covariate", "image_id": "--image-id"}
+
+
 def _run(fn, *args, **kwargs):
     """Call library code, turning its errors into click errors the user reads."""
     try:
         return fn(*args, **kwargs)
     except ImgcateError as exc:
-        raise click.ClickException(str(exc)) from exc
+        message = str(exc)
+        for argument, option in _OPTION_OF_ARGUMENT.items():
+            message = message.replace(f"pass {argument}=<", f"pass {option} <")
+        raise click.ClickException(message) from exc
 
 
 verbosity = [

@@ -14,6 +14,7 @@ from typing import Literal
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyproj
 
 from imgcate._validate import check_choice
 from imgcate.errors import InputError
@@ -182,8 +183,22 @@ def _to_geodataframe(
             f"units {_rows(missing, df[id_col].to_numpy())} have missing or non-numeric "
             f"coordinates in {lon!r}/{lat!r}; drop them or fill in their locations."
         )
+    crs = crs or "EPSG:4326"
+    if pyproj.CRS.from_user_input(crs).is_geographic:
+        x, y = coords[lon].to_numpy(), coords[lat].to_numpy()
+        bad = (np.abs(x) > 180) | (np.abs(y) > 90)
+        if bad.any():
+            swapped = (np.abs(y) <= 180).all() and (np.abs(x) <= 90).all()
+            hint = (f"{lon!r} and {lat!r} look swapped; pass lon={lat!r}, lat={lon!r}"
+                    if swapped else "for projected coordinates (metres) pass their crs="
+                    "'EPSG:....'")
+            raise InputError(
+                f"units {_rows(bad, df[id_col].to_numpy())} have coordinates outside longitude "
+                f"+-180 / latitude +-90 (e.g. {x[bad][0]:g}, {y[bad][0]:g}) but the CRS is "
+                f"geographic ({crs}); {hint}."
+            )
     geometry = gpd.points_from_xy(coords[lon], coords[lat])
-    return gpd.GeoDataFrame(df, geometry=geometry, crs=crs or "EPSG:4326")
+    return gpd.GeoDataFrame(df, geometry=geometry, crs=crs)
 
 
 def _check_treatment(df: pd.DataFrame, col: str, ids: np.ndarray) -> None:

@@ -54,6 +54,10 @@ def test_errors_point_at_the_option(fitted, tmp_path):
     res = runner.invoke(main, ["fit", str(fitted / "units.csv"), str(fitted / "embeddings.parquet"),
                                str(tmp_path / "f.imgcate"), "--treatment", "nope"])
     assert res.exit_code != 0 and "treatment column 'nope'" in res.output
+    assert "pass --treatment <column name>" in res.output  # the option, not the API argument
+    res = runner.invoke(main, ["fit", str(fitted / "units.csv"), str(fitted / "embeddings.parquet"),
+                               str(tmp_path / "f.imgcate"), "--covariate", "x9"])
+    assert res.exit_code != 0 and "pass --covariate <column name>" in res.output
     assert not (tmp_path / "f.imgcate").exists()
 
 

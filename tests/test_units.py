@@ -34,6 +34,8 @@ def test_reads_csv_geopackage_and_parquet_alike(tmp_path):
     np.testing.assert_allclose(c.xy()[1], df.lat)
     np.testing.assert_array_equal(a.image_keys, df.village)
     np.testing.assert_allclose(a.covariate_matrix[:, 0], df.x)
+    projected = df.assign(lon=df.lon * 1e4 + 4e5, lat=df.lat * 1e4)  # metres, with their CRS
+    assert read_units(projected, crs="EPSG:32636").crs.to_epsg() == 32636
 
 
 @pytest.mark.parametrize(
@@ -55,6 +57,10 @@ def test_reads_csv_geopackage_and_parquet_alike(tmp_path):
         (lambda d: d, {"covariates": ["nope"]}, "covariate column 'nope' is not in"),
         (lambda d: d.drop(columns="lon"), {}, "coordinate column 'lon'"),
         (lambda d: d, {"missing": "zero"}, "missing='zero' is not allowed"),
+        (lambda d: d.assign(lon=d.lon * 1e4 + 4e5, lat=d.lat * 1e4), {},
+         "units [0, 1, 2, 3, 4] and 1 more have coordinates outside longitude"),
+        (lambda d: d.assign(lon=d.lon * 1e4 + 4e5), {}, "pass their crs='EPSG:....'"),
+        (lambda d: d.assign(lon=d.lat, lat=d.lon + 100), {}, "look swapped; pass lon='lat'"),
     ],
 )
 def test_validation_errors_name_the_problem(change, kwargs, message):
