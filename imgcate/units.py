@@ -184,7 +184,12 @@ def _to_geodataframe(
             f"coordinates in {lon!r}/{lat!r}; drop them or fill in their locations."
         )
     crs = crs or "EPSG:4326"
-    if pyproj.CRS.from_user_input(crs).is_geographic:
+    try:
+        geographic = pyproj.CRS.from_user_input(crs).is_geographic
+    except pyproj.exceptions.CRSError as exc:
+        raise InputError(f"crs={crs!r} is not a coordinate reference system pyproj knows; "
+                         "pass e.g. crs='EPSG:4326' or crs='EPSG:32636'.") from exc
+    if geographic:
         x, y = coords[lon].to_numpy(), coords[lat].to_numpy()
         bad = (np.abs(x) > 180) | (np.abs(y) > 90)
         if bad.any():

@@ -61,6 +61,7 @@ def test_reads_csv_geopackage_and_parquet_alike(tmp_path):
          "units [0, 1, 2, 3, 4] and 1 more have coordinates outside longitude"),
         (lambda d: d.assign(lon=d.lon * 1e4 + 4e5), {}, "pass their crs='EPSG:....'"),
         (lambda d: d.assign(lon=d.lat, lat=d.lon + 100), {}, "look swapped; pass lon='lat'"),
+        (lambda d: d, {"crs": "EPSG:nope"}, "crs='EPSG:nope' is not a coordinate reference"),
     ],
 )
 def test_validation_errors_name_the_problem(change, kwargs, message):
