@@ -255,11 +255,11 @@ def plot_cluster_gallery(fit: Any, chips: Chips | np.ndarray, result: xr.Dataset
     else:
         fig.suptitle("Change in the unit's CATE when a segment is hidden (red: the effect "
                      "rises, blue: it falls); P = cluster probability", fontsize=9)
-        fig.tight_layout(rect=(0, 0, 0.9, 1))
+        fig.tight_layout(rect=(0, 0, 0.84, 1))
         from matplotlib.cm import ScalarMappable
         from matplotlib.colors import Normalize
 
-        bar_ax = fig.add_axes((0.91, 0.15, 0.02, 0.7))
+        bar_ax = fig.add_axes((0.86, 0.15, 0.02, 0.7))
         bar = fig.colorbar(ScalarMappable(Normalize(-limit, limit), "RdBu_r"), cax=bar_ax)
         bar.set_label("CATE change when the segment is hidden (outcome units)", fontsize=8)
         bar.ax.tick_params(labelsize=7)
