@@ -151,8 +151,7 @@ def plot_segment_sensitivity(chips: Chips | np.ndarray, result: xr.Dataset, i: i
     i = _check_index(chips, i)
     ax = plot_chip(chips, i, bands, ax=ax, grey=grey)
     values = sensitivity_map(result, var).values[i]
-    limit = vmax if vmax is not None else float(np.nanmax(np.abs(values)))
-    limit = limit if np.isfinite(limit) and limit > 0 else 1.0
+    limit = _symmetric_limit(values, vmax)
     image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=alpha,
                       interpolation="nearest")
     labels = result["segments"].values[i]
@@ -167,6 +166,17 @@ def plot_segment_sensitivity(chips: Chips | np.ndarray, result: xr.Dataset, i: i
                       fontsize=8)
         bar.ax.tick_params(labelsize=7)
     return ax
+
+
+def _symmetric_limit(values: np.ndarray, vmax: float | None = None) -> float:
+    """Colour limit symmetric around 0: ``vmax`` if given, else the largest absolute value
+    (NaN ignored); 1 where that is not a positive finite number."""
+    if vmax is not None:
+        limit = float(vmax)
+    else:
+        magnitude = np.abs(values)
+        limit = np.nan if np.isnan(magnitude).all() else float(np.nanmax(magnitude))
+    return limit if np.isfinite(limit) and limit > 0 else 1.0
 
 
 def _save_figure(fig: Any, path: str | Path, dpi: int, overwrite: bool) -> Path:
@@ -233,8 +243,7 @@ def plot_cluster_gallery(fit: Any, chips: Chips | np.ndarray, result: xr.Dataset
     limit = None
     if result is not None:  # one colour scale for every panel, so panels compare
         shown = sensitivity_map(result, "cate_change_mean").values[table["index"].to_numpy()]
-        limit = float(np.nanmax(np.abs(shown))) if np.isfinite(shown).any() else 1.0
-        limit = limit if limit > 0 else 1.0
+        limit = _symmetric_limit(shown)
     for row in table.itertuples():
         ax = axes[row.cluster, row.rank]
         if result is None:
