@@ -150,6 +150,14 @@ def _require_columns(df: pd.DataFrame, roles: dict[str, str | None], source: str
             )
 
 
+def _parse_crs(crs) -> pyproj.CRS:
+    try:
+        return pyproj.CRS.from_user_input(crs)
+    except pyproj.exceptions.CRSError as exc:
+        raise InputError(f"crs={crs!r} is not a coordinate reference system pyproj knows; "
+                         "pass e.g. crs='EPSG:4326' or crs='EPSG:32636'.") from exc
+
+
 def _to_geodataframe(
     df: pd.DataFrame, lon: str | None, lat: str | None, crs, id_col: str
 ) -> gpd.GeoDataFrame:
@@ -158,7 +166,7 @@ def _to_geodataframe(
         if gdf.crs is None:
             if crs is None:
                 raise InputError("the units geometry has no CRS; pass crs='EPSG:....'.")
-            gdf = gdf.set_crs(crs)
+            gdf = gdf.set_crs(_parse_crs(crs))
         missing = gdf.geometry.isna() | gdf.geometry.is_empty
         if missing.any():
             raise InputError(
@@ -184,12 +192,8 @@ def _to_geodataframe(
             f"coordinates in {lon!r}/{lat!r}; drop them or fill in their locations."
         )
     crs = crs or "EPSG:4326"
-    try:
-        geographic = pyproj.CRS.from_user_input(crs).is_geographic
-    except pyproj.exceptions.CRSError as exc:
-        raise InputError(f"crs={crs!r} is not a coordinate reference system pyproj knows; "
-                         "pass e.g. crs='EPSG:4326' or crs='EPSG:32636'.") from exc
-    if geographic:
+    parsed = _parse_crs(crs)
+    if parsed.is_geographic:
         x, y = coords[lon].to_numpy(), coords[lat].to_numpy()
         bad = (np.abs(x) > 180) | (np.abs(y) > 90)
         if bad.any():
@@ -203,7 +207,7 @@ def _to_geodataframe(
                 f"geographic ({crs}); {hint}."
             )
     geometry = gpd.points_from_xy(coords[lon], coords[lat])
-    return gpd.GeoDataFrame(df, geometry=geometry, crs=crs)
+    return gpd.GeoDataFrame(df, geometry=geometry, crs=parsed)
 
 
 def _check_treatment(df: pd.DataFrame, col: str, ids: np.ndarray) -> None:

@@ -104,3 +104,12 @@ def test_strata_and_cluster_codes_and_subset():
     assert trial.codes("cluster").max() == 2
     sub = trial.subset(trial.treatment_array == 1)
     assert sub.n_units == 3 and (sub.treatment_array == 1).all()
+
+
+def test_unknown_crs_for_a_geometry_without_one_is_named():
+    df = table()
+    gdf = gpd.GeoDataFrame(df.drop(columns=["lon", "lat"]),
+                           geometry=gpd.points_from_xy(df.lon, df.lat))
+    with pytest.raises(InputError, match="crs='EPSG:nope' is not a coordinate reference"):
+        read_units(gdf, crs="EPSG:nope")
+    assert read_units(gdf, crs="EPSG:4326").crs.to_epsg() == 4326
