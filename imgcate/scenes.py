@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import rasterio
 from rasterio.transform import from_origin
-from scipy import ndimage
+from scipy import ndimage, special
 
 from imgcate._validate import rng_from_seed
 from imgcate.errors import InputError, RasterError
@@ -60,6 +60,11 @@ class SimulationTruth:
         Shape (cluster - 1,): cut points on ``share``; ``cluster = digitize(share, thresholds)``.
     chip_size : int
         Chip size in pixels the statistic was computed on (window centred on the unit's pixel).
+    propensity : numpy.ndarray
+        Shape (unit,): each unit's probability of treatment (0.5 under the randomized design,
+        ``sigmoid(targeting * z)`` for a targeted program).
+    mu0 : numpy.ndarray
+        Shape (unit,): each unit's expected outcome without treatment, given its covariate.
     """
 
     cluster: np.ndarray
@@ -68,6 +73,8 @@ class SimulationTruth:
     share: np.ndarray
     thresholds: np.ndarray
     chip_size: int
+    propensity: np.ndarray
+    mu0: np.ndarray
 
 
 class SceneSimulation(NamedTuple):
@@ -271,18 +278,28 @@ def _make_trial(
     tau_unit: np.ndarray,
     noise_sd: float,
     point_crs: str | None,
-) -> Trial:
+    targeting: float = 0.0,
+) -> tuple[Trial, np.ndarray, np.ndarray]:
+    """The trial, each unit's propensity and its untreated mean outcome."""
     n = len(rows)
     x, y = rasterio.transform.xy(transform, rows, cols, offset="center")
     covariate = rng.standard_normal(n)
-    treatment = rng.permutation(np.arange(n) < n // 2).astype(int)
-    outcome = baseline + 0.5 * covariate + treatment * tau_unit + noise_sd * rng.standard_normal(n)
+    if targeting == 0:
+        treatment = rng.permutation(np.arange(n) < n // 2).astype(int)
+        propensity = np.full(n, (n // 2) / n)
+    else:
+        spread = baseline.std()
+        z = (baseline - baseline.mean()) / spread if spread > 0 else np.zeros(n)
+        propensity = special.expit(targeting * z)
+        treatment = (rng.random(n) < propensity).astype(int)
+    mu0 = baseline + 0.5 * covariate
+    outcome = mu0 + treatment * tau_unit + noise_sd * rng.standard_normal(n)
     df = pd.DataFrame({"id": np.arange(n), "x": np.asarray(x), "y": np.asarray(y),
                        "treatment": treatment, "outcome": outcome, "x1": covariate})
     trial = read_units(df, lon="x", lat="y", crs=crs, covariates=["x1"])
     if point_crs is not None:
         trial = replace(trial, data=trial.data.to_crs(point_crs))
-    return trial
+    return trial, propensity, mu0
 
 
 def _thresholds(n_clusters: int, thresholds: Sequence[float] | None, hi: float) -> np.ndarray:
@@ -299,7 +316,7 @@ def _thresholds(n_clusters: int, thresholds: Sequence[float] | None, hi: float) 
 
 
 def _simulate(rng, statistic, cover_baseline, transform, crs, *, n_units, n_clusters, chip_size,
-              tau, noise_sd, thresholds, margin, balance, point_crs):
+              tau, noise_sd, thresholds, margin, balance, point_crs, targeting=0.0):
     h, w = statistic.shape
     if chip_size > min(h, w):
         raise InputError(f"chip_size={chip_size} is larger than the scene ({h} x {w} px).")
@@ -308,10 +325,12 @@ def _simulate(rng, statistic, cover_baseline, transform, crs, *, n_units, n_clus
     share = statistic[rows, cols]
     cluster = np.digitize(share, thresholds)
     tau_unit = tau_cluster[cluster]
-    trial = _make_trial(rng, transform, crs, rows, cols, cover_baseline[rows, cols], tau_unit,
-                        noise_sd, point_crs)
+    trial, propensity, mu0 = _make_trial(rng, transform, crs, rows, cols,
+                                         cover_baseline[rows, cols], tau_unit, noise_sd,
+                                         point_crs, targeting)
     truth = SimulationTruth(cluster=cluster, tau_cluster=tau_cluster, tau_unit=tau_unit,
-                            share=share, thresholds=thresholds, chip_size=chip_size)
+                            share=share, thresholds=thresholds, chip_size=chip_size,
+                            propensity=propensity, mu0=mu0)
     return trial, truth
 
 
@@ -338,15 +357,16 @@ def simulate_scene_trial(
     margin: float = 0.05,
     balance: bool = True,
     point_crs: str | None = "EPSG:4326",
+    targeting: float = 0.0,
 ) -> SceneSimulation:
-    """Simulate a randomized trial on a synthetic scene with image-driven effect clusters.
+    """Simulate a trial on a synthetic scene with image-driven effect clusters.
 
     Units sit at pixel centres with their ``chip_size`` chip inside the scene. The cluster of a
     unit is ``digitize(built_share, thresholds)`` where ``built_share`` is the share of built-up
     and road pixels in the chip (the window :func:`~imgcate.raster.extract_chips` reads with
-    ``size=chip_size``). Treatment is completely randomized (half treated); the outcome is
-    ``baseline + 0.5 x1 + t tau_cluster + noise`` with ``baseline = 2 x vegetation share``
-    and a covariate ``x1 ~ N(0, 1)``.
+    ``size=chip_size``). Treatment is completely randomized (half treated) unless ``targeting``
+    is set; the outcome is ``baseline + 0.5 x1 + t tau_cluster + noise`` with
+    ``baseline = 2 x vegetation share`` and a covariate ``x1 ~ N(0, 1)``.
 
     Parameters
     ----------
@@ -370,6 +390,13 @@ def simulate_scene_trial(
         Place the same number of units in each cluster.
     point_crs : str or None
         CRS of the trial's points (default lon/lat; None keeps the scene's CRS).
+    targeting : float
+        0 (default): the randomized trial above. Otherwise an observational study: the program
+        was targeted on the chip's vegetated share, the driver of the baseline outcome, with
+        ``P(treated) = sigmoid(targeting * z)`` (z the vegetated share standardized over the
+        units; negative values favour less vegetated places). The difference in means is then
+        confounded; what the image shows identifies the propensity
+        (:mod:`imgcate.confounding`). ``truth.propensity`` holds the true scores.
 
     Returns
     -------
@@ -397,9 +424,16 @@ def simulate_scene_trial(
     trial, truth = _simulate(
         rng, built, 2.0 * veg, transform, crs, n_units=n_units, n_clusters=n_clusters,
         chip_size=chip_size, tau=tau, noise_sd=noise_sd, thresholds=th, margin=margin,
-        balance=balance, point_crs=point_crs,
+        balance=balance, point_crs=point_crs, targeting=_check_targeting(targeting),
     )
     return SceneSimulation(trial, truth, cover)
+
+
+def _check_targeting(targeting: float) -> float:
+    value = float(targeting)
+    if not np.isfinite(value):
+        raise InputError(f"targeting={targeting!r} must be a finite number (0 = randomized).")
+    return value
 
 
 def ndvi(red: np.ndarray, nir: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
 from imgcate.embed import embed
+from imgcate.errors import InputError
 from imgcate.raster import extract_chips
 from imgcate.scenes import (
     BUILT,
@@ -62,6 +63,30 @@ def test_clusters_are_a_deterministic_function_of_the_chips(scene):
     again = simulate_scene_trial(path, seed=4, n_units=60, chip_size=16)
     np.testing.assert_array_equal(again.truth.cluster, sim.truth.cluster)
     np.testing.assert_array_equal(again.trial.outcome_array, sim.trial.outcome_array)
+
+
+def test_targeted_program_assigns_treatment_by_the_stated_propensity(scene):
+    """targeting=1.5: P(t) = sigmoid(1.5 z), z the standardized baseline driver. With 2,000 units
+    the logistic slope of t on z has SE about 0.07, so 1.5 +- 0.3 is a 4-SE check."""
+    from scipy.special import expit
+
+    path, _ = scene
+    sim = simulate_scene_trial(path, seed=3, n_units=2000, chip_size=16, targeting=1.5)
+    truth, t = sim.truth, sim.trial.treatment_array
+    baseline = truth.mu0 - 0.5 * sim.trial.covariate_matrix[:, 0]
+    z = (baseline - baseline.mean()) / baseline.std()
+    np.testing.assert_allclose(truth.propensity, expit(1.5 * z), atol=1e-12)
+    slope = LogisticRegression(penalty=None).fit(z[:, None], t).coef_[0, 0]
+    assert abs(slope - 1.5) < 0.3, slope
+    # the targeting confounds: treated places do better without the program
+    assert truth.mu0[t == 1].mean() - truth.mu0[t == 0].mean() > 0.1
+    residual = sim.trial.outcome_array - truth.mu0 - t * truth.tau_unit
+    assert abs(residual.mean()) < 4 / np.sqrt(2000) and 0.9 < residual.std() < 1.1
+    randomized = simulate_scene_trial(path, seed=3, n_units=200, chip_size=16)
+    assert randomized.trial.treatment_array.sum() == 100
+    np.testing.assert_array_equal(randomized.truth.propensity, 0.5)
+    with pytest.raises(InputError, match="targeting"):
+        simulate_scene_trial(path, seed=3, n_units=20, chip_size=16, targeting=float("nan"))
 
 
 def test_scene_clusters_separable_from_embeddings(scene):
