@@ -18,6 +18,8 @@ from imgcate.errors import InputError, RasterError
 from imgcate.raster import Chips
 from imgcate.segments import _as_chips, composite, sensitivity_map, typical_images
 
+#: Colour-bar label of the per-segment CATE change (single overlay and gallery alike).
+CATE_CHANGE_LABEL = "CATE change when the segment is hidden (outcome units)"
 #: Bands written by :func:`write_sensitivity_geotiff`, in order.
 GEOTIFF_BANDS = ("cate_change_mean", "cate_change_lower", "cate_change_upper")
 
@@ -162,7 +164,7 @@ def plot_segment_sensitivity(chips: Chips | np.ndarray, result: xr.Dataset, i: i
     ax.set_title(f"{chips.image_ids[i]}: CATE {float(result['cate'][i]):.2f}", fontsize=9)
     if colorbar:
         bar = plt.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-        bar.set_label("CATE change when occluded" if var == "cate_change_mean" else var,
+        bar.set_label(CATE_CHANGE_LABEL if var == "cate_change_mean" else var,
                       fontsize=8)
         bar.ax.tick_params(labelsize=7)
     return ax
@@ -270,7 +272,7 @@ def plot_cluster_gallery(fit: Any, chips: Chips | np.ndarray, result: xr.Dataset
 
         bar_ax = fig.add_axes((0.86, 0.15, 0.02, 0.7))
         bar = fig.colorbar(ScalarMappable(Normalize(-limit, limit), "RdBu_r"), cax=bar_ax)
-        bar.set_label("CATE change when the segment is hidden (outcome units)", fontsize=8)
+        bar.set_label(CATE_CHANGE_LABEL, fontsize=8)
         bar.ax.tick_params(labelsize=7)
     if path is not None:
         _save_figure(fig, path, dpi, overwrite)

@@ -26,6 +26,7 @@ from imgcate.embed import embed
 from imgcate.errors import FitError, InputError, OutputExistsError, RasterError
 from imgcate.fit import fit
 from imgcate.plots import (
+    CATE_CHANGE_LABEL,
     plot_chip,
     plot_cluster_gallery,
     plot_segment_sensitivity,
@@ -383,6 +384,7 @@ def test_figures_are_written(grid_result, setting, tmp_path):
     fig, axes = plt.subplots(1, 2, figsize=(6, 3))
     plot_segment_sensitivity(chips, grid_result, 1, ax=axes[0])
     plot_chip(chips.values[:, :1], 1, bands=(0,), ax=axes[1])
+    assert CATE_CHANGE_LABEL in [a.get_ylabel() for a in fig.axes]  # the overlay's colour bar
     path = tmp_path / "overlay.png"
     fig.savefig(path, dpi=50)
     plt.close(fig)
@@ -391,6 +393,7 @@ def test_figures_are_written(grid_result, setting, tmp_path):
     fig = plot_cluster_gallery(fitted, chips, grid_result, n=3, path=gallery, dpi=50)
     overlays = [ax.images[1] for ax in fig.axes if len(ax.images) > 1]
     assert len(overlays) == 2 * 3 and len({im.get_clim() for im in overlays}) == 1  # one scale
+    assert CATE_CHANGE_LABEL in [a.get_ylabel() for a in fig.axes]  # worded as the overlay's
     limit = overlays[0].get_clim()[1]
     shown = sensitivity_map(grid_result, "cate_change_mean").values
     assert 0 < limit <= np.nanmax(np.abs(shown)) + 1e-12
