@@ -6,6 +6,7 @@ import json
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -356,6 +357,70 @@ class EffectFit:
         lo, hi = _quantiles(draws, prob)
         rows.append(("ate", draws.mean(), draws.std(), lo, hi))
         return pd.DataFrame(rows, columns=["term", "estimate", "std_err", lo_name, hi_name])
+
+    def membership_weights(self, prob: float = 0.9, *, basis: str = "input",
+                           names: Sequence[str] | None = None) -> pd.DataFrame:
+        """Which embedding features move an image from one effect cluster to another.
+
+        The log-odds of cluster k against cluster 0 (k = 1 .. K-1; clusters are ordered by
+        effect, so for K = 2 a positive weight means "more likely in the higher-effect
+        cluster") are linear in the image's embedding: ``intercept_k + z @ w_k``, with ``z``
+        the whitened principal components of the standardized embedding (``basis="model"``).
+        ``basis="input"`` maps the weights back through that projection,
+        ``w_input = standardizer.projection @ w_k``: the change in log-odds per one standard
+        deviation of each input feature, the others held fixed. Both give exactly the same
+        logits (when the fit kept fewer components than input features, the input weights lie
+        in the span of the kept components).
+
+        Parameters
+        ----------
+        prob : float
+            Central interval probability.
+        basis : {"input", "model"}
+            Features as given to :func:`imgcate.fit` (default) or the model's components.
+        names : sequence of str, optional
+            Names of the input features (e.g. a table's columns); default 0, 1, ...
+
+        Returns
+        -------
+        DataFrame
+            Index (``feature``, ``contrast``) with ``contrast`` k meaning cluster k against
+            cluster 0; columns ``weight_mean``, ``weight_sd``, the interval bounds named by
+            percentile and ``prob_positive`` (posterior probability that the weight is > 0).
+
+        Raises
+        ------
+        FitError
+            For a K = 1 fit (no clusters to tell apart).
+        InputError
+            For an unknown basis or names of the wrong length.
+        """
+        if self.n_clusters == 1:
+            raise FitError("a K=1 fit has one cluster, so no membership weights; fit K >= 2.")
+        if basis not in ("input", "model"):
+            raise InputError(f"basis={basis!r} must be 'input' or 'model'.")
+        lo_name, hi_name = interval_names(prob)
+        weights = self._param("membership")  # (sample, component, contrast)
+        if basis == "input":
+            weights = np.einsum("fc,scj->sfj", self.standardizer.projection, weights)
+        n_features = weights.shape[1]
+        if names is None:
+            labels = np.arange(n_features)
+        else:
+            labels = np.asarray(list(names))
+            if basis != "input" or len(labels) != n_features:
+                raise InputError(
+                    f"names has {len(labels)} entries; give one per input feature "
+                    f"({len(self.standardizer.embedding_mean)}) with basis='input'."
+                )
+        lo, hi = _quantiles(weights, prob)
+        index = pd.MultiIndex.from_product(
+            [labels, np.arange(1, self.n_clusters)], names=["feature", "contrast"])
+        return pd.DataFrame({
+            "weight_mean": weights.mean(0).ravel(), "weight_sd": weights.std(0).ravel(),
+            lo_name: lo.ravel(), hi_name: hi.ravel(),
+            "prob_positive": (weights > 0).mean(0).ravel(),
+        }, index=index)
 
     def summary(self, prob: float = 0.9) -> str:
         """A printable summary: settings, cluster effects, ATE check, diagnostics."""

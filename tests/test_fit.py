@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from imgcate import ConvergenceWarning, InputError
+from imgcate import ConvergenceWarning, FitError, InputError
 from imgcate.effects import load_fit
 from imgcate.fit import compare_clusters, fit
 from imgcate.simulate import simulate_trial
@@ -81,6 +81,39 @@ def test_tables_and_idata_dims(k2):
     assert result.idata.log_likelihood["outcome"].dims == ("chain", "draw", "unit")
     assert "Cluster effects" in result.summary()
     assert result.loo().elpd_loo < 0
+
+
+def test_membership_weights_in_the_input_basis(k2):
+    sim, result = k2
+    table = result.membership_weights()
+    assert table.index.names == ["feature", "contrast"] and len(table) == 16
+    # exact: input-basis weights give the model's logits on raw (standardized) embeddings
+    rng = np.random.default_rng(0)
+    raw = sim.embeddings.values[:50] + rng.normal(size=(50, 16))
+    std = result.standardizer
+    draws = result._param("membership")
+    model_logit = std.embedding(raw) @ draws[0]
+    weights_in = std.projection @ draws[0]
+    np.testing.assert_allclose((raw - std.embedding_mean) / std.embedding_sd @ weights_in,
+                               model_logit, rtol=1e-6, atol=1e-6)
+    # the weights point along the direction that separates the true clusters: the Bayes log-odds
+    # of cluster 1 against 0 are (c1 - c0) . e, i.e. (c1 - c0) * sd per sd of each feature
+    centers = sim.truth.centers
+    truth_direction = (centers[1] - centers[0]) * std.embedding_sd
+    mean = table["weight_mean"].to_numpy()
+    corr = np.corrcoef(mean, truth_direction)[0, 1]
+    print(f"correlation of membership weights with the true direction: {corr:.3f}")
+    assert corr > 0.9, corr
+    assert table["prob_positive"].between(0, 1).all()
+    assert (table["5%"] <= table["weight_mean"]).all()
+    model = result.membership_weights(basis="model", prob=0.8)
+    assert list(model.columns) == ["weight_mean", "weight_sd", "10%", "90%", "prob_positive"]
+    named = result.membership_weights(names=[f"f{i}" for i in range(16)])
+    assert named.index.get_level_values("feature")[0] == "f0"
+    with pytest.raises(InputError, match="names"):
+        result.membership_weights(names=["a", "b"])
+    with pytest.raises(InputError, match="basis"):
+        result.membership_weights(basis="pixels")
 
 
 def test_predict_matches_in_sample_and_truth(k2):
@@ -178,6 +211,8 @@ def test_strata_random_effects_and_k1():
     assert "stratum_sd" in result.idata.posterior
     assert_recovers(result, sim.truth)
     assert result.cluster_effects().shape[0] == 1
+    with pytest.raises(FitError, match="K=1"):
+        result.membership_weights()
 
 
 def test_fit_input_errors(k2):
