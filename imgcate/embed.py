@@ -36,11 +36,15 @@ class Embeddings:
         Shape (image,): the key each unit refers to through ``Trial.image_keys``.
     encoder : object, optional
         The fitted encoder that produced ``values`` (kept so new chips are embedded the same way).
+    feature_names : tuple of str, optional
+        Names of the features (the columns of a table read by :func:`load_embeddings`), e.g.
+        for ``EffectFit.membership_weights(names=...)``.
     """
 
     values: np.ndarray
     image_ids: np.ndarray
     encoder: Any = None
+    feature_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         values = np.asarray(self.values, dtype=float)
@@ -59,6 +63,14 @@ class Embeddings:
             )
         if pd.Index(ids).has_duplicates:
             raise InputError("embeddings have duplicated image ids; give each image one row.")
+        if self.feature_names is not None:
+            names = tuple(str(n) for n in self.feature_names)
+            if len(names) != values.shape[1]:
+                raise InputError(
+                    f"feature_names has {len(names)} names for {values.shape[1]} features; give "
+                    "one name per column."
+                )
+            object.__setattr__(self, "feature_names", names)
         object.__setattr__(self, "values", values)
         object.__setattr__(self, "image_ids", ids)
 
@@ -831,7 +843,8 @@ def load_embeddings(path: str | Path, id_column: str = "image_id") -> Embeddings
     Returns
     -------
     Embeddings
-        With ``encoder=None``.
+        With ``encoder=None``; ``feature_names`` from the columns of a table (``.parquet``,
+        ``.csv``, structured ``.npy``).
 
     Raises
     ------
@@ -888,4 +901,6 @@ def _from_table(df: pd.DataFrame, id_column: str, path: Path) -> Embeddings:
                 f"{str(path)!r} has non-numeric feature columns {bad[:5]}; drop them first."
             )
         values = rest.to_numpy(dtype=float)
+        return Embeddings(values=values, image_ids=ids,
+                          feature_names=tuple(str(c) for c in rest.columns))
     return Embeddings(values=values, image_ids=ids)

@@ -155,6 +155,9 @@ def test_load_embeddings(tmp_path):
     df.to_parquet(tmp_path / "e.parquet")
     emb = load_embeddings(tmp_path / "e.parquet")
     np.testing.assert_array_equal(emb.for_keys(np.array(["c", "a"])), values[[2, 0]])
+    assert emb.feature_names == ("f0", "f1", "f2")  # for membership_weights(names=...)
+    with pytest.raises(InputError, match="2 names for 3 features"):
+        Embeddings(values=values, image_ids=np.arange(4), feature_names=["a", "b"])
     np.savez(tmp_path / "e.npz", key=np.array([5, 6, 7, 8]), values=values)
     assert load_embeddings(tmp_path / "e.npz", id_column="key").image_ids.tolist() == [5, 6, 7, 8]
     np.save(tmp_path / "e.npy", values)
