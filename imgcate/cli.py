@@ -7,13 +7,14 @@ Manners of rasterio's ``rio``: INPUT OUTPUT positionals, ``--overwrite`` to repl
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from pathlib import Path
 
 import click
 import pandas as pd
 
-from imgcate._io import atomic_path, check_writable
+from imgcate._io import atomic_path, check_writable, ensure_folder
 from imgcate.errors import ImgcateError
 
 log = logging.getLogger("imgcate")
@@ -49,10 +50,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     click.echo(f"imgcate: {category.__name__}: {message}", err=True)
 
 
-#: Library arguments named in error messages ("pass covariate=<column name>") and the options
-#: that set them here.
+#: Library arguments named in error messages ("pass covariate=<column name>", "pass their
+#: crs='EPSG:....'") and the options that set them here.
 _OPTION_OF_ARGUMENT = {"id": "--id-column", "treatment": "--treatment", "outcome": "--outcome",
-                       "covariate": "--covariate", "image_id": "--image-id"}
+                       "covariate": "--covariate", "image_id": "--image-id", "lon": "--lon",
+                       "lat": "--lat", "crs": "--crs", "missing": "--missing"}
+_ARGUMENT = re.compile(r"\b(" + "|".join(_OPTION_OF_ARGUMENT) + r")=")
 
 
 def _run(fn, *args, **kwargs):
@@ -60,9 +63,7 @@ def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except ImgcateError as exc:
-        message = str(exc)
-        for argument, option in _OPTION_OF_ARGUMENT.items():
-            message = message.replace(f"pass {argument}=<", f"pass {option} <")
+        message = _ARGUMENT.sub(lambda m: f"{_OPTION_OF_ARGUMENT[m.group(1)]} ", str(exc))
         raise click.ClickException(message) from exc
 
 
@@ -118,7 +119,7 @@ def simulate(output_dir, n_units, n_clusters, seed, overwrite, verbose, quiet):
     if n_clusters < 1:
         raise click.BadParameter("must be at least 1", param_hint="--n-clusters")
     sim = _run(simulate_trial, seed, n_units, n_clusters)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    _run(ensure_folder, output_dir)
     for name in ("units.csv", "embeddings.parquet", "truth.csv"):
         _run(check_writable, output_dir / name, overwrite)
     data = pd.DataFrame(sim.trial.data.drop(columns="geometry"))
@@ -139,7 +140,15 @@ def simulate(output_dir, n_units, n_clusters, seed, overwrite, verbose, quiet):
 @click.option("--id-column", default="id", show_default=True)
 @click.option("--treatment", default="treatment", show_default=True)
 @click.option("--outcome", default="outcome", show_default=True)
-@click.option("--image-id", default=None, help="Column of the image each unit looks at.")
+@click.option("--lon", default=None, help="Longitude / x column [default: lon].")
+@click.option("--lat", default=None, help="Latitude / y column [default: lat].")
+@click.option("--crs", default=None,
+              help="CRS of the coordinate columns, e.g. EPSG:32636 [default: EPSG:4326].")
+@click.option("--missing", type=click.Choice(["error", "drop", "mean", "indicator"]),
+              default="error", show_default=True, help="Missing covariate values.")
+@click.option("--image-id", default=None,
+              help="Column of the image each unit looks at [default: image_id if the table has "
+                   "it, else each unit its own image].")
 @click.option("--likelihood", type=click.Choice(["gaussian", "student_t", "bernoulli"]),
               default="gaussian", show_default=True)
 @click.option("--method", type=click.Choice(["nuts", "svi"]), default="nuts", show_default=True)
@@ -149,8 +158,8 @@ def simulate(output_dir, n_units, n_clusters, seed, overwrite, verbose, quiet):
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @common
 def fit_command(units, embeddings, output, n_clusters, covariates, id_column, treatment,
-                outcome, image_id, likelihood, method, chains, draws, seed, overwrite,
-                verbose, quiet):
+                outcome, lon, lat, crs, missing, image_id, likelihood, method, chains, draws,
+                seed, overwrite, verbose, quiet):
     """Fit the effect-cluster model to UNITS (csv/gpkg/parquet) and EMBEDDINGS; write OUTPUT.
 
     \b
@@ -164,9 +173,19 @@ def fit_command(units, embeddings, output, n_clusters, covariates, id_column, tr
     from imgcate.units import read_units
 
     _setup_logging(verbose, quiet)
+    for value, hint in ((n_clusters, "--n-clusters"), (chains, "--chains"), (draws, "--draws")):
+        if value < 1:
+            raise click.BadParameter("must be at least 1", param_hint=hint)
     _run(check_writable, output, overwrite)
-    trial = _run(read_units, units, id=id_column, treatment=treatment, outcome=outcome,
-                 covariates=list(covariates), image_id=image_id)
+    roles = {"id": id_column, "treatment": treatment, "outcome": outcome,
+             "covariates": list(covariates), "lon": lon, "lat": lat, "crs": crs,
+             "missing": missing}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*has an 'image_id' column")
+        trial = _run(read_units, units, image_id=image_id, **roles)
+    if image_id is None and "image_id" in trial.data.columns:  # the default column, if present
+        log.info("matching units to images by their 'image_id' column")
+        trial = _run(read_units, units, image_id="image_id", **roles)
     emb = _run(load_embeddings, embeddings)
     result = _run(fit, trial, emb, n_clusters=n_clusters, likelihood=likelihood, method=method,
                   seed=seed, num_chains=chains, num_warmup=draws, num_samples=draws,
@@ -303,8 +322,7 @@ def map_command(fit_file, raster, output, region, bounds, tile_size, stride, pro
     except ImgcateError as exc:
         if area is None:
             raise click.ClickException(str(exc)) from exc
-        raise click.BadParameter(f"must overlap the extent of the input raster: {exc}",
-                                 param_hint=hint) from exc
+        raise click.BadParameter(str(exc), param_hint=hint) from exc
     dataset = _run(predict_map, fit_result, raster, area, tile_size=tile_size, stride=stride,
                    prob=prob, max_draws=max_draws, block_tiles=block_tiles, workers=workers,
                    scheduler=scheduler, checkpoint_dir=resume_dir, progress=not quiet,
@@ -355,7 +373,11 @@ def demo(output_dir, n_units, seed, draws, scene_size, overwrite, verbose, quiet
     _setup_logging(verbose, quiet)
     if scene_size < 128:
         raise click.BadParameter("must be at least 128", param_hint="--scene-size")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if n_units < 60:  # K = 1..3 clusters and 8 embedding components need a few dozen units
+        raise click.BadParameter("must be at least 60", param_hint="--n-units")
+    if draws < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--draws")
+    _run(ensure_folder, output_dir)
     scene = output_dir / "scene.tif"
     for name in DEMO_FILES:
         _run(check_writable, output_dir / name, overwrite)

@@ -628,8 +628,15 @@ def load_fit(path: str | Path) -> EffectFit:
             f"{str(path)!r} is not a readable imgcate fit file ({type(exc).__name__}: {exc}); "
             "write it again with EffectFit.save()."
         ) from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise InputError(f"{str(path)!r} is not a readable imgcate fit file (meta.json is not "
+                         "a fit's settings); write it again with EffectFit.save().")
     if meta.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{str(path)!r} has fit format {meta.get('format_version')}; "
                          f"this imgcate reads format {FORMAT_VERSION}.")
-    config = FitConfig(**meta["config"])
+    try:
+        config = FitConfig(**meta["config"])
+    except TypeError as exc:
+        raise InputError(f"{str(path)!r} is not a readable imgcate fit file (settings: {exc}); "
+                         "write it again with EffectFit.save().") from exc
     return EffectFit(idata=idata, config=config, standardizer=std, encoder=encoder)

@@ -330,6 +330,18 @@ def _log_likelihood(samples: dict, data: ModelData, config: FitConfig) -> np.nda
     return np.concatenate(parts).reshape(n_chain, n_draw, -1)
 
 
+def _check_no_leakage(embeddings: Embeddings, trial: Trial) -> None:
+    """Image features named like the trial's treatment or outcome are the units table itself."""
+    names = set(embeddings.feature_names or ())
+    leaked = [c for c in (trial.treatment, trial.outcome) if c in names]
+    if leaked:
+        raise InputError(
+            f"the embeddings have feature columns {leaked}, the trial's treatment/outcome: they "
+            "look like the units table, not image embeddings; pass the embeddings table "
+            "(e.g. embeddings.parquet)."
+        )
+
+
 def fit(
     trial: Trial,
     embeddings: Embeddings | np.ndarray,
@@ -410,6 +422,7 @@ def fit(
     if propensity is not None:
         trial = _with_propensity(trial, propensity)
     if isinstance(embeddings, Embeddings):
+        _check_no_leakage(embeddings, trial)
         unit_embedding, encoder = embeddings.for_keys(trial.image_keys), embeddings.encoder
     else:
         unit_embedding = _unit_rows(as_float_array("embeddings", embeddings, ndim=2), trial)

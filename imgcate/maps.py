@@ -896,6 +896,17 @@ def _preview_path(path: Path) -> Path:
     return path.with_suffix(".png")
 
 
+def _check_blocksize(value: Any) -> None:
+    """GDAL's COG driver aborts the process on some BLOCKSIZE values: check it first."""
+    try:
+        size = int(str(value))
+    except ValueError:
+        size = 0
+    if not 16 <= size <= 4096 or size % 16:
+        raise InputError(f"BLOCKSIZE={value!r} must be a multiple of 16 between 16 and 4096 "
+                         "(e.g. co={'BLOCKSIZE': 256}, --co BLOCKSIZE=256).")
+
+
 def write_cog(dataset: xr.Dataset, path: str | Path, *, overwrite: bool = False,
               preview: bool = True, co: dict[str, Any] | None = None) -> Path:
     """Write a map as a multi-band Cloud-Optimized GeoTIFF (and a PNG preview beside it).
@@ -937,6 +948,7 @@ def write_cog(dataset: xr.Dataset, path: str | Path, *, overwrite: bool = False,
     """
     import rasterio
     import rasterio.shutil
+    from rasterio._err import CPLE_BaseError
     from rasterio.crs import CRS
 
     path = Path(path)
@@ -953,6 +965,7 @@ def write_cog(dataset: xr.Dataset, path: str | Path, *, overwrite: bool = False,
     options = {"COMPRESS": "DEFLATE", "PREDICTOR": "YES", "OVERVIEW_RESAMPLING": "AVERAGE",
                "RESAMPLING": "AVERAGE", "BLOCKSIZE": _default_blocksize((height, width))}
     options.update({str(k).upper(): v for k, v in (co or {}).items()})
+    _check_blocksize(options["BLOCKSIZE"])
     tags = {k: str(dataset.attrs[k]) for k in ("prob", "seed", "max_draws", "n_draws",
                                                "tile_size", "stride", "support_limit",
                                                "imgcate_version", "region")
@@ -973,7 +986,7 @@ def write_cog(dataset: xr.Dataset, path: str | Path, *, overwrite: bool = False,
         try:
             with _quiet_small_blocksize():
                 rasterio.shutil.copy(staging, tmp, driver="COG", **options)
-        except rasterio.errors.RasterioError as exc:
+        except (rasterio.errors.RasterioError, CPLE_BaseError) as exc:
             raise InputError(f"GDAL could not write the COG with options {options} ({exc}); "
                              "check the co=/--co values.") from exc
         if preview:

@@ -292,6 +292,11 @@ def _chip_shape(ds: DatasetReader, size: float | tuple, size_unit: str) -> tuple
     h, w = int(round(float(sy))), int(round(float(sx)))
     if h < 1 or w < 1:
         raise InputError(f"size={size!r} {size_unit} gives an empty chip; use a larger size.")
+    if h > ds.height or w > ds.width:
+        raise InputError(
+            f"size={size!r} {size_unit} gives {h} x {w} px chips, larger than raster "
+            f"{ds.name!r} ({ds.height} x {ds.width} px); use a smaller size."
+        )
     return h, w
 
 
@@ -375,7 +380,13 @@ def _extract_one(ds, trial, cx, cy, size, size_unit, bands, scale) -> _Read:
     outside |= ~np.isfinite(xr) | ~np.isfinite(yr)
     _check_outside(ds, trial, outside)
     shape = _chip_shape(ds, size, size_unit)
-    return _read_windows(ds, xr, yr, shape, _band_indexes(ds, bands), scale)
+    indexes = _band_indexes(ds, bands)
+    if scale is not None and np.size(scale) not in (1, len(indexes)):
+        raise InputError(
+            f"scale has {np.size(scale)} values for {len(indexes)} bands; give one per band "
+            "read (or a single number for all)."
+        )
+    return _read_windows(ds, xr, yr, shape, indexes, scale)
 
 
 def _check_outside(ds: DatasetReader, trial: Trial, outside: np.ndarray) -> None:

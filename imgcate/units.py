@@ -6,6 +6,7 @@ each role (id, treatment, outcome, covariates, optional image id, stratum and cl
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -345,14 +346,21 @@ def read_units(
     for col in covariates:
         _require_columns(df, {"covariate": col}, name)
     ids = df[id].to_numpy()
+    if df[id].isna().any():
+        raise InputError(f"id column {id!r} has missing ids; every unit needs an id.")
     dup = df[id].duplicated(keep=False).to_numpy()
     if dup.any():
         raise InputError(
-            f"id column {id!r} has duplicated ids {sorted(set(ids[dup].tolist()))[:5]}; "
+            f"id column {id!r} has duplicated ids {sorted(set(ids[dup].tolist()), key=str)[:5]}; "
             "each unit needs a unique id (use image_id for units that share an image)."
         )
-    if df[id].isna().any():
-        raise InputError(f"id column {id!r} has missing ids; every unit needs an id.")
+    if image_id is None and "image_id" in df.columns and id != "image_id":
+        warnings.warn(
+            f"{name} has an 'image_id' column but image_id=None, so each unit is matched to "
+            "the image keyed by its own id; pass image_id='image_id' if that column names "
+            "each unit's image (or rename the column).",
+            UserWarning, stacklevel=2,
+        )
     if outcome is not None:
         _check_treatment(df, treatment, ids)
         _check_outcome(df, outcome, ids)

@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from imgcate import InputError
+from imgcate._io import check_writable
 from imgcate.cli import main
 from imgcate.effects import load_fit
 
@@ -59,6 +61,67 @@ def test_errors_point_at_the_option(fitted, tmp_path):
                                str(tmp_path / "f.imgcate"), "--covariate", "x9"])
     assert res.exit_code != 0 and "pass --covariate <column name>" in res.output
     assert not (tmp_path / "f.imgcate").exists()
+
+
+def test_fit_finds_the_image_id_column_and_refuses_the_units_table(fitted, tmp_path):
+    runner = CliRunner()
+    base = [str(fitted / "units.csv"), str(fitted / "embeddings.parquet")]
+    opts = ["--chains", "1", "--draws", "20", "-q"]
+    res = runner.invoke(main, ["fit", *base, str(tmp_path / "a.imgcate"), *opts])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["fit", *base, str(tmp_path / "b.imgcate"), "--image-id",
+                               "image_id", *opts])
+    assert res.exit_code == 0, res.output
+    a, b = load_fit(tmp_path / "a.imgcate"), load_fit(tmp_path / "b.imgcate")
+    assert (a.idata.posterior["tau"].values == b.idata.posterior["tau"].values).all()
+    res = runner.invoke(main, ["fit", base[0], base[0], str(tmp_path / "c.imgcate"), *opts])
+    assert res.exit_code == 1 and "look like the units table" in res.output
+    for option in ("--n-clusters", "--chains", "--draws"):
+        res = runner.invoke(main, ["fit", *base, str(tmp_path / "d.imgcate"), option, "0"])
+        assert res.exit_code != 0 and option in res.output and "at least 1" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.imgcate", "b.imgcate"]
+
+
+def test_fit_reads_projected_coordinate_columns(fitted, tmp_path):
+    import geopandas as gpd
+
+    units = pd.read_csv(fitted / "units.csv")
+    points = gpd.points_from_xy(units.pop("lon"), units.pop("lat"), crs="EPSG:4326")
+    metres = gpd.GeoSeries(points).to_crs("EPSG:32636")
+    units.assign(x=metres.x, y=metres.y).to_csv(tmp_path / "metres.csv", index=False)
+    runner = CliRunner()
+    args = ["fit", str(tmp_path / "metres.csv"), str(fitted / "embeddings.parquet"),
+            str(tmp_path / "f.imgcate"), "--chains", "1", "--draws", "20", "-q"]
+    res = runner.invoke(main, [*args, "--lon", "x", "--lat", "y"])
+    assert res.exit_code == 1 and "pass their --crs 'EPSG:....'" in res.output  # option names
+    res = runner.invoke(main, args)
+    assert res.exit_code == 1 and "pass --lon <column>" in res.output
+    res = runner.invoke(main, [*args, "--lon", "x", "--lat", "y", "--crs", "EPSG:32636"])
+    assert res.exit_code == 0, res.output
+    assert load_fit(tmp_path / "f.imgcate").idata.posterior.sizes["draw"] == 20
+
+
+def test_unwritable_outputs_fail_before_any_work(fitted, tmp_path):
+    runner = CliRunner()
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder")
+    res = runner.invoke(main, ["fit", str(fitted / "units.csv"),
+                               str(fitted / "embeddings.parquet"), str(blocker / "f.imgcate")])
+    assert res.exit_code == 1 and "is a file, not a folder" in res.output
+    assert "Traceback" not in res.output
+    for command in ("simulate", "demo"):
+        res = runner.invoke(main, [command, str(blocker)])
+        assert res.exit_code != 0 and "is a file" in res.output  # click's own check
+        res = runner.invoke(main, [command, str(blocker / "out")])
+        assert res.exit_code == 1 and "cannot create output folder" in res.output
+    res = runner.invoke(main, ["effects", str(fitted / "fit.imgcate"), str(tmp_path)])
+    assert res.exit_code != 0 and "is a directory" in res.output  # click's own check
+    with pytest.raises(InputError, match="is a folder; give a file name"):
+        check_writable(tmp_path, overwrite=True)  # the library's check, for the Python API
+    res = runner.invoke(main, ["demo", str(tmp_path / "demo"), "--n-units", "5"])
+    assert res.exit_code != 0 and "--n-units" in res.output
+    assert not (tmp_path / "demo").exists() or not list((tmp_path / "demo").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) in (["file.txt"], ["demo", "file.txt"])
 
 
 def test_help_ends_with_examples():
@@ -115,7 +178,14 @@ def test_map_errors_leave_no_file(map_fit, tmp_path):
     res = runner.invoke(main, ["map", str(fit_path), str(scene), str(out),
                                "--bounds", "0", "0", "10", "10"])
     assert res.exit_code != 0
-    assert "--bounds: must overlap the extent of the input raster" in res.output
+    assert "--bounds" in res.output and "does not overlap the tiles of raster" in res.output
+    res = runner.invoke(main, ["map", str(fit_path), str(scene), str(out),
+                               "--bounds", "400000", "50000", "300000", "40000"])
+    assert res.exit_code != 0 and "--bounds" in res.output and "overlap" not in res.output
+    for blocksize in ("abc", "-16", "7"):  # GDAL would abort the process on some of these
+        res = runner.invoke(main, ["map", str(fit_path), str(scene), str(out), "--max-draws",
+                                   "20", "-q", "--co", f"BLOCKSIZE={blocksize}"])
+        assert res.exit_code == 1 and "BLOCKSIZE" in res.output and "multiple of 16" in res.output
     three = write_variant(scene, tmp_path / "three.tif", count=3)
     res = runner.invoke(main, ["map", str(fit_path), str(three), str(out)])
     assert res.exit_code != 0 and "3 band(s)" in res.output and "--band" in res.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import runpy
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -33,7 +34,13 @@ def test_observational_example_runs(tmp_path, monkeypatch, capsys):
     assert not covers["difference_in_means"] and covers["ipw_hajek"] and covers["aipw"]
     assert ns["balance"]["smd_after"].abs().max() < ns["balance"]["smd_before"].abs().max() / 3
     assert ns["accuracy"] > 0.9
-    assert ns["sensitivity"].rv_q > 0.1
+    assert np.corrcoef(ns["ps"].scores, ns["truth"].propensity)[0, 1] > 0.9
+    # the text's sensitivity claim: pc1 (most tied to treatment) is the most damaging benchmark
+    # and a confounder as strong as it leaves the interval above zero
+    worst = ns["bounds"].iloc[0]
+    assert worst["benchmark"] == "pc1"
+    assert worst["benchmark"] == ns["bounds"].sort_values("r2dz_x").iloc[-1]["benchmark"]
+    assert worst["adjusted_lower"] > 0
 
 
 def test_api_reference_lists_every_public_name():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pickle
 import shutil
 import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -157,6 +158,11 @@ def test_save_load_predict_identical(k2, tmp_path):
     (tmp_path / "bad.imgcate").write_bytes(b"garbage")
     with pytest.raises(InputError, match="not a readable imgcate fit"):
         load_fit(tmp_path / "bad.imgcate")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp_path / "meta.imgcate", "w") as dst:
+        for item in src.namelist():  # the same fit, its settings replaced by a JSON list
+            dst.writestr(item, "[1, 2]" if item == "meta.json" else src.read(item))
+    with pytest.raises(InputError, match="meta.json is not a fit's settings"):
+        load_fit(tmp_path / "meta.imgcate")
 
 
 def test_same_seed_same_posterior():

@@ -172,6 +172,12 @@ def test_invalid_options(scene):
         extract_chips(trial, scene, 4, on_edge="clip")
     with pytest.raises(InputError, match="band 9 is not a band"):
         extract_chips(trial, scene, 4, bands=[9])
+    with pytest.raises(InputError, match="scale has 2 values for 4 bands"):
+        extract_chips(trial, scene, 4, scale=[1, 2])
+    with pytest.raises(InputError, match="larger than raster"):  # not a 100 GB allocation
+        extract_chips(trial, scene, 100_000, on_edge="drop")
+    one = extract_chips(trial, scene, 4, scale=0.5).values
+    np.testing.assert_allclose(one * 2, extract_chips(trial, scene, 4).values)
 
 
 def test_sequence_of_dates(scene, tmp_path):

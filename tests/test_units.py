@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -48,6 +50,8 @@ def test_reads_csv_geopackage_and_parquet_alike(tmp_path):
         (lambda d: d.assign(outcome=[1, np.nan, 2, 3, 4, 5]), {}, "units [1]"),
         (lambda d: d.assign(outcome=[1, np.inf, 2, 3, 4, 5]), {}, "NaN, infinite"),
         (lambda d: d.assign(id=[0, 1, 1, 2, 3, 4]), {}, "duplicated ids [1]"),
+        (lambda d: d.assign(id=["a", "b", "b", 7, 7, "c"]), {}, "duplicated ids [7, 'b']"),
+        (lambda d: d.assign(id=["a", None, "b", None, "c", "d"]), {}, "has missing ids"),
         (lambda d: d.assign(x=["a", "b", 1, 2, 3, 4]), {"covariates": ["x"]},
          "covariate 'x' is not numeric"),
         (lambda d: d.assign(lat=[0.1, None, 0.2, 0.3, 0.4, 0.5]), {}, "missing or non-numeric "
@@ -83,6 +87,16 @@ def test_missing_covariate_policies(policy):
     if policy == "indicator":
         assert trial.covariates == ("x", "x_missing")
         np.testing.assert_array_equal(x[:, 1], [0, 1, 0, 0, 0, 0])
+
+
+def test_an_unused_image_id_column_is_flagged():
+    df = table().assign(image_id=[5, 5, 6, 6, 7, 7])
+    with pytest.warns(UserWarning, match="has an 'image_id' column but image_id=None"):
+        trial = read_units(df)
+    np.testing.assert_array_equal(trial.image_keys, trial.ids)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_units(df, image_id="image_id").image_keys.tolist() == [5, 5, 6, 6, 7, 7]
 
 
 def test_corrupt_file_is_a_clear_error(tmp_path):
