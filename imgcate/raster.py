@@ -396,9 +396,23 @@ def _check_outside(ds: DatasetReader, trial: Trial, outside: np.ndarray) -> None
     units = trial.ids[outside[unit_chip]]
     raise RasterError(
         f"units {_ids_text(units)} lie outside raster {ds.name!r} (bounds {tuple(ds.bounds)} in "
-        f"{ds.crs}); check the units' CRS ({trial.crs}) and coordinates, or drop those units with "
-        "trial.subset(...)."
+        f"{ds.crs}); check the units' CRS ({trial.crs}) and coordinates{_swap_hint(ds, trial)}, "
+        "or drop those units with trial.subset(...)."
     )
+
+
+def _swap_hint(ds: DatasetReader, trial: Trial) -> str:
+    """' (they look swapped ...)' when exchanging x and y would put every unit on the raster."""
+    if trial.crs is None or not trial.crs.is_geographic:
+        return ""
+    x, y = trial.xy()
+    try:
+        geo = gpd.GeoSeries(gpd.points_from_xy(y, x), crs=trial.crs).to_crs(ds.crs)
+    except Exception:  # noqa: BLE001 - swapped values may not be valid coordinates at all
+        return ""
+    b = ds.bounds
+    inside = ((geo.x >= b.left) & (geo.x <= b.right) & (geo.y >= b.bottom) & (geo.y <= b.top))
+    return "; lon and lat look swapped" if bool(inside.all()) else ""
 
 
 def _fill(values: np.ndarray, missing: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
@@ -154,6 +155,11 @@ def test_points_outside_raster_error(scene):
 
     with pytest.raises(RasterError, match=r"units \['u0'\] lie outside raster.*CRS"):
         extract_chips(replace(trial, data=far), scene, 4)
+    lonlat = _trial_at(scene, [10, 40], [10, 40], crs="EPSG:4326")
+    x, y = lonlat.xy()
+    swapped = lonlat.data.set_geometry(gpd.points_from_xy(y, x, crs="EPSG:4326"))
+    with pytest.raises(RasterError, match="lon and lat look swapped"):
+        extract_chips(replace(lonlat, data=swapped), scene, 4)
 
 
 def test_unreadable_and_missing_raster(tmp_path, scene):
