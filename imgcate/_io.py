@@ -18,10 +18,10 @@ def check_writable(path: str | Path, overwrite: bool) -> Path:
     folder above ``path`` must be a writable folder (missing folders are created on writing).
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it.")
     if path.is_dir():
         raise InputError(f"output {path} is a folder; give a file name.")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it.")
     folder = path.absolute().parent
     while not folder.exists():
         folder = folder.parent

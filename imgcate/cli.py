@@ -294,7 +294,13 @@ def map_command(fit_file, raster, output, region, bounds, tile_size, stride, pro
           --workers 4 --resume-dir map-blocks --co COMPRESS=ZSTD
     """
     from imgcate.effects import load_fit
-    from imgcate.maps import fit_tile_size, predict_map, tile_grid, write_cog
+    from imgcate.maps import (
+        check_creation_options,
+        fit_tile_size,
+        predict_map,
+        tile_grid,
+        write_cog,
+    )
 
     _setup_logging(verbose, quiet)
     if region is not None and bounds:
@@ -307,6 +313,10 @@ def map_command(fit_file, raster, output, region, bounds, tile_size, stride, pro
         if value < 1:
             raise click.BadParameter("must be at least 1", param_hint=hint)
     options = _parse_co(creation_options)
+    try:
+        check_creation_options(options)
+    except ImgcateError as exc:
+        raise click.BadParameter(str(exc), param_hint="--co") from exc
     _run(check_writable, output, overwrite)
     if preview:
         _run(check_writable, output.with_suffix(".png"), overwrite)

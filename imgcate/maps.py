@@ -896,8 +896,18 @@ def _preview_path(path: Path) -> Path:
     return path.with_suffix(".png")
 
 
-def _check_blocksize(value: Any) -> None:
-    """GDAL's COG driver aborts the process on some BLOCKSIZE values: check it first."""
+def check_creation_options(co: dict[str, Any] | None) -> None:
+    """Check COG creation options GDAL would abort the process on (``BLOCKSIZE``).
+
+    Raises
+    ------
+    InputError
+        If ``BLOCKSIZE`` is not a multiple of 16 between 16 and 4096.
+    """
+    options = {str(k).upper(): v for k, v in (co or {}).items()}
+    if "BLOCKSIZE" not in options:
+        return
+    value = options["BLOCKSIZE"]
     try:
         size = int(str(value))
     except ValueError:
@@ -964,8 +974,8 @@ def write_cog(dataset: xr.Dataset, path: str | Path, *, overwrite: bool = False,
     height, width = layers.shape[1:]
     options = {"COMPRESS": "DEFLATE", "PREDICTOR": "YES", "OVERVIEW_RESAMPLING": "AVERAGE",
                "RESAMPLING": "AVERAGE", "BLOCKSIZE": _default_blocksize((height, width))}
+    check_creation_options(co)
     options.update({str(k).upper(): v for k, v in (co or {}).items()})
-    _check_blocksize(options["BLOCKSIZE"])
     tags = {k: str(dataset.attrs[k]) for k in ("prob", "seed", "max_draws", "n_draws",
                                                "tile_size", "stride", "support_limit",
                                                "imgcate_version", "region")

@@ -303,6 +303,12 @@ def test_write_cog_is_a_valid_cog_with_named_bands(full_map, tmp_path, caplog):
     write_cog(full_map, path, overwrite=True, preview=False, co={"compress": "zstd"})
     with rasterio.open(path) as src:
         assert src.compression.name.lower() == "zstd"
+    after = path.read_bytes()
+    for bad in ("abc", 7, -16):  # GDAL aborts the process on some BLOCKSIZE values
+        with pytest.raises(InputError, match="multiple of 16"):
+            write_cog(full_map, path, overwrite=True, preview=False, co={"blocksize": bad})
+    assert path.read_bytes() == after
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["effect.png", "effect.tif"]
 
 
 def test_aggregate_by_polygon_weights_cells_by_area(full_map, tmp_path):
