@@ -402,7 +402,7 @@ def _check_outside(ds: DatasetReader, trial: Trial, outside: np.ndarray) -> None
 
 
 def _swap_hint(ds: DatasetReader, trial: Trial) -> str:
-    """' (they look swapped ...)' when exchanging x and y would put every unit on the raster."""
+    """'; lon and lat look swapped' when exchanging x and y would put every unit on the raster."""
     if trial.crs is None or not trial.crs.is_geographic:
         return ""
     x, y = trial.xy()

@@ -430,7 +430,10 @@ def simulate_scene_trial(
 
 
 def _check_targeting(targeting: float) -> float:
-    value = float(targeting)
+    try:
+        value = float(targeting)
+    except (TypeError, ValueError):
+        value = np.nan
     if not np.isfinite(value):
         raise InputError(f"targeting={targeting!r} must be a finite number (0 = randomized).")
     return value
