@@ -10,6 +10,7 @@ in the same order, so ``unit_image`` applies to each date.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -524,6 +525,14 @@ def extract_chips(
     if bad.any() and on_edge == "pad":
         values = np.stack([_fill(v, m) for v, m in zip(values, missing, strict=True)])
         padded = bad
+        blank = missing.all(axis=(2, 3)).any(axis=0)[unit_chip]
+        if blank.any():
+            warnings.warn(
+                f"the chips of units {_ids_text(trial.ids[blank])} hold no valid pixel (all "
+                "nodata or outside the raster), so on_edge='pad' makes them blank images that "
+                "say nothing about the place; drop them (on_edge='drop') or check the raster's "
+                "nodata value.", UserWarning, stacklevel=2,
+            )
     if bad.any() and on_edge == "drop":
         keep_chip = ~bad
         kept = ~unit_bad

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -145,6 +147,12 @@ def test_nodata_policies(nodata_raster):
         np.testing.assert_allclose(chip[b][~valid], raw[b][valid].mean(), rtol=1e-6)
     dropped = extract_chips(trial, nodata_raster, 6, on_edge="drop")
     assert dropped.unit_ids.tolist() == ["u1"]
+    with pytest.warns(UserWarning, match=r"units \['u0'\] hold no valid pixel"):
+        blank = extract_chips(trial, nodata_raster, 3, on_edge="pad")  # inside the 3 x 3 block
+    assert (blank.values[0] == 0).all() and blank.padded.tolist() == [True, False]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a partly valid chip: padded, no warning
+        extract_chips(trial, nodata_raster, 6, on_edge="pad")
 
 
 def test_points_outside_raster_error(scene):
