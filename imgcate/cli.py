@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -67,6 +68,13 @@ def _run(fn, *args, **kwargs):
         raise click.ClickException(message) from exc
 
 
+def _check_minimum(*checks: tuple[str, int, int]) -> None:
+    """Each (option, value, minimum): a click error naming the option if value < minimum."""
+    for option, value, minimum in checks:
+        if value < minimum:
+            raise click.BadParameter(f"must be at least {minimum}", param_hint=option)
+
+
 verbosity = [
     click.option("-v", "--verbose", count=True, help="More messages (repeatable)."),
     click.option("-q", "--quiet", count=True, help="Fewer messages; hides warnings."),
@@ -116,8 +124,7 @@ def simulate(output_dir, n_units, n_clusters, seed, overwrite, verbose, quiet):
     from imgcate.simulate import simulate_trial
 
     _setup_logging(verbose, quiet)
-    if n_clusters < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--n-clusters")
+    _check_minimum(("--n-clusters", n_clusters, 1))
     sim = _run(simulate_trial, seed, n_units, n_clusters)
     _run(ensure_folder, output_dir)
     for name in ("units.csv", "embeddings.parquet", "truth.csv"):
@@ -173,9 +180,7 @@ def fit_command(units, embeddings, output, n_clusters, covariates, id_column, tr
     from imgcate.units import read_units
 
     _setup_logging(verbose, quiet)
-    for value, hint in ((n_clusters, "--n-clusters"), (chains, "--chains"), (draws, "--draws")):
-        if value < 1:
-            raise click.BadParameter("must be at least 1", param_hint=hint)
+    _check_minimum(("--n-clusters", n_clusters, 1), ("--chains", chains, 1), ("--draws", draws, 1))
     _run(check_writable, output, overwrite)
     roles = {"id": id_column, "treatment": treatment, "outcome": outcome,
              "covariates": list(covariates), "lon": lon, "lat": lat, "crs": crs,
@@ -184,8 +189,9 @@ def fit_command(units, embeddings, output, n_clusters, covariates, id_column, tr
         warnings.filterwarnings("ignore", message=".*has an 'image_id' column")
         trial = _run(read_units, units, image_id=image_id, **roles)
     if image_id is None and "image_id" in trial.data.columns:  # the default column, if present
+        # read_units only requires an image_id column to exist, which it does
         log.info("matching units to images by their 'image_id' column")
-        trial = _run(read_units, units, image_id="image_id", **roles)
+        trial = replace(trial, image_id="image_id")
     emb = _run(load_embeddings, embeddings)
     result = _run(fit, trial, emb, n_clusters=n_clusters, likelihood=likelihood, method=method,
                   seed=seed, num_chains=chains, num_warmup=draws, num_samples=draws,
@@ -307,11 +313,9 @@ def map_command(fit_file, raster, output, region, bounds, tile_size, stride, pro
         raise click.UsageError("give either --region or --bounds, not both.")
     if not 0 < prob < 1:
         raise click.BadParameter("must be between 0 and 1", param_hint="--prob")
-    for hint, value in (("--tile-size", tile_size or 1), ("--stride", stride or 1),
-                        ("--max-draws", max_draws), ("--block-tiles", block_tiles),
-                        ("--workers", workers)):
-        if value < 1:
-            raise click.BadParameter("must be at least 1", param_hint=hint)
+    _check_minimum(("--tile-size", tile_size or 1, 1), ("--stride", stride or 1, 1),
+                   ("--max-draws", max_draws, 1), ("--block-tiles", block_tiles, 1),
+                   ("--workers", workers, 1))
     options = _parse_co(creation_options)
     try:
         check_creation_options(options)
@@ -381,12 +385,9 @@ def demo(output_dir, n_units, seed, draws, scene_size, overwrite, verbose, quiet
     from imgcate.segments import segment_chips, segment_sensitivity, typical_images
 
     _setup_logging(verbose, quiet)
-    if scene_size < 128:
-        raise click.BadParameter("must be at least 128", param_hint="--scene-size")
-    if n_units < 60:  # K = 1..3 clusters and 8 embedding components need a few dozen units
-        raise click.BadParameter("must be at least 60", param_hint="--n-units")
-    if draws < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--draws")
+    # K = 1..3 clusters and 8 embedding components need a few dozen units
+    _check_minimum(("--scene-size", scene_size, 128), ("--n-units", n_units, 60),
+                   ("--draws", draws, 1))
     _run(ensure_folder, output_dir)
     scene = output_dir / "scene.tif"
     for name in DEMO_FILES:

@@ -974,8 +974,8 @@ def write_cog(dataset: xr.Dataset, path: str | Path, *, overwrite: bool = False,
     height, width = layers.shape[1:]
     options = {"COMPRESS": "DEFLATE", "PREDICTOR": "YES", "OVERVIEW_RESAMPLING": "AVERAGE",
                "RESAMPLING": "AVERAGE", "BLOCKSIZE": _default_blocksize((height, width))}
-    check_creation_options(co)
     options.update({str(k).upper(): v for k, v in (co or {}).items()})
+    check_creation_options(options)
     tags = {k: str(dataset.attrs[k]) for k in ("prob", "seed", "max_draws", "n_draws",
                                                "tile_size", "stride", "support_limit",
                                                "imgcate_version", "region")
