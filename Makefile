@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 
 .PHONY: setup demo test test-all lint bench clean
 
-$(BIN)/imgcate: pyproject.toml
+$(BIN)/imgcate: pyproject.toml setup.py imgcate/_rcf.cpp
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[test]"

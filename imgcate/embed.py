@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from imgcate import _native
 from imgcate._validate import check_choice, rng_from_seed
 from imgcate.errors import ExtrapolationWarning, FitError, InputError
 
@@ -247,6 +248,12 @@ def _unflatten(arrays: dict[str, np.ndarray]) -> dict:
 #: this size; the result is the same.
 POOLED_PER_CALL = 16384
 
+#: Whether :class:`RandomConvFeatures` computes its features with the native kernel
+#: (``imgcate/_rcf.cpp``) where it is built and this CPU runs it (``imgcate._native.available()``;
+#: the environment variable ``IMGCATE_NATIVE=0`` switches it off too). Both paths compute the
+#: same features (to float32 rounding); the JAX path is :meth:`RandomConvFeatures.apply_jax`.
+USE_NATIVE = True
+
 
 def _batches(n: int, batch_size: int):
     for start in range(0, n, batch_size):
@@ -350,7 +357,9 @@ class _Encoder:
             (image, band, y, x); or a sequence (date, image, band, y, x), combined over dates
             with the encoder's ``combine``.
         batch_size : int, optional
-            Chips per batch (default: the encoder's ``batch_size``).
+            Chips per batch (default: the encoder's ``batch_size``). The native kernel takes
+            float32 chips without batches (its own tasks are small) and converts other dtypes
+            one batch at a time.
 
         Returns
         -------
@@ -434,7 +443,7 @@ class _Encoder:
                 ExtrapolationWarning, stacklevel=3,
             )
 
-    def _check_input(self, x: np.ndarray, fitting: bool = False) -> None:
+    def _check_input(self, x: np.ndarray, fitting: bool = False, finite: bool = True) -> None:
         if x.shape[0] == 0:
             raise InputError("no chips to embed; give at least one chip.")
         if min(x.shape[2:]) < self._min_size():
@@ -447,10 +456,8 @@ class _Encoder:
                 f"chips have {x.shape[1]} bands but the encoder was fitted on {self.n_bands}; "
                 "extract the same bands it was fitted on."
             )
-        if not np.isfinite(x).all():
-            raise InputError(
-                "chips hold NaN or infinite pixels; extract them with on_edge='pad' or 'drop'."
-            )
+        if finite and not np.isfinite(x).all():
+            raise _non_finite_chips(np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(1)))
 
     def _jax_params(self) -> dict:
         return jax.tree_util.tree_map(jnp.asarray, self.params)
@@ -462,7 +469,24 @@ class _Encoder:
             self._jit_cache[head] = jax.jit(lambda p, v: fn(module, p, v))
         return self._jit_cache[head]
 
+    def _uses_native(self, n_bands: int) -> bool:
+        """Whether :meth:`_native_body` computes the body here (else the JAX forward pass)."""
+        return False
+
+    def _native_body(self, x: np.ndarray, head: bool) -> np.ndarray | int:
+        """Features of raw chips from a native kernel: (image, feature) body features, or with
+        ``head`` the standardized PCA components; or the index of a chip with a non-finite
+        pixel."""
+        raise NotImplementedError
+
+    def _apply_head(self, feats: np.ndarray) -> np.ndarray:
+        """The standardization + PCA head in NumPy (float64), as :func:`_forward` applies it."""
+        h = self.params["head"]
+        return ((feats - h["feature_mean"]) / h["feature_std"]) @ h["components"].T
+
     def _run(self, x: np.ndarray, head: bool, batch_size: int | None) -> np.ndarray:
+        if self._uses_native(x.shape[1]):
+            return self._run_native(x, head, batch_size)
         self._check_input(x)
         size = min(batch_size or self.batch_size, x.shape[0])
         per_call = self._chips_per_call()
@@ -486,11 +510,39 @@ class _Encoder:
         out.append(np.asarray(pending[0])[: pending[1]])
         return np.concatenate(out).astype(np.float64)
 
+    def _run_native(self, x: np.ndarray, head: bool, batch_size: int | None) -> np.ndarray:
+        """:meth:`_run` through :meth:`_native_body`; the kernel checks for non-finite pixels.
+
+        Float32 chips go in one call (the kernel's tasks are small; only the output is
+        allocated); other dtypes are converted one batch at a time, so memory stays flat.
+        """
+        self._check_input(x, finite=False)
+        if x.dtype == np.float32 and x.flags.c_contiguous:
+            size = len(x)
+        else:
+            size = batch_size or self.batch_size
+        out = []
+        for start, stop in _batches(x.shape[0], size):
+            result = self._native_body(x[start:stop], head)
+            if isinstance(result, int):
+                raise _non_finite_chips([start + result])
+            out.append(np.asarray(result, np.float64))
+        return np.concatenate(out)
+
     def _features(self, x: np.ndarray) -> np.ndarray:
         return self._run(x, head=False, batch_size=None)
 
     def _transform_single(self, x: np.ndarray, batch_size: int | None) -> np.ndarray:
         return self._run(x, head=True, batch_size=batch_size)
+
+
+def _non_finite_chips(rows: Any) -> InputError:
+    rows = list(rows)
+    where = f"chip {rows[0]}" if len(rows) == 1 else f"{len(rows)} chips (first: {rows[0]})"
+    return InputError(
+        f"chips hold NaN or infinite pixels ({where}); extract them with on_edge='pad' or "
+        "'drop'."
+    )
 
 
 def _normalize(params: dict, x: jax.Array) -> jax.Array:
@@ -564,6 +616,10 @@ class RandomConvFeatures(_Encoder):
     ``mean_pool(relu(conv - bias))`` and ``mean_pool(relu(-conv - bias))``
     (:class:`RandomConvNet`), then standardized and reduced by PCA to ``n_components``.
 
+    :meth:`transform` computes the features with the native kernel (``imgcate/_rcf.cpp``; see
+    :data:`USE_NATIVE`) where it runs, else with the JAX forward pass; :meth:`apply_jax` is
+    always JAX (differentiable). Both give the same features to float32 rounding.
+
     Parameters
     ----------
     n_features : int
@@ -607,6 +663,19 @@ class RandomConvFeatures(_Encoder):
 
     def _chips_per_call(self) -> int | None:
         return max(1, POOLED_PER_CALL // (self.n_features // 2))
+
+    def _uses_native(self, n_bands: int) -> bool:
+        # The kernel computes in float32; an encoder cast to float64 (under jax.enable_x64)
+        # keeps its precision on the JAX path.
+        return (USE_NATIVE and _native.supports(n_bands)
+                and self.params["body"]["filters"].dtype == np.float32)
+
+    def _native_body(self, x: np.ndarray, head: bool) -> np.ndarray | int:
+        norm, body = self.params["norm"], self.params["body"]
+        return _native.rcf_features(
+            x, norm["band_mean"], norm["band_std"], body["filters"], body["bias"],
+            head=self._apply_head if head else None,
+            n_outputs=self.params["head"]["components"].shape[0] if head else None)
 
     def _config(self) -> dict:
         return {"n_features": self.n_features, "kernel_size": self.kernel_size,

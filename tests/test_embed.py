@@ -78,7 +78,14 @@ def test_apply_jax_equals_transform_and_is_differentiable(chips):
     np.testing.assert_allclose(per_image, enc.apply_jax(x), atol=1e-5)
 
 
-def test_batching_gives_same_result(chips, monkeypatch):
+@pytest.fixture(params=["native", "jax"])
+def path(request, monkeypatch):
+    """Run a test through the native kernel (where it runs here) and through the JAX path."""
+    monkeypatch.setattr(embed_module, "USE_NATIVE", request.param == "native")
+    return request.param
+
+
+def test_batching_gives_same_result(chips, monkeypatch, path):
     enc = RandomConvFeatures(32, n_components=4).fit(chips, seed=0)
     monkeypatch.setattr(embed_module, "POOLED_PER_CALL", 2**40)  # every chip in one call
     full = enc.transform(chips, batch_size=1000)
@@ -91,7 +98,7 @@ def test_batching_gives_same_result(chips, monkeypatch):
     np.testing.assert_allclose(enc.transform(chips, batch_size=1000), full, **tol)
 
 
-def test_save_load_transform_new_chips(chips, tmp_path):
+def test_save_load_transform_new_chips(chips, tmp_path, path):
     enc = embed(chips, n_features=64, n_components=8, seed=0).encoder
     config, arrays = enc.get_state()
     (tmp_path / "enc.json").write_text(json.dumps(config))
