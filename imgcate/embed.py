@@ -480,7 +480,7 @@ class _Encoder:
         raise NotImplementedError
 
     def _apply_head(self, feats: np.ndarray) -> np.ndarray:
-        """The standardization + PCA head in NumPy (float64), as :func:`_forward` applies it."""
+        """The standardization + PCA head in NumPy, as :func:`_forward` applies it in JAX."""
         h = self.params["head"]
         return ((feats - h["feature_mean"]) / h["feature_std"]) @ h["components"].T
 
