@@ -13,6 +13,8 @@ setup(
             sources=["imgcate/_rcf.cpp"],
             language="c++",
             extra_compile_args=["-O3", "-std=c++17"],
+            # MSVC exports only PyInit__rcf by default; ctypes needs these too
+            export_symbols=["PyInit__rcf", "rcf_abi_version", "rcf_supported", "rcf_pool"],
             optional=True,
         )
     ]

@@ -4,19 +4,24 @@
 the per-band normalization (the same features, in float32, summed in another order), in one
 pass per chip on every core. The library is the optional extension ``imgcate._rcf``, built at
 install time; it is used only where it was built, the CPU has AVX-512, JAX computes on the CPU,
-and ``IMGCATE_NATIVE`` is not ``0``. Otherwise the encoder runs its JAX forward pass.
+and ``IMGCATE_NATIVE`` is not ``0``. Otherwise the encoder runs its JAX forward pass. It runs on
+:func:`threads` threads (``IMGCATE_NATIVE_THREADS``), fixed when it is first used.
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 import jax
 import numpy as np
+
+from imgcate.errors import InputError
 
 #: Filters per block of the kernel (filter counts are padded up to a multiple).
 BLOCK = 64
@@ -27,29 +32,59 @@ MAX_BANDS = 16
 CHIPS_PER_TASK = 32
 
 
+#: The ``rcf_abi_version()`` of the library this module calls (see ``_rcf.cpp``): a library
+#: left over from another version of the source (an old in-place build) is not used.
+ABI_VERSION = 2
+
+
 @cache
 def _library() -> ctypes.CDLL | None:
     try:
-        from imgcate import _rcf
-    except ImportError:
-        return None
-    lib = ctypes.CDLL(_rcf.__file__)
-    if not lib.rcf_supported():
+        lib = ctypes.CDLL(importlib.import_module("imgcate._rcf").__file__)
+        if lib.rcf_abi_version() != ABI_VERSION or not lib.rcf_supported():
+            return None
+        rcf_pool = lib.rcf_pool
+    except (ImportError, OSError, AttributeError):  # not built, not loadable, or too old
         return None
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.rcf_pool.restype = i64
-    lib.rcf_pool.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, i64, ptr]
+    rcf_pool.restype = i64
+    rcf_pool.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, i64, ptr]
     return lib
 
 
-@cache
+def threads() -> int:
+    """Threads the kernel runs on: ``IMGCATE_NATIVE_THREADS`` if set (for a container whose CPU
+    quota is below its visible cores, or several processes sharing a machine), else the cores
+    this process may run on."""
+    value = os.environ.get("IMGCATE_NATIVE_THREADS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise InputError(f"IMGCATE_NATIVE_THREADS={value!r} must be a whole number >= 1.")
+        return int(value)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+_pool_lock = threading.Lock()
+_executor: ThreadPoolExecutor | None = None
+
+
 def _pool() -> ThreadPoolExecutor:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return ThreadPoolExecutor(cores or 1, thread_name_prefix="imgcate-rcf")
+    global _executor
+    with _pool_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(threads(), thread_name_prefix="imgcate-rcf")
+        return _executor
+
+
+def _forget_pool() -> None:
+    global _executor, _pool_lock
+    _executor, _pool_lock = None, threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's pool threads
-    os.register_at_fork(after_in_child=_pool.cache_clear)
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def available() -> bool:
@@ -97,6 +132,12 @@ def rcf_features(x: np.ndarray, band_mean: np.ndarray, band_std: np.ndarray,
     x = np.ascontiguousarray(x, np.float32)
     n, bands, height, width = x.shape
     k, n_filters = filters.shape[-1], filters.shape[0]
+    if (filters.shape[1:] != (bands, k, k) or np.shape(bias) != (n_filters,)
+            or np.shape(band_mean) != (bands,) or np.shape(band_std) != (bands,)
+            or not k <= min(height, width)):
+        raise ValueError(
+            f"rcf_features: chips {x.shape}, filters {filters.shape}, bias {np.shape(bias)}, "
+            f"band_mean {np.shape(band_mean)}, band_std {np.shape(band_std)} do not fit")
     packed, padded_bias = pack_filters(filters, bias)
     mean = np.ascontiguousarray(band_mean, np.float32)
     std = np.ascontiguousarray(band_std, np.float32)

@@ -17,8 +17,13 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 
 extern "C" {
+
+// The calling convention and layout imgcate/_native.py expects (argument list, 64-filter
+// blocks, band counts 1-16): a library built from another version of this file is not used.
+int rcf_abi_version(void) { return 2; }
 
 // 1 when this CPU runs the kernel (x86-64 with AVX-512F), else 0.
 int rcf_supported(void) {
@@ -30,9 +35,9 @@ int rcf_supported(void) {
 #endif
 }
 
-static struct PyModuleDef rcf_module = {PyModuleDef_HEAD_INIT, "_rcf",
-                                        "Native random-convolution kernel (used via ctypes).",
-                                        -1, nullptr};
+static struct PyModuleDef rcf_module = {
+    PyModuleDef_HEAD_INIT, "_rcf", "Native random-convolution kernel (used via ctypes).", -1,
+    nullptr, nullptr, nullptr, nullptr, nullptr};
 
 PyMODINIT_FUNC PyInit__rcf(void) { return PyModule_Create(&rcf_module); }
 
@@ -54,7 +59,7 @@ constexpr int kMaxBands = 16;             // band counts with a compiled kernel
 // P positions (x .. x + P - 1 of one output row) x 64 filters: accumulate the convolution,
 // starting from -b, then add max(conv - b, 0) to pos and min(conv + b, 0) to neg.
 template <int P, int C>
-RCF_TARGET RCF_INLINE void tile(const float* __restrict r0, int rowstride, int k,
+RCF_TARGET RCF_INLINE void tile(const float* __restrict r0, int64_t rowstride, int k,
                                 const float* __restrict w, const float* __restrict bias,
                                 float* __restrict pos, float* __restrict neg) {
   __m512 acc[P][kVectors];
@@ -70,8 +75,8 @@ RCF_TARGET RCF_INLINE void tile(const float* __restrict r0, int rowstride, int k
       __m512 wv[kVectors];
       for (int v = 0; v < kVectors; ++v) {
         wv[v] = _mm512_loadu_ps(wd + j * kBlock + 16 * v);
-        // Keep the filter vectors in registers: without this the compiler folds each load
-        // into every FMA, and the loop becomes bound by loads (2x slower, measured).
+        // Keep the filter vectors in registers: without this the compiler folds a load into
+        // every FMA and the loop is bound by loads (docs/benchmarks.md: the first version).
         __asm__ volatile("" : "+v"(wv[v]));
       }
       for (int p = 0; p < P; ++p) {
@@ -95,13 +100,18 @@ RCF_TARGET RCF_INLINE void tile(const float* __restrict r0, int rowstride, int k
   }
 }
 
-// One block of 64 filters over every position of one normalized chip.
+// One block of 64 filters over every position of one normalized chip, into pos_total and
+// neg_total (double: float32 running sums over a whole large chip drift; each row is summed
+// in float32, then added in double).
 template <int C>
-RCF_TARGET void chip_block(const float* buf, int Ho, int Wo, int W, int k, const float* w,
-                           const float* bias, float* pos, float* neg) {
-  const int rowstride = W * C;
-  for (int y = 0; y < Ho; ++y) {
-    const float* row = buf + static_cast<int64_t>(y) * rowstride;
+RCF_TARGET void chip_block(const float* buf, int64_t Ho, int Wo, int W, int k, const float* w,
+                           const float* bias, double* pos_total, double* neg_total) {
+  const int64_t rowstride = static_cast<int64_t>(W) * C;
+  alignas(64) float pos[kBlock];
+  alignas(64) float neg[kBlock];
+  for (int64_t y = 0; y < Ho; ++y) {
+    for (int f = 0; f < kBlock; ++f) pos[f] = neg[f] = 0.0f;
+    const float* row = buf + y * rowstride;
     int x = 0;
     for (; x + kTile <= Wo; x += kTile) tile<kTile, C>(row + x * C, rowstride, k, w, bias, pos, neg);
     const float* q = row + x * C;
@@ -113,11 +123,15 @@ RCF_TARGET void chip_block(const float* buf, int Ho, int Wo, int W, int k, const
       case 5: tile<5, C>(q, rowstride, k, w, bias, pos, neg); break;
       default: break;
     }
+    for (int f = 0; f < kBlock; ++f) {
+      pos_total[f] += pos[f];
+      neg_total[f] += neg[f];
+    }
   }
 }
 
-using ChipBlock = void (*)(const float*, int, int, int, int, const float*, const float*, float*,
-                           float*);
+using ChipBlock = void (*)(const float*, int64_t, int, int, int, const float*, const float*,
+                           double*, double*);
 
 template <int C>
 ChipBlock pick_upto(int bands) {
@@ -135,7 +149,8 @@ extern "C" {
 // Features of n chips x (n, bands, H, W) float32, C order, into out (n, 2 * n_filters):
 // [mean relu(conv - b) per filter, mean relu(-conv - b) per filter].
 // Returns -1 on success; i >= 0 when chip i holds a NaN or infinite pixel (out is then
-// incomplete); -2 for an unsupported band count; -3 when memory runs out.
+// incomplete); -2 for an unsupported band count or a chip smaller than the kernel; -3 when
+// memory runs out.
 RCF_TARGET int64_t rcf_pool(const float* x, int64_t n, int64_t bands, int64_t H, int64_t W,
                             int64_t k, const float* band_mean, const float* band_std,
                             const float* packed, const float* bias, int64_t n_filters,
@@ -143,15 +158,17 @@ RCF_TARGET int64_t rcf_pool(const float* x, int64_t n, int64_t bands, int64_t H,
   const ChipBlock block_fn = pick_upto<1>(static_cast<int>(bands));
   if (block_fn == nullptr) return -2;
   const int C = static_cast<int>(bands);
-  const int Ho = static_cast<int>(H - k + 1), Wo = static_cast<int>(W - k + 1);
+  if (k < 1 || H < k || W < k) return -2;
+  const int64_t Ho = H - k + 1;
+  const int Wo = static_cast<int>(W - k + 1);
   const int64_t n_blocks = (n_filters + kBlock - 1) / kBlock;
   const int64_t block_size = k * k * C * kBlock;
   const int64_t pixels = H * W;
   float* buf = static_cast<float*>(std::malloc(sizeof(float) * (pixels * C + 16)));
   if (buf == nullptr) return -3;
-  alignas(64) float pos[kBlock];
-  alignas(64) float neg[kBlock];
-  const float scale = 1.0f / static_cast<float>(Ho * Wo);
+  double pos[kBlock];
+  double neg[kBlock];
+  const double scale = 1.0 / (static_cast<double>(Ho) * static_cast<double>(Wo));
   for (int64_t i = 0; i < n; ++i) {
     const float* chip = x + i * C * pixels;
     bool finite = true;
@@ -160,7 +177,9 @@ RCF_TARGET int64_t rcf_pool(const float* x, int64_t n, int64_t bands, int64_t H,
       const float* src = chip + c * pixels;
       for (int64_t p = 0; p < pixels; ++p) {
         const float v = src[p];
-        finite &= (v - v) == 0.0f;  // false for NaN and +-inf
+        uint32_t bits;
+        std::memcpy(&bits, &v, sizeof bits);
+        finite &= (bits & 0x7f800000u) != 0x7f800000u;  // exponent all ones: NaN or +-inf
         buf[p * C + c] = (v - m) / s;
       }
     }
@@ -170,12 +189,12 @@ RCF_TARGET int64_t rcf_pool(const float* x, int64_t n, int64_t bands, int64_t H,
     }
     float* row_out = out + i * 2 * n_filters;
     for (int64_t blk = 0; blk < n_blocks; ++blk) {
-      for (int f = 0; f < kBlock; ++f) pos[f] = neg[f] = 0.0f;
+      for (int f = 0; f < kBlock; ++f) pos[f] = neg[f] = 0.0;
       block_fn(buf, Ho, Wo, static_cast<int>(W), static_cast<int>(k), packed + blk * block_size,
                bias + blk * kBlock, pos, neg);
       for (int f = 0; f < kBlock && blk * kBlock + f < n_filters; ++f) {
-        row_out[blk * kBlock + f] = pos[f] * scale;
-        row_out[n_filters + blk * kBlock + f] = -neg[f] * scale;
+        row_out[blk * kBlock + f] = static_cast<float>(pos[f] * scale);
+        row_out[n_filters + blk * kBlock + f] = static_cast<float>(-neg[f] * scale);
       }
     }
   }

@@ -480,8 +480,13 @@ class _Encoder:
         raise NotImplementedError
 
     def _apply_head(self, feats: np.ndarray) -> np.ndarray:
-        """The standardization + PCA head in NumPy, as :func:`_forward` applies it in JAX."""
-        h = self.params["head"]
+        """The standardization + PCA head in NumPy, as :func:`_forward` applies it in JAX.
+
+        In float64: a float32 matrix product rounds a row differently with the number of rows
+        in the call (BLAS kernels by shape, ~3e-6 measured), and a chip's embedding must not
+        depend on which chips it is embedded with (maps cut blocks of any size).
+        """
+        h = {name: np.asarray(v, np.float64) for name, v in self.params["head"].items()}
         return ((feats - h["feature_mean"]) / h["feature_std"]) @ h["components"].T
 
     def _run(self, x: np.ndarray, head: bool, batch_size: int | None) -> np.ndarray:
@@ -524,8 +529,9 @@ class _Encoder:
         out = []
         for start, stop in _batches(x.shape[0], size):
             result = self._native_body(x[start:stop], head)
-            if isinstance(result, int):
-                raise _non_finite_chips([start + result])
+            if isinstance(result, int):  # name every bad chip, as the JAX path does
+                bad = ~np.isfinite(x[start:]).reshape(len(x) - start, -1).all(1)
+                raise _non_finite_chips(start + np.flatnonzero(bad))
             out.append(np.asarray(result, np.float64))
         return np.concatenate(out)
 

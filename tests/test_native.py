@@ -60,6 +60,50 @@ def test_kernel_equals_the_definition(bands, k, n_filters):
 
 
 @needs_kernel
+def test_kernel_sums_a_large_chip_accurately():
+    """One 1,024 x 1,024 chip (over a million positions): rows are summed in float32 and added in
+    double, so the mean does not drift as one float32 running sum over the chip would (3e-5
+    relative at this size, 3e-4 at 2,048^2, measured before the change)."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(3.0, 1.0, size=(1, 1, 1024, 1024)).astype(np.float32)
+    filters = rng.normal(size=(4, 1, 1, 1)).astype(np.float32)
+    bias = np.array([0.1, -0.2, 0.5, 0.0], np.float32)
+    ones = np.ones(1, np.float32)
+    got = _native.rcf_features(x, ones * 0, ones, filters, bias)
+    want = _direct(x, ones * 0, ones, filters, bias)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_kernel_is_built_where_this_cpu_runs_it():
+    """Guard against the kernel tests silently skipping: the extension is optional at install,
+    so a compile error would otherwise leave every kernel test skipped and the suite green."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            avx512 = " avx512f " in fh.read().replace("\n", " ")
+    except OSError:
+        pytest.skip("no /proc/cpuinfo: cannot tell whether this CPU runs the kernel")
+    if not avx512:
+        pytest.skip("this CPU has no AVX-512: the JAX path is expected")
+    assert _native._library() is not None, (
+        "imgcate._rcf is not built or not loadable on an AVX-512 CPU; rebuild with "
+        "`pip install -e .` and look for the compiler's error")
+
+
+def test_library_is_not_used_when_missing_or_from_another_version(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "imgcate._rcf", None)  # import raises ImportError
+    _native._library.cache_clear()
+    assert _native._library() is None and not _native.available()
+    monkeypatch.undo()
+    monkeypatch.setattr(_native, "ABI_VERSION", _native.ABI_VERSION + 1)
+    _native._library.cache_clear()
+    assert _native._library() is None
+    monkeypatch.undo()
+    _native._library.cache_clear()
+
+
+@needs_kernel
 def test_kernel_reports_the_first_non_finite_chip():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(100, 3, 8, 8)).astype(np.float32)
@@ -99,6 +143,17 @@ def test_transform_native_equals_jax(fitted, monkeypatch):
 
 
 @needs_kernel
+def test_a_chip_embeds_the_same_whatever_it_is_embedded_with(fitted):
+    """Maps embed blocks of any size: one chip's embedding may not depend on the call's other
+    chips (a float32 head did, by ~3e-6, through the BLAS kernel chosen by the row count)."""
+    x, enc = fitted
+    together = enc.transform(x)
+    alone = np.concatenate([enc.transform(x[i:i + 1]) for i in range(0, 40, 3)])
+    np.testing.assert_allclose(alone, together[0:40:3], rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(enc._features(x[5:9]), enc._features(x)[5:9])
+
+
+@needs_kernel
 def test_transform_error_names_the_chip(fitted):
     x, enc = fitted
     bad = x.copy()
@@ -107,6 +162,9 @@ def test_transform_error_names_the_chip(fitted):
         enc.transform(bad)
     with pytest.raises(InputError, match=r"\(chip 41\)"):  # batches of 7: offset kept
         enc.transform(bad.astype(np.float64), batch_size=7)
+    bad[97, 0, 0, 0] = -np.inf  # every bad chip counted, as on the JAX path
+    with pytest.raises(InputError, match=r"\(2 chips \(first: 41\)\)"):
+        enc.transform(bad)
 
 
 def test_jax_path_is_used_where_the_kernel_does_not_apply(fitted, monkeypatch):
@@ -133,3 +191,14 @@ def test_jax_path_is_used_where_the_kernel_does_not_apply(fitted, monkeypatch):
     as64._jit_cache = {}
     with jax.enable_x64(True):
         assert as64.transform(x[:10]).shape == (10, 8) and not calls
+
+
+def test_thread_count_setting(monkeypatch):
+    monkeypatch.setenv("IMGCATE_NATIVE_THREADS", "3")
+    assert _native.threads() == 3
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("IMGCATE_NATIVE_THREADS", bad)
+        with pytest.raises(InputError, match="IMGCATE_NATIVE_THREADS"):
+            _native.threads()
+    monkeypatch.delenv("IMGCATE_NATIVE_THREADS")
+    assert _native.threads() >= 1

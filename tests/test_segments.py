@@ -454,14 +454,25 @@ def test_pointing_game_slic_blur_longer_chains():
     """A larger trial, 2 chains, SLIC segments and a blur fill: the same causal region is found.
 
     SLIC superpixels follow the patch's edges, so the most important superpixel should
-    overlap it at least as often as a grid cell does (>= 80%).
+    overlap it at least as often as a grid cell does (>= 80%). On chips without the patch the
+    90% intervals of the change should cover zero: >= 90% of them, pooled over three fits. One
+    fit's share is too unstable to test alone: it moved between 0.87 and 0.99 when the
+    embeddings changed by float32 rounding only (the encoder's native and JAX paths, 2026-11-29).
     """
     chips, trial, has, masks = synthetic_patch_trial(1, n=400)
-    fitted = _fit(chips, trial, num_warmup=400, num_samples=400, num_chains=2)
     labels = segment_chips(chips, "slic", n_segments=16, compactness=0.3)
-    result = segment_sensitivity(fitted, chips, labels, fill="blur", seed=0)
-    assert pointing_game(result, masks, has) >= 0.8
-    assert covers_zero(result)[~has][np.isfinite(result.cate_change_mean.values[~has])].mean() \
-        >= 0.9
-    grid = segment_sensitivity(fitted, chips, segment_chips(chips, "grid"), seed=0)
-    assert pointing_game(grid, masks, has) >= 0.8
+    emb = embed(chips, "rcf", n_features=64, n_components=8, seed=0)
+    covered = []
+    for seed in (0, 1, 2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # short chains: low-ESS warnings are expected here
+            fitted = fit(trial, emb, n_clusters=2, seed=seed, num_warmup=400, num_samples=400,
+                         num_chains=2)
+        result = segment_sensitivity(fitted, chips, labels, fill="blur", seed=0)
+        assert pointing_game(result, masks, has) >= 0.8
+        finite = np.isfinite(result.cate_change_mean.values[~has])
+        covered.append(covers_zero(result)[~has][finite])
+        if seed == 0:
+            grid = segment_sensitivity(fitted, chips, segment_chips(chips, "grid"), seed=0)
+            assert pointing_game(grid, masks, has) >= 0.8
+    assert np.concatenate(covered).mean() >= 0.9
