@@ -14,7 +14,6 @@
 // is bound by the FMA units rather than by loads (benchmarks/embed_speed.py measures it).
 #include <Python.h>
 
-#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>

@@ -457,7 +457,7 @@ class _Encoder:
                 "extract the same bands it was fitted on."
             )
         if finite and not np.isfinite(x).all():
-            raise _non_finite_chips(np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(1)))
+            raise _non_finite_chips(x)
 
     def _jax_params(self) -> dict:
         return jax.tree_util.tree_map(jnp.asarray, self.params)
@@ -530,8 +530,7 @@ class _Encoder:
         for start, stop in _batches(x.shape[0], size):
             result = self._native_body(x[start:stop], head)
             if isinstance(result, int):  # name every bad chip, as the JAX path does
-                bad = ~np.isfinite(x[start:]).reshape(len(x) - start, -1).all(1)
-                raise _non_finite_chips(start + np.flatnonzero(bad))
+                raise _non_finite_chips(x[start:], offset=start)
             out.append(np.asarray(result, np.float64))
         return np.concatenate(out)
 
@@ -542,8 +541,9 @@ class _Encoder:
         return self._run(x, head=True, batch_size=batch_size)
 
 
-def _non_finite_chips(rows: Any) -> InputError:
-    rows = list(rows)
+def _non_finite_chips(x: np.ndarray, offset: int = 0) -> InputError:
+    """The error naming the chips of x (numbered from ``offset``) with a non-finite pixel."""
+    rows = offset + np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))
     where = f"chip {rows[0]}" if len(rows) == 1 else f"{len(rows)} chips (first: {rows[0]})"
     return InputError(
         f"chips hold NaN or infinite pixels ({where}); extract them with on_edge='pad' or "
