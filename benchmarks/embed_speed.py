@@ -55,8 +55,9 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
     return 2.0 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def speed(bands: int, size: int, n_features: int, n: int, batch: int, rounds: int,
-          paths: tuple[str, ...]) -> dict:
+def speed(
+    bands: int, size: int, n_features: int, n: int, batch: int, rounds: int, paths: tuple[str, ...]
+) -> dict:
     """Encoder rate for one configuration and each path, each round timed right after a matmul.
 
     The machine's speed drifts by +-10 % between runs, so the share of the matmul rate is taken
@@ -80,14 +81,21 @@ def speed(bands: int, size: int, n_features: int, n: int, batch: int, rounds: in
             rates[path].append(n / (time.perf_counter() - t))
             shares[path].append(flops * rates[path][-1] / 1e9 / mm[-1])
     embed_module.USE_NATIVE = True
-    out = {"chip": f"{size}x{size}x{bands}", "n_features": n_features, "chips": n,
-           "rounds": rounds, "matmul_gflop_per_s": round(float(np.median(mm)), 2)}
+    out = {
+        "chip": f"{size}x{size}x{bands}",
+        "n_features": n_features,
+        "chips": n,
+        "rounds": rounds,
+        "matmul_gflop_per_s": round(float(np.median(mm)), 2),
+    }
     for path in paths:
         rate = float(np.median(rates[path]))
-        out[path] = {"chips_per_s": round(rate, 1),
-                     "conv_gflop_per_s": round(flops * rate / 1e9, 2),
-                     "share_of_matmul": round(float(np.median(shares[path])), 3),
-                     "share_of_matmul_per_round": [round(v, 3) for v in shares[path]]}
+        out[path] = {
+            "chips_per_s": round(rate, 1),
+            "conv_gflop_per_s": round(flops * rate / 1e9, 2),
+            "share_of_matmul": round(float(np.median(shares[path])), 3),
+            "share_of_matmul_per_round": [round(v, 3) for v in shares[path]],
+        }
     return out
 
 
@@ -106,9 +114,14 @@ def memory(n_total: int, batch: int, enc: RandomConvFeatures) -> dict:
         out.append(enc.transform(x, batch_size=batch).astype(np.float32))
         peak = max(peak, _rss_mb())
     dt = time.perf_counter() - t
-    return {"chips": n_total, "seconds": round(dt, 1), "rss_start_mb": round(start, 1),
-            "peak_rss_mb": round(peak, 1), "peak_rss_increase_mb": round(peak - start, 1),
-            "output_mb": round(sum(o.nbytes for o in out) / 2**20, 2)}
+    return {
+        "chips": n_total,
+        "seconds": round(dt, 1),
+        "rss_start_mb": round(start, 1),
+        "peak_rss_mb": round(peak, 1),
+        "peak_rss_increase_mb": round(peak - start, 1),
+        "output_mb": round(sum(o.nbytes for o in out) / 2**20, 2),
+    }
 
 
 def main() -> None:
@@ -122,19 +135,26 @@ def main() -> None:
     default = "native" if _native.supports(6) and _native.supports(4) else "jax"
     paths = ("native", "jax") if default == "native" else ("jax",)
     result = {
-        "device": str(jax.devices()[0]), "machine": platform.processor() or platform.machine(),
-        "jax": jax.__version__, "matmul_gflop_per_s": round(matmul_gflops(), 2),
+        "device": str(jax.devices()[0]),
+        "machine": platform.processor() or platform.machine(),
+        "jax": jax.__version__,
+        "matmul_gflop_per_s": round(matmul_gflops(), 2),
         "transform_path": default,
-        "speed": [speed(b, s, f, n_speed, batch, rounds, paths)
-                  for (b, s) in ((6, 32), (4, 64)) for f in (256, 1024)],
+        "speed": [
+            speed(b, s, f, n_speed, batch, rounds, paths)
+            for (b, s) in ((6, 32), (4, 64))
+            for f in (256, 1024)
+        ],
     }
     result["target_share_of_matmul"] = 0.5
     result["target_met"] = all(r[default]["share_of_matmul"] >= 0.5 for r in result["speed"])
     if default == "native":
-        result["native_over_jax"] = [round(r["native"]["chips_per_s"] / r["jax"]["chips_per_s"], 2)
-                                     for r in result["speed"]]
+        result["native_over_jax"] = [
+            round(r["native"]["chips_per_s"] / r["jax"]["chips_per_s"], 2) for r in result["speed"]
+        ]
     enc = RandomConvFeatures(256, batch_size=batch).fit(
-        _chips(np.random.default_rng(2), 256, 6, 32), seed=0)
+        _chips(np.random.default_rng(2), 256, 6, 32), seed=0
+    )
     enc.transform(_chips(np.random.default_rng(3), batch, 6, 32))  # compile before measuring
     result["memory_32x32x6_256_features"] = [memory(n, batch, enc) for n in counts]
     print(json.dumps(result, indent=2))

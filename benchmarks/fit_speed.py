@@ -43,35 +43,50 @@ def bench_nuts(n_units: int, chains: int, draws: int, warmup: int) -> dict:
     ess = az.ess(result.idata, var_names=["tau_cluster"])["tau_cluster"].values
     table = result.cluster_effects()
     return {
-        "method": "nuts", "n_units": n_units, "chains": chains, "warmup": warmup, "draws": draws,
-        "compile_s": round(compile_s, 2), "sampling_s": round(sampling_s, 2),
+        "method": "nuts",
+        "n_units": n_units,
+        "chains": chains,
+        "warmup": warmup,
+        "draws": draws,
+        "compile_s": round(compile_s, 2),
+        "sampling_s": round(sampling_s, 2),
         "total_s": round(total_s, 2),
         "min_ess_tau_cluster": round(float(ess.min()), 1),
         "ess_per_s_tau_cluster": round(float(ess.min()) / sampling_s, 2),
         "divergences": int(result.idata.sample_stats["diverging"].values.sum()),
-        "tau_abs_error_max": round(float(np.abs(table["tau_mean"] - sim.truth.tau_cluster).max()),
-                                   3),
+        "tau_abs_error_max": round(
+            float(np.abs(table["tau_mean"] - sim.truth.tau_cluster).max()), 3
+        ),
     }
 
 
 def bench_svi(n_units: int, steps: int) -> dict:
     sim = simulate_trial(0, n_units, 3, n_features=16)
-    result, total_s = timed_fit(sim, method="svi", svi_steps=steps, svi_batch_size=1000,
-                                svi_draws=1000)
+    result, total_s = timed_fit(
+        sim, method="svi", svi_steps=steps, svi_batch_size=1000, svi_draws=1000
+    )
     table = result.cluster_effects()
     return {
-        "method": "svi", "n_units": n_units, "steps": steps, "batch_size": 1000,
+        "method": "svi",
+        "n_units": n_units,
+        "steps": steps,
+        "batch_size": 1000,
         "total_s": round(total_s, 2),
-        "tau_abs_error_max": round(float(np.abs(table["tau_mean"] - sim.truth.tau_cluster).max()),
-                                   3),
+        "tau_abs_error_max": round(
+            float(np.abs(table["tau_mean"] - sim.truth.tau_cluster).max()), 3
+        ),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="n=2,000 only, NUTS 2 x 500")
-    parser.add_argument("--warmup", type=int, default=FitConfig().num_warmup,
-                        help="NUTS warm-up iterations per chain (default: fit's default)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=FitConfig().num_warmup,
+        help="NUTS warm-up iterations per chain (default: fit's default)",
+    )
     args = parser.parse_args()
     sizes = [2000] if args.quick else [2000, 10000]
     chains, draws = (2, 500) if args.quick else (4, 1000)
@@ -79,13 +94,26 @@ def main() -> None:
     for n in sizes:
         results.append(bench_nuts(n, chains, draws, args.warmup))
         results.append(bench_svi(n, 3000))
-    print(json.dumps({
-        "benchmark": "fit_speed", "d": 16, "K": 3,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "jax": jax.__version__, "backend": jax.default_backend()},
-        "target": "NUTS n=2,000 (4 chains x 1,000 draws) in <= 60 s total, on the way to 30 s",
-        "results": results,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "fit_speed",
+                "d": 16,
+                "K": 3,
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "platform": platform.platform(),
+                    "jax": jax.__version__,
+                    "backend": jax.default_backend(),
+                },
+                "target": (
+                    "NUTS n=2,000 (4 chains x 1,000 draws) in <= 60 s total, on the way to 30 s"
+                ),
+                "results": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -75,8 +75,16 @@ def make_fit(workdir: Path, seed: int):
     emb = embed(chips, "rcf", seed=seed)  # the default encoder
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return fit(sim.trial, emb, n_clusters=2, seed=seed, num_warmup=200, num_samples=200,
-                   num_chains=1, progress=False)
+        return fit(
+            sim.trial,
+            emb,
+            n_clusters=2,
+            seed=seed,
+            num_warmup=200,
+            num_samples=200,
+            num_chains=1,
+            progress=False,
+        )
 
 
 def run(fit, raster: Path, n_tiles: int, workers: int, seed: int) -> dict:
@@ -94,13 +102,27 @@ def run(fit, raster: Path, n_tiles: int, workers: int, seed: int) -> dict:
     with warnings.catch_warnings(), PeakMemory() as mem:
         warnings.simplefilter("ignore")
         start = time.perf_counter()
-        ds = predict_map(fit, raster, (x0, y1, x1, y0), tile_size=TILE, stride=STRIDE,
-                         workers=workers, progress=False, seed=seed)
+        ds = predict_map(
+            fit,
+            raster,
+            (x0, y1, x1, y0),
+            tile_size=TILE,
+            stride=STRIDE,
+            workers=workers,
+            progress=False,
+            seed=seed,
+        )
         seconds = time.perf_counter() - start
     tiles = int(ds["mean"].notnull().sum())
-    return {"tiles": tiles, "workers": workers, "seconds": round(seconds, 2),
-            "tiles_per_s": round(tiles / seconds, 1), "peak_memory_mb": round(mem.peak / 2**20),
-            "max_draws": 500, "block_tiles": 2048}
+    return {
+        "tiles": tiles,
+        "workers": workers,
+        "seconds": round(seconds, 2),
+        "tiles_per_s": round(tiles / seconds, 1),
+        "peak_memory_mb": round(mem.peak / 2**20),
+        "max_draws": 500,
+        "block_tiles": 2048,
+    }
 
 
 def main() -> None:
@@ -122,9 +144,18 @@ def main() -> None:
         # warm-up (JIT compilation) so that the figures measure throughput
         run(fit, raster, 256, 1, args.seed)
         records = [run(fit, raster, n, w, args.seed) for n in counts for w in args.workers]
-    print(json.dumps({"benchmark": "map_speed", "tile": [6, TILE, TILE],
-                      "encoder": "rcf (256 features, 16 components)",
-                      "cpu_count": psutil.cpu_count(), "results": records}, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "map_speed",
+                "tile": [6, TILE, TILE],
+                "encoder": "rcf (256 features, 16 components)",
+                "cpu_count": psutil.cpu_count(),
+                "results": records,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -106,12 +106,20 @@ def simulated(seed: int, n_units: int, n_clusters: int) -> Dataset:
 
     sim = simulate_trial(seed, n_units, n_clusters)
     return Dataset(
-        name=f"sim_K{n_clusters}_seed{seed}", trial=sim.trial, embeddings=sim.embeddings,
-        n_clusters=n_clusters, cate=np.asarray(sim.truth.cate, float), ate=float(sim.truth.ate),
-        info={"source": "simulate_trial", "seed": seed, "n_units": n_units,
-              "n_features": int(sim.embeddings.values.shape[1]),
-              "tau_cluster": np.asarray(sim.truth.tau_cluster).tolist(),
-              "truth": "truth.cate = sum_k P(k | embedding) tau_k"},
+        name=f"sim_K{n_clusters}_seed{seed}",
+        trial=sim.trial,
+        embeddings=sim.embeddings,
+        n_clusters=n_clusters,
+        cate=np.asarray(sim.truth.cate, float),
+        ate=float(sim.truth.ate),
+        info={
+            "source": "simulate_trial",
+            "seed": seed,
+            "n_units": n_units,
+            "n_features": int(sim.embeddings.values.shape[1]),
+            "tau_cluster": np.asarray(sim.truth.tau_cluster).tolist(),
+            "truth": "truth.cate = sum_k P(k | embedding) tau_k",
+        },
     )
 
 
@@ -120,19 +128,27 @@ def landsat(seed: int, n_units: int) -> Dataset:
     from imgcate.raster import extract_chips
     from imgcate.scenes import landsat_trial
 
-    sim = landsat_trial(LANDSAT, seed=seed, n_units=n_units, n_clusters=2, chip_size=16,
-                        margin=0.05)
+    sim = landsat_trial(
+        LANDSAT, seed=seed, n_units=n_units, n_clusters=2, chip_size=16, margin=0.05
+    )
     chips = extract_chips(sim.trial, LANDSAT, 16)
     emb = embed(chips, n_features=256, n_components=16, seed=seed)
     tau = np.asarray(sim.truth.tau_unit, float)
     return Dataset(
-        name=f"landsat_K2_seed{seed}", trial=sim.trial, embeddings=emb, n_clusters=2,
-        cate=tau, ate=float(tau.mean()),
-        info={"source": "landsat_trial (L7_ETMs.tif, chips 16 px, rcf 256 -> 16 PCA)",
-              "seed": seed, "n_units": n_units,
-              "tau_cluster": np.asarray(sim.truth.tau_cluster).tolist(),
-              "truth": "truth.tau_unit = tau_cluster[digitize(vegetated share of the chip)], "
-                       "a deterministic function of the chip"},
+        name=f"landsat_K2_seed{seed}",
+        trial=sim.trial,
+        embeddings=emb,
+        n_clusters=2,
+        cate=tau,
+        ate=float(tau.mean()),
+        info={
+            "source": "landsat_trial (L7_ETMs.tif, chips 16 px, rcf 256 -> 16 PCA)",
+            "seed": seed,
+            "n_units": n_units,
+            "tau_cluster": np.asarray(sim.truth.tau_cluster).tolist(),
+            "truth": "truth.tau_unit = tau_cluster[digitize(vegetated share of the chip)], "
+            "a deterministic function of the chip",
+        },
     )
 
 
@@ -143,8 +159,15 @@ def run_imgcate(data: Dataset, chains: int, draws: int, seed: int) -> Estimate:
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        result = fit(data.trial, data.embeddings, n_clusters=data.n_clusters, seed=seed,
-                     num_warmup=draws, num_samples=draws, num_chains=chains)
+        result = fit(
+            data.trial,
+            data.embeddings,
+            n_clusters=data.n_clusters,
+            seed=seed,
+            num_warmup=draws,
+            num_samples=draws,
+            num_chains=chains,
+        )
         units = result.unit_effects(PROB)
         ate = float(result.ate(PROB).loc["model_implied", "estimate"])
     seconds = time.perf_counter() - start
@@ -152,18 +175,26 @@ def run_imgcate(data: Dataset, chains: int, draws: int, seed: int) -> Estimate:
     n_div = int(result.idata.sample_stats["diverging"].values.sum())
     diag = result.diagnostics()
     return Estimate(
-        cate=units["tau_mean"].to_numpy(), lower=units["tau_5%"].to_numpy(),
-        upper=units["tau_95%"].to_numpy(), ate=ate, seconds=seconds,
-        extra={"chains": chains, "warmup": draws, "draws": draws, "divergences": n_div,
-               "max_r_hat": _r(diag["r_hat"].max(), 3),
-               "convergence_warnings": sum(issubclass(w.category, ConvergenceWarning)
-                                           for w in caught)},
+        cate=units["tau_mean"].to_numpy(),
+        lower=units["tau_5%"].to_numpy(),
+        upper=units["tau_95%"].to_numpy(),
+        ate=ate,
+        seconds=seconds,
+        extra={
+            "chains": chains,
+            "warmup": draws,
+            "draws": draws,
+            "divergences": n_div,
+            "max_r_hat": _r(diag["r_hat"].max(), 3),
+            "convergence_warnings": sum(issubclass(w.category, ConvergenceWarning) for w in caught),
+        },
     )
 
 
 def _gbr(seed: int) -> GradientBoostingRegressor:
-    return GradientBoostingRegressor(n_estimators=200, max_depth=3, learning_rate=0.05,
-                                     subsample=0.8, random_state=seed)
+    return GradientBoostingRegressor(
+        n_estimators=200, max_depth=3, learning_rate=0.05, subsample=0.8, random_state=seed
+    )
 
 
 def _forest(n_trees: int, seed: int):
@@ -172,8 +203,12 @@ def _forest(n_trees: int, seed: int):
     return CausalForestDML(
         model_y=_gbr(seed),
         model_t=GradientBoostingClassifier(n_estimators=100, max_depth=2, random_state=seed),
-        discrete_treatment=True, cv=5, n_estimators=n_trees, min_samples_leaf=5,
-        random_state=seed, n_jobs=1,
+        discrete_treatment=True,
+        cv=5,
+        n_estimators=n_trees,
+        min_samples_leaf=5,
+        random_state=seed,
+        n_jobs=1,
     )
 
 
@@ -188,9 +223,14 @@ def run_forest(data: Dataset, n_trees: int, seed: int) -> Estimate:
         cate = est.effect(x)
         lower, upper = est.effect_interval(x, alpha=1 - PROB)
     seconds = time.perf_counter() - start
-    return Estimate(cate=cate, lower=lower, upper=upper, ate=float(cate.mean()),
-                    seconds=seconds, extra={"n_estimators": n_trees, "cv": 5,
-                                            "nuisance": "GradientBoosting (y: reg, t: clf)"})
+    return Estimate(
+        cate=cate,
+        lower=lower,
+        upper=upper,
+        ate=float(cate.mean()),
+        seconds=seconds,
+        extra={"n_estimators": n_trees, "cv": 5, "nuisance": "GradientBoosting (y: reg, t: clf)"},
+    )
 
 
 def run_t_learner(data: Dataset, seed: int) -> Estimate:
@@ -201,8 +241,14 @@ def run_t_learner(data: Dataset, seed: int) -> Estimate:
     mu0 = _gbr(seed).fit(x[t == 0], y[t == 0]).predict(x)
     cate = mu1 - mu0
     seconds = time.perf_counter() - start
-    return Estimate(cate=cate, lower=None, upper=None, ate=float(cate.mean()), seconds=seconds,
-                    extra={"model": "GradientBoostingRegressor x 2, in-sample predictions"})
+    return Estimate(
+        cate=cate,
+        lower=None,
+        upper=None,
+        ate=float(cate.mean()),
+        seconds=seconds,
+        extra={"model": "GradientBoostingRegressor x 2, in-sample predictions"},
+    )
 
 
 def run_kmeans(data: Dataset, seed: int) -> Estimate:
@@ -211,7 +257,8 @@ def run_kmeans(data: Dataset, seed: int) -> Estimate:
     z = stats.norm.ppf(0.5 + PROB / 2)
     start = time.perf_counter()
     labels = KMeans(data.n_clusters, n_init=10, random_state=seed).fit_predict(
-        (e - e.mean(0)) / e.std(0))
+        (e - e.mean(0)) / e.std(0)
+    )
     cate, lower, upper = (np.full(len(y), np.nan) for _ in range(3))
     sizes = []
     for k in range(data.n_clusters):
@@ -224,24 +271,39 @@ def run_kmeans(data: Dataset, seed: int) -> Estimate:
         se = np.sqrt(y1.var(ddof=1) / len(y1) + y0.var(ddof=1) / len(y0))
         cate[m], lower[m], upper[m] = diff, diff - z * se, diff + z * se
     seconds = time.perf_counter() - start
-    return Estimate(cate=cate, lower=lower, upper=upper, ate=float(np.nanmean(cate)),
-                    seconds=seconds, extra={"cluster_sizes": sorted(sizes)})
+    return Estimate(
+        cate=cate,
+        lower=lower,
+        upper=upper,
+        ate=float(np.nanmean(cate)),
+        seconds=seconds,
+        extra={"cluster_sizes": sorted(sizes)},
+    )
 
 
 # ------------------------------------------------ out-of-fold CATE (the RATE priorities)
 
 
-def oof_imgcate(data: Dataset, train: np.ndarray, test: np.ndarray, chains: int,
-                draws: int, seed: int) -> np.ndarray:
+def oof_imgcate(
+    data: Dataset, train: np.ndarray, test: np.ndarray, chains: int, draws: int, seed: int
+) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = fit(data.trial.subset(train), data.embeddings, n_clusters=data.n_clusters,
-                     seed=seed, num_warmup=draws, num_samples=draws, num_chains=chains)
+        result = fit(
+            data.trial.subset(train),
+            data.embeddings,
+            n_clusters=data.n_clusters,
+            seed=seed,
+            num_warmup=draws,
+            num_samples=draws,
+            num_chains=chains,
+        )
     return result.predict(data.unit_embedding[test]).cate.mean(0)
 
 
-def oof_forest(data: Dataset, train: np.ndarray, test: np.ndarray, n_trees: int,
-               seed: int) -> np.ndarray:
+def oof_forest(
+    data: Dataset, train: np.ndarray, test: np.ndarray, n_trees: int, seed: int
+) -> np.ndarray:
     x, y, t = data.features, data.trial.outcome_array, data.trial.treatment_array
     est = _forest(n_trees, seed)
     with warnings.catch_warnings():
@@ -253,8 +315,9 @@ def oof_forest(data: Dataset, train: np.ndarray, test: np.ndarray, n_trees: int,
 def oof_t_learner(data: Dataset, train: np.ndarray, test: np.ndarray, seed: int) -> np.ndarray:
     x, y, t = data.features, data.trial.outcome_array, data.trial.treatment_array
     tr1, tr0 = train[t[train] == 1], train[t[train] == 0]
-    return (_gbr(seed).fit(x[tr1], y[tr1]).predict(x[test])
-            - _gbr(seed).fit(x[tr0], y[tr0]).predict(x[test]))
+    return _gbr(seed).fit(x[tr1], y[tr1]).predict(x[test]) - _gbr(seed).fit(x[tr0], y[tr0]).predict(
+        x[test]
+    )
 
 
 def oof_kmeans(data: Dataset, train: np.ndarray, test: np.ndarray, seed: int) -> np.ndarray:
@@ -302,8 +365,9 @@ def _r(value, digits: int = 4):
     return None if value is None or not np.isfinite(value) else round(float(value), digits)
 
 
-def score(data: Dataset, est: Estimate, priority: np.ndarray, scores: np.ndarray,
-          seed: int) -> dict:
+def score(
+    data: Dataset, est: Estimate, priority: np.ndarray, scores: np.ndarray, seed: int
+) -> dict:
     ok = np.isfinite(est.cate)
     pehe = np.sqrt(np.mean((est.cate[ok] - data.cate[ok]) ** 2))
     out = {"sqrt_pehe": _r(pehe), "ate_error": _r(est.ate - data.ate)}
@@ -338,8 +402,13 @@ def bench(data: Dataset, args: argparse.Namespace) -> dict:
     table = {name: score(data, est, oof[name], scores, seed) for name, est in methods.items()}
     oracle = rate(data.cate, scores, target="AUTOC", n_bootstrap=200, seed=seed)
     table["oracle"] = {"rate_autoc": _r(oracle.estimate), "rate_autoc_se": _r(oracle.std_err)}
-    return {"dataset": data.name, **data.info, "true_ate": _r(data.ate),
-            "true_cate_sd": _r(data.cate.std()), "methods": table}
+    return {
+        "dataset": data.name,
+        **data.info,
+        "true_ate": _r(data.ate),
+        "true_cate_sd": _r(data.cate.std()),
+        "methods": table,
+    }
 
 
 def summarize(results: list[dict]) -> dict:
@@ -370,10 +439,17 @@ def summarize(results: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: n=300, seed 0 only, NUTS 2 x 200, 200 trees")
-    parser.add_argument("--seeds", type=int, default=2,
-                        help="simulated trials per K: seeds 0..N-1 (default 2; about 45 s each)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: n=300, seed 0 only, NUTS 2 x 200, 200 trees",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=2,
+        help="simulated trials per K: seeds 0..N-1 (default 2; about 45 s each)",
+    )
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
@@ -393,22 +469,39 @@ def main() -> None:
     if LANDSAT.exists():
         results.append(bench(landsat(0, n_units), args))
     else:
-        results.append({"dataset": "landsat_K2_seed0",
-                        "skipped": f"{LANDSAT.resolve()} not found (the shared Landsat scene)"})
-    print(json.dumps({
-        "benchmark": "peers", "quick": args.quick, "interval_prob": PROB,
-        "settings": {"n_units": n_units, "seeds": seeds, "nuts_chains": args.chains,
-                     "nuts_warmup": args.draws, "nuts_draws": args.draws,
-                     "forest_trees": args.trees},
-        "rate": "AUTOC; scores = AIPW with known propensity 0.5 and 5-fold cross-fitted "
+        results.append(
+            {
+                "dataset": "landsat_K2_seed0",
+                "skipped": f"{LANDSAT.resolve()} not found (the shared Landsat scene)",
+            }
+        )
+    print(
+        json.dumps(
+            {
+                "benchmark": "peers",
+                "quick": args.quick,
+                "interval_prob": PROB,
+                "settings": {
+                    "n_units": n_units,
+                    "seeds": seeds,
+                    "nuts_chains": args.chains,
+                    "nuts_warmup": args.draws,
+                    "nuts_draws": args.draws,
+                    "forest_trees": args.trees,
+                },
+                "rate": "AUTOC; scores = AIPW with known propensity 0.5 and 5-fold cross-fitted "
                 "GradientBoosting mu0/mu1 on embedding + covariates (shared by all methods); "
                 "priority = each method's 2-fold out-of-fold CATE (imgcate folds: NUTS 1 x "
                 f"{args.oof_draws}); oracle = true CATE as priority",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "summary": summarize(results),
-        "datasets": results,
-        "total_seconds": round(time.perf_counter() - start, 1),
-    }, indent=2, allow_nan=False))
+                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                "summary": summarize(results),
+                "datasets": results,
+                "total_seconds": round(time.perf_counter() - start, 1),
+            },
+            indent=2,
+            allow_nan=False,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -61,8 +61,7 @@ print(result.summary())
 print(result.cluster_effects())
 print("true cluster effects:", sim.truth.tau_cluster)
 units = result.unit_effects()
-print("cluster assignment accuracy:",
-      np.mean(units["cluster"].to_numpy() == sim.truth.cluster))
+print("cluster assignment accuracy:", np.mean(units["cluster"].to_numpy() == sim.truth.cluster))
 print(result.ate())
 
 # %% [markdown]

@@ -63,8 +63,10 @@ sim = simulate_scene_trial(scene, seed=1, n_units=N_UNITS, targeting=1.5)
 trial, truth = sim.trial, sim.truth
 y, t = trial.outcome_array, trial.treatment_array
 true_ate = truth.tau_unit.mean()  # the sample ATE (the clusters are balanced: exactly 1)
-print(f"{trial.n_units} units, {t.sum()} treated; true ATE {true_ate:.3f}, "
-      f"true effect on the treated {truth.tau_unit[t == 1].mean():.3f}")
+print(
+    f"{trial.n_units} units, {t.sum()} treated; true ATE {true_ate:.3f}, "
+    f"true effect on the treated {truth.tau_unit[t == 1].mean():.3f}"
+)
 
 chips = imgcate.extract_chips(trial, scene, 32)
 embeddings = imgcate.embed(chips, "rcf", seed=0)
@@ -79,13 +81,19 @@ features = np.hstack([embeddings.for_keys(trial.image_keys), trial.covariate_mat
 # %%
 ps = estimate_propensity(features, t, seed=0)
 print(ps.overlap_summary())
-print("correlation with the true propensity:",
-      round(float(np.corrcoef(ps.scores, truth.propensity)[0, 1]), 3))
+print(
+    "correlation with the true propensity:",
+    round(float(np.corrcoef(ps.scores, truth.propensity)[0, 1]), 3),
+)
 kept = trim(ps, rule="crump")
 print(kept)
 balance = balance_table(features, t, weights=ps)
-print("max |SMD| before weighting:", round(float(balance["smd_before"].abs().max()), 3),
-      " after:", round(float(balance["smd_after"].abs().max()), 3))
+print(
+    "max |SMD| before weighting:",
+    round(float(balance["smd_before"].abs().max()), 3),
+    " after:",
+    round(float(balance["smd_after"].abs().max()), 3),
+)
 
 # %% [markdown]
 # ## The average effect: naive and adjusted
@@ -100,8 +108,11 @@ columns = ["estimate", "std_err", "ci_lower", "ci_upper", "true_ate"]
 estimates = ate_estimates(y, t, ps, features=features, seed=0).assign(true_ate=true_ate)
 print(estimates[columns].round(3))
 k = kept.keep
-print("dropped by arm:", kept.n_dropped_by_arm,
-      f"; true effect among dropped units {truth.tau_unit[~k].mean():.3f}")
+print(
+    "dropped by arm:",
+    kept.n_dropped_by_arm,
+    f"; true effect among dropped units {truth.tau_unit[~k].mean():.3f}",
+)
 trimmed = ate_estimates(y[k], t[k], ps.scores[k], features=features[k], seed=0)
 print(trimmed.assign(true_ate=truth.tau_unit[k].mean())[columns].round(3))
 
@@ -144,8 +155,13 @@ names = [f"pc{i + 1}" for i in range(embeddings.n_features)] + list(trial.covari
 sensitivity = confounding_sensitivity(y, t, features, names=names, benchmark=names, kd=1)
 print(sensitivity.summary())
 bounds = sensitivity.bounds.sort_values("adjusted_estimate")
-print(bounds[["benchmark", "r2dz_x", "r2yz_dx", "adjusted_estimate", "adjusted_lower"]]
-      .head(4).round(3))
+print(
+    bounds[["benchmark", "r2dz_x", "r2yz_dx", "adjusted_estimate", "adjusted_lower"]]
+    .head(4)
+    .round(3)
+)
 most_tied = sensitivity.bounds.sort_values("r2dz_x").iloc[-1]
-print(f"most tied to treatment: {most_tied['benchmark']} (r2dz_x {most_tied['r2dz_x']:.3f}, "
-      f"r2yz_dx {most_tied['r2yz_dx']:.3f})")
+print(
+    f"most tied to treatment: {most_tied['benchmark']} (r2dz_x {most_tied['r2dz_x']:.3f}, "
+    f"r2yz_dx {most_tied['r2yz_dx']:.3f})"
+)

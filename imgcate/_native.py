@@ -89,8 +89,11 @@ if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's p
 
 def available() -> bool:
     """Whether the native kernel is built, supported by this CPU and switched on."""
-    return (os.environ.get("IMGCATE_NATIVE", "1") != "0" and _library() is not None
-            and jax.default_backend() == "cpu")
+    return (
+        os.environ.get("IMGCATE_NATIVE", "1") != "0"
+        and _library() is not None
+        and jax.default_backend() == "cpu"
+    )
 
 
 def supports(n_bands: int) -> bool:
@@ -106,19 +109,26 @@ def pack_filters(filters: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.
     n_filters, bands, k, _ = filters.shape
     n_blocks = -(-n_filters // BLOCK)
     padded = np.zeros((n_blocks * BLOCK, k, k * bands), np.float32)
-    padded[:n_filters] = np.asarray(filters, np.float32).transpose(0, 2, 3, 1).reshape(
-        n_filters, k, k * bands)
+    padded[:n_filters] = (
+        np.asarray(filters, np.float32).transpose(0, 2, 3, 1).reshape(n_filters, k, k * bands)
+    )
     packed = np.ascontiguousarray(
-        padded.reshape(n_blocks, BLOCK, k, k * bands).transpose(0, 2, 3, 1))
+        padded.reshape(n_blocks, BLOCK, k, k * bands).transpose(0, 2, 3, 1)
+    )
     padded_bias = np.zeros(n_blocks * BLOCK, np.float32)
     padded_bias[:n_filters] = bias
     return packed, padded_bias
 
 
-def rcf_features(x: np.ndarray, band_mean: np.ndarray, band_std: np.ndarray,
-                 filters: np.ndarray, bias: np.ndarray,
-                 head: Callable[[np.ndarray], np.ndarray] | None = None,
-                 n_outputs: int | None = None) -> np.ndarray | int:
+def rcf_features(
+    x: np.ndarray,
+    band_mean: np.ndarray,
+    band_std: np.ndarray,
+    filters: np.ndarray,
+    bias: np.ndarray,
+    head: Callable[[np.ndarray], np.ndarray] | None = None,
+    n_outputs: int | None = None,
+) -> np.ndarray | int:
     """Pooled features of raw chips x (image, band, y, x) with the fitted normalization.
 
     Computes the (image, 2 * filter) float32 features ``[mean relu(conv - b), mean
@@ -132,12 +142,17 @@ def rcf_features(x: np.ndarray, band_mean: np.ndarray, band_std: np.ndarray,
     x = np.ascontiguousarray(x, np.float32)
     n, bands, height, width = x.shape
     k, n_filters = filters.shape[-1], filters.shape[0]
-    if (filters.shape[1:] != (bands, k, k) or np.shape(bias) != (n_filters,)
-            or np.shape(band_mean) != (bands,) or np.shape(band_std) != (bands,)
-            or not k <= min(height, width)):
+    if (
+        filters.shape[1:] != (bands, k, k)
+        or np.shape(bias) != (n_filters,)
+        or np.shape(band_mean) != (bands,)
+        or np.shape(band_std) != (bands,)
+        or not k <= min(height, width)
+    ):
         raise ValueError(
             f"rcf_features: chips {x.shape}, filters {filters.shape}, bias {np.shape(bias)}, "
-            f"band_mean {np.shape(band_mean)}, band_std {np.shape(band_std)} do not fit")
+            f"band_mean {np.shape(band_mean)}, band_std {np.shape(band_std)} do not fit"
+        )
     packed, padded_bias = pack_filters(filters, bias)
     mean = np.ascontiguousarray(band_mean, np.float32)
     std = np.ascontiguousarray(band_std, np.float32)
@@ -148,12 +163,23 @@ def rcf_features(x: np.ndarray, band_mean: np.ndarray, band_std: np.ndarray,
 
     def task(start: int) -> int:
         stop = min(start + CHIPS_PER_TASK, n)
-        feats = out[start:stop] if head is None else np.empty((stop - start, 2 * n_filters),
-                                                              np.float32)
+        feats = (
+            out[start:stop] if head is None else np.empty((stop - start, 2 * n_filters), np.float32)
+        )
         status = lib.rcf_pool(
-            x[start:stop].ctypes.data, stop - start, bands, height, width, k,
-            mean.ctypes.data, std.ctypes.data, packed.ctypes.data, padded_bias.ctypes.data,
-            n_filters, feats.ctypes.data)
+            x[start:stop].ctypes.data,
+            stop - start,
+            bands,
+            height,
+            width,
+            k,
+            mean.ctypes.data,
+            std.ctypes.data,
+            packed.ctypes.data,
+            padded_bias.ctypes.data,
+            n_filters,
+            feats.ctypes.data,
+        )
         if status in (-2, -3):
             raise RuntimeError(f"imgcate's native kernel failed (status {status})")
         if status >= 0:

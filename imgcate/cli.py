@@ -53,9 +53,17 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 #: Library arguments named in error messages ("pass covariate=<column name>", "pass their
 #: crs='EPSG:....'") and the options that set them here.
-_OPTION_OF_ARGUMENT = {"id": "--id-column", "treatment": "--treatment", "outcome": "--outcome",
-                       "covariate": "--covariate", "image_id": "--image-id", "lon": "--lon",
-                       "lat": "--lat", "crs": "--crs", "missing": "--missing"}
+_OPTION_OF_ARGUMENT = {
+    "id": "--id-column",
+    "treatment": "--treatment",
+    "outcome": "--outcome",
+    "covariate": "--covariate",
+    "image_id": "--image-id",
+    "lon": "--lon",
+    "lat": "--lat",
+    "crs": "--crs",
+    "missing": "--missing",
+}
 _ARGUMENT = re.compile(r"\b(" + "|".join(_OPTION_OF_ARGUMENT) + r")=")
 
 
@@ -100,8 +108,9 @@ def _write_csv(frame: pd.DataFrame, path: Path, overwrite: bool) -> None:
 
 
 def _write_embeddings(embeddings, path: Path, overwrite: bool) -> None:
-    frame = pd.DataFrame(embeddings.values, columns=[f"e{j}" for j in range(
-        embeddings.values.shape[1])])
+    frame = pd.DataFrame(
+        embeddings.values, columns=[f"e{j}" for j in range(embeddings.values.shape[1])]
+    )
     frame.insert(0, "image_id", embeddings.image_ids)
     with atomic_path(path, overwrite=overwrite) as tmp:
         frame.to_parquet(tmp, index=False)
@@ -132,8 +141,14 @@ def simulate(output_dir, n_units, n_clusters, seed, overwrite, verbose, quiet):
     data = pd.DataFrame(sim.trial.data.drop(columns="geometry"))
     _run(_write_csv, data, output_dir / "units.csv", overwrite)
     _run(_write_embeddings, sim.embeddings, output_dir / "embeddings.parquet", overwrite)
-    truth = pd.DataFrame({"id": sim.trial.ids, "cluster": sim.truth.cluster,
-                          "tau_unit": sim.truth.tau_unit, "cate": sim.truth.cate})
+    truth = pd.DataFrame(
+        {
+            "id": sim.trial.ids,
+            "cluster": sim.truth.cluster,
+            "tau_unit": sim.truth.tau_unit,
+            "cate": sim.truth.cate,
+        }
+    )
     _run(_write_csv, truth, output_dir / "truth.csv", overwrite)
     click.echo(f"wrote {output_dir}/units.csv, embeddings.parquet, truth.csv")
 
@@ -149,24 +164,59 @@ def simulate(output_dir, n_units, n_clusters, seed, overwrite, verbose, quiet):
 @click.option("--outcome", default="outcome", show_default=True)
 @click.option("--lon", default=None, help="Longitude / x column [default: lon].")
 @click.option("--lat", default=None, help="Latitude / y column [default: lat].")
-@click.option("--crs", default=None,
-              help="CRS of the coordinate columns, e.g. EPSG:32636 [default: EPSG:4326].")
-@click.option("--missing", type=click.Choice(["error", "drop", "mean", "indicator"]),
-              default="error", show_default=True, help="Missing covariate values.")
-@click.option("--image-id", default=None,
-              help="Column of the image each unit looks at [default: image_id if the table has "
-                   "it, else each unit its own image].")
-@click.option("--likelihood", type=click.Choice(["gaussian", "student_t", "bernoulli"]),
-              default="gaussian", show_default=True)
+@click.option(
+    "--crs",
+    default=None,
+    help="CRS of the coordinate columns, e.g. EPSG:32636 [default: EPSG:4326].",
+)
+@click.option(
+    "--missing",
+    type=click.Choice(["error", "drop", "mean", "indicator"]),
+    default="error",
+    show_default=True,
+    help="Missing covariate values.",
+)
+@click.option(
+    "--image-id",
+    default=None,
+    help="Column of the image each unit looks at [default: image_id if the table has "
+    "it, else each unit its own image].",
+)
+@click.option(
+    "--likelihood",
+    type=click.Choice(["gaussian", "student_t", "bernoulli"]),
+    default="gaussian",
+    show_default=True,
+)
 @click.option("--method", type=click.Choice(["nuts", "svi"]), default="nuts", show_default=True)
 @click.option("--chains", default=4, show_default=True)
 @click.option("--draws", default=500, show_default=True, help="Warm-up and kept draws per chain.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @common
-def fit_command(units, embeddings, output, n_clusters, covariates, id_column, treatment,
-                outcome, lon, lat, crs, missing, image_id, likelihood, method, chains, draws,
-                seed, overwrite, verbose, quiet):
+def fit_command(
+    units,
+    embeddings,
+    output,
+    n_clusters,
+    covariates,
+    id_column,
+    treatment,
+    outcome,
+    lon,
+    lat,
+    crs,
+    missing,
+    image_id,
+    likelihood,
+    method,
+    chains,
+    draws,
+    seed,
+    overwrite,
+    verbose,
+    quiet,
+):
     """Fit the effect-cluster model to UNITS (csv/gpkg/parquet) and EMBEDDINGS; write OUTPUT.
 
     \b
@@ -182,9 +232,16 @@ def fit_command(units, embeddings, output, n_clusters, covariates, id_column, tr
     _setup_logging(verbose, quiet)
     _check_minimum(("--n-clusters", n_clusters, 1), ("--chains", chains, 1), ("--draws", draws, 1))
     _run(check_writable, output, overwrite)
-    roles = {"id": id_column, "treatment": treatment, "outcome": outcome,
-             "covariates": list(covariates), "lon": lon, "lat": lat, "crs": crs,
-             "missing": missing}
+    roles = {
+        "id": id_column,
+        "treatment": treatment,
+        "outcome": outcome,
+        "covariates": list(covariates),
+        "lon": lon,
+        "lat": lat,
+        "crs": crs,
+        "missing": missing,
+    }
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*has an 'image_id' column")
         trial = _run(read_units, units, image_id=image_id, **roles)
@@ -193,9 +250,19 @@ def fit_command(units, embeddings, output, n_clusters, covariates, id_column, tr
         log.info("matching units to images by their 'image_id' column")
         trial = replace(trial, image_id="image_id")
     emb = _run(load_embeddings, embeddings)
-    result = _run(fit, trial, emb, n_clusters=n_clusters, likelihood=likelihood, method=method,
-                  seed=seed, num_chains=chains, num_warmup=draws, num_samples=draws,
-                  progress=verbose > 0)
+    result = _run(
+        fit,
+        trial,
+        emb,
+        n_clusters=n_clusters,
+        likelihood=likelihood,
+        method=method,
+        seed=seed,
+        num_chains=chains,
+        num_warmup=draws,
+        num_samples=draws,
+        progress=verbose > 0,
+    )
     _run(result.save, output, overwrite=overwrite)
     if not quiet:
         click.echo(result.summary())
@@ -206,8 +273,13 @@ def fit_command(units, embeddings, output, n_clusters, covariates, id_column, tr
 @click.argument("fit_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--prob", default=0.9, show_default=True, help="Interval probability.")
-@click.option("--level", type=click.Choice(["unit", "cluster", "ate"]), default="unit",
-              show_default=True, help="Which table to write.")
+@click.option(
+    "--level",
+    type=click.Choice(["unit", "cluster", "ate"]),
+    default="unit",
+    show_default=True,
+    help="Which table to write.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @common
 def effects(fit_file, output, prob, level, overwrite, verbose, quiet):
@@ -224,8 +296,9 @@ def effects(fit_file, output, prob, level, overwrite, verbose, quiet):
     if not 0 < prob < 1:
         raise click.BadParameter("must be between 0 and 1", param_hint="--prob")
     result = _run(load_fit, fit_file)
-    table = {"unit": result.unit_effects, "cluster": result.cluster_effects,
-             "ate": result.ate}[level](prob)
+    table = {"unit": result.unit_effects, "cluster": result.cluster_effects, "ate": result.ate}[
+        level
+    ](prob)
     if level != "unit":
         table = table.reset_index()
     _run(_write_csv, table, output, overwrite)
@@ -238,8 +311,9 @@ def _parse_co(values: tuple[str, ...]) -> dict[str, str]:
     for item in values:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
-            raise click.BadParameter(f"{item!r} must be NAME=VALUE, e.g. --co COMPRESS=ZSTD",
-                                     param_hint="--co")
+            raise click.BadParameter(
+                f"{item!r} must be NAME=VALUE, e.g. --co COMPRESS=ZSTD", param_hint="--co"
+            )
         out[name.strip().upper()] = value.strip()
     return out
 
@@ -251,41 +325,106 @@ def _band_option(values: tuple[str, ...]) -> list[int | str] | None:
 
 
 @main.command("map")
-@click.argument("fit_file", metavar="FIT",
-                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "fit_file", metavar="FIT", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.argument("raster", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--region", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Vector file of polygons to map (any CRS).")
-@click.option("--bounds", type=float, nargs=4, default=None, metavar="W S E N",
-              help="Bounds to map, in the raster's CRS.")
-@click.option("--tile-size", type=int, default=None,
-              help="Tile side in pixels (default: the trial's chip size, which the fit records).")
-@click.option("--stride", type=int, default=None,
-              help="Pixels between tiles (default: the tile size).")
+@click.option(
+    "--region",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Vector file of polygons to map (any CRS).",
+)
+@click.option(
+    "--bounds",
+    type=float,
+    nargs=4,
+    default=None,
+    metavar="W S E N",
+    help="Bounds to map, in the raster's CRS.",
+)
+@click.option(
+    "--tile-size",
+    type=int,
+    default=None,
+    help="Tile side in pixels (default: the trial's chip size, which the fit records).",
+)
+@click.option(
+    "--stride", type=int, default=None, help="Pixels between tiles (default: the tile size)."
+)
 @click.option("--prob", default=0.9, show_default=True, help="Interval probability.")
 @click.option("--max-draws", default=500, show_default=True, help="Posterior draws used.")
-@click.option("--band", "bands", multiple=True,
-              help="Raster band to read, number or description (repeatable; default all).")
-@click.option("--scale", type=float, default=None,
-              help="Multiplier of raw values, as used when the trial's chips were extracted.")
+@click.option(
+    "--band",
+    "bands",
+    multiple=True,
+    help="Raster band to read, number or description (repeatable; default all).",
+)
+@click.option(
+    "--scale",
+    type=float,
+    default=None,
+    help="Multiplier of raw values, as used when the trial's chips were extracted.",
+)
 @click.option("--block-tiles", default=2048, show_default=True, help="Tiles per block.")
-@click.option("--workers", default=1, show_default=True,
-              help="Local Dask worker processes (1: run in this process).")
-@click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="Address of a running Dask scheduler (its workers must read RASTER).")
-@click.option("--co", "creation_options", multiple=True, metavar="NAME=VALUE",
-              help="GDAL COG creation option (repeatable), e.g. --co COMPRESS=ZSTD.")
-@click.option("--resume-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Save finished blocks here; rerun with it to resume an interrupted job.")
-@click.option("--preview/--no-preview", default=True, show_default=True,
-              help="Also write OUTPUT with suffix .png.")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    help="Local Dask worker processes (1: run in this process).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Address of a running Dask scheduler (its workers must read RASTER).",
+)
+@click.option(
+    "--co",
+    "creation_options",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="GDAL COG creation option (repeatable), e.g. --co COMPRESS=ZSTD.",
+)
+@click.option(
+    "--resume-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Save finished blocks here; rerun with it to resume an interrupted job.",
+)
+@click.option(
+    "--preview/--no-preview",
+    default=True,
+    show_default=True,
+    help="Also write OUTPUT with suffix .png.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the posterior draw subset.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT (and its preview) if they exist.")
 @common
-def map_command(fit_file, raster, output, region, bounds, tile_size, stride, prob, max_draws,
-                bands, scale, block_tiles, workers, scheduler, creation_options, resume_dir,
-                preview, seed, overwrite, verbose, quiet):
+def map_command(
+    fit_file,
+    raster,
+    output,
+    region,
+    bounds,
+    tile_size,
+    stride,
+    prob,
+    max_draws,
+    bands,
+    scale,
+    block_tiles,
+    workers,
+    scheduler,
+    creation_options,
+    resume_dir,
+    preview,
+    seed,
+    overwrite,
+    verbose,
+    quiet,
+):
     """Map the posterior effect of FIT over RASTER; write OUTPUT as a Cloud-Optimized GeoTIFF.
 
     Bands: mean, sd, lower/upper interval bounds, prob_positive, cluster_prob_k and
@@ -313,9 +452,13 @@ def map_command(fit_file, raster, output, region, bounds, tile_size, stride, pro
         raise click.UsageError("give either --region or --bounds, not both.")
     if not 0 < prob < 1:
         raise click.BadParameter("must be between 0 and 1", param_hint="--prob")
-    _check_minimum(("--tile-size", tile_size or 1, 1), ("--stride", stride or 1, 1),
-                   ("--max-draws", max_draws, 1), ("--block-tiles", block_tiles, 1),
-                   ("--workers", workers, 1))
+    _check_minimum(
+        ("--tile-size", tile_size or 1, 1),
+        ("--stride", stride or 1, 1),
+        ("--max-draws", max_draws, 1),
+        ("--block-tiles", block_tiles, 1),
+        ("--workers", workers, 1),
+    )
     options = _parse_co(creation_options)
     try:
         check_creation_options(options)
@@ -337,28 +480,58 @@ def map_command(fit_file, raster, output, region, bounds, tile_size, stride, pro
         if area is None:
             raise click.ClickException(str(exc)) from exc
         raise click.BadParameter(str(exc), param_hint=hint) from exc
-    dataset = _run(predict_map, fit_result, raster, area, tile_size=tile_size, stride=stride,
-                   prob=prob, max_draws=max_draws, block_tiles=block_tiles, workers=workers,
-                   scheduler=scheduler, checkpoint_dir=resume_dir, progress=not quiet,
-                   seed=seed, bands=_band_option(bands), scale=scale)
+    dataset = _run(
+        predict_map,
+        fit_result,
+        raster,
+        area,
+        tile_size=tile_size,
+        stride=stride,
+        prob=prob,
+        max_draws=max_draws,
+        block_tiles=block_tiles,
+        workers=workers,
+        scheduler=scheduler,
+        checkpoint_dir=resume_dir,
+        progress=not quiet,
+        seed=seed,
+        bands=_band_option(bands),
+        scale=scale,
+    )
     _run(write_cog, dataset, output, overwrite=overwrite, preview=preview, co=options)
     valid = int(dataset["mean"].notnull().sum())
     outside = int((dataset["outside_support"] == 1).sum())
-    click.echo(f"wrote {output}" + (f" and {output.with_suffix('.png')}" if preview else "")
-               + f": {valid} tiles, {outside} outside the trial's support")
+    click.echo(
+        f"wrote {output}"
+        + (f" and {output.with_suffix('.png')}" if preview else "")
+        + f": {valid} tiles, {outside} outside the trial's support"
+    )
 
 
-DEMO_FILES = ("scene.tif", "fit.imgcate", "cluster_effects.csv", "unit_effects.csv", "ate.csv",
-              "k_comparison.csv", "summary.txt", "segment_sensitivity.png", "effect_map.tif",
-              "effect_map.png")
+DEMO_FILES = (
+    "scene.tif",
+    "fit.imgcate",
+    "cluster_effects.csv",
+    "unit_effects.csv",
+    "ate.csv",
+    "k_comparison.csv",
+    "summary.txt",
+    "segment_sensitivity.png",
+    "effect_map.tif",
+    "effect_map.png",
+)
 
 
 @main.command()
 @click.argument("output_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--n-units", default=600, show_default=True, help="Units in the simulated trial.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--draws", default=1000, show_default=True,
-              help="Warm-up and kept draws per chain (fewer warn about mixing).")
+@click.option(
+    "--draws",
+    default=1000,
+    show_default=True,
+    help="Warm-up and kept draws per chain (fewer warn about mixing).",
+)
 @click.option("--scene-size", default=384, show_default=True, help="Scene side in pixels.")
 @click.option("--overwrite", is_flag=True, help="Replace existing files in OUTPUT_DIR.")
 @common
@@ -386,8 +559,9 @@ def demo(output_dir, n_units, seed, draws, scene_size, overwrite, verbose, quiet
 
     _setup_logging(verbose, quiet)
     # K = 1..3 clusters and 8 embedding components need a few dozen units
-    _check_minimum(("--scene-size", scene_size, 128), ("--n-units", n_units, 60),
-                   ("--draws", draws, 1))
+    _check_minimum(
+        ("--scene-size", scene_size, 128), ("--n-units", n_units, 60), ("--draws", draws, 1)
+    )
     _run(ensure_folder, output_dir)
     scene = output_dir / "scene.tif"
     for name in DEMO_FILES:
@@ -401,13 +575,25 @@ def demo(output_dir, n_units, seed, draws, scene_size, overwrite, verbose, quiet
     chips = _run(extract_chips, sim.trial, scene, chip)
     emb = _run(embed, chips, "rcf", n_features=256, n_components=8, seed=seed)
     click.echo("comparing K = 1, 2, 3 by PSIS-LOO")
-    comparison = _run(compare_clusters, sim.trial, emb, k_max=3, seed=seed,
-                      num_chains=2, num_warmup=draws, num_samples=draws)
+    comparison = _run(
+        compare_clusters,
+        sim.trial,
+        emb,
+        k_max=3,
+        seed=seed,
+        num_chains=2,
+        num_warmup=draws,
+        num_samples=draws,
+    )
     result = comparison.fits[comparison.best_k]
     click.echo(comparison.table.to_string(float_format=lambda v: f"{v:.2f}"))
     _run(result.save, output_dir / "fit.imgcate", overwrite=overwrite)
-    _run(_write_csv, result.cluster_effects().reset_index(), output_dir / "cluster_effects.csv",
-         overwrite)
+    _run(
+        _write_csv,
+        result.cluster_effects().reset_index(),
+        output_dir / "cluster_effects.csv",
+        overwrite,
+    )
     units = result.unit_effects()
     units["true_cate"] = sim.truth.tau_unit[chips.kept]
     units["true_cluster"] = sim.truth.cluster[chips.kept]
@@ -418,27 +604,46 @@ def demo(output_dir, n_units, seed, draws, scene_size, overwrite, verbose, quiet
     click.echo("segment sensitivity of the most typical images of each cluster")
     typical = _run(typical_images, result, chips, 4, max_draws=200, seed=seed)
     rows = typical["index"].to_numpy()
-    picked = chips_from_array(chips.values[rows], image_ids=chips.image_ids[rows],
-                              band_names=chips.band_names)
+    picked = chips_from_array(
+        chips.values[rows], image_ids=chips.image_ids[rows], band_names=chips.band_names
+    )
     labels = _run(segment_chips, picked, "grid", n_segments=16)
     sensitivity = _run(segment_sensitivity, result, picked, labels, max_draws=200, seed=seed)
     import matplotlib.pyplot as plt
 
-    figure = _run(plot_cluster_gallery, result, picked, sensitivity, n=4,
-                  path=output_dir / "segment_sensitivity.png", overwrite=overwrite,
-                  max_draws=200, seed=seed)
+    figure = _run(
+        plot_cluster_gallery,
+        result,
+        picked,
+        sensitivity,
+        n=4,
+        path=output_dir / "segment_sensitivity.png",
+        overwrite=overwrite,
+        max_draws=200,
+        seed=seed,
+    )
     plt.close(figure)
 
     click.echo("mapping the posterior effect over the whole scene")
-    dataset = _run(predict_map, result, scene, tile_size=chip, stride=8, max_draws=300,
-                   progress=not quiet, seed=seed)
+    dataset = _run(
+        predict_map,
+        result,
+        scene,
+        tile_size=chip,
+        stride=8,
+        max_draws=300,
+        progress=not quiet,
+        seed=seed,
+    )
     _run(write_cog, dataset, output_dir / "effect_map.tif", overwrite=overwrite)
     truth = sim.truth.tau_cluster.tolist()
     share = float((dataset["outside_support"] == 1).mean())
-    summary = (result.summary() + f"\n\nTrue cluster effects: {truth}\n"
-               f"Effect map: {dataset.sizes['y']} x {dataset.sizes['x']} tiles of {chip} px "
-               f"every 8 px; mean CATE {float(dataset['mean'].mean()):.3f}; "
-               f"{share:.1%} of tiles outside the trial's support.\n")
+    summary = (
+        result.summary() + f"\n\nTrue cluster effects: {truth}\n"
+        f"Effect map: {dataset.sizes['y']} x {dataset.sizes['x']} tiles of {chip} px "
+        f"every 8 px; mean CATE {float(dataset['mean'].mean()):.3f}; "
+        f"{share:.1%} of tiles outside the trial's support.\n"
+    )
     with atomic_path(output_dir / "summary.txt", overwrite=overwrite) as tmp:
         tmp.write_text(summary)
     click.echo(summary)

@@ -1639,16 +1639,23 @@ def resolution_check(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OverlapWarning)
             ps = estimate_propensity(features, treatment, n_folds=n_folds, seed=seed)
-        table = ate_estimates(outcome, treatment, ps, features=features, n_folds=n_folds,
-                              prob=prob, seed=seed)
+        table = ate_estimates(
+            outcome, treatment, ps, features=features, n_folds=n_folds, prob=prob, seed=seed
+        )
         balance = balance_table(features, treatment, weights=ps)
         pixel = abs(coarse.transforms[0].a) if coarse.transforms else np.nan
         for estimator, row in table.iterrows():
-            rows.append({
-                "factor": int(factor), "pixel_size": pixel, "estimator": estimator,
-                "estimate": row["estimate"], "std_err": row["std_err"],
-                "ci_lower": row["ci_lower"], "ci_upper": row["ci_upper"],
-                "max_abs_smd_after": float(balance["smd_after"].abs().max()),
-                "propensity_auc": float(roc_auc_score(treatment, ps.scores)),
-            })
+            rows.append(
+                {
+                    "factor": int(factor),
+                    "pixel_size": pixel,
+                    "estimator": estimator,
+                    "estimate": row["estimate"],
+                    "std_err": row["std_err"],
+                    "ci_lower": row["ci_lower"],
+                    "ci_upper": row["ci_upper"],
+                    "max_abs_smd_after": float(balance["smd_after"].abs().max()),
+                    "propensity_auc": float(roc_auc_score(treatment, ps.scores)),
+                }
+            )
     return pd.DataFrame(rows)

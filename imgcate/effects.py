@@ -26,8 +26,20 @@ from imgcate.model import membership_logits
 
 FORMAT_VERSION = 1
 #: Parameters whose convergence is checked (raw non-centred weights are not reported).
-CHECKED = ("alpha", "beta", "tau_cluster", "sigma", "membership_intercept", "membership_scale",
-           "gamma_scale", "ate", "cluster_share", "nu", "stratum_sd", "group_sd")
+CHECKED = (
+    "alpha",
+    "beta",
+    "tau_cluster",
+    "sigma",
+    "membership_intercept",
+    "membership_scale",
+    "gamma_scale",
+    "ate",
+    "cluster_share",
+    "nu",
+    "stratum_sd",
+    "group_sd",
+)
 
 
 def interval_names(prob: float) -> tuple[str, str]:
@@ -84,14 +96,16 @@ class Prediction:
         """One row per image: CATE mean, sd, interval, P(CATE > 0), cluster probabilities."""
         lo_name, hi_name = interval_names(prob)
         lo, hi = _quantiles(self.cate, prob)
-        out = pd.DataFrame({
-            "image": self.image_ids,
-            "tau_mean": self.cate.mean(0),
-            "tau_sd": self.cate.std(0),
-            f"tau_{lo_name}": lo,
-            f"tau_{hi_name}": hi,
-            "prob_positive": (self.cate > 0).mean(0),
-        })
+        out = pd.DataFrame(
+            {
+                "image": self.image_ids,
+                "tau_mean": self.cate.mean(0),
+                "tau_sd": self.cate.std(0),
+                f"tau_{lo_name}": lo,
+                f"tau_{hi_name}": hi,
+                "prob_positive": (self.cate > 0).mean(0),
+            }
+        )
         for k in range(self.cluster_prob.shape[-1]):
             out[f"cluster_prob_{k}"] = self.cluster_prob[:, :, k].mean(0)
         out["extrapolation"] = self.extrapolation
@@ -136,8 +150,9 @@ class EffectFit:
         """Ids of the trial's units."""
         return self.idata.constant_data["unit"].values
 
-    def _baseline(self, embedding: np.ndarray, covariates: np.ndarray | None,
-                  rows: slice | None = None) -> np.ndarray:
+    def _baseline(
+        self, embedding: np.ndarray, covariates: np.ndarray | None, rows: slice | None = None
+    ) -> np.ndarray:
         """Baseline mu0 on the model scale, (sample, unit); covariates None means at their mean."""
         base = self._param("alpha")[:, None] + self._param("gamma") @ embedding.T
         if covariates is not None and covariates.shape[1]:
@@ -147,8 +162,9 @@ class EffectFit:
             for name in ("stratum", "group"):
                 if name in const:
                     codes = const[name].values[rows]
-                    base = base + (self._param(f"{name}_sd")[:, None]
-                                   * self._param(f"{name}_raw")[:, codes])
+                    base = base + (
+                        self._param(f"{name}_sd")[:, None] * self._param(f"{name}_raw")[:, codes]
+                    )
         return base
 
     def _cluster_prob(self, embedding: np.ndarray) -> np.ndarray:
@@ -157,7 +173,8 @@ class EffectFit:
         if self.n_clusters == 1:
             return np.ones((n_samples, len(embedding), 1))
         logits = membership_logits(
-            jnp.asarray(embedding), jnp.asarray(self._param("membership_intercept")),
+            jnp.asarray(embedding),
+            jnp.asarray(self._param("membership_intercept")),
             jnp.asarray(self._param("membership")),
         )
         return np.asarray(jax.nn.softmax(logits, axis=-1))
@@ -238,7 +255,8 @@ class EffectFit:
         for method in ("bulk", "tail"):
             ess = az.ess(post, method=method)
             columns[f"ess_{method}"] = {
-                label: float(value) for name in names
+                label: float(value)
+                for name in names
                 for label, value in _labelled(name, ess[name].values)
             }
         table = pd.DataFrame(columns)
@@ -260,12 +278,15 @@ class EffectFit:
         if n_chains > 1:
             bad = table[table["r_hat"] > 1.01]
             if len(bad):
-                problems.append(f"R-hat > 1.01 for {list(bad.index[:5])} (run longer or more "
-                                "chains; a label or mode problem if it persists)")
+                problems.append(
+                    f"R-hat > 1.01 for {list(bad.index[:5])} (run longer or more "
+                    "chains; a label or mode problem if it persists)"
+                )
         low = table[table["ess_bulk"] < 100 * n_chains]
         if len(low):
-            problems.append(f"bulk ESS below {100 * n_chains} for {list(low.index[:5])} "
-                            "(raise num_samples)")
+            problems.append(
+                f"bulk ESS below {100 * n_chains} for {list(low.index[:5])} (raise num_samples)"
+            )
         for message in problems:
             warnings.warn(f"imgcate fit: {message}.", ConvergenceWarning, stacklevel=3)
         return problems
@@ -284,12 +305,16 @@ class EffectFit:
         tau = _flat(self.idata.posterior["tau_cluster"].values)
         share = _flat(self.idata.posterior["cluster_share"].values)
         lo, hi = _quantiles(tau, prob)
-        return pd.DataFrame({
-            "cluster": np.arange(self.n_clusters),
-            "tau_mean": tau.mean(0), "tau_sd": tau.std(0),
-            f"tau_{lo_name}": lo, f"tau_{hi_name}": hi,
-            "share_mean": share.mean(0),
-        }).set_index("cluster")
+        return pd.DataFrame(
+            {
+                "cluster": np.arange(self.n_clusters),
+                "tau_mean": tau.mean(0),
+                "tau_sd": tau.std(0),
+                f"tau_{lo_name}": lo,
+                f"tau_{hi_name}": hi,
+                "share_mean": share.mean(0),
+            }
+        ).set_index("cluster")
 
     def unit_effects(self, prob: float = 0.9) -> pd.DataFrame:
         """Unit CATE with intervals, cluster probabilities and responsibilities.
@@ -300,12 +325,16 @@ class EffectFit:
         lo_name, hi_name = interval_names(prob)
         cluster_prob, cate, resp = self._in_sample()
         lo, hi = _quantiles(cate, prob)
-        out = pd.DataFrame({
-            "unit": self.unit_ids,
-            "tau_mean": cate.mean(0), "tau_sd": cate.std(0),
-            f"tau_{lo_name}": lo, f"tau_{hi_name}": hi,
-            "prob_positive": (cate > 0).mean(0),
-        })
+        out = pd.DataFrame(
+            {
+                "unit": self.unit_ids,
+                "tau_mean": cate.mean(0),
+                "tau_sd": cate.std(0),
+                f"tau_{lo_name}": lo,
+                f"tau_{hi_name}": hi,
+                "prob_positive": (cate > 0).mean(0),
+            }
+        )
         mean_prob = cluster_prob.mean(0)
         for k in range(self.n_clusters):
             out[f"cluster_prob_{k}"] = mean_prob[:, k]
@@ -331,13 +360,15 @@ class EffectFit:
         se = np.sqrt(treated.var(ddof=1) / len(treated) + control.var(ddof=1) / len(control))
         diff = treated.mean() - control.mean()
         z = sps.norm.ppf(0.5 + prob / 2)
-        return pd.DataFrame({
-            "estimator": ["model_implied", "difference_in_means"],
-            "estimate": [draws.mean(), diff],
-            "std_err": [draws.std(), se],
-            lo_name: [lo, diff - z * se],
-            hi_name: [hi, diff + z * se],
-        }).set_index("estimator")
+        return pd.DataFrame(
+            {
+                "estimator": ["model_implied", "difference_in_means"],
+                "estimate": [draws.mean(), diff],
+                "std_err": [draws.std(), se],
+                lo_name: [lo, diff - z * se],
+                hi_name: [hi, diff + z * se],
+            }
+        ).set_index("estimator")
 
     def tidy(self, prob: float = 0.9) -> pd.DataFrame:
         """Headline estimates as a tidy table: cluster effects, cluster shares, ATE.
@@ -358,8 +389,9 @@ class EffectFit:
         rows.append(("ate", draws.mean(), draws.std(), lo, hi))
         return pd.DataFrame(rows, columns=["term", "estimate", "std_err", lo_name, hi_name])
 
-    def membership_weights(self, prob: float = 0.9, *, basis: str = "input",
-                           names: Sequence[str] | None = None) -> pd.DataFrame:
+    def membership_weights(
+        self, prob: float = 0.9, *, basis: str = "input", names: Sequence[str] | None = None
+    ) -> pd.DataFrame:
         """Which embedding features move an image from one effect cluster to another.
 
         The log-odds of cluster k against cluster 0 (k = 1 .. K-1; clusters are ordered by
@@ -415,12 +447,18 @@ class EffectFit:
                 )
         lo, hi = _quantiles(weights, prob)
         index = pd.MultiIndex.from_product(
-            [labels, np.arange(1, self.n_clusters)], names=["feature", "contrast"])
-        return pd.DataFrame({
-            "weight_mean": weights.mean(0).ravel(), "weight_sd": weights.std(0).ravel(),
-            lo_name: lo.ravel(), hi_name: hi.ravel(),
-            "prob_positive": (weights > 0).mean(0).ravel(),
-        }, index=index)
+            [labels, np.arange(1, self.n_clusters)], names=["feature", "contrast"]
+        )
+        return pd.DataFrame(
+            {
+                "weight_mean": weights.mean(0).ravel(),
+                "weight_sd": weights.std(0).ravel(),
+                lo_name: lo.ravel(),
+                hi_name: hi.ravel(),
+                "prob_positive": (weights > 0).mean(0).ravel(),
+            },
+            index=index,
+        )
 
     def summary(self, prob: float = 0.9) -> str:
         """A printable summary: settings, cluster effects, ATE check, diagnostics."""
@@ -461,8 +499,13 @@ class EffectFit:
         dist = np.sqrt(np.einsum("ij,jk,ik->i", emb - mean, prec, emb - mean))
         return mean, prec, float(np.quantile(dist, 0.99))
 
-    def predict(self, embeddings: Embeddings | np.ndarray | Any, *, max_draws: int | None = None,
-                seed: int = 0) -> Prediction:
+    def predict(
+        self,
+        embeddings: Embeddings | np.ndarray | Any,
+        *,
+        max_draws: int | None = None,
+        seed: int = 0,
+    ) -> Prediction:
         """Posterior predictive CATE and cluster probabilities for new images.
 
         Parameters
@@ -487,8 +530,9 @@ class EffectFit:
         cate, prob = (np.asarray(a) for a in effect(jnp.asarray(values, dtype=jnp.float32)))
         mean, prec, limit = self._support()
         dist = np.sqrt(np.einsum("ij,jk,ik->i", emb - mean, prec, emb - mean))
-        return Prediction(image_ids=ids, cate=cate, cluster_prob=prob, extrapolation=dist,
-                          support_limit=limit)
+        return Prediction(
+            image_ids=ids, cate=cate, cluster_prob=prob, extrapolation=dist, support_limit=limit
+        )
 
     def draw_indices(self, max_draws: int | None = None, seed: int = 0) -> np.ndarray:
         """Posterior draws (flattened over chains) used when ``max_draws`` subsamples them."""
@@ -535,8 +579,10 @@ class EffectFit:
                 prob = jnp.ones((tau.shape[0], emb.shape[0], 1))
             if bernoulli:
                 base = alpha[:, None] + gamma @ emb.T
-                diff = jax.nn.sigmoid(base[..., None] + tau[:, None, :]) - \
-                    jax.nn.sigmoid(base)[..., None]
+                diff = (
+                    jax.nn.sigmoid(base[..., None] + tau[:, None, :])
+                    - jax.nn.sigmoid(base)[..., None]
+                )
                 return (prob * diff).sum(-1), prob
             return (prob * tau[:, None, :]).sum(-1) * scale, prob
 
@@ -560,8 +606,10 @@ class EffectFit:
 
         Written to a temporary name and renamed, so a failure leaves no half-written file.
         """
-        with atomic_path(path, overwrite=overwrite) as tmp, \
-                tempfile.TemporaryDirectory() as workdir:
+        with (
+            atomic_path(path, overwrite=overwrite) as tmp,
+            tempfile.TemporaryDirectory() as workdir,
+        ):
             nc = Path(workdir) / "idata.nc"
             self.idata.to_netcdf(str(nc), engine="h5netcdf")
             with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -629,14 +677,20 @@ def load_fit(path: str | Path) -> EffectFit:
             "write it again with EffectFit.save()."
         ) from exc
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
-        raise InputError(f"{str(path)!r} is not a readable imgcate fit file (meta.json is not "
-                         "a fit's settings); write it again with EffectFit.save().")
+        raise InputError(
+            f"{str(path)!r} is not a readable imgcate fit file (meta.json is not "
+            "a fit's settings); write it again with EffectFit.save()."
+        )
     if meta.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{str(path)!r} has fit format {meta.get('format_version')}; "
-                         f"this imgcate reads format {FORMAT_VERSION}.")
+        raise InputError(
+            f"{str(path)!r} has fit format {meta.get('format_version')}; "
+            f"this imgcate reads format {FORMAT_VERSION}."
+        )
     try:
         config = FitConfig(**meta["config"])
     except TypeError as exc:
-        raise InputError(f"{str(path)!r} is not a readable imgcate fit file (settings: {exc}); "
-                         "write it again with EffectFit.save().") from exc
+        raise InputError(
+            f"{str(path)!r} is not a readable imgcate fit file (settings: {exc}); "
+            "write it again with EffectFit.save()."
+        ) from exc
     return EffectFit(idata=idata, config=config, standardizer=std, encoder=encoder)

@@ -134,8 +134,9 @@ class RandomConvNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel_size
-        filters = self.param("filters", nn.initializers.normal(1.0),
-                             (self.n_filters, x.shape[1], k, k))
+        filters = self.param(
+            "filters", nn.initializers.normal(1.0), (self.n_filters, x.shape[1], k, k)
+        )
         bias = self.param("bias", nn.initializers.zeros, (self.n_filters,))
         conv = jax.lax.conv_general_dilated(
             x, filters, (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NHWC")
@@ -265,8 +266,9 @@ class _Encoder:
 
     name: str = ""
 
-    def __init__(self, *, n_components: int | None = 16, combine: Combine = "concat",
-                 batch_size: int = 1024) -> None:
+    def __init__(
+        self, *, n_components: int | None = 16, combine: Combine = "concat", batch_size: int = 1024
+    ) -> None:
         check_choice("combine", combine, COMBINES)
         if n_components is not None and n_components < 1:
             raise InputError(f"n_components={n_components} must be >= 1 (or None: no PCA).")
@@ -394,10 +396,16 @@ class _Encoder:
         Rebuild with :func:`encoder_from_state`.
         """
         self._require_fitted()
-        config = {"encoder": self.name, "state_version": 1, "n_bands": self.n_bands,
-                  "chip_spec": self.chip_spec,
-                  "n_components": self.n_components, "combine": self.combine,
-                  "batch_size": self.batch_size, **self._config()}
+        config = {
+            "encoder": self.name,
+            "state_version": 1,
+            "n_bands": self.n_bands,
+            "chip_spec": self.chip_spec,
+            "n_components": self.n_components,
+            "combine": self.combine,
+            "batch_size": self.batch_size,
+            **self._config(),
+        }
         return config, _flatten(self.params)
 
     # -- internals ---------------------------------------------------------------------------
@@ -427,20 +435,24 @@ class _Encoder:
             )
         names, want_names = new["band_names"], list(fitted.get("band_names") or [])
         default = [f"band_{i + 1}" for i in range(len(names))]
-        if (names != default and want_names and want_names != default
-                and names != want_names):
+        if names != default and want_names and want_names != default and names != want_names:
             raise InputError(
                 f"chips have bands {names} but the trial's chips had {want_names}; extract "
                 "them with the same bands (bands=[...])."
             )
         pixel, want_pixel = new["pixel_size"], fitted.get("pixel_size")
-        if (pixel and want_pixel and new["crs"] == fitted.get("crs")
-                and not np.allclose(pixel, want_pixel, rtol=0.01)):
+        if (
+            pixel
+            and want_pixel
+            and new["crs"] == fitted.get("crs")
+            and not np.allclose(pixel, want_pixel, rtol=0.01)
+        ):
             warnings.warn(
                 f"chips have {pixel[0]:g} x {pixel[1]:g} pixels but the trial's chips had "
                 f"{want_pixel[0]:g} x {want_pixel[1]:g}, so the same pixel size covers another "
                 "ground footprint; resample the raster to the trial's resolution.",
-                ExtrapolationWarning, stacklevel=3,
+                ExtrapolationWarning,
+                stacklevel=3,
             )
 
     def _check_input(self, x: np.ndarray, fitting: bool = False, finite: bool = True) -> None:
@@ -546,8 +558,7 @@ def _non_finite_chips(x: np.ndarray, offset: int = 0) -> InputError:
     rows = offset + np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))
     where = f"chip {rows[0]}" if len(rows) == 1 else f"{len(rows)} chips (first: {rows[0]})"
     return InputError(
-        f"chips hold NaN or infinite pixels ({where}); extract them with on_edge='pad' or "
-        "'drop'."
+        f"chips hold NaN or infinite pixels ({where}); extract them with on_edge='pad' or 'drop'."
     )
 
 
@@ -585,8 +596,11 @@ def _fit_head(feats: np.ndarray, n_components: int | None) -> dict[str, np.ndarr
         comps = vt[:n_components]
         signs = np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(axis=1)])
         comps = comps * signs[:, None]
-    return {"feature_mean": mean.astype(np.float32), "feature_std": std.astype(np.float32),
-            "components": comps.astype(np.float32)}
+    return {
+        "feature_mean": mean.astype(np.float32),
+        "feature_std": std.astype(np.float32),
+        "components": comps.astype(np.float32),
+    }
 
 
 def _combine(per_date: jax.Array, combine: str) -> jax.Array:
@@ -607,8 +621,12 @@ def _sample_patches(x: np.ndarray, n: int, k: int, rng: np.random.Generator) -> 
     dr, dc = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
     rows = r[:, None, None] + dr[None]
     cols = c[:, None, None] + dc[None]
-    patches = x[img[:, None, None, None], np.arange(n_band)[None, :, None, None],
-                rows[:, None], cols[:, None]]
+    patches = x[
+        img[:, None, None, None],
+        np.arange(n_band)[None, :, None, None],
+        rows[:, None],
+        cols[:, None],
+    ]
     return patches.reshape(n, -1).astype(np.float64)
 
 
@@ -652,9 +670,16 @@ class RandomConvFeatures(_Encoder):
 
     name = "rcf"
 
-    def __init__(self, n_features: int = 256, *, kernel_size: int = 3,
-                 n_components: int | None = 16, combine: Combine = "concat",
-                 batch_size: int = 1024, zca_eps: float = 0.01) -> None:
+    def __init__(
+        self,
+        n_features: int = 256,
+        *,
+        kernel_size: int = 3,
+        n_components: int | None = 16,
+        combine: Combine = "concat",
+        batch_size: int = 1024,
+        zca_eps: float = 0.01,
+    ) -> None:
         super().__init__(n_components=n_components, combine=combine, batch_size=batch_size)
         if n_features < 2 or n_features % 2:
             raise InputError(f"n_features={n_features} must be an even number >= 2.")
@@ -673,19 +698,30 @@ class RandomConvFeatures(_Encoder):
     def _uses_native(self, n_bands: int) -> bool:
         # The kernel computes in float32; an encoder cast to float64 (under jax.enable_x64)
         # keeps its precision on the JAX path.
-        return (USE_NATIVE and _native.supports(n_bands)
-                and self.params["body"]["filters"].dtype == np.float32)
+        return (
+            USE_NATIVE
+            and _native.supports(n_bands)
+            and self.params["body"]["filters"].dtype == np.float32
+        )
 
     def _native_body(self, x: np.ndarray, head: bool) -> np.ndarray | int:
         norm, body = self.params["norm"], self.params["body"]
         return _native.rcf_features(
-            x, norm["band_mean"], norm["band_std"], body["filters"], body["bias"],
+            x,
+            norm["band_mean"],
+            norm["band_std"],
+            body["filters"],
+            body["bias"],
             head=self._apply_head if head else None,
-            n_outputs=self.params["head"]["components"].shape[0] if head else None)
+            n_outputs=self.params["head"]["components"].shape[0] if head else None,
+        )
 
     def _config(self) -> dict:
-        return {"n_features": self.n_features, "kernel_size": self.kernel_size,
-                "zca_eps": self.zca_eps}
+        return {
+            "n_features": self.n_features,
+            "kernel_size": self.kernel_size,
+            "zca_eps": self.zca_eps,
+        }
 
     def _min_size(self) -> int:
         return self.kernel_size
@@ -704,8 +740,10 @@ class RandomConvFeatures(_Encoder):
         norms = np.linalg.norm(filters, axis=1, keepdims=True)
         filters = filters / np.where(norms > 0, norms, 1.0)
         bias = np.median(np.abs(sample @ filters.T), axis=0)
-        return {"filters": filters.reshape(n_filters, x.shape[1], k, k).astype(np.float32),
-                "bias": bias.astype(np.float32)}
+        return {
+            "filters": filters.reshape(n_filters, x.shape[1], k, k).astype(np.float32),
+            "bias": bias.astype(np.float32),
+        }
 
 
 class CNNEncoder(_Encoder):
@@ -730,9 +768,17 @@ class CNNEncoder(_Encoder):
 
     name = "cnn"
 
-    def __init__(self, n_features: int = 32, *, n_steps: int = 300, learning_rate: float = 3e-3,
-                 train_batch: int = 64, n_components: int | None = 16,
-                 combine: Combine = "concat", batch_size: int = 1024) -> None:
+    def __init__(
+        self,
+        n_features: int = 32,
+        *,
+        n_steps: int = 300,
+        learning_rate: float = 3e-3,
+        train_batch: int = 64,
+        n_components: int | None = 16,
+        combine: Combine = "concat",
+        batch_size: int = 1024,
+    ) -> None:
         super().__init__(n_components=n_components, combine=combine, batch_size=batch_size)
         if n_features < 1 or n_steps < 0 or train_batch < 1:
             raise InputError("n_features and train_batch must be >= 1 and n_steps >= 0.")
@@ -745,8 +791,12 @@ class CNNEncoder(_Encoder):
         return ConvNet(n_features=self.n_features)
 
     def _config(self) -> dict:
-        return {"n_features": self.n_features, "n_steps": self.n_steps,
-                "learning_rate": self.learning_rate, "train_batch": self.train_batch}
+        return {
+            "n_features": self.n_features,
+            "n_steps": self.n_steps,
+            "learning_rate": self.learning_rate,
+            "train_batch": self.train_batch,
+        }
 
     def _min_size(self) -> int:
         return 4
@@ -759,8 +809,10 @@ class CNNEncoder(_Encoder):
         key = jax.random.PRNGKey(int(rng.integers(2**31 - 1)))
         k1, k2 = jax.random.split(key)
         sample = jnp.asarray(x[:1])
-        params = {"enc": net.init(k1, sample)["params"],
-                  "dec": dec.init(k2, jnp.zeros((1, self.n_features)))["params"]}
+        params = {
+            "enc": net.init(k1, sample)["params"],
+            "dec": dec.init(k2, jnp.zeros((1, self.n_features)))["params"],
+        }
         opt = optax.adam(self.learning_rate)
         state = opt.init(params)
 
@@ -808,8 +860,11 @@ def encoder_from_state(config: dict, arrays: dict[str, np.ndarray]) -> _Encoder:
     name = config.get("encoder")
     check_choice("config['encoder']", name, tuple(_ENCODER_CLASSES))
     cls = _ENCODER_CLASSES[name]
-    kwargs = {k: v for k, v in config.items()
-              if k not in ("encoder", "state_version", "n_bands", "chip_spec")}
+    kwargs = {
+        k: v
+        for k, v in config.items()
+        if k not in ("encoder", "state_version", "n_bands", "chip_spec")
+    }
     enc = cls(**kwargs)
     params = _unflatten(dict(arrays))
     for part in ("norm", "body", "head"):
@@ -886,8 +941,9 @@ def embed(
     if isinstance(encoder, str):
         check_choice("encoder", encoder, ENCODERS)
         check_choice("combine", combine, COMBINES)
-        encoder = _ENCODER_CLASSES[encoder](n_features, n_components=n_components,
-                                            combine=combine, batch_size=batch_size)
+        encoder = _ENCODER_CLASSES[encoder](
+            n_features, n_components=n_components, combine=combine, batch_size=batch_size
+        )
     elif not isinstance(encoder, _Encoder):
         raise InputError(
             f"encoder must be 'rcf', 'cnn' or an imgcate encoder object, got "
@@ -976,6 +1032,7 @@ def _from_table(df: pd.DataFrame, id_column: str, path: Path) -> Embeddings:
                 f"{str(path)!r} has non-numeric feature columns {bad[:5]}; drop them first."
             )
         values = rest.to_numpy(dtype=float)
-        return Embeddings(values=values, image_ids=ids,
-                          feature_names=tuple(str(c) for c in rest.columns))
+        return Embeddings(
+            values=values, image_ids=ids, feature_names=tuple(str(c) for c in rest.columns)
+        )
     return Embeddings(values=values, image_ids=ids)

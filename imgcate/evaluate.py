@@ -33,8 +33,9 @@ VcovType = Literal["HC0", "HC1", "HC3"]
 VCOV_TYPES = ("HC0", "HC1", "HC3")
 TIDY_COLUMNS = ["term", "estimate", "std_err", "p_value", "ci_lower", "ci_upper"]
 
-Learner = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int],
-                   tuple[np.ndarray, np.ndarray]]
+Learner = Callable[
+    [np.ndarray, np.ndarray, np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]
+]
 
 
 # --------------------------------------------------------------------------- validation helpers
@@ -43,8 +44,9 @@ Learner = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int],
 def _vector(name: str, values: Any, n: int | None = None) -> np.ndarray:
     arr = as_float_array(name, values, ndim=1)
     if n is not None and len(arr) != n:
-        raise InputError(f"{name} has {len(arr)} entries but outcome/scores have {n}; "
-                         "give one value per unit.")
+        raise InputError(
+            f"{name} has {len(arr)} entries but outcome/scores have {n}; give one value per unit."
+        )
     return arr
 
 
@@ -62,11 +64,14 @@ def _propensity(values: Any, n: int) -> np.ndarray:
     if p.ndim == 0:
         p = np.full(n, float(p))
     elif p.ndim != 1 or len(p) != n:
-        raise InputError(f"propensity must be a scalar or have one value per unit ({n}), "
-                         f"got shape {p.shape}.")
+        raise InputError(
+            f"propensity must be a scalar or have one value per unit ({n}), got shape {p.shape}."
+        )
     if (p <= 0).any() or (p >= 1).any():
-        raise InputError("propensity must lie strictly between 0 and 1; trim units with "
-                         "extreme propensities or fix the propensity model.")
+        raise InputError(
+            "propensity must lie strictly between 0 and 1; trim units with "
+            "extreme propensities or fix the propensity model."
+        )
     return p
 
 
@@ -90,9 +95,7 @@ def _seed_int(seed: int) -> int:
 # --------------------------------------------------------------------------- AIPW scores
 
 
-def aipw_scores(
-    outcome: Any, treatment: Any, propensity: Any, mu0: Any, mu1: Any
-) -> np.ndarray:
+def aipw_scores(outcome: Any, treatment: Any, propensity: Any, mu0: Any, mu1: Any) -> np.ndarray:
     """Doubly robust (AIPW) scores of the unit-level treatment effect.
 
     ``Γ_i = mu1_i − mu0_i + t_i (y_i − mu1_i) / e_i − (1 − t_i)(y_i − mu0_i) / (1 − e_i)``.
@@ -171,8 +174,9 @@ class RateResult:
         lo, hi = self.ci(0.95)
         z = self.estimate / self.std_err if self.std_err > 0 else np.nan
         p = 2 * stats.norm.sf(abs(z)) if np.isfinite(z) else np.nan
-        return pd.DataFrame([[self.target, self.estimate, self.std_err, p, lo, hi]],
-                            columns=TIDY_COLUMNS)
+        return pd.DataFrame(
+            [[self.target, self.estimate, self.std_err, p, lo, hi]], columns=TIDY_COLUMNS
+        )
 
 
 @dataclass(frozen=True)
@@ -225,8 +229,10 @@ def _half_samples(
     half = n_clusters // 2
     if half < 2:
         what = "clusters" if clusters is not None else "units"
-        raise InputError(f"the half-sample bootstrap needs at least 4 {what}, got {n_clusters}; "
-                         "use more units or clusters (or no clusters).")
+        raise InputError(
+            f"the half-sample bootstrap needs at least 4 {what}, got {n_clusters}; "
+            "use more units or clusters (or no clusters)."
+        )
     masks = []
     for _ in range(n_bootstrap):
         chosen = np.zeros(n_clusters, dtype=bool)
@@ -236,8 +242,14 @@ def _half_samples(
 
 
 def _rate_inputs(
-    priorities: Sequence[Any], scores: Any, target: str, weights: Any, clusters: Any,
-    q: Any, n_bootstrap: int, seed: int,
+    priorities: Sequence[Any],
+    scores: Any,
+    target: str,
+    weights: Any,
+    clusters: Any,
+    q: Any,
+    n_bootstrap: int,
+    seed: int,
 ) -> tuple[list[_Ranked], np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, list]:
     check_choice("target", target, RATE_TARGETS)
     gamma = _vector("scores", scores)
@@ -253,19 +265,29 @@ def _rate_inputs(
         codes = pd.factorize(codes[keep], sort=True)[0]
     grid = np.arange(1, 101) / 100 if q is None else _vector("q", q)
     if (np.diff(grid) <= 0).any() or grid[0] <= 0 or grid[-1] != 1:
-        raise InputError("q must be a strictly increasing grid of fractions in (0, 1] "
-                         "ending at 1, e.g. numpy.arange(1, 11) / 10.")
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int | np.integer) \
-            or n_bootstrap < 2:
-        raise InputError(f"n_bootstrap={n_bootstrap!r} must be an int of at least 2 "
-                         "(200 is usual).")
+        raise InputError(
+            "q must be a strictly increasing grid of fractions in (0, 1] "
+            "ending at 1, e.g. numpy.arange(1, 11) / 10."
+        )
+    if (
+        isinstance(n_bootstrap, bool)
+        or not isinstance(n_bootstrap, int | np.integer)
+        or n_bootstrap < 2
+    ):
+        raise InputError(
+            f"n_bootstrap={n_bootstrap!r} must be an int of at least 2 (200 is usual)."
+        )
     rng = rng_from_seed(_seed_int(seed))
     masks = _half_samples(len(gamma), codes, int(n_bootstrap), rng)
     return [_rank(p) for p in prios], gamma, w, codes, grid, masks
 
 
 def _rate_replicates(
-    ranked: _Ranked, gamma: np.ndarray, w: np.ndarray, grid: np.ndarray, target: str,
+    ranked: _Ranked,
+    gamma: np.ndarray,
+    w: np.ndarray,
+    grid: np.ndarray,
+    target: str,
     masks: list[np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Point estimate and replicates, each as [rate, toc(q)...]."""
@@ -282,8 +304,15 @@ def _rate_replicates(
 
 def _rate_result(label: str, point: np.ndarray, reps: np.ndarray, grid: np.ndarray) -> RateResult:
     se = reps.std(axis=0, ddof=1)
-    return RateResult(target=label, estimate=float(point[0]), std_err=float(se[0]), q=grid,
-                      toc=point[1:], toc_std_err=se[1:], n_bootstrap=len(reps))
+    return RateResult(
+        target=label,
+        estimate=float(point[0]),
+        std_err=float(se[0]),
+        q=grid,
+        toc=point[1:],
+        toc_std_err=se[1:],
+        n_bootstrap=len(reps),
+    )
 
 
 def rate(
@@ -347,7 +376,8 @@ def rate(
     True
     """
     ranked, gamma, w, _, grid, masks = _rate_inputs(
-        [("priority", priority)], scores, target, weights, clusters, q, n_bootstrap, seed)
+        [("priority", priority)], scores, target, weights, clusters, q, n_bootstrap, seed
+    )
     point, reps = _rate_replicates(ranked[0], gamma, w, grid, target, masks)
     return _rate_result(target, point, reps, grid)
 
@@ -390,8 +420,15 @@ def rate_difference(
     True
     """
     ranked, gamma, w, _, grid, masks = _rate_inputs(
-        [("priority_a", priority_a), ("priority_b", priority_b)], scores, target, weights,
-        clusters, q, n_bootstrap, seed)
+        [("priority_a", priority_a), ("priority_b", priority_b)],
+        scores,
+        target,
+        weights,
+        clusters,
+        q,
+        n_bootstrap,
+        seed,
+    )
     point_a, reps_a = _rate_replicates(ranked[0], gamma, w, grid, target, masks)
     point_b, reps_b = _rate_replicates(ranked[1], gamma, w, grid, target, masks)
     return _rate_result(f"{target} difference", point_a - point_b, reps_a - reps_b, grid)
@@ -432,9 +469,14 @@ def plot_toc(result: RateResult, ax: Any = None, *, prob: float = 0.95) -> Any:
         _, ax = plt.subplots(figsize=(5, 3.5))
     z = stats.norm.ppf(0.5 + prob / 2)
     ax.plot(result.q, result.toc, color="C0", label="TOC")
-    ax.fill_between(result.q, result.toc - z * result.toc_std_err,
-                    result.toc + z * result.toc_std_err, color="C0", alpha=0.25,
-                    label=f"{prob:.0%} pointwise")
+    ax.fill_between(
+        result.q,
+        result.toc - z * result.toc_std_err,
+        result.toc + z * result.toc_std_err,
+        color="C0",
+        alpha=0.25,
+        label=f"{prob:.0%} pointwise",
+    )
     ax.axhline(0.0, color="grey", lw=0.8)
     ax.set_xlabel("fraction treated q")
     ax.set_ylabel("TOC(q)")
@@ -447,7 +489,11 @@ def plot_toc(result: RateResult, ax: Any = None, *, prob: float = 0.95) -> Any:
 
 
 def _wls(
-    y: np.ndarray, X: np.ndarray, w: np.ndarray, clusters: np.ndarray | None, vcov: str,
+    y: np.ndarray,
+    X: np.ndarray,
+    w: np.ndarray,
+    clusters: np.ndarray | None,
+    vcov: str,
     names: Sequence[str],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Weighted least squares with a heteroskedasticity- or cluster-robust sandwich covariance."""
@@ -455,8 +501,10 @@ def _wls(
     Xw = X * w[:, None]
     xtwx = X.T @ Xw
     if np.linalg.matrix_rank(xtwx) < k:
-        raise InputError(f"regressors {list(names)} are collinear (e.g. a constant proxy score "
-                         "or an empty group); give a proxy that varies across units.")
+        raise InputError(
+            f"regressors {list(names)} are collinear (e.g. a constant proxy score "
+            "or an empty group); give a proxy that varies across units."
+        )
     bread = np.linalg.inv(xtwx)
     beta = bread @ (Xw.T @ y)
     resid = y - X @ beta
@@ -480,16 +528,24 @@ def _wls(
     return beta, adj * bread @ meat @ bread
 
 
-def _tidy(terms: Sequence[str], est: np.ndarray, se: np.ndarray, alpha: float,
-          df: float | None = None) -> pd.DataFrame:
+def _tidy(
+    terms: Sequence[str], est: np.ndarray, se: np.ndarray, alpha: float, df: float | None = None
+) -> pd.DataFrame:
     """Two-sided p-values and (1 − alpha) intervals (normal, or t with ``df``)."""
     dist = stats.norm if df is None else stats.t(df)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = est / se
     crit = dist.ppf(1 - alpha / 2)
-    return pd.DataFrame({"term": list(terms), "estimate": est, "std_err": se,
-                         "p_value": 2 * dist.sf(np.abs(z)),
-                         "ci_lower": est - crit * se, "ci_upper": est + crit * se})
+    return pd.DataFrame(
+        {
+            "term": list(terms),
+            "estimate": est,
+            "std_err": se,
+            "p_value": 2 * dist.sf(np.abs(z)),
+            "ci_lower": est - crit * se,
+            "ci_upper": est + crit * se,
+        }
+    )
 
 
 def _design_inputs(outcome, treatment, propensity, score, baseline, clusters):
@@ -567,8 +623,7 @@ def blp(
     ['ate', 'hte']
     """
     check_choice("vcov_type", vcov_type, VCOV_TYPES)
-    y, t, p, s, b, codes = _design_inputs(outcome, treatment, propensity, score, baseline,
-                                          clusters)
+    y, t, p, s, b, codes = _design_inputs(outcome, treatment, propensity, score, baseline, clusters)
     cols, names = _controls(p, b)
     X = np.column_stack(cols + [t - p, (t - p) * (s - s.mean())])
     beta, cov = _wls(y, X, 1 / (p * (1 - p)), codes, vcov_type, names + ["ate", "hte"])
@@ -629,8 +684,7 @@ def gates(
     5
     """
     check_choice("vcov_type", vcov_type, VCOV_TYPES)
-    y, t, p, s, b, codes = _design_inputs(outcome, treatment, propensity, score, baseline,
-                                          clusters)
+    y, t, p, s, b, codes = _design_inputs(outcome, treatment, propensity, score, baseline, clusters)
     n_groups = _check_groups(n_groups, len(y))
     grp = _groups(s, n_groups)
     cols, names = _controls(p, b)
@@ -648,23 +702,32 @@ def gates(
 
 
 def _check_groups(n_groups: int, n: int) -> int:
-    if isinstance(n_groups, bool) or not isinstance(n_groups, int | np.integer) \
-            or not 2 <= n_groups <= n:
-        raise InputError(f"n_groups={n_groups!r} must be an int between 2 and the number of "
-                         f"units ({n}); 5 is usual.")
+    if (
+        isinstance(n_groups, bool)
+        or not isinstance(n_groups, int | np.integer)
+        or not 2 <= n_groups <= n
+    ):
+        raise InputError(
+            f"n_groups={n_groups!r} must be an int between 2 and the number of "
+            f"units ({n}); 5 is usual."
+        )
     return int(n_groups)
 
 
-def _clan(features: np.ndarray, score: np.ndarray, n_groups: int, names: Sequence[str],
-          alpha: float) -> pd.DataFrame:
+def _clan(
+    features: np.ndarray, score: np.ndarray, n_groups: int, names: Sequence[str], alpha: float
+) -> pd.DataFrame:
     """Feature means in the most vs least affected group and their difference (Welch SE)."""
     grp = _groups(score, n_groups)
     top, bot = features[grp == n_groups - 1], features[grp == 0]
     m_top, m_bot = top.mean(axis=0), bot.mean(axis=0)
     se_top = top.std(axis=0, ddof=1) / np.sqrt(len(top))
     se_bot = bot.std(axis=0, ddof=1) / np.sqrt(len(bot))
-    terms = ([f"{c}[most]" for c in names] + [f"{c}[least]" for c in names]
-             + [f"{c}[most-least]" for c in names])
+    terms = (
+        [f"{c}[most]" for c in names]
+        + [f"{c}[least]" for c in names]
+        + [f"{c}[most-least]" for c in names]
+    )
     est = np.r_[m_top, m_bot, m_top - m_bot]
     se = np.r_[se_top, se_bot, np.sqrt(se_top**2 + se_bot**2)]
     return _tidy(terms, est, se, alpha)
@@ -696,9 +759,13 @@ class GenericMLResult:
 
     def tidy(self) -> pd.DataFrame:
         """All three tables stacked, with a ``table`` column ("blp", "gates", "clan")."""
-        return pd.concat([tab.assign(table=name) for name, tab in
-                          (("blp", self.blp), ("gates", self.gates), ("clan", self.clan))],
-                         ignore_index=True)
+        return pd.concat(
+            [
+                tab.assign(table=name)
+                for name, tab in (("blp", self.blp), ("gates", self.gates), ("clan", self.clan))
+            ],
+            ignore_index=True,
+        )
 
 
 def _median_aggregate(tables: list[pd.DataFrame]) -> pd.DataFrame:
@@ -711,7 +778,10 @@ def _median_aggregate(tables: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def forest_learner(
-    x_train: np.ndarray, t_train: np.ndarray, y_train: np.ndarray, x_predict: np.ndarray,
+    x_train: np.ndarray,
+    t_train: np.ndarray,
+    y_train: np.ndarray,
+    x_predict: np.ndarray,
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Default proxy learner: a T-learner of two scikit-learn random forests.
@@ -742,8 +812,13 @@ def forest_learner(
 
     preds = []
     for arm in (0, 1):
-        forest = RandomForestRegressor(n_estimators=100, min_samples_leaf=5, max_features=0.5,
-                                       random_state=seed + arm, n_jobs=1)
+        forest = RandomForestRegressor(
+            n_estimators=100,
+            min_samples_leaf=5,
+            max_features=0.5,
+            random_state=seed + arm,
+            n_jobs=1,
+        )
         forest.fit(x_train[t_train == arm], y_train[t_train == arm])
         preds.append(forest.predict(x_predict))
     return preds[0], preds[1] - preds[0]
@@ -825,8 +900,7 @@ def generic_ml(
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2 or len(x) != n:
-        raise InputError(f"features must have shape (unit, feature) with {n} rows, "
-                         f"got {x.shape}.")
+        raise InputError(f"features must have shape (unit, feature) with {n} rows, got {x.shape}.")
     p = _propensity(propensity, n)
     codes = _cluster_codes(clusters, n)
     n_groups = _check_groups(n_groups, n // 2)
@@ -834,8 +908,9 @@ def generic_ml(
         raise InputError(f"n_splits={n_splits!r} must be a positive int (100 is usual).")
     if not 0 < alpha < 0.5:
         raise InputError(f"alpha={alpha!r} must lie in (0, 0.5), e.g. 0.05.")
-    names = list(feature_names) if feature_names is not None else \
-        [f"x{j}" for j in range(x.shape[1])]
+    names = (
+        list(feature_names) if feature_names is not None else [f"x{j}" for j in range(x.shape[1])]
+    )
     if len(names) != x.shape[1]:
         raise InputError(f"feature_names has {len(names)} names for {x.shape[1]} features.")
     learner = forest_learner if learner is None else learner
@@ -858,8 +933,13 @@ def generic_ml(
         tables["gates"].append(gates(*args, n_groups=n_groups, alpha=alpha))
         tables["clan"].append(_clan(x[main], s, n_groups, names, alpha))
     agg = {name: _median_aggregate(tabs) for name, tabs in tables.items()}
-    return GenericMLResult(blp=agg["blp"], gates=agg["gates"], clan=agg["clan"],
-                           conf_level=1 - 2 * alpha, n_splits=int(n_splits))
+    return GenericMLResult(
+        blp=agg["blp"],
+        gates=agg["gates"],
+        clan=agg["clan"],
+        conf_level=1 - 2 * alpha,
+        n_splits=int(n_splits),
+    )
 
 
 # --------------------------------------------------------------------------- calibration
@@ -938,8 +1018,15 @@ def test_calibration(
     beta, cov = _wls(y - m, X, w, codes, vcov_type, terms)
     se = np.sqrt(np.diag(cov))
     tval = beta / se
-    return pd.DataFrame({"term": terms, "estimate": beta, "std_err": se, "t_value": tval,
-                         "p_value": stats.t.sf(tval, n - 2)})
+    return pd.DataFrame(
+        {
+            "term": terms,
+            "estimate": beta,
+            "std_err": se,
+            "t_value": tval,
+            "p_value": stats.t.sf(tval, n - 2),
+        }
+    )
 
 
 test_calibration.__test__ = False  # not a pytest test despite its name (grf's name is kept)
@@ -976,8 +1063,10 @@ def spatial_blocks(x: Any, y: Any, block_size: float) -> np.ndarray:
     xs = _vector("x", x)
     ys = _vector("y", y, len(xs))
     if not np.isfinite(block_size) or block_size <= 0:
-        raise InputError(f"block_size={block_size!r} must be positive, in the units of the "
-                         "coordinates (e.g. metres in a projected CRS).")
+        raise InputError(
+            f"block_size={block_size!r} must be positive, in the units of the "
+            "coordinates (e.g. metres in a projected CRS)."
+        )
     col = np.floor((xs - xs.min()) / block_size).astype(np.int64)
     row = np.floor((ys - ys.min()) / block_size).astype(np.int64)
     return np.unique(np.column_stack([col, row]), axis=0, return_inverse=True)[1].reshape(-1)
@@ -1031,11 +1120,16 @@ def spatial_folds(x: Any, y: Any, n_folds: int, block_size: float, seed: int) ->
     """
     blocks = spatial_blocks(x, y, block_size)
     n_blocks = int(blocks.max()) + 1
-    if isinstance(n_folds, bool) or not isinstance(n_folds, int | np.integer) \
-            or not 2 <= n_folds <= n_blocks:
-        raise InputError(f"n_folds={n_folds!r} must be an int between 2 and the number of "
-                         f"non-empty blocks ({n_blocks}); use a smaller block_size or fewer "
-                         "folds.")
+    if (
+        isinstance(n_folds, bool)
+        or not isinstance(n_folds, int | np.integer)
+        or not 2 <= n_folds <= n_blocks
+    ):
+        raise InputError(
+            f"n_folds={n_folds!r} must be an int between 2 and the number of "
+            f"non-empty blocks ({n_blocks}); use a smaller block_size or fewer "
+            "folds."
+        )
     rng = rng_from_seed(_seed_int(seed))
     return _assign_blocks(blocks, int(n_folds), rng)[blocks]
 
@@ -1080,8 +1174,9 @@ def train_test_split_spatial(
     (2, 2)
     """
     if not 0 < test_fraction < 1:
-        raise InputError(f"test_fraction={test_fraction!r} must lie strictly between 0 and 1, "
-                         "e.g. 0.2.")
+        raise InputError(
+            f"test_fraction={test_fraction!r} must lie strictly between 0 and 1, e.g. 0.2."
+        )
     xs, ys = trial.xy(crs)
     blocks = spatial_blocks(xs, ys, block_size)
     sizes = np.bincount(blocks)

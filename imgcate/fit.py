@@ -126,8 +126,12 @@ class Standardizer:
 
     @classmethod
     def fitted(
-        cls, outcome: np.ndarray, covariates: np.ndarray, embedding: np.ndarray,
-        likelihood: str, n_components: int | None,
+        cls,
+        outcome: np.ndarray,
+        covariates: np.ndarray,
+        embedding: np.ndarray,
+        likelihood: str,
+        n_components: int | None,
     ) -> Standardizer:
         """Fit on the trial's outcome, covariates and (unit) embeddings."""
         binary = likelihood == "bernoulli"
@@ -203,8 +207,9 @@ class ModelData:
         }
 
 
-def _model_data(trial: Trial, unit_embedding: np.ndarray, std: Standardizer,
-                config: FitConfig) -> ModelData:
+def _model_data(
+    trial: Trial, unit_embedding: np.ndarray, std: Standardizer, config: FitConfig
+) -> ModelData:
     y = trial.outcome_array
     if config.likelihood == "bernoulli" and not np.isin(y, (0, 1)).all():
         raise InputError(
@@ -250,8 +255,9 @@ def _map_start(data: ModelData, config: FitConfig, key) -> dict[str, jnp.ndarray
 def _chain_inits(data: ModelData, config: FitConfig, start: dict, key) -> dict:
     """Unconstrained initial values per chain: the MAP start plus a small jitter."""
     kwargs = data.model_kwargs(config)
-    free = unconstrain_fn(effect_cluster_model, (), {"outcome": jnp.asarray(data.outcome),
-                                                      **kwargs}, start)
+    free = unconstrain_fn(
+        effect_cluster_model, (), {"outcome": jnp.asarray(data.outcome), **kwargs}, start
+    )
     keys = jax.random.split(key, len(free))
     return {
         name: value + 0.05 * jax.random.normal(k, (config.num_chains,) + jnp.shape(value))
@@ -278,8 +284,13 @@ def _run_nuts(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="There are not enough devices")
-        mcmc.run(key, outcome=jnp.asarray(data.outcome), extra_fields=("diverging",
-                 "num_steps", "energy"), init_params=init_params, **data.model_kwargs(config))
+        mcmc.run(
+            key,
+            outcome=jnp.asarray(data.outcome),
+            extra_fields=("diverging", "num_steps", "energy"),
+            init_params=init_params,
+            **data.model_kwargs(config),
+        )
     samples = mcmc.get_samples(group_by_chain=True)
     extra = mcmc.get_extra_fields(group_by_chain=True)
     stats = {
@@ -303,8 +314,14 @@ def _run_svi(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
     if batch is not None and batch >= len(data.outcome):
         batch = None
     key_run, key_draw = jax.random.split(key)
-    result = svi.run(key_run, config.svi_steps, outcome=jnp.asarray(data.outcome),
-                     subsample_size=batch, progress_bar=config.progress, **kwargs)
+    result = svi.run(
+        key_run,
+        config.svi_steps,
+        outcome=jnp.asarray(data.outcome),
+        subsample_size=batch,
+        progress_bar=config.progress,
+        **kwargs,
+    )
     losses = np.asarray(result.losses)
     if not np.isfinite(losses[-1]):
         raise InputError("SVI diverged (loss is not finite); lower svi_learning_rate.")
@@ -318,15 +335,21 @@ def _run_svi(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
 def _log_likelihood(samples: dict, data: ModelData, config: FitConfig) -> np.ndarray:
     """Pointwise log-likelihood (chain, draw, unit), computed in chunks of draws."""
     n_chain, n_draw = next(iter(samples.values())).shape[:2]
-    flat = {k: jnp.asarray(v.reshape((n_chain * n_draw,) + v.shape[2:]))
-            for k, v in samples.items()}
+    flat = {
+        k: jnp.asarray(v.reshape((n_chain * n_draw,) + v.shape[2:])) for k, v in samples.items()
+    }
     kwargs = data.model_kwargs(config)
-    fn = jax.jit(lambda s: log_likelihood(
-        effect_cluster_model, s, outcome=jnp.asarray(data.outcome), **kwargs)["outcome"])
+    fn = jax.jit(
+        lambda s: log_likelihood(
+            effect_cluster_model, s, outcome=jnp.asarray(data.outcome), **kwargs
+        )["outcome"]
+    )
     chunk = max(1, int(2e7 // max(len(data.outcome), 1)))
     total = n_chain * n_draw
-    parts = [np.asarray(fn({k: v[i:i + chunk] for k, v in flat.items()}))
-             for i in range(0, total, chunk)]
+    parts = [
+        np.asarray(fn({k: v[i : i + chunk] for k, v in flat.items()}))
+        for i in range(0, total, chunk)
+    ]
     return np.concatenate(parts).reshape(n_chain, n_draw, -1)
 
 
@@ -415,8 +438,9 @@ def fit(
             f"unknown fit option(s) {sorted(unknown)}; allowed: "
             f"{sorted(FitConfig.__dataclass_fields__)}."
         )
-    config = FitConfig(n_clusters=n_clusters, likelihood=likelihood, method=method, seed=seed,
-                       **options).validate()
+    config = FitConfig(
+        n_clusters=n_clusters, likelihood=likelihood, method=method, seed=seed, **options
+    ).validate()
     if not isinstance(trial, Trial):
         raise InputError("trial must be a Trial; build one with imgcate.read_units(...).")
     if propensity is not None:
@@ -427,16 +451,20 @@ def fit(
     else:
         unit_embedding = _unit_rows(as_float_array("embeddings", embeddings, ndim=2), trial)
         encoder = None
-    std = Standardizer.fitted(trial.outcome_array, trial.covariate_matrix, unit_embedding,
-                              config.likelihood, config.n_components)
+    std = Standardizer.fitted(
+        trial.outcome_array,
+        trial.covariate_matrix,
+        unit_embedding,
+        config.likelihood,
+        config.n_components,
+    )
     data = _model_data(trial, unit_embedding, std, config)
     key = jax.random.PRNGKey(seed)
     runner = _run_nuts if config.method == "nuts" else _run_svi
     samples, stats = runner(data, config, key)
     loglik = _log_likelihood(samples, data, config)
     idata = _to_inference_data(samples, stats, loglik, data, trial, config)
-    result = EffectFit(idata=idata, config=config, standardizer=std,
-                       encoder=encoder)
+    result = EffectFit(idata=idata, config=config, standardizer=std, encoder=encoder)
     result = result.with_derived()
     if config.method == "nuts":
         result.check_convergence()
@@ -451,8 +479,10 @@ def _with_propensity(trial: Trial, propensity: np.ndarray) -> Trial:
             f"propensity has {len(scores)} values but the trial has {trial.n_units} units."
         )
     if ((scores <= 0) | (scores >= 1)).any():
-        raise InputError("propensity scores must lie strictly between 0 and 1; clip or trim "
-                         "units without overlap first (imgcate.confounding.trim).")
+        raise InputError(
+            "propensity scores must lie strictly between 0 and 1; clip or trim "
+            "units without overlap first (imgcate.confounding.trim)."
+        )
     if "propensity" in trial.covariates:
         raise InputError("the trial already has a covariate named 'propensity'; rename it.")
     data = trial.data.assign(propensity=scores)
@@ -468,8 +498,9 @@ def _unit_rows(values: np.ndarray, trial: Trial) -> np.ndarray:
     return values
 
 
-def _to_inference_data(samples: dict, stats: dict, loglik: np.ndarray, data: ModelData,
-                       trial: Trial, config: FitConfig) -> az.InferenceData:
+def _to_inference_data(
+    samples: dict, stats: dict, loglik: np.ndarray, data: ModelData, trial: Trial, config: FitConfig
+) -> az.InferenceData:
     n_feat = data.embedding.shape[1]
     coords = {
         "unit": trial.ids,
@@ -480,15 +511,27 @@ def _to_inference_data(samples: dict, stats: dict, loglik: np.ndarray, data: Mod
         "arm": ["control", "treated"],
     }
     dims = {
-        "beta": ["covariate"], "gamma_raw": ["feature"], "tau": ["cluster"],
-        "membership_intercept": ["cluster_contrast"], "membership_local": ["feature"],
-        "membership_raw": ["feature", "cluster_contrast"], "sigma": ["arm"],
-        "stratum_raw": ["stratum"], "group_raw": ["group"], "outcome": ["unit"],
-        "embedding": ["unit", "feature"], "covariates": ["unit", "covariate"],
-        "treatment": ["unit"], "stratum": ["unit"], "group": ["unit"],
+        "beta": ["covariate"],
+        "gamma_raw": ["feature"],
+        "tau": ["cluster"],
+        "membership_intercept": ["cluster_contrast"],
+        "membership_local": ["feature"],
+        "membership_raw": ["feature", "cluster_contrast"],
+        "sigma": ["arm"],
+        "stratum_raw": ["stratum"],
+        "group_raw": ["group"],
+        "outcome": ["unit"],
+        "embedding": ["unit", "feature"],
+        "covariates": ["unit", "covariate"],
+        "treatment": ["unit"],
+        "stratum": ["unit"],
+        "group": ["unit"],
     }
-    constant = {"embedding": data.embedding, "treatment": data.treatment,
-                "covariates": data.covariates}
+    constant = {
+        "embedding": data.embedding,
+        "treatment": data.treatment,
+        "covariates": data.covariates,
+    }
     if data.stratum is not None:
         constant["stratum"] = data.stratum
         coords["stratum"] = np.arange(int(data.stratum.max()) + 1)
@@ -504,9 +547,7 @@ def _to_inference_data(samples: dict, stats: dict, loglik: np.ndarray, data: Mod
         coords=coords,
         dims=dims,
     )
-    idata.posterior.attrs.update(
-        {"inference_library": "numpyro", "imgcate_method": config.method}
-    )
+    idata.posterior.attrs.update({"inference_library": "numpyro", "imgcate_method": config.method})
     if "loss" in stats:
         loss = xr.Dataset({"loss": ("step", stats["loss"])})
         idata.add_groups({"svi_loss": loss}, warn_on_custom_groups=False)
@@ -587,14 +628,23 @@ def compare_clusters(
     for k in range(1, k_max + 1):
         row = compared.loc[str(k)]
         stats = fits[k].idata.get("sample_stats")
-        n_div = int(stats["diverging"].values.sum()) if stats is not None and "diverging" in \
-            stats else 0
-        rows.append({
-            "K": k, "elpd_loo": row["elpd_loo"], "se": row["se"], "elpd_diff": row["elpd_diff"],
-            "dse": row["dse"], "p_loo": row["p_loo"],
-            "n_bad_pareto_k": int((loos[k].pareto_k.values > 0.7).sum()),
-            "n_divergent": n_div,
-        })
+        n_div = (
+            int(stats["diverging"].values.sum())
+            if stats is not None and "diverging" in stats
+            else 0
+        )
+        rows.append(
+            {
+                "K": k,
+                "elpd_loo": row["elpd_loo"],
+                "se": row["se"],
+                "elpd_diff": row["elpd_diff"],
+                "dse": row["dse"],
+                "p_loo": row["p_loo"],
+                "n_bad_pareto_k": int((loos[k].pareto_k.values > 0.7).sum()),
+                "n_divergent": n_div,
+            }
+        )
     table = pd.DataFrame(rows).set_index("K")
     ok = table["elpd_diff"] <= np.maximum(4.0, 2.0 * table["dse"])
     best_k = int(table.index[ok.to_numpy()].min())

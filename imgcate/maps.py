@@ -99,7 +99,7 @@ class TileGrid:
     def blocks(self, block_tiles: int) -> list[np.ndarray]:
         """Flat (row-major) indices of the region's tiles, split into blocks."""
         flat = np.flatnonzero(self.mask.ravel())
-        return [flat[i:i + block_tiles] for i in range(0, len(flat), block_tiles)]
+        return [flat[i : i + block_tiles] for i in range(0, len(flat), block_tiles)]
 
     def coords(self) -> tuple[np.ndarray, np.ndarray]:
         """Cell-centre coordinates (y, x) of the output grid in the raster CRS."""
@@ -122,8 +122,11 @@ def _describe_region(region: Any) -> str:
 
 
 def _is_bounds(region: Any) -> bool:
-    return (isinstance(region, tuple | list) and len(region) == 4
-            and all(isinstance(v, int | float | np.number) for v in region))
+    return (
+        isinstance(region, tuple | list)
+        and len(region) == 4
+        and all(isinstance(v, int | float | np.number) for v in region)
+    )
 
 
 def _region_polygons(region: Any, crs: Any):
@@ -134,8 +137,10 @@ def _region_polygons(region: Any, crs: Any):
     name = _describe_region(region)
     if isinstance(region, str | Path):
         if not Path(region).exists():
-            raise InputError(f"{name} does not exist; give a vector file (GeoPackage, "
-                             "GeoJSON, shapefile) of polygons.")
+            raise InputError(
+                f"{name} does not exist; give a vector file (GeoPackage, "
+                "GeoJSON, shapefile) of polygons."
+            )
         try:
             region = gpd.read_file(region)
         except Exception as exc:  # noqa: BLE001 - pyogrio raises many types
@@ -164,8 +169,9 @@ def _fmt_bounds(bounds: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:.6g}" for v in bounds) + ")"
 
 
-def tile_grid(raster: Any, region: Any = None, *, tile_size: int = 32,
-              stride: int | None = None) -> TileGrid:
+def tile_grid(
+    raster: Any, region: Any = None, *, tile_size: int = 32, stride: int | None = None
+) -> TileGrid:
     """The tiles of a map of ``region`` over ``raster``.
 
     Parameters
@@ -199,8 +205,7 @@ def tile_grid(raster: Any, region: Any = None, *, tile_size: int = 32,
             raise RasterError(f"raster {ds.name!r} has no CRS; assign one (rio edit-info --crs).")
         t = ds.transform
         if t.b != 0 or t.d != 0:
-            raise RasterError(f"raster {ds.name!r} is rotated; warp it north-up first "
-                              "(gdalwarp).")
+            raise RasterError(f"raster {ds.name!r} is rotated; warp it north-up first (gdalwarp).")
         rows_all = (ds.height - tile_size) // stride + 1
         cols_all = (ds.width - tile_size) // stride + 1
         if ds.height < tile_size or ds.width < tile_size:
@@ -218,14 +223,19 @@ def tile_grid(raster: Any, region: Any = None, *, tile_size: int = 32,
         elif _is_bounds(region):
             bounds = tuple(float(v) for v in region)
             if not (bounds[0] < bounds[2] and bounds[1] < bounds[3]):
-                raise InputError(f"{name} must be (west, south, east, north) with west < east "
-                                 "and south < north.")
+                raise InputError(
+                    f"{name} must be (west, south, east, north) with west < east and south < north."
+                )
         else:
             polygons = _region_polygons(region, ds.crs)
             bounds = tuple(polygons.total_bounds)
         rb = ds.bounds
-        overlap = (bounds[0] < rb.right and bounds[2] > rb.left and bounds[1] < rb.top
-                   and bounds[3] > rb.bottom)
+        overlap = (
+            bounds[0] < rb.right
+            and bounds[2] > rb.left
+            and bounds[1] < rb.top
+            and bounds[3] > rb.bottom
+        )
         row_lo, row_hi, col_lo, col_hi = _cell_range(~full, bounds)
         row_lo, col_lo = max(row_lo, 0), max(col_lo, 0)
         row_hi, col_hi = min(row_hi, rows_all - 1), min(col_hi, cols_all - 1)
@@ -240,14 +250,30 @@ def tile_grid(raster: Any, region: Any = None, *, tile_size: int = 32,
         if polygons is None:
             mask = np.ones(shape, bool)
         else:
-            mask = rasterize(((g, 1) for g in polygons), out_shape=shape, transform=transform,
-                             all_touched=True, fill=0, dtype="uint8").astype(bool)
+            mask = rasterize(
+                ((g, 1) for g in polygons),
+                out_shape=shape,
+                transform=transform,
+                all_touched=True,
+                fill=0,
+                dtype="uint8",
+            ).astype(bool)
             if not mask.any():
-                raise RasterError(f"{name} touches no tile of raster {ds.name!r}; give a "
-                                  "region inside the raster's extent.")
-        return TileGrid(raster=str(ds.name), tile_size=tile_size, stride=stride, row0=row_lo,
-                        col0=col_lo, mask=mask, transform=transform, crs_wkt=ds.crs.to_wkt(),
-                        region=name)
+                raise RasterError(
+                    f"{name} touches no tile of raster {ds.name!r}; give a "
+                    "region inside the raster's extent."
+                )
+        return TileGrid(
+            raster=str(ds.name),
+            tile_size=tile_size,
+            stride=stride,
+            row0=row_lo,
+            col0=col_lo,
+            mask=mask,
+            transform=transform,
+            crs_wkt=ds.crs.to_wkt(),
+            region=name,
+        )
     finally:
         if owned:
             ds.close()
@@ -310,15 +336,22 @@ class _TileModel:
         n = len(tiles)
         padded = _pad(tiles, self.batch_size)
         raw = self.encoder.transform(padded, batch_size=self.batch_size)
-        cate, prob = (np.asarray(a, np.float64)[:, :n]
-                      for a in self.effect(jnp.asarray(raw, jnp.float32)))
+        cate, prob = (
+            np.asarray(a, np.float64)[:, :n] for a in self.effect(jnp.asarray(raw, jnp.float32))
+        )
         lo = (1 - self.prob) / 2
         lower, upper = np.quantile(cate, [lo, 1 - lo], axis=0)
         emb = self.standardizer.embedding(raw[:n]) - self.support_mean
         dist = np.sqrt(np.einsum("ij,jk,ik->i", emb, self.support_prec, emb))
-        return {"mean": cate.mean(0), "sd": cate.std(0), "lower": lower, "upper": upper,
-                "prob_positive": (cate > 0).mean(0), "extrapolation": dist,
-                "cluster_prob": prob.mean(0)}
+        return {
+            "mean": cate.mean(0),
+            "sd": cate.std(0),
+            "lower": lower,
+            "upper": upper,
+            "prob_positive": (cate > 0).mean(0),
+            "extrapolation": dist,
+            "cluster_prob": prob.mean(0),
+        }
 
 
 def _pad(values: np.ndarray, multiple: int) -> np.ndarray:
@@ -334,11 +367,12 @@ def _runs(cols: np.ndarray, max_run: int = 256) -> Iterator[np.ndarray]:
     cuts = np.flatnonzero(np.diff(cols) != 1) + 1
     for run in np.split(cols, cuts):
         for i in range(0, len(run), max_run):
-            yield run[i:i + max_run]
+            yield run[i : i + max_run]
 
 
-def _read_tiles(ds: Any, job: _Job, rows: np.ndarray,
-                cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _read_tiles(
+    ds: Any, job: _Job, rows: np.ndarray, cols: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Tiles (tile, band, y, x) float32 at grid positions, and whether each is complete."""
     from numpy.lib.stride_tricks import sliding_window_view
     from rasterio.windows import Window
@@ -436,22 +470,35 @@ def _run_local(fit: Any, job: _Job, todo: list[tuple[int, np.ndarray]]):
             yield index, _compute_block(model, ds, job, flat)
 
 
-def _run_dask(fit: Any, job: _Job, todo: list[tuple[int, np.ndarray]], workers: int,
-              scheduler: str | None, digest: str):
+def _run_dask(
+    fit: Any,
+    job: _Job,
+    todo: list[tuple[int, np.ndarray]],
+    workers: int,
+    scheduler: str | None,
+    digest: str,
+):
     """Blocks on a Dask cluster, at most two in flight per worker (flat memory)."""
     from distributed import Client, LocalCluster, as_completed
 
     cluster = None
     if scheduler is None:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
         client = Client(cluster)
     else:
         try:
             client = Client(scheduler, timeout="20s")
         except OSError as exc:
-            raise InputError(f"no Dask scheduler answers at {scheduler!r} ({exc}); start one "
-                             "(dask scheduler) or leave scheduler out.") from exc
+            raise InputError(
+                f"no Dask scheduler answers at {scheduler!r} ({exc}); start one "
+                "(dask scheduler) or leave scheduler out."
+            ) from exc
     try:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
         [payload] = client.scatter([_fit_bytes(fit)], broadcast=True)
@@ -515,11 +562,16 @@ def _load_block(directory: Path, index: int) -> dict:
 
 def _job_key(fit: Any, job: _Job, grid: TileGrid, block_tiles: int) -> str:
     stat = os.stat(job.raster)
-    parts = {"fit": _fingerprint(fit), "job": asdict(job), "block_tiles": block_tiles,
-             "raster_size": stat.st_size, "raster_mtime": stat.st_mtime_ns,
-             "transform": list(grid.transform)[:6],
-             "mask": hashlib.sha256(np.packbits(grid.mask).tobytes()).hexdigest(),
-             "shape": list(grid.shape)}
+    parts = {
+        "fit": _fingerprint(fit),
+        "job": asdict(job),
+        "block_tiles": block_tiles,
+        "raster_size": stat.st_size,
+        "raster_mtime": stat.st_mtime_ns,
+        "transform": list(grid.transform)[:6],
+        "mask": hashlib.sha256(np.packbits(grid.mask).tobytes()).hexdigest(),
+        "shape": list(grid.shape),
+    }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -607,21 +659,28 @@ def _chip_settings(
                 f"raster {ds.name!r} has {res[0]:g} x {res[1]:g} pixels but the trial's chips "
                 f"had {pixel[0]:g} x {pixel[1]:g}; tiles of {tile_size} px then cover another "
                 "ground footprint than the chips. Resample the raster to the trial's resolution.",
-                ExtrapolationWarning, stacklevel=3,
+                ExtrapolationWarning,
+                stacklevel=3,
             )
     return tile_size, scale
 
 
-def _check_options(fit: Any, prob: float, max_draws: int | None, block_tiles: int,
-                   workers: int) -> None:
+def _check_options(
+    fit: Any, prob: float, max_draws: int | None, block_tiles: int, workers: int
+) -> None:
     from imgcate.effects import _check_prob
 
     _check_prob(prob)
     if getattr(fit, "encoder", None) is None:
-        raise InputError("this fit has no encoder, so new tiles cannot be embedded; fit on "
-                         "embeddings made by imgcate.embed (which keeps the encoder).")
-    for label, value in (("block_tiles", block_tiles), ("workers", workers),
-                         ("max_draws", 1 if max_draws is None else max_draws)):
+        raise InputError(
+            "this fit has no encoder, so new tiles cannot be embedded; fit on "
+            "embeddings made by imgcate.embed (which keeps the encoder)."
+        )
+    for label, value in (
+        ("block_tiles", block_tiles),
+        ("workers", workers),
+        ("max_draws", 1 if max_draws is None else max_draws),
+    ):
         if not isinstance(value, int | np.integer) or value < 1:
             raise InputError(f"{label}={value!r} must be a positive integer.")
 
@@ -748,12 +807,23 @@ def predict_map(
         if owned:
             ds.close()
     if scale is not None and len(scale) not in (1, len(indexes)):
-        raise InputError(f"scale has {len(scale)} values; give one or one per band "
-                         f"({len(indexes)}).")
-    job = _Job(raster=path, indexes=indexes, scale=scale, tile_size=grid.tile_size,
-               stride=grid.stride, row0=grid.row0, col0=grid.col0, n_cols=grid.shape[1],
-               prob=float(prob), max_draws=max_draws, seed=int(seed),
-               batch_size=min(fit.encoder.batch_size, block_tiles))
+        raise InputError(
+            f"scale has {len(scale)} values; give one or one per band ({len(indexes)})."
+        )
+    job = _Job(
+        raster=path,
+        indexes=indexes,
+        scale=scale,
+        tile_size=grid.tile_size,
+        stride=grid.stride,
+        row0=grid.row0,
+        col0=grid.col0,
+        n_cols=grid.shape[1],
+        prob=float(prob),
+        max_draws=max_draws,
+        seed=int(seed),
+        batch_size=min(fit.encoder.batch_size, block_tiles),
+    )
     blocks = grid.blocks(block_tiles)
     out = {name: np.full(grid.shape, np.nan, np.float32) for name in MAP_VARIABLES}
     out["cluster_prob"] = np.full(grid.shape + (fit.n_clusters,), np.nan, np.float32)
@@ -765,16 +835,22 @@ def predict_map(
         for index in sorted(done):
             _place(out, blocks[index], _load_block(directory, index))
     todo = [(i, flat) for i, flat in enumerate(blocks) if i not in done]
-    log.info("mapping %d tiles in %d blocks (%d saved already)", grid.n_tiles, len(blocks),
-             len(done))
+    log.info(
+        "mapping %d tiles in %d blocks (%d saved already)", grid.n_tiles, len(blocks), len(done)
+    )
     if not todo:
         runner = iter(())
     elif scheduler is None and workers == 1:
         runner = _run_local(fit, job, todo)
     else:
         runner = _run_dask(fit, job, todo, workers, scheduler, _fingerprint(fit))
-    bar = tqdm(total=grid.n_tiles, initial=sum(len(blocks[i]) for i in done), unit="tile",
-               desc="imgcate map", disable=not progress)
+    bar = tqdm(
+        total=grid.n_tiles,
+        initial=sum(len(blocks[i]) for i in done),
+        unit="tile",
+        desc="imgcate map",
+        disable=not progress,
+    )
     try:
         for index, result in runner:
             if directory is not None:
@@ -812,29 +888,57 @@ def _to_dataset(out: dict, grid: TileGrid, fit: Any, job: _Job, limit: float) ->
         "mean": (dims, out["mean"], {"long_name": "posterior mean CATE"}),
         "sd": (dims, out["sd"], {"long_name": "posterior sd of the CATE"}),
         "lower": (dims, out["lower"], {"long_name": f"CATE {lo_name} quantile", "quantile": lo}),
-        "upper": (dims, out["upper"], {"long_name": f"CATE {hi_name} quantile",
-                                       "quantile": 1 - lo}),
+        "upper": (
+            dims,
+            out["upper"],
+            {"long_name": f"CATE {hi_name} quantile", "quantile": 1 - lo},
+        ),
         "prob_positive": (dims, out["prob_positive"], {"long_name": "P(CATE > 0)"}),
-        "cluster_prob": (("cluster",) + dims, np.moveaxis(out["cluster_prob"], -1, 0),
-                         {"long_name": "P(cluster = k)"}),
-        "extrapolation": (dims, extrap, {"long_name": "Mahalanobis distance from the trial's "
-                                                      "embeddings"}),
-        "outside_support": (dims, outside, {"long_name": "1 if extrapolation > support_limit",
-                                            "support_limit": limit}),
+        "cluster_prob": (
+            ("cluster",) + dims,
+            np.moveaxis(out["cluster_prob"], -1, 0),
+            {"long_name": "P(cluster = k)"},
+        ),
+        "extrapolation": (
+            dims,
+            extrap,
+            {"long_name": "Mahalanobis distance from the trial's embeddings"},
+        ),
+        "outside_support": (
+            dims,
+            outside,
+            {"long_name": "1 if extrapolation > support_limit", "support_limit": limit},
+        ),
     }
     from imgcate import __version__
 
     n_draws = len(fit.draw_indices(job.max_draws, job.seed))
     ds = xr.Dataset(
         data,
-        coords={"y": y, "x": x, "cluster": np.arange(fit.n_clusters),
-                "spatial_ref": ((), 0, {"crs_wkt": grid.crs_wkt, "spatial_ref": grid.crs_wkt,
-                                        "GeoTransform": gt})},
-        attrs={"crs": grid.crs_wkt, "transform": list(grid.transform)[:6], "prob": job.prob,
-               "seed": job.seed, "max_draws": -1 if job.max_draws is None else job.max_draws,
-               "n_draws": n_draws, "tile_size": job.tile_size, "stride": job.stride,
-               "support_limit": limit, "raster": job.raster, "region": grid.region,
-               "imgcate_version": __version__},
+        coords={
+            "y": y,
+            "x": x,
+            "cluster": np.arange(fit.n_clusters),
+            "spatial_ref": (
+                (),
+                0,
+                {"crs_wkt": grid.crs_wkt, "spatial_ref": grid.crs_wkt, "GeoTransform": gt},
+            ),
+        },
+        attrs={
+            "crs": grid.crs_wkt,
+            "transform": list(grid.transform)[:6],
+            "prob": job.prob,
+            "seed": job.seed,
+            "max_draws": -1 if job.max_draws is None else job.max_draws,
+            "n_draws": n_draws,
+            "tile_size": job.tile_size,
+            "stride": job.stride,
+            "support_limit": limit,
+            "raster": job.raster,
+            "region": grid.region,
+            "imgcate_version": __version__,
+        },
     )
     for name in ds.data_vars:
         ds[name].attrs["grid_mapping"] = "spatial_ref"
@@ -843,7 +947,10 @@ def _to_dataset(out: dict, grid: TileGrid, fit: Any, job: _Job, limit: float) ->
         warnings.warn(
             f"{share:.0%} of the map's tiles lie outside the trial's support (extrapolation > "
             f"{limit:.2f}); their effects are extrapolation, not evidence (see the "
-            "'outside_support' layer).", ExtrapolationWarning, stacklevel=3)
+            "'outside_support' layer).",
+            ExtrapolationWarning,
+            stacklevel=3,
+        )
     return ds
 
 
@@ -913,12 +1020,20 @@ def check_creation_options(co: dict[str, Any] | None) -> None:
     except ValueError:
         size = 0
     if not 16 <= size <= 4096 or size % 16:
-        raise InputError(f"BLOCKSIZE={value!r} must be a multiple of 16 between 16 and 4096 "
-                         "(e.g. co={'BLOCKSIZE': 256}, --co BLOCKSIZE=256).")
+        raise InputError(
+            f"BLOCKSIZE={value!r} must be a multiple of 16 between 16 and 4096 "
+            "(e.g. co={'BLOCKSIZE': 256}, --co BLOCKSIZE=256)."
+        )
 
 
-def write_cog(dataset: xr.Dataset, path: str | Path, *, overwrite: bool = False,
-              preview: bool = True, co: dict[str, Any] | None = None) -> Path:
+def write_cog(
+    dataset: xr.Dataset,
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    preview: bool = True,
+    co: dict[str, Any] | None = None,
+) -> Path:
     """Write a map as a multi-band Cloud-Optimized GeoTIFF (and a PNG preview beside it).
 
     Parameters
@@ -967,25 +1082,51 @@ def write_cog(dataset: xr.Dataset, path: str | Path, *, overwrite: bool = False,
         check_writable(_preview_path(path), overwrite)
     missing = [v for v in ("mean", "cluster_prob", "extrapolation") if v not in dataset]
     if missing or "crs" not in dataset.attrs:
-        raise InputError(f"dataset lacks {missing or ['crs attr']}; pass the output of "
-                         "predict_map.")
+        raise InputError(
+            f"dataset lacks {missing or ['crs attr']}; pass the output of predict_map."
+        )
     layers = _layers(dataset)
     names = band_names(dataset)
     height, width = layers.shape[1:]
-    options = {"COMPRESS": "DEFLATE", "PREDICTOR": "YES", "OVERVIEW_RESAMPLING": "AVERAGE",
-               "RESAMPLING": "AVERAGE", "BLOCKSIZE": _default_blocksize((height, width))}
+    options = {
+        "COMPRESS": "DEFLATE",
+        "PREDICTOR": "YES",
+        "OVERVIEW_RESAMPLING": "AVERAGE",
+        "RESAMPLING": "AVERAGE",
+        "BLOCKSIZE": _default_blocksize((height, width)),
+    }
     options.update({str(k).upper(): v for k, v in (co or {}).items()})
     check_creation_options(options)
-    tags = {k: str(dataset.attrs[k]) for k in ("prob", "seed", "max_draws", "n_draws",
-                                               "tile_size", "stride", "support_limit",
-                                               "imgcate_version", "region")
-            if k in dataset.attrs}
-    profile = {"driver": "GTiff", "width": width, "height": height, "count": len(layers),
-               "dtype": "float32", "crs": CRS.from_wkt(dataset.attrs["crs"]),
-               "transform": Affine(*dataset.attrs["transform"][:6]), "nodata": np.nan}
+    tags = {
+        k: str(dataset.attrs[k])
+        for k in (
+            "prob",
+            "seed",
+            "max_draws",
+            "n_draws",
+            "tile_size",
+            "stride",
+            "support_limit",
+            "imgcate_version",
+            "region",
+        )
+        if k in dataset.attrs
+    }
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": len(layers),
+        "dtype": "float32",
+        "crs": CRS.from_wkt(dataset.attrs["crs"]),
+        "transform": Affine(*dataset.attrs["transform"][:6]),
+        "nodata": np.nan,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, overwrite=overwrite) as tmp, \
-            tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as workdir:
+    with (
+        atomic_path(path, overwrite=overwrite) as tmp,
+        tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as workdir,
+    ):
         staging = Path(workdir) / "staging.tif"
         with rasterio.open(staging, "w", **profile) as dst:
             dst.write(layers)
@@ -997,15 +1138,18 @@ def write_cog(dataset: xr.Dataset, path: str | Path, *, overwrite: bool = False,
             with _quiet_small_blocksize():
                 rasterio.shutil.copy(staging, tmp, driver="COG", **options)
         except (rasterio.errors.RasterioError, CPLE_BaseError) as exc:
-            raise InputError(f"GDAL could not write the COG with options {options} ({exc}); "
-                             "check the co=/--co values.") from exc
+            raise InputError(
+                f"GDAL could not write the COG with options {options} ({exc}); "
+                "check the co=/--co values."
+            ) from exc
         if preview:
             write_preview(dataset, _preview_path(path), overwrite=overwrite)
     return path
 
 
-def write_preview(dataset: xr.Dataset, path: str | Path, *, overwrite: bool = False,
-                  dpi: int = 110) -> Path:
+def write_preview(
+    dataset: xr.Dataset, path: str | Path, *, overwrite: bool = False, dpi: int = 110
+) -> Path:
     """A PNG of the map: mean CATE, P(CATE > 0) and extrapolation, each with a colour bar.
 
     Tiles outside the trial's support are hatched on the first two panels. Written to a
@@ -1030,22 +1174,41 @@ def write_preview(dataset: xr.Dataset, path: str | Path, *, overwrite: bool = Fa
     ]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
     for ax, (var, label, cmap, vmin, vmax) in zip(axes, panels, strict=True):
-        image = ax.imshow(dataset[var].values, extent=extent, cmap=cmap, vmin=vmin, vmax=vmax,
-                          interpolation="nearest")
+        image = ax.imshow(
+            dataset[var].values,
+            extent=extent,
+            cmap=cmap,
+            vmin=vmin,
+            vmax=vmax,
+            interpolation="nearest",
+        )
         if var != "extrapolation" and outside.any():
-            ax.contourf(dataset["x"].values, dataset["y"].values, outside.astype(float),
-                        levels=[0.5, 1.5], colors="none", hatches=["////"])
+            ax.contourf(
+                dataset["x"].values,
+                dataset["y"].values,
+                outside.astype(float),
+                levels=[0.5, 1.5],
+                colors="none",
+                hatches=["////"],
+            )
         elif var == "extrapolation":
-            ax.contour(dataset["x"].values, dataset["y"].values,
-                       np.nan_to_num(dataset[var].values), levels=[dataset.attrs["support_limit"]],
-                       colors="white", linewidths=0.8)
+            ax.contour(
+                dataset["x"].values,
+                dataset["y"].values,
+                np.nan_to_num(dataset[var].values),
+                levels=[dataset.attrs["support_limit"]],
+                colors="white",
+                linewidths=0.8,
+            )
         fig.colorbar(image, ax=ax, shrink=0.85)
         ax.set_title(label, fontsize=10)
         ax.tick_params(labelsize=7)
     fig.suptitle(
         f"imgcate effect map ({dataset.attrs.get('n_draws', '?')} draws, tiles "
         f"{dataset.attrs.get('tile_size')} px every {dataset.attrs.get('stride')} px); "
-        "hatched / outlined: outside the trial's support", fontsize=9)
+        "hatched / outlined: outside the trial's support",
+        fontsize=9,
+    )
     with atomic_path(path, overwrite=overwrite) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
@@ -1053,8 +1216,9 @@ def write_preview(dataset: xr.Dataset, path: str | Path, *, overwrite: bool = Fa
 
 
 # ------------------------------------------------------------------------------ aggregation
-def aggregate_by_polygon(dataset: xr.Dataset, polygons: Any, path: str | Path | None = None,
-                         *, overwrite: bool = False):
+def aggregate_by_polygon(
+    dataset: xr.Dataset, polygons: Any, path: str | Path | None = None, *, overwrite: bool = False
+):
     """Area-weighted map statistics per polygon (e.g. districts), optionally as a GeoPackage.
 
     Each polygon's value is the mean of the tile values weighted by the area of each tile's
@@ -1093,16 +1257,23 @@ def aggregate_by_polygon(dataset: xr.Dataset, polygons: Any, path: str | Path | 
     elif isinstance(polygons, gpd.GeoDataFrame):
         gdf = polygons.copy()
     else:
-        raise InputError(f"polygons must be a vector file path or a GeoDataFrame, got "
-                         f"{type(polygons).__name__}.")
+        raise InputError(
+            f"polygons must be a vector file path or a GeoDataFrame, got {type(polygons).__name__}."
+        )
     if gdf.crs is None:
         raise InputError("polygons have no CRS; set one (e.g. gdf.set_crs('EPSG:4326')).")
     gdf = gdf.to_crs(dataset.attrs["crs"]).reset_index(drop=True)
     t = Affine(*dataset.attrs["transform"][:6])
     h, w = dataset.sizes["y"], dataset.sizes["x"]
     lo, hi = band_names(dataset)[2:4]
-    variables = {"mean": "mean", lo: "lower", hi: "upper", "prob_positive": "prob_positive",
-                 "extrapolation": "extrapolation", "outside_support_share": "outside_support"}
+    variables = {
+        "mean": "mean",
+        lo: "lower",
+        hi: "upper",
+        "prob_positive": "prob_positive",
+        "extrapolation": "extrapolation",
+        "outside_support_share": "outside_support",
+    }
     values = {col: dataset[var].values for col, var in variables.items()}
     rows = []
     for geom in gdf.geometry:
@@ -1110,11 +1281,12 @@ def aggregate_by_polygon(dataset: xr.Dataset, polygons: Any, path: str | Path | 
         r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, h - 1), min(c1, w - 1)
         row = dict.fromkeys(variables, np.nan) | {"covered_share": 0.0, "n_tiles": 0}
         if r1 >= r0 and c1 >= c0 and geom.area > 0:
-            rr, cc = np.mgrid[r0:r1 + 1, c0:c1 + 1]
+            rr, cc = np.mgrid[r0 : r1 + 1, c0 : c1 + 1]
             x0, y0 = t * (cc.ravel(), rr.ravel())
             x1, y1 = t * (cc.ravel() + 1, rr.ravel() + 1)
-            cells = shapely.box(np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1),
-                                np.maximum(y0, y1))
+            cells = shapely.box(
+                np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1), np.maximum(y0, y1)
+            )
             area = shapely.area(shapely.intersection(cells, geom))
             ok = np.isfinite(values["mean"][rr.ravel(), cc.ravel()]) & (area > 0)
             if ok.any():
@@ -1126,12 +1298,17 @@ def aggregate_by_polygon(dataset: xr.Dataset, polygons: Any, path: str | Path | 
         rows.append(row)
     import pandas as pd
 
-    out = gpd.GeoDataFrame(pd.concat([gdf.drop(columns="geometry"), pd.DataFrame(rows)],
-                                     axis=1), geometry=gdf.geometry, crs=gdf.crs)
+    out = gpd.GeoDataFrame(
+        pd.concat([gdf.drop(columns="geometry"), pd.DataFrame(rows)], axis=1),
+        geometry=gdf.geometry,
+        crs=gdf.crs,
+    )
     if path is not None:
         path = Path(path)
-        with atomic_path(path, overwrite=overwrite) as tmp, \
-                tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as workdir:
+        with (
+            atomic_path(path, overwrite=overwrite) as tmp,
+            tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as workdir,
+        ):
             staged = Path(workdir) / path.name
             out.to_file(staged, driver="GPKG", layer=path.stem)
             os.replace(staged, tmp)

@@ -52,9 +52,15 @@ def _check_result(result: xr.Dataset, chips: Chips) -> None:
         )
 
 
-def plot_chip(chips: Chips | np.ndarray, i: int, bands: tuple[int, ...] = (2, 1, 0), *,
-              ax: Any = None, percentiles: tuple[float, float] = (2.0, 98.0),
-              grey: bool = False) -> Any:
+def plot_chip(
+    chips: Chips | np.ndarray,
+    i: int,
+    bands: tuple[int, ...] = (2, 1, 0),
+    *,
+    ax: Any = None,
+    percentiles: tuple[float, float] = (2.0, 98.0),
+    grey: bool = False,
+) -> Any:
     """Show one chip as a true- or false-colour composite with a percentile stretch.
 
     Parameters
@@ -103,11 +109,19 @@ def plot_chip(chips: Chips | np.ndarray, i: int, bands: tuple[int, ...] = (2, 1,
     return ax
 
 
-def plot_segment_sensitivity(chips: Chips | np.ndarray, result: xr.Dataset, i: int,
-                             bands: tuple[int, ...] = (2, 1, 0), *, ax: Any = None,
-                             var: str = "cate_change_mean", alpha: float = 0.7,
-                             vmax: float | None = None, colorbar: bool = True,
-                             grey: bool = True) -> Any:
+def plot_segment_sensitivity(
+    chips: Chips | np.ndarray,
+    result: xr.Dataset,
+    i: int,
+    bands: tuple[int, ...] = (2, 1, 0),
+    *,
+    ax: Any = None,
+    var: str = "cate_change_mean",
+    alpha: float = 0.7,
+    vmax: float | None = None,
+    colorbar: bool = True,
+    grey: bool = True,
+) -> Any:
     """One chip with its segment sensitivity overlaid, segment boundaries and a colour bar.
 
     Parameters
@@ -154,18 +168,24 @@ def plot_segment_sensitivity(chips: Chips | np.ndarray, result: xr.Dataset, i: i
     ax = plot_chip(chips, i, bands, ax=ax, grey=grey)
     values = sensitivity_map(result, var).values[i]
     limit = _symmetric_limit(values, vmax)
-    image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=alpha,
-                      interpolation="nearest")
+    image = ax.imshow(
+        values, cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=alpha, interpolation="nearest"
+    )
     labels = result["segments"].values[i]
     edges = find_boundaries(labels, mode="subpixel")  # (2y - 1, 2x - 1): between pixels
     height, width = labels.shape
-    ax.imshow(np.ma.masked_where(~edges, edges), cmap="gray_r", vmin=0, vmax=1,
-              interpolation="nearest", extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+    ax.imshow(
+        np.ma.masked_where(~edges, edges),
+        cmap="gray_r",
+        vmin=0,
+        vmax=1,
+        interpolation="nearest",
+        extent=(-0.5, width - 0.5, height - 0.5, -0.5),
+    )
     ax.set_title(f"{chips.image_ids[i]}: CATE {float(result['cate'][i]):.2f}", fontsize=9)
     if colorbar:
         bar = plt.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-        bar.set_label(CATE_CHANGE_LABEL if var == "cate_change_mean" else var,
-                      fontsize=8)
+        bar.set_label(CATE_CHANGE_LABEL if var == "cate_change_mean" else var, fontsize=8)
         bar.ax.tick_params(labelsize=7)
     return ax
 
@@ -188,11 +208,20 @@ def _save_figure(fig: Any, path: str | Path, dpi: int, overwrite: bool) -> Path:
     return path
 
 
-def plot_cluster_gallery(fit: Any, chips: Chips | np.ndarray, result: xr.Dataset | None = None,
-                         n: int = 4, path: str | Path | None = None, *,
-                         bands: tuple[int, ...] = (2, 1, 0), panel_size: float = 2.0,
-                         dpi: int = 100, overwrite: bool = False, max_draws: int | None = None,
-                         seed: int = 0) -> Any:
+def plot_cluster_gallery(
+    fit: Any,
+    chips: Chips | np.ndarray,
+    result: xr.Dataset | None = None,
+    n: int = 4,
+    path: str | Path | None = None,
+    *,
+    bands: tuple[int, ...] = (2, 1, 0),
+    panel_size: float = 2.0,
+    dpi: int = 100,
+    overwrite: bool = False,
+    max_draws: int | None = None,
+    seed: int = 0,
+) -> Any:
     """A figure of the images most typical of each effect cluster (one row per cluster).
 
     Parameters
@@ -251,21 +280,27 @@ def plot_cluster_gallery(fit: Any, chips: Chips | np.ndarray, result: xr.Dataset
         if result is None:
             plot_chip(chips, row.index, bands, ax=ax)
         else:
-            plot_segment_sensitivity(chips, result, row.index, bands, ax=ax, colorbar=False,
-                                     vmax=limit)
+            plot_segment_sensitivity(
+                chips, result, row.index, bands, ax=ax, colorbar=False, vmax=limit
+            )
         ax.set_title(f"{row.image}: P={row.cluster_prob:.2f}", fontsize=7)
         if row.rank == 0:
-            ax.set_ylabel(f"cluster {row.cluster}\ntau={effects.tau_mean[row.cluster]:.2f}",
-                          fontsize=8)
-    for ax in axes.ravel()[len(table):]:
+            ax.set_ylabel(
+                f"cluster {row.cluster}\ntau={effects.tau_mean[row.cluster]:.2f}", fontsize=8
+            )
+    for ax in axes.ravel()[len(table) :]:
         ax.set_axis_off()
     if result is None:
-        fig.suptitle("Most typical images of each effect cluster (P = cluster probability)",
-                     fontsize=9)
+        fig.suptitle(
+            "Most typical images of each effect cluster (P = cluster probability)", fontsize=9
+        )
         fig.tight_layout()
     else:
-        fig.suptitle("Change in the unit's CATE when a segment is hidden (red: the effect "
-                     "rises, blue: it falls); P = cluster probability", fontsize=9)
+        fig.suptitle(
+            "Change in the unit's CATE when a segment is hidden (red: the effect "
+            "rises, blue: it falls); P = cluster probability",
+            fontsize=9,
+        )
         fig.tight_layout(rect=(0, 0, 0.84, 1))
         from matplotlib.cm import ScalarMappable
         from matplotlib.colors import Normalize
@@ -279,8 +314,9 @@ def plot_cluster_gallery(fit: Any, chips: Chips | np.ndarray, result: xr.Dataset
     return fig
 
 
-def write_sensitivity_geotiff(result: xr.Dataset, chips: Chips, i: int, path: str | Path, *,
-                              overwrite: bool = False) -> Path:
+def write_sensitivity_geotiff(
+    result: xr.Dataset, chips: Chips, i: int, path: str | Path, *, overwrite: bool = False
+) -> Path:
     """Write one chip's segment-sensitivity map as a georeferenced GeoTIFF.
 
     Three float32 bands, named by their descriptions: posterior mean CATE change, and the
@@ -330,15 +366,26 @@ def write_sensitivity_geotiff(result: xr.Dataset, chips: Chips, i: int, path: st
     path = check_writable(path, overwrite)
     data = np.stack([sensitivity_map(result, v).values[i] for v in GEOTIFF_BANDS])
     data = data.astype(np.float32)
-    profile = {"driver": "GTiff", "width": data.shape[2], "height": data.shape[1],
-               "count": len(data), "dtype": "float32", "crs": chips.crs,
-               "transform": chips.transforms[i], "nodata": np.nan, "compress": "deflate"}
+    profile = {
+        "driver": "GTiff",
+        "width": data.shape[2],
+        "height": data.shape[1],
+        "count": len(data),
+        "dtype": "float32",
+        "crs": chips.crs,
+        "transform": chips.transforms[i],
+        "nodata": np.nan,
+        "compress": "deflate",
+    }
     with atomic_path(path, overwrite=overwrite) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(data)
         for b, name in enumerate(GEOTIFF_BANDS, start=1):
             dst.set_band_description(b, name)
-        dst.update_tags(image_id=str(chips.image_ids[i]), prob=str(result.attrs.get("prob")),
-                        fill=str(result.attrs.get("fill")),
-                        lower_percentile=str(result["cate_change_lower"].attrs.get("percentile")),
-                        upper_percentile=str(result["cate_change_upper"].attrs.get("percentile")))
+        dst.update_tags(
+            image_id=str(chips.image_ids[i]),
+            prob=str(result.attrs.get("prob")),
+            fill=str(result.attrs.get("fill")),
+            lower_percentile=str(result["cate_change_lower"].attrs.get("percentile")),
+            upper_percentile=str(result["cate_change_upper"].attrs.get("percentile")),
+        )
     return path

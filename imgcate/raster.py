@@ -153,10 +153,18 @@ class Chips:
         if not self.is_sequence:
             raise InputError("these chips hold a single date; date() needs a sequence.")
         return Chips(
-            values=self.values[index], image_ids=self.image_ids, unit_image=self.unit_image,
-            transforms=self.transforms, crs=self.crs, band_names=self.band_names,
-            unit_ids=self.unit_ids, unit_keys=self.unit_keys, kept=self.kept,
-            padded=self.padded, dropped_units=self.dropped_units, scale=self.scale,
+            values=self.values[index],
+            image_ids=self.image_ids,
+            unit_image=self.unit_image,
+            transforms=self.transforms,
+            crs=self.crs,
+            band_names=self.band_names,
+            unit_ids=self.unit_ids,
+            unit_keys=self.unit_keys,
+            kept=self.kept,
+            padded=self.padded,
+            dropped_units=self.dropped_units,
+            scale=self.scale,
         )
 
     def coarsen(self, factor: int) -> Chips:
@@ -172,8 +180,10 @@ class Chips:
             )
         shape = self.values.shape[:-2] + (height // factor, factor, width // factor, factor)
         coarse = self.values.reshape(shape).mean(axis=(-1, -3))
-        transforms = None if self.transforms is None else tuple(
-            t * Affine.scale(factor) for t in self.transforms
+        transforms = (
+            None
+            if self.transforms is None
+            else tuple(t * Affine.scale(factor) for t in self.transforms)
         )
         return replace(self, values=coarse, transforms=transforms)
 
@@ -225,8 +235,13 @@ def chips_from_array(
     if pd.Index(ids).has_duplicates:
         raise InputError("image_ids has duplicates; give each chip its own id.")
     return Chips(
-        values=arr, image_ids=ids, unit_image=np.arange(n), band_names=tuple(band_names or ()),
-        dates=None if dates is None else tuple(dates), unit_ids=ids, unit_keys=ids,
+        values=arr,
+        image_ids=ids,
+        unit_image=np.arange(n),
+        band_names=tuple(band_names or ()),
+        dates=None if dates is None else tuple(dates),
+        unit_ids=ids,
+        unit_keys=ids,
     )
 
 
@@ -412,7 +427,7 @@ def _swap_hint(ds: DatasetReader, trial: Trial) -> str:
     except Exception:  # noqa: BLE001 - swapped values may not be valid coordinates at all
         return ""
     b = ds.bounds
-    inside = ((geo.x >= b.left) & (geo.x <= b.right) & (geo.y >= b.bottom) & (geo.y <= b.top))
+    inside = (geo.x >= b.left) & (geo.x <= b.right) & (geo.y >= b.bottom) & (geo.y <= b.top)
     return "; lon and lat look swapped" if bool(inside.all()) else ""
 
 
@@ -531,7 +546,9 @@ def extract_chips(
                 f"the chips of units {_ids_text(trial.ids[blank])} hold no valid pixel (all "
                 "nodata or outside the raster), so on_edge='pad' makes them blank images that "
                 "say nothing about the place; drop them (on_edge='drop') or check the raster's "
-                "nodata value.", UserWarning, stacklevel=2,
+                "nodata value.",
+                UserWarning,
+                stacklevel=2,
             )
     if bad.any() and on_edge == "drop":
         keep_chip = ~bad
@@ -544,9 +561,16 @@ def extract_chips(
             )
         new_index = np.cumsum(keep_chip) - 1
         values, chip_ids = values[:, keep_chip], chip_ids[keep_chip]
-        reads = [_Read(r.values, r.missing,
-                       tuple(t for t, k in zip(r.transforms, keep_chip, strict=True) if k),
-                       r.crs, r.band_names) for r in reads]
+        reads = [
+            _Read(
+                r.values,
+                r.missing,
+                tuple(t for t, k in zip(r.transforms, keep_chip, strict=True) if k),
+                r.crs,
+                r.band_names,
+            )
+            for r in reads
+        ]
         unit_chip = new_index[unit_chip[kept]]
         padded = padded[keep_chip]
     first = reads[0]
@@ -558,7 +582,8 @@ def extract_chips(
         crs=first.crs,
         band_names=first.band_names,
         dates=(tuple(dates) if dates is not None else tuple(range(len(rasters))))
-        if is_seq else None,
+        if is_seq
+        else None,
         unit_ids=trial.ids[kept],
         unit_keys=trial.image_keys[kept],
         kept=kept,

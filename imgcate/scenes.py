@@ -31,13 +31,16 @@ WATER, VEGETATION, BARE, BUILT, ROAD = range(5)
 
 # Mean reflectance (x 10,000) per class for 6 Landsat-like bands (blue, green, red, NIR, SWIR1,
 # SWIR2); other band counts interpolate along the band axis.
-_SIGNATURES = np.array([
-    [600, 700, 500, 300, 150, 100],  # water
-    [400, 700, 400, 3500, 1800, 900],  # vegetation
-    [900, 1200, 1500, 2200, 2800, 2400],  # bare soil
-    [1300, 1400, 1500, 1800, 2000, 1900],  # built-up
-    [1600, 1650, 1700, 1750, 1900, 1800],  # road
-], dtype=float)
+_SIGNATURES = np.array(
+    [
+        [600, 700, 500, 300, 150, 100],  # water
+        [400, 700, 400, 3500, 1800, 900],  # vegetation
+        [900, 1200, 1500, 2200, 2800, 2400],  # bare soil
+        [1300, 1400, 1500, 1800, 2000, 1900],  # built-up
+        [1600, 1650, 1700, 1750, 1900, 1800],  # road
+    ],
+    dtype=float,
+)
 _TEXTURE = np.array([30.0, 300.0, 200.0, 500.0, 80.0])  # pixel noise sd per class
 
 
@@ -134,8 +137,9 @@ def _render(rng: np.random.Generator, cover: np.ndarray, bands: int) -> np.ndarr
     base = sig[cover].transpose(2, 0, 1)  # (band, y, x)
     noise = rng.standard_normal(cover.shape) * _TEXTURE[cover]
     # built-up: a blocky roof pattern; vegetation: a smooth canopy texture
-    blocks = np.kron(rng.standard_normal((cover.shape[0] // 3 + 1, cover.shape[1] // 3 + 1)),
-                     np.ones((3, 3)))[: cover.shape[0], : cover.shape[1]]
+    blocks = np.kron(
+        rng.standard_normal((cover.shape[0] // 3 + 1, cover.shape[1] // 3 + 1)), np.ones((3, 3))
+    )[: cover.shape[0], : cover.shape[1]]
     noise = noise + np.where(cover == BUILT, 400 * blocks, 0.0)
     band_gain = 1.0 + 0.1 * rng.standard_normal((bands, 1, 1))
     img = base + band_gain * noise[None]
@@ -201,13 +205,30 @@ def synthetic_scene(
     cover = _land_cover(rng, height, width)
     image = _render(rng, cover, bands)
     transform = from_origin(origin[0], origin[1], pixel_size, pixel_size)
-    profile = dict(driver="GTiff", width=width, height=height, crs=crs, transform=transform,
-                   tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+    profile = dict(
+        driver="GTiff",
+        width=width,
+        height=height,
+        crs=crs,
+        transform=transform,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+    )
     path = Path(path)
-    _write_atomic(path, image, {**profile, "count": bands, "dtype": "uint16"},
-                  [f"B{i + 1}" for i in range(bands)])
-    _write_atomic(land_cover_path(path), cover[None], {**profile, "count": 1, "dtype": "uint8"},
-                  ["land_cover"])
+    _write_atomic(
+        path,
+        image,
+        {**profile, "count": bands, "dtype": "uint16"},
+        [f"B{i + 1}" for i in range(bands)],
+    )
+    _write_atomic(
+        land_cover_path(path),
+        cover[None],
+        {**profile, "count": 1, "dtype": "uint8"},
+        ["land_cover"],
+    )
     return cover
 
 
@@ -294,8 +315,16 @@ def _make_trial(
         treatment = (rng.random(n) < propensity).astype(int)
     mu0 = baseline + 0.5 * covariate
     outcome = mu0 + treatment * tau_unit + noise_sd * rng.standard_normal(n)
-    df = pd.DataFrame({"id": np.arange(n), "x": np.asarray(x), "y": np.asarray(y),
-                       "treatment": treatment, "outcome": outcome, "x1": covariate})
+    df = pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "x": np.asarray(x),
+            "y": np.asarray(y),
+            "treatment": treatment,
+            "outcome": outcome,
+            "x1": covariate,
+        }
+    )
     trial = read_units(df, lon="x", lat="y", crs=crs, covariates=["x1"])
     if point_crs is not None:
         trial = replace(trial, data=trial.data.to_crs(point_crs))
@@ -305,8 +334,11 @@ def _make_trial(
 def _thresholds(n_clusters: int, thresholds: Sequence[float] | None, hi: float) -> np.ndarray:
     if n_clusters < 1:
         raise InputError(f"n_clusters={n_clusters} must be >= 1.")
-    out = (np.linspace(0, hi, n_clusters + 1)[1:-1] if thresholds is None
-           else np.asarray(thresholds, float))
+    out = (
+        np.linspace(0, hi, n_clusters + 1)[1:-1]
+        if thresholds is None
+        else np.asarray(thresholds, float)
+    )
     if out.shape != (n_clusters - 1,) or np.any(np.diff(out) <= 0):
         raise InputError(
             f"thresholds={thresholds!r} must be {n_clusters - 1} increasing cut points "
@@ -315,8 +347,24 @@ def _thresholds(n_clusters: int, thresholds: Sequence[float] | None, hi: float) 
     return out
 
 
-def _simulate(rng, statistic, cover_baseline, transform, crs, *, n_units, n_clusters, chip_size,
-              tau, noise_sd, thresholds, margin, balance, point_crs, targeting=0.0):
+def _simulate(
+    rng,
+    statistic,
+    cover_baseline,
+    transform,
+    crs,
+    *,
+    n_units,
+    n_clusters,
+    chip_size,
+    tau,
+    noise_sd,
+    thresholds,
+    margin,
+    balance,
+    point_crs,
+    targeting=0.0,
+):
     h, w = statistic.shape
     if chip_size > min(h, w):
         raise InputError(f"chip_size={chip_size} is larger than the scene ({h} x {w} px).")
@@ -325,12 +373,28 @@ def _simulate(rng, statistic, cover_baseline, transform, crs, *, n_units, n_clus
     share = statistic[rows, cols]
     cluster = np.digitize(share, thresholds)
     tau_unit = tau_cluster[cluster]
-    trial, propensity, mu0 = _make_trial(rng, transform, crs, rows, cols,
-                                         cover_baseline[rows, cols], tau_unit, noise_sd,
-                                         point_crs, targeting)
-    truth = SimulationTruth(cluster=cluster, tau_cluster=tau_cluster, tau_unit=tau_unit,
-                            share=share, thresholds=thresholds, chip_size=chip_size,
-                            propensity=propensity, mu0=mu0)
+    trial, propensity, mu0 = _make_trial(
+        rng,
+        transform,
+        crs,
+        rows,
+        cols,
+        cover_baseline[rows, cols],
+        tau_unit,
+        noise_sd,
+        point_crs,
+        targeting,
+    )
+    truth = SimulationTruth(
+        cluster=cluster,
+        tau_cluster=tau_cluster,
+        tau_unit=tau_unit,
+        share=share,
+        thresholds=thresholds,
+        chip_size=chip_size,
+        propensity=propensity,
+        mu0=mu0,
+    )
     return trial, truth
 
 
@@ -338,7 +402,7 @@ def _share_map(mask: np.ndarray, chip_size: int) -> np.ndarray:
     """Window share at every pixel where the chip fits (NaN elsewhere is never sampled)."""
     h, w = mask.shape
     half = chip_size // 2
-    rr, cc = np.mgrid[half: h - chip_size + half + 1, half: w - chip_size + half + 1]
+    rr, cc = np.mgrid[half : h - chip_size + half + 1, half : w - chip_size + half + 1]
     out = np.zeros((h, w))
     out[rr, cc] = _window_share(mask, rr, cc, chip_size)
     return out
@@ -422,9 +486,21 @@ def simulate_scene_trial(
     built = _share_map(np.isin(cover, (BUILT, ROAD)), chip_size)
     veg = _share_map(cover == VEGETATION, chip_size)
     trial, truth = _simulate(
-        rng, built, 2.0 * veg, transform, crs, n_units=n_units, n_clusters=n_clusters,
-        chip_size=chip_size, tau=tau, noise_sd=noise_sd, thresholds=th, margin=margin,
-        balance=balance, point_crs=point_crs, targeting=_check_targeting(targeting),
+        rng,
+        built,
+        2.0 * veg,
+        transform,
+        crs,
+        n_units=n_units,
+        n_clusters=n_clusters,
+        chip_size=chip_size,
+        tau=tau,
+        noise_sd=noise_sd,
+        thresholds=th,
+        margin=margin,
+        balance=balance,
+        point_crs=point_crs,
+        targeting=_check_targeting(targeting),
     )
     return SceneSimulation(trial, truth, cover)
 
@@ -501,8 +577,19 @@ def landsat_trial(
     th = _thresholds(n_clusters, thresholds, 0.6)
     share = _share_map(vegetated, chip_size)
     trial, truth = _simulate(
-        rng, share, np.ones(share.shape), transform, crs, n_units=n_units,
-        n_clusters=n_clusters, chip_size=chip_size, tau=tau, noise_sd=noise_sd, thresholds=th,
-        margin=margin, balance=balance, point_crs=point_crs,
+        rng,
+        share,
+        np.ones(share.shape),
+        transform,
+        crs,
+        n_units=n_units,
+        n_clusters=n_clusters,
+        chip_size=chip_size,
+        tau=tau,
+        noise_sd=noise_sd,
+        thresholds=th,
+        margin=margin,
+        balance=balance,
+        point_crs=point_crs,
     )
     return SceneSimulation(trial, truth, vegetated.astype(np.uint8))

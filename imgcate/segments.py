@@ -42,6 +42,7 @@ WEIGHTS = ("prob", "hard")
 # inputs
 # ---------------------------------------------------------------------------------------------
 
+
 def _as_chips(chips: Any) -> Chips:
     """Single-date :class:`Chips` from Chips or an (image, band, y, x) array."""
     if not isinstance(chips, Chips):
@@ -80,6 +81,7 @@ def _check_positive(name: str, value: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # segments
 # ---------------------------------------------------------------------------------------------
+
 
 def _grid_shape(n_segments: int, height: int, width: int) -> tuple[int, int]:
     """(rows, cols) with rows * cols == n_segments, as square as the chip's aspect allows."""
@@ -124,8 +126,11 @@ def grid_labels(height: int, width: int, n_segments: int) -> np.ndarray:
     return (r[:, None] * cols + c[None, :]).astype(np.int32)
 
 
-def composite(values: np.ndarray, bands: tuple[int, ...] | None = None,
-              percentiles: tuple[float, float] = (2.0, 98.0)) -> np.ndarray:
+def composite(
+    values: np.ndarray,
+    bands: tuple[int, ...] | None = None,
+    percentiles: tuple[float, float] = (2.0, 98.0),
+) -> np.ndarray:
     """A percentile-stretched colour composite of one chip: (band, y, x) -> (y, x, channel).
 
     Parameters
@@ -159,13 +164,21 @@ def composite(values: np.ndarray, bands: tuple[int, ...] | None = None,
     return np.clip((img - lo) / span, 0.0, 1.0)
 
 
-def _slic_labels(values: np.ndarray, n_segments: int, compactness: float,
-                 bands: tuple[int, ...] | None) -> np.ndarray:
+def _slic_labels(
+    values: np.ndarray, n_segments: int, compactness: float, bands: tuple[int, ...] | None
+) -> np.ndarray:
     from skimage.segmentation import slic
 
     img = composite(values, bands)
-    labels = slic(img, n_segments=n_segments, compactness=compactness, start_label=0,
-                  channel_axis=-1, convert2lab=False, enforce_connectivity=True)
+    labels = slic(
+        img,
+        n_segments=n_segments,
+        compactness=compactness,
+        start_label=0,
+        channel_axis=-1,
+        convert2lab=False,
+        enforce_connectivity=True,
+    )
     _, contiguous = np.unique(labels, return_inverse=True)
     return contiguous.reshape(labels.shape).astype(np.int32)
 
@@ -226,8 +239,9 @@ def segment_chips(
     chips = _as_chips(chips)
     n_img, _, height, width = chips.values.shape
     if method == "grid":
-        return np.broadcast_to(grid_labels(height, width, n_segments),
-                               (n_img, height, width)).copy()
+        return np.broadcast_to(
+            grid_labels(height, width, n_segments), (n_img, height, width)
+        ).copy()
     if compactness <= 0:
         raise InputError(f"compactness={compactness} must be > 0 (0.3 is a good start).")
     return np.stack([_slic_labels(v, n_segments, compactness, bands) for v in chips.values])
@@ -237,8 +251,10 @@ def segment_chips(
 # occlusion
 # ---------------------------------------------------------------------------------------------
 
-def fill_values(chips: Chips | np.ndarray, fill: Fill = "mean", *,
-                blur_sigma: float | None = None) -> np.ndarray:
+
+def fill_values(
+    chips: Chips | np.ndarray, fill: Fill = "mean", *, blur_sigma: float | None = None
+) -> np.ndarray:
     """The neutral image that replaces an occluded segment, per chip: (image, band, y, x).
 
     Parameters
@@ -265,8 +281,9 @@ def fill_values(chips: Chips | np.ndarray, fill: Fill = "mean", *,
     sigma = min(values.shape[2:]) / 8 if blur_sigma is None else float(blur_sigma)
     if sigma <= 0:
         raise InputError(f"blur_sigma={blur_sigma} must be > 0 pixels.")
-    return gaussian_filter(values.astype(np.float64), sigma=(0, 0, sigma, sigma),
-                           mode="reflect").astype(np.float32)
+    return gaussian_filter(
+        values.astype(np.float64), sigma=(0, 0, sigma, sigma), mode="reflect"
+    ).astype(np.float32)
 
 
 def _occlusion_fn(fit: Any, encoder: Any, n_segments: int, max_draws: int | None, seed: int):
@@ -282,20 +299,24 @@ def _occlusion_fn(fit: Any, encoder: Any, n_segments: int, max_draws: int | None
     @jax.jit
     def embed_occluded(x, fillv, labels):
         def occlude(segment):
-            mask = (labels == segment)[:, None]                     # (B, 1, y, x)
+            mask = (labels == segment)[:, None]  # (B, 1, y, x)
             return encoder.apply_jax(jnp.where(mask, fillv, x))
 
         return encoder.apply_jax(x), jax.vmap(occlude)(jnp.arange(n_segments))
 
     def run(x, fillv, labels):
-        emb0, emb_s = embed_occluded(x, fillv, labels)             # (B, F), (S, B, F)
+        emb0, emb_s = embed_occluded(x, fillv, labels)  # (B, F), (S, B, F)
         n_img = emb0.shape[0]
         cate, prob = effect(jnp.concatenate([emb0, emb_s.reshape(-1, emb0.shape[1])]))
-        cate0, prob0 = cate[:, :n_img], prob[:, :n_img]             # (draw, B), (draw, B, K)
+        cate0, prob0 = cate[:, :n_img], prob[:, :n_img]  # (draw, B), (draw, B, K)
         cate_s = cate[:, n_img:].reshape(cate.shape[0], n_segments, n_img)
         prob_s = prob[:, n_img:].reshape(prob.shape[0], n_segments, n_img, -1)
-        return (cate0, prob0.mean(0), jnp.moveaxis(cate_s - cate0[:, None], 1, 0),
-                (prob_s - prob0[:, None]).mean(0))
+        return (
+            cate0,
+            prob0.mean(0),
+            jnp.moveaxis(cate_s - cate0[:, None], 1, 0),
+            (prob_s - prob0[:, None]).mean(0),
+        )
 
     return run
 
@@ -417,17 +438,32 @@ def segment_sensitivity(
     for start in _progress(range(0, n_img, size), progress, "segment sensitivity"):
         stop = min(start + size, n_img)
         idx = np.arange(start, start + size).clip(max=n_img - 1)  # pad: one compiled shape
-        out = run(jnp.asarray(chips.values[idx]), jnp.asarray(fills[idx]),
-                  jnp.asarray(labels[idx]))
+        out = run(jnp.asarray(chips.values[idx]), jnp.asarray(fills[idx]), jnp.asarray(labels[idx]))
         parts.append({k: v[: stop - start] for k, v in _summaries(*out, prob).items()})
     data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     sizes = (labels[:, None] == np.arange(n_seg)[None, :, None, None]).sum(axis=(2, 3))
     absent = sizes == 0
-    for name in ("cate_change_mean", "cate_change_sd", "cate_change_lower",
-                 "cate_change_upper", "prob_change_positive", "cluster_prob_change"):
+    for name in (
+        "cate_change_mean",
+        "cate_change_sd",
+        "cate_change_lower",
+        "cate_change_upper",
+        "prob_change_positive",
+        "cluster_prob_change",
+    ):
         data[name][absent] = np.nan
-    return _to_dataset(data, sizes, labels, chips, fit, fill, prob, method,
-                       len(fit.draw_indices(max_draws, seed)), interval_names(prob))
+    return _to_dataset(
+        data,
+        sizes,
+        labels,
+        chips,
+        fit,
+        fill,
+        prob,
+        method,
+        len(fit.draw_indices(max_draws, seed)),
+        interval_names(prob),
+    )
 
 
 def _check_segments(segments: np.ndarray | None, chips: Chips) -> np.ndarray:
@@ -465,39 +501,63 @@ def _progress(iterable, show: bool, desc: str):
     return tqdm(iterable, desc=desc)
 
 
-def _to_dataset(data: dict, sizes: np.ndarray, labels: np.ndarray, chips: Chips, fit: Any,
-                fill: str, prob: float, method: str, n_draws: int,
-                names: tuple[str, str]) -> xr.Dataset:
+def _to_dataset(
+    data: dict,
+    sizes: np.ndarray,
+    labels: np.ndarray,
+    chips: Chips,
+    fit: Any,
+    fill: str,
+    prob: float,
+    method: str,
+    n_draws: int,
+    names: tuple[str, str],
+) -> xr.Dataset:
     lo_q = (1 - prob) / 2
     dims2 = ("image", "segment")
     ds = xr.Dataset(
         {
             "cate_change_mean": (dims2, data["cate_change_mean"]),
             "cate_change_sd": (dims2, data["cate_change_sd"]),
-            "cate_change_lower": (dims2, data["cate_change_lower"],
-                                  {"prob": prob, "quantile": lo_q, "percentile": names[0]}),
-            "cate_change_upper": (dims2, data["cate_change_upper"],
-                                  {"prob": prob, "quantile": 1 - lo_q, "percentile": names[1]}),
+            "cate_change_lower": (
+                dims2,
+                data["cate_change_lower"],
+                {"prob": prob, "quantile": lo_q, "percentile": names[0]},
+            ),
+            "cate_change_upper": (
+                dims2,
+                data["cate_change_upper"],
+                {"prob": prob, "quantile": 1 - lo_q, "percentile": names[1]},
+            ),
             "prob_change_positive": (dims2, data["prob_change_positive"]),
-            "cluster_prob_change": (("image", "segment", "cluster"),
-                                    data["cluster_prob_change"]),
+            "cluster_prob_change": (("image", "segment", "cluster"), data["cluster_prob_change"]),
             "cate": ("image", data["cate"]),
             "cluster_prob": (("image", "cluster"), data["cluster_prob"]),
             "segment_size": (dims2, sizes),
             "segments": (("image", "y", "x"), labels),
         },
-        coords={"image": chips.image_ids, "segment": np.arange(sizes.shape[1]),
-                "cluster": np.arange(fit.n_clusters), "y": np.arange(labels.shape[1]),
-                "x": np.arange(labels.shape[2])},
-        attrs={"fill": fill, "prob": prob, "n_draws": n_draws, "segment_method": method,
-               "description": "change = occluded - original, per posterior draw"},
+        coords={
+            "image": chips.image_ids,
+            "segment": np.arange(sizes.shape[1]),
+            "cluster": np.arange(fit.n_clusters),
+            "y": np.arange(labels.shape[1]),
+            "x": np.arange(labels.shape[2]),
+        },
+        attrs={
+            "fill": fill,
+            "prob": prob,
+            "n_draws": n_draws,
+            "segment_method": method,
+            "description": "change = occluded - original, per posterior draw",
+        },
     )
     ds["cate_change_mean"].attrs["long_name"] = "posterior mean CATE change when occluded"
     return ds
 
 
-def sensitivity_map(result: xr.Dataset, var: str = "cate_change_mean",
-                    cluster: int | None = None) -> xr.DataArray:
+def sensitivity_map(
+    result: xr.Dataset, var: str = "cate_change_mean", cluster: int | None = None
+) -> xr.DataArray:
     """Spread a per-segment variable over the pixels of its segment: (image, y, x).
 
     Parameters
@@ -532,14 +592,19 @@ def sensitivity_map(result: xr.Dataset, var: str = "cate_change_mean",
         values = values.sel(cluster=cluster)
     labels = result["segments"].values
     per_pixel = np.take_along_axis(values.values, labels.reshape(len(labels), -1), axis=1)
-    return xr.DataArray(per_pixel.reshape(labels.shape), dims=("image", "y", "x"),
-                        coords={d: result[d] for d in ("image", "y", "x")}, name=var,
-                        attrs=dict(values.attrs))
+    return xr.DataArray(
+        per_pixel.reshape(labels.shape),
+        dims=("image", "y", "x"),
+        coords={d: result[d] for d in ("image", "y", "x")},
+        name=var,
+        attrs=dict(values.attrs),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # gradient saliency
 # ---------------------------------------------------------------------------------------------
+
 
 def saliency(
     fit: Any,
@@ -618,26 +683,33 @@ def saliency(
     key = jax.random.PRNGKey(seed)
     out = np.empty(values.shape, np.float64)
     for start in range(0, len(values), batch_size):
-        x = jnp.asarray(values[start:start + batch_size])
+        x = jnp.asarray(values[start : start + batch_size])
         if not smoothgrad:
-            out[start:start + len(x)] = np.asarray(grad_fn(x))
+            out[start : start + len(x)] = np.asarray(grad_fn(x))
             continue
         total = jnp.zeros_like(x)
         for _ in range(int(smoothgrad)):
             key, sub = jax.random.split(key)
-            eps = jax.random.normal(sub, x.shape) * scale[start:start + len(x)]
+            eps = jax.random.normal(sub, x.shape) * scale[start : start + len(x)]
             total = total + grad_fn(x + eps)
-        out[start:start + len(x)] = np.asarray(total) / smoothgrad
+        out[start : start + len(x)] = np.asarray(total) / smoothgrad
     return xr.DataArray(
-        out, dims=("image", "band", "y", "x"),
-        coords={"image": chips.image_ids, "band": list(chips.band_names)}, name="saliency",
-        attrs={"target": target, "cluster": -1 if cluster is None else int(cluster),
-               "smoothgrad": int(smoothgrad), "noise": float(noise)},
+        out,
+        dims=("image", "band", "y", "x"),
+        coords={"image": chips.image_ids, "band": list(chips.band_names)},
+        name="saliency",
+        attrs={
+            "target": target,
+            "cluster": -1 if cluster is None else int(cluster),
+            "smoothgrad": int(smoothgrad),
+            "noise": float(noise),
+        },
     )
 
 
-def _gradient_fn(fit: Any, encoder: Any, target: str, cluster: int | None,
-                 max_draws: int | None, seed: int):
+def _gradient_fn(
+    fit: Any, encoder: Any, target: str, cluster: int | None, max_draws: int | None, seed: int
+):
     effect = fit.effect_function(max_draws=max_draws, seed=seed)
 
     def objective(x):
@@ -652,8 +724,10 @@ def _gradient_fn(fit: Any, encoder: Any, target: str, cluster: int | None,
 # aggregates
 # ---------------------------------------------------------------------------------------------
 
-def cluster_sensitivity(result: xr.Dataset, *, var: str = "cate_change_mean",
-                        weight: Weight = "prob") -> xr.Dataset:
+
+def cluster_sensitivity(
+    result: xr.Dataset, *, var: str = "cate_change_mean", weight: Weight = "prob"
+) -> xr.Dataset:
     """Average segment sensitivity per effect cluster.
 
     Each image's per-pixel map (:func:`sensitivity_map`) is weighted by its posterior mean
@@ -696,14 +770,14 @@ def cluster_sensitivity(result: xr.Dataset, *, var: str = "cate_change_mean",
     )
     if result.attrs.get("segment_method") == "grid":
         seg = np.nan_to_num(result[var].values)
-        out["segment_sensitivity"] = (("cluster", "segment"),
-                                      probs.T @ seg / denom[:, None])
+        out["segment_sensitivity"] = (("cluster", "segment"), probs.T @ seg / denom[:, None])
         out = out.assign_coords(segment=result.segment.values)
     return out
 
 
-def typical_images(fit: Any, chips: Chips | np.ndarray, n: int = 4, *,
-                   max_draws: int | None = None, seed: int = 0) -> pd.DataFrame:
+def typical_images(
+    fit: Any, chips: Chips | np.ndarray, n: int = 4, *, max_draws: int | None = None, seed: int = 0
+) -> pd.DataFrame:
     """The ``n`` images with the highest membership probability in each cluster.
 
     Parameters
@@ -742,5 +816,4 @@ def typical_images(fit: Any, chips: Chips | np.ndarray, n: int = 4, *,
         order = np.argsort(-mean_prob[:, k], kind="stable")[:n]
         for rank, i in enumerate(order):
             rows.append((k, rank, chips.image_ids[i], int(i), mean_prob[i, k], cate[i]))
-    return pd.DataFrame(rows, columns=["cluster", "rank", "image", "index", "cluster_prob",
-                                       "cate"])
+    return pd.DataFrame(rows, columns=["cluster", "rank", "image", "index", "cluster_prob", "cate"])

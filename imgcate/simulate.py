@@ -179,8 +179,10 @@ def simulate_trial(
     if tau_c.ndim != 1 or len(tau_c) != n_clusters or np.any(np.diff(tau_c) <= 0):
         raise InputError(f"tau must hold {n_clusters} increasing effects, got {tau}.")
     rng = rng_from_seed(seed)
-    weights = np.full(n_clusters, 1.0 / n_clusters) if cluster_weights is None else (
-        np.asarray(cluster_weights, dtype=float) / np.sum(cluster_weights)
+    weights = (
+        np.full(n_clusters, 1.0 / n_clusters)
+        if cluster_weights is None
+        else (np.asarray(cluster_weights, dtype=float) / np.sum(cluster_weights))
     )
     n_img = n_units if n_images is None else int(n_images)
     centers = _centers(rng, n_clusters, n_features, separation)
@@ -189,9 +191,17 @@ def simulate_trial(
     unit_image = _unit_images(rng, n_units, n_img)
     e = emb[unit_image]
     truth_partial = Truth(
-        cluster=img_cluster[unit_image], tau_cluster=tau_c, tau_unit=tau_c[img_cluster[unit_image]],
-        cate=np.zeros(0), cluster_prob=np.zeros(0), propensity=np.zeros(0), mu0=np.zeros(0),
-        ate=0.0, centers=centers, spread=1.0, weights=weights,
+        cluster=img_cluster[unit_image],
+        tau_cluster=tau_c,
+        tau_unit=tau_c[img_cluster[unit_image]],
+        cate=np.zeros(0),
+        cluster_prob=np.zeros(0),
+        propensity=np.zeros(0),
+        mu0=np.zeros(0),
+        ate=0.0,
+        centers=centers,
+        spread=1.0,
+        weights=weights,
     )
     prob = truth_partial.cluster_prob_of(e)
     x = rng.normal(size=(n_units, n_covariates))
@@ -222,19 +232,36 @@ def simulate_trial(
         y = rng.binomial(1, expit(lin)).astype(float)
     lon = rng.uniform(30.0, 35.0, n_img)[unit_image]
     lat = rng.uniform(-1.0, 4.0, n_img)[unit_image]
-    df = pd.DataFrame({"id": np.arange(n_units), "lon": lon, "lat": lat, "treatment": t,
-                       "outcome": y, "image_id": unit_image})
+    df = pd.DataFrame(
+        {
+            "id": np.arange(n_units),
+            "lon": lon,
+            "lat": lat,
+            "treatment": t,
+            "outcome": y,
+            "image_id": unit_image,
+        }
+    )
     covs = [f"x{j}" for j in range(n_covariates)]
     for j, name in enumerate(covs):
         df[name] = x[:, j]
     if n_strata:
         df["stratum"] = stratum
-    trial = read_units(df, covariates=covs, image_id="image_id",
-                       stratum="stratum" if n_strata else None)
+    trial = read_units(
+        df, covariates=covs, image_id="image_id", stratum="stratum" if n_strata else None
+    )
     truth = Truth(
-        cluster=img_cluster[unit_image], tau_cluster=tau_c, tau_unit=tau_u, cate=prob @ tau_c,
-        cluster_prob=prob, propensity=propensity, mu0=base, ate=float(tau_u.mean()),
-        centers=centers, spread=1.0, weights=weights,
+        cluster=img_cluster[unit_image],
+        tau_cluster=tau_c,
+        tau_unit=tau_u,
+        cate=prob @ tau_c,
+        cluster_prob=prob,
+        propensity=propensity,
+        mu0=base,
+        ate=float(tau_u.mean()),
+        centers=centers,
+        spread=1.0,
+        weights=weights,
     )
     embeddings = Embeddings(values=emb, image_ids=np.arange(n_img))
     return SimulatedTrial(trial=trial, embeddings=embeddings, truth=truth)

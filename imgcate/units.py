@@ -155,8 +155,10 @@ def _parse_crs(crs) -> pyproj.CRS:
     try:
         return pyproj.CRS.from_user_input(crs)
     except pyproj.exceptions.CRSError as exc:
-        raise InputError(f"crs={crs!r} is not a coordinate reference system pyproj knows; "
-                         "pass e.g. crs='EPSG:4326' or crs='EPSG:32636'.") from exc
+        raise InputError(
+            f"crs={crs!r} is not a coordinate reference system pyproj knows; "
+            "pass e.g. crs='EPSG:4326' or crs='EPSG:32636'."
+        ) from exc
 
 
 def _to_geodataframe(
@@ -199,9 +201,11 @@ def _to_geodataframe(
         bad = (np.abs(x) > 180) | (np.abs(y) > 90)
         if bad.any():
             swapped = (np.abs(y) <= 180).all() and (np.abs(x) <= 90).all()
-            hint = (f"{lon!r} and {lat!r} look swapped; pass lon={lat!r}, lat={lon!r}"
-                    if swapped else "for projected coordinates (metres) pass their crs="
-                    "'EPSG:....'")
+            hint = (
+                f"{lon!r} and {lat!r} look swapped; pass lon={lat!r}, lat={lon!r}"
+                if swapped
+                else "for projected coordinates (metres) pass their crs='EPSG:....'"
+            )
             raise InputError(
                 f"units {_rows(bad, df[id_col].to_numpy())} have coordinates outside longitude "
                 f"+-180 / latitude +-90 (e.g. {x[bad][0]:g}, {y[bad][0]:g}) but the CRS is "
@@ -338,8 +342,13 @@ def read_units(
     check_choice("missing", missing, MISSING_POLICIES)
     name = "the units table" if isinstance(source, pd.DataFrame) else repr(str(source))
     df = _read_table(source)
-    roles = {"id": id, "covariate": None, "image_id": image_id, "stratum": stratum,
-             "cluster": cluster}
+    roles = {
+        "id": id,
+        "covariate": None,
+        "image_id": image_id,
+        "stratum": stratum,
+        "cluster": cluster,
+    }
     if outcome is not None:
         roles.update(treatment=treatment, outcome=outcome)
     _require_columns(df, roles, name)
@@ -359,7 +368,8 @@ def read_units(
             f"{name} has an 'image_id' column but image_id=None, so each unit is matched to "
             "the image keyed by its own id; pass image_id='image_id' if that column names "
             "each unit's image (or rename the column).",
-            UserWarning, stacklevel=2,
+            UserWarning,
+            stacklevel=2,
         )
     if outcome is not None:
         _check_treatment(df, treatment, ids)

@@ -20,19 +20,44 @@ def fitted(tmp_path_factory):
     runner = CliRunner()
     res = runner.invoke(main, ["simulate", str(out), "--n-units", "200", "--seed", "3"])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(main, [
-        "fit", str(out / "units.csv"), str(out / "embeddings.parquet"), str(out / "fit.imgcate"),
-        "--image-id", "image_id", "--covariate", "x0", "--covariate", "x1", "-k", "2",
-        "--chains", "1", "--draws", "100", "-q",
-    ])
+    res = runner.invoke(
+        main,
+        [
+            "fit",
+            str(out / "units.csv"),
+            str(out / "embeddings.parquet"),
+            str(out / "fit.imgcate"),
+            "--image-id",
+            "image_id",
+            "--covariate",
+            "x0",
+            "--covariate",
+            "x1",
+            "-k",
+            "2",
+            "--chains",
+            "1",
+            "--draws",
+            "100",
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     return out
 
 
 def test_fit_then_effects_match_the_api(fitted):
     runner = CliRunner()
-    res = runner.invoke(main, ["effects", str(fitted / "fit.imgcate"),
-                               str(fitted / "clusters.csv"), "--level", "cluster"])
+    res = runner.invoke(
+        main,
+        [
+            "effects",
+            str(fitted / "fit.imgcate"),
+            str(fitted / "clusters.csv"),
+            "--level",
+            "cluster",
+        ],
+    )
     assert res.exit_code == 0, res.output
     table = pd.read_csv(fitted / "clusters.csv")
     api = load_fit(fitted / "fit.imgcate").cluster_effects().reset_index()
@@ -50,15 +75,34 @@ def test_existing_output_needs_overwrite(fitted):
 
 def test_errors_point_at_the_option(fitted, tmp_path):
     runner = CliRunner()
-    res = runner.invoke(main, ["effects", str(fitted / "fit.imgcate"), str(tmp_path / "x.csv"),
-                               "--prob", "1.5"])
+    res = runner.invoke(
+        main, ["effects", str(fitted / "fit.imgcate"), str(tmp_path / "x.csv"), "--prob", "1.5"]
+    )
     assert res.exit_code != 0 and "--prob" in res.output
-    res = runner.invoke(main, ["fit", str(fitted / "units.csv"), str(fitted / "embeddings.parquet"),
-                               str(tmp_path / "f.imgcate"), "--treatment", "nope"])
+    res = runner.invoke(
+        main,
+        [
+            "fit",
+            str(fitted / "units.csv"),
+            str(fitted / "embeddings.parquet"),
+            str(tmp_path / "f.imgcate"),
+            "--treatment",
+            "nope",
+        ],
+    )
     assert res.exit_code != 0 and "treatment column 'nope'" in res.output
     assert "pass --treatment <column name>" in res.output  # the option, not the API argument
-    res = runner.invoke(main, ["fit", str(fitted / "units.csv"), str(fitted / "embeddings.parquet"),
-                               str(tmp_path / "f.imgcate"), "--covariate", "x9"])
+    res = runner.invoke(
+        main,
+        [
+            "fit",
+            str(fitted / "units.csv"),
+            str(fitted / "embeddings.parquet"),
+            str(tmp_path / "f.imgcate"),
+            "--covariate",
+            "x9",
+        ],
+    )
     assert res.exit_code != 0 and "pass --covariate <column name>" in res.output
     assert not (tmp_path / "f.imgcate").exists()
 
@@ -69,8 +113,9 @@ def test_fit_finds_the_image_id_column_and_refuses_the_units_table(fitted, tmp_p
     opts = ["--chains", "1", "--draws", "20", "-q"]
     res = runner.invoke(main, ["fit", *base, str(tmp_path / "a.imgcate"), *opts])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(main, ["fit", *base, str(tmp_path / "b.imgcate"), "--image-id",
-                               "image_id", *opts])
+    res = runner.invoke(
+        main, ["fit", *base, str(tmp_path / "b.imgcate"), "--image-id", "image_id", *opts]
+    )
     assert res.exit_code == 0, res.output
     a, b = load_fit(tmp_path / "a.imgcate"), load_fit(tmp_path / "b.imgcate")
     assert (a.idata.posterior["tau"].values == b.idata.posterior["tau"].values).all()
@@ -90,8 +135,17 @@ def test_fit_reads_projected_coordinate_columns(fitted, tmp_path):
     metres = gpd.GeoSeries(points).to_crs("EPSG:32636")
     units.assign(x=metres.x, y=metres.y).to_csv(tmp_path / "metres.csv", index=False)
     runner = CliRunner()
-    args = ["fit", str(tmp_path / "metres.csv"), str(fitted / "embeddings.parquet"),
-            str(tmp_path / "f.imgcate"), "--chains", "1", "--draws", "20", "-q"]
+    args = [
+        "fit",
+        str(tmp_path / "metres.csv"),
+        str(fitted / "embeddings.parquet"),
+        str(tmp_path / "f.imgcate"),
+        "--chains",
+        "1",
+        "--draws",
+        "20",
+        "-q",
+    ]
     res = runner.invoke(main, [*args, "--lon", "x", "--lat", "y"])
     assert res.exit_code == 1 and "pass their --crs 'EPSG:....'" in res.output  # option names
     res = runner.invoke(main, args)
@@ -105,8 +159,15 @@ def test_unwritable_outputs_fail_before_any_work(fitted, tmp_path):
     runner = CliRunner()
     blocker = tmp_path / "file.txt"
     blocker.write_text("a file, not a folder")
-    res = runner.invoke(main, ["fit", str(fitted / "units.csv"),
-                               str(fitted / "embeddings.parquet"), str(blocker / "f.imgcate")])
+    res = runner.invoke(
+        main,
+        [
+            "fit",
+            str(fitted / "units.csv"),
+            str(fitted / "embeddings.parquet"),
+            str(blocker / "f.imgcate"),
+        ],
+    )
     assert res.exit_code == 1 and "is a file, not a folder" in res.output
     assert "Traceback" not in res.output
     for command in ("simulate", "demo"):
@@ -148,12 +209,30 @@ def test_map_writes_the_cog_the_api_computes(map_fit, tmp_path):
 
     scene, fit_path = map_fit
     out = tmp_path / "effect.tif"
-    res = CliRunner().invoke(main, ["map", str(fit_path), str(scene), str(out), "--stride", "16",
-                                    "--max-draws", "100", "--seed", "1", "--prob", "0.8",
-                                    "--co", "compress=zstd", "-q"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "map",
+            str(fit_path),
+            str(scene),
+            str(out),
+            "--stride",
+            "16",
+            "--max-draws",
+            "100",
+            "--seed",
+            "1",
+            "--prob",
+            "0.8",
+            "--co",
+            "compress=zstd",
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    api = predict_map(load_fit(fit_path), scene, stride=16, max_draws=100, seed=1, prob=0.8,
-                      progress=False)
+    api = predict_map(
+        load_fit(fit_path), scene, stride=16, max_draws=100, seed=1, prob=0.8, progress=False
+    )
     with rasterio.open(out) as src, rasterio.open(scene) as ref:
         assert src.crs == ref.crs
         assert list(src.transform)[:6] == api.attrs["transform"]
@@ -175,16 +254,30 @@ def test_map_errors_leave_no_file(map_fit, tmp_path):
     scene, fit_path = map_fit
     runner = CliRunner()
     out = tmp_path / "m.tif"
-    res = runner.invoke(main, ["map", str(fit_path), str(scene), str(out),
-                               "--bounds", "0", "0", "10", "10"])
+    res = runner.invoke(
+        main, ["map", str(fit_path), str(scene), str(out), "--bounds", "0", "0", "10", "10"]
+    )
     assert res.exit_code != 0
     assert "--bounds" in res.output and "does not overlap the tiles of raster" in res.output
-    res = runner.invoke(main, ["map", str(fit_path), str(scene), str(out),
-                               "--bounds", "400000", "50000", "300000", "40000"])
+    res = runner.invoke(
+        main,
+        [
+            "map",
+            str(fit_path),
+            str(scene),
+            str(out),
+            "--bounds",
+            "400000",
+            "50000",
+            "300000",
+            "40000",
+        ],
+    )
     assert res.exit_code != 0 and "--bounds" in res.output and "overlap" not in res.output
     for blocksize in ("abc", "-16", "7"):  # GDAL would abort the process on some of these
-        res = runner.invoke(main, ["map", str(fit_path), str(scene), str(out),
-                                   "--co", f"BLOCKSIZE={blocksize}"])  # refused before any work
+        res = runner.invoke(
+            main, ["map", str(fit_path), str(scene), str(out), "--co", f"BLOCKSIZE={blocksize}"]
+        )  # refused before any work
         assert res.exit_code != 0 and "--co" in res.output and "multiple of 16" in res.output
     three = write_variant(scene, tmp_path / "three.tif", count=3)
     res = runner.invoke(main, ["map", str(fit_path), str(three), str(out)])
@@ -212,11 +305,25 @@ def test_map_resume_dir_and_region(map_fit, tmp_path):
     with rasterio.open(scene) as src:
         b, crs = src.bounds, src.crs
     region = tmp_path / "region.geojson"
-    gpd.GeoDataFrame(geometry=[box(b.left, b.bottom, b.left + 5000, b.bottom + 5000)],
-                     crs=crs).to_crs(4326).to_file(region)
-    args = ["map", str(fit_path), str(scene), str(tmp_path / "a.tif"), "--region", str(region),
-            "--max-draws", "50", "--block-tiles", "10", "--resume-dir", str(tmp_path / "blocks"),
-            "--no-preview", "-q"]
+    gpd.GeoDataFrame(
+        geometry=[box(b.left, b.bottom, b.left + 5000, b.bottom + 5000)], crs=crs
+    ).to_crs(4326).to_file(region)
+    args = [
+        "map",
+        str(fit_path),
+        str(scene),
+        str(tmp_path / "a.tif"),
+        "--region",
+        str(region),
+        "--max-draws",
+        "50",
+        "--block-tiles",
+        "10",
+        "--resume-dir",
+        str(tmp_path / "blocks"),
+        "--no-preview",
+        "-q",
+    ]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     assert len(list((tmp_path / "blocks").glob("block-*.npz"))) >= 2
@@ -233,12 +340,22 @@ def test_map_resume_dir_and_region(map_fit, tmp_path):
 def test_demo_writes_the_whole_pipeline(tmp_path):
     import rasterio
 
-    res = CliRunner().invoke(main, ["demo", str(tmp_path), "--n-units", "300", "--draws", "150",
-                                    "-q"])
+    res = CliRunner().invoke(
+        main, ["demo", str(tmp_path), "--n-units", "300", "--draws", "150", "-q"]
+    )
     assert res.exit_code == 0, res.output
-    for name in ("fit.imgcate", "cluster_effects.csv", "unit_effects.csv", "ate.csv",
-                 "k_comparison.csv", "summary.txt", "segment_sensitivity.png", "effect_map.tif",
-                 "effect_map.png", "scene.tif"):
+    for name in (
+        "fit.imgcate",
+        "cluster_effects.csv",
+        "unit_effects.csv",
+        "ate.csv",
+        "k_comparison.csv",
+        "summary.txt",
+        "segment_sensitivity.png",
+        "effect_map.tif",
+        "effect_map.png",
+        "scene.tif",
+    ):
         assert (tmp_path / name).stat().st_size > 0, name
     with rasterio.open(tmp_path / "effect_map.tif") as src:
         assert src.descriptions[0] == "mean" and src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
@@ -263,13 +380,26 @@ def test_quiet_logging_silences_other_libraries():
 
 def test_convergence_warning_is_one_clean_line(fitted, tmp_path):
     """Too few draws: the fit warns on stderr, one line, without the source line it came from."""
-    res = CliRunner().invoke(main, [
-        "fit", str(fitted / "units.csv"), str(fitted / "embeddings.parquet"),
-        str(tmp_path / "fit.imgcate"), "--image-id", "image_id", "-k", "1",
-        "--chains", "1", "--draws", "30",
-    ])
+    res = CliRunner().invoke(
+        main,
+        [
+            "fit",
+            str(fitted / "units.csv"),
+            str(fitted / "embeddings.parquet"),
+            str(tmp_path / "fit.imgcate"),
+            "--image-id",
+            "image_id",
+            "-k",
+            "1",
+            "--chains",
+            "1",
+            "--draws",
+            "30",
+        ],
+    )
     assert res.exit_code == 0, res.output
     lines = [line for line in res.stderr.splitlines() if "ConvergenceWarning" in line]
-    assert lines and all(line.startswith("imgcate: ConvergenceWarning: imgcate fit:")
-                         for line in lines)
+    assert lines and all(
+        line.startswith("imgcate: ConvergenceWarning: imgcate fit:") for line in lines
+    )
     assert "return fn(" not in res.stderr

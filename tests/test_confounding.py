@@ -556,8 +556,11 @@ def test_ipw_and_aipw_unbiased_when_the_confounder_is_in_real_chips(tmp_path):
     results = pd.concat(rows)
     results["error"] = results["estimate"] - TRUE_ATE
     report = results.groupby(level=0).agg(
-        bias=("error", "mean"), mc_se=("error", "sem"), coverage=("covered", "mean"),
-        smd_before=("max_abs_smd_before", "mean"), smd_after=("max_abs_smd_after", "mean"),
+        bias=("error", "mean"),
+        mc_se=("error", "sem"),
+        coverage=("covered", "mean"),
+        smd_before=("max_abs_smd_before", "mean"),
+        smd_after=("max_abs_smd_after", "mean"),
     )
     print("\n" + report.round(4).to_string())
     for name in ("ipw_hajek", "aipw"):
@@ -605,14 +608,17 @@ def test_resolution_check_on_a_scene_with_a_visible_confounder(tmp_path):
     z = (share - share.mean()) / share.std()
     t = rng.binomial(1, expit(1.5 * z))
     y = 1.0 + 2.0 * z + 2.0 * t + rng.normal(size=len(z))
-    trial = sim.trial.__class__(**{**sim.trial.__dict__,
-                                   "data": sim.trial.data.assign(treatment=t, outcome=y)})
+    trial = sim.trial.__class__(
+        **{**sim.trial.__dict__, "data": sim.trial.data.assign(treatment=t, outcome=y)}
+    )
     chips = extract_chips(trial, scene, 32)
     table = resolution_check(trial, chips, factors=(1, 4), seed=0)
     assert list(table["factor"].unique()) == [1, 4]
     fine = table[table.factor == 1].set_index("estimator")
     assert fine.loc["difference_in_means", "estimate"] - 2.0 > 0.8  # badly biased
-    assert abs(fine.loc["aipw", "estimate"] - 2.0) < abs(
-        fine.loc["difference_in_means", "estimate"] - 2.0) / 2
+    assert (
+        abs(fine.loc["aipw", "estimate"] - 2.0)
+        < abs(fine.loc["difference_in_means", "estimate"] - 2.0) / 2
+    )
     pixel = table.groupby("factor")["pixel_size"].first()
     assert pixel[4] == pytest.approx(4 * pixel[1])

@@ -60,8 +60,12 @@ def test_random_conv_net_equals_a_direct_loop(k):
     want = np.zeros((3, 8))
     for i in range(3):
         for f in range(4):
-            conv = np.array([[np.sum(x[i, :, r:r + k, c:c + k] * filters[f])
-                              for c in range(6 - k + 1)] for r in range(7 - k + 1)])
+            conv = np.array(
+                [
+                    [np.sum(x[i, :, r : r + k, c : c + k] * filters[f]) for c in range(6 - k + 1)]
+                    for r in range(7 - k + 1)
+                ]
+            )
             want[i, f] = np.maximum(conv - bias[f], 0).mean()
             want[i, 4 + f] = np.maximum(-conv - bias[f], 0).mean()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -70,8 +74,9 @@ def test_random_conv_net_equals_a_direct_loop(k):
 def test_apply_jax_equals_transform_and_is_differentiable(chips):
     enc = embed(chips, n_features=64, n_components=8, seed=0).encoder
     x = jnp.asarray(chips.values[:7])
-    np.testing.assert_allclose(np.asarray(enc.apply_jax(x)), enc.transform(chips.values[:7]),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(enc.apply_jax(x)), enc.transform(chips.values[:7]), atol=1e-5
+    )
     grad = jax.grad(lambda v: enc.apply_jax(v)[:, 0].sum())(x)
     assert grad.shape == x.shape
     assert np.isfinite(grad).all() and np.abs(grad).max() > 0
@@ -98,8 +103,9 @@ def test_batching_gives_same_result(chips, monkeypatch, path):
     tol = dict(rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(enc.transform(chips, batch_size=7), full, **tol)
     # float64 values: the native path converts them batch by batch
-    np.testing.assert_allclose(enc.transform(chips.values.astype(np.float64), batch_size=7),
-                               full, **tol)
+    np.testing.assert_allclose(
+        enc.transform(chips.values.astype(np.float64), batch_size=7), full, **tol
+    )
     monkeypatch.setattr(embed_module, "POOLED_PER_CALL", 1)  # the call cap: one chip per call
     np.testing.assert_allclose(enc.transform(chips, batch_size=1000), full, **tol)
 
@@ -132,16 +138,16 @@ def test_cnn_encoder_trains_and_round_trips(chips, tmp_path):
 
 
 def test_sequences_combine(chips):
-    seq = chips_from_array(np.stack([chips.values, chips.values * 1.1]), chips.image_ids,
-                           dates=["t0", "t1"])
+    seq = chips_from_array(
+        np.stack([chips.values, chips.values * 1.1]), chips.image_ids, dates=["t0", "t1"]
+    )
     concat = embed(seq, n_features=32, n_components=4, seed=0)
     assert concat.values.shape == (60, 8)
     for combine in ("mean", "difference"):
         out = embed(seq, n_features=32, n_components=4, combine=combine, seed=0)
         assert out.values.shape == (60, 4)
     diff = embed(seq, n_features=32, n_components=4, combine="difference", seed=0)
-    np.testing.assert_allclose(diff.values, concat.values[:, 4:] - concat.values[:, :4],
-                               atol=1e-5)
+    np.testing.assert_allclose(diff.values, concat.values[:, 4:] - concat.values[:, :4], atol=1e-5)
     jax_out = diff.encoder.apply_jax(jnp.asarray(seq.values))
     np.testing.assert_allclose(np.asarray(jax_out), diff.values, atol=1e-5)
 

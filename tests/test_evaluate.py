@@ -51,8 +51,9 @@ def test_aipw_scores_match_formula_and_accept_scalar_propensity():
     mu1 = np.array([1.0, 1.5, 1.0])
     expected = [1.0 + (2.0 - 1.0) / 0.25, 1.0 - (1.0 - 0.5) / 0.5, 0.0 + (0.5 - 1.0) / 0.8]
     np.testing.assert_allclose(aipw_scores(y, t, e, mu0, mu1), expected)
-    np.testing.assert_allclose(aipw_scores(y, t, 0.5, mu0, mu1),
-                               aipw_scores(y, t, np.full(3, 0.5), mu0, mu1))
+    np.testing.assert_allclose(
+        aipw_scores(y, t, 0.5, mu0, mu1), aipw_scores(y, t, np.full(3, 0.5), mu0, mu1)
+    )
 
 
 def test_aipw_mean_recovers_ate_with_wrong_outcome_model():
@@ -114,8 +115,14 @@ def test_rate_equals_brute_force_definition(target, ties, weighted):
     scores = rng.normal(size=n) + priority
     weights = rng.uniform(0.2, 3.0, n) if weighted else np.ones(n)
     expected, _ = _brute_force_rate(priority.tolist(), scores.tolist(), weights.tolist(), target)
-    res = rate(priority, scores, target=target, weights=weights if weighted else None,
-               n_bootstrap=2, seed=0)
+    res = rate(
+        priority,
+        scores,
+        target=target,
+        weights=weights if weighted else None,
+        n_bootstrap=2,
+        seed=0,
+    )
     assert res.estimate == pytest.approx(expected, abs=1e-10)
     assert len(np.unique(priority)) < n if ties else len(np.unique(priority)) == n
 
@@ -276,8 +283,7 @@ def test_gates_recover_known_group_means():
     est, se = tab["estimate"].to_numpy(), tab["std_err"].to_numpy()
     assert np.all(np.abs(est[:4] - effects) < 4 * se[:4])
     assert tab.loc["gate_4-gate_1", "estimate"] == pytest.approx(est[3] - est[0])
-    assert abs(tab.loc["gate_4-gate_1", "estimate"] - 3.0) < 4 * tab.loc["gate_4-gate_1",
-                                                                        "std_err"]
+    assert abs(tab.loc["gate_4-gate_1", "estimate"] - 3.0) < 4 * tab.loc["gate_4-gate_1", "std_err"]
 
 
 def test_blp_rejects_constant_score_and_bad_vcov():
@@ -329,10 +335,12 @@ def _linear_t_learner(x_train, t_train, y_train, x_predict, seed):
 
 def test_generic_ml_with_oracle_proxy_and_median_rule():
     x, t, tau, y = _linear_trial(2000, seed=14)
-    res = generic_ml(y, t, x, 0.5, n_splits=7, learner=_oracle, seed=5,
-                     feature_names=["a", "b", "c"])
-    again = generic_ml(y, t, x, 0.5, n_splits=7, learner=_oracle, seed=5,
-                       feature_names=["a", "b", "c"])
+    res = generic_ml(
+        y, t, x, 0.5, n_splits=7, learner=_oracle, seed=5, feature_names=["a", "b", "c"]
+    )
+    again = generic_ml(
+        y, t, x, 0.5, n_splits=7, learner=_oracle, seed=5, feature_names=["a", "b", "c"]
+    )
     pd.testing.assert_frame_equal(res.tidy(), again.tidy())
     b = res.blp.set_index("term")
     assert abs(b.loc["hte", "estimate"] - 1) < 4 * b.loc["hte", "std_err"]
@@ -460,9 +468,15 @@ def test_spatial_folds_keep_blocks_whole_and_balanced():
 def test_train_test_split_spatial_on_a_trial():
     rng = np.random.default_rng(21)
     n = 800
-    df = pd.DataFrame({"id": range(n), "lon": rng.uniform(0, 50_000, n),
-                       "lat": rng.uniform(0, 50_000, n), "treatment": rng.integers(0, 2, n),
-                       "outcome": rng.normal(size=n)})
+    df = pd.DataFrame(
+        {
+            "id": range(n),
+            "lon": rng.uniform(0, 50_000, n),
+            "lat": rng.uniform(0, 50_000, n),
+            "treatment": rng.integers(0, 2, n),
+            "outcome": rng.normal(size=n),
+        }
+    )
     trial = read_units(df, crs="EPSG:32636")
     train, test = train_test_split_spatial(trial, 0.25, 5_000.0, seed=3)
     assert np.array_equal(np.sort(np.r_[train, test]), np.arange(n))

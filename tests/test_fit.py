@@ -77,8 +77,9 @@ def test_tables_and_idata_dims(k2):
     assert post["membership"].dims == ("chain", "draw", "feature", "cluster_contrast")
     assert post["membership_local"].dims == ("chain", "draw", "feature")
     weights = post["membership_scale"] * post["membership_local"] * post["membership_raw"]
-    np.testing.assert_allclose(post["membership"], weights.transpose(*post["membership"].dims),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        post["membership"], weights.transpose(*post["membership"].dims), rtol=1e-6
+    )
     assert result.idata.log_likelihood["outcome"].dims == ("chain", "draw", "unit")
     assert "Cluster effects" in result.summary()
     assert result.loo().elpd_loo < 0
@@ -95,8 +96,12 @@ def test_membership_weights_in_the_input_basis(k2):
     draws = result._param("membership")
     model_logit = std.embedding(raw) @ draws[0]
     weights_in = std.projection @ draws[0]
-    np.testing.assert_allclose((raw - std.embedding_mean) / std.embedding_sd @ weights_in,
-                               model_logit, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        (raw - std.embedding_mean) / std.embedding_sd @ weights_in,
+        model_logit,
+        rtol=1e-6,
+        atol=1e-6,
+    )
     # the weights point along the direction that separates the true clusters: the Bayes log-odds
     # of cluster 1 against 0 are (c1 - c0) . e, i.e. (c1 - c0) * sd per sd of each feature
     centers = sim.truth.centers
@@ -149,8 +154,11 @@ def test_save_load_predict_identical(k2, tmp_path):
     again = load_fit(fresh.save(tmp_path / "again" / "fit.imgcate"))
     assert fresh.cluster_effects().equals(result.cluster_effects())
     assert again.cluster_effects().equals(result.cluster_effects())
-    assert pickle.loads(pickle.dumps(load_fit(path))).cluster_effects().equals(
-        result.cluster_effects())
+    assert (
+        pickle.loads(pickle.dumps(load_fit(path)))
+        .cluster_effects()
+        .equals(result.cluster_effects())
+    )
     shutil.rmtree(tmp_path / "again")
     with pytest.raises(Exception, match="exists; pass overwrite=True"):
         result.save(path)
@@ -185,8 +193,15 @@ def test_too_short_a_run_warns():
 
 def test_svi_recovers_effects():
     sim = simulate_trial(13, 2000, 2, separation=4.5)
-    result = fit(sim.trial, sim.embeddings, method="svi", seed=0, svi_steps=3000,
-                 svi_batch_size=500, svi_draws=500)
+    result = fit(
+        sim.trial,
+        sim.embeddings,
+        method="svi",
+        seed=0,
+        svi_steps=3000,
+        svi_batch_size=500,
+        svi_draws=500,
+    )
     table = result.cluster_effects()
     # SVI posteriors are approximate (often too narrow): absolute tolerance of 0.3
     # (about 4 sampling sds of a cluster effect at n=2000, noise sd 1)
@@ -196,17 +211,24 @@ def test_svi_recovers_effects():
 
 @pytest.mark.parametrize("likelihood", ["student_t", "bernoulli"])
 def test_other_likelihoods_recover_effects(likelihood):
-    sim = simulate_trial(14, 1200 if likelihood == "bernoulli" else 600, 2,
-                         likelihood=likelihood, separation=4.5,
-                         tau=(-1.0, 2.0) if likelihood == "bernoulli" else None)
+    sim = simulate_trial(
+        14,
+        1200 if likelihood == "bernoulli" else 600,
+        2,
+        likelihood=likelihood,
+        separation=4.5,
+        tau=(-1.0, 2.0) if likelihood == "bernoulli" else None,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         result = fit(sim.trial, sim.embeddings, likelihood=likelihood, seed=0, **FAST)
     assert_recovers(result, sim.truth)
     if likelihood == "bernoulli":
         ate = result.ate()
-        assert abs(ate.loc["model_implied", "estimate"] - ate.loc["difference_in_means",
-                   "estimate"]) < 3 * ate.loc["difference_in_means", "std_err"]
+        assert (
+            abs(ate.loc["model_implied", "estimate"] - ate.loc["difference_in_means", "estimate"])
+            < 3 * ate.loc["difference_in_means", "std_err"]
+        )
 
 
 def test_strata_random_effects_and_k1():
@@ -230,8 +252,12 @@ def test_fit_input_errors(k2):
     with pytest.raises(InputError, match="rows but the trial has"):
         fit(sim.trial, np.zeros((3, 4)))
     with pytest.raises(InputError, match="no embedding for image ids"):
-        fit(sim.trial.subset(np.arange(10)), sim.embeddings.__class__(
-            values=sim.embeddings.values[:2], image_ids=np.array([-1, -2])))
+        fit(
+            sim.trial.subset(np.arange(10)),
+            sim.embeddings.__class__(
+                values=sim.embeddings.values[:2], image_ids=np.array([-1, -2])
+            ),
+        )
     with pytest.raises(InputError, match="needs a 0/1 outcome"):
         fit(sim.trial, sim.embeddings, likelihood="bernoulli")
 
@@ -258,8 +284,12 @@ def test_compare_clusters_warns_for_the_selected_fit():
     """Each K's fit is quiet during the comparison; the selected one is then checked."""
     sim = simulate_trial(5, 150, 1)
     with pytest.warns(ConvergenceWarning, match="bulk ESS") as record:
-        comparison = compare_clusters(sim.trial, sim.embeddings, k_max=1, num_chains=1,
-                                      num_warmup=30, num_samples=30, seed=0)
+        comparison = compare_clusters(
+            sim.trial, sim.embeddings, k_max=1, num_chains=1, num_warmup=30, num_samples=30, seed=0
+        )
     assert comparison.best_k == 1
-    assert all("imgcate fit:" in str(w.message) for w in record
-               if issubclass(w.category, ConvergenceWarning))
+    assert all(
+        "imgcate fit:" in str(w.message)
+        for w in record
+        if issubclass(w.category, ConvergenceWarning)
+    )

@@ -27,14 +27,17 @@ def test_interval_calibration_over_replications():
         sim = simulate_trial(1000 + rep, 300, 2, separation=4.0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            result = fit(sim.trial, sim.embeddings, seed=rep, num_warmup=300,
-                         num_samples=400, num_chains=1)
+            result = fit(
+                sim.trial, sim.embeddings, seed=rep, num_warmup=300, num_samples=400, num_chains=1
+            )
         table = result.cluster_effects(prob=0.9)
-        covered_tau += list((table["tau_5%"] <= sim.truth.tau_cluster)
-                            & (sim.truth.tau_cluster <= table["tau_95%"]))
+        covered_tau += list(
+            (table["tau_5%"] <= sim.truth.tau_cluster) & (sim.truth.tau_cluster <= table["tau_95%"])
+        )
         units = result.unit_effects(prob=0.9)
-        covered_cate += list((units["tau_5%"] <= sim.truth.cate + 1e-9)
-                             & (sim.truth.cate - 1e-9 <= units["tau_95%"]))
+        covered_cate += list(
+            (units["tau_5%"] <= sim.truth.cate + 1e-9) & (sim.truth.cate - 1e-9 <= units["tau_95%"])
+        )
     cov_tau, cov_cate = np.mean(covered_tau), np.mean(covered_cate)
     print(f"coverage of 90% intervals: cluster effects {cov_tau:.3f}, unit CATE {cov_cate:.3f}")
     assert 0.80 <= cov_tau <= 0.97

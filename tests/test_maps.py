@@ -49,8 +49,16 @@ def map_inputs(tmp_path_factory) -> tuple[Path, Path]:
     emb = embed(chips, "rcf", n_features=128, n_components=8, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        result = fit(sim.trial, emb, n_clusters=2, seed=0, num_warmup=200, num_samples=200,
-                     num_chains=1, progress=False)
+        result = fit(
+            sim.trial,
+            emb,
+            n_clusters=2,
+            seed=0,
+            num_warmup=200,
+            num_samples=200,
+            num_chains=1,
+            progress=False,
+        )
     result.save(fit_path)
     return scene, fit_path
 
@@ -67,8 +75,13 @@ def full_map(inputs):
     return predict_map(fit, scene, stride=16, **MAP_OPTS)
 
 
-def write_variant(src: Path, dst: Path, *, count: int | None = None,
-                  nodata_box: tuple[int, int, int, int] | None = None) -> Path:
+def write_variant(
+    src: Path,
+    dst: Path,
+    *,
+    count: int | None = None,
+    nodata_box: tuple[int, int, int, int] | None = None,
+) -> Path:
     """A copy of ``src`` with fewer bands, or with a block of nodata pixels (row, col slices)."""
     with rasterio.open(src) as ds:
         data, profile = ds.read(), ds.profile
@@ -96,8 +109,9 @@ def test_map_equals_predict_on_the_same_tiles(inputs, full_map):
     with rasterio.open(scene) as src:
         tiles = np.stack([src.read(window=Window(j * 16, i * 16, TILE, TILE)) for i, j in picks])
         # the output pixel is a 16 px cell centred on its tile
-        assert ds.attrs["transform"] == list(src.transform * rasterio.Affine(
-            16, 0, 8, 0, 16, 8))[:6]
+        assert (
+            ds.attrs["transform"] == list(src.transform * rasterio.Affine(16, 0, 8, 0, 16, 8))[:6]
+        )
         assert rasterio.crs.CRS.from_wkt(ds.attrs["crs"]) == src.crs
     pred = fit.predict(chips_from_array(tiles.astype(np.float32)), max_draws=100, seed=1)
     table = pred.to_frame(0.9)
@@ -110,8 +124,11 @@ def test_map_equals_predict_on_the_same_tiles(inputs, full_map):
     np.testing.assert_allclose(got["prob_positive"], table["prob_positive"], atol=1e-6)
     np.testing.assert_allclose(got["extrapolation"], table["extrapolation"], rtol=1e-4)
     np.testing.assert_array_equal(got["outside_support"], table["outside_support"])
-    np.testing.assert_allclose(ds["cluster_prob"].values[:, rows, cols].T,
-                               table[["cluster_prob_0", "cluster_prob_1"]], atol=1e-5)
+    np.testing.assert_allclose(
+        ds["cluster_prob"].values[:, rows, cols].T,
+        table[["cluster_prob_0", "cluster_prob_1"]],
+        atol=1e-5,
+    )
     # the centre coordinate of a pixel is its tile's centre
     with rasterio.open(scene) as src:
         cx, cy = src.xy(3 * 16 + 16, 17 * 16 + 16, offset="ul")
@@ -127,8 +144,12 @@ def test_the_map_shows_the_known_effect_pattern(inputs, full_map):
     with rasterio.open(land_cover_path(scene)) as src:
         cover = src.read(1)
     built = np.isin(cover, (BUILT, ROAD)).astype(float)
-    share = np.array([[built[i * 16:i * 16 + TILE, j * 16:j * 16 + TILE].mean()
-                       for j in range(23)] for i in range(23)])
+    share = np.array(
+        [
+            [built[i * 16 : i * 16 + TILE, j * 16 : j * 16 + TILE].mean() for j in range(23)]
+            for i in range(23)
+        ]
+    )
     mean = full_map["mean"].values
     assert np.corrcoef(share.ravel(), mean.ravel())[0, 1] > 0.5
     assert mean[share > 0.4].mean() > mean[share < 0.1].mean() + 1.0
@@ -154,7 +175,8 @@ def test_polygons_in_another_crs_line_up_with_the_full_map(inputs, full_map, tmp
     for yy, xx in zip(*np.nonzero(inside), strict=True):
         x, y = float(part.x[xx]), float(part.y[yy])
         assert box(x - cell / 2, y - cell / 2, x + cell / 2, y + cell / 2).intersects(
-            region.to_crs(crs).geometry[0])
+            region.to_crs(crs).geometry[0]
+        )
 
 
 def test_bounds_region_and_nodata_tiles(inputs, tmp_path):
@@ -256,12 +278,16 @@ def test_interrupted_job_resumes_to_the_same_map(inputs, tmp_path):
             raise KeyboardInterrupt("killed")
 
     with pytest.raises(KeyboardInterrupt):
-        predict_map(fit, scene, checkpoint_dir=tmp_path / "ckpt", on_block=kill_after_three,
-                    **opts)
+        predict_map(fit, scene, checkpoint_dir=tmp_path / "ckpt", on_block=kill_after_three, **opts)
     assert len(list((tmp_path / "ckpt").glob("block-*.npz"))) == 3
     calls.clear()
-    resumed = predict_map(fit, scene, checkpoint_dir=tmp_path / "ckpt",
-                          on_block=lambda d, t: calls.append((d, t)), **opts)
+    resumed = predict_map(
+        fit,
+        scene,
+        checkpoint_dir=tmp_path / "ckpt",
+        on_block=lambda d, t: calls.append((d, t)),
+        **opts,
+    )
     assert calls[0] == (4, 11) and len(calls) == 8  # only the 8 missing blocks were computed
     xr.testing.assert_identical(resumed, whole)
     with pytest.raises(InputError, match="another map job"):
@@ -283,8 +309,16 @@ def test_write_cog_is_a_valid_cog_with_named_bands(full_map, tmp_path, caplog):
         assert src.block_shapes[0][0] < 128
         assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
         assert src.profile["tiled"] and src.overviews(1)
-        assert src.descriptions == ("mean", "sd", "lower_5", "upper_95", "prob_positive",
-                                    "cluster_prob_0", "cluster_prob_1", "extrapolation")
+        assert src.descriptions == (
+            "mean",
+            "sd",
+            "lower_5",
+            "upper_95",
+            "prob_positive",
+            "cluster_prob_0",
+            "cluster_prob_1",
+            "extrapolation",
+        )
         assert list(src.descriptions) == band_names(full_map)
         assert src.crs == rasterio.crs.CRS.from_wkt(full_map.attrs["crs"])
         assert list(src.transform)[:6] == full_map.attrs["transform"]
@@ -318,16 +352,19 @@ def test_aggregate_by_polygon_weights_cells_by_area(full_map, tmp_path):
     x1, y1 = t * (6, 4)
     cx0, cy0 = t * (0, 0)
     cx1, cy1 = t * (0.5, 1)
-    polys = gpd.GeoDataFrame({"name": ["a", "b"]},
-                             geometry=[box(x0, y1, x1, y0), box(cx0, cy1, cx1, cy0)],
-                             crs=full_map.attrs["crs"])
+    polys = gpd.GeoDataFrame(
+        {"name": ["a", "b"]},
+        geometry=[box(x0, y1, x1, y0), box(cx0, cy1, cx1, cy0)],
+        crs=full_map.attrs["crs"],
+    )
     out = aggregate_by_polygon(full_map, polys, tmp_path / "districts.gpkg")
     mean = full_map["mean"].values
     assert out.loc[0, "mean"] == pytest.approx(mean[2:4, 4:6].mean(), rel=1e-6)
     assert out.loc[0, "n_tiles"] == 4 and out.loc[0, "covered_share"] == pytest.approx(1)
     assert out.loc[1, "mean"] == pytest.approx(mean[0, 0], rel=1e-6)
-    assert out.loc[0, "lower_5"] == pytest.approx(full_map["lower"].values[2:4, 4:6].mean(),
-                                                  rel=1e-6)
+    assert out.loc[0, "lower_5"] == pytest.approx(
+        full_map["lower"].values[2:4, 4:6].mean(), rel=1e-6
+    )
     back = gpd.read_file(tmp_path / "districts.gpkg")
     assert list(back["name"]) == ["a", "b"]
 
@@ -335,7 +372,14 @@ def test_aggregate_by_polygon_weights_cells_by_area(full_map, tmp_path):
 @pytest.mark.slow
 def test_two_dask_workers_give_the_same_map(inputs, full_map, tmp_path):
     scene, fit = inputs
-    ds = predict_map(fit, scene, stride=16, workers=2, block_tiles=100,
-                     checkpoint_dir=tmp_path / "ckpt", **MAP_OPTS)
+    ds = predict_map(
+        fit,
+        scene,
+        stride=16,
+        workers=2,
+        block_tiles=100,
+        checkpoint_dir=tmp_path / "ckpt",
+        **MAP_OPTS,
+    )
     xr.testing.assert_allclose(ds, full_map, rtol=1e-6, atol=1e-6)
     assert len(list((tmp_path / "ckpt").glob("block-*.npz"))) == 6

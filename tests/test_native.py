@@ -35,13 +35,16 @@ def _direct(x, mean, std, filters, bias):
     windows = np.lib.stride_tricks.sliding_window_view(z, (k, k), axis=(2, 3))
     conv = np.einsum("ncyxij,fcij->nfyx", windows, filters.astype(np.float64))
     b = bias[None, :, None, None]
-    return np.concatenate([np.maximum(conv - b, 0).mean((2, 3)),
-                           np.maximum(-conv - b, 0).mean((2, 3))], axis=1)
+    return np.concatenate(
+        [np.maximum(conv - b, 0).mean((2, 3)), np.maximum(-conv - b, 0).mean((2, 3))], axis=1
+    )
 
 
 @needs_kernel
-@pytest.mark.parametrize(("bands", "k", "n_filters"), [(1, 3, 4), (6, 3, 128), (4, 1, 70),
-                                                       (13, 5, 65), (16, 3, 64), (3, 2, 200)])
+@pytest.mark.parametrize(
+    ("bands", "k", "n_filters"),
+    [(1, 3, 4), (6, 3, 128), (4, 1, 70), (13, 5, 65), (16, 3, 64), (3, 2, 200)],
+)
 def test_kernel_equals_the_definition(bands, k, n_filters):
     """Every tile remainder (output widths k .. k + 11 cover width mod 6 = 0 .. 5), filter counts
     that do not fill a 64-filter block, band counts from 1 to the compiled maximum, biases of
@@ -89,7 +92,8 @@ def test_kernel_is_built_where_this_cpu_runs_it():
         pytest.skip("no C++ compiler here: the extension could not be built at install")
     assert _native._library() is not None, (
         "imgcate._rcf is not built or not loadable on an AVX-512 CPU; rebuild with "
-        "`pip install -e .` and look for the compiler's error")
+        "`pip install -e .` and look for the compiler's error"
+    )
 
 
 def test_library_is_not_used_when_missing_or_from_another_version(monkeypatch):
@@ -151,7 +155,7 @@ def test_a_chip_embeds_the_same_whatever_it_is_embedded_with(fitted):
     chips (a float32 head did, by ~3e-6, through the BLAS kernel chosen by the row count)."""
     x, enc = fitted
     together = enc.transform(x)
-    alone = np.concatenate([enc.transform(x[i:i + 1]) for i in range(0, 40, 3)])
+    alone = np.concatenate([enc.transform(x[i : i + 1]) for i in range(0, 40, 3)])
     np.testing.assert_allclose(alone, together[0:40:3], rtol=0, atol=1e-12)
     np.testing.assert_array_equal(enc._features(x[5:9]), enc._features(x)[5:9])
 

@@ -48,8 +48,13 @@ def test_causal_forest_runs_when_econml_is_installed(peers):
 
 
 def test_summary_reports_the_pehe_ratio(peers):
-    row = {"sqrt_pehe": 0.2, "ate_error": 0.1, "coverage_90": 0.9, "rate_autoc": 1.0,
-           "fit_seconds": 1.0}
+    row = {
+        "sqrt_pehe": 0.2,
+        "ate_error": 0.1,
+        "coverage_90": 0.9,
+        "rate_autoc": 1.0,
+        "fit_seconds": 1.0,
+    }
     methods = {m: dict(row) for m in peers.METHODS}
     methods["causal_forest_dml"]["sqrt_pehe"] = 0.5
     out = peers.summarize([{"dataset": "sim_K2_seed0", "methods": methods}])

@@ -51,12 +51,14 @@ def test_synthetic_scene_end_to_end(scene, tmp_path):
     check_recovery(result, sim.truth)
     # the fit keeps the encoder: new chips are embedded exactly as the trial's were
     loaded = load_fit(result.save(tmp_path / "fit.imgcate"))
-    np.testing.assert_allclose(loaded.encoder.transform(chips), emb.encoder.transform(chips),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.encoder.transform(chips), emb.encoder.transform(chips), atol=1e-6
+    )
     direct = result.predict(emb.values[chips.unit_image])
     from_chips = loaded.predict(chips)
-    np.testing.assert_allclose(from_chips.cate.mean(0)[chips.unit_image],
-                               direct.cate.mean(0), atol=1e-5)
+    np.testing.assert_allclose(
+        from_chips.cate.mean(0)[chips.unit_image], direct.cate.mean(0), atol=1e-5
+    )
 
 
 def test_landsat_semi_synthetic_end_to_end(landsat_path):

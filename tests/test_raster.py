@@ -26,12 +26,20 @@ def _trial_at(path, rows, cols, *, crs=None, image_id=None):
         xs, ys = rasterio.transform.xy(ds.transform, rows, cols, offset="center")
         raster_crs = ds.crs
     n = len(rows)
-    df = pd.DataFrame({"id": [f"u{i}" for i in range(n)], "x": xs, "y": ys,
-                       "treatment": np.arange(n) % 2, "outcome": np.zeros(n)})
+    df = pd.DataFrame(
+        {
+            "id": [f"u{i}" for i in range(n)],
+            "x": xs,
+            "y": ys,
+            "treatment": np.arange(n) % 2,
+            "outcome": np.zeros(n),
+        }
+    )
     if image_id is not None:
         df["img"] = image_id
-    trial = read_units(df, lon="x", lat="y", crs=raster_crs,
-                       image_id="img" if image_id is not None else None)
+    trial = read_units(
+        df, lon="x", lat="y", crs=raster_crs, image_id="img" if image_id is not None else None
+    )
     if crs is not None:
         from dataclasses import replace
 
@@ -52,9 +60,18 @@ def nodata_raster(tmp_path_factory):
     path = tmp_path_factory.mktemp("nd") / "nodata.tif"
     data = np.arange(2 * 50 * 60, dtype=np.float32).reshape(2, 50, 60)
     data[:, 20:23, 20:23] = -9999
-    with rasterio.open(path, "w", driver="GTiff", width=60, height=50, count=2, dtype="float32",
-                       crs=CRS, transform=from_origin(500000, 100000, 10, 10),
-                       nodata=-9999) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=60,
+        height=50,
+        count=2,
+        dtype="float32",
+        crs=CRS,
+        transform=from_origin(500000, 100000, 10, 10),
+        nodata=-9999,
+    ) as dst:
         dst.write(data)
     return path
 
@@ -239,8 +256,9 @@ def test_encoder_refuses_chips_cut_another_way(scene, tmp_path):
             dst.set_band_description(i, f"other_{i}")
     with pytest.raises(InputError, match=r"the trial's chips had \['B1'"):
         enc.transform(extract_chips(trial, renamed, 8))
-    with rasterio.open(coarse, "w", **{**profile,
-                                       "transform": profile["transform"] * Affine.scale(2)}) as d:
+    with rasterio.open(
+        coarse, "w", **{**profile, "transform": profile["transform"] * Affine.scale(2)}
+    ) as d:
         d.write(data)
     coarse_trial = _trial_at(coarse, [30, 40], [30, 40])
     with pytest.warns(ExtrapolationWarning, match="another ground footprint"):

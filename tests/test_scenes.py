@@ -32,8 +32,9 @@ def scene(tmp_path_factory):
 
 def test_scene_reopens_with_stated_crs_transform_bands(tmp_path):
     path = tmp_path / "s.tif"
-    cover = synthetic_scene(path, seed=1, width=64, height=48, bands=4, crs="EPSG:32633",
-                            pixel_size=10.0)
+    cover = synthetic_scene(
+        path, seed=1, width=64, height=48, bands=4, crs="EPSG:32633", pixel_size=10.0
+    )
     with rasterio.open(path) as ds:
         assert ds.crs.to_epsg() == 32633 and ds.count == 4 and (ds.height, ds.width) == (48, 64)
         assert ds.transform.a == 10.0 and ds.transform.e == -10.0
@@ -53,7 +54,8 @@ def test_clusters_are_a_deterministic_function_of_the_chips(scene):
     with rasterio.open(land_cover_path(path)) as lc:
         for i, transform in enumerate(chips.transforms[:20]):
             window = rasterio.windows.from_bounds(
-                *rasterio.transform.array_bounds(16, 16, transform), lc.transform)
+                *rasterio.transform.array_bounds(16, 16, transform), lc.transform
+            )
             patch = lc.read(1, window=Window(*(round(v) for v in window.flatten())))
             share = np.isin(patch, (BUILT, ROAD)).mean()
             k = chips.unit_image == i
@@ -115,8 +117,7 @@ def test_landsat_trial_clusters_follow_ndvi_and_are_separable(landsat_path):
 @pytest.mark.slow
 def test_larger_trials_separable_three_clusters(scene, landsat_path):
     path, _ = scene
-    sim = simulate_scene_trial(path, seed=7, n_units=300, n_clusters=3, chip_size=32,
-                               margin=0.03)
+    sim = simulate_scene_trial(path, seed=7, n_units=300, n_clusters=3, chip_size=32, margin=0.03)
     emb = embed(extract_chips(sim.trial, path, 32), seed=0)
     x = emb.for_keys(sim.trial.image_keys)
     acc = cross_val_score(LogisticRegression(max_iter=4000), x, sim.truth.cluster, cv=5).mean()

@@ -63,13 +63,20 @@ def synthetic_patch_trial(seed: int, n: int = 240, size: int = 32, patch: int = 
         q = rng.integers(4)
         r = (q // 2) * half + rng.integers(0, half - patch + 1)
         c = (q % 2) * half + rng.integers(0, half - patch + 1)
-        masks[i, r:r + patch, c:c + patch] = True
+        masks[i, r : r + patch, c : c + patch] = True
         x[i][:, masks[i]] += PATCH_SIGNATURE[:, None]
     treatment = rng.integers(0, 2, n)
     outcome = 0.5 * rng.normal(size=n) + treatment * np.where(has, 2.0, 0.0)
-    table = pd.DataFrame({"id": np.arange(n), "lon": rng.uniform(30, 31, n),
-                          "lat": rng.uniform(0, 1, n), "treatment": treatment,
-                          "outcome": outcome, "image_id": np.arange(n)})
+    table = pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "lon": rng.uniform(30, 31, n),
+            "lat": rng.uniform(0, 1, n),
+            "treatment": treatment,
+            "outcome": outcome,
+            "image_id": np.arange(n),
+        }
+    )
     trial = read_units(table, image_id="image_id")
     return chips_from_array(x.astype(np.float32), np.arange(n)), trial, has, masks
 
@@ -90,8 +97,7 @@ def pointing_game(result, masks, has) -> float:
 
 
 def covers_zero(result) -> np.ndarray:
-    return ((result.cate_change_lower.values <= 0)
-            & (result.cate_change_upper.values >= 0))
+    return (result.cate_change_lower.values <= 0) & (result.cate_change_upper.values >= 0)
 
 
 @pytest.fixture(scope="module")
@@ -201,8 +207,9 @@ def test_vectorized_occlusion_equals_loop(setting, method, fill):
     fills = fill_values(sub, fill, blur_sigma=2.0)
     with jax.enable_x64(True):
         fit64 = _float64(fitted)
-        result = segment_sensitivity(fit64, sub, labels, fill=fill, max_draws=60, seed=3,
-                                     batch_size=3, blur_sigma=2.0)
+        result = segment_sensitivity(
+            fit64, sub, labels, fill=fill, max_draws=60, seed=3, batch_size=3, blur_sigma=2.0
+        )
         expected = _loop_occlusion(fit64, sub, labels, fills, images, 60, 3)
     for (i, s), (mean, lo, hi, prob_change) in expected.items():
         row = result.isel(image=i, segment=s)
@@ -212,8 +219,9 @@ def test_vectorized_occlusion_equals_loop(setting, method, fill):
         assert np.allclose(row.cluster_prob_change.values, prob_change, rtol=0, atol=1e-6)
     assert result.attrs["n_draws"] == 60
     # the default float32 run agrees with the float32 loop to float32 precision
-    result32 = segment_sensitivity(fitted, sub, labels, fill=fill, max_draws=60, seed=3,
-                                   batch_size=3, blur_sigma=2.0)
+    result32 = segment_sensitivity(
+        fitted, sub, labels, fill=fill, max_draws=60, seed=3, batch_size=3, blur_sigma=2.0
+    )
     expected32 = _loop_occlusion(fitted, sub, labels, fills, images[:2], 60, 3)
     for (i, s), (mean, _, hi, _) in expected32.items():
         row = result32.isel(image=i, segment=s)
@@ -361,8 +369,7 @@ def test_cluster_sensitivity_and_typical_images(grid_result, setting):
     assert float(agg.segment_sensitivity.sel(cluster=1).max()) < 0
     # the grid average equals the per-pixel average on each block
     labels = grid_labels(32, 32, 16)
-    assert np.allclose(agg.sensitivity.values[1][labels == 5],
-                       float(agg.segment_sensitivity[1, 5]))
+    assert np.allclose(agg.sensitivity.values[1][labels == 5], float(agg.segment_sensitivity[1, 5]))
     hard = cluster_sensitivity(grid_result, weight="hard")
     assert float(hard.weight.sum()) == 240
     table = typical_images(fitted, chips, n=3)
@@ -421,8 +428,9 @@ def test_geotiff_keeps_crs_and_transform(setting, tmp_path):
         crs = ds.crs
         xs = ds.bounds.left + np.array([40.0, 70.0]) * 30
         ys = ds.bounds.top - np.array([40.0, 90.0]) * 30
-    table = pd.DataFrame({"id": ["a", "b"], "lon": xs, "lat": ys, "treatment": [0, 1],
-                          "outcome": [0.0, 1.0]})
+    table = pd.DataFrame(
+        {"id": ["a", "b"], "lon": xs, "lat": ys, "treatment": [0, 1], "outcome": [0.0, 1.0]}
+    )
     trial = read_units(table, crs=crs)
     chips = extract_chips(trial, scene, 32)
     scaled = chips_from_array(chips.values / 1000.0, chips.image_ids)
@@ -434,7 +442,10 @@ def test_geotiff_keeps_crs_and_transform(setting, tmp_path):
         assert ds.crs == crs
         assert ds.transform.almost_equals(chips.transforms[1])
         assert ds.count == 3 and ds.descriptions == (
-            "cate_change_mean", "cate_change_lower", "cate_change_upper")
+            "cate_change_mean",
+            "cate_change_lower",
+            "cate_change_upper",
+        )
         assert ds.tags()["prob"] == "0.9"
         band = ds.read(1)
     assert np.allclose(band, sensitivity_map(result).values[1], atol=1e-6)
@@ -466,8 +477,9 @@ def test_pointing_game_slic_blur_longer_chains():
     for seed in (0, 1, 2):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # short chains: low-ESS warnings are expected here
-            fitted = fit(trial, emb, n_clusters=2, seed=seed, num_warmup=400, num_samples=400,
-                         num_chains=2)
+            fitted = fit(
+                trial, emb, n_clusters=2, seed=seed, num_warmup=400, num_samples=400, num_chains=2
+            )
         result = segment_sensitivity(fitted, chips, labels, fill="blur", seed=0)
         assert pointing_game(result, masks, has) >= 0.8
         finite = np.isfinite(result.cate_change_mean.values[~has])

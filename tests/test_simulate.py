@@ -46,8 +46,10 @@ def test_shared_images_strata_and_confounding():
 
 
 def test_binary_and_heavy_tailed_outcomes():
-    assert set(np.unique(simulate_trial(3, 200, likelihood="bernoulli").trial.outcome_array)) \
-        == {0.0, 1.0}
+    assert set(np.unique(simulate_trial(3, 200, likelihood="bernoulli").trial.outcome_array)) == {
+        0.0,
+        1.0,
+    }
     y = simulate_trial(3, 2000, likelihood="student_t").trial.outcome_array
     assert ((y - np.median(y)) ** 4).mean() / y.var() ** 2 > 4  # heavier than Gaussian (3)
 

@@ -14,18 +14,27 @@ from imgcate import InputError, read_units
 
 def table(n: int = 6) -> pd.DataFrame:
     rng = np.random.default_rng(0)
-    return pd.DataFrame({
-        "id": np.arange(n), "lon": rng.uniform(32, 33, n), "lat": rng.uniform(0, 1, n),
-        "treatment": np.arange(n) % 2, "outcome": rng.normal(size=n),
-        "x": rng.normal(size=n), "village": np.arange(n) // 2,
-    })
+    return pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "lon": rng.uniform(32, 33, n),
+            "lat": rng.uniform(0, 1, n),
+            "treatment": np.arange(n) % 2,
+            "outcome": rng.normal(size=n),
+            "x": rng.normal(size=n),
+            "village": np.arange(n) // 2,
+        }
+    )
 
 
 def test_reads_csv_geopackage_and_parquet_alike(tmp_path):
     df = table()
     df.to_csv(tmp_path / "u.csv", index=False)
-    gdf = gpd.GeoDataFrame(df.drop(columns=["lon", "lat"]),
-                           geometry=gpd.points_from_xy(df.lon, df.lat), crs="EPSG:4326")
+    gdf = gpd.GeoDataFrame(
+        df.drop(columns=["lon", "lat"]),
+        geometry=gpd.points_from_xy(df.lon, df.lat),
+        crs="EPSG:4326",
+    )
     gdf.to_crs("EPSG:32636").to_file(tmp_path / "u.gpkg")
     gdf.to_parquet(tmp_path / "u.parquet")
     a = read_units(tmp_path / "u.csv", covariates=["x"], image_id="village")
@@ -52,17 +61,29 @@ def test_reads_csv_geopackage_and_parquet_alike(tmp_path):
         (lambda d: d.assign(id=[0, 1, 1, 2, 3, 4]), {}, "duplicated ids [1]"),
         (lambda d: d.assign(id=["a", "b", "b", 7, 7, "c"]), {}, "duplicated ids [7, 'b']"),
         (lambda d: d.assign(id=["a", None, "b", None, "c", "d"]), {}, "has missing ids"),
-        (lambda d: d.assign(x=["a", "b", 1, 2, 3, 4]), {"covariates": ["x"]},
-         "covariate 'x' is not numeric"),
-        (lambda d: d.assign(lat=[0.1, None, 0.2, 0.3, 0.4, 0.5]), {}, "missing or non-numeric "
-         "coordinates"),
-        (lambda d: d.assign(x=[1, None, 2, 3, 4, 5]), {"covariates": ["x"]},
-         "missing='drop', 'mean' or 'indicator'"),
+        (
+            lambda d: d.assign(x=["a", "b", 1, 2, 3, 4]),
+            {"covariates": ["x"]},
+            "covariate 'x' is not numeric",
+        ),
+        (
+            lambda d: d.assign(lat=[0.1, None, 0.2, 0.3, 0.4, 0.5]),
+            {},
+            "missing or non-numeric coordinates",
+        ),
+        (
+            lambda d: d.assign(x=[1, None, 2, 3, 4, 5]),
+            {"covariates": ["x"]},
+            "missing='drop', 'mean' or 'indicator'",
+        ),
         (lambda d: d, {"covariates": ["nope"]}, "covariate column 'nope' is not in"),
         (lambda d: d.drop(columns="lon"), {}, "coordinate column 'lon'"),
         (lambda d: d, {"missing": "zero"}, "missing='zero' is not allowed"),
-        (lambda d: d.assign(lon=d.lon * 1e4 + 4e5, lat=d.lat * 1e4), {},
-         "units [0, 1, 2, 3, 4] and 1 more have coordinates outside longitude"),
+        (
+            lambda d: d.assign(lon=d.lon * 1e4 + 4e5, lat=d.lat * 1e4),
+            {},
+            "units [0, 1, 2, 3, 4] and 1 more have coordinates outside longitude",
+        ),
         (lambda d: d.assign(lon=d.lon * 1e4 + 4e5), {}, "pass their crs='EPSG:....'"),
         (lambda d: d.assign(lon=d.lat, lat=d.lon + 100), {}, "look swapped; pass lon='lat'"),
         (lambda d: d, {"crs": "EPSG:nope"}, "crs='EPSG:nope' is not a coordinate reference"),
@@ -122,8 +143,9 @@ def test_strata_and_cluster_codes_and_subset():
 
 def test_unknown_crs_for_a_geometry_without_one_is_named():
     df = table()
-    gdf = gpd.GeoDataFrame(df.drop(columns=["lon", "lat"]),
-                           geometry=gpd.points_from_xy(df.lon, df.lat))
+    gdf = gpd.GeoDataFrame(
+        df.drop(columns=["lon", "lat"]), geometry=gpd.points_from_xy(df.lon, df.lat)
+    )
     with pytest.raises(InputError, match="crs='EPSG:nope' is not a coordinate reference"):
         read_units(gdf, crs="EPSG:nope")
     assert read_units(gdf, crs="EPSG:4326").crs.to_epsg() == 4326
