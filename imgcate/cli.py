@@ -15,8 +15,8 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from imgcate._io import atomic_path, check_writable, ensure_folder
 from imgcate.errors import ImgcateError
+from imgcate.output import atomic_path, check_writable, ensure_folder
 
 log = logging.getLogger("imgcate")
 

@@ -51,9 +51,19 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from imgcate._validate import as_float_array, check_choice, rng_from_seed
 from imgcate.errors import ConvergenceWarning, InputError, OverlapWarning
 from imgcate.evaluate import aipw_scores
+from imgcate.validation import (
+    as_features,
+    as_float_array,
+    as_propensity,
+    as_treatment,
+    check_choice,
+    check_lengths,
+    check_prob,
+    cluster_codes,
+    rng_from_seed,
+)
 
 PropensityMethod = Literal["logistic", "bayes"]
 OutcomeModel = Literal["ridge", "lasso", "boosting"]
@@ -88,82 +98,10 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _check_treatment(treatment: Any) -> np.ndarray:
-    t = as_float_array("treatment", treatment, ndim=1)
-    values = np.unique(t)
-    if not np.isin(values, (0.0, 1.0)).all():
-        shown = values[~np.isin(values, (0.0, 1.0))][:5].tolist()
-        raise InputError(
-            f"treatment must be binary (0/1); found value(s) {shown}. "
-            "Recode it as 1 = treated, 0 = control."
-        )
-    if len(values) < 2:
-        raise InputError(
-            "treatment must contain both treated (1) and control (0) units; "
-            f"all {len(t)} units have treatment={int(values[0]) if len(values) else 'none'}."
-        )
-    return t.astype(np.int8)
-
-
-def _check_propensity_values(scores: Any) -> np.ndarray:
-    e = as_float_array("propensity", scores, ndim=1)
-    if ((e <= 0) | (e >= 1)).any():
-        bad = int(((e <= 0) | (e >= 1)).sum())
-        raise InputError(
-            f"propensity must lie strictly between 0 and 1; {bad} value(s) do not "
-            f"(min {e.min():.3g}, max {e.max():.3g}). Clip them (estimate_propensity(clip=...)) "
-            "or trim those units (trim(...))."
-        )
-    return e
-
-
 def _propensity_array(propensity: Propensity | Any) -> np.ndarray:
     if isinstance(propensity, Propensity):
         return propensity.scores
-    return _check_propensity_values(propensity)
-
-
-def _check_lengths(**arrays: np.ndarray | None) -> int:
-    given = {k: len(v) for k, v in arrays.items() if v is not None}
-    first, n = next(iter(given.items()))
-    for name, m in given.items():
-        if m != n:
-            raise InputError(
-                f"{first} has {n} units but {name} has {m}; pass arrays for the same units "
-                "in the same order."
-            )
-    return n
-
-
-def _check_features(features: Any, name: str = "features") -> np.ndarray:
-    x = as_float_array(name, features)
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.ndim != 2:
-        raise InputError(f"{name} must have shape (unit, feature), got {x.shape}.")
-    return x
-
-
-def _check_prob(prob: float) -> float:
-    if not 0 < prob < 1:
-        raise InputError(f"prob={prob!r} must lie strictly between 0 and 1 (e.g. 0.95).")
-    return float(prob)
-
-
-def _cluster_codes(clusters: Any, n: int) -> np.ndarray | None:
-    if clusters is None:
-        return None
-    codes = pd.factorize(np.asarray(clusters), sort=True)[0]
-    if len(codes) != n:
-        raise InputError(
-            f"clusters has {len(codes)} entries but there are {n} units; give one cluster id "
-            "per unit."
-        )
-    if (codes < 0).any():
-        raise InputError("clusters holds missing values; give every unit a cluster id.")
-    if codes.max() < 1:
-        raise InputError("clusters has a single cluster; cluster-robust errors need at least 2.")
-    return codes
+    return as_propensity(propensity)
 
 
 def _fold_ids(
@@ -580,15 +518,15 @@ def estimate_propensity(
     (300,)
     """
     check_choice("method", method, ("logistic", "bayes"))
-    x = _check_features(features)
-    t = _check_treatment(treatment)
-    n = _check_lengths(features=x, treatment=t)
+    x = as_features(features)
+    t = as_treatment(treatment).astype(np.int8)
+    n = check_lengths(features=x, treatment=t)
     if not 0 < clip < 0.5:
         raise InputError(f"clip={clip!r} must lie in (0, 0.5), e.g. 1e-3.")
     rng = rng_from_seed(seed)
     check_choice("tune", tune, ("balance", "log_loss"))
     if method == "logistic":
-        folds = _fold_ids(t, n_folds, rng, _cluster_codes(clusters, n))
+        folds = _fold_ids(t, n_folds, rng, cluster_codes(clusters, n, min_clusters=2))
         diagnostics: dict[str, Any] = {"n_folds": n_folds}
         if C is None and tune == "balance":
             raw, C_best, imbalance = _balance_tuned_cross_fit(x, t, folds, clip)
@@ -685,7 +623,7 @@ def crump_alpha(scores: Any) -> float:
     >>> crump_alpha([0.3, 0.4, 0.5, 0.6])
     0.0
     """
-    e = _check_propensity_values(scores)
+    e = as_propensity(scores)
     g = np.sort(1 / (e * (1 - e)))
     if g[-1] <= 2 * g.mean():
         return 0.0
@@ -815,10 +753,10 @@ def _from_influence(
 
 def _common(outcome, treatment, propensity=None, clusters=None, prob=0.95):
     y = as_float_array("outcome", outcome, ndim=1)
-    t = _check_treatment(treatment)
+    t = as_treatment(treatment).astype(np.int8)
     e = None if propensity is None else _propensity_array(propensity)
-    n = _check_lengths(outcome=y, treatment=t, propensity=e)
-    return y, t, e, _cluster_codes(clusters, n), _check_prob(prob)
+    n = check_lengths(outcome=y, treatment=t, propensity=e)
+    return y, t, e, cluster_codes(clusters, n, min_clusters=2), check_prob(prob)
 
 
 def difference_in_means(
@@ -1016,14 +954,14 @@ def aipw(
     if mu0 is None:
         if features is None:
             raise InputError("aipw needs features (to fit outcome models) or both mu0 and mu1.")
-        x = _check_features(features)
-        _check_lengths(outcome=y, features=x)
+        x = as_features(features)
+        check_lengths(outcome=y, features=x)
         folds = _fold_ids(t, n_folds, rng_from_seed(seed), codes)
         m0, m1 = _cross_fit_outcome(x, y, t, folds, outcome_model, int(seed))
     else:
         m0 = as_float_array("mu0", mu0, ndim=1)
         m1 = as_float_array("mu1", mu1, ndim=1)
-        _check_lengths(outcome=y, mu0=m0, mu1=m1)
+        check_lengths(outcome=y, mu0=m0, mu1=m1)
     phi = aipw_scores(y, t, e, m0, m1)
     tau = phi.mean()
     return _from_influence("aipw", tau, phi - tau, codes, prob)
@@ -1172,8 +1110,8 @@ def balance_table(
     >>> round(float(tab.loc["feature_0", "smd_before"]), 3)
     1.414
     """
-    x = _check_features(features)
-    t = _check_treatment(treatment)
+    x = as_features(features)
+    t = as_treatment(treatment).astype(np.int8)
     w = None
     if isinstance(weights, Propensity):
         w = weights.ipw_weights
@@ -1181,7 +1119,7 @@ def balance_table(
         w = as_float_array("weights", weights, ndim=1)
         if (w < 0).any() or w.sum() <= 0:
             raise InputError("weights must be non-negative with a positive sum.")
-    _check_lengths(features=x, treatment=t, weights=w)
+    check_lengths(features=x, treatment=t, weights=w)
     if names is None:
         names = [f"feature_{j}" for j in range(x.shape[1])]
     if len(names) != x.shape[1]:
@@ -1510,9 +1448,9 @@ def confounding_sensitivity(
     3
     """
     y = as_float_array("outcome", outcome, ndim=1)
-    t = _check_treatment(treatment).astype(float)
-    x = _check_features(covariates, "covariates")
-    n = _check_lengths(outcome=y, treatment=t, covariates=x)
+    t = as_treatment(treatment)
+    x = as_features(covariates, "covariates")
+    n = check_lengths(outcome=y, treatment=t, covariates=x)
     names = [f"covariate_{j}" for j in range(x.shape[1])] if names is None else list(names)
     if len(names) != x.shape[1]:
         raise InputError(f"names has {len(names)} entries but covariates has {x.shape[1]} columns.")
@@ -1629,7 +1567,7 @@ def resolution_check(
 
     from imgcate.embed import embed
 
-    treatment = _check_treatment(trial.treatment_array)
+    treatment = as_treatment(trial.treatment_array).astype(np.int8)
     outcome = trial.outcome_array
     rows = []
     for factor in factors:

@@ -18,11 +18,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from imgcate._io import atomic_path
 from imgcate.embed import Embeddings
 from imgcate.errors import ConvergenceWarning, FitError, InputError
 from imgcate.fit import FitConfig, Standardizer
+from imgcate.intervals import interval_names, quantiles
 from imgcate.model import membership_logits
+from imgcate.output import atomic_path
 
 FORMAT_VERSION = 1
 #: Parameters whose convergence is checked (raw non-centred weights are not reported).
@@ -40,24 +41,6 @@ CHECKED = (
     "stratum_sd",
     "group_sd",
 )
-
-
-def interval_names(prob: float) -> tuple[str, str]:
-    """Column names of a central interval, by percentile: 0.9 -> ("5%", "95%")."""
-    _check_prob(prob)
-    lo = 100 * (1 - prob) / 2
-    return f"{lo:g}%", f"{100 - lo:g}%"
-
-
-def _check_prob(prob: float) -> None:
-    if not 0 < prob < 1:
-        raise InputError(f"prob={prob} must be between 0 and 1 (e.g. 0.9 for a 90% interval).")
-
-
-def _quantiles(draws: np.ndarray, prob: float, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    lo = (1 - prob) / 2
-    q = np.quantile(draws, [lo, 1 - lo], axis=axis)
-    return q[0], q[1]
 
 
 def _flat(values: np.ndarray) -> np.ndarray:
@@ -95,7 +78,7 @@ class Prediction:
     def to_frame(self, prob: float = 0.9) -> pd.DataFrame:
         """One row per image: CATE mean, sd, interval, P(CATE > 0), cluster probabilities."""
         lo_name, hi_name = interval_names(prob)
-        lo, hi = _quantiles(self.cate, prob)
+        lo, hi = quantiles(self.cate, prob)
         out = pd.DataFrame(
             {
                 "image": self.image_ids,
@@ -304,7 +287,7 @@ class EffectFit:
         lo_name, hi_name = interval_names(prob)
         tau = _flat(self.idata.posterior["tau_cluster"].values)
         share = _flat(self.idata.posterior["cluster_share"].values)
-        lo, hi = _quantiles(tau, prob)
+        lo, hi = quantiles(tau, prob)
         return pd.DataFrame(
             {
                 "cluster": np.arange(self.n_clusters),
@@ -324,7 +307,7 @@ class EffectFit:
         """
         lo_name, hi_name = interval_names(prob)
         cluster_prob, cate, resp = self._in_sample()
-        lo, hi = _quantiles(cate, prob)
+        lo, hi = quantiles(cate, prob)
         out = pd.DataFrame(
             {
                 "unit": self.unit_ids,
@@ -352,7 +335,7 @@ class EffectFit:
         """
         lo_name, hi_name = interval_names(prob)
         draws = _flat(self.idata.posterior["ate"].values)
-        lo, hi = _quantiles(draws, prob)
+        lo, hi = quantiles(draws, prob)
         y = self.idata.observed_data["outcome"].values * self.standardizer.outcome_sd
         y = y + self.standardizer.outcome_mean
         t = self.idata.constant_data["treatment"].values
@@ -381,11 +364,11 @@ class EffectFit:
         post = self.idata.posterior
         for name, label in (("tau_cluster", "tau_cluster"), ("cluster_share", "cluster_share")):
             draws = _flat(post[name].values)
-            lo, hi = _quantiles(draws, prob)
+            lo, hi = quantiles(draws, prob)
             for k in range(self.n_clusters):
                 rows.append((f"{label}[{k}]", draws[:, k].mean(), draws[:, k].std(), lo[k], hi[k]))
         draws = _flat(post["ate"].values)
-        lo, hi = _quantiles(draws, prob)
+        lo, hi = quantiles(draws, prob)
         rows.append(("ate", draws.mean(), draws.std(), lo, hi))
         return pd.DataFrame(rows, columns=["term", "estimate", "std_err", lo_name, hi_name])
 
@@ -445,7 +428,7 @@ class EffectFit:
                     f"names has {len(labels)} entries; give one per input feature "
                     f"({len(self.standardizer.embedding_mean)}) with basis='input'."
                 )
-        lo, hi = _quantiles(weights, prob)
+        lo, hi = quantiles(weights, prob)
         index = pd.MultiIndex.from_product(
             [labels, np.arange(1, self.n_clusters)], names=["feature", "contrast"]
         )

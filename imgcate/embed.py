@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from imgcate import _native
-from imgcate._validate import check_choice, rng_from_seed
 from imgcate.errors import ExtrapolationWarning, FitError, InputError
+from imgcate.validation import check_choice, rng_from_seed
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,17 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from imgcate._validate import as_float_array, check_choice, rng_from_seed
 from imgcate.errors import InputError
+from imgcate.validation import (
+    as_float_array,
+    as_propensity,
+    as_treatment,
+    as_vector,
+    check_choice,
+    cluster_codes,
+    rng_from_seed,
+    seed_int,
+)
 
 RateTarget = Literal["AUTOC", "QINI"]
 RATE_TARGETS = ("AUTOC", "QINI")
@@ -36,60 +45,6 @@ TIDY_COLUMNS = ["term", "estimate", "std_err", "p_value", "ci_lower", "ci_upper"
 Learner = Callable[
     [np.ndarray, np.ndarray, np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]
 ]
-
-
-# --------------------------------------------------------------------------- validation helpers
-
-
-def _vector(name: str, values: Any, n: int | None = None) -> np.ndarray:
-    arr = as_float_array(name, values, ndim=1)
-    if n is not None and len(arr) != n:
-        raise InputError(
-            f"{name} has {len(arr)} entries but outcome/scores have {n}; give one value per unit."
-        )
-    return arr
-
-
-def _treatment(values: Any, n: int | None = None) -> np.ndarray:
-    t = _vector("treatment", values, n)
-    if not np.isin(t, (0.0, 1.0)).all():
-        raise InputError("treatment must be binary 0/1; recode it as 0 (control) / 1 (treated).")
-    if t.min() == t.max():
-        raise InputError("treatment is constant; effects need both treated and control units.")
-    return t
-
-
-def _propensity(values: Any, n: int) -> np.ndarray:
-    p = as_float_array("propensity", values)
-    if p.ndim == 0:
-        p = np.full(n, float(p))
-    elif p.ndim != 1 or len(p) != n:
-        raise InputError(
-            f"propensity must be a scalar or have one value per unit ({n}), got shape {p.shape}."
-        )
-    if (p <= 0).any() or (p >= 1).any():
-        raise InputError(
-            "propensity must lie strictly between 0 and 1; trim units with "
-            "extreme propensities or fix the propensity model."
-        )
-    return p
-
-
-def _cluster_codes(clusters: Any, n: int) -> np.ndarray | None:
-    if clusters is None:
-        return None
-    arr = np.asarray(clusters)
-    if arr.ndim != 1 or len(arr) != n:
-        raise InputError(f"clusters must have one label per unit ({n}), got shape {arr.shape}.")
-    if pd.isna(arr).any():
-        raise InputError("clusters has missing labels; give every unit a cluster id.")
-    return pd.factorize(arr, sort=True)[0].astype(np.int64)
-
-
-def _seed_int(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise InputError(f"seed must be an int (got {seed!r}) so that results are reproducible.")
-    return int(seed)
 
 
 # --------------------------------------------------------------------------- AIPW scores
@@ -124,12 +79,12 @@ def aipw_scores(outcome: Any, treatment: Any, propensity: Any, mu0: Any, mu1: An
     >>> aipw_scores([1.0, 0.0], [1, 0], 0.5, [0.0, 0.0], [1.0, 1.0]).tolist()
     [1.0, 1.0]
     """
-    y = _vector("outcome", outcome)
+    y = as_vector("outcome", outcome)
     n = len(y)
-    t = _treatment(treatment, n)
-    e = _propensity(propensity, n)
-    m0 = _vector("mu0", mu0, n)
-    m1 = _vector("mu1", mu1, n)
+    t = as_treatment(treatment, n)
+    e = as_propensity(propensity, n)
+    m0 = as_vector("mu0", mu0, n)
+    m1 = as_vector("mu1", mu1, n)
     return m1 - m0 + t * (y - m1) / e - (1 - t) * (y - m0) / (1 - e)
 
 
@@ -252,18 +207,18 @@ def _rate_inputs(
     seed: int,
 ) -> tuple[list[_Ranked], np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, list]:
     check_choice("target", target, RATE_TARGETS)
-    gamma = _vector("scores", scores)
+    gamma = as_vector("scores", scores)
     n = len(gamma)
-    prios = [_vector(name, p, n) for name, p in priorities]
-    w = np.ones(n) if weights is None else _vector("weights", weights, n)
+    prios = [as_vector(name, p, n) for name, p in priorities]
+    w = np.ones(n) if weights is None else as_vector("weights", weights, n)
     if (w < 0).any() or w.sum() <= 0:
         raise InputError("weights must be non-negative with a positive sum.")
-    codes = _cluster_codes(clusters, n)
+    codes = cluster_codes(clusters, n)
     keep = w > 0  # zero weight is the same as dropping the unit
     gamma, w, prios = gamma[keep], w[keep], [p[keep] for p in prios]
     if codes is not None:
         codes = pd.factorize(codes[keep], sort=True)[0]
-    grid = np.arange(1, 101) / 100 if q is None else _vector("q", q)
+    grid = np.arange(1, 101) / 100 if q is None else as_vector("q", q)
     if (np.diff(grid) <= 0).any() or grid[0] <= 0 or grid[-1] != 1:
         raise InputError(
             "q must be a strictly increasing grid of fractions in (0, 1] "
@@ -277,7 +232,7 @@ def _rate_inputs(
         raise InputError(
             f"n_bootstrap={n_bootstrap!r} must be an int of at least 2 (200 is usual)."
         )
-    rng = rng_from_seed(_seed_int(seed))
+    rng = rng_from_seed(seed_int(seed))
     masks = _half_samples(len(gamma), codes, int(n_bootstrap), rng)
     return [_rank(p) for p in prios], gamma, w, codes, grid, masks
 
@@ -549,13 +504,13 @@ def _tidy(
 
 
 def _design_inputs(outcome, treatment, propensity, score, baseline, clusters):
-    y = _vector("outcome", outcome)
+    y = as_vector("outcome", outcome)
     n = len(y)
-    t = _treatment(treatment, n)
-    p = _propensity(propensity, n)
-    s = _vector("score", score, n)
-    b = None if baseline is None else _vector("baseline", baseline, n)
-    return y, t, p, s, b, _cluster_codes(clusters, n)
+    t = as_treatment(treatment, n)
+    p = as_propensity(propensity, n)
+    s = as_vector("score", score, n)
+    b = None if baseline is None else as_vector("baseline", baseline, n)
+    return y, t, p, s, b, cluster_codes(clusters, n)
 
 
 def _controls(p: np.ndarray, b: np.ndarray | None) -> tuple[list[np.ndarray], list[str]]:
@@ -893,16 +848,16 @@ def generic_ml(
     >>> res.blp["term"].tolist()
     ['ate', 'hte']
     """
-    y = _vector("outcome", outcome)
+    y = as_vector("outcome", outcome)
     n = len(y)
-    t = _treatment(treatment, n)
+    t = as_treatment(treatment, n)
     x = as_float_array("features", features)
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2 or len(x) != n:
         raise InputError(f"features must have shape (unit, feature) with {n} rows, got {x.shape}.")
-    p = _propensity(propensity, n)
-    codes = _cluster_codes(clusters, n)
+    p = as_propensity(propensity, n)
+    codes = cluster_codes(clusters, n)
     n_groups = _check_groups(n_groups, n // 2)
     if isinstance(n_splits, bool) or not isinstance(n_splits, int | np.integer) or n_splits < 1:
         raise InputError(f"n_splits={n_splits!r} must be a positive int (100 is usual).")
@@ -914,7 +869,7 @@ def generic_ml(
     if len(names) != x.shape[1]:
         raise InputError(f"feature_names has {len(names)} names for {x.shape[1]} features.")
     learner = forest_learner if learner is None else learner
-    rng = rng_from_seed(_seed_int(seed))
+    rng = rng_from_seed(seed_int(seed))
     unit_codes = np.arange(n) if codes is None else codes
     n_cl = int(unit_codes.max()) + 1
     tables: dict[str, list[pd.DataFrame]] = {"blp": [], "gates": [], "clan": []}
@@ -925,8 +880,8 @@ def generic_ml(
         main = ~aux
         split_seed = int(rng.integers(2**31 - 1))
         b, s = learner(x[aux], t[aux], y[aux], x[main], split_seed)
-        b = _vector("learner baseline", b, int(main.sum()))
-        s = _vector("learner score", s, int(main.sum()))
+        b = as_vector("learner baseline", b, int(main.sum()))
+        s = as_vector("learner score", s, int(main.sum()))
         cl = None if codes is None else codes[main]
         args = (y[main], t[main], p[main], s, b, cl)
         tables["blp"].append(blp(*args, alpha=alpha))
@@ -1002,16 +957,16 @@ def test_calibration(
     ['mean.forest.prediction', 'differential.forest.prediction']
     """
     check_choice("vcov_type", vcov_type, VCOV_TYPES)
-    y = _vector("outcome", outcome)
+    y = as_vector("outcome", outcome)
     n = len(y)
-    t = _treatment(treatment, n)
-    e = _propensity(propensity, n)
-    m = _vector("mu_hat", mu_hat, n)
-    tau = _vector("tau_hat", tau_hat, n)
-    w = np.ones(n) if weights is None else _vector("weights", weights, n)
+    t = as_treatment(treatment, n)
+    e = as_propensity(propensity, n)
+    m = as_vector("mu_hat", mu_hat, n)
+    tau = as_vector("tau_hat", tau_hat, n)
+    w = np.ones(n) if weights is None else as_vector("weights", weights, n)
     if (w < 0).any() or w.sum() <= 0:
         raise InputError("weights must be non-negative with a positive sum.")
-    codes = _cluster_codes(clusters, n)
+    codes = cluster_codes(clusters, n)
     mean_tau = np.sum(w * tau) / w.sum()
     terms = ["mean.forest.prediction", "differential.forest.prediction"]
     X = np.column_stack([(t - e) * mean_tau, (t - e) * (tau - mean_tau)])
@@ -1060,8 +1015,8 @@ def spatial_blocks(x: Any, y: Any, block_size: float) -> np.ndarray:
     >>> spatial_blocks([0, 1, 15], [0, 2, 0], 10).tolist()
     [0, 0, 1]
     """
-    xs = _vector("x", x)
-    ys = _vector("y", y, len(xs))
+    xs = as_vector("x", x)
+    ys = as_vector("y", y, len(xs))
     if not np.isfinite(block_size) or block_size <= 0:
         raise InputError(
             f"block_size={block_size!r} must be positive, in the units of the "
@@ -1130,7 +1085,7 @@ def spatial_folds(x: Any, y: Any, n_folds: int, block_size: float, seed: int) ->
             f"non-empty blocks ({n_blocks}); use a smaller block_size or fewer "
             "folds."
         )
-    rng = rng_from_seed(_seed_int(seed))
+    rng = rng_from_seed(seed_int(seed))
     return _assign_blocks(blocks, int(n_folds), rng)[blocks]
 
 
@@ -1182,7 +1137,7 @@ def train_test_split_spatial(
     sizes = np.bincount(blocks)
     if len(sizes) < 2:
         raise InputError("all units fall in one block; use a smaller block_size.")
-    rng = rng_from_seed(_seed_int(seed))
+    rng = rng_from_seed(seed_int(seed))
     order = rng.permutation(len(sizes))
     cum = np.cumsum(sizes[order])
     target = test_fraction * len(blocks)

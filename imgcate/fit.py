@@ -21,11 +21,11 @@ from numpyro.infer.initialization import init_to_median, init_to_uniform, init_t
 from numpyro.infer.util import unconstrain_fn
 from numpyro.optim import Adam
 
-from imgcate._validate import as_float_array, check_choice
 from imgcate.embed import Embeddings
 from imgcate.errors import ConvergenceWarning, InputError
 from imgcate.model import LIKELIHOODS, effect_cluster_model
 from imgcate.units import Trial
+from imgcate.validation import as_float_array, as_propensity, check_choice
 
 Method = Literal["nuts", "svi"]
 
@@ -473,15 +473,10 @@ def fit(
 
 def _with_propensity(trial: Trial, propensity: np.ndarray) -> Trial:
     """The trial with the propensity score added as a baseline covariate."""
-    scores = as_float_array("propensity", propensity, ndim=1)
+    scores = as_propensity(propensity)
     if len(scores) != trial.n_units:
         raise InputError(
             f"propensity has {len(scores)} values but the trial has {trial.n_units} units."
-        )
-    if ((scores <= 0) | (scores >= 1)).any():
-        raise InputError(
-            "propensity scores must lie strictly between 0 and 1; clip or trim "
-            "units without overlap first (imgcate.confounding.trim)."
         )
     if "propensity" in trial.covariates:
         raise InputError("the trial already has a covariate named 'propensity'; rename it.")

@@ -37,8 +37,10 @@ import numpy as np
 import xarray as xr
 from affine import Affine
 
-from imgcate._io import atomic_path, check_writable
 from imgcate.errors import ExtrapolationWarning, InputError, RasterError
+from imgcate.intervals import interval_names
+from imgcate.output import atomic_path, check_writable
+from imgcate.validation import check_prob
 
 log = logging.getLogger("imgcate")
 
@@ -668,9 +670,7 @@ def _chip_settings(
 def _check_options(
     fit: Any, prob: float, max_draws: int | None, block_tiles: int, workers: int
 ) -> None:
-    from imgcate.effects import _check_prob
-
-    _check_prob(prob)
+    check_prob(prob)
     if getattr(fit, "encoder", None) is None:
         raise InputError(
             "this fit has no encoder, so new tiles cannot be embedded; fit on "
@@ -875,8 +875,6 @@ def _place(out: dict, flat: np.ndarray, result: dict) -> None:
 
 
 def _to_dataset(out: dict, grid: TileGrid, fit: Any, job: _Job, limit: float) -> xr.Dataset:
-    from imgcate.effects import interval_names
-
     y, x = grid.coords()
     dims = ("y", "x")
     extrap = out["extrapolation"]
@@ -961,8 +959,6 @@ def band_names(dataset: xr.Dataset) -> list[str]:
     ``mean, sd, lower_<p>, upper_<p>, prob_positive, cluster_prob_0.., extrapolation`` with
     ``p`` the interval percentiles (``lower_5``, ``upper_95`` for ``prob=0.9``).
     """
-    from imgcate.effects import interval_names
-
     lo, hi = (n.rstrip("%") for n in interval_names(float(dataset.attrs["prob"])))
     names = ["mean", "sd", f"lower_{lo}", f"upper_{hi}", "prob_positive"]
     names += [f"cluster_prob_{k}" for k in range(dataset.sizes["cluster"])]

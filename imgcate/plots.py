@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from imgcate._io import atomic_path, check_writable
 from imgcate.errors import InputError, RasterError
+from imgcate.output import atomic_path, check_writable
 from imgcate.raster import Chips
 from imgcate.segments import _as_chips, composite, sensitivity_map, typical_images
 

@@ -24,9 +24,9 @@ from affine import Affine
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from imgcate._validate import check_choice
 from imgcate.errors import InputError, RasterError
 from imgcate.units import Trial
+from imgcate.validation import check_choice
 
 SizeUnit = Literal["px", "m"]
 OnEdge = Literal["error", "pad", "drop"]

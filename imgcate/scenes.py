@@ -22,9 +22,9 @@ import rasterio
 from rasterio.transform import from_origin
 from scipy import ndimage, special
 
-from imgcate._validate import rng_from_seed
 from imgcate.errors import InputError, RasterError
 from imgcate.units import Trial, read_units
+from imgcate.validation import rng_from_seed
 
 LAND_COVER = ("water", "vegetation", "bare", "built", "road")
 WATER, VEGETATION, BARE, BUILT, ROAD = range(5)

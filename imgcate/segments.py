@@ -24,9 +24,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from imgcate._validate import check_choice
 from imgcate.errors import FitError, InputError
+from imgcate.intervals import interval_names, quantiles
 from imgcate.raster import Chips, chips_from_array
+from imgcate.validation import check_choice, check_prob
 
 SegmentMethod = Literal["slic", "grid"]
 SEGMENT_METHODS = ("slic", "grid")
@@ -323,10 +324,8 @@ def _occlusion_fn(fit: Any, encoder: Any, n_segments: int, max_draws: int | None
 
 def _summaries(cate0, prob0, dcate, dprob, prob: float):
     """numpy summaries of one batch: per (image, segment) mean/sd/interval of the change."""
-    from imgcate.effects import _quantiles
-
     draws = np.moveaxis(np.asarray(dcate, dtype=np.float64), 2, 0)  # (B, S, draw)
-    lo, hi = _quantiles(draws, prob, axis=-1)
+    lo, hi = quantiles(draws, prob, axis=-1)
     return {
         "cate": np.asarray(cate0, np.float64).mean(0),
         "cluster_prob": np.asarray(prob0, np.float64),
@@ -418,10 +417,8 @@ def segment_sensitivity(
     >>> result = segment_sensitivity(fit, chips, labels, seed=0)  # doctest: +SKIP
     >>> result.cate_change_mean.sel(image=chips.image_ids[0])  # doctest: +SKIP
     """
-    from imgcate.effects import _check_prob, interval_names
-
     check_choice("fill", fill, FILLS)
-    _check_prob(prob)
+    check_prob(prob)
     batch_size = _check_positive("batch_size", batch_size)
     chips = _as_chips(chips)
     encoder = _require_encoder(fit, chips)

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit, softmax
 
-from imgcate._validate import check_choice, rng_from_seed
 from imgcate.embed import Embeddings
 from imgcate.errors import InputError
 from imgcate.units import Trial, read_units
+from imgcate.validation import check_choice, rng_from_seed
 
 Assignment = Literal["randomized", "confounded"]
 Likelihood = Literal["gaussian", "student_t", "bernoulli"]

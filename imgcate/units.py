@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pyproj
 
-from imgcate._validate import check_choice
 from imgcate.errors import InputError
+from imgcate.validation import check_choice
 
 MissingPolicy = Literal["error", "drop", "mean", "indicator"]
 MISSING_POLICIES = ("error", "drop", "mean", "indicator")

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from imgcate import InputError
-from imgcate._io import check_writable
 from imgcate.cli import main
 from imgcate.effects import load_fit
+from imgcate.output import check_writable
 
 
 @pytest.fixture(scope="module")
