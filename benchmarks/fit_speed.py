@@ -23,7 +23,8 @@ import jax
 import numpy as np
 
 from imgcate import ConvergenceWarning
-from imgcate.fit import FitConfig, fit
+from imgcate.config import FitConfig
+from imgcate.inference import fit
 from imgcate.simulate import simulate_trial
 
 

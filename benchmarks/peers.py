@@ -57,7 +57,7 @@ from sklearn.model_selection import KFold
 
 from imgcate.errors import ConvergenceWarning
 from imgcate.evaluate import aipw_scores, rate
-from imgcate.fit import fit
+from imgcate.inference import fit
 
 PROB = 0.9
 PROPENSITY = 0.5

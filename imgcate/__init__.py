@@ -4,7 +4,7 @@ The public API is what this module re-exports; each stage of the data flow lives
 module (units, raster, embed, fit/effects, confounding, segments, maps, evaluate, simulate).
 """
 
-from imgcate.effects import EffectFit, Prediction, load_fit
+from imgcate.config import FitConfig
 from imgcate.embed import (
     CNNEncoder,
     Embeddings,
@@ -24,7 +24,7 @@ from imgcate.errors import (
     OverlapWarning,
     RasterError,
 )
-from imgcate.fit import ClusterComparison, FitConfig, compare_clusters, fit
+from imgcate.inference import fit
 from imgcate.maps import (
     TileGrid,
     aggregate_by_polygon,
@@ -34,6 +34,7 @@ from imgcate.maps import (
     write_cog,
 )
 from imgcate.raster import Chips, chips_from_array, extract_chips
+from imgcate.results import EffectFit, Prediction, load_fit
 from imgcate.segments import (
     cluster_sensitivity,
     saliency,
@@ -42,6 +43,7 @@ from imgcate.segments import (
     sensitivity_map,
     typical_images,
 )
+from imgcate.selection import ClusterComparison, compare_clusters
 from imgcate.simulate import SimulatedTrial, simulate_trial
 from imgcate.units import Trial, read_units
 

@@ -226,7 +226,7 @@ def fit_command(
           --image-id image_id --covariate x0 --covariate x1 -k 2
     """
     from imgcate.embed import load_embeddings
-    from imgcate.fit import fit
+    from imgcate.inference import fit
     from imgcate.units import read_units
 
     _setup_logging(verbose, quiet)
@@ -290,7 +290,7 @@ def effects(fit_file, output, prob, level, overwrite, verbose, quiet):
       imgcate effects sim/fit.imgcate sim/unit_effects.csv
       imgcate effects sim/fit.imgcate sim/clusters.csv --level cluster --prob 0.95
     """
-    from imgcate.effects import load_fit
+    from imgcate.results import load_fit
 
     _setup_logging(verbose, quiet)
     if not 0 < prob < 1:
@@ -438,7 +438,6 @@ def map_command(
       imgcate map fit.imgcate scene.tif part.tif --bounds 400000 50000 405000 55000 \\
           --workers 4 --resume-dir map-blocks --co COMPRESS=ZSTD
     """
-    from imgcate.effects import load_fit
     from imgcate.maps import (
         check_creation_options,
         fit_tile_size,
@@ -446,6 +445,7 @@ def map_command(
         tile_grid,
         write_cog,
     )
+    from imgcate.results import load_fit
 
     _setup_logging(verbose, quiet)
     if region is not None and bounds:
@@ -550,12 +550,12 @@ def demo(output_dir, n_units, seed, draws, scene_size, overwrite, verbose, quiet
       imgcate demo demo-output --overwrite
     """
     from imgcate.embed import embed
-    from imgcate.fit import compare_clusters
     from imgcate.maps import predict_map, write_cog
     from imgcate.plots import plot_cluster_gallery
     from imgcate.raster import chips_from_array, extract_chips
     from imgcate.scenes import land_cover_path, simulate_scene_trial, synthetic_scene
     from imgcate.segments import segment_chips, segment_sensitivity, typical_images
+    from imgcate.selection import compare_clusters
 
     _setup_logging(verbose, quiet)
     # K = 1..3 clusters and 8 embedding components need a few dozen units

@@ -10,7 +10,7 @@ A region (polygons or bounds) is covered by a grid of tiles of ``tile_size`` pix
 top-left corners lie every ``stride`` pixels from the raster's origin (so the maps of two regions
 of one raster line up). Each tile is read with a windowed read, embedded with the fit's encoder
 exactly as the trial's chips were, and pushed through every posterior draw of the fit
-(:meth:`~imgcate.effects.EffectFit.effect_function`). One output pixel is one tile: a
+(:meth:`~imgcate.results.EffectFit.effect_function`). One output pixel is one tile: a
 ``stride`` x ``stride`` cell centred on the tile.
 
 Tiles are processed in blocks of ``block_tiles``; memory per block is flat in the region's size.
@@ -327,7 +327,7 @@ class _TileModel:
         self.standardizer = fit.standardizer
         self.n_clusters = fit.n_clusters
         self.effect = jax.jit(fit.effect_function(max_draws=job.max_draws, seed=job.seed))
-        self.support_mean, self.support_prec, self.support_limit = fit._support()
+        self.support_mean, self.support_prec, self.support_limit = fit.trial_support()
         self.prob = job.prob
         self.batch_size = job.batch_size
 
@@ -421,7 +421,7 @@ def _fit_bytes(fit: Any) -> bytes:
 
 
 def _fit_from_bytes(data: bytes) -> Any:
-    from imgcate.effects import load_fit
+    from imgcate.results import load_fit
 
     with tempfile.TemporaryDirectory() as workdir:
         path = Path(workdir) / "fit.imgcate"
@@ -864,7 +864,7 @@ def predict_map(
         bar.close()
         if hasattr(runner, "close"):
             runner.close()
-    model_limit = fit._support()[2]
+    model_limit = fit.trial_support()[2]
     return _to_dataset(out, grid, fit, job, model_limit)
 
 

@@ -8,7 +8,7 @@ covariates ``x``. Each unit belongs to one of K latent effect clusters with prob
 
 with the clusters marginalized (no discrete sampling) and ``tau_1 < ... < tau_K`` ordered, which
 removes label switching. K = 1 is the model without heterogeneity. Every quantity is on the
-standardized outcome scale here; :mod:`imgcate.fit` maps results back to the original scale.
+standardized outcome scale here; :mod:`imgcate.results` maps results back to the original scale.
 """
 
 from __future__ import annotations

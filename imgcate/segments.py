@@ -292,7 +292,7 @@ def _occlusion_fn(fit: Any, encoder: Any, n_segments: int, max_draws: int | None
 
     The encoder runs jitted and ``jax.vmap``-ed over segments (the costly part); the posterior
     map then runs once on all embeddings of the batch, un-jitted, exactly as
-    :meth:`~imgcate.effects.EffectFit.predict` runs it, so that both give the same float32
+    :meth:`~imgcate.results.EffectFit.predict` runs it, so that both give the same float32
     numbers.
     """
     effect = fit.effect_function(max_draws=max_draws, seed=seed)
@@ -355,7 +355,7 @@ def segment_sensitivity(
 
     For each chip and segment, the segment is replaced by a neutral fill, the chip is re-embedded
     with ``fit.encoder`` and the CATE and every cluster probability are recomputed under each
-    posterior draw (:meth:`~imgcate.effects.EffectFit.effect_function`). The change
+    posterior draw (:meth:`~imgcate.results.EffectFit.effect_function`). The change
     (occluded - original) is computed per draw, so its interval is a credible interval for the
     change itself, not a difference of two intervals. All segments of a batch of chips go through
     one ``jax.vmap``-ed, jitted call.
@@ -618,7 +618,7 @@ def saliency(
     """Gradient of an image's posterior-mean effect with respect to its pixels.
 
     ``jax.grad`` runs through the fit's encoder (:meth:`apply_jax`) and the posterior
-    (:meth:`~imgcate.effects.EffectFit.effect_function`), so the gradient is exact for the
+    (:meth:`~imgcate.results.EffectFit.effect_function`), so the gradient is exact for the
     fitted model. SmoothGrad averages the gradient over ``smoothgrad`` copies of each chip with
     Gaussian noise (sd ``noise`` x the chip's per-band sd), which removes much of the pixel-level
     speckle of raw gradients.

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from imgcate import InputError
 from imgcate.cli import main
-from imgcate.effects import load_fit
 from imgcate.output import check_writable
+from imgcate.results import load_fit
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,9 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from imgcate import ConvergenceWarning, FitError, InputError
-from imgcate.effects import load_fit
-from imgcate.fit import compare_clusters, fit
+from imgcate.inference import fit
+from imgcate.results import load_fit
+from imgcate.selection import compare_clusters
 from imgcate.simulate import simulate_trial
 
 FAST = {"num_warmup": 300, "num_samples": 300, "num_chains": 2}

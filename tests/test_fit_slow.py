@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from imgcate import ConvergenceWarning
-from imgcate.fit import compare_clusters, fit
+from imgcate.inference import fit
+from imgcate.selection import compare_clusters
 from imgcate.simulate import simulate_trial
 
 pytestmark = pytest.mark.slow

@@ -18,10 +18,10 @@ import xarray as xr
 from rasterio.windows import Window
 from shapely.geometry import Polygon, box
 
-from imgcate.effects import load_fit
 from imgcate.errors import ExtrapolationWarning, InputError, OutputExistsError, RasterError
 from imgcate.maps import aggregate_by_polygon, band_names, predict_map, tile_grid, write_cog
 from imgcate.raster import chips_from_array
+from imgcate.results import load_fit
 
 TILE = 32
 MAP_OPTS = {"tile_size": TILE, "max_draws": 100, "progress": False, "seed": 1}
@@ -34,7 +34,7 @@ def map_inputs(tmp_path_factory) -> tuple[Path, Path]:
     """
     from imgcate import ConvergenceWarning
     from imgcate.embed import embed
-    from imgcate.fit import fit
+    from imgcate.inference import fit
     from imgcate.raster import extract_chips
     from imgcate.scenes import simulate_scene_trial, synthetic_scene
 

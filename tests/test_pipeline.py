@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from imgcate import ConvergenceWarning
-from imgcate.effects import load_fit
 from imgcate.embed import embed
-from imgcate.fit import fit
+from imgcate.inference import fit
 from imgcate.raster import extract_chips
+from imgcate.results import load_fit
 from imgcate.scenes import landsat_trial, simulate_scene_trial, synthetic_scene
 
 OPTS = {"num_warmup": 300, "num_samples": 300, "num_chains": 2}

@@ -24,7 +24,7 @@ from scipy.ndimage import gaussian_filter
 
 from imgcate.embed import embed
 from imgcate.errors import FitError, InputError, OutputExistsError, RasterError
-from imgcate.fit import fit
+from imgcate.inference import fit
 from imgcate.plots import (
     CATE_CHANGE_LABEL,
     plot_chip,

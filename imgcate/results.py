@@ -1,31 +1,33 @@
-"""The fitted effect-cluster model: effects, intervals, prediction, diagnostics, save/load."""
+"""The fitted effect-cluster model: effects, intervals, prediction, diagnostics.
+
+:class:`EffectFit` is what :func:`~imgcate.inference.fit` returns and :func:`load_fit` reads
+back (the file format is in :mod:`imgcate.fitfile`).
+"""
 
 from __future__ import annotations
 
-import json
-import tempfile
 import warnings
-import zipfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from imgcate.config import FitConfig, Standardizer
 from imgcate.embed import Embeddings
 from imgcate.errors import ConvergenceWarning, FitError, InputError
-from imgcate.fit import FitConfig, Standardizer
+from imgcate.fitfile import read_fit_file, write_fit_file
 from imgcate.intervals import interval_names, quantiles
 from imgcate.model import membership_logits
-from imgcate.output import atomic_path
 
-FORMAT_VERSION = 1
+if TYPE_CHECKING:
+    import arviz as az
+
 #: Parameters whose convergence is checked (raw non-centred weights are not reported).
 CHECKED = (
     "alpha",
@@ -230,6 +232,8 @@ class EffectFit:
     # ------------------------------------------------------------------ diagnostics
     def diagnostics(self) -> pd.DataFrame:
         """R-hat and bulk/tail ESS of the reported parameters (R-hat is NaN with one chain)."""
+        import arviz as az
+
         names = [v for v in CHECKED if v in self.idata.posterior]
         if self.idata.posterior.sizes["chain"] > 1:
             return az.summary(self.idata, var_names=names, kind="diagnostics")
@@ -469,12 +473,16 @@ class EffectFit:
 
     def loo(self) -> az.ELPDData:
         """PSIS-LOO of the fit (ArviZ)."""
+        import arviz as az
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             return az.loo(self.idata, pointwise=True)
 
     # ------------------------------------------------------------------ prediction
-    def _support(self) -> tuple[np.ndarray, np.ndarray, float]:
+    def trial_support(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """Where the trial's embeddings lie (model scale): their mean, the precision matrix of
+        their Mahalanobis distance, and the 99th percentile of the units' own distances."""
         emb = self.idata.constant_data["embedding"].values
         mean = emb.mean(0)
         cov = np.cov(emb, rowvar=False) + 1e-6 * np.eye(emb.shape[1])
@@ -511,7 +519,7 @@ class EffectFit:
         emb = self.standardizer.embedding(values)
         effect = self.effect_function(max_draws=max_draws, seed=seed)
         cate, prob = (np.asarray(a) for a in effect(jnp.asarray(values, dtype=jnp.float32)))
-        mean, prec, limit = self._support()
+        mean, prec, limit = self.trial_support()
         dist = np.sqrt(np.einsum("ij,jk,ik->i", emb - mean, prec, emb - mean))
         return Prediction(
             image_ids=ids, cate=cate, cluster_prob=prob, extrapolation=dist, support_limit=limit
@@ -588,23 +596,16 @@ class EffectFit:
         """Save to one file (a zip archive) holding everything needed to predict later.
 
         Written to a temporary name and renamed, so a failure leaves no half-written file.
+        Read it back with :func:`load_fit`.
         """
-        with (
-            atomic_path(path, overwrite=overwrite) as tmp,
-            tempfile.TemporaryDirectory() as workdir,
-        ):
-            nc = Path(workdir) / "idata.nc"
-            self.idata.to_netcdf(str(nc), engine="h5netcdf")
-            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-                zf.write(nc, "idata.nc")
-                meta = {"format_version": FORMAT_VERSION, "config": asdict(self.config)}
-                zf.writestr("meta.json", json.dumps(meta, indent=2))
-                zf.writestr("standardizer.npz", _npz_bytes(asdict(self.standardizer)))
-                if self.encoder is not None:
-                    config, arrays = self.encoder.get_state()
-                    zf.writestr("encoder.json", json.dumps(config))
-                    zf.writestr("encoder.npz", _npz_bytes(arrays))
-        return Path(path)
+        return write_fit_file(
+            path,
+            idata=self.idata,
+            config=self.config,
+            standardizer=self.standardizer,
+            encoder=self.encoder,
+            overwrite=overwrite,
+        )
 
 
 def _labelled(name: str, values: np.ndarray):
@@ -617,14 +618,6 @@ def _labelled(name: str, values: np.ndarray):
         yield f"{name}[{', '.join(map(str, index))}]", values[index]
 
 
-def _npz_bytes(arrays: dict[str, Any]) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-    return buf.getvalue()
-
-
 def load_fit(path: str | Path) -> EffectFit:
     """Load a fit written by :meth:`EffectFit.save`.
 
@@ -633,47 +626,4 @@ def load_fit(path: str | Path) -> EffectFit:
     InputError
         If the file is missing, not an imgcate fit, or corrupt.
     """
-    import io
-
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"fit file {str(path)!r} does not exist.")
-    try:
-        with zipfile.ZipFile(path) as zf, tempfile.TemporaryDirectory() as workdir:
-            meta = json.loads(zf.read("meta.json"))
-            zf.extract("idata.nc", workdir)
-            idata = az.from_netcdf(str(Path(workdir) / "idata.nc"), engine="h5netcdf")
-            # Into memory before the temporary folder goes: InferenceData.load() returns the
-            # loaded copy (not in place), and a lazy array would later reopen a deleted file.
-            idata = idata.load()
-            arrays = np.load(io.BytesIO(zf.read("standardizer.npz")))
-            std = Standardizer(**{k: (float(v) if v.ndim == 0 else v) for k, v in arrays.items()})
-            encoder = None
-            if "encoder.json" in zf.namelist():
-                from imgcate.embed import encoder_from_state
-
-                enc_arrays = dict(np.load(io.BytesIO(zf.read("encoder.npz"))))
-                encoder = encoder_from_state(json.loads(zf.read("encoder.json")), enc_arrays)
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
-        raise InputError(
-            f"{str(path)!r} is not a readable imgcate fit file ({type(exc).__name__}: {exc}); "
-            "write it again with EffectFit.save()."
-        ) from exc
-    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
-        raise InputError(
-            f"{str(path)!r} is not a readable imgcate fit file (meta.json is not "
-            "a fit's settings); write it again with EffectFit.save()."
-        )
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise InputError(
-            f"{str(path)!r} has fit format {meta.get('format_version')}; "
-            f"this imgcate reads format {FORMAT_VERSION}."
-        )
-    try:
-        config = FitConfig(**meta["config"])
-    except TypeError as exc:
-        raise InputError(
-            f"{str(path)!r} is not a readable imgcate fit file (settings: {exc}); "
-            "write it again with EffectFit.save()."
-        ) from exc
-    return EffectFit(idata=idata, config=config, standardizer=std, encoder=encoder)
+    return EffectFit(**read_fit_file(path))

@@ -1,0 +1,116 @@
+"""The fit file: one zip archive with the posterior (netCDF), the settings, the
+standardizer and the encoder, everything needed to predict later.
+
+Archive members: ``idata.nc`` (ArviZ InferenceData, h5netcdf), ``meta.json`` (format version
+and :class:`~imgcate.config.FitConfig`), ``standardizer.npz``, and for fits that keep their
+encoder ``encoder.json`` and ``encoder.npz``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import zipfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from imgcate.config import FitConfig, Standardizer
+from imgcate.embed import encoder_from_state
+from imgcate.errors import InputError
+from imgcate.output import atomic_path
+
+if TYPE_CHECKING:
+    import arviz as az
+
+#: Version of the archive layout; files of another version are refused.
+FORMAT_VERSION = 1
+
+
+def write_fit_file(
+    path: str | Path,
+    *,
+    idata: az.InferenceData,
+    config: FitConfig,
+    standardizer: Standardizer,
+    encoder: Any = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the parts of a fit to one zip archive (temporary name, then renamed)."""
+    with (
+        atomic_path(path, overwrite=overwrite) as tmp,
+        tempfile.TemporaryDirectory() as workdir,
+    ):
+        nc = Path(workdir) / "idata.nc"
+        idata.to_netcdf(str(nc), engine="h5netcdf")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.write(nc, "idata.nc")
+            meta = {"format_version": FORMAT_VERSION, "config": asdict(config)}
+            zf.writestr("meta.json", json.dumps(meta, indent=2))
+            zf.writestr("standardizer.npz", _npz_bytes(asdict(standardizer)))
+            if encoder is not None:
+                encoder_config, arrays = encoder.get_state()
+                zf.writestr("encoder.json", json.dumps(encoder_config))
+                zf.writestr("encoder.npz", _npz_bytes(arrays))
+    return Path(path)
+
+
+def _npz_bytes(arrays: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    return buf.getvalue()
+
+
+def read_fit_file(path: str | Path) -> dict[str, Any]:
+    """The parts of a fit file: ``idata``, ``config``, ``standardizer``, ``encoder``.
+
+    Raises
+    ------
+    InputError
+        If the file is missing, not an imgcate fit, or corrupt.
+    """
+    import arviz as az
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"fit file {str(path)!r} does not exist.")
+    try:
+        with zipfile.ZipFile(path) as zf, tempfile.TemporaryDirectory() as workdir:
+            meta = json.loads(zf.read("meta.json"))
+            zf.extract("idata.nc", workdir)
+            idata = az.from_netcdf(str(Path(workdir) / "idata.nc"), engine="h5netcdf")
+            # Into memory before the temporary folder goes: InferenceData.load() returns the
+            # loaded copy (not in place), and a lazy array would later reopen a deleted file.
+            idata = idata.load()
+            arrays = np.load(io.BytesIO(zf.read("standardizer.npz")))
+            std = Standardizer(**{k: (float(v) if v.ndim == 0 else v) for k, v in arrays.items()})
+            encoder = None
+            if "encoder.json" in zf.namelist():
+                enc_arrays = dict(np.load(io.BytesIO(zf.read("encoder.npz"))))
+                encoder = encoder_from_state(json.loads(zf.read("encoder.json")), enc_arrays)
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
+        raise InputError(
+            f"{str(path)!r} is not a readable imgcate fit file ({type(exc).__name__}: {exc}); "
+            "write it again with EffectFit.save()."
+        ) from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise InputError(
+            f"{str(path)!r} is not a readable imgcate fit file (meta.json is not "
+            "a fit's settings); write it again with EffectFit.save()."
+        )
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise InputError(
+            f"{str(path)!r} has fit format {meta.get('format_version')}; "
+            f"this imgcate reads format {FORMAT_VERSION}."
+        )
+    try:
+        config = FitConfig(**meta["config"])
+    except TypeError as exc:
+        raise InputError(
+            f"{str(path)!r} is not a readable imgcate fit file (settings: {exc}); "
+            "write it again with EffectFit.save()."
+        ) from exc
+    return {"idata": idata, "config": config, "standardizer": std, "encoder": encoder}
