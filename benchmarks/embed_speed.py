@@ -2,7 +2,7 @@
 
 Each configuration is timed in rounds, each round right after a matmul measurement, and the
 median share of the matmul rate over rounds is reported (target: >= 0.5). Both of the
-encoder's paths are timed in the same rounds: the native kernel (imgcate/_rcf.cpp, what
+encoder's paths are timed in the same rounds: the native kernel (imgcate/encoders/_rcf.cpp, what
 ``transform`` uses where it is built and the CPU has AVX-512) and the JAX forward pass (the
 fallback, and the peer). The target is judged on the path ``transform`` takes here. Prints one
 JSON object. Usage::
@@ -14,7 +14,6 @@ JSON object. Usage::
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import platform
 import resource
@@ -24,10 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imgcate import _native
-from imgcate.embed import RandomConvFeatures
-
-embed_module = importlib.import_module("imgcate.embed")
+from imgcate.encoders import RandomConvFeatures, native
 
 
 def _rss_mb() -> float:
@@ -70,17 +66,14 @@ def speed(
     mm, rates = [], {p: [] for p in paths}
     shares = {p: [] for p in paths}
     for path in paths:  # compile / warm up
-        embed_module.USE_NATIVE = path == "native"
-        enc.transform(x[:batch])
+        enc.transform(x[:batch], native=path == "native")
     for _ in range(rounds):
         mm.append(matmul_gflops())
         for path in paths:
-            embed_module.USE_NATIVE = path == "native"
             t = time.perf_counter()
-            enc.transform(x[:n])
+            enc.transform(x[:n], native=path == "native")
             rates[path].append(n / (time.perf_counter() - t))
             shares[path].append(flops * rates[path][-1] / 1e9 / mm[-1])
-    embed_module.USE_NATIVE = True
     out = {
         "chip": f"{size}x{size}x{bands}",
         "n_features": n_features,
@@ -132,7 +125,7 @@ def main() -> None:
     rounds = 3 if args.quick else 5
     counts = (1_000, 10_000) if args.quick else (10_000, 100_000)
     batch = 512
-    default = "native" if _native.supports(6) and _native.supports(4) else "jax"
+    default = "native" if native.supports(6) and native.supports(4) else "jax"
     paths = ("native", "jax") if default == "native" else ("jax",)
     result = {
         "device": str(jax.devices()[0]),

@@ -63,7 +63,7 @@ class PeakMemory:
 
 def make_fit(workdir: Path, seed: int):
     from imgcate import ConvergenceWarning
-    from imgcate.embed import embed
+    from imgcate.embeddings import embed
     from imgcate.inference import fit
     from imgcate.raster import extract_chips
     from imgcate.scenes import simulate_scene_trial, synthetic_scene

@@ -124,7 +124,7 @@ def simulated(seed: int, n_units: int, n_clusters: int) -> Dataset:
 
 
 def landsat(seed: int, n_units: int) -> Dataset:
-    from imgcate.embed import embed
+    from imgcate.embeddings import embed
     from imgcate.raster import extract_chips
     from imgcate.scenes import landsat_trial
 

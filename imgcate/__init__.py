@@ -5,15 +5,14 @@ module (units, raster, embed, fit/effects, confounding, segments, maps, evaluate
 """
 
 from imgcate.config import FitConfig
-from imgcate.embed import (
-    CNNEncoder,
+from imgcate.embeddings import (
     Embeddings,
-    RandomConvFeatures,
     as_embeddings,
     embed,
     encoder_from_state,
     load_embeddings,
 )
+from imgcate.encoders import CNNEncoder, RandomConvFeatures
 from imgcate.errors import (
     ConvergenceWarning,
     ExtrapolationWarning,

@@ -225,7 +225,7 @@ def fit_command(
       imgcate fit sim/units.csv sim/embeddings.parquet sim/fit.imgcate \\
           --image-id image_id --covariate x0 --covariate x1 -k 2
     """
-    from imgcate.embed import load_embeddings
+    from imgcate.embeddings import load_embeddings
     from imgcate.inference import fit
     from imgcate.units import read_units
 
@@ -549,7 +549,7 @@ def demo(output_dir, n_units, seed, draws, scene_size, overwrite, verbose, quiet
     Example:
       imgcate demo demo-output --overwrite
     """
-    from imgcate.embed import embed
+    from imgcate.embeddings import embed
     from imgcate.maps import predict_map, write_cog
     from imgcate.plots import plot_cluster_gallery
     from imgcate.raster import chips_from_array, extract_chips

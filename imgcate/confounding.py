@@ -1565,7 +1565,7 @@ def resolution_check(
     """
     from sklearn.metrics import roc_auc_score
 
-    from imgcate.embed import embed
+    from imgcate.embeddings import embed
 
     treatment = as_treatment(trial.treatment_array).astype(np.int8)
     outcome = trial.outcome_array

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgcate.config import FitConfig, Standardizer
-from imgcate.embed import encoder_from_state
+from imgcate.embeddings import encoder_from_state
 from imgcate.errors import InputError
 from imgcate.output import atomic_path
 

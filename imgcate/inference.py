@@ -21,7 +21,7 @@ from numpyro.infer.util import unconstrain_fn
 from numpyro.optim import Adam
 
 from imgcate.config import FitConfig, ModelData, Standardizer, model_data
-from imgcate.embed import Embeddings
+from imgcate.embeddings import Embeddings
 from imgcate.errors import InputError
 from imgcate.model import effect_cluster_model
 from imgcate.results import EffectFit

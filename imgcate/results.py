@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from imgcate.config import FitConfig, Standardizer
-from imgcate.embed import Embeddings
+from imgcate.embeddings import Embeddings
 from imgcate.errors import ConvergenceWarning, FitError, InputError
 from imgcate.fitfile import read_fit_file, write_fit_file
 from imgcate.intervals import interval_names, quantiles

@@ -62,8 +62,8 @@ def _require_encoder(fit: Any, chips: Chips) -> Any:
     if encoder is None:
         raise FitError(
             "this fit has no encoder, so occlusion and saliency cannot re-embed pixels; fit it "
-            "on chips embedded with imgcate's encoder (emb = imgcate.embed.embed(chips, 'rcf', "
-            "seed=0); imgcate.fit.fit(trial, emb, ...)), not on precomputed embeddings."
+            "on chips embedded with imgcate's encoder (emb = imgcate.embed(chips, 'rcf', "
+            "seed=0); imgcate.fit(trial, emb, ...)), not on precomputed embeddings."
         )
     if encoder.n_bands != chips.n_bands:
         raise InputError(
@@ -363,7 +363,7 @@ def segment_sensitivity(
     Parameters
     ----------
     fit : EffectFit
-        A fit on embeddings made by :func:`imgcate.embed.embed` (it carries the encoder).
+        A fit on embeddings made by :func:`imgcate.embed` (it carries the encoder).
     chips : Chips or array_like
         Single-date chips (image, band, y, x) with the bands the encoder was fitted on.
     segments : numpy.ndarray, optional

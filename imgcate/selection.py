@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from imgcate.embed import Embeddings
+from imgcate.embeddings import Embeddings
 from imgcate.errors import ConvergenceWarning, InputError
 from imgcate.inference import fit
 from imgcate.units import Trial

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit, softmax
 
-from imgcate.embed import Embeddings
+from imgcate.embeddings import Embeddings
 from imgcate.errors import InputError
 from imgcate.units import Trial, read_units
 from imgcate.validation import check_choice, rng_from_seed

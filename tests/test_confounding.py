@@ -529,7 +529,7 @@ def test_ipw_and_aipw_unbiased_when_the_confounder_is_in_real_chips(tmp_path):
     |bias| < 0.1 leaves room for the embedding's small residual confounding."""
     from scipy.special import expit
 
-    from imgcate.embed import embed
+    from imgcate.embeddings import embed
     from imgcate.raster import extract_chips
     from imgcate.scenes import simulate_scene_trial, synthetic_scene
 

@@ -33,7 +33,7 @@ def map_inputs(tmp_path_factory) -> tuple[Path, Path]:
     Built on first use and kept for the session (NUTS 200 + 200 draws, one chain).
     """
     from imgcate import ConvergenceWarning
-    from imgcate.embed import embed
+    from imgcate.embeddings import embed
     from imgcate.inference import fit
     from imgcate.raster import extract_chips
     from imgcate.scenes import simulate_scene_trial, synthetic_scene

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from imgcate import ConvergenceWarning
-from imgcate.embed import embed
+from imgcate.embeddings import embed
 from imgcate.inference import fit
 from imgcate.raster import extract_chips
 from imgcate.results import load_fit

@@ -234,7 +234,7 @@ def test_chips_from_array():
 
 
 def test_encoder_refuses_chips_cut_another_way(scene, tmp_path):
-    from imgcate.embed import RandomConvFeatures
+    from imgcate.encoders import RandomConvFeatures
     from imgcate.errors import ExtrapolationWarning
 
     rows, cols = list(range(20, 76, 4)), list(range(20, 104, 6))

@@ -22,7 +22,7 @@ import pytest
 import rasterio
 from scipy.ndimage import gaussian_filter
 
-from imgcate.embed import embed
+from imgcate.embeddings import embed
 from imgcate.errors import FitError, InputError, OutputExistsError, RasterError
 from imgcate.inference import fit
 from imgcate.plots import (

@@ -1,11 +1,13 @@
 """The CPU fast path of the random convolutional features: the kernel in ``_rcf.cpp``.
 
-:func:`rcf_features` computes exactly what :class:`imgcate.embed.RandomConvNet` computes after
-the per-band normalization (the same features, in float32, summed in another order), in one
-pass per chip on every core. The library is the optional extension ``imgcate._rcf``, built at
-install time; it is used only where it was built, the CPU has AVX-512, JAX computes on the CPU,
-and ``IMGCATE_NATIVE`` is not ``0``. Otherwise the encoder runs its JAX forward pass. It runs on
-:func:`threads` threads (``IMGCATE_NATIVE_THREADS``), fixed when it is first used.
+:func:`rcf_features` computes exactly what :class:`imgcate.encoders.RandomConvNet` computes
+after the per-band normalization (the same features, in float32, summed in another order), in
+one pass per chip on every core. The library is the optional extension
+``imgcate.encoders._rcf``, built at install time; it runs only where it was built, the CPU has
+AVX-512 and JAX computes on the CPU. Whether an encoder uses it is decided at each call by
+:func:`use_kernel`, from the encoder's ``native`` argument and the environment variable
+``IMGCATE_NATIVE``; otherwise the encoder runs its JAX forward pass. The kernel runs on
+:func:`threads` threads (``IMGCATE_NATIVE_THREADS``) of a pool created on first use.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import importlib
 import os
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -38,9 +39,11 @@ ABI_VERSION = 2
 
 
 @cache
-def _library() -> ctypes.CDLL | None:
+def library() -> ctypes.CDLL | None:
+    """The kernel's shared library, or None where it is not built, not loadable, from another
+    version of the source, or this CPU lacks AVX-512 (loaded once per process)."""
     try:
-        lib = ctypes.CDLL(importlib.import_module("imgcate._rcf").__file__)
+        lib = ctypes.CDLL(importlib.import_module("imgcate.encoders._rcf").__file__)
         if lib.rcf_abi_version() != ABI_VERSION or not lib.rcf_supported():
             return None
         rcf_pool = lib.rcf_pool
@@ -66,39 +69,62 @@ def threads() -> int:
     return os.cpu_count() or 1
 
 
-_pool_lock = threading.Lock()
-_executor: ThreadPoolExecutor | None = None
+@cache
+def thread_pool() -> ThreadPoolExecutor:
+    """The kernel's worker threads, created on first use (with :func:`threads` threads).
+
+    A forked child has none of its parent's threads, so the fork hook registered here makes it
+    create its own pool on its first use.
+    """
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=thread_pool.cache_clear)
+    return ThreadPoolExecutor(threads(), thread_name_prefix="imgcate-rcf")
 
 
-def _pool() -> ThreadPoolExecutor:
-    global _executor
-    with _pool_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(threads(), thread_name_prefix="imgcate-rcf")
-        return _executor
-
-
-def _forget_pool() -> None:
-    global _executor, _pool_lock
-    _executor, _pool_lock = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's pool threads
-    os.register_at_fork(after_in_child=_forget_pool)
+def enabled() -> bool:
+    """False when the environment variable ``IMGCATE_NATIVE`` is ``0`` (read at each call)."""
+    return os.environ.get("IMGCATE_NATIVE", "1").strip() != "0"
 
 
 def available() -> bool:
-    """Whether the native kernel is built, supported by this CPU and switched on."""
-    return (
-        os.environ.get("IMGCATE_NATIVE", "1") != "0"
-        and _library() is not None
-        and jax.default_backend() == "cpu"
-    )
+    """Whether the kernel is built, this CPU runs it and JAX computes on the CPU."""
+    return library() is not None and jax.default_backend() == "cpu"
+
+
+def unavailable_reason(n_bands: int, float32: bool = True) -> str | None:
+    """Why the kernel cannot compute the features of ``n_bands``-band chips here, or None."""
+    if library() is None:
+        return (
+            "the native kernel is not built here or this CPU lacks AVX-512 (reinstall with a "
+            "C++ compiler on an AVX-512 CPU)"
+        )
+    if jax.default_backend() != "cpu":
+        return f"JAX computes on {jax.default_backend()!r}, not the CPU"
+    if not 1 <= n_bands <= MAX_BANDS:
+        return f"the chips have {n_bands} bands and the kernel takes 1 to {MAX_BANDS}"
+    if not float32:
+        return "the encoder computes in float64 (jax.enable_x64) and the kernel in float32"
+    return None
 
 
 def supports(n_bands: int) -> bool:
     """Whether :func:`rcf_features` can take chips of ``n_bands`` bands here."""
-    return available() and 1 <= n_bands <= MAX_BANDS
+    return unavailable_reason(n_bands) is None
+
+
+def use_kernel(native: bool | None, n_bands: int, *, float32: bool = True) -> bool:
+    """Whether the kernel computes the features, given an encoder's ``native`` argument.
+
+    ``False``: never. ``None``: where it runs here (:func:`unavailable_reason`), unless
+    ``IMGCATE_NATIVE=0``. ``True``: always; an :class:`~imgcate.errors.InputError` says why
+    where it cannot run (the argument wins over the environment variable).
+    """
+    if native is False or (native is None and not enabled()):
+        return False
+    reason = unavailable_reason(n_bands, float32)
+    if reason is not None and native:
+        raise InputError(f"native=True, but {reason}; pass native=None or native=False.")
+    return reason is None
 
 
 def pack_filters(filters: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +164,7 @@ def rcf_features(
     Returns the result, or, when a chip holds a NaN or infinite pixel, the index of one such
     chip. Call only where :func:`supports` is true.
     """
-    lib = _library()
+    lib = library()
     x = np.ascontiguousarray(x, np.float32)
     n, bands, height, width = x.shape
     k, n_filters = filters.shape[-1], filters.shape[0]
@@ -188,5 +214,5 @@ def rcf_features(
             out[start:stop] = head(feats)
         return -1
 
-    bad = [i for i in _pool().map(task, range(0, n, CHIPS_PER_TASK)) if i >= 0]
+    bad = [i for i in thread_pool().map(task, range(0, n, CHIPS_PER_TASK)) if i >= 0]
     return min(bad) if bad else out

@@ -1,14 +1,14 @@
-// Random convolutional features in one pass (the CPU fast path of imgcate.embed.RandomConvNet).
+// Random convolutional features in one pass (the CPU fast path of imgcate.encoders.RandomConvNet).
 //
 // For each chip: the per-band normalization (x - mean) / std, the k x k "valid" convolution
 // with the filter bank, and the means over positions of relu(conv - b) and relu(-conv - b),
-// without ever writing the (y, x, filter) responses out. imgcate/_native.py loads this library
-// with ctypes (calls release the GIL, so Python threads split a batch across cores) and falls
-// back to the JAX forward pass where it is not built or the CPU lacks AVX-512.
+// without ever writing the (y, x, filter) responses out. imgcate/encoders/native.py loads this
+// library with ctypes (calls release the GIL, so Python threads split a batch across cores) and
+// falls back to the JAX forward pass where it is not built or the CPU lacks AVX-512.
 //
 // Layout: the chip is normalized into a (y, x, band) buffer, so the k * bands inputs of one
-// filter row at one position are contiguous. Filters come packed by imgcate/_native.py as
-// (block, dy, dx * bands + band, 64): blocks of 64 filters, the 64 filters of one weight
+// filter row at one position are contiguous. Filters come packed by imgcate/encoders/native.py
+// as (block, dy, dx * bands + band, 64): blocks of 64 filters, the 64 filters of one weight
 // contiguous. The micro-kernel holds 6 positions x 64 filters (24 AVX-512 accumulators) in
 // registers: per weight it loads 4 filter vectors and broadcasts 6 inputs for 24 FMAs, so it
 // is bound by the FMA units rather than by loads (benchmarks/embed_speed.py measures it).
@@ -20,8 +20,9 @@
 
 extern "C" {
 
-// The calling convention and layout imgcate/_native.py expects (argument list, 64-filter
-// blocks, band counts 1-16): a library built from another version of this file is not used.
+// The calling convention and layout imgcate/encoders/native.py expects (argument list,
+// 64-filter blocks, band counts 1-16): a library built from another version of this file is not
+// used.
 int rcf_abi_version(void) { return 2; }
 
 // 1 when this CPU runs the kernel (x86-64 with AVX-512F), else 0.
