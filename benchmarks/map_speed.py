@@ -63,9 +63,9 @@ class PeakMemory:
 
 def make_fit(workdir: Path, seed: int):
     from imgcate import ConvergenceWarning
+    from imgcate.chips import extract_chips
     from imgcate.embeddings import embed
     from imgcate.inference import fit
-    from imgcate.raster import extract_chips
     from imgcate.scenes import simulate_scene_trial, synthetic_scene
 
     scene = workdir / "trial_scene.tif"

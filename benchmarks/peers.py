@@ -124,8 +124,8 @@ def simulated(seed: int, n_units: int, n_clusters: int) -> Dataset:
 
 
 def landsat(seed: int, n_units: int) -> Dataset:
+    from imgcate.chips import extract_chips
     from imgcate.embeddings import embed
-    from imgcate.raster import extract_chips
     from imgcate.scenes import landsat_trial
 
     sim = landsat_trial(

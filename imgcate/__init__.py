@@ -4,6 +4,7 @@ The public API is what this module re-exports; each stage of the data flow lives
 module (units, raster, embed, fit/effects, confounding, segments, maps, evaluate, simulate).
 """
 
+from imgcate.chips import Chips, chips_from_array, extract_chips
 from imgcate.config import FitConfig
 from imgcate.embeddings import (
     Embeddings,
@@ -32,7 +33,6 @@ from imgcate.maps import (
     tile_grid,
     write_cog,
 )
-from imgcate.raster import Chips, chips_from_array, extract_chips
 from imgcate.results import EffectFit, Prediction, load_fit
 from imgcate.segments import (
     cluster_sensitivity,

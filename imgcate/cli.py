@@ -549,10 +549,10 @@ def demo(output_dir, n_units, seed, draws, scene_size, overwrite, verbose, quiet
     Example:
       imgcate demo demo-output --overwrite
     """
+    from imgcate.chips import chips_from_array, extract_chips
     from imgcate.embeddings import embed
     from imgcate.maps import predict_map, write_cog
     from imgcate.plots import plot_cluster_gallery
-    from imgcate.raster import chips_from_array, extract_chips
     from imgcate.scenes import land_cover_path, simulate_scene_trial, synthetic_scene
     from imgcate.segments import segment_chips, segment_sensitivity, typical_images
     from imgcate.selection import compare_clusters

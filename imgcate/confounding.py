@@ -1543,7 +1543,7 @@ def resolution_check(
         Units with treatment, outcome and covariates (aligned with ``chips``: subset it with
         ``trial.subset(chips.kept)`` after ``on_edge="drop"``).
     chips : Chips
-        Chips of the units at the finest resolution (from :func:`imgcate.raster.extract_chips`).
+        Chips of the units at the finest resolution (from :func:`imgcate.chips.extract_chips`).
     factors : sequence of int
         Coarsening factors; each must divide the chip size.
     n_features, n_components : int

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from imgcate.chips import Chips
 from imgcate.encoders import COMBINES, ENCODER_CLASSES, ENCODERS, Combine, Encoder, EncoderName
 from imgcate.encoders.base import unflatten_params
 from imgcate.errors import InputError
-from imgcate.raster import Chips
 from imgcate.validation import check_choice
 
 
@@ -174,8 +174,8 @@ def embed(
     Parameters
     ----------
     chips : Chips or array_like
-        From :func:`~imgcate.raster.extract_chips` or
-        :func:`~imgcate.raster.chips_from_array`; arrays (image, band, y, x) get ids 0..n-1.
+        From :func:`~imgcate.chips.extract_chips` or
+        :func:`~imgcate.chips.chips_from_array`; arrays (image, band, y, x) get ids 0..n-1.
     encoder : {"rcf", "cnn"} or encoder object
         ``"rcf"``: :class:`RandomConvFeatures`; ``"cnn"``: :class:`CNNEncoder`. An unfitted
         encoder object is fitted with its own settings (``n_features``, ``n_components``,

@@ -40,6 +40,7 @@ from affine import Affine
 from imgcate.errors import ExtrapolationWarning, InputError, RasterError
 from imgcate.intervals import interval_names
 from imgcate.output import atomic_path, check_writable
+from imgcate.raster import band_indexes, open_raster
 from imgcate.validation import check_prob
 
 log = logging.getLogger("imgcate")
@@ -198,10 +199,8 @@ def tile_grid(
     """
     from rasterio.features import rasterize
 
-    from imgcate.raster import _open
-
     tile_size, stride = _check_tiles(tile_size, stride)
-    ds, owned = _open(raster)
+    ds, owned = open_raster(raster)
     try:
         if ds.crs is None:
             raise RasterError(f"raster {ds.name!r} has no CRS; assign one (rio edit-info --crs).")
@@ -579,9 +578,7 @@ def _job_key(fit: Any, job: _Job, grid: TileGrid, block_tiles: int) -> str:
 
 # ------------------------------------------------------------------------------ predict_map
 def _check_bands(fit: Any, ds: Any, bands: Sequence[int | str] | None) -> tuple[int, ...]:
-    from imgcate.raster import _band_indexes
-
-    indexes = _band_indexes(ds, bands)
+    indexes = band_indexes(ds, bands)
     want = fit.encoder.n_bands
     names = [ds.descriptions[i - 1] or f"band_{i}" for i in indexes]
     if len(indexes) != want:
@@ -794,10 +791,8 @@ def predict_map(
     """
     from tqdm.auto import tqdm
 
-    from imgcate.raster import _open
-
     _check_options(fit, prob, max_draws, block_tiles, workers)
-    ds, owned = _open(raster)
+    ds, owned = open_raster(raster)
     try:
         indexes = _check_bands(fit, ds, bands)
         tile_size, scale = _chip_settings(fit, ds, tile_size, scale)

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from imgcate.chips import Chips, as_chips
 from imgcate.errors import InputError, RasterError
 from imgcate.output import atomic_path, check_writable
-from imgcate.raster import Chips
-from imgcate.segments import _as_chips, composite, sensitivity_map, typical_images
+from imgcate.segments import composite, sensitivity_map, typical_images
 
 #: Colour-bar label of the per-segment CATE change (single overlay and gallery alike).
 CATE_CHANGE_LABEL = "CATE change when the segment is hidden (outcome units)"
@@ -94,7 +94,7 @@ def plot_chip(
     >>> ax = plot_chip(chips, 0, bands=(3, 2, 1))  # doctest: +SKIP
     """
     plt = _pyplot()
-    chips = _as_chips(chips)
+    chips = as_chips(chips)
     i = _check_index(chips, i)
     rgb = composite(chips.values[i], tuple(bands), percentiles)
     if ax is None:
@@ -162,7 +162,7 @@ def plot_segment_sensitivity(
     from skimage.segmentation import find_boundaries
 
     plt = _pyplot()
-    chips = _as_chips(chips)
+    chips = as_chips(chips)
     _check_result(result, chips)
     i = _check_index(chips, i)
     ax = plot_chip(chips, i, bands, ax=ax, grey=grey)
@@ -262,7 +262,7 @@ def plot_cluster_gallery(
     >>> fig = plot_cluster_gallery(fit, chips, n=4, path="gallery.png")  # doctest: +SKIP
     """
     plt = _pyplot()
-    chips = _as_chips(chips)
+    chips = as_chips(chips)
     if path is not None:
         check_writable(path, overwrite)
     if result is not None:
@@ -330,7 +330,7 @@ def write_sensitivity_geotiff(
         From :func:`~imgcate.segments.segment_sensitivity`.
     chips : Chips
         The chips ``result`` was computed on, read from a raster
-        (:func:`~imgcate.raster.extract_chips`), so they carry a CRS and transforms.
+        (:func:`~imgcate.chips.extract_chips`), so they carry a CRS and transforms.
     i : int
         Position of the chip.
     path : path
@@ -355,13 +355,13 @@ def write_sensitivity_geotiff(
     """
     import rasterio
 
-    chips = _as_chips(chips)
+    chips = as_chips(chips)
     _check_result(result, chips)
     i = _check_index(chips, i)
     if chips.transforms is None or chips.crs is None:
         raise RasterError(
             "these chips have no geotransform or CRS (in-memory chips); read them from a raster "
-            "with imgcate.raster.extract_chips to write a georeferenced map."
+            "with imgcate.chips.extract_chips to write a georeferenced map."
         )
     path = check_writable(path, overwrite)
     data = np.stack([sensitivity_map(result, v).values[i] for v in GEOTIFF_BANDS])

@@ -427,7 +427,7 @@ def simulate_scene_trial(
 
     Units sit at pixel centres with their ``chip_size`` chip inside the scene. The cluster of a
     unit is ``digitize(built_share, thresholds)`` where ``built_share`` is the share of built-up
-    and road pixels in the chip (the window :func:`~imgcate.raster.extract_chips` reads with
+    and road pixels in the chip (the window :func:`~imgcate.chips.extract_chips` reads with
     ``size=chip_size``). Treatment is completely randomized (half treated) unless ``targeting``
     is set; the outcome is ``baseline + 0.5 x1 + t tau_cluster + noise`` with
     ``baseline = 2 x vegetation share`` and a covariate ``x1 ~ N(0, 1)``.

@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from imgcate.chips import Chips, as_chips
 from imgcate.errors import FitError, InputError
 from imgcate.intervals import interval_names, quantiles
-from imgcate.raster import Chips, chips_from_array
 from imgcate.validation import check_choice, check_prob
 
 SegmentMethod = Literal["slic", "grid"]
@@ -42,18 +42,6 @@ WEIGHTS = ("prob", "hard")
 # ---------------------------------------------------------------------------------------------
 # inputs
 # ---------------------------------------------------------------------------------------------
-
-
-def _as_chips(chips: Any) -> Chips:
-    """Single-date :class:`Chips` from Chips or an (image, band, y, x) array."""
-    if not isinstance(chips, Chips):
-        chips = chips_from_array(chips)
-    if chips.is_sequence:
-        raise InputError(
-            "chips hold a sequence of dates; segment sensitivity works on single-date chips "
-            "from a fit on single-date embeddings (select one date with chips.date(i))."
-        )
-    return chips
 
 
 def _require_encoder(fit: Any, chips: Chips) -> Any:
@@ -237,7 +225,7 @@ def segment_chips(
     """
     check_choice("method", method, SEGMENT_METHODS)
     n_segments = _check_positive("n_segments", n_segments)
-    chips = _as_chips(chips)
+    chips = as_chips(chips)
     n_img, _, height, width = chips.values.shape
     if method == "grid":
         return np.broadcast_to(
@@ -273,7 +261,7 @@ def fill_values(
         float32, the same shape as the chips.
     """
     check_choice("fill", fill, FILLS)
-    values = _as_chips(chips).values
+    values = as_chips(chips).values
     if fill == "mean":
         means = values.mean(axis=(2, 3), dtype=np.float64, keepdims=True)
         return np.broadcast_to(means, values.shape).astype(np.float32)
@@ -420,7 +408,7 @@ def segment_sensitivity(
     check_choice("fill", fill, FILLS)
     check_prob(prob)
     batch_size = _check_positive("batch_size", batch_size)
-    chips = _as_chips(chips)
+    chips = as_chips(chips)
     encoder = _require_encoder(fit, chips)
     method = "slic" if segments is None else "custom"
     labels = _check_segments(segments, chips)
@@ -664,7 +652,7 @@ def saliency(
     >>> grad.sel(image=chips.image_ids[0]).sum("band")  # doctest: +SKIP
     """
     check_choice("target", target, TARGETS)
-    chips = _as_chips(chips)
+    chips = as_chips(chips)
     encoder = _require_encoder(fit, chips)
     batch_size = _check_positive("batch_size", batch_size)
     if int(smoothgrad) != smoothgrad or smoothgrad < 0:
@@ -803,7 +791,7 @@ def typical_images(
         If the fit has no encoder.
     """
     n = _check_positive("n", n)
-    chips = _as_chips(chips)
+    chips = as_chips(chips)
     encoder = _require_encoder(fit, chips)
     pred = fit.predict(encoder.transform(chips), max_draws=max_draws, seed=seed)
     mean_prob = pred.cluster_prob.mean(0)

@@ -529,8 +529,8 @@ def test_ipw_and_aipw_unbiased_when_the_confounder_is_in_real_chips(tmp_path):
     |bias| < 0.1 leaves room for the embedding's small residual confounding."""
     from scipy.special import expit
 
+    from imgcate.chips import extract_chips
     from imgcate.embeddings import embed
-    from imgcate.raster import extract_chips
     from imgcate.scenes import simulate_scene_trial, synthetic_scene
 
     rows = []
@@ -596,8 +596,8 @@ def test_resolution_check_on_a_scene_with_a_visible_confounder(tmp_path):
     chips remove most of the difference-in-means bias; the table reports every factor."""
     from scipy.special import expit
 
+    from imgcate.chips import extract_chips
     from imgcate.confounding import resolution_check
-    from imgcate.raster import extract_chips
     from imgcate.scenes import simulate_scene_trial, synthetic_scene
 
     scene = tmp_path / "scene.tif"

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from imgcate.chips import chips_from_array
 from imgcate.embeddings import Embeddings, embed, encoder_from_state, load_embeddings
 from imgcate.encoders import RandomConvFeatures
 from imgcate.errors import FitError, InputError
-from imgcate.raster import chips_from_array
 
 
 @pytest.fixture(scope="module")

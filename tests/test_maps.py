@@ -18,9 +18,9 @@ import xarray as xr
 from rasterio.windows import Window
 from shapely.geometry import Polygon, box
 
+from imgcate.chips import chips_from_array
 from imgcate.errors import ExtrapolationWarning, InputError, OutputExistsError, RasterError
 from imgcate.maps import aggregate_by_polygon, band_names, predict_map, tile_grid, write_cog
-from imgcate.raster import chips_from_array
 from imgcate.results import load_fit
 
 TILE = 32
@@ -33,9 +33,9 @@ def map_inputs(tmp_path_factory) -> tuple[Path, Path]:
     Built on first use and kept for the session (NUTS 200 + 200 draws, one chain).
     """
     from imgcate import ConvergenceWarning
+    from imgcate.chips import extract_chips
     from imgcate.embeddings import embed
     from imgcate.inference import fit
-    from imgcate.raster import extract_chips
     from imgcate.scenes import simulate_scene_trial, synthetic_scene
 
     root = tmp_path_factory.getbasetemp() / "map-inputs"

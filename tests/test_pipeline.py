@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from imgcate import ConvergenceWarning
+from imgcate.chips import extract_chips
 from imgcate.embeddings import embed
 from imgcate.inference import fit
-from imgcate.raster import extract_chips
 from imgcate.results import load_fit
 from imgcate.scenes import landsat_trial, simulate_scene_trial, synthetic_scene
 

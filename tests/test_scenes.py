@@ -9,9 +9,9 @@ from rasterio.windows import Window
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
+from imgcate.chips import extract_chips
 from imgcate.embeddings import embed
 from imgcate.errors import InputError
-from imgcate.raster import extract_chips
 from imgcate.scenes import (
     BUILT,
     ROAD,

@@ -22,6 +22,7 @@ import pytest
 import rasterio
 from scipy.ndimage import gaussian_filter
 
+from imgcate.chips import chips_from_array, extract_chips
 from imgcate.embeddings import embed
 from imgcate.errors import FitError, InputError, OutputExistsError, RasterError
 from imgcate.inference import fit
@@ -32,7 +33,6 @@ from imgcate.plots import (
     plot_segment_sensitivity,
     write_sensitivity_geotiff,
 )
-from imgcate.raster import chips_from_array, extract_chips
 from imgcate.segments import (
     cluster_sensitivity,
     fill_values,

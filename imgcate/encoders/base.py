@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from imgcate.chips import Chips
 from imgcate.errors import ExtrapolationWarning, FitError, InputError
-from imgcate.raster import Chips
 from imgcate.validation import check_choice, rng_from_seed
 
 EncoderName = Literal["rcf", "cnn"]
@@ -41,7 +41,7 @@ def chip_values(chips: Any) -> tuple[np.ndarray, bool]:
 
 
 def chip_spec(chips: Any) -> dict | None:
-    """The cut of :class:`~imgcate.raster.Chips` (None for plain arrays: nothing is known)."""
+    """The cut of :class:`~imgcate.chips.Chips` (None for plain arrays: nothing is known)."""
     return chips.spec() if isinstance(chips, Chips) else None
 
 
@@ -99,7 +99,7 @@ class Encoder:
         self.batch_size = int(batch_size)
         self.params: dict | None = None
         self.n_bands: int | None = None
-        #: How the chips it was fitted on were cut (:meth:`imgcate.raster.Chips.spec`), or None.
+        #: How the chips it was fitted on were cut (:meth:`imgcate.chips.Chips.spec`), or None.
         self.chip_spec: dict | None = None
         self._jit_cache: dict = {}
 

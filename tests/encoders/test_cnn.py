@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from imgcate.chips import chips_from_array
 from imgcate.embeddings import embed, encoder_from_state
 from imgcate.encoders import CNNEncoder
-from imgcate.raster import chips_from_array
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from imgcate.chips import chips_from_array
 from imgcate.embeddings import embed
 from imgcate.encoders import RandomConvFeatures, RandomConvNet
-from imgcate.raster import chips_from_array
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Chip extraction: real windowed reads of real GeoTIFFs, reprojection, edges, nodata, errors."""
+"""Chips: windowed reads centred on units (via imgcate.raster), edges, nodata, sequences."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import rasterio
 from rasterio.transform import Affine, from_origin
 from rasterio.windows import Window
 
+from imgcate.chips import Chips, chips_from_array, extract_chips
 from imgcate.errors import InputError, RasterError
-from imgcate.raster import Chips, chips_from_array, extract_chips
 from imgcate.scenes import synthetic_scene
 from imgcate.units import read_units
 
