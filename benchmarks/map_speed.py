@@ -66,7 +66,7 @@ def make_fit(workdir: Path, seed: int):
     from imgcate.chips import extract_chips
     from imgcate.embeddings import embed
     from imgcate.inference import fit
-    from imgcate.scenes import simulate_scene_trial, synthetic_scene
+    from imgcate.simulate import simulate_scene_trial, synthetic_scene
 
     scene = workdir / "trial_scene.tif"
     synthetic_scene(scene, seed=seed, width=384, height=384)
@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     counts = [2_000, 10_000] if args.quick else [10_000, 100_000]
-    from imgcate.scenes import synthetic_scene
+    from imgcate.simulate import synthetic_scene
 
     with tempfile.TemporaryDirectory() as workdir:
         workdir = Path(workdir)

@@ -12,7 +12,7 @@ trial's covariates):
   difference in means within each cluster with a normal (Neyman) 90% interval.
 
 Datasets: simulated image-cluster trials (``imgcate.simulate.simulate_trial``, K = 2 and 3) and
-the Landsat semi-synthetic trial (``imgcate.scenes.landsat_trial`` on
+the Landsat semi-synthetic trial (``imgcate.simulate.landsat_trial`` on
 ``../shared/data/landsat/L7_ETMs.tif``, chips -> random convolutional features), skipped with a
 note when the file is absent.
 
@@ -126,7 +126,7 @@ def simulated(seed: int, n_units: int, n_clusters: int) -> Dataset:
 def landsat(seed: int, n_units: int) -> Dataset:
     from imgcate.chips import extract_chips
     from imgcate.embeddings import embed
-    from imgcate.scenes import landsat_trial
+    from imgcate.simulate import landsat_trial
 
     sim = landsat_trial(
         LANDSAT, seed=seed, n_units=n_units, n_clusters=2, chip_size=16, margin=0.05

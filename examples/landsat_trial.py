@@ -28,7 +28,7 @@ import numpy as np
 
 import imgcate
 from imgcate.evaluate import aipw_scores, blp, rate
-from imgcate.scenes import landsat_trial
+from imgcate.simulate import landsat_trial
 
 SMALL = os.environ.get("IMGCATE_EXAMPLE_SMALL") == "1"
 SCENE = Path(os.environ.get("IMGCATE_LANDSAT", "../shared/data/landsat/L7_ETMs.tif"))

@@ -38,7 +38,7 @@ from imgcate.confounding import (
     estimate_propensity,
     trim,
 )
-from imgcate.scenes import simulate_scene_trial, synthetic_scene
+from imgcate.simulate import simulate_scene_trial, synthetic_scene
 
 SMALL = os.environ.get("IMGCATE_EXAMPLE_SMALL") == "1"
 N_UNITS = 500 if SMALL else 1000

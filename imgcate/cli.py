@@ -553,9 +553,9 @@ def demo(output_dir, n_units, seed, draws, scene_size, overwrite, verbose, quiet
     from imgcate.embeddings import embed
     from imgcate.maps import predict_map, write_cog
     from imgcate.plots import plot_cluster_gallery
-    from imgcate.scenes import land_cover_path, simulate_scene_trial, synthetic_scene
     from imgcate.segments import segment_chips, segment_sensitivity, typical_images
     from imgcate.selection import compare_clusters
+    from imgcate.simulate import land_cover_path, simulate_scene_trial, synthetic_scene
 
     _setup_logging(verbose, quiet)
     # K = 1..3 clusters and 8 embedding components need a few dozen units

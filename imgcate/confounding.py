@@ -32,10 +32,11 @@ Hajek IPW with an estimated propensity in the usual case.
 
 Examples
 --------
->>> from imgcate.confounding import simulate_confounded, estimate_propensity, ate_estimates
+>>> from imgcate.confounding import estimate_propensity, ate_estimates
+>>> from imgcate.simulate import simulate_confounded
 >>> sim = simulate_confounded(seed=0, n_units=500)
->>> ps = estimate_propensity(sim["features"], sim["treatment"], seed=0)
->>> table = ate_estimates(sim["outcome"], sim["treatment"], ps, features=sim["features"], seed=0)
+>>> ps = estimate_propensity(sim.features, sim.treatment, seed=0)
+>>> table = ate_estimates(sim.outcome, sim.treatment, ps, features=sim.features, seed=0)
 >>> list(table.index)
 ['difference_in_means', 'ipw_hajek', 'aipw']
 """
@@ -88,7 +89,6 @@ __all__ = [
     "hajek_ipw",
     "plot_love",
     "robustness_value",
-    "simulate_confounded",
     "trim",
 ]
 
@@ -132,85 +132,6 @@ def _fold_ids(
                 "or use more units."
             )
     return folds
-
-
-# --------------------------------------------------------------------------------------------
-# simulation
-# --------------------------------------------------------------------------------------------
-
-
-def simulate_confounded(
-    seed: int,
-    n_units: int = 1000,
-    ate: float = 2.0,
-    *,
-    n_features: int = 16,
-    strength: float = 4.0,
-    noise: float = 0.02,
-) -> dict[str, np.ndarray | float]:
-    """Simulate an observational study confounded by a latent image property.
-
-    Each unit has a latent "built-up share" ``s ~ Uniform(0, 1)``, seen only through image
-    features that are noisy nonlinear functions of ``s`` (as an embedding would be). Treatment
-    targets built-up places, ``t ~ Bernoulli(sigmoid(strength * (s - 0.5)))``, and the outcome
-    rises with ``s``: ``y = 4 s + 0.5 sin(2 pi s) + ate * t + Normal(0, 1)``. Ignorability holds
-    given ``s`` and approximately given the features (their noise leaves slight residual
-    confounding).
-
-    Parameters
-    ----------
-    seed : int
-        Random seed.
-    n_units : int
-        Number of units.
-    ate : float
-        The true (constant) treatment effect.
-    n_features : int
-        Number of image features (at least 4).
-    strength : float
-        Slope of the treatment logit in ``s``; larger means worse overlap.
-    noise : float
-        Standard deviation of the feature noise.
-
-    Returns
-    -------
-    dict
-        ``features`` (unit, feature), ``treatment`` (unit,), ``outcome`` (unit,), ``latent``
-        (unit,), ``propensity`` (unit,) true scores, ``mu0`` and ``mu1`` (unit,) true conditional
-        means, and ``ate`` (float).
-
-    Examples
-    --------
-    >>> sim = simulate_confounded(seed=1, n_units=200)
-    >>> sim["features"].shape
-    (200, 16)
-    """
-    if n_features < 4:
-        raise InputError(f"n_features={n_features} must be at least 4.")
-    rng = rng_from_seed(seed)
-    s = rng.uniform(size=n_units)
-    slopes = rng.uniform(2.0, 8.0, size=n_features) * rng.choice([-1, 1], size=n_features)
-    centres = rng.uniform(0.2, 0.8, size=n_features)
-    basis = np.tanh(slopes * (s[:, None] - centres))
-    basis[:, 0] = s**2
-    basis[:, 1] = np.sin(2 * np.pi * s)
-    basis[:, 2] = np.cos(np.pi * s)
-    features = basis + noise * rng.normal(size=basis.shape)
-    e = 1 / (1 + np.exp(-strength * (s - 0.5)))
-    t = rng.binomial(1, e)
-    mu0 = 4 * s + 0.5 * np.sin(2 * np.pi * s)
-    mu1 = mu0 + ate
-    y = np.where(t == 1, mu1, mu0) + rng.normal(size=n_units)
-    return {
-        "features": features,
-        "treatment": t,
-        "outcome": y,
-        "latent": s,
-        "propensity": e,
-        "mu0": mu0,
-        "mu1": mu1,
-        "ate": float(ate),
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,7 +434,7 @@ def estimate_propensity(
     Examples
     --------
     >>> sim = simulate_confounded(seed=0, n_units=300)
-    >>> ps = estimate_propensity(sim["features"], sim["treatment"], seed=0)
+    >>> ps = estimate_propensity(sim.features, sim.treatment, seed=0)
     >>> ps.scores.shape
     (300,)
     """
@@ -943,7 +864,7 @@ def aipw(
     Examples
     --------
     >>> sim = simulate_confounded(seed=0, n_units=400)
-    >>> est = aipw(sim["outcome"], sim["treatment"], sim["propensity"], features=sim["features"],
+    >>> est = aipw(sim.outcome, sim.treatment, sim.truth.propensity, features=sim.features,
     ...            seed=0)
     >>> est.name
     'aipw'
@@ -1016,7 +937,7 @@ def ate_estimates(
     Examples
     --------
     >>> sim = simulate_confounded(seed=0, n_units=400)
-    >>> table = ate_estimates(sim["outcome"], sim["treatment"], sim["propensity"], seed=0)
+    >>> table = ate_estimates(sim.outcome, sim.treatment, sim.truth.propensity, seed=0)
     >>> list(table.columns)
     ['estimate', 'std_err', 'ci_lower', 'ci_upper', 'n']
     """
@@ -1442,7 +1363,7 @@ def confounding_sensitivity(
     Examples
     --------
     >>> sim = simulate_confounded(seed=0, n_units=300)
-    >>> res = confounding_sensitivity(sim["outcome"], sim["treatment"], sim["features"][:, :3],
+    >>> res = confounding_sensitivity(sim.outcome, sim.treatment, sim.features[:, :3],
     ...                               benchmark=0)
     >>> res.bounds.shape[0]
     3

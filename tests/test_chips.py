@@ -14,7 +14,7 @@ from rasterio.windows import Window
 
 from imgcate.chips import Chips, chips_from_array, extract_chips
 from imgcate.errors import InputError, RasterError
-from imgcate.scenes import synthetic_scene
+from imgcate.simulate import synthetic_scene
 from imgcate.units import read_units
 
 CRS = "EPSG:32636"

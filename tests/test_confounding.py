@@ -29,10 +29,10 @@ from imgcate.confounding import (  # noqa: E402
     hajek_ipw,
     plot_love,
     robustness_value,
-    simulate_confounded,
     trim,
 )
 from imgcate.errors import ConvergenceWarning, InputError, OverlapWarning  # noqa: E402
+from imgcate.simulate import simulate_confounded  # noqa: E402
 
 TRUE_ATE = 2.0
 
@@ -44,8 +44,8 @@ def sim():
 
 @pytest.fixture(scope="module")
 def fitted(sim):
-    ps = estimate_propensity(sim["features"], sim["treatment"], seed=11)
-    table = ate_estimates(sim["outcome"], sim["treatment"], ps, features=sim["features"], seed=11)
+    ps = estimate_propensity(sim.features, sim.treatment, seed=11)
+    table = ate_estimates(sim.outcome, sim.treatment, ps, features=sim.features, seed=11)
     return ps, table
 
 
@@ -75,9 +75,9 @@ def test_ipw_and_aipw_recover_the_ate_in_one_replication(fitted):
 
 
 def test_interval_width_follows_prob(sim):
-    e = sim["propensity"]
-    wide = hajek_ipw(sim["outcome"], sim["treatment"], e, prob=0.95)
-    narrow = hajek_ipw(sim["outcome"], sim["treatment"], e, prob=0.5)
+    e = sim.truth.propensity
+    wide = hajek_ipw(sim.outcome, sim.treatment, e, prob=0.95)
+    narrow = hajek_ipw(sim.outcome, sim.treatment, e, prob=0.5)
     ratio = (narrow.ci_upper - narrow.ci_lower) / (wide.ci_upper - wide.ci_lower)
     assert ratio == pytest.approx(0.6745 / 1.95996, rel=1e-3)
 
@@ -85,11 +85,11 @@ def test_interval_width_follows_prob(sim):
 def test_propensity_tracks_truth_and_overlap_summary(fitted, sim):
     ps, _ = fitted
     assert ps.method == "logistic"
-    assert np.corrcoef(ps.scores, sim["propensity"])[0, 1] > 0.95
+    assert np.corrcoef(ps.scores, sim.truth.propensity)[0, 1] > 0.95
     summary = ps.overlap_summary()
     assert list(summary.index) == ["control", "treated"]
     assert summary["n"].sum() == 1000
-    t = sim["treatment"]
+    t = sim.treatment
     w = np.where(t == 1, 1 / ps.scores, 1 / (1 - ps.scores))
     kish_treated = w[t == 1].sum() ** 2 / np.sum(w[t == 1] ** 2)
     assert summary.loc["treated", "ess"] == pytest.approx(kish_treated)
@@ -99,7 +99,7 @@ def test_propensity_tracks_truth_and_overlap_summary(fitted, sim):
 
 def test_logistic_propensity_is_cross_fitted(sim):
     """A unit's score must not depend on its own label (its fold's model never saw it)."""
-    x, t = sim["features"][:300], sim["treatment"][:300].copy()
+    x, t = sim.features[:300], sim.treatment[:300].copy()
     clusters = np.arange(300) // 3  # folds by cluster: assignment does not depend on t
     a = estimate_propensity(x, t, C=1.0, clusters=clusters, seed=3).scores
     flipped = t.copy()
@@ -112,7 +112,7 @@ def test_logistic_propensity_is_cross_fitted(sim):
 def test_balance_tuning_picks_the_best_balanced_penalty(sim):
     """The default C is the grid value with the smallest max |SMD| after weighting, and the
     recorded imbalance is what balance_table reports for those scores."""
-    x, t = sim["features"], sim["treatment"]
+    x, t = sim.features, sim.treatment
     ps = estimate_propensity(x, t, seed=0)
     imbalance = ps.diagnostics["max_abs_smd_by_C"]
     chosen = ps.diagnostics["C_by_fold"][0]
@@ -125,7 +125,7 @@ def test_balance_tuning_picks_the_best_balanced_penalty(sim):
 
 
 def test_propensity_is_reproducible(sim):
-    x, t = sim["features"][:300], sim["treatment"][:300]
+    x, t = sim.features[:300], sim.treatment[:300]
     a = estimate_propensity(x, t, C=1.0, seed=5).scores
     b = estimate_propensity(x, t, C=1.0, seed=5).scores
     c = estimate_propensity(x, t, C=1.0, seed=6).scores
@@ -136,16 +136,16 @@ def test_propensity_is_reproducible(sim):
 def test_bayes_propensity_small_fit_tracks_truth():
     sim = simulate_confounded(seed=8, n_units=300, n_features=6)
     kwargs = dict(method="bayes", num_warmup=150, num_samples=150, num_chains=1)
-    ps = estimate_propensity(sim["features"], sim["treatment"], seed=8, **kwargs)
+    ps = estimate_propensity(sim.features, sim.treatment, seed=8, **kwargs)
     assert ps.method == "bayes"
     assert {"max_r_hat", "divergences"} <= set(ps.diagnostics)
-    assert np.corrcoef(ps.scores, sim["propensity"])[0, 1] > 0.9
+    assert np.corrcoef(ps.scores, sim.truth.propensity)[0, 1] > 0.9
 
 
 def test_extreme_propensities_warn_and_are_clipped():
     sim = simulate_confounded(seed=2, n_units=400, strength=25.0)
     with pytest.warns(OverlapWarning, match="propensity scores lie outside"):
-        ps = estimate_propensity(sim["features"], sim["treatment"], C=100.0, seed=2, clip=0.02)
+        ps = estimate_propensity(sim.features, sim.treatment, C=100.0, seed=2, clip=0.02)
     assert ps.scores.min() >= 0.02 and ps.scores.max() <= 0.98
     assert ps.n_clipped > 0
     assert ps.overlap_summary()["frac_outside"].max() > 0.1
@@ -153,14 +153,14 @@ def test_extreme_propensities_warn_and_are_clipped():
 
 def test_balance_improves_after_weighting(fitted, sim):
     ps, _ = fitted
-    table = balance_table(sim["features"], sim["treatment"], weights=ps)
+    table = balance_table(sim.features, sim.treatment, weights=ps)
     before = table["smd_before"].abs().max()
     after = table["smd_after"].abs().max()
     print(f"\nmax |SMD| before weighting {before:.3f}, after {after:.3f}")
     assert after < before / 3
     assert before > 0.5
     # The denominator is the unweighted pooled sd, computed here by hand for one feature.
-    x, t = sim["features"][:, 0], sim["treatment"]
+    x, t = sim.features[:, 0], sim.treatment
     sd = np.sqrt((x[t == 1].var(ddof=1) + x[t == 0].var(ddof=1)) / 2)
     w = ps.ipw_weights
     diff = np.average(x[t == 1], weights=w[t == 1]) - np.average(x[t == 0], weights=w[t == 0])
@@ -184,7 +184,7 @@ def test_aipw_double_robust_wrong_outcome_model():
     for rep in range(200):
         sim = simulate_confounded(seed=1000 + rep, n_units=500)
         zero = np.zeros(500)
-        res = aipw(sim["outcome"], sim["treatment"], sim["propensity"], mu0=zero, mu1=zero)
+        res = aipw(sim.outcome, sim.treatment, sim.truth.propensity, mu0=zero, mu1=zero)
         est.append(res.estimate)
         plug_in.append(np.mean(zero - zero))  # the outcome model alone says "no effect"
     est = np.asarray(est)
@@ -199,9 +199,9 @@ def test_aipw_double_robust_wrong_propensity():
     for rep in range(100):
         sim = simulate_confounded(seed=2000 + rep, n_units=500)
         half = np.full(500, 0.5)
-        res = aipw(sim["outcome"], sim["treatment"], half, mu0=sim["mu0"], mu1=sim["mu1"])
+        res = aipw(sim.outcome, sim.treatment, half, mu0=sim.truth.mu0, mu1=sim.truth.mu1)
         est.append(res.estimate)
-        ipw.append(hajek_ipw(sim["outcome"], sim["treatment"], half).estimate)
+        ipw.append(hajek_ipw(sim.outcome, sim.treatment, half).estimate)
     est = np.asarray(est)
     mc_se = est.std(ddof=1) / np.sqrt(len(est))
     assert abs(est.mean() - TRUE_ATE) < 3.5 * mc_se
@@ -212,7 +212,7 @@ def test_aipw_double_robust_wrong_propensity():
 
 
 def test_singleton_clusters_reproduce_the_unclustered_se(sim):
-    y, t, e = sim["outcome"], sim["treatment"], sim["propensity"]
+    y, t, e = sim.outcome, sim.treatment, sim.truth.propensity
     n = len(y)
     plain = hajek_ipw(y, t, e)
     single = hajek_ipw(y, t, e, clusters=np.arange(n))
@@ -234,10 +234,10 @@ def test_cluster_robust_se_grows_with_cluster_shocks(sim):
     # design effect 1 + (m - 1) rho with m = 20, rho = 4 / 5: the SE grows about 4-fold
     assert robust.std_err > 2.5 * plain.std_err
     table = ate_estimates(
-        sim["outcome"],
-        sim["treatment"],
-        sim["propensity"],
-        features=sim["features"],
+        sim.outcome,
+        sim.treatment,
+        sim.truth.propensity,
+        features=sim.features,
         clusters=clusters,
         seed=1,
     )
@@ -409,15 +409,11 @@ def test_benchmark_bounds_follow_the_published_formulas():
 
 def test_sensitivity_on_the_image_simulation(sim):
     # Controlling for a few image features leaves the effect fairly robust; benchmark on one.
-    res = confounding_sensitivity(
-        sim["outcome"], sim["treatment"], sim["features"][:, :4], benchmark=[0, 3]
-    )
+    res = confounding_sensitivity(sim.outcome, sim.treatment, sim.features[:, :4], benchmark=[0, 3])
     assert len(res.bounds) == 6
     assert 0 < res.rv_qa < res.rv_q < 1
     with pytest.raises(InputError, match="is not a covariate name"):
-        confounding_sensitivity(
-            sim["outcome"], sim["treatment"], sim["features"][:, :2], benchmark="roads"
-        )
+        confounding_sensitivity(sim.outcome, sim.treatment, sim.features[:, :2], benchmark="roads")
 
 
 # ------------------------------------------------------------------ plots
@@ -429,12 +425,10 @@ def test_plots_draw_what_they_say(fitted, sim):
     ax = ps.plot_overlap(ax=axes[0])
     assert ax.get_xlabel() == "propensity"
     assert len(ax.patches) == 60  # 30 bins per arm
-    table = balance_table(sim["features"], sim["treatment"], weights=ps)
+    table = balance_table(sim.features, sim.treatment, weights=ps)
     ax = plot_love(table, ax=axes[1])
     assert len(ax.collections) == 2 and len(ax.get_yticks()) == table.shape[0]
-    res = confounding_sensitivity(
-        sim["outcome"], sim["treatment"], sim["features"][:, :4], benchmark=0
-    )
+    res = confounding_sensitivity(sim.outcome, sim.treatment, sim.features[:, :4], benchmark=0)
     ax = res.plot_contour(ax=axes[2])
     assert len(ax.lines) == 1 + len(res.bounds)  # unadjusted point + one per benchmark bound
     plt.close(fig)
@@ -467,23 +461,23 @@ def test_mismatched_lengths_are_rejected():
 
 
 def test_bad_options_are_rejected(sim):
-    x, t = sim["features"], sim["treatment"]
+    x, t = sim.features, sim.treatment
     with pytest.raises(InputError, match="method='probit' is not allowed; use one of"):
         estimate_propensity(x, t, method="probit", seed=0)
     with pytest.raises(InputError, match="seed is required"):
         estimate_propensity(x, t, seed=None)
     with pytest.raises(InputError, match="outcome_model='forest' is not allowed"):
-        aipw(sim["outcome"], t, sim["propensity"], features=x, outcome_model="forest", seed=0)
+        aipw(sim.outcome, t, sim.truth.propensity, features=x, outcome_model="forest", seed=0)
     with pytest.raises(InputError, match="needs features"):
-        aipw(sim["outcome"], t, sim["propensity"])
+        aipw(sim.outcome, t, sim.truth.propensity)
     with pytest.raises(InputError, match="prob=1.5 must lie strictly between 0 and 1"):
-        hajek_ipw(sim["outcome"], t, sim["propensity"], prob=1.5)
+        hajek_ipw(sim.outcome, t, sim.truth.propensity, prob=1.5)
 
 
 def test_propensity_object_is_accepted_everywhere(fitted, sim):
     ps, table = fitted
     assert isinstance(ps, Propensity)
-    res = hajek_ipw(sim["outcome"], sim["treatment"], ps.scores)
+    res = hajek_ipw(sim.outcome, sim.treatment, ps.scores)
     assert res.estimate == pytest.approx(table.loc["ipw_hajek", "estimate"])
     assert isinstance(res.tidy(), pd.DataFrame)
 
@@ -497,10 +491,8 @@ def test_ipw_and_aipw_unbiased_with_coverage_over_replications():
     rows = []
     for rep in range(n_reps):
         sim = simulate_confounded(seed=100 + rep, n_units=1000, ate=TRUE_ATE)
-        ps = estimate_propensity(sim["features"], sim["treatment"], seed=rep)
-        table = ate_estimates(
-            sim["outcome"], sim["treatment"], ps, features=sim["features"], seed=rep
-        )
+        ps = estimate_propensity(sim.features, sim.treatment, seed=rep)
+        table = ate_estimates(sim.outcome, sim.treatment, ps, features=sim.features, seed=rep)
         table["covered"] = (table["ci_lower"] <= TRUE_ATE) & (TRUE_ATE <= table["ci_upper"])
         rows.append(table.assign(rep=rep))
     results = pd.concat(rows)
@@ -531,7 +523,7 @@ def test_ipw_and_aipw_unbiased_when_the_confounder_is_in_real_chips(tmp_path):
 
     from imgcate.chips import extract_chips
     from imgcate.embeddings import embed
-    from imgcate.scenes import simulate_scene_trial, synthetic_scene
+    from imgcate.simulate import simulate_scene_trial, synthetic_scene
 
     rows = []
     for rep in range(20):
@@ -575,15 +567,15 @@ def test_bayes_propensity_supports_ipw():
     sim = simulate_confounded(seed=21, n_units=1000)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        ps = estimate_propensity(sim["features"], sim["treatment"], method="bayes", seed=21)
+        ps = estimate_propensity(sim.features, sim.treatment, method="bayes", seed=21)
     assert ps.method == "bayes"
     assert ps.diagnostics["max_r_hat"] < 1.05
     conv = [w for w in record if issubclass(w.category, ConvergenceWarning)]
     assert len(conv) == (1 if ps.diagnostics["divergences"] > 0 else 0)
-    assert np.corrcoef(ps.scores, sim["propensity"])[0, 1] > 0.95
-    again = estimate_propensity(sim["features"], sim["treatment"], method="bayes", seed=21)
+    assert np.corrcoef(ps.scores, sim.truth.propensity)[0, 1] > 0.95
+    again = estimate_propensity(sim.features, sim.treatment, method="bayes", seed=21)
     np.testing.assert_array_equal(ps.scores, again.scores)  # same seed, same result
-    res = hajek_ipw(sim["outcome"], sim["treatment"], ps)
+    res = hajek_ipw(sim.outcome, sim.treatment, ps)
     print(
         f"\nbayes propensity: Hajek IPW {res.estimate:.3f} (se {res.std_err:.3f}), "
         f"diagnostics {ps.diagnostics}"
@@ -598,7 +590,7 @@ def test_resolution_check_on_a_scene_with_a_visible_confounder(tmp_path):
 
     from imgcate.chips import extract_chips
     from imgcate.confounding import resolution_check
-    from imgcate.scenes import simulate_scene_trial, synthetic_scene
+    from imgcate.simulate import simulate_scene_trial, synthetic_scene
 
     scene = tmp_path / "scene.tif"
     synthetic_scene(scene, seed=2, width=384, height=384)

@@ -36,7 +36,7 @@ def map_inputs(tmp_path_factory) -> tuple[Path, Path]:
     from imgcate.chips import extract_chips
     from imgcate.embeddings import embed
     from imgcate.inference import fit
-    from imgcate.scenes import simulate_scene_trial, synthetic_scene
+    from imgcate.simulate import simulate_scene_trial, synthetic_scene
 
     root = tmp_path_factory.getbasetemp() / "map-inputs"
     scene, fit_path = root / "scene.tif", root / "fit.imgcate"
@@ -139,7 +139,7 @@ def test_map_equals_predict_on_the_same_tiles(inputs, full_map):
 def test_the_map_shows_the_known_effect_pattern(inputs, full_map):
     """Built-up tiles (cluster 1, tau = 2) get larger effects than rural ones (tau = 0)."""
     scene, _ = inputs
-    from imgcate.scenes import BUILT, ROAD, land_cover_path
+    from imgcate.simulate import BUILT, ROAD, land_cover_path
 
     with rasterio.open(land_cover_path(scene)) as src:
         cover = src.read(1)

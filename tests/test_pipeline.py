@@ -16,7 +16,7 @@ from imgcate.chips import extract_chips
 from imgcate.embeddings import embed
 from imgcate.inference import fit
 from imgcate.results import load_fit
-from imgcate.scenes import landsat_trial, simulate_scene_trial, synthetic_scene
+from imgcate.simulate import landsat_trial, simulate_scene_trial, synthetic_scene
 
 OPTS = {"num_warmup": 300, "num_samples": 300, "num_chains": 2}
 

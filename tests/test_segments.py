@@ -419,7 +419,7 @@ def test_figures_are_written(grid_result, setting, tmp_path):
 
 # ------------------------------------------------------------------------------- GeoTIFF
 def test_geotiff_keeps_crs_and_transform(setting, tmp_path):
-    from imgcate.scenes import synthetic_scene
+    from imgcate.simulate import synthetic_scene
 
     _, fitted = setting[:2]
     scene = tmp_path / "scene.tif"

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -23,6 +22,7 @@ from rasterio.transform import from_origin
 from scipy import ndimage, special
 
 from imgcate.errors import InputError, RasterError
+from imgcate.simulate.result import SceneTruth, SimulatedTrial
 from imgcate.units import Trial, read_units
 from imgcate.validation import rng_from_seed
 
@@ -42,50 +42,6 @@ _SIGNATURES = np.array(
     dtype=float,
 )
 _TEXTURE = np.array([30.0, 300.0, 200.0, 500.0, 80.0])  # pixel noise sd per class
-
-
-@dataclass(frozen=True)
-class SimulationTruth:
-    """Known truth of a simulated trial.
-
-    Attributes
-    ----------
-    cluster : numpy.ndarray
-        int, shape (unit,): true cluster 0..K-1 (ordered by effect).
-    tau_cluster : numpy.ndarray
-        Shape (cluster,): effect of each cluster on the outcome scale.
-    tau_unit : numpy.ndarray
-        Shape (unit,): each unit's effect, ``tau_cluster[cluster]``.
-    share : numpy.ndarray
-        Shape (unit,): the chip statistic the cluster is a function of (built-up or vegetated
-        share of the chip's pixels).
-    thresholds : numpy.ndarray
-        Shape (cluster - 1,): cut points on ``share``; ``cluster = digitize(share, thresholds)``.
-    chip_size : int
-        Chip size in pixels the statistic was computed on (window centred on the unit's pixel).
-    propensity : numpy.ndarray
-        Shape (unit,): each unit's probability of treatment (0.5 under the randomized design,
-        ``sigmoid(targeting * z)`` for a targeted program).
-    mu0 : numpy.ndarray
-        Shape (unit,): each unit's expected outcome without treatment, given its covariate.
-    """
-
-    cluster: np.ndarray
-    tau_cluster: np.ndarray
-    tau_unit: np.ndarray
-    share: np.ndarray
-    thresholds: np.ndarray
-    chip_size: int
-    propensity: np.ndarray
-    mu0: np.ndarray
-
-
-class SceneSimulation(NamedTuple):
-    """A simulated trial: ``trial, truth, land_cover = simulate_scene_trial(...)``."""
-
-    trial: Trial
-    truth: SimulationTruth
-    land_cover: np.ndarray
 
 
 def land_cover_path(scene_path: str | Path) -> Path:
@@ -385,15 +341,16 @@ def _simulate(
         point_crs,
         targeting,
     )
-    truth = SimulationTruth(
+    truth = SceneTruth(
+        tau_unit=tau_unit,
+        cate=tau_unit,
+        propensity=propensity,
+        mu0=mu0,
         cluster=cluster,
         tau_cluster=tau_cluster,
-        tau_unit=tau_unit,
         share=share,
         thresholds=thresholds,
         chip_size=chip_size,
-        propensity=propensity,
-        mu0=mu0,
     )
     return trial, truth
 
@@ -422,7 +379,7 @@ def simulate_scene_trial(
     balance: bool = True,
     point_crs: str | None = "EPSG:4326",
     targeting: float = 0.0,
-) -> SceneSimulation:
+) -> SimulatedTrial:
     """Simulate a trial on a synthetic scene with image-driven effect clusters.
 
     Units sit at pixel centres with their ``chip_size`` chip inside the scene. The cluster of a
@@ -464,9 +421,10 @@ def simulate_scene_trial(
 
     Returns
     -------
-    SceneSimulation
-        ``(trial, truth, land_cover)``: the Trial (columns id, treatment, outcome, x1), the
-        :class:`SimulationTruth`, and the land-cover map (y, x).
+    SimulatedTrial
+        ``trial`` (columns id, treatment, outcome, x1), ``embeddings`` None (cut the chips of
+        ``scene`` and embed them), ``truth`` (a :class:`~imgcate.simulate.SceneTruth`),
+        ``scene`` (``scene_path``) and ``land_cover`` (y, x).
 
     Raises
     ------
@@ -478,7 +436,7 @@ def simulate_scene_trial(
     if not cover_file.exists():
         raise RasterError(
             f"land-cover map {str(cover_file)!r} of scene {str(scene_path)!r} is missing; "
-            "write the scene with imgcate.scenes.synthetic_scene."
+            "write the scene with imgcate.simulate.synthetic_scene."
         )
     with rasterio.open(cover_file) as src:
         cover, transform, crs = src.read(1), src.transform, src.crs
@@ -502,7 +460,7 @@ def simulate_scene_trial(
         point_crs=point_crs,
         targeting=_check_targeting(targeting),
     )
-    return SceneSimulation(trial, truth, cover)
+    return SimulatedTrial(trial, None, truth, scene=Path(scene_path), land_cover=cover)
 
 
 def _check_targeting(targeting: float) -> float:
@@ -536,7 +494,7 @@ def landsat_trial(
     margin: float = 0.1,
     balance: bool = True,
     point_crs: str | None = "EPSG:4326",
-) -> SceneSimulation:
+) -> SimulatedTrial:
     """Semi-synthetic trial on the real Landsat 7 scene, effects driven by real land cover.
 
     The pixel land cover is "vegetated" where NDVI (from band 3 = red and band 4 = NIR, i.e.
@@ -558,8 +516,9 @@ def landsat_trial(
 
     Returns
     -------
-    SceneSimulation
-        ``(trial, truth, land_cover)`` with land_cover 1 = vegetated, 0 = other, shape (y, x).
+    SimulatedTrial
+        As :func:`simulate_scene_trial`, with ``land_cover`` 1 = vegetated, 0 = other,
+        shape (y, x).
     """
     rng = rng_from_seed(seed)
     try:
@@ -592,4 +551,6 @@ def landsat_trial(
         balance=balance,
         point_crs=point_crs,
     )
-    return SceneSimulation(trial, truth, vegetated.astype(np.uint8))
+    return SimulatedTrial(
+        trial, None, truth, scene=Path(landsat_path), land_cover=vegetated.astype(np.uint8)
+    )

@@ -8,81 +8,22 @@ effect ``cate(e) = sum_k P(k | e) tau_k`` is known in closed form.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit, softmax
+from scipy.special import expit
 
 from imgcate.embeddings import Embeddings
 from imgcate.errors import InputError
-from imgcate.units import Trial, read_units
+from imgcate.simulate.result import MixtureTruth, SimulatedTrial
+from imgcate.units import read_units
 from imgcate.validation import check_choice, rng_from_seed
 
 Assignment = Literal["randomized", "confounded"]
 Likelihood = Literal["gaussian", "student_t", "bernoulli"]
 
 DEFAULT_TAU = {1: (1.0,), 2: (0.0, 2.0), 3: (-1.0, 1.0, 3.0), 4: (-1.0, 0.5, 2.0, 3.5)}
-
-
-@dataclass(frozen=True)
-class Truth:
-    """What generated a simulated trial.
-
-    Attributes
-    ----------
-    cluster : ndarray (unit,)
-        True effect cluster of each unit (0..K-1, ordered by effect).
-    tau_cluster : ndarray (cluster,)
-        Effect of each cluster on the outcome scale.
-    tau_unit : ndarray (unit,)
-        Realised effect of each unit, ``tau_cluster[cluster]``.
-    cate : ndarray (unit,)
-        Conditional effect given the embedding, ``sum_k P(k | e) tau_k``: the estimand of the
-        model's unit CATE.
-    cluster_prob : ndarray (unit, cluster)
-        True ``P(cluster = k | embedding)``.
-    propensity : ndarray (unit,)
-        Probability of treatment.
-    mu0 : ndarray (unit,)
-        Expected outcome without treatment.
-    ate : float
-        Sample average of ``tau_unit``.
-    centers, spread : ndarray
-        Mixture centres (cluster, feature) and the embedding noise sd, to embed new units.
-    """
-
-    cluster: np.ndarray
-    tau_cluster: np.ndarray
-    tau_unit: np.ndarray
-    cate: np.ndarray
-    cluster_prob: np.ndarray
-    propensity: np.ndarray
-    mu0: np.ndarray
-    ate: float
-    centers: np.ndarray
-    spread: float
-    weights: np.ndarray
-
-    def cluster_prob_of(self, embedding: np.ndarray) -> np.ndarray:
-        """True cluster probabilities of new embeddings, shape (n, cluster)."""
-        e = np.asarray(embedding, dtype=float)
-        logits = (e @ self.centers.T - 0.5 * (self.centers**2).sum(1)) / self.spread**2
-        return softmax(logits + np.log(self.weights), axis=1)
-
-    def cate_of(self, embedding: np.ndarray) -> np.ndarray:
-        """True conditional effect of new embeddings, shape (n,)."""
-        return self.cluster_prob_of(embedding) @ self.tau_cluster
-
-
-@dataclass(frozen=True)
-class SimulatedTrial:
-    """A simulated trial: the Trial, the embeddings of its images, and the truth."""
-
-    trial: Trial
-    embeddings: Embeddings
-    truth: Truth
 
 
 def _centers(rng: np.random.Generator, k: int, d: int, separation: float) -> np.ndarray:
@@ -163,7 +104,7 @@ def simulate_trial(
     -------
     SimulatedTrial
         ``trial`` (id, lon, lat, treatment, outcome, x0.., image_id, stratum),
-        ``embeddings`` (image, feature), ``truth``.
+        ``embeddings`` (image, feature), ``truth`` (a :class:`MixtureTruth`).
 
     Examples
     --------
@@ -190,15 +131,14 @@ def simulate_trial(
     emb = centers[img_cluster] + rng.normal(size=(n_img, n_features))
     unit_image = _unit_images(rng, n_units, n_img)
     e = emb[unit_image]
-    truth_partial = Truth(
-        cluster=img_cluster[unit_image],
-        tau_cluster=tau_c,
+    truth_partial = MixtureTruth(
         tau_unit=tau_c[img_cluster[unit_image]],
         cate=np.zeros(0),
-        cluster_prob=np.zeros(0),
         propensity=np.zeros(0),
         mu0=np.zeros(0),
-        ate=0.0,
+        cluster=img_cluster[unit_image],
+        tau_cluster=tau_c,
+        cluster_prob=np.zeros(0),
         centers=centers,
         spread=1.0,
         weights=weights,
@@ -250,15 +190,14 @@ def simulate_trial(
     trial = read_units(
         df, covariates=covs, image_id="image_id", stratum="stratum" if n_strata else None
     )
-    truth = Truth(
-        cluster=img_cluster[unit_image],
-        tau_cluster=tau_c,
+    truth = MixtureTruth(
         tau_unit=tau_u,
         cate=prob @ tau_c,
-        cluster_prob=prob,
         propensity=propensity,
         mu0=base,
-        ate=float(tau_u.mean()),
+        cluster=img_cluster[unit_image],
+        tau_cluster=tau_c,
+        cluster_prob=prob,
         centers=centers,
         spread=1.0,
         weights=weights,

@@ -12,7 +12,7 @@ from sklearn.model_selection import cross_val_score
 from imgcate.chips import extract_chips
 from imgcate.embeddings import embed
 from imgcate.errors import InputError
-from imgcate.scenes import (
+from imgcate.simulate import (
     BUILT,
     ROAD,
     land_cover_path,

@@ -1,0 +1,57 @@
+"""Simulated trials with known truth, for checking what imgcate recovers.
+
+Every simulator returns a :class:`SimulatedTrial` (``trial``, ``embeddings``, ``truth``):
+
+- :func:`simulate_trial`: embeddings from a Gaussian mixture whose components are the effect
+  clusters (the model's membership is well specified; :class:`MixtureTruth`);
+- :func:`synthetic_scene` writes a multi-band GeoTIFF with land-cover textures, and
+  :func:`simulate_scene_trial` places a trial on it whose clusters are a known function of the
+  land cover under each chip; :func:`landsat_trial` does the same on the real Landsat scene
+  (:class:`SceneTruth`);
+- :func:`simulate_confounded`: an observational study targeted on a latent image property
+  (:class:`ConfoundedTruth`).
+"""
+
+from imgcate.simulate.confounded import simulate_confounded
+from imgcate.simulate.mixture import simulate_trial
+from imgcate.simulate.result import (
+    ConfoundedTruth,
+    MixtureTruth,
+    SceneTruth,
+    SimulatedTrial,
+    Truth,
+)
+from imgcate.simulate.scenes import (
+    BARE,
+    BUILT,
+    LAND_COVER,
+    ROAD,
+    VEGETATION,
+    WATER,
+    land_cover_path,
+    landsat_trial,
+    ndvi,
+    simulate_scene_trial,
+    synthetic_scene,
+)
+
+__all__ = [
+    "BARE",
+    "BUILT",
+    "LAND_COVER",
+    "ROAD",
+    "VEGETATION",
+    "WATER",
+    "ConfoundedTruth",
+    "MixtureTruth",
+    "SceneTruth",
+    "SimulatedTrial",
+    "Truth",
+    "land_cover_path",
+    "landsat_trial",
+    "ndvi",
+    "simulate_confounded",
+    "simulate_scene_trial",
+    "simulate_trial",
+    "synthetic_scene",
+]

@@ -1,0 +1,172 @@
+"""What every simulator returns: a :class:`SimulatedTrial` (the trial, its image embeddings
+and the truth that generated it), with a :class:`Truth` per scenario."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.special import softmax
+
+from imgcate.embeddings import Embeddings
+from imgcate.errors import InputError
+from imgcate.units import Trial
+
+
+@dataclass(frozen=True)
+class Truth:
+    """What generated a simulated trial, unit by unit (every scenario knows these).
+
+    Attributes
+    ----------
+    tau_unit : numpy.ndarray
+        Shape (unit,): each unit's realised treatment effect on the outcome scale.
+    cate : numpy.ndarray
+        Shape (unit,): the effect expected given what the unit's image shows, the estimand of
+        a model's unit CATE (equal to ``tau_unit`` where the image fixes the effect).
+    propensity : numpy.ndarray
+        Shape (unit,): each unit's probability of treatment.
+    mu0 : numpy.ndarray
+        Shape (unit,): each unit's expected outcome without treatment.
+    """
+
+    tau_unit: np.ndarray
+    cate: np.ndarray
+    propensity: np.ndarray
+    mu0: np.ndarray
+
+    @property
+    def ate(self) -> float:
+        """The sample average treatment effect, the mean of ``tau_unit``."""
+        return float(np.mean(self.tau_unit))
+
+
+@dataclass(frozen=True)
+class MixtureTruth(Truth):
+    """Truth of :func:`~imgcate.simulate.simulate_trial`: latent clusters of a Gaussian mixture.
+
+    Attributes
+    ----------
+    cluster : numpy.ndarray
+        Shape (unit,): true effect cluster of each unit (0..K-1, ordered by effect).
+    tau_cluster : numpy.ndarray
+        Shape (cluster,): effect of each cluster on the outcome scale.
+    cluster_prob : numpy.ndarray
+        Shape (unit, cluster): true ``P(cluster = k | embedding)``; ``cate`` is
+        ``cluster_prob @ tau_cluster``.
+    centers, spread, weights :
+        Mixture centres (cluster, feature), the embedding noise sd and the cluster shares, to
+        compute the truth of new embeddings (:meth:`cate_of`).
+    """
+
+    cluster: np.ndarray
+    tau_cluster: np.ndarray
+    cluster_prob: np.ndarray
+    centers: np.ndarray
+    spread: float
+    weights: np.ndarray
+
+    def cluster_prob_of(self, embedding: np.ndarray) -> np.ndarray:
+        """True cluster probabilities of new embeddings, shape (n, cluster)."""
+        e = np.asarray(embedding, dtype=float)
+        logits = (e @ self.centers.T - 0.5 * (self.centers**2).sum(1)) / self.spread**2
+        return softmax(logits + np.log(self.weights), axis=1)
+
+    def cate_of(self, embedding: np.ndarray) -> np.ndarray:
+        """True conditional effect of new embeddings, shape (n,)."""
+        return self.cluster_prob_of(embedding) @ self.tau_cluster
+
+
+@dataclass(frozen=True)
+class SceneTruth(Truth):
+    """Truth of a trial on a scene (:func:`~imgcate.simulate.simulate_scene_trial`,
+    :func:`~imgcate.simulate.landsat_trial`): the cluster is a function of the chip.
+
+    Attributes
+    ----------
+    cluster : numpy.ndarray
+        int, shape (unit,): true cluster 0..K-1 (ordered by effect).
+    tau_cluster : numpy.ndarray
+        Shape (cluster,): effect of each cluster on the outcome scale.
+    share : numpy.ndarray
+        Shape (unit,): the chip statistic the cluster is a function of (built-up or vegetated
+        share of the chip's pixels).
+    thresholds : numpy.ndarray
+        Shape (cluster - 1,): cut points on ``share``; ``cluster = digitize(share, thresholds)``.
+    chip_size : int
+        Chip size in pixels the statistic was computed on (window centred on the unit's pixel).
+    """
+
+    cluster: np.ndarray
+    tau_cluster: np.ndarray
+    share: np.ndarray
+    thresholds: np.ndarray
+    chip_size: int
+
+
+@dataclass(frozen=True)
+class ConfoundedTruth(Truth):
+    """Truth of :func:`~imgcate.simulate.simulate_confounded`: a latent image property drives
+    both targeting and outcomes.
+
+    Attributes
+    ----------
+    latent : numpy.ndarray
+        Shape (unit,): the latent "built-up share" the features are noisy functions of.
+    mu1 : numpy.ndarray
+        Shape (unit,): each unit's expected outcome under treatment.
+    """
+
+    latent: np.ndarray
+    mu1: np.ndarray
+
+
+@dataclass(frozen=True)
+class SimulatedTrial:
+    """A simulated trial: the Trial, the embeddings of its images, and the truth.
+
+    Every simulator in :mod:`imgcate.simulate` returns one.
+
+    Attributes
+    ----------
+    trial : Trial
+        The units (id, lon/lat or x/y, treatment, outcome, covariates, ...).
+    embeddings : Embeddings or None
+        One row per image (keyed by ``trial.image_keys``); None for trials on a scene, whose
+        images are the chips of ``scene`` (cut them with :func:`imgcate.extract_chips`).
+    truth : Truth
+        What generated the trial (a :class:`MixtureTruth`, :class:`SceneTruth` or
+        :class:`ConfoundedTruth`).
+    scene : pathlib.Path or None
+        The raster the units sit on (trials on a scene).
+    land_cover : numpy.ndarray or None
+        Shape (y, x): the scene's land-cover classes (trials on a scene).
+    """
+
+    trial: Trial
+    embeddings: Embeddings | None
+    truth: Truth
+    scene: Path | None = None
+    land_cover: np.ndarray | None = None
+
+    @property
+    def treatment(self) -> np.ndarray:
+        """The 0/1 treatment, shape (unit,)."""
+        return self.trial.treatment_array
+
+    @property
+    def outcome(self) -> np.ndarray:
+        """The outcome, shape (unit,)."""
+        return self.trial.outcome_array
+
+    @property
+    def features(self) -> np.ndarray:
+        """Each unit's image embedding in unit order, shape (unit, feature)."""
+        if self.embeddings is None:
+            raise InputError(
+                "this simulated trial has no embeddings (its images are the chips of "
+                f"{str(self.scene)!r}); cut and embed them: imgcate.embed("
+                "imgcate.extract_chips(sim.trial, sim.scene, size), seed=0)."
+            )
+        return self.embeddings.for_keys(self.trial.image_keys)

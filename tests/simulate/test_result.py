@@ -1,0 +1,60 @@
+"""Every simulator returns one result type, whose truth is consistent with its trial."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imgcate.errors import InputError
+from imgcate.simulate import (
+    ConfoundedTruth,
+    MixtureTruth,
+    SceneTruth,
+    SimulatedTrial,
+    Truth,
+    simulate_confounded,
+    simulate_scene_trial,
+    simulate_trial,
+    synthetic_scene,
+)
+
+
+def _check(sim, truth_type):
+    assert isinstance(sim, SimulatedTrial)
+    assert isinstance(sim.truth, Truth) and isinstance(sim.truth, truth_type)
+    n = sim.trial.n_units
+    for name in ("tau_unit", "cate", "propensity", "mu0"):
+        assert getattr(sim.truth, name).shape == (n,), name
+    assert sim.truth.ate == pytest.approx(sim.truth.tau_unit.mean())
+    np.testing.assert_array_equal(sim.treatment, sim.trial.treatment_array)
+    np.testing.assert_array_equal(sim.outcome, sim.trial.outcome_array)
+
+
+def test_mixture_trial():
+    sim = simulate_trial(seed=0, n_units=120)
+    _check(sim, MixtureTruth)
+    assert sim.features.shape == (120, 16)
+
+
+def test_confounded_study_matches_its_truth():
+    sim = simulate_confounded(seed=1, n_units=300, ate=1.5)
+    _check(sim, ConfoundedTruth)
+    assert sim.features.shape == (300, 16)
+    np.testing.assert_allclose(sim.truth.mu1 - sim.truth.mu0, 1.5)
+    assert sim.truth.ate == 1.5
+    # the same seed gives the same study
+    again = simulate_confounded(seed=1, n_units=300, ate=1.5)
+    np.testing.assert_array_equal(again.features, sim.features)
+    np.testing.assert_array_equal(again.outcome, sim.outcome)
+
+
+def test_scene_trial_has_no_embeddings_but_says_how_to_make_them(tmp_path):
+    path = tmp_path / "scene.tif"
+    synthetic_scene(path, seed=0, width=128, height=128)
+    sim = simulate_scene_trial(path, seed=1, n_units=40, chip_size=16)
+    _check(sim, SceneTruth)
+    assert sim.embeddings is None and sim.scene == path
+    assert sim.land_cover.shape == (128, 128)
+    np.testing.assert_array_equal(sim.truth.cate, sim.truth.tau_unit)
+    with pytest.raises(InputError, match="extract_chips"):
+        sim.features  # noqa: B018
