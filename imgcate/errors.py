@@ -27,6 +27,10 @@ class OutputExistsError(ImgcateError, FileExistsError):
     """An output file exists and overwriting was not requested."""
 
 
+class MissingDependencyError(ImgcateError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+
 class ConvergenceWarning(UserWarning):
     """MCMC or optimisation diagnostics are poor (R-hat, ESS, divergences)."""
 

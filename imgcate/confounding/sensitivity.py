@@ -1,0 +1,357 @@
+"""Sensitivity to unobserved confounding (Cinelli & Hazlett 2020): how strong a hidden
+confounder would have to be to change the conclusion, benchmarked against observed covariates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from imgcate.errors import InputError
+from imgcate.optional import axes
+from imgcate.validation import as_features, as_float_array, as_treatment, check_lengths
+
+
+def robustness_value(t_stat: float, dof: int, q: float = 1.0, alpha: float | None = None) -> float:
+    """Robustness value RV_q (or RV_{q,alpha}) of Cinelli & Hazlett (2020).
+
+    The minimum partial R-squared that a confounder must have with both treatment and outcome to
+    reduce the estimate by ``100 q`` percent (or, with ``alpha``, to make the reduced estimate
+    insignificant at level ``alpha``). With ``f_q = q |t| / sqrt(dof)``:
+    ``RV_q = (sqrt(f_q^4 + 4 f_q^2) - f_q^2) / 2``; for ``alpha``, ``f_q`` is replaced by
+    ``f_q - |t*_{alpha/2, dof-1}| / sqrt(dof - 1)`` (0 when negative; when
+    ``f_q > 1 / f_crit`` the unconstrained solution ``(f_q^2 - f_crit^2) / (1 + f_q^2)`` applies).
+
+    Parameters
+    ----------
+    t_stat : float
+        t-statistic of the treatment coefficient.
+    dof : int
+        Residual degrees of freedom of the regression.
+    q : float
+        Fraction of the estimate to explain away (1 = bring it to zero).
+    alpha : float, optional
+        Significance level for RV_{q,alpha}.
+
+    Returns
+    -------
+    float
+        In [0, 1].
+
+    Examples
+    --------
+    >>> round(robustness_value(4.18445, 783), 4)
+    0.1388
+    """
+    if q <= 0:
+        raise InputError(f"q={q!r} must be positive.")
+    fq = q * abs(t_stat) / np.sqrt(dof)
+    if alpha is None:
+        return float(0.5 * (np.sqrt(fq**4 + 4 * fq**2) - fq**2))
+    if not 0 < alpha < 1:
+        raise InputError(f"alpha={alpha!r} must lie in (0, 1).")
+    f_crit = abs(stats.t.ppf(alpha / 2, dof - 1)) / np.sqrt(dof - 1)
+    fqa = fq - f_crit
+    if fqa <= 0:
+        return 0.0
+    if fq > 1 / f_crit:
+        return float((fq**2 - f_crit**2) / (1 + fq**2))
+    return float(0.5 * (np.sqrt(fqa**4 + 4 * fqa**2) - fqa**2))
+
+
+def _ols(y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Coefficients, classical standard errors and residual dof of y on x (x has the constant)."""
+    coef, _, rank, _ = np.linalg.lstsq(x, y, rcond=None)
+    dof = len(y) - x.shape[1]
+    if rank < x.shape[1]:
+        raise InputError(
+            "the covariates are collinear with each other or the treatment; drop redundant ones."
+        )
+    if dof < 2:
+        raise InputError(f"too few units ({len(y)}) for {x.shape[1] - 1} regressors.")
+    resid = y - x @ coef
+    sigma2 = resid @ resid / dof
+    se = np.sqrt(sigma2 * np.diag(np.linalg.inv(x.T @ x)))
+    return coef, se, dof
+
+
+def _partial_r2(t_stat: np.ndarray | float, dof: int) -> np.ndarray | float:
+    return t_stat**2 / (t_stat**2 + dof)
+
+
+def _benchmark_bound(r2dxj: float, r2yxj: float, kd: float, ky: float) -> tuple[float, float]:
+    """(R2_{D~Z|X}, R2_{Y~Z|D,X}) of a confounder kd/ky times as strong as covariate j."""
+    r2dz = kd * r2dxj / (1 - r2dxj)
+    denom = (1 - kd * r2dxj) * (1 - r2dxj)
+    if r2dz >= 1 or denom <= 0:
+        return float("nan"), float("nan")
+    r2zxj = kd * r2dxj**2 / denom
+    if r2zxj >= 1:
+        return float(r2dz), float("nan")
+    r2yz = ((np.sqrt(ky) + np.sqrt(r2zxj)) / np.sqrt(1 - r2zxj)) ** 2 * r2yxj / (1 - r2yxj)
+    return float(r2dz), float(min(r2yz, 1.0))
+
+
+def _adjusted(
+    estimate: float, se: float, dof: int, r2dz: Any, r2yz: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Estimate and standard error after removing the bias of a confounder (r2dz, r2yz)."""
+    r2dz, r2yz = np.asarray(r2dz, dtype=float), np.asarray(r2yz, dtype=float)
+    bias = se * np.sqrt(dof) * np.sqrt(r2yz * r2dz / (1 - r2dz))
+    adj = np.sign(estimate) * (abs(estimate) - bias)
+    adj_se = se * np.sqrt(dof / (dof - 1)) * np.sqrt((1 - r2yz) / (1 - r2dz))
+    return adj, adj_se
+
+
+@dataclass(frozen=True)
+class ConfoundingSensitivity:
+    """Sensitivity of an OLS treatment effect to an unobserved confounder Z.
+
+    Attributes
+    ----------
+    estimate, std_err, t_stat : float
+        Treatment coefficient of ``outcome ~ 1 + treatment + covariates``, its classical
+        standard error and t-statistic.
+    dof : int
+        Residual degrees of freedom.
+    partial_r2 : float
+        R2_{Y~D|X}: share of residual outcome variance explained by the treatment; also the
+        smallest R2_{D~Z|X} that a confounder explaining all the outcome residual needs to
+        explain the effect away.
+    rv_q, rv_qa : float
+        Robustness values RV_q and RV_{q,alpha}.
+    q, alpha : float
+        The fraction of the estimate to explain away and the significance level.
+    bounds : pandas.DataFrame
+        One row per (benchmark, kd): ``benchmark``, ``kd``, ``ky``, ``r2dz_x``, ``r2yz_dx``,
+        ``adjusted_estimate``, ``adjusted_se``, ``adjusted_t``, ``adjusted_lower``,
+        ``adjusted_upper`` (1 - alpha interval).
+    """
+
+    estimate: float
+    std_err: float
+    t_stat: float
+    dof: int
+    partial_r2: float
+    rv_q: float
+    rv_qa: float
+    q: float
+    alpha: float
+    bounds: pd.DataFrame
+
+    def summary(self) -> pd.DataFrame:
+        """One-row DataFrame of the estimate and its sensitivity statistics.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``estimate``, ``std_err``, ``t_stat``, ``dof``, ``partial_r2_yd_x``,
+            ``rv_q``, ``rv_qa``, ``q``, ``alpha``; index ``treatment``.
+        """
+        row = {
+            "estimate": self.estimate,
+            "std_err": self.std_err,
+            "t_stat": self.t_stat,
+            "dof": self.dof,
+            "partial_r2_yd_x": self.partial_r2,
+            "rv_q": self.rv_q,
+            "rv_qa": self.rv_qa,
+            "q": self.q,
+            "alpha": self.alpha,
+        }
+        return pd.DataFrame([row], index=["treatment"])
+
+    def adjusted_estimate(self, r2dz_x: Any, r2yz_dx: Any) -> np.ndarray:
+        """Estimate after removing the bias of a confounder with the given partial R2 values."""
+        return _adjusted(self.estimate, self.std_err, self.dof, r2dz_x, r2yz_dx)[0]
+
+    def plot_contour(self, ax: Any = None, lim: float | None = None, levels: int = 12) -> Any:
+        """Contours of the adjusted estimate over confounder strength, with benchmarks.
+
+        Parameters
+        ----------
+        ax : matplotlib.axes.Axes, optional
+            Axes to draw on.
+        lim : float, optional
+            Upper limit of both axes (partial R2); default covers the benchmarks.
+        levels : int
+            Number of contour levels.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+        """
+        ax = axes(ax)
+        finite = self.bounds[["r2dz_x", "r2yz_dx"]].to_numpy(dtype=float)
+        finite = finite[np.isfinite(finite).all(axis=1)]
+        if lim is None:
+            top = finite.max() * 1.2 if len(finite) else 0.0
+            lim = float(min(max(0.4, top), 0.99))
+        grid = np.linspace(0, lim, 101)
+        dz, yz = np.meshgrid(grid, grid)
+        adj = self.adjusted_estimate(dz, yz)
+        cs = ax.contour(dz, yz, adj, levels=levels, colors="black", linewidths=0.8)
+        ax.clabel(cs, fontsize=7)
+        if adj.min() < 0 < adj.max() or adj.min() <= 0:
+            ax.contour(dz, yz, adj, levels=[0.0], colors="red", linestyles="--", linewidths=1.5)
+        ax.plot(0, 0, marker="^", color="black")
+        ax.annotate(f"unadjusted ({self.estimate:.3g})", (0, 0), fontsize=8)
+        for row in self.bounds.itertuples():
+            if np.isfinite(row.r2dz_x) and np.isfinite(row.r2yz_dx):
+                ax.plot(row.r2dz_x, row.r2yz_dx, marker="D", color="red")
+                ax.annotate(
+                    f"{row.kd:g}x {row.benchmark} ({row.adjusted_estimate:.3g})",
+                    (row.r2dz_x, row.r2yz_dx),
+                    fontsize=8,
+                )
+        ax.set_xlabel("partial R² of confounder with treatment (R²_{D~Z|X})")
+        ax.set_ylabel("partial R² of confounder with outcome (R²_{Y~Z|D,X})")
+        ax.set_xlim(0, lim)
+        ax.set_ylim(0, lim)
+        return ax
+
+
+def _benchmark_positions(benchmark: Any, names: Sequence[str]) -> list[int]:
+    if benchmark is None:
+        return []
+    items = [benchmark] if isinstance(benchmark, str | int | np.integer) else list(benchmark)
+    positions = []
+    for b in items:
+        if isinstance(b, str):
+            if b not in names:
+                raise InputError(f"benchmark {b!r} is not a covariate name; use one of {names}.")
+            positions.append(list(names).index(b))
+        elif 0 <= int(b) < len(names):
+            positions.append(int(b))
+        else:
+            raise InputError(f"benchmark {b!r} is not a covariate position (0..{len(names) - 1}).")
+    return positions
+
+
+def confounding_sensitivity(
+    outcome: Any,
+    treatment: Any,
+    covariates: Any,
+    *,
+    benchmark: str | int | Sequence[str | int] | None = None,
+    names: Sequence[str] | None = None,
+    q: float = 1.0,
+    alpha: float = 0.05,
+    kd: float | Sequence[float] = (1, 2, 3),
+    ky: float | Sequence[float] | None = None,
+) -> ConfoundingSensitivity:
+    """Sensitivity of the OLS treatment effect to unobserved confounding (Cinelli & Hazlett 2020).
+
+    Fits ``outcome ~ 1 + treatment + covariates`` by OLS and reports the treatment's partial R2,
+    the robustness values RV_q and RV_{q,alpha}, and, for each benchmark covariate X_j and
+    multiplier kd, the strength of a confounder "kd times as strong as X_j" (from X_j's partial
+    R2 with the treatment given the other covariates, and with the outcome given treatment and the
+    other covariates) together with the estimate adjusted for such a confounder.
+
+    Parameters
+    ----------
+    outcome : array-like
+        Shape (unit,).
+    treatment : array-like
+        Shape (unit,), binary 0/1.
+    covariates : array-like
+        Shape (unit, covariate): observed controls (covariates and/or embedding features).
+    benchmark : str, int or sequence, optional
+        Covariate(s) to benchmark against, by name (with ``names``) or position.
+    names : sequence of str, optional
+        Covariate names; default ``covariate_0``, ...
+    q : float
+        Fraction of the estimate to be explained away (1 = bring it to zero).
+    alpha : float
+        Significance level for RV_{q,alpha} and the adjusted intervals.
+    kd : float or sequence of float
+        Multipliers of the benchmark's association with the treatment.
+    ky : float or sequence of float, optional
+        Multipliers of its association with the outcome; default equal to ``kd``.
+
+    Returns
+    -------
+    ConfoundingSensitivity
+        With ``summary()``, ``bounds`` and ``plot_contour()``.
+
+    Raises
+    ------
+    InputError
+        On non-binary treatment, mismatched lengths, collinear covariates or unknown benchmarks.
+
+    Examples
+    --------
+    >>> sim = simulate_confounded(seed=0, n_units=300)
+    >>> res = confounding_sensitivity(sim.outcome, sim.treatment, sim.features[:, :3],
+    ...                               benchmark=0)
+    >>> res.bounds.shape[0]
+    3
+    """
+    y = as_float_array("outcome", outcome, ndim=1)
+    t = as_treatment(treatment)
+    x = as_features(covariates, "covariates")
+    n = check_lengths(outcome=y, treatment=t, covariates=x)
+    names = [f"covariate_{j}" for j in range(x.shape[1])] if names is None else list(names)
+    if len(names) != x.shape[1]:
+        raise InputError(f"names has {len(names)} entries but covariates has {x.shape[1]} columns.")
+    positions = _benchmark_positions(benchmark, names)
+    kds = np.atleast_1d(np.asarray(kd, dtype=float))
+    kys = kds if ky is None else np.broadcast_to(np.asarray(ky, dtype=float), kds.shape)
+    const = np.ones((n, 1))
+    coef, se, dof = _ols(y, np.hstack([const, t[:, None], x]))
+    est, est_se = float(coef[1]), float(se[1])
+    t_stat = est / est_se
+    rows = []
+    if positions:
+        coef_d, se_d, dof_d = _ols(t, np.hstack([const, x]))
+        t_y, t_d = coef[2:] / se[2:], coef_d[1:] / se_d[1:]
+        crit = stats.t.ppf(1 - alpha / 2, dof - 1)
+        for j in positions:
+            r2dxj, r2yxj = _partial_r2(t_d[j], dof_d), _partial_r2(t_y[j], dof)
+            for k_d, k_y in zip(kds, kys, strict=True):
+                r2dz, r2yz = _benchmark_bound(r2dxj, r2yxj, k_d, k_y)
+                adj, adj_se = _adjusted(est, est_se, dof, r2dz, r2yz)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    adj_t = adj / adj_se  # r2yz_dx = 1 leaves no residual: se 0, t infinite
+                rows.append(
+                    {
+                        "benchmark": names[j],
+                        "kd": k_d,
+                        "ky": k_y,
+                        "r2dz_x": r2dz,
+                        "r2yz_dx": r2yz,
+                        "adjusted_estimate": float(adj),
+                        "adjusted_se": float(adj_se),
+                        "adjusted_t": float(adj_t),
+                        "adjusted_lower": float(adj - crit * adj_se),
+                        "adjusted_upper": float(adj + crit * adj_se),
+                    }
+                )
+    columns = [
+        "benchmark",
+        "kd",
+        "ky",
+        "r2dz_x",
+        "r2yz_dx",
+        "adjusted_estimate",
+        "adjusted_se",
+        "adjusted_t",
+        "adjusted_lower",
+        "adjusted_upper",
+    ]
+    return ConfoundingSensitivity(
+        estimate=est,
+        std_err=est_se,
+        t_stat=float(t_stat),
+        dof=int(dof),
+        partial_r2=float(_partial_r2(t_stat, dof)),
+        rv_q=robustness_value(t_stat, dof, q),
+        rv_qa=robustness_value(t_stat, dof, q, alpha),
+        q=float(q),
+        alpha=float(alpha),
+        bounds=pd.DataFrame(rows, columns=columns),
+    )
