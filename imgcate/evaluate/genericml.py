@@ -1,0 +1,440 @@
+"""Generic machine learning inference on heterogeneous effects (Chernozhukov, Demirer, Duflo,
+Fernández-Val 2018): BLP, GATES and CLAN over sample splits, aggregated by the median rule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from imgcate.errors import InputError
+from imgcate.evaluate.regression import TIDY_COLUMNS, VCOV_TYPES, VcovType, wls
+from imgcate.validation import (
+    as_float_array,
+    as_propensity,
+    as_treatment,
+    as_vector,
+    check_choice,
+    cluster_codes,
+    rng_from_seed,
+    seed_int,
+)
+
+Learner = Callable[
+    [np.ndarray, np.ndarray, np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]
+]
+
+
+def _tidy(
+    terms: Sequence[str], est: np.ndarray, se: np.ndarray, alpha: float, df: float | None = None
+) -> pd.DataFrame:
+    """Two-sided p-values and (1 − alpha) intervals (normal, or t with ``df``)."""
+    dist = stats.norm if df is None else stats.t(df)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = est / se
+    crit = dist.ppf(1 - alpha / 2)
+    return pd.DataFrame(
+        {
+            "term": list(terms),
+            "estimate": est,
+            "std_err": se,
+            "p_value": 2 * dist.sf(np.abs(z)),
+            "ci_lower": est - crit * se,
+            "ci_upper": est + crit * se,
+        }
+    )
+
+
+def _design_inputs(outcome, treatment, propensity, score, baseline, clusters):
+    y = as_vector("outcome", outcome)
+    n = len(y)
+    t = as_treatment(treatment, n)
+    p = as_propensity(propensity, n)
+    s = as_vector("score", score, n)
+    b = None if baseline is None else as_vector("baseline", baseline, n)
+    return y, t, p, s, b, cluster_codes(clusters, n)
+
+
+def _controls(p: np.ndarray, b: np.ndarray | None) -> tuple[list[np.ndarray], list[str]]:
+    cols, names = [np.ones_like(p)], ["intercept"]
+    if b is not None:
+        cols, names = cols + [b], names + ["baseline"]
+    return cols, names
+
+
+def blp(
+    outcome: Any,
+    treatment: Any,
+    propensity: Any,
+    score: Any,
+    baseline: Any = None,
+    clusters: Any = None,
+    *,
+    alpha: float = 0.05,
+    vcov_type: VcovType = "HC1",
+) -> pd.DataFrame:
+    """Best linear predictor of the CATE given a fixed proxy ``score`` (CDDF 2018, eq. 3.1).
+
+    Weighted OLS (weights ``1 / (p (1 − p))``) of the outcome on ``1``, ``baseline``,
+    ``(T − p)`` and ``(T − p)(S − mean S)``. ``ate`` (β1) is the average treatment effect and
+    ``hte`` (β2) the loading on the proxy: β2 = 1 when S is the true CATE, β2 = 0 when S
+    carries no information about heterogeneity (or there is none).
+
+    Parameters
+    ----------
+    outcome, treatment : array_like, shape (unit,)
+        Outcome and binary 0/1 treatment.
+    propensity : float or array_like, shape (unit,)
+        Known assignment probability, strictly in (0, 1).
+    score : array_like, shape (unit,)
+        Proxy S(x) of the CATE, built without these units' outcomes.
+    baseline : array_like, shape (unit,), optional
+        Proxy B(x) of E[Y | T = 0, x]; improves precision only.
+    clusters : array_like, shape (unit,), optional
+        Cluster labels for cluster-robust standard errors.
+    alpha : float
+        Intervals have level 1 − alpha.
+    vcov_type : {"HC0", "HC1", "HC3"}
+        Sandwich correction (HC3 only without clusters).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows ``ate`` and ``hte``; columns term, estimate, std_err, p_value (two-sided, normal),
+        ci_lower, ci_upper.
+
+    Raises
+    ------
+    InputError
+        For mismatched lengths, a non-binary treatment, propensities outside (0, 1) or a
+        constant ``score``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=2000); t = rng.integers(0, 2, 2000)
+    >>> y = x + t * (1 + x) + rng.normal(size=2000)
+    >>> tab = blp(y, t, 0.5, 1 + x)
+    >>> tab["term"].tolist()
+    ['ate', 'hte']
+    """
+    check_choice("vcov_type", vcov_type, VCOV_TYPES)
+    y, t, p, s, b, codes = _design_inputs(outcome, treatment, propensity, score, baseline, clusters)
+    cols, names = _controls(p, b)
+    X = np.column_stack(cols + [t - p, (t - p) * (s - s.mean())])
+    beta, cov = wls(y, X, 1 / (p * (1 - p)), codes, vcov_type, names + ["ate", "hte"])
+    k = len(names)
+    return _tidy(["ate", "hte"], beta[k:], np.sqrt(np.diag(cov))[k:], alpha)
+
+
+def _groups(score: np.ndarray, n_groups: int) -> np.ndarray:
+    """Group 0 (lowest proxy) to n_groups − 1 (highest), equal sizes by rank (stable ties)."""
+    ranks = np.empty(len(score), dtype=np.int64)
+    ranks[np.argsort(score, kind="stable")] = np.arange(len(score))
+    return ranks * n_groups // len(score)
+
+
+def gates(
+    outcome: Any,
+    treatment: Any,
+    propensity: Any,
+    score: Any,
+    baseline: Any = None,
+    clusters: Any = None,
+    *,
+    n_groups: int = 5,
+    alpha: float = 0.05,
+    vcov_type: VcovType = "HC1",
+) -> pd.DataFrame:
+    """Sorted group average treatment effects (GATES) by quantile groups of a fixed proxy.
+
+    Weighted OLS (weights ``1 / (p (1 − p))``) of the outcome on ``1``, ``baseline`` and
+    ``(T − p) · 1{S in group k}``; groups are equal-sized by the rank of S (ties broken by
+    input order), ``gate_1`` the lowest, ``gate_K`` the highest.
+
+    Parameters
+    ----------
+    outcome, treatment, propensity, score, baseline, clusters, alpha, vcov_type
+        As in :func:`blp`.
+    n_groups : int
+        Number of groups K (at least 2).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows ``gate_1`` ... ``gate_K`` and ``gate_K-gate_1`` (the top-minus-bottom difference),
+        tidy columns as in :func:`blp`.
+
+    Raises
+    ------
+    InputError
+        As in :func:`blp`, or when ``n_groups`` is below 2 or above the number of units.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=1000); t = rng.integers(0, 2, 1000)
+    >>> y = t * x + rng.normal(size=1000)
+    >>> len(gates(y, t, 0.5, x, n_groups=4))
+    5
+    """
+    check_choice("vcov_type", vcov_type, VCOV_TYPES)
+    y, t, p, s, b, codes = _design_inputs(outcome, treatment, propensity, score, baseline, clusters)
+    n_groups = _check_groups(n_groups, len(y))
+    grp = _groups(s, n_groups)
+    cols, names = _controls(p, b)
+    dummies = (grp[:, None] == np.arange(n_groups)[None, :]) * (t - p)[:, None]
+    terms = [f"gate_{k + 1}" for k in range(n_groups)]
+    X = np.column_stack(cols + [dummies])
+    beta, cov = wls(y, X, 1 / (p * (1 - p)), codes, vcov_type, names + terms)
+    k = len(names)
+    est, cov = beta[k:], cov[k:, k:]
+    contrast = np.zeros(n_groups)
+    contrast[[-1, 0]] = 1.0, -1.0
+    est = np.r_[est, contrast @ est]
+    se = np.sqrt(np.r_[np.diag(cov), contrast @ cov @ contrast])
+    return _tidy(terms + [f"gate_{n_groups}-gate_1"], est, se, alpha)
+
+
+def _check_groups(n_groups: int, n: int) -> int:
+    if (
+        isinstance(n_groups, bool)
+        or not isinstance(n_groups, int | np.integer)
+        or not 2 <= n_groups <= n
+    ):
+        raise InputError(
+            f"n_groups={n_groups!r} must be an int between 2 and the number of "
+            f"units ({n}); 5 is usual."
+        )
+    return int(n_groups)
+
+
+def _clan(
+    features: np.ndarray, score: np.ndarray, n_groups: int, names: Sequence[str], alpha: float
+) -> pd.DataFrame:
+    """Feature means in the most vs least affected group and their difference (Welch SE)."""
+    grp = _groups(score, n_groups)
+    top, bot = features[grp == n_groups - 1], features[grp == 0]
+    m_top, m_bot = top.mean(axis=0), bot.mean(axis=0)
+    se_top = top.std(axis=0, ddof=1) / np.sqrt(len(top))
+    se_bot = bot.std(axis=0, ddof=1) / np.sqrt(len(bot))
+    terms = (
+        [f"{c}[most]" for c in names]
+        + [f"{c}[least]" for c in names]
+        + [f"{c}[most-least]" for c in names]
+    )
+    est = np.r_[m_top, m_bot, m_top - m_bot]
+    se = np.r_[se_top, se_bot, np.sqrt(se_top**2 + se_bot**2)]
+    return _tidy(terms, est, se, alpha)
+
+
+@dataclass(frozen=True, eq=False)
+class GenericMLResult:
+    """Generic ML inference aggregated over sample splits by the median rule.
+
+    Attributes
+    ----------
+    blp, gates, clan : pandas.DataFrame
+        Tidy tables (term, estimate, std_err, p_value, ci_lower, ci_upper): medians over
+        splits of estimates and SEs, median interval bounds, p-value ``min(1, 2 · median p)``.
+    conf_level : float
+        Guaranteed level ``1 − 2 alpha`` of the median intervals (CDDF 2018, sec. 4).
+    n_splits : int
+        Number of random auxiliary/main splits.
+    """
+
+    blp: pd.DataFrame
+    gates: pd.DataFrame
+    clan: pd.DataFrame
+    conf_level: float
+    n_splits: int
+
+    def tidy(self) -> pd.DataFrame:
+        """All three tables stacked, with a ``table`` column ("blp", "gates", "clan")."""
+        return pd.concat(
+            [
+                tab.assign(table=name)
+                for name, tab in (("blp", self.blp), ("gates", self.gates), ("clan", self.clan))
+            ],
+            ignore_index=True,
+        )
+
+
+def _median_aggregate(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    stacked = np.stack([tab[TIDY_COLUMNS[1:]].to_numpy() for tab in tables])  # split, term, col
+    med = np.median(stacked, axis=0)
+    out = pd.DataFrame(med, columns=TIDY_COLUMNS[1:])
+    out["p_value"] = np.minimum(1.0, 2 * med[:, 2])
+    out.insert(0, "term", tables[0]["term"].to_numpy())
+    return out
+
+
+def forest_learner(
+    x_train: np.ndarray,
+    t_train: np.ndarray,
+    y_train: np.ndarray,
+    x_predict: np.ndarray,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Default proxy learner: a T-learner of two scikit-learn random forests.
+
+    Parameters
+    ----------
+    x_train, t_train, y_train : numpy.ndarray
+        Auxiliary-sample features (unit, feature), treatment and outcome.
+    x_predict : numpy.ndarray
+        Main-sample features at which to predict.
+    seed : int
+        Seed of the forests.
+
+    Returns
+    -------
+    baseline, score : numpy.ndarray, shape (unit,)
+        B(x) = predicted control outcome and S(x) = predicted treated − control outcome.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.arange(40.0)[:, None]; t = np.tile([0, 1], 20); y = t * x[:, 0]
+    >>> b, s = forest_learner(x, t, y, x, seed=0)
+    >>> b.shape
+    (40,)
+    """
+    from sklearn.ensemble import RandomForestRegressor
+
+    preds = []
+    for arm in (0, 1):
+        forest = RandomForestRegressor(
+            n_estimators=100,
+            min_samples_leaf=5,
+            max_features=0.5,
+            random_state=seed + arm,
+            n_jobs=1,
+        )
+        forest.fit(x_train[t_train == arm], y_train[t_train == arm])
+        preds.append(forest.predict(x_predict))
+    return preds[0], preds[1] - preds[0]
+
+
+def generic_ml(
+    outcome: Any,
+    treatment: Any,
+    features: Any,
+    propensity: Any,
+    *,
+    n_splits: int = 100,
+    n_groups: int = 5,
+    learner: Learner | None = None,
+    clusters: Any = None,
+    alpha: float = 0.05,
+    feature_names: Sequence[str] | None = None,
+    seed: int,
+) -> GenericMLResult:
+    """Generic machine learning inference on heterogeneous effects (CDDF 2018).
+
+    For each of ``n_splits`` random splits into auxiliary and main halves (of units, or of
+    whole clusters), the proxy learner is fitted on the auxiliary half and predicts B(x) and
+    S(x) on the main half, where :func:`blp`, :func:`gates` and CLAN (feature means in the
+    most vs least affected proxy group) are estimated. Results are aggregated by the paper's
+    median rule: medians of estimates and interval bounds (per-split intervals at level
+    1 − alpha, so the median interval has level at least 1 − 2 alpha), p-value
+    ``min(1, 2 · median p)``.
+
+    Parameters
+    ----------
+    outcome, treatment : array_like, shape (unit,)
+        Outcome and binary 0/1 treatment of a randomized experiment.
+    features : array_like, shape (unit, feature)
+        Inputs of the proxy learner, e.g. image embeddings and covariates.
+    propensity : float or array_like, shape (unit,)
+        Known assignment probability.
+    n_splits : int
+        Number of random splits.
+    n_groups : int
+        Number of GATES groups.
+    learner : callable, optional
+        ``learner(x_train, t_train, y_train, x_predict, seed) -> (baseline, score)``; the
+        default is :func:`forest_learner` (T-learner with random forests).
+    clusters : array_like, shape (unit,), optional
+        Cluster labels: splits keep clusters whole and SEs are cluster-robust (HC1).
+    alpha : float
+        Per-split significance level.
+    feature_names : sequence of str, optional
+        Names for the CLAN rows (default ``x0, x1, ...``).
+    seed : int
+        Seed of the splits and of the learner.
+
+    Returns
+    -------
+    GenericMLResult
+        ``blp``, ``gates`` and ``clan`` tidy DataFrames and ``conf_level = 1 − 2 alpha``.
+
+    Raises
+    ------
+    InputError
+        For mismatched shapes, a bad treatment or propensity, or too few units per split.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(400, 2)); t = rng.integers(0, 2, 400)
+    >>> y = x[:, 0] + t * (1 + x[:, 1]) + rng.normal(size=400)
+    >>> oracle = lambda xa, ta, ya, xm, s: (xm[:, 0], 1 + xm[:, 1])
+    >>> res = generic_ml(y, t, x, 0.5, n_splits=5, learner=oracle, seed=0)
+    >>> res.blp["term"].tolist()
+    ['ate', 'hte']
+    """
+    y = as_vector("outcome", outcome)
+    n = len(y)
+    t = as_treatment(treatment, n)
+    x = as_float_array("features", features)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or len(x) != n:
+        raise InputError(f"features must have shape (unit, feature) with {n} rows, got {x.shape}.")
+    p = as_propensity(propensity, n)
+    codes = cluster_codes(clusters, n)
+    n_groups = _check_groups(n_groups, n // 2)
+    if isinstance(n_splits, bool) or not isinstance(n_splits, int | np.integer) or n_splits < 1:
+        raise InputError(f"n_splits={n_splits!r} must be a positive int (100 is usual).")
+    if not 0 < alpha < 0.5:
+        raise InputError(f"alpha={alpha!r} must lie in (0, 0.5), e.g. 0.05.")
+    names = (
+        list(feature_names) if feature_names is not None else [f"x{j}" for j in range(x.shape[1])]
+    )
+    if len(names) != x.shape[1]:
+        raise InputError(f"feature_names has {len(names)} names for {x.shape[1]} features.")
+    learner = forest_learner if learner is None else learner
+    rng = rng_from_seed(seed_int(seed))
+    unit_codes = np.arange(n) if codes is None else codes
+    n_cl = int(unit_codes.max()) + 1
+    tables: dict[str, list[pd.DataFrame]] = {"blp": [], "gates": [], "clan": []}
+    for _ in range(int(n_splits)):
+        aux_cl = np.zeros(n_cl, dtype=bool)
+        aux_cl[rng.choice(n_cl, size=n_cl // 2, replace=False)] = True
+        aux = aux_cl[unit_codes]
+        main = ~aux
+        split_seed = int(rng.integers(2**31 - 1))
+        b, s = learner(x[aux], t[aux], y[aux], x[main], split_seed)
+        b = as_vector("learner baseline", b, int(main.sum()))
+        s = as_vector("learner score", s, int(main.sum()))
+        cl = None if codes is None else codes[main]
+        args = (y[main], t[main], p[main], s, b, cl)
+        tables["blp"].append(blp(*args, alpha=alpha))
+        tables["gates"].append(gates(*args, n_groups=n_groups, alpha=alpha))
+        tables["clan"].append(_clan(x[main], s, n_groups, names, alpha))
+    agg = {name: _median_aggregate(tabs) for name, tabs in tables.items()}
+    return GenericMLResult(
+        blp=agg["blp"],
+        gates=agg["gates"],
+        clan=agg["clan"],
+        conf_level=1 - 2 * alpha,
+        n_splits=int(n_splits),
+    )

@@ -1,0 +1,181 @@
+"""BLP, GATES and CLAN recovery; the median rule of generic ML inference."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from imgcate.errors import InputError  # noqa: E402
+from imgcate.evaluate import (  # noqa: E402
+    blp,
+    gates,
+    generic_ml,
+)
+
+
+def test_blp_recovers_ate_and_unit_loading_for_true_cate(linear_trial):
+    x, t, tau, y = linear_trial(4000, seed=10)
+    tab = blp(y, t, 0.5, tau, baseline=x[:, 0]).set_index("term")
+    assert list(tab.columns) == ["estimate", "std_err", "p_value", "ci_lower", "ci_upper"]
+    assert abs(tab.loc["ate", "estimate"] - tau.mean()) < 4 * tab.loc["ate", "std_err"]
+    assert abs(tab.loc["hte", "estimate"] - 1.0) < 4 * tab.loc["hte", "std_err"]
+    assert tab.loc["hte", "std_err"] < 0.1
+    # a proxy at half scale gets loading 2; an irrelevant proxy gets 0
+    half = blp(y, t, 0.5, 0.5 * tau, baseline=x[:, 0]).set_index("term")
+    assert abs(half.loc["hte", "estimate"] - 2.0) < 4 * half.loc["hte", "std_err"]
+    noise = blp(y, t, 0.5, x[:, 2], baseline=x[:, 0]).set_index("term")
+    assert abs(noise.loc["hte", "estimate"]) < 4 * noise.loc["hte", "std_err"]
+
+
+def test_singleton_clusters_equal_hc1_and_clusters_widen_se(linear_trial):
+    x, t, tau, y = linear_trial(600, seed=11)
+    plain = blp(y, t, 0.5, tau)
+    singles = blp(y, t, 0.5, tau, clusters=np.arange(600))
+    np.testing.assert_allclose(singles["std_err"], plain["std_err"], rtol=1e-12)
+    cl = np.repeat(np.arange(30), 20)
+    shocked = y + 2 * t * np.random.default_rng(0).normal(size=30)[cl]
+    naive = blp(shocked, t, 0.5, tau).set_index("term")
+    robust = blp(shocked, t, 0.5, tau, clusters=cl).set_index("term")
+    assert robust.loc["ate", "std_err"] > 1.5 * naive.loc["ate", "std_err"]
+
+
+def test_gates_recover_known_group_means():
+    rng = np.random.default_rng(12)
+    n = 5000
+    s = rng.normal(size=n)
+    group = np.searchsorted(np.quantile(s, [0.25, 0.5, 0.75]), s, side="right")
+    effects = np.array([-1.0, 0.0, 0.5, 2.0])
+    p = rng.uniform(0.3, 0.7, n)  # a stratified design with known, varying propensity
+    t = (rng.uniform(size=n) < p).astype(int)
+    y = s + t * effects[group] + rng.normal(size=n)
+    tab = gates(y, t, p, s, baseline=s, n_groups=4).set_index("term")
+    est, se = tab["estimate"].to_numpy(), tab["std_err"].to_numpy()
+    assert np.all(np.abs(est[:4] - effects) < 4 * se[:4])
+    assert tab.loc["gate_4-gate_1", "estimate"] == pytest.approx(est[3] - est[0])
+    assert abs(tab.loc["gate_4-gate_1", "estimate"] - 3.0) < 4 * tab.loc["gate_4-gate_1", "std_err"]
+
+
+def test_blp_rejects_constant_score_and_bad_vcov(linear_trial):
+    x, t, tau, y = linear_trial(100, seed=13)
+    with pytest.raises(InputError, match="collinear"):
+        blp(y, t, 0.5, np.ones(100))
+    with pytest.raises(InputError, match="vcov_type='HC2'"):
+        blp(y, t, 0.5, tau, vcov_type="HC2")
+    with pytest.raises(InputError, match="treatment must be binary"):
+        blp(y, t * 2, 0.5, tau)
+
+
+def _blp_null_rejection_rate(n_reps: int, linear_trial) -> float:
+    rejections = 0
+    for rep in range(n_reps):
+        x, t, _, y = linear_trial(400, seed=50_000 + rep, hetero=False)
+        tab = blp(y, t, 0.5, x[:, 0] + x[:, 2], baseline=x[:, 0]).set_index("term")
+        rejections += tab.loc["hte", "p_value"] < 0.05
+    return rejections / n_reps
+
+
+def test_blp_null_rejection_rate_fast(linear_trial):
+    # 200 reps: binomial SE of a 5 % rate is sqrt(.05 * .95 / 200) = 1.5 %; 1-9 % is > 2.5 SE.
+    assert 0.01 <= _blp_null_rejection_rate(200, linear_trial) <= 0.09
+
+
+@pytest.mark.slow
+def test_blp_null_rejection_rate_nominal(linear_trial):
+    # 2000 reps: binomial SE = sqrt(.05 * .95 / 2000) = 0.49 %; accept 3.5-6.5 % (about 3 SE),
+    # which also allows HC1's small finite-sample excess at n = 400.
+    assert 0.035 <= _blp_null_rejection_rate(2000, linear_trial) <= 0.065
+
+
+def _oracle(x_train, t_train, y_train, x_predict, seed):
+    return x_predict[:, 0], 1 + x_predict[:, 1]
+
+
+def _linear_t_learner(x_train, t_train, y_train, x_predict, seed):
+    design = np.column_stack([np.ones(len(x_train)), x_train])
+    pred = []
+    for arm in (0, 1):
+        coef = np.linalg.lstsq(design[t_train == arm], y_train[t_train == arm], rcond=None)[0]
+        pred.append(np.column_stack([np.ones(len(x_predict)), x_predict]) @ coef)
+    return pred[0], pred[1] - pred[0]
+
+
+def test_generic_ml_with_oracle_proxy_and_median_rule(linear_trial):
+    x, t, tau, y = linear_trial(2000, seed=14)
+    res = generic_ml(
+        y, t, x, 0.5, n_splits=7, learner=_oracle, seed=5, feature_names=["a", "b", "c"]
+    )
+    again = generic_ml(
+        y, t, x, 0.5, n_splits=7, learner=_oracle, seed=5, feature_names=["a", "b", "c"]
+    )
+    pd.testing.assert_frame_equal(res.tidy(), again.tidy())
+    b = res.blp.set_index("term")
+    assert abs(b.loc["hte", "estimate"] - 1) < 4 * b.loc["hte", "std_err"]
+    assert abs(b.loc["ate", "estimate"] - tau.mean()) < 4 * b.loc["ate", "std_err"]
+    assert res.conf_level == pytest.approx(0.9)
+    assert b.loc["hte", "ci_lower"] < b.loc["hte", "estimate"] < b.loc["hte", "ci_upper"]
+    g = res.gates["estimate"].to_numpy()
+    assert np.all(np.diff(g[:5]) > 0)  # sorted effects: the proxy is the true CATE
+    clan = res.clan.set_index("term")
+    assert clan.loc["b[most-least]", "estimate"] > 2  # tau = 1 + b: top vs bottom fifth
+    assert abs(clan.loc["c[most-least]", "estimate"]) < 4 * clan.loc["c[most-least]", "std_err"]
+
+
+def test_generic_ml_median_rule_doubles_the_median_p_value(linear_trial):
+    x, t, _, y = linear_trial(300, seed=15, hetero=False)
+    res = generic_ml(y, t, x, 0.5, n_splits=9, learner=_linear_t_learner, seed=1)
+    splits = []
+    rng = np.random.default_rng(1)  # replay the same splits as generic_ml draws them
+    for _ in range(9):
+        aux = np.zeros(300, dtype=bool)
+        aux[rng.choice(300, size=150, replace=False)] = True
+        b, s = _linear_t_learner(x[aux], t[aux], y[aux], x[~aux], int(rng.integers(2**31 - 1)))
+        splits.append(blp(y[~aux], t[~aux], 0.5, s, b).set_index("term").loc["hte"])
+    med_p = np.median([row["p_value"] for row in splits])
+    hte = res.blp.set_index("term").loc["hte"]
+    assert hte["p_value"] == pytest.approx(min(1.0, 2 * med_p))
+    assert hte["ci_lower"] == pytest.approx(np.median([row["ci_lower"] for row in splits]))
+
+
+def test_generic_ml_keeps_clusters_whole_and_default_learner_runs():
+    rng = np.random.default_rng(16)
+    n = 300
+    cl = np.repeat(np.arange(30), 10)
+    x = np.column_stack([cl.astype(float), rng.normal(size=n)])
+    t = rng.integers(0, 2, n)
+    y = x[:, 1] + t * (1 + x[:, 1]) + rng.normal(size=n)
+
+    def checking_learner(x_train, t_train, y_train, x_predict, seed):
+        assert not set(x_train[:, 0]) & set(x_predict[:, 0]), "a cluster was split"
+        return _linear_t_learner(x_train, t_train, y_train, x_predict, seed)
+
+    generic_ml(y, t, x, 0.5, n_splits=4, learner=checking_learner, clusters=cl, seed=2)
+    res = generic_ml(y, t, x, 0.5, n_splits=2, n_groups=3, clusters=cl, seed=2)
+    assert res.blp.set_index("term").loc["hte", "estimate"] > 0
+    assert len(res.gates) == 4
+
+
+def test_generic_ml_errors(linear_trial):
+    x, t, _, y = linear_trial(100, seed=17)
+    with pytest.raises(InputError, match="features must have shape"):
+        generic_ml(y, t, x[:50], 0.5, seed=0)
+    with pytest.raises(InputError, match="n_groups=1"):
+        generic_ml(y, t, x, 0.5, n_groups=1, seed=0)
+    with pytest.raises(InputError, match="alpha"):
+        generic_ml(y, t, x, 0.5, alpha=0.7, seed=0)
+
+
+@pytest.mark.slow
+def test_generic_ml_median_rule_is_conservative_under_no_heterogeneity(linear_trial):
+    # the 2 * median p-value is valid but conservative: over 200 reps at 5 % the rate must
+    # not exceed 5 % + 2.5 binomial SEs (1.5 % each), i.e. 8.8 %.
+    rejections = 0
+    for rep in range(200):
+        x, t, _, y = linear_trial(400, seed=70_000 + rep, hetero=False)
+        res = generic_ml(y, t, x, 0.5, n_splits=15, learner=_linear_t_learner, seed=rep)
+        rejections += res.blp.set_index("term").loc["hte", "p_value"] < 0.05
+    assert rejections / 200 <= 0.088
