@@ -98,13 +98,14 @@ print(
 # %% [markdown]
 # ## The average effect: naive and adjusted
 #
-# On all units (95 % intervals), then on the units the Crump rule keeps. Trimming steadies the
-# weights but changes the estimand to the average effect on the kept units: the dropped units,
-# those with extreme scores, need not have the average effect (their true effect is printed),
-# so the trimmed estimates are compared with the kept units' true effect.
+# On all units (95 % intervals: `prob=0.95`, the default of design-based estimates), then on
+# the units the Crump rule keeps. Trimming steadies the weights but changes the estimand to the
+# average effect on the kept units: the dropped units, those with extreme scores, need not have
+# the average effect (their true effect is printed), so the trimmed estimates are compared with
+# the kept units' true effect.
 
 # %%
-columns = ["estimate", "std_err", "ci_lower", "ci_upper", "true_ate"]
+columns = ["estimate", "std_err", "2.5%", "97.5%", "true_ate"]
 estimates = ate_estimates(y, t, ps, features=features, seed=0).assign(true_ate=true_ate)
 print(estimates[columns].round(3))
 k = kept.keep
@@ -143,7 +144,7 @@ print(result.ate(prob=0.95))
 # coefficient on `t` is not the ATE: with effects that vary, OLS weights units by their
 # conditional treatment variance. The robustness value RV is the share of the residual
 # variance of both treatment and outcome that a hidden confounder would have to explain to bring
-# that estimate to zero (RV_{q,alpha}: to make it insignificant at 5 %); a confounder weaker
+# that estimate to zero (RV_{q,alpha}: to make its 95 % interval reach zero); a confounder weaker
 # than that on both cannot. The bounds put a confounder as strong as each observed feature
 # (its partial R2 with treatment and with outcome, `kd = ky = 1`) beside the estimate, most
 # damaging first. pc1, the component most tied to treatment (it carries the targeting), is only
@@ -156,7 +157,7 @@ sensitivity = confounding_sensitivity(y, t, features, names=names, benchmark=nam
 print(sensitivity.summary())
 bounds = sensitivity.bounds.sort_values("adjusted_estimate")
 print(
-    bounds[["benchmark", "r2dz_x", "r2yz_dx", "adjusted_estimate", "adjusted_lower"]]
+    bounds[["benchmark", "r2dz_x", "r2yz_dx", "adjusted_estimate", "adjusted_2.5%"]]
     .head(4)
     .round(3)
 )

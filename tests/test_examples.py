@@ -30,7 +30,7 @@ def test_observational_example_runs(tmp_path, monkeypatch, capsys):
     assert "cluster assignment accuracy" in capsys.readouterr().out
     # the example's own claims: the naive estimate misses the truth, the adjusted ones cover it
     table, truth = ns["estimates"], ns["true_ate"]
-    covers = (table["ci_lower"] <= truth) & (truth <= table["ci_upper"])
+    covers = (table["2.5%"] <= truth) & (truth <= table["97.5%"])
     assert not covers["difference_in_means"] and covers["ipw_hajek"] and covers["aipw"]
     assert ns["balance"]["smd_after"].abs().max() < ns["balance"]["smd_before"].abs().max() / 3
     assert ns["accuracy"] > 0.9
@@ -38,7 +38,7 @@ def test_observational_example_runs(tmp_path, monkeypatch, capsys):
     # the text's sensitivity claims: pc1 is the feature most tied to treatment, weakly tied to
     # the outcome, and no confounder as strong as any one feature brings the interval to zero
     assert ns["most_tied"]["benchmark"] == "pc1" and ns["most_tied"]["r2yz_dx"] < 0.05
-    assert (ns["bounds"]["adjusted_lower"] > 0).all()
+    assert (ns["bounds"]["adjusted_2.5%"] > 0).all()
 
 
 def test_api_reference_lists_every_public_name():

@@ -9,11 +9,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from imgcate.confounding.propensity import Propensity, fold_ids, propensity_scores
 from imgcate.errors import InputError
 from imgcate.evaluate import aipw_scores
+from imgcate.intervals import normal_interval, tidy_table
 from imgcate.validation import (
     as_features,
     as_float_array,
@@ -36,8 +36,8 @@ class AteEstimate:
     ----------
     name : str
         ``"difference_in_means"``, ``"ipw_hajek"`` or ``"aipw"``.
-    estimate, std_err, ci_lower, ci_upper : float
-        Point estimate, standard error and the ``prob`` normal interval.
+    estimate, std_err, lower, upper : float
+        Point estimate, standard error and the bounds of the central ``prob`` normal interval.
     prob : float
         Coverage probability of the interval.
     n : int
@@ -51,17 +51,19 @@ class AteEstimate:
     name: str
     estimate: float
     std_err: float
-    ci_lower: float
-    ci_upper: float
+    lower: float
+    upper: float
     prob: float
     n: int
     n_clusters: int | None
     influence: np.ndarray
 
     def tidy(self) -> pd.DataFrame:
-        """A one-row DataFrame indexed by estimator name (columns as in :func:`ate_estimates`)."""
-        cols = ("estimate", "std_err", "ci_lower", "ci_upper", "n")
-        return pd.DataFrame([{c: getattr(self, c) for c in cols}], index=[self.name])
+        """One row in the tidy schema: ``term`` (the estimator), ``estimate``, ``std_err``, the
+        interval bounds named by percentile (``"2.5%"``, ``"97.5%"`` for ``prob=0.95``), ``n``."""
+        return tidy_table(
+            [self.name], self.estimate, self.std_err, self.lower, self.upper, self.prob, n=[self.n]
+        )
 
 
 def _from_influence(
@@ -75,13 +77,13 @@ def _from_influence(
         sums = np.bincount(clusters, weights=influence)
         n_clusters = len(sums)
         se = float(np.sqrt(n_clusters / (n_clusters - 1) * np.sum(sums**2)) / n)
-    z = stats.norm.ppf(0.5 + prob / 2)
+    lower, upper = normal_interval(estimate, se, prob)
     return AteEstimate(
         name,
         float(estimate),
         se,
-        estimate - z * se,
-        estimate + z * se,
+        float(lower),
+        float(upper),
         prob,
         n,
         n_clusters,
@@ -336,15 +338,18 @@ def ate_estimates(
     outcome_model : {"ridge", "lasso", "boosting"} or scikit-learn regressor, optional
         See :func:`aipw`.
     prob : float
-        Interval coverage (0.95 by default); stored in ``table.attrs["prob"]``.
+        Probability of the central intervals (0.95 by default); stored in
+        ``table.attrs["prob"]``.
     seed : int
         Random seed (fold assignment).
 
     Returns
     -------
     pandas.DataFrame
-        Index ``difference_in_means``, ``ipw_hajek``, ``aipw``; columns ``estimate``,
-        ``std_err``, ``ci_lower``, ``ci_upper``, ``n``.
+        Index ``estimator`` (``difference_in_means``, ``ipw_hajek``, ``aipw``); columns
+        ``estimate``, ``std_err``, the interval bounds named by percentile (``"2.5%"``,
+        ``"97.5%"``) and ``n``: the rows of each estimate's :meth:`AteEstimate.tidy`, indexed
+        by their term, as :meth:`imgcate.EffectFit.ate` is.
 
     Raises
     ------
@@ -356,7 +361,7 @@ def ate_estimates(
     >>> sim = simulate_confounded(seed=0, n_units=400)
     >>> table = ate_estimates(sim.outcome, sim.treatment, sim.truth.propensity, seed=0)
     >>> list(table.columns)
-    ['estimate', 'std_err', 'ci_lower', 'ci_upper', 'n']
+    ['estimate', 'std_err', '2.5%', '97.5%', 'n']
     """
     results = [
         difference_in_means(outcome, treatment, clusters=clusters, prob=prob),
@@ -376,6 +381,6 @@ def ate_estimates(
                 seed=seed,
             )
         )
-    table = pd.concat([r.tidy() for r in results])
+    table = pd.concat([r.tidy() for r in results]).set_index("term").rename_axis("estimator")
     table.attrs["prob"] = prob
     return table

@@ -13,6 +13,7 @@ from imgcate.confounding.balance import balance_table
 from imgcate.confounding.estimators import ate_estimates
 from imgcate.confounding.propensity import estimate_propensity
 from imgcate.errors import OverlapWarning
+from imgcate.intervals import interval_names
 from imgcate.validation import as_treatment
 
 
@@ -49,7 +50,7 @@ def resolution_check(
     n_folds : int
         Cross-fitting folds.
     prob : float
-        Interval probability.
+        Probability of the central intervals (0.95 by default).
     seed : int
         Seed of the encoder and of the cross-fitting.
 
@@ -58,7 +59,8 @@ def resolution_check(
     pandas.DataFrame
         One row per (factor, estimator): ``factor``, ``pixel_size`` (in CRS units, NaN for
         in-memory chips), ``estimator`` (difference_in_means, ipw_hajek, aipw), ``estimate``,
-        ``std_err``, ``ci_lower``, ``ci_upper``, ``max_abs_smd_after`` (embedding and covariate
+        ``std_err``, the interval bounds named by percentile (``"2.5%"``, ``"97.5%"`` for
+        ``prob=0.95``), ``max_abs_smd_after`` (embedding and covariate
         balance after IPW weighting) and ``propensity_auc``.
     """
     from sklearn.metrics import roc_auc_score
@@ -66,6 +68,7 @@ def resolution_check(
     from imgcate.embeddings import embed
 
     treatment = as_treatment(trial.treatment_array).astype(np.int8)
+    lo_name, hi_name = interval_names(prob)
     outcome = trial.outcome_array
     rows = []
     for factor in factors:
@@ -88,8 +91,8 @@ def resolution_check(
                     "estimator": estimator,
                     "estimate": row["estimate"],
                     "std_err": row["std_err"],
-                    "ci_lower": row["ci_lower"],
-                    "ci_upper": row["ci_upper"],
+                    lo_name: row[lo_name],
+                    hi_name: row[hi_name],
                     "max_abs_smd_after": float(balance["smd_after"].abs().max()),
                     "propensity_auc": float(roc_auc_score(treatment, ps.scores)),
                 }

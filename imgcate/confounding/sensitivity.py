@@ -12,17 +12,25 @@ import pandas as pd
 from scipy import stats
 
 from imgcate.errors import InputError
+from imgcate.intervals import interval_names, normal_interval, tidy_table
 from imgcate.optional import axes
-from imgcate.validation import as_features, as_float_array, as_treatment, check_lengths
+from imgcate.validation import (
+    as_features,
+    as_float_array,
+    as_treatment,
+    check_lengths,
+    check_prob,
+)
 
 
-def robustness_value(t_stat: float, dof: int, q: float = 1.0, alpha: float | None = None) -> float:
+def robustness_value(t_stat: float, dof: int, q: float = 1.0, prob: float | None = None) -> float:
     """Robustness value RV_q (or RV_{q,alpha}) of Cinelli & Hazlett (2020).
 
     The minimum partial R-squared that a confounder must have with both treatment and outcome to
-    reduce the estimate by ``100 q`` percent (or, with ``alpha``, to make the reduced estimate
-    insignificant at level ``alpha``). With ``f_q = q |t| / sqrt(dof)``:
-    ``RV_q = (sqrt(f_q^4 + 4 f_q^2) - f_q^2) / 2``; for ``alpha``, ``f_q`` is replaced by
+    reduce the estimate by ``100 q`` percent (or, with ``prob``, to make the reduced estimate's
+    central ``prob`` interval cover zero: insignificant at level ``alpha = 1 - prob``). With
+    ``f_q = q |t| / sqrt(dof)``: ``RV_q = (sqrt(f_q^4 + 4 f_q^2) - f_q^2) / 2``; for
+    RV_{q,alpha}, ``f_q`` is replaced by
     ``f_q - |t*_{alpha/2, dof-1}| / sqrt(dof - 1)`` (0 when negative; when
     ``f_q > 1 / f_crit`` the unconstrained solution ``(f_q^2 - f_crit^2) / (1 + f_q^2)`` applies).
 
@@ -34,8 +42,8 @@ def robustness_value(t_stat: float, dof: int, q: float = 1.0, alpha: float | Non
         Residual degrees of freedom of the regression.
     q : float
         Fraction of the estimate to explain away (1 = bring it to zero).
-    alpha : float, optional
-        Significance level for RV_{q,alpha}.
+    prob : float, optional
+        Interval probability ``1 - alpha`` for RV_{q,alpha} (0.95 for alpha = 0.05).
 
     Returns
     -------
@@ -50,11 +58,9 @@ def robustness_value(t_stat: float, dof: int, q: float = 1.0, alpha: float | Non
     if q <= 0:
         raise InputError(f"q={q!r} must be positive.")
     fq = q * abs(t_stat) / np.sqrt(dof)
-    if alpha is None:
+    if prob is None:
         return float(0.5 * (np.sqrt(fq**4 + 4 * fq**2) - fq**2))
-    if not 0 < alpha < 1:
-        raise InputError(f"alpha={alpha!r} must lie in (0, 1).")
-    f_crit = abs(stats.t.ppf(alpha / 2, dof - 1)) / np.sqrt(dof - 1)
+    f_crit = stats.t.ppf(0.5 + check_prob(prob) / 2, dof - 1) / np.sqrt(dof - 1)
     fqa = fq - f_crit
     if fqa <= 0:
         return 0.0
@@ -123,13 +129,14 @@ class ConfoundingSensitivity:
         smallest R2_{D~Z|X} that a confounder explaining all the outcome residual needs to
         explain the effect away.
     rv_q, rv_qa : float
-        Robustness values RV_q and RV_{q,alpha}.
-    q, alpha : float
-        The fraction of the estimate to explain away and the significance level.
+        Robustness values RV_q and RV_{q,alpha} (alpha = 1 - prob).
+    q, prob : float
+        The fraction of the estimate to explain away and the interval probability.
     bounds : pandas.DataFrame
         One row per (benchmark, kd): ``benchmark``, ``kd``, ``ky``, ``r2dz_x``, ``r2yz_dx``,
-        ``adjusted_estimate``, ``adjusted_se``, ``adjusted_t``, ``adjusted_lower``,
-        ``adjusted_upper`` (1 - alpha interval).
+        ``adjusted_estimate``, ``adjusted_se``, ``adjusted_t`` and the adjusted estimate's
+        central ``prob`` interval, named by percentile (``adjusted_2.5%``,
+        ``adjusted_97.5%`` for ``prob=0.95``).
     """
 
     estimate: float
@@ -140,7 +147,7 @@ class ConfoundingSensitivity:
     rv_q: float
     rv_qa: float
     q: float
-    alpha: float
+    prob: float
     bounds: pd.DataFrame
 
     def summary(self) -> pd.DataFrame:
@@ -150,7 +157,7 @@ class ConfoundingSensitivity:
         -------
         pandas.DataFrame
             Columns ``estimate``, ``std_err``, ``t_stat``, ``dof``, ``partial_r2_yd_x``,
-            ``rv_q``, ``rv_qa``, ``q``, ``alpha``; index ``treatment``.
+            ``rv_q``, ``rv_qa``, ``q``, ``prob``; index ``treatment``.
         """
         row = {
             "estimate": self.estimate,
@@ -161,9 +168,27 @@ class ConfoundingSensitivity:
             "rv_q": self.rv_q,
             "rv_qa": self.rv_qa,
             "q": self.q,
-            "alpha": self.alpha,
+            "prob": self.prob,
         }
         return pd.DataFrame([row], index=["treatment"])
+
+    def tidy(self) -> pd.DataFrame:
+        """The unadjusted treatment coefficient in the tidy schema: ``term`` ("treatment"),
+        ``estimate``, ``std_err``, its central ``prob`` t interval (``dof`` degrees of freedom)
+        named by percentile, then ``t_stat``, ``dof``, ``rv_q``, ``rv_qa``."""
+        lower, upper = normal_interval(self.estimate, self.std_err, self.prob, df=self.dof)
+        return tidy_table(
+            ["treatment"],
+            self.estimate,
+            self.std_err,
+            lower,
+            upper,
+            self.prob,
+            t_stat=[self.t_stat],
+            dof=[self.dof],
+            rv_q=[self.rv_q],
+            rv_qa=[self.rv_qa],
+        )
 
     def adjusted_estimate(self, r2dz_x: Any, r2yz_dx: Any) -> np.ndarray:
         """Estimate after removing the bias of a confounder with the given partial R2 values."""
@@ -240,7 +265,7 @@ def confounding_sensitivity(
     benchmark: str | int | Sequence[str | int] | None = None,
     names: Sequence[str] | None = None,
     q: float = 1.0,
-    alpha: float = 0.05,
+    prob: float = 0.95,
     kd: float | Sequence[float] = (1, 2, 3),
     ky: float | Sequence[float] | None = None,
 ) -> ConfoundingSensitivity:
@@ -266,8 +291,8 @@ def confounding_sensitivity(
         Covariate names; default ``covariate_0``, ...
     q : float
         Fraction of the estimate to be explained away (1 = bring it to zero).
-    alpha : float
-        Significance level for RV_{q,alpha} and the adjusted intervals.
+    prob : float
+        Probability of the adjusted intervals; RV_{q,alpha} uses ``alpha = 1 - prob``.
     kd : float or sequence of float
         Multipliers of the benchmark's association with the treatment.
     ky : float or sequence of float, optional
@@ -291,9 +316,11 @@ def confounding_sensitivity(
     >>> res.bounds.shape[0]
     3
     """
+    prob = check_prob(prob)
     y = as_float_array("outcome", outcome, ndim=1)
     t = as_treatment(treatment)
     x = as_features(covariates, "covariates")
+    lo_name, hi_name = (f"adjusted_{name}" for name in interval_names(prob))
     n = check_lengths(outcome=y, treatment=t, covariates=x)
     names = [f"covariate_{j}" for j in range(x.shape[1])] if names is None else list(names)
     if len(names) != x.shape[1]:
@@ -309,7 +336,6 @@ def confounding_sensitivity(
     if positions:
         coef_d, se_d, dof_d = _ols(t, np.hstack([const, x]))
         t_y, t_d = coef[2:] / se[2:], coef_d[1:] / se_d[1:]
-        crit = stats.t.ppf(1 - alpha / 2, dof - 1)
         for j in positions:
             r2dxj, r2yxj = _partial_r2(t_d[j], dof_d), _partial_r2(t_y[j], dof)
             for k_d, k_y in zip(kds, kys, strict=True):
@@ -317,6 +343,7 @@ def confounding_sensitivity(
                 adj, adj_se = _adjusted(est, est_se, dof, r2dz, r2yz)
                 with np.errstate(divide="ignore", invalid="ignore"):
                     adj_t = adj / adj_se  # r2yz_dx = 1 leaves no residual: se 0, t infinite
+                lower, upper = normal_interval(adj, adj_se, prob, df=dof - 1)
                 rows.append(
                     {
                         "benchmark": names[j],
@@ -327,8 +354,8 @@ def confounding_sensitivity(
                         "adjusted_estimate": float(adj),
                         "adjusted_se": float(adj_se),
                         "adjusted_t": float(adj_t),
-                        "adjusted_lower": float(adj - crit * adj_se),
-                        "adjusted_upper": float(adj + crit * adj_se),
+                        lo_name: float(lower),
+                        hi_name: float(upper),
                     }
                 )
     columns = [
@@ -340,8 +367,8 @@ def confounding_sensitivity(
         "adjusted_estimate",
         "adjusted_se",
         "adjusted_t",
-        "adjusted_lower",
-        "adjusted_upper",
+        lo_name,
+        hi_name,
     ]
     return ConfoundingSensitivity(
         estimate=est,
@@ -350,8 +377,8 @@ def confounding_sensitivity(
         dof=int(dof),
         partial_r2=float(_partial_r2(t_stat, dof)),
         rv_q=robustness_value(t_stat, dof, q),
-        rv_qa=robustness_value(t_stat, dof, q, alpha),
+        rv_qa=robustness_value(t_stat, dof, q, prob),
         q=float(q),
-        alpha=float(alpha),
+        prob=prob,
         bounds=pd.DataFrame(rows, columns=columns),
     )

@@ -2,7 +2,8 @@
 
 Array core, labelled edge: every estimator takes plain arrays (one entry per unit) and returns
 either a small frozen result object or a tidy :class:`pandas.DataFrame` with the columns
-``term, estimate, std_err, p_value, ci_lower, ci_upper``.
+``term, estimate, std_err``, the interval bounds named by percentile (``prob=0.95`` by
+default: ``"2.5%"``, ``"97.5%"``), then ``p_value`` (see :mod:`imgcate.intervals`).
 
 References
 ----------

@@ -10,11 +10,13 @@ from scipy import stats
 
 from imgcate.errors import InputError
 from imgcate.evaluate.regression import VCOV_TYPES, VcovType, wls
+from imgcate.intervals import normal_interval, tidy_table
 from imgcate.validation import (
     as_propensity,
     as_treatment,
     as_vector,
     check_choice,
+    check_prob,
     cluster_codes,
 )
 
@@ -29,6 +31,7 @@ def test_calibration(
     *,
     weights: Any = None,
     vcov_type: VcovType = "HC3",
+    prob: float = 0.95,
 ) -> pd.DataFrame:
     """Omnibus calibration test of CATE predictions, as grf's ``test_calibration``.
 
@@ -53,12 +56,15 @@ def test_calibration(
         Sample weights (weighted means and weighted least squares).
     vcov_type : {"HC0", "HC1", "HC3"}
         Sandwich correction; grf's default HC3 (needs ``clusters=None``).
+    prob : float
+        Probability of the central (t, n − 2 df) intervals.
 
     Returns
     -------
     pandas.DataFrame
-        Rows ``mean.forest.prediction`` and ``differential.forest.prediction``; columns term,
-        estimate, std_err, t_value, p_value (one-sided, H1: coefficient > 0, t with n − 2 df).
+        Rows ``mean.forest.prediction`` and ``differential.forest.prediction`` in the tidy
+        schema: term, estimate, std_err, the interval bounds named by percentile, then
+        t_value and p_value (one-sided, H1: coefficient > 0, t with n − 2 df).
 
     Raises
     ------
@@ -76,6 +82,7 @@ def test_calibration(
     ['mean.forest.prediction', 'differential.forest.prediction']
     """
     check_choice("vcov_type", vcov_type, VCOV_TYPES)
+    prob = check_prob(prob)
     y = as_vector("outcome", outcome)
     n = len(y)
     t = as_treatment(treatment, n)
@@ -92,14 +99,9 @@ def test_calibration(
     beta, cov = wls(y - m, X, w, codes, vcov_type, terms)
     se = np.sqrt(np.diag(cov))
     tval = beta / se
-    return pd.DataFrame(
-        {
-            "term": terms,
-            "estimate": beta,
-            "std_err": se,
-            "t_value": tval,
-            "p_value": stats.t.sf(tval, n - 2),
-        }
+    lower, upper = normal_interval(beta, se, prob, df=n - 2)
+    return tidy_table(
+        terms, beta, se, lower, upper, prob, t_value=tval, p_value=stats.t.sf(tval, n - 2)
     )
 
 

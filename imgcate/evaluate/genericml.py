@@ -12,13 +12,15 @@ import pandas as pd
 from scipy import stats
 
 from imgcate.errors import InputError
-from imgcate.evaluate.regression import TIDY_COLUMNS, VCOV_TYPES, VcovType, wls
+from imgcate.evaluate.regression import VCOV_TYPES, VcovType, wls
+from imgcate.intervals import normal_interval, tidy_table
 from imgcate.validation import (
     as_float_array,
     as_propensity,
     as_treatment,
     as_vector,
     check_choice,
+    check_prob,
     cluster_codes,
     rng_from_seed,
     seed_int,
@@ -29,24 +31,12 @@ Learner = Callable[
 ]
 
 
-def _tidy(
-    terms: Sequence[str], est: np.ndarray, se: np.ndarray, alpha: float, df: float | None = None
-) -> pd.DataFrame:
-    """Two-sided p-values and (1 − alpha) intervals (normal, or t with ``df``)."""
-    dist = stats.norm if df is None else stats.t(df)
+def _tidy(terms: Sequence[str], est: np.ndarray, se: np.ndarray, prob: float) -> pd.DataFrame:
+    """The tidy schema with central ``prob`` normal intervals and two-sided p-values."""
     with np.errstate(divide="ignore", invalid="ignore"):
         z = est / se
-    crit = dist.ppf(1 - alpha / 2)
-    return pd.DataFrame(
-        {
-            "term": list(terms),
-            "estimate": est,
-            "std_err": se,
-            "p_value": 2 * dist.sf(np.abs(z)),
-            "ci_lower": est - crit * se,
-            "ci_upper": est + crit * se,
-        }
-    )
+    lower, upper = normal_interval(est, se, prob)
+    return tidy_table(terms, est, se, lower, upper, prob, p_value=2 * stats.norm.sf(np.abs(z)))
 
 
 def _design_inputs(outcome, treatment, propensity, score, baseline, clusters):
@@ -74,7 +64,7 @@ def blp(
     baseline: Any = None,
     clusters: Any = None,
     *,
-    alpha: float = 0.05,
+    prob: float = 0.95,
     vcov_type: VcovType = "HC1",
 ) -> pd.DataFrame:
     """Best linear predictor of the CATE given a fixed proxy ``score`` (CDDF 2018, eq. 3.1).
@@ -96,16 +86,17 @@ def blp(
         Proxy B(x) of E[Y | T = 0, x]; improves precision only.
     clusters : array_like, shape (unit,), optional
         Cluster labels for cluster-robust standard errors.
-    alpha : float
-        Intervals have level 1 − alpha.
+    prob : float
+        Probability of the central intervals.
     vcov_type : {"HC0", "HC1", "HC3"}
         Sandwich correction (HC3 only without clusters).
 
     Returns
     -------
     pandas.DataFrame
-        Rows ``ate`` and ``hte``; columns term, estimate, std_err, p_value (two-sided, normal),
-        ci_lower, ci_upper.
+        Rows ``ate`` and ``hte`` in the tidy schema: term, estimate, std_err, the interval
+        bounds named by percentile ("2.5%", "97.5%" for ``prob=0.95``), p_value (two-sided,
+        normal).
 
     Raises
     ------
@@ -129,7 +120,7 @@ def blp(
     X = np.column_stack(cols + [t - p, (t - p) * (s - s.mean())])
     beta, cov = wls(y, X, 1 / (p * (1 - p)), codes, vcov_type, names + ["ate", "hte"])
     k = len(names)
-    return _tidy(["ate", "hte"], beta[k:], np.sqrt(np.diag(cov))[k:], alpha)
+    return _tidy(["ate", "hte"], beta[k:], np.sqrt(np.diag(cov))[k:], check_prob(prob))
 
 
 def _groups(score: np.ndarray, n_groups: int) -> np.ndarray:
@@ -148,7 +139,7 @@ def gates(
     clusters: Any = None,
     *,
     n_groups: int = 5,
-    alpha: float = 0.05,
+    prob: float = 0.95,
     vcov_type: VcovType = "HC1",
 ) -> pd.DataFrame:
     """Sorted group average treatment effects (GATES) by quantile groups of a fixed proxy.
@@ -159,7 +150,7 @@ def gates(
 
     Parameters
     ----------
-    outcome, treatment, propensity, score, baseline, clusters, alpha, vcov_type
+    outcome, treatment, propensity, score, baseline, clusters, prob, vcov_type
         As in :func:`blp`.
     n_groups : int
         Number of groups K (at least 2).
@@ -199,7 +190,7 @@ def gates(
     contrast[[-1, 0]] = 1.0, -1.0
     est = np.r_[est, contrast @ est]
     se = np.sqrt(np.r_[np.diag(cov), contrast @ cov @ contrast])
-    return _tidy(terms + [f"gate_{n_groups}-gate_1"], est, se, alpha)
+    return _tidy(terms + [f"gate_{n_groups}-gate_1"], est, se, check_prob(prob))
 
 
 def _check_groups(n_groups: int, n: int) -> int:
@@ -216,7 +207,7 @@ def _check_groups(n_groups: int, n: int) -> int:
 
 
 def _clan(
-    features: np.ndarray, score: np.ndarray, n_groups: int, names: Sequence[str], alpha: float
+    features: np.ndarray, score: np.ndarray, n_groups: int, names: Sequence[str], prob: float
 ) -> pd.DataFrame:
     """Feature means in the most vs least affected group and their difference (Welch SE)."""
     grp = _groups(score, n_groups)
@@ -231,7 +222,7 @@ def _clan(
     )
     est = np.r_[m_top, m_bot, m_top - m_bot]
     se = np.r_[se_top, se_bot, np.sqrt(se_top**2 + se_bot**2)]
-    return _tidy(terms, est, se, alpha)
+    return _tidy(terms, est, se, prob)
 
 
 @dataclass(frozen=True, eq=False)
@@ -241,10 +232,14 @@ class GenericMLResult:
     Attributes
     ----------
     blp, gates, clan : pandas.DataFrame
-        Tidy tables (term, estimate, std_err, p_value, ci_lower, ci_upper): medians over
-        splits of estimates and SEs, median interval bounds, p-value ``min(1, 2 · median p)``.
-    conf_level : float
-        Guaranteed level ``1 − 2 alpha`` of the median intervals (CDDF 2018, sec. 4).
+        Tidy tables (term, estimate, std_err, the interval bounds named by percentile,
+        p_value): medians over splits of estimates and SEs, median interval bounds, p-value
+        ``min(1, 2 · median p)``.
+    prob : float
+        Probability of each split's intervals (whose medians the bounds are).
+    guaranteed_prob : float
+        The level the median intervals are guaranteed to have, ``2 prob − 1`` (CDDF 2018,
+        sec. 4: per-split level 1 − alpha gives at least 1 − 2 alpha).
     n_splits : int
         Number of random auxiliary/main splits.
     """
@@ -252,7 +247,8 @@ class GenericMLResult:
     blp: pd.DataFrame
     gates: pd.DataFrame
     clan: pd.DataFrame
-    conf_level: float
+    prob: float
+    guaranteed_prob: float
     n_splits: int
 
     def tidy(self) -> pd.DataFrame:
@@ -267,10 +263,10 @@ class GenericMLResult:
 
 
 def _median_aggregate(tables: list[pd.DataFrame]) -> pd.DataFrame:
-    stacked = np.stack([tab[TIDY_COLUMNS[1:]].to_numpy() for tab in tables])  # split, term, col
-    med = np.median(stacked, axis=0)
-    out = pd.DataFrame(med, columns=TIDY_COLUMNS[1:])
-    out["p_value"] = np.minimum(1.0, 2 * med[:, 2])
+    columns = list(tables[0].columns[1:])  # estimate, std_err, the bounds, p_value
+    stacked = np.stack([tab[columns].to_numpy() for tab in tables])  # split, term, col
+    out = pd.DataFrame(np.median(stacked, axis=0), columns=columns)
+    out["p_value"] = np.minimum(1.0, 2 * out["p_value"])
     out.insert(0, "term", tables[0]["term"].to_numpy())
     return out
 
@@ -332,7 +328,7 @@ def generic_ml(
     n_groups: int = 5,
     learner: Learner | None = None,
     clusters: Any = None,
-    alpha: float = 0.05,
+    prob: float = 0.95,
     feature_names: Sequence[str] | None = None,
     seed: int,
 ) -> GenericMLResult:
@@ -343,7 +339,7 @@ def generic_ml(
     S(x) on the main half, where :func:`blp`, :func:`gates` and CLAN (feature means in the
     most vs least affected proxy group) are estimated. Results are aggregated by the paper's
     median rule: medians of estimates and interval bounds (per-split intervals at level
-    1 − alpha, so the median interval has level at least 1 − 2 alpha), p-value
+    ``prob``, so the median interval has level at least ``2 prob − 1``), p-value
     ``min(1, 2 · median p)``.
 
     Parameters
@@ -363,8 +359,8 @@ def generic_ml(
         default is :func:`forest_learner` (T-learner with random forests).
     clusters : array_like, shape (unit,), optional
         Cluster labels: splits keep clusters whole and SEs are cluster-robust (HC1).
-    alpha : float
-        Per-split significance level.
+    prob : float
+        Probability of each split's intervals (in (0.5, 1)).
     feature_names : sequence of str, optional
         Names for the CLAN rows (default ``x0, x1, ...``).
     seed : int
@@ -373,7 +369,8 @@ def generic_ml(
     Returns
     -------
     GenericMLResult
-        ``blp``, ``gates`` and ``clan`` tidy DataFrames and ``conf_level = 1 − 2 alpha``.
+        ``blp``, ``gates`` and ``clan`` tidy DataFrames, ``prob`` and
+        ``guaranteed_prob = 2 prob − 1``.
 
     Raises
     ------
@@ -404,8 +401,11 @@ def generic_ml(
     n_groups = _check_groups(n_groups, n // 2)
     if isinstance(n_splits, bool) or not isinstance(n_splits, int | np.integer) or n_splits < 1:
         raise InputError(f"n_splits={n_splits!r} must be a positive int (100 is usual).")
-    if not 0 < alpha < 0.5:
-        raise InputError(f"alpha={alpha!r} must lie in (0, 0.5), e.g. 0.05.")
+    if not 0.5 < check_prob(prob) < 1:
+        raise InputError(
+            f"prob={prob!r} must lie in (0.5, 1), e.g. 0.95 (the median intervals are "
+            "guaranteed a level of 2 prob - 1)."
+        )
     names = (
         list(feature_names) if feature_names is not None else [f"x{j}" for j in range(x.shape[1])]
     )
@@ -427,14 +427,15 @@ def generic_ml(
         s = as_vector("learner score", s, int(main.sum()))
         cl = None if codes is None else codes[main]
         args = (y[main], t[main], p[main], s, b, cl)
-        tables["blp"].append(blp(*args, alpha=alpha))
-        tables["gates"].append(gates(*args, n_groups=n_groups, alpha=alpha))
-        tables["clan"].append(_clan(x[main], s, n_groups, names, alpha))
+        tables["blp"].append(blp(*args, prob=prob))
+        tables["gates"].append(gates(*args, n_groups=n_groups, prob=prob))
+        tables["clan"].append(_clan(x[main], s, n_groups, names, prob))
     agg = {name: _median_aggregate(tabs) for name, tabs in tables.items()}
     return GenericMLResult(
         blp=agg["blp"],
         gates=agg["gates"],
         clan=agg["clan"],
-        conf_level=1 - 2 * alpha,
+        prob=prob,
+        guaranteed_prob=2 * prob - 1,
         n_splits=int(n_splits),
     )

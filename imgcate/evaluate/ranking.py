@@ -12,7 +12,7 @@ import pandas as pd
 from scipy import stats
 
 from imgcate.errors import InputError
-from imgcate.evaluate.regression import TIDY_COLUMNS
+from imgcate.intervals import normal_interval, tidy_table
 from imgcate.optional import pyplot
 from imgcate.validation import (
     as_vector,
@@ -56,19 +56,15 @@ class RateResult:
 
     def ci(self, prob: float = 0.95) -> tuple[float, float]:
         """Normal-approximation interval ``estimate ± z · std_err`` with coverage ``prob``."""
-        if not 0 < prob < 1:
-            raise InputError(f"prob={prob!r} must lie strictly between 0 and 1, e.g. 0.95.")
-        z = stats.norm.ppf(0.5 + prob / 2)
-        return self.estimate - z * self.std_err, self.estimate + z * self.std_err
+        return normal_interval(self.estimate, self.std_err, prob)
 
-    def tidy(self) -> pd.DataFrame:
-        """One-row DataFrame: term, estimate, std_err, p_value (H0: RATE = 0), 95% interval."""
-        lo, hi = self.ci(0.95)
+    def tidy(self, prob: float = 0.95) -> pd.DataFrame:
+        """One row in the tidy schema: term, estimate, std_err, the central ``prob`` interval
+        named by percentile, and ``p_value`` (two-sided, H0: RATE = 0)."""
+        lo, hi = self.ci(prob)
         z = self.estimate / self.std_err if self.std_err > 0 else np.nan
         p = 2 * stats.norm.sf(abs(z)) if np.isfinite(z) else np.nan
-        return pd.DataFrame(
-            [[self.target, self.estimate, self.std_err, p, lo, hi]], columns=TIDY_COLUMNS
-        )
+        return tidy_table([self.target], self.estimate, self.std_err, lo, hi, prob, p_value=[p])
 
 
 @dataclass(frozen=True)

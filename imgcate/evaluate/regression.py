@@ -15,9 +15,6 @@ VcovType = Literal["HC0", "HC1", "HC3"]
 VCOV_TYPES = ("HC0", "HC1", "HC3")
 
 
-TIDY_COLUMNS = ["term", "estimate", "std_err", "p_value", "ci_lower", "ci_upper"]
-
-
 def wls(
     y: np.ndarray,
     X: np.ndarray,

@@ -31,7 +31,7 @@ def test_difference_in_means_is_badly_biased(fitted):
     dim = table.loc["difference_in_means"]
     # Confounding by the latent built-up share pushes the naive estimate up by ~0.8.
     assert dim["estimate"] - TRUE_ATE > 0.4
-    assert dim["ci_lower"] > TRUE_ATE  # the naive interval excludes the truth
+    assert dim["2.5%"] > TRUE_ATE  # the naive interval excludes the truth
     print("\n" + table.round(3).to_string())
 
 
@@ -42,8 +42,9 @@ def test_ipw_and_aipw_recover_the_ate_in_one_replication(fitted):
         # 3 standard errors: a correct estimator fails this with probability ~0.3%.
         assert abs(row["estimate"] - TRUE_ATE) < 3 * row["std_err"], name
         assert 0.03 < row["std_err"] < 0.3
-        assert row["ci_lower"] < row["estimate"] < row["ci_upper"]
-    assert list(table.columns) == ["estimate", "std_err", "ci_lower", "ci_upper", "n"]
+        assert row["2.5%"] < row["estimate"] < row["97.5%"]
+    assert list(table.columns) == ["estimate", "std_err", "2.5%", "97.5%", "n"]
+    assert table.index.name == "estimator"
     assert (table["n"] == 1000).all()
     assert table.attrs["prob"] == 0.95
 
@@ -52,7 +53,7 @@ def test_interval_width_follows_prob(sim):
     e = sim.truth.propensity
     wide = hajek_ipw(sim.outcome, sim.treatment, e, prob=0.95)
     narrow = hajek_ipw(sim.outcome, sim.treatment, e, prob=0.5)
-    ratio = (narrow.ci_upper - narrow.ci_lower) / (wide.ci_upper - wide.ci_lower)
+    ratio = (narrow.upper - narrow.lower) / (wide.upper - wide.lower)
     assert ratio == pytest.approx(0.6745 / 1.95996, rel=1e-3)
 
 
@@ -136,6 +137,7 @@ def test_propensity_object_is_accepted_everywhere(fitted, sim):
     res = hajek_ipw(sim.outcome, sim.treatment, ps.scores)
     assert res.estimate == pytest.approx(table.loc["ipw_hajek", "estimate"])
     assert isinstance(res.tidy(), pd.DataFrame)
+    assert list(res.tidy().columns) == ["term", "estimate", "std_err", "2.5%", "97.5%", "n"]
 
 
 @pytest.mark.slow
@@ -146,7 +148,7 @@ def test_ipw_and_aipw_unbiased_with_coverage_over_replications():
         sim = simulate_confounded(seed=100 + rep, n_units=1000, ate=TRUE_ATE)
         ps = estimate_propensity(sim.features, sim.treatment, seed=rep)
         table = ate_estimates(sim.outcome, sim.treatment, ps, features=sim.features, seed=rep)
-        table["covered"] = (table["ci_lower"] <= TRUE_ATE) & (TRUE_ATE <= table["ci_upper"])
+        table["covered"] = (table["2.5%"] <= TRUE_ATE) & (TRUE_ATE <= table["97.5%"])
         rows.append(table.assign(rep=rep))
     results = pd.concat(rows)
     results["error"] = results["estimate"] - TRUE_ATE
@@ -194,7 +196,7 @@ def test_ipw_and_aipw_unbiased_when_the_confounder_is_in_real_chips(tmp_path):
         features = embed(extract_chips(trial, scene, 32), seed=rep).for_keys(trial.image_keys)
         ps = estimate_propensity(features, t, seed=rep)
         table = ate_estimates(y, t, ps, features=features, seed=rep)
-        table["covered"] = (table["ci_lower"] <= TRUE_ATE) & (TRUE_ATE <= table["ci_upper"])
+        table["covered"] = (table["2.5%"] <= TRUE_ATE) & (TRUE_ATE <= table["97.5%"])
         table["max_abs_smd_before"] = balance_table(features, t)["smd_before"].abs().max()
         table["max_abs_smd_after"] = balance_table(features, t, ps)["smd_after"].abs().max()
         rows.append(table.assign(rep=rep))

@@ -56,8 +56,8 @@ def test_robustness_value_matches_published_darfur_numbers():
     # Cinelli & Hazlett (2020), Darfur example: t = 4.18445, dof = 783 give
     # RV_{q=1} = 13.88% and RV_{q=1, alpha=0.05} = 7.63% (sensemakr's printed summary).
     assert robustness_value(4.18445, 783) == pytest.approx(0.1388, abs=1e-4)
-    assert robustness_value(4.18445, 783, alpha=0.05) == pytest.approx(0.0763, abs=1e-4)
-    assert robustness_value(1.0, 783, alpha=0.05) == 0.0  # not significant to begin with
+    assert robustness_value(4.18445, 783, prob=0.95) == pytest.approx(0.0763, abs=1e-4)
+    assert robustness_value(1.0, 783, prob=0.95) == 0.0  # not significant to begin with
 
 
 def _partial_r2_fwl(a: np.ndarray, b: np.ndarray, controls: np.ndarray) -> float:
@@ -83,12 +83,12 @@ def test_adjusted_estimate_equals_the_long_regression():
 def test_benchmark_bounds_follow_the_published_formulas():
     y, d, x, _ = _small_linear_example(seed=2, n=400)
     res = confounding_sensitivity(
-        y, d, x, benchmark="x1", names=["x0", "x1", "x2"], kd=(1, 2), alpha=0.05
+        y, d, x, benchmark="x1", names=["x0", "x1", "x2"], kd=(1, 2), prob=0.95
     )
     others = x[:, [0, 2]]
     r2dxj = _partial_r2_fwl(d, x[:, 1], others)
     r2yxj = _partial_r2_fwl(y, x[:, 1], np.column_stack([d, others]))
-    for k, row in zip((1, 2), res.bounds.itertuples(), strict=True):
+    for k, (_, row) in zip((1, 2), res.bounds.iterrows(), strict=True):
         r2dz = k * r2dxj / (1 - r2dxj)
         r2zxj = k * r2dxj**2 / ((1 - k * r2dxj) * (1 - r2dxj))
         r2yz = min(
@@ -99,7 +99,7 @@ def test_benchmark_bounds_follow_the_published_formulas():
         assert row.r2dz_x == pytest.approx(r2dz)
         assert row.r2yz_dx == pytest.approx(r2yz)
         assert row.adjusted_estimate == pytest.approx(res.estimate - bias)
-        assert row.adjusted_lower < row.adjusted_estimate < row.adjusted_upper
+        assert row["adjusted_2.5%"] < row.adjusted_estimate < row["adjusted_97.5%"]
     # Stronger confounders remove more of the estimate.
     assert res.bounds["adjusted_estimate"].is_monotonic_decreasing
 

@@ -21,7 +21,7 @@ from imgcate.evaluate import (  # noqa: E402
 def test_blp_recovers_ate_and_unit_loading_for_true_cate(linear_trial):
     x, t, tau, y = linear_trial(4000, seed=10)
     tab = blp(y, t, 0.5, tau, baseline=x[:, 0]).set_index("term")
-    assert list(tab.columns) == ["estimate", "std_err", "p_value", "ci_lower", "ci_upper"]
+    assert list(tab.columns) == ["estimate", "std_err", "2.5%", "97.5%", "p_value"]
     assert abs(tab.loc["ate", "estimate"] - tau.mean()) < 4 * tab.loc["ate", "std_err"]
     assert abs(tab.loc["hte", "estimate"] - 1.0) < 4 * tab.loc["hte", "std_err"]
     assert tab.loc["hte", "std_err"] < 0.1
@@ -116,8 +116,8 @@ def test_generic_ml_with_oracle_proxy_and_median_rule(linear_trial):
     b = res.blp.set_index("term")
     assert abs(b.loc["hte", "estimate"] - 1) < 4 * b.loc["hte", "std_err"]
     assert abs(b.loc["ate", "estimate"] - tau.mean()) < 4 * b.loc["ate", "std_err"]
-    assert res.conf_level == pytest.approx(0.9)
-    assert b.loc["hte", "ci_lower"] < b.loc["hte", "estimate"] < b.loc["hte", "ci_upper"]
+    assert res.prob == 0.95 and res.guaranteed_prob == pytest.approx(0.9)
+    assert b.loc["hte", "2.5%"] < b.loc["hte", "estimate"] < b.loc["hte", "97.5%"]
     g = res.gates["estimate"].to_numpy()
     assert np.all(np.diff(g[:5]) > 0)  # sorted effects: the proxy is the true CATE
     clan = res.clan.set_index("term")
@@ -138,7 +138,7 @@ def test_generic_ml_median_rule_doubles_the_median_p_value(linear_trial):
     med_p = np.median([row["p_value"] for row in splits])
     hte = res.blp.set_index("term").loc["hte"]
     assert hte["p_value"] == pytest.approx(min(1.0, 2 * med_p))
-    assert hte["ci_lower"] == pytest.approx(np.median([row["ci_lower"] for row in splits]))
+    assert hte["2.5%"] == pytest.approx(np.median([row["2.5%"] for row in splits]))
 
 
 def test_generic_ml_keeps_clusters_whole_and_default_learner_runs():
@@ -165,8 +165,8 @@ def test_generic_ml_errors(linear_trial):
         generic_ml(y, t, x[:50], 0.5, seed=0)
     with pytest.raises(InputError, match="n_groups=1"):
         generic_ml(y, t, x, 0.5, n_groups=1, seed=0)
-    with pytest.raises(InputError, match="alpha"):
-        generic_ml(y, t, x, 0.5, alpha=0.7, seed=0)
+    with pytest.raises(InputError, match=r"prob=0.3 must lie in \(0.5, 1\)"):
+        generic_ml(y, t, x, 0.5, prob=0.3, seed=0)
 
 
 @pytest.mark.slow
