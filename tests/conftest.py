@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import rasterio
 
 LANDSAT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "landsat"
 
@@ -40,3 +41,79 @@ def dem_path() -> Path:
     if not path.exists():
         pytest.skip(f"elevation model not found at {path} (needs ../shared/data/landsat)")
     return path
+
+
+#: Chip and tile size of the map fit (``map_inputs``).
+MAP_TILE = 32
+
+
+@pytest.fixture(scope="session")
+def map_inputs(tmp_path_factory) -> tuple[Path, Path]:
+    """(scene.tif, fit.imgcate): a 384 x 384 synthetic scene and a K=2 fit on 300 units.
+
+    Built on first use and kept for the session (NUTS 200 + 200 draws, one chain); the map
+    tests (tests/maps/) and the CLI tests share it.
+    """
+    import warnings
+
+    from imgcate import ConvergenceWarning
+    from imgcate.chips import extract_chips
+    from imgcate.embeddings import embed
+    from imgcate.inference import fit
+    from imgcate.simulate import simulate_scene_trial, synthetic_scene
+
+    root = tmp_path_factory.getbasetemp() / "map-inputs"
+    scene, fit_path = root / "scene.tif", root / "fit.imgcate"
+    if fit_path.exists():
+        return scene, fit_path
+    root.mkdir(exist_ok=True)
+    synthetic_scene(scene, seed=4, width=384, height=384)
+    sim = simulate_scene_trial(scene, seed=5, n_units=300, chip_size=MAP_TILE)
+    chips = extract_chips(sim.trial, scene, MAP_TILE)
+    emb = embed(chips, "rcf", n_features=128, n_components=8, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = fit(
+            sim.trial,
+            emb,
+            n_clusters=2,
+            seed=0,
+            num_warmup=200,
+            num_samples=200,
+            num_chains=1,
+            progress=False,
+        )
+    result.save(fit_path)
+    return scene, fit_path
+
+
+def _write_variant(
+    src: Path,
+    dst: Path,
+    *,
+    count: int | None = None,
+    nodata_box: tuple[int, int, int, int] | None = None,
+) -> Path:
+    """A copy of ``src`` with fewer bands, or with a block of nodata pixels (row, col slices)."""
+    with rasterio.open(src) as ds:
+        data, profile = ds.read(), ds.profile
+        names = ds.descriptions
+    if count is not None:
+        data, names = data[:count], names[:count]
+    if nodata_box is not None:
+        r0, r1, c0, c1 = nodata_box
+        data[:, r0:r1, c0:c1] = 0
+        profile["nodata"] = 0
+    profile["count"] = len(data)
+    with rasterio.open(dst, "w", **profile) as out:
+        out.write(data)
+        for i, name in enumerate(names, start=1):
+            out.set_band_description(i, name)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def write_variant():
+    """``write_variant(src, dst, count=..., nodata_box=...)``: a copy of a raster with fewer
+    bands, or with a block of nodata pixels."""
+    return _write_variant

@@ -194,11 +194,9 @@ def test_help_ends_with_examples():
 
 # ------------------------------------------------------------------------------ imgcate map
 @pytest.fixture(scope="module")
-def map_fit(tmp_path_factory):
-    """(scene.tif, fit.imgcate) shared with tests/test_maps.py (built once per session)."""
-    from test_maps import map_inputs
-
-    return map_inputs(tmp_path_factory)
+def map_fit(map_inputs):
+    """(scene.tif, fit.imgcate) shared with the map tests (tests/conftest.py)."""
+    return map_inputs
 
 
 def test_map_writes_the_cog_the_api_computes(map_fit, tmp_path):
@@ -248,9 +246,7 @@ def test_map_writes_the_cog_the_api_computes(map_fit, tmp_path):
     assert out.with_suffix(".png").exists()
 
 
-def test_map_errors_leave_no_file(map_fit, tmp_path):
-    from test_maps import write_variant
-
+def test_map_errors_leave_no_file(map_fit, tmp_path, write_variant):
     scene, fit_path = map_fit
     runner = CliRunner()
     out = tmp_path / "m.tif"

@@ -1,14 +1,7 @@
-"""Posterior effect maps: tiles read from real GeoTIFFs, checked against EffectFit.predict.
-
-The fit (a small NUTS run on a synthetic scene) is built once per test session and kept under
-pytest's base temporary directory, so tests/test_cli.py reuses it (see :func:`map_inputs`).
-"""
+"""Posterior effect maps: tiles read from real GeoTIFFs, checked against EffectFit.predict;
+regions, nodata, cut and band checks, resuming, Dask workers."""
 
 from __future__ import annotations
-
-import logging
-import warnings
-from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -16,88 +9,14 @@ import pytest
 import rasterio
 import xarray as xr
 from rasterio.windows import Window
-from shapely.geometry import Polygon, box
+from shapely.geometry import box
 
 from imgcate.chips import chips_from_array
-from imgcate.errors import ExtrapolationWarning, InputError, OutputExistsError, RasterError
-from imgcate.maps import aggregate_by_polygon, band_names, predict_map, tile_grid, write_cog
-from imgcate.results import load_fit
+from imgcate.errors import ExtrapolationWarning, InputError, RasterError
+from imgcate.maps import predict_map, tile_grid
 
-TILE = 32
+TILE = 32  # the chip size of the fit (MAP_TILE in tests/conftest.py)
 MAP_OPTS = {"tile_size": TILE, "max_draws": 100, "progress": False, "seed": 1}
-
-
-def map_inputs(tmp_path_factory) -> tuple[Path, Path]:
-    """(scene.tif, fit.imgcate): a 384 x 384 synthetic scene and a K=2 fit on 300 units.
-
-    Built on first use and kept for the session (NUTS 200 + 200 draws, one chain).
-    """
-    from imgcate import ConvergenceWarning
-    from imgcate.chips import extract_chips
-    from imgcate.embeddings import embed
-    from imgcate.inference import fit
-    from imgcate.simulate import simulate_scene_trial, synthetic_scene
-
-    root = tmp_path_factory.getbasetemp() / "map-inputs"
-    scene, fit_path = root / "scene.tif", root / "fit.imgcate"
-    if fit_path.exists():
-        return scene, fit_path
-    root.mkdir(exist_ok=True)
-    synthetic_scene(scene, seed=4, width=384, height=384)
-    sim = simulate_scene_trial(scene, seed=5, n_units=300, chip_size=TILE)
-    chips = extract_chips(sim.trial, scene, TILE)
-    emb = embed(chips, "rcf", n_features=128, n_components=8, seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        result = fit(
-            sim.trial,
-            emb,
-            n_clusters=2,
-            seed=0,
-            num_warmup=200,
-            num_samples=200,
-            num_chains=1,
-            progress=False,
-        )
-    result.save(fit_path)
-    return scene, fit_path
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    scene, fit_path = map_inputs(tmp_path_factory)
-    return scene, load_fit(fit_path)
-
-
-@pytest.fixture(scope="module")
-def full_map(inputs):
-    scene, fit = inputs
-    return predict_map(fit, scene, stride=16, **MAP_OPTS)
-
-
-def write_variant(
-    src: Path,
-    dst: Path,
-    *,
-    count: int | None = None,
-    nodata_box: tuple[int, int, int, int] | None = None,
-) -> Path:
-    """A copy of ``src`` with fewer bands, or with a block of nodata pixels (row, col slices)."""
-    with rasterio.open(src) as ds:
-        data, profile = ds.read(), ds.profile
-        names = ds.descriptions
-    if count is not None:
-        data, names = data[:count], names[:count]
-    if nodata_box is not None:
-        r0, r1, c0, c1 = nodata_box
-        data[:, r0:r1, c0:c1] = 0
-        profile["nodata"] = 0
-    profile["count"] = len(data)
-    with rasterio.open(dst, "w", **profile) as out:
-        out.write(data)
-        for i, name in enumerate(names, start=1):
-            out.set_band_description(i, name)
-    return dst
 
 
 def test_map_equals_predict_on_the_same_tiles(inputs, full_map):
@@ -155,31 +74,7 @@ def test_the_map_shows_the_known_effect_pattern(inputs, full_map):
     assert mean[share > 0.4].mean() > mean[share < 0.1].mean() + 1.0
 
 
-def test_polygons_in_another_crs_line_up_with_the_full_map(inputs, full_map, tmp_path):
-    scene, fit = inputs
-    with rasterio.open(scene) as src:
-        b = src.bounds
-        crs = src.crs
-    x0, y0 = b.left + 3000, b.bottom + 2000
-    poly = Polygon([(x0, y0), (x0 + 4000, y0), (x0, y0 + 3000)])  # a triangle
-    region = gpd.GeoDataFrame({"name": ["district"]}, geometry=[poly], crs=crs).to_crs(4326)
-    path = tmp_path / "region.gpkg"
-    region.to_file(path)
-    part = predict_map(fit, scene, path, stride=16, **MAP_OPTS)
-    inside = np.isfinite(part["mean"].values)
-    assert inside.sum() > 10 and not inside.all()
-    sub = full_map.sel(x=part.x, y=part.y)
-    np.testing.assert_array_equal(part["mean"].values[inside], sub["mean"].values[inside])
-    # every kept cell touches the polygon
-    cell = 16 * 30
-    for yy, xx in zip(*np.nonzero(inside), strict=True):
-        x, y = float(part.x[xx]), float(part.y[yy])
-        assert box(x - cell / 2, y - cell / 2, x + cell / 2, y + cell / 2).intersects(
-            region.to_crs(crs).geometry[0]
-        )
-
-
-def test_bounds_region_and_nodata_tiles(inputs, tmp_path):
+def test_bounds_region_and_nodata_tiles(inputs, tmp_path, write_variant):
     scene, fit = inputs
     holed = write_variant(scene, tmp_path / "holed.tif", nodata_box=(100, 104, 200, 204))
     ds = predict_map(fit, holed, **MAP_OPTS)
@@ -194,7 +89,7 @@ def test_bounds_region_and_nodata_tiles(inputs, tmp_path):
     assert np.isfinite(part["mean"].values).all()
 
 
-def test_clear_errors(inputs, tmp_path):
+def test_clear_errors(inputs, tmp_path, write_variant):
     scene, fit = inputs
     with rasterio.open(scene) as src:
         b = src.bounds
@@ -292,81 +187,6 @@ def test_interrupted_job_resumes_to_the_same_map(inputs, tmp_path):
     xr.testing.assert_identical(resumed, whole)
     with pytest.raises(InputError, match="another map job"):
         predict_map(fit, scene, checkpoint_dir=tmp_path / "ckpt", **dict(opts, seed=2))
-
-
-def test_write_cog_is_a_valid_cog_with_named_bands(full_map, tmp_path, caplog):
-    from rio_cogeo.cogeo import cog_validate
-
-    with caplog.at_level(logging.WARNING):
-        path = write_cog(full_map, tmp_path / "effect.tif")
-    # Small maps get blocks under 128 px on purpose (so they have overviews); GDAL's warning
-    # about that is dropped during the write, and only then.
-    assert not [r for r in caplog.records if "BLOCKSIZE" in r.getMessage()]
-    assert not logging.getLogger("rasterio._env").filters
-    valid, errors, _ = cog_validate(path)
-    assert valid, errors
-    with rasterio.open(path) as src:
-        assert src.block_shapes[0][0] < 128
-        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
-        assert src.profile["tiled"] and src.overviews(1)
-        assert src.descriptions == (
-            "mean",
-            "sd",
-            "lower_5",
-            "upper_95",
-            "prob_positive",
-            "cluster_prob_0",
-            "cluster_prob_1",
-            "extrapolation",
-        )
-        assert list(src.descriptions) == band_names(full_map)
-        assert src.crs == rasterio.crs.CRS.from_wkt(full_map.attrs["crs"])
-        assert list(src.transform)[:6] == full_map.attrs["transform"]
-        assert np.isnan(src.nodata)
-        tags = src.tags()
-        assert (tags["prob"], tags["seed"], tags["max_draws"]) == ("0.9", "1", "100")
-        assert "imgcate_version" in tags
-        np.testing.assert_array_equal(src.read(1), full_map["mean"].values)
-        np.testing.assert_array_equal(src.read(7), full_map["cluster_prob"].values[1])
-    assert (tmp_path / "effect.png").stat().st_size > 10_000
-    before = path.read_bytes()
-    with pytest.raises(OutputExistsError, match="overwrite"):
-        write_cog(full_map, path)
-    assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["effect.png", "effect.tif"]
-    write_cog(full_map, path, overwrite=True, preview=False, co={"compress": "zstd"})
-    with rasterio.open(path) as src:
-        assert src.compression.name.lower() == "zstd"
-    after = path.read_bytes()
-    for bad in ("abc", 7, -16):  # GDAL aborts the process on some BLOCKSIZE values
-        with pytest.raises(InputError, match="multiple of 16"):
-            write_cog(full_map, path, overwrite=True, preview=False, co={"blocksize": bad})
-    assert path.read_bytes() == after
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["effect.png", "effect.tif"]
-
-
-def test_aggregate_by_polygon_weights_cells_by_area(full_map, tmp_path):
-    t = rasterio.Affine(*full_map.attrs["transform"])
-    # one polygon covering cells (2..3, 4..5) fully; another covering half of cell (0, 0)
-    x0, y0 = t * (4, 2)
-    x1, y1 = t * (6, 4)
-    cx0, cy0 = t * (0, 0)
-    cx1, cy1 = t * (0.5, 1)
-    polys = gpd.GeoDataFrame(
-        {"name": ["a", "b"]},
-        geometry=[box(x0, y1, x1, y0), box(cx0, cy1, cx1, cy0)],
-        crs=full_map.attrs["crs"],
-    )
-    out = aggregate_by_polygon(full_map, polys, tmp_path / "districts.gpkg")
-    mean = full_map["mean"].values
-    assert out.loc[0, "mean"] == pytest.approx(mean[2:4, 4:6].mean(), rel=1e-6)
-    assert out.loc[0, "n_tiles"] == 4 and out.loc[0, "covered_share"] == pytest.approx(1)
-    assert out.loc[1, "mean"] == pytest.approx(mean[0, 0], rel=1e-6)
-    assert out.loc[0, "lower_5"] == pytest.approx(
-        full_map["lower"].values[2:4, 4:6].mean(), rel=1e-6
-    )
-    back = gpd.read_file(tmp_path / "districts.gpkg")
-    assert list(back["name"]) == ["a", "b"]
 
 
 @pytest.mark.slow

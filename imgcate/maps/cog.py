@@ -1,0 +1,276 @@
+"""Writing maps: a multi-band Cloud-Optimized GeoTIFF with named bands and a PNG preview."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from affine import Affine
+
+from imgcate.errors import InputError
+from imgcate.intervals import interval_names
+from imgcate.optional import require
+from imgcate.output import atomic_path, check_writable
+
+
+def band_names(dataset: xr.Dataset) -> list[str]:
+    """Band descriptions :func:`write_cog` gives, in order.
+
+    ``mean, sd, lower_<p>, upper_<p>, prob_positive, cluster_prob_0.., extrapolation`` with
+    ``p`` the interval percentiles (``lower_5``, ``upper_95`` for ``prob=0.9``).
+    """
+    lo, hi = (n.rstrip("%") for n in interval_names(float(dataset.attrs["prob"])))
+    names = ["mean", "sd", f"lower_{lo}", f"upper_{hi}", "prob_positive"]
+    names += [f"cluster_prob_{k}" for k in range(dataset.sizes["cluster"])]
+    return names + ["extrapolation"]
+
+
+def _layers(dataset: xr.Dataset) -> np.ndarray:
+    layers = [dataset[v].values for v in ("mean", "sd", "lower", "upper", "prob_positive")]
+    layers += list(dataset["cluster_prob"].values)
+    layers.append(dataset["extrapolation"].values)
+    return np.stack(layers).astype(np.float32)
+
+
+def _default_blocksize(shape: tuple[int, int]) -> int:
+    """Internal tile size: a quarter of the larger side, a power of two in [16, 512]."""
+    side = max(shape) / 4
+    return int(min(512, max(16, 2 ** math.ceil(math.log2(max(side, 1))))))
+
+
+class _SmallBlocksizeFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "value for BLOCKSIZE creation option" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_small_blocksize():
+    """GDAL's COG driver warns for blocks under 128 px but writes them (a valid COG); small maps
+    get them on purpose, so that they still have overviews. Other GDAL messages pass."""
+    logger, flt = logging.getLogger("rasterio._env"), _SmallBlocksizeFilter()
+    logger.addFilter(flt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(flt)
+
+
+def _preview_path(path: Path) -> Path:
+    return path.with_suffix(".png")
+
+
+def check_creation_options(co: dict[str, Any] | None) -> None:
+    """Check COG creation options GDAL would abort the process on (``BLOCKSIZE``).
+
+    Raises
+    ------
+    InputError
+        If ``BLOCKSIZE`` is not a multiple of 16 between 16 and 4096.
+    """
+    options = {str(k).upper(): v for k, v in (co or {}).items()}
+    if "BLOCKSIZE" not in options:
+        return
+    value = options["BLOCKSIZE"]
+    try:
+        size = int(str(value))
+    except ValueError:
+        size = 0
+    if not 16 <= size <= 4096 or size % 16:
+        raise InputError(
+            f"BLOCKSIZE={value!r} must be a multiple of 16 between 16 and 4096 "
+            "(e.g. co={'BLOCKSIZE': 256}, --co BLOCKSIZE=256)."
+        )
+
+
+def write_cog(
+    dataset: xr.Dataset,
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    preview: bool = True,
+    co: dict[str, Any] | None = None,
+) -> Path:
+    """Write a map as a multi-band Cloud-Optimized GeoTIFF (and a PNG preview beside it).
+
+    Parameters
+    ----------
+    dataset : xarray.Dataset
+        From :func:`predict_map`.
+    path : path
+        The GeoTIFF; written to a temporary name and renamed when complete.
+    overwrite : bool
+        Replace existing files (the GeoTIFF and its preview).
+    preview : bool
+        Also write ``path`` with suffix ``.png``: mean CATE, P(CATE > 0) and the
+        extrapolation score with colour bars, tiles outside the trial's support hatched.
+    co : dict, optional
+        GDAL COG creation options (e.g. ``{"COMPRESS": "ZSTD", "BLOCKSIZE": 256}``); the
+        defaults are DEFLATE compression, AVERAGE overviews and a block size suited to the
+        map's size.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Notes
+    -----
+    Bands are named (descriptions) as :func:`band_names` lists them; nodata is NaN (outside
+    the region or raster). Dataset tags: ``prob``, ``seed``, ``max_draws``, ``n_draws``,
+    ``tile_size``, ``stride``, ``support_limit``, ``imgcate_version``, ``region``.
+
+    Raises
+    ------
+    OutputExistsError
+        If a file exists and ``overwrite`` is False (nothing is written).
+
+    Examples
+    --------
+    >>> write_cog(predict_map(fit, "scene.tif"), "effect_map.tif")  # doctest: +SKIP
+    """
+    import rasterio
+    import rasterio.shutil
+    from rasterio._err import CPLE_BaseError
+    from rasterio.crs import CRS
+
+    path = Path(path)
+    check_writable(path, overwrite)
+    if preview:
+        check_writable(_preview_path(path), overwrite)
+    missing = [v for v in ("mean", "cluster_prob", "extrapolation") if v not in dataset]
+    if missing or "crs" not in dataset.attrs:
+        raise InputError(
+            f"dataset lacks {missing or ['crs attr']}; pass the output of predict_map."
+        )
+    layers = _layers(dataset)
+    names = band_names(dataset)
+    height, width = layers.shape[1:]
+    options = {
+        "COMPRESS": "DEFLATE",
+        "PREDICTOR": "YES",
+        "OVERVIEW_RESAMPLING": "AVERAGE",
+        "RESAMPLING": "AVERAGE",
+        "BLOCKSIZE": _default_blocksize((height, width)),
+    }
+    options.update({str(k).upper(): v for k, v in (co or {}).items()})
+    check_creation_options(options)
+    tags = {
+        k: str(dataset.attrs[k])
+        for k in (
+            "prob",
+            "seed",
+            "max_draws",
+            "n_draws",
+            "tile_size",
+            "stride",
+            "support_limit",
+            "imgcate_version",
+            "region",
+        )
+        if k in dataset.attrs
+    }
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": len(layers),
+        "dtype": "float32",
+        "crs": CRS.from_wkt(dataset.attrs["crs"]),
+        "transform": Affine(*dataset.attrs["transform"][:6]),
+        "nodata": np.nan,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        atomic_path(path, overwrite=overwrite) as tmp,
+        tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as workdir,
+    ):
+        staging = Path(workdir) / "staging.tif"
+        with rasterio.open(staging, "w", **profile) as dst:
+            dst.write(layers)
+            for i, name in enumerate(names, start=1):
+                dst.set_band_description(i, name)
+                dst.update_tags(i, name=name)
+            dst.update_tags(**tags)
+        try:
+            with _quiet_small_blocksize():
+                rasterio.shutil.copy(staging, tmp, driver="COG", **options)
+        except (rasterio.errors.RasterioError, CPLE_BaseError) as exc:
+            raise InputError(
+                f"GDAL could not write the COG with options {options} ({exc}); "
+                "check the co=/--co values."
+            ) from exc
+        if preview:
+            write_preview(dataset, _preview_path(path), overwrite=overwrite)
+    return path
+
+
+def write_preview(
+    dataset: xr.Dataset, path: str | Path, *, overwrite: bool = False, dpi: int = 110
+) -> Path:
+    """A PNG of the map: mean CATE, P(CATE > 0) and extrapolation, each with a colour bar.
+
+    Tiles outside the trial's support are hatched on the first two panels. Written to a
+    temporary name and renamed.
+    """
+    purpose = "the map preview (write_cog(preview=True) or --preview)"
+    require("matplotlib", "maps", purpose).use("Agg", force=False)
+    plt = require("matplotlib.pyplot", "maps", purpose)
+
+    path = Path(path)
+    t = Affine(*dataset.attrs["transform"][:6])
+    h, w = dataset.sizes["y"], dataset.sizes["x"]
+    extent = (t.c, t.c + w * t.a, t.f + h * t.e, t.f)
+    mean = dataset["mean"].values
+    limit = float(np.nanmax(np.abs(mean))) if np.isfinite(mean).any() else 1.0
+    outside = dataset["outside_support"].values == 1
+    panels = [
+        ("mean", "posterior mean CATE", "RdBu_r", -limit or -1, limit or 1),
+        ("prob_positive", "P(CATE > 0)", "PuOr_r", 0, 1),
+        ("extrapolation", "extrapolation (Mahalanobis)", "viridis", None, None),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
+    for ax, (var, label, cmap, vmin, vmax) in zip(axes, panels, strict=True):
+        image = ax.imshow(
+            dataset[var].values,
+            extent=extent,
+            cmap=cmap,
+            vmin=vmin,
+            vmax=vmax,
+            interpolation="nearest",
+        )
+        if var != "extrapolation" and outside.any():
+            ax.contourf(
+                dataset["x"].values,
+                dataset["y"].values,
+                outside.astype(float),
+                levels=[0.5, 1.5],
+                colors="none",
+                hatches=["////"],
+            )
+        elif var == "extrapolation":
+            ax.contour(
+                dataset["x"].values,
+                dataset["y"].values,
+                np.nan_to_num(dataset[var].values),
+                levels=[dataset.attrs["support_limit"]],
+                colors="white",
+                linewidths=0.8,
+            )
+        fig.colorbar(image, ax=ax, shrink=0.85)
+        ax.set_title(label, fontsize=10)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(
+        f"imgcate effect map ({dataset.attrs.get('n_draws', '?')} draws, tiles "
+        f"{dataset.attrs.get('tile_size')} px every {dataset.attrs.get('stride')} px); "
+        "hatched / outlined: outside the trial's support",
+        fontsize=9,
+    )
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,520 @@
+"""Posterior effect maps over regions with no experiment.
+
+```
+EffectFit + raster + region ─ tile_grid ─→ TileGrid ─ predict_map ─→ xarray.Dataset (y, x)
+xarray.Dataset ─ write_cog ─→ Cloud-Optimized GeoTIFF + PNG preview
+xarray.Dataset + polygons ─ aggregate_by_polygon ─→ GeoDataFrame (GeoPackage)
+```
+
+A region (polygons or bounds) is covered by a grid of tiles of ``tile_size`` pixels whose
+top-left corners lie every ``stride`` pixels from the raster's origin (so the maps of two regions
+of one raster line up). Each tile is read with a windowed read, embedded with the fit's encoder
+exactly as the trial's chips were, and pushed through every posterior draw of the fit
+(:meth:`~imgcate.results.EffectFit.effect_function`). One output pixel is one tile: a
+``stride`` x ``stride`` cell centred on the tile.
+
+Tiles are processed in blocks of ``block_tiles``; memory per block is flat in the region's size.
+Blocks run in-process (``workers=1``) or on Dask, and each finished block can be saved to a
+checkpoint directory so that an interrupted job resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from imgcate.errors import ExtrapolationWarning, InputError, RasterError
+from imgcate.intervals import interval_names
+from imgcate.maps.grid import TileGrid, check_tiles, tile_grid
+from imgcate.maps.resume import fingerprint, job_key, load_block, open_checkpoints, save_block
+from imgcate.maps.tiles import MAP_VARIABLES, TileJob, TileModel, compute_block
+from imgcate.optional import require
+from imgcate.raster import band_indexes, open_raster
+from imgcate.results import EffectFit, load_fit
+from imgcate.validation import check_prob
+
+log = logging.getLogger("imgcate")
+
+
+#: Tile side (px) for fits whose encoder does not know the trial's chip size.
+DEFAULT_TILE_SIZE = 32
+
+
+#: Tiles outside the trial's support above which :func:`predict_map` warns.
+EXTRAPOLATION_WARN_SHARE = 0.1
+
+
+def _fit_bytes(fit: EffectFit) -> bytes:
+    """The fit as :meth:`EffectFit.save` bytes (rebuilt on Dask workers)."""
+    with tempfile.TemporaryDirectory() as workdir:
+        path = fit.save(Path(workdir) / "fit.imgcate")
+        return path.read_bytes()
+
+
+def _fit_from_bytes(data: bytes) -> Any:
+    with tempfile.TemporaryDirectory() as workdir:
+        path = Path(workdir) / "fit.imgcate"
+        path.write_bytes(data)
+        return load_fit(path)
+
+
+def _dask_block(payload: bytes, digest: str, job: TileJob, flat: np.ndarray) -> dict:
+    """A block on a Dask worker; the fit is rebuilt once per worker and kept on it."""
+    import rasterio
+    from distributed import get_worker
+
+    worker = get_worker()
+    cache = worker.__dict__.setdefault("_imgcate_map_models", {})
+    key = (digest, job)
+    if key not in cache:
+        cache.clear()
+        cache[key] = TileModel(_fit_from_bytes(payload), job)
+    with rasterio.open(job.raster) as ds:
+        return compute_block(cache[key], ds, job, flat)
+
+
+def _run_local(fit: EffectFit, job: TileJob, todo: list[tuple[int, np.ndarray]]):
+    import rasterio
+
+    model = TileModel(fit, job)
+    with rasterio.open(job.raster) as ds:
+        for index, flat in todo:
+            yield index, compute_block(model, ds, job, flat)
+
+
+def _run_dask(
+    fit: EffectFit,
+    job: TileJob,
+    todo: list[tuple[int, np.ndarray]],
+    workers: int,
+    scheduler: str | None,
+    digest: str,
+):
+    """Blocks on a Dask cluster, at most two in flight per worker (flat memory)."""
+    distributed = require("distributed", "dask", "predict_map with workers > 1 or a scheduler")
+    Client, LocalCluster = distributed.Client, distributed.LocalCluster
+    as_completed = distributed.as_completed
+
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+        client = Client(cluster)
+    else:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except OSError as exc:
+            raise InputError(
+                f"no Dask scheduler answers at {scheduler!r} ({exc}); start one "
+                "(dask scheduler) or leave scheduler out."
+            ) from exc
+    try:
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        [payload] = client.scatter([_fit_bytes(fit)], broadcast=True)
+        pending = iter(todo)
+        futures = {}
+        queue = as_completed()
+
+        def submit() -> None:
+            item = next(pending, None)
+            if item is not None:
+                fut = client.submit(_dask_block, payload, digest, job, item[1], pure=False)
+                futures[fut] = item[0]
+                queue.add(fut)
+
+        for _ in range(2 * n_workers):
+            submit()
+        for fut in queue:
+            index = futures.pop(fut)
+            result = fut.result()
+            fut.release()
+            submit()
+            yield index, result
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _check_bands(fit: EffectFit, ds: Any, bands: Sequence[int | str] | None) -> tuple[int, ...]:
+    indexes = band_indexes(ds, bands)
+    want = fit.encoder.n_bands
+    names = [ds.descriptions[i - 1] or f"band_{i}" for i in indexes]
+    if len(indexes) != want:
+        raise RasterError(
+            f"raster {ds.name!r} gives {len(indexes)} band(s) {names} but the fit's encoder was "
+            f"fitted on {want}-band chips; map a raster with the trial's bands (or choose them "
+            "with bands=[...] / --band)."
+        )
+    spec = fit.encoder.chip_spec or {}
+    fit_names = spec.get("band_names") or []
+    described = all(ds.descriptions[i - 1] for i in indexes)
+    fit_described = any(name != f"band_{j + 1}" for j, name in enumerate(fit_names))
+    if described and fit_described and list(fit_names) != names:
+        raise RasterError(
+            f"raster {ds.name!r} has bands {names} but the trial's chips had bands "
+            f"{list(fit_names)}; map a raster with those bands (or choose them with "
+            "bands=[...] / --band)."
+        )
+    return tuple(indexes)
+
+
+def fit_tile_size(fit: EffectFit, tile_size: int | None = None) -> int:
+    """The map tile size for a fit: the size of the trial's chips, which its encoder records.
+
+    Parameters
+    ----------
+    fit : EffectFit
+        A fit that carries its encoder.
+    tile_size : int, optional
+        A requested size; it must equal the chips' size when the encoder knows it.
+
+    Returns
+    -------
+    int
+        ``tile_size``, else the chips' size, else 32 (encoders fitted on plain arrays).
+
+    Raises
+    ------
+    InputError
+        If ``tile_size`` differs from the chips' size, or the chips were not square.
+    """
+    if tile_size is not None:
+        tile_size = check_tiles(tile_size, None)[0]
+    encoder = getattr(fit, "encoder", None)  # None: predict_map says why it cannot map
+    size = (getattr(encoder, "chip_spec", None) or {}).get("size_px")
+    if size is None:
+        return DEFAULT_TILE_SIZE if tile_size is None else int(tile_size)
+    if tile_size is None and size[0] != size[1]:
+        raise InputError(
+            f"the trial's chips were {size[0]}x{size[1]} px and map tiles are square; pass "
+            "tile_size (--tile-size) explicitly."
+        )
+    if tile_size is not None and list(size) != [tile_size, tile_size]:
+        raise InputError(
+            f"tile_size={tile_size} px, but the trial's chips were {size[0]}x{size[1]} px and "
+            "the embedding depends on the footprint; omit tile_size (--tile-size) to use the "
+            "chips' size."
+        )
+    return int(size[0])
+
+
+def _chip_settings(
+    fit: EffectFit, ds: Any, tile_size: int | None, scale: float | Sequence[float] | None
+) -> tuple[int, tuple[float, ...] | None]:
+    """Tile size and scale as the trial's chips were cut (``fit.encoder.chip_spec``)."""
+    spec = fit.encoder.chip_spec or {}
+    tile_size = fit_tile_size(fit, tile_size)
+    if scale is None and spec.get("scale") is not None:
+        scale = spec["scale"]
+    if scale is not None:
+        scale = tuple(float(v) for v in np.atleast_1d(scale))
+    pixel = spec.get("pixel_size")
+    if pixel is not None and ds.crs is not None and spec.get("crs") == str(ds.crs):
+        res = np.abs(ds.res)
+        if not np.allclose(res, pixel, rtol=0.01):
+            warnings.warn(
+                f"raster {ds.name!r} has {res[0]:g} x {res[1]:g} pixels but the trial's chips "
+                f"had {pixel[0]:g} x {pixel[1]:g}; tiles of {tile_size} px then cover another "
+                "ground footprint than the chips. Resample the raster to the trial's resolution.",
+                ExtrapolationWarning,
+                stacklevel=3,
+            )
+    return tile_size, scale
+
+
+def _check_options(
+    fit: EffectFit, prob: float, max_draws: int | None, block_tiles: int, workers: int
+) -> None:
+    check_prob(prob)
+    if getattr(fit, "encoder", None) is None:
+        raise InputError(
+            "this fit has no encoder, so new tiles cannot be embedded; fit on "
+            "embeddings made by imgcate.embed (which keeps the encoder)."
+        )
+    for label, value in (
+        ("block_tiles", block_tiles),
+        ("workers", workers),
+        ("max_draws", 1 if max_draws is None else max_draws),
+    ):
+        if not isinstance(value, int | np.integer) or value < 1:
+            raise InputError(f"{label}={value!r} must be a positive integer.")
+
+
+def predict_map(
+    fit: EffectFit,
+    raster: str | Path | Any,
+    region: Any = None,
+    *,
+    tile_size: int | None = None,
+    stride: int | None = None,
+    prob: float = 0.9,
+    max_draws: int | None = 500,
+    block_tiles: int = 2048,
+    workers: int = 1,
+    scheduler: str | None = None,
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+    seed: int = 0,
+    bands: Sequence[int | str] | None = None,
+    scale: float | Sequence[float] | None = None,
+    on_block: Callable[[int, int], None] | None = None,
+) -> xr.Dataset:
+    """Posterior predictive map of the treatment effect over a region of a raster.
+
+    The region is covered by tiles (see :func:`tile_grid`); each tile is read, embedded with
+    ``fit.encoder`` and its CATE computed under ``max_draws`` posterior draws. One output pixel
+    is one tile.
+
+    Parameters
+    ----------
+    fit : EffectFit
+        A fit that carries its encoder (fitted on embeddings from :func:`imgcate.embed`).
+    raster : path or open rasterio dataset
+        A raster with the bands of the trial's chips (same values: give ``scale`` if the chips
+        were extracted with one).
+    region : path, GeoDataFrame, GeoSeries, shapely polygon, (west, south, east, north) or None
+        Polygons in any CRS (reprojected to the raster's), bounds in the raster's CRS, or None
+        for the whole raster.
+    tile_size : int, optional
+        Tile side in pixels. Default: the size of the trial's chips, which the fit's encoder
+        records (32 for encoders fitted on plain arrays); another size is an error for such a
+        fit, because the embedding depends on the footprint.
+    stride : int, optional
+        Distance between tiles in pixels (default ``tile_size``); smaller gives a finer map of
+        overlapping tiles.
+    prob : float
+        Probability of the central credible interval (``lower``, ``upper``).
+    max_draws : int or None
+        Posterior draws used (a seeded random subset; None uses all).
+    block_tiles : int
+        Tiles per block; memory per block is flat in the region's size.
+    workers : int
+        1 runs in this process; more start a ``dask.distributed.LocalCluster`` of that many
+        single-threaded worker processes.
+    scheduler : str, optional
+        Address of a running Dask scheduler (e.g. ``"tcp://10.0.0.5:8786"``); its workers must
+        be able to read ``raster`` by the same path. Overrides ``workers``.
+    checkpoint_dir : path, optional
+        Save each finished block here; a job run again with the same directory (and the same
+        inputs) skips the blocks already saved and gives the same map.
+    progress : bool
+        Show a progress bar (tqdm).
+    seed : int
+        Seed of the posterior draw subset.
+    bands : sequence of int or str, optional
+        1-based band numbers or descriptions to read (default all bands).
+    scale : float or sequence of float, optional
+        Multiplier of the raw values (per band). Default: the ``scale`` the trial's chips were
+        extracted with (recorded by the encoder); give it for a raster stored in other units.
+    on_block : callable, optional
+        Called as ``on_block(done, total)`` after each block is finished (and saved); an
+        exception it raises stops the job (the blocks saved so far are kept).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims (y, x), and cluster for ``cluster_prob``; coordinates are cell centres in the
+        raster CRS. Variables (float32, NaN outside the region or raster, or where a tile
+        holds nodata):
+
+        - ``mean``, ``sd``: posterior mean and sd of the CATE (outcome scale);
+        - ``lower``, ``upper``: central ``prob`` interval (attrs ``quantile``);
+        - ``prob_positive``: posterior P(CATE > 0);
+        - ``cluster_prob`` (cluster, y, x): posterior mean P(cluster = k);
+        - ``extrapolation``: Mahalanobis distance of the tile's embedding from the trial's
+          embeddings (model scale);
+        - ``outside_support``: 1 where ``extrapolation`` exceeds the 99th percentile of the
+          trial's own distances (attr ``support_limit``), else 0.
+
+        Scalar coordinate ``spatial_ref`` (attrs ``crs_wkt``, ``GeoTransform``); attrs ``crs``
+        (WKT), ``transform`` (affine a, b, c, d, e, f), ``prob``, ``seed``, ``max_draws``,
+        ``n_draws``, ``tile_size``, ``stride``, ``support_limit``, ``imgcate_version``.
+
+    Raises
+    ------
+    RasterError
+        If the raster lacks the fit's bands, or the region does not overlap it.
+    InputError
+        For bad options, or a checkpoint directory of another job.
+
+    Warns
+    -----
+    ExtrapolationWarning
+        When more than 10% of the tiles lie outside the trial's support.
+
+    Examples
+    --------
+    >>> ds = predict_map(fit, "scene.tif", (400000, 50000, 410000, 60000))  # doctest: +SKIP
+    >>> write_cog(ds, "effect_map.tif")  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    _check_options(fit, prob, max_draws, block_tiles, workers)
+    ds, owned = open_raster(raster)
+    try:
+        indexes = _check_bands(fit, ds, bands)
+        tile_size, scale = _chip_settings(fit, ds, tile_size, scale)
+        grid = tile_grid(ds, region, tile_size=tile_size, stride=stride)
+        path = str(ds.name)
+    finally:
+        if owned:
+            ds.close()
+    if scale is not None and len(scale) not in (1, len(indexes)):
+        raise InputError(
+            f"scale has {len(scale)} values; give one or one per band ({len(indexes)})."
+        )
+    job = TileJob(
+        raster=path,
+        indexes=indexes,
+        scale=scale,
+        tile_size=grid.tile_size,
+        stride=grid.stride,
+        row0=grid.row0,
+        col0=grid.col0,
+        n_cols=grid.shape[1],
+        prob=float(prob),
+        max_draws=max_draws,
+        seed=int(seed),
+        batch_size=min(fit.encoder.batch_size, block_tiles),
+    )
+    blocks = grid.blocks(block_tiles)
+    out = {name: np.full(grid.shape, np.nan, np.float32) for name in MAP_VARIABLES}
+    out["cluster_prob"] = np.full(grid.shape + (fit.n_clusters,), np.nan, np.float32)
+    done: set[int] = set()
+    directory = None if checkpoint_dir is None else Path(checkpoint_dir)
+    if directory is not None:
+        done = open_checkpoints(directory, job_key(fit, job, grid, block_tiles))
+        done &= set(range(len(blocks)))
+        for index in sorted(done):
+            _place(out, blocks[index], load_block(directory, index))
+    todo = [(i, flat) for i, flat in enumerate(blocks) if i not in done]
+    log.info(
+        "mapping %d tiles in %d blocks (%d saved already)", grid.n_tiles, len(blocks), len(done)
+    )
+    if not todo:
+        runner = iter(())
+    elif scheduler is None and workers == 1:
+        runner = _run_local(fit, job, todo)
+    else:
+        runner = _run_dask(fit, job, todo, workers, scheduler, fingerprint(fit))
+    bar = tqdm(
+        total=grid.n_tiles,
+        initial=sum(len(blocks[i]) for i in done),
+        unit="tile",
+        desc="imgcate map",
+        disable=not progress,
+    )
+    try:
+        for index, result in runner:
+            if directory is not None:
+                save_block(directory, index, result)
+            _place(out, blocks[index], result)
+            done.add(index)
+            bar.update(len(blocks[index]))
+            if on_block is not None:
+                on_block(len(done), len(blocks))
+    finally:
+        bar.close()
+        if hasattr(runner, "close"):
+            runner.close()
+    model_limit = fit.trial_support()[2]
+    return _to_dataset(out, grid, fit, job, model_limit)
+
+
+def _place(out: dict, flat: np.ndarray, result: dict) -> None:
+    for name, value in result.items():
+        target = out[name]
+        target.reshape((-1,) + target.shape[2:])[flat] = value
+
+
+def _to_dataset(
+    out: dict, grid: TileGrid, fit: EffectFit, job: TileJob, limit: float
+) -> xr.Dataset:
+    y, x = grid.coords()
+    dims = ("y", "x")
+    extrap = out["extrapolation"]
+    outside = np.where(np.isnan(extrap), np.nan, extrap > limit).astype(np.float32)
+    lo_name, hi_name = interval_names(job.prob)
+    lo = (1 - job.prob) / 2
+    gt = " ".join(f"{v!r}" for v in grid.transform.to_gdal())
+    data = {
+        "mean": (dims, out["mean"], {"long_name": "posterior mean CATE"}),
+        "sd": (dims, out["sd"], {"long_name": "posterior sd of the CATE"}),
+        "lower": (dims, out["lower"], {"long_name": f"CATE {lo_name} quantile", "quantile": lo}),
+        "upper": (
+            dims,
+            out["upper"],
+            {"long_name": f"CATE {hi_name} quantile", "quantile": 1 - lo},
+        ),
+        "prob_positive": (dims, out["prob_positive"], {"long_name": "P(CATE > 0)"}),
+        "cluster_prob": (
+            ("cluster",) + dims,
+            np.moveaxis(out["cluster_prob"], -1, 0),
+            {"long_name": "P(cluster = k)"},
+        ),
+        "extrapolation": (
+            dims,
+            extrap,
+            {"long_name": "Mahalanobis distance from the trial's embeddings"},
+        ),
+        "outside_support": (
+            dims,
+            outside,
+            {"long_name": "1 if extrapolation > support_limit", "support_limit": limit},
+        ),
+    }
+    from imgcate import __version__
+
+    n_draws = len(fit.draw_indices(job.max_draws, job.seed))
+    ds = xr.Dataset(
+        data,
+        coords={
+            "y": y,
+            "x": x,
+            "cluster": np.arange(fit.n_clusters),
+            "spatial_ref": (
+                (),
+                0,
+                {"crs_wkt": grid.crs_wkt, "spatial_ref": grid.crs_wkt, "GeoTransform": gt},
+            ),
+        },
+        attrs={
+            "crs": grid.crs_wkt,
+            "transform": list(grid.transform)[:6],
+            "prob": job.prob,
+            "seed": job.seed,
+            "max_draws": -1 if job.max_draws is None else job.max_draws,
+            "n_draws": n_draws,
+            "tile_size": job.tile_size,
+            "stride": job.stride,
+            "support_limit": limit,
+            "raster": job.raster,
+            "region": grid.region,
+            "imgcate_version": __version__,
+        },
+    )
+    for name in ds.data_vars:
+        ds[name].attrs["grid_mapping"] = "spatial_ref"
+    share = float(np.nanmean(outside)) if np.isfinite(outside).any() else 0.0
+    if share > EXTRAPOLATION_WARN_SHARE:
+        warnings.warn(
+            f"{share:.0%} of the map's tiles lie outside the trial's support (extrapolation > "
+            f"{limit:.2f}); their effects are extrapolation, not evidence (see the "
+            "'outside_support' layer).",
+            ExtrapolationWarning,
+            stacklevel=3,
+        )
+    return ds

@@ -1,0 +1,256 @@
+"""The tile grid of a map: which tiles of a raster cover a region (polygons or bounds)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from affine import Affine
+
+from imgcate.errors import InputError, RasterError
+from imgcate.raster import open_raster
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Where the tiles of a map lie in a raster.
+
+    Attributes
+    ----------
+    raster : str
+        Path of the raster.
+    tile_size, stride : int
+        Tile side and spacing of tile corners, in raster pixels.
+    row0, col0 : int
+        Position of the grid's first tile in the raster-wide tile grid; the tile at grid
+        position (i, j) covers raster rows ``(row0 + i) * stride`` .. ``+ tile_size``.
+    mask : numpy.ndarray
+        bool (y, x): tiles inside the region (the others are NaN in the map).
+    transform : affine.Affine
+        Geotransform of the output grid (one pixel = one ``stride``-wide cell centred on a tile).
+    crs_wkt : str
+        CRS of the raster and of the map, as WKT.
+    region : str
+        Description of the region (for messages).
+    """
+
+    raster: str
+    tile_size: int
+    stride: int
+    row0: int
+    col0: int
+    mask: np.ndarray
+    transform: Affine
+    crs_wkt: str
+    region: str
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(y, x) size of the output grid."""
+        return self.mask.shape
+
+    @property
+    def n_tiles(self) -> int:
+        """Tiles inside the region."""
+        return int(self.mask.sum())
+
+    def blocks(self, block_tiles: int) -> list[np.ndarray]:
+        """Flat (row-major) indices of the region's tiles, split into blocks."""
+        flat = np.flatnonzero(self.mask.ravel())
+        return [flat[i : i + block_tiles] for i in range(0, len(flat), block_tiles)]
+
+    def coords(self) -> tuple[np.ndarray, np.ndarray]:
+        """Cell-centre coordinates (y, x) of the output grid in the raster CRS."""
+        h, w = self.shape
+        t = self.transform
+        x = t.c + (np.arange(w) + 0.5) * t.a
+        y = t.f + (np.arange(h) + 0.5) * t.e
+        return y, x
+
+
+def _describe_region(region: Any) -> str:
+    if region is None:
+        return "the whole raster"
+    if isinstance(region, str | Path):
+        return f"region file {str(region)!r}"
+    if _is_bounds(region):
+        return f"bounds {tuple(float(v) for v in region)}"
+    n = len(region) if hasattr(region, "__len__") else 1
+    return f"region of {n} polygon(s)"
+
+
+def _is_bounds(region: Any) -> bool:
+    return (
+        isinstance(region, tuple | list)
+        and len(region) == 4
+        and all(isinstance(v, int | float | np.number) for v in region)
+    )
+
+
+def _region_polygons(region: Any, crs: Any):
+    """A GeoSeries of polygons in ``crs`` (None for bounds or the whole raster)."""
+    import geopandas as gpd
+    from shapely.geometry.base import BaseGeometry
+
+    name = _describe_region(region)
+    if isinstance(region, str | Path):
+        if not Path(region).exists():
+            raise InputError(
+                f"{name} does not exist; give a vector file (GeoPackage, "
+                "GeoJSON, shapefile) of polygons."
+            )
+        try:
+            region = gpd.read_file(region)
+        except Exception as exc:  # noqa: BLE001 - pyogrio raises many types
+            raise InputError(f"{name} could not be read as a vector file ({exc}).") from exc
+    if isinstance(region, BaseGeometry):
+        region = gpd.GeoSeries([region], crs=crs)
+    if isinstance(region, gpd.GeoDataFrame):
+        region = region.geometry
+    if not isinstance(region, gpd.GeoSeries):
+        raise InputError(
+            f"region must be a vector file path, a GeoDataFrame, a shapely polygon or bounds "
+            f"(west, south, east, north), got {type(region).__name__}."
+        )
+    region = region[~region.is_empty & region.notna()]
+    if len(region) == 0:
+        raise InputError(f"{name} holds no geometries; give at least one polygon.")
+    kinds = set(region.geom_type)
+    if not kinds <= {"Polygon", "MultiPolygon"}:
+        raise InputError(f"{name} holds {sorted(kinds)} geometries; give polygons.")
+    if region.crs is None:
+        raise InputError(f"{name} has no CRS; set one (e.g. gdf.set_crs('EPSG:4326')).")
+    return region.to_crs(crs)
+
+
+def _fmt_bounds(bounds: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in bounds) + ")"
+
+
+def tile_grid(
+    raster: Any, region: Any = None, *, tile_size: int = 32, stride: int | None = None
+) -> TileGrid:
+    """The tiles of a map of ``region`` over ``raster``.
+
+    Parameters
+    ----------
+    raster : path or open rasterio dataset
+    region : path, GeoDataFrame, GeoSeries, shapely polygon, (west, south, east, north) or None
+        Polygons in any CRS (reprojected to the raster's), bounds in the raster CRS, or None
+        for the whole raster. Tiles whose cell touches a polygon are kept.
+    tile_size : int
+        Tile side in pixels (use the chip size of the trial).
+    stride : int, optional
+        Spacing of the tiles in pixels (default ``tile_size``: tiles side by side).
+
+    Returns
+    -------
+    TileGrid
+
+    Raises
+    ------
+    RasterError
+        If the region does not overlap the raster, or the raster is smaller than one tile.
+    """
+    from rasterio.features import rasterize
+
+    tile_size, stride = check_tiles(tile_size, stride)
+    ds, owned = open_raster(raster)
+    try:
+        if ds.crs is None:
+            raise RasterError(f"raster {ds.name!r} has no CRS; assign one (rio edit-info --crs).")
+        t = ds.transform
+        if t.b != 0 or t.d != 0:
+            raise RasterError(f"raster {ds.name!r} is rotated; warp it north-up first (gdalwarp).")
+        rows_all = (ds.height - tile_size) // stride + 1
+        cols_all = (ds.width - tile_size) // stride + 1
+        if ds.height < tile_size or ds.width < tile_size:
+            raise RasterError(
+                f"raster {ds.name!r} ({ds.width} x {ds.height} px) is smaller than one tile of "
+                f"{tile_size} px; use a smaller tile_size."
+            )
+        # the raster-wide output grid: cells of stride px centred on the tiles
+        offset = (tile_size - stride) / 2
+        full = t * Affine.translation(offset, offset) * Affine.scale(stride)
+        name = _describe_region(region)
+        polygons = None
+        if region is None:
+            bounds = tuple(ds.bounds)
+        elif _is_bounds(region):
+            bounds = tuple(float(v) for v in region)
+            if not (bounds[0] < bounds[2] and bounds[1] < bounds[3]):
+                raise InputError(
+                    f"{name} must be (west, south, east, north) with west < east and south < north."
+                )
+        else:
+            polygons = _region_polygons(region, ds.crs)
+            bounds = tuple(polygons.total_bounds)
+        rb = ds.bounds
+        overlap = (
+            bounds[0] < rb.right
+            and bounds[2] > rb.left
+            and bounds[1] < rb.top
+            and bounds[3] > rb.bottom
+        )
+        row_lo, row_hi, col_lo, col_hi = cell_range(~full, bounds)
+        row_lo, col_lo = max(row_lo, 0), max(col_lo, 0)
+        row_hi, col_hi = min(row_hi, rows_all - 1), min(col_hi, cols_all - 1)
+        if not overlap or row_hi < row_lo or col_hi < col_lo:
+            raise RasterError(
+                f"{name} (bounds {_fmt_bounds(bounds)} in the raster CRS) does not overlap the "
+                f"tiles of raster {ds.name!r} (bounds {_fmt_bounds(tuple(rb))}); give a region "
+                "inside the raster's extent."
+            )
+        shape = (row_hi - row_lo + 1, col_hi - col_lo + 1)
+        transform = full * Affine.translation(col_lo, row_lo)
+        if polygons is None:
+            mask = np.ones(shape, bool)
+        else:
+            mask = rasterize(
+                ((g, 1) for g in polygons),
+                out_shape=shape,
+                transform=transform,
+                all_touched=True,
+                fill=0,
+                dtype="uint8",
+            ).astype(bool)
+            if not mask.any():
+                raise RasterError(
+                    f"{name} touches no tile of raster {ds.name!r}; give a "
+                    "region inside the raster's extent."
+                )
+        return TileGrid(
+            raster=str(ds.name),
+            tile_size=tile_size,
+            stride=stride,
+            row0=row_lo,
+            col0=col_lo,
+            mask=mask,
+            transform=transform,
+            crs_wkt=ds.crs.to_wkt(),
+            region=name,
+        )
+    finally:
+        if owned:
+            ds.close()
+
+
+def cell_range(inverse: Affine, bounds: Sequence[float]) -> tuple[int, int, int, int]:
+    """Rows and columns of the cells of a north-up grid that intersect ``bounds``."""
+    c0, r0 = inverse * (bounds[0], bounds[3])
+    c1, r1 = inverse * (bounds[2], bounds[1])
+    c0, c1 = sorted((c0, c1))
+    r0, r1 = sorted((r0, r1))
+    return math.floor(r0), math.ceil(r1) - 1, math.floor(c0), math.ceil(c1) - 1
+
+
+def check_tiles(tile_size: int, stride: int | None) -> tuple[int, int]:
+    stride = tile_size if stride is None else stride
+    for label, value in (("tile_size", tile_size), ("stride", stride)):
+        if not isinstance(value, int | np.integer) or value < 1:
+            raise InputError(f"{label}={value!r} must be a positive number of pixels.")
+    return int(tile_size), int(stride)

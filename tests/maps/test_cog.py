@@ -1,0 +1,66 @@
+"""Writing maps: a valid COG with named bands and tags, and its preview."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import rasterio
+
+from imgcate.errors import InputError, OutputExistsError
+from imgcate.maps import band_names, write_cog
+
+TILE = 32  # the chip size of the fit (MAP_TILE in tests/conftest.py)
+MAP_OPTS = {"tile_size": TILE, "max_draws": 100, "progress": False, "seed": 1}
+
+
+def test_write_cog_is_a_valid_cog_with_named_bands(full_map, tmp_path, caplog):
+    from rio_cogeo.cogeo import cog_validate
+
+    with caplog.at_level(logging.WARNING):
+        path = write_cog(full_map, tmp_path / "effect.tif")
+    # Small maps get blocks under 128 px on purpose (so they have overviews); GDAL's warning
+    # about that is dropped during the write, and only then.
+    assert not [r for r in caplog.records if "BLOCKSIZE" in r.getMessage()]
+    assert not logging.getLogger("rasterio._env").filters
+    valid, errors, _ = cog_validate(path)
+    assert valid, errors
+    with rasterio.open(path) as src:
+        assert src.block_shapes[0][0] < 128
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert src.profile["tiled"] and src.overviews(1)
+        assert src.descriptions == (
+            "mean",
+            "sd",
+            "lower_5",
+            "upper_95",
+            "prob_positive",
+            "cluster_prob_0",
+            "cluster_prob_1",
+            "extrapolation",
+        )
+        assert list(src.descriptions) == band_names(full_map)
+        assert src.crs == rasterio.crs.CRS.from_wkt(full_map.attrs["crs"])
+        assert list(src.transform)[:6] == full_map.attrs["transform"]
+        assert np.isnan(src.nodata)
+        tags = src.tags()
+        assert (tags["prob"], tags["seed"], tags["max_draws"]) == ("0.9", "1", "100")
+        assert "imgcate_version" in tags
+        np.testing.assert_array_equal(src.read(1), full_map["mean"].values)
+        np.testing.assert_array_equal(src.read(7), full_map["cluster_prob"].values[1])
+    assert (tmp_path / "effect.png").stat().st_size > 10_000
+    before = path.read_bytes()
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        write_cog(full_map, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["effect.png", "effect.tif"]
+    write_cog(full_map, path, overwrite=True, preview=False, co={"compress": "zstd"})
+    with rasterio.open(path) as src:
+        assert src.compression.name.lower() == "zstd"
+    after = path.read_bytes()
+    for bad in ("abc", 7, -16):  # GDAL aborts the process on some BLOCKSIZE values
+        with pytest.raises(InputError, match="multiple of 16"):
+            write_cog(full_map, path, overwrite=True, preview=False, co={"blocksize": bad})
+    assert path.read_bytes() == after
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["effect.png", "effect.tif"]
