@@ -609,7 +609,7 @@ def demo(output_dir, n_units, seed, draws, scene_size, overwrite, verbose, quiet
     )
     labels = _run(segment_chips, picked, "grid", n_segments=16)
     sensitivity = _run(segment_sensitivity, result, picked, labels, max_draws=200, seed=seed)
-    import matplotlib.pyplot as plt
+    from imgcate.optional import pyplot
 
     figure = _run(
         plot_cluster_gallery,
@@ -622,7 +622,7 @@ def demo(output_dir, n_units, seed, draws, scene_size, overwrite, verbose, quiet
         max_draws=200,
         seed=seed,
     )
-    plt.close(figure)
+    pyplot("imgcate demo").close(figure)
 
     click.echo("mapping the posterior effect over the whole scene")
     dataset = _run(

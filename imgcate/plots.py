@@ -1,8 +1,9 @@
 """Pictures and files for segment sensitivity: chips, sensitivity overlays, cluster galleries,
 GeoTIFF maps.
 
-matplotlib is imported inside each function (it is only needed for pictures); use a
-non-interactive backend (``MPLBACKEND=Agg``) on servers.
+matplotlib (and scikit-image, for segment boundaries) are imported inside each function: they
+come with the ``plots`` extra (``pip install "imgcate[plots]"``). Use a non-interactive backend
+(``MPLBACKEND=Agg``) on servers.
 """
 
 from __future__ import annotations
@@ -15,21 +16,15 @@ import xarray as xr
 
 from imgcate.chips import Chips, as_chips
 from imgcate.errors import InputError, RasterError
+from imgcate.optional import pyplot, require
 from imgcate.output import atomic_path, check_writable
+from imgcate.results import EffectFit
 from imgcate.segments import composite, sensitivity_map, typical_images
 
 #: Colour-bar label of the per-segment CATE change (single overlay and gallery alike).
 CATE_CHANGE_LABEL = "CATE change when the segment is hidden (outcome units)"
 #: Bands written by :func:`write_sensitivity_geotiff`, in order.
 GEOTIFF_BANDS = ("cate_change_mean", "cate_change_lower", "cate_change_upper")
-
-
-def _pyplot():
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - matplotlib is a dependency
-        raise ImportError("imgcate pictures need matplotlib: pip install matplotlib") from exc
-    return plt
 
 
 def _check_index(chips: Chips, i: int) -> int:
@@ -93,7 +88,7 @@ def plot_chip(
     --------
     >>> ax = plot_chip(chips, 0, bands=(3, 2, 1))  # doctest: +SKIP
     """
-    plt = _pyplot()
+    plt = pyplot("imgcate.plots")
     chips = as_chips(chips)
     i = _check_index(chips, i)
     rgb = composite(chips.values[i], tuple(bands), percentiles)
@@ -159,9 +154,10 @@ def plot_segment_sensitivity(
     --------
     >>> ax = plot_segment_sensitivity(chips, result, 0)  # doctest: +SKIP
     """
-    from skimage.segmentation import find_boundaries
-
-    plt = _pyplot()
+    find_boundaries = require(
+        "skimage.segmentation", "plots", "plot_segment_sensitivity"
+    ).find_boundaries
+    plt = pyplot("imgcate.plots")
     chips = as_chips(chips)
     _check_result(result, chips)
     i = _check_index(chips, i)
@@ -209,7 +205,7 @@ def _save_figure(fig: Any, path: str | Path, dpi: int, overwrite: bool) -> Path:
 
 
 def plot_cluster_gallery(
-    fit: Any,
+    fit: EffectFit,
     chips: Chips | np.ndarray,
     result: xr.Dataset | None = None,
     n: int = 4,
@@ -261,7 +257,7 @@ def plot_cluster_gallery(
     --------
     >>> fig = plot_cluster_gallery(fit, chips, n=4, path="gallery.png")  # doctest: +SKIP
     """
-    plt = _pyplot()
+    plt = pyplot("imgcate.plots")
     chips = as_chips(chips)
     if path is not None:
         check_writable(path, overwrite)
@@ -302,8 +298,8 @@ def plot_cluster_gallery(
             fontsize=9,
         )
         fig.tight_layout(rect=(0, 0, 0.84, 1))
-        from matplotlib.cm import ScalarMappable
-        from matplotlib.colors import Normalize
+        ScalarMappable = require("matplotlib.cm", "plots", "imgcate.plots").ScalarMappable
+        Normalize = require("matplotlib.colors", "plots", "imgcate.plots").Normalize
 
         bar_ax = fig.add_axes((0.86, 0.15, 0.02, 0.7))
         bar = fig.colorbar(ScalarMappable(Normalize(-limit, limit), "RdBu_r"), cax=bar_ax)

@@ -146,6 +146,13 @@ def cluster_codes(clusters: Any, n: int, *, min_clusters: int = 1) -> np.ndarray
     return codes
 
 
+def check_positive_int(name: str, value: Any) -> int:
+    """A positive whole number (1, 2, ...), as an int."""
+    if int(value) != value or value < 1:
+        raise InputError(f"{name}={value!r} must be a positive integer.")
+    return int(value)
+
+
 def rng_from_seed(seed: int | np.random.Generator | None) -> np.random.Generator:
     """A NumPy generator from an int seed (no global state)."""
     if isinstance(seed, np.random.Generator):

@@ -1,4 +1,4 @@
-"""A small trainable CNN encoder, fitted as an autoencoder with optax (Adam)."""
+"""A small trainable CNN encoder, fitted as an autoencoder with optax (Adam; the ``cnn`` extra)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 
 from imgcate.encoders.base import Combine, Encoder
 from imgcate.errors import InputError
+from imgcate.optional import require
 
 
 class ConvNet(nn.Module):
@@ -93,7 +94,7 @@ class CNNEncoder(Encoder):
         return 4
 
     def _fit_body(self, x: np.ndarray, rng: np.random.Generator) -> dict:
-        import optax
+        optax = require("optax", "cnn", "training the CNN encoder (CNNEncoder)")
 
         n_img, n_band = x.shape[:2]
         net, dec = ConvNet(self.n_features), _Decoder(n_band * 16)
