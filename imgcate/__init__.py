@@ -1,7 +1,12 @@
 """imgcate: causal effect heterogeneity from satellite images.
 
-The public API is what this module re-exports; each stage of the data flow lives in its own
-module (units, raster, embed, fit/effects, confounding, segments, maps, evaluate, simulate).
+The public API is what this module re-exports. Each stage of the data flow lives in its own
+module or subpackage, named for what it holds (never for a function it exports):
+
+units -> chips (raster) -> embeddings (encoders/) -> inference (config, model) -> results
+(fitfile, diagnostics, selection) -> segments/, maps/; confounding/ and evaluate/ beside them;
+simulate/ for trials with known truth; intervals, validation, output and optional are shared.
+
 """
 
 from imgcate.chips import Chips, chips_from_array, extract_chips
@@ -20,6 +25,7 @@ from imgcate.errors import (
     FitError,
     ImgcateError,
     InputError,
+    MissingDependencyError,
     OutputExistsError,
     OverlapWarning,
     RasterError,
@@ -60,6 +66,7 @@ __all__ = [
     "FitError",
     "ImgcateError",
     "InputError",
+    "MissingDependencyError",
     "OutputExistsError",
     "OverlapWarning",
     "Prediction",

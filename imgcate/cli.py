@@ -508,20 +508,6 @@ def map_command(
     )
 
 
-DEMO_FILES = (
-    "scene.tif",
-    "fit.imgcate",
-    "cluster_effects.csv",
-    "unit_effects.csv",
-    "ate.csv",
-    "k_comparison.csv",
-    "summary.txt",
-    "segment_sensitivity.png",
-    "effect_map.tif",
-    "effect_map.png",
-)
-
-
 @main.command()
 @click.argument("output_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--n-units", default=600, show_default=True, help="Units in the simulated trial.")
@@ -549,105 +535,24 @@ def demo(output_dir, n_units, seed, draws, scene_size, overwrite, verbose, quiet
     Example:
       imgcate demo demo-output --overwrite
     """
-    from imgcate.chips import chips_from_array, extract_chips
-    from imgcate.embeddings import embed
-    from imgcate.maps import predict_map, write_cog
-    from imgcate.plots import plot_cluster_gallery
-    from imgcate.segments import segment_chips, segment_sensitivity, typical_images
-    from imgcate.selection import compare_clusters
-    from imgcate.simulate import land_cover_path, simulate_scene_trial, synthetic_scene
+    from imgcate.demo import run_demo
 
     _setup_logging(verbose, quiet)
     # K = 1..3 clusters and 8 embedding components need a few dozen units
     _check_minimum(
         ("--scene-size", scene_size, 128), ("--n-units", n_units, 60), ("--draws", draws, 1)
     )
-    _run(ensure_folder, output_dir)
-    scene = output_dir / "scene.tif"
-    for name in DEMO_FILES:
-        _run(check_writable, output_dir / name, overwrite)
-    _run(check_writable, land_cover_path(scene), overwrite)
-    chip = 32
-    click.echo(f"writing a {scene_size} x {scene_size} px synthetic scene (seed {seed})")
-    _run(synthetic_scene, scene, seed=seed, width=scene_size, height=scene_size)
-    click.echo(f"simulating a trial of {n_units} units on it")
-    sim = _run(simulate_scene_trial, scene, seed=seed + 1, n_units=n_units, chip_size=chip)
-    chips = _run(extract_chips, sim.trial, scene, chip)
-    emb = _run(embed, chips, "rcf", n_features=256, n_components=8, seed=seed)
-    click.echo("comparing K = 1, 2, 3 by PSIS-LOO")
-    comparison = _run(
-        compare_clusters,
-        sim.trial,
-        emb,
-        k_max=3,
-        seed=seed,
-        num_chains=2,
-        num_warmup=draws,
-        num_samples=draws,
-    )
-    result = comparison.fits[comparison.best_k]
-    click.echo(comparison.table.to_string(float_format=lambda v: f"{v:.2f}"))
-    _run(result.save, output_dir / "fit.imgcate", overwrite=overwrite)
     _run(
-        _write_csv,
-        result.cluster_effects().reset_index(),
-        output_dir / "cluster_effects.csv",
-        overwrite,
-    )
-    units = result.unit_effects()
-    units["true_cate"] = sim.truth.tau_unit[chips.kept]
-    units["true_cluster"] = sim.truth.cluster[chips.kept]
-    _run(_write_csv, units, output_dir / "unit_effects.csv", overwrite)
-    _run(_write_csv, result.ate().reset_index(), output_dir / "ate.csv", overwrite)
-    _run(_write_csv, comparison.table.reset_index(), output_dir / "k_comparison.csv", overwrite)
-
-    click.echo("segment sensitivity of the most typical images of each cluster")
-    typical = _run(typical_images, result, chips, 4, max_draws=200, seed=seed)
-    rows = typical["index"].to_numpy()
-    picked = chips_from_array(
-        chips.values[rows], image_ids=chips.image_ids[rows], band_names=chips.band_names
-    )
-    labels = _run(segment_chips, picked, "grid", n_segments=16)
-    sensitivity = _run(segment_sensitivity, result, picked, labels, max_draws=200, seed=seed)
-    from imgcate.optional import pyplot
-
-    figure = _run(
-        plot_cluster_gallery,
-        result,
-        picked,
-        sensitivity,
-        n=4,
-        path=output_dir / "segment_sensitivity.png",
+        run_demo,
+        output_dir,
+        n_units=n_units,
+        seed=seed,
+        draws=draws,
+        scene_size=scene_size,
         overwrite=overwrite,
-        max_draws=200,
-        seed=seed,
-    )
-    pyplot("imgcate demo").close(figure)
-
-    click.echo("mapping the posterior effect over the whole scene")
-    dataset = _run(
-        predict_map,
-        result,
-        scene,
-        tile_size=chip,
-        stride=8,
-        max_draws=300,
         progress=not quiet,
-        seed=seed,
+        say=click.echo,
     )
-    _run(write_cog, dataset, output_dir / "effect_map.tif", overwrite=overwrite)
-    truth = sim.truth.tau_cluster.tolist()
-    share = float((dataset["outside_support"] == 1).mean())
-    summary = (
-        result.summary() + f"\n\nTrue cluster effects: {truth}\n"
-        f"Effect map: {dataset.sizes['y']} x {dataset.sizes['x']} tiles of {chip} px "
-        f"every 8 px; mean CATE {float(dataset['mean'].mean()):.3f}; "
-        f"{share:.1%} of tiles outside the trial's support.\n"
-    )
-    with atomic_path(output_dir / "summary.txt", overwrite=overwrite) as tmp:
-        tmp.write_text(summary)
-    click.echo(summary)
-    click.echo(f"wrote {', '.join(DEMO_FILES)} to {output_dir}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from imgcate.config import FitConfig, Standardizer
+from imgcate.diagnostics import convergence_problems, diagnostics_table
 from imgcate.embeddings import Embeddings
 from imgcate.errors import ConvergenceWarning, FitError, InputError
 from imgcate.fitfile import read_fit_file, write_fit_file
@@ -27,22 +28,6 @@ from imgcate.model import membership_logits
 
 if TYPE_CHECKING:
     import arviz as az
-
-#: Parameters whose convergence is checked (raw non-centred weights are not reported).
-CHECKED = (
-    "alpha",
-    "beta",
-    "tau_cluster",
-    "sigma",
-    "membership_intercept",
-    "membership_scale",
-    "gamma_scale",
-    "ate",
-    "cluster_share",
-    "nu",
-    "stratum_sd",
-    "group_sd",
-)
 
 
 def _flat(values: np.ndarray) -> np.ndarray:
@@ -232,48 +217,11 @@ class EffectFit:
     # ------------------------------------------------------------------ diagnostics
     def diagnostics(self) -> pd.DataFrame:
         """R-hat and bulk/tail ESS of the reported parameters (R-hat is NaN with one chain)."""
-        import arviz as az
-
-        names = [v for v in CHECKED if v in self.idata.posterior]
-        if self.idata.posterior.sizes["chain"] > 1:
-            return az.summary(self.idata, var_names=names, kind="diagnostics")
-        post = self.idata.posterior[names]
-        columns = {}
-        for method in ("bulk", "tail"):
-            ess = az.ess(post, method=method)
-            columns[f"ess_{method}"] = {
-                label: float(value)
-                for name in names
-                for label, value in _labelled(name, ess[name].values)
-            }
-        table = pd.DataFrame(columns)
-        table["r_hat"] = np.nan
-        return table
+        return diagnostics_table(self.idata)
 
     def check_convergence(self) -> list[str]:
         """Warn (ConvergenceWarning) about R-hat > 1.01, low ESS or divergences; return them."""
-        problems = []
-        stats = self.idata.get("sample_stats")
-        if stats is not None and "diverging" in stats:
-            n_div = int(stats["diverging"].values.sum())
-            if n_div:
-                problems.append(f"{n_div} divergent transitions (raise target_accept)")
-        n_chains = self.idata.posterior.sizes["chain"]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            table = self.diagnostics()
-        if n_chains > 1:
-            bad = table[table["r_hat"] > 1.01]
-            if len(bad):
-                problems.append(
-                    f"R-hat > 1.01 for {list(bad.index[:5])} (run longer or more "
-                    "chains; a label or mode problem if it persists)"
-                )
-        low = table[table["ess_bulk"] < 100 * n_chains]
-        if len(low):
-            problems.append(
-                f"bulk ESS below {100 * n_chains} for {list(low.index[:5])} (raise num_samples)"
-            )
+        problems = convergence_problems(self.idata)
         for message in problems:
             warnings.warn(f"imgcate fit: {message}.", ConvergenceWarning, stacklevel=3)
         return problems
@@ -606,16 +554,6 @@ class EffectFit:
             encoder=self.encoder,
             overwrite=overwrite,
         )
-
-
-def _labelled(name: str, values: np.ndarray):
-    """(label, value) pairs named as az.summary names them: ``tau[0]``, ``beta[1, 0]``."""
-    values = np.asarray(values)
-    if values.ndim == 0:
-        yield name, values
-        return
-    for index in np.ndindex(values.shape):
-        yield f"{name}[{', '.join(map(str, index))}]", values[index]
 
 
 def load_fit(path: str | Path) -> EffectFit:
