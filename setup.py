@@ -1,12 +1,18 @@
-"""Build the optional native kernel (imgcate/encoders/_rcf.cpp); the rest is in pyproject.toml.
+"""Packages, the shipped data and the optional native kernel; metadata is in pyproject.toml.
 
-The extension is optional: where it cannot be compiled the install still succeeds and the
-encoder runs its JAX forward pass (imgcate/encoders/native.py says which path is in use).
+The data in ``data/`` (the Landsat scene and elevation model, with their provenance and
+licence) go into the wheel as ``imgcate/data/`` (``imgcate.datasets`` finds them there, or in
+``data/`` of a clone). The kernel extension (imgcate/encoders/_rcf.cpp) is optional: where it
+cannot be compiled the install still succeeds and the encoder runs its JAX forward pass
+(imgcate/encoders/native.py says which path is in use).
 """
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 setup(
+    packages=[*find_packages(include=["imgcate", "imgcate.*"]), "imgcate.data.landsat"],
+    package_dir={"imgcate.data": "data"},
+    package_data={"imgcate.data.landsat": ["*.tif", "*.md", "*.txt"]},
     ext_modules=[
         Extension(
             "imgcate.encoders._rcf",
@@ -17,5 +23,5 @@ setup(
             export_symbols=["PyInit__rcf", "rcf_abi_version", "rcf_supported", "rcf_pool"],
             optional=True,
         )
-    ]
+    ],
 )

@@ -12,9 +12,8 @@ trial's covariates):
   difference in means within each cluster with a normal (Neyman) 90% interval.
 
 Datasets: simulated image-cluster trials (``imgcate.simulate.simulate_trial``, K = 2 and 3) and
-the Landsat semi-synthetic trial (``imgcate.simulate.landsat_trial`` on
-``../shared/data/landsat/L7_ETMs.tif``, chips -> random convolutional features), skipped with a
-note when the file is absent.
+the Landsat semi-synthetic trial (``imgcate.simulate.landsat_trial`` on the shipped scene,
+``imgcate.datasets.landsat_path()``, chips -> random convolutional features).
 
 Metrics per dataset and method: sqrt(PEHE) = RMSE of the unit CATE against the true conditional
 effect, signed ATE error, coverage and mean width of the 90% unit intervals, RATE (AUTOC) of the
@@ -46,7 +45,6 @@ import platform
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import arviz as az
 import numpy as np
@@ -55,6 +53,7 @@ from sklearn.cluster import KMeans
 from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 from sklearn.model_selection import KFold
 
+from imgcate.datasets import landsat_path
 from imgcate.errors import ConvergenceWarning
 from imgcate.evaluate import aipw_scores, rate
 from imgcate.inference import fit
@@ -62,7 +61,7 @@ from imgcate.inference import fit
 PROB = 0.9
 PROPENSITY = 0.5
 METHODS = ("imgcate", "causal_forest_dml", "t_learner", "kmeans_dim")
-LANDSAT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "landsat" / "L7_ETMs.tif"
+LANDSAT = landsat_path()
 
 
 @dataclass
@@ -466,15 +465,7 @@ def main() -> None:
     for k in (2, 3):
         for s in seeds:
             results.append(bench(simulated(s, n_units, k), args))
-    if LANDSAT.exists():
-        results.append(bench(landsat(0, n_units), args))
-    else:
-        results.append(
-            {
-                "dataset": "landsat_K2_seed0",
-                "skipped": f"{LANDSAT.resolve()} not found (the shared Landsat scene)",
-            }
-        )
+    results.append(bench(landsat(0, n_units), args))
     print(
         json.dumps(
             {

@@ -22,16 +22,16 @@
 # %%
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 
 import imgcate
+from imgcate.datasets import landsat_path
 from imgcate.evaluate import aipw_scores, blp, rate
 from imgcate.simulate import landsat_trial
 
 SMALL = os.environ.get("IMGCATE_EXAMPLE_SMALL") == "1"
-SCENE = Path(os.environ.get("IMGCATE_LANDSAT", "../shared/data/landsat/L7_ETMs.tif"))
+SCENE = landsat_path()  # the real scene the package ships (data/landsat/)
 N_UNITS = 400 if SMALL else 800
 DRAWS = {"num_warmup": 200, "num_samples": 200, "num_chains": 2} if SMALL else {}
 

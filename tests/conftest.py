@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the real Landsat scene and small simulated trials."""
+"""Shared fixtures: the real Landsat scene, the native/JAX encoder paths, the map fit."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import rasterio
 
-LANDSAT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "landsat"
+from imgcate import datasets
 
 
 @pytest.fixture(params=["native", "jax"])
@@ -27,20 +27,14 @@ def encoder_path(request, monkeypatch):
 
 @pytest.fixture(scope="session")
 def landsat_path() -> Path:
-    """The real 6-band Landsat 7 scene; skips when ../shared/data/landsat is absent."""
-    path = LANDSAT_DIR / "L7_ETMs.tif"
-    if not path.exists():
-        pytest.skip(f"real Landsat scene not found at {path} (needs ../shared/data/landsat)")
-    return path
+    """The real 6-band Landsat 7 scene the package ships (data/landsat/)."""
+    return datasets.landsat_path()
 
 
 @pytest.fixture(scope="session")
 def dem_path() -> Path:
-    """The elevation model over the Landsat scene; skips when absent."""
-    path = LANDSAT_DIR / "olinda_dem_utm25s.tif"
-    if not path.exists():
-        pytest.skip(f"elevation model not found at {path} (needs ../shared/data/landsat)")
-    return path
+    """The elevation model over the Landsat scene (data/landsat/)."""
+    return datasets.elevation_path()
 
 
 #: Chip and tile size of the map fit (``map_inputs``).

@@ -12,9 +12,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.mark.parametrize("name", ["landsat_trial.py"])
-def test_example_runs(name, landsat_path, monkeypatch, capsys):
+def test_example_runs(name, monkeypatch, capsys):
     monkeypatch.setenv("IMGCATE_EXAMPLE_SMALL", "1")
-    monkeypatch.setenv("IMGCATE_LANDSAT", str(landsat_path))
     namespace = runpy.run_path(str(EXAMPLES / name), run_name="__main__")
     out = capsys.readouterr().out
     assert "AUTOC" in out and "cluster assignment accuracy" in out
