@@ -1,35 +1,60 @@
-# One command each: `make demo` (set up + run the demo), `make test` (set up + fast tests),
-# `make test-all` (set up + every test, slow statistical checks included).
+# One command each: `make demo` (set up + run the demo), `make test` (set up + lint + format
+# check + fast tests), `make test-all` (the same + the slow statistical checks), `make bench`
+# (every benchmark, each printing JSON; `make bench BENCH_ARGS=--quick` for a smoke run),
+# `make clean` (what the others made, the virtual environment excepted).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# every optional extra, so that every path is tested
+EXTRAS ?= test,all
+SOURCES := imgcate tests benchmarks examples setup.py
+BENCHMARKS ?= $(sort $(wildcard benchmarks/*.py))
+BENCH_ARGS ?=
 
-.PHONY: setup demo test test-all lint bench clean
+.PHONY: setup demo test test-all lint format bench clean
 
-$(BIN)/imgcate: pyproject.toml setup.py imgcate/_rcf.cpp
-	$(PY) -m venv $(VENV)
+# A stamp, not the venv's files: `make clean` removes it with the compiled kernel, so the next
+# setup builds the kernel again.
+$(VENV)/.installed: pyproject.toml setup.py imgcate/encoders/_rcf.cpp
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
-	touch $(BIN)/imgcate
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
 
-setup: $(BIN)/imgcate
+setup: $(VENV)/.installed
 
 demo: setup
 	$(BIN)/imgcate demo demo-output --overwrite
 
-test: setup
-	$(BIN)/ruff check imgcate tests benchmarks
+lint: setup
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
+
+format: setup
+	$(BIN)/ruff format $(SOURCES)
+
+test: lint
 	$(BIN)/pytest -q
 
 # Two pytest processes: one process running every test crashed once inside XLA compilation
 # (segfault) after hundreds of compilations; each half passes on its own.
-test-all: setup
-	$(BIN)/ruff check imgcate tests benchmarks
+test-all: lint
 	$(BIN)/pytest -q
 	$(BIN)/pytest -q -m slow -rP
 
-lint: setup
-	$(BIN)/ruff check imgcate tests benchmarks
+# benchmarks/peers.py compares with econml's CausalForestDML (the `bench` extra)
+$(VENV)/.bench: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS),bench]"
+	touch $@
+
+bench: $(VENV)/.bench
+	@set -e; for script in $(BENCHMARKS); do \
+		echo "# $$script $(BENCH_ARGS)" >&2; \
+		$(BIN)/python $$script $(BENCH_ARGS); \
+	done
 
 clean:
-	rm -rf demo-output .pytest_cache
+	rm -rf demo-output build dist .pytest_cache .ruff_cache *.egg-info
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
+	rm -f imgcate/encoders/_rcf.*.so imgcate/encoders/_rcf.*.pyd
+	rm -f $(VENV)/.installed $(VENV)/.bench

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
 import rasterio
 
-from imgcate import datasets
+from imgcate import ConvergenceWarning, datasets
+from imgcate.inference import fit
+from imgcate.simulate import simulate_trial
 
 
 @pytest.fixture(params=["native", "jax"])
@@ -37,6 +40,25 @@ def dem_path() -> Path:
     return datasets.elevation_path()
 
 
+@pytest.fixture(scope="session")
+def k2():
+    """(simulated K=2 trial, its fit), NUTS 2 x 300 draws: shared by the inference and results
+    tests."""
+    sim = simulate_trial(11, 600, 2, separation=4.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = fit(
+            sim.trial,
+            sim.embeddings,
+            n_clusters=2,
+            seed=1,
+            num_warmup=300,
+            num_samples=300,
+            num_chains=2,
+        )
+    return sim, result
+
+
 #: Chip and tile size of the map fit (``map_inputs``).
 MAP_TILE = 32
 
@@ -48,9 +70,6 @@ def map_inputs(tmp_path_factory) -> tuple[Path, Path]:
     Built on first use and kept for the session (NUTS 200 + 200 draws, one chain); the map
     tests (tests/maps/) and the CLI tests share it.
     """
-    import warnings
-
-    from imgcate import ConvergenceWarning
     from imgcate.chips import extract_chips
     from imgcate.embeddings import embed
     from imgcate.inference import fit

@@ -1,6 +1,6 @@
 """One interval convention: ``prob`` everywhere, columns named by percentile, one tidy schema.
 
-EffectFit.tidy() (posterior, prob=0.9 by default) is checked in tests/test_fit.py; here the
+EffectFit.tidy() (posterior, prob=0.9 by default) is checked in tests/test_results.py; here the
 helpers and the design-based results of confounding and evaluation (prob=0.95 by default).
 """
 

@@ -1,6 +1,6 @@
 """End to end: raster -> chips -> embeddings -> fit recovers the cluster effects.
 
-Tolerance: each cluster effect within 4 posterior sds of the truth (see tests/test_fit.py for
+Tolerance: each cluster effect within 4 posterior sds of the truth (see tests/test_inference.py for
 why 4 sds: ~6e-5 false-failure probability per check for a correct model).
 """
 

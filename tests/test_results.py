@@ -1,0 +1,137 @@
+"""The fitted model: the implied ATE, tables and InferenceData dims, membership weights,
+prediction, and saving and loading (imgcate.fitfile).
+
+Tolerances: a posterior mean is compared to the truth within 4 posterior sds. With ~500 units
+the posterior sd approximates the estimator's sampling sd (Bernstein-von Mises), so a correct
+model fails such a check with probability ~6e-5; the Monte Carlo error of the mean (sd/sqrt(ESS),
+ESS >= 100) adds under 10% to that margin.
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+
+from imgcate import InputError
+from imgcate.results import load_fit
+
+FAST = {"num_warmup": 300, "num_samples": 300, "num_chains": 2}
+
+
+def test_implied_ate_agrees_with_difference_in_means(k2):
+    sim, result = k2
+    table = result.ate()
+    model, dim = table.loc["model_implied"], table.loc["difference_in_means"]
+    assert abs(model.estimate - dim.estimate) < 3 * dim.std_err
+    assert abs(model.estimate - sim.truth.ate) < 4 * dim.std_err
+    assert list(table.columns) == ["estimate", "std_err", "5%", "95%"]
+
+
+def test_tables_and_idata_dims(k2):
+    _, result = k2
+    tidy = result.tidy(prob=0.8)
+    assert list(tidy.columns) == ["term", "estimate", "std_err", "10%", "90%"]
+    assert (tidy["10%"] < tidy["estimate"]).all() and (tidy["estimate"] < tidy["90%"]).all()
+    post = result.idata.posterior
+    assert post["tau_cluster"].dims == ("chain", "draw", "cluster")
+    assert post["membership"].dims == ("chain", "draw", "feature", "cluster_contrast")
+    assert post["membership_local"].dims == ("chain", "draw", "feature")
+    weights = post["membership_scale"] * post["membership_local"] * post["membership_raw"]
+    np.testing.assert_allclose(
+        post["membership"], weights.transpose(*post["membership"].dims), rtol=1e-6
+    )
+    assert result.idata.log_likelihood["outcome"].dims == ("chain", "draw", "unit")
+    assert "Cluster effects" in result.summary()
+    assert result.loo().elpd_loo < 0
+
+
+def test_membership_weights_in_the_input_basis(k2):
+    sim, result = k2
+    table = result.membership_weights()
+    assert table.index.names == ["feature", "contrast"] and len(table) == 16
+    # exact: input-basis weights give the model's logits on raw (standardized) embeddings
+    rng = np.random.default_rng(0)
+    raw = sim.embeddings.values[:50] + rng.normal(size=(50, 16))
+    std = result.standardizer
+    draws = result._param("membership")
+    model_logit = std.embedding(raw) @ draws[0]
+    weights_in = std.projection @ draws[0]
+    np.testing.assert_allclose(
+        (raw - std.embedding_mean) / std.embedding_sd @ weights_in,
+        model_logit,
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    # the weights point along the direction that separates the true clusters: the Bayes log-odds
+    # of cluster 1 against 0 are (c1 - c0) . e, i.e. (c1 - c0) * sd per sd of each feature
+    centers = sim.truth.centers
+    truth_direction = (centers[1] - centers[0]) * std.embedding_sd
+    mean = table["weight_mean"].to_numpy()
+    corr = np.corrcoef(mean, truth_direction)[0, 1]
+    print(f"correlation of membership weights with the true direction: {corr:.3f}")
+    assert corr > 0.9, corr
+    assert table["prob_positive"].between(0, 1).all()
+    assert (table["5%"] <= table["weight_mean"]).all()
+    model = result.membership_weights(basis="model", prob=0.8)
+    assert list(model.columns) == ["weight_mean", "weight_sd", "10%", "90%", "prob_positive"]
+    named = result.membership_weights(names=[f"f{i}" for i in range(16)])
+    assert named.index.get_level_values("feature")[0] == "f0"
+    with pytest.raises(InputError, match="names"):
+        result.membership_weights(names=["a", "b"])
+    with pytest.raises(InputError, match="basis"):
+        result.membership_weights(basis="pixels")
+
+
+def test_predict_matches_in_sample_and_truth(k2):
+    sim, result = k2
+    emb = sim.embeddings.for_keys(sim.trial.image_keys)
+    pred = result.predict(emb)
+    units = result.unit_effects()
+    np.testing.assert_allclose(pred.cate.mean(0), units["tau_mean"], atol=1e-5)
+    # new images from the same mixture: the posterior CATE tracks their true conditional effect
+    rng = np.random.default_rng(5)
+    centers = sim.truth.centers
+    new_emb = centers[rng.integers(0, 2, 300)] + rng.normal(size=(300, centers.shape[1]))
+    frame = result.predict(new_emb).to_frame()
+    assert np.corrcoef(frame["tau_mean"], sim.truth.cate_of(new_emb))[0, 1] > 0.9
+    assert {"tau_5%", "tau_95%", "prob_positive", "cluster_prob_1"} <= set(frame.columns)
+    far = result.predict(emb[:3] * 0 + 50.0)
+    assert far.outside_support.all() and not pred.outside_support.mean() > 0.05
+
+
+def test_save_load_predict_identical(k2, tmp_path):
+    sim, result = k2
+    path = result.save(tmp_path / "fit.imgcate")
+    loaded = load_fit(path)
+    emb = sim.embeddings.values
+    a, b = result.predict(emb), loaded.predict(emb)
+    np.testing.assert_array_equal(a.cate, b.cate)
+    np.testing.assert_array_equal(a.cluster_prob, b.cluster_prob)
+    assert loaded.cluster_effects().equals(result.cluster_effects())
+    # The loaded posterior lives in memory: saving it again, pickling it (as Dask does) and
+    # reading it after the temporary file is gone all work.
+    fresh = load_fit(path)
+    again = load_fit(fresh.save(tmp_path / "again" / "fit.imgcate"))
+    assert fresh.cluster_effects().equals(result.cluster_effects())
+    assert again.cluster_effects().equals(result.cluster_effects())
+    assert (
+        pickle.loads(pickle.dumps(load_fit(path)))
+        .cluster_effects()
+        .equals(result.cluster_effects())
+    )
+    shutil.rmtree(tmp_path / "again")
+    with pytest.raises(Exception, match="exists; pass overwrite=True"):
+        result.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["fit.imgcate"]  # no temporary left
+    (tmp_path / "bad.imgcate").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="not a readable imgcate fit"):
+        load_fit(tmp_path / "bad.imgcate")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp_path / "meta.imgcate", "w") as dst:
+        for item in src.namelist():  # the same fit, its settings replaced by a JSON list
+            dst.writestr(item, "[1, 2]" if item == "meta.json" else src.read(item))
+    with pytest.raises(InputError, match="meta.json is not a fit's settings"):
+        load_fit(tmp_path / "meta.imgcate")
