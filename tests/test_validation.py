@@ -1,0 +1,73 @@
+"""The validators shared by the modules: one message per mistake, whichever module checks it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imgcate.errors import InputError
+from imgcate.validation import (
+    as_features,
+    as_propensity,
+    as_treatment,
+    as_vector,
+    check_choice,
+    check_lengths,
+    check_positive_int,
+    check_prob,
+    cluster_codes,
+    rng_from_seed,
+    seed_int,
+)
+
+
+def test_treatment_and_propensity():
+    np.testing.assert_array_equal(as_treatment([0, 1, 1]), [0.0, 1.0, 1.0])
+    with pytest.raises(InputError, match=r"treatment must be binary \(0/1\); found value\(s\) \[2"):
+        as_treatment([0, 1, 2])
+    with pytest.raises(InputError, match="must contain both treated"):
+        as_treatment([1, 1])
+    with pytest.raises(InputError, match="treatment has 2 entries but outcome/scores have 3"):
+        as_treatment([0, 1], n=3)
+    np.testing.assert_array_equal(as_propensity(0.5, n=3), [0.5, 0.5, 0.5])  # known by design
+    with pytest.raises(InputError, match="one value per unit, got shape"):
+        as_propensity(0.5)
+    with pytest.raises(InputError, match="strictly between 0 and 1; 1 value"):
+        as_propensity([0.2, 1.0])
+
+
+def test_clusters_lengths_features_and_vectors():
+    np.testing.assert_array_equal(cluster_codes(["b", "a", "b"], 3), [1, 0, 1])
+    assert cluster_codes(None, 3) is None
+    with pytest.raises(InputError, match="clusters has 2 entries but there are 3 units"):
+        cluster_codes(["a", "b"], 3)
+    with pytest.raises(InputError, match="missing values"):
+        cluster_codes(np.array(["a", None, "b"], dtype=object), 3)
+    with pytest.raises(InputError, match="at least 2"):
+        cluster_codes(["a", "a", "a"], 3, min_clusters=2)
+    assert check_lengths(a=np.zeros(3), b=None, c=np.ones(3)) == 3
+    with pytest.raises(InputError, match="a has 3 units but c has 2"):
+        check_lengths(a=np.zeros(3), c=np.ones(2))
+    assert as_features([1.0, 2.0]).shape == (2, 1)
+    with pytest.raises(InputError, match=r"features must have shape \(unit, feature\)"):
+        as_features(np.zeros((2, 2, 2)))
+    with pytest.raises(InputError, match="NaN or infinite"):
+        as_vector("outcome", [1.0, np.nan])
+
+
+def test_choices_probabilities_counts_and_seeds():
+    assert check_choice("method", "a", ("a", "b")) == "a"
+    with pytest.raises(InputError, match="method='c' is not allowed; use one of 'a', 'b'"):
+        check_choice("method", "c", ("a", "b"))
+    assert check_prob(0.9) == 0.9
+    for bad in (0, 1, 1.5, "x", None):
+        with pytest.raises(InputError, match="must lie strictly between 0 and 1"):
+            check_prob(bad)
+    assert check_positive_int("n", 3.0) == 3
+    with pytest.raises(InputError, match="n=0 must be a positive integer"):
+        check_positive_int("n", 0)
+    assert rng_from_seed(1).integers(100) == rng_from_seed(1).integers(100)
+    with pytest.raises(InputError, match="seed is required"):
+        rng_from_seed(None)
+    with pytest.raises(InputError, match="seed must be an int"):
+        seed_int(True)
