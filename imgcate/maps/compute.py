@@ -1,21 +1,9 @@
-"""Posterior effect maps over regions with no experiment.
+"""Computing a map: :func:`predict_map` covers a region with tiles (:mod:`imgcate.maps.grid`),
+runs them in blocks (:mod:`imgcate.maps.tiles`) in this process or on Dask workers, saves
+finished blocks for resuming (:mod:`imgcate.maps.resume`) and assembles the xarray Dataset.
 
-```
-EffectFit + raster + region ─ tile_grid ─→ TileGrid ─ predict_map ─→ xarray.Dataset (y, x)
-xarray.Dataset ─ write_cog ─→ Cloud-Optimized GeoTIFF + PNG preview
-xarray.Dataset + polygons ─ aggregate_by_polygon ─→ GeoDataFrame (GeoPackage)
-```
-
-A region (polygons or bounds) is covered by a grid of tiles of ``tile_size`` pixels whose
-top-left corners lie every ``stride`` pixels from the raster's origin (so the maps of two regions
-of one raster line up). Each tile is read with a windowed read, embedded with the fit's encoder
-exactly as the trial's chips were, and pushed through every posterior draw of the fit
-(:meth:`~imgcate.results.EffectFit.effect_function`). One output pixel is one tile: a
-``stride`` x ``stride`` cell centred on the tile.
-
-Tiles are processed in blocks of ``block_tiles``; memory per block is flat in the region's size.
-Blocks run in-process (``workers=1``) or on Dask, and each finished block can be saved to a
-checkpoint directory so that an interrupted job resumes where it stopped.
+Memory per block is flat in the region's size; the fit travels to Dask workers as the bytes of
+its saved file and is rebuilt once per worker.
 """
 
 from __future__ import annotations
