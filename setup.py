@@ -12,7 +12,7 @@ from setuptools import Extension, find_packages, setup
 setup(
     packages=[*find_packages(include=["imgcate", "imgcate.*"]), "imgcate.data.landsat"],
     package_dir={"imgcate.data": "data"},
-    package_data={"imgcate.data.landsat": ["*.tif", "*.md", "*.txt"]},
+    package_data={"imgcate.data.landsat": ["*.tif", "*.md", "*.txt", "*.csv", "*.gpkg", "*.py"]},
     ext_modules=[
         Extension(
             "imgcate.encoders._rcf",

@@ -9,6 +9,7 @@ simulate/ for trials with known truth; intervals, validation, output and optiona
 
 """
 
+from imgcate.chipfile import load_chips
 from imgcate.chips import Chips, chips_from_array, extract_chips
 from imgcate.config import FitConfig
 from imgcate.embeddings import (
@@ -20,6 +21,7 @@ from imgcate.embeddings import (
 )
 from imgcate.encoders import CNNEncoder, RandomConvFeatures
 from imgcate.errors import (
+    BandWarning,
     ConvergenceWarning,
     ExtrapolationWarning,
     FitError,
@@ -35,10 +37,12 @@ from imgcate.maps import (
     TileGrid,
     aggregate_by_polygon,
     fit_tile_size,
+    polygon_effects,
     predict_map,
     tile_grid,
     write_cog,
 )
+from imgcate.raster import stack_bands
 from imgcate.results import EffectFit, Prediction, load_fit
 from imgcate.segments import (
     cluster_sensitivity,
@@ -55,6 +59,7 @@ from imgcate.units import Trial, read_units
 __version__ = "0.1.0"
 
 __all__ = [
+    "BandWarning",
     "CNNEncoder",
     "Chips",
     "ClusterComparison",
@@ -82,6 +87,7 @@ __all__ = [
     "encoder_from_state",
     "extract_chips",
     "fit",
+    "load_chips",
     "load_embeddings",
     "load_fit",
     "read_units",
@@ -89,6 +95,8 @@ __all__ = [
     "fit_tile_size",
     "write_cog",
     "aggregate_by_polygon",
+    "polygon_effects",
+    "stack_bands",
     "tile_grid",
     "TileGrid",
     "saliency",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import geopandas as gpd
@@ -21,12 +22,15 @@ import pandas as pd
 from affine import Affine
 from rasterio.io import DatasetReader
 
+from imgcate.bands import band_stats
 from imgcate.errors import InputError, RasterError
+from imgcate.provenance import collect
 from imgcate.raster import (
     WindowRead,
     band_indexes,
     chip_shape,
     open_raster,
+    raster_source,
     read_windows,
 )
 from imgcate.units import Trial
@@ -72,6 +76,9 @@ class Chips:
         Ids of the units dropped by ``on_edge="drop"`` (empty otherwise).
     scale : tuple of float or None
         The multiplier applied to the raw values (one per band, or one for all), or None.
+    provenance : dict
+        Where the chips came from (:func:`imgcate.provenance.collect`: raster files and their
+        hashes, settings, imgcate version); saved with them.
     """
 
     values: np.ndarray
@@ -87,6 +94,7 @@ class Chips:
     padded: np.ndarray | None = None
     dropped_units: np.ndarray = field(default_factory=lambda: np.array([]))
     scale: tuple[float, ...] | None = None
+    provenance: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         values = np.asarray(self.values, dtype=np.float32)
@@ -120,7 +128,8 @@ class Chips:
             object.__setattr__(self, name, np.asarray(value))
 
     def spec(self) -> dict[str, Any]:
-        """How these chips were cut: size in pixels, band names, scale, pixel size and CRS.
+        """How these chips were cut: size in pixels, band names, scale, pixel size and CRS, and
+        each band's mean and sd (so that a stack in another band order is noticed).
 
         An encoder fitted on the chips keeps this (``encoder.chip_spec``, saved with a fit), so
         that :func:`~imgcate.maps.predict_map` cuts its tiles the same way.
@@ -129,13 +138,32 @@ class Chips:
         if self.transforms:
             t = self.transforms[0]
             pixel = [abs(float(t.a)), abs(float(t.e))]
+        mean, sd = band_stats(self.values)
         return {
             "size_px": [int(self.values.shape[-2]), int(self.values.shape[-1])],
             "band_names": list(self.band_names),
             "scale": None if self.scale is None else [float(v) for v in self.scale],
             "pixel_size": pixel,
             "crs": None if self.crs is None else str(self.crs),
+            "band_mean": mean,
+            "band_sd": sd,
         }
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the chips to one ``.npz`` file (temporary name, then renamed), with their
+        geotransforms, CRS, band names, scale and provenance; read it with
+        :func:`imgcate.load_chips`."""
+        from imgcate.chipfile import write_chips
+
+        return write_chips(self, path, overwrite=overwrite, provenance=self.provenance)
+
+    def __repr__(self) -> str:
+        shape = "x".join(str(v) for v in self.values.shape)
+        where = f", crs={self.crs.to_string() if self.crs is not None else None}"
+        return (
+            f"Chips({self.n_images} images of {self.n_bands} bands {list(self.band_names)}, "
+            f"values {shape}, {len(self.unit_image)} units{where})"
+        )
 
     @property
     def n_images(self) -> int:
@@ -369,9 +397,11 @@ def extract_chips(
     Parameters
     ----------
     trial : Trial
-    raster : path, open rasterio dataset, or a list of them
-        Any CRS, band count and dtype. A list (one raster per date) gives a chip sequence with
-        values (date, image, band, y, x).
+    raster : path, open rasterio dataset, mapping of band name to file, or a list of them
+        Any CRS, band count and dtype. A mapping ``{"blue": "B1.tif", "green": "B2.tif", ...}``
+        stacks single-band files into one raster whose bands carry those names (see
+        :func:`imgcate.raster.stack_bands`). A list (one raster per date) gives a chip sequence
+        with values (date, image, band, y, x).
     size : float or (height, width)
         Chip size; for an even pixel size the centre pixel sits just below/right of the middle.
     size_unit : {"px", "m"}
@@ -496,4 +526,8 @@ def extract_chips(
         padded=padded,
         dropped_units=dropped,
         scale=None if scale is None else tuple(float(v) for v in np.atleast_1d(scale)),
+        provenance=collect(
+            {"raster": [raster_source(r) for r in rasters] if is_seq else raster_source(raster)},
+            settings={"size": size, "size_unit": size_unit, "on_edge": on_edge},
+        ),
     )

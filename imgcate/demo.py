@@ -75,7 +75,7 @@ def run_demo(
     overwrite : bool
         Replace existing files.
     progress : bool
-        Show the map's progress bar.
+        Show progress bars (the fits of the comparison and the map).
     say : callable
         Where progress messages go (``print``; the CLI passes ``click.echo``).
 
@@ -106,6 +106,7 @@ def run_demo(
         num_chains=2,
         num_warmup=draws,
         num_samples=draws,
+        progress=progress,
     )
     result = comparison.fits[comparison.best_k]
     say(comparison.table.to_string(float_format=lambda v: f"{v:.2f}"))
@@ -135,6 +136,7 @@ def run_demo(
         picked,
         sensitivity,
         n=4,
+        bands=(2, 1, 0),  # the synthetic scene's bands B1..B6 follow Landsat's order
         path=output_dir / "segment_sensitivity.png",
         overwrite=overwrite,
         max_draws=200,

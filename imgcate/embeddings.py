@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from imgcate.chips import Chips
 from imgcate.encoders import COMBINES, ENCODER_CLASSES, ENCODERS, Combine, Encoder, EncoderName
 from imgcate.encoders.base import unflatten_params
 from imgcate.errors import InputError
+from imgcate.provenance import collect
 from imgcate.validation import check_choice
 
 
@@ -35,12 +36,16 @@ class Embeddings:
     feature_names : tuple of str, optional
         Names of the features (the columns of a table read by :func:`load_embeddings`), e.g.
         for ``EffectFit.membership_weights(names=...)``.
+    provenance : dict
+        Where the embeddings came from (:func:`imgcate.provenance.collect`: the chips' raster
+        files and hashes, the encoder's settings and seed); saved with them.
     """
 
     values: np.ndarray
     image_ids: np.ndarray
     encoder: Any = None
     feature_names: tuple[str, ...] | None = None
+    provenance: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         values = np.asarray(self.values, dtype=float)
@@ -69,6 +74,60 @@ class Embeddings:
             object.__setattr__(self, "feature_names", names)
         object.__setattr__(self, "values", values)
         object.__setattr__(self, "image_ids", ids)
+
+    def __repr__(self) -> str:
+        encoder = "no encoder" if self.encoder is None else type(self.encoder).__name__
+        ids = self.image_ids[:3].tolist()
+        more = ", ..." if len(self.image_ids) > 3 else ""
+        return (
+            f"Embeddings({self.values.shape[0]} images x {self.n_features} features, "
+            f"image_ids [{', '.join(map(repr, ids))}{more}], {encoder})"
+        )
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        rows = [
+            ("images", f"{self.values.shape[0]:,}"),
+            ("features", str(self.n_features)),
+            (
+                "image ids",
+                escape(", ".join(map(str, self.image_ids[:5].tolist())))
+                + (", ..." if len(self.image_ids) > 5 else ""),
+            ),
+            ("encoder", escape(self._encoder_text())),
+            ("values", f"mean {self.values.mean():.3g}, sd {self.values.std():.3g}"),
+        ]
+        source = (self.provenance.get("inputs") or {}).get("raster")
+        if source:
+            rows.append(("raster", escape(str(source)[:200])))
+        body = "".join(
+            f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>" for k, v in rows
+        )
+        return f"<table><caption>imgcate.Embeddings</caption>{body}</table>"
+
+    def _encoder_text(self) -> str:
+        if self.encoder is None:
+            return "none (cannot embed new chips)"
+        spec = getattr(self.encoder, "chip_spec", None) or {}
+        cut = (
+            f"; chips {spec['size_px'][0]}x{spec['size_px'][1]} px, bands {spec['band_names']}"
+            if spec.get("size_px")
+            else ""
+        )
+        return f"{type(self.encoder).__name__}{cut}"
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the embeddings, with their encoder and provenance, to one Parquet file.
+
+        The table (``image_id`` then one column per feature) reads with any Parquet reader;
+        the encoder (so that new chips and map tiles are embedded the same way) and the
+        provenance travel in the file's metadata. Written to a temporary name and renamed.
+        Read it back with :func:`load_embeddings`.
+        """
+        from imgcate.embeddingfile import write_embeddings
+
+        return write_embeddings(self, path, overwrite=overwrite)
 
     @property
     def n_features(self) -> int:
@@ -225,7 +284,14 @@ def embed(
         encoder = encoder.fit(chips, seed=seed, native=native)
     values = encoder.transform(chips, batch_size=batch_size, native=native)
     values, ids = _embedding_rows(chips, values)
-    return Embeddings(values=values, image_ids=ids, encoder=encoder)
+    chips_record = getattr(chips, "provenance", None) or {}
+    record = collect(
+        chips_record.get("inputs"),
+        seeds={**chips_record.get("seeds", {}), "encoder": seed},
+        encoder=type(encoder).__name__,
+        chip_settings=chips_record.get("settings"),
+    )
+    return Embeddings(values=values, image_ids=ids, encoder=encoder, provenance=record)
 
 
 def load_embeddings(path: str | Path, id_column: str = "image_id") -> Embeddings:
@@ -244,7 +310,9 @@ def load_embeddings(path: str | Path, id_column: str = "image_id") -> Embeddings
     Returns
     -------
     Embeddings
-        With ``encoder=None``; ``feature_names`` from the columns of a table (``.parquet``,
+        A Parquet file written by :meth:`Embeddings.save` (or ``imgcate embed``) comes back
+        with its encoder and provenance; other tables with ``encoder=None`` (a fit on them
+        cannot embed new tiles). ``feature_names`` from the columns of a table (``.parquet``,
         ``.csv``, structured ``.npy``).
 
     Raises
@@ -257,6 +325,12 @@ def load_embeddings(path: str | Path, id_column: str = "image_id") -> Embeddings
         raise InputError(f"embeddings file {str(path)!r} does not exist; check the path.")
     suffix = path.suffix.lower()
     try:
+        if suffix == ".parquet":
+            from imgcate.embeddingfile import read_embeddings
+
+            saved = read_embeddings(path, id_column)
+            if saved is not None:
+                return saved
         if suffix in (".parquet", ".csv"):
             df = pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path)
             return _from_table(df, id_column, path)

@@ -41,3 +41,11 @@ class OverlapWarning(UserWarning):
 
 class ExtrapolationWarning(UserWarning):
     """Predictions are requested for embeddings far from the trial's."""
+
+
+class BandWarning(UserWarning):
+    """Bands may not be the trial's: undescribed (an order is assumed) or seemingly reordered."""
+
+
+class SensitivityWarning(UserWarning):
+    """A confounding-sensitivity bound was capped (an implied partial R2 above 1)."""

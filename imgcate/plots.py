@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from imgcate.bands import rgb_bands
 from imgcate.chips import Chips, as_chips
 from imgcate.errors import InputError, RasterError
 from imgcate.optional import pyplot, require
@@ -23,6 +24,9 @@ from imgcate.segments import composite, sensitivity_map, typical_images
 
 #: Colour-bar label of the per-segment CATE change (single overlay and gallery alike).
 CATE_CHANGE_LABEL = "CATE change when the segment is hidden (outcome units)"
+#: Colour-bar label of the change in the log-odds of the image's own cluster.
+LOGODDS_CHANGE_LABEL = "change in log-odds of the image's cluster when the segment is hidden"
+LABELS = {"cate_change_mean": CATE_CHANGE_LABEL, "logodds_change_mean": LOGODDS_CHANGE_LABEL}
 #: Bands written by :func:`write_sensitivity_geotiff`, in order.
 GEOTIFF_BANDS = ("cate_change_mean", "cate_change_lower", "cate_change_upper")
 
@@ -47,10 +51,22 @@ def _check_result(result: xr.Dataset, chips: Chips) -> None:
         )
 
 
+def display_bands(chips: Chips, bands: tuple[int, ...] | None) -> tuple[tuple[int, ...], str]:
+    """The bands a figure composes, and how: ``bands`` if given; else red, green and blue
+    found by the chips' band names ("true colour"); else the mean of every band ("grey":
+    the bands carry no colour names, and no band order is assumed)."""
+    if bands is not None:
+        return tuple(int(b) for b in bands), "bands " + ", ".join(str(b) for b in bands)
+    found = rgb_bands(chips.band_names)
+    if found is not None:
+        return found, "true colour"
+    return tuple(range(chips.n_bands)), "grey"
+
+
 def plot_chip(
     chips: Chips | np.ndarray,
     i: int,
-    bands: tuple[int, ...] = (2, 1, 0),
+    bands: tuple[int, ...] | None = None,
     *,
     ax: Any = None,
     percentiles: tuple[float, float] = (2.0, 98.0),
@@ -64,10 +80,11 @@ def plot_chip(
         (image, band, y, x).
     i : int
         Position of the chip.
-    bands : tuple of int
-        0-based bands shown as red, green, blue: (2, 1, 0) is true colour for Landsat band order
-        (blue, green, red, NIR, ...), (3, 2, 1) false colour (vegetation red). One band gives
-        a grey image.
+    bands : tuple of int, optional
+        0-based bands shown as red, green, blue, e.g. (3, 2, 1) for a false-colour composite
+        of Landsat 7 (vegetation red); one band gives a grey image. Default: true colour from
+        the bands named red, green and blue (``Chips.band_names``), else grey (the mean of
+        every band), since band order differs between sensors.
     ax : matplotlib.axes.Axes, optional
         Axes to draw on (default: a new figure).
     percentiles : (float, float)
@@ -91,10 +108,11 @@ def plot_chip(
     plt = pyplot("imgcate.plots")
     chips = as_chips(chips)
     i = _check_index(chips, i)
+    bands, how = display_bands(chips, bands)
     rgb = composite(chips.values[i], tuple(bands), percentiles)
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 4))
-    if grey or rgb.shape[-1] == 1:
+    if grey or how == "grey" or rgb.shape[-1] == 1:
         ax.imshow(rgb.mean(-1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     else:
         ax.imshow(rgb[..., :3], interpolation="nearest")
@@ -108,14 +126,14 @@ def plot_segment_sensitivity(
     chips: Chips | np.ndarray,
     result: xr.Dataset,
     i: int,
-    bands: tuple[int, ...] = (2, 1, 0),
+    bands: tuple[int, ...] | None = None,
     *,
     ax: Any = None,
     var: str = "cate_change_mean",
-    alpha: float = 0.7,
+    alpha: float = 0.55,
     vmax: float | None = None,
     colorbar: bool = True,
-    grey: bool = True,
+    grey: bool = False,
 ) -> Any:
     """One chip with its segment sensitivity overlaid, segment boundaries and a colour bar.
 
@@ -131,7 +149,9 @@ def plot_segment_sensitivity(
         Composite bands (see :func:`plot_chip`).
     ax : matplotlib.axes.Axes, optional
     var : str
-        Per-segment variable shown (default the posterior mean CATE change).
+        Per-segment variable shown: ``"cate_change_mean"`` (default; outcome units) or
+        ``"logodds_change_mean"`` (change in the log-odds of the image's own cluster, which
+        moves even where P(cluster) sits at 1.00).
     alpha : float
         Opacity of the overlay.
     vmax : float, optional
@@ -139,7 +159,8 @@ def plot_segment_sensitivity(
     colorbar : bool
         Add a colour bar.
     grey : bool
-        Draw the chip in grey under the overlay (default), or in colour.
+        Draw the chip in grey under the overlay, or (default) in true colour when the band
+        names say which bands are red, green and blue.
 
     Returns
     -------
@@ -181,7 +202,7 @@ def plot_segment_sensitivity(
     ax.set_title(f"{chips.image_ids[i]}: CATE {float(result['cate'][i]):.2f}", fontsize=9)
     if colorbar:
         bar = plt.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-        bar.set_label(CATE_CHANGE_LABEL if var == "cate_change_mean" else var, fontsize=8)
+        bar.set_label(LABELS.get(var, var), fontsize=8)
         bar.ax.tick_params(labelsize=7)
     return ax
 
@@ -195,6 +216,13 @@ def _symmetric_limit(values: np.ndarray, vmax: float | None = None) -> float:
         magnitude = np.abs(values)
         limit = np.nan if np.isnan(magnitude).all() else float(np.nanmax(magnitude))
     return limit if np.isfinite(limit) and limit > 0 else 1.0
+
+
+def _wrap(text: str, width: int = 34) -> str:
+    """Break a label into lines of about ``width`` characters, so it fits beside the figure."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
 
 
 def _save_figure(fig: Any, path: str | Path, dpi: int, overwrite: bool) -> Path:
@@ -211,8 +239,9 @@ def plot_cluster_gallery(
     n: int = 4,
     path: str | Path | None = None,
     *,
-    bands: tuple[int, ...] = (2, 1, 0),
-    panel_size: float = 2.0,
+    bands: tuple[int, ...] | None = None,
+    var: str | None = None,
+    panel_size: float = 2.2,
     dpi: int = 100,
     overwrite: bool = False,
     max_draws: int | None = None,
@@ -233,8 +262,13 @@ def plot_cluster_gallery(
     path : path, optional
         Also save the figure here (written to a temporary name, then renamed); its size is
         ``(n * panel_size * dpi, K * panel_size * dpi)`` pixels.
-    bands : tuple of int
-        Composite bands (see :func:`plot_chip`).
+    bands : tuple of int, optional
+        Composite bands (see :func:`plot_chip`; default true colour found by band name).
+    var : str, optional
+        The overlay: ``"logodds_change_mean"`` (default when ``result`` has it: the change in
+        the log-odds of the image's own cluster, which shows what moves an image between
+        clusters even where P(cluster) is 1.00 and the CATE barely changes) or
+        ``"cate_change_mean"`` (outcome units).
     panel_size : float
         Inches per image.
     dpi : int
@@ -269,7 +303,9 @@ def plot_cluster_gallery(
     effects = fit.cluster_effects()
     limit = None
     if result is not None:  # one colour scale for every panel, so panels compare
-        shown = sensitivity_map(result, "cate_change_mean").values[table["index"].to_numpy()]
+        if var is None:
+            var = "logodds_change_mean" if "logodds_change_mean" in result else "cate_change_mean"
+        shown = sensitivity_map(result, var).values[table["index"].to_numpy()]
         limit = _symmetric_limit(shown)
     for row in table.itertuples():
         ax = axes[row.cluster, row.rank]
@@ -277,33 +313,38 @@ def plot_cluster_gallery(
             plot_chip(chips, row.index, bands, ax=ax)
         else:
             plot_segment_sensitivity(
-                chips, result, row.index, bands, ax=ax, colorbar=False, vmax=limit
+                chips, result, row.index, bands, ax=ax, var=var, colorbar=False, vmax=limit
             )
-        ax.set_title(f"{row.image}: P={row.cluster_prob:.2f}", fontsize=7)
+        ax.set_title(f"{row.image}\nP={row.cluster_prob:.3f}", fontsize=7, pad=2)
         if row.rank == 0:
             ax.set_ylabel(
-                f"cluster {row.cluster}\ntau={effects.tau_mean[row.cluster]:.2f}", fontsize=8
+                f"cluster {row.cluster}\neffect {effects.tau_mean[row.cluster]:.2f}", fontsize=8
             )
     for ax in axes.ravel()[len(table) :]:
         ax.set_axis_off()
     if result is None:
         fig.suptitle(
-            "Most typical images of each effect cluster (P = cluster probability)", fontsize=9
+            "Most typical images of each effect cluster\n(P: cluster probability)", fontsize=9
         )
         fig.tight_layout()
     else:
+        what = (
+            "the log-odds of the image's own cluster"
+            if var == "logodds_change_mean"
+            else "the unit's CATE"
+        )
         fig.suptitle(
-            "Change in the unit's CATE when a segment is hidden (red: the effect "
-            "rises, blue: it falls); P = cluster probability",
+            f"Hiding a segment: change in {what}\n(red: rises, blue: falls; "
+            "P: cluster probability)",
             fontsize=9,
         )
-        fig.tight_layout(rect=(0, 0, 0.84, 1))
+        fig.tight_layout(rect=(0, 0, 0.80, 1))
         ScalarMappable = require("matplotlib.cm", "plots", "imgcate.plots").ScalarMappable
         Normalize = require("matplotlib.colors", "plots", "imgcate.plots").Normalize
 
-        bar_ax = fig.add_axes((0.86, 0.15, 0.02, 0.7))
+        bar_ax = fig.add_axes((0.83, 0.15, 0.025, 0.7))
         bar = fig.colorbar(ScalarMappable(Normalize(-limit, limit), "RdBu_r"), cax=bar_ax)
-        bar.set_label(CATE_CHANGE_LABEL, fontsize=8)
+        bar.set_label(_wrap(LABELS.get(var, var)), fontsize=7)
         bar.ax.tick_params(labelsize=7)
     if path is not None:
         _save_figure(fig, path, dpi, overwrite)

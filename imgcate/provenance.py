@@ -38,6 +38,8 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def _describe(path: Any) -> dict[str, Any]:
     """Absolute path, size and SHA-256 of a local file; a VRT also lists its source files."""
+    if isinstance(path, Mapping):  # already described (an upstream record)
+        return dict(path)
     text = str(path)
     local = Path(text)
     if "://" in text or not local.is_file():
@@ -121,6 +123,8 @@ def collect(
             continue
         if isinstance(value, str | Path):
             described[role] = _describe(value)
+        elif isinstance(value, Mapping) and ("path" in value or "object" in value):
+            described[role] = dict(value)
         elif isinstance(value, Mapping):
             described[role] = {str(k): _describe(v) for k, v in value.items()}
         elif isinstance(value, Sequence):

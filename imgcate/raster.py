@@ -1,8 +1,16 @@
-"""Raster access shared by chips and maps: opening, band lookup, windowed reads."""
+"""Raster access shared by chips and maps: opening, band stacks, band lookup, windowed reads.
+
+Several single-band files (a Landsat scene as ``B1.tif`` ... ``B7.tif``) are one raster once
+stacked: :func:`stack_bands` writes a VRT whose bands carry descriptions (no GDAL command-line
+tools needed), and every function that takes a raster also takes a mapping
+``{band name: file}`` (stacked on the fly, in that order).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,14 +24,219 @@ from rasterio.windows import Window
 from imgcate.errors import InputError, RasterError
 
 
+def _single_band_names(files: Sequence[Any]) -> list[str]:
+    return [Path(str(f)).stem for f in files]
+
+
+def vrt_xml(
+    files: Sequence[str | Path] | Mapping[str, str | Path], names: Sequence[str] | None = None
+) -> str:
+    """The XML of a VRT stacking the bands of ``files`` in order, each band described.
+
+    Parameters
+    ----------
+    files : sequence of paths, or mapping of band name to path
+        Rasters on one grid (same CRS, transform and size); every band of each is used.
+    names : sequence of str, optional
+        One description per output band (default: the mapping's keys; else each file's own
+        band descriptions, or its file name without suffix for a single-band file).
+
+    Raises
+    ------
+    RasterError
+        If a file is missing, unreadable, or on another grid than the first.
+    InputError
+        If ``names`` does not give one name per band.
+    """
+    if isinstance(files, Mapping):
+        if names is not None:
+            raise InputError("give band names as the mapping's keys or as names=, not both.")
+        names, files = [str(k) for k in files], list(files.values())
+    files = [Path(str(f)) for f in files]
+    if not files:
+        raise InputError("no raster files to stack; give at least one.")
+    bands, grid, dtypes = [], None, set()
+    for path in files:
+        ds, _ = open_raster(path)
+        with ds:
+            this = (ds.crs, ds.transform, ds.width, ds.height)
+            if grid is None:
+                grid, first = this, path
+            elif this[0] != grid[0] or not this[1].almost_equals(grid[1]) or this[2:] != grid[2:]:
+                raise RasterError(
+                    f"raster {str(path)!r} is on another grid than {str(first)!r} (CRS "
+                    f"{this[0]} vs {grid[0]}, {this[2]}x{this[3]} vs {grid[2]}x{grid[3]} px, "
+                    f"transform {tuple(this[1])[:6]} vs {tuple(grid[1])[:6]}); resample the "
+                    "bands to one grid first (e.g. rio warp --like)."
+                )
+            for j in range(1, ds.count + 1):
+                own = ds.descriptions[j - 1]
+                default = path.stem if ds.count == 1 else f"{path.stem}_{j}"
+                bands.append(
+                    (
+                        path,
+                        j,
+                        ds.dtypes[j - 1],
+                        ds.nodatavals[j - 1],
+                        own or default,
+                        ds.block_shapes[j - 1],
+                    )
+                )
+                dtypes.add(ds.dtypes[j - 1])
+    if names is not None:
+        names = [str(n) for n in names]
+        if len(names) != len(bands):
+            raise InputError(
+                f"{len(names)} band names for {len(bands)} bands in {[str(f) for f in files]}; "
+                "give one name per band."
+            )
+        if len(set(names)) != len(names):
+            raise InputError(f"band names {names} repeat a name; give each band its own.")
+    else:
+        names = [b[4] for b in bands]
+    crs, transform, width, height = grid
+    dtype = dtypes.pop() if len(dtypes) == 1 else "Float32"
+    gdal_type = {
+        "uint8": "Byte",
+        "int8": "Int8",
+        "uint16": "UInt16",
+        "int16": "Int16",
+        "uint32": "UInt32",
+        "int32": "Int32",
+        "float32": "Float32",
+        "float64": "Float64",
+    }.get(str(dtype), "Float32")
+    root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
+    if crs is not None:
+        ET.SubElement(root, "SRS").text = crs.to_wkt()
+    ET.SubElement(root, "GeoTransform").text = ", ".join(repr(v) for v in transform.to_gdal())
+    for i, ((path, j, band_type, nodata, _, block), name) in enumerate(
+        zip(bands, names, strict=True), start=1
+    ):
+        band = ET.SubElement(root, "VRTRasterBand", dataType=gdal_type, band=str(i))
+        ET.SubElement(band, "Description").text = name
+        if nodata is not None:
+            ET.SubElement(band, "NoDataValue").text = repr(float(nodata))
+        source = ET.SubElement(band, "ComplexSource" if nodata is not None else "SimpleSource")
+        ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = str(path.resolve())
+        ET.SubElement(source, "SourceBand").text = str(j)
+        ET.SubElement(
+            source,
+            "SourceProperties",
+            RasterXSize=str(width),
+            RasterYSize=str(height),
+            DataType={"uint8": "Byte"}.get(band_type, gdal_type),
+            BlockXSize=str(block[1]),
+            BlockYSize=str(block[0]),
+        )
+        window = {"xOff": "0", "yOff": "0", "xSize": str(width), "ySize": str(height)}
+        ET.SubElement(source, "SrcRect", **window)
+        ET.SubElement(source, "DstRect", **window)
+        if nodata is not None:
+            ET.SubElement(source, "NODATA").text = repr(float(nodata))
+    return ET.tostring(root, encoding="unicode")
+
+
+def stack_bands(
+    files: Sequence[str | Path] | Mapping[str, str | Path],
+    path: str | Path,
+    *,
+    names: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Stack single-band files (or the bands of several files) into one VRT with named bands.
+
+    Parameters
+    ----------
+    files : sequence of paths, or mapping of band name to path
+        Rasters on one grid, in band order.
+    path : path
+        The VRT to write (temporary name, then renamed). It refers to the files by absolute
+        path, so it stays valid wherever it is read from.
+    names : sequence of str, optional
+        Band descriptions (default: the mapping's keys, else each file's descriptions or name).
+        Name the bands: chips, fits and maps check band identity by these descriptions.
+    overwrite : bool
+        Replace an existing ``path``.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    RasterError
+        If a file is missing, unreadable, or on another grid.
+    OutputExistsError
+        If ``path`` exists and ``overwrite`` is False.
+
+    Examples
+    --------
+    >>> stack_bands({"blue": "B1.tif", "green": "B2.tif", "red": "B3.tif"},
+    ...             "scene.vrt")  # doctest: +SKIP
+    PosixPath('scene.vrt')
+    """
+    from imgcate.output import atomic_path
+
+    text = vrt_xml(files, names)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        Path(tmp).write_text(text)
+    return Path(path)
+
+
+def as_raster(raster: Any) -> Any:
+    """A raster argument as something :func:`rasterio.open` takes: a mapping
+    ``{band name: file}`` becomes the XML of a VRT stacking them; anything else is unchanged."""
+    if isinstance(raster, Mapping):
+        return vrt_xml(raster)
+    return raster
+
+
+def raster_label(raster: Any) -> str:
+    """How messages name a raster: its path, or ``VRT of [files]`` for an in-memory stack."""
+    name = str(getattr(raster, "name", raster))
+    if name.lstrip().startswith("<VRTDataset"):
+        try:
+            root = ET.fromstring(name)
+            files = [n.text for n in root.iter("SourceFilename")]
+        except ET.ParseError:
+            files = []
+        return f"VRT of {[os.path.basename(f or '') for f in files]}"
+    return name
+
+
+def raster_source(raster: Any) -> Any:
+    """What provenance records of a raster argument: a path, the mapping of band files, or
+    the files of an in-memory VRT stack."""
+    if isinstance(raster, Mapping):
+        return {str(k): str(v) for k, v in raster.items()}
+    name = str(raster) if isinstance(raster, str | Path) else str(getattr(raster, "name", raster))
+    if name.lstrip().startswith("<VRTDataset"):
+        root = ET.fromstring(name)
+        names = [n.text or "" for n in root.iter("Description")]
+        files = [n.text or "" for n in root.iter("SourceFilename")]
+        return dict(zip(names, files, strict=False)) if len(names) == len(files) else files
+    return name
+
+
 def open_raster(raster: Any) -> tuple[DatasetReader, bool]:
     """An open dataset and whether we opened it (so must close it).
+
+    ``raster`` is a path, an open dataset, VRT XML text, or a mapping ``{band name: file}``
+    (stacked with :func:`vrt_xml`).
 
     Raises
     ------
     RasterError
         If the path does not exist, the dataset is closed, or GDAL cannot open it.
     """
+    if isinstance(raster, Mapping):
+        raster = vrt_xml(raster)
+    if isinstance(raster, str) and raster.lstrip().startswith("<VRTDataset"):
+        try:
+            return rasterio.open(raster), True
+        except rasterio.errors.RasterioError as exc:
+            raise RasterError(f"the band stack could not be opened ({exc}).") from exc
     if isinstance(raster, DatasetReader):
         if raster.closed:
             raise RasterError(f"raster {raster.name!r} is closed; pass an open dataset or a path.")

@@ -254,7 +254,7 @@ def test_encoder_refuses_chips_cut_another_way(scene, tmp_path):
         dst.write(data)
         for i in range(1, data.shape[0] + 1):
             dst.set_band_description(i, f"other_{i}")
-    with pytest.raises(InputError, match=r"the trial's chips had \['B1'"):
+    with pytest.raises(InputError, match=r"the trial's chips had bands \['B1'"):
         enc.transform(extract_chips(trial, renamed, 8))
     with rasterio.open(
         coarse, "w", **{**profile, "transform": profile["transform"] * Affine.scale(2)}

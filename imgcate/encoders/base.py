@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from imgcate.bands import check_band_identity
 from imgcate.chips import Chips
 from imgcate.errors import ExtrapolationWarning, FitError, InputError
 from imgcate.validation import check_choice, rng_from_seed
@@ -281,13 +282,16 @@ class Encoder:
                 f"chips were read with scale={new['scale']} but the trial's chips with "
                 f"scale={fitted.get('scale')}; extract them with the same scale."
             )
-        names, want_names = new["band_names"], list(fitted.get("band_names") or [])
-        default = [f"band_{i + 1}" for i in range(len(names))]
-        if names != default and want_names and want_names != default and names != want_names:
-            raise InputError(
-                f"chips have bands {names} but the trial's chips had {want_names}; extract "
-                "them with the same bands (bands=[...])."
-            )
+        check_band_identity(
+            new["band_names"],
+            fitted,
+            source="the chips",
+            means=new.get("band_mean"),
+            sds=new.get("band_sd"),
+            hint="extract them with the same bands (bands=[...])",
+            error=InputError,
+            stacklevel=5,
+        )
         pixel, want_pixel = new["pixel_size"], fitted.get("pixel_size")
         if (
             pixel

@@ -4,6 +4,7 @@
 EffectFit + raster + region ─ tile_grid ─→ TileGrid ─ predict_map ─→ xarray.Dataset (y, x)
 xarray.Dataset ─ write_cog ─→ Cloud-Optimized GeoTIFF + PNG preview
 xarray.Dataset + polygons ─ aggregate_by_polygon ─→ GeoDataFrame (GeoPackage)
+EffectFit + raster + polygons ─ polygon_effects ─→ GeoDataFrame: joint-draw polygon effects
 ```
 
 A region (polygons or bounds) is covered by a grid of tiles of ``tile_size`` pixels whose
@@ -22,6 +23,7 @@ from imgcate.maps.aggregate import aggregate_by_polygon
 from imgcate.maps.cog import band_names, check_creation_options, write_cog, write_preview
 from imgcate.maps.compute import DEFAULT_TILE_SIZE, fit_tile_size, predict_map
 from imgcate.maps.grid import TileGrid, tile_grid
+from imgcate.maps.polygons import polygon_effects
 from imgcate.maps.tiles import MAP_VARIABLES
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "band_names",
     "check_creation_options",
     "fit_tile_size",
+    "polygon_effects",
     "predict_map",
     "tile_grid",
     "write_cog",

@@ -22,20 +22,54 @@ from imgcate.output import atomic_path, check_writable
 def band_names(dataset: xr.Dataset) -> list[str]:
     """Band descriptions :func:`write_cog` gives, in order.
 
-    ``mean, sd, lower_<p>, upper_<p>, prob_positive, cluster_prob_0.., extrapolation`` with
-    ``p`` the interval percentiles (``lower_5``, ``upper_95`` for ``prob=0.9``).
+    ``mean, sd, lower_<p>, upper_<p>, prob_positive, cluster_prob_0.., extrapolation,
+    outside_support`` with ``p`` the interval percentiles (``lower_5``, ``upper_95`` for
+    ``prob=0.9``); ``outside_support`` is 1 where the tile lies outside the trial's support.
     """
     lo, hi = (n.rstrip("%") for n in interval_names(float(dataset.attrs["prob"])))
     names = ["mean", "sd", f"lower_{lo}", f"upper_{hi}", "prob_positive"]
     names += [f"cluster_prob_{k}" for k in range(dataset.sizes["cluster"])]
-    return names + ["extrapolation"]
+    return names + ["extrapolation", "outside_support"]
 
 
 def _layers(dataset: xr.Dataset) -> np.ndarray:
     layers = [dataset[v].values for v in ("mean", "sd", "lower", "upper", "prob_positive")]
     layers += list(dataset["cluster_prob"].values)
     layers.append(dataset["extrapolation"].values)
+    layers.append(dataset["outside_support"].values)
     return np.stack(layers).astype(np.float32)
+
+
+#: Dataset attrs written as GeoTIFF dataset tags.
+TAGS = (
+    "prob",
+    "seed",
+    "max_draws",
+    "n_draws",
+    "tile_size",
+    "stride",
+    "support_limit",
+    "imgcate_version",
+    "region",
+    "raster",
+    "fit_digest",
+)
+
+
+def _tags(dataset: xr.Dataset) -> dict[str, str]:
+    """GeoTIFF tags: the attrs in :data:`TAGS`, the provenance (JSON) and the command."""
+    from imgcate.provenance import KEY, loads
+
+    tags = {k: str(dataset.attrs[k]) for k in TAGS if k in dataset.attrs}
+    record = loads(dataset.attrs.get("provenance"))
+    if record:
+        tags[KEY] = dataset.attrs["provenance"]
+        if record.get("command"):
+            tags["command"] = " ".join(record["command"])
+        fit = (record.get("inputs") or {}).get("fit")
+        if isinstance(fit, dict) and fit.get("sha256"):
+            tags["fit_sha256"] = fit["sha256"]
+    return tags
 
 
 def _default_blocksize(shape: tuple[int, int]) -> int:
@@ -122,7 +156,10 @@ def write_cog(
     -----
     Bands are named (descriptions) as :func:`band_names` lists them; nodata is NaN (outside
     the region or raster). Dataset tags: ``prob``, ``seed``, ``max_draws``, ``n_draws``,
-    ``tile_size``, ``stride``, ``support_limit``, ``imgcate_version``, ``region``.
+    ``tile_size``, ``stride``, ``support_limit``, ``imgcate_version``, ``region``, ``raster``
+    (the source raster), ``fit_digest``, and where the map has a provenance record
+    ``imgcate_provenance`` (JSON: inputs with SHA-256, command, seeds), ``command`` and
+    ``fit_sha256`` (of the fit file). ``imgcate info MAP`` prints them.
 
     Raises
     ------
@@ -159,21 +196,7 @@ def write_cog(
     }
     options.update({str(k).upper(): v for k, v in (co or {}).items()})
     check_creation_options(options)
-    tags = {
-        k: str(dataset.attrs[k])
-        for k in (
-            "prob",
-            "seed",
-            "max_draws",
-            "n_draws",
-            "tile_size",
-            "stride",
-            "support_limit",
-            "imgcate_version",
-            "region",
-        )
-        if k in dataset.attrs
-    }
+    tags = _tags(dataset)
     profile = {
         "driver": "GTiff",
         "width": width,
@@ -209,6 +232,25 @@ def write_cog(
     return path
 
 
+def axis_labels(crs: Any) -> tuple[str, str]:
+    """x and y axis labels of a map in ``crs``, with its units: ``("easting (m)", "northing
+    (m)")`` for UTM, ``("longitude (°)", "latitude (°)")`` for a geographic CRS."""
+    from pyproj import CRS
+
+    try:
+        parsed = CRS.from_user_input(crs)
+    except Exception:  # noqa: BLE001 - an unknown CRS still gets labels
+        return "x", "y"
+    if parsed.is_geographic:
+        return "longitude (°)", "latitude (°)"
+    unit = parsed.axis_info[0].unit_name if parsed.axis_info else ""
+    short = {"metre": "m", "meter": "m", "US survey foot": "ftUS", "foot": "ft"}.get(unit, unit)
+    suffix = f" ({short})" if short else ""
+    code = parsed.to_epsg()
+    where = f", EPSG:{code}" if code else ""
+    return f"easting{suffix}{where}", f"northing{suffix}"
+
+
 def write_preview(
     dataset: xr.Dataset, path: str | Path, *, overwrite: bool = False, dpi: int = 110
 ) -> Path:
@@ -233,6 +275,7 @@ def write_preview(
         ("prob_positive", "P(CATE > 0)", "PuOr_r", 0, 1),
         ("extrapolation", "extrapolation (Mahalanobis)", "viridis", None, None),
     ]
+    xlabel, ylabel = axis_labels(dataset.attrs["crs"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
     for ax, (var, label, cmap, vmin, vmax) in zip(axes, panels, strict=True):
         image = ax.imshow(
@@ -264,6 +307,9 @@ def write_preview(
         fig.colorbar(image, ax=ax, shrink=0.85)
         ax.set_title(label, fontsize=10)
         ax.tick_params(labelsize=7)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.ticklabel_format(useOffset=False, style="plain")
+    axes[0].set_ylabel(ylabel, fontsize=8)
     fig.suptitle(
         f"imgcate effect map ({dataset.attrs.get('n_draws', '?')} draws, tiles "
         f"{dataset.attrs.get('tile_size')} px every {dataset.attrs.get('stride')} px); "

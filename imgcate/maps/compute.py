@@ -8,6 +8,7 @@ its saved file and is rebuilt once per worker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import warnings
@@ -18,13 +19,15 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from imgcate.bands import check_band_identity
 from imgcate.errors import ExtrapolationWarning, InputError, RasterError
 from imgcate.intervals import interval_names
 from imgcate.maps.grid import TileGrid, check_tiles, tile_grid
 from imgcate.maps.resume import fingerprint, job_key, load_block, open_checkpoints, save_block
-from imgcate.maps.tiles import MAP_VARIABLES, TileJob, TileModel, compute_block
+from imgcate.maps.tiles import MAP_VARIABLES, TileJob, TileModel, compute_block, draw_count
 from imgcate.optional import require
-from imgcate.raster import band_indexes, open_raster
+from imgcate.provenance import collect, dumps
+from imgcate.raster import band_indexes, open_raster, raster_label, raster_source
 from imgcate.results import EffectFit, load_fit
 from imgcate.validation import check_prob
 
@@ -131,31 +134,67 @@ def _run_dask(
             submit()
             yield index, result
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        with _quiet_shutdown():
+            client.close()
+            if cluster is not None:
+                cluster.close()
 
 
-def _check_bands(fit: EffectFit, ds: Any, bands: Sequence[int | str] | None) -> tuple[int, ...]:
+@contextlib.contextmanager
+def _quiet_shutdown():
+    """Closing a local Dask cluster makes its nannies warn that they kill workers still busy
+    tearing JAX down ("Worker process still alive after 4.0 seconds, killing"): expected at
+    shutdown, so silenced (errors still pass)."""
+    loggers = [logging.getLogger(n) for n in ("distributed", "distributed.nanny")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _sample_stats(ds: Any, indexes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band means and sds of a decimated read of the raster (at most 256 x 256 px), as the
+    trial's chip statistics were measured (nodata left out)."""
+    height, width = min(ds.height, 256), min(ds.width, 256)
+    data = ds.read(list(indexes), out_shape=(len(indexes), height, width), masked=True)
+    arr = np.ma.masked_invalid(data.astype(np.float64)).reshape(len(indexes), -1)
+    return np.ma.filled(arr.mean(1), 0.0), np.ma.filled(arr.std(1), 0.0)
+
+
+def check_bands(
+    fit: EffectFit, ds: Any, bands: Sequence[int | str] | None, scale: Any = None
+) -> tuple[int, ...]:
+    """Band numbers to read, checked against the trial's chips (count, names, order)."""
     indexes = band_indexes(ds, bands)
     want = fit.encoder.n_bands
     names = [ds.descriptions[i - 1] or f"band_{i}" for i in indexes]
+    label = raster_label(ds)
     if len(indexes) != want:
         raise RasterError(
-            f"raster {ds.name!r} gives {len(indexes)} band(s) {names} but the fit's encoder was "
+            f"raster {label!r} gives {len(indexes)} band(s) {names} but the fit's encoder was "
             f"fitted on {want}-band chips; map a raster with the trial's bands (or choose them "
             "with bands=[...] / --band)."
         )
     spec = fit.encoder.chip_spec or {}
-    fit_names = spec.get("band_names") or []
-    described = all(ds.descriptions[i - 1] for i in indexes)
-    fit_described = any(name != f"band_{j + 1}" for j, name in enumerate(fit_names))
-    if described and fit_described and list(fit_names) != names:
-        raise RasterError(
-            f"raster {ds.name!r} has bands {names} but the trial's chips had bands "
-            f"{list(fit_names)}; map a raster with those bands (or choose them with "
-            "bands=[...] / --band)."
-        )
+    means = sds = None
+    if spec.get("band_mean"):
+        means, sds = _sample_stats(ds, indexes)
+        factor = scale if scale is not None else spec.get("scale")
+        if factor is not None:
+            factor = np.abs(np.resize(np.asarray(factor, float), len(means)))
+            means, sds = means * factor, sds * factor
+    check_band_identity(
+        [ds.descriptions[i - 1] or f"band_{j + 1}" for j, i in enumerate(indexes)],
+        spec,
+        source=f"raster {label!r}",
+        means=means,
+        sds=sds,
+        stacklevel=4,
+    )
     return tuple(indexes)
 
 
@@ -199,7 +238,7 @@ def fit_tile_size(fit: EffectFit, tile_size: int | None = None) -> int:
     return int(size[0])
 
 
-def _chip_settings(
+def chip_settings(
     fit: EffectFit, ds: Any, tile_size: int | None, scale: float | Sequence[float] | None
 ) -> tuple[int, tuple[float, ...] | None]:
     """Tile size and scale as the trial's chips were cut (``fit.encoder.chip_spec``)."""
@@ -259,6 +298,7 @@ def predict_map(
     bands: Sequence[int | str] | None = None,
     scale: float | Sequence[float] | None = None,
     on_block: Callable[[int, int], None] | None = None,
+    provenance: dict | None = None,
 ) -> xr.Dataset:
     """Posterior predictive map of the treatment effect over a region of a raster.
 
@@ -310,6 +350,10 @@ def predict_map(
     on_block : callable, optional
         Called as ``on_block(done, total)`` after each block is finished (and saved); an
         exception it raises stops the job (the blocks saved so far are kept).
+    provenance : dict, optional
+        Where the map comes from (:func:`imgcate.provenance.collect`; the command line passes
+        the fit file, the raster and the command). Default: the raster's files and hashes and
+        the fit's digest. Stored as the attr ``provenance`` (JSON) and in the GeoTIFF's tags.
 
     Returns
     -------
@@ -329,7 +373,9 @@ def predict_map(
 
         Scalar coordinate ``spatial_ref`` (attrs ``crs_wkt``, ``GeoTransform``); attrs ``crs``
         (WKT), ``transform`` (affine a, b, c, d, e, f), ``prob``, ``seed``, ``max_draws``,
-        ``n_draws``, ``tile_size``, ``stride``, ``support_limit``, ``imgcate_version``.
+        ``n_draws``, ``tile_size``, ``stride``, ``support_limit``, ``imgcate_version``,
+        ``raster``, ``fit_digest`` (SHA-256 of the fit's posterior, standardizer and encoder)
+        and ``provenance`` (JSON).
 
     Raises
     ------
@@ -348,15 +394,15 @@ def predict_map(
     >>> ds = predict_map(fit, "scene.tif", (400000, 50000, 410000, 60000))  # doctest: +SKIP
     >>> write_cog(ds, "effect_map.tif")  # doctest: +SKIP
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     _check_options(fit, prob, max_draws, block_tiles, workers)
     ds, owned = open_raster(raster)
     try:
-        indexes = _check_bands(fit, ds, bands)
-        tile_size, scale = _chip_settings(fit, ds, tile_size, scale)
+        indexes = check_bands(fit, ds, bands, scale)
+        tile_size, scale = chip_settings(fit, ds, tile_size, scale)
         grid = tile_grid(ds, region, tile_size=tile_size, stride=stride)
-        path = str(ds.name)
+        path, label, source = str(ds.name), raster_label(ds), raster_source(raster)
     finally:
         if owned:
             ds.close()
@@ -400,6 +446,7 @@ def predict_map(
         runner = _run_dask(fit, job, todo, workers, scheduler, fingerprint(fit))
     bar = tqdm(
         total=grid.n_tiles,
+        mininterval=1.0,
         initial=sum(len(blocks[i]) for i in done),
         unit="tile",
         desc="imgcate map",
@@ -419,7 +466,10 @@ def predict_map(
         if hasattr(runner, "close"):
             runner.close()
     model_limit = fit.trial_support()[2]
-    return _to_dataset(out, grid, fit, job, model_limit)
+    digest = fingerprint(fit)
+    record = provenance or collect({"raster": source}, seeds={"map": int(seed)})
+    extra = {"raster": label, "fit_digest": digest, "provenance": dumps(record)}
+    return _to_dataset(out, grid, fit, job, model_limit, extra)
 
 
 def _place(out: dict, flat: np.ndarray, result: dict) -> None:
@@ -429,7 +479,7 @@ def _place(out: dict, flat: np.ndarray, result: dict) -> None:
 
 
 def _to_dataset(
-    out: dict, grid: TileGrid, fit: EffectFit, job: TileJob, limit: float
+    out: dict, grid: TileGrid, fit: EffectFit, job: TileJob, limit: float, extra: dict
 ) -> xr.Dataset:
     y, x = grid.coords()
     dims = ("y", "x")
@@ -466,7 +516,7 @@ def _to_dataset(
     }
     from imgcate import __version__
 
-    n_draws = len(fit.draw_indices(job.max_draws, job.seed))
+    n_draws = draw_count(fit, job.max_draws, job.seed)
     ds = xr.Dataset(
         data,
         coords={
@@ -489,9 +539,9 @@ def _to_dataset(
             "tile_size": job.tile_size,
             "stride": job.stride,
             "support_limit": limit,
-            "raster": job.raster,
             "region": grid.region,
             "imgcate_version": __version__,
+            **extra,
         },
     )
     for name in ds.data_vars:

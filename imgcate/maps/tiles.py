@@ -47,6 +47,15 @@ class TileModel:
         self.prob = job.prob
         self.batch_size = job.batch_size
 
+    def draws(self, tiles: np.ndarray) -> np.ndarray:
+        """Posterior draws of the CATE of tiles (tile, band, y, x): shape (sample, tile)."""
+        import jax.numpy as jnp
+
+        n = len(tiles)
+        raw = self.encoder.transform(_pad(tiles, self.batch_size), batch_size=self.batch_size)
+        cate, _ = self.effect(jnp.asarray(raw, jnp.float32))
+        return np.asarray(cate, np.float64)[:, :n]
+
     def __call__(self, tiles: np.ndarray) -> dict[str, np.ndarray]:
         """Summaries of the posterior effect for tiles (tile, band, y, x)."""
         import jax.numpy as jnp
@@ -72,6 +81,16 @@ class TileModel:
         }
 
 
+def draw_count(fit: EffectFit, max_draws: int | None, seed: int) -> int:
+    """How many posterior draws ``fit.effect_function(max_draws=..., seed=...)`` uses."""
+    method = getattr(fit, "draw_indices", None)
+    if method is None:  # the draw subset moved to imgcate.prediction
+        from imgcate.prediction import draw_indices
+
+        return len(draw_indices(fit, max_draws, seed))
+    return len(method(max_draws, seed))
+
+
 def _pad(values: np.ndarray, multiple: int) -> np.ndarray:
     """Repeat the last row so the length is a multiple (one compiled shape per size)."""
     extra = -len(values) % multiple
@@ -88,7 +107,7 @@ def _runs(cols: np.ndarray, max_run: int = 256) -> Iterator[np.ndarray]:
             yield run[i : i + max_run]
 
 
-def _read_tiles(
+def read_tiles(
     ds: Any, job: TileJob, rows: np.ndarray, cols: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Tiles (tile, band, y, x) float32 at grid positions, and whether each is complete."""
@@ -119,7 +138,7 @@ def _read_tiles(
 def compute_block(model: TileModel, ds: Any, job: TileJob, flat: np.ndarray) -> dict:
     """Map statistics (float32) of the tiles at flat grid indices; NaN for incomplete tiles."""
     rows, cols = np.divmod(flat, job.n_cols)
-    tiles, valid = _read_tiles(ds, job, rows, cols)
+    tiles, valid = read_tiles(ds, job, rows, cols)
     out = {name: np.full(len(flat), np.nan, np.float32) for name in MAP_VARIABLES}
     out["cluster_prob"] = np.full((len(flat), model.n_clusters), np.nan, np.float32)
     if valid.any():

@@ -13,6 +13,7 @@ import xarray as xr
 from imgcate.chips import Chips, as_chips
 from imgcate.errors import FitError, InputError
 from imgcate.intervals import interval_names, quantiles
+from imgcate.maps.tiles import draw_count
 from imgcate.results import EffectFit
 from imgcate.segments.labels import grid_labels, segment_chips
 from imgcate.validation import check_choice, check_positive_int, check_prob
@@ -99,21 +100,34 @@ def _occlusion_fn(fit: EffectFit, encoder: Any, n_segments: int, max_draws: int 
         cate0, prob0 = cate[:, :n_img], prob[:, :n_img]  # (draw, B), (draw, B, K)
         cate_s = cate[:, n_img:].reshape(cate.shape[0], n_segments, n_img)
         prob_s = prob[:, n_img:].reshape(prob.shape[0], n_segments, n_img, -1)
+        top = prob0.mean(0).argmax(-1)  # (B,): each image's own cluster
+        odds0 = _log_odds(jnp.take_along_axis(prob0, top[None, :, None], -1)[..., 0])
+        odds_s = _log_odds(jnp.take_along_axis(prob_s, top[None, None, :, None], -1)[..., 0])
         return (
             cate0,
             prob0.mean(0),
             jnp.moveaxis(cate_s - cate0[:, None], 1, 0),
             (prob_s - prob0[:, None]).mean(0),
+            jnp.moveaxis((odds_s - odds0[:, None]).mean(0), 0, 1),  # (B, S)
+            top,
         )
 
     return run
 
 
-def _summaries(cate0, prob0, dcate, dprob, prob: float):
+def _log_odds(p):
+    """log(p / (1 - p)), p clipped to float32's resolution near 0 and 1."""
+    p = jnp.clip(p, 1e-7, 1 - 1e-7)
+    return jnp.log(p) - jnp.log1p(-p)
+
+
+def _summaries(cate0, prob0, dcate, dprob, dodds, top, prob: float):
     """numpy summaries of one batch: per (image, segment) mean/sd/interval of the change."""
     draws = np.moveaxis(np.asarray(dcate, dtype=np.float64), 2, 0)  # (B, S, draw)
     lo, hi = quantiles(draws, prob, axis=-1)
     return {
+        "logodds_change_mean": np.asarray(dodds, np.float64),
+        "own_cluster": np.asarray(top, np.int64),
         "cate": np.asarray(cate0, np.float64).mean(0),
         "cluster_prob": np.asarray(prob0, np.float64),
         "cate_change_mean": draws.mean(-1),
@@ -183,6 +197,10 @@ def segment_sensitivity(
           attrs hold ``prob`` and ``quantile``;
         - ``prob_change_positive`` (image, segment): posterior P(change > 0);
         - ``cluster_prob_change`` (image, segment, cluster): posterior mean change of P(cluster);
+        - ``logodds_change_mean`` (image, segment): posterior mean change of the log-odds of
+          the image's own cluster (``own_cluster``, its most probable): what moves even where
+          P(cluster) sits at 1.00 and the CATE barely changes (negative: hiding the segment
+          pulls the image out of its cluster);
         - ``cate`` (image), ``cluster_prob`` (image, cluster): posterior means for the original
           chips;
         - ``segment_size`` (image, segment): pixels per segment;
@@ -234,6 +252,7 @@ def segment_sensitivity(
         "cate_change_upper",
         "prob_change_positive",
         "cluster_prob_change",
+        "logodds_change_mean",
     ):
         data[name][absent] = np.nan
     return _to_dataset(
@@ -245,7 +264,7 @@ def segment_sensitivity(
         fill,
         prob,
         method,
-        len(fit.draw_indices(max_draws, seed)),
+        draw_count(fit, max_draws, seed),
         interval_names(prob),
     )
 
@@ -315,6 +334,12 @@ def _to_dataset(
             ),
             "prob_change_positive": (dims2, data["prob_change_positive"]),
             "cluster_prob_change": (("image", "segment", "cluster"), data["cluster_prob_change"]),
+            "logodds_change_mean": (
+                dims2,
+                data["logodds_change_mean"],
+                {"long_name": "change in the log-odds of the image's own cluster"},
+            ),
+            "own_cluster": ("image", data["own_cluster"]),
             "cate": ("image", data["cate"]),
             "cluster_prob": (("image", "cluster"), data["cluster_prob"]),
             "segment_size": (dims2, sizes),

@@ -1,0 +1,183 @@
+"""Band identity: which band is which, checked by description and by what the bands hold.
+
+Chips record their band names and each band's mean and sd (``Chips.spec()``); an encoder
+keeps that record, and so does every fit made from its embeddings. New chips and map tiles are
+checked against it:
+
+- described bands must carry the trial's names in the trial's order (else a ``RasterError``
+  that shows both lists);
+- undescribed bands, where the trial's were named, are assumed to be in the trial's order and
+  a :class:`~imgcate.errors.BandWarning` says so, naming that order;
+- whatever the names, bands whose means and sds fit the trial's clearly better in another
+  order (a reversed or shuffled stack) give a :class:`~imgcate.errors.BandWarning` naming
+  that order.
+
+:func:`rgb_bands` finds the red, green and blue bands by name, for true-colour figures.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from imgcate.errors import BandWarning, RasterError
+
+#: A permutation of the bands is reported when its mismatch is below this share of the
+#: mismatch of the order given, and the order given is off by more than
+#: :data:`MISMATCH_FLOOR` trial sds per band on average.
+PERMUTATION_GAIN = 0.5
+MISMATCH_FLOOR = 0.75
+
+
+def default_names(n: int) -> list[str]:
+    """Names given to undescribed bands: ``band_1``, ``band_2``, ..."""
+    return [f"band_{i + 1}" for i in range(n)]
+
+
+def is_described(names: Sequence[str]) -> bool:
+    """Whether band names are real descriptions rather than the ``band_i`` defaults."""
+    names = list(names)
+    return bool(names) and all(
+        n and n != d for n, d in zip(names, default_names(len(names)), strict=True)
+    )
+
+
+def band_stats(values: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-band mean and sd over every pixel of chips (..., band, y, x)."""
+    arr = np.asarray(values, dtype=np.float64)
+    moved = np.moveaxis(arr, -3, 0).reshape(arr.shape[-3], -1)
+    return moved.mean(axis=1).tolist(), moved.std(axis=1).tolist()
+
+
+def best_order(
+    means: Sequence[float], spec: dict[str, Any], sds: Sequence[float] | None = None
+) -> tuple[list[int], float, float]:
+    """The band order whose statistics best fit the trial's, and the mismatch of it and of
+    the order given, per band: the difference of means in trial sds, plus twice the absolute
+    log ratio of the sds (when given)."""
+    from scipy.optimize import linear_sum_assignment
+
+    want = np.asarray(spec["band_mean"], float)
+    sd = np.maximum(np.asarray(spec.get("band_sd") or np.ones_like(want), float), 1e-9)
+    have = np.asarray(means, float)
+    cost = np.abs(have[None, :] - want[:, None]) / sd[:, None]  # (trial band, new band)
+    if sds is not None and spec.get("band_sd"):
+        ratio = np.maximum(np.asarray(sds, float), 1e-9)[None, :] / sd[:, None]
+        cost = cost + 2 * np.abs(np.log(ratio))
+    rows, cols = linear_sum_assignment(cost)
+    order = cols[np.argsort(rows)].tolist()
+    return order, float(cost[rows, cols].mean()), float(np.diag(cost).mean())
+
+
+def check_band_identity(
+    names: Sequence[str],
+    spec: dict[str, Any] | None,
+    *,
+    source: str,
+    means: Sequence[float] | None = None,
+    sds: Sequence[float] | None = None,
+    hint: str = "choose them with bands=[...] / --band",
+    error: type[Exception] = RasterError,
+    stacklevel: int = 3,
+) -> None:
+    """Check bands against the trial's chips (``spec``, from ``Chips.spec()``).
+
+    Parameters
+    ----------
+    names : sequence of str
+        Band descriptions of the new data (``band_i`` for undescribed bands).
+    spec : dict or None
+        The trial's chip record (``encoder.chip_spec``); None checks nothing.
+    source : str
+        How messages name the new data (a raster path, "chips").
+    means, sds : sequence of float, optional
+        Per-band means and sds of the new data (as the trial's were measured), for the order
+        check.
+    hint : str
+        How to choose bands, for the messages.
+    error : exception class
+        What to raise (:class:`~imgcate.errors.RasterError` for rasters, ``InputError`` for
+        chips).
+
+    Raises
+    ------
+    RasterError
+        If described bands differ from the trial's described bands, or their number does.
+
+    Warns
+    -----
+    BandWarning
+        Undescribed bands where the trial's were named (the order assumed is named), or band
+        means that fit the trial's clearly better in another order.
+    """
+    if not spec:
+        return
+    names = list(names)
+    want = list(spec.get("band_names") or [])
+    if want and len(want) != len(names):
+        raise error(
+            f"{source} gives {len(names)} band(s) {names} but the trial's chips had "
+            f"{len(want)}: {want}; {hint}."
+        )
+    if is_described(want) and is_described(names) and names != want:
+        same = sorted(names) == sorted(want)
+        what = "the same bands in another order" if same else "other bands"
+        fix = (
+            f"reorder them (bands={want!r} / --band {' --band '.join(want)})"
+            if same
+            else f"give the trial's bands ({hint})"
+        )
+        raise error(
+            f"{source} has bands {names} but the trial's chips had bands {want}: {what}; {fix}."
+        )
+    if is_described(want) and not is_described(names):
+        warnings.warn(
+            f"{source} has no band descriptions, so its bands are assumed to be, in order, "
+            f"{want}; describe them (imgcate.raster.stack_bands(..., names=...)) to have them "
+            "checked.",
+            BandWarning,
+            stacklevel=stacklevel,
+        )
+    if means is None or not spec.get("band_mean") or len(spec["band_mean"]) != len(names):
+        return
+    order, best, given = best_order(means, spec, sds)
+    if (
+        order != list(range(len(names)))
+        and given > MISMATCH_FLOOR
+        and best < PERMUTATION_GAIN * given
+    ):
+        label = want if is_described(want) else default_names(len(names))
+        looks = [names[j] for j in order]
+        reversed_ = order == list(range(len(names)))[::-1]
+        warnings.warn(
+            f"the bands of {source} look {'reversed' if reversed_ else 'out of order'}: their "
+            f"values fit the trial's bands {label} best in the order {looks} (mismatch "
+            f"{best:.2f} vs {given:.2f} trial sds per band in the order given); check the "
+            f"stack's band order ({hint}).",
+            BandWarning,
+            stacklevel=stacklevel,
+        )
+
+
+def rgb_bands(names: Sequence[str]) -> tuple[int, int, int] | None:
+    """0-based indexes of the red, green and blue bands, found by name; None if one is missing.
+
+    A band matches when its name holds the colour as a word, in any case ("red", "Red",
+    "B4_red", "SR_B2 blue"); "red edge" bands are passed over.
+    """
+    found = []
+    for colour in ("red", "green", "blue"):
+        word = re.compile(rf"\b{colour}\b", re.I)
+        hits = [
+            i
+            for i, name in enumerate(names)
+            if word.search(str(name).replace("_", " ")) and "edge" not in str(name).lower()
+        ]
+        if not hits:
+            return None
+        found.append(hits[0])
+    return found[0], found[1], found[2]
