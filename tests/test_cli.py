@@ -361,14 +361,14 @@ def test_demo_writes_the_whole_pipeline(tmp_path):
 
 def test_quiet_logging_silences_other_libraries():
     """Dask's scheduler logs at INFO on its own loggers; -q and the default keep them out."""
-    from imgcate.cli import _setup_logging
+    from imgcate.cli.common import setup_logging
 
     def shown(name: str, level: int) -> bool:
         record = logging.LogRecord(name, level, __file__, 1, "message", None, None)
         return all(h.filter(record) for h in logging.getLogger().handlers)
 
     for verbose, quiet in [(0, 0), (0, 1), (2, 0)]:
-        _setup_logging(verbose, quiet)
+        setup_logging(verbose, quiet)
         assert not shown("distributed.scheduler", logging.INFO)
         assert shown("distributed.scheduler", logging.ERROR)
         assert shown("imgcate", logging.INFO)  # the imgcate logger's own level decides

@@ -1,0 +1,65 @@
+"""Command line: ``imgcate chips | embed | fit | effects | map | aggregate | info | simulate |
+demo``.
+
+Manners of rasterio's ``rio``: INPUT OUTPUT positionals, ``--overwrite`` to replace files,
+``-v/-q`` (on the group or on a command), errors that point at the offending option, and
+examples at the end of each help. A workflow from a units table and a raster::
+
+    imgcate chips villages.csv scene.tif chips.npz --size 16
+    imgcate embed chips.npz embeddings.parquet
+    imgcate fit villages.csv embeddings.parquet fit.imgcate
+    imgcate map fit.imgcate scene.tif effect_map.tif
+    imgcate aggregate effect_map.tif districts.gpkg district_effects.gpkg
+    imgcate info effect_map.tif
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from imgcate.cli.about import info
+from imgcate.cli.mapping import aggregate, map_command
+from imgcate.cli.modelling import demo, effects, fit_command, simulate
+from imgcate.cli.steps import chips_command, embed_command
+
+
+@click.group()
+@click.version_option(package_name="imgcate")
+@click.option("-v", "--verbose", count=True, help="More messages (repeatable).")
+@click.option("-q", "--quiet", count=True, help="Fewer messages; hides warnings and progress.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: int) -> None:
+    """Causal effect heterogeneity from satellite images.
+
+    \b
+    From a units table and a raster to a map:
+      imgcate chips villages.csv scene.tif chips.npz --size 16
+      imgcate embed chips.npz embeddings.parquet
+      imgcate fit villages.csv embeddings.parquet fit.imgcate
+      imgcate map fit.imgcate scene.tif effect_map.tif
+      imgcate aggregate effect_map.tif districts.gpkg district_effects.gpkg
+      imgcate info fit.imgcate
+    """
+    args = sys.argv[1:] if ctx.parent is None else None
+    ctx.obj = {"verbose": verbose, "quiet": quiet, "argv": args}
+
+
+for _command in (
+    chips_command,
+    embed_command,
+    fit_command,
+    effects,
+    map_command,
+    aggregate,
+    info,
+    simulate,
+    demo,
+):
+    main.add_command(_command)
+
+__all__ = ["main"]
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""``python -m imgcate.cli``: the ``imgcate`` command."""
+
+from imgcate.cli import main
+
+main(prog_name="imgcate")

@@ -1,0 +1,191 @@
+"""``imgcate info FILE``: what a fit, embeddings, chips, map or GeoPackage holds, where it
+came from, and its diagnostics."""
+
+from __future__ import annotations
+
+import json
+import warnings
+import zipfile
+from pathlib import Path
+
+import click
+
+from imgcate.cli.common import common, run, start
+from imgcate.provenance import KEY, loads, summary_lines
+
+
+def kind_of(path: Path) -> str:
+    """fit, embeddings, chips, map, geopackage or unknown (by content, not only suffix)."""
+    suffix = path.suffix.lower()
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            if "meta.json" in zf.namelist():
+                return "fit"
+    if suffix == ".npz":
+        return "chips"
+    if suffix == ".parquet":
+        return "embeddings"
+    if suffix == ".gpkg":
+        return "geopackage"
+    if suffix in (".tif", ".tiff", ".vrt"):
+        return "map"
+    return "unknown"
+
+
+def fit_lines(path: Path) -> list[str]:
+    from imgcate.cli.modelling import fit_provenance
+    from imgcate.results import load_fit
+
+    with zipfile.ZipFile(path) as zf:
+        meta = json.loads(zf.read("meta.json"))
+    config = meta.get("config") or {}
+    lines = [f"{path}: imgcate fit (format {meta.get('format_version')})"]
+    keys = ("n_clusters", "likelihood", "deviation", "method", "num_chains", "num_samples", "seed")
+    lines.append("  settings: " + ", ".join(f"{k}={config[k]}" for k in keys if k in config))
+    lines.append("provenance:")
+    lines += summary_lines(fit_provenance(path))
+    try:
+        result = run(load_fit, path)
+    except click.ClickException as exc:
+        return lines + [f"cannot load the posterior: {exc.message}"]
+    encoder = result.encoder
+    spec = getattr(encoder, "chip_spec", None) or {}
+    lines.append(
+        "  encoder: "
+        + (
+            "none (this fit cannot map new tiles; fit on embeddings from imgcate embed)"
+            if encoder is None
+            else f"{type(encoder).__name__}, chips {spec.get('size_px')} px, bands "
+            f"{spec.get('band_names')}"
+        )
+    )
+    lines.append(f"  units: {len(result.unit_ids)}")
+    lines.append("diagnostics:")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        problems = result.check_convergence() if hasattr(result, "check_convergence") else []
+    lines += [f"  {p}" for p in problems] or ["  no convergence problems (R-hat, ESS, divergences)"]
+    lines.append("summary:")
+    lines += ["  " + line for line in result.summary().splitlines()]
+    return lines
+
+
+def embeddings_lines(path: Path) -> list[str]:
+    from imgcate.embeddings import load_embeddings
+
+    emb = run(load_embeddings, path)
+    lines = [f"{path}: imgcate embeddings", f"  {emb!r}"]
+    lines.append(f"  encoder: {emb_encoder_text(emb)}")
+    lines.append("provenance:")
+    return lines + summary_lines(emb.provenance)
+
+
+def emb_encoder_text(emb) -> str:
+    if emb.encoder is None:
+        return "none (a fit on these embeddings cannot map new tiles)"
+    spec = getattr(emb.encoder, "chip_spec", None) or {}
+    name = type(emb.encoder).__name__
+    return f"{name}, chips {spec.get('size_px')} px, bands {spec.get('band_names')}"
+
+
+def chips_lines(path: Path) -> list[str]:
+    from imgcate.chipfile import load_chips
+
+    chips = run(load_chips, path)
+    return [f"{path}: imgcate chips", f"  {chips!r}", "provenance:"] + summary_lines(
+        chips.provenance
+    )
+
+
+def map_lines(path: Path) -> list[str]:
+    import numpy as np
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        tags, names = ds.tags(), ds.descriptions
+        lines = [
+            f"{path}: {ds.width} x {ds.height} px, {ds.count} bands, {ds.crs}, "
+            f"pixel {abs(ds.transform.a):g} x {abs(ds.transform.e):g}",
+            f"  bands: {list(names)}",
+        ]
+        if "outside_support" in names:
+            outside = ds.read(names.index("outside_support") + 1)
+            mean = ds.read(names.index("mean") + 1)
+            valid = np.isfinite(mean)
+            lines.append(
+                f"  {int(valid.sum())} tiles with a value; {float(np.nanmean(outside)):.1%} "
+                f"outside the trial's support; mean CATE {float(np.nanmean(mean)):.3g}"
+            )
+    shown = {k: v for k, v in tags.items() if k not in (KEY, "AREA_OR_POINT")}
+    lines += [f"  {k}: {v}" for k, v in sorted(shown.items())]
+    lines.append("provenance:")
+    return lines + summary_lines(loads(tags.get(KEY)))
+
+
+def geopackage_lines(path: Path) -> list[str]:
+    import pyogrio
+
+    info = pyogrio.read_info(path)
+    meta = info.get("dataset_metadata") or {}
+    lines = [f"{path}: {info.get('features')} features, fields {list(info.get('fields', []))}"]
+    lines += [f"  {k}: {v}" for k, v in sorted(meta.items()) if k != KEY]
+    lines.append("provenance:")
+    return lines + summary_lines(loads(meta.get(KEY)))
+
+
+@click.command("info")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the provenance record as JSON.")
+@common
+def info(file, as_json, verbose, quiet):
+    """What FILE holds, where it came from (provenance) and its diagnostics.
+
+    FILE: a fit (.imgcate), embeddings (.parquet), chips (.npz), a map (.tif) or polygon
+    aggregates (.gpkg) written by imgcate.
+
+    \b
+    Examples:
+      imgcate info fit.imgcate
+      imgcate info effect_map.tif --json
+    """
+    start(verbose, quiet)
+    kind = kind_of(file)
+    readers = {
+        "fit": fit_lines,
+        "embeddings": embeddings_lines,
+        "chips": chips_lines,
+        "map": map_lines,
+        "geopackage": geopackage_lines,
+    }
+    if kind not in readers:
+        raise click.BadParameter(
+            "is not a file imgcate wrote (.imgcate, .parquet, .npz, .tif, .gpkg)", param_hint="FILE"
+        )
+    if as_json:
+        click.echo(json.dumps(record_of(file, kind), indent=2))
+        return
+    click.echo("\n".join(readers[kind](file)))
+
+
+def record_of(path: Path, kind: str) -> dict:
+    """The provenance record of a file imgcate wrote."""
+    if kind == "fit":
+        from imgcate.cli.modelling import fit_provenance
+
+        return fit_provenance(path)
+    if kind == "embeddings":
+        from imgcate.embeddingfile import read_meta
+
+        return (read_meta(path)[0] or {}).get("provenance") or {}
+    if kind == "chips":
+        from imgcate.chipfile import read_chips_meta
+
+        return read_chips_meta(path).get("provenance") or {}
+    if kind == "map":
+        import rasterio
+
+        with rasterio.open(path) as ds:
+            return loads(ds.tags().get(KEY))
+    import pyogrio
+
+    return loads((pyogrio.read_info(path).get("dataset_metadata") or {}).get(KEY))

@@ -1,0 +1,232 @@
+"""What every command shares: logging and warnings, -v/-q, progress, errors in the user's
+words (naming the option), provenance of the command line, and output helpers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+import pandas as pd
+
+from imgcate.errors import ImgcateError
+from imgcate.output import atomic_path
+
+log = logging.getLogger("imgcate")
+
+
+class LibraryFilter(logging.Filter):
+    """Other libraries' records (Dask's scheduler logs at INFO) pass only from ``floor`` up:
+    their loggers set their own levels, and the root level does not filter what propagates."""
+
+    def __init__(self, floor: int) -> None:
+        super().__init__()
+        self.floor = floor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.split(".")[0] == "imgcate" or record.levelno >= self.floor
+
+
+def setup_logging(verbose: int, quiet: int) -> None:
+    """Log level from -v/-q (WARNING by default); warnings as one line each; -q hides them."""
+    level = logging.WARNING + 10 * (quiet - verbose)
+    logging.basicConfig(level=max(level, logging.DEBUG), format="imgcate: %(message)s")
+    log.setLevel(max(level, logging.DEBUG))
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, LibraryFilter)]:
+            handler.removeFilter(old)
+        handler.addFilter(LibraryFilter(max(level, logging.WARNING)))
+    warnings.showwarning = show_warning
+    if quiet:
+        warnings.simplefilter("ignore")
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings on the command line as one line each, without the source line they came from."""
+    click.echo(f"imgcate: {category.__name__}: {message}", err=True)
+
+
+#: Library arguments named in error messages ("pass covariate=<column name>", "pass their
+#: crs='EPSG:....'") and the options that set them here.
+OPTION_OF_ARGUMENT = {
+    "id": "--id-column",
+    "treatment": "--treatment",
+    "outcome": "--outcome",
+    "covariate": "--covariate",
+    "image_id": "--image-id",
+    "lon": "--lon",
+    "lat": "--lat",
+    "crs": "--crs",
+    "missing": "--missing",
+    "stratum": "--stratum",
+    "cluster": "--cluster",
+    "bands": "--band",
+    "size": "--size",
+    "on_edge": "--on-edge",
+    "scale": "--scale",
+}
+_ARGUMENT = re.compile(r"\b(" + "|".join(OPTION_OF_ARGUMENT) + r")=")
+
+
+def run(fn, *args, **kwargs):
+    """Call library code, turning its errors into click errors the user reads."""
+    try:
+        return fn(*args, **kwargs)
+    except ImgcateError as exc:
+        message = _ARGUMENT.sub(lambda m: f"{OPTION_OF_ARGUMENT[m.group(1)]} ", str(exc))
+        raise click.ClickException(message) from exc
+
+
+def check_minimum(*checks: tuple[str, int, int]) -> None:
+    """Each (option, value, minimum): a click error naming the option if value < minimum."""
+    for option, value, minimum in checks:
+        if value < minimum:
+            raise click.BadParameter(f"must be at least {minimum}", param_hint=option)
+
+
+def verbosity(ctx: click.Context, verbose: int, quiet: int) -> tuple[int, int]:
+    """-v/-q of the command added to those given to the group (``imgcate -q fit ...``)."""
+    group = (ctx.find_root().obj or {}) if ctx is not None else {}
+    return verbose + group.get("verbose", 0), quiet + group.get("quiet", 0)
+
+
+def common(fn):
+    """Add -v/-q to a command (they add to the group's: ``imgcate -v map ...``)."""
+    fn = click.option("-q", "--quiet", count=True, help="Fewer messages; hides warnings.")(fn)
+    fn = click.option("-v", "--verbose", count=True, help="More messages (repeatable).")(fn)
+    return fn
+
+
+def start(verbose: int, quiet: int) -> tuple[int, int, bool]:
+    """Set up logging for a command; returns (verbose, quiet, progress).
+
+    Progress bars show by default on a terminal, never with -q, and with -v also when stderr
+    is not a terminal (a log file).
+    """
+    ctx = click.get_current_context(silent=True)
+    verbose, quiet = verbosity(ctx, verbose, quiet)
+    setup_logging(verbose, quiet)
+    progress = not quiet and (verbose > 0 or sys.stderr.isatty())
+    return verbose, quiet, progress
+
+
+def command_line() -> list[str]:
+    """The command as the user typed it (``imgcate`` and the arguments)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.find_root().obj and ctx.find_root().obj.get("argv") is not None:
+        return ["imgcate", *ctx.find_root().obj["argv"]]
+    return ["imgcate", *sys.argv[1:]]
+
+
+def provenance(inputs: dict[str, Any], seeds: dict[str, Any] | None = None, **extra: Any) -> dict:
+    """A provenance record of this command (:func:`imgcate.provenance.collect`)."""
+    from imgcate.provenance import collect
+
+    return run(collect, inputs, command=command_line(), seeds=seeds or {}, **extra)
+
+
+def write_csv(frame: pd.DataFrame, path: Path, overwrite: bool) -> None:
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def parse_co(values: tuple[str, ...]) -> dict[str, str]:
+    """``--co NAME=VALUE`` options as a dict."""
+    out = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(
+                f"{item!r} must be NAME=VALUE, e.g. --co COMPRESS=ZSTD", param_hint="--co"
+            )
+        out[name.strip().upper()] = value.strip()
+    return out
+
+
+def parse_options(values: tuple[str, ...]) -> dict[str, Any]:
+    """``--option NAME=VALUE`` (repeatable) as fit options: VALUE read as JSON when it is
+    (numbers, true/false, null), else as text."""
+    out: dict[str, Any] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(
+                f"{item!r} must be NAME=VALUE, e.g. --option n_basis=32", param_hint="--option"
+            )
+        try:
+            out[name.strip()] = json.loads(value)
+        except ValueError:
+            out[name.strip()] = value.strip()
+    return out
+
+
+def band_option(values: tuple[str, ...]) -> list[int | str] | None:
+    """``--band`` values: numbers as 1-based band numbers, anything else as a description."""
+    if not values:
+        return None
+    return [int(v) if v.isdigit() else v for v in values]
+
+
+def raster_argument(
+    files: tuple[Path, ...], names: tuple[str, ...], option: str = "RASTER"
+) -> Path | dict[str, str]:
+    """One raster, or several files stacked as bands (named by --band-name, else by file)."""
+    if not files:
+        raise click.UsageError(f"give at least one {option} file.")
+    if len(files) == 1 and not names:
+        return files[0]
+    if names and len(names) != len(files):
+        raise click.BadParameter(
+            f"{len(names)} names for {len(files)} files; give one --band-name per file",
+            param_hint="--band-name",
+        )
+    labels = list(names) if names else [f.stem for f in files]
+    if len(set(labels)) != len(labels):
+        raise click.BadParameter(
+            f"band names {labels} repeat a name; name each file with --band-name",
+            param_hint="--band-name",
+        )
+    return {label: str(f) for label, f in zip(labels, files, strict=True)}
+
+
+def load_units(units: Path, roles: dict[str, Any], image_id: str | None, **extra: Any):
+    """read_units with the CLI's default: a column named ``image_id`` keys the images."""
+    from imgcate.units import read_units
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*has an 'image_id' column")
+        trial = run(read_units, units, image_id=image_id, **roles, **extra)
+    if image_id is None and "image_id" in trial.data.columns and trial.id != "image_id":
+        from dataclasses import replace
+
+        log.info("matching units to images by their 'image_id' column")
+        trial = replace(trial, image_id="image_id")
+    return trial
+
+
+def unit_role_options(fn, *, outcomes: bool = True):
+    """Options that name the columns of a units table (as imgcate.read_units)."""
+    options = [
+        click.option("--id-column", default="id", show_default=True, help="Unit id column."),
+        click.option("--lon", default=None, help="Longitude / x column [default: lon]."),
+        click.option("--lat", default=None, help="Latitude / y column [default: lat]."),
+        click.option(
+            "--crs",
+            default=None,
+            help="CRS of the coordinate columns, e.g. EPSG:32636 [default: EPSG:4326].",
+        ),
+        click.option(
+            "--image-id",
+            default=None,
+            help="Column of the image each unit looks at [default: image_id if the table has "
+            "it, else each unit its own image].",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
