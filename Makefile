@@ -1,17 +1,22 @@
 # One command each: `make demo` (set up + run the demo), `make test` (set up + lint + format
 # check + fast tests), `make test-all` (the same + the slow statistical checks), `make bench`
 # (every benchmark, each printing JSON; `make bench BENCH_ARGS=--quick` for a smoke run),
-# `make clean` (what the others made, the virtual environment excepted).
+# `make docs` (the documentation site in site/, built with --strict: a broken link or a missing
+# page fails; the notebooks are executed, `make docs DOCS_SMALL=1` with small settings,
+# `DOCS_EXECUTE=false` renders them without running), `make clean` (what the others made, the
+# virtual environment excepted).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # every optional extra, so that every path is tested
 EXTRAS ?= test,all
-SOURCES := imgcate tests benchmarks examples setup.py
+SOURCES := imgcate tests benchmarks examples data setup.py
 BENCHMARKS ?= $(sort $(wildcard benchmarks/*.py))
 BENCH_ARGS ?=
+DOCS_EXECUTE ?= true
+DOCS_SMALL ?= 0
 
-.PHONY: setup demo test test-all lint format bench clean
+.PHONY: setup demo test test-all lint format bench docs clean
 
 # A stamp, not the venv's files: `make clean` removes it with the compiled kernel, so the next
 # setup builds the kernel again.
@@ -53,8 +58,17 @@ bench: $(VENV)/.bench
 		$(BIN)/python $$script $(BENCH_ARGS); \
 	done
 
+# the documentation site: MkDocs (Material), mkdocstrings, mkdocs-jupyter (the `docs` extra)
+$(VENV)/.docs: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS),docs]"
+	touch $@
+
+docs: $(VENV)/.docs
+	NO_MKDOCS_2_WARNING=1 IMGCATE_DOCS_EXECUTE=$(DOCS_EXECUTE) IMGCATE_EXAMPLE_SMALL=$(DOCS_SMALL) \
+		MPLBACKEND=Agg $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf demo-output build dist .pytest_cache .ruff_cache *.egg-info
+	rm -rf demo-output build dist site .pytest_cache .ruff_cache *.egg-info
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
 	rm -f imgcate/encoders/_rcf.*.so imgcate/encoders/_rcf.*.pyd
-	rm -f $(VENV)/.installed $(VENV)/.bench
+	rm -f $(VENV)/.installed $(VENV)/.bench $(VENV)/.docs

@@ -4,6 +4,7 @@ lists every public name."""
 from __future__ import annotations
 
 import importlib
+import json
 import re
 from pathlib import Path
 
@@ -16,8 +17,19 @@ ROOT = Path(__file__).resolve().parents[1]
 #: docstrings and error messages. (CHANGELOG.md names the old paths on purpose.)
 TEXTS = sorted(
     [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "examples").glob("*.py")]
+    + list((ROOT / "examples").glob("*.ipynb"))
     + list((ROOT / "imgcate").rglob("*.py"))
 )
+
+
+def read_text(path: Path) -> str:
+    """A file's text; a notebook's cells, one after another."""
+    if path.suffix == ".ipynb":
+        cells = json.loads(path.read_text())["cells"]
+        return "\n".join("".join(cell["source"]) for cell in cells)
+    return path.read_text()
+
+
 DOTTED = re.compile(r"(?<![\w./-])imgcate(?:\.[A-Za-z_]\w*)+")
 FROM_IMPORT = re.compile(r"^\s*(?:>>> )?from (imgcate[\w.]*) import \(?([\w, \n]+?)\)?$", re.M)
 
@@ -44,7 +56,7 @@ def _paths(text: str) -> set[str]:
 @pytest.mark.parametrize("path", TEXTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_dotted_path_resolves(path):
     broken = []
-    for dotted in sorted(_paths(path.read_text())):
+    for dotted in sorted(_paths(read_text(path))):
         try:
             resolve(dotted)
         except (AttributeError, ModuleNotFoundError) as exc:
@@ -57,7 +69,7 @@ def test_every_import_statement_imports(path):
     """``from imgcate.x import y`` needs a module ``imgcate.x`` (a function of that name would
     let a dotted path resolve, but not the import)."""
     broken = []
-    for module, names in FROM_IMPORT.findall(path.read_text()):
+    for module, names in FROM_IMPORT.findall(read_text(path)):
         try:
             imported = importlib.import_module(module)
         except ModuleNotFoundError as exc:
@@ -73,3 +85,26 @@ def test_api_reference_lists_every_public_name():
     text = (ROOT / "docs" / "api.md").read_text()
     missing = [n for n in imgcate.__all__ if n != "__version__" and f"`{n}`" not in text]
     assert not missing, f"docs/api.md lacks {missing}"
+
+
+def test_docs_site_builds_strict(tmp_path):
+    """mkdocs build --strict (notebooks rendered unexecuted; the tests execute them): a broken
+    link, a missing page or a page outside the navigation fails. Needs the docs extra."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocs_jupyter")
+    pytest.importorskip("mkdocstrings")
+    env = {**os.environ, "IMGCATE_DOCS_EXECUTE": "false", "NO_MKDOCS_2_WARNING": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "examples" / "bring_your_own_raster" / "index.html").exists()
+    assert "stack_bands" in (tmp_path / "reference" / "index.html").read_text()

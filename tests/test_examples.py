@@ -1,7 +1,9 @@
-"""The example notebooks (jupytext .py files) run end to end with small settings."""
+"""The example notebooks run end to end as notebooks (nbclient), from another working
+directory: small settings in the fast suite, the full settings in the slow one."""
 
 from __future__ import annotations
 
+import os
 import runpy
 from pathlib import Path
 
@@ -9,17 +11,70 @@ import numpy as np
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+NOTEBOOKS = sorted(p.name for p in EXAMPLES.glob("*.ipynb"))
+
+#: Claims each notebook makes in its text, checked in its own kernel after it ran.
+CLAIMS = {
+    "landsat_trial.ipynb": """
+assert comparison.best_k == 2, comparison.table
+assert autoc.estimate > 0
+""",
+    "bring_your_own_raster.ipynb": """
+assert embeddings.encoder is not None
+green = checked.loc[checked.true_cate == 2, "tau_mean"].mean()
+other = checked.loc[checked.true_cate == 0, "tau_mean"].mean()
+assert green > other + 0.5, (green, other)
+assert set(districts["district"]) == {"south-west", "south-east", "north-west", "north-east"}
+assert (WORK / "cli_map.tif").exists() and (WORK / "cli_districts.gpkg").exists()
+import pandas as pd
+assert list(pd.read_csv(WORK / "cli_unit_effects.csv").columns[:3]) == ["village", "lon", "lat"]
+""",
+}
 
 
-@pytest.mark.parametrize("name", ["landsat_trial.py"])
-def test_example_runs(name, monkeypatch, capsys):
-    monkeypatch.setenv("IMGCATE_EXAMPLE_SMALL", "1")
-    namespace = runpy.run_path(str(EXAMPLES / name), run_name="__main__")
-    out = capsys.readouterr().out
-    assert "AUTOC" in out and "cluster assignment accuracy" in out
-    # the example's own claims: the model found the clusters the scene put there
-    assert namespace["comparison"].best_k == 2
-    assert namespace["autoc"].estimate > 0
+def run_notebook(name: str, workdir: Path, small: bool, timeout: int = 1800):
+    """Execute a notebook in a fresh kernel whose working directory is ``workdir``."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    notebook = nbformat.read(EXAMPLES / name, as_version=4)
+    notebook.cells.append(nbformat.v4.new_code_cell(CLAIMS.get(name, "")))
+    env = {"IMGCATE_EXAMPLE_SMALL": "1" if small else "0", "MPLBACKEND": "Agg"}
+    env["IMGCATE_EXAMPLE_DIR"] = str(workdir / "out")
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        client = nbclient.NotebookClient(
+            notebook,
+            timeout=timeout,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(workdir)}},
+        )
+        client.execute()
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return notebook
+
+
+def outputs(notebook) -> str:
+    return "\n".join(
+        out.get("text", "") for cell in notebook.cells for out in cell.get("outputs", [])
+    )
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_small(name, tmp_path):
+    notebook = run_notebook(name, tmp_path, small=True)
+    assert "Traceback" not in outputs(notebook)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_full(name, tmp_path):
+    run_notebook(name, tmp_path, small=False, timeout=3600)
 
 
 def test_observational_example_runs(tmp_path, monkeypatch, capsys):
