@@ -16,7 +16,15 @@ heterogeneous treatment effects in randomized experiments. arXiv:1712.04802 (BLP
 """
 
 from imgcate.evaluate.calibration import test_calibration
-from imgcate.evaluate.genericml import GenericMLResult, blp, forest_learner, gates, generic_ml
+from imgcate.evaluate.genericml import (
+    GenericMLResult,
+    blp,
+    clan,
+    forest_learner,
+    gates,
+    generic_ml,
+    quantile_groups,
+)
 from imgcate.evaluate.ranking import (
     RATE_TARGETS,
     RateResult,
@@ -38,10 +46,12 @@ __all__ = [
     "VcovType",
     "aipw_scores",
     "blp",
+    "clan",
     "forest_learner",
     "gates",
     "generic_ml",
     "plot_toc",
+    "quantile_groups",
     "rate",
     "rate_difference",
     "spatial_blocks",

@@ -9,7 +9,7 @@ import pandas as pd
 from scipy import stats
 
 from imgcate.errors import InputError
-from imgcate.evaluate.regression import VCOV_TYPES, VcovType, wls
+from imgcate.evaluate.regression import VCOV_TYPES, VcovType, vcov_label, wls
 from imgcate.intervals import normal_interval, tidy_table
 from imgcate.validation import (
     as_propensity,
@@ -55,21 +55,25 @@ def test_calibration(
     weights : array_like, shape (unit,), optional
         Sample weights (weighted means and weighted least squares).
     vcov_type : {"HC0", "HC1", "HC3"}
-        Sandwich correction; grf's default HC3 (needs ``clusters=None``).
+        Sandwich correction; grf's default HC3, which with ``clusters`` is the cluster-robust
+        HC3 of sandwich's ``vcovCL`` (as grf computes it).
     prob : float
-        Probability of the central (t, n − 2 df) intervals.
+        Probability of the central (t, df = units with positive weight − 2) intervals.
 
     Returns
     -------
     pandas.DataFrame
         Rows ``mean.forest.prediction`` and ``differential.forest.prediction`` in the tidy
         schema: term, estimate, std_err, the interval bounds named by percentile, then
-        t_value and p_value (one-sided, H1: coefficient > 0, t with n − 2 df).
+        t_value, p_value (one-sided, H1: coefficient > 0, t with the residual degrees of
+        freedom: units with positive weight − 2, as R's ``lm`` counts them), df and vcov
+        (``"HC3"``, or ``"CR3"`` with clusters).
 
     Raises
     ------
     InputError
-        For mismatched lengths, bad treatment or propensity, or HC3 with clusters.
+        For mismatched lengths, bad treatment or propensity, or fewer than 3 units with
+        positive weight.
 
     Examples
     --------
@@ -96,12 +100,24 @@ def test_calibration(
     mean_tau = np.sum(w * tau) / w.sum()
     terms = ["mean.forest.prediction", "differential.forest.prediction"]
     X = np.column_stack([(t - e) * mean_tau, (t - e) * (tau - mean_tau)])
+    df = int(np.sum(w > 0)) - 2  # lm drops zero-weight rows from the residual dof
+    if df < 1:
+        raise InputError("test_calibration needs at least 3 units with positive weight.")
     beta, cov = wls(y - m, X, w, codes, vcov_type, terms)
     se = np.sqrt(np.diag(cov))
     tval = beta / se
-    lower, upper = normal_interval(beta, se, prob, df=n - 2)
+    lower, upper = normal_interval(beta, se, prob, df=df)
     return tidy_table(
-        terms, beta, se, lower, upper, prob, t_value=tval, p_value=stats.t.sf(tval, n - 2)
+        terms,
+        beta,
+        se,
+        lower,
+        upper,
+        prob,
+        t_value=tval,
+        p_value=stats.t.sf(tval, df),
+        df=[df, df],
+        vcov=[vcov_label(vcov_type, codes)] * 2,
     )
 
 

@@ -12,8 +12,8 @@ import pandas as pd
 from scipy import stats
 
 from imgcate.errors import InputError
-from imgcate.evaluate.regression import VCOV_TYPES, VcovType, wls
-from imgcate.intervals import normal_interval, tidy_table
+from imgcate.evaluate.regression import VCOV_TYPES, VcovType, vcov_label, wls
+from imgcate.intervals import interval_names, normal_interval, tidy_table
 from imgcate.validation import (
     as_float_array,
     as_propensity,
@@ -31,12 +31,24 @@ Learner = Callable[
 ]
 
 
-def _tidy(terms: Sequence[str], est: np.ndarray, se: np.ndarray, prob: float) -> pd.DataFrame:
-    """The tidy schema with central ``prob`` normal intervals and two-sided p-values."""
+def _tidy(
+    terms: Sequence[str], est: np.ndarray, se: np.ndarray, prob: float, vcov: str
+) -> pd.DataFrame:
+    """The tidy schema with central ``prob`` normal intervals, two-sided p-values and the
+    covariance type (``vcov``: HC0/HC1/HC3, or CR0/CR1/CR3 when cluster-robust)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         z = est / se
     lower, upper = normal_interval(est, se, prob)
-    return tidy_table(terms, est, se, lower, upper, prob, p_value=2 * stats.norm.sf(np.abs(z)))
+    return tidy_table(
+        terms,
+        est,
+        se,
+        lower,
+        upper,
+        prob,
+        p_value=2 * stats.norm.sf(np.abs(z)),
+        vcov=[vcov] * len(terms),
+    )
 
 
 def _design_inputs(outcome, treatment, propensity, score, baseline, clusters):
@@ -89,14 +101,15 @@ def blp(
     prob : float
         Probability of the central intervals.
     vcov_type : {"HC0", "HC1", "HC3"}
-        Sandwich correction (HC3 only without clusters).
+        Sandwich correction; with ``clusters`` the cluster-robust version (CR1 is
+        ``vcovCL``'s HC1: ``G / (G - 1) (n - 1) / (n - k)``; CR3 its clustered HC3).
 
     Returns
     -------
     pandas.DataFrame
         Rows ``ate`` and ``hte`` in the tidy schema: term, estimate, std_err, the interval
         bounds named by percentile ("2.5%", "97.5%" for ``prob=0.95``), p_value (two-sided,
-        normal).
+        normal), vcov (the covariance used: ``"HC1"``, or ``"CR1"`` with clusters).
 
     Raises
     ------
@@ -120,14 +133,35 @@ def blp(
     X = np.column_stack(cols + [t - p, (t - p) * (s - s.mean())])
     beta, cov = wls(y, X, 1 / (p * (1 - p)), codes, vcov_type, names + ["ate", "hte"])
     k = len(names)
-    return _tidy(["ate", "hte"], beta[k:], np.sqrt(np.diag(cov))[k:], check_prob(prob))
+    se = np.sqrt(np.diag(cov))[k:]
+    return _tidy(["ate", "hte"], beta[k:], se, check_prob(prob), vcov_label(vcov_type, codes))
 
 
-def _groups(score: np.ndarray, n_groups: int) -> np.ndarray:
-    """Group 0 (lowest proxy) to n_groups − 1 (highest), equal sizes by rank (stable ties)."""
-    ranks = np.empty(len(score), dtype=np.int64)
-    ranks[np.argsort(score, kind="stable")] = np.arange(len(score))
-    return ranks * n_groups // len(score)
+def quantile_groups(score: np.ndarray, n_groups: int) -> np.ndarray:
+    """Group 0 (lowest proxy) to n_groups - 1 (highest) by the proxy's quantile cut points.
+
+    CDDF (2018, sec. 3.3) define the groups by quantiles of the proxy: with cut points
+    ``l_k`` the ``k / n_groups`` empirical quantiles (linear interpolation, NumPy's and R's
+    default), group ``k`` holds the units with ``l_k <= S < l_{k+1}``. Units with the same
+    proxy always share a group, so the groups do not depend on the order of the rows; without
+    ties they are equal-sized (to one unit).
+
+    Raises
+    ------
+    InputError
+        When ties leave a group empty (the proxy has too few distinct values).
+    """
+    cuts = np.quantile(score, np.arange(1, n_groups) / n_groups)
+    groups = np.searchsorted(cuts, score, side="right")
+    sizes = np.bincount(groups, minlength=n_groups)
+    if (sizes == 0).any():
+        raise InputError(
+            f"the proxy score takes {len(np.unique(score))} distinct values, so with "
+            f"n_groups={n_groups} quantile group(s) {np.flatnonzero(sizes == 0).tolist()} are "
+            "empty (tied units share a group); lower n_groups or use a proxy with more "
+            "distinct values."
+        )
+    return groups
 
 
 def gates(
@@ -145,8 +179,9 @@ def gates(
     """Sorted group average treatment effects (GATES) by quantile groups of a fixed proxy.
 
     Weighted OLS (weights ``1 / (p (1 − p))``) of the outcome on ``1``, ``baseline`` and
-    ``(T − p) · 1{S in group k}``; groups are equal-sized by the rank of S (ties broken by
-    input order), ``gate_1`` the lowest, ``gate_K`` the highest.
+    ``(T − p) · 1{S in group k}``; groups are cut at the quantiles of S
+    (:func:`quantile_groups`: equal-sized without ties, tied units in one group, independent
+    of the row order), ``gate_1`` the lowest, ``gate_K`` the highest.
 
     Parameters
     ----------
@@ -164,7 +199,8 @@ def gates(
     Raises
     ------
     InputError
-        As in :func:`blp`, or when ``n_groups`` is below 2 or above the number of units.
+        As in :func:`blp`, when ``n_groups`` is below 2 or above the number of units, or when
+        ties in the proxy leave a group empty.
 
     Examples
     --------
@@ -178,7 +214,7 @@ def gates(
     check_choice("vcov_type", vcov_type, VCOV_TYPES)
     y, t, p, s, b, codes = _design_inputs(outcome, treatment, propensity, score, baseline, clusters)
     n_groups = _check_groups(n_groups, len(y))
-    grp = _groups(s, n_groups)
+    grp = quantile_groups(s, n_groups)
     cols, names = _controls(p, b)
     dummies = (grp[:, None] == np.arange(n_groups)[None, :]) * (t - p)[:, None]
     terms = [f"gate_{k + 1}" for k in range(n_groups)]
@@ -190,7 +226,8 @@ def gates(
     contrast[[-1, 0]] = 1.0, -1.0
     est = np.r_[est, contrast @ est]
     se = np.sqrt(np.r_[np.diag(cov), contrast @ cov @ contrast])
-    return _tidy(terms + [f"gate_{n_groups}-gate_1"], est, se, check_prob(prob))
+    label = vcov_label(vcov_type, codes)
+    return _tidy(terms + [f"gate_{n_groups}-gate_1"], est, se, check_prob(prob), label)
 
 
 def _check_groups(n_groups: int, n: int) -> int:
@@ -206,23 +243,97 @@ def _check_groups(n_groups: int, n: int) -> int:
     return int(n_groups)
 
 
-def _clan(
-    features: np.ndarray, score: np.ndarray, n_groups: int, names: Sequence[str], prob: float
+def clan(
+    features: Any,
+    score: Any,
+    clusters: Any = None,
+    *,
+    n_groups: int = 5,
+    feature_names: Sequence[str] | None = None,
+    prob: float = 0.95,
 ) -> pd.DataFrame:
-    """Feature means in the most vs least affected group and their difference (Welch SE)."""
-    grp = _groups(score, n_groups)
-    top, bot = features[grp == n_groups - 1], features[grp == 0]
-    m_top, m_bot = top.mean(axis=0), bot.mean(axis=0)
-    se_top = top.std(axis=0, ddof=1) / np.sqrt(len(top))
-    se_bot = bot.std(axis=0, ddof=1) / np.sqrt(len(bot))
+    """Classification analysis (CLAN): feature means in the most and least affected groups.
+
+    The groups are the top and bottom :func:`quantile_groups` of the proxy ``score``. Each
+    feature's mean in the most affected group, in the least affected one and their difference
+    come from the regression of the feature on the two group indicators (units of the two
+    groups only). Standard errors: Welch's (each group's sample variance over its size)
+    without clusters; cluster-robust CR1 (``vcovCL``'s HC1, ``G / (G - 1) (n - 1) / (n - 2)``
+    over the clusters of the two groups) with them, so that spatially clustered units do not
+    make the differences look more certain than they are.
+
+    Parameters
+    ----------
+    features : array_like, shape (unit, feature)
+        The characteristics to compare, e.g. covariates and image features.
+    score : array_like, shape (unit,)
+        Proxy S(x) of the CATE, built without these units' outcomes.
+    clusters : array_like, shape (unit,), optional
+        Cluster labels for cluster-robust standard errors.
+    n_groups : int
+        Number of quantile groups K (the most affected group is the K-th).
+    feature_names : sequence of str, optional
+        Row names (default ``x0, x1, ...``).
+    prob : float
+        Probability of the central intervals.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows ``<name>[most]``, ``<name>[least]`` and ``<name>[most-least]`` per feature in the
+        tidy schema (term, estimate, std_err, interval bounds, p_value, vcov: ``"Welch"`` or
+        ``"CR1"``).
+
+    Raises
+    ------
+    InputError
+        On mismatched shapes, a bad ``n_groups``, or ties that leave a group empty.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.arange(100.0)[:, None]
+    >>> clan(x, x[:, 0], n_groups=4)["estimate"].round(1).tolist()
+    [87.0, 12.0, 75.0]
+    """
+    s = as_vector("score", score)
+    n = len(s)
+    x = as_float_array("features", features)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or len(x) != n:
+        raise InputError(f"features must have shape (unit, feature) with {n} rows, got {x.shape}.")
+    names = (
+        list(feature_names) if feature_names is not None else [f"x{j}" for j in range(x.shape[1])]
+    )
+    if len(names) != x.shape[1]:
+        raise InputError(f"feature_names has {len(names)} names for {x.shape[1]} features.")
+    codes = cluster_codes(clusters, n)
+    grp = quantile_groups(s, _check_groups(n_groups, n))
+    top, bot = grp == n_groups - 1, grp == 0
     terms = (
         [f"{c}[most]" for c in names]
         + [f"{c}[least]" for c in names]
         + [f"{c}[most-least]" for c in names]
     )
+    m_top, m_bot = x[top].mean(axis=0), x[bot].mean(axis=0)
     est = np.r_[m_top, m_bot, m_top - m_bot]
-    se = np.r_[se_top, se_bot, np.sqrt(se_top**2 + se_bot**2)]
-    return _tidy(terms, est, se, prob)
+    if codes is None:
+        se_top = x[top].std(axis=0, ddof=1) / np.sqrt(top.sum())
+        se_bot = x[bot].std(axis=0, ddof=1) / np.sqrt(bot.sum())
+        se = np.r_[se_top, se_bot, np.sqrt(se_top**2 + se_bot**2)]
+        return _tidy(terms, est, se, check_prob(prob), "Welch")
+    keep = top | bot
+    design = np.column_stack([top[keep], bot[keep]]).astype(float)
+    sub_codes = np.unique(codes[keep], return_inverse=True)[1].reshape(-1)
+    ses = []
+    for j in range(x.shape[1]):
+        _, cov = wls(x[keep, j], design, np.ones(keep.sum()), sub_codes, "HC1", ["most", "least"])
+        ses.append(
+            [np.sqrt(cov[0, 0]), np.sqrt(cov[1, 1]), np.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])]
+        )
+    se = np.asarray(ses).T.reshape(-1)
+    return _tidy(terms, est, se, check_prob(prob), "CR1")
 
 
 @dataclass(frozen=True, eq=False)
@@ -233,8 +344,9 @@ class GenericMLResult:
     ----------
     blp, gates, clan : pandas.DataFrame
         Tidy tables (term, estimate, std_err, the interval bounds named by percentile,
-        p_value): medians over splits of estimates and SEs, median interval bounds, p-value
-        ``min(1, 2 · median p)``.
+        p_value, vcov): medians over splits of estimates and SEs; the interval is the upper
+        median of the lower bounds and the lower median of the upper bounds (CDDF 2018,
+        sec. 4); p-value ``min(1, 2 · median p)``.
     prob : float
         Probability of each split's intervals (whose medians the bounds are).
     guaranteed_prob : float
@@ -262,12 +374,38 @@ class GenericMLResult:
         )
 
 
-def _median_aggregate(tables: list[pd.DataFrame]) -> pd.DataFrame:
-    columns = list(tables[0].columns[1:])  # estimate, std_err, the bounds, p_value
-    stacked = np.stack([tab[columns].to_numpy() for tab in tables])  # split, term, col
-    out = pd.DataFrame(np.median(stacked, axis=0), columns=columns)
-    out["p_value"] = np.minimum(1.0, 2 * out["p_value"])
-    out.insert(0, "term", tables[0]["term"].to_numpy())
+def lower_median(values: np.ndarray, axis: int = 0) -> np.ndarray:
+    """``inf{x: F(x) >= 1/2}``: the ``ceil(S/2)``-th smallest of ``S`` values."""
+    ordered = np.sort(values, axis=axis)
+    return np.take(ordered, (ordered.shape[axis] + 1) // 2 - 1, axis=axis)
+
+
+def upper_median(values: np.ndarray, axis: int = 0) -> np.ndarray:
+    """``sup{x: P(X >= x) >= 1/2}``: the ``(floor(S/2) + 1)``-th smallest of ``S`` values."""
+    ordered = np.sort(values, axis=axis)
+    return np.take(ordered, ordered.shape[axis] // 2, axis=axis)
+
+
+def _median_aggregate(tables: list[pd.DataFrame], prob: float) -> pd.DataFrame:
+    """CDDF's aggregation over splits: median estimate and SE (the mean of the lower and upper
+    medians, ``np.median``), the upper median of the lower bounds, the lower median of the upper
+    bounds, and ``min(1, 2 median p)``."""
+    lo_name, hi_name = interval_names(prob)
+    stack = {
+        col: np.stack([tab[col].to_numpy(dtype=float) for tab in tables])
+        for col in ("estimate", "std_err", lo_name, hi_name, "p_value")
+    }
+    out = pd.DataFrame(
+        {
+            "term": tables[0]["term"].to_numpy(),
+            "estimate": np.median(stack["estimate"], axis=0),
+            "std_err": np.median(stack["std_err"], axis=0),
+            lo_name: upper_median(stack[lo_name]),
+            hi_name: lower_median(stack[hi_name]),
+            "p_value": np.minimum(1.0, 2 * np.median(stack["p_value"], axis=0)),
+            "vcov": tables[0]["vcov"].to_numpy(),
+        }
+    )
     return out
 
 
@@ -429,8 +567,10 @@ def generic_ml(
         args = (y[main], t[main], p[main], s, b, cl)
         tables["blp"].append(blp(*args, prob=prob))
         tables["gates"].append(gates(*args, n_groups=n_groups, prob=prob))
-        tables["clan"].append(_clan(x[main], s, n_groups, names, prob))
-    agg = {name: _median_aggregate(tabs) for name, tabs in tables.items()}
+        tables["clan"].append(
+            clan(x[main], s, cl, n_groups=n_groups, feature_names=names, prob=prob)
+        )
+    agg = {name: _median_aggregate(tabs, prob) for name, tabs in tables.items()}
     return GenericMLResult(
         blp=agg["blp"],
         gates=agg["gates"],

@@ -13,15 +13,18 @@ import pytest  # noqa: E402
 from imgcate.errors import InputError  # noqa: E402
 from imgcate.evaluate import (  # noqa: E402
     blp,
+    clan,
     gates,
     generic_ml,
+    quantile_groups,
 )
 
 
 def test_blp_recovers_ate_and_unit_loading_for_true_cate(linear_trial):
     x, t, tau, y = linear_trial(4000, seed=10)
     tab = blp(y, t, 0.5, tau, baseline=x[:, 0]).set_index("term")
-    assert list(tab.columns) == ["estimate", "std_err", "2.5%", "97.5%", "p_value"]
+    assert list(tab.columns) == ["estimate", "std_err", "2.5%", "97.5%", "p_value", "vcov"]
+    assert (tab["vcov"] == "HC1").all()
     assert abs(tab.loc["ate", "estimate"] - tau.mean()) < 4 * tab.loc["ate", "std_err"]
     assert abs(tab.loc["hte", "estimate"] - 1.0) < 4 * tab.loc["hte", "std_err"]
     assert tab.loc["hte", "std_err"] < 0.1
@@ -42,6 +45,8 @@ def test_singleton_clusters_equal_hc1_and_clusters_widen_se(linear_trial):
     naive = blp(shocked, t, 0.5, tau).set_index("term")
     robust = blp(shocked, t, 0.5, tau, clusters=cl).set_index("term")
     assert robust.loc["ate", "std_err"] > 1.5 * naive.loc["ate", "std_err"]
+    assert (robust["vcov"] == "CR1").all()
+    assert (gates(shocked, t, 0.5, tau, clusters=cl)["vcov"] == "CR1").all()
 
 
 def test_gates_recover_known_group_means():
@@ -125,20 +130,43 @@ def test_generic_ml_with_oracle_proxy_and_median_rule(linear_trial):
     assert abs(clan.loc["c[most-least]", "estimate"]) < 4 * clan.loc["c[most-least]", "std_err"]
 
 
-def test_generic_ml_median_rule_doubles_the_median_p_value(linear_trial):
+def test_generic_ml_aggregates_splits_by_the_papers_median_rule(linear_trial):
+    """CDDF (2018, sec. 4): median estimate, the *upper* median of the lower bounds, the *lower*
+    median of the upper bounds, p-value min(1, 2 median p). An even number of splits makes the
+    lower and upper medians differ."""
     x, t, _, y = linear_trial(300, seed=15, hetero=False)
-    res = generic_ml(y, t, x, 0.5, n_splits=9, learner=_linear_t_learner, seed=1)
+    res = generic_ml(y, t, x, 0.5, n_splits=8, learner=_linear_t_learner, seed=1)
     splits = []
     rng = np.random.default_rng(1)  # replay the same splits as generic_ml draws them
-    for _ in range(9):
+    for _ in range(8):
         aux = np.zeros(300, dtype=bool)
         aux[rng.choice(300, size=150, replace=False)] = True
         b, s = _linear_t_learner(x[aux], t[aux], y[aux], x[~aux], int(rng.integers(2**31 - 1)))
         splits.append(blp(y[~aux], t[~aux], 0.5, s, b).set_index("term").loc["hte"])
-    med_p = np.median([row["p_value"] for row in splits])
+    lows = sorted(row["2.5%"] for row in splits)
+    highs = sorted(row["97.5%"] for row in splits)
+    assert lows[3] < lows[4] and highs[3] < highs[4]
     hte = res.blp.set_index("term").loc["hte"]
+    assert hte["2.5%"] == pytest.approx(lows[4])  # upper median: the 5th of 8
+    assert hte["97.5%"] == pytest.approx(highs[3])  # lower median: the 4th of 8
+    assert hte["estimate"] == pytest.approx(np.median([row["estimate"] for row in splits]))
+    med_p = np.median([row["p_value"] for row in splits])
     assert hte["p_value"] == pytest.approx(min(1.0, 2 * med_p))
-    assert hte["2.5%"] == pytest.approx(np.median([row["2.5%"] for row in splits]))
+
+
+def test_lower_and_upper_medians_follow_their_definitions():
+    from imgcate.evaluate.genericml import lower_median, upper_median
+
+    rng = np.random.default_rng(3)
+    for size in (1, 2, 5, 8):
+        values = rng.normal(size=(size, 3))
+        for j in range(3):
+            v = values[:, j]
+            # inf{x: F(x) >= 1/2} and sup{x: P(X >= x) >= 1/2} over the sample's values
+            low = min(x for x in v if np.mean(v <= x) >= 0.5)
+            high = max(x for x in v if np.mean(v >= x) >= 0.5)
+            assert lower_median(values)[j] == low
+            assert upper_median(values)[j] == high
 
 
 def test_generic_ml_keeps_clusters_whole_and_default_learner_runs():
@@ -157,6 +185,92 @@ def test_generic_ml_keeps_clusters_whole_and_default_learner_runs():
     res = generic_ml(y, t, x, 0.5, n_splits=2, n_groups=3, clusters=cl, seed=2)
     assert res.blp.set_index("term").loc["hte", "estimate"] > 0
     assert len(res.gates) == 4
+
+
+def _groups_by_definition(score, n_groups):
+    """Group k holds l_k <= S < l_(k+1), l_k the k/K quantile by linear interpolation between
+    order statistics (position (n - 1) k / K), computed one unit at a time."""
+    ordered = sorted(score)
+    cuts = []
+    for k in range(1, n_groups):
+        pos = (len(score) - 1) * k / n_groups
+        lo = int(np.floor(pos))
+        hi = min(lo + 1, len(score) - 1)
+        cuts.append(ordered[lo] + (pos - lo) * (ordered[hi] - ordered[lo]))
+    return np.array([sum(s >= c for c in cuts) for s in score])
+
+
+def test_gates_groups_are_quantile_groups_that_ignore_row_order():
+    """A 9-level proxy on 1,003 units: groups by the proxy's quantiles keep ties together, so a
+    permutation of the rows moves no unit to another group and leaves GATES unchanged."""
+    rng = np.random.default_rng(22)
+    n = 1003
+    s = rng.integers(0, 9, n).astype(float)
+    t = rng.integers(0, 2, n)
+    y = s + t * (1 + 0.3 * s) + rng.normal(size=n)
+    groups = quantile_groups(s, 5)
+    np.testing.assert_array_equal(groups, _groups_by_definition(s, 5))
+    for level in np.unique(s):
+        assert len(np.unique(groups[s == level])) == 1  # tied units share a group
+    perm = rng.permutation(n)
+    np.testing.assert_array_equal(quantile_groups(s[perm], 5), groups[perm])
+    tab = gates(y, t, 0.5, s, n_groups=5)
+    again = gates(y[perm], t[perm], 0.5, s[perm], n_groups=5)
+    pd.testing.assert_frame_equal(tab, again, rtol=1e-10)
+    # without ties the groups are equal-sized (to one unit) and match the definition
+    cont = rng.normal(size=n)
+    sizes = np.bincount(quantile_groups(cont, 5))
+    assert sizes.max() - sizes.min() <= 1
+    np.testing.assert_array_equal(quantile_groups(cont, 5), _groups_by_definition(cont, 5))
+    with pytest.raises(InputError, match="takes 2 distinct values.*empty"):
+        gates(y, t, 0.5, (s > 4).astype(float), n_groups=5)
+
+
+def test_clan_with_clusters_is_the_cluster_robust_regression():
+    """CLAN with clusters: the means of the top and bottom groups and their difference from
+    the regression on the two group indicators, with vcovCL's HC1 (G/(G-1) (n-1)/(n-k)) over
+    the clusters of those units; Welch without clusters; cluster shocks widen the SEs."""
+    rng = np.random.default_rng(23)
+    n, n_cl = 1000, 50
+    cl = rng.integers(0, n_cl, n)
+    score = rng.normal(size=n) + rng.normal(size=n_cl)[cl]
+    feature = rng.normal(size=n) + 2 * rng.normal(size=n_cl)[cl]  # spatially clustered
+    robust = clan(feature, score, clusters=cl, feature_names=["f"]).set_index("term")
+    groups = quantile_groups(score, 5)
+    top, bot = groups == 4, groups == 0
+    keep = top | bot
+    X = np.column_stack([top, bot])[keep].astype(float)
+    f = feature[keep]
+    coef = np.linalg.solve(X.T @ X, X.T @ f)
+    bread = np.linalg.inv(X.T @ X)
+    codes = cl[keep]
+    sums = np.array([X[codes == g].T @ (f - X @ coef)[codes == g] for g in np.unique(codes)])
+    g_n, m = len(np.unique(codes)), keep.sum()
+    cov = g_n / (g_n - 1) * (m - 1) / (m - 2) * bread @ sums.T @ sums @ bread
+    contrast = np.array([1.0, -1.0])
+    np.testing.assert_allclose(robust["estimate"], [*coef, coef[0] - coef[1]], rtol=1e-12)
+    expected = np.sqrt([cov[0, 0], cov[1, 1], contrast @ cov @ contrast])
+    np.testing.assert_allclose(robust["std_err"], expected, rtol=1e-10)
+    assert (robust["vcov"] == "CR1").all()
+    welch = clan(feature, score, feature_names=["f"]).set_index("term")
+    se_top = feature[top].std(ddof=1) / np.sqrt(top.sum())
+    assert welch.loc["f[most]", "std_err"] == pytest.approx(se_top)
+    assert (welch["vcov"] == "Welch").all()
+    assert robust.loc["f[most-least]", "std_err"] > 2 * welch.loc["f[most-least]", "std_err"]
+
+
+def test_generic_ml_clan_uses_the_clusters():
+    rng = np.random.default_rng(24)
+    n = 400
+    cl = np.repeat(np.arange(40), 10)
+    x = rng.normal(size=(n, 2)) + rng.normal(size=(40, 2))[cl]
+    t = rng.integers(0, 2, n)
+    y = x[:, 0] + t * (1 + x[:, 1]) + rng.normal(size=n)
+    res = generic_ml(y, t, x, 0.5, n_splits=3, learner=_linear_t_learner, clusters=cl, seed=4)
+    for table in (res.blp, res.gates, res.clan):
+        assert (table["vcov"] == "CR1").all()
+    plain = generic_ml(y, t, x, 0.5, n_splits=3, learner=_linear_t_learner, seed=4)
+    assert (plain.clan["vcov"] == "Welch").all()
 
 
 def test_generic_ml_errors(linear_trial):
