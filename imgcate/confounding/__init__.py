@@ -55,6 +55,8 @@ from imgcate.confounding.resolution import resolution_check
 from imgcate.confounding.sensitivity import (
     ConfoundingSensitivity,
     confounding_sensitivity,
+    confounding_sensitivity_from_summary,
+    partial_r2,
     robustness_value,
 )
 
@@ -67,10 +69,12 @@ __all__ = [
     "ate_estimates",
     "balance_table",
     "confounding_sensitivity",
+    "confounding_sensitivity_from_summary",
     "crump_alpha",
     "difference_in_means",
     "estimate_propensity",
     "hajek_ipw",
+    "partial_r2",
     "plot_love",
     "resolution_check",
     "robustness_value",

@@ -3,7 +3,8 @@ confounder would have to be to change the conclusion, benchmarked against observ
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from imgcate.errors import InputError
+from imgcate.errors import InputError, SensitivityWarning
 from imgcate.intervals import interval_names, normal_interval, tidy_table
 from imgcate.optional import axes
 from imgcate.validation import (
@@ -85,21 +86,53 @@ def _ols(y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     return coef, se, dof
 
 
-def _partial_r2(t_stat: np.ndarray | float, dof: int) -> np.ndarray | float:
-    return t_stat**2 / (t_stat**2 + dof)
+def partial_r2(t_stat: Any, dof: float) -> Any:
+    """Partial R2 of a regressor from its t-statistic: ``t^2 / (t^2 + dof)``.
+
+    With a regression summary's t-value of a covariate and the residual degrees of freedom, this
+    is the covariate's partial R2 with the regression's outcome given the other regressors
+    (Cinelli & Hazlett 2020, sec. 4.5), the input of a benchmark.
+
+    Parameters
+    ----------
+    t_stat : float or array-like
+        t-statistic(s).
+    dof : float
+        Residual degrees of freedom of that regression.
+
+    Returns
+    -------
+    float or numpy.ndarray
+
+    Examples
+    --------
+    >>> round(partial_r2(4.18445, 783), 5)
+    0.02187
+    """
+    t_stat = np.asarray(t_stat, dtype=float)
+    out = t_stat**2 / (t_stat**2 + dof)
+    return float(out) if out.ndim == 0 else out
 
 
-def _benchmark_bound(r2dxj: float, r2yxj: float, kd: float, ky: float) -> tuple[float, float]:
-    """(R2_{D~Z|X}, R2_{Y~Z|D,X}) of a confounder kd/ky times as strong as covariate j."""
+def _benchmark_bound(
+    name: str, r2dxj: float, r2yxj: float, kd: float, ky: float
+) -> tuple[float, float, bool]:
+    """(R2_{D~Z|X}, R2_{Y~Z|D,X}, capped) of a confounder kd/ky times as strong as covariate j.
+
+    As sensemakr: an implied R2_{D~Z|X} (or R2_{Z~Xj}) of 1 or more is impossible (an error);
+    an implied R2_{Y~Z|D,X} above 1 is set to 1 and flagged.
+    """
     r2dz = kd * r2dxj / (1 - r2dxj)
-    denom = (1 - kd * r2dxj) * (1 - r2dxj)
-    if r2dz >= 1 or denom <= 0:
-        return float("nan"), float("nan")
-    r2zxj = kd * r2dxj**2 / denom
-    if r2zxj >= 1:
-        return float(r2dz), float("nan")
+    r2zxj = kd * r2dxj**2 / ((1 - kd * r2dxj) * (1 - r2dxj)) if kd * r2dxj < 1 else np.inf
+    if r2dz >= 1 or not 0 <= r2zxj < 1:
+        top = (1 - r2dxj) / r2dxj if r2dxj > 0 else np.inf
+        raise InputError(
+            f"kd={kd:g} is impossible for benchmark {name!r}: a confounder {kd:g} times as "
+            f"strong as {name!r} would explain all of the treatment (R2_D~Z|X = {r2dz:.3g}). "
+            f"Use a kd below {top:.3g}."
+        )
     r2yz = ((np.sqrt(ky) + np.sqrt(r2zxj)) / np.sqrt(1 - r2zxj)) ** 2 * r2yxj / (1 - r2yxj)
-    return float(r2dz), float(min(r2yz, 1.0))
+    return float(r2dz), float(min(r2yz, 1.0)), bool(r2yz > 1)
 
 
 def _adjusted(
@@ -134,6 +167,9 @@ class ConfoundingSensitivity:
         The fraction of the estimate to explain away and the interval probability.
     bounds : pandas.DataFrame
         One row per (benchmark, kd): ``benchmark``, ``kd``, ``ky``, ``r2dz_x``, ``r2yz_dx``,
+        ``capped`` (True where the implied ``r2yz_dx`` exceeded 1 and was set to 1, as
+        sensemakr does: such a confounder would explain all the outcome's residual variance,
+        so the adjusted standard error is 0 and the interval has no width; lower kd/ky),
         ``adjusted_estimate``, ``adjusted_se``, ``adjusted_t`` and the adjusted estimate's
         central ``prob`` interval, named by percentile (``adjusted_2.5%``,
         ``adjusted_97.5%`` for ``prob=0.95``).
@@ -277,6 +313,12 @@ def confounding_sensitivity(
     R2 with the treatment given the other covariates, and with the outcome given treatment and the
     other covariates) together with the estimate adjusted for such a confounder.
 
+    With images, ``covariates`` should hold the image features (the embedding) as well as the
+    tabular covariates: the treatment coefficient is then adjusted for what the image shows, as
+    the IPW and AIPW estimates are, and the benchmarks ask how much a confounder as strong as
+    an observed feature would move *that* estimate. Leaving the embedding out analyses an
+    estimate that is still confounded by the image.
+
     Parameters
     ----------
     outcome : array-like
@@ -301,12 +343,19 @@ def confounding_sensitivity(
     Returns
     -------
     ConfoundingSensitivity
-        With ``summary()``, ``bounds`` and ``plot_contour()``.
+        With ``summary()``, ``tidy()``, ``bounds`` and ``plot_contour()``.
 
     Raises
     ------
     InputError
-        On non-binary treatment, mismatched lengths, collinear covariates or unknown benchmarks.
+        On non-binary treatment, mismatched lengths, collinear covariates, unknown benchmarks,
+        or a kd so large that the confounder would explain all of the treatment.
+
+    Warns
+    -----
+    SensitivityWarning
+        When a bound's implied R2_{Y~Z|D,X} exceeds 1 and is capped at 1 (exactly when
+        sensemakr warns); the row's ``capped`` is True.
 
     Examples
     --------
@@ -320,62 +369,151 @@ def confounding_sensitivity(
     y = as_float_array("outcome", outcome, ndim=1)
     t = as_treatment(treatment)
     x = as_features(covariates, "covariates")
-    lo_name, hi_name = (f"adjusted_{name}" for name in interval_names(prob))
     n = check_lengths(outcome=y, treatment=t, covariates=x)
     names = [f"covariate_{j}" for j in range(x.shape[1])] if names is None else list(names)
     if len(names) != x.shape[1]:
         raise InputError(f"names has {len(names)} entries but covariates has {x.shape[1]} columns.")
     positions = _benchmark_positions(benchmark, names)
-    kds = np.atleast_1d(np.asarray(kd, dtype=float))
-    kys = kds if ky is None else np.broadcast_to(np.asarray(ky, dtype=float), kds.shape)
     const = np.ones((n, 1))
     coef, se, dof = _ols(y, np.hstack([const, t[:, None], x]))
-    est, est_se = float(coef[1]), float(se[1])
-    t_stat = est / est_se
-    rows = []
+    benchmarks = {}
     if positions:
         coef_d, se_d, dof_d = _ols(t, np.hstack([const, x]))
         t_y, t_d = coef[2:] / se[2:], coef_d[1:] / se_d[1:]
         for j in positions:
-            r2dxj, r2yxj = _partial_r2(t_d[j], dof_d), _partial_r2(t_y[j], dof)
-            for k_d, k_y in zip(kds, kys, strict=True):
-                r2dz, r2yz = _benchmark_bound(r2dxj, r2yxj, k_d, k_y)
-                adj, adj_se = _adjusted(est, est_se, dof, r2dz, r2yz)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    adj_t = adj / adj_se  # r2yz_dx = 1 leaves no residual: se 0, t infinite
-                lower, upper = normal_interval(adj, adj_se, prob, df=dof - 1)
-                rows.append(
-                    {
-                        "benchmark": names[j],
-                        "kd": k_d,
-                        "ky": k_y,
-                        "r2dz_x": r2dz,
-                        "r2yz_dx": r2yz,
-                        "adjusted_estimate": float(adj),
-                        "adjusted_se": float(adj_se),
-                        "adjusted_t": float(adj_t),
-                        lo_name: float(lower),
-                        hi_name: float(upper),
-                    }
-                )
+            benchmarks[names[j]] = (partial_r2(t_d[j], dof_d), partial_r2(t_y[j], dof))
+    return confounding_sensitivity_from_summary(
+        float(coef[1]), float(se[1]), dof, benchmarks=benchmarks, q=q, prob=prob, kd=kd, ky=ky
+    )
+
+
+def confounding_sensitivity_from_summary(
+    estimate: float,
+    std_err: float,
+    dof: int,
+    *,
+    benchmarks: Mapping[str, tuple[float, float]] | None = None,
+    q: float = 1.0,
+    prob: float = 0.95,
+    kd: float | Sequence[float] = (1, 2, 3),
+    ky: float | Sequence[float] | None = None,
+) -> ConfoundingSensitivity:
+    """The same sensitivity analysis from a regression's summary instead of its data.
+
+    What :func:`confounding_sensitivity` computes from the data, from the treatment's estimate,
+    standard error and residual degrees of freedom in ``outcome ~ 1 + treatment + covariates``,
+    and each benchmark covariate's partial R2s (from the t-values a regression summary prints,
+    with :func:`partial_r2`), as sensemakr's ``sensemakr(estimate=, se=, dof=, r2dxj.x=,
+    r2yxj.dx=)`` does. Useful to analyse a published table, or a model fitted elsewhere.
+
+    Parameters
+    ----------
+    estimate, std_err : float
+        The treatment coefficient and its (classical OLS) standard error.
+    dof : int
+        Residual degrees of freedom of the outcome regression.
+    benchmarks : mapping of str to (float, float), optional
+        For each benchmark covariate X_j: ``(R2_{D~Xj|X-j}, R2_{Y~Xj|D,X-j})``, its partial R2
+        with the treatment given the other covariates (``partial_r2`` of its t-value in the
+        regression of the treatment on the covariates, with that regression's dof) and with the
+        outcome given the treatment and the other covariates (its t-value in the outcome
+        regression, with ``dof``).
+    q, prob, kd, ky
+        As in :func:`confounding_sensitivity`.
+
+    Returns
+    -------
+    ConfoundingSensitivity
+
+    Raises
+    ------
+    InputError
+        On a non-positive standard error or dof below 2, partial R2 outside [0, 1), or an
+        impossible kd.
+
+    Warns
+    -----
+    SensitivityWarning
+        When a bound's implied R2_{Y~Z|D,X} exceeds 1 (it is capped at 1 and flagged).
+
+    Examples
+    --------
+    >>> res = confounding_sensitivity_from_summary(
+    ...     0.0973, 0.0233, 783, benchmarks={"female": (0.00908, 0.109)}, kd=1)
+    >>> round(float(res.bounds["adjusted_estimate"].iloc[0]), 3)
+    0.075
+    """
+    prob = check_prob(prob)
+    if not std_err > 0 or not dof >= 2:
+        raise InputError(
+            f"std_err={std_err!r} must be positive and dof={dof!r} at least 2 (the residual "
+            "degrees of freedom of the outcome regression)."
+        )
+    kds = np.atleast_1d(np.asarray(kd, dtype=float))
+    kys = kds if ky is None else np.broadcast_to(np.asarray(ky, dtype=float), kds.shape)
+    if (kds <= 0).any() or (kys <= 0).any():
+        raise InputError(f"kd={kd!r} and ky={ky!r} must be positive multipliers.")
+    lo_name, hi_name = (f"adjusted_{name}" for name in interval_names(prob))
+    rows, capped_rows = [], []
+    for name, (r2dxj, r2yxj) in (benchmarks or {}).items():
+        if not (0 <= r2dxj < 1 and 0 <= r2yxj < 1):
+            raise InputError(
+                f"benchmark {name!r}: partial R2 values ({r2dxj!r}, {r2yxj!r}) must lie in "
+                "[0, 1); compute them with partial_r2(t_value, dof)."
+            )
+        for k_d, k_y in zip(kds, kys, strict=True):
+            r2dz, r2yz, capped = _benchmark_bound(name, r2dxj, r2yxj, k_d, k_y)
+            adj, adj_se = _adjusted(estimate, std_err, dof, r2dz, r2yz)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                adj_t = adj / adj_se  # r2yz_dx = 1 leaves no residual: se 0, t infinite
+            # as sensemakr (ovb_bounds): t quantile with the regression's dof
+            lower, upper = normal_interval(adj, adj_se, prob, df=dof)
+            if capped:
+                capped_rows.append(f"{k_d:g}x/{k_y:g}x {name}")
+            rows.append(
+                {
+                    "benchmark": name,
+                    "kd": k_d,
+                    "ky": k_y,
+                    "r2dz_x": r2dz,
+                    "r2yz_dx": r2yz,
+                    "capped": capped,
+                    "adjusted_estimate": float(adj),
+                    "adjusted_se": float(adj_se),
+                    "adjusted_t": float(adj_t),
+                    lo_name: float(lower),
+                    hi_name: float(upper),
+                }
+            )
+    if capped_rows:
+        warnings.warn(
+            f"Implied bound on r2yz_dx greater than 1 for {', '.join(capped_rows)}: set to 1 "
+            "(rows with capped=True), where the adjusted standard error is 0 and the interval "
+            "has no width. Such a confounder would explain all the outcome's residual "
+            "variance; try lower kd and/or ky.",
+            SensitivityWarning,
+            stacklevel=2,
+        )
     columns = [
         "benchmark",
         "kd",
         "ky",
         "r2dz_x",
         "r2yz_dx",
+        "capped",
         "adjusted_estimate",
         "adjusted_se",
         "adjusted_t",
         lo_name,
         hi_name,
     ]
+    t_stat = estimate / std_err
     return ConfoundingSensitivity(
-        estimate=est,
-        std_err=est_se,
+        estimate=float(estimate),
+        std_err=float(std_err),
         t_stat=float(t_stat),
         dof=int(dof),
-        partial_r2=float(_partial_r2(t_stat, dof)),
+        partial_r2=float(partial_r2(t_stat, dof)),
         rv_q=robustness_value(t_stat, dof, q),
         rv_qa=robustness_value(t_stat, dof, q, prob),
         q=float(q),
