@@ -42,7 +42,7 @@ def test_tidy_table_schema():
 def test_every_tidy_has_the_same_schema():
     sim = simulate_confounded(seed=3, n_units=300)
     ate = confounding.hajek_ipw(sim.outcome, sim.treatment, sim.truth.propensity)
-    assert list(ate.tidy().columns) == [*SCHEMA, "n"]
+    assert list(ate.tidy().columns) == [*SCHEMA, "n", "n_clusters", "vcov", "propensity"]
     assert ate.lower < ate.estimate < ate.upper
     sens = confounding.confounding_sensitivity(sim.outcome, sim.treatment, sim.features[:, :3])
     tidy = sens.tidy()
@@ -53,7 +53,7 @@ def test_every_tidy_has_the_same_schema():
     assert list(rate.tidy().columns) == [*SCHEMA, "p_value"]
     assert list(rate.tidy(prob=0.9).columns)[3:5] == ["5%", "95%"]
     blp = evaluate.blp(sim.outcome, sim.treatment, 0.5, sim.features[:, 0])
-    assert list(blp.columns) == [*SCHEMA, "p_value"]
+    assert list(blp.columns) == [*SCHEMA, "p_value", "vcov"]
 
 
 @pytest.mark.parametrize("module", [confounding, evaluate])

@@ -4,12 +4,16 @@ When a program was targeted rather than randomized, the places that received it 
 that did not, and satellite images often show how (built-up area, roads, vegetation). This module
 uses image embeddings (plus tabular covariates) as proxies for those confounders:
 
-1. :func:`estimate_propensity` fits P(treatment = 1 | features), cross-fitted penalized logistic
-   regression or a Bayesian logistic model with shrinkage priors, with overlap diagnostics
+1. :func:`estimate_propensity` fits P(treatment = 1 | features): by default the
+   covariate-balancing propensity score (a logistic model whose weights balance every feature
+   exactly), or cross-fitted penalized logistic regression, or a Bayesian logistic model with
+   shrinkage priors, with overlap diagnostics
    (:meth:`Propensity.overlap_summary`, :meth:`Propensity.plot_overlap`) and trimming
    (:func:`trim`).
-2. :func:`ate_estimates` (or :func:`hajek_ipw`, :func:`aipw` alone) estimates the average treatment
-   effect with influence-function standard errors, cluster-robust when cluster ids are given;
+2. :func:`ate_estimates` (or :func:`difference_in_means`, :func:`hajek_ipw`, :func:`aipw` alone)
+   estimates the average treatment effect with standard errors that account for the estimated
+   propensity and are cluster-robust when cluster ids are given (the ``vcov`` and
+   ``propensity`` columns say how each was computed);
    :func:`balance_table` and :func:`plot_love` check covariate and embedding balance.
 3. :func:`confounding_sensitivity` asks how strong an *unobserved* confounder would have to be to
    change the conclusion (Cinelli & Hazlett 2020), benchmarked against observed covariates.
@@ -26,9 +30,11 @@ Assumptions, stated once
   on the kept units.
 * **SUTVA**: one unit's treatment does not change another's outcome (beyond what clustering allows).
 
-The standard errors treat the cross-fitted nuisance functions (propensity, outcome regressions) as
-known, which is justified for AIPW by cross-fitting (Chernozhukov et al. 2018) and conservative for
-Hajek IPW with an estimated propensity in the usual case.
+When the propensity is a :class:`Propensity` from :func:`estimate_propensity` (``"cbps"`` or
+``"logistic"``), its estimating equations are stacked with the estimator's (M-estimation), so
+the standard errors of Hajek IPW and AIPW account for its estimation; scores passed as an array
+are treated as known, which overstates the standard error of an estimated propensity. The
+cross-fitted outcome regressions of AIPW need no correction (Chernozhukov et al. 2018).
 
 Examples
 --------

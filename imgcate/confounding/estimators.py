@@ -1,5 +1,6 @@
 """ATE estimators with influence-function standard errors: difference in means, Hajek IPW and
-AIPW (doubly robust, cross-fitted outcome regressions), cluster-robust when cluster ids are given.
+AIPW (doubly robust, cross-fitted outcome regressions), accounting for an estimated propensity
+and cluster-robust when cluster ids are given.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from imgcate.confounding.mestimation import EstimatingEquations
 from imgcate.confounding.propensity import Propensity, fold_ids, propensity_scores
 from imgcate.errors import InputError
 from imgcate.evaluate import aipw_scores
@@ -37,7 +39,8 @@ class AteEstimate:
     name : str
         ``"difference_in_means"``, ``"ipw_hajek"`` or ``"aipw"``.
     estimate, std_err, lower, upper : float
-        Point estimate, standard error and the bounds of the central ``prob`` normal interval.
+        Point estimate, standard error and the bounds of the central ``prob`` interval
+        (normal, or Student-t with ``df`` degrees of freedom when cluster-robust).
     prob : float
         Coverage probability of the interval.
     n : int
@@ -46,6 +49,17 @@ class AteEstimate:
         Number of clusters when the errors are cluster-robust.
     influence : numpy.ndarray
         Estimated influence function, shape (unit,), mean zero.
+    vcov : str
+        How the standard error was computed: ``"HC2"`` (Neyman) or ``"CR2"`` (Bell-McCaffrey,
+        cluster-robust) for the difference in means; ``"HC0"`` or ``"CR1"`` (Liang-Zeger with
+        ``G / (G - 1)``) for the influence functions of IPW and AIPW.
+    df : float or None
+        Degrees of freedom of the t interval (``G - 1`` with clusters), None for normal.
+    propensity : str
+        ``"estimated"`` when the standard error accounts for the estimation of the
+        propensity (its model's estimating equations are stacked with the estimator's),
+        ``"known"`` when the scores were taken as given, ``"none"`` for the difference in
+        means.
     """
 
     name: str
@@ -57,38 +71,76 @@ class AteEstimate:
     n: int
     n_clusters: int | None
     influence: np.ndarray
+    vcov: str = "HC0"
+    df: float | None = None
+    propensity: str = "none"
 
     def tidy(self) -> pd.DataFrame:
         """One row in the tidy schema: ``term`` (the estimator), ``estimate``, ``std_err``, the
-        interval bounds named by percentile (``"2.5%"``, ``"97.5%"`` for ``prob=0.95``), ``n``."""
-        return tidy_table(
-            [self.name], self.estimate, self.std_err, self.lower, self.upper, self.prob, n=[self.n]
+        interval bounds named by percentile (``"2.5%"``, ``"97.5%"`` for ``prob=0.95``), then
+        ``n``, ``n_clusters`` (missing without clusters), ``vcov`` (how the standard error was
+        computed: HC2/CR2, HC0/CR1) and ``propensity`` (estimated, known or none)."""
+        table = tidy_table(
+            [self.name],
+            self.estimate,
+            self.std_err,
+            self.lower,
+            self.upper,
+            self.prob,
+            n=[self.n],
+            n_clusters=[self.n_clusters],
+            vcov=[self.vcov],
+            propensity=[self.propensity],
         )
+        table["n_clusters"] = table["n_clusters"].astype("Int64")
+        return table
 
 
-def _from_influence(
-    name: str, estimate: float, influence: np.ndarray, clusters: np.ndarray | None, prob: float
+def _result(
+    name: str,
+    estimate: float,
+    se: float,
+    influence: np.ndarray,
+    n_clusters: int | None,
+    prob: float,
+    vcov: str,
+    propensity: str,
 ) -> AteEstimate:
-    n = len(influence)
-    if clusters is None:
-        se = float(np.sqrt(np.sum(influence**2)) / n)
-        n_clusters = None
-    else:
-        sums = np.bincount(clusters, weights=influence)
-        n_clusters = len(sums)
-        se = float(np.sqrt(n_clusters / (n_clusters - 1) * np.sum(sums**2)) / n)
-    lower, upper = normal_interval(estimate, se, prob)
+    df = None if n_clusters is None else float(n_clusters - 1)
+    lower, upper = normal_interval(estimate, se, prob, df=df)
     return AteEstimate(
         name,
         float(estimate),
-        se,
+        float(se),
         float(lower),
         float(upper),
         prob,
-        n,
+        len(influence),
         n_clusters,
         influence,
+        vcov,
+        df,
+        propensity,
     )
+
+
+def _from_influence(
+    name: str,
+    estimate: float,
+    influence: np.ndarray,
+    clusters: np.ndarray | None,
+    prob: float,
+    propensity: str,
+) -> AteEstimate:
+    """HC0 (``sqrt(sum psi^2) / n``) or CR1 (``sqrt(G/(G-1) sum_g (sum_g psi)^2) / n``)."""
+    n = len(influence)
+    if clusters is None:
+        se = float(np.sqrt(np.sum(influence**2)) / n)
+        return _result(name, estimate, se, influence, None, prob, "HC0", propensity)
+    sums = np.bincount(clusters, weights=influence)
+    g = len(sums)
+    se = float(np.sqrt(g / (g - 1) * np.sum(sums**2)) / n)
+    return _result(name, estimate, se, influence, g, prob, "CR1", propensity)
 
 
 def _common(outcome, treatment, propensity=None, clusters=None, prob=0.95):
@@ -96,13 +148,59 @@ def _common(outcome, treatment, propensity=None, clusters=None, prob=0.95):
     t = as_treatment(treatment).astype(np.int8)
     e = None if propensity is None else propensity_scores(propensity)
     n = check_lengths(outcome=y, treatment=t, propensity=e)
+    if isinstance(propensity, Propensity) and not np.array_equal(propensity.treatment, t):
+        raise InputError(
+            "the Propensity was fitted to another treatment vector than the one given; pass "
+            "the same units in the same order (or its .scores to treat them as known)."
+        )
     return y, t, e, cluster_codes(clusters, n, min_clusters=2), check_prob(prob)
+
+
+def _equations(propensity: Propensity | Any) -> EstimatingEquations | None:
+    if isinstance(propensity, Propensity):
+        return propensity.equations
+    return None
+
+
+def _cr2_dim(y: np.ndarray, t: np.ndarray, codes: np.ndarray) -> float:
+    """Bell-McCaffrey (CR2) standard error of the treatment coefficient of ``y ~ 1 + t``.
+
+    The hat matrix of ``[1, t]`` restricted to a cluster is block diagonal by arm, with blocks
+    ``J / n_arm``, so ``(I - H_gg)^{-1/2}`` scales each cluster-arm cell's residual sum by
+    ``(1 - n_g,arm / n_arm)^{-1/2}``: the Neyman (HC2) variance when every unit is its own
+    cluster, the cluster-totals Neyman variance when whole clusters are treated.
+    """
+    n_groups = int(codes.max()) + 1
+    sums = np.zeros((2, n_groups))
+    counts = np.zeros((2, n_groups))
+    for arm in (0, 1):
+        sel = t == arm
+        resid = y[sel] - y[sel].mean()
+        sums[arm] = np.bincount(codes[sel], weights=resid, minlength=n_groups)
+        counts[arm] = np.bincount(codes[sel], minlength=n_groups)
+    n_arm = counts.sum(axis=1, keepdims=True)
+    if (counts == n_arm).any():
+        arm = "treated" if (counts[1] == n_arm[1]).any() else "control"
+        raise InputError(
+            f"every {arm} unit is in one cluster, so the difference in means has no "
+            "cluster-robust standard error; the design gives no replication of that arm "
+            "across clusters (check the cluster ids)."
+        )
+    scaled = sums / np.sqrt(1 - counts / n_arm) / n_arm
+    return float(np.sqrt(np.sum((scaled[1] - scaled[0]) ** 2)))
 
 
 def difference_in_means(
     outcome: Any, treatment: Any, *, clusters: Any = None, prob: float = 0.95
 ) -> AteEstimate:
     """Unadjusted difference in mean outcomes, treated minus control.
+
+    The standard error is Neyman's, ``sqrt(s1^2 / n1 + s0^2 / n0)`` with sample variances
+    (HC2 of the regression on ``[1, t]``). With ``clusters`` it is cluster-robust: the
+    Bell-McCaffrey CR2 estimator of that regression, which reduces to Neyman's when every unit
+    is its own cluster and to the Neyman variance of cluster totals when whole clusters are
+    assigned (cluster-randomized trials, units sharing an image); the interval is then
+    Student-t with ``G - 1`` degrees of freedom. ``vcov`` says which was used.
 
     Parameters
     ----------
@@ -118,12 +216,13 @@ def difference_in_means(
     Returns
     -------
     AteEstimate
-        Biased under confounding; reported as the naive benchmark.
+        Biased under confounding; reported as the naive benchmark (and as the design-based
+        ATE of a randomized trial).
 
     Raises
     ------
     InputError
-        On non-binary treatment or mismatched lengths.
+        On non-binary treatment, mismatched lengths, or clusters holding a whole arm.
 
     Examples
     --------
@@ -134,7 +233,12 @@ def difference_in_means(
     p = t.mean()
     m1, m0 = y[t == 1].mean(), y[t == 0].mean()
     psi = t * (y - m1) / p - (1 - t) * (y - m0) / (1 - p)
-    return _from_influence("difference_in_means", m1 - m0, psi, codes, prob)
+    if codes is None:
+        se = _cr2_dim(y, t, np.arange(len(y)))
+        return _result("difference_in_means", m1 - m0, se, psi, None, prob, "HC2", "none")
+    se = _cr2_dim(y, t, codes)
+    g = int(codes.max()) + 1
+    return _result("difference_in_means", m1 - m0, se, psi, g, prob, "CR2", "none")
 
 
 def hajek_ipw(
@@ -149,8 +253,16 @@ def hajek_ipw(
 
     ``sum(t w1 y) / sum(t w1) - sum((1-t) w0 y) / sum((1-t) w0)`` with ``w1 = 1/e``,
     ``w0 = 1/(1-e)``. The standard error comes from the influence function
-    ``t (y - m1) / (e E[t/e]) - (1-t) (y - m0) / ((1-e) E[(1-t)/(1-e)])``, summed within clusters
-    when cluster ids are given; it treats the propensity as known.
+    ``psi = t (y - m1) / (e E[t/e]) - (1-t) (y - m0) / ((1-e) E[(1-t)/(1-e)])``. When
+    ``propensity`` is a :class:`Propensity` from :func:`estimate_propensity` (``"cbps"`` or
+    ``"logistic"``) its estimation is accounted for by stacking the propensity model's
+    estimating equations ``g_i`` with the estimator's (M-estimation; Lunceford & Davidian
+    2004): the influence function becomes ``psi - H A^{-1} g_i``, ``A`` the mean Jacobian of
+    ``g`` and ``H`` the mean derivative of ``psi``'s terms with respect to the propensity
+    coefficients. Scores passed as an array are treated as known (which overstates the
+    standard error of an estimated propensity, about 1.8-fold on the simulations of
+    docs/confounding.md). With cluster ids the influence function is summed within clusters
+    (CR1, ``G / (G - 1)``) and the interval is t with ``G - 1`` degrees of freedom.
 
     Parameters
     ----------
@@ -184,7 +296,15 @@ def hajek_ipw(
     w1, w0 = t / e, (1 - t) / (1 - e)
     m1, m0 = np.sum(w1 * y) / w1.sum(), np.sum(w0 * y) / w0.sum()
     psi = w1 * (y - m1) / w1.mean() - w0 * (y - m0) / w0.mean()
-    return _from_influence("ipw_hajek", m1 - m0, psi, codes, prob)
+    equations = _equations(propensity)
+    if equations is None:
+        return _from_influence("ipw_hajek", m1 - m0, psi, codes, prob, "known")
+    # d/dbeta of t (y - m1) / e and (1 - t)(y - m0) / (1 - e), through de/dbeta
+    grad = equations.score_gradient
+    h1 = np.mean((-t * (y - m1) / e**2)[:, None] * grad, axis=0)
+    h0 = np.mean(((1 - t) * (y - m0) / (1 - e) ** 2)[:, None] * grad, axis=0)
+    psi = psi - equations.correction(h1 / w1.mean() - h0 / w0.mean())
+    return _from_influence("ipw_hajek", m1 - m0, psi, codes, prob, "estimated")
 
 
 def _outcome_regressor(outcome_model: Any, seed: int) -> Any:
@@ -243,7 +363,11 @@ def aipw(
 
     ``mean(mu1 - mu0 + t (y - mu1) / e - (1 - t) (y - mu0) / (1 - e))``; consistent when either
     the propensity or the outcome regressions are right. The standard error is the standard
-    deviation of that influence function over sqrt(n), summed within clusters when given.
+    deviation of that influence function over sqrt(n), summed within clusters when given (CR1,
+    t interval with ``G - 1`` degrees of freedom). The cross-fitted outcome regressions need no
+    correction (the score is Neyman-orthogonal); an estimated :class:`Propensity` is stacked
+    as in :func:`hajek_ipw`, which matters only when the outcome regressions are wrong (the
+    correction's ``H`` is then non-zero) and keeps the standard error right in that case too.
 
     Parameters
     ----------
@@ -304,7 +428,13 @@ def aipw(
         check_lengths(outcome=y, mu0=m0, mu1=m1)
     phi = aipw_scores(y, t, e, m0, m1)
     tau = phi.mean()
-    return _from_influence("aipw", tau, phi - tau, codes, prob)
+    equations = _equations(propensity)
+    if equations is None:
+        return _from_influence("aipw", tau, phi - tau, codes, prob, "known")
+    dphi_de = -t * (y - m1) / e**2 - (1 - t) * (y - m0) / (1 - e) ** 2
+    h = np.mean(dphi_de[:, None] * equations.score_gradient, axis=0)
+    influence = phi - tau - equations.correction(h)
+    return _from_influence("aipw", tau, influence, codes, prob, "estimated")
 
 
 def ate_estimates(
@@ -332,7 +462,9 @@ def ate_estimates(
     features : array-like, optional
         Shape (unit, feature) for the AIPW outcome regressions; without it the AIPW row is omitted.
     clusters : array-like, optional
-        Cluster ids, shape (unit,): cluster-robust errors (influence summed within clusters).
+        Cluster ids, shape (unit,): cluster-robust errors for every row (CR2 for the difference
+        in means, CR1 on the influence functions of IPW and AIPW; t intervals with ``G - 1``
+        degrees of freedom).
     n_folds : int
         Cross-fitting folds for AIPW.
     outcome_model : {"ridge", "lasso", "boosting"} or scikit-learn regressor, optional
@@ -348,8 +480,9 @@ def ate_estimates(
     pandas.DataFrame
         Index ``estimator`` (``difference_in_means``, ``ipw_hajek``, ``aipw``); columns
         ``estimate``, ``std_err``, the interval bounds named by percentile (``"2.5%"``,
-        ``"97.5%"``) and ``n``: the rows of each estimate's :meth:`AteEstimate.tidy`, indexed
-        by their term, as :meth:`imgcate.EffectFit.ate` is.
+        ``"97.5%"``), ``n``, ``n_clusters``, ``vcov`` and ``propensity``: the rows of each
+        estimate's :meth:`AteEstimate.tidy`, indexed by their term, as
+        :meth:`imgcate.EffectFit.ate` is.
 
     Raises
     ------
@@ -361,7 +494,7 @@ def ate_estimates(
     >>> sim = simulate_confounded(seed=0, n_units=400)
     >>> table = ate_estimates(sim.outcome, sim.treatment, sim.truth.propensity, seed=0)
     >>> list(table.columns)
-    ['estimate', 'std_err', '2.5%', '97.5%', 'n']
+    ['estimate', 'std_err', '2.5%', '97.5%', 'n', 'n_clusters', 'vcov', 'propensity']
     """
     results = [
         difference_in_means(outcome, treatment, clusters=clusters, prob=prob),

@@ -1,9 +1,11 @@
 """Propensity scores from image embeddings and covariates, with overlap diagnostics.
 
-:func:`estimate_propensity` fits P(treatment = 1 | features), cross-fitted penalized logistic
-regression (tuned for balance by default) or a Bayesian logistic model with shrinkage priors;
+:func:`estimate_propensity` fits P(treatment = 1 | features): by default the covariate-balancing
+propensity score (a logistic model whose weights balance every feature exactly), or cross-fitted
+penalized logistic regression, or a Bayesian logistic model with shrinkage priors;
 :class:`Propensity` holds the scores with :meth:`~Propensity.overlap_summary` and
-:meth:`~Propensity.plot_overlap`.
+:meth:`~Propensity.plot_overlap`, and the model's estimating equations so that the ATE
+estimators' standard errors account for the estimation.
 """
 
 from __future__ import annotations
@@ -15,6 +17,12 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from imgcate.confounding.balancing import cbps_equations, fit_cbps
+from imgcate.confounding.mestimation import (
+    EstimatingEquations,
+    design_matrix,
+    logistic_equations,
+)
 from imgcate.confounding.weights import ipw_weights, smd
 from imgcate.errors import ConvergenceWarning, InputError, OverlapWarning
 from imgcate.optional import axes
@@ -28,7 +36,7 @@ from imgcate.validation import (
     rng_from_seed,
 )
 
-PropensityMethod = Literal["logistic", "bayes"]
+PropensityMethod = Literal["cbps", "logistic", "bayes"]
 
 
 #: Propensities closer than this to 0 or 1 raise an :class:`OverlapWarning`.
@@ -50,13 +58,20 @@ class Propensity:
     treatment : numpy.ndarray
         The 0/1 treatment the scores were fitted to, shape (unit,).
     method : str
-        ``"logistic"`` (cross-fitted) or ``"bayes"`` (posterior mean).
+        ``"cbps"`` (covariate balancing), ``"logistic"`` (cross-fitted) or ``"bayes"``
+        (posterior mean).
     clip : float
         The clipping bound used.
     n_clipped : int
         Number of scores that were moved by clipping.
     diagnostics : dict
-        Method details: chosen penalties per fold, or R-hat / divergences of the posterior.
+        Method details: chosen penalties per fold, Newton iterations, or R-hat / divergences of
+        the posterior.
+    equations : EstimatingEquations or None
+        The fitted model's estimating equations (``"cbps"`` and ``"logistic"``), which
+        :func:`~imgcate.confounding.hajek_ipw` and :func:`~imgcate.confounding.aipw` use to
+        account for the estimated propensity in their standard errors; None for ``"bayes"``
+        (the scores are then treated as known).
     """
 
     scores: np.ndarray
@@ -65,6 +80,7 @@ class Propensity:
     clip: float
     n_clipped: int = 0
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    equations: EstimatingEquations | None = field(default=None, repr=False)
 
     @property
     def ipw_weights(self) -> np.ndarray:
@@ -282,11 +298,48 @@ def _bayes_propensity(
     return scores, diag
 
 
+def _logistic_equations(
+    x: np.ndarray, t: np.ndarray, chosen: list[float], n_folds: int, raw: np.ndarray, clip: float
+) -> EstimatingEquations:
+    """The cross-fitted logistic model's equations: a full-sample fit with the per-unit penalty
+    of the fold models (``C`` times the training share), linearized at the cross-fitted scores
+    (each fold's coefficients are a full-sample fit's to first order)."""
+    from sklearn.linear_model import LogisticRegression
+
+    design = design_matrix(x)
+    C_fold = float(np.exp(np.mean(np.log(chosen))))
+    C_full = C_fold * (n_folds - 1) / n_folds
+    model = LogisticRegression(C=C_full, max_iter=5000, tol=1e-10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model.fit(design[:, 1:], t)
+    coef = np.r_[model.intercept_, model.coef_.ravel()]
+    fitted = model.predict_proba(design[:, 1:])[:, 1]
+    free = (raw > clip) & (raw < 1 - clip)
+    scores = np.clip(raw, clip, 1 - clip)
+    return logistic_equations(design, t, fitted, coef, C_full, scores, free)
+
+
+def _cbps(
+    x: np.ndarray, t: np.ndarray, C: float | None, clip: float
+) -> tuple[np.ndarray, dict[str, Any], EstimatingEquations]:
+    from scipy.special import expit
+
+    design = design_matrix(x)
+    beta, info = fit_cbps(design, t.astype(float), C)
+    raw = expit(design @ beta)
+    free = (raw > clip) & (raw < 1 - clip)
+    scores = np.clip(raw, clip, 1 - clip)
+    info["max_abs_smd"] = float(np.nanmax(np.abs(smd(x, t, ipw_weights(t, scores)))))
+    info["C"] = C
+    return raw, info, cbps_equations(design, t.astype(float), beta, C, scores, free)
+
+
 def estimate_propensity(
     features: Any,
     treatment: Any,
     *,
-    method: PropensityMethod = "logistic",
+    method: PropensityMethod = "cbps",
     n_folds: int = 5,
     C: float | None = None,
     tune: Literal["balance", "log_loss"] = "balance",
@@ -308,7 +361,16 @@ def estimate_propensity(
         ``np.hstack([emb.for_keys(trial.image_keys), trial.covariate_matrix])``).
     treatment : array-like
         Shape (unit,), binary 0/1.
-    method : {"logistic", "bayes"}
+    method : {"cbps", "logistic", "bayes"}
+        ``"cbps"`` (default): the covariate-balancing propensity score of Imai & Ratkovic
+        (2014), exactly identified for the ATE: a logistic model on the standardized features
+        whose inverse-probability weights make the weighted mean of every feature equal in
+        both arms (with ``C``, an L2 penalty makes the balance approximate). Fitted on all
+        units, by Newton's method on Zhao's (2019) convex loss. It does not chase the noise of
+        many feature columns the way a tuned penalty does, and Hajek IPW with it is
+        consistent when either the logit of the propensity or the untreated and treated
+        outcomes are linear in the features (see docs/confounding.md for the measured
+        comparison).
         ``"logistic"``: L2-penalized logistic regression on standardized features, **cross-fitted**
         (each unit's score comes from a model not trained on its fold), penalty chosen by
         ``tune`` unless ``C`` is given.
@@ -317,19 +379,20 @@ def estimate_propensity(
     n_folds : int
         Cross-fitting folds (``"logistic"``).
     C : float, optional
-        Fixed inverse penalty; ``None`` chooses it as ``tune`` says.
+        Fixed inverse penalty (per unit: the penalty is ``||beta||^2 / (2 C)`` on the summed
+        loss, as in scikit-learn); ``None``: exact balance for ``"cbps"``, chosen as ``tune``
+        says for ``"logistic"``.
     tune : {"balance", "log_loss"}
-        How ``C`` is chosen when not given. ``"balance"`` (default): the value on the grid
-        ``BALANCE_C_GRID`` whose cross-fitted scores give the smallest maximum absolute
-        standardized mean difference of the features after IPW weighting (the propensity is
-        tuned for the balance it is used for, as in twang's balance stopping rules).
+        How ``C`` is chosen for ``"logistic"`` when not given. ``"balance"`` (default): the
+        value on the grid ``BALANCE_C_GRID`` whose cross-fitted scores give the smallest
+        maximum absolute standardized mean difference of the features after IPW weighting.
         ``"log_loss"``: ``LogisticRegressionCV`` within each training fold, which predicts
         treatment best but shrinks the scores towards 0.5 and leaves confounding behind
         (measured: IPW bias +0.2 on chip-confounded scene trials; see docs/confounding.md).
     inner_folds : int
         Folds of the inner cross-validation for ``tune="log_loss"``.
     clusters : array-like, optional
-        Shape (unit,): cluster ids; whole clusters are kept in one fold.
+        Shape (unit,): cluster ids; whole clusters are kept in one fold (``"logistic"``).
     seed : int
         Random seed (fold assignment, MCMC key).
     clip : float
@@ -342,12 +405,14 @@ def estimate_propensity(
     Returns
     -------
     Propensity
-        Scores (unit,) with method, clipping count and diagnostics.
+        Scores (unit,) with method, clipping count, diagnostics and (``"cbps"``,
+        ``"logistic"``) the model's estimating equations.
 
     Raises
     ------
     InputError
-        On non-binary treatment, mismatched lengths, non-finite features or bad options.
+        On non-binary treatment, mismatched lengths, non-finite features or bad options, or
+        (``"cbps"`` without ``C``) features that separate the arms.
 
     Warns
     -----
@@ -363,15 +428,20 @@ def estimate_propensity(
     >>> ps.scores.shape
     (300,)
     """
-    check_choice("method", method, ("logistic", "bayes"))
+    check_choice("method", method, ("cbps", "logistic", "bayes"))
     x = as_features(features)
     t = as_treatment(treatment).astype(np.int8)
     n = check_lengths(features=x, treatment=t)
     if not 0 < clip < 0.5:
         raise InputError(f"clip={clip!r} must lie in (0, 0.5), e.g. 1e-3.")
+    if C is not None and not float(C) > 0:
+        raise InputError(f"C={C!r} must be a positive number (or None).")
     rng = rng_from_seed(seed)
     check_choice("tune", tune, ("balance", "log_loss"))
-    if method == "logistic":
+    equations = None
+    if method == "cbps":
+        raw, diagnostics, equations = _cbps(x, t, C, clip)
+    elif method == "logistic":
         folds = fold_ids(t, n_folds, rng, cluster_codes(clusters, n, min_clusters=2))
         diagnostics: dict[str, Any] = {"n_folds": n_folds}
         if C is None and tune == "balance":
@@ -381,6 +451,7 @@ def estimate_propensity(
         else:
             raw, chosen = _logistic_cross_fit(x, t, folds, C, inner_folds)
         diagnostics["C_by_fold"] = chosen
+        equations = _logistic_equations(x, t, chosen, n_folds, raw, clip)
     else:
         raw, diagnostics = _bayes_propensity(
             x, t, int(seed), num_warmup, num_samples, num_chains, progress_bar
@@ -388,7 +459,20 @@ def estimate_propensity(
     _warn_extreme(raw)
     scores = np.clip(raw, clip, 1 - clip)
     n_clipped = int(np.sum(scores != raw))
-    return Propensity(scores, t, method, float(clip), n_clipped, diagnostics)
+    return Propensity(scores, t, method, float(clip), n_clipped, diagnostics, equations)
+
+
+def format_probability(p: float) -> str:
+    """A probability with enough digits to tell it from 0 and 1: 0.998 -> "0.998",
+    2.5e-06 -> "2.5e-06", 0.9999975 -> "0.9999975"."""
+    p = float(p)
+    if p <= 0 or p >= 1:
+        return f"{p:g}"
+    if p < 1e-3:
+        return f"{p:.2g}"
+    distance = min(p, 1 - p)
+    digits = max(3, int(np.ceil(-np.log10(distance))) + 1)
+    return f"{p:.{digits}f}".rstrip("0").rstrip(".")
 
 
 def _warn_extreme(scores: np.ndarray) -> None:
@@ -396,9 +480,9 @@ def _warn_extreme(scores: np.ndarray) -> None:
     if extreme.any():
         warnings.warn(
             f"{int(extreme.sum())} of {len(scores)} propensity scores lie outside "
-            f"[{EXTREME_PROPENSITY}, {1 - EXTREME_PROPENSITY}] (min {scores.min():.2g}, "
-            f"max {scores.max():.2g}); weights will be extreme. Check overlap_summary() and "
-            "consider trim(...).",
+            f"[{EXTREME_PROPENSITY}, {1 - EXTREME_PROPENSITY}] (min "
+            f"{format_probability(scores.min())}, max {format_probability(scores.max())}); "
+            "weights will be extreme. Check overlap_summary() and consider trim(...).",
             OverlapWarning,
             stacklevel=3,
         )

@@ -11,16 +11,16 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from scipy import stats  # noqa: E402
 
 from imgcate.confounding import (  # noqa: E402
     Propensity,
     aipw,
     ate_estimates,
-    balance_table,
     difference_in_means,
-    estimate_propensity,
     hajek_ipw,
 )
+from imgcate.errors import InputError  # noqa: E402
 from imgcate.simulate import simulate_confounded  # noqa: E402
 
 TRUE_ATE = 2.0  # the ATE of the simulated study of the ``sim`` fixture (conftest.py)
@@ -43,9 +43,13 @@ def test_ipw_and_aipw_recover_the_ate_in_one_replication(fitted):
         assert abs(row["estimate"] - TRUE_ATE) < 3 * row["std_err"], name
         assert 0.03 < row["std_err"] < 0.3
         assert row["2.5%"] < row["estimate"] < row["97.5%"]
-    assert list(table.columns) == ["estimate", "std_err", "2.5%", "97.5%", "n"]
+    columns = ["estimate", "std_err", "2.5%", "97.5%", "n", "n_clusters", "vcov", "propensity"]
+    assert list(table.columns) == columns
     assert table.index.name == "estimator"
     assert (table["n"] == 1000).all()
+    assert table["n_clusters"].isna().all()
+    assert table["vcov"].tolist() == ["HC2", "HC0", "HC0"]
+    assert table["propensity"].tolist() == ["none", "estimated", "estimated"]
     assert table.attrs["prob"] == 0.95
 
 
@@ -87,14 +91,21 @@ def test_aipw_double_robust_wrong_propensity():
     assert np.mean(ipw) - TRUE_ATE > 0.4  # the wrong propensity alone is biased
 
 
-def test_singleton_clusters_reproduce_the_unclustered_se(sim):
+def test_singleton_clusters_reproduce_the_unclustered_se(sim, fitted):
     y, t, e = sim.outcome, sim.treatment, sim.truth.propensity
     n = len(y)
-    plain = hajek_ipw(y, t, e)
-    single = hajek_ipw(y, t, e, clusters=np.arange(n))
-    assert single.estimate == plain.estimate
-    assert single.std_err == pytest.approx(plain.std_err * np.sqrt(n / (n - 1)))
-    assert single.n_clusters == n
+    ps, _ = fitted
+    for propensity in (e, ps):
+        plain = hajek_ipw(y, t, propensity)
+        single = hajek_ipw(y, t, propensity, clusters=np.arange(n))
+        assert single.estimate == plain.estimate
+        assert single.std_err == pytest.approx(plain.std_err * np.sqrt(n / (n - 1)))
+        assert single.n_clusters == n and single.vcov == "CR1" and single.df == n - 1
+    # CR2 of the difference in means with every unit its own cluster is Neyman's HC2
+    dim = difference_in_means(y, t)
+    single = difference_in_means(y, t, clusters=np.arange(n))
+    assert single.std_err == pytest.approx(dim.std_err, rel=1e-12)
+    assert (dim.vcov, single.vcov) == ("HC2", "CR2")
 
 
 def test_cluster_robust_se_grows_with_cluster_shocks(sim):
@@ -109,6 +120,14 @@ def test_cluster_robust_se_grows_with_cluster_shocks(sim):
     assert robust.n_clusters == 50
     # design effect 1 + (m - 1) rho with m = 20, rho = 4 / 5: the SE grows about 4-fold
     assert robust.std_err > 2.5 * plain.std_err
+    dim = difference_in_means(y, t, clusters=clusters)
+    assert dim.std_err > 2.5 * difference_in_means(y, t).std_err
+    # whole clusters assigned, equal sizes: CR2 is the Neyman SE of the cluster means
+    means = np.bincount(clusters, weights=y) / 20
+    arm = np.bincount(clusters, weights=t) / 20
+    neyman = np.sqrt(means[arm == 1].var(ddof=1) / 25 + means[arm == 0].var(ddof=1) / 25)
+    assert dim.std_err == pytest.approx(neyman, rel=1e-12)
+    assert dim.lower == pytest.approx(dim.estimate - stats.t.ppf(0.975, 49) * dim.std_err)
     table = ate_estimates(
         sim.outcome,
         sim.treatment,
@@ -118,6 +137,8 @@ def test_cluster_robust_se_grows_with_cluster_shocks(sim):
         seed=1,
     )
     assert table["n"].eq(1000).all() and (table["std_err"] > 0).all()
+    assert table["vcov"].tolist() == ["CR2", "CR1", "CR1"]
+    assert table["n_clusters"].eq(50).all()
 
 
 def test_difference_in_means_matches_neyman_se():
@@ -126,9 +147,42 @@ def test_difference_in_means_matches_neyman_se():
     y = rng.normal(size=400) + t
     res = difference_in_means(y, t)
     y1, y0 = y[t == 1], y[t == 0]
-    neyman = np.sqrt(y1.var(ddof=0) / len(y1) + y0.var(ddof=0) / len(y0))
+    neyman = np.sqrt(y1.var(ddof=1) / len(y1) + y0.var(ddof=1) / len(y0))
     assert res.estimate == pytest.approx(y1.mean() - y0.mean())
-    assert res.std_err == pytest.approx(neyman)
+    assert res.std_err == pytest.approx(neyman, rel=1e-12)
+    assert res.tidy()["vcov"].item() == "HC2"
+
+
+def _cr2_by_definition(y, t, clusters):
+    """Bell-McCaffrey CR2 of the treatment coefficient of y ~ 1 + t: residuals of each cluster
+    times (I - H_gg)^{-1/2} (an eigendecomposition per cluster), then the cluster sandwich."""
+    X = np.column_stack([np.ones(len(y)), t])
+    bread = np.linalg.inv(X.T @ X)
+    resid = y - X @ (bread @ X.T @ y)
+    meat = np.zeros((2, 2))
+    for g in np.unique(clusters):
+        i = clusters == g
+        vals, vecs = np.linalg.eigh(np.eye(i.sum()) - X[i] @ bread @ X[i].T)
+        adjust = vecs @ np.diag(vals**-0.5) @ vecs.T
+        u = X[i].T @ adjust @ resid[i]
+        meat += np.outer(u, u)
+    return np.sqrt((bread @ meat @ bread)[1, 1])
+
+
+def test_cluster_robust_difference_in_means_is_cr2():
+    """Units sharing an image, treated or not within the image (mixed clusters), clusters of
+    unequal size: the closed form equals CR2 computed from its definition."""
+    rng = np.random.default_rng(5)
+    clusters = rng.integers(0, 60, 700)
+    t = rng.binomial(1, 0.3 + 0.4 * (clusters % 2))
+    y = t + rng.normal(size=60)[clusters] + rng.normal(size=700)
+    res = difference_in_means(y, t, clusters=clusters)
+    assert res.std_err == pytest.approx(_cr2_by_definition(y, t, clusters), rel=1e-10)
+    assert res.n_clusters == 60 and res.df == 59
+    tidy = res.tidy()
+    assert tidy["vcov"].item() == "CR2" and tidy["n_clusters"].item() == 60
+    with pytest.raises(InputError, match="every treated unit is in one cluster"):
+        difference_in_means([1.0, 2.0, 3.0, 4.0], [1, 1, 0, 0], clusters=[0, 0, 1, 2])
 
 
 def test_propensity_object_is_accepted_everywhere(fitted, sim):
@@ -137,81 +191,5 @@ def test_propensity_object_is_accepted_everywhere(fitted, sim):
     res = hajek_ipw(sim.outcome, sim.treatment, ps.scores)
     assert res.estimate == pytest.approx(table.loc["ipw_hajek", "estimate"])
     assert isinstance(res.tidy(), pd.DataFrame)
-    assert list(res.tidy().columns) == ["term", "estimate", "std_err", "2.5%", "97.5%", "n"]
-
-
-@pytest.mark.slow
-def test_ipw_and_aipw_unbiased_with_coverage_over_replications():
-    n_reps = 20
-    rows = []
-    for rep in range(n_reps):
-        sim = simulate_confounded(seed=100 + rep, n_units=1000, ate=TRUE_ATE)
-        ps = estimate_propensity(sim.features, sim.treatment, seed=rep)
-        table = ate_estimates(sim.outcome, sim.treatment, ps, features=sim.features, seed=rep)
-        table["covered"] = (table["2.5%"] <= TRUE_ATE) & (TRUE_ATE <= table["97.5%"])
-        rows.append(table.assign(rep=rep))
-    results = pd.concat(rows)
-    results["error"] = results["estimate"] - TRUE_ATE
-    report = results.groupby(level=0).agg(
-        bias=("error", "mean"),
-        mc_se=("error", "sem"),
-        coverage=("covered", "mean"),
-        mean_se=("std_err", "mean"),
-        sd_est=("estimate", "std"),
-    )
-    print("\n" + report.round(4).to_string())
-    for name in ("ipw_hajek", "aipw"):
-        assert abs(report.loc[name, "bias"]) < 0.1, name
-        assert report.loc[name, "coverage"] >= 0.85, name
-    assert report.loc["difference_in_means", "bias"] > 0.5
-    assert report.loc["difference_in_means", "coverage"] < 0.2
-
-
-@pytest.mark.slow
-def test_ipw_and_aipw_unbiased_when_the_confounder_is_in_real_chips(tmp_path):
-    """The issue's design on rasters: n = 1,000 units on a synthetic scene, treatment targeted on
-    each chip's built-up share (logit = standardized share), outcome 1 + 2 z + 2 t + N(0, 1).
-    The estimators see only the default embedding of the chips read from the GeoTIFF.
-    20 replications: the mean bias has Monte Carlo SE about 0.07 / sqrt(20) = 0.016, so
-    |bias| < 0.1 leaves room for the embedding's small residual confounding."""
-    from scipy.special import expit
-
-    from imgcate.chips import extract_chips
-    from imgcate.embeddings import embed
-    from imgcate.simulate import simulate_scene_trial, synthetic_scene
-
-    rows = []
-    for rep in range(20):
-        scene = tmp_path / f"scene{rep}.tif"
-        synthetic_scene(scene, seed=100 + rep, width=512, height=512)
-        sim = simulate_scene_trial(scene, seed=rep, n_units=1000, chip_size=32, margin=0.0)
-        rng = np.random.default_rng(1000 + rep)
-        share = sim.truth.share
-        z = (share - share.mean()) / share.std()
-        t = rng.binomial(1, expit(z))
-        y = 1.0 + 2.0 * z + TRUE_ATE * t + rng.normal(size=len(z))
-        trial = sim.trial.__class__(
-            **{**sim.trial.__dict__, "data": sim.trial.data.assign(treatment=t, outcome=y)}
-        )
-        features = embed(extract_chips(trial, scene, 32), seed=rep).for_keys(trial.image_keys)
-        ps = estimate_propensity(features, t, seed=rep)
-        table = ate_estimates(y, t, ps, features=features, seed=rep)
-        table["covered"] = (table["2.5%"] <= TRUE_ATE) & (TRUE_ATE <= table["97.5%"])
-        table["max_abs_smd_before"] = balance_table(features, t)["smd_before"].abs().max()
-        table["max_abs_smd_after"] = balance_table(features, t, ps)["smd_after"].abs().max()
-        rows.append(table.assign(rep=rep))
-    results = pd.concat(rows)
-    results["error"] = results["estimate"] - TRUE_ATE
-    report = results.groupby(level=0).agg(
-        bias=("error", "mean"),
-        mc_se=("error", "sem"),
-        coverage=("covered", "mean"),
-        smd_before=("max_abs_smd_before", "mean"),
-        smd_after=("max_abs_smd_after", "mean"),
-    )
-    print("\n" + report.round(4).to_string())
-    for name in ("ipw_hajek", "aipw"):
-        assert abs(report.loc[name, "bias"]) < 0.1, name
-        assert report.loc[name, "coverage"] >= 0.85, name
-    assert report.loc["difference_in_means", "bias"] > 1.0
-    assert report.loc["ipw_hajek", "smd_after"] < report.loc["ipw_hajek", "smd_before"] / 3
+    assert list(res.tidy().columns)[:6] == ["term", "estimate", "std_err", "2.5%", "97.5%", "n"]
+    assert res.propensity == "known"  # scores passed as an array are taken as given

@@ -1,4 +1,5 @@
-"""Propensity scores: tracking the truth, cross-fitting, balance tuning, reproducibility."""
+"""Propensity scores: tracking the truth, cross-fitting, balance tuning, reproducibility
+(the covariate-balancing default is checked in test_mestimation.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ TRUE_ATE = 2.0  # the ATE of the simulated study of the ``sim`` fixture (conftes
 
 def test_propensity_tracks_truth_and_overlap_summary(fitted, sim):
     ps, _ = fitted
-    assert ps.method == "logistic"
+    assert ps.method == "cbps"  # the default: covariate balancing
     assert np.corrcoef(ps.scores, sim.truth.propensity)[0, 1] > 0.95
     summary = ps.overlap_summary()
     assert list(summary.index) == ["control", "treated"]
@@ -41,10 +42,10 @@ def test_logistic_propensity_is_cross_fitted(sim):
     """A unit's score must not depend on its own label (its fold's model never saw it)."""
     x, t = sim.features[:300], sim.treatment[:300].copy()
     clusters = np.arange(300) // 3  # folds by cluster: assignment does not depend on t
-    a = estimate_propensity(x, t, C=1.0, clusters=clusters, seed=3).scores
+    a = estimate_propensity(x, t, method="logistic", C=1.0, clusters=clusters, seed=3).scores
     flipped = t.copy()
     flipped[7] = 1 - flipped[7]
-    b = estimate_propensity(x, flipped, C=1.0, clusters=clusters, seed=3).scores
+    b = estimate_propensity(x, flipped, method="logistic", C=1.0, clusters=clusters, seed=3).scores
     assert a[7] == b[7]
     assert not np.allclose(a, b)  # the other folds' models did change
 
@@ -53,11 +54,11 @@ def test_balance_tuning_picks_the_best_balanced_penalty(sim):
     """The default C is the grid value with the smallest max |SMD| after weighting, and the
     recorded imbalance is what balance_table reports for those scores."""
     x, t = sim.features, sim.treatment
-    ps = estimate_propensity(x, t, seed=0)
+    ps = estimate_propensity(x, t, method="logistic", seed=0)
     imbalance = ps.diagnostics["max_abs_smd_by_C"]
     chosen = ps.diagnostics["C_by_fold"][0]
     assert chosen == min(imbalance, key=imbalance.get)
-    fixed = estimate_propensity(x, t, C=chosen, seed=0)  # same folds, same C: same scores
+    fixed = estimate_propensity(x, t, method="logistic", C=chosen, seed=0)  # same folds and C
     np.testing.assert_array_equal(fixed.scores, ps.scores)
     table = balance_table(x, t, ps)
     assert table["smd_after"].abs().max() == pytest.approx(imbalance[chosen], rel=1e-10)
@@ -66,9 +67,9 @@ def test_balance_tuning_picks_the_best_balanced_penalty(sim):
 
 def test_propensity_is_reproducible(sim):
     x, t = sim.features[:300], sim.treatment[:300]
-    a = estimate_propensity(x, t, C=1.0, seed=5).scores
-    b = estimate_propensity(x, t, C=1.0, seed=5).scores
-    c = estimate_propensity(x, t, C=1.0, seed=6).scores
+    a = estimate_propensity(x, t, method="logistic", C=1.0, seed=5).scores
+    b = estimate_propensity(x, t, method="logistic", C=1.0, seed=5).scores
+    c = estimate_propensity(x, t, method="logistic", C=1.0, seed=6).scores
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
@@ -85,7 +86,9 @@ def test_bayes_propensity_small_fit_tracks_truth():
 def test_extreme_propensities_warn_and_are_clipped():
     sim = simulate_confounded(seed=2, n_units=400, strength=25.0)
     with pytest.warns(OverlapWarning, match="propensity scores lie outside"):
-        ps = estimate_propensity(sim.features, sim.treatment, C=100.0, seed=2, clip=0.02)
+        ps = estimate_propensity(
+            sim.features, sim.treatment, method="logistic", C=100.0, seed=2, clip=0.02
+        )
     assert ps.scores.min() >= 0.02 and ps.scores.max() <= 0.98
     assert ps.n_clipped > 0
     assert ps.overlap_summary()["frac_outside"].max() > 0.1
