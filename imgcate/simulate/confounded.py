@@ -1,13 +1,21 @@
-"""An observational study confounded by a latent image property (for confounder adjustment)."""
+"""Observational studies confounded by what the images show (for confounder adjustment):
+a latent image property seen through noisy features (:func:`simulate_confounded`) and the
+built-up share of real chips cut from a synthetic scene (:func:`simulate_scene_confounded`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+from scipy import special
 
 from imgcate.embeddings import Embeddings
 from imgcate.errors import InputError
 from imgcate.simulate.result import ConfoundedTruth, SimulatedTrial
+from imgcate.simulate.scenes import simulate_scene_trial, synthetic_scene
 from imgcate.units import read_units
 from imgcate.validation import rng_from_seed
 
@@ -93,3 +101,76 @@ def simulate_confounded(
         embeddings=Embeddings(values=features, image_ids=np.arange(n_units)),
         truth=truth,
     )
+
+
+def simulate_scene_confounded(
+    path: str | Path,
+    *,
+    seed: int,
+    n_units: int = 1000,
+    chip_size: int = 32,
+    scene_size: int = 512,
+    ate: float = 2.0,
+    strength: float = 1.0,
+    noise_sd: float = 1.0,
+) -> SimulatedTrial:
+    """Simulate an observational study targeted on what each unit's chip shows: its built-up share.
+
+    Writes a :func:`~imgcate.simulate.synthetic_scene` at ``path``, places ``n_units`` units
+    on it (:func:`~imgcate.simulate.simulate_scene_trial` with ``margin=0``) and, with ``z`` the
+    standardized built-up share of each unit's ``chip_size`` chip (built and road pixels),
+    draws ``t ~ Bernoulli(sigmoid(strength * z))`` and
+    ``y = 1 + 2 z + ate * t + Normal(0, noise_sd)``. Only the image shows ``z``; the
+    covariate ``x1`` the trial carries is unrelated to treatment and outcome.
+
+    Parameters
+    ----------
+    path : path
+        The scene GeoTIFF to write (with its land-cover sidecar).
+    seed : int
+        Random seed (scene, locations, treatment, outcome).
+    n_units : int
+        Number of units.
+    chip_size : int
+        Chip size in pixels the confounder is computed on (cut the same chips to adjust).
+    scene_size : int
+        Width and height of the scene in pixels.
+    ate : float
+        The true (constant) treatment effect.
+    strength : float
+        Slope of the treatment logit in ``z``.
+    noise_sd : float
+        Outcome noise standard deviation.
+
+    Returns
+    -------
+    SimulatedTrial
+        ``trial`` (id, treatment, outcome, x1; points in lon/lat), ``embeddings`` None (cut
+        ``extract_chips(sim.trial, sim.scene, chip_size)`` and embed them), ``truth`` (a
+        :class:`ConfoundedTruth` with ``latent`` the built-up share), ``scene``, ``land_cover``.
+
+    Examples
+    --------
+    >>> sim = simulate_scene_confounded(tmp_path / "scene.tif", seed=0)  # doctest: +SKIP
+    """
+    rng = rng_from_seed(seed)
+    synthetic_scene(path, seed=int(rng.integers(2**31 - 1)), width=scene_size, height=scene_size)
+    base = simulate_scene_trial(
+        path, seed=int(rng.integers(2**31 - 1)), n_units=n_units, chip_size=chip_size, margin=0.0
+    )
+    share = base.truth.share
+    z = (share - share.mean()) / share.std()
+    propensity = special.expit(strength * z)
+    t = (rng.random(n_units) < propensity).astype(int)
+    mu0 = 1.0 + 2.0 * z
+    y = mu0 + ate * t + noise_sd * rng.standard_normal(n_units)
+    trial = replace(base.trial, data=base.trial.data.assign(treatment=t, outcome=y))
+    truth = ConfoundedTruth(
+        tau_unit=np.full(n_units, float(ate)),
+        cate=np.full(n_units, float(ate)),
+        propensity=propensity,
+        mu0=mu0,
+        latent=share,
+        mu1=mu0 + ate,
+    )
+    return SimulatedTrial(trial, None, truth, scene=Path(path), land_cover=base.land_cover)
