@@ -7,13 +7,14 @@ neither imports the other for them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import jax.numpy as jnp
 import numpy as np
 
 from imgcate.errors import InputError
-from imgcate.model import LIKELIHOODS
+from imgcate.likelihoods import LIKELIHOODS
+from imgcate.model import DEVIATIONS, ModelInputs, ModelSpec, basis_features
 from imgcate.units import Trial
 from imgcate.validation import check_choice
 
@@ -27,9 +28,20 @@ class FitConfig:
     Attributes
     ----------
     n_clusters : int
-        Number of effect clusters K (1 = no heterogeneity).
-    likelihood : {"gaussian", "student_t", "bernoulli"}
-        Outcome family.
+        Number of effect clusters K (1 = no cluster structure).
+    likelihood : {"gaussian", "student_t", "bernoulli", "censored", "hurdle"}
+        Outcome family (see :mod:`imgcate.likelihoods`; docs/model.md says when to use which).
+    deviation : {"smooth", "linear", "none"}
+        The unit effect's continuous part besides the clusters: "smooth" (default) a linear
+        term plus a random-feature Gaussian process in the embedding, both shrunk towards 0;
+        "linear" the linear term only; "none" clusters alone (with K = 1: a constant effect,
+        the model without heterogeneity).
+    n_basis : int
+        Random Fourier features of the baseline's (and the smooth deviation's) Gaussian
+        process in the embedding; 0 leaves both linear in the embedding.
+    floor : float or None
+        The outcome's floor for ``likelihood="hurdle"`` (the value of the zeros) and
+        ``"censored"`` (the censoring point); None takes the smallest observed outcome.
     method : {"nuts", "svi"}
         Exact MCMC (default) or stochastic variational inference for large trials.
     n_components : int or None
@@ -46,16 +58,20 @@ class FitConfig:
         Add stratum / cluster random intercepts when the trial names those columns.
     init_restarts, init_steps : int
         Multi-start initialization: ``init_restarts`` MAP searches (Adam, ``init_steps``
-        steps each, run in parallel with ``jax.vmap``) from random points; every chain (or the
-        SVI guide) starts near the best one. Mixture posteriors have poor local modes (two
-        clusters merged, one empty) that a chain started at random can get stuck in; with
-        0 restarts NumPyro's default random initialization is used.
+        steps each, run in parallel with ``jax.vmap``) from random points; chain c starts at
+        the c-th best of them, so chains that settle in different modes show in R-hat. With 0
+        restarts NumPyro's default random initialization is used.
     seed : int
-        Random seed of the inference.
+        Random seed of the inference and of the random features.
+    progress : bool
+        Show progress bars.
     """
 
     n_clusters: int = 2
     likelihood: str = "gaussian"
+    deviation: str = "smooth"
+    n_basis: int = 48
+    floor: float | None = None
     method: str = "nuts"
     n_components: int | None = None
     num_warmup: int = 500
@@ -77,6 +93,7 @@ class FitConfig:
     def validate(self) -> FitConfig:
         """Check every option, with messages that list the allowed values."""
         check_choice("likelihood", self.likelihood, LIKELIHOODS)
+        check_choice("deviation", self.deviation, DEVIATIONS)
         check_choice("method", self.method, ("nuts", "svi"))
         check_choice("chain_method", self.chain_method, ("sequential", "vectorized", "parallel"))
         check_choice("svi_guide", self.svi_guide, ("lowrank", "normal"))
@@ -84,11 +101,18 @@ class FitConfig:
             raise InputError(f"n_clusters={self.n_clusters} must be between 1 and 10.")
         if self.init_restarts < 0 or self.init_steps < 1:
             raise InputError("init_restarts must be >= 0 and init_steps >= 1.")
+        if self.n_basis < 0:
+            raise InputError(f"n_basis={self.n_basis} must be >= 0 (0: a linear baseline).")
         for name in ("num_warmup", "num_samples", "num_chains", "svi_steps", "svi_draws"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be a positive integer.")
         if not 0.5 <= self.target_accept < 1:
             raise InputError("target_accept must be in [0.5, 1).")
+        if self.floor is not None and self.likelihood not in ("hurdle", "censored"):
+            raise InputError(
+                f"floor={self.floor} applies to likelihood='hurdle' or 'censored' only, not "
+                f"{self.likelihood!r}; drop it or choose one of those."
+            )
         return self
 
 
@@ -99,20 +123,32 @@ class Standardizer:
     Attributes
     ----------
     outcome_mean, outcome_sd : float
-        Outcome location and scale (0 and 1 for binary outcomes).
+        The model sees ``(y - outcome_mean) / outcome_sd``: mean and sd of the outcome; 0 and
+        1 for bernoulli; for the hurdle the floor and the geometric mean of the positive
+        distances from it. A difference of means on the model scale times ``outcome_sd`` is
+        on the outcome's original scale.
+    outcome_floor : float
+        The floor (hurdle, censored) on the original scale; NaN for other likelihoods.
     covariate_mean, covariate_sd : ndarray (covariate,)
     embedding_mean, embedding_sd : ndarray (feature_in,)
     projection : ndarray (feature_in, feature)
-        Whitening PCA applied after standardizing the embedding (identity when not reduced).
+        Whitening PCA applied after standardizing the embedding.
+    basis_freq, basis_phase, basis_coef : ndarray (feature, basis), (basis,), (feature+1, basis)
+        The random Fourier features of the model's Gaussian-process terms
+        (:func:`imgcate.model.basis_features`).
     """
 
     outcome_mean: float
     outcome_sd: float
+    outcome_floor: float
     covariate_mean: np.ndarray
     covariate_sd: np.ndarray
     embedding_mean: np.ndarray
     embedding_sd: np.ndarray
     projection: np.ndarray
+    basis_freq: np.ndarray
+    basis_phase: np.ndarray
+    basis_coef: np.ndarray
 
     @classmethod
     def fitted(
@@ -120,31 +156,37 @@ class Standardizer:
         outcome: np.ndarray,
         covariates: np.ndarray,
         embedding: np.ndarray,
-        likelihood: str,
-        n_components: int | None,
+        config: FitConfig,
+        outcome_name: str = "outcome",
     ) -> Standardizer:
         """Fit on the trial's outcome, covariates and (unit) embeddings."""
-        binary = likelihood == "bernoulli"
         e_mean = embedding.mean(0)
         e_sd = _safe_sd(embedding)
         z = (embedding - e_mean) / e_sd
         d_in = embedding.shape[1]
-        n_comp = n_components if n_components is not None else (d_in if d_in <= 32 else 16)
+        n_comp = config.n_components
+        n_comp = n_comp if n_comp is not None else (d_in if d_in <= 32 else 16)
         if n_comp > d_in:
             raise InputError(f"n_components={n_comp} exceeds the {d_in} embedding features.")
-        # whitened principal components: the per-feature (ARD) membership prior then judges the
-        # relevance of each direction of variation, whatever basis the embedding came in
+        # whitened principal components: the per-feature (ARD) priors then judge the relevance
+        # of each direction of variation, whatever basis the embedding came in
         _, s, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
         scale = s[:n_comp] / np.sqrt(max(len(z) - 1, 1))
         projection = vt[:n_comp].T / np.where(scale > 1e-12, scale, 1.0)
+        freq, phase, coef = random_features(z @ projection, config.n_basis, config.seed)
+        location, spread, floor = outcome_scale(outcome, config, outcome_name)
         return cls(
-            outcome_mean=0.0 if binary else float(outcome.mean()),
-            outcome_sd=1.0 if binary else float(_safe_sd(outcome[:, None])[0]),
+            outcome_mean=location,
+            outcome_sd=spread,
+            outcome_floor=floor,
             covariate_mean=covariates.mean(0),
             covariate_sd=_safe_sd(covariates),
             embedding_mean=e_mean,
             embedding_sd=e_sd,
             projection=projection,
+            basis_freq=freq,
+            basis_phase=phase,
+            basis_coef=coef,
         )
 
     def embedding(self, values: np.ndarray) -> np.ndarray:
@@ -157,6 +199,16 @@ class Standardizer:
             )
         return ((values - self.embedding_mean) / self.embedding_sd) @ self.projection
 
+    @property
+    def basis_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(freq, phase, coef) for :func:`imgcate.model.basis_features`."""
+        return self.basis_freq, self.basis_phase, self.basis_coef
+
+    def basis(self, embedding: np.ndarray) -> np.ndarray:
+        """Random features (n, basis) of model-scale embeddings."""
+        arrays = (jnp.asarray(a, jnp.float32) for a in self.basis_arrays)
+        return np.asarray(basis_features(jnp.asarray(embedding, jnp.float32), *arrays))
+
     def covariates(self, values: np.ndarray) -> np.ndarray:
         """Raw covariates to the model scale."""
         return (np.asarray(values, dtype=float) - self.covariate_mean) / self.covariate_sd
@@ -164,6 +216,69 @@ class Standardizer:
     def outcome(self, values: np.ndarray) -> np.ndarray:
         """Raw outcome to the model scale."""
         return (np.asarray(values, dtype=float) - self.outcome_mean) / self.outcome_sd
+
+    def floor_on_model_scale(self) -> float:
+        """The floor in model units (0 when there is none)."""
+        if np.isnan(self.outcome_floor):
+            return 0.0
+        return float((self.outcome_floor - self.outcome_mean) / self.outcome_sd)
+
+
+def random_features(
+    z: np.ndarray, n_basis: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frequencies, phases and the least-squares map from ``[1, z]`` of ``n_basis`` random
+    Fourier features of a squared-exponential kernel with lengthscale ``sqrt(feature)`` on the
+    whitened embedding ``z`` (unit, feature).
+
+    The lengthscale makes two random units' kernel value about exp(-1). The features are made
+    orthogonal to an intercept and the linear terms over the trial's units (``coef``), so the
+    Gaussian-process terms hold only what those cannot (and do not compete with them).
+    """
+    n, d = z.shape
+    rng = np.random.default_rng([seed, 20261201])
+    freq = rng.normal(size=(d, n_basis)) / np.sqrt(max(d, 1))
+    phase = rng.uniform(0.0, 2.0 * np.pi, n_basis)
+    if not n_basis:
+        return freq, phase, np.zeros((d + 1, 0))
+    raw = np.sqrt(2.0 / n_basis) * np.cos(z @ freq + phase)
+    coef = np.linalg.lstsq(np.column_stack([np.ones(n), z]), raw, rcond=None)[0]
+    return freq, phase, coef
+
+
+def outcome_scale(
+    outcome: np.ndarray, config: FitConfig, name: str = "outcome"
+) -> tuple[float, float, float]:
+    """(location, scale, floor) of the outcome for the likelihood (see :class:`Standardizer`)."""
+    y = np.asarray(outcome, dtype=float)
+    if config.likelihood == "bernoulli":
+        return 0.0, 1.0, float("nan")
+    if config.likelihood not in ("hurdle", "censored"):
+        return float(y.mean()), float(_safe_sd(y[:, None])[0]), float("nan")
+    floor = float(y.min()) if config.floor is None else float(config.floor)
+    if (y < floor).any():
+        raise InputError(
+            f"{int((y < floor).sum())} values of {name!r} lie below floor={floor}; the "
+            f"{config.likelihood} likelihood needs every outcome >= its floor (leave floor=None "
+            "to take the smallest value)."
+        )
+    at_floor = at_the_floor(y, floor)
+    n_floor, n_above = int(at_floor.sum()), int((~at_floor).sum())
+    if n_floor < 5 or n_above < 5:
+        raise InputError(
+            f"likelihood={config.likelihood!r} needs at least 5 outcomes at the floor ({floor}) "
+            f"and 5 above it; {name!r} has {n_floor} and {n_above}. Use likelihood='gaussian' "
+            "or 'student_t' for an outcome without a mass at its floor."
+        )
+    if config.likelihood == "censored":
+        return float(y.mean()), float(_safe_sd(y[:, None])[0]), floor
+    positive = y[~at_floor] - floor
+    return floor, float(np.exp(np.log(positive).mean())), floor
+
+
+def at_the_floor(values: np.ndarray, floor: float) -> np.ndarray:
+    """Which values equal the floor (to rounding)."""
+    return np.abs(np.asarray(values, dtype=float) - floor) <= 1e-9 * max(1.0, abs(floor))
 
 
 def _safe_sd(values: np.ndarray) -> np.ndarray:
@@ -173,28 +288,11 @@ def _safe_sd(values: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ModelData:
-    """Arrays on the model scale, in unit order (what the likelihood sees)."""
+    """What the likelihood sees: inputs on the model scale, the outcome, the model's shape."""
 
-    embedding: np.ndarray
-    treatment: np.ndarray
-    covariates: np.ndarray
+    inputs: ModelInputs
     outcome: np.ndarray
-    stratum: np.ndarray | None
-    group: np.ndarray | None
-
-    def model_kwargs(self, config: FitConfig) -> dict[str, Any]:
-        """Keyword arguments of :func:`effect_cluster_model`."""
-        return {
-            "embedding": jnp.asarray(self.embedding),
-            "treatment": jnp.asarray(self.treatment),
-            "covariates": jnp.asarray(self.covariates),
-            "n_clusters": config.n_clusters,
-            "likelihood": config.likelihood,
-            "stratum": None if self.stratum is None else jnp.asarray(self.stratum),
-            "n_strata": 0 if self.stratum is None else int(self.stratum.max()) + 1,
-            "group": None if self.group is None else jnp.asarray(self.group),
-            "n_groups": 0 if self.group is None else int(self.group.max()) + 1,
-        }
+    spec: ModelSpec
 
 
 def model_data(
@@ -209,14 +307,33 @@ def model_data(
         )
     stratum = trial.codes("stratum") if config.random_effects else None
     group = trial.codes("cluster") if config.random_effects else None
-    return ModelData(
-        embedding=std.embedding(unit_embedding).astype(np.float32),
-        treatment=trial.treatment_array,
-        covariates=std.covariates(trial.covariate_matrix).astype(np.float32),
-        outcome=std.outcome(y).astype(np.float32),
-        stratum=None if stratum is None or stratum.max() == 0 else stratum,
-        group=None if group is None or group.max() == 0 else group,
+    stratum = None if stratum is None or stratum.max() == 0 else stratum
+    group = None if group is None or group.max() == 0 else group
+    z = std.embedding(unit_embedding)
+    covariates = std.covariates(trial.covariate_matrix)
+    inputs = ModelInputs(
+        embedding=jnp.asarray(z, jnp.float32),
+        basis=jnp.asarray(std.basis(z), jnp.float32),
+        covariates=jnp.asarray(covariates, jnp.float32),
+        treatment=jnp.asarray(trial.treatment_array, jnp.int32),
+        stratum=None if stratum is None else jnp.asarray(stratum, jnp.int32),
+        group=None if group is None else jnp.asarray(group, jnp.int32),
     )
+    spec = ModelSpec(
+        n_clusters=config.n_clusters,
+        likelihood=config.likelihood,
+        n_features=z.shape[1],
+        n_covariates=covariates.shape[1],
+        n_basis=config.n_basis,
+        deviation=config.deviation,
+        n_strata=0 if stratum is None else int(stratum.max()) + 1,
+        n_groups=0 if group is None else int(group.max()) + 1,
+        floor=std.floor_on_model_scale(),
+    )
+    outcome = std.outcome(y)
+    if config.likelihood == "hurdle":  # exact zeros at the floor
+        outcome = np.where(at_the_floor(y, std.outcome_floor), 0.0, outcome)
+    return ModelData(inputs=inputs, outcome=outcome.astype(np.float32), spec=spec)
 
 
 def fit_config_dict(config: FitConfig) -> dict:

@@ -1,4 +1,6 @@
-"""Convergence diagnostics reported with every fit: R-hat, bulk and tail ESS, divergences."""
+"""Convergence diagnostics reported with every fit: R-hat, bulk and tail ESS, divergences, and
+chains that settled in different modes, over everything users read (the unit CATE and the
+membership weights included)."""
 
 from __future__ import annotations
 
@@ -11,64 +13,100 @@ import pandas as pd
 if TYPE_CHECKING:
     import arviz as az
 
-#: Parameters whose convergence is checked (raw non-centred weights are not reported).
+#: Posterior variables whose convergence is checked (raw non-centred weights are not read).
 CHECKED = (
     "alpha",
+    "hurdle_alpha",
     "beta",
+    "hurdle_beta",
     "tau_cluster",
     "sigma",
     "membership_intercept",
-    "membership_scale",
-    "gamma_scale",
+    "membership",
     "ate",
     "cluster_share",
+    "effect_share_clusters",
+    "membership_dependence",
     "nu",
     "stratum_sd",
     "group_sd",
 )
 
+#: A chain whose mean log density is this far below the best chain's sits in another mode.
+MODE_GAP = 5.0
+
 
 def diagnostics_table(idata: az.InferenceData) -> pd.DataFrame:
-    """R-hat and bulk/tail ESS of the reported parameters (:data:`CHECKED`), one row per
-    scalar as ``az.summary`` names them (R-hat is NaN with one chain)."""
+    """R-hat and bulk/tail ESS, one row per scalar as ``az.summary`` names them, plus one row
+    ``tau_unit[worst]`` with the worst value over the units' CATE (R-hat NaN with one chain)."""
     import arviz as az
 
     names = [v for v in CHECKED if v in idata.posterior]
-    if idata.posterior.sizes["chain"] > 1:
-        return az.summary(idata, var_names=names, kind="diagnostics")
-    post = idata.posterior[names]
-    columns = {}
-    for method in ("bulk", "tail"):
-        ess = az.ess(post, method=method)
-        columns[f"ess_{method}"] = {
-            label: float(value)
-            for name in names
-            for label, value in _labelled(name, ess[name].values)
-        }
-    table = pd.DataFrame(columns)
-    table["r_hat"] = np.nan
-    return table
+    post = idata.posterior
+    n_chains = post.sizes["chain"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = {}
+        for method in ("bulk", "tail"):
+            ess = az.ess(post[names], method=method)
+            for name in names:
+                for label, value in _labelled(name, ess[name].values):
+                    rows.setdefault(label, {})[f"ess_{method}"] = float(value)
+        if n_chains > 1:
+            rhat = az.rhat(post[names])
+            for name in names:
+                for label, value in _labelled(name, rhat[name].values):
+                    rows[label]["r_hat"] = float(value)
+        if "tau_unit" in post:
+            unit = post[["tau_unit"]]
+            worst = {
+                "ess_bulk": float(az.ess(unit, method="bulk")["tau_unit"].min()),
+                "ess_tail": float(az.ess(unit, method="tail")["tau_unit"].min()),
+            }
+            if n_chains > 1:
+                worst["r_hat"] = float(az.rhat(unit)["tau_unit"].max())
+            rows["tau_unit[worst]"] = worst
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    if "r_hat" not in table:
+        table["r_hat"] = np.nan
+    return table[["r_hat", "ess_bulk", "ess_tail"]]
+
+
+def chain_modes(idata: az.InferenceData) -> list[int]:
+    """Chains whose mean log density lies more than :data:`MODE_GAP` below the best chain's
+    (empty when the chains agree or the log density was not recorded)."""
+    stats = idata.get("sample_stats")
+    if stats is None or "lp" not in stats or stats.sizes.get("chain", 1) < 2:
+        return []
+    means = stats["lp"].values.mean(1)
+    return [int(c) for c in np.flatnonzero(means < means.max() - MODE_GAP)]
 
 
 def convergence_problems(idata: az.InferenceData) -> list[str]:
-    """What is wrong with the sampling, in words: divergences, R-hat > 1.01, bulk ESS below 100
-    per chain (empty when nothing is)."""
+    """What is wrong with the sampling, in words: chains in different modes, divergences,
+    R-hat > 1.01, bulk ESS below 100 per chain (empty when nothing is)."""
     problems = []
+    stuck = chain_modes(idata)
+    if stuck:
+        problems.append(
+            f"chains {stuck} settled in a mode with a clearly lower log density than the best "
+            "chain: the posterior has several modes and the results mix them. Compare fewer "
+            "clusters (imgcate.compare_clusters), raise init_restarts, or drop those chains "
+            "(idata.sel(chain=...))"
+        )
     stats = idata.get("sample_stats")
     if stats is not None and "diverging" in stats:
         n_div = int(stats["diverging"].values.sum())
         if n_div:
             problems.append(f"{n_div} divergent transitions (raise target_accept)")
     n_chains = idata.posterior.sizes["chain"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        table = diagnostics_table(idata)
+    table = diagnostics_table(idata)
     if n_chains > 1:
         bad = table[table["r_hat"] > 1.01]
         if len(bad):
             problems.append(
-                f"R-hat > 1.01 for {list(bad.index[:5])} (run longer or more "
-                "chains; a label or mode problem if it persists)"
+                f"R-hat > 1.01 for {list(bad.index[:5])} (run longer or more chains; weakly "
+                "identified clusters if it persists: compare fewer)"
             )
     low = table[table["ess_bulk"] < 100 * n_chains]
     if len(low):

@@ -1,9 +1,9 @@
 """The fit file: one zip archive with the posterior (netCDF), the settings, the
 standardizer and the encoder, everything needed to predict later.
 
-Archive members: ``idata.nc`` (ArviZ InferenceData, h5netcdf), ``meta.json`` (format version
-and :class:`~imgcate.config.FitConfig`), ``standardizer.npz``, and for fits that keep their
-encoder ``encoder.json`` and ``encoder.npz``.
+Archive members: ``idata.nc`` (ArviZ InferenceData, h5netcdf), ``meta.json`` (format version,
+:class:`~imgcate.config.FitConfig` and the provenance record), ``standardizer.npz``, and for
+fits that keep their encoder ``encoder.json`` and ``encoder.npz``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import arviz as az
 
 #: Version of the archive layout; files of another version are refused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def write_fit_file(
@@ -37,6 +37,7 @@ def write_fit_file(
     config: FitConfig,
     standardizer: Standardizer,
     encoder: Any = None,
+    provenance: dict | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write the parts of a fit to one zip archive (temporary name, then renamed)."""
@@ -48,7 +49,11 @@ def write_fit_file(
         idata.to_netcdf(str(nc), engine="h5netcdf")
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
             zf.write(nc, "idata.nc")
-            meta = {"format_version": FORMAT_VERSION, "config": asdict(config)}
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "config": asdict(config),
+                "provenance": provenance or {},
+            }
             zf.writestr("meta.json", json.dumps(meta, indent=2))
             zf.writestr("standardizer.npz", _npz_bytes(asdict(standardizer)))
             if encoder is not None:
@@ -64,8 +69,31 @@ def _npz_bytes(arrays: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+def _checked_meta(meta: Any, path: Path) -> dict:
+    """``meta.json`` of a fit file this imgcate can read, or an error saying what to do."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise InputError(
+            f"{str(path)!r} is not a readable imgcate fit file (meta.json is not "
+            "a fit's settings); write it again with EffectFit.save()."
+        )
+    version = meta.get("format_version")
+    if version == 1:
+        raise InputError(
+            f"{str(path)!r} was written by imgcate 0.1 (fit format 1), whose effect model "
+            "(a mixture over clusters with a linear baseline) this imgcate no longer has; "
+            "refit with imgcate.fit(trial, embeddings, ...) on the same data (see CHANGELOG.md)."
+        )
+    if version != FORMAT_VERSION:
+        raise InputError(
+            f"{str(path)!r} has fit format {version}; this imgcate reads format "
+            f"{FORMAT_VERSION}: upgrade imgcate (pip install -U imgcate) to read newer files."
+        )
+    return meta
+
+
 def read_fit_file(path: str | Path) -> dict[str, Any]:
-    """The parts of a fit file: ``idata``, ``config``, ``standardizer``, ``encoder``.
+    """The parts of a fit file: ``idata``, ``config``, ``standardizer``, ``encoder``,
+    ``provenance``.
 
     Raises
     ------
@@ -79,7 +107,7 @@ def read_fit_file(path: str | Path) -> dict[str, Any]:
         raise InputError(f"fit file {str(path)!r} does not exist.")
     try:
         with zipfile.ZipFile(path) as zf, tempfile.TemporaryDirectory() as workdir:
-            meta = json.loads(zf.read("meta.json"))
+            meta = _checked_meta(json.loads(zf.read("meta.json")), path)
             zf.extract("idata.nc", workdir)
             idata = az.from_netcdf(str(Path(workdir) / "idata.nc"), engine="h5netcdf")
             # Into memory before the temporary folder goes: InferenceData.load() returns the
@@ -91,26 +119,19 @@ def read_fit_file(path: str | Path) -> dict[str, Any]:
             if "encoder.json" in zf.namelist():
                 enc_arrays = dict(np.load(io.BytesIO(zf.read("encoder.npz"))))
                 encoder = encoder_from_state(json.loads(zf.read("encoder.json")), enc_arrays)
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
+            config = FitConfig(**meta["config"])
+    except InputError:  # a ValueError too: keep its own message
+        raise
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError, TypeError) as exc:
         raise InputError(
             f"{str(path)!r} is not a readable imgcate fit file ({type(exc).__name__}: {exc}); "
             "write it again with EffectFit.save()."
         ) from exc
-    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
-        raise InputError(
-            f"{str(path)!r} is not a readable imgcate fit file (meta.json is not "
-            "a fit's settings); write it again with EffectFit.save()."
-        )
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise InputError(
-            f"{str(path)!r} has fit format {meta.get('format_version')}; "
-            f"this imgcate reads format {FORMAT_VERSION}."
-        )
-    try:
-        config = FitConfig(**meta["config"])
-    except TypeError as exc:
-        raise InputError(
-            f"{str(path)!r} is not a readable imgcate fit file (settings: {exc}); "
-            "write it again with EffectFit.save()."
-        ) from exc
-    return {"idata": idata, "config": config, "standardizer": std, "encoder": encoder}
+    record = meta.get("provenance")
+    return {
+        "idata": idata,
+        "config": config,
+        "standardizer": std,
+        "encoder": encoder,
+        "provenance": record if isinstance(record, dict) else {},
+    }

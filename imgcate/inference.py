@@ -1,7 +1,8 @@
-"""Fit the effect-cluster model: standardize, run NUTS or SVI, wrap the posterior.
+"""Fit the effect model: standardize, run NUTS or SVI, wrap the posterior.
 
-:func:`fit` is the one verb; it returns an :class:`~imgcate.results.EffectFit`. NUTS chains
-and the SVI guide start from the best of several MAP searches run in parallel.
+:func:`fit` is the one verb; it returns an :class:`~imgcate.results.EffectFit`. Several MAP
+searches run in parallel from random points; NUTS chain c starts at the c-th best of them (so
+chains that settle in different modes show in R-hat) and the SVI guide at the best.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from numpyro.optim import Adam
 from imgcate.config import FitConfig, ModelData, Standardizer, model_data
 from imgcate.embeddings import Embeddings
 from imgcate.errors import InputError
-from imgcate.model import effect_cluster_model
+from imgcate.model import effect_model
+from imgcate.posterior import with_derived
+from imgcate.provenance import collect
 from imgcate.results import EffectFit
 from imgcate.units import Trial
 from imgcate.validation import as_float_array, as_propensity
@@ -31,19 +34,38 @@ from imgcate.validation import as_float_array, as_propensity
 if TYPE_CHECKING:
     import arviz as az
 
+#: Posterior-predictive draws are kept when units x draws is at most this (memory).
+MAX_PREDICTIVE_VALUES = 20_000_000
 
-def _map_start(data: ModelData, config: FitConfig, key) -> dict[str, jnp.ndarray]:
-    """Best of ``init_restarts`` MAP searches from random points (constrained values by site)."""
-    kwargs = data.model_kwargs(config)
-    outcome = jnp.asarray(data.outcome)
-    guide = AutoDelta(effect_cluster_model, init_loc_fn=init_to_uniform(radius=2.0))
-    svi = SVI(effect_cluster_model, guide, Adam(0.05), Trace_ELBO())
+
+def _model_args(data: ModelData) -> dict[str, Any]:
+    return {"inputs": data.inputs, "outcome": jnp.asarray(data.outcome), "spec": data.spec}
+
+
+def restart_init(site=None):
+    """Start of a MAP search: the prior median for every site but the membership weights and
+    intercepts, which start at random (radius 2 in the unconstrained space), so that restarts
+    differ in how they split the images, not in absurd scales."""
+    if site is not None and site["name"].startswith(("membership_raw", "membership_intercept")):
+        return init_to_uniform(site, radius=2.0)
+    return init_to_median(site, num_samples=15)
+
+
+def map_searches(data: ModelData, config: FitConfig, key) -> tuple[dict, np.ndarray]:
+    """``init_restarts`` MAP searches (Adam, vmapped) from :func:`restart_init` points.
+
+    Returns the values found by site (restart, ...; constrained, as the model has them) and
+    the final loss of each search.
+    """
+    args = _model_args(data)
+    guide = AutoDelta(effect_model, init_loc_fn=restart_init)
+    svi = SVI(effect_model, guide, Adam(0.05), Trace_ELBO())
 
     def search(restart_key):
-        state = svi.init(restart_key, outcome=outcome, **kwargs)
+        state = svi.init(restart_key, **args)
 
         def step(carry, _):
-            carry, loss = svi.update(carry, outcome=outcome, **kwargs)
+            carry, loss = svi.update(carry, **args)
             return carry, loss
 
         state, losses = jax.lax.scan(step, state, None, length=config.init_steps)
@@ -51,33 +73,41 @@ def _map_start(data: ModelData, config: FitConfig, key) -> dict[str, jnp.ndarray
 
     keys = jax.random.split(key, config.init_restarts)
     params, losses = jax.jit(jax.vmap(search))(keys)
-    losses = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
-    best = int(jnp.argmin(losses))
-    return guide.median({name: value[best] for name, value in params.items()})
+    losses = np.asarray(losses, dtype=float)
+    losses[~np.isfinite(losses)] = np.inf
+    # AutoDelta keeps each site's (constrained) value as the parameter "<site>_auto_loc"
+    values = {name[: -len("_auto_loc")]: value for name, value in params.items()}
+    return values, losses
 
 
-def _chain_inits(data: ModelData, config: FitConfig, start: dict, key) -> dict:
-    """Unconstrained initial values per chain: the MAP start plus a small jitter."""
-    kwargs = data.model_kwargs(config)
-    free = unconstrain_fn(
-        effect_cluster_model, (), {"outcome": jnp.asarray(data.outcome), **kwargs}, start
-    )
+def chain_starts(data: ModelData, values: dict, losses: np.ndarray, n_chains: int, key) -> dict:
+    """Unconstrained start of each chain: the best ``n_chains`` MAP searches, one each (when
+    there are fewer searches than chains, the best ones again with a small jitter)."""
+    order = np.argsort(losses, kind="stable")
+    picks = np.resize(order, n_chains)
+    args = _model_args(data)
+    starts = [
+        unconstrain_fn(effect_model, (), args, {k: v[i] for k, v in values.items()}) for i in picks
+    ]
+    free = {name: jnp.stack([s[name] for s in starts]) for name in starts[0]}
+    repeat = jnp.asarray(np.arange(n_chains) >= len(order))
     keys = jax.random.split(key, len(free))
-    return {
-        name: value + 0.05 * jax.random.normal(k, (config.num_chains,) + jnp.shape(value))
-        for (name, value), k in zip(free.items(), keys, strict=True)
-    }
+    out = {}
+    for (name, value), k in zip(free.items(), keys, strict=True):
+        mask = repeat.reshape((-1,) + (1,) * (value.ndim - 1))
+        out[name] = jnp.where(mask, value + 0.05 * jax.random.normal(k, value.shape), value)
+    return out
 
 
 def _run_nuts(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
     init_params = None
     if config.init_restarts:
         key, key_map, key_jitter = jax.random.split(key, 3)
-        start = _map_start(data, config, key_map)
-        init_params = _chain_inits(data, config, start, key_jitter)
+        values, losses = map_searches(data, config, key_map)
+        init_params = chain_starts(data, values, losses, config.num_chains, key_jitter)
         if config.num_chains == 1:
             init_params = {name: value[0] for name, value in init_params.items()}
-    kernel = NUTS(effect_cluster_model, target_accept_prob=config.target_accept)
+    kernel = NUTS(effect_model, target_accept_prob=config.target_accept)
     mcmc = MCMC(
         kernel,
         num_warmup=config.num_warmup,
@@ -90,10 +120,9 @@ def _run_nuts(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
         warnings.filterwarnings("ignore", message="There are not enough devices")
         mcmc.run(
             key,
-            outcome=jnp.asarray(data.outcome),
-            extra_fields=("diverging", "num_steps", "energy"),
+            extra_fields=("diverging", "num_steps", "energy", "potential_energy"),
             init_params=init_params,
-            **data.model_kwargs(config),
+            **_model_args(data),
         )
     samples = mcmc.get_samples(group_by_chain=True)
     extra = mcmc.get_extra_fields(group_by_chain=True)
@@ -101,19 +130,22 @@ def _run_nuts(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
         "diverging": np.asarray(extra["diverging"]),
         "n_steps": np.asarray(extra["num_steps"]),
         "energy": np.asarray(extra["energy"]),
+        "lp": -np.asarray(extra["potential_energy"]),
     }
     return {k: np.asarray(v) for k, v in samples.items()}, stats
 
 
 def _run_svi(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
     guide_cls = AutoLowRankMultivariateNormal if config.svi_guide == "lowrank" else AutoNormal
+    args = _model_args(data)
     init = init_to_median()
     if config.init_restarts:
         key, key_map = jax.random.split(key)
-        init = init_to_value(values=_map_start(data, config, key_map))
-    guide = guide_cls(effect_cluster_model, init_loc_fn=init)
-    kwargs = data.model_kwargs(config)
-    svi = SVI(effect_cluster_model, guide, Adam(config.svi_learning_rate), Trace_ELBO())
+        values, losses = map_searches(data, config, key_map)
+        best = int(np.argmin(losses))
+        init = init_to_value(values={name: value[best] for name, value in values.items()})
+    guide = guide_cls(effect_model, init_loc_fn=init)
+    svi = SVI(effect_model, guide, Adam(config.svi_learning_rate), Trace_ELBO())
     batch = config.svi_batch_size
     if batch is not None and batch >= len(data.outcome):
         batch = None
@@ -121,40 +153,49 @@ def _run_svi(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
     result = svi.run(
         key_run,
         config.svi_steps,
-        outcome=jnp.asarray(data.outcome),
         subsample_size=batch,
         progress_bar=config.progress,
-        **kwargs,
+        **args,
     )
     losses = np.asarray(result.losses)
     if not np.isfinite(losses[-1]):
         raise InputError("SVI diverged (loss is not finite); lower svi_learning_rate.")
-    draws = Predictive(guide, params=result.params, num_samples=config.svi_draws)(
-        key_draw, **kwargs
-    )
+    draws = Predictive(guide, params=result.params, num_samples=config.svi_draws)(key_draw, **args)
     samples = {k: np.asarray(v)[None] for k, v in draws.items() if k != "outcome"}
     return samples, {"loss": losses}
 
 
-def _log_likelihood(samples: dict, data: ModelData, config: FitConfig) -> np.ndarray:
-    """Pointwise log-likelihood (chain, draw, unit), computed in chunks of draws."""
+def _flat_draws(samples: dict) -> tuple[dict, int]:
     n_chain, n_draw = next(iter(samples.values())).shape[:2]
     flat = {
         k: jnp.asarray(v.reshape((n_chain * n_draw,) + v.shape[2:])) for k, v in samples.items()
     }
-    kwargs = data.model_kwargs(config)
-    fn = jax.jit(
-        lambda s: log_likelihood(
-            effect_cluster_model, s, outcome=jnp.asarray(data.outcome), **kwargs
-        )["outcome"]
-    )
+    return flat, n_chain * n_draw
+
+
+def _log_likelihood(samples: dict, data: ModelData) -> np.ndarray:
+    """Pointwise log-likelihood (chain, draw, unit), computed in chunks of draws."""
+    n_chain, n_draw = next(iter(samples.values())).shape[:2]
+    flat, total = _flat_draws(samples)
+    args = _model_args(data)
+    fn = jax.jit(lambda s: log_likelihood(effect_model, s, **args)["outcome"])
     chunk = max(1, int(2e7 // max(len(data.outcome), 1)))
-    total = n_chain * n_draw
     parts = [
         np.asarray(fn({k: v[i : i + chunk] for k, v in flat.items()}))
         for i in range(0, total, chunk)
     ]
     return np.concatenate(parts).reshape(n_chain, n_draw, -1)
+
+
+def _posterior_predictive(samples: dict, data: ModelData, key) -> np.ndarray | None:
+    """Replicated outcomes (chain, draw, unit) on the model scale, or None when too large."""
+    n_chain, n_draw = next(iter(samples.values())).shape[:2]
+    if n_chain * n_draw * len(data.outcome) > MAX_PREDICTIVE_VALUES:
+        return None
+    flat, _ = _flat_draws(samples)
+    args = {**_model_args(data), "outcome": None}
+    draws = Predictive(effect_model, posterior_samples=flat, return_sites=["outcome"])(key, **args)
+    return np.asarray(draws["outcome"]).reshape(n_chain, n_draw, -1)
 
 
 def _check_no_leakage(embeddings: Embeddings, trial: Trial) -> None:
@@ -178,9 +219,10 @@ def fit(
     method: str = "nuts",
     propensity: np.ndarray | None = None,
     seed: int = 0,
+    provenance: dict | None = None,
     **options: Any,
 ) -> EffectFit:
-    """Fit the effect-cluster model to a trial and the embeddings of its images.
+    """Fit the effect model to a trial and the embeddings of its images.
 
     Parameters
     ----------
@@ -190,10 +232,14 @@ def fit(
         One row per image, matched to units through ``trial.image_keys``; a plain array is
         taken as one row per unit, in unit order.
     n_clusters : int
-        Number of effect clusters K (1 = no heterogeneity). Compare values with
-        :func:`compare_clusters`.
-    likelihood : {"gaussian", "student_t", "bernoulli"}
-        Outcome family: Gaussian, Student-t (heavy tails) or Bernoulli with a logit link.
+        Number of effect clusters K. With K = 1 the effect is a smooth function of the
+        embedding (``deviation="smooth"``, the default) or constant (``deviation="none"``).
+        Compare choices with :func:`imgcate.compare_clusters`.
+    likelihood : {"gaussian", "student_t", "bernoulli", "censored", "hurdle"}
+        Outcome family: Gaussian; Student-t (heavy tails); Bernoulli (0/1, logit link);
+        censored (Tobit: a mass at a floor the outcome cannot go below, e.g. hours, spending
+        at 0); hurdle (a mass at the floor and a log-normal positive part, e.g. earnings).
+        Effects are always differences of the outcome's mean.
     method : {"nuts", "svi"}
         NUTS (exact; default) or SVI (approximate; for large trials).
     propensity : ndarray (unit,), optional
@@ -205,9 +251,14 @@ def fit(
         covariates, and overlap (0 < propensity < 1); check overlap first.
     seed : int
         Random seed; the same seed gives the same posterior on the same machine.
+    provenance : dict, optional
+        Where the inputs came from (:func:`imgcate.provenance.collect`), kept with the fit and
+        in its saved file. By default: imgcate's version, the time, the command line, the seed
+        and the embeddings' own provenance.
     **options
-        Any other :class:`FitConfig` field (``num_warmup``, ``num_samples``, ``num_chains``,
-        ``n_components``, ``svi_steps``, ``svi_batch_size``, ``progress``, ...).
+        Any other :class:`~imgcate.config.FitConfig` field (``deviation``, ``n_basis``,
+        ``floor``, ``num_warmup``, ``num_samples``, ``num_chains``, ``n_components``,
+        ``svi_steps``, ``svi_batch_size``, ``progress``, ...).
 
     Returns
     -------
@@ -218,13 +269,14 @@ def fit(
     Raises
     ------
     InputError
-        For invalid options, embeddings that do not match the trial, or a non-binary outcome
-        with ``likelihood="bernoulli"``.
+        For invalid options, embeddings that do not match the trial, or an outcome the
+        likelihood cannot take (not 0/1 for bernoulli; too few values at or above the floor
+        for hurdle and censored).
 
     Warns
     -----
     ConvergenceWarning
-        When R-hat > 1.01, ESS is low, or NUTS diverged.
+        When R-hat > 1.01, ESS is low, NUTS diverged, or chains settled in different modes.
 
     Examples
     --------
@@ -254,20 +306,27 @@ def fit(
         unit_embedding = _unit_rows(as_float_array("embeddings", embeddings, ndim=2), trial)
         encoder = None
     std = Standardizer.fitted(
-        trial.outcome_array,
-        trial.covariate_matrix,
-        unit_embedding,
-        config.likelihood,
-        config.n_components,
+        trial.outcome_array, trial.covariate_matrix, unit_embedding, config, trial.outcome
     )
     data = model_data(trial, unit_embedding, std, config)
-    key = jax.random.PRNGKey(seed)
+    key, key_predictive = jax.random.split(jax.random.PRNGKey(seed))
     runner = _run_nuts if config.method == "nuts" else _run_svi
     samples, stats = runner(data, config, key)
-    loglik = _log_likelihood(samples, data, config)
-    idata = _to_inference_data(samples, stats, loglik, data, trial, config)
-    result = EffectFit(idata=idata, config=config, standardizer=std, encoder=encoder)
-    result = result.with_derived()
+    loglik = _log_likelihood(samples, data)
+    replicated = _posterior_predictive(samples, data, key_predictive)
+    idata = _to_inference_data(samples, stats, loglik, replicated, data, trial, config)
+    if provenance is None:
+        upstream = getattr(embeddings, "provenance", None) or {}
+        provenance = collect(seeds={"fit": seed}, embeddings=upstream)
+    result = with_derived(
+        EffectFit(
+            idata=idata,
+            config=config,
+            standardizer=std,
+            encoder=encoder,
+            provenance=dict(provenance),
+        )
+    )
     if config.method == "nuts":
         result.check_convergence()
     return result
@@ -295,50 +354,72 @@ def _unit_rows(values: np.ndarray, trial: Trial) -> np.ndarray:
     return values
 
 
+#: ArviZ dims of the model's sites (hurdle sites take the same dims under their prefix).
+SITE_DIMS = {
+    "beta": ["covariate"],
+    "gamma_raw": ["feature"],
+    "basis_raw": ["basis"],
+    "tau_step": ["cluster_contrast"],
+    "tau_contrast": ["cluster_contrast"],
+    "mu_cluster": ["cluster_contrast"],
+    "deviation_local": ["feature"],
+    "deviation_raw": ["feature"],
+    "deviation_basis_raw": ["basis"],
+    "stratum_raw": ["stratum"],
+    "group_raw": ["group"],
+}
+
+
 def _to_inference_data(
-    samples: dict, stats: dict, loglik: np.ndarray, data: ModelData, trial: Trial, config: FitConfig
+    samples: dict,
+    stats: dict,
+    loglik: np.ndarray,
+    replicated: np.ndarray | None,
+    data: ModelData,
+    trial: Trial,
+    config: FitConfig,
 ) -> az.InferenceData:
     import arviz as az
 
-    n_feat = data.embedding.shape[1]
+    inputs = data.inputs
     coords = {
         "unit": trial.ids,
         "cluster": np.arange(config.n_clusters),
         "cluster_contrast": np.arange(1, max(config.n_clusters, 2)),
-        "feature": np.arange(n_feat),
+        "feature": np.arange(data.spec.n_features),
+        "basis": np.arange(data.spec.n_basis),
         "covariate": list(trial.covariates),
         "arm": ["control", "treated"],
     }
     dims = {
-        "beta": ["covariate"],
-        "gamma_raw": ["feature"],
-        "tau": ["cluster"],
         "membership_intercept": ["cluster_contrast"],
         "membership_local": ["feature"],
         "membership_raw": ["feature", "cluster_contrast"],
         "sigma": ["arm"],
-        "stratum_raw": ["stratum"],
-        "group_raw": ["group"],
         "outcome": ["unit"],
         "embedding": ["unit", "feature"],
+        "basis_features": ["unit", "basis"],
         "covariates": ["unit", "covariate"],
         "treatment": ["unit"],
         "stratum": ["unit"],
         "group": ["unit"],
     }
+    for prefix in data.spec.parts:
+        dims.update({prefix + name: d for name, d in SITE_DIMS.items()})
     constant = {
-        "embedding": data.embedding,
-        "treatment": data.treatment,
-        "covariates": data.covariates,
+        "embedding": np.asarray(inputs.embedding),
+        "basis_features": np.asarray(inputs.basis),
+        "treatment": np.asarray(inputs.treatment),
+        "covariates": np.asarray(inputs.covariates),
     }
-    if data.stratum is not None:
-        constant["stratum"] = data.stratum
-        coords["stratum"] = np.arange(int(data.stratum.max()) + 1)
-    if data.group is not None:
-        constant["group"] = data.group
-        coords["group"] = np.arange(int(data.group.max()) + 1)
+    for level in ("stratum", "group"):
+        codes = getattr(inputs, level)
+        if codes is not None:
+            constant[level] = np.asarray(codes)
+            coords[level] = np.arange(int(codes.max()) + 1)
     idata = az.from_dict(
         posterior=samples,
+        posterior_predictive=None if replicated is None else {"outcome": replicated},
         sample_stats={k: v for k, v in stats.items() if v.ndim >= 2},
         log_likelihood={"outcome": loglik},
         observed_data={"outcome": data.outcome},

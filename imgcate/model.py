@@ -1,168 +1,329 @@
-"""The effect-cluster model (NumPyro).
+"""The effect model (NumPyro) and the one function that computes what it implies.
 
-Units have outcome ``y``, treatment ``t``, standardized image embedding ``e`` (feature) and
-covariates ``x``. Each unit belongs to one of K latent effect clusters with probability
-``pi = softmax(a + e B)`` (the first cluster is the reference, logits 0). The outcome is
+Units have outcome ``y``, treatment ``t``, image embedding ``z`` (standardized, whitened
+principal components), covariates ``x`` and K latent effect clusters. For each linear
+predictor ("part"; one, or two for the hurdle likelihood):
 
-    y ~ sum_k pi_k Normal(alpha + x beta + e gamma + u_stratum + t tau_k, sigma_t)
+    membership  pi(z) = softmax(a + z B)                     (cluster 0 the reference)
+    baseline    eta0  = alpha + x beta + z gamma + f(z) + pi(z) mu + u_stratum + u_group
+    effect      tau   = pi(z) tau_k + z delta + g(z)
+    outcome     y ~ family(eta0 + t tau)
 
-with the clusters marginalized (no discrete sampling) and ``tau_1 < ... < tau_K`` ordered, which
-removes label switching. K = 1 is the model without heterogeneity. Every quantity is on the
-standardized outcome scale here; :mod:`imgcate.results` maps results back to the original scale.
+``f`` and ``g`` are random-feature approximations of Gaussian processes in the whole
+embedding (fixed random Fourier features, orthogonal to the intercept and the linear terms),
+``tau_k`` are ordered (no label switching) and ``delta``, ``g`` are shrunk towards zero. The
+effect's terms are all also in the baseline (``pi mu`` beside ``pi tau_k``, ``z gamma`` beside
+``z delta``, ``f`` beside ``g``), so in a randomized trial a baseline shape the model cannot
+follow is not pushed into the effect: clusters cannot stand in for the baseline, and, because
+membership depends on the image alone, neither for the shape of the outcome's distribution.
+
+Every derived quantity (cluster probabilities, linear predictors, unit CATE on the outcome's
+mean scale) comes from :func:`unit_quantities`; the model, ``EffectFit.unit_effects``,
+``predict``, maps, occlusion and saliency all call it. Everything here is on the model scale
+(see :class:`imgcate.config.Standardizer`).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
-from numpyro.distributions import constraints
 
-Likelihood = Literal["gaussian", "student_t", "bernoulli"]
-LIKELIHOODS = ("gaussian", "student_t", "bernoulli")
+from imgcate.likelihoods import N_PARTS, outcome_distribution, outcome_mean
 
-#: Prior scales on the standardized outcome scale (documented in docs/model.md).
+Deviation = Literal["smooth", "linear", "none"]
+DEVIATIONS = ("smooth", "linear", "none")
+
+#: Prior scales on the model scale (documented in docs/model.md).
 PRIOR = {
     "alpha": 2.5,  # intercept
     "beta": 1.0,  # covariate coefficients
-    "gamma_scale": 0.5,  # half-normal scale of the shrinkage sd of embedding coefficients
-    "tau": 1.5,  # cluster effects are order statistics of K iid Normal(0, tau)
+    "gamma_scale": 0.5,  # half-normal scale of the sd of the baseline's linear weights
+    "basis_amp": 0.5,  # half-normal scale of the baseline's random-feature amplitude
+    "mu_cluster": 1.0,  # baseline level of each cluster against cluster 0
+    "tau": 1.5,  # sd of the centre image's effect and of each step between ordered clusters
     "membership_intercept": 2.0,
-    "membership_scale": 1.0,  # half-normal scale of the global shrinkage sd of membership weights
-    "membership_local": 1.0,  # half-normal scale of each feature's own (ARD) shrinkage sd
+    "membership_scale": 1.0,  # global shrinkage sd of membership weights
+    "membership_local": 1.0,  # each feature's own (ARD) shrinkage sd
+    "deviation_scale": 0.5,  # global shrinkage sd of the effect's linear deviation
+    "deviation_local": 1.0,
+    "deviation_amp": 0.3,  # half-normal scale of the effect's random-feature amplitude
     "sigma": 1.0,
     "group_sd": 0.5,  # stratum / cluster random-effect sd
 }
 
 
-def _ordered_effects(n_clusters: int) -> jnp.ndarray:
-    """Cluster effects tau_1 < ... < tau_K with an order-statistics Normal prior."""
-    if n_clusters == 1:
-        return numpyro.sample("tau", dist.Normal(0.0, PRIOR["tau"]).expand([1]).to_event(1))
-    tau = numpyro.sample(
-        "tau", dist.ImproperUniform(constraints.ordered_vector, (), event_shape=(n_clusters,))
-    )
-    numpyro.factor("tau_prior", dist.Normal(0.0, PRIOR["tau"]).log_prob(tau).sum())
-    return tau
+@dataclass(frozen=True)
+class ModelSpec:
+    """The shape of the model: what is fitted, not the data (hashable: a static jit argument).
 
-
-def _membership(n_features: int, n_clusters: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Membership intercepts (cluster-1,) and weights (feature, cluster-1), shrunk towards 0.
-
-    Weights are ``scale * local[feature] * raw``: a global shrinkage sd times one sd per feature
-    (automatic relevance determination; the features are the embedding's whitened principal
-    components). With a single global sd, the direction along which the clusters separate pulls
-    it up and every other feature then gets a noisy weight of about the same size; the
-    per-feature sds let those shrink on their own. The prior mean of weight^2 is 1 either way.
+    Attributes
+    ----------
+    n_clusters : int
+        Number of effect clusters K (1 = no cluster structure).
+    likelihood : str
+        Outcome family (see :mod:`imgcate.likelihoods`).
+    n_features, n_covariates, n_basis : int
+        Embedding components, covariates and random features of f and g (0: linear only).
+    deviation : {"smooth", "linear", "none"}
+        The effect's continuous part besides the clusters: linear plus random features,
+        linear only, or none (clusters alone; with K = 1 a constant effect).
+    n_strata, n_groups : int
+        Levels of the stratum and group random intercepts (0 = none).
+    floor : float
+        Censoring point (censored) on the model scale; the hurdle's floor is 0 there.
     """
-    intercept = numpyro.sample(
-        "membership_intercept",
-        dist.Normal(0.0, PRIOR["membership_intercept"]).expand([n_clusters - 1]).to_event(1),
-    )
-    scale = numpyro.sample("membership_scale", dist.HalfNormal(PRIOR["membership_scale"]))
-    local = numpyro.sample(
-        "membership_local",
-        dist.HalfNormal(PRIOR["membership_local"]).expand([n_features]).to_event(1),
-    )
-    raw = numpyro.sample(
-        "membership_raw", dist.Normal(0.0, 1.0).expand([n_features, n_clusters - 1]).to_event(2)
-    )
-    return intercept, scale * local[:, None] * raw
+
+    n_clusters: int
+    likelihood: str
+    n_features: int
+    n_covariates: int
+    n_basis: int = 0
+    deviation: str = "smooth"
+    n_strata: int = 0
+    n_groups: int = 0
+    floor: float = 0.0
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """Site-name prefixes of the linear predictors; the last part's effects are ordered."""
+        return ("hurdle_", "") if N_PARTS[self.likelihood] == 2 else ("",)
 
 
-def membership_logits(embedding: jnp.ndarray, intercept: jnp.ndarray, weights: jnp.ndarray):
-    """Cluster logits (..., unit, cluster) with the first cluster as reference (logit 0)."""
-    logits = intercept[..., None, :] + embedding @ weights
-    return jnp.concatenate([jnp.zeros(logits.shape[:-1] + (1,)), logits], axis=-1)
+class ModelInputs(NamedTuple):
+    """Arrays the model conditions on, in unit order (a JAX pytree)."""
+
+    embedding: jnp.ndarray  # (unit, feature)
+    basis: jnp.ndarray  # (unit, basis)
+    covariates: jnp.ndarray  # (unit, covariate)
+    treatment: jnp.ndarray  # (unit,) 0/1
+    stratum: jnp.ndarray | None = None  # (unit,) int codes
+    group: jnp.ndarray | None = None
+
+    def take(self, idx) -> ModelInputs:
+        """The rows ``idx`` (a minibatch)."""
+        return ModelInputs(*(None if a is None else a[idx] for a in self))
 
 
-def _group_effect(name: str, codes, n_groups: int) -> jnp.ndarray | float:
-    if codes is None or n_groups == 0:
-        return 0.0
-    sd = numpyro.sample(f"{name}_sd", dist.HalfNormal(PRIOR["group_sd"]))
-    raw = numpyro.sample(f"{name}_raw", dist.Normal(0.0, 1.0).expand([n_groups]).to_event(1))
-    return sd * raw[codes]
+# --------------------------------------------------------------------------- parameters
+def _normal(name: str, scale: float, shape: tuple[int, ...]):
+    if not shape:
+        return numpyro.sample(name, dist.Normal(0.0, scale))
+    return numpyro.sample(name, dist.Normal(0.0, scale).expand(shape).to_event(len(shape)))
 
 
-def effect_cluster_model(
-    embedding: jnp.ndarray,
-    treatment: jnp.ndarray,
-    covariates: jnp.ndarray,
+def _half_normal(name: str, scale: float, shape: tuple[int, ...] = ()):
+    if not shape:
+        return numpyro.sample(name, dist.HalfNormal(scale))
+    return numpyro.sample(name, dist.HalfNormal(scale).expand(shape).to_event(len(shape)))
+
+
+def _part_parameters(prefix: str, spec: ModelSpec, ordered: bool) -> dict:
+    d, k, m = spec.n_features, spec.n_clusters, spec.n_basis
+    p = {
+        "alpha": _normal(f"{prefix}alpha", PRIOR["alpha"], ()),
+        "gamma_scale": _half_normal(f"{prefix}gamma_scale", PRIOR["gamma_scale"]),
+        "gamma_raw": _normal(f"{prefix}gamma_raw", 1.0, (d,)),
+    }
+    if spec.n_covariates:  # no zero-size site: it would break initialization and ArviZ
+        p["beta"] = _normal(f"{prefix}beta", PRIOR["beta"], (spec.n_covariates,))
+    if m:
+        p["basis_amp"] = _half_normal(f"{prefix}basis_amp", PRIOR["basis_amp"])
+        p["basis_raw"] = _normal(f"{prefix}basis_raw", 1.0, (m,))
+    p["tau_centre"] = _normal(f"{prefix}tau_centre", PRIOR["tau"], ())
+    if k > 1 and ordered:  # positive steps: cluster effects ordered, no label switching
+        p["tau_step"] = _half_normal(f"{prefix}tau_step", PRIOR["tau"], (k - 1,))
+    elif k > 1:
+        p["tau_contrast"] = _normal(f"{prefix}tau_contrast", PRIOR["tau"], (k - 1,))
+    if k > 1:
+        p["mu_cluster"] = _normal(f"{prefix}mu_cluster", PRIOR["mu_cluster"], (k - 1,))
+    if spec.deviation != "none":
+        p["deviation_scale"] = _half_normal(f"{prefix}deviation_scale", PRIOR["deviation_scale"])
+        p["deviation_local"] = _half_normal(
+            f"{prefix}deviation_local", PRIOR["deviation_local"], (d,)
+        )
+        p["deviation_raw"] = _normal(f"{prefix}deviation_raw", 1.0, (d,))
+        if spec.deviation == "smooth" and m:
+            p["deviation_amp"] = _half_normal(f"{prefix}deviation_amp", PRIOR["deviation_amp"])
+            p["deviation_basis_raw"] = _normal(f"{prefix}deviation_basis_raw", 1.0, (m,))
+    for level, n in (("stratum", spec.n_strata), ("group", spec.n_groups)):
+        if n:
+            p[f"{level}_sd"] = _half_normal(f"{prefix}{level}_sd", PRIOR["group_sd"])
+            p[f"{level}_raw"] = _normal(f"{prefix}{level}_raw", 1.0, (n,))
+    return {prefix + name: value for name, value in p.items()}
+
+
+def sample_parameters(spec: ModelSpec) -> dict:
+    """Every parameter of the model as a NumPyro sample site; returns their values by name."""
+    k, d = spec.n_clusters, spec.n_features
+    params = {}
+    if k > 1:
+        params["membership_intercept"] = _normal(
+            "membership_intercept", PRIOR["membership_intercept"], (k - 1,)
+        )
+        params["membership_scale"] = _half_normal("membership_scale", PRIOR["membership_scale"])
+        params["membership_local"] = _half_normal(
+            "membership_local", PRIOR["membership_local"], (d,)
+        )
+        params["membership_raw"] = _normal("membership_raw", 1.0, (d, k - 1))
+    for prefix in spec.parts:
+        params.update(_part_parameters(prefix, spec, ordered=prefix == spec.parts[-1]))
+    if spec.likelihood != "bernoulli":
+        params["sigma"] = _half_normal("sigma", PRIOR["sigma"], (2,))
+    if spec.likelihood == "student_t":
+        params["nu"] = numpyro.sample("nu", dist.Gamma(2.0, 0.1))
+    return params
+
+
+# --------------------------------------------------------------------------- what it implies
+def membership_weights(params: dict) -> jnp.ndarray:
+    """Membership log-odds weights (feature, cluster - 1)."""
+    scale = jnp.asarray(params["membership_scale"])[..., None, None]
+    return scale * jnp.asarray(params["membership_local"])[..., :, None] * params["membership_raw"]
+
+
+def cluster_probabilities(params: dict, embedding: jnp.ndarray, n_clusters: int) -> jnp.ndarray:
+    """(unit, cluster) membership probabilities ``softmax(a + z B)``, cluster 0 the reference."""
+    if n_clusters == 1:
+        return jnp.ones(embedding.shape[:1] + (1,), embedding.dtype)
+    logits = params["membership_intercept"] + embedding @ membership_weights(params)
+    logits = jnp.concatenate([jnp.zeros(logits.shape[:-1] + (1,), logits.dtype), logits], -1)
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def reference_probabilities(params: dict, n_clusters: int) -> jnp.ndarray:
+    """Membership of the centre image (z = 0), ``softmax(a)``: cluster terms enter as
+    deviations from it, so the intercepts and ``tau_centre`` do not trade off against the
+    cluster levels when membership hardly varies."""
+    if n_clusters == 1:
+        return jnp.ones(1)
+    a = jnp.asarray(params["membership_intercept"])
+    return jax.nn.softmax(jnp.concatenate([jnp.zeros(a.shape[:-1] + (1,), a.dtype), a], -1))
+
+
+def cluster_levels(params: dict, prefix: str = "") -> jnp.ndarray:
+    """Cluster effects on the linear-predictor scale (cluster,) given one draw: the effect of
+    an image wholly in cluster k, ``tau_centre + level_k - softmax(a) @ level``."""
+    p = {name[len(prefix) :]: v for name, v in params.items() if name.startswith(prefix)}
+    centre = jnp.asarray(p["tau_centre"])
+    if "tau_step" in p:
+        steps = jnp.asarray(p["tau_step"])
+        level = jnp.concatenate([jnp.zeros(steps.shape[:-1] + (1,)), jnp.cumsum(steps, -1)], -1)
+    elif "tau_contrast" in p:
+        contrast = jnp.asarray(p["tau_contrast"])
+        level = jnp.concatenate([jnp.zeros(contrast.shape[:-1] + (1,)), contrast], -1)
+    else:
+        return centre[..., None]
+    ref = reference_probabilities(params, level.shape[-1])
+    return centre[..., None] + level - (ref * level).sum(-1, keepdims=True)
+
+
+def _part_predictors(params: dict, prefix: str, inputs: ModelInputs, prob, spec: ModelSpec):
+    p = {name[len(prefix) :]: v for name, v in params.items() if name.startswith(prefix)}
+    z, basis = inputs.embedding, inputs.basis
+    base = p["alpha"] + z @ (p["gamma_scale"] * p["gamma_raw"])
+    if spec.n_covariates:
+        base = base + inputs.covariates @ p["beta"]
+    if spec.n_basis:
+        base = base + p["basis_amp"] * (basis @ p["basis_raw"])
+    for level, codes in (("stratum", inputs.stratum), ("group", inputs.group)):
+        if f"{level}_sd" in p and codes is not None:
+            base = base + p[f"{level}_sd"] * p[f"{level}_raw"][codes]
+    effect = prob @ cluster_levels(params, prefix)
+    if spec.n_clusters > 1:
+        centred = prob - reference_probabilities(params, spec.n_clusters)
+        base = base + centred[:, 1:] @ p["mu_cluster"]
+    if spec.deviation != "none":
+        effect = effect + z @ (p["deviation_scale"] * p["deviation_local"] * p["deviation_raw"])
+        if "deviation_amp" in p:
+            effect = effect + p["deviation_amp"] * (basis @ p["deviation_basis_raw"])
+    return base, effect
+
+
+def linear_predictors(params: dict, inputs: ModelInputs, spec: ModelSpec):
+    """Cluster probabilities (unit, cluster), baseline ``eta0`` and effect ``tau`` (part, unit).
+
+    ``params`` holds one draw of every sample site, by name. Hurdle parts are sites prefixed
+    ``hurdle_``: part 0 is then P(outcome > floor) on the logit scale, part 1 the log-mean of
+    the positive outcome.
+    """
+    prob = cluster_probabilities(params, inputs.embedding, spec.n_clusters)
+    pairs = [_part_predictors(params, prefix, inputs, prob, spec) for prefix in spec.parts]
+    return prob, jnp.stack([b for b, _ in pairs]), jnp.stack([e for _, e in pairs])
+
+
+def _arm_scale(params: dict, spec: ModelSpec, arm: int):
+    return 1.0 if spec.likelihood == "bernoulli" else params["sigma"][arm]
+
+
+def unit_quantities(params: dict, inputs: ModelInputs, spec: ModelSpec) -> dict[str, jnp.ndarray]:
+    """Everything the model implies for the given units under one posterior draw.
+
+    Returns
+    -------
+    dict
+        ``cluster_prob`` (unit, cluster); ``mu0``, ``mu1``: expected outcome without and with
+        treatment (model scale); ``cate``: ``mu1 - mu0``, the unit CATE on the outcome's mean
+        scale (model units; times ``Standardizer.outcome_sd`` for the original scale);
+        ``eta0``, ``tau``: linear predictors (part, unit).
+    """
+    prob, eta0, tau = linear_predictors(params, inputs, spec)
+    mu0 = outcome_mean(spec.likelihood, eta0, _arm_scale(params, spec, 0), spec.floor)
+    mu1 = outcome_mean(spec.likelihood, eta0 + tau, _arm_scale(params, spec, 1), spec.floor)
+    return {
+        "cluster_prob": prob,
+        "mu0": mu0,
+        "mu1": mu1,
+        "cate": mu1 - mu0,
+        "eta0": eta0,
+        "tau": tau,
+    }
+
+
+def effect_model(
+    inputs: ModelInputs,
     outcome: jnp.ndarray | None = None,
     *,
-    n_clusters: int,
-    likelihood: Likelihood = "gaussian",
-    stratum: jnp.ndarray | None = None,
-    n_strata: int = 0,
-    group: jnp.ndarray | None = None,
-    n_groups: int = 0,
+    spec: ModelSpec,
     subsample_size: int | None = None,
 ) -> None:
     """NumPyro model of the effect clusters.
 
     Parameters
     ----------
-    embedding : array (unit, feature)
-        Standardized image embedding of each unit.
-    treatment : array (unit,)
-        0/1 treatment.
-    covariates : array (unit, covariate)
-        Standardized covariates (may have zero columns).
+    inputs : ModelInputs
+        Embedding, random-feature basis, covariates, treatment, group codes (model scale).
     outcome : array (unit,), optional
-        Standardized outcome (0/1 for ``likelihood="bernoulli"``); None to sample it.
-    n_clusters : int
-        Number of effect clusters K (1 = no heterogeneity).
-    likelihood : {"gaussian", "student_t", "bernoulli"}
-        Outcome family (Bernoulli uses a logit link; effects are then log-odds ratios).
-    stratum, group : array (unit,) of int, optional
-        Randomization-block and cluster-randomization codes for random intercepts.
-    n_strata, n_groups : int
-        Number of strata and of groups.
+        Outcome on the model scale; None to sample it (posterior predictive).
+    spec : ModelSpec
+        Clusters, likelihood, sizes.
     subsample_size : int, optional
         Minibatch size over units (stochastic variational inference only).
     """
-    n_units, n_covariates = covariates.shape
-    alpha = numpyro.sample("alpha", dist.Normal(0.0, PRIOR["alpha"]))
-    beta = jnp.zeros(0)
-    if n_covariates:  # no zero-size site: it would break MAP initialization and ArviZ
-        beta = numpyro.sample(
-            "beta", dist.Normal(0.0, PRIOR["beta"]).expand([n_covariates]).to_event(1)
-        )
-    gamma_scale = numpyro.sample("gamma_scale", dist.HalfNormal(PRIOR["gamma_scale"]))
-    gamma_raw = numpyro.sample(
-        "gamma_raw", dist.Normal(0.0, 1.0).expand([embedding.shape[1]]).to_event(1)
-    )
-    tau = _ordered_effects(n_clusters)
-    if n_clusters > 1:
-        intercept, weights = _membership(embedding.shape[1], n_clusters)
-    if likelihood != "bernoulli":
-        sigma = numpyro.sample("sigma", dist.HalfNormal(PRIOR["sigma"]).expand([2]).to_event(1))
-    if likelihood == "student_t":
-        nu = numpyro.sample("nu", dist.Gamma(2.0, 0.1))
-    stratum_effect_draws = _group_effect("stratum", stratum, n_strata)
-    group_effect_draws = _group_effect("group", group, n_groups)
+    params = sample_parameters(spec)
+    n_units = inputs.treatment.shape[0]
     with numpyro.plate("unit", n_units, subsample_size=subsample_size) as idx:
-        e = embedding[idx]
-        t = treatment[idx]
-        base = alpha + covariates[idx] @ beta + e @ (gamma_scale * gamma_raw)
-        if n_strata:
-            base = base + stratum_effect_draws[idx]
-        if n_groups:
-            base = base + group_effect_draws[idx]
-        loc = base[:, None] + t[:, None] * tau
-        if n_clusters == 1:
-            logits = jnp.zeros((e.shape[0], 1))
-        else:
-            logits = membership_logits(e, intercept, weights)
-        mixing = dist.Categorical(logits=logits)
-        if likelihood == "gaussian":
-            scale = sigma[t][:, None]
-            component = dist.Normal(loc, scale)
-        elif likelihood == "student_t":
-            component = dist.StudentT(nu, loc, sigma[t][:, None])
-        else:
-            component = dist.Bernoulli(logits=loc)
-        obs = None if outcome is None else outcome[idx]
-        numpyro.sample("outcome", dist.MixtureSameFamily(mixing, component), obs=obs)
+        rows = inputs if subsample_size is None else inputs.take(idx)
+        observed = outcome if outcome is None or subsample_size is None else outcome[idx]
+        _, eta0, tau = linear_predictors(params, rows, spec)
+        t = rows.treatment
+        scale = None if spec.likelihood == "bernoulli" else params["sigma"][t]
+        family = outcome_distribution(
+            spec.likelihood, eta0 + t * tau, scale, params.get("nu"), spec.floor
+        )
+        numpyro.sample("outcome", family, obs=observed)
+
+
+def basis_features(embedding, freq, phase, coef):
+    """Random Fourier features ``sqrt(2 / M) cos(z W + b)`` of model-scale embeddings
+    (unit, basis), minus their least-squares fit on ``[1, z]`` over the trial (``coef``), so
+    they hold only what the intercept and the linear terms cannot. Pure JAX (differentiable)."""
+    n_basis = freq.shape[-1]
+    if n_basis == 0:
+        return jnp.zeros(embedding.shape[:-1] + (0,), embedding.dtype)
+    raw = jnp.sqrt(2.0 / n_basis) * jnp.cos(embedding @ freq + phase)
+    return raw - coef[0] - embedding @ coef[1:]

@@ -1,86 +1,37 @@
-"""The fitted effect-cluster model: effects, intervals, prediction, diagnostics.
+"""The fitted effect model: effects, intervals, prediction, diagnostics.
 
 :class:`EffectFit` is what :func:`~imgcate.inference.fit` returns and :func:`load_fit` reads
-back (the file format is in :mod:`imgcate.fitfile`).
+back (the file format is in :mod:`imgcate.fitfile`). Every number it reports comes from the
+model's :func:`~imgcate.model.unit_quantities` under the posterior draws
+(:mod:`imgcate.posterior`).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
 from imgcate.config import FitConfig, Standardizer
 from imgcate.diagnostics import convergence_problems, diagnostics_table
-from imgcate.embeddings import Embeddings
 from imgcate.errors import ConvergenceWarning, FitError, InputError
 from imgcate.fitfile import read_fit_file, write_fit_file
 from imgcate.intervals import interval_names, quantiles
-from imgcate.model import membership_logits
+from imgcate.model import ModelSpec
+from imgcate.posterior import evaluate, fit_spec, flat, site_draws, trial_inputs
+from imgcate.prediction import Prediction, effect_function, predict
 
 if TYPE_CHECKING:
     import arviz as az
 
-
-def _flat(values: np.ndarray) -> np.ndarray:
-    """(chain, draw, ...) -> (sample, ...)."""
-    return values.reshape((-1,) + values.shape[2:])
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Posterior draws of effects for a set of images (in or out of the trial).
-
-    Attributes
-    ----------
-    image_ids : ndarray (image,)
-    cate : ndarray (sample, image)
-        Conditional average treatment effect on the outcome scale.
-    cluster_prob : ndarray (sample, image, cluster)
-    extrapolation : ndarray (image,)
-        Mahalanobis distance of each embedding from the trial's embeddings (model scale).
-    support_limit : float
-        99th percentile of the trial units' own distances; beyond it an image is flagged.
-    """
-
-    image_ids: np.ndarray
-    cate: np.ndarray
-    cluster_prob: np.ndarray
-    extrapolation: np.ndarray
-    support_limit: float
-
-    @property
-    def outside_support(self) -> np.ndarray:
-        """True where the embedding lies beyond the trial's support (extrapolation)."""
-        return self.extrapolation > self.support_limit
-
-    def to_frame(self, prob: float = 0.9) -> pd.DataFrame:
-        """One row per image: CATE mean, sd, interval, P(CATE > 0), cluster probabilities."""
-        lo_name, hi_name = interval_names(prob)
-        lo, hi = quantiles(self.cate, prob)
-        out = pd.DataFrame(
-            {
-                "image": self.image_ids,
-                "tau_mean": self.cate.mean(0),
-                "tau_sd": self.cate.std(0),
-                f"tau_{lo_name}": lo,
-                f"tau_{hi_name}": hi,
-                "prob_positive": (self.cate > 0).mean(0),
-            }
-        )
-        for k in range(self.cluster_prob.shape[-1]):
-            out[f"cluster_prob_{k}"] = self.cluster_prob[:, :, k].mean(0)
-        out["extrapolation"] = self.extrapolation
-        out["outside_support"] = self.outside_support
-        return out
+#: Below this membership dependence the clusters are not image-driven (summary() says so).
+WEAK_MEMBERSHIP = 0.2
 
 
 @dataclass(frozen=True)
@@ -90,25 +41,90 @@ class EffectFit:
     Attributes
     ----------
     idata : arviz.InferenceData
-        Groups posterior, log_likelihood, sample_stats, observed_data (outcome on the model
-        scale) and constant_data (embedding, treatment, covariates on the model scale).
-        ``posterior.tau_cluster`` and ``posterior.ate`` are on the outcome's original scale
-        (log-odds for ``tau_cluster`` with a Bernoulli outcome; ``ate`` is then a risk difference).
+        Groups posterior, posterior_predictive, log_likelihood, sample_stats, observed_data
+        (outcome on the model scale) and constant_data (embedding, random features,
+        treatment, covariates on the model scale). Posterior variables on the outcome's
+        original scale: ``tau_unit`` (unit CATE), ``tau_cluster`` (each cluster's average
+        CATE), ``ate``, ``cluster_share``; ``effect_share_clusters`` and
+        ``membership_dependence`` describe the clusters (:meth:`heterogeneity`).
     config : FitConfig
     standardizer : Standardizer
     encoder : object, optional
         Encoder that embedded the trial's chips (reused by :meth:`predict` on new chips).
+    provenance : dict
+        Where the fit came from (:func:`imgcate.provenance.collect`: imgcate version, time,
+        command, inputs with hashes, seeds); saved with the fit.
     """
 
     idata: az.InferenceData
     config: FitConfig
     standardizer: Standardizer
     encoder: Any = None
+    provenance: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ display
+    def _headline(self) -> list[tuple[str, str]]:
+        post = self.idata.posterior
+        draws = post.sizes["chain"] * post.sizes["draw"]
+        rows = [
+            (
+                "model",
+                f"K={self.n_clusters}, likelihood={self.config.likelihood}, "
+                f"deviation={self.config.deviation}",
+            ),
+            (
+                "data",
+                f"{len(self.unit_ids):,} units, "
+                f"{self.idata.constant_data.sizes['feature']} embedding components",
+            ),
+            (
+                "inference",
+                f"{self.config.method}, {post.sizes['chain']} x "
+                f"{post.sizes['draw']} = {draws:,} draws",
+            ),
+        ]
+        ate = self._draws("ate")
+        rows.append(("ATE", f"{ate.mean():.3g} (sd {ate.std():.2g})"))
+        if "tau_cluster" in post:
+            tau = self._draws("tau_cluster").mean(0)
+            share = self._draws("cluster_share").mean(0)
+            rows.append(
+                (
+                    "cluster effects",
+                    ", ".join(f"{t:.3g} ({100 * p:.0f}%)" for t, p in zip(tau, share, strict=True)),
+                )
+            )
+        if "membership_dependence" in post:
+            rows.append(
+                (
+                    "clusters",
+                    f"explain {100 * self._draws('effect_share_clusters').mean():.0f}% "
+                    "of the effect's variance; membership dependence "
+                    f"{self._draws('membership_dependence').mean():.2f}",
+                )
+            )
+        version = self.provenance.get("imgcate_version")
+        if version:
+            rows.append(("made by", f"imgcate {version}, {self.provenance.get('created_utc', '')}"))
+        return rows
+
+    def __repr__(self) -> str:
+        lines = [f"  {name}: {value}" for name, value in self._headline()]
+        return "EffectFit(\n" + "\n".join(lines) + "\n)"
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        cells = "".join(
+            f"<tr><th style='text-align:left'>{escape(name)}</th>"
+            f"<td style='text-align:left'>{escape(value)}</td></tr>"
+            for name, value in self._headline()
+        )
+        return f"<table><caption>imgcate EffectFit</caption>{cells}</table>"
 
     # ------------------------------------------------------------------ internals
-    def _param(self, name: str) -> np.ndarray | None:
-        post = self.idata.posterior
-        return _flat(post[name].values) if name in post else None
+    def _draws(self, name: str) -> np.ndarray:
+        return flat(self.idata.posterior[name].values)
 
     @property
     def n_clusters(self) -> int:
@@ -116,111 +132,30 @@ class EffectFit:
         return self.config.n_clusters
 
     @property
+    def spec(self) -> ModelSpec:
+        """The model's shape (:class:`~imgcate.model.ModelSpec`)."""
+        return fit_spec(self)
+
+    @property
     def unit_ids(self) -> np.ndarray:
         """Ids of the trial's units."""
         return self.idata.constant_data["unit"].values
 
-    def _baseline(
-        self, embedding: np.ndarray, covariates: np.ndarray | None, rows: slice | None = None
-    ) -> np.ndarray:
-        """Baseline mu0 on the model scale, (sample, unit); covariates None means at their mean."""
-        base = self._param("alpha")[:, None] + self._param("gamma") @ embedding.T
-        if covariates is not None and covariates.shape[1]:
-            base = base + self._param("beta") @ covariates.T
-        if rows is not None:
-            const = self.idata.constant_data
-            for name in ("stratum", "group"):
-                if name in const:
-                    codes = const[name].values[rows]
-                    base = base + (
-                        self._param(f"{name}_sd")[:, None] * self._param(f"{name}_raw")[:, codes]
-                    )
-        return base
-
-    def _cluster_prob(self, embedding: np.ndarray) -> np.ndarray:
-        """(sample, unit, cluster) membership probabilities for model-scale embeddings."""
-        n_samples = self._param("alpha").shape[0]
-        if self.n_clusters == 1:
-            return np.ones((n_samples, len(embedding), 1))
-        logits = membership_logits(
-            jnp.asarray(embedding),
-            jnp.asarray(self._param("membership_intercept")),
-            jnp.asarray(self._param("membership")),
-        )
-        return np.asarray(jax.nn.softmax(logits, axis=-1))
-
-    def _cate(self, prob: np.ndarray, base: np.ndarray | None) -> np.ndarray:
-        """(sample, unit) CATE on the original scale from cluster probabilities."""
-        tau = self._param("tau")
-        if self.config.likelihood == "bernoulli":
-            from scipy.special import expit
-
-            diff = expit(base[:, :, None] + tau[:, None, :]) - expit(base)[:, :, None]
-            return (prob * diff).sum(-1)
-        return (prob * tau[:, None, :]).sum(-1) * self.standardizer.outcome_sd
-
-    def _in_sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """In-sample cluster probabilities, CATE draws and responsibilities."""
-        const = self.idata.constant_data
-        emb = const["embedding"].values
-        prob = self._cluster_prob(emb)
-        base = self._baseline(emb, const["covariates"].values, rows=slice(None))
-        cate = self._cate(prob, base)
-        resp = self._responsibilities(prob, base)
-        return prob, cate, resp
-
-    def _responsibilities(self, prob: np.ndarray, base: np.ndarray) -> np.ndarray:
-        """Posterior cluster probabilities given the outcome too, (unit, cluster)."""
-        loglik = self._component_loglik(base)
-        logw = np.log(np.clip(prob.astype(np.float64), 1e-300, None)) + loglik
-        logw -= logw.max(-1, keepdims=True)
-        w = np.exp(logw)
-        return (w / w.sum(-1, keepdims=True)).mean(0)
-
-    def _component_loglik(self, base: np.ndarray) -> np.ndarray:
-        y = self.idata.observed_data["outcome"].values
-        t = self.idata.constant_data["treatment"].values
-        loc = base[:, :, None] + t[None, :, None] * self._param("tau")[:, None, :]
-        if self.config.likelihood == "bernoulli":
-            return sps.bernoulli.logpmf(y[None, :, None], 1 / (1 + np.exp(-loc)))
-        scale = self._param("sigma")[:, t][:, :, None]
-        if self.config.likelihood == "student_t":
-            return sps.t.logpdf(y[None, :, None], self._param("nu")[:, None, None], loc, scale)
-        return sps.norm.logpdf(y[None, :, None], loc, scale)
-
-    def with_derived(self) -> EffectFit:
-        """Add derived posterior variables (original scale); used once by :func:`fit`."""
-        post = self.idata.posterior
-        n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
-        shape = (n_chain, n_draw)
-        derived = {
-            "gamma": post["gamma_scale"] * post["gamma_raw"],
-        }
-        if self.n_clusters > 1:
-            derived["membership"] = post["membership_scale"] * post["membership_raw"]
-            if "membership_local" in post:  # fits saved before the per-feature sds lack it
-                derived["membership"] = derived["membership"] * post["membership_local"]
-        scale = 1.0 if self.config.likelihood == "bernoulli" else self.standardizer.outcome_sd
-        derived["tau_cluster"] = post["tau"] * scale
-        idata = self.idata.copy()
-        idata.posterior = post.assign(derived)
-        staged = replace(self, idata=idata)
-        prob, cate, _ = staged._in_sample()
-        share = prob.mean(1).reshape(shape + (self.n_clusters,))
-        ate = cate.mean(1).reshape(shape)
-        idata.posterior = idata.posterior.assign(
-            cluster_share=(("chain", "draw", "cluster"), share),
-            ate=(("chain", "draw"), ate),
-        )
-        return staged
+    def in_sample(self) -> dict[str, np.ndarray]:
+        """Unit CATE (sample, unit; original scale) and cluster probabilities (sample, unit,
+        cluster) of the trial's own units, from every posterior draw."""
+        q = evaluate(site_draws(self), trial_inputs(self), self.spec)
+        return {"cate": q["cate"] * self.standardizer.outcome_sd, "cluster_prob": q["cluster_prob"]}
 
     # ------------------------------------------------------------------ diagnostics
     def diagnostics(self) -> pd.DataFrame:
-        """R-hat and bulk/tail ESS of the reported parameters (R-hat is NaN with one chain)."""
+        """R-hat and bulk/tail ESS of what users read (effects, shares, weights, unit CATE
+        summarized by its worst unit); R-hat is NaN with one chain."""
         return diagnostics_table(self.idata)
 
     def check_convergence(self) -> list[str]:
-        """Warn (ConvergenceWarning) about R-hat > 1.01, low ESS or divergences; return them."""
+        """Warn (ConvergenceWarning) about R-hat > 1.01, low ESS, divergences or chains in
+        different modes; return the problems."""
         problems = convergence_problems(self.idata)
         for message in problems:
             warnings.warn(f"imgcate fit: {message}.", ConvergenceWarning, stacklevel=3)
@@ -228,7 +163,10 @@ class EffectFit:
 
     # ------------------------------------------------------------------ tables
     def cluster_effects(self, prob: float = 0.9) -> pd.DataFrame:
-        """Effect and share of each cluster with central intervals (original scale).
+        """Average effect and share of each cluster with central intervals (original scale).
+
+        A cluster's effect is the membership-weighted average of its units' CATE, on the
+        outcome's mean scale, so it reads the same for every likelihood.
 
         Returns
         -------
@@ -237,8 +175,7 @@ class EffectFit:
             ``share_mean`` (average membership probability).
         """
         lo_name, hi_name = interval_names(prob)
-        tau = _flat(self.idata.posterior["tau_cluster"].values)
-        share = _flat(self.idata.posterior["cluster_share"].values)
+        tau = self._draws("tau_cluster")
         lo, hi = quantiles(tau, prob)
         return pd.DataFrame(
             {
@@ -247,18 +184,19 @@ class EffectFit:
                 "tau_sd": tau.std(0),
                 f"tau_{lo_name}": lo,
                 f"tau_{hi_name}": hi,
-                "share_mean": share.mean(0),
+                "share_mean": self._draws("cluster_share").mean(0),
             }
         ).set_index("cluster")
 
     def unit_effects(self, prob: float = 0.9) -> pd.DataFrame:
-        """Unit CATE with intervals, cluster probabilities and responsibilities.
+        """Unit CATE with intervals and P(cluster k | image), one row per trial unit.
 
-        ``cluster_prob_k`` is P(cluster k | image) (what :meth:`predict` gives for new images);
-        ``responsibility_k`` also uses the unit's observed outcome.
+        ``cluster`` is each unit's most probable cluster. The CATE is the effect on the
+        outcome's mean given the unit's image, covariates and random intercepts.
         """
         lo_name, hi_name = interval_names(prob)
-        cluster_prob, cate, resp = self._in_sample()
+        q = self.in_sample()
+        cate = q["cate"]
         lo, hi = quantiles(cate, prob)
         out = pd.DataFrame(
             {
@@ -270,12 +208,10 @@ class EffectFit:
                 "prob_positive": (cate > 0).mean(0),
             }
         )
-        mean_prob = cluster_prob.mean(0)
+        mean_prob = q["cluster_prob"].mean(0)
         for k in range(self.n_clusters):
             out[f"cluster_prob_{k}"] = mean_prob[:, k]
-        for k in range(self.n_clusters):
-            out[f"responsibility_{k}"] = resp[:, k]
-        out["cluster"] = resp.argmax(1)
+        out["cluster"] = mean_prob.argmax(1)
         return out
 
     def ate(self, prob: float = 0.9) -> pd.DataFrame:
@@ -286,10 +222,9 @@ class EffectFit:
         interval.
         """
         lo_name, hi_name = interval_names(prob)
-        draws = _flat(self.idata.posterior["ate"].values)
+        draws = self._draws("ate")
         lo, hi = quantiles(draws, prob)
-        y = self.idata.observed_data["outcome"].values * self.standardizer.outcome_sd
-        y = y + self.standardizer.outcome_mean
+        y = self.observed_outcome()
         t = self.idata.constant_data["treatment"].values
         treated, control = y[t == 1], y[t == 0]
         se = np.sqrt(treated.var(ddof=1) / len(treated) + control.var(ddof=1) / len(control))
@@ -305,6 +240,36 @@ class EffectFit:
             }
         ).set_index("estimator")
 
+    def observed_outcome(self) -> np.ndarray:
+        """The trial's outcome on its original scale (unit,)."""
+        y = self.idata.observed_data["outcome"].values.astype(float)
+        return y * self.standardizer.outcome_sd + self.standardizer.outcome_mean
+
+    def heterogeneity(self, prob: float = 0.9) -> pd.DataFrame:
+        """How the clusters describe the effect, with intervals (K >= 2).
+
+        Rows: ``effect_share_clusters``, the share of the unit CATE's variance over the
+        trial's units that the cluster averages explain (the rest is the smooth deviation);
+        ``membership_dependence``, the mutual information between cluster and image as a share
+        of log K (0: every image has the same membership, so the clusters say nothing about
+        images; 1: every image sits in one cluster for sure); ``effect_sd``, the spread of the
+        unit CATE over the trial's units.
+        """
+        lo_name, hi_name = interval_names(prob)
+        rows = {
+            "effect_sd": self._draws("tau_unit").std(1)
+            if "tau_unit" in self.idata.posterior
+            else self.in_sample()["cate"].std(1)
+        }
+        for name in ("effect_share_clusters", "membership_dependence"):
+            if name in self.idata.posterior:
+                rows[name] = self._draws(name)
+        table = {}
+        for name, draws in rows.items():
+            lo, hi = quantiles(draws, prob)
+            table[name] = {"mean": draws.mean(), "sd": draws.std(), lo_name: lo, hi_name: hi}
+        return pd.DataFrame(table).T
+
     def tidy(self, prob: float = 0.9) -> pd.DataFrame:
         """Headline estimates as a tidy table: cluster effects, cluster shares, ATE.
 
@@ -313,13 +278,12 @@ class EffectFit:
         """
         lo_name, hi_name = interval_names(prob)
         rows = []
-        post = self.idata.posterior
-        for name, label in (("tau_cluster", "tau_cluster"), ("cluster_share", "cluster_share")):
-            draws = _flat(post[name].values)
+        for name in ("tau_cluster", "cluster_share"):
+            draws = self._draws(name)
             lo, hi = quantiles(draws, prob)
             for k in range(self.n_clusters):
-                rows.append((f"{label}[{k}]", draws[:, k].mean(), draws[:, k].std(), lo[k], hi[k]))
-        draws = _flat(post["ate"].values)
+                rows.append((f"{name}[{k}]", draws[:, k].mean(), draws[:, k].std(), lo[k], hi[k]))
+        draws = self._draws("ate")
         lo, hi = quantiles(draws, prob)
         rows.append(("ate", draws.mean(), draws.std(), lo, hi))
         return pd.DataFrame(rows, columns=["term", "estimate", "std_err", lo_name, hi_name])
@@ -330,10 +294,10 @@ class EffectFit:
         """Which embedding features move an image from one effect cluster to another.
 
         The log-odds of cluster k against cluster 0 (k = 1 .. K-1; clusters are ordered by
-        effect, so for K = 2 a positive weight means "more likely in the higher-effect
-        cluster") are linear in the image's embedding: ``intercept_k + z @ w_k``, with ``z``
-        the whitened principal components of the standardized embedding (``basis="model"``).
-        ``basis="input"`` maps the weights back through that projection,
+        their effect parameter, so for K = 2 a positive weight means "more likely in the
+        higher-effect cluster") are linear in the image's embedding: ``intercept_k + z @ w_k``,
+        with ``z`` the whitened principal components of the standardized embedding
+        (``basis="model"``). ``basis="input"`` maps the weights back through that projection,
         ``w_input = standardizer.projection @ w_k``: the change in log-odds per one standard
         deviation of each input feature, the others held fixed. Both give exactly the same
         logits (when the fit kept fewer components than input features, the input weights lie
@@ -367,7 +331,7 @@ class EffectFit:
         if basis not in ("input", "model"):
             raise InputError(f"basis={basis!r} must be 'input' or 'model'.")
         lo_name, hi_name = interval_names(prob)
-        weights = self._param("membership")  # (sample, component, contrast)
+        weights = self._draws("membership")  # (sample, component, contrast)
         if basis == "input":
             weights = np.einsum("fc,scj->sfj", self.standardizer.projection, weights)
         n_features = weights.shape[1]
@@ -396,42 +360,63 @@ class EffectFit:
         )
 
     def summary(self, prob: float = 0.9) -> str:
-        """A printable summary: settings, cluster effects, ATE check, diagnostics."""
+        """A printable summary: settings, cluster effects, how much the clusters explain and
+        how image-driven they are, ATE check, diagnostics."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             diag = self.diagnostics()
         n_div = 0
         if "sample_stats" in self.idata and "diverging" in self.idata.sample_stats:
             n_div = int(self.idata.sample_stats["diverging"].values.sum())
+        fmt = {"float_format": lambda v: f"{v:.3f}"}
         lines = [
-            f"imgcate effect-cluster fit: K={self.n_clusters}, likelihood={self.config.likelihood},"
-            f" method={self.config.method}, units={len(self.unit_ids)}, "
-            f"features={self.idata.constant_data.sizes['feature']}",
+            f"imgcate effect fit: K={self.n_clusters}, likelihood={self.config.likelihood}, "
+            f"deviation={self.config.deviation}, method={self.config.method}, "
+            f"units={len(self.unit_ids)}, features={self.idata.constant_data.sizes['feature']}",
             "",
-            "Cluster effects (original outcome scale):",
-            self.cluster_effects(prob).to_string(float_format=lambda v: f"{v:.3f}"),
+            "Cluster effects (average CATE of each cluster, outcome's mean scale):",
+            self.cluster_effects(prob).to_string(**fmt),
             "",
             "Average treatment effect:",
-            self.ate(prob).to_string(float_format=lambda v: f"{v:.3f}"),
+            self.ate(prob).to_string(**fmt),
+        ]
+        if self.n_clusters > 1:
+            lines += ["", "How the clusters describe the effect:"]
+            lines += [self.heterogeneity(prob).to_string(**fmt), *self._cluster_notes()]
+        lines += [
             "",
             f"Diagnostics: max R-hat {diag['r_hat'].max():.3f}, min bulk ESS "
             f"{diag['ess_bulk'].min():.0f}, divergences {n_div}",
         ]
         return "\n".join(lines)
 
+    def _cluster_notes(self) -> list[str]:
+        notes = []
+        dependence = float(self._draws("membership_dependence").mean())
+        if dependence < WEAK_MEMBERSHIP:
+            notes.append(
+                f"Membership barely depends on the image ({dependence:.2f} of a clean split): "
+                "the clusters do not sort images into groups; read the unit CATE, and compare "
+                "with fewer clusters (imgcate.compare_clusters)."
+            )
+        share = float(self._draws("effect_share_clusters").mean())
+        notes.append(
+            f"The clusters explain {100 * share:.0f}% of the effect's variance over the "
+            "trial's units; the smooth deviation holds the rest."
+        )
+        return notes
+
     def loo(self) -> az.ELPDData:
-        """PSIS-LOO of the fit (ArviZ)."""
+        """PSIS-LOO of the fit (ArviZ; Pareto-k warnings as ArviZ gives them)."""
         import arviz as az
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return az.loo(self.idata, pointwise=True)
+        return az.loo(self.idata, pointwise=True)
 
     # ------------------------------------------------------------------ prediction
     def trial_support(self) -> tuple[np.ndarray, np.ndarray, float]:
         """Where the trial's embeddings lie (model scale): their mean, the precision matrix of
         their Mahalanobis distance, and the 99th percentile of the units' own distances."""
-        emb = self.idata.constant_data["embedding"].values
+        emb = self.idata.constant_data["embedding"].values.astype(float)
         mean = emb.mean(0)
         cov = np.cov(emb, rowvar=False) + 1e-6 * np.eye(emb.shape[1])
         prec = np.linalg.inv(np.atleast_2d(cov))
@@ -440,18 +425,22 @@ class EffectFit:
 
     def predict(
         self,
-        embeddings: Embeddings | np.ndarray | Any,
+        embeddings: Any,
         *,
+        covariates: Any = None,
         max_draws: int | None = None,
         seed: int = 0,
     ) -> Prediction:
-        """Posterior predictive CATE and cluster probabilities for new images.
+        """Posterior CATE and cluster probabilities for images, in or out of the trial.
 
         Parameters
         ----------
         embeddings : Embeddings, ndarray (image, feature) or Chips
             Raw embeddings (as passed to :func:`fit`), or chips, which are embedded with the
             fit's encoder exactly as the trial's chips were.
+        covariates : array (image, covariate), optional
+            Covariates on their original scale (default: the trial's means). Only the
+            bernoulli, censored and hurdle likelihoods' effects depend on them.
         max_draws : int, optional
             Use a random subset of this many posterior draws (faster maps).
         seed : int
@@ -461,83 +450,21 @@ class EffectFit:
         -------
         Prediction
             Draws of CATE (sample, image) and cluster probabilities (sample, image, cluster),
-            and an extrapolation score per image.
-        """
-        values, ids = self._raw_embeddings(embeddings)
-        emb = self.standardizer.embedding(values)
-        effect = self.effect_function(max_draws=max_draws, seed=seed)
-        cate, prob = (np.asarray(a) for a in effect(jnp.asarray(values, dtype=jnp.float32)))
-        mean, prec, limit = self.trial_support()
-        dist = np.sqrt(np.einsum("ij,jk,ik->i", emb - mean, prec, emb - mean))
-        return Prediction(
-            image_ids=ids, cate=cate, cluster_prob=prob, extrapolation=dist, support_limit=limit
-        )
+            and an extrapolation score per image. Each image is taken as a new unit: random
+            intercepts at their mean; otherwise the same computation as :meth:`unit_effects`.
 
-    def draw_indices(self, max_draws: int | None = None, seed: int = 0) -> np.ndarray:
-        """Posterior draws (flattened over chains) used when ``max_draws`` subsamples them."""
-        total = self._param("alpha").shape[0]
-        if max_draws is None or max_draws >= total:
-            return np.arange(total)
-        return np.sort(np.random.default_rng(seed).choice(total, max_draws, replace=False))
+        Raises
+        ------
+        InputError
+            For embeddings of the wrong width, or with NaN or infinite values.
+        """
+        return predict(self, embeddings, covariates=covariates, max_draws=max_draws, seed=seed)
 
     def effect_function(self, *, max_draws: int | None = None, seed: int = 0):
-        """A pure JAX function from raw embeddings to posterior effect draws.
-
-        The returned ``f(embedding)`` maps a (image, feature_in) array of raw embeddings (as
-        given to :func:`fit`) to ``(cate, cluster_prob)`` of shapes (sample, image) and
-        (sample, image, cluster). It is differentiable and can be ``jax.vmap``-ed or
-        ``jax.jit``-ed, so segment occlusion and gradient saliency run through it end to end.
-
-        Parameters
-        ----------
-        max_draws : int, optional
-            Use a random subset of this many posterior draws.
-        seed : int
-            Seed of that subset.
-        """
-        rows = self.draw_indices(max_draws, seed)
-        std = self.standardizer
-        mean = jnp.asarray(std.embedding_mean, jnp.float32)
-        sd = jnp.asarray(std.embedding_sd, jnp.float32)
-        projection = jnp.asarray(std.projection, jnp.float32)
-        tau = jnp.asarray(self._param("tau")[rows], jnp.float32)
-        bernoulli = self.config.likelihood == "bernoulli"
-        alpha = jnp.asarray(self._param("alpha")[rows], jnp.float32)
-        gamma = jnp.asarray(self._param("gamma")[rows], jnp.float32)
-        k = self.n_clusters
-        if k > 1:
-            intercept = jnp.asarray(self._param("membership_intercept")[rows], jnp.float32)
-            weights = jnp.asarray(self._param("membership")[rows], jnp.float32)
-        scale = std.outcome_sd
-
-        def effect(embedding):
-            emb = ((embedding - mean) / sd) @ projection
-            if k > 1:
-                prob = jax.nn.softmax(membership_logits(emb, intercept, weights), axis=-1)
-            else:
-                prob = jnp.ones((tau.shape[0], emb.shape[0], 1))
-            if bernoulli:
-                base = alpha[:, None] + gamma @ emb.T
-                diff = (
-                    jax.nn.sigmoid(base[..., None] + tau[:, None, :])
-                    - jax.nn.sigmoid(base)[..., None]
-                )
-                return (prob * diff).sum(-1), prob
-            return (prob * tau[:, None, :]).sum(-1) * scale, prob
-
-        return effect
-
-    def _raw_embeddings(self, new: Any) -> tuple[np.ndarray, np.ndarray]:
-        if isinstance(new, Embeddings):
-            return new.values, new.image_ids
-        if hasattr(new, "values") and np.ndim(new.values) >= 4:
-            if self.encoder is None:
-                raise FitError("this fit has no encoder; pass embeddings instead of chips.")
-            return np.asarray(self.encoder.transform(new)), np.asarray(new.image_ids)
-        values = np.asarray(new, dtype=float)
-        if values.ndim != 2:
-            raise InputError(f"embeddings must be (image, feature), got shape {values.shape}.")
-        return values, np.arange(len(values))
+        """A pure JAX function from raw embeddings (image, feature_in) to posterior draws of
+        ``(cate, cluster_prob)``, (sample, image) and (sample, image, cluster): differentiable,
+        ``jit``- and ``vmap``-able (see :func:`imgcate.prediction.effect_function`)."""
+        return effect_function(self, max_draws=max_draws, seed=seed)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -552,6 +479,7 @@ class EffectFit:
             config=self.config,
             standardizer=self.standardizer,
             encoder=self.encoder,
+            provenance=self.provenance,
             overwrite=overwrite,
         )
 
@@ -562,6 +490,7 @@ def load_fit(path: str | Path) -> EffectFit:
     Raises
     ------
     InputError
-        If the file is missing, not an imgcate fit, or corrupt.
+        If the file is missing, not an imgcate fit, corrupt, or written by an imgcate whose
+        model this one no longer has (the message says how to refit).
     """
     return EffectFit(**read_fit_file(path))

@@ -57,7 +57,7 @@ def test_membership_weights_in_the_input_basis(k2):
     rng = np.random.default_rng(0)
     raw = sim.embeddings.values[:50] + rng.normal(size=(50, 16))
     std = result.standardizer
-    draws = result._param("membership")
+    draws = result._draws("membership")
     model_logit = std.embedding(raw) @ draws[0]
     weights_in = std.projection @ draws[0]
     np.testing.assert_allclose(
@@ -135,3 +135,39 @@ def test_save_load_predict_identical(k2, tmp_path):
             dst.writestr(item, "[1, 2]" if item == "meta.json" else src.read(item))
     with pytest.raises(InputError, match="meta.json is not a fit's settings"):
         load_fit(tmp_path / "meta.imgcate")
+
+
+def test_older_and_newer_fit_files_say_what_to_do(k2, tmp_path):
+    """A format-1 file (the mixture model) asks for a refit; a newer format for an upgrade."""
+    import json
+
+    _, result = k2
+    path = result.save(tmp_path / "fit.imgcate")
+    for version, message in ((1, "refit with imgcate.fit"), (99, "upgrade imgcate")):
+        copy = tmp_path / f"v{version}.imgcate"
+        with zipfile.ZipFile(path) as src, zipfile.ZipFile(copy, "w") as dst:
+            for item in src.namelist():
+                data = src.read(item)
+                if item == "meta.json":
+                    meta = json.loads(data)
+                    meta["format_version"] = version
+                    data = json.dumps(meta)
+                dst.writestr(item, data)
+        with pytest.raises(InputError, match=message):
+            load_fit(copy)
+
+
+def test_repr_and_provenance_travel_with_the_fit(k2, tmp_path):
+    import imgcate
+
+    _, result = k2
+    text = repr(result)
+    assert text.startswith("EffectFit(") and "K=2, likelihood=gaussian" in text
+    assert len(text.splitlines()) < 12  # compact: no arrays
+    html = result._repr_html_()
+    assert html.startswith("<table>") and "cluster effects" in html
+    record = result.provenance
+    assert record["imgcate_version"] == imgcate.__version__
+    assert record["seeds"] == {"fit": result.config.seed}
+    loaded = load_fit(result.save(tmp_path / "fit.imgcate"))
+    assert loaded.provenance == record

@@ -9,7 +9,10 @@ Every simulator returns a :class:`SimulatedTrial` (``trial``, ``embeddings``, ``
   land cover under each chip; :func:`landsat_trial` does the same on the real Landsat scene
   (:class:`SceneTruth`);
 - :func:`simulate_confounded`: an observational study targeted on a latent image property
-  (:class:`ConfoundedTruth`).
+  (:class:`ConfoundedTruth`);
+- :func:`simulate_scenario`: randomized trials the effect model was not built from (smooth
+  or constant effects, nonlinear baselines, skewed, heavy-tailed or zero-inflated outcomes;
+  :class:`ScenarioTruth`).
 """
 
 from imgcate.simulate.confounded import simulate_confounded
@@ -21,6 +24,7 @@ from imgcate.simulate.result import (
     SimulatedTrial,
     Truth,
 )
+from imgcate.simulate.scenarios import ScenarioTruth, simulate_scenario
 from imgcate.simulate.scenes import (
     BARE,
     BUILT,
@@ -33,6 +37,7 @@ from imgcate.simulate.scenes import (
     ndvi,
     simulate_scene_trial,
     synthetic_scene,
+    write_scene,
 )
 
 __all__ = [
@@ -44,6 +49,7 @@ __all__ = [
     "WATER",
     "ConfoundedTruth",
     "MixtureTruth",
+    "ScenarioTruth",
     "SceneTruth",
     "SimulatedTrial",
     "Truth",
@@ -51,7 +57,9 @@ __all__ = [
     "landsat_trial",
     "ndvi",
     "simulate_confounded",
+    "simulate_scenario",
     "simulate_scene_trial",
     "simulate_trial",
     "synthetic_scene",
+    "write_scene",
 ]

@@ -131,8 +131,7 @@ def synthetic_scene(
     Parameters
     ----------
     path : path
-        GeoTIFF to write (written to a temporary name, then renamed). A land-cover sidecar
-        GeoTIFF is written at :func:`land_cover_path` ``(path)``.
+        GeoTIFF to write (temporary name, then renamed); land cover to ``land_cover_path(path)``.
     seed : int
     width, height : int
         Size in pixels.
@@ -150,15 +149,60 @@ def synthetic_scene(
     numpy.ndarray
         uint8, shape (y, x): land-cover class per pixel, indexing :data:`LAND_COVER`
         (0 water, 1 vegetation, 2 bare, 3 built, 4 road).
-
-    Examples
-    --------
-    >>> cover = synthetic_scene(tmp_path / "scene.tif", seed=0)  # doctest: +SKIP
     """
     if width < 8 or height < 8 or bands < 1:
         raise InputError("synthetic_scene needs width, height >= 8 and bands >= 1.")
     rng = rng_from_seed(seed)
     cover = _land_cover(rng, height, width)
+    _render_and_write(path, cover, rng, bands, crs, pixel_size, origin)
+    return cover
+
+
+def write_scene(
+    path: str | Path,
+    cover: np.ndarray,
+    *,
+    seed: int,
+    bands: int = 6,
+    crs: str = "EPSG:32636",
+    pixel_size: float = 30.0,
+    origin: tuple[float, float] = (400_000.0, 60_000.0),
+) -> None:
+    """Render a land-cover map made elsewhere (e.g. chips with designed spatial patterns,
+    :func:`~imgcate.simulate.simulate_pattern_confounded`) as a multi-band scene, as
+    :func:`synthetic_scene` renders its own, and write it with its land-cover sidecar.
+
+    Parameters
+    ----------
+    path : path
+        GeoTIFF to write (temporary name, then renamed); land cover to ``land_cover_path(path)``.
+    cover : numpy.ndarray
+        Integer classes indexing :data:`LAND_COVER`, shape (y, x).
+    seed : int
+        Seed of the pixel texture.
+    bands, crs, pixel_size, origin
+        As in :func:`synthetic_scene`.
+
+    Raises
+    ------
+    InputError
+        If ``cover`` is not a 2-D array of land-cover classes.
+    """
+    cover = np.asarray(cover)
+    if cover.ndim != 2 or not np.isin(cover, np.arange(len(LAND_COVER))).all():
+        raise InputError(
+            f"cover must be a (y, x) array of land-cover classes 0..{len(LAND_COVER) - 1} "
+            f"({', '.join(LAND_COVER)}); got shape {cover.shape}."
+        )
+    if bands < 1:
+        raise InputError(f"bands={bands} must be >= 1.")
+    _render_and_write(
+        path, cover.astype(np.uint8), rng_from_seed(seed), bands, crs, pixel_size, origin
+    )
+
+
+def _render_and_write(path, cover, rng, bands, crs, pixel_size, origin) -> None:
+    height, width = cover.shape
     image = _render(rng, cover, bands)
     transform = from_origin(origin[0], origin[1], pixel_size, pixel_size)
     profile = dict(
@@ -185,7 +229,6 @@ def synthetic_scene(
         {**profile, "count": 1, "dtype": "uint8"},
         ["land_cover"],
     )
-    return cover
 
 
 def _window_share(mask: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:

@@ -1,0 +1,185 @@
+"""Calibration of the effect model on trials it was not built from (imgcate.simulate.scenarios).
+
+For each scenario and replication: fit, then check the 90 % intervals of the unit CATE in
+sample and for 400 new units drawn from the same population, the ATE interval, sqrt(PEHE),
+the worst R-hat of the unit CATEs, and (K >= 2) how much the clusters explain and how
+image-driven they are. Prints one JSON line per fit and one summary line per scenario
+(``"summary": true``), with the Monte Carlo standard error of each coverage. Same settings
+every run:
+
+    python benchmarks/calibration.py                 # every scenario, 20 replications each
+    python benchmarks/calibration.py --quick         # every scenario, 2 replications, short chains
+    python benchmarks/calibration.py --scenario tanh/linear/gaussian --reps 5
+
+A scenario is EFFECT/BASELINE/NOISE[/dD] (``d16``: 16 features instead of 4). On a machine
+with more cores, ``--jobs N`` runs N fits at once (one process each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+SCENARIOS = (
+    "constant/linear/gaussian",
+    "constant/quadratic/gaussian",
+    "constant/interaction/skewed",
+    "constant/sine/heavy",
+    "linear/linear/gaussian",
+    "tanh/linear/gaussian",
+    "tanh/quadratic/gaussian/d16",
+    "quadratic/linear/skewed",
+    "clusters/linear/gaussian",
+    "clusters/sine/gaussian/d16",
+    "constant/linear/zero_inflated",
+    "clusters/linear/zero_inflated",
+)
+#: Likelihood used for each noise: the hurdle for a mass of exact zeros, else Gaussian.
+LIKELIHOOD = {"zero_inflated": "hurdle"}
+PROB = 0.9
+N_NEW = 400
+
+
+def parse(scenario: str) -> dict:
+    """EFFECT/BASELINE/NOISE[/dD] as simulate_scenario's arguments."""
+    parts = scenario.split("/")
+    if len(parts) not in (3, 4):
+        raise SystemExit(f"scenario {scenario!r}: write EFFECT/BASELINE/NOISE[/dD]")
+    d = int(parts[3][1:]) if len(parts) == 4 else 4
+    return {"effect": parts[0], "baseline": parts[1], "noise": parts[2], "n_features": d}
+
+
+def covers(lo, hi, truth) -> float:
+    return float(((lo <= truth) & (truth <= hi)).mean())
+
+
+def one_fit(scenario: str, seed: int, n_units: int, k: int, chains: int, draws: int) -> dict:
+    """Fit one replication and measure it (runs in a worker process)."""
+    import imgcate
+    from imgcate.simulate import simulate_scenario
+
+    args = parse(scenario)
+    sim = simulate_scenario(seed, n_units=n_units, **args)
+    likelihood = LIKELIHOOD.get(args["noise"], "gaussian")
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = imgcate.fit(
+            sim.trial,
+            sim.embeddings,
+            n_clusters=k,
+            likelihood=likelihood,
+            seed=seed,
+            num_chains=chains,
+            num_warmup=draws,
+            num_samples=draws,
+        )
+    seconds = time.perf_counter() - start
+    lo_name, hi_name = f"{50 * (1 - PROB):g}%", f"{100 - 50 * (1 - PROB):g}%"
+    units = result.unit_effects(PROB)
+    cate = sim.truth.cate
+    new = sim.truth.new_embeddings(N_NEW, 10_000 + seed)
+    predicted = result.predict(new, prob=PROB).to_frame()
+    ate = result.ate(PROB).loc["model_implied"]
+    diag = result.diagnostics()
+    row = {
+        "scenario": scenario,
+        "seed": seed,
+        "likelihood": likelihood,
+        "seconds": round(seconds, 1),
+        "cover_in": covers(units[f"tau_{lo_name}"], units[f"tau_{hi_name}"], cate),
+        "cover_new": covers(
+            predicted[f"tau_{lo_name}"], predicted[f"tau_{hi_name}"], sim.truth.cate_of(new)
+        ),
+        "ate_covered": bool(ate[lo_name] <= cate.mean() <= ate[hi_name]),
+        "ate_error": float(ate["estimate"] - cate.mean()),
+        "sqrt_pehe": float(np.sqrt(((units["tau_mean"] - cate) ** 2).mean())),
+        "interval_width": float((units[f"tau_{hi_name}"] - units[f"tau_{lo_name}"]).mean()),
+        "r_hat_unit": float(diag.loc["tau_unit[worst]", "r_hat"]),
+        "r_hat_max": float(diag["r_hat"].max()),
+        "divergences": int(result.idata.sample_stats["diverging"].values.sum()),
+    }
+    if k > 1:
+        het = result.heterogeneity(PROB)
+        row["effect_share_clusters"] = float(het.loc["effect_share_clusters", "mean"])
+        row["membership_dependence"] = float(het.loc["membership_dependence", "mean"])
+    return row
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Means over replications; coverages with their Monte Carlo standard errors."""
+    out = {"scenario": rows[0]["scenario"], "summary": True, "reps": len(rows)}
+    for key in rows[0]:
+        values = [r[key] for r in rows if key in r]
+        if key in ("scenario", "seed", "likelihood") or not values:
+            continue
+        mean = float(np.mean(values))
+        out[key] = round(mean, 4)
+        if key in ("cover_in", "cover_new", "ate_covered"):
+            out[key + "_mcse"] = round(float(np.std(values, ddof=1) / np.sqrt(len(values))), 4)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", action="append", help="EFFECT/BASELINE/NOISE[/dD]")
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--units", type=int, default=400)
+    parser.add_argument("--clusters", type=int, default=2)
+    parser.add_argument("--chains", type=int, default=2)
+    parser.add_argument("--draws", type=int, default=500, help="warm-up and kept draws per chain")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="2 replications, 200 draws")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.reps, args.draws = 2, 200
+    scenarios = args.scenario or list(SCENARIOS)
+    for scenario in scenarios:
+        parse(scenario)
+    print(
+        json.dumps(
+            {
+                "benchmark": "calibration",
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+                "units": args.units,
+                "clusters": args.clusters,
+                "chains": args.chains,
+                "draws": args.draws,
+                "reps": args.reps,
+                "prob": PROB,
+            }
+        ),
+        flush=True,
+    )
+    jobs = [
+        (s, seed, args.units, args.clusters, args.chains, args.draws)
+        for s in scenarios
+        for seed in range(args.reps)
+    ]
+    rows: dict[str, list[dict]] = {s: [] for s in scenarios}
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs) as pool:
+            results = pool.map(one_fit, *zip(*jobs, strict=True))
+            for row in results:
+                print(json.dumps(row), flush=True)
+                rows[row["scenario"]].append(row)
+    else:
+        for job in jobs:
+            row = one_fit(*job)
+            print(json.dumps(row), flush=True)
+            rows[row["scenario"]].append(row)
+    for scenario in scenarios:
+        print(json.dumps(summarize(rows[scenario])), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

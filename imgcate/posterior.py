@@ -1,0 +1,178 @@
+"""What the posterior implies, computed by the model's own :func:`~imgcate.model.unit_quantities`
+under every draw: unit CATE, cluster probabilities and effects, the ATE, how much of the
+effect the clusters explain and how strongly membership depends on the image.
+
+:func:`evaluate` runs it for any set of units (the trial's, or new images); :func:`with_derived`
+adds the summaries users read to the posterior once, when a fit is made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from imgcate.model import (
+    ModelInputs,
+    ModelSpec,
+    cluster_levels,
+    membership_weights,
+    unit_quantities,
+)
+
+if TYPE_CHECKING:
+    from imgcate.results import EffectFit
+
+#: Posterior variables computed here (not sample sites of the model).
+DERIVED = (
+    "tau",
+    "hurdle_tau",
+    "tau_unit",
+    "tau_cluster",
+    "cluster_share",
+    "ate",
+    "effect_share_clusters",
+    "membership_dependence",
+    "membership",
+    "gamma",
+    "deviation",
+)
+
+#: ``tau_unit`` (chain, draw, unit) is stored in the posterior up to this many values.
+MAX_STORED_UNIT_DRAWS = 20_000_000
+
+#: Draws evaluated at once (memory: draws x units x clusters floats).
+DRAW_CHUNK_VALUES = 20_000_000
+
+
+def flat(values: np.ndarray) -> np.ndarray:
+    """(chain, draw, ...) -> (sample, ...)."""
+    return values.reshape((-1,) + values.shape[2:])
+
+
+def site_draws(fit: EffectFit, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The model's sample sites, flattened over chains, (sample, ...) by name."""
+    post = fit.idata.posterior
+    names = [n for n in post.data_vars if n not in DERIVED]
+    out = {n: flat(post[n].values) for n in names}
+    if rows is not None:
+        out = {n: v[rows] for n, v in out.items()}
+    return out
+
+
+def fit_spec(fit: EffectFit) -> ModelSpec:
+    """The :class:`~imgcate.model.ModelSpec` of a fit."""
+    const = fit.idata.constant_data
+    config = fit.config
+
+    def levels(name: str) -> int:
+        return int(const[name].values.max()) + 1 if name in const else 0
+
+    return ModelSpec(
+        n_clusters=config.n_clusters,
+        likelihood=config.likelihood,
+        n_features=const.sizes["feature"],
+        n_covariates=const.sizes.get("covariate", 0),
+        n_basis=config.n_basis,
+        deviation=config.deviation,
+        n_strata=levels("stratum"),
+        n_groups=levels("group"),
+        floor=fit.standardizer.floor_on_model_scale(),
+    )
+
+
+def trial_inputs(fit: EffectFit) -> ModelInputs:
+    """The trial's own inputs on the model scale, as the model saw them."""
+    const = fit.idata.constant_data
+
+    def codes(name: str):
+        return jnp.asarray(const[name].values, jnp.int32) if name in const else None
+
+    return ModelInputs(
+        embedding=jnp.asarray(const["embedding"].values, jnp.float32),
+        basis=jnp.asarray(const["basis_features"].values, jnp.float32),
+        covariates=jnp.asarray(const["covariates"].values, jnp.float32),
+        treatment=jnp.asarray(const["treatment"].values, jnp.int32),
+        stratum=codes("stratum"),
+        group=codes("group"),
+    )
+
+
+def evaluate(
+    params: dict[str, np.ndarray], inputs: ModelInputs, spec: ModelSpec
+) -> dict[str, np.ndarray]:
+    """:func:`~imgcate.model.unit_quantities` under every draw in ``params`` (sample, ...),
+    in chunks of draws; arrays (sample, unit, ...) on the model scale."""
+    fn = jax.jit(jax.vmap(lambda p: unit_quantities(p, inputs, spec)))
+    n_draws = len(next(iter(params.values())))
+    n_units = inputs.embedding.shape[0]
+    chunk = max(1, DRAW_CHUNK_VALUES // max(n_units * max(spec.n_clusters, 2), 1))
+    parts = []
+    for start in range(0, n_draws, chunk):
+        sub = {k: jnp.asarray(v[start : start + chunk]) for k, v in params.items()}
+        parts.append({k: np.asarray(v) for k, v in fn(sub).items()})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def cluster_summaries(cate: np.ndarray, prob: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-draw summaries of unit CATE (sample, unit) and membership (sample, unit, cluster).
+
+    ``tau_cluster``: each cluster's average CATE, weighted by membership; ``cluster_share``:
+    average membership; ``ate``: average CATE; ``effect_share_clusters``: the share of the
+    CATE's variance over units that the cluster averages explain; ``membership_dependence``:
+    the mutual information between cluster and image over the trial's images, as a share of
+    log K (0: every image has the same membership; 1: each image in one cluster for sure).
+    """
+    weight = prob.sum(1)
+    tau_cluster = np.einsum("su,suk->sk", cate, prob) / np.maximum(weight, 1e-12)
+    out = {
+        "tau_cluster": tau_cluster,
+        "cluster_share": prob.mean(1),
+        "ate": cate.mean(1),
+    }
+    k = prob.shape[-1]
+    if k > 1:
+        prob = prob.astype(np.float64)
+        explained = np.einsum("suk,sk->su", prob, tau_cluster)
+        total = cate.var(1)
+        residual = (cate - explained).var(1)
+        out["effect_share_clusters"] = np.clip(1.0 - residual / np.maximum(total, 1e-300), 0, 1)
+        mean_prob = prob.mean(1)
+        entropy_mean = -(mean_prob * np.log(np.clip(mean_prob, 1e-300, None))).sum(-1)
+        entropy_unit = -(prob * np.log(np.clip(prob, 1e-300, None))).sum(-1).mean(1)
+        out["membership_dependence"] = (entropy_mean - entropy_unit) / np.log(k)
+    return out
+
+
+def with_derived(fit: EffectFit) -> EffectFit:
+    """The fit with the derived variables (original outcome scale) in its posterior."""
+    post = fit.idata.posterior
+    shape = (post.sizes["chain"], post.sizes["draw"])
+    spec = fit_spec(fit)
+    params = site_draws(fit)
+    q = evaluate(params, trial_inputs(fit), spec)
+    cate = q["cate"] * fit.standardizer.outcome_sd
+    derived = {}
+    for name, values in cluster_summaries(cate, q["cluster_prob"]).items():
+        dims = ("chain", "draw") + (("cluster",) if values.ndim == 2 else ())
+        derived[name] = (dims, values.reshape(shape + values.shape[1:]))
+    if cate.size <= MAX_STORED_UNIT_DRAWS:
+        derived["tau_unit"] = (("chain", "draw", "unit"), cate.reshape(shape + cate.shape[1:]))
+    derived["gamma"] = post["gamma_scale"] * post["gamma_raw"]
+    if "deviation_raw" in post:
+        derived["deviation"] = (
+            post["deviation_scale"] * post["deviation_local"] * post["deviation_raw"]
+        )
+    sites = {n: post[n].values for n in post.data_vars}
+    for prefix in spec.parts:  # cluster effects on the linear-predictor scale
+        levels = np.asarray(cluster_levels(sites, prefix))
+        derived[f"{prefix}tau"] = (("chain", "draw", "cluster"), levels)
+    if spec.n_clusters > 1:
+        weights = membership_weights(sites)
+        derived["membership"] = (("chain", "draw", "feature", "cluster_contrast"), weights)
+    idata = fit.idata.copy()
+    idata.posterior = post.assign(derived)
+    return replace(fit, idata=idata)

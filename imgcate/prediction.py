@@ -1,0 +1,172 @@
+"""Effects for images the trial did not have: posterior draws of their CATE and cluster
+probabilities, with an extrapolation score, through the model's own
+:func:`~imgcate.model.unit_quantities` (so a trial unit predicted as a new image gets exactly
+its in-sample effect, random intercepts aside)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from imgcate.embeddings import Embeddings
+from imgcate.errors import FitError, InputError
+from imgcate.intervals import interval_names, quantiles
+from imgcate.model import ModelInputs, basis_features, unit_quantities
+from imgcate.posterior import fit_spec, site_draws
+from imgcate.validation import as_float_array
+
+if TYPE_CHECKING:
+    from imgcate.results import EffectFit
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Posterior draws of effects for a set of images (in or out of the trial).
+
+    Attributes
+    ----------
+    image_ids : ndarray (image,)
+    cate : ndarray (sample, image)
+        Conditional average treatment effect on the outcome's original scale.
+    cluster_prob : ndarray (sample, image, cluster)
+    extrapolation : ndarray (image,)
+        Mahalanobis distance of each embedding from the trial's embeddings (model scale).
+    support_limit : float
+        99th percentile of the trial units' own distances; beyond it an image is flagged.
+    """
+
+    image_ids: np.ndarray
+    cate: np.ndarray
+    cluster_prob: np.ndarray
+    extrapolation: np.ndarray
+    support_limit: float
+
+    @property
+    def outside_support(self) -> np.ndarray:
+        """True where the embedding lies beyond the trial's support (extrapolation)."""
+        return self.extrapolation > self.support_limit
+
+    def to_frame(self, prob: float = 0.9) -> pd.DataFrame:
+        """One row per image: CATE mean, sd, interval, P(CATE > 0), cluster probabilities."""
+        lo_name, hi_name = interval_names(prob)
+        lo, hi = quantiles(self.cate, prob)
+        out = pd.DataFrame(
+            {
+                "image": self.image_ids,
+                "tau_mean": self.cate.mean(0),
+                "tau_sd": self.cate.std(0),
+                f"tau_{lo_name}": lo,
+                f"tau_{hi_name}": hi,
+                "prob_positive": (self.cate > 0).mean(0),
+            }
+        )
+        for k in range(self.cluster_prob.shape[-1]):
+            out[f"cluster_prob_{k}"] = self.cluster_prob[:, :, k].mean(0)
+        out["extrapolation"] = self.extrapolation
+        out["outside_support"] = self.outside_support
+        return out
+
+
+def draw_indices(fit: EffectFit, max_draws: int | None = None, seed: int = 0) -> np.ndarray:
+    """Posterior draws (flattened over chains) used when ``max_draws`` subsamples them."""
+    post = fit.idata.posterior
+    total = post.sizes["chain"] * post.sizes["draw"]
+    if max_draws is None or max_draws >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).choice(total, max_draws, replace=False))
+
+
+def effect_function(
+    fit: EffectFit,
+    *,
+    max_draws: int | None = None,
+    seed: int = 0,
+    covariates: np.ndarray | None = None,
+):
+    """A pure JAX function from raw embeddings to posterior effect draws.
+
+    The returned ``f(embedding)`` maps a (image, feature_in) array of raw embeddings (as
+    given to :func:`imgcate.fit`) to ``(cate, cluster_prob)`` of shapes (sample, image) and
+    (sample, image, cluster), CATE on the outcome's original scale. It is differentiable and
+    can be ``jax.vmap``-ed or ``jax.jit``-ed, so segment occlusion and gradient saliency run
+    through it end to end. New images are new units: random intercepts at their mean (0);
+    covariates at the trial's mean unless given (model scale, (image, covariate) or
+    (covariate,)); they matter only for the bernoulli, censored and hurdle likelihoods.
+    """
+    rows = draw_indices(fit, max_draws, seed)
+    std = fit.standardizer
+    spec = fit_spec(fit)
+    params = {k: jnp.asarray(v, jnp.float32) for k, v in site_draws(fit, rows).items()}
+    mean = jnp.asarray(std.embedding_mean, jnp.float32)
+    sd = jnp.asarray(std.embedding_sd, jnp.float32)
+    projection = jnp.asarray(std.projection, jnp.float32)
+    basis_arrays = tuple(jnp.asarray(a, jnp.float32) for a in std.basis_arrays)
+    fixed = None if covariates is None else jnp.asarray(covariates, jnp.float32)
+    scale = std.outcome_sd
+
+    def effect(embedding):
+        z = ((embedding - mean) / sd) @ projection
+        n = z.shape[0]
+        x = jnp.zeros((n, spec.n_covariates), z.dtype) if fixed is None else fixed
+        x = jnp.broadcast_to(x, (n, spec.n_covariates))
+        inputs = ModelInputs(
+            embedding=z,
+            basis=basis_features(z, *basis_arrays),
+            covariates=x,
+            treatment=jnp.zeros(n, jnp.int32),
+        )
+        q = jax.vmap(lambda p: unit_quantities(p, inputs, spec))(params)
+        return q["cate"] * scale, q["cluster_prob"]
+
+    return effect
+
+
+def raw_embeddings(fit: EffectFit, new: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(values, image ids) of embeddings, an array, or chips embedded by the fit's encoder."""
+    if isinstance(new, Embeddings):
+        values, ids = new.values, new.image_ids
+    elif hasattr(new, "values") and np.ndim(new.values) >= 4:
+        if fit.encoder is None:
+            raise FitError("this fit has no encoder; pass embeddings instead of chips.")
+        values, ids = np.asarray(fit.encoder.transform(new)), np.asarray(new.image_ids)
+    else:
+        values = np.asarray(new, dtype=float)
+        if values.ndim != 2:
+            raise InputError(f"embeddings must be (image, feature), got shape {values.shape}.")
+        ids = np.arange(len(values))
+    values = as_float_array("embeddings", values, ndim=2)
+    return values, ids
+
+
+def predict(
+    fit: EffectFit,
+    embeddings: Any,
+    *,
+    covariates: Any = None,
+    max_draws: int | None = None,
+    seed: int = 0,
+) -> Prediction:
+    """Posterior CATE and cluster probabilities for images (see :meth:`EffectFit.predict`)."""
+    values, ids = raw_embeddings(fit, embeddings)
+    x = None
+    if covariates is not None:
+        raw = as_float_array("covariates", np.asarray(covariates, dtype=float), ndim=2)
+        if raw.shape != (len(values), len(fit.standardizer.covariate_mean)):
+            raise InputError(
+                f"covariates have shape {raw.shape}; give one row per image and one column per "
+                f"covariate of the fit ({len(fit.standardizer.covariate_mean)})."
+            )
+        x = fit.standardizer.covariates(raw)
+    effect = jax.jit(effect_function(fit, max_draws=max_draws, seed=seed, covariates=x))
+    cate, prob = (np.asarray(a) for a in effect(jnp.asarray(values, jnp.float32)))
+    emb = fit.standardizer.embedding(values)
+    mean, prec, limit = fit.trial_support()
+    dist = np.sqrt(np.einsum("ij,jk,ik->i", emb - mean, prec, emb - mean))
+    return Prediction(
+        image_ids=ids, cate=cate, cluster_prob=prob, extrapolation=dist, support_limit=limit
+    )

@@ -1,0 +1,61 @@
+"""The misspecification scenarios: their truth is what generated them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imgcate import InputError
+from imgcate.simulate import simulate_scenario
+from imgcate.simulate.scenarios import BASELINES, EFFECTS, NOISES
+
+
+@pytest.mark.parametrize("effect", EFFECTS)
+def test_truth_of_new_embeddings_matches_the_trial(effect):
+    sim = simulate_scenario(3, effect=effect, n_units=200, n_features=5)
+    truth = sim.truth
+    np.testing.assert_allclose(truth.cate_of(sim.features), truth.cate, rtol=1e-9, atol=1e-12)
+    new = truth.new_embeddings(300, seed=1)
+    assert new.shape == (300, 5)
+    # new units come from the same population: the CATE's mean agrees within 5 se
+    cate_new = truth.cate_of(new)
+    se = np.hypot(cate_new.std() / np.sqrt(300), truth.cate.std() / np.sqrt(200))
+    assert abs(cate_new.mean() - truth.cate.mean()) < 5 * se + 1e-12
+
+
+def test_same_seed_same_trial_and_every_kind_runs():
+    a = simulate_scenario(1, effect="tanh", baseline="sine", noise="heavy")
+    b = simulate_scenario(1, effect="tanh", baseline="sine", noise="heavy")
+    np.testing.assert_array_equal(a.outcome, b.outcome)
+    for baseline in BASELINES:
+        for noise in NOISES:
+            sim = simulate_scenario(
+                2, effect="constant", baseline=baseline, noise=noise, n_units=50
+            )
+            assert np.isfinite(sim.outcome).all()
+
+
+def test_constant_effect_has_a_constant_cate():
+    sim = simulate_scenario(0, effect="constant", baseline="quadratic")
+    assert np.ptp(sim.truth.cate) == 0 and sim.truth.ate == 1.0
+
+
+def test_zero_inflated_outcome_has_its_floor_and_its_mean_effect():
+    """65 % zeros; the effect on the mean is the CATE: with a constant effect of 1, the
+    difference in means over 40,000 units is within 4 se of 1."""
+    sim = simulate_scenario(5, effect="constant", noise="zero_inflated", n_units=40_000)
+    y, t = sim.outcome, sim.treatment
+    assert abs((y == 0).mean() - 0.65) < 0.01 and sim.truth.floor_share == (y == 0).mean()
+    assert y.min() == 0.0
+    diff = y[t == 1].mean() - y[t == 0].mean()
+    se = np.sqrt(y[t == 1].var() / (t == 1).sum() + y[t == 0].var() / (t == 0).sum())
+    assert abs(diff - 1.0) < 4 * se
+
+
+def test_bad_scenarios_are_refused():
+    with pytest.raises(InputError, match="effect='wavy' is not allowed"):
+        simulate_scenario(0, effect="wavy")
+    with pytest.raises(InputError, match="n_features >= 3"):
+        simulate_scenario(0, n_features=2)
+    with pytest.raises(InputError, match="positive part negative"):
+        simulate_scenario(0, effect="linear", noise="zero_inflated", positive_share=0.1)
