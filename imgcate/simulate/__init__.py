@@ -9,14 +9,17 @@ Every simulator returns a :class:`SimulatedTrial` (``trial``, ``embeddings``, ``
   land cover under each chip; :func:`landsat_trial` does the same on the real Landsat scene
   (:class:`SceneTruth`);
 - :func:`simulate_confounded`: an observational study targeted on a latent image property
-  (:class:`ConfoundedTruth`);
+  (:class:`ConfoundedTruth`); :func:`simulate_scene_confounded` targets the built-up share of
+  chips of a synthetic scene, and :func:`simulate_pattern_confounded` a spatial pattern (how
+  the land cover is arranged, not what it is) in a mosaic of chips;
 - :func:`simulate_scenario`: randomized trials the effect model was not built from (smooth
   or constant effects, nonlinear baselines, skewed, heavy-tailed or zero-inflated outcomes;
   :class:`ScenarioTruth`).
 """
 
-from imgcate.simulate.confounded import simulate_confounded
+from imgcate.simulate.confounded import simulate_confounded, simulate_scene_confounded
 from imgcate.simulate.mixture import simulate_trial
+from imgcate.simulate.patterns import PATTERNS, simulate_pattern_confounded
 from imgcate.simulate.result import (
     ConfoundedTruth,
     MixtureTruth,
@@ -44,6 +47,7 @@ __all__ = [
     "BARE",
     "BUILT",
     "LAND_COVER",
+    "PATTERNS",
     "ROAD",
     "VEGETATION",
     "WATER",
@@ -57,6 +61,8 @@ __all__ = [
     "landsat_trial",
     "ndvi",
     "simulate_confounded",
+    "simulate_pattern_confounded",
+    "simulate_scene_confounded",
     "simulate_scenario",
     "simulate_scene_trial",
     "simulate_trial",
