@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import xarray as xr
 from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, log_likelihood
 from numpyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoNormal
@@ -370,6 +371,18 @@ SITE_DIMS = {
 }
 
 
+def design_clusters(trial: Trial) -> np.ndarray | None:
+    """Codes of the units that share their assignment or their image (unit,): the trial's
+    cluster column, else its image id when images are shared; None when every unit is its own
+    cluster. Design-based standard errors are cluster-robust over them."""
+    codes = trial.codes("cluster")
+    if codes is None and trial.image_id is not None:
+        codes = pd.factorize(trial.data[trial.image_id], sort=True)[0].astype(np.int32)
+    if codes is None or len(np.unique(codes)) == len(codes):
+        return None
+    return codes
+
+
 def _to_inference_data(
     samples: dict,
     stats: dict,
@@ -417,6 +430,10 @@ def _to_inference_data(
         if codes is not None:
             constant[level] = np.asarray(codes)
             coords[level] = np.arange(int(codes.max()) + 1)
+    design = design_clusters(trial)
+    if design is not None:
+        constant["design_cluster"] = design
+        dims["design_cluster"] = ["unit"]
     idata = az.from_dict(
         posterior=samples,
         posterior_predictive=None if replicated is None else {"outcome": replicated},

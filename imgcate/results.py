@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from imgcate.config import FitConfig, Standardizer
 from imgcate.diagnostics import convergence_problems, diagnostics_table
@@ -217,26 +216,30 @@ class EffectFit:
     def ate(self, prob: float = 0.9) -> pd.DataFrame:
         """The model-implied ATE beside the design-based difference in means.
 
-        Both should agree in a randomized trial; a gap points at a misspecified model.
-        The difference in means uses a Neyman (unequal-variance) standard error and a normal
-        interval.
+        Both should agree in a randomized trial; a gap points at a misspecified model. The
+        difference in means has Neyman's standard error (HC2), or a cluster-robust one (CR2,
+        Student-t interval with G - 1 df) when units share their assignment or their image
+        (the trial's ``cluster`` column, else a shared ``image_id``); ``vcov`` says which
+        (:func:`imgcate.confounding.difference_in_means`).
         """
+        from imgcate.confounding import difference_in_means
+
         lo_name, hi_name = interval_names(prob)
         draws = self._draws("ate")
         lo, hi = quantiles(draws, prob)
-        y = self.observed_outcome()
-        t = self.idata.constant_data["treatment"].values
-        treated, control = y[t == 1], y[t == 0]
-        se = np.sqrt(treated.var(ddof=1) / len(treated) + control.var(ddof=1) / len(control))
-        diff = treated.mean() - control.mean()
-        z = sps.norm.ppf(0.5 + prob / 2)
+        const = self.idata.constant_data
+        clusters = const["design_cluster"].values if "design_cluster" in const else None
+        dim = difference_in_means(
+            self.observed_outcome(), const["treatment"].values, clusters=clusters, prob=prob
+        )
         return pd.DataFrame(
             {
                 "estimator": ["model_implied", "difference_in_means"],
-                "estimate": [draws.mean(), diff],
-                "std_err": [draws.std(), se],
-                lo_name: [lo, diff - z * se],
-                hi_name: [hi, diff + z * se],
+                "estimate": [float(draws.mean()), dim.estimate],
+                "std_err": [float(draws.std()), dim.std_err],
+                lo_name: [float(lo), dim.lower],
+                hi_name: [float(hi), dim.upper],
+                "vcov": ["posterior", dim.vcov],
             }
         ).set_index("estimator")
 

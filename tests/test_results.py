@@ -28,7 +28,38 @@ def test_implied_ate_agrees_with_difference_in_means(k2):
     model, dim = table.loc["model_implied"], table.loc["difference_in_means"]
     assert abs(model.estimate - dim.estimate) < 3 * dim.std_err
     assert abs(model.estimate - sim.truth.ate) < 4 * dim.std_err
-    assert list(table.columns) == ["estimate", "std_err", "5%", "95%"]
+    assert list(table.columns) == ["estimate", "std_err", "5%", "95%", "vcov"]
+    assert table.loc["difference_in_means", "vcov"] == "HC2"  # every unit its own cluster
+
+
+def test_ate_is_cluster_robust_where_units_share_assignment_or_images(k2):
+    """The design-based ATE uses CR2 over the trial's clusters, or its shared images."""
+    import dataclasses
+
+    from imgcate.confounding import difference_in_means
+    from imgcate.inference import design_clusters
+
+    sim, result = k2
+    trial = sim.trial
+    assert design_clusters(trial) is None
+    villages = np.arange(trial.n_units) // 4  # four units per village
+    shared = dataclasses.replace(
+        trial, data=trial.data.assign(village=villages), image_id="village"
+    )
+    np.testing.assert_array_equal(design_clusters(shared), villages)
+    declared = dataclasses.replace(trial, data=trial.data.assign(block=villages), cluster="block")
+    np.testing.assert_array_equal(design_clusters(declared), villages)
+    idata = result.idata.copy()
+    idata.constant_data = idata.constant_data.assign(design_cluster=("unit", villages))
+    table = dataclasses.replace(result, idata=idata).ate(prob=0.8)
+    expected = difference_in_means(
+        result.observed_outcome(), trial.treatment_array, clusters=villages, prob=0.8
+    )
+    row = table.loc["difference_in_means"]
+    assert row["vcov"] == expected.vcov != "HC2"
+    assert (row["std_err"], row["10%"], row["90%"]) == pytest.approx(
+        (expected.std_err, expected.lower, expected.upper)
+    )
 
 
 def test_tables_and_idata_dims(k2):
