@@ -260,9 +260,10 @@ def hajek_ipw(
     2004): the influence function becomes ``psi - H A^{-1} g_i``, ``A`` the mean Jacobian of
     ``g`` and ``H`` the mean derivative of ``psi``'s terms with respect to the propensity
     coefficients. Scores passed as an array are treated as known (which overstates the
-    standard error of an estimated propensity, about 1.8-fold on the simulations of
-    docs/confounding.md). With cluster ids the influence function is summed within clusters
-    (CR1, ``G / (G - 1)``) and the interval is t with ``G - 1`` degrees of freedom.
+    standard error of an estimated propensity: 1.5-fold on average over 10 draws of
+    ``simulate_confounded(n_units=1000)`` with the default propensity). With cluster ids the
+    influence function is summed within clusters (CR1, ``G / (G - 1)``) and the interval is t
+    with ``G - 1`` degrees of freedom.
 
     Parameters
     ----------
