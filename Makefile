@@ -3,8 +3,9 @@
 # (every benchmark, each printing JSON; `make bench BENCH_ARGS=--quick` for a smoke run),
 # `make docs` (the documentation site in site/, built with --strict: a broken link or a missing
 # page fails; the notebooks are executed, `make docs DOCS_SMALL=1` with small settings,
-# `DOCS_EXECUTE=false` renders them without running), `make clean` (what the others made, the
-# virtual environment excepted).
+# `DOCS_EXECUTE=false` renders them without running), `make test-floors` (the fast suite on the
+# oldest dependency versions, .ci/floors.txt), `make clean` (what the others made, the virtual
+# environment excepted).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -16,7 +17,7 @@ BENCH_ARGS ?=
 DOCS_EXECUTE ?= true
 DOCS_SMALL ?= 0
 
-.PHONY: setup demo test test-all lint format bench docs clean
+.PHONY: setup demo test test-all test-floors lint format bench docs clean
 
 # A stamp, not the venv's files: `make clean` removes it with the compiled kernel, so the next
 # setup builds the kernel again.
@@ -66,6 +67,15 @@ $(VENV)/.docs: $(VENV)/.installed
 docs: $(VENV)/.docs
 	NO_MKDOCS_2_WARNING=1 IMGCATE_DOCS_EXECUTE=$(DOCS_EXECUTE) IMGCATE_EXAMPLE_SMALL=$(DOCS_SMALL) \
 		MPLBACKEND=Agg $(BIN)/mkdocs build --strict --site-dir site
+
+# The fast suite on the dependency floors (.ci/floors.txt, pinned), in their own environment.
+FLOORS_VENV ?= .venv-floors
+test-floors:
+	test -x $(FLOORS_VENV)/bin/python || $(PY) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/pip install --quiet --upgrade pip
+	$(FLOORS_VENV)/bin/pip install --quiet -r .ci/floors.txt
+	$(FLOORS_VENV)/bin/pip install --quiet --no-deps -e .
+	$(FLOORS_VENV)/bin/pytest -q
 
 clean:
 	rm -rf demo-output build dist site .pytest_cache .ruff_cache *.egg-info

@@ -87,7 +87,7 @@ def one_fit(scenario: str, seed: int, n_units: int, k: int, chains: int, draws: 
     units = result.unit_effects(PROB)
     cate = sim.truth.cate
     new = sim.truth.new_embeddings(N_NEW, 10_000 + seed)
-    predicted = result.predict(new, prob=PROB).to_frame()
+    predicted = result.predict(new).to_frame(PROB)
     ate = result.ate(PROB).loc["model_implied"]
     diag = result.diagnostics()
     row = {
