@@ -241,7 +241,8 @@ def test_map_writes_the_cog_the_api_computes(map_fit, tmp_path):
         assert src.tags()["prob"] == "0.8"
         data = src.read()
     expected = [api[v].values for v in ("mean", "sd", "lower", "upper", "prob_positive")]
-    expected += list(api["cluster_prob"].values) + [api["extrapolation"].values]
+    expected += list(api["cluster_prob"].values)
+    expected += [api["extrapolation"].values, api["outside_support"].values]
     np.testing.assert_array_equal(data, np.stack(expected))
     assert out.with_suffix(".png").exists()
 

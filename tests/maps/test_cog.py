@@ -39,6 +39,7 @@ def test_write_cog_is_a_valid_cog_with_named_bands(full_map, tmp_path, caplog):
             "cluster_prob_0",
             "cluster_prob_1",
             "extrapolation",
+            "outside_support",
         )
         assert list(src.descriptions) == band_names(full_map)
         assert src.crs == rasterio.crs.CRS.from_wkt(full_map.attrs["crs"])
@@ -49,6 +50,15 @@ def test_write_cog_is_a_valid_cog_with_named_bands(full_map, tmp_path, caplog):
         assert "imgcate_version" in tags
         np.testing.assert_array_equal(src.read(1), full_map["mean"].values)
         np.testing.assert_array_equal(src.read(7), full_map["cluster_prob"].values[1])
+        # the layer the ExtrapolationWarning points to: 1 beyond the support limit, NaN off the map
+        outside = src.read(9)
+        np.testing.assert_array_equal(outside, full_map["outside_support"].values)
+        extrapolation = src.read(8)
+        mapped = np.isfinite(extrapolation)
+        assert set(np.unique(outside[mapped])) <= {0.0, 1.0}
+        np.testing.assert_array_equal(
+            outside[mapped] == 1, extrapolation[mapped] > float(tags["support_limit"])
+        )
     assert (tmp_path / "effect.png").stat().st_size > 10_000
     before = path.read_bytes()
     with pytest.raises(OutputExistsError, match="overwrite"):
