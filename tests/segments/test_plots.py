@@ -14,6 +14,7 @@ from imgcate.chips import chips_from_array, extract_chips
 from imgcate.errors import InputError, OutputExistsError, RasterError
 from imgcate.plots import (
     CATE_CHANGE_LABEL,
+    LOGODDS_CHANGE_LABEL,
     plot_chip,
     plot_cluster_gallery,
     plot_segment_sensitivity,
@@ -46,17 +47,15 @@ def test_figures_are_written(grid_result, setting, tmp_path):
     plt.close(fig)
     assert Image.open(path).size == (300, 150)
     gallery = tmp_path / "gallery.png"
+    # By default the gallery shows what moves an image between clusters (the log-odds of its
+    # own cluster), which changes even where P(cluster) sits at 1.00 and the CATE does not.
     fig = plot_cluster_gallery(fitted, chips, grid_result, n=3, path=gallery, dpi=50)
-    overlays = [ax.images[1] for ax in fig.axes if len(ax.images) > 1]
-    assert len(overlays) == 2 * 3 and len({im.get_clim() for im in overlays}) == 1  # one scale
-    assert CATE_CHANGE_LABEL in [a.get_ylabel() for a in fig.axes]  # worded as the overlay's
-    limit = overlays[0].get_clim()[1]
-    shown = sensitivity_map(grid_result, "cate_change_mean").values
-    assert 0 < limit <= np.nanmax(np.abs(shown)) + 1e-12
-    bar_axes = [ax for ax in fig.axes if "hidden" in ax.get_ylabel()]
-    assert len(bar_axes) == 1 and fig.get_suptitle()  # one colour bar, and a caption
+    _check_gallery(fig, grid_result, "logodds_change_mean", LOGODDS_CHANGE_LABEL)
     plt.close(fig)
-    assert Image.open(gallery).size == (3 * 2 * 50, 2 * 2 * 50)
+    assert Image.open(gallery).size == (330, 220)  # n and K panels of 2.2 in at 50 dpi
+    fig = plot_cluster_gallery(fitted, chips, grid_result, n=3, var="cate_change_mean")
+    _check_gallery(fig, grid_result, "cate_change_mean", CATE_CHANGE_LABEL)
+    plt.close(fig)
     with pytest.raises(OutputExistsError, match="overwrite"):
         plot_cluster_gallery(fitted, chips, n=3, path=gallery)
     other = chips_from_array(chips.values[:3])
@@ -64,6 +63,26 @@ def test_figures_are_written(grid_result, setting, tmp_path):
         plot_segment_sensitivity(other, grid_result, 0)
     with pytest.raises(InputError, match="chip position"):
         plot_chip(chips, 1000)
+
+
+def _check_gallery(fig, result, var, label):
+    """One colour scale for every overlay, one colour bar worded as the overlay (wrapped to
+    fit beside the figure), a caption, and every title inside the frame."""
+    overlays = [ax.images[1] for ax in fig.axes if len(ax.images) > 1]
+    assert len(overlays) == 2 * 3 and len({im.get_clim() for im in overlays}) == 1  # one scale
+    bar_axes = [ax for ax in fig.axes if "hidden" in ax.get_ylabel()]
+    assert len(bar_axes) == 1 and fig.get_suptitle()  # one colour bar, and a caption
+    assert " ".join(bar_axes[0].get_ylabel().split()) == label
+    limit = overlays[0].get_clim()[1]
+    shown = sensitivity_map(result, var).values
+    assert 0 < limit <= np.nanmax(np.abs(shown)) + 1e-12
+    renderer = fig.canvas.get_renderer()
+    frame = fig.bbox
+    for text in [ax.title for ax in fig.axes] + list(fig.texts):  # fig.texts: the caption
+        if text is not None and text.get_text():
+            box = text.get_window_extent(renderer)
+            assert frame.x0 - 1 <= box.x0 and box.x1 <= frame.x1 + 1, text.get_text()
+            assert frame.y0 - 1 <= box.y0 and box.y1 <= frame.y1 + 1, text.get_text()
 
 
 def test_geotiff_keeps_crs_and_transform(setting, tmp_path):
