@@ -189,16 +189,24 @@ def test_aggregates_are_joint_draw_averages_of_the_map(workflow):
 def test_info_reports_what_each_file_holds_and_where_it_came_from(workflow):
     out = invoke("info", workflow / "map.tif")
     assert "outside_support" in out and "fit_sha256" in out
-    assert "imgcate map" in out and str(datasets.landsat_path()) in out
+    # the command as typed (run in-process here, so not this process's sys.argv)
+    typed = ["imgcate", "-q", "map", workflow / "fit.imgcate", datasets.landsat_path()]
+    typed += [workflow / "map.tif", "--stride", STRIDE, "--max-draws", DRAWS, "--seed", 3]
+    typed = [str(word) for word in typed]
+    assert f"command: {' '.join(typed)}\n" in out and str(datasets.landsat_path()) in out
     record = json.loads(invoke("info", workflow / "map.tif", "--json"))
+    assert record["command"] == typed
     assert record["inputs"]["fit"]["path"] == str((workflow / "fit.imgcate").resolve())
     assert record["inputs"]["raster"]["sha256"]
     assert record["seeds"] == {"map": 3}
     out = invoke("info", workflow / "embeddings.parquet")
     assert "RandomConvFeatures" in out and "villages.csv" in out and "encoder=0" in out
+    assert f"command: imgcate embed {workflow / 'chips.npz'} " in out
     out = invoke("info", workflow / "chips.npz")
     assert "299 images" in out and "L7_ETMs.tif" in out
+    assert f"command: imgcate chips {datasets.villages_path()} " in out
     out = invoke("info", workflow / "districts.gpkg")
-    assert "4 features" in out and "imgcate aggregate" in out
+    assert "4 features" in out and f"command: imgcate aggregate {workflow / 'map.tif'} " in out
     out = invoke("info", workflow / "fit.imgcate")
     assert "imgcate fit" in out and "encoder: RandomConvFeatures" in out and "diagnostics" in out
+    assert f"command: imgcate -q fit {datasets.villages_path()} " in out  # meta.json's record

@@ -15,17 +15,27 @@ examples at the end of each help. A workflow from a units table and a raster::
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from imgcate.cli.about import info
+from imgcate.cli.common import ARGV
 from imgcate.cli.mapping import aggregate, map_command
 from imgcate.cli.modelling import demo, effects, fit_command, simulate
 from imgcate.cli.steps import chips_command, embed_command
 
 
-@click.group()
+class Group(click.Group):
+    """The command group; it remembers the arguments it was given (``sys.argv[1:]`` from a
+    shell, the list passed to ``main(args)`` or click's CliRunner in-process), so that every
+    output records the command that made it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if ctx.parent is None:
+            ctx.meta[ARGV] = list(args)
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=Group)
 @click.version_option(package_name="imgcate")
 @click.option("-v", "--verbose", count=True, help="More messages (repeatable).")
 @click.option("-q", "--quiet", count=True, help="Fewer messages; hides warnings and progress.")
@@ -42,8 +52,7 @@ def main(ctx: click.Context, verbose: int, quiet: int) -> None:
       imgcate aggregate effect_map.tif districts.gpkg district_effects.gpkg
       imgcate info fit.imgcate
     """
-    args = sys.argv[1:] if ctx.parent is None else None
-    ctx.obj = {"verbose": verbose, "quiet": quiet, "argv": args}
+    ctx.obj = {"verbose": verbose, "quiet": quiet, "argv": ctx.meta.get(ARGV)}
 
 
 for _command in (

@@ -115,6 +115,10 @@ def start(verbose: int, quiet: int) -> tuple[int, int, bool]:
     return verbose, quiet, progress
 
 
+#: Key of ``click.Context.meta`` under which the group keeps the arguments it was given.
+ARGV = "imgcate.argv"
+
+
 def command_line() -> list[str]:
     """The command as the user typed it (``imgcate`` and the arguments)."""
     ctx = click.get_current_context(silent=True)
