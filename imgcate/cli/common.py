@@ -116,7 +116,7 @@ def start(verbose: int, quiet: int) -> tuple[int, int, bool]:
 
 
 #: Key of ``click.Context.meta`` under which the group keeps the arguments it was given.
-ARGV = "imgcate.argv"
+ARGV = "imgcate_argv"
 
 
 def command_line() -> list[str]:
