@@ -74,3 +74,35 @@ def test_write_cog_is_a_valid_cog_with_named_bands(full_map, tmp_path, caplog):
             write_cog(full_map, path, overwrite=True, preview=False, co={"blocksize": bad})
     assert path.read_bytes() == after
     assert sorted(p.name for p in tmp_path.iterdir()) == ["effect.png", "effect.tif"]
+
+
+def test_preview_axes_are_labelled_with_the_crs_units(monkeypatch, tmp_path):
+    import matplotlib.pyplot as plt
+    import xarray as xr
+
+    from imgcate.maps.cog import axis_labels, write_preview
+
+    assert axis_labels("EPSG:32636") == ("easting (m), EPSG:32636", "northing (m)")
+    assert axis_labels("EPSG:4326") == ("longitude (°)", "latitude (°)")
+    assert axis_labels("not a crs") == ("x", "y")
+    # the preview's panels carry them (figure kept open to read its axes)
+    shown = []
+    monkeypatch.setattr(plt, "close", shown.append)
+    values = np.arange(12, dtype=np.float32).reshape(3, 4) - 5
+    crs = rasterio.crs.CRS.from_epsg(32636).to_wkt()
+    dataset = xr.Dataset(
+        {
+            "mean": (("y", "x"), values),
+            "prob_positive": (("y", "x"), (values > 0).astype(np.float32)),
+            "extrapolation": (("y", "x"), np.abs(values)),
+            "outside_support": (("y", "x"), (np.abs(values) > 4).astype(np.float32)),
+        },
+        coords={"y": [150.0, 90.0, 30.0], "x": [30.0, 90.0, 150.0, 210.0]},
+        attrs={"crs": crs, "transform": [60.0, 0, 0, 0, -60.0, 180.0], "support_limit": 4.0},
+    )
+    write_preview(dataset, tmp_path / "preview.png")
+    (fig,) = shown
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_xlabel() for ax in panels] == ["easting (m), EPSG:32636"] * 3
+    assert panels[0].get_ylabel() == "northing (m)"
+    assert (tmp_path / "preview.png").stat().st_size > 1000
