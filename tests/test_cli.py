@@ -400,3 +400,22 @@ def test_convergence_warning_is_one_clean_line(fitted, tmp_path):
         line.startswith("imgcate: ConvergenceWarning: imgcate fit:") for line in lines
     )
     assert "return fn(" not in res.stderr
+
+
+@pytest.mark.parametrize("name", sorted(main.commands))
+def test_help_ends_with_examples_that_use_real_options(name):
+    """rio's manners: the examples come last, after the options, and name only options the
+    command has."""
+    import shlex
+
+    res = CliRunner().invoke(main, [name, "--help"])
+    assert res.exit_code == 0, res.output
+    text = res.output
+    assert text.index("Options:") < text.rindex("Example")
+    examples = text[text.rindex("Example") :].split("\n", 1)[1].replace("\\\n", " ")
+    lines = [line.strip() for line in examples.splitlines() if line.strip()]
+    assert lines and all(line.startswith(f"imgcate {name} ") for line in lines), lines
+    options = {opt for param in main.commands[name].params for opt in param.opts}
+    for line in lines:
+        used = {word for word in shlex.split(line) if word.startswith("-")}
+        assert used <= options, f"{line}: {sorted(used - options)} are not options of {name}"

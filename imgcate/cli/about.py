@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from imgcate.cli.common import common, run, start
+from imgcate.cli.common import Command, common, run, start
 from imgcate.provenance import KEY, loads, summary_lines
 
 
@@ -133,7 +133,7 @@ def geopackage_lines(path: Path) -> list[str]:
     return lines + summary_lines(loads(meta.get(KEY)))
 
 
-@click.command("info")
+@click.command("info", cls=Command)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the provenance record as JSON.")
 @common

@@ -3,6 +3,7 @@ words (naming the option), provenance of the command line, and output helpers.""
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import re
@@ -93,6 +94,20 @@ def verbosity(ctx: click.Context, verbose: int, quiet: int) -> tuple[int, int]:
     """-v/-q of the command added to those given to the group (``imgcate -q fit ...``)."""
     group = (ctx.find_root().obj or {}) if ctx is not None else {}
     return verbose + group.get("verbose", 0), quiet + group.get("quiet", 0)
+
+
+class Command(click.Command):
+    """A command whose help ends with its examples (rio's manners): the docstring's
+    ``Example:`` / ``Examples:`` section is printed after the options, as the epilog."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.help and self.epilog is None:
+            text = inspect.cleandoc(self.help)
+            found = re.search(r"^\x08\n(?=Examples?:)", text, flags=re.MULTILINE)
+            if found:
+                self.help = text[: found.start()].rstrip()
+                self.epilog = text[found.start() :]
 
 
 def common(fn):

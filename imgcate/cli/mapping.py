@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from imgcate.cli.common import (
+    Command,
     band_option,
     check_minimum,
     common,
@@ -22,7 +23,7 @@ from imgcate.output import check_writable
 RASTER_FILES = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
-@click.command("map")
+@click.command("map", cls=Command)
 @click.argument(
     "fit_file", metavar="FIT", type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
@@ -141,7 +142,7 @@ def map_command(
     \b
     Examples:
       imgcate map fit.imgcate scene.tif effect_map.tif
-      imgcate map fit.imgcate B1.tif B2.tif B3.tif map.tif --band-name blue \
+      imgcate map fit.imgcate B1.tif B2.tif B3.tif map.tif --band-name blue \\
           --band-name green --band-name red
       imgcate map fit.imgcate scene.tif district.tif --region district.gpkg --stride 8
       imgcate map fit.imgcate scene.tif part.tif --bounds 400000 50000 405000 55000 \\
@@ -243,7 +244,7 @@ def recorded_path(record: dict, role: str):
     return None, None
 
 
-@click.command("aggregate")
+@click.command("aggregate", cls=Command)
 @click.argument("map_file", metavar="MAP", type=RASTER_FILES)
 @click.argument("polygons", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))

@@ -12,6 +12,7 @@ import click
 import pandas as pd
 
 from imgcate.cli.common import (
+    Command,
     check_minimum,
     common,
     load_units,
@@ -67,7 +68,7 @@ def join_units(table: pd.DataFrame, trial) -> pd.DataFrame:
     return keys.merge(out, on=trial.id, how="right")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("output_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--n-units", default=1000, show_default=True, help="Units in the simulated trial.")
 @click.option("--n-clusters", default=2, show_default=True, help="True effect clusters.")
@@ -143,7 +144,7 @@ def read_inputs(inputs: tuple[Path, ...], trial, chip_settings: dict, embed_sett
     return emb, {"embeddings": path, **{k: v for k, v in upstream.items() if k == "raster"}}
 
 
-@click.command("fit")
+@click.command("fit", cls=Command)
 @click.argument("units", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument(
     "inputs",
@@ -314,7 +315,7 @@ def accepts_provenance(function) -> bool:
     return "provenance" in inspect.signature(function).parameters
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("fit_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--prob", default=0.9, show_default=True, help="Interval probability.")
@@ -383,7 +384,7 @@ def units_of(fit_file: Path, units: Path | None):
         return None
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("output_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--n-units", default=600, show_default=True, help="Units in the simulated trial.")
 @click.option("--seed", default=0, show_default=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from imgcate.cli.common import (
+    Command,
     band_option,
     check_minimum,
     common,
@@ -74,7 +75,7 @@ def chips_for(trial, raster, *, size, size_unit, bands, on_edge, scale):
     )
 
 
-@click.command("chips")
+@click.command("chips", cls=Command)
 @click.argument("units", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("raster", nargs=-1, required=True, type=RASTER_FILES)
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
@@ -176,7 +177,7 @@ def embed_options(fn):
     return fn
 
 
-@click.command("embed")
+@click.command("embed", cls=Command)
 @click.argument("chips", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
 @embed_options
