@@ -419,3 +419,24 @@ def test_help_ends_with_examples_that_use_real_options(name):
     for line in lines:
         used = {word for word in shlex.split(line) if word.startswith("-")}
         assert used <= options, f"{line}: {sorted(used - options)} are not options of {name}"
+
+
+@pytest.mark.parametrize(
+    ("tty", "verbose", "quiet", "shown"),
+    [
+        (True, 0, 0, True),  # on a terminal, by default
+        (True, 0, 1, False),  # -q
+        (False, 0, 0, False),  # not a terminal (a log file, a pipe)
+        (False, 1, 0, True),  # -v asks for it anyway
+    ],
+)
+def test_progress_by_default_on_a_terminal_only(monkeypatch, tty, verbose, quiet, shown):
+    import sys
+
+    from imgcate.cli.common import start
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty, raising=False)
+    try:
+        assert start(verbose, quiet)[2] is shown
+    finally:
+        start(0, 0)  # logging back to its default level
