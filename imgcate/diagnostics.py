@@ -1,6 +1,6 @@
-"""Convergence diagnostics reported with every fit: R-hat, bulk and tail ESS, divergences, and
-chains that settled in different modes, over everything users read (the unit CATE and the
-membership weights included)."""
+"""Diagnostics reported with every fit: R-hat, bulk and tail ESS, divergences, and chains that
+settled in different modes, over everything users read (the unit CATE and the membership
+weights included); and a posterior predictive check of the outcome's distribution per arm."""
 
 from __future__ import annotations
 
@@ -124,3 +124,108 @@ def _labelled(name: str, values: np.ndarray):
         return
     for index in np.ndindex(values.shape):
         yield f"{name}[{', '.join(map(str, index))}]", values[index]
+
+
+#: A point mass: at least this share of the observed outcomes sits at their minimum.
+FLOOR_MASS = 0.02
+#: Posterior predictive p-value below which a statistic counts as missed.
+CHECK_LEVEL = 0.01
+
+
+def _statistics(y: np.ndarray, floor: float | None, tol: float = 0.0) -> dict[str, np.ndarray]:
+    """Statistics of outcomes ``y`` (..., unit) over their last axis."""
+    mean = y.mean(-1)
+    sd = y.std(-1)
+    centred = (y - mean[..., None]) / np.where(sd > 0, sd, 1.0)[..., None]
+    stats = {
+        "mean": mean,
+        "sd": sd,
+        "q10": np.quantile(y, 0.1, axis=-1),
+        "q50": np.quantile(y, 0.5, axis=-1),
+        "q90": np.quantile(y, 0.9, axis=-1),
+        "skew": (centred**3).mean(-1),
+    }
+    if floor is not None:
+        stats["share_at_floor"] = (np.abs(y - floor) <= tol).mean(-1)
+    return stats
+
+
+def outcome_check(
+    observed: np.ndarray, replicated: np.ndarray, treatment: np.ndarray
+) -> pd.DataFrame:
+    """Posterior predictive check of the outcome's distribution in each arm.
+
+    Parameters
+    ----------
+    observed : ndarray (unit,)
+        The outcome.
+    replicated : ndarray (sample, unit)
+        Outcomes replicated from the posterior (the ``posterior_predictive`` group), same scale.
+    treatment : ndarray (unit,)
+        0/1 arm of each unit.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per arm and statistic (mean, sd, 10/50/90 % quantiles, skewness and, when at
+        least 2 % of the outcomes sit at their minimum, the share exactly at that floor): the
+        observed value, the replicated mean and 99 % interval, the two-sided posterior
+        predictive p-value ``2 min(P(rep >= obs), P(rep <= obs))`` and ``missed`` (p < 0.01).
+    """
+    observed = np.asarray(observed, dtype=float)
+    replicated = np.asarray(replicated, dtype=float)
+    floor = float(observed.min())
+    # a point mass: values at the floor to float32 rounding (replicated draws are float32)
+    tol = 1e-5 * max(float(observed.std()), abs(floor), 1e-12)
+    has_floor = np.mean(np.abs(observed - floor) <= tol) >= FLOOR_MASS
+    rows = []
+    for arm, name in ((0, "control"), (1, "treated")):
+        units = np.asarray(treatment) == arm
+        if units.sum() < 2:
+            continue
+        obs = _statistics(observed[units], floor if has_floor else None, tol)
+        rep = _statistics(replicated[:, units], floor if has_floor else None, tol)
+        for stat, value in obs.items():
+            draws = rep[stat]
+            p = 2 * min((draws >= value).mean(), (draws <= value).mean())
+            rows.append(
+                {
+                    "arm": name,
+                    "statistic": stat,
+                    "observed": float(value),
+                    "replicated": float(draws.mean()),
+                    "0.5%": float(np.quantile(draws, 0.005)),
+                    "99.5%": float(np.quantile(draws, 0.995)),
+                    "p_value": float(min(p, 1.0)),
+                }
+            )
+    table = pd.DataFrame(rows).set_index(["arm", "statistic"])
+    table["missed"] = table["p_value"] < CHECK_LEVEL
+    return table
+
+
+def outcome_problems(table: pd.DataFrame, likelihood: str) -> list[str]:
+    """The missed statistics of :func:`outcome_check`, in words (empty when none is)."""
+    missed = table[table["missed"]]
+    if missed.empty:
+        return []
+    parts = [
+        f"{arm} {stat} observed {row.observed:.3g}, replicated {row.replicated:.3g}"
+        for (arm, stat), row in missed.iterrows()
+    ]
+    stats = {stat for _, stat in missed.index}
+    hint = ""
+    if "share_at_floor" in stats and likelihood not in ("hurdle", "censored"):
+        hint = " A mass at the floor: try likelihood='hurdle' or 'censored'."
+    elif "skew" in stats and likelihood in ("gaussian", "student_t"):
+        hint = " Skewed: try likelihood='hurdle' (positive outcomes) or transform the outcome."
+    elif "skew" in stats or "sd" in stats:
+        hint = (
+            " The tail is not the family's (e.g. a positive part less skewed than a "
+            "log-normal): effects on the mean lean on that tail."
+        )
+    return [
+        f"the {likelihood} likelihood does not reproduce the outcome ({'; '.join(parts[:4])})."
+        f"{hint} Effects are differences of the model's means, so read them with care "
+        "(EffectFit.check_outcome() has the table)."
+    ]

@@ -49,3 +49,8 @@ class BandWarning(UserWarning):
 
 class SensitivityWarning(UserWarning):
     """A confounding-sensitivity bound was capped (an implied partial R2 above 1)."""
+
+
+class ModelCheckWarning(UserWarning):
+    """The fitted model's replicated outcomes miss a feature of the observed outcome (a
+    posterior predictive check failed): the likelihood does not describe the data."""

@@ -278,6 +278,9 @@ def fit(
     -----
     ConvergenceWarning
         When R-hat > 1.01, ESS is low, NUTS diverged, or chains settled in different modes.
+    ModelCheckWarning
+        When outcomes replicated from the posterior miss the observed outcome's distribution
+        in an arm (its mean, spread, quantiles, skewness or share at the floor).
 
     Examples
     --------
@@ -330,6 +333,7 @@ def fit(
     )
     if config.method == "nuts":
         result.check_convergence()
+    result.check_model()
     return result
 
 

@@ -18,8 +18,13 @@ import numpy as np
 import pandas as pd
 
 from imgcate.config import FitConfig, Standardizer
-from imgcate.diagnostics import convergence_problems, diagnostics_table
-from imgcate.errors import ConvergenceWarning, FitError, InputError
+from imgcate.diagnostics import (
+    convergence_problems,
+    diagnostics_table,
+    outcome_check,
+    outcome_problems,
+)
+from imgcate.errors import ConvergenceWarning, FitError, InputError, ModelCheckWarning
 from imgcate.fitfile import read_fit_file, write_fit_file
 from imgcate.intervals import interval_names, quantiles
 from imgcate.model import ModelSpec
@@ -158,6 +163,44 @@ class EffectFit:
         problems = convergence_problems(self.idata)
         for message in problems:
             warnings.warn(f"imgcate fit: {message}.", ConvergenceWarning, stacklevel=3)
+        return problems
+
+    def check_outcome(self, *, max_draws: int = 500, seed: int = 0) -> pd.DataFrame:
+        """Posterior predictive check of the outcome's distribution in each arm.
+
+        Compares the observed mean, sd, 10/50/90 % quantiles, skewness and (with a mass at
+        the minimum) the share at the floor with the same statistics of outcomes replicated
+        from the posterior (``posterior_predictive`` group; ``arviz.plot_ppc`` draws them).
+        :func:`imgcate.fit` warns (:class:`~imgcate.ModelCheckWarning`) when one is missed.
+
+        Parameters
+        ----------
+        max_draws : int
+            Replicated data sets used (a random subset of the posterior draws).
+        seed : int
+            Seed of that subset.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Indexed by arm and statistic: observed, replicated mean, 99 % interval, two-sided
+            posterior predictive p-value, ``missed`` (p < 0.01); original outcome scale.
+        """
+        if "posterior_predictive" not in self.idata.groups():
+            raise FitError("this fit has no posterior_predictive group; refit to check it.")
+        rep = flat(self.idata.posterior_predictive["outcome"].values)
+        rows = np.random.default_rng(seed).permutation(len(rep))[:max_draws]
+        std = self.standardizer
+        replicated = rep[np.sort(rows)] * std.outcome_sd + std.outcome_mean
+        treatment = self.idata.constant_data["treatment"].values
+        return outcome_check(self.observed_outcome(), replicated, treatment)
+
+    def check_model(self) -> list[str]:
+        """Warn (:class:`~imgcate.ModelCheckWarning`) when the replicated outcomes miss the
+        observed outcome's distribution (:meth:`check_outcome`); return the problems."""
+        problems = outcome_problems(self.check_outcome(), self.config.likelihood)
+        for message in problems:
+            warnings.warn(f"imgcate fit: {message}", ModelCheckWarning, stacklevel=3)
         return problems
 
     # ------------------------------------------------------------------ tables

@@ -4,6 +4,7 @@ Monte Carlo."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -83,19 +84,28 @@ def test_unit_effects_and_predict_agree_on_the_trials_units(floored_trial, likel
     if likelihood == "bernoulli":
         data = trial.data.assign(**{trial.outcome: (trial.outcome_array > 0).astype(float)})
         trial = dataclasses.replace(trial, data=data)
-    fit = imgcate.fit(
-        trial,
-        sim.embeddings,
-        n_clusters=2,
-        likelihood=likelihood,
-        num_chains=1,
-        num_warmup=30,
-        num_samples=20,
-        init_restarts=2,
-        init_steps=50,
-        n_basis=8,
-        seed=1,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", imgcate.ModelCheckWarning)
+        fit = imgcate.fit(
+            trial,
+            sim.embeddings,
+            n_clusters=2,
+            likelihood=likelihood,
+            num_chains=1,
+            num_warmup=30,
+            num_samples=20,
+            init_restarts=2,
+            init_steps=50,
+            n_basis=8,
+            seed=1,
+        )
+    checks = [str(w.message) for w in caught if w.category is imgcate.ModelCheckWarning]
+    if likelihood in ("gaussian", "student_t"):  # 35 % exact zeros: a symmetric family misses
+        assert any("share_at_floor" in m and "hurdle" in m for m in checks), checks
+    if likelihood == "hurdle":  # the hurdle reproduces them (its log-normal tail need not)
+        table = fit.check_outcome()
+        assert not table.loc[(slice(None), "share_at_floor"), "missed"].any(), table
+        assert not any("likelihood='hurdle'" in m for m in checks), checks
     units = fit.unit_effects()
     assert list(sim.embeddings.image_ids) == list(units["unit"])  # one image per unit, in order
     values = sim.embeddings.values
@@ -108,3 +118,26 @@ def test_unit_effects_and_predict_agree_on_the_trials_units(floored_trial, likel
     if likelihood in ("gaussian", "student_t"):  # the effect does not depend on covariates
         plain = fit.predict(values).to_frame()
         np.testing.assert_allclose(plain["tau_mean"], units["tau_mean"], rtol=1e-4, atol=1e-5)
+
+
+def test_outcome_check_flags_a_missed_floor_and_passes_a_matching_model():
+    """The posterior predictive check against data with a known answer."""
+    from imgcate.diagnostics import outcome_check, outcome_problems
+
+    rng = np.random.default_rng(0)
+    treatment = np.repeat([0, 1], 200)
+    observed = rng.normal(size=400)
+    replicated = rng.normal(size=(300, 400))
+    table = outcome_check(observed, replicated, treatment)
+    assert not table["missed"].any() and "share_at_floor" not in table.index.levels[1]
+    assert outcome_problems(table, "gaussian") == []
+    floored = np.maximum(observed, 0.0)  # half the outcomes at 0
+    table = outcome_check(floored, replicated, treatment)
+    assert table.loc[("treated", "share_at_floor"), "missed"]
+    assert table.loc[("control", "share_at_floor"), "observed"] == pytest.approx(
+        (floored[:200] == 0).mean()
+    )
+    (message,) = outcome_problems(table, "gaussian")
+    assert "likelihood='hurdle' or 'censored'" in message
+    matching = np.maximum(replicated, 0.0)
+    assert not outcome_check(floored, matching, treatment)["missed"].any()
