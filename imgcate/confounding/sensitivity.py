@@ -114,25 +114,37 @@ def partial_r2(t_stat: Any, dof: float) -> Any:
     return float(out) if out.ndim == 0 else out
 
 
-def _benchmark_bound(
-    name: str, r2dxj: float, r2yxj: float, kd: float, ky: float
-) -> tuple[float, float, bool]:
-    """(R2_{D~Z|X}, R2_{Y~Z|D,X}, capped) of a confounder kd/ky times as strong as covariate j.
+def _largest_kd(r2dxj: float) -> float:
+    """The kd at which a confounder kd times as strong as covariate j would explain all of the
+    treatment (R2_{D~Z|X} = 1); every possible kd lies below it."""
+    return (1 - r2dxj) / r2dxj if r2dxj > 0 else np.inf
 
-    As sensemakr: an implied R2_{D~Z|X} (or R2_{Z~Xj}) of 1 or more is impossible (an error);
-    an implied R2_{Y~Z|D,X} above 1 is set to 1 and flagged.
+
+def _benchmark_bound(
+    r2dxj: float, r2yxj: float, kd: float, ky: float
+) -> tuple[float, float, bool] | None:
+    """(R2_{D~Z|X}, R2_{Y~Z|D,X}, capped) of a confounder kd/ky times as strong as covariate j,
+    or None when no such confounder can exist (kd at or above :func:`_largest_kd`).
+
+    As sensemakr: an implied R2_{D~Z|X} (or R2_{Z~Xj}) of 1 or more is impossible; an implied
+    R2_{Y~Z|D,X} above 1 is set to 1 and flagged.
     """
+    if not kd < _largest_kd(r2dxj):
+        return None
     r2dz = kd * r2dxj / (1 - r2dxj)
-    r2zxj = kd * r2dxj**2 / ((1 - kd * r2dxj) * (1 - r2dxj)) if kd * r2dxj < 1 else np.inf
-    if r2dz >= 1 or not 0 <= r2zxj < 1:
-        top = (1 - r2dxj) / r2dxj if r2dxj > 0 else np.inf
-        raise InputError(
-            f"kd={kd:g} is impossible for benchmark {name!r}: a confounder {kd:g} times as "
-            f"strong as {name!r} would explain all of the treatment (R2_D~Z|X = {r2dz:.3g}). "
-            f"Use a kd below {top:.3g}."
-        )
+    r2zxj = kd * r2dxj**2 / ((1 - kd * r2dxj) * (1 - r2dxj))
     r2yz = ((np.sqrt(ky) + np.sqrt(r2zxj)) / np.sqrt(1 - r2zxj)) ** 2 * r2yxj / (1 - r2yxj)
     return float(r2dz), float(min(r2yz, 1.0)), bool(r2yz > 1)
+
+
+def _impossible_message(name: str, r2dxj: float, kds: Sequence[float]) -> str:
+    listed = ", ".join(f"{k:g}" for k in kds)
+    return (
+        f"kd={listed} is impossible for benchmark {name!r}: a confounder that many times as "
+        f"strong as {name!r} would explain all of the treatment (R2_D~Z|X = "
+        f"{max(kds) * r2dxj / (1 - r2dxj):.3g}). The largest possible kd is just below "
+        f"{_largest_kd(r2dxj):.3g}."
+    )
 
 
 def _adjusted(
@@ -170,9 +182,11 @@ class ConfoundingSensitivity:
         ``capped`` (True where the implied ``r2yz_dx`` exceeded 1 and was set to 1, as
         sensemakr does: such a confounder would explain all the outcome's residual variance,
         so the adjusted standard error is 0 and the interval has no width; lower kd/ky),
-        ``adjusted_estimate``, ``adjusted_se``, ``adjusted_t`` and the adjusted estimate's
-        central ``prob`` interval, named by percentile (``adjusted_2.5%``,
-        ``adjusted_97.5%`` for ``prob=0.95``).
+        ``impossible`` (True where no confounder kd times as strong as the benchmark can
+        exist, because it would explain all of the treatment; the row's R2 values and
+        adjusted figures are then NaN), ``adjusted_estimate``, ``adjusted_se``,
+        ``adjusted_t`` and the adjusted estimate's central ``prob`` interval, named by
+        percentile (``adjusted_2.5%``, ``adjusted_97.5%`` for ``prob=0.95``).
     """
 
     estimate: float
@@ -336,7 +350,9 @@ def confounding_sensitivity(
     prob : float
         Probability of the adjusted intervals; RV_{q,alpha} uses ``alpha = 1 - prob``.
     kd : float or sequence of float
-        Multipliers of the benchmark's association with the treatment.
+        Multipliers of the benchmark's association with the treatment. A kd is possible for
+        benchmark X_j only below ``(1 - R2_{D~Xj|X-j}) / R2_{D~Xj|X-j}``: a strong benchmark
+        (an image feature that nearly predicts treatment) allows only small kd.
     ky : float or sequence of float, optional
         Multipliers of its association with the outcome; default equal to ``kd``.
 
@@ -349,13 +365,15 @@ def confounding_sensitivity(
     ------
     InputError
         On non-binary treatment, mismatched lengths, collinear covariates, unknown benchmarks,
-        or a kd so large that the confounder would explain all of the treatment.
+        or a single kd so large that the confounder would explain all of the treatment.
 
     Warns
     -----
     SensitivityWarning
         When a bound's implied R2_{Y~Z|D,X} exceeds 1 and is capped at 1 (exactly when
-        sensemakr warns); the row's ``capped`` is True.
+        sensemakr warns); the row's ``capped`` is True. And when, of several kd, some are
+        impossible for a benchmark (sensemakr raises): the message names them and the
+        largest possible kd, and those rows have ``impossible`` True and NaN bounds.
 
     Examples
     --------
@@ -428,13 +446,14 @@ def confounding_sensitivity_from_summary(
     Raises
     ------
     InputError
-        On a non-positive standard error or dof below 2, partial R2 outside [0, 1), or an
-        impossible kd.
+        On a non-positive standard error or dof below 2, partial R2 outside [0, 1), or a
+        single kd that is impossible for a benchmark.
 
     Warns
     -----
     SensitivityWarning
-        When a bound's implied R2_{Y~Z|D,X} exceeds 1 (it is capped at 1 and flagged).
+        When a bound's implied R2_{Y~Z|D,X} exceeds 1 (it is capped at 1 and flagged), or
+        some of several kd are impossible for a benchmark (NaN rows, ``impossible`` True).
 
     Examples
     --------
@@ -454,46 +473,25 @@ def confounding_sensitivity_from_summary(
     if (kds <= 0).any() or (kys <= 0).any():
         raise InputError(f"kd={kd!r} and ky={ky!r} must be positive multipliers.")
     lo_name, hi_name = (f"adjusted_{name}" for name in interval_names(prob))
-    rows, capped_rows = [], []
+    rows, capped_rows, impossible = [], [], []
     for name, (r2dxj, r2yxj) in (benchmarks or {}).items():
         if not (0 <= r2dxj < 1 and 0 <= r2yxj < 1):
             raise InputError(
                 f"benchmark {name!r}: partial R2 values ({r2dxj!r}, {r2yxj!r}) must lie in "
                 "[0, 1); compute them with partial_r2(t_value, dof)."
             )
+        too_strong = [k for k in kds if not k < _largest_kd(r2dxj)]
+        if too_strong and len(kds) == 1:
+            raise InputError(_impossible_message(name, r2dxj, too_strong) + " Use a smaller kd.")
+        if too_strong:
+            impossible.append(_impossible_message(name, r2dxj, too_strong))
         for k_d, k_y in zip(kds, kys, strict=True):
-            r2dz, r2yz, capped = _benchmark_bound(name, r2dxj, r2yxj, k_d, k_y)
-            adj, adj_se = _adjusted(estimate, std_err, dof, r2dz, r2yz)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                adj_t = adj / adj_se  # r2yz_dx = 1 leaves no residual: se 0, t infinite
-            # as sensemakr (ovb_bounds): t quantile with the regression's dof
-            lower, upper = normal_interval(adj, adj_se, prob, df=dof)
-            if capped:
+            bound = _benchmark_bound(r2dxj, r2yxj, k_d, k_y)
+            if bound is not None and bound[2]:
                 capped_rows.append(f"{k_d:g}x/{k_y:g}x {name}")
-            rows.append(
-                {
-                    "benchmark": name,
-                    "kd": k_d,
-                    "ky": k_y,
-                    "r2dz_x": r2dz,
-                    "r2yz_dx": r2yz,
-                    "capped": capped,
-                    "adjusted_estimate": float(adj),
-                    "adjusted_se": float(adj_se),
-                    "adjusted_t": float(adj_t),
-                    lo_name: float(lower),
-                    hi_name: float(upper),
-                }
-            )
-    if capped_rows:
-        warnings.warn(
-            f"Implied bound on r2yz_dx greater than 1 for {', '.join(capped_rows)}: set to 1 "
-            "(rows with capped=True), where the adjusted standard error is 0 and the interval "
-            "has no width. Such a confounder would explain all the outcome's residual "
-            "variance; try lower kd and/or ky.",
-            SensitivityWarning,
-            stacklevel=2,
-        )
+            row = {"benchmark": name, "kd": k_d, "ky": k_y}
+            rows.append(row | _bound_columns(estimate, std_err, dof, bound, prob))
+    _warn_about(capped_rows, impossible)
     columns = [
         "benchmark",
         "kd",
@@ -501,6 +499,7 @@ def confounding_sensitivity_from_summary(
         "r2dz_x",
         "r2yz_dx",
         "capped",
+        "impossible",
         "adjusted_estimate",
         "adjusted_se",
         "adjusted_t",
@@ -520,3 +519,56 @@ def confounding_sensitivity_from_summary(
         prob=prob,
         bounds=pd.DataFrame(rows, columns=columns),
     )
+
+
+def _bound_columns(
+    estimate: float,
+    std_err: float,
+    dof: int,
+    bound: tuple[float, float, bool] | None,
+    prob: float,
+) -> dict[str, Any]:
+    """The bounds row's columns after ``kd``/``ky``: NaN for an impossible confounder."""
+    lo_name, hi_name = (f"adjusted_{name}" for name in interval_names(prob))
+    if bound is None:
+        nan = float("nan")
+        values = dict.fromkeys(["r2dz_x", "r2yz_dx", "adjusted_estimate", "adjusted_se"], nan)
+        values |= {"adjusted_t": nan, lo_name: nan, hi_name: nan}
+        return {**values, "capped": False, "impossible": True}
+    r2dz, r2yz, capped = bound
+    adj, adj_se = _adjusted(estimate, std_err, dof, r2dz, r2yz)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        adj_t = adj / adj_se  # r2yz_dx = 1 leaves no residual: se 0, t infinite
+    # as sensemakr (ovb_bounds): t quantile with the regression's dof
+    lower, upper = normal_interval(adj, adj_se, prob, df=dof)
+    return {
+        "r2dz_x": r2dz,
+        "r2yz_dx": r2yz,
+        "capped": capped,
+        "impossible": False,
+        "adjusted_estimate": float(adj),
+        "adjusted_se": float(adj_se),
+        "adjusted_t": float(adj_t),
+        lo_name: float(lower),
+        hi_name: float(upper),
+    }
+
+
+def _warn_about(capped_rows: list[str], impossible: list[str]) -> None:
+    """One SensitivityWarning for the capped rows, one for the impossible ones."""
+    if capped_rows:
+        warnings.warn(
+            f"Implied bound on r2yz_dx greater than 1 for {', '.join(capped_rows)}: set to 1 "
+            "(rows with capped=True), where the adjusted standard error is 0 and the interval "
+            "has no width. Such a confounder would explain all the outcome's residual "
+            "variance; try lower kd and/or ky.",
+            SensitivityWarning,
+            stacklevel=3,
+        )
+    if impossible:
+        warnings.warn(
+            " ".join(impossible) + " Those rows have impossible=True and NaN bounds; drop "
+            "them or use smaller kd.",
+            SensitivityWarning,
+            stacklevel=3,
+        )

@@ -240,3 +240,28 @@ def test_capped_bounds_warn_exactly_when_the_implied_r2_exceeds_one():
     assert capped.r2yz_dx == 1.0 and capped.adjusted_se == 0.0
     with pytest.raises(InputError, match=r"kd=200 is impossible for benchmark 'x'.*below 99"):
         confounding_sensitivity_from_summary(**DARFUR, benchmarks={"x": (r2dxj, r2yxj)}, kd=200)
+
+
+def test_impossible_kd_among_several_gives_nan_rows_and_a_warning():
+    """Of several kd, those that would make the confounder explain all of the treatment are
+    marked (NaN bounds, impossible=True) with a warning naming them and the largest possible
+    kd; the possible rows are those a single-kd call gives. A single impossible kd raises."""
+    from imgcate.confounding import confounding_sensitivity_from_summary
+    from imgcate.errors import SensitivityWarning
+
+    r2dxj, r2yxj = 0.3, 0.05  # kd must be below 0.7 / 0.3 = 2.33
+    with pytest.warns(SensitivityWarning, match=r"kd=3, 4 is impossible for benchmark 'x'.*2\.33"):
+        res = confounding_sensitivity_from_summary(
+            **DARFUR, benchmarks={"x": (r2dxj, r2yxj)}, kd=(1, 2, 3, 4)
+        )
+    assert res.bounds["impossible"].tolist() == [False, False, True, True]
+    assert res.bounds.loc[2:, ["r2dz_x", "adjusted_estimate", "adjusted_2.5%"]].isna().all().all()
+    for k in (1, 2):
+        alone = confounding_sensitivity_from_summary(
+            **DARFUR, benchmarks={"x": (r2dxj, r2yxj)}, kd=k
+        )
+        pd.testing.assert_frame_equal(
+            res.bounds.iloc[[k - 1]].reset_index(drop=True), alone.bounds, rtol=1e-12
+        )
+    with pytest.raises(InputError, match=r"kd=3 is impossible.*below 2\.33"):
+        confounding_sensitivity_from_summary(**DARFUR, benchmarks={"x": (r2dxj, r2yxj)}, kd=3)
