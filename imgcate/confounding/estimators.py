@@ -183,8 +183,12 @@ def _cr2_dim(y: np.ndarray, t: np.ndarray, codes: np.ndarray) -> float:
         arm = "treated" if (counts[1] == n_arm[1]).any() else "control"
         raise InputError(
             f"every {arm} unit is in one cluster, so the difference in means has no "
-            "cluster-robust standard error; the design gives no replication of that arm "
-            "across clusters (check the cluster ids)."
+            "cluster-robust standard error: the design gives no replication of that arm "
+            "across clusters. A cluster-robust SE needs each arm spread over at least 2 "
+            "clusters; with cluster-level assignment (whole clusters treated) that means at "
+            "least 2 treated and 2 control clusters, and more for a useful interval (its t "
+            "quantile has G - 1 degrees of freedom). Check the cluster ids, or collect more "
+            "clusters."
         )
     scaled = sums / np.sqrt(1 - counts / n_arm) / n_arm
     return float(np.sqrt(np.sum((scaled[1] - scaled[0]) ** 2)))
@@ -222,7 +226,8 @@ def difference_in_means(
     Raises
     ------
     InputError
-        On non-binary treatment, mismatched lengths, or clusters holding a whole arm.
+        On non-binary treatment, mismatched lengths, or a cluster holding a whole arm (a
+        cluster-robust SE needs each arm in at least 2 clusters).
 
     Examples
     --------

@@ -181,7 +181,9 @@ def test_cluster_robust_difference_in_means_is_cr2():
     assert res.n_clusters == 60 and res.df == 59
     tidy = res.tidy()
     assert tidy["vcov"].item() == "CR2" and tidy["n_clusters"].item() == 60
-    with pytest.raises(InputError, match="every treated unit is in one cluster"):
+    with pytest.raises(
+        InputError, match="every treated unit is in one cluster.*at least 2 treated"
+    ):
         difference_in_means([1.0, 2.0, 3.0, 4.0], [1, 1, 0, 0], clusters=[0, 0, 1, 2])
 
 
