@@ -22,8 +22,8 @@ def resolution_check(
     chips: Any,
     factors: Sequence[int] = (1, 2, 4),
     *,
-    n_features: int = 128,
-    n_components: int = 8,
+    n_features: int = 256,
+    n_components: int | None = 16,
     n_folds: int = 5,
     prob: float = 0.95,
     seed: int,
@@ -33,8 +33,12 @@ def resolution_check(
     What an image can reveal about confounders depends on its resolution: roads and roofs
     that a 30 m pixel shows may vanish at 250 m. For each factor the chips are coarsened by
     block means (same footprint, ``factor`` times larger pixels), embedded afresh with the
-    default encoder, and the propensity, Hajek IPW and AIPW are estimated from the embedding
-    and the trial's covariates.
+    default encoder (``imgcate.embed(chips, seed=seed)``: random convolutional features with
+    :func:`~imgcate.embeddings.embed`'s defaults), and the propensity, Hajek IPW and AIPW are
+    estimated from the embedding and the trial's covariates. At factor 1 the rows are
+    therefore those of ``ate_estimates(outcome, treatment, estimate_propensity(features,
+    treatment, seed=seed), features=features, seed=seed)`` with ``features`` the default
+    embedding next to ``trial.covariate_matrix`` (without ``clusters``).
 
     Parameters
     ----------
@@ -45,8 +49,10 @@ def resolution_check(
         Chips of the units at the finest resolution (from :func:`imgcate.chips.extract_chips`).
     factors : sequence of int
         Coarsening factors; each must divide the chip size.
-    n_features, n_components : int
-        Encoder size (random features, PCA components).
+    n_features : int
+        Random features of the encoder (256, as :func:`~imgcate.embeddings.embed`).
+    n_components : int or None
+        PCA components kept (16, as :func:`~imgcate.embeddings.embed`; None keeps all).
     n_folds : int
         Cross-fitting folds.
     prob : float

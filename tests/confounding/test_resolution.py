@@ -41,3 +41,25 @@ def test_resolution_check_on_a_scene_with_a_visible_confounder(tmp_path):
     )
     pixel = table.groupby("factor")["pixel_size"].first()
     assert pixel[4] == pytest.approx(4 * pixel[1])
+
+
+@pytest.mark.filterwarnings("ignore::imgcate.errors.OverlapWarning")
+def test_resolution_check_at_factor_one_is_ate_estimates_with_the_default_embedding(tmp_path):
+    """Factor 1 uses the default encoder, so its rows are what ate_estimates gives on
+    ``imgcate.embed(chips, seed=0)`` and the covariates (as docs/confounding.md does it)."""
+    import imgcate
+    from imgcate.confounding import ate_estimates, estimate_propensity, resolution_check
+    from imgcate.simulate import simulate_scene_trial, synthetic_scene
+
+    scene = tmp_path / "scene.tif"
+    synthetic_scene(scene, seed=0, width=256, height=256)
+    trial = simulate_scene_trial(scene, seed=1, n_units=200, targeting=1.5).trial
+    chips = imgcate.extract_chips(trial, scene, 32)
+    table = resolution_check(trial, chips, factors=(1,), seed=0).set_index("estimator")
+    emb = imgcate.embed(chips, seed=0)
+    features = np.hstack([emb.for_keys(trial.image_keys), trial.covariate_matrix])
+    t = trial.treatment_array
+    ps = estimate_propensity(features, t, seed=0)
+    direct = ate_estimates(trial.outcome_array, t, ps, features=features, seed=0)
+    for column in ("estimate", "std_err", "2.5%", "97.5%"):
+        np.testing.assert_allclose(table[column], direct.loc[table.index, column], rtol=1e-8)
