@@ -133,7 +133,13 @@ CHECK_LEVEL = 0.01
 
 
 def _statistics(y: np.ndarray, floor: float | None, tol: float = 0.0) -> dict[str, np.ndarray]:
-    """Statistics of outcomes ``y`` (..., unit) over their last axis."""
+    """Statistics of outcomes ``y`` (..., unit) over their last axis (NaN where a draw's
+    values are too large for them)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _statistics_of(y, floor, tol)
+
+
+def _statistics_of(y: np.ndarray, floor: float | None, tol: float) -> dict[str, np.ndarray]:
     mean = y.mean(-1)
     sd = y.std(-1)
     centred = (y - mean[..., None]) / np.where(sd > 0, sd, 1.0)[..., None]
@@ -170,7 +176,9 @@ def outcome_check(
         One row per arm and statistic (mean, sd, 10/50/90 % quantiles, skewness and, when at
         least 2 % of the outcomes sit at their minimum, the share exactly at that floor): the
         observed value, the replicated mean and 99 % interval, the two-sided posterior
-        predictive p-value ``2 min(P(rep >= obs), P(rep <= obs))`` and ``missed`` (p < 0.01).
+        predictive p-value ``2 min(P(rep >= obs), P(rep <= obs))``, ``draws`` (replicated data
+        sets whose statistic is finite: a heavy-tailed family can overflow, and those are left
+        out) and ``missed`` (p < 0.01).
     """
     observed = np.asarray(observed, dtype=float)
     replicated = np.asarray(replicated, dtype=float)
@@ -186,17 +194,18 @@ def outcome_check(
         obs = _statistics(observed[units], floor if has_floor else None, tol)
         rep = _statistics(replicated[:, units], floor if has_floor else None, tol)
         for stat, value in obs.items():
-            draws = rep[stat]
-            p = 2 * min((draws >= value).mean(), (draws <= value).mean())
+            draws = rep[stat][np.isfinite(rep[stat])]
+            p = 2 * min((draws >= value).mean(), (draws <= value).mean()) if len(draws) else 1.0
             rows.append(
                 {
                     "arm": name,
                     "statistic": stat,
                     "observed": float(value),
-                    "replicated": float(draws.mean()),
-                    "0.5%": float(np.quantile(draws, 0.005)),
-                    "99.5%": float(np.quantile(draws, 0.995)),
+                    "replicated": float(draws.mean()) if len(draws) else np.nan,
+                    "0.5%": float(np.quantile(draws, 0.005)) if len(draws) else np.nan,
+                    "99.5%": float(np.quantile(draws, 0.995)) if len(draws) else np.nan,
                     "p_value": float(min(p, 1.0)),
+                    "draws": int(len(draws)),
                 }
             )
     table = pd.DataFrame(rows).set_index(["arm", "statistic"])

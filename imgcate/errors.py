@@ -48,7 +48,8 @@ class BandWarning(UserWarning):
 
 
 class SensitivityWarning(UserWarning):
-    """A confounding-sensitivity bound was capped (an implied partial R2 above 1)."""
+    """A confounding-sensitivity bound was capped (an implied partial R2 above 1), or a
+    benchmark multiple (kd) is impossible for its benchmark (those rows are NaN)."""
 
 
 class ModelCheckWarning(UserWarning):

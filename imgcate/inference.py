@@ -434,6 +434,8 @@ def _to_inference_data(
         if codes is not None:
             constant[level] = np.asarray(codes)
             coords[level] = np.arange(int(codes.max()) + 1)
+    constant["outcome_original"] = trial.outcome_array  # float64, as given (exact zeros stay 0)
+    dims["outcome_original"] = ["unit"]
     design = design_clusters(trial)
     if design is not None:
         constant["design_cluster"] = design

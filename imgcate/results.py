@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import arviz as az
 
 #: Below this membership dependence the clusters are not image-driven (summary() says so).
-WEAK_MEMBERSHIP = 0.2
+WEAK_MEMBERSHIP = 0.3
 
 
 @dataclass(frozen=True)
@@ -199,9 +199,30 @@ class EffectFit:
         """Warn (:class:`~imgcate.ModelCheckWarning`) when the replicated outcomes miss the
         observed outcome's distribution (:meth:`check_outcome`); return the problems."""
         problems = outcome_problems(self.check_outcome(), self.config.likelihood)
+        gap = self._ate_gap()
+        if gap is not None:
+            problems.append(gap)
         for message in problems:
             warnings.warn(f"imgcate fit: {message}", ModelCheckWarning, stacklevel=3)
         return problems
+
+    def _ate_gap(self) -> str | None:
+        """A sentence when the model-implied ATE and the difference in means disagree beyond
+        chance (|difference| > 2.58 combined sds; randomized trials only), else None."""
+        coords = self.idata.constant_data.coords
+        if "covariate" in coords and "propensity" in coords["covariate"].values:
+            return None  # observational: the unadjusted difference is biased by design
+        table = self.ate()
+        model, dim = table.loc["model_implied"], table.loc["difference_in_means"]
+        spread = np.hypot(model["std_err"], dim["std_err"])
+        if not np.isfinite(spread) or abs(model["estimate"] - dim["estimate"]) <= 2.58 * spread:
+            return None
+        return (
+            f"the model-implied ATE ({model['estimate']:.3g}) and the difference in means "
+            f"({dim['estimate']:.3g}, se {dim['std_err']:.2g}) disagree beyond chance: in a "
+            "randomized trial they estimate the same thing, so the model is misspecified for "
+            "this outcome (check_outcome(); another likelihood)."
+        )
 
     # ------------------------------------------------------------------ tables
     def cluster_effects(self, prob: float = 0.9) -> pd.DataFrame:
@@ -263,7 +284,8 @@ class EffectFit:
         difference in means has Neyman's standard error (HC2), or a cluster-robust one (CR2,
         Student-t interval with G - 1 df) when units share their assignment or their image
         (the trial's ``cluster`` column, else a shared ``image_id``); ``vcov`` says which
-        (:func:`imgcate.confounding.difference_in_means`).
+        (:func:`imgcate.confounding.difference_in_means`). Where a cluster holds a whole arm
+        there is no design-based standard error: NaN, and ``vcov`` says why.
         """
         from imgcate.confounding import difference_in_means
 
@@ -272,22 +294,28 @@ class EffectFit:
         lo, hi = quantiles(draws, prob)
         const = self.idata.constant_data
         clusters = const["design_cluster"].values if "design_cluster" in const else None
-        dim = difference_in_means(
-            self.observed_outcome(), const["treatment"].values, clusters=clusters, prob=prob
-        )
+        y, t = self.observed_outcome(), const["treatment"].values
+        try:
+            dim = difference_in_means(y, t, clusters=clusters, prob=prob)
+            row = (dim.estimate, dim.std_err, dim.lower, dim.upper, dim.vcov)
+        except InputError:  # a cluster holds a whole arm: no design-based standard error
+            diff = float(y[t == 1].mean() - y[t == 0].mean())
+            row = (diff, np.nan, np.nan, np.nan, "none: a cluster holds a whole arm")
         return pd.DataFrame(
             {
                 "estimator": ["model_implied", "difference_in_means"],
-                "estimate": [float(draws.mean()), dim.estimate],
-                "std_err": [float(draws.std()), dim.std_err],
-                lo_name: [float(lo), dim.lower],
-                hi_name: [float(hi), dim.upper],
-                "vcov": ["posterior", dim.vcov],
+                "estimate": [float(draws.mean()), row[0]],
+                "std_err": [float(draws.std()), row[1]],
+                lo_name: [float(lo), row[2]],
+                hi_name: [float(hi), row[3]],
+                "vcov": ["posterior", row[4]],
             }
         ).set_index("estimator")
 
     def observed_outcome(self) -> np.ndarray:
         """The trial's outcome on its original scale (unit,)."""
+        if "outcome_original" in self.idata.constant_data:
+            return self.idata.constant_data["outcome_original"].values.astype(float)
         y = self.idata.observed_data["outcome"].values.astype(float)
         return y * self.standardizer.outcome_sd + self.standardizer.outcome_mean
 
@@ -299,7 +327,9 @@ class EffectFit:
         ``membership_dependence``, the mutual information between cluster and image as a share
         of log K (0: every image has the same membership, so the clusters say nothing about
         images; 1: every image sits in one cluster for sure); ``effect_sd``, the spread of the
-        unit CATE over the trial's units.
+        unit CATE over the trial's units. ``effect_sd`` is positive in every draw by
+        construction (a spread), so it is not a test of heterogeneity: compare models
+        (:func:`imgcate.compare_clusters`) for that.
         """
         lo_name, hi_name = interval_names(prob)
         rows = {
@@ -433,8 +463,22 @@ class EffectFit:
             "",
             f"Diagnostics: max R-hat {diag['r_hat'].max():.3f}, min bulk ESS "
             f"{diag['ess_bulk'].min():.0f}, divergences {n_div}",
+            "Checks:",
+        ]
+        problems = self._problems()
+        lines += [f"- {p}" for p in problems] or [
+            "- none failed: the chains agree, replicated outcomes match the data in both arms, "
+            "and the model-implied ATE agrees with the difference in means."
         ]
         return "\n".join(lines)
+
+    def _problems(self) -> list[str]:
+        """Every failed check in words: convergence, outcome distribution, ATE gap."""
+        problems = convergence_problems(self.idata) if self.config.method == "nuts" else []
+        if "posterior_predictive" in self.idata.groups():
+            problems += outcome_problems(self.check_outcome(), self.config.likelihood)
+        gap = self._ate_gap()
+        return problems + ([gap] if gap else [])
 
     def _cluster_notes(self) -> list[str]:
         notes = []

@@ -141,3 +141,21 @@ def test_outcome_check_flags_a_missed_floor_and_passes_a_matching_model():
     assert "likelihood='hurdle' or 'censored'" in message
     matching = np.maximum(replicated, 0.0)
     assert not outcome_check(floored, matching, treatment)["missed"].any()
+
+
+def test_outcome_check_leaves_out_overflowing_draws():
+    """Replicated draws of a heavy-tailed family can overflow: their statistics are dropped
+    (and counted), with no numpy warning."""
+    from imgcate.diagnostics import outcome_check
+
+    rng = np.random.default_rng(1)
+    observed, treatment = rng.normal(size=100), np.repeat([0, 1], 50)
+    replicated = rng.normal(size=(200, 100))
+    replicated[:5, 0] = np.inf
+    replicated[5:10, 1] = 1e200  # finite, but its square overflows
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = outcome_check(observed, replicated, treatment)
+    assert table.loc[("control", "sd"), "draws"] == 190
+    assert table.loc[("treated", "sd"), "draws"] == 200
+    assert not table["missed"].any()

@@ -202,3 +202,25 @@ def test_repr_and_provenance_travel_with_the_fit(k2, tmp_path):
     assert record["seeds"] == {"fit": result.config.seed}
     loaded = load_fit(result.save(tmp_path / "fit.imgcate"))
     assert loaded.provenance == record
+
+
+def test_ate_without_a_design_se_and_the_ate_gap_check(k2):
+    """A cluster holding a whole arm gives NaN (not a crash); a model ATE far from the
+    difference in means is named by the checks, in summary() too."""
+    import dataclasses
+
+    _, result = k2
+    t = result.idata.constant_data["treatment"].values
+    idata = result.idata.copy()
+    idata.constant_data = idata.constant_data.assign(design_cluster=("unit", t))
+    table = dataclasses.replace(result, idata=idata).ate()
+    assert np.isnan(table.loc["difference_in_means", "std_err"])
+    assert "whole arm" in table.loc["difference_in_means", "vcov"]
+    assert result._ate_gap() is None
+    assert "disagree beyond chance" not in result.summary().split("Checks:")[1]
+    shifted = result.idata.copy()
+    y = shifted.constant_data["outcome_original"].values
+    shifted.constant_data["outcome_original"] = ("unit", y + 3.0 * t)  # treated outcomes moved
+    moved = dataclasses.replace(result, idata=shifted)
+    assert "disagree beyond chance" in moved._ate_gap()
+    assert "disagree beyond chance" in moved.summary().split("Checks:")[1]
