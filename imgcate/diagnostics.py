@@ -218,9 +218,11 @@ def outcome_problems(table: pd.DataFrame, likelihood: str) -> list[str]:
     missed = table[table["missed"]]
     if missed.empty:
         return []
+    first = {"share_at_floor": 0, "skew": 1}  # the shape first: it names the family to try
+    rows = sorted(missed.iterrows(), key=lambda item: first.get(item[0][1], 2))
     parts = [
         f"{arm} {stat} observed {row.observed:.3g}, replicated {row.replicated:.3g}"
-        for (arm, stat), row in missed.iterrows()
+        for (arm, stat), row in rows
     ]
     stats = {stat for _, stat in missed.index}
     hint = ""

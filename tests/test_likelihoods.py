@@ -139,6 +139,7 @@ def test_outcome_check_flags_a_missed_floor_and_passes_a_matching_model():
     )
     (message,) = outcome_problems(table, "gaussian")
     assert "likelihood='hurdle' or 'censored'" in message
+    assert "outcome (control share_at_floor" in message  # the shape named first
     matching = np.maximum(replicated, 0.0)
     assert not outcome_check(floored, matching, treatment)["missed"].any()
 
