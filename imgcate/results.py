@@ -198,7 +198,9 @@ class EffectFit:
     def check_model(self) -> list[str]:
         """Warn (:class:`~imgcate.ModelCheckWarning`) when the replicated outcomes miss the
         observed outcome's distribution (:meth:`check_outcome`); return the problems."""
-        problems = outcome_problems(self.check_outcome(), self.config.likelihood)
+        problems = []
+        if "posterior_predictive" in self.idata.groups():  # not kept for very large fits
+            problems += outcome_problems(self.check_outcome(), self.config.likelihood)
         gap = self._ate_gap()
         if gap is not None:
             problems.append(gap)

@@ -224,3 +224,20 @@ def test_ate_without_a_design_se_and_the_ate_gap_check(k2):
     moved = dataclasses.replace(result, idata=shifted)
     assert "disagree beyond chance" in moved._ate_gap()
     assert "disagree beyond chance" in moved.summary().split("Checks:")[1]
+
+
+def test_checks_without_replicated_outcomes(k2):
+    """Very large fits keep no posterior_predictive group: the checks skip the outcome check,
+    and check_outcome says why it cannot run."""
+    import dataclasses
+
+    from imgcate import FitError
+
+    _, result = k2
+    idata = result.idata.copy()
+    del idata.posterior_predictive
+    bare = dataclasses.replace(result, idata=idata)
+    assert bare.check_model() == []
+    assert "Checks:" in bare.summary()
+    with pytest.raises(FitError, match="no posterior_predictive group"):
+        bare.check_outcome()
