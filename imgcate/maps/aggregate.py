@@ -17,6 +17,28 @@ from imgcate.maps.grid import cell_range
 from imgcate.output import atomic_path, check_writable
 
 
+def read_polygons(polygons: Any):
+    """A GeoDataFrame of ``polygons`` (a vector file, GeoDataFrame or GeoSeries) with a CRS."""
+    import geopandas as gpd
+
+    if isinstance(polygons, str | Path):
+        path = Path(polygons)
+        if not path.exists():
+            raise InputError(f"polygons file {str(path)!r} does not exist; check the path.")
+        gdf = gpd.read_file(path)
+    elif isinstance(polygons, gpd.GeoSeries):
+        gdf = gpd.GeoDataFrame(geometry=polygons)
+    elif isinstance(polygons, gpd.GeoDataFrame):
+        gdf = polygons.copy()
+    else:
+        raise InputError(
+            f"polygons must be a vector file path or a GeoDataFrame, got {type(polygons).__name__}."
+        )
+    if gdf.crs is None:
+        raise InputError("polygons have no CRS; set one (e.g. gdf.set_crs('EPSG:4326')).")
+    return gdf.reset_index(drop=True)
+
+
 def aggregate_by_polygon(
     dataset: xr.Dataset, polygons: Any, path: str | Path | None = None, *, overwrite: bool = False
 ):
@@ -51,19 +73,7 @@ def aggregate_by_polygon(
 
     if path is not None:
         check_writable(path, overwrite)
-    if isinstance(polygons, str | Path):
-        gdf = gpd.read_file(polygons)
-    elif isinstance(polygons, gpd.GeoSeries):
-        gdf = gpd.GeoDataFrame(geometry=polygons)
-    elif isinstance(polygons, gpd.GeoDataFrame):
-        gdf = polygons.copy()
-    else:
-        raise InputError(
-            f"polygons must be a vector file path or a GeoDataFrame, got {type(polygons).__name__}."
-        )
-    if gdf.crs is None:
-        raise InputError("polygons have no CRS; set one (e.g. gdf.set_crs('EPSG:4326')).")
-    gdf = gdf.to_crs(dataset.attrs["crs"]).reset_index(drop=True)
+    gdf = read_polygons(polygons).to_crs(dataset.attrs["crs"]).reset_index(drop=True)
     t = Affine(*dataset.attrs["transform"][:6])
     h, w = dataset.sizes["y"], dataset.sizes["x"]
     lo, hi = band_names(dataset)[2:4]

@@ -13,6 +13,7 @@ import numpy as np
 
 from imgcate.errors import InputError
 from imgcate.intervals import interval_names
+from imgcate.maps.aggregate import read_polygons
 from imgcate.maps.compute import check_bands, chip_settings
 from imgcate.maps.grid import TileGrid, cell_range, tile_grid
 from imgcate.maps.tiles import TileJob, TileModel, draw_count, read_tiles
@@ -20,28 +21,6 @@ from imgcate.output import atomic_path, check_writable
 from imgcate.raster import open_raster, raster_source
 from imgcate.results import EffectFit
 from imgcate.validation import check_prob
-
-
-def read_polygons(polygons: Any):
-    """A GeoDataFrame of ``polygons`` (a vector file, GeoDataFrame or GeoSeries) with a CRS."""
-    import geopandas as gpd
-
-    if isinstance(polygons, str | Path):
-        path = Path(polygons)
-        if not path.exists():
-            raise InputError(f"polygons file {str(path)!r} does not exist; check the path.")
-        gdf = gpd.read_file(path)
-    elif isinstance(polygons, gpd.GeoSeries):
-        gdf = gpd.GeoDataFrame(geometry=polygons)
-    elif isinstance(polygons, gpd.GeoDataFrame):
-        gdf = polygons.copy()
-    else:
-        raise InputError(
-            f"polygons must be a vector file path or a GeoDataFrame, got {type(polygons).__name__}."
-        )
-    if gdf.crs is None:
-        raise InputError("polygons have no CRS; set one (e.g. gdf.set_crs('EPSG:4326')).")
-    return gdf.reset_index(drop=True)
 
 
 def cell_weights(grid: TileGrid, geom: Any) -> tuple[np.ndarray, np.ndarray]:
