@@ -410,19 +410,16 @@ def predict_map(
         raise InputError(
             f"scale has {len(scale)} values; give one or one per band ({len(indexes)})."
         )
-    job = TileJob(
-        raster=path,
-        indexes=indexes,
-        scale=scale,
-        tile_size=grid.tile_size,
-        stride=grid.stride,
-        row0=grid.row0,
-        col0=grid.col0,
-        n_cols=grid.shape[1],
-        prob=float(prob),
+    job = TileJob.on_grid(
+        fit,
+        path,
+        indexes,
+        scale,
+        grid,
+        prob=prob,
         max_draws=max_draws,
-        seed=int(seed),
-        batch_size=min(fit.encoder.batch_size, block_tiles),
+        seed=seed,
+        block_tiles=block_tiles,
     )
     blocks = grid.blocks(block_tiles)
     out = {name: np.full(grid.shape, np.nan, np.float32) for name in MAP_VARIABLES}

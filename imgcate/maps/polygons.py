@@ -128,19 +128,16 @@ def polygon_effects(
             ds.close()
     weights = [cell_weights(grid, geom) for geom in gdf.geometry]
     flat = np.unique(np.concatenate([idx for idx, _ in weights] + [np.array([], int)]))
-    job = TileJob(
-        raster=name,
-        indexes=indexes,
-        scale=scale,
-        tile_size=grid.tile_size,
-        stride=grid.stride,
-        row0=grid.row0,
-        col0=grid.col0,
-        n_cols=grid.shape[1],
-        prob=float(prob),
+    job = TileJob.on_grid(
+        fit,
+        name,
+        indexes,
+        scale,
+        grid,
+        prob=prob,
         max_draws=max_draws,
-        seed=int(seed),
-        batch_size=min(fit.encoder.batch_size, block_tiles),
+        seed=seed,
+        block_tiles=block_tiles,
     )
     model = TileModel(fit, job)
     n_draws = draw_count(fit, max_draws, seed)

@@ -32,6 +32,37 @@ class TileJob:
     seed: int
     batch_size: int
 
+    @classmethod
+    def on_grid(
+        cls,
+        fit: EffectFit,
+        raster: str,
+        indexes: tuple[int, ...],
+        scale: tuple[float, ...] | None,
+        grid: Any,
+        *,
+        prob: float,
+        max_draws: int | None,
+        seed: int,
+        block_tiles: int,
+    ) -> TileJob:
+        """The job of a map over ``grid`` (a :class:`~imgcate.maps.grid.TileGrid`): its tile
+        geometry, and batches no larger than a block or the fit's encoder takes."""
+        return cls(
+            raster=raster,
+            indexes=indexes,
+            scale=scale,
+            tile_size=grid.tile_size,
+            stride=grid.stride,
+            row0=grid.row0,
+            col0=grid.col0,
+            n_cols=grid.shape[1],
+            prob=float(prob),
+            max_draws=max_draws,
+            seed=int(seed),
+            batch_size=min(fit.encoder.batch_size, block_tiles),
+        )
+
 
 class TileModel:
     """The fit reduced to what a map needs: encoder, jitted effect draws, support."""
