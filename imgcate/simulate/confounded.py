@@ -88,14 +88,7 @@ def simulate_confounded(
     table = pd.DataFrame(
         {"id": np.arange(n_units), "lon": lon, "lat": lat, "treatment": t, "outcome": y}
     )
-    truth = ConfoundedTruth(
-        tau_unit=np.full(n_units, float(ate)),
-        cate=np.full(n_units, float(ate)),
-        propensity=e,
-        mu0=mu0,
-        latent=s,
-        mu1=mu1,
-    )
+    truth = ConfoundedTruth.constant_effect(ate, e, mu0, s)
     return SimulatedTrial(
         trial=read_units(table),
         embeddings=Embeddings(values=features, image_ids=np.arange(n_units)),
@@ -165,12 +158,5 @@ def simulate_scene_confounded(
     mu0 = 1.0 + 2.0 * z
     y = mu0 + ate * t + noise_sd * rng.standard_normal(n_units)
     trial = replace(base.trial, data=base.trial.data.assign(treatment=t, outcome=y))
-    truth = ConfoundedTruth(
-        tau_unit=np.full(n_units, float(ate)),
-        cate=np.full(n_units, float(ate)),
-        propensity=propensity,
-        mu0=mu0,
-        latent=share,
-        mu1=mu0 + ate,
-    )
+    truth = ConfoundedTruth.constant_effect(ate, propensity, mu0, share)
     return SimulatedTrial(trial, None, truth, scene=Path(path), land_cover=base.land_cover)

@@ -188,12 +188,5 @@ def simulate_pattern_confounded(
         {"id": np.arange(n_units), "x": xs, "y": ys, "treatment": t, "outcome": y, "x1": x1}
     )
     trial = read_units(table, lon="x", lat="y", crs=crs, covariates=["x1"])
-    truth = ConfoundedTruth(
-        tau_unit=np.full(n_units, float(ate)),
-        cate=np.full(n_units, float(ate)),
-        propensity=propensity,
-        mu0=mu0,
-        latent=confounder,
-        mu1=mu0 + ate,
-    )
+    truth = ConfoundedTruth.constant_effect(ate, propensity, mu0, confounder)
     return SimulatedTrial(trial, None, truth, scene=path, land_cover=cover)

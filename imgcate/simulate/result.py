@@ -121,6 +121,21 @@ class ConfoundedTruth(Truth):
     latent: np.ndarray
     mu1: np.ndarray
 
+    @classmethod
+    def constant_effect(
+        cls, ate: float, propensity: np.ndarray, mu0: np.ndarray, latent: np.ndarray
+    ) -> ConfoundedTruth:
+        """The truth of a design whose effect is ``ate`` for every unit."""
+        n_units = len(mu0)
+        return cls(
+            tau_unit=np.full(n_units, float(ate)),
+            cate=np.full(n_units, float(ate)),
+            propensity=propensity,
+            mu0=mu0,
+            latent=latent,
+            mu1=mu0 + ate,
+        )
+
 
 @dataclass(frozen=True)
 class SimulatedTrial:
