@@ -7,12 +7,20 @@ trial's covariates):
   ``unit_effects()["tau_mean"]``, its 90% interval ``tau_5%`` .. ``tau_95%``;
 - ``causal_forest_dml``: EconML ``CausalForestDML`` (gradient boosting nuisance models,
   ``discrete_treatment=True``); interval from ``effect_interval(alpha=0.1)``;
+- ``bcf``: stochtree's Bayesian causal forest (``BCFModel.sample`` with the known propensity
+  0.5 and stochtree's default trees and draws); unit CATE is the posterior mean of tau over the
+  retained draws, its 90% interval the 5% and 95% quantiles of those draws. Skipped, with a
+  note in the output, where stochtree cannot be imported;
 - ``t_learner``: two gradient boosting regressors, CATE = mu1 - mu0 (no interval);
 - ``kmeans_dim``: k-means of the (standardized) embeddings into K clusters, then the
   difference in means within each cluster with a normal (Neyman) 90% interval.
 
-Datasets: simulated image-cluster trials (``imgcate.simulate.simulate_trial``, K = 2 and 3) and
-the Landsat semi-synthetic trial (``imgcate.simulate.landsat_trial`` on the shipped scene,
+Datasets: simulated image-cluster trials (``imgcate.simulate.simulate_trial``, K = 2 and 3);
+two trials the effect model was not built from (``imgcate.simulate.simulate_scenario``, 8
+embedding features, imgcate fitted with K = 2): ``smooth_tanh`` (``effect="tanh"``,
+``baseline="linear"``: smooth heterogeneity) and ``nonlinear_baseline`` (``effect="constant"``,
+``baseline="quadratic"``: no heterogeneity, a nonlinear untreated outcome); and the Landsat
+semi-synthetic trial (``imgcate.simulate.landsat_trial`` on the shipped scene,
 ``imgcate.datasets.landsat_path()``, chips -> random convolutional features).
 
 Metrics per dataset and method: sqrt(PEHE) = RMSE of the unit CATE against the true conditional
@@ -28,11 +36,11 @@ inflates the AUTOC of overfitting learners. The ``oracle`` row ranks by the true
 
 Prints one JSON object. Seeds are fixed, so the output is the same every run up to timing:
 
-    python benchmarks/peers.py            # n = 1,000; seeds 0, 1 for K = 2 and K = 3; Landsat
+    python benchmarks/peers.py            # n = 1,000; seeds 0, 1 per simulated design; Landsat
     python benchmarks/peers.py --quick    # n = 300; seed 0 only; shorter chains (a smoke run)
 
-Needs the ``bench`` extra (``pip install -e '.[bench]'``, i.e. EconML); the imgcate package
-itself never imports EconML.
+Needs the ``bench`` extra (``pip install -e '.[bench]'``, i.e. EconML and stochtree); the
+imgcate package itself never imports either.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -60,7 +69,7 @@ from imgcate.inference import fit
 
 PROB = 0.9
 PROPENSITY = 0.5
-METHODS = ("imgcate", "causal_forest_dml", "t_learner", "kmeans_dim")
+METHODS = ("imgcate", "causal_forest_dml", "bcf", "t_learner", "kmeans_dim")
 LANDSAT = landsat_path()
 
 
@@ -118,6 +127,28 @@ def simulated(seed: int, n_units: int, n_clusters: int) -> Dataset:
             "n_features": int(sim.embeddings.values.shape[1]),
             "tau_cluster": np.asarray(sim.truth.tau_cluster).tolist(),
             "truth": "truth.cate = sum_k P(k | embedding) tau_k",
+        },
+    )
+
+
+def scenario(name: str, seed: int, n_units: int, effect: str, baseline: str) -> Dataset:
+    from imgcate.simulate import simulate_scenario
+
+    sim = simulate_scenario(seed, effect=effect, baseline=baseline, n_units=n_units, n_features=8)
+    cate = np.asarray(sim.truth.cate, float)
+    return Dataset(
+        name=f"{name}_seed{seed}",
+        trial=sim.trial,
+        embeddings=sim.embeddings,
+        n_clusters=2,
+        cate=cate,
+        ate=float(cate.mean()),
+        info={
+            "source": f"simulate_scenario(effect={effect!r}, baseline={baseline!r})",
+            "seed": seed,
+            "n_units": n_units,
+            "n_features": int(sim.embeddings.values.shape[1]),
+            "truth": "truth.cate = the effect function of the latent image coordinates",
         },
     )
 
@@ -232,6 +263,78 @@ def run_forest(data: Dataset, n_trees: int, seed: int) -> Estimate:
     )
 
 
+def bcf_missing() -> str | None:
+    """Why stochtree's BCF cannot run here, or None where it can."""
+    try:
+        import stochtree  # noqa: F401
+    except Exception as err:  # an import of a compiled extension can fail in many ways
+        return (
+            f"bcf not run: stochtree cannot be imported ({err!r}); "
+            "pip install 'stochtree>=0.4.5' (or the bench extra)"
+        )
+    return None
+
+
+def _bcf_tau(
+    x: np.ndarray,
+    t: np.ndarray,
+    y: np.ndarray,
+    seed: int,
+    new: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Posterior draws of tau, shape (unit, draw), and the settings.
+
+    The draws are at the training units, or at ``new = (features, treatment)`` (the CATE does
+    not depend on the treatment given; stochtree's ``predict`` asks for it).
+    """
+    from importlib.metadata import version
+
+    from stochtree import BCFModel
+
+    model = BCFModel()
+    model.sample(
+        X_train=x,
+        Z_train=t,
+        y_train=y,
+        propensity_train=np.full(len(y), PROPENSITY),
+        general_params={"random_seed": seed},
+    )
+    if new is None:
+        draws = model.tau_hat_train
+    else:
+        draws = model.predict(
+            X=new[0],
+            Z=new[1],
+            propensity=np.full(len(new[0]), PROPENSITY),
+            type="posterior",
+            terms="cate",
+        )
+    settings = {
+        "stochtree": version("stochtree"),
+        "num_gfr": model.num_gfr,
+        "num_burnin": model.num_burnin,
+        "num_mcmc": model.num_mcmc,
+        "retained_draws": model.num_samples,
+        "trees": "stochtree defaults (prognostic 250, treatment effect 100)",
+        "propensity": PROPENSITY,
+        "random_seed": seed,
+    }
+    return np.asarray(draws, float).reshape(len(draws), -1), settings
+
+
+def run_bcf(data: Dataset, seed: int) -> Estimate:
+    x = data.features
+    y, t = data.trial.outcome_array, data.trial.treatment_array
+    start = time.perf_counter()
+    draws, settings = _bcf_tau(x, t, y, seed)
+    cate = draws.mean(1)
+    lower, upper = np.quantile(draws, [(1 - PROB) / 2, (1 + PROB) / 2], axis=1)
+    seconds = time.perf_counter() - start
+    return Estimate(
+        cate=cate, lower=lower, upper=upper, ate=float(cate.mean()), seconds=seconds, extra=settings
+    )
+
+
 def run_t_learner(data: Dataset, seed: int) -> Estimate:
     x = data.features
     y, t = data.trial.outcome_array, data.trial.treatment_array
@@ -311,6 +414,12 @@ def oof_forest(
         return est.effect(x[test])
 
 
+def oof_bcf(data: Dataset, train: np.ndarray, test: np.ndarray, seed: int) -> np.ndarray:
+    x, y, t = data.features, data.trial.outcome_array, data.trial.treatment_array
+    draws, _ = _bcf_tau(x[train], t[train], y[train], seed, new=(x[test], t[test]))
+    return draws.mean(1)
+
+
 def oof_t_learner(data: Dataset, train: np.ndarray, test: np.ndarray, seed: int) -> np.ndarray:
     x, y, t = data.features, data.trial.outcome_array, data.trial.treatment_array
     tr1, tr0 = train[t[train] == 1], train[t[train] == 0]
@@ -336,10 +445,12 @@ def oof_kmeans(data: Dataset, train: np.ndarray, test: np.ndarray, seed: int) ->
 def out_of_fold(data: Dataset, args: argparse.Namespace, seed: int) -> dict[str, np.ndarray]:
     """2-fold cross-fitted CATE of every method: fit on one half, predict the other."""
     n = data.trial.n_units
-    out = {m: np.full(n, np.nan) for m in METHODS}
+    out = {m: np.full(n, np.nan) for m in args.methods}
     for train, test in KFold(2, shuffle=True, random_state=seed).split(np.zeros(n)):
         out["imgcate"][test] = oof_imgcate(data, train, test, 1, args.oof_draws, seed)
         out["causal_forest_dml"][test] = oof_forest(data, train, test, args.trees, seed)
+        if "bcf" in out:
+            out["bcf"][test] = oof_bcf(data, train, test, seed)
         out["t_learner"][test] = oof_t_learner(data, train, test, seed)
         out["kmeans_dim"][test] = oof_kmeans(data, train, test, seed)
     return out
@@ -394,9 +505,11 @@ def bench(data: Dataset, args: argparse.Namespace) -> dict:
     methods = {
         "imgcate": run_imgcate(data, args.chains, args.draws, seed),
         "causal_forest_dml": run_forest(data, args.trees, seed),
+        "bcf": run_bcf(data, seed) if "bcf" in args.methods else None,
         "t_learner": run_t_learner(data, seed),
         "kmeans_dim": run_kmeans(data, seed),
     }
+    methods = {name: est for name, est in methods.items() if est is not None}
     oof = out_of_fold(data, args, seed)
     table = {name: score(data, est, oof[name], scores, seed) for name, est in methods.items()}
     oracle = rate(data.cate, scores, target="AUTOC", n_bootstrap=200, seed=seed)
@@ -410,7 +523,7 @@ def bench(data: Dataset, args: argparse.Namespace) -> dict:
     }
 
 
-def summarize(results: list[dict]) -> dict:
+def summarize(results: list[dict], methods: list[str]) -> dict:
     """Mean over seeds per dataset family; the issue's target on the cluster trials."""
     families: dict[str, list[dict]] = {}
     for r in results:
@@ -419,13 +532,15 @@ def summarize(results: list[dict]) -> dict:
     out = {}
     for fam, rows in families.items():
         entry = {}
-        for m in METHODS:
+        for m in methods:
             vals = [r["methods"][m] for r in rows]
             cov = [v["coverage_90"] for v in vals if v["coverage_90"] is not None]
+            width = [v["interval_width"] for v in vals if v["interval_width"] is not None]
             entry[m] = {
                 "sqrt_pehe": _r(np.mean([v["sqrt_pehe"] for v in vals])),
                 "abs_ate_error": _r(np.mean([abs(v["ate_error"]) for v in vals])),
                 "coverage_90": _r(np.mean(cov), 3) if cov else None,
+                "interval_width": _r(np.mean(width), 3) if width else None,
                 "rate_autoc": _r(np.mean([v["rate_autoc"] for v in vals])),
                 "fit_seconds": round(float(np.mean([v["fit_seconds"] for v in vals])), 2),
             }
@@ -460,11 +575,23 @@ def main() -> None:
     else:
         n_units, seeds = 1000, list(range(args.seeds))
         args.chains, args.draws, args.oof_draws, args.trees = 2, 500, 300, 500
+    skipped = {}
+    args.methods = list(METHODS)
+    if (why := bcf_missing()) is not None:
+        print(why, file=sys.stderr)
+        skipped["bcf"] = why
+        args.methods.remove("bcf")
     start = time.perf_counter()
     results = []
     for k in (2, 3):
         for s in seeds:
             results.append(bench(simulated(s, n_units, k), args))
+    for name, effect, baseline in (
+        ("smooth_tanh", "tanh", "linear"),
+        ("nonlinear_baseline", "constant", "quadratic"),
+    ):
+        for s in seeds:
+            results.append(bench(scenario(name, s, n_units, effect, baseline), args))
     results.append(bench(landsat(0, n_units), args))
     print(
         json.dumps(
@@ -479,13 +606,21 @@ def main() -> None:
                     "nuts_warmup": args.draws,
                     "nuts_draws": args.draws,
                     "forest_trees": args.trees,
+                    "bcf": "stochtree BCFModel defaults: 5 grow-from-root warm-start sweeps, "
+                    "0 burn-in, 100 MCMC draws kept; 250 prognostic and 100 treatment-effect "
+                    "trees; known propensity 0.5; random_seed 0 (per-fit settings in the "
+                    "bcf rows)"
+                    if "bcf" in args.methods
+                    else None,
                 },
+                "methods": args.methods,
+                "skipped": skipped,
                 "rate": "AUTOC; scores = AIPW with known propensity 0.5 and 5-fold cross-fitted "
                 "GradientBoosting mu0/mu1 on embedding + covariates (shared by all methods); "
                 "priority = each method's 2-fold out-of-fold CATE (imgcate folds: NUTS 1 x "
                 f"{args.oof_draws}); oracle = true CATE as priority",
                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                "summary": summarize(results),
+                "summary": summarize(results, args.methods),
                 "datasets": results,
                 "total_seconds": round(time.perf_counter() - start, 1),
             },
