@@ -13,6 +13,14 @@ every run:
 
 A scenario is EFFECT/BASELINE/NOISE[/dD] (``d16``: 16 features instead of 4). On a machine
 with more cores, ``--jobs N`` runs N fits at once (one process each).
+
+``--form`` compares forms of the model's flexible parts on the same trials (issue 17):
+``rff`` (the default model: random-feature GPs f in the baseline and g in the effect),
+``linear`` (no f or g: baseline and effect deviation linear in the embedding),
+``prognostic`` (``linear`` plus a cross-fitted prognostic score as a covariate, as Bayesian
+causal forests do: gradient boosting of the outcome on embedding and covariates, trained on the
+control units outside each of 5 folds) and ``rff+prognostic``. The prognostic forms suit the
+Gaussian scenarios (a new unit's covariates, the score among them, are set to the trial's means).
 """
 
 from __future__ import annotations
@@ -46,6 +54,13 @@ SCENARIOS = (
 LIKELIHOOD = {"zero_inflated": "hurdle"}
 PROB = 0.9
 N_NEW = 400
+#: Fit options of each form of the flexible parts (``--form``); "prognostic" adds the score.
+FORMS = {
+    "rff": {},
+    "linear": {"n_basis": 0, "deviation": "linear"},
+    "prognostic": {"n_basis": 0, "deviation": "linear"},
+    "rff+prognostic": {},
+}
 
 
 def parse(scenario: str) -> dict:
@@ -61,7 +76,30 @@ def covers(lo, hi, truth) -> float:
     return float(((lo <= truth) & (truth <= hi)).mean())
 
 
-def one_fit(scenario: str, seed: int, n_units: int, k: int, chains: int, draws: int) -> dict:
+def with_prognostic_score(trial, embeddings, seed: int, folds: int = 5):
+    """The trial with a cross-fitted prognostic score column ``prognostic`` as a covariate:
+    each unit's score comes from gradient boosting of the outcome on (embedding, covariates)
+    fitted on the control units outside its fold."""
+    from sklearn.ensemble import GradientBoostingRegressor
+    from sklearn.model_selection import KFold
+
+    from imgcate.units import read_units
+
+    features = np.column_stack([embeddings.values, trial.covariate_matrix])
+    y, control = trial.outcome_array, trial.treatment_array == 0
+    score = np.empty(len(y))
+    for train, test in KFold(folds, shuffle=True, random_state=seed).split(features):
+        keep = train[control[train]]
+        model = GradientBoostingRegressor(max_depth=3, n_estimators=200, random_state=seed)
+        score[test] = model.fit(features[keep], y[keep]).predict(features[test])
+    data = trial.data.assign(prognostic=score)
+    covariates = [*trial.covariates, "prognostic"]
+    return read_units(data, covariates=covariates, image_id="image_id")
+
+
+def one_fit(
+    scenario: str, seed: int, n_units: int, k: int, chains: int, draws: int, form: str = "rff"
+) -> dict:
     """Fit one replication and measure it (runs in a worker process)."""
     import imgcate
     from imgcate.simulate import simulate_scenario
@@ -69,11 +107,14 @@ def one_fit(scenario: str, seed: int, n_units: int, k: int, chains: int, draws: 
     args = parse(scenario)
     sim = simulate_scenario(seed, n_units=n_units, **args)
     likelihood = LIKELIHOOD.get(args["noise"], "gaussian")
+    trial = sim.trial
     start = time.perf_counter()
+    if form.endswith("prognostic"):
+        trial = with_prognostic_score(trial, sim.embeddings, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = imgcate.fit(
-            sim.trial,
+            trial,
             sim.embeddings,
             n_clusters=k,
             likelihood=likelihood,
@@ -81,6 +122,7 @@ def one_fit(scenario: str, seed: int, n_units: int, k: int, chains: int, draws: 
             num_chains=chains,
             num_warmup=draws,
             num_samples=draws,
+            **FORMS[form],
         )
     seconds = time.perf_counter() - start
     lo_name, hi_name = f"{50 * (1 - PROB):g}%", f"{100 - 50 * (1 - PROB):g}%"
@@ -92,6 +134,7 @@ def one_fit(scenario: str, seed: int, n_units: int, k: int, chains: int, draws: 
     diag = result.diagnostics()
     row = {
         "scenario": scenario,
+        "form": form,
         "seed": seed,
         "likelihood": likelihood,
         "seconds": round(seconds, 1),
@@ -116,10 +159,15 @@ def one_fit(scenario: str, seed: int, n_units: int, k: int, chains: int, draws: 
 
 def summarize(rows: list[dict]) -> dict:
     """Means over replications; coverages with their Monte Carlo standard errors."""
-    out = {"scenario": rows[0]["scenario"], "summary": True, "reps": len(rows)}
+    out = {
+        "scenario": rows[0]["scenario"],
+        "form": rows[0].get("form", "rff"),
+        "summary": True,
+        "reps": len(rows),
+    }
     for key in rows[0]:
         values = [r[key] for r in rows if key in r]
-        if key in ("scenario", "seed", "likelihood") or not values:
+        if key in ("scenario", "form", "seed", "likelihood") or not values:
             continue
         mean = float(np.mean(values))
         out[key] = round(mean, 4)
@@ -137,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chains", type=int, default=2)
     parser.add_argument("--draws", type=int, default=500, help="warm-up and kept draws per chain")
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--form", choices=list(FORMS), default="rff", help="flexible parts")
     parser.add_argument("--quick", action="store_true", help="2 replications, 200 draws")
     args = parser.parse_args(argv)
     if args.quick:
@@ -155,13 +204,14 @@ def main(argv: list[str] | None = None) -> None:
                 "chains": args.chains,
                 "draws": args.draws,
                 "reps": args.reps,
+                "form": args.form,
                 "prob": PROB,
             }
         ),
         flush=True,
     )
     jobs = [
-        (s, seed, args.units, args.clusters, args.chains, args.draws)
+        (s, seed, args.units, args.clusters, args.chains, args.draws, args.form)
         for s in scenarios
         for seed in range(args.reps)
     ]
