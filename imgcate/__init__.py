@@ -21,6 +21,7 @@ from imgcate.embeddings import (
 )
 from imgcate.encoders import CNNEncoder, RandomConvFeatures
 from imgcate.errors import (
+    BalanceWarning,
     BandWarning,
     ConvergenceWarning,
     ExtrapolationWarning,
@@ -55,11 +56,13 @@ from imgcate.segments import (
 )
 from imgcate.selection import ClusterComparison, compare_clusters
 from imgcate.simulate import SimulatedTrial, simulate_trial
+from imgcate.trialcheck import RandomizationCheck, check_randomization
 from imgcate.units import Trial, read_units
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BalanceWarning",
     "BandWarning",
     "CNNEncoder",
     "Chips",
@@ -77,12 +80,14 @@ __all__ = [
     "OutputExistsError",
     "OverlapWarning",
     "Prediction",
+    "RandomizationCheck",
     "RandomConvFeatures",
     "RasterError",
     "SimulatedTrial",
     "Trial",
     "__version__",
     "as_embeddings",
+    "check_randomization",
     "chips_from_array",
     "compare_clusters",
     "embed",

@@ -52,6 +52,12 @@ class SensitivityWarning(UserWarning):
     benchmark multiple (kd) is impossible for its benchmark (those rows are NaN)."""
 
 
+class BalanceWarning(UserWarning):
+    """A trial analysed as randomized has arms that differ in pre-treatment variables
+    (covariates, embedding components) by more than randomization allows: the treatment
+    column, the declared design (strata, clusters) or the randomization itself is in doubt."""
+
+
 class ModelCheckWarning(UserWarning):
     """The fitted model's replicated outcomes miss a feature of the observed outcome (a
     posterior predictive check failed): the likelihood does not describe the data."""

@@ -24,11 +24,12 @@ from numpyro.optim import Adam
 
 from imgcate.config import FitConfig, ModelData, Standardizer, model_data
 from imgcate.embeddings import Embeddings
-from imgcate.errors import InputError
+from imgcate.errors import BalanceWarning, InputError
 from imgcate.model import effect_model
 from imgcate.posterior import with_derived
 from imgcate.provenance import collect
 from imgcate.results import EffectFit
+from imgcate.trialcheck import check_randomization
 from imgcate.units import Trial
 from imgcate.validation import as_float_array, as_propensity
 
@@ -281,6 +282,11 @@ def fit(
     ModelCheckWarning
         When outcomes replicated from the posterior miss the observed outcome's distribution
         in an arm (its mean, spread, quantiles, skewness or share at the floor).
+    BalanceWarning
+        Without ``propensity`` (a randomized trial), when the arms differ in the covariates or
+        the embedding's first three principal components more than randomization allows:
+        joint p-value below 0.001, or a variable's below 0.001 over the number of variables
+        (:func:`imgcate.check_randomization`, 200 re-randomizations).
 
     Examples
     --------
@@ -309,6 +315,18 @@ def fit(
     else:
         unit_embedding = _unit_rows(as_float_array("embeddings", embeddings, ndim=2), trial)
         encoder = None
+    if propensity is None:  # analysed as randomized: the arms may differ only by chance
+        balance = check_randomization(
+            trial,
+            unit_embedding,
+            n_components=3,
+            n_permutations=200,
+            seed=seed,
+            alpha=0.001,
+            warn=False,
+        )
+        if balance.implausible:
+            warnings.warn(f"imgcate fit: {balance.message()}", BalanceWarning, stacklevel=2)
     std = Standardizer.fitted(
         trial.outcome_array, trial.covariate_matrix, unit_embedding, config, trial.outcome
     )

@@ -18,7 +18,7 @@ import pandas as pd
 import pyproj
 
 from imgcate.errors import InputError
-from imgcate.validation import check_choice
+from imgcate.validation import check_choice, check_covariate_columns
 
 MissingPolicy = Literal["error", "drop", "mean", "indicator"]
 MISSING_POLICIES = ("error", "drop", "mean", "indicator")
@@ -328,7 +328,8 @@ def read_units(
     ------
     InputError
         For a missing column, non-binary or constant treatment, NaN or infinite outcome,
-        duplicate unit ids, non-numeric covariates, missing coordinates or covariates (with
+        duplicate unit ids, non-numeric, constant or treatment-copy covariates (|correlation|
+        with the treatment above 0.99), missing coordinates or covariates (with
         ``missing="error"``), or an unreadable file.
 
     Examples
@@ -375,6 +376,9 @@ def read_units(
         _check_treatment(df, treatment, ids)
         _check_outcome(df, outcome, ids)
     df, covs = _apply_missing(df, covariates, missing, ids)
+    if outcome is not None and covs:
+        matrix = df[list(covs)].to_numpy(dtype=float)
+        check_covariate_columns(matrix, covs, df[treatment].to_numpy(), treatment)
     gdf = _to_geodataframe(df, lon, lat, crs, id)
     return Trial(
         data=gdf.reset_index(drop=True),

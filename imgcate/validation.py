@@ -6,7 +6,7 @@ raises an :class:`~imgcate.errors.InputError` that names the input and says how 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -104,6 +104,39 @@ def as_treatment(values: Any, n: int | None = None) -> np.ndarray:
             f"all {len(t)} units have treatment={int(levels[0]) if len(levels) else 'none'}."
         )
     return t
+
+
+def check_covariate_columns(
+    covariates: np.ndarray, names: Sequence[str], treatment: np.ndarray, treatment_name: str
+) -> None:
+    """Refuse covariates (unit, covariate) that are constant or (nearly) the treatment:
+    identical to it (or to 1 - treatment), or correlated with it beyond |r| = 0.99."""
+    x = np.asarray(covariates, dtype=float)
+    t = np.asarray(treatment, dtype=float)
+    if len(x) == 0:
+        return
+    for j, name in enumerate(names):
+        col = x[:, j]
+        if np.ptp(col) == 0:
+            raise InputError(
+                f"covariate {name!r} is constant ({col[0]:g} for every unit), so it carries no "
+                "information; drop it from covariates."
+            )
+        if name == treatment_name:
+            raise InputError(
+                f"the treatment column {name!r} is listed among the covariates; drop it from "
+                "covariates."
+            )
+        if np.ptp(t) == 0:
+            continue
+        r = float(np.corrcoef(col, t)[0, 1])
+        if np.array_equal(col, t) or np.array_equal(col, 1 - t) or abs(r) > 0.99:
+            raise InputError(
+                f"covariate {name!r} is (nearly) the treatment column {treatment_name!r} "
+                f"(correlation {r:+.3f}): a covariate is measured before treatment and cannot "
+                f"be the assignment itself; drop it from covariates (or, if it is the "
+                f"treatment, pass treatment={name!r})."
+            )
 
 
 def as_propensity(values: Any, n: int | None = None) -> np.ndarray:

@@ -1,0 +1,578 @@
+"""Trial checks: is the balance of a randomized trial what randomization gives?
+
+A randomized trial balances every pre-treatment variable up to chance. :func:`check_randomization`
+compares the arms on the trial's covariates and on the leading principal components of its
+images' embedding, variable by variable (standardized mean differences, as
+:func:`imgcate.confounding.balance_table`) and jointly (an F test of the treatment on all of
+them), and asks how often re-randomizing as the design did (within strata, by whole clusters)
+gives arms at least as different.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from imgcate.confounding.weights import ipw_weights, smd, weighted_mean
+from imgcate.embeddings import Embeddings
+from imgcate.errors import BalanceWarning, InputError
+from imgcate.intervals import quantiles, tidy_table
+from imgcate.units import Trial
+from imgcate.validation import as_float_array, check_positive_int, check_prob, seed_int
+
+
+@dataclass(frozen=True)
+class Design:
+    """How a trial was randomized: which units were assigned together and within which strata.
+
+    Attributes
+    ----------
+    group : ndarray (unit,)
+        Each unit's randomization unit (its cluster in a cluster-randomized trial, else itself).
+    treatment : ndarray (group,)
+        The treatment of each randomization unit (0/1).
+    stratum : ndarray (group,)
+        Stratum codes of the randomization units (all 0 without strata).
+    level : {"unit", "cluster"}
+        What was randomized.
+    notes : tuple of str
+        Where the declared design could not be followed, and what was done instead.
+    """
+
+    group: np.ndarray
+    treatment: np.ndarray
+    stratum: np.ndarray
+    level: Literal["unit", "cluster"]
+    notes: tuple[str, ...] = ()
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` re-randomizations of the randomization units (n, group), int8: each a
+        uniformly random permutation of the observed assignment within every stratum."""
+        blocks = np.argsort(self.stratum, kind="stable")
+        order = np.argsort(self.stratum + rng.random((n, len(self.stratum))), axis=1)
+        out = np.empty((n, len(self.stratum)), dtype=np.int8)
+        out[:, blocks] = self.treatment[order]
+        return out
+
+    @property
+    def unit_stratum(self) -> np.ndarray:
+        """Stratum code of each unit (unit,)."""
+        return self.stratum[self.group]
+
+    def informative(self) -> np.ndarray:
+        """Which strata hold both arms among their randomization units (stratum,)."""
+        n_strata = int(self.stratum.max()) + 1
+        treated = np.bincount(self.stratum, weights=self.treatment, minlength=n_strata)
+        total = np.bincount(self.stratum, minlength=n_strata)
+        return (treated > 0) & (treated < total)
+
+
+def trial_design(trial: Trial) -> Design:
+    """The trial's randomization design, from its ``stratum`` and ``cluster`` columns.
+
+    Whole clusters are the randomization units when every cluster has a single arm; when some
+    hold both arms, assignment was not by cluster and units are re-randomized (a note says so).
+    """
+    t = trial.treatment_array.astype(np.int8)
+    stratum = trial.codes("stratum")
+    stratum = np.zeros(len(t), np.int64) if stratum is None else stratum.astype(np.int64)
+    cluster = trial.codes("cluster")
+    if cluster is None:
+        return Design(np.arange(len(t)), t, stratum, "unit")
+    size = np.bincount(cluster)
+    treated = np.bincount(cluster, weights=t)
+    mixed = np.flatnonzero((treated > 0) & (treated < size))
+    labels = pd.factorize(trial.data[trial.cluster], sort=True)[1]
+    if mixed.size:
+        shown = labels[mixed[:5]].tolist()
+        more = f" and {mixed.size - 5} more" if mixed.size > 5 else ""
+        note = (
+            f"clusters {shown}{more} of column {trial.cluster!r} hold both treated and control "
+            "units, so assignment was not by whole cluster: units were re-randomized"
+        )
+        return Design(np.arange(len(t)), t, stratum, "unit", (note,))
+    first = np.unique(cluster, return_index=True)[1]
+    group_stratum = stratum[first]
+    notes: tuple[str, ...] = ()
+    if (group_stratum[cluster] != stratum).any():
+        notes = (
+            f"clusters of {trial.cluster!r} span several strata of {trial.stratum!r}: whole "
+            "clusters were re-randomized ignoring the strata",
+        )
+        group_stratum = np.zeros(len(first), np.int64)
+    return Design(cluster.astype(np.int64), t[first], group_stratum, "cluster", notes)
+
+
+def rerandomize(trial: Trial, n_permutations: int, *, seed: int) -> np.ndarray:
+    """Treatment assignments drawn as the trial's design randomizes, one row per draw.
+
+    Each draw permutes the observed assignment within every stratum (``trial.stratum``), and
+    by whole clusters (``trial.cluster``) when every cluster has a single arm: the number of
+    treated randomization units per stratum is that of the trial.
+
+    Parameters
+    ----------
+    trial : Trial
+        The trial (its treatment, and the stratum and cluster columns if set).
+    n_permutations : int
+        Number of draws.
+    seed : int
+        Random seed; the same seed gives the same draws.
+
+    Returns
+    -------
+    ndarray, shape (permutation, unit), int8
+        Re-randomized treatment of every unit.
+
+    Examples
+    --------
+    >>> from imgcate.simulate import simulate_trial
+    >>> trial = simulate_trial(seed=0, n_units=100).trial
+    >>> draws = rerandomize(trial, 5, seed=0)
+    >>> draws.shape, bool((draws.sum(axis=1) == trial.treatment_array.sum()).all())
+    ((5, 100), True)
+    """
+    design = trial_design(_as_trial(trial))
+    rng = np.random.default_rng(seed_int(seed))
+    return design.draw(check_positive_int("n_permutations", n_permutations), rng)[:, design.group]
+
+
+@dataclass(frozen=True, eq=False)
+class RandomizationCheck:
+    """Balance of a trial's arms against what its randomization gives.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per variable (index: covariate names, then ``pc1``, ``pc2``, ... for the
+        embedding's principal components). Columns ``kind`` (covariate or embedding),
+        ``mean_control``, ``mean_treated``, ``smd`` (standardized mean difference as
+        :func:`imgcate.confounding.balance_table`; within strata, each stratum weighted by its
+        size), ``z`` (the SMD in standard deviations of its re-randomization distribution),
+        ``p_value`` (two-sided randomization p-value of the SMD) and ``implausible`` (p_value
+        below ``alpha`` divided by the number of variables).
+    statistic : float
+        The joint F statistic: the treatment regressed on all variables (within strata), at the
+        level of randomization (cluster means in a cluster-randomized trial).
+    df : tuple of int
+        Its degrees of freedom (variables, residual).
+    p_value : float
+        Joint randomization p-value: the share of re-randomizations whose F is at least the
+        observed one, counting the observed assignment, ``(1 + count) / (n_permutations + 1)``.
+        When no re-randomization reaches it, the F distribution's tail, at most
+        ``1 / (n_permutations + 1)``; the per-variable ``p_value`` likewise, with the normal
+        tail of ``z``.
+    p_value_f : float
+        The classical F test's p-value (NaN without residual degrees of freedom).
+    n_permutations : int
+        Re-randomizations drawn.
+    alpha : float
+        Level at which balance is called implausible (see :attr:`implausible`).
+    level : {"unit", "cluster"}
+        What was re-randomized.
+    n_units, n_groups, n_strata : int
+        Units, randomization units and strata compared (strata with a single arm are left out).
+    notes : tuple of str
+        Where the check departed from the declared design or left something out.
+    permuted_smd : ndarray (permutation, variable)
+        SMD of every variable under each re-randomization.
+    permuted_statistic : ndarray (permutation,)
+        F under each re-randomization.
+    """
+
+    table: pd.DataFrame
+    statistic: float
+    df: tuple[int, int]
+    p_value: float
+    p_value_f: float
+    n_permutations: int
+    alpha: float
+    level: str
+    n_units: int
+    n_groups: int
+    n_strata: int
+    notes: tuple[str, ...]
+    permuted_smd: np.ndarray
+    permuted_statistic: np.ndarray
+
+    @property
+    def implausible(self) -> bool:
+        """Balance is implausible for a randomized design: the joint p-value is below
+        ``alpha``, or some variable's is below ``alpha`` over the number of variables."""
+        return bool(self.p_value < self.alpha or self.table["implausible"].any())
+
+    def worst(self, n: int = 3) -> pd.DataFrame:
+        """The ``n`` rows of :attr:`table` least like randomization (largest ``|z|``)."""
+        order = self.table["z"].abs().sort_values(ascending=False, na_position="last").index
+        return self.table.loc[order[:n]]
+
+    def tidy(self, prob: float = 0.95) -> pd.DataFrame:
+        """The tidy schema: one row per variable, then one for the joint test.
+
+        ``estimate`` is the SMD (the F statistic on the ``joint`` row), ``std_err`` its standard
+        deviation over re-randomizations, the interval columns (named by percentile) the
+        central ``prob`` range of its re-randomization distribution: where randomization puts
+        it; then ``p_value`` and ``kind``.
+        """
+        lo, hi = quantiles(self.permuted_smd, prob)
+        f_lo, f_hi = quantiles(self.permuted_statistic, prob)
+        return tidy_table(
+            [*self.table.index, "joint"],
+            [*self.table["smd"], self.statistic],
+            [*np.nanstd(self.permuted_smd, axis=0), np.nan],
+            [*lo, f_lo],
+            [*hi, f_hi],
+            prob,
+            p_value=[*self.table["p_value"], self.p_value],
+            kind=[*self.table["kind"], "joint F"],
+        )
+
+    def message(self) -> str:
+        """What is wrong and what to do, as the :class:`~imgcate.errors.BalanceWarning` says."""
+        flagged = self.table[self.table["implausible"]]
+        rows = self.worst(3) if flagged.empty else flagged.loc[flagged["z"].abs().nlargest(3).index]
+        worst = ", ".join(
+            f"{name} (SMD {row.smd:+.2f}, {abs(row.z):.1f} randomization sd, p = {row.p_value:.2g})"
+            for name, row in rows.iterrows()
+        )
+        return (
+            f"the treatment arms differ more than randomization allows ({self._design_text()}): "
+            f"joint F test over {self.df[0]} variables p = {self.p_value:.2g} "
+            f"({self.n_permutations} re-randomizations); largest differences: {worst}. Check "
+            "the treatment column and the declared design (stratum=, cluster=); if assignment "
+            "was not random, analyse the trial as observational: fit(trial, embeddings, "
+            "propensity=...) with scores from imgcate.confounding.estimate_propensity. "
+            "imgcate.check_randomization(trial, embeddings) gives the whole balance table."
+        )
+
+    def _design_text(self) -> str:
+        strata = f" within {self.n_strata} strata" if self.n_strata > 1 else ""
+        if self.level == "cluster":
+            return f"{self.n_units} units in {self.n_groups} clusters randomized whole{strata}"
+        return f"{self.n_units} units randomized individually{strata}"
+
+    def _lines(self) -> list[str]:
+        worst = self.worst(1)
+        lines = [
+            f"design: {self._design_text()}",
+            f"joint: F = {self.statistic:.3g} on ({self.df[0]}, {self.df[1]}) df, randomization "
+            f"p = {self.p_value:.3g} ({self.n_permutations} draws), F-test p = "
+            f"{self.p_value_f:.3g}",
+        ]
+        if len(worst):
+            row = worst.iloc[0]
+            lines.append(
+                f"largest: {worst.index[0]} SMD {row['smd']:+.3f} (z = {row['z']:.2f}, "
+                f"p = {row['p_value']:.3g})"
+            )
+        verdict = "IMPLAUSIBLE for a randomized design" if self.implausible else "plausible"
+        lines.append(f"balance: {verdict} (alpha = {self.alpha:g})")
+        return lines + [f"note: {note}" for note in self.notes]
+
+    def summary(self) -> str:
+        """The headline (design, joint test, largest difference, verdict) and the table."""
+        return "\n".join(self._lines()) + "\n\n" + self.table.to_string(float_format="%.3g")
+
+    def __repr__(self) -> str:
+        return "RandomizationCheck(\n" + "\n".join(f"  {x}" for x in self._lines()) + "\n)"
+
+
+def check_randomization(
+    trial: Trial,
+    embeddings: Embeddings | np.ndarray | None = None,
+    *,
+    n_components: int = 8,
+    n_permutations: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.01,
+    warn: bool = True,
+) -> RandomizationCheck:
+    """Balance of a randomized trial's arms on its covariates and embedding, tested jointly.
+
+    Compares the arms on every covariate and on the leading principal components of the
+    embedding (standardized mean differences, within strata when the trial has a stratum
+    column), and tests them jointly: the F statistic of the treatment regressed on all of them
+    (with stratum intercepts), at the level of randomization (cluster means when whole
+    clusters were assigned). Its randomization p-value re-randomizes as the design did:
+    permuting the treatment within strata, and whole clusters' assignments when the trial has
+    a cluster column whose clusters each have a single arm (otherwise units, with a note).
+    Strata with a single arm carry no comparison and are left out.
+
+    Parameters
+    ----------
+    trial : Trial
+        The trial (treatment, covariates, and its stratum and cluster columns if set).
+    embeddings : Embeddings or ndarray, optional
+        The embeddings of the trial's images (matched through ``trial.image_keys``; a plain
+        array is one row per unit). Without them only covariates are compared.
+    n_components : int
+        Leading principal components of the (standardized) embedding to compare; 0 for none.
+    n_permutations : int
+        Re-randomizations drawn.
+    seed : int
+        Random seed; the same seed gives the same p-values.
+    alpha : float
+        Balance is implausible when the joint p-value is below ``alpha`` or some variable's is
+        below ``alpha`` over the number of variables (Bonferroni).
+    warn : bool
+        Warn (:class:`~imgcate.errors.BalanceWarning`) when balance is implausible.
+
+    Returns
+    -------
+    RandomizationCheck
+        ``table`` (variable rows), the joint ``statistic``, ``p_value``, ``p_value_f``,
+        ``implausible``, ``tidy()``, ``summary()``.
+
+    Raises
+    ------
+    InputError
+        When there is nothing to compare (no covariates and no embeddings; only constant
+        variables), no stratum holds both arms, or the embeddings do not match the trial.
+
+    Warns
+    -----
+    BalanceWarning
+        When balance is implausible for a randomized design (and ``warn``).
+
+    Examples
+    --------
+    >>> from imgcate.simulate import simulate_trial
+    >>> sim = simulate_trial(seed=0, n_units=200, n_covariates=2)
+    >>> check = check_randomization(sim.trial, sim.embeddings, n_components=3, seed=0)
+    >>> list(check.table.index), check.implausible
+    (['x0', 'x1', 'pc1', 'pc2', 'pc3'], False)
+    """
+    trial = _as_trial(trial)
+    n_components = int(n_components)
+    if n_components < 0:
+        raise InputError(f"n_components={n_components} must be 0 or more.")
+    n_permutations = check_positive_int("n_permutations", n_permutations)
+    alpha = check_prob(alpha, "alpha")
+    rng = np.random.default_rng(seed_int(seed))
+    if not trial.covariates and (embeddings is None or n_components == 0):
+        raise InputError(
+            "nothing to compare: the trial has no covariates; pass embeddings= (the embeddings "
+            "of its images) or read the units with covariates=[...]."
+        )
+    variables, kinds = _variables(trial, embeddings, n_components)
+    design = trial_design(trial)
+    result = _check(variables, kinds, design, n_permutations, rng, alpha)
+    if warn and result.implausible:
+        warnings.warn(result.message(), BalanceWarning, stacklevel=2)
+    return result
+
+
+def principal_components(values: np.ndarray, n_components: int) -> np.ndarray:
+    """Leading principal components of the standardized columns of ``values`` (unit, feature),
+    scaled to unit variance, shape (unit, component); components without variance are left
+    out. Signs are fixed: each component's largest loading is positive."""
+    x = np.asarray(values, dtype=float)
+    sd = x.std(axis=0)
+    keep = sd > 1e-12 * np.maximum(1.0, np.abs(x.mean(axis=0)))
+    z = (x[:, keep] - x[:, keep].mean(axis=0)) / sd[keep]
+    n = len(z)
+    if z.shape[1] == 0 or n < 2:
+        return np.zeros((n, 0))
+    # eigenvectors of the smaller Gram matrix: a fraction of an SVD's cost for n >> feature
+    wide = z.shape[1] > n
+    eigval, eigvec = np.linalg.eigh(z @ z.T if wide else z.T @ z)
+    eigval, eigvec = eigval[::-1], eigvec[:, ::-1]
+    k = min(n_components, int((eigval > 1e-10 * eigval[0]).sum()))
+    loadings = z.T @ eigvec[:, :k] if wide else eigvec[:, :k]
+    signs = np.sign(loadings[np.abs(loadings).argmax(axis=0), np.arange(k)])
+    scores = eigvec[:, :k] * np.sqrt(eigval[:k]) if wide else z @ eigvec[:, :k]
+    return scores * signs / np.sqrt(eigval[:k] / n)
+
+
+def _as_trial(trial: Trial) -> Trial:
+    if not isinstance(trial, Trial):
+        raise InputError("trial must be a Trial; build one with imgcate.read_units(...).")
+    return trial
+
+
+def _unit_embedding(embeddings: Embeddings | np.ndarray, trial: Trial) -> np.ndarray:
+    if isinstance(embeddings, Embeddings):
+        return embeddings.for_keys(trial.image_keys)
+    values = as_float_array("embeddings", embeddings, ndim=2)
+    if len(values) != trial.n_units:
+        raise InputError(
+            f"embeddings array has {len(values)} rows but the trial has {trial.n_units} units; "
+            "pass an Embeddings object keyed by image id, or one row per unit."
+        )
+    return values
+
+
+def _variables(
+    trial: Trial, embeddings: Embeddings | np.ndarray | None, n_components: int
+) -> tuple[pd.DataFrame, list[str]]:
+    """The variables compared (unit, variable) and the kind of each."""
+    frame = pd.DataFrame(trial.covariate_matrix, columns=list(trial.covariates))
+    kinds = ["covariate"] * len(trial.covariates)
+    if embeddings is not None and n_components:
+        pcs = principal_components(_unit_embedding(embeddings, trial), n_components)
+        for j in range(pcs.shape[1]):
+            name = f"pc{j + 1}"
+            frame[name if name not in frame else f"{name} (embedding)"] = pcs[:, j]
+            kinds.append("embedding")
+    return frame, kinds
+
+
+def design_weights(treatment: np.ndarray, stratum: np.ndarray) -> np.ndarray:
+    """Inverse-probability weights of each unit's arm within its stratum (unit,): each arm's
+    weighted mean is then the size-weighted average of its stratum means."""
+    share = np.bincount(stratum, weights=treatment) / np.bincount(stratum)
+    return ipw_weights(treatment, share[stratum])
+
+
+def _randomization_p(count: np.ndarray, n_permutations: int, tail: np.ndarray) -> np.ndarray:
+    """``(1 + count) / (n + 1)``; where no draw reached the observed value, the classical
+    ``tail`` p-value, capped at ``1 / (n + 1)``."""
+    floor = 1.0 / (n_permutations + 1)
+    tail = np.where(np.isnan(tail), floor, np.minimum(tail, floor))
+    return np.where(count > 0, (1.0 + count) * floor, tail)
+
+
+def _check(
+    variables: pd.DataFrame,
+    kinds: list[str],
+    design: Design,
+    n_permutations: int,
+    rng: np.random.Generator,
+    alpha: float,
+) -> RandomizationCheck:
+    informative = design.informative()
+    kept = informative[design.unit_stratum]
+    notes = list(design.notes)
+    if not kept.any():
+        raise InputError(
+            "no stratum holds both treated and control units, so randomization left nothing "
+            "to compare; check the treatment and stratum columns."
+        )
+    if not informative.all():
+        notes.append(
+            f"{int((~informative).sum())} strata with a single arm ({int((~kept).sum())} units) "
+            "were left out"
+        )
+    x_all = variables.to_numpy(dtype=float)[kept]
+    varies = np.ptp(x_all, axis=0) > 0
+    if not varies.all():
+        notes.append(f"constant variables {list(variables.columns[~varies])} were left out")
+    if not varies.any():
+        raise InputError(
+            f"every variable compared ({list(variables.columns)}) is constant over the units "
+            "compared; give covariates or embeddings that vary."
+        )
+    names = list(variables.columns[varies])
+    kinds = [k for k, v in zip(kinds, varies, strict=True) if v]
+    x = x_all[:, varies]
+    groups = np.unique(design.group[kept], return_inverse=True)[1].reshape(-1)
+    g_kept = informative[design.stratum]
+    g_stratum = np.unique(design.stratum[g_kept], return_inverse=True)[1].reshape(-1)
+    u_stratum = g_stratum[groups]
+    g_treatment = design.treatment[g_kept]
+    table = _balance_table(x, names, kinds, g_treatment[groups].astype(float), u_stratum)
+    basis, t_mean, df = _joint_basis(x, groups, g_treatment, g_stratum)
+    permuted_smd, r2_draws = [], []
+    block = max(1, 2**22 // len(design.stratum))  # bounds memory: about 32 MB of draws
+    for start in range(0, n_permutations, block):
+        draws = design.draw(min(block, n_permutations - start), rng)[:, g_kept]
+        for draw in draws:
+            unit_draw = draw[groups].astype(float)
+            permuted_smd.append(smd(x, unit_draw, design_weights(unit_draw, u_stratum)))
+        r2_draws.append(_r2(draws, basis, t_mean))
+    permuted_smd, r2_draws = np.array(permuted_smd), np.concatenate(r2_draws)
+    table = _per_variable_p(table, permuted_smd, n_permutations, alpha)
+    r2 = float(_r2(g_treatment[None], basis, t_mean)[0])
+    f = float(_f(r2, df))
+    p_f = float(stats.f.sf(f, *df)) if not np.isnan(f) else float("nan")
+    count = int((r2_draws >= r2 * (1 - 1e-9) - 1e-12).sum())
+    return RandomizationCheck(
+        table=table,
+        statistic=f,
+        df=df,
+        p_value=float(_randomization_p(np.array(count), n_permutations, np.array(p_f))),
+        p_value_f=p_f,
+        n_permutations=n_permutations,
+        alpha=alpha,
+        level=design.level,
+        n_units=int(kept.sum()),
+        n_groups=int(g_kept.sum()),
+        n_strata=int(informative.sum()),
+        notes=tuple(notes),
+        permuted_smd=permuted_smd,
+        permuted_statistic=_f(r2_draws, df),
+    )
+
+
+def _balance_table(
+    x: np.ndarray, names: list[str], kinds: list[str], t: np.ndarray, stratum: np.ndarray
+) -> pd.DataFrame:
+    """Means by arm (each stratum weighted by its size) and SMD of each variable."""
+    w = design_weights(t, stratum)
+    return pd.DataFrame(
+        {
+            "kind": kinds,
+            "mean_control": weighted_mean(x[t == 0], w[t == 0]),
+            "mean_treated": weighted_mean(x[t == 1], w[t == 1]),
+            "smd": smd(x, t, w),
+        },
+        index=pd.Index(names, name="variable"),
+    )
+
+
+def _per_variable_p(
+    table: pd.DataFrame, permuted_smd: np.ndarray, n_permutations: int, alpha: float
+) -> pd.DataFrame:
+    observed = table["smd"].to_numpy()
+    spread = np.nanstd(permuted_smd, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(spread > 0, observed / spread, 0.0)
+    count = (np.abs(permuted_smd) >= np.abs(observed) * (1 - 1e-9) - 1e-12).sum(axis=0)
+    p = _randomization_p(count, n_permutations, 2 * stats.norm.sf(np.abs(z)))
+    return table.assign(z=z, p_value=p, implausible=p < alpha / len(table))
+
+
+def _joint_basis(
+    x: np.ndarray, groups: np.ndarray, treatment: np.ndarray, stratum: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """For the F test of the treatment on the variables with stratum intercepts, over the
+    randomization units (the means of their units): an orthonormal basis of the variables
+    within strata (group, rank), the treatment's stratum means (group,) and the F test's df.
+    Within a stratum every re-randomization has the observed number of treated units, so the
+    same stratum means."""
+    counts = np.bincount(groups)
+    xg = np.zeros((len(counts), x.shape[1]))
+    np.add.at(xg, groups, x)
+    xg = xg / counts[:, None]
+    xg = xg - _stratum_means(xg, stratum)
+    u, s, _ = np.linalg.svd(xg, full_matrices=False)
+    rank = int((s > 1e-10 * s[0]).sum()) if s.size and s[0] > 0 else 0
+    t_mean = _stratum_means(treatment.astype(float)[:, None], stratum)[:, 0]
+    return u[:, :rank], t_mean, (rank, len(counts) - int(stratum.max()) - 1 - rank)
+
+
+def _r2(draws: np.ndarray, basis: np.ndarray, t_mean: np.ndarray) -> np.ndarray:
+    """R2 of each assignment (draw, group) on the basis, within strata (draw,)."""
+    centred = draws - t_mean
+    return np.sum((centred @ basis) ** 2, axis=1) / np.sum(centred**2, axis=1)
+
+
+def _stratum_means(values: np.ndarray, stratum: np.ndarray) -> np.ndarray:
+    counts = np.bincount(stratum)
+    sums = np.zeros((len(counts), values.shape[1]))
+    np.add.at(sums, stratum, values)
+    return (sums / counts[:, None])[stratum]
+
+
+def _f(r2: float | np.ndarray, df: tuple[int, int]) -> np.ndarray:
+    """F from R2: ``(R2 / df1) / ((1 - R2) / df2)``; NaN without (residual) df."""
+    r2 = np.asarray(r2, dtype=float)
+    if df[0] < 1 or df[1] < 1:
+        return np.full(r2.shape, np.nan)
+    with np.errstate(divide="ignore"):
+        return r2 / df[0] / (np.maximum(1.0 - r2, 0.0) / df[1])
