@@ -12,7 +12,7 @@ every run:
     python benchmarks/calibration.py --scenario tanh/linear/gaussian --reps 5
 
 A scenario is EFFECT/BASELINE/NOISE[/dD] (``d16``: 16 features instead of 4). On a machine
-with more cores, ``--jobs N`` runs N fits at once (one process each).
+with more cores, ``--jobs N`` runs N fits at once (a fresh process for each fit).
 
 ``--form`` compares forms of the model's flexible parts on the same trials (issue 17):
 ``rff`` (the default model: random-feature GPs f in the baseline and g in the effect),
@@ -21,6 +21,8 @@ with more cores, ``--jobs N`` runs N fits at once (one process each).
 causal forests do: gradient boosting of the outcome on embedding and covariates, trained on the
 control units outside each of 5 folds) and ``rff+prognostic``. The prognostic forms suit the
 Gaussian scenarios (a new unit's covariates, the score among them, are set to the trial's means).
+``--prior NAME=SCALE`` (repeatable) refits with a prior scale of ``imgcate.model.PRIOR`` changed,
+e.g. ``--prior deviation_amp=0.15 --prior deviation_scale=0.25``.
 """
 
 from __future__ import annotations
@@ -98,12 +100,22 @@ def with_prognostic_score(trial, embeddings, seed: int, folds: int = 5):
 
 
 def one_fit(
-    scenario: str, seed: int, n_units: int, k: int, chains: int, draws: int, form: str = "rff"
+    scenario: str,
+    seed: int,
+    n_units: int,
+    k: int,
+    chains: int,
+    draws: int,
+    form: str = "rff",
+    prior: dict | None = None,
 ) -> dict:
-    """Fit one replication and measure it (runs in a worker process)."""
+    """Fit one replication and measure it (runs in a worker process); ``prior`` overrides
+    entries of :data:`imgcate.model.PRIOR` in this process."""
     import imgcate
+    from imgcate.model import PRIOR
     from imgcate.simulate import simulate_scenario
 
+    PRIOR.update(prior or {})
     args = parse(scenario)
     sim = simulate_scenario(seed, n_units=n_units, **args)
     likelihood = LIKELIHOOD.get(args["noise"], "gaussian")
@@ -186,10 +198,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--draws", type=int, default=500, help="warm-up and kept draws per chain")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--form", choices=list(FORMS), default="rff", help="flexible parts")
+    parser.add_argument(
+        "--prior",
+        action="append",
+        default=[],
+        metavar="NAME=SCALE",
+        help="override a prior scale of imgcate.model.PRIOR (e.g. deviation_amp=0.15)",
+    )
     parser.add_argument("--quick", action="store_true", help="2 replications, 200 draws")
     args = parser.parse_args(argv)
     if args.quick:
         args.reps, args.draws = 2, 200
+    from imgcate.model import PRIOR
+
+    prior = {}
+    for item in args.prior:
+        name, _, value = item.partition("=")
+        if name not in PRIOR or not value:
+            raise SystemExit(f"--prior {item!r}: write NAME=SCALE with NAME one of {list(PRIOR)}")
+        prior[name] = float(value)
     scenarios = args.scenario or list(SCENARIOS)
     for scenario in scenarios:
         parse(scenario)
@@ -205,19 +232,21 @@ def main(argv: list[str] | None = None) -> None:
                 "draws": args.draws,
                 "reps": args.reps,
                 "form": args.form,
+                "prior": prior,
                 "prob": PROB,
             }
         ),
         flush=True,
     )
     jobs = [
-        (s, seed, args.units, args.clusters, args.chains, args.draws, args.form)
+        (s, seed, args.units, args.clusters, args.chains, args.draws, args.form, prior)
         for s in scenarios
         for seed in range(args.reps)
     ]
     rows: dict[str, list[dict]] = {s: [] for s in scenarios}
     if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
+        # a fresh process per fit: one process compiling hundreds of models ran out of memory
+        with ProcessPoolExecutor(args.jobs, max_tasks_per_child=1) as pool:
             results = pool.map(one_fit, *zip(*jobs, strict=True))
             for row in results:
                 print(json.dumps(row), flush=True)

@@ -2,11 +2,17 @@
 
 Prints one JSON object. Same settings every run:
 
-    python benchmarks/fit_speed.py            # n = 2,000 and 10,000; d=16; K=3; NUTS 4x1000; SVI
-    python benchmarks/fit_speed.py --quick    # n = 2,000 only, NUTS 2x500 (a smoke run)
+    python benchmarks/fit_speed.py              # n = 2,000 and 10,000; d=16; K=3; NUTS 4x1000; SVI
+    python benchmarks/fit_speed.py --sizes 2000 # n = 2,000 only
+    python benchmarks/fit_speed.py --quick      # n = 2,000 only, NUTS 2x500 (a smoke run)
 
 NUTS keeps 1,000 draws per chain after the package's default warm-up (500 iterations, as
 ``fit`` uses unless told otherwise); ``--warmup`` changes it.
+
+What the model's flexible parts cost: at the smallest size NUTS also fits the same trial with
+the random-feature GPs left out (``parts="linear"``: ``n_basis=0``, linear effect deviation) and
+with no continuous deviation at all (``parts="clusters"``: ``n_basis=0, deviation="none"``, the
+clusters-only mean model); ``parts="full"`` is the default model.
 """
 
 from __future__ import annotations
@@ -27,6 +33,13 @@ from imgcate.config import FitConfig
 from imgcate.inference import fit
 from imgcate.simulate import simulate_trial
 
+#: Fit options of each set of model parts timed at the smallest size.
+PARTS = {
+    "full": {},
+    "linear": {"n_basis": 0, "deviation": "linear"},
+    "clusters": {"n_basis": 0, "deviation": "none"},
+}
+
 
 def timed_fit(sim, **options):
     start = time.perf_counter()
@@ -36,15 +49,19 @@ def timed_fit(sim, **options):
     return result, time.perf_counter() - start
 
 
-def bench_nuts(n_units: int, chains: int, draws: int, warmup: int) -> dict:
+def bench_nuts(n_units: int, chains: int, draws: int, warmup: int, parts: str = "full") -> dict:
     sim = simulate_trial(0, n_units, 3, n_features=16)
-    _, compile_s = timed_fit(sim, num_warmup=2, num_samples=2, num_chains=1)
-    result, total_s = timed_fit(sim, num_warmup=warmup, num_samples=draws, num_chains=chains)
+    options = PARTS[parts]
+    _, compile_s = timed_fit(sim, num_warmup=2, num_samples=2, num_chains=1, **options)
+    result, total_s = timed_fit(
+        sim, num_warmup=warmup, num_samples=draws, num_chains=chains, **options
+    )
     sampling_s = max(total_s - compile_s, 1e-9)
     ess = az.ess(result.idata, var_names=["tau_cluster"])["tau_cluster"].values
     table = result.cluster_effects()
     return {
         "method": "nuts",
+        "parts": parts,
         "n_units": n_units,
         "chains": chains,
         "warmup": warmup,
@@ -88,12 +105,16 @@ def main() -> None:
         default=FitConfig().num_warmup,
         help="NUTS warm-up iterations per chain (default: fit's default)",
     )
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", help="numbers of units (default 2000 10000)"
+    )
     args = parser.parse_args()
-    sizes = [2000] if args.quick else [2000, 10000]
+    sizes = args.sizes or ([2000] if args.quick else [2000, 10000])
     chains, draws = (2, 500) if args.quick else (4, 1000)
     results = []
     for n in sizes:
-        results.append(bench_nuts(n, chains, draws, args.warmup))
+        for parts in PARTS if n == min(sizes) else ["full"]:
+            results.append(bench_nuts(n, chains, draws, args.warmup, parts))
         results.append(bench_svi(n, 3000))
     print(
         json.dumps(
