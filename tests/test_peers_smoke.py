@@ -47,15 +47,26 @@ def test_causal_forest_runs_when_econml_is_installed(peers):
     assert est.cate.shape == (200,) and (est.lower <= est.upper).all()
 
 
+def test_bcf_runs_when_stochtree_is_installed(peers):
+    pytest.importorskip("stochtree")
+    data = peers.simulated(0, 200, 2)
+    est = peers.run_bcf(data, 0)
+    assert est.cate.shape == (200,) and np.isfinite(est.cate).all()
+    assert (est.lower <= est.upper).all()
+    train, test = np.arange(0, 200, 2), np.arange(1, 200, 2)
+    assert peers.oof_bcf(data, train, test, 0).shape == (100,)
+
+
 def test_summary_reports_the_pehe_ratio(peers):
     row = {
         "sqrt_pehe": 0.2,
         "ate_error": 0.1,
         "coverage_90": 0.9,
+        "interval_width": 1.0,
         "rate_autoc": 1.0,
         "fit_seconds": 1.0,
     }
     methods = {m: dict(row) for m in peers.METHODS}
     methods["causal_forest_dml"]["sqrt_pehe"] = 0.5
-    out = peers.summarize([{"dataset": "sim_K2_seed0", "methods": methods}])
+    out = peers.summarize([{"dataset": "sim_K2_seed0", "methods": methods}], list(peers.METHODS))
     assert out["sim_K2"]["pehe_ratio_imgcate_to_forest"] == 0.4
