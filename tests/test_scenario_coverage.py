@@ -12,8 +12,8 @@ as one: on the calibration benchmark its spread over replications is about 0.08,
 20 has a Monte Carlo sd of about 0.02, and [0.80, 0.98] is about -4 to +3 sds around 0.9 (the
 old model's 0.24-0.72 fails it). The ATE interval is one Bernoulli per replication: at 0.9 the
 count of 20 has sd 1.3, so >= 15 is about -2.3 sds. Measured 2026-12-02 (68 minutes on 2
-cores shared with other runs): tanh effect 0.86 / 0.86, ATE 17 / 20; constant effect 0.96 / 0.96, ATE
-16 / 20.
+cores shared with other runs): tanh effect 0.86 / 0.86, ATE 17 / 20; constant effect
+0.96 / 0.96, ATE 16 / 20.
 """
 
 from __future__ import annotations
