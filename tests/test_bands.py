@@ -74,8 +74,14 @@ def test_reversed_described_stack_is_refused(bands, trial, named_encoder):
         named_encoder.transform(chips)
 
 
-def test_undescribed_stack_warns_naming_the_order_assumed(bands, trial, named_encoder):
-    chips = extract_chips(trial, datasets.landsat_path(), 16)
+def test_undescribed_stack_warns_naming_the_order_assumed(bands, trial, named_encoder, tmp_path):
+    bare = tmp_path / "bare.tif"  # the shipped scene's pixels, without its band descriptions
+    with (
+        rasterio.open(datasets.landsat_path()) as src,
+        rasterio.open(bare, "w", **src.profile) as dst,
+    ):
+        dst.write(src.read())
+    chips = extract_chips(trial, bare, 16)
     with pytest.warns(BandWarning, match=r"no band descriptions.*\['blue', 'green', 'red'"):
         named_encoder.transform(chips)
 
