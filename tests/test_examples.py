@@ -4,10 +4,8 @@ directory: small settings in the fast suite, the full settings in the slow one."
 from __future__ import annotations
 
 import os
-import runpy
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -28,6 +26,19 @@ assert set(districts["district"]) == {"south-west", "south-east", "north-west", 
 assert (WORK / "cli_map.tif").exists() and (WORK / "cli_districts.gpkg").exists()
 import pandas as pd
 assert list(pd.read_csv(WORK / "cli_unit_effects.csv").columns[:3]) == ["village", "lon", "lat"]
+""",
+    # the naive estimate misses the truth, the adjusted ones cover it; pc1 is the feature most
+    # tied to treatment, weakly tied to the outcome, and no confounder as strong as any one
+    # feature brings the interval to zero
+    "observational_study.ipynb": """
+import numpy as np
+covers = (estimates["2.5%"] <= true_ate) & (true_ate <= estimates["97.5%"])
+assert not covers["difference_in_means"] and covers["ipw_hajek"] and covers["aipw"], estimates
+assert balance["smd_after"].abs().max() < balance["smd_before"].abs().max() / 3
+assert accuracy > 0.9, accuracy
+assert np.corrcoef(ps.scores, truth.propensity)[0, 1] > 0.9
+assert most_tied["benchmark"] == "pc1" and most_tied["r2yz_dx"] < 0.05, most_tied
+assert (bounds["adjusted_2.5%"] > 0).all(), bounds
 """,
 }
 
@@ -75,21 +86,3 @@ def test_notebook_runs_small(name, tmp_path):
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_full(name, tmp_path):
     run_notebook(name, tmp_path, small=False, timeout=3600)
-
-
-def test_observational_example_runs(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("IMGCATE_EXAMPLE_SMALL", "1")
-    monkeypatch.setenv("IMGCATE_EXAMPLE_DIR", str(tmp_path))
-    ns = runpy.run_path(str(EXAMPLES / "observational_study.py"), run_name="__main__")
-    assert "cluster assignment accuracy" in capsys.readouterr().out
-    # the example's own claims: the naive estimate misses the truth, the adjusted ones cover it
-    table, truth = ns["estimates"], ns["true_ate"]
-    covers = (table["2.5%"] <= truth) & (truth <= table["97.5%"])
-    assert not covers["difference_in_means"] and covers["ipw_hajek"] and covers["aipw"]
-    assert ns["balance"]["smd_after"].abs().max() < ns["balance"]["smd_before"].abs().max() / 3
-    assert ns["accuracy"] > 0.9
-    assert np.corrcoef(ns["ps"].scores, ns["truth"].propensity)[0, 1] > 0.9
-    # the text's sensitivity claims: pc1 is the feature most tied to treatment, weakly tied to
-    # the outcome, and no confounder as strong as any one feature brings the interval to zero
-    assert ns["most_tied"]["benchmark"] == "pc1" and ns["most_tied"]["r2yz_dx"] < 0.05
-    assert (ns["bounds"]["adjusted_2.5%"] > 0).all()
