@@ -61,3 +61,8 @@ class BalanceWarning(UserWarning):
 class ModelCheckWarning(UserWarning):
     """The fitted model's replicated outcomes miss a feature of the observed outcome (a
     posterior predictive check failed): the likelihood does not describe the data."""
+
+
+class ParetoKWarning(UserWarning):
+    """PSIS-LOO's Pareto-k diagnostic flags units whose leave-one-out estimate is unreliable
+    (k above ArviZ's sample-size threshold): a comparison by PSIS-LOO is then in doubt."""

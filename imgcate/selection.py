@@ -1,41 +1,89 @@
-"""Model choice: compare effect-cluster models with K = 1..k_max by PSIS-LOO."""
+"""Model choice: compare effect-cluster models with K = 1..k_max by PSIS-LOO, or by spatially
+blocked K-fold cross-validation where PSIS-LOO's Pareto-k diagnostic says it is unreliable.
+
+PSIS-LOO (Vehtari, Gelman and Gabry 2017) approximates leave-one-out cross-validation from one
+fit per model. Its Pareto-k diagnostic says, unit by unit, whether the approximation can be
+trusted: ArviZ calls k good below ``min(1 - 1/log10(S), 0.7)`` for S posterior draws (Vehtari,
+Simpson, Gelman, Yao and Gabry 2024). Where too many units are bad, :func:`compare_clusters`
+refits every K on spatially blocked folds and compares the held-out log predictive densities
+instead, as the loo package recommends when many observations are flagged.
+"""
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from imgcate.config import model_data
 from imgcate.embeddings import Embeddings
-from imgcate.errors import ConvergenceWarning, InputError
+from imgcate.errors import (
+    BalanceWarning,
+    ConvergenceWarning,
+    InputError,
+    ModelCheckWarning,
+    ParetoKWarning,
+)
+from imgcate.evaluate.splits import spatial_blocks, spatial_folds
 from imgcate.inference import fit
+from imgcate.model import effect_model
+from imgcate.posterior import fit_spec, site_draws
+from imgcate.results import EffectFit
 from imgcate.units import Trial
+from imgcate.validation import check_choice
+
+Criterion = Literal["auto", "loo", "kfold"]
+CRITERIA = ("auto", "loo", "kfold")
+
+#: Sample sites of the random intercepts, by the trial's column role.
+LEVEL_SITES = {"stratum": "stratum_raw", "cluster": "group_raw"}
 
 
 @dataclass(frozen=True)
 class ClusterComparison:
-    """PSIS-LOO comparison of effect-cluster models with K = 1..k_max.
+    """Comparison of effect-cluster models with K = 1..k_max.
 
     Attributes
     ----------
     table : DataFrame
-        One row per K (index ``K``): ``elpd_loo``, ``se``, ``elpd_diff`` and ``dse`` (difference
-        to the best model and its standard error), ``p_loo``, ``n_bad_pareto_k`` (k > 0.7),
-        ``n_divergent``, ``selected``.
+        One row per K (index ``K``):
+
+        - ``elpd``, ``se``: expected log predictive density of a new unit, summed over the
+          units, by ``method``, and its standard error; ``elpd_diff``, ``dse``: difference
+          to the best K and its standard error; ``p``: effective number of parameters
+          (PSIS-LOO's ``p_loo``, or the in-sample lppd minus ``elpd`` for K-fold);
+        - ``stacking_weight``: the weight of this K in the stacking of predictive
+          distributions (``arviz.compare(method="stacking")``; the weights sum to 1);
+        - ``elpd_loo``: PSIS-LOO's estimate, always shown (unreliable where Pareto-k is bad);
+          ``n_bad_pareto_k``: units with k above ``pareto_k_threshold``,
+          ``n_very_bad_pareto_k``: units with k above 1, ``max_pareto_k``;
+        - ``n_divergent``, ``method`` and ``selected``.
     best_k : int
         The smallest K not clearly worse than the best: ``elpd_diff <= max(4, 2 * dse)``.
         Differences below 4 are small by the usual LOO guidance (Sivula, Magnusson, Vehtari
-        2020), so simpler models win ties; K = 1 means no detectable heterogeneity.
+        2020), so simpler models win ties.
     fits : dict
-        The fitted models by K.
+        The fitted models (all units) by K.
+    method : {"psis-loo", "kfold-spatial"}
+        What the comparison used.
+    weights : Series
+        Stacking weights by K (the table's ``stacking_weight``).
+    pareto_k_threshold : float
+        ArviZ's good-k threshold for the fits' number of draws S, ``min(1 - 1/log10(S), 0.7)``.
+    folds : ndarray (unit,) or None
+        Fold of each unit for ``"kfold-spatial"``; None for ``"psis-loo"``.
     """
 
     table: pd.DataFrame
     best_k: int
     fits: dict
+    method: str
+    weights: pd.Series
+    pareto_k_threshold: float
+    folds: np.ndarray | None = None
 
 
 def compare_clusters(
@@ -43,10 +91,21 @@ def compare_clusters(
     embeddings: Embeddings | np.ndarray,
     *,
     k_max: int = 4,
+    criterion: Criterion = "auto",
+    max_bad_k_share: float = 0.01,
+    n_folds: int = 5,
+    block_size: float | None = None,
+    progress: bool = True,
     seed: int = 0,
     **fit_options: Any,
 ) -> ClusterComparison:
-    """Fit K = 1..k_max and compare them by PSIS-LOO (ArviZ).
+    """Fit K = 1..k_max and compare them by PSIS-LOO, or by spatial K-fold cross-validation.
+
+    Every K keeps the model's continuous deviation (``deviation="smooth"`` unless
+    ``fit_options`` say otherwise), so the unit effect is ``tau(z) = pi(z) @ tau_k + delta(z)``.
+    K = 1 is then the smooth-effect model with no clusters: the effect still varies with the
+    image through ``delta``, which is shrunk towards 0 (a constant effect when the data show
+    no heterogeneity). K = 1 with ``deviation="none"`` is the constant-effect model.
 
     Parameters
     ----------
@@ -54,37 +113,371 @@ def compare_clusters(
         As for :func:`fit`.
     k_max : int
         Largest number of clusters to try.
+    criterion : {"auto", "loo", "kfold"}
+        "auto" (default): PSIS-LOO, unless the Pareto-k diagnostic flags too many units, then
+        spatial K-fold cross-validation; "loo": PSIS-LOO whatever the diagnostic says (it
+        still warns); "kfold": spatial K-fold cross-validation.
+    max_bad_k_share : float
+        "Too many" for ``criterion="auto"``: in some K's fit, more than this share of the
+        units has Pareto k above ArviZ's threshold, or any unit has k above 1. The loo
+        package recommends exact refits for a few flagged units and K-fold cross-validation
+        beyond about ten; imgcate does not refit single units, so a few in a hundred is
+        already too many. The threshold rises with the number of draws (0.5 for 100 draws,
+        0.6 for 320, 0.7 from 2,200), so short chains flag more units.
+    n_folds : int
+        Folds of the K-fold cross-validation; it costs ``n_folds * k_max`` more fits.
+    block_size : float, optional
+        Side of the square spatial blocks that folds keep whole, in the trial's coordinate
+        units (:func:`imgcate.evaluate.spatial_folds`). Default: the larger side of the
+        units' bounding box over ``ceil(sqrt(4 * n_folds))``, about four blocks per fold.
+    progress : bool
+        Show a progress bar over the fits (tqdm).
     seed : int
-        Seed passed to every fit.
+        Seed passed to every fit and of the fold assignment.
     **fit_options
         Passed to :func:`fit` (``num_samples``, ``likelihood``, ...).
 
     Returns
     -------
     ClusterComparison
+        ``table`` (one row per K), ``best_k``, ``fits``, ``method``, stacking ``weights``.
+
+    Raises
+    ------
+    InputError
+        For ``k_max < 1``, an unknown ``criterion``, a ``max_bad_k_share`` outside [0, 1),
+        or folds that cannot be made (fewer non-empty blocks than ``n_folds``).
 
     Warns
     -----
+    ParetoKWarning
+        When the Pareto-k diagnostic flags too many units for PSIS-LOO (with ``criterion``
+        "auto" or "loo"): the warning counts them per K and says which comparison is used.
     ConvergenceWarning
         For the selected K only (R-hat, ESS, divergences; see ``check_convergence``); the fits
-        of the other K are used for the comparison alone and do not warn.
-    """
-    import arviz as az
+        of the other K, and the fold fits, are used for the comparison alone and do not warn.
 
+    Notes
+    -----
+    K-fold cross-validation refits each K on the units outside one fold (standardization,
+    principal components and random features fitted on those units alone) and scores the
+    fold's units by their log predictive density, the log of the mean over posterior draws
+    of the model's likelihood of their outcomes (``numpyro.infer.log_likelihood`` of the
+    effect model). Folds keep whole spatial blocks together, so a unit is never predicted
+    from its neighbours. A held-out unit in a stratum or cluster the training units lack
+    gets that random intercept at its mean, 0. The comparison, its standard errors and the
+    stacking weights then come from ``arviz.compare`` on those pointwise values, exactly as
+    for PSIS-LOO. Both are on the model scale of the fit to all units.
+
+    Examples
+    --------
+    >>> from imgcate.simulate import simulate_trial
+    >>> sim = simulate_trial(seed=0, n_units=150)
+    >>> comparison = compare_clusters(sim.trial, sim.embeddings, k_max=2, criterion="loo",
+    ...                               num_warmup=100, num_samples=100, num_chains=1)
+    >>> comparison.table["stacking_weight"].sum().round(6)
+    1.0
+    """
     if k_max < 1:
         raise InputError(f"k_max={k_max} must be at least 1.")
-    fits, loos = {}, {}
-    for k in range(1, k_max + 1):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            fits[k] = fit(trial, embeddings, n_clusters=k, seed=seed, **fit_options)
-        loos[k] = fits[k].loo()
+    check_choice("criterion", criterion, CRITERIA)
+    if not 0 <= max_bad_k_share < 1:
+        raise InputError(f"max_bad_k_share={max_bad_k_share} must lie in [0, 1), e.g. 0.01.")
+    folds = fold_ids(trial, n_folds, block_size, seed) if criterion == "kfold" else None
+    fits = {}
+    for k in _bar(range(1, k_max + 1), progress, "compare_clusters: fits", k_max):
+        fits[k] = _quiet_fit(trial, embeddings, k, seed, fit_options)
+    loos = {k: _quiet_loo(f) for k, f in fits.items()}
+    threshold = float(loos[1].good_k)
+    problem = pareto_problem(loos, threshold, max_bad_k_share)
+    use_kfold = criterion == "kfold" or (criterion == "auto" and problem is not None)
+    if use_kfold and folds is None:
+        folds = fold_ids(trial, n_folds, block_size, seed)
+    if problem is not None and criterion != "kfold":
+        then = (
+            f"compared by {n_folds}-fold spatially blocked cross-validation instead "
+            f"({n_folds * k_max} more fits; criterion='loo' keeps PSIS-LOO)"
+            if use_kfold
+            else "compared by PSIS-LOO as asked (criterion='loo'); its choice is in doubt: use "
+            "criterion='kfold', or more draws (the threshold rises with them)"
+        )
+        warnings.warn(f"imgcate compare_clusters: {problem}; {then}.", ParetoKWarning, 2)
+    if use_kfold:
+        elpds = kfold_elpds(trial, embeddings, fits, folds, seed, progress, fit_options)
+    else:
+        elpds = loos
+    table = _table(fits, loos, elpds, threshold, "kfold-spatial" if use_kfold else "psis-loo")
+    ok = table["elpd_diff"] <= np.maximum(4.0, 2.0 * table["dse"])
+    best_k = int(table.index[ok.to_numpy()].min())
+    table["selected"] = table.index == best_k
+    fits[best_k].check_convergence()  # the other K are only compared; the selected one is used
+    return ClusterComparison(
+        table=table,
+        best_k=best_k,
+        fits=fits,
+        method=str(table["method"].iloc[0]),
+        weights=table["stacking_weight"].rename("stacking_weight"),
+        pareto_k_threshold=threshold,
+        folds=folds,
+    )
+
+
+def _bar(iterable, show: bool, desc: str, total: int):
+    if not show:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total)
+
+
+def _quiet_fit(trial: Trial, embeddings: Any, k: int, seed: int, options: dict) -> EffectFit:
+    """A fit used for the comparison: its checks do not warn (the selected K is checked)."""
+    with warnings.catch_warnings():
+        for category in (ConvergenceWarning, ModelCheckWarning, BalanceWarning):
+            warnings.simplefilter("ignore", category)
+        return fit(trial, embeddings, n_clusters=k, seed=seed, **options)
+
+
+def _quiet_loo(result: EffectFit):
+    """PSIS-LOO without ArviZ's own warning (compare_clusters says what it means)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto")
+        return result.loo()
+
+
+def pareto_problem(loos: dict, threshold: float, max_bad_share: float) -> str | None:
+    """Why PSIS-LOO cannot be trusted for a comparison, in words, or None.
+
+    Too many: in some K's fit, more than ``max_bad_share`` of the units have Pareto k above
+    ``threshold``, or any unit has k above 1 (where the importance ratios have no mean).
+    """
+    flagged = []
+    for k, loo in loos.items():
+        pareto_k = np.asarray(loo.pareto_k.values).ravel()
+        n_bad, n_very = int((pareto_k > threshold).sum()), int((pareto_k > 1).sum())
+        if n_bad > max_bad_share * len(pareto_k) or n_very:
+            flagged.append(
+                f"K={k}: {n_bad} of {len(pareto_k)} units ({100 * n_bad / len(pareto_k):.0f}%)"
+                f" above {threshold:.2f}, {n_very} above 1"
+            )
+    if not flagged:
+        return None
+    n_draws = int(loos[next(iter(loos))].n_samples)
+    return (
+        f"PSIS-LOO is unreliable: Pareto k exceeds ArviZ's threshold for {n_draws} draws in "
+        f"more than {100 * max_bad_share:g}% of the units, or exceeds 1 ({'; '.join(flagged)})"
+    )
+
+
+def fold_ids(trial: Trial, n_folds: int, block_size: float | None, seed: int) -> np.ndarray:
+    """Spatially blocked fold of each unit (unit,), see :func:`imgcate.evaluate.spatial_folds`.
+
+    The default ``block_size`` divides the larger side of the units' bounding box into
+    ``ceil(sqrt(4 * n_folds))`` blocks.
+    """
+    xs, ys = trial.xy()
+    if block_size is None:
+        span = max(np.ptp(xs), np.ptp(ys))
+        block_size = float(span / np.ceil(np.sqrt(4 * n_folds))) if span > 0 else 1.0
+    n_blocks = int(spatial_blocks(xs, ys, block_size).max()) + 1
+    if n_blocks < n_folds:
+        raise InputError(
+            f"n_folds={n_folds} exceeds the {n_blocks} non-empty spatial blocks of side "
+            f"block_size={block_size:g}; give a smaller block_size or fewer folds."
+        )
+    return spatial_folds(xs, ys, n_folds, block_size, seed)
+
+
+def kfold_elpds(
+    trial: Trial,
+    embeddings: Any,
+    fits: dict,
+    folds: np.ndarray,
+    seed: int,
+    progress: bool,
+    options: dict,
+) -> dict:
+    """Pointwise held-out log predictive densities of every K, as ArviZ ``ELPDData`` (the
+    layout of ``az.loo(pointwise=True)``, so ``az.compare`` takes them)."""
+    import arviz as az
+    import xarray as xr
+
+    options = _fold_options(fits[1], options, trial.n_units)
+    lpd = {k: np.empty(trial.n_units) for k in fits}
+    pairs = [(f, k) for f in range(int(folds.max()) + 1) for k in fits]
+    for f, k in _bar(pairs, progress, "compare_clusters: K-fold fits", len(pairs)):
+        test = np.flatnonzero(folds == f)
+        lpd[k][test] = _fold_lpd(trial, embeddings, folds != f, fits[k], seed, options)
+    out = {}
+    for k, values in lpd.items():
+        full = fits[k].idata.log_likelihood["outcome"].values
+        lppd = float(_log_mean_exp(full.reshape(-1, full.shape[-1])).sum())
+        elpd = float(values.sum())
+        out[k] = az.ELPDData(
+            data=[
+                elpd,
+                float(np.sqrt(len(values) * values.var())),
+                lppd - elpd,
+                full.shape[0] * full.shape[1],
+                len(values),
+                False,
+                xr.DataArray(values, dims=["unit"], name="loo_i"),
+                "log",
+            ],
+            index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i"]
+            + ["scale"],
+        )
+    return out
+
+
+def _fold_lpd(
+    trial: Trial, embeddings: Any, in_train: np.ndarray, full: EffectFit, seed: int, options: dict
+) -> np.ndarray:
+    """Refit ``full``'s K on the units ``in_train`` and return the held-out units' log
+    predictive densities, on the model scale of ``full``."""
+    train, test = np.flatnonzero(in_train), np.flatnonzero(~in_train)
+    train_trial, test_trial = trial.subset(train), trial.subset(test)
+    propensity = options.get("propensity")
+    if propensity is not None:
+        propensity = np.asarray(propensity, dtype=float)
+        options = {**options, "propensity": propensity[train]}
+    if isinstance(embeddings, Embeddings):  # keyed by image: the fit picks its units' rows
+        train_emb, test_emb = embeddings, embeddings.for_keys(test_trial.image_keys)
+    else:
+        rows = np.asarray(embeddings, dtype=float)
+        train_emb, test_emb = rows[train], rows[test]
+    result = _quiet_fit(train_trial, train_emb, full.n_clusters, seed, options)
+    loglik = held_out_log_likelihood(
+        result,
+        train_trial,
+        test_trial,
+        test_emb,
+        propensity=None if propensity is None else propensity[test],
+    )
+    return _log_mean_exp(loglik) + _scale_shift(result, full, test_trial)
+
+
+def _fold_options(full: EffectFit, options: dict, n_units: int) -> dict:
+    """Fit options of the fold fits: the full fit's floor (hurdle, censored), so that a fold
+    does not take its own smallest outcome as the floor; no NUTS progress bars."""
+    options = {**options, "progress": False}
+    if full.config.likelihood in ("hurdle", "censored") and options.get("floor") is None:
+        options["floor"] = float(full.standardizer.outcome_floor)
+    propensity = options.get("propensity")
+    if propensity is not None and len(np.asarray(propensity)) != n_units:
+        raise InputError(f"propensity has {len(propensity)} values; give one per unit.")
+    return options
+
+
+def held_out_log_likelihood(
+    result: EffectFit,
+    train: Trial,
+    test: Trial,
+    test_embedding: np.ndarray,
+    *,
+    propensity: np.ndarray | None = None,
+) -> np.ndarray:
+    """Log-likelihood of held-out units' outcomes under every posterior draw of a fit.
+
+    Parameters
+    ----------
+    result : EffectFit
+        A fit to the ``train`` units.
+    train, test : Trial
+        The units the fit saw, and the held-out units.
+    test_embedding : ndarray (unit, feature_in)
+        Raw embeddings of the held-out units, as given to :func:`fit`.
+    propensity : ndarray (unit,), optional
+        The held-out units' propensity scores, when the fit took ``propensity=``.
+
+    Returns
+    -------
+    ndarray (sample, unit)
+        ``log p(y_i | draw)`` on the fit's model scale, from ``numpyro.infer.log_likelihood``
+        of the effect model: the inputs are put on the fit's scale by its own standardizer
+        and the likelihood is the model's. A held-out unit whose stratum or cluster the fit
+        did not see gets that random intercept at its mean (0).
+    """
+    from numpyro.infer import log_likelihood
+
+    if propensity is not None:  # the fit took it as a covariate (see fit)
+        data = test.data.assign(propensity=np.asarray(propensity, dtype=float))
+        test = replace(test, data=data, covariates=(*test.covariates, "propensity"))
+    data = model_data(test, test_embedding, result.standardizer, result.config)
+    spec = fit_spec(result)
+    params = site_draws(result)
+    codes = {}
+    for role, site in LEVEL_SITES.items():
+        n_levels = spec.n_strata if role == "stratum" else spec.n_groups
+        codes[role], params, n_levels = _level_codes(train, test, role, site, n_levels, params)
+        spec = _with_levels(spec, role, n_levels)
+    inputs = data.inputs._replace(stratum=codes["stratum"], group=codes["cluster"])
+    outcome = np.asarray(data.outcome)
+    n_draws = len(next(iter(params.values())))
+    chunk = max(1, int(2e7 // max(len(outcome), 1)))
+    parts = []
+    for start in range(0, n_draws, chunk):
+        draws = {name: v[start : start + chunk] for name, v in params.items()}
+        values = log_likelihood(effect_model, draws, inputs=inputs, outcome=outcome, spec=spec)
+        parts.append(np.asarray(values["outcome"], dtype=float))
+    return np.concatenate(parts)
+
+
+def _with_levels(spec, role: str, n_levels: int):
+    return replace(spec, **{"n_strata" if role == "stratum" else "n_groups": n_levels})
+
+
+def _level_codes(train: Trial, test: Trial, role: str, site: str, n_levels: int, params: dict):
+    """The held-out units' random-intercept codes in the fit's coding (levels the fit did
+    not see get an extra level whose intercept is 0), the draws, and the number of levels."""
+    column = getattr(train, role)
+    if not n_levels or column is None:
+        return None, params, n_levels
+    seen = pd.factorize(train.data[column], sort=True)[1]  # the fit's coding (Trial.codes)
+    codes = pd.Index(seen).get_indexer(test.data[column])
+    if (codes < 0).any():
+        codes = np.where(codes < 0, n_levels, codes)
+        params = dict(params)
+        for name in [n for n in params if n.endswith(site)]:
+            zero = np.zeros(params[name].shape[:-1] + (1,), params[name].dtype)
+            params[name] = np.concatenate([params[name], zero], -1)
+        n_levels += 1
+    return np.asarray(codes, np.int32), params, n_levels
+
+
+def _scale_shift(result: EffectFit, full: EffectFit, test: Trial) -> np.ndarray:
+    """Per held-out unit, what puts its log density on the model scale of the fit to all
+    units: ``log(sd_full / sd_fold)`` where the outcome has a density (the change of
+    variables), 0 for the floor's point mass (hurdle, censored) and for bernoulli."""
+    shift = np.log(full.standardizer.outcome_sd / result.standardizer.outcome_sd)
+    y = test.outcome_array
+    if result.config.likelihood == "bernoulli":
+        return np.zeros(len(y))
+    if result.config.likelihood in ("hurdle", "censored"):
+        floor = result.standardizer.outcome_floor
+        at_floor = np.abs(y - floor) <= 1e-9 * max(1.0, abs(floor))
+        return np.where(at_floor, 0.0, shift)
+    return np.full(len(y), shift)
+
+
+def _log_mean_exp(values: np.ndarray) -> np.ndarray:
+    """log mean exp over the first axis (draws), stably."""
+    top = values.max(0)
+    return top + np.log(np.exp(values - top).mean(0))
+
+
+def _table(fits: dict, loos: dict, elpds: dict, threshold: float, method: str) -> pd.DataFrame:
+    import arviz as az
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        compared = az.compare({str(k): v for k, v in loos.items()}, ic="loo", scale="log")
+        compared = az.compare(
+            {str(k): v for k, v in elpds.items()}, ic="loo", method="stacking", scale="log"
+        )
     rows = []
-    for k in range(1, k_max + 1):
+    for k in fits:
         row = compared.loc[str(k)]
+        pareto_k = np.asarray(loos[k].pareto_k.values).ravel()
         stats = fits[k].idata.get("sample_stats")
         n_div = (
             int(stats["diverging"].values.sum())
@@ -94,18 +487,18 @@ def compare_clusters(
         rows.append(
             {
                 "K": k,
-                "elpd_loo": row["elpd_loo"],
+                "elpd": row["elpd_loo"],
                 "se": row["se"],
                 "elpd_diff": row["elpd_diff"],
                 "dse": row["dse"],
-                "p_loo": row["p_loo"],
-                "n_bad_pareto_k": int((loos[k].pareto_k.values > 0.7).sum()),
+                "p": row["p_loo"],
+                "stacking_weight": row["weight"],
+                "elpd_loo": float(loos[k].elpd_loo),
+                "n_bad_pareto_k": int((pareto_k > threshold).sum()),
+                "n_very_bad_pareto_k": int((pareto_k > 1).sum()),
+                "max_pareto_k": float(pareto_k.max()),
                 "n_divergent": n_div,
+                "method": method,
             }
         )
-    table = pd.DataFrame(rows).set_index("K")
-    ok = table["elpd_diff"] <= np.maximum(4.0, 2.0 * table["dse"])
-    best_k = int(table.index[ok.to_numpy()].min())
-    table["selected"] = table.index == best_k
-    fits[best_k].check_convergence()  # the other K are only compared; the selected one is used
-    return ClusterComparison(table=table, best_k=best_k, fits=fits)
+    return pd.DataFrame(rows).set_index("K")

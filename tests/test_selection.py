@@ -1,4 +1,6 @@
-"""Choosing K by PSIS-LOO: the selected fit is checked, and the true K is found (slow).
+"""Choosing K: PSIS-LOO with stacking weights, Pareto-k reported and a spatial K-fold fallback,
+held-out log-likelihoods checked against the fit's own, the selected fit checked, and the true K
+found (slow).
 
 Tolerances: a posterior mean is compared to the truth within 4 posterior sds. With ~500 units
 the posterior sd approximates the estimator's sampling sd (Bernstein-von Mises), so a correct
@@ -8,13 +10,29 @@ ESS >= 100) adds under 10% to that margin.
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
 import pytest
 
-from imgcate import ConvergenceWarning
-from imgcate.selection import compare_clusters
+from imgcate import ConvergenceWarning, InputError
+from imgcate.errors import ParetoKWarning
+from imgcate.evaluate import spatial_blocks
+from imgcate.inference import fit
+from imgcate.selection import compare_clusters, fold_ids, held_out_log_likelihood
 from imgcate.simulate import simulate_trial
 
 FAST = {"num_warmup": 300, "num_samples": 300, "num_chains": 2}
+#: Small fits for the fast suite: one chain, 100 draws, no MAP restarts, 8 random features.
+SMALL = {
+    "num_warmup": 100,
+    "num_samples": 100,
+    "num_chains": 1,
+    "init_restarts": 0,
+    "n_basis": 8,
+}
 
 
 def test_compare_clusters_warns_for_the_selected_fit():
@@ -22,7 +40,14 @@ def test_compare_clusters_warns_for_the_selected_fit():
     sim = simulate_trial(5, 150, 1)
     with pytest.warns(ConvergenceWarning, match="bulk ESS") as record:
         comparison = compare_clusters(
-            sim.trial, sim.embeddings, k_max=1, num_chains=1, num_warmup=30, num_samples=30, seed=0
+            sim.trial,
+            sim.embeddings,
+            k_max=1,
+            criterion="loo",
+            num_chains=1,
+            num_warmup=30,
+            num_samples=30,
+            seed=0,
         )
     assert comparison.best_k == 1
     assert all(
@@ -30,6 +55,103 @@ def test_compare_clusters_warns_for_the_selected_fit():
         for w in record
         if issubclass(w.category, ConvergenceWarning)
     )
+    # 30 draws: ArviZ's threshold is 1 - 1/log10(30) = 0.32, and the table reports against it
+    assert comparison.pareto_k_threshold == pytest.approx(1 - 1 / np.log10(30))
+    assert comparison.table.loc[1, "n_bad_pareto_k"] >= 0
+
+
+def test_bad_options_are_refused():
+    sim = simulate_trial(5, 40, 1)
+    with pytest.raises(InputError, match="criterion='psis' is not allowed"):
+        compare_clusters(sim.trial, sim.embeddings, criterion="psis")
+    with pytest.raises(InputError, match="max_bad_k_share"):
+        compare_clusters(sim.trial, sim.embeddings, max_bad_k_share=1.5)
+    with pytest.raises(InputError, match="smaller block_size or fewer folds"):
+        fold_ids(sim.trial, 5, block_size=100.0, seed=0)
+
+
+def test_held_out_log_likelihood_of_the_fits_own_units_is_its_log_likelihood():
+    """Scoring the training units as if held out gives the fit's own log_likelihood group
+    (same standardizer, same model); a held-out stratum the fit did not see gets intercept 0."""
+    sim = simulate_trial(3, 120, 2, n_features=4, n_strata=3)
+    trial = replace(sim.trial, stratum="stratum")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = fit(trial, sim.embeddings, n_clusters=2, seed=0, **{**SMALL, "num_samples": 50})
+    emb = sim.embeddings.for_keys(trial.image_keys)
+    own = result.idata.log_likelihood["outcome"].values.reshape(50, -1)
+    np.testing.assert_array_equal(held_out_log_likelihood(result, trial, trial, emb), own)
+
+    held = trial.codes("stratum") == 0  # a training set without stratum 0 has codes 0, 1
+    idata = result.idata.copy()
+    idata.posterior["stratum_raw"][..., 0] = 0.0
+    zeroed = replace(result, idata=idata)
+    unseen = held_out_log_likelihood(result, trial.subset(~held), trial.subset(held), emb[held])
+    expected = held_out_log_likelihood(zeroed, trial, trial.subset(held), emb[held])
+    assert unseen.shape == (50, held.sum())
+    np.testing.assert_allclose(unseen, expected, rtol=1e-6)
+    assert np.abs(unseen - own[:, held]).max() > 0.01  # the intercept did change
+
+
+def test_stacking_weights_are_reported_and_the_same_seed_gives_the_same_comparison():
+    sim = simulate_trial(11, 150, 2, n_features=4)
+    runs = [
+        compare_clusters(
+            sim.trial, sim.embeddings, k_max=2, criterion="loo", seed=3, progress=False, **SMALL
+        )
+        for _ in range(2)
+    ]
+    table = runs[0].table
+    print(table)
+    assert list(table.index) == [1, 2]
+    assert table["stacking_weight"].between(0, 1).all()
+    assert table["stacking_weight"].sum() == pytest.approx(1.0, abs=1e-6)
+    pd.testing.assert_series_equal(runs[0].weights, table["stacking_weight"])
+    assert (table["method"] == "psis-loo").all() and runs[0].method == "psis-loo"
+    assert runs[0].folds is None
+    # PSIS-LOO's own estimate is the comparison's estimate
+    np.testing.assert_allclose(table["elpd"], table["elpd_loo"])
+    assert table["selected"].sum() == 1 and table.loc[runs[0].best_k, "selected"]
+    pd.testing.assert_frame_equal(runs[0].table, runs[1].table)
+    assert runs[0].best_k == runs[1].best_k
+
+
+def test_pareto_k_problems_fall_back_to_spatial_kfold():
+    """A constant-effect trial with four gross outliers in the outcome: the Gaussian fits
+    cannot leave them out by importance sampling (k above the threshold, some above 1), so the
+    comparison warns and refits every K on spatially blocked folds."""
+    sim = simulate_trial(7, 120, 1, n_features=4, tau=(1.0,))
+    y = sim.trial.outcome_array.copy()
+    y[[3, 40, 77, 101]] += np.array([25.0, -25.0, 30.0, 25.0])
+    trial = replace(sim.trial, data=sim.trial.data.assign(**{sim.trial.outcome: y}))
+    with pytest.warns(ParetoKWarning, match="spatially blocked cross-validation instead"):
+        comparison = compare_clusters(
+            trial,
+            sim.embeddings,
+            k_max=2,
+            n_folds=3,
+            block_size=1.0,
+            seed=0,
+            progress=False,
+            **SMALL,
+        )
+    table = comparison.table
+    print(table)
+    assert comparison.method == "kfold-spatial"
+    assert (table["method"] == "kfold-spatial").all()
+    assert (table["n_very_bad_pareto_k"] + table["n_bad_pareto_k"] > 0).all()
+    # sensible: the constant effect is not split into clusters, the estimates are finite and
+    # below the in-sample fit (p > 0), the weights sum to 1
+    assert comparison.best_k == 1
+    assert np.isfinite(table[["elpd", "se", "elpd_diff", "dse", "p"]].to_numpy()).all()
+    assert (table["p"] > 0).all()
+    assert table["stacking_weight"].sum() == pytest.approx(1.0, abs=1e-6)
+    assert table.loc[1, "selected"] and table["selected"].sum() == 1
+    # three folds of whole 1-degree blocks
+    folds = comparison.folds
+    assert sorted(set(folds.tolist())) == [0, 1, 2]
+    blocks = spatial_blocks(*trial.xy(), 1.0)
+    assert all(len(set(folds[blocks == b])) == 1 for b in np.unique(blocks))
 
 
 #: Known failure with the effect model of issue 17, for issue 18 (model choice with error
