@@ -6,6 +6,7 @@ where it came from."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import geopandas as gpd
 import numpy as np
@@ -210,3 +211,64 @@ def test_info_reports_what_each_file_holds_and_where_it_came_from(workflow):
     out = invoke("info", workflow / "fit.imgcate")
     assert "imgcate fit" in out and "encoder: RandomConvFeatures" in out and "diagnostics" in out
     assert f"command: imgcate -q fit {datasets.villages_path()} " in out  # meta.json's record
+
+
+def test_a_reversed_or_undescribed_copy_of_the_scene_is_refused_or_warned_about(workflow, tmp_path):
+    """The shipped scene names its bands, so the fit does too: `imgcate map` refuses the same
+    scene with its bands reversed, and warns about a copy without descriptions (naming the
+    order it assumes)."""
+    with rasterio.open(datasets.landsat_path()) as src:
+        data, profile, names = src.read(), src.profile, list(src.descriptions)
+    assert names == list(datasets.LANDSAT_BANDS)
+    reversed_scene, bare = tmp_path / "reversed.tif", tmp_path / "bare.tif"
+    for path, arr, described in ((reversed_scene, data[::-1], names[::-1]), (bare, data, [])):
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(arr)
+            for band, name in enumerate(described, start=1):
+                dst.set_band_description(band, name)
+    fit = workflow / "fit.imgcate"
+    opts = ("--stride", 64, "--max-draws", 10)
+    args = ["map", fit, reversed_scene, tmp_path / "r.tif", *opts]
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    assert res.exit_code != 0 and not (tmp_path / "r.tif").exists()
+    assert "another order" in res.output and "swir2" in res.output, res.output
+    with warnings.catch_warnings():  # an earlier `imgcate -q` in this process ignored them
+        warnings.simplefilter("always")
+        out = invoke("map", fit, bare, tmp_path / "b.tif", *opts)
+    assert "BandWarning" in out and "no band descriptions" in out and "'blue', 'green'" in out
+
+
+def test_a_fresh_clone_has_the_data_the_workflow_reads():
+    """Every file the workflow and the README's command-line block read is committed as
+    itself (not ignored, not a Git LFS pointer): a clone alone runs them."""
+    import shutil
+    import subprocess
+
+    root = datasets.landsat_path().parents[2]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    files = [
+        datasets.villages_path(),
+        datasets.landsat_path(),
+        datasets.districts_path(),
+        datasets.elevation_path(),
+        datasets.landsat_path().parent / "README.md",
+        datasets.landsat_path().parent / "LICENSE-Apache-2.0.txt",
+    ]
+    for path in files:
+        rel = str(path.relative_to(root))
+        staged = subprocess.run(
+            ["git", "-C", str(root), "ls-tree", "HEAD", "--", rel],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert staged, f"{rel} is not committed"
+        blob = subprocess.run(
+            ["git", "-C", str(root), "hash-object", "--", rel],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        assert staged[2] == blob, f"{rel} differs from its committed version"
+        assert not path.read_bytes().startswith(b"version https://git-lfs"), rel
