@@ -106,8 +106,20 @@ def test_docs_site_builds_strict(tmp_path):
         text=True,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert (tmp_path / "examples" / "bring_your_own_raster" / "index.html").exists()
+    for notebook in (ROOT / "examples").glob("*.ipynb"):
+        assert (tmp_path / "examples" / notebook.stem / "index.html").exists(), notebook.name
     assert "stack_bands" in (tmp_path / "reference" / "index.html").read_text()
+
+
+def test_examples_are_notebooks_in_the_site():
+    """Every example is a notebook (the tests execute them, the site renders them) and the
+    site's navigation lists each one."""
+    examples = sorted(p.name for p in (ROOT / "examples").iterdir() if not p.name.startswith("."))
+    assert examples and all(name.endswith(".ipynb") for name in examples), examples
+    nav = (ROOT / "mkdocs.yml").read_text()
+    missing = [name for name in examples if f": examples/{name}\n" not in nav]
+    assert not missing, f"mkdocs.yml's nav lacks {missing}"
+    assert (ROOT / "docs" / "examples").resolve() == (ROOT / "examples").resolve()
 
 
 def test_confounding_page_runs_top_to_bottom(tmp_path, monkeypatch):
