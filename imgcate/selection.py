@@ -175,7 +175,7 @@ def compare_clusters(
     >>> sim = simulate_trial(seed=0, n_units=150)
     >>> comparison = compare_clusters(sim.trial, sim.embeddings, k_max=2, criterion="loo",
     ...                               num_warmup=100, num_samples=100, num_chains=1)
-    >>> comparison.table["stacking_weight"].sum().round(6)
+    >>> round(float(comparison.weights.sum()), 6)
     1.0
     """
     if k_max < 1:
