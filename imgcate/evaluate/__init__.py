@@ -1,4 +1,5 @@
-"""Validate treatment-effect heterogeneity: RATE, generic ML inference, calibration, spatial folds.
+"""Validate treatment-effect heterogeneity: RATE, generic ML inference, calibration, spatial folds,
+and cross-fitted (out-of-fold) CATE of imgcate's own model (:func:`crossfit_cate`).
 
 Array core, labelled edge: every estimator takes plain arrays (one entry per unit) and returns
 either a small frozen result object or a tidy :class:`pandas.DataFrame` with the columns
@@ -16,6 +17,7 @@ heterogeneous treatment effects in randomized experiments. arXiv:1712.04802 (BLP
 """
 
 from imgcate.evaluate.calibration import test_calibration
+from imgcate.evaluate.crossfit import FOLD_SCHEMES, CrossfitResult, FoldScheme, crossfit_cate
 from imgcate.evaluate.genericml import (
     GenericMLResult,
     blp,
@@ -38,6 +40,9 @@ from imgcate.evaluate.scores import aipw_scores
 from imgcate.evaluate.splits import spatial_blocks, spatial_folds, train_test_split_spatial
 
 __all__ = [
+    "CrossfitResult",
+    "FOLD_SCHEMES",
+    "FoldScheme",
     "GenericMLResult",
     "RATE_TARGETS",
     "RateResult",
@@ -47,6 +52,7 @@ __all__ = [
     "aipw_scores",
     "blp",
     "clan",
+    "crossfit_cate",
     "forest_learner",
     "gates",
     "generic_ml",
