@@ -63,6 +63,16 @@ class ModelCheckWarning(UserWarning):
     posterior predictive check failed): the likelihood does not describe the data."""
 
 
+class WriteError(ImgcateError, OSError):
+    """An output could not be written (disk full, read-only or forbidden folder, name too long):
+    the message names the file and the cause; nothing partial is left."""
+
+
+class CheckpointWarning(UserWarning):
+    """A saved block of a map job (``checkpoint_dir`` / ``--resume-dir``) was damaged; it was
+    discarded and is computed again."""
+
+
 class ParetoKWarning(UserWarning):
     """PSIS-LOO's Pareto-k diagnostic flags units whose leave-one-out estimate is unreliable
     (k above ArviZ's sample-size threshold): a comparison by PSIS-LOO is then in doubt."""
