@@ -8,6 +8,7 @@ fits that keep their encoder ``encoder.json`` and ``encoder.npz``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import tempfile
@@ -40,15 +41,15 @@ def write_fit_file(
     provenance: dict | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write the parts of a fit to one zip archive (temporary name, then renamed)."""
-    with (
-        atomic_path(path, overwrite=overwrite) as tmp,
-        tempfile.TemporaryDirectory() as workdir,
-    ):
-        nc = Path(workdir) / "idata.nc"
-        idata.to_netcdf(str(nc), engine="h5netcdf")
+    """Write the parts of a fit to one zip archive (temporary name, then renamed).
+
+    The posterior's netCDF is built in memory, so a full or read-only disk fails in the zip
+    write (a :class:`~imgcate.errors.WriteError` naming ``path``), never inside HDF5.
+    """
+    nc = _netcdf_bytes(idata)
+    with atomic_path(path, overwrite=overwrite) as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-            zf.write(nc, "idata.nc")
+            zf.writestr("idata.nc", nc)
             meta = {
                 "format_version": FORMAT_VERSION,
                 "config": asdict(config),
@@ -61,6 +62,45 @@ def write_fit_file(
                 zf.writestr("encoder.json", json.dumps(encoder_config))
                 zf.writestr("encoder.npz", _npz_bytes(arrays))
     return Path(path)
+
+
+def _netcdf_bytes(idata: az.InferenceData) -> bytes:
+    """The InferenceData as one netCDF-4 file (h5netcdf, zlib-compressed), built in memory the
+    way :meth:`arviz.InferenceData.to_netcdf` writes it: the attrs at the root, each group in
+    its own netCDF group. (HDF5 writing to a disk that fills up can crash the process.)"""
+    buf = io.BytesIO()
+    with _local_locks():
+        _write_groups(idata, buf)
+    return buf.getvalue()
+
+
+def _local_locks():
+    """xarray takes a Dask-distributed lock keyed by the target when a Dask client is running,
+    which fails for an in-memory target; the write is local, so Dask's synchronous scheduler
+    (and a local lock) is the right one."""
+    try:
+        import dask
+    except ImportError:
+        return contextlib.nullcontext()
+    return dask.config.set(scheduler="synchronous")
+
+
+def _write_groups(idata: az.InferenceData, buf: io.BytesIO) -> None:
+    import xarray as xr
+
+    mode = "w"
+    if idata.attrs:
+        xr.Dataset(attrs=idata.attrs).to_netcdf(buf, mode=mode, engine="h5netcdf")
+        mode = "a"
+    for group in idata.groups():
+        data = getattr(idata, group)
+        encoding = {
+            name: {"zlib": True}
+            for name, values in data.variables.items()
+            if values.dtype.kind in "biufcS"
+        }
+        data.to_netcdf(buf, mode=mode, group=group, engine="h5netcdf", encoding=encoding)
+        mode = "a"
 
 
 def _npz_bytes(arrays: dict[str, Any]) -> bytes:
@@ -83,10 +123,16 @@ def _checked_meta(meta: Any, path: Path) -> dict:
             "(a mixture over clusters with a linear baseline) this imgcate no longer has; "
             "refit with imgcate.fit(trial, embeddings, ...) on the same data (see CHANGELOG.md)."
         )
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise InputError(
+            f"{str(path)!r} has fit format {version}, written by a newer imgcate; this imgcate "
+            f"reads format {FORMAT_VERSION}. Upgrade imgcate (pip install -U imgcate) to read "
+            "it, or refit with this version."
+        )
     if version != FORMAT_VERSION:
         raise InputError(
-            f"{str(path)!r} has fit format {version}; this imgcate reads format "
-            f"{FORMAT_VERSION}: upgrade imgcate (pip install -U imgcate) to read newer files."
+            f"{str(path)!r} has fit format {version!r}, which no imgcate wrote; the file is "
+            "damaged or not a fit: write it again with EffectFit.save() (imgcate fit)."
         )
     return meta
 

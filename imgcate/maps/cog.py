@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import tempfile
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +13,10 @@ import numpy as np
 import xarray as xr
 from affine import Affine
 
-from imgcate.errors import InputError
+from imgcate.errors import ImgcateError, InputError
 from imgcate.intervals import interval_names
 from imgcate.optional import require
-from imgcate.output import atomic_path, check_writable
+from imgcate.output import atomic_path, check_writable, staging_folder, write_error
 
 
 def band_names(dataset: xr.Dataset) -> list[str]:
@@ -99,26 +99,115 @@ def _preview_path(path: Path) -> Path:
     return path.with_suffix(".png")
 
 
+class _GdalMessages(logging.Handler):
+    """Collects GDAL's warnings (rasterio logs them on ``rasterio._env``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _gdal_messages(silent: bool = True):
+    """GDAL's warnings and errors during the block, collected (whatever the log level) and
+    kept from the log when ``silent``."""
+    logger = logging.getLogger("rasterio._env")
+    handler, level, propagate = _GdalMessages(), logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = propagate and not silent
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def _refused_options(options: dict[str, Any]) -> list[str]:
+    """GDAL's objections to COG creation options, from a copy of a tiny raster in memory
+    (GDAL only warns about an unknown option or value, and then ignores it)."""
+    import rasterio
+    import rasterio.shutil
+    from rasterio._err import CPLE_BaseError
+    from rasterio.io import MemoryFile
+
+    probe = {k: v for k, v in options.items() if k != "BLOCKSIZE"}  # checked above
+    if not probe:
+        return []
+    profile = {"driver": "GTiff", "width": 32, "height": 32, "count": 2, "dtype": "float32"}
+    profile.update(crs="EPSG:4326", transform=Affine(1e-3, 0, 0, 0, -1e-3, 0), nodata=np.nan)
+    with MemoryFile() as source, _gdal_messages() as messages:
+        with source.open(**profile) as dst:
+            dst.write(np.zeros((2, 32, 32), np.float32))
+        target = f"/vsimem/imgcate-co-probe-{id(messages)}.tif"
+        try:
+            rasterio.shutil.copy(source.name, target, driver="COG", **probe)
+        except (rasterio.errors.RasterioError, CPLE_BaseError) as exc:
+            messages.append(str(exc))
+        finally:
+            with contextlib.suppress(Exception):
+                rasterio.shutil.delete(target)
+    keys = ("creation option", "not recognised", "not supported", "unexpected value")
+    found = [re.sub(r"^CPLE_\w+ in ", "", m).rstrip(". ") for m in messages]
+    for name in ("RESAMPLING", "OVERVIEW_RESAMPLING", "WARP_RESAMPLING"):
+        if name in options and str(options[name]).upper() not in RESAMPLING_METHODS:
+            found.append(f"{name}={options[name]!r} is not a resampling method")
+    return [m for m in dict.fromkeys(found) if any(k in m for k in keys) or "resampling" in m]
+
+
+#: Resampling methods GDAL's overviews and warping know (``RESAMPLING`` and its kin).
+RESAMPLING_METHODS = (
+    "NEAREST",
+    "AVERAGE",
+    "BILINEAR",
+    "CUBIC",
+    "CUBICSPLINE",
+    "LANCZOS",
+    "MODE",
+    "RMS",
+    "GAUSS",
+    "MIN",
+    "MAX",
+    "MED",
+    "Q1",
+    "Q3",
+    "SUM",
+)
+
+
 def check_creation_options(co: dict[str, Any] | None) -> None:
-    """Check COG creation options GDAL would abort the process on (``BLOCKSIZE``).
+    """Check COG creation options before any work: ``BLOCKSIZE`` (GDAL aborts the process on
+    some values) and every other option and value as GDAL's COG driver knows them (GDAL
+    itself only warns about an unknown one, and ignores it).
 
     Raises
     ------
     InputError
-        If ``BLOCKSIZE`` is not a multiple of 16 between 16 and 4096.
+        If ``BLOCKSIZE`` is not a multiple of 16 between 16 and 4096, or GDAL does not know an
+        option or its value (e.g. ``COMPRESS=BOGUS``).
     """
     options = {str(k).upper(): v for k, v in (co or {}).items()}
-    if "BLOCKSIZE" not in options:
-        return
-    value = options["BLOCKSIZE"]
-    try:
-        size = int(str(value))
-    except ValueError:
-        size = 0
-    if not 16 <= size <= 4096 or size % 16:
+    if "BLOCKSIZE" in options:
+        value = options["BLOCKSIZE"]
+        try:
+            size = int(str(value))
+        except ValueError:
+            size = 0
+        if not 16 <= size <= 4096 or size % 16:
+            raise InputError(
+                f"BLOCKSIZE={value!r} must be a multiple of 16 between 16 and 4096 "
+                "(e.g. co={'BLOCKSIZE': 256}, --co BLOCKSIZE=256)."
+            )
+    refused = _refused_options(options)
+    if refused:
         raise InputError(
-            f"BLOCKSIZE={value!r} must be a multiple of 16 between 16 and 4096 "
-            "(e.g. co={'BLOCKSIZE': 256}, --co BLOCKSIZE=256)."
+            f"GDAL's COG driver refuses the creation options {options}: {'; '.join(refused)}. "
+            "Give options and values it knows (e.g. co={'COMPRESS': 'ZSTD'}, --co COMPRESS=ZSTD;"
+            " COMPRESS is one of NONE, LZW, DEFLATE, ZSTD, LZMA, JPEG, WEBP, LERC)."
         )
 
 
@@ -165,6 +254,12 @@ def write_cog(
     ------
     OutputExistsError
         If a file exists and ``overwrite`` is False (nothing is written).
+    InputError
+        If ``path`` is a link, folder or special file, or GDAL refuses a creation option.
+    WriteError
+        If the disk is full, read-only or forbidden (nothing partial is left; the staging
+        folder ``.<name>.<pid>.<random>.staging`` beside ``path`` is removed, and one left by a
+        killed write is removed by the next).
 
     Examples
     --------
@@ -207,26 +302,26 @@ def write_cog(
         "transform": Affine(*dataset.attrs["transform"][:6]),
         "nodata": np.nan,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
     with (
         atomic_path(path, overwrite=overwrite) as tmp,
-        tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as workdir,
+        staging_folder(path) as workdir,
+        _gdal_messages(silent=False) as messages,
     ):
-        staging = Path(workdir) / "staging.tif"
-        with rasterio.open(staging, "w", **profile) as dst:
-            dst.write(layers)
-            for i, name in enumerate(names, start=1):
-                dst.set_band_description(i, name)
-                dst.update_tags(i, name=name)
-            dst.update_tags(**tags)
+        staging = workdir / "staging.tif"
         try:
+            with rasterio.open(staging, "w", **profile) as dst:
+                dst.write(layers)
+                for i, name in enumerate(names, start=1):
+                    dst.set_band_description(i, name)
+                    dst.update_tags(i, name=name)
+                dst.update_tags(**tags)
             with _quiet_small_blocksize():
                 rasterio.shutil.copy(staging, tmp, driver="COG", **options)
-        except (rasterio.errors.RasterioError, CPLE_BaseError) as exc:
-            raise InputError(
-                f"GDAL could not write the COG with options {options} ({exc}); "
-                "check the co=/--co values."
-            ) from exc
+        except ImgcateError:
+            raise
+        except (OSError, rasterio.errors.RasterioError, CPLE_BaseError) as exc:
+            # the options were checked above: what fails now is the disk
+            raise write_error(path, exc, "; ".join(messages)) from exc
         if preview:
             write_preview(dataset, _preview_path(path), overwrite=overwrite)
     return path

@@ -23,7 +23,7 @@ from imgcate.bands import check_band_identity
 from imgcate.errors import ExtrapolationWarning, InputError, RasterError
 from imgcate.intervals import interval_names
 from imgcate.maps.grid import TileGrid, check_tiles, tile_grid
-from imgcate.maps.resume import fingerprint, job_key, load_block, open_checkpoints, save_block
+from imgcate.maps.resume import fingerprint, job_key, open_checkpoints, reuse_blocks, save_block
 from imgcate.maps.tiles import MAP_VARIABLES, TileJob, TileModel, compute_block, draw_count
 from imgcate.optional import require
 from imgcate.provenance import collect, dumps
@@ -238,6 +238,43 @@ def fit_tile_size(fit: EffectFit, tile_size: int | None = None) -> int:
     return int(size[0])
 
 
+def check_crs(fit: EffectFit, ds: Any) -> None:
+    """Refuse a raster in another CRS than the trial's chips (their pixels would be another
+    ground footprint, shape and orientation); say how to reproject it.
+
+    A map is not reprojected on the fly: resampling changes pixel values, and tiles cut from
+    resampled pixels are not the chips the encoder was fitted on. Reprojecting once, at the
+    chips' pixel size, is explicit and can be checked.
+
+    Raises
+    ------
+    RasterError
+        If the encoder records the chips' CRS and the raster's differs.
+    """
+    from rasterio.crs import CRS
+
+    spec = getattr(fit.encoder, "chip_spec", None) or {}
+    if spec.get("crs") is None or ds.crs is None:
+        return
+    try:
+        chips_crs = CRS.from_user_input(spec["crs"])
+    except Exception:  # noqa: BLE001 - an unreadable record cannot be checked
+        return
+    if chips_crs == ds.crs:
+        return
+    code = chips_crs.to_string()
+    pixel = spec.get("pixel_size")
+    res = f" -tr {pixel[0]:g} {pixel[1]:g}" if pixel else ""
+    rio_res = f" --res {pixel[0]:g}" if pixel else ""
+    raise RasterError(
+        f"raster {raster_label(ds)!r} is in {ds.crs.to_string()} but the trial's chips were cut "
+        f"from a raster in {code}; imgcate does not reproject tiles on the fly (resampled "
+        f"pixels are not the chips the encoder saw). Reproject it to the chips' CRS and pixel "
+        f"size first: gdalwarp -t_srs {code}{res} -r bilinear IN.tif OUT.tif (or rio warp IN.tif "
+        f"OUT.tif --dst-crs {code}{rio_res})."
+    )
+
+
 def chip_settings(
     fit: EffectFit, ds: Any, tile_size: int | None, scale: float | Sequence[float] | None
 ) -> tuple[int, tuple[float, ...] | None]:
@@ -248,8 +285,9 @@ def chip_settings(
         scale = spec["scale"]
     if scale is not None:
         scale = tuple(float(v) for v in np.atleast_1d(scale))
+    check_crs(fit, ds)
     pixel = spec.get("pixel_size")
-    if pixel is not None and ds.crs is not None and spec.get("crs") == str(ds.crs):
+    if pixel is not None and ds.crs is not None and spec.get("crs") is not None:
         res = np.abs(ds.res)
         if not np.allclose(res, pixel, rtol=0.01):
             warnings.warn(
@@ -426,11 +464,14 @@ def predict_map(
     out["cluster_prob"] = np.full(grid.shape + (fit.n_clusters,), np.nan, np.float32)
     done: set[int] = set()
     directory = None if checkpoint_dir is None else Path(checkpoint_dir)
+    key = ""
     if directory is not None:
-        done = open_checkpoints(directory, job_key(fit, job, grid, block_tiles))
-        done &= set(range(len(blocks)))
-        for index in sorted(done):
-            _place(out, blocks[index], load_block(directory, index))
+        key = job_key(fit, job, grid, block_tiles)
+        saved = open_checkpoints(directory, key) & set(range(len(blocks)))
+        reused = reuse_blocks(directory, key, {i: len(blocks[i]) for i in saved})
+        for index, result in reused.items():
+            _place(out, blocks[index], result)
+        done = set(reused)
     todo = [(i, flat) for i, flat in enumerate(blocks) if i not in done]
     log.info(
         "mapping %d tiles in %d blocks (%d saved already)", grid.n_tiles, len(blocks), len(done)
@@ -452,7 +493,7 @@ def predict_map(
     try:
         for index, result in runner:
             if directory is not None:
-                save_block(directory, index, result)
+                save_block(directory, index, result, key)
             _place(out, blocks[index], result)
             done.add(index)
             bar.update(len(blocks[index]))
@@ -462,6 +503,12 @@ def predict_map(
         bar.close()
         if hasattr(runner, "close"):
             runner.close()
+    if not np.isfinite(out["mean"]).any():
+        raise RasterError(
+            f"every tile of {grid.region} in raster {label!r} holds nodata (or NaN) pixels, so "
+            "the map would be empty; give a region where the raster has data, or check the "
+            "raster's nodata value (rio edit-info --nodata)."
+        )
     model_limit = fit.trial_support()[2]
     digest = fingerprint(fit)
     record = provenance or collect({"raster": source}, seeds={"map": int(seed)})

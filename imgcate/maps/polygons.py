@@ -5,7 +5,6 @@ polygon's average effect (not an average of the tiles' intervals)."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from imgcate.maps.aggregate import read_polygons
 from imgcate.maps.compute import check_bands, chip_settings
 from imgcate.maps.grid import TileGrid, cell_range, tile_grid
 from imgcate.maps.tiles import TileJob, TileModel, draw_count, read_tiles
-from imgcate.output import atomic_path, check_writable
+from imgcate.output import atomic_path, check_writable, staging_folder
 from imgcate.raster import open_raster, raster_source
 from imgcate.results import EffectFit
 from imgcate.validation import check_prob
@@ -187,11 +186,8 @@ def polygon_effects(
             {"raster": raster_source(raster)}, seeds={"draws": int(seed)}
         )
         path = Path(path)
-        with (
-            atomic_path(path, overwrite=overwrite) as tmp,
-            tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as workdir,
-        ):
-            staged = Path(workdir) / path.name
+        with atomic_path(path, overwrite=overwrite) as tmp, staging_folder(path) as workdir:
+            staged = workdir / path.name
             out.to_file(
                 staged,
                 driver="GPKG",

@@ -3,19 +3,22 @@ depends on (the fit, the raster, the region, the options), so a rerun skips them
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import warnings
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from imgcate.errors import InputError
+from imgcate.errors import CheckpointWarning, InputError
 from imgcate.maps.grid import TileGrid
 from imgcate.maps.tiles import TileJob
-from imgcate.output import atomic_path
+from imgcate.output import atomic_path, remove_stale, write_error
 
 #: Name of the file that says which job a checkpoint folder holds.
 MANIFEST = "imgcate-map-job.json"
@@ -39,36 +42,123 @@ def fingerprint(fit: Any) -> str:
     return h.hexdigest()
 
 
+def _label(directory: Path) -> str:
+    return f"checkpoint directory {str(directory)!r} (checkpoint_dir / --resume-dir)"
+
+
 def open_checkpoints(directory: Path, key: str) -> set[int]:
-    """Blocks already saved in ``directory`` for this job (creating its manifest)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Blocks saved in ``directory`` for this job (its job file is created on first use).
+
+    The job file must hold this job's key: a folder of another job, or a damaged job file,
+    is refused with how to start over. Temporary files of a killed run are removed. The
+    blocks found are verified only when read (:func:`load_block`).
+
+    Raises
+    ------
+    InputError
+        If ``directory`` is a file, holds another job, or its job file is damaged.
+    WriteError
+        If the folder or its job file cannot be written (read-only, forbidden, full disk).
+    """
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"{_label(directory)} is a file; give a folder.")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(directory, exc) from exc
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise InputError(f"{_label(directory)} is not writable; give a folder you can write.")
+    remove_stale(directory)
     manifest = directory / MANIFEST
     if manifest.exists():
-        saved = json.loads(manifest.read_text()).get("job")
-        if saved != key:
+        try:
+            saved = json.loads(manifest.read_text())
+            if not isinstance(saved, dict) or not isinstance(saved.get("job"), str):
+                raise ValueError("it does not name a job")
+        except (OSError, ValueError) as exc:
             raise InputError(
-                f"checkpoint directory {str(directory)!r} holds the blocks of another map job "
-                "(other fit, raster, region or options); give an empty directory or delete it "
-                "to start over."
+                f"{_label(directory)}: its job file {MANIFEST} is damaged "
+                f"({type(exc).__name__}: {exc}); delete the folder to start over, or give "
+                "another folder."
+            ) from exc
+        if saved["job"] != key:
+            raise InputError(
+                f"{_label(directory)} holds the blocks of another map job (other fit, raster, "
+                "region or options); give an empty directory or delete it to start over."
             )
     else:
         with atomic_path(manifest) as tmp:
-            tmp.write_text(json.dumps({"job": key}))
+            tmp.write_text(json.dumps({"job": key, "format": 1}))
     done = set()
     for path in directory.glob("block-*.npz"):
-        done.add(int(path.stem.split("-")[1]))
+        number = path.stem.split("-")[1]
+        if number.isdigit():
+            done.add(int(number))
     return done
 
 
-def save_block(directory: Path, index: int, result: dict) -> None:
-    with atomic_path(directory / f"block-{index:07d}.npz", overwrite=True) as tmp:
+def _block_path(directory: Path, index: int) -> Path:
+    return directory / f"block-{index:07d}.npz"
+
+
+def _digest(key: str, index: int, arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of a block's arrays (names, dtypes, shapes, bytes), its job and its number."""
+    h = hashlib.sha256(f"{key}:{index}".encode())
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{value.dtype.str}:{value.shape}".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()
+
+
+def save_block(directory: Path, index: int, result: dict, key: str = "") -> None:
+    """Save a finished block with the SHA-256 of its arrays (temporary name, then renamed)."""
+    arrays = {name: np.asarray(value) for name, value in result.items()}
+    with atomic_path(_block_path(directory, index), overwrite=True) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **result)
+            np.savez(fh, **arrays, sha256=np.array(_digest(key, index, arrays)))
 
 
-def load_block(directory: Path, index: int) -> dict:
-    with np.load(directory / f"block-{index:07d}.npz") as data:
-        return {name: data[name] for name in data.files}
+def load_block(directory: Path, index: int, key: str = "", n_tiles: int | None = None) -> dict:
+    """A saved block, verified: a readable archive whose arrays match their SHA-256 (and hold
+    ``n_tiles`` tiles when given).
+
+    Raises
+    ------
+    ValueError
+        If the block is damaged (truncated, altered, of another job or block).
+    """
+    path = _block_path(directory, index)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise ValueError(f"unreadable, {type(exc).__name__}: {exc}") from exc
+    saved = arrays.pop("sha256", None)
+    if saved is None or str(saved) != _digest(key, index, arrays):
+        raise ValueError("its contents do not match their SHA-256")
+    if n_tiles is not None and any(len(v) != n_tiles for v in arrays.values()):
+        raise ValueError(f"it does not hold {n_tiles} tiles")
+    return arrays
+
+
+def reuse_blocks(directory: Path, key: str, sizes: dict[int, int]) -> dict[int, dict]:
+    """The verified saved blocks among ``sizes`` (block number: tiles); damaged ones are
+    deleted with a :class:`~imgcate.errors.CheckpointWarning`, so that they are computed again."""
+    found = {}
+    for index in sorted(sizes):
+        try:
+            found[index] = load_block(directory, index, key, sizes[index])
+        except ValueError as exc:
+            warnings.warn(
+                f"block {index} saved in {_label(directory)} is damaged ({exc}); it is "
+                "discarded and computed again.",
+                CheckpointWarning,
+                stacklevel=3,
+            )
+            with contextlib.suppress(OSError):
+                _block_path(directory, index).unlink()
+    return found
 
 
 def job_key(fit: Any, job: TileJob, grid: TileGrid, block_tiles: int) -> str:

@@ -85,7 +85,9 @@ class TileModel:
         n = len(tiles)
         raw = self.encoder.transform(_pad(tiles, self.batch_size), batch_size=self.batch_size)
         cate, _ = self.effect(jnp.asarray(raw, jnp.float32))
-        return np.asarray(cate, np.float64)[:, :n]
+        cate = np.asarray(cate, np.float64)[:, :n]
+        cate[:, ~np.isfinite(np.asarray(raw[:n])).all(axis=1)] = np.nan
+        return cate
 
     def __call__(self, tiles: np.ndarray) -> dict[str, np.ndarray]:
         """Summaries of the posterior effect for tiles (tile, band, y, x)."""
@@ -101,7 +103,7 @@ class TileModel:
         lower, upper = np.quantile(cate, [lo, 1 - lo], axis=0)
         emb = self.standardizer.embedding(raw[:n]) - self.support_mean
         dist = np.sqrt(np.einsum("ij,jk,ik->i", emb, self.support_prec, emb))
-        return {
+        out = {
             "mean": cate.mean(0),
             "sd": cate.std(0),
             "lower": lower,
@@ -110,6 +112,13 @@ class TileModel:
             "extrapolation": dist,
             "cluster_prob": prob.mean(0),
         }
+        # a tile whose embedding or effect is not finite (pixels out of float range) is NaN in
+        # every layer, never a confident number such as prob_positive = 0
+        bad = ~(np.isfinite(np.asarray(raw[:n])).all(axis=1) & np.isfinite(cate).all(axis=0))
+        if bad.any():
+            for value in out.values():
+                value[bad] = np.nan
+        return out
 
 
 def draw_count(fit: EffectFit, max_draws: int | None, seed: int) -> int:
