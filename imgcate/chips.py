@@ -36,6 +36,8 @@ from imgcate.raster import (
 from imgcate.units import Trial
 from imgcate.validation import check_choice
 
+Layout = Literal["band_first", "band_last"]
+LAYOUTS = ("band_first", "band_last")
 SizeUnit = Literal["px", "m"]
 OnEdge = Literal["error", "pad", "drop"]
 SIZE_UNITS = ("px", "m")
@@ -102,6 +104,13 @@ class Chips:
         if values.ndim != want:
             dims = "(date, image, band, y, x)" if want == 5 else "(image, band, y, x)"
             raise InputError(f"chip values must have shape {dims}, got {values.shape}.")
+        if not np.isfinite(values).all():
+            bad = np.flatnonzero(~np.isfinite(values).reshape(*values.shape[:-3], -1).all(-1))
+            raise InputError(
+                f"chip values hold NaN or infinite pixels (chips at flat positions "
+                f"{bad[:5].tolist()}); fill or drop them first (extract_chips(on_edge='pad' "
+                "or 'drop') does this for nodata)."
+            )
         n_img = values.shape[-4]
         ids = np.asarray(self.image_ids)
         if len(ids) != n_img:
@@ -230,23 +239,36 @@ def chips_from_array(
     *,
     band_names: Sequence[str] | None = None,
     dates: Sequence | None = None,
+    layout: Layout | None = None,
 ) -> Chips:
     """Wrap an in-memory array as :class:`Chips` (one unit per image).
 
     Parameters
     ----------
     values : array_like
-        Shape (image, band, y, x), or (date, image, band, y, x) when ``dates`` is given.
+        Shape (image, band, y, x), or (date, image, band, y, x) when ``dates`` is given; with
+        ``layout="band_last"``, (image, y, x, band) as most imaging and R packages hold images
+        (moved to band first).
     image_ids : array_like, optional
         Shape (image,); defaults to 0..n-1.
     band_names : sequence of str, optional
     dates : sequence, optional
         Date labels of a sequence.
+    layout : {"band_first", "band_last"}, optional
+        Where the band axis is. Default: band first, except that an array whose second and
+        third axes are equal and larger than the last one, such as (100, 35, 35, 3), looks like
+        band last and is refused until ``layout`` says which it is.
 
     Returns
     -------
     Chips
         With ``transforms=None`` and ``crs=None``.
+
+    Raises
+    ------
+    InputError
+        For a wrong number of axes, an ambiguous layout, NaN or infinite pixels, or duplicate
+        image ids.
 
     Examples
     --------
@@ -254,12 +276,24 @@ def chips_from_array(
     >>> chips_from_array(np.zeros((3, 4, 8, 8)), ["a", "b", "c"]).n_images
     3
     """
+    if layout is not None:
+        check_choice("layout", layout, LAYOUTS)
     arr = np.asarray(values, dtype=np.float32)
     if arr.ndim != (5 if dates is not None else 4):
         raise InputError(
             f"values has shape {arr.shape}; give (image, band, y, x), or (date, image, band, y, x) "
             "with dates=."
         )
+    band, y, x = arr.shape[-3:]
+    if layout is None and band == y and x < y:
+        raise InputError(
+            f"values has shape {arr.shape}: (image, y, x, band) images with {x} bands of "
+            f"{band} x {y} px, or {band} bands of {y} x {x} px? Pass layout='band_last' for "
+            "(image, y, x, band) arrays (they are moved to band first), or layout='band_first' "
+            "if the band axis is the second."
+        )
+    if layout == "band_last":
+        arr = np.moveaxis(arr, -1, -3)
     if not np.isfinite(arr).all():
         raise InputError("chip values hold NaN or infinite pixels; fill or drop them first.")
     n = arr.shape[-4]

@@ -157,7 +157,12 @@ def as_embeddings(values: Any, image_ids: Any = None) -> Embeddings:
     """Wrap an array (or return an :class:`Embeddings` unchanged); ids default to 0..n-1."""
     if isinstance(values, Embeddings):
         return values
-    values = np.asarray(values, dtype=float)
+    try:
+        values = np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"embeddings must be numeric (image, feature) values: {exc}") from exc
+    if values.ndim != 2:
+        raise InputError(f"embeddings must have shape (image, feature), got {values.shape}.")
     if image_ids is None:
         image_ids = np.arange(len(values))
     return Embeddings(values=values, image_ids=np.asarray(image_ids))

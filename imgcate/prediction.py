@@ -133,13 +133,25 @@ def raw_embeddings(fit: EffectFit, new: Any) -> tuple[np.ndarray, np.ndarray]:
     elif hasattr(new, "values") and np.ndim(new.values) >= 4:
         if fit.encoder is None:
             raise FitError("this fit has no encoder; pass embeddings instead of chips.")
+        as_float_array("chip values", new.values)  # NaN or infinite pixels are refused
         values, ids = np.asarray(fit.encoder.transform(new)), np.asarray(new.image_ids)
+        if not np.isfinite(values).all():
+            raise InputError(
+                "the fit's encoder gives NaN or infinite embeddings for these chips (pixel "
+                "values out of range?); check their scale against the trial's chips."
+            )
     else:
-        values = np.asarray(new, dtype=float)
+        values = as_float_array("embeddings", new)
         if values.ndim != 2:
             raise InputError(f"embeddings must be (image, feature), got shape {values.shape}.")
         ids = np.arange(len(values))
     values = as_float_array("embeddings", values, ndim=2)
+    big = np.abs(values) > np.finfo(np.float32).max
+    if big.any():
+        raise InputError(
+            f"embeddings hold {int(big.sum())} value(s) beyond the float32 range (first at "
+            f"{np.argwhere(big)[0].tolist()}); give embeddings on the trial's scale."
+        )
     return values, ids
 
 
@@ -164,6 +176,13 @@ def predict(
         x = fit.standardizer.covariates(raw)
     effect = jax.jit(effect_function(fit, max_draws=max_draws, seed=seed, covariates=x))
     cate, prob = (np.asarray(a) for a in effect(jnp.asarray(values, jnp.float32)))
+    bad = ~(np.isfinite(cate).all(0) & np.isfinite(prob).all((0, 2)))
+    if bad.any():  # never a NaN mean with prob_positive = 0
+        raise InputError(
+            f"the embeddings of images {np.asarray(ids)[bad][:5].tolist()} give non-finite "
+            "effects (values far outside the trial's embeddings?); give embeddings on the "
+            "trial's scale."
+        )
     emb = fit.standardizer.embedding(values)
     mean, prec, limit = fit.trial_support()
     dist = np.sqrt(np.einsum("ij,jk,ik->i", emb - mean, prec, emb - mean))

@@ -22,6 +22,8 @@ from imgcate.validation import check_choice, check_covariate_columns
 
 MissingPolicy = Literal["error", "drop", "mean", "indicator"]
 MISSING_POLICIES = ("error", "drop", "mean", "indicator")
+PolygonPolicy = Literal["error", "centroid", "representative_point"]
+POLYGON_POLICIES = ("error", "centroid", "representative_point")
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,23 @@ def _read_table(source: str | Path | pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _check_shape(df: pd.DataFrame, name: str) -> None:
+    """A table with rows, read with the right separator."""
+    if len(df.columns) == 1:
+        header = str(df.columns[0])
+        for sep, label in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
+            if sep in header:
+                raise InputError(
+                    f"{name} has one column {header[:60]!r}: its fields are separated by "
+                    f"{label}, not commas; save it as a comma-separated CSV, or read it with "
+                    f"pandas.read_csv(path, sep={sep!r}) and pass the DataFrame to read_units."
+                )
+    if len(df) == 0:
+        raise InputError(
+            f"{name} has no rows (columns: {list(df.columns)}); give a table with one row per unit."
+        )
+
+
 def _rows(mask: np.ndarray, ids: np.ndarray | None = None, limit: int = 5) -> str:
     pos = np.flatnonzero(mask)
     shown = (ids[pos] if ids is not None else pos)[:limit].tolist()
@@ -161,8 +180,38 @@ def _parse_crs(crs) -> pyproj.CRS:
         ) from exc
 
 
+def _points(gdf: gpd.GeoDataFrame, polygons: str, id_col: str) -> gpd.GeoDataFrame:
+    """Point locations: points as they are; polygons only where ``polygons`` says which point
+    of each stands for the unit."""
+    kinds = gdf.geometry.geom_type
+    if (kinds == "Point").all():
+        return gdf
+    areas = kinds.isin(["Polygon", "MultiPolygon"]).to_numpy()
+    other = ~areas & (kinds != "Point").to_numpy()
+    if other.any():
+        raise InputError(
+            f"units {_rows(other, gdf[id_col].to_numpy())} have {sorted(set(kinds[other]))} "
+            "geometries; give each unit a point (or a polygon) location."
+        )
+    if polygons == "error":
+        raise InputError(
+            f"units {_rows(areas, gdf[id_col].to_numpy())} have polygon geometries, but a unit "
+            "is placed at a point; pass polygons='centroid' or polygons='representative_point' "
+            "(a point inside each polygon) to say which, or give point locations."
+        )
+    geometry = gdf.geometry
+    if polygons == "representative_point":
+        points = geometry.representative_point()
+    elif geometry.crs is not None and geometry.crs.is_geographic:  # centroids in metres
+        metric = geometry.estimate_utm_crs()
+        points = geometry.to_crs(metric).centroid.to_crs(geometry.crs)
+    else:
+        points = geometry.centroid
+    return gdf.set_geometry(points.where(areas, geometry))
+
+
 def _to_geodataframe(
-    df: pd.DataFrame, lon: str | None, lat: str | None, crs, id_col: str
+    df: pd.DataFrame, lon: str | None, lat: str | None, crs, id_col: str, polygons: str = "error"
 ) -> gpd.GeoDataFrame:
     if isinstance(df, gpd.GeoDataFrame) and lon is None and df.geometry.name in df.columns:
         gdf = df
@@ -176,9 +225,7 @@ def _to_geodataframe(
                 f"units {_rows(missing.to_numpy(), gdf[id_col].to_numpy())} have no geometry; "
                 "drop them or add their locations."
             )
-        if not (gdf.geometry.geom_type == "Point").all():
-            gdf = gdf.set_geometry(gdf.geometry.representative_point())
-        return gdf
+        return _points(gdf, polygons, id_col)
     lon = lon or "lon"
     lat = lat or "lat"
     for name, col in (("lon", lon), ("lat", lat)):
@@ -295,6 +342,7 @@ def read_units(
     stratum: str | None = None,
     cluster: str | None = None,
     missing: MissingPolicy = "error",
+    polygons: PolygonPolicy = "error",
 ) -> Trial:
     """Read and validate a units table.
 
@@ -319,6 +367,10 @@ def read_units(
         What to do with missing covariate values. ``"error"`` (default) refuses; ``"drop"``
         drops those units; ``"mean"`` imputes the column mean; ``"indicator"`` imputes the mean
         and adds a ``<col>_missing`` 0/1 covariate.
+    polygons : {"error", "centroid", "representative_point"}
+        Units whose geometry is a polygon (a village boundary): refused by default, since a
+        unit's image is centred on a point; ``"centroid"`` places each at its polygon's
+        centroid, ``"representative_point"`` at a point guaranteed inside it.
 
     Returns
     -------
@@ -341,8 +393,10 @@ def read_units(
     2
     """
     check_choice("missing", missing, MISSING_POLICIES)
+    check_choice("polygons", polygons, POLYGON_POLICIES)
     name = "the units table" if isinstance(source, pd.DataFrame) else repr(str(source))
     df = _read_table(source)
+    _check_shape(df, name if isinstance(source, pd.DataFrame) else f"units table {name}")
     roles = {
         "id": id,
         "covariate": None,
@@ -379,7 +433,7 @@ def read_units(
     if outcome is not None and covs:
         matrix = df[list(covs)].to_numpy(dtype=float)
         check_covariate_columns(matrix, covs, df[treatment].to_numpy(), treatment)
-    gdf = _to_geodataframe(df, lon, lat, crs, id)
+    gdf = _to_geodataframe(df, lon, lat, crs, id, polygons)
     return Trial(
         data=gdf.reset_index(drop=True),
         id=id,

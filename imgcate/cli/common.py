@@ -70,6 +70,7 @@ OPTION_OF_ARGUMENT = {
     "size": "--size",
     "on_edge": "--on-edge",
     "scale": "--scale",
+    "polygons": "--polygons",
 }
 _ARGUMENT = re.compile(r"\b(" + "|".join(OPTION_OF_ARGUMENT) + r")=")
 
@@ -121,11 +122,16 @@ def start(verbose: int, quiet: int) -> tuple[int, int, bool]:
     """Set up logging for a command; returns (verbose, quiet, progress).
 
     Progress bars show by default on a terminal, never with -q, and with -v also when stderr
-    is not a terminal (a log file).
+    is not a terminal (a log file). A negative ``--seed`` of the command is refused here.
     """
     ctx = click.get_current_context(silent=True)
     verbose, quiet = verbosity(ctx, verbose, quiet)
     setup_logging(verbose, quiet)
+    seed = (ctx.params if ctx is not None else {}).get("seed")
+    if isinstance(seed, int) and seed < 0:  # numpy and JAX take seeds >= 0
+        raise click.BadParameter(
+            f"{seed} is negative; give a seed of 0 or more (e.g. --seed 0)", param_hint="--seed"
+        )
     progress = not quiet and (verbose > 0 or sys.stderr.isatty())
     return verbose, quiet, progress
 
@@ -150,6 +156,11 @@ def provenance(inputs: dict[str, Any], seeds: dict[str, Any] | None = None, **ex
 
 
 def write_csv(frame: pd.DataFrame, path: Path, overwrite: bool) -> None:
+    """Write a table (temporary name, then renamed); errors as the user reads them."""
+    run(_write_csv, frame, path, overwrite)
+
+
+def _write_csv(frame: pd.DataFrame, path: Path, overwrite: bool) -> None:
     with atomic_path(path, overwrite=overwrite) as tmp:
         frame.to_csv(tmp, index=False)
 
@@ -213,10 +224,23 @@ def raster_argument(
     return {label: str(f) for label, f in zip(labels, files, strict=True)}
 
 
+#: Key of ``click.Context.meta`` under which ``--polygons`` is kept for :func:`load_units`.
+POLYGONS = "imgcate_polygons"
+
+
+def _keep_polygons(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.meta[POLYGONS] = value
+
+
 def load_units(units: Path, roles: dict[str, Any], image_id: str | None, **extra: Any):
-    """read_units with the CLI's default: a column named ``image_id`` keys the images."""
+    """read_units with the CLI's default: a column named ``image_id`` keys the images; units
+    with polygon geometries as ``--polygons`` says."""
     from imgcate.units import read_units
 
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and POLYGONS in ctx.meta and "polygons" not in extra:
+        extra["polygons"] = ctx.meta[POLYGONS]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*has an 'image_id' column")
         trial = run(read_units, units, image_id=image_id, **roles, **extra)
@@ -244,6 +268,15 @@ def unit_role_options(fn, *, outcomes: bool = True):
             default=None,
             help="Column of the image each unit looks at [default: image_id if the table has "
             "it, else each unit its own image].",
+        ),
+        click.option(
+            "--polygons",
+            type=click.Choice(["centroid", "representative_point"]),
+            default=None,
+            expose_value=False,
+            callback=_keep_polygons,
+            help="Place units given as polygons at their centroid or at a point inside each "
+            "[default: polygons are refused].",
         ),
     ]
     for option in reversed(options):
