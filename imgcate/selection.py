@@ -153,9 +153,11 @@ def compare_clusters(
     ParetoKWarning
         When the Pareto-k diagnostic flags too many units for PSIS-LOO (with ``criterion``
         "auto" or "loo"): the warning counts them per K and says which comparison is used.
-    ConvergenceWarning
-        For the selected K only (R-hat, ESS, divergences; see ``check_convergence``); the fits
-        of the other K, and the fold fits, are used for the comparison alone and do not warn.
+    ConvergenceWarning, ModelCheckWarning
+        For the selected K only (``check_convergence``, ``check_model``); the fits of the
+        other K, and the fold fits, are used for the comparison alone and do not warn.
+    BalanceWarning
+        As :func:`fit` does, from the fits to all units.
 
     Notes
     -----
@@ -211,6 +213,7 @@ def compare_clusters(
     best_k = int(table.index[ok.to_numpy()].min())
     table["selected"] = table.index == best_k
     fits[best_k].check_convergence()  # the other K are only compared; the selected one is used
+    fits[best_k].check_model()
     return ClusterComparison(
         table=table,
         best_k=best_k,
@@ -230,10 +233,15 @@ def _bar(iterable, show: bool, desc: str, total: int):
     return tqdm(iterable, desc=desc, total=total)
 
 
-def _quiet_fit(trial: Trial, embeddings: Any, k: int, seed: int, options: dict) -> EffectFit:
-    """A fit used for the comparison: its checks do not warn (the selected K is checked)."""
+def _quiet_fit(
+    trial: Trial, embeddings: Any, k: int, seed: int, options: dict, *, fold: bool = False
+) -> EffectFit:
+    """A fit used for the comparison: its convergence and outcome checks do not warn (the
+    selected K is checked afterwards); a fold fit does not check balance either (the fit to
+    all units did)."""
+    quiet = (ConvergenceWarning, ModelCheckWarning) + ((BalanceWarning,) if fold else ())
     with warnings.catch_warnings():
-        for category in (ConvergenceWarning, ModelCheckWarning, BalanceWarning):
+        for category in quiet:
             warnings.simplefilter("ignore", category)
         return fit(trial, embeddings, n_clusters=k, seed=seed, **options)
 
@@ -257,7 +265,7 @@ def pareto_problem(loos: dict, threshold: float, max_bad_share: float) -> str | 
         n_bad, n_very = int((pareto_k > threshold).sum()), int((pareto_k > 1).sum())
         if n_bad > max_bad_share * len(pareto_k) or n_very:
             flagged.append(
-                f"K={k}: {n_bad} of {len(pareto_k)} units ({100 * n_bad / len(pareto_k):.0f}%)"
+                f"K={k}: {n_bad} of {len(pareto_k)} units ({100 * n_bad / len(pareto_k):.1f}%)"
                 f" above {threshold:.2f}, {n_very} above 1"
             )
     if not flagged:
@@ -346,7 +354,7 @@ def _fold_lpd(
     else:
         rows = np.asarray(embeddings, dtype=float)
         train_emb, test_emb = rows[train], rows[test]
-    result = _quiet_fit(train_trial, train_emb, full.n_clusters, seed, options)
+    result = _quiet_fit(train_trial, train_emb, full.n_clusters, seed, options, fold=True)
     loglik = held_out_log_likelihood(
         result,
         train_trial,
