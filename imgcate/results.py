@@ -437,9 +437,10 @@ class EffectFit:
             index=index,
         )
 
-    def summary(self, prob: float = 0.9) -> str:
+    def summary(self, prob: float = 0.9, *, out_of_sample: Any = None) -> str:
         """A printable summary: settings, cluster effects, how much the clusters explain and
-        how image-driven they are, ATE check, diagnostics."""
+        how image-driven they are, ATE check, diagnostics; ``out_of_sample`` (a
+        :class:`~imgcate.evaluate.CrossfitResult` of this trial) adds its out-of-sample test."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             diag = self.diagnostics()
@@ -461,6 +462,8 @@ class EffectFit:
         if self.n_clusters > 1:
             lines += ["", "How the clusters describe the effect:"]
             lines += [self.heterogeneity(prob).to_string(**fmt), *self._cluster_notes()]
+        if out_of_sample is not None:
+            lines += ["", out_of_sample.summary(unit_ids=self.unit_ids)]
         lines += [
             "",
             f"Diagnostics: max R-hat {diag['r_hat'].max():.3f}, min bulk ESS "
@@ -503,6 +506,13 @@ class EffectFit:
         import arviz as az
 
         return az.loo(self.idata, pointwise=True)
+
+    def report(self, path: str | Path, **options: Any) -> Path:
+        """Write a self-contained HTML or Markdown page (by ``path``'s suffix) for a referee;
+        ``options`` as in :func:`imgcate.report.write_report` (``comparison``, ``crossfit``)."""
+        from imgcate.report import write_report
+
+        return write_report(self, path, **options)
 
     # ------------------------------------------------------------------ prediction
     def trial_support(self) -> tuple[np.ndarray, np.ndarray, float]:
