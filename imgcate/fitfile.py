@@ -126,7 +126,7 @@ def _checked_meta(meta: Any, path: Path) -> dict:
     if isinstance(version, int) and version > FORMAT_VERSION:
         raise InputError(
             f"{str(path)!r} has fit format {version}, written by a newer imgcate; this imgcate "
-            f"reads format {FORMAT_VERSION}. Upgrade imgcate (pip install -U imgcate) to read "
+            f"reads format {FORMAT_VERSION}: upgrade imgcate (pip install -U imgcate) to read "
             "it, or refit with this version."
         )
     if version != FORMAT_VERSION:

@@ -165,6 +165,12 @@ def predict(
 ) -> Prediction:
     """Posterior CATE and cluster probabilities for images (see :meth:`EffectFit.predict`)."""
     values, ids = raw_embeddings(fit, embeddings)
+    width = len(fit.standardizer.embedding_mean)
+    if values.shape[1] != width:
+        raise InputError(
+            f"embeddings have {values.shape[1]} features but the fit's have {width}; give "
+            "embeddings made as the trial's were (the same encoder, or the fit's chips)."
+        )
     x = None
     if covariates is not None:
         raw = as_float_array("covariates", np.asarray(covariates, dtype=float), ndim=2)
