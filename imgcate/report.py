@@ -25,6 +25,7 @@ from imgcate.errors import InputError
 from imgcate.optional import require
 from imgcate.output import atomic_path, check_writable
 from imgcate.posterior import flat
+from imgcate.validation import check_positive_int, check_prob
 
 if TYPE_CHECKING:
     from imgcate.evaluate import CrossfitResult
@@ -136,6 +137,8 @@ def write_report(
             "suffix chooses the format."
         )
     check_writable(path, overwrite)
+    prob, alpha = check_prob(prob), check_prob(alpha, "alpha")
+    ppc_draws = check_positive_int("ppc_draws", ppc_draws)
     require("matplotlib", "plots", "EffectFit.report")
     if crossfit is not None:
         crossfit.check_units(fit.unit_ids)

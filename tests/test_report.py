@@ -114,6 +114,9 @@ def test_report_refuses_to_overwrite_and_unknown_suffixes(inputs, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]  # no temporary left
     with pytest.raises(InputError, match="must end in .html or .md"):
         fit.report(tmp_path / "r.pdf")
+    with pytest.raises(InputError, match="prob=1.5 must lie strictly between 0 and 1"):
+        fit.report(tmp_path / "r.md", prob=1.5)
+    assert not (tmp_path / "r.md").exists()
 
 
 def test_summary_includes_the_out_of_sample_test_when_asked(inputs):

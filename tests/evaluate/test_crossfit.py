@@ -7,14 +7,16 @@ same result, and bad folds are refused before any fit.
 Slow: over replications of simulated trials, RATE (AUTOC) and BLP of the out-of-fold CATE
 reject "no heterogeneity" when the effect has two clusters (0 and 2) and hold their level when
 it is constant. Settings (n = 300, 2 spatial folds of about 150, one chain of 100 + 100 draws,
-K = 2) keep the 60 fits under 30 minutes on one free core.
+K = 2): 52 fits, about 40 s of CPU each on the shared development machine (so about 35
+minutes there; less on a free core).
 
 Tolerances. Level: under a constant effect each replication rejects with probability alpha =
 0.05 if the test is exact; the count over 20 replications is Binomial(20, 0.05) (sd 0.98, so the
 rate's Monte Carlo sd is 0.049). The bound "at most 2 of 20" (10 %) fails an exact test with
 probability 0.075, and a test whose true level is 0.15 passes it with probability 0.40 only.
 Power: the clusters scenario separates effects 0 and 2 at n = 300, where power is close to 1;
-"at least 8 of 10" fails a test of true power 0.95 with probability 0.012.
+"at least 5 of 6" fails a test of true power 0.95 with probability 0.033 (and passes one of
+true power 0.6 with probability 0.23 only).
 """
 
 from __future__ import annotations
@@ -182,9 +184,9 @@ def _rejects(effect: str, seed: int) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_out_of_fold_rate_and_blp_reject_only_real_heterogeneity():
-    """20 trials with a constant effect (level) and 10 with two effect clusters (power),
+    """20 trials with a constant effect (level) and 6 with two effect clusters (power),
     interleaved so that a partial run already shows both."""
-    reps = {"constant": 20, "clusters": 10}
+    reps = {"constant": 20, "clusters": 6}
     counts = {effect: dict.fromkeys(TESTS, 0) for effect in reps}
     for rep in range(max(reps.values())):
         for effect, n_reps in reps.items():
@@ -197,4 +199,4 @@ def test_out_of_fold_rate_and_blp_reject_only_real_heterogeneity():
     print(f"rejections at 0.05: {counts} over {reps}")
     for name in ("rate_autoc", "blp_hte"):
         assert counts["constant"][name] <= 2, counts  # level: at most 10 % of 20
-        assert counts["clusters"][name] >= 8, counts  # power: at least 80 % of 10
+        assert counts["clusters"][name] >= 5, counts  # power: at least 5 of 6
