@@ -23,6 +23,7 @@ from imgcate.encoders import CNNEncoder, RandomConvFeatures
 from imgcate.errors import (
     BalanceWarning,
     BandWarning,
+    CheckpointWarning,
     ConvergenceWarning,
     ExtrapolationWarning,
     FitError,
@@ -32,7 +33,9 @@ from imgcate.errors import (
     ModelCheckWarning,
     OutputExistsError,
     OverlapWarning,
+    ParetoKWarning,
     RasterError,
+    WriteError,
 )
 from imgcate.inference import fit
 from imgcate.maps import (
@@ -65,6 +68,7 @@ __all__ = [
     "BalanceWarning",
     "BandWarning",
     "CNNEncoder",
+    "CheckpointWarning",
     "Chips",
     "ClusterComparison",
     "ConvergenceWarning",
@@ -79,12 +83,14 @@ __all__ = [
     "ModelCheckWarning",
     "OutputExistsError",
     "OverlapWarning",
+    "ParetoKWarning",
     "Prediction",
     "RandomizationCheck",
     "RandomConvFeatures",
     "RasterError",
     "SimulatedTrial",
     "Trial",
+    "WriteError",
     "__version__",
     "as_embeddings",
     "check_randomization",
