@@ -1,6 +1,7 @@
 """Computing a map: :func:`predict_map` covers a region with tiles (:mod:`imgcate.maps.grid`),
-runs them in blocks (:mod:`imgcate.maps.tiles`) in this process or on Dask workers, saves
-finished blocks for resuming (:mod:`imgcate.maps.resume`) and assembles the xarray Dataset.
+runs them in blocks (:mod:`imgcate.maps.tiles`) in this process or on Dask workers
+(:mod:`imgcate.maps.runners`), saves finished blocks for resuming (:mod:`imgcate.maps.resume`)
+and assembles the xarray Dataset.
 
 Memory per block is flat in the region's size; the fit travels to Dask workers as the bytes of
 its saved file and is rebuilt once per worker.
@@ -8,9 +9,7 @@ its saved file and is rebuilt once per worker.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,11 +23,11 @@ from imgcate.errors import ExtrapolationWarning, InputError, RasterError
 from imgcate.intervals import interval_names
 from imgcate.maps.grid import TileGrid, check_tiles, tile_grid
 from imgcate.maps.resume import fingerprint, job_key, open_checkpoints, reuse_blocks, save_block
-from imgcate.maps.tiles import MAP_VARIABLES, TileJob, TileModel, compute_block, draw_count
-from imgcate.optional import require
+from imgcate.maps.runners import run_dask, run_local
+from imgcate.maps.tiles import MAP_VARIABLES, TileJob, draw_count
 from imgcate.provenance import collect, dumps
 from imgcate.raster import band_indexes, open_raster, raster_label, raster_source
-from imgcate.results import EffectFit, load_fit
+from imgcate.results import EffectFit
 from imgcate.validation import check_prob
 
 log = logging.getLogger("imgcate")
@@ -40,120 +39,6 @@ DEFAULT_TILE_SIZE = 32
 
 #: Tiles outside the trial's support above which :func:`predict_map` warns.
 EXTRAPOLATION_WARN_SHARE = 0.1
-
-
-def _fit_bytes(fit: EffectFit) -> bytes:
-    """The fit as :meth:`EffectFit.save` bytes (rebuilt on Dask workers)."""
-    with tempfile.TemporaryDirectory() as workdir:
-        path = fit.save(Path(workdir) / "fit.imgcate")
-        return path.read_bytes()
-
-
-def _fit_from_bytes(data: bytes) -> Any:
-    with tempfile.TemporaryDirectory() as workdir:
-        path = Path(workdir) / "fit.imgcate"
-        path.write_bytes(data)
-        return load_fit(path)
-
-
-def _dask_block(payload: bytes, digest: str, job: TileJob, flat: np.ndarray) -> dict:
-    """A block on a Dask worker; the fit is rebuilt once per worker and kept on it."""
-    import rasterio
-    from distributed import get_worker
-
-    worker = get_worker()
-    cache = worker.__dict__.setdefault("_imgcate_map_models", {})
-    key = (digest, job)
-    if key not in cache:
-        cache.clear()
-        cache[key] = TileModel(_fit_from_bytes(payload), job)
-    with rasterio.open(job.raster) as ds:
-        return compute_block(cache[key], ds, job, flat)
-
-
-def _run_local(fit: EffectFit, job: TileJob, todo: list[tuple[int, np.ndarray]]):
-    import rasterio
-
-    model = TileModel(fit, job)
-    with rasterio.open(job.raster) as ds:
-        for index, flat in todo:
-            yield index, compute_block(model, ds, job, flat)
-
-
-def _run_dask(
-    fit: EffectFit,
-    job: TileJob,
-    todo: list[tuple[int, np.ndarray]],
-    workers: int,
-    scheduler: str | None,
-    digest: str,
-):
-    """Blocks on a Dask cluster, at most two in flight per worker (flat memory)."""
-    distributed = require("distributed", "dask", "predict_map with workers > 1 or a scheduler")
-    Client, LocalCluster = distributed.Client, distributed.LocalCluster
-    as_completed = distributed.as_completed
-
-    cluster = None
-    if scheduler is None:
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
-        client = Client(cluster)
-    else:
-        try:
-            client = Client(scheduler, timeout="20s")
-        except OSError as exc:
-            raise InputError(
-                f"no Dask scheduler answers at {scheduler!r} ({exc}); start one "
-                "(dask scheduler) or leave scheduler out."
-            ) from exc
-    try:
-        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-        [payload] = client.scatter([_fit_bytes(fit)], broadcast=True)
-        pending = iter(todo)
-        futures = {}
-        queue = as_completed()
-
-        def submit() -> None:
-            item = next(pending, None)
-            if item is not None:
-                fut = client.submit(_dask_block, payload, digest, job, item[1], pure=False)
-                futures[fut] = item[0]
-                queue.add(fut)
-
-        for _ in range(2 * n_workers):
-            submit()
-        for fut in queue:
-            index = futures.pop(fut)
-            result = fut.result()
-            fut.release()
-            submit()
-            yield index, result
-    finally:
-        with _quiet_shutdown():
-            client.close()
-            if cluster is not None:
-                cluster.close()
-
-
-@contextlib.contextmanager
-def _quiet_shutdown():
-    """Closing a local Dask cluster makes its nannies warn that they kill workers still busy
-    tearing JAX down ("Worker process still alive after 4.0 seconds, killing"): expected at
-    shutdown, so silenced (errors still pass)."""
-    loggers = [logging.getLogger(n) for n in ("distributed", "distributed.nanny")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
 
 
 def _sample_stats(ds: Any, indexes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -479,9 +364,9 @@ def predict_map(
     if not todo:
         runner = iter(())
     elif scheduler is None and workers == 1:
-        runner = _run_local(fit, job, todo)
+        runner = run_local(fit, job, todo)
     else:
-        runner = _run_dask(fit, job, todo, workers, scheduler, fingerprint(fit))
+        runner = run_dask(fit, job, todo, workers, scheduler, fingerprint(fit))
     bar = tqdm(
         total=grid.n_tiles,
         mininterval=1.0,

@@ -1,0 +1,132 @@
+"""Where a map's blocks run: in this process, or on a Dask cluster (a local one, or one at a
+scheduler's address) with the fit sent to each worker once as the bytes of its saved file."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgcate.errors import InputError
+from imgcate.maps.tiles import TileJob, TileModel, compute_block
+from imgcate.optional import require
+from imgcate.results import EffectFit, load_fit
+
+
+def _fit_bytes(fit: EffectFit) -> bytes:
+    """The fit as :meth:`EffectFit.save` bytes (rebuilt on Dask workers)."""
+    with tempfile.TemporaryDirectory() as workdir:
+        path = fit.save(Path(workdir) / "fit.imgcate")
+        return path.read_bytes()
+
+
+def _fit_from_bytes(data: bytes) -> Any:
+    with tempfile.TemporaryDirectory() as workdir:
+        path = Path(workdir) / "fit.imgcate"
+        path.write_bytes(data)
+        return load_fit(path)
+
+
+def _dask_block(payload: bytes, digest: str, job: TileJob, flat: np.ndarray) -> dict:
+    """A block on a Dask worker; the fit is rebuilt once per worker and kept on it."""
+    import rasterio
+    from distributed import get_worker
+
+    worker = get_worker()
+    cache = worker.__dict__.setdefault("_imgcate_map_models", {})
+    key = (digest, job)
+    if key not in cache:
+        cache.clear()
+        cache[key] = TileModel(_fit_from_bytes(payload), job)
+    with rasterio.open(job.raster) as ds:
+        return compute_block(cache[key], ds, job, flat)
+
+
+def run_local(fit: EffectFit, job: TileJob, todo: list[tuple[int, np.ndarray]]):
+    """Blocks in this process, in order: (index, result) pairs."""
+    import rasterio
+
+    model = TileModel(fit, job)
+    with rasterio.open(job.raster) as ds:
+        for index, flat in todo:
+            yield index, compute_block(model, ds, job, flat)
+
+
+def run_dask(
+    fit: EffectFit,
+    job: TileJob,
+    todo: list[tuple[int, np.ndarray]],
+    workers: int,
+    scheduler: str | None,
+    digest: str,
+):
+    """Blocks on a Dask cluster, at most two in flight per worker (flat memory)."""
+    distributed = require("distributed", "dask", "predict_map with workers > 1 or a scheduler")
+    Client, LocalCluster = distributed.Client, distributed.LocalCluster
+    as_completed = distributed.as_completed
+
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+        client = Client(cluster)
+    else:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except OSError as exc:
+            raise InputError(
+                f"no Dask scheduler answers at {scheduler!r} ({exc}); start one "
+                "(dask scheduler) or leave scheduler out."
+            ) from exc
+    try:
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        [payload] = client.scatter([_fit_bytes(fit)], broadcast=True)
+        pending = iter(todo)
+        futures = {}
+        queue = as_completed()
+
+        def submit() -> None:
+            item = next(pending, None)
+            if item is not None:
+                fut = client.submit(_dask_block, payload, digest, job, item[1], pure=False)
+                futures[fut] = item[0]
+                queue.add(fut)
+
+        for _ in range(2 * n_workers):
+            submit()
+        for fut in queue:
+            index = futures.pop(fut)
+            result = fut.result()
+            fut.release()
+            submit()
+            yield index, result
+    finally:
+        with _quiet_shutdown():
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+@contextlib.contextmanager
+def _quiet_shutdown():
+    """Closing a local Dask cluster makes its nannies warn that they kill workers still busy
+    tearing JAX down ("Worker process still alive after 4.0 seconds, killing"): expected at
+    shutdown, so silenced (errors still pass)."""
+    loggers = [logging.getLogger(n) for n in ("distributed", "distributed.nanny")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
