@@ -216,7 +216,7 @@ def _diagnostics(fit: EffectFit, seed: int) -> Section:
         "sampler's chains agree and the posterior summaries are precise enough to read; every "
         "check that failed is listed below the table.",
     )
-    section.table(fit.diagnostics().reset_index())
+    section.table(fit.diagnostics().rename_axis("variable").reset_index())
     problems = convergence_problems(fit.idata) if fit.config.method == "nuts" else []
     if "posterior_predictive" in fit.idata.groups():
         problems += outcome_problems(fit.check_outcome(seed=seed), fit.config.likelihood)
@@ -226,7 +226,7 @@ def _diagnostics(fit: EffectFit, seed: int) -> Section:
     )
     section.text(f"Divergent transitions: {n_div}.")
     section.text(
-        "Failed checks: " + " ".join(f"({i + 1}) {p}" for i, p in enumerate(problems))
+        "Failed checks: " + " ".join(f"({i + 1}) {p.rstrip('.')}." for i, p in enumerate(problems))
         if problems
         else "Failed checks: none (chains agree; replicated outcomes match both arms)."
     )
@@ -316,20 +316,21 @@ def _png(fig: Any) -> bytes:
 
 
 def _ppc_png(observed: np.ndarray, replicated: np.ndarray, treatment: np.ndarray) -> bytes:
+    """Empirical CDFs of the outcome per arm: observed (black) over replicated (blue)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 3))
-    axes = fig.subplots(1, 2, sharex=True)
-    finite = replicated[np.isfinite(replicated)]
-    lo, hi = np.quantile(np.r_[observed, finite], [0.005, 0.995])
-    bins = np.linspace(lo, hi, 31)
+    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
     for arm, (ax, name) in enumerate(zip(axes, ("control", "treated"), strict=True)):
         units = treatment == arm
+        ranks = np.arange(1, units.sum() + 1) / units.sum()
         for draw in replicated[:, units]:
-            ax.hist(draw, bins=bins, density=True, histtype="step", color="C0", alpha=0.15)
-        ax.hist(observed[units], bins=bins, density=True, histtype="step", color="k", lw=2)
-        ax.set_title(f"{name}: observed (black) vs replicated (blue)")
+            ax.step(np.sort(draw), ranks, where="post", color="C0", alpha=0.15, lw=0.8)
+        ax.step(np.sort(observed[units]), ranks, where="post", color="k", lw=2)
+        ax.set_title(name)
         ax.set_xlabel("outcome")
+    axes[0].set_ylabel("share of units at or below")
+    fig.suptitle("observed outcome (black) and outcomes replicated from the fit (blue)")
     return _png(fig)
 
 
