@@ -17,6 +17,10 @@ probability 0.075, and a test whose true level is 0.15 passes it with probabilit
 Power: the clusters scenario separates effects 0 and 2 at n = 300, where power is close to 1;
 "at least 5 of 6" fails a test of true power 0.95 with probability 0.033 (and passes one of
 true power 0.6 with probability 0.23 only).
+
+Measured 2026-12-02 (55 minutes on 2 cores shared with other runs, a first version with 10
+two-cluster trials, seeds 700-709): constant effect 0 of 20 rejections for RATE, BLP and the
+calibration test alike (one-sided p from 0.08 to 1.00); two clusters 10 of 10 for all three.
 """
 
 from __future__ import annotations
