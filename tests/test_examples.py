@@ -14,7 +14,9 @@ NOTEBOOKS = sorted(p.name for p in EXAMPLES.glob("*.ipynb"))
 #: Claims each notebook makes in its text, checked in its own kernel after it ran.
 CLAIMS = {
     "landsat_trial.ipynb": """
-assert comparison.best_k == 2, comparison.table
+# K = 2 scores best; the conservative rule may keep K = 1 with the quick settings' few draws
+assert comparison.table["elpd"].idxmax() == 2, comparison.table
+assert comparison.best_k == 2 or (SMALL and comparison.best_k == 1), comparison.table
 assert autoc.estimate > 0
 """,
     "bring_your_own_raster.ipynb": """
