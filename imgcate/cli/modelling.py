@@ -402,10 +402,10 @@ def demo(output_dir, n_units, seed, draws, scene_size, overwrite, verbose, quiet
 
     Writes a synthetic scene (scene.tif), simulates a trial on it whose effect depends on the
     built-up share around each unit (two clusters), extracts 32 px chips, embeds them (random
-    convolutional features), compares K = 1..3 by PSIS-LOO, fits the chosen model and writes
-    the fit, cluster and unit effects, the ATE check, a summary, the segment sensitivity of the
-    most typical images of each cluster, and the posterior effect map of the whole scene
-    (Cloud-Optimized GeoTIFF and PNG preview).
+    convolutional features), compares K = 1..3 (PSIS-LOO, or spatial K-fold), fits the chosen
+    model and writes the fit, cluster and unit effects, the ATE check, a summary, the segment
+    sensitivity of the most typical images of each cluster, and the posterior effect map of the
+    whole scene (Cloud-Optimized GeoTIFF and PNG preview).
 
     \b
     Example:
