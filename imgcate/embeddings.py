@@ -18,7 +18,7 @@ from imgcate.encoders import COMBINES, ENCODER_CLASSES, ENCODERS, Combine, Encod
 from imgcate.encoders.base import unflatten_params
 from imgcate.errors import InputError
 from imgcate.provenance import collect
-from imgcate.validation import check_choice
+from imgcate.validation import as_float_array, check_choice
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,20 @@ class Embeddings:
                 "(or check the trial's image_id column)."
             )
         return self.values[pos]
+
+
+def unit_embeddings(embeddings: Embeddings | np.ndarray, trial: Any) -> np.ndarray:
+    """Each unit's embedding row (unit, feature) of a trial, as :func:`imgcate.fit` matches
+    them: by image id for :class:`Embeddings`, else one row per unit in the trial's order."""
+    if isinstance(embeddings, Embeddings):
+        return embeddings.for_keys(trial.image_keys)
+    values = as_float_array("embeddings", embeddings, ndim=2)
+    if len(values) != trial.n_units:
+        raise InputError(
+            f"embeddings array has {len(values)} rows but the trial has {trial.n_units} units; "
+            "pass an Embeddings object keyed by image id, or one row per unit."
+        )
+    return values
 
 
 def as_embeddings(values: Any, image_ids: Any = None) -> Embeddings:

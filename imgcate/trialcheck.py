@@ -19,11 +19,11 @@ import pandas as pd
 from scipy import stats
 
 from imgcate.confounding.weights import ipw_weights, smd, weighted_mean
-from imgcate.embeddings import Embeddings
+from imgcate.embeddings import Embeddings, unit_embeddings
 from imgcate.errors import BalanceWarning, InputError
 from imgcate.intervals import quantiles, tidy_table
 from imgcate.units import Trial
-from imgcate.validation import as_float_array, check_positive_int, check_prob, seed_int
+from imgcate.validation import check_positive_int, check_prob, seed_int
 
 
 @dataclass(frozen=True)
@@ -395,18 +395,6 @@ def _as_trial(trial: Trial) -> Trial:
     return trial
 
 
-def _unit_embedding(embeddings: Embeddings | np.ndarray, trial: Trial) -> np.ndarray:
-    if isinstance(embeddings, Embeddings):
-        return embeddings.for_keys(trial.image_keys)
-    values = as_float_array("embeddings", embeddings, ndim=2)
-    if len(values) != trial.n_units:
-        raise InputError(
-            f"embeddings array has {len(values)} rows but the trial has {trial.n_units} units; "
-            "pass an Embeddings object keyed by image id, or one row per unit."
-        )
-    return values
-
-
 def _variables(
     trial: Trial, embeddings: Embeddings | np.ndarray | None, n_components: int
 ) -> tuple[pd.DataFrame, list[str]]:
@@ -414,7 +402,7 @@ def _variables(
     frame = pd.DataFrame(trial.covariate_matrix, columns=list(trial.covariates))
     kinds = ["covariate"] * len(trial.covariates)
     if embeddings is not None and n_components:
-        pcs = principal_components(_unit_embedding(embeddings, trial), n_components)
+        pcs = principal_components(unit_embeddings(embeddings, trial), n_components)
         for j in range(pcs.shape[1]):
             name = f"pc{j + 1}"
             frame[name if name not in frame else f"{name} (embedding)"] = pcs[:, j]

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from imgcate.embeddings import Embeddings
+from imgcate.embeddings import Embeddings, unit_embeddings
 from imgcate.errors import (
     BalanceWarning,
     ConvergenceWarning,
@@ -38,7 +38,6 @@ from imgcate.posterior import evaluate as posterior_quantities
 from imgcate.posterior import fit_spec, site_draws
 from imgcate.units import Trial
 from imgcate.validation import (
-    as_float_array,
     as_propensity,
     check_choice,
     check_prob,
@@ -373,7 +372,7 @@ def crossfit_cate(
         raise InputError("trial must be a Trial; build one with imgcate.read_units(...).")
     seed = seed_int(seed)
     prob = check_prob(prob)
-    unit_embedding = _unit_embedding(trial, embeddings)
+    unit_embedding = unit_embeddings(embeddings, trial)
     propensity = fit_options.pop("propensity", None)
     observational = propensity is not None
     if observational:
@@ -429,19 +428,6 @@ def _progress(iterable: Iterable, show: bool, desc: str) -> Iterable:
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc)
-
-
-def _unit_embedding(trial: Trial, embeddings: Embeddings | np.ndarray) -> np.ndarray:
-    """Each unit's embedding row (unit, feature_in), as :func:`imgcate.fit` matches them."""
-    if isinstance(embeddings, Embeddings):
-        return embeddings.for_keys(trial.image_keys)
-    values = as_float_array("embeddings", embeddings, ndim=2)
-    if len(values) != trial.n_units:
-        raise InputError(
-            f"embeddings array has {len(values)} rows but the trial has {trial.n_units} units; "
-            "pass an Embeddings object keyed by image id, or one row per unit."
-        )
-    return values
 
 
 def _rows(embeddings: Embeddings | np.ndarray, rows: np.ndarray) -> Embeddings | np.ndarray:
