@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import tempfile
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -152,13 +151,11 @@ def read_fit_file(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise InputError(f"fit file {str(path)!r} does not exist.")
     try:
-        with zipfile.ZipFile(path) as zf, tempfile.TemporaryDirectory() as workdir:
+        with zipfile.ZipFile(path) as zf:
             meta = _checked_meta(json.loads(zf.read("meta.json")), path)
-            zf.extract("idata.nc", workdir)
-            idata = az.from_netcdf(str(Path(workdir) / "idata.nc"), engine="h5netcdf")
-            # Into memory before the temporary folder goes: InferenceData.load() returns the
-            # loaded copy (not in place), and a lazy array would later reopen a deleted file.
-            idata = idata.load()
+            # read in memory, not unpacked to a temporary folder: a full or size-limited disk
+            # must not make a good fit file look damaged. load() returns the loaded copy.
+            idata = az.from_netcdf(io.BytesIO(zf.read("idata.nc")), engine="h5netcdf").load()
             arrays = np.load(io.BytesIO(zf.read("standardizer.npz")))
             std = Standardizer(**{k: (float(v) if v.ndim == 0 else v) for k, v in arrays.items()})
             encoder = None

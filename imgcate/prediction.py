@@ -18,7 +18,7 @@ from imgcate.errors import FitError, InputError
 from imgcate.intervals import interval_names, quantiles
 from imgcate.model import ModelInputs, basis_features, unit_quantities
 from imgcate.posterior import fit_spec, site_draws
-from imgcate.validation import as_float_array
+from imgcate.validation import as_float_array, check_positive_int, seed_int
 
 if TYPE_CHECKING:
     from imgcate.results import EffectFit
@@ -74,6 +74,11 @@ class Prediction:
 
 def draw_indices(fit: EffectFit, max_draws: int | None = None, seed: int = 0) -> np.ndarray:
     """Posterior draws (flattened over chains) used when ``max_draws`` subsamples them."""
+    seed = seed_int(seed)
+    if seed < 0:
+        raise InputError(f"seed={seed} is negative; give a seed of 0 or more (e.g. seed=0).")
+    if max_draws is not None:
+        max_draws = check_positive_int("max_draws", max_draws)
     post = fit.idata.posterior
     total = post.sizes["chain"] * post.sizes["draw"]
     if max_draws is None or max_draws >= total:
@@ -182,8 +187,10 @@ def predict(
         x = fit.standardizer.covariates(raw)
     effect = jax.jit(effect_function(fit, max_draws=max_draws, seed=seed, covariates=x))
     cate, prob = (np.asarray(a) for a in effect(jnp.asarray(values, jnp.float32)))
-    bad = ~(np.isfinite(cate).all(0) & np.isfinite(prob).all((0, 2)))
-    if bad.any():  # never a NaN mean with prob_positive = 0
+    with np.errstate(over="ignore", invalid="ignore"):  # an sd that overflows is non-finite
+        finite_sd = np.isfinite(cate.std(0))
+    bad = ~(np.isfinite(cate).all(0) & finite_sd & np.isfinite(prob).all((0, 2)))
+    if bad.any():  # never a NaN mean with prob_positive = 0, nor an infinite sd
         raise InputError(
             f"the embeddings of images {np.asarray(ids)[bad][:5].tolist()} give non-finite "
             "effects (values far outside the trial's embeddings?); give embeddings on the "

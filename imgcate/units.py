@@ -112,6 +112,11 @@ class Trial:
 def _read_table(source: str | Path | pd.DataFrame) -> pd.DataFrame:
     if isinstance(source, pd.DataFrame):
         return source.copy()
+    if not isinstance(source, str | Path):
+        raise InputError(
+            f"units must be a file path or a pandas/geopandas DataFrame, got "
+            f"{type(source).__name__}; e.g. read_units('villages.csv')."
+        )
     path = Path(source)
     if not path.exists():
         raise InputError(f"units table {str(path)!r} does not exist; check the path.")

@@ -429,6 +429,27 @@ def bad_predict_beyond_float32(ctx):
     return lambda: ctx.fit.predict(values, max_draws=10)
 
 
+@case(InputError, "trial's scale")
+def bad_predict_sd_overflows(ctx):
+    """Finite effects whose sd overflows (embeddings 1e30 away) are not a confident answer."""
+    return lambda: ctx.fit.predict(np.full((2, features(ctx)), 1e30), max_draws=10)
+
+
+@case(InputError, "max_draws=0 must be a positive integer")
+def bad_predict_no_draws(ctx):
+    return lambda: ctx.fit.predict(np.ones((2, features(ctx))), max_draws=0)
+
+
+@case(InputError, "give a seed of 0 or more")
+def bad_predict_negative_seed(ctx):
+    return lambda: ctx.fit.predict(np.ones((2, features(ctx))), max_draws=10, seed=-1)
+
+
+@case(InputError, "a file path or a pandas/geopandas DataFrame")
+def bad_units_not_a_table(ctx):
+    return lambda: read_units(42)
+
+
 @case(InputError, "embeddings made as the trial's were")
 def bad_predict_wrong_width(ctx):
     return lambda: ctx.fit.predict(np.ones((2, features(ctx) + 1)), max_draws=10)
@@ -870,6 +891,25 @@ def test_disk_full_by_file_size_limit(map_inputs, tmp_path):
     assert "fit.imgcate" in got["save"] and "map.tif" in got["cog"]
     assert "block-0000000.npz" in got["resume"]
     assert sorted(p.name for p in out.rglob("*")) == ["blocks", "imgcate-map-job.json"]
+
+
+LOAD_UNDER_LIMIT = """
+import resource, signal
+from imgcate.results import load_fit
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+fit = load_fit(sys.argv[1])
+print("loaded", fit.n_clusters)
+"""
+
+
+def test_a_good_fit_loads_when_the_disk_has_no_room(map_inputs):
+    """Reading a fit writes nothing (no temporary unpacking), so a full or size-limited disk
+    does not make a good fit file look damaged."""
+    res = child(LOAD_UNDER_LIMIT, map_inputs[1])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.startswith("loaded"), res.stdout
 
 
 @pytest.fixture
