@@ -158,8 +158,17 @@ def info(file, as_json, verbose, quiet):
         "geopackage": geopackage_lines,
     }
     if kind not in readers:
+        if file.suffix.lower() == ".imgcate":  # a damaged fit: the fit reader says what is wrong
+            from imgcate.errors import InputError
+            from imgcate.fitfile import read_fit_file
+
+            try:
+                read_fit_file(file)
+            except InputError as exc:
+                raise click.BadParameter(str(exc), param_hint="FILE") from exc
         raise click.BadParameter(
-            "is not a file imgcate wrote (.imgcate, .parquet, .npz, .tif, .gpkg)", param_hint="FILE"
+            f"{str(file)!r} is not a file imgcate wrote (.imgcate, .parquet, .npz, .tif, .gpkg)",
+            param_hint="FILE",
         )
     if as_json:
         click.echo(json.dumps(record_of(file, kind), indent=2))
