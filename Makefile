@@ -39,15 +39,19 @@ lint: setup
 format: setup
 	$(BIN)/ruff format $(SOURCES)
 
+# The fast suite in three processes: one process compiling every test's models crashed inside
+# XLA (segfault) in test_selection once the K-fold fallback added fits; each part passes alone.
+FAST_PARTS = "$(sort $(wildcard tests/*/))" "$(sort $(wildcard tests/test_[a-l]*.py))" \
+	"$(sort $(wildcard tests/test_[m-z]*.py))"
 test: lint
-	$(BIN)/pytest -q
+	for part in $(FAST_PARTS); do $(BIN)/pytest -q $$part || exit 1; done
 
 # The slow checks one pytest process per test file: a process running many of them crashed
 # inside XLA compilation (segfault) after hundreds of compilations, twice; each file passes on
 # its own.
 SLOW_FILES = $(shell grep -rl "mark.slow" tests | sort)
 test-all: lint
-	$(BIN)/pytest -q
+	for part in $(FAST_PARTS); do $(BIN)/pytest -q $$part || exit 1; done
 	for f in $(SLOW_FILES); do $(BIN)/pytest -q -m slow -rP $$f || exit 1; done
 
 # benchmarks/peers.py compares with econml's CausalForestDML (the `bench` extra)
