@@ -1,5 +1,5 @@
 """Output helpers: nothing is written half (temporary name, then rename), and an output that
-cannot be written says which file and why.
+cannot be written says which file and why; :func:`progress_bar` for long loops.
 
 Temporary files and staging folders sit beside their output as ``.<name>.<pid>.<random>.tmp``
 (or ``.staging``); they are removed when the write fails for any reason, and those left by a
@@ -17,6 +17,7 @@ import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from imgcate.errors import ImgcateError, InputError, OutputExistsError, WriteError
 
@@ -256,3 +257,12 @@ def atomic_path(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
                 shutil.rmtree(tmp)
             elif tmp.exists() or tmp.is_symlink():
                 tmp.unlink()
+
+
+def progress_bar(iterable: Any, show: bool, desc: str, total: int | None = None) -> Any:
+    """``iterable`` wrapped in a tqdm progress bar labelled ``desc`` when ``show``, else as is."""
+    if not show:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total)

@@ -30,6 +30,7 @@ from imgcate.errors import (
 from imgcate.evaluate.splits import spatial_blocks, spatial_folds
 from imgcate.inference import fit
 from imgcate.model import effect_model
+from imgcate.output import progress_bar
 from imgcate.posterior import fit_spec, site_draws
 from imgcate.results import EffectFit
 from imgcate.units import Trial
@@ -187,7 +188,7 @@ def compare_clusters(
         raise InputError(f"max_bad_k_share={max_bad_k_share} must lie in [0, 1), e.g. 0.01.")
     folds = fold_ids(trial, n_folds, block_size, seed) if criterion == "kfold" else None
     fits = {}
-    for k in _bar(range(1, k_max + 1), progress, "compare_clusters: fits", k_max):
+    for k in progress_bar(range(1, k_max + 1), progress, "compare_clusters: fits", k_max):
         fits[k] = _quiet_fit(trial, embeddings, k, seed, fit_options)
     loos = {k: _quiet_loo(f) for k, f in fits.items()}
     threshold = float(loos[1].good_k)
@@ -223,14 +224,6 @@ def compare_clusters(
         pareto_k_threshold=threshold,
         folds=folds,
     )
-
-
-def _bar(iterable, show: bool, desc: str, total: int):
-    if not show:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total)
 
 
 def _quiet_fit(
@@ -313,7 +306,7 @@ def kfold_elpds(
     options = _fold_options(fits[1], options, trial.n_units)
     lpd = {k: np.empty(trial.n_units) for k in fits}
     pairs = [(f, k) for f in range(int(folds.max()) + 1) for k in fits]
-    for f, k in _bar(pairs, progress, "compare_clusters: K-fold fits", len(pairs)):
+    for f, k in progress_bar(pairs, progress, "compare_clusters: K-fold fits", len(pairs)):
         test = np.flatnonzero(folds == f)
         lpd[k][test] = _fold_lpd(trial, embeddings, folds != f, fits[k], seed, options)
     out = {}

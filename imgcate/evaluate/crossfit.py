@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -34,6 +33,7 @@ from imgcate.evaluate.scores import aipw_scores
 from imgcate.evaluate.splits import spatial_folds
 from imgcate.intervals import interval_names, quantiles, tidy_table
 from imgcate.model import ModelInputs
+from imgcate.output import progress_bar
 from imgcate.posterior import evaluate as posterior_quantities
 from imgcate.posterior import fit_spec, site_draws
 from imgcate.units import Trial
@@ -386,7 +386,7 @@ def crossfit_cate(
     out = {name: np.empty(n) for name in ("cate", "cate_sd", "lower", "upper", "mu0", "mu1")}
     fits, problems = [], []
     n_total = int(fold.max()) + 1
-    for k in _progress(range(n_total), progress, "crossfit_cate"):
+    for k in progress_bar(range(n_total), progress, "crossfit_cate"):
         held = fold == k
         train = np.flatnonzero(~held)
         options = dict(fit_options)
@@ -420,14 +420,6 @@ def crossfit_cate(
         fits=tuple(fits),
         **out,
     )
-
-
-def _progress(iterable: Iterable, show: bool, desc: str) -> Iterable:
-    if not show:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc)
 
 
 def _rows(embeddings: Embeddings | np.ndarray, rows: np.ndarray) -> Embeddings | np.ndarray:

@@ -14,6 +14,7 @@ from imgcate.chips import Chips, as_chips
 from imgcate.errors import FitError, InputError
 from imgcate.intervals import interval_names, quantiles
 from imgcate.maps.tiles import draw_count
+from imgcate.output import progress_bar
 from imgcate.results import EffectFit
 from imgcate.segments.labels import grid_labels, segment_chips
 from imgcate.validation import check_choice, check_positive_int, check_prob
@@ -237,7 +238,7 @@ def segment_sensitivity(
     n_img = chips.n_images
     size = min(batch_size, n_img)
     parts = []
-    for start in _progress(range(0, n_img, size), progress, "segment sensitivity"):
+    for start in progress_bar(range(0, n_img, size), progress, "segment sensitivity"):
         stop = min(start + size, n_img)
         idx = np.arange(start, start + size).clip(max=n_img - 1)  # pad: one compiled shape
         out = run(jnp.asarray(chips.values[idx]), jnp.asarray(fills[idx]), jnp.asarray(labels[idx]))
@@ -294,14 +295,6 @@ def _is_grid(labels: np.ndarray) -> bool:
     except InputError:
         return False
     return bool((labels == grid[None]).all())
-
-
-def _progress(iterable, show: bool, desc: str):
-    if not show:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc)
 
 
 def _to_dataset(
