@@ -11,7 +11,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # every optional extra, so that every path is tested
 EXTRAS ?= test,all
-SOURCES := imgcate tests benchmarks examples data setup.py
+SOURCES := imgcate tests benchmarks examples data setup.py .ci
 BENCHMARKS ?= $(sort $(wildcard benchmarks/*.py))
 BENCH_ARGS ?=
 DOCS_EXECUTE ?= true
@@ -39,19 +39,22 @@ lint: setup
 format: setup
 	$(BIN)/ruff format $(SOURCES)
 
-# The fast suite in three processes: one process compiling every test's models crashed inside
-# XLA (segfault) in test_selection once the K-fold fallback added fits; each part passes alone.
-FAST_PARTS = "$(sort $(wildcard tests/*/))" "$(sort $(wildcard tests/test_[a-l]*.py))" \
-	"$(sort $(wildcard tests/test_[m-z]*.py))"
+# The fast suite in four pytest processes, TEST_JOBS at a time (.ci/pytest_parts.py): one
+# process compiling every test's models crashed inside XLA (segfault) once the suite grew, and
+# two at once use both cores of a 2-core machine. The longest parts come first.
+TEST_JOBS ?= 2
+FAST_PARTS = "$(filter-out tests/test_examples.py,$(sort $(wildcard tests/test_[a-l]*.py)))" \
+	"tests/test_examples.py" "$(sort $(wildcard tests/test_[m-z]*.py))" \
+	"$(sort $(wildcard tests/*/))"
 test: lint
-	for part in $(FAST_PARTS); do $(BIN)/pytest -q $$part || exit 1; done
+	$(BIN)/python .ci/pytest_parts.py --jobs $(TEST_JOBS) $(FAST_PARTS)
 
 # The slow checks one pytest process per test file: a process running many of them crashed
 # inside XLA compilation (segfault) after hundreds of compilations, twice; each file passes on
 # its own.
 SLOW_FILES = $(shell grep -rl "mark.slow" tests | sort)
 test-all: lint
-	for part in $(FAST_PARTS); do $(BIN)/pytest -q $$part || exit 1; done
+	$(BIN)/python .ci/pytest_parts.py --jobs $(TEST_JOBS) $(FAST_PARTS)
 	for f in $(SLOW_FILES); do $(BIN)/pytest -q -m slow -rP $$f || exit 1; done
 
 # benchmarks/peers.py compares with econml's CausalForestDML (the `bench` extra)
