@@ -260,9 +260,16 @@ def atomic_path(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
 
 
 def progress_bar(iterable: Any, show: bool, desc: str, total: int | None = None) -> Any:
-    """``iterable`` wrapped in a tqdm progress bar labelled ``desc`` when ``show``, else as is."""
+    """``iterable`` wrapped in a tqdm progress bar labelled ``desc`` when ``show``, else as is.
+
+    In a notebook the bar is a widget where ipywidgets is installed, and text otherwise (tqdm's
+    notebook bar would warn "IProgress not found" and print nothing useful)."""
     if not show:
         return iterable
-    from tqdm.auto import tqdm
+    try:
+        import ipywidgets  # noqa: F401  (the notebook bar needs it)
+        from tqdm.auto import tqdm
+    except ImportError:
+        from tqdm import tqdm
 
     return tqdm(iterable, desc=desc, total=total)

@@ -14,9 +14,10 @@ NOTEBOOKS = sorted(p.name for p in EXAMPLES.glob("*.ipynb"))
 #: Claims each notebook makes in its text, checked in its own kernel after it ran.
 CLAIMS = {
     "landsat_trial.ipynb": """
-# K = 2 scores best; the conservative rule may keep K = 1 with the quick settings' few draws
+# K = 2 scores best; the conservative rule may keep a simpler model with the quick settings'
+# few draws
 assert comparison.table["elpd"].idxmax() == 2, comparison.table
-assert comparison.best_k == 2 or (SMALL and comparison.best_k == 1), comparison.table
+assert comparison.best_k == 2 or (SMALL and comparison.best_k < 2), comparison.table
 assert autoc.estimate > 0
 """,
     "bring_your_own_raster.ipynb": """
@@ -83,6 +84,7 @@ def test_notebook_runs_small(name, tmp_path):
     notebook = run_notebook(name, tmp_path, small=True)
     text = outputs(notebook)
     assert "Traceback" not in text and "os.fork() was called" not in text
+    assert "IProgress not found" not in text  # no widget bar without ipywidgets
 
 
 @pytest.mark.slow
