@@ -36,6 +36,11 @@ class FitConfig:
         term plus a random-feature Gaussian process in the embedding, both shrunk towards 0;
         "linear" the linear term only; "none" clusters alone (with K = 1: a constant effect,
         the model without heterogeneity).
+    equal_effects : bool
+        Constrain the K clusters' effects to be equal (with ``deviation="none"``: a constant
+        effect) while the clusters still shape the baseline. :func:`imgcate.compare_clusters`
+        fits it as the null of no heterogeneity, so that a baseline the clusters describe
+        better is not taken for heterogeneity of the effect.
     n_basis : int
         Random Fourier features of the baseline's (and the smooth deviation's) Gaussian
         process in the embedding; 0 leaves both linear in the embedding.
@@ -70,6 +75,7 @@ class FitConfig:
     n_clusters: int = 2
     likelihood: str = "gaussian"
     deviation: str = "smooth"
+    equal_effects: bool = False
     n_basis: int = 48
     floor: float | None = None
     method: str = "nuts"
@@ -326,6 +332,7 @@ def model_data(
         n_covariates=covariates.shape[1],
         n_basis=config.n_basis,
         deviation=config.deviation,
+        equal_effects=config.equal_effects,
         n_strata=0 if stratum is None else int(stratum.max()) + 1,
         n_groups=0 if group is None else int(group.max()) + 1,
         floor=std.floor_on_model_scale(),

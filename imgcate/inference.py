@@ -385,6 +385,7 @@ SITE_DIMS = {
     "tau_step": ["cluster_contrast"],
     "tau_contrast": ["cluster_contrast"],
     "mu_cluster": ["cluster_contrast"],
+    "mu_step": ["cluster_contrast"],
     "deviation_local": ["feature"],
     "deviation_raw": ["feature"],
     "deviation_basis_raw": ["basis"],

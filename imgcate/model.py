@@ -72,6 +72,9 @@ class ModelSpec:
     deviation : {"smooth", "linear", "none"}
         The effect's continuous part besides the clusters: linear plus random features,
         linear only, or none (clusters alone; with K = 1 a constant effect).
+    equal_effects : bool
+        The K clusters share one effect (they shape the baseline only); their baseline
+        levels are then ordered (``mu_step``), so that labels do not switch.
     n_strata, n_groups : int
         Levels of the stratum and group random intercepts (0 = none).
     floor : float
@@ -84,6 +87,7 @@ class ModelSpec:
     n_covariates: int
     n_basis: int = 0
     deviation: str = "smooth"
+    equal_effects: bool = False
     n_strata: int = 0
     n_groups: int = 0
     floor: float = 0.0
@@ -135,11 +139,15 @@ def _part_parameters(prefix: str, spec: ModelSpec, ordered: bool) -> dict:
         p["basis_amp"] = _half_normal(f"{prefix}basis_amp", PRIOR["basis_amp"])
         p["basis_raw"] = _normal(f"{prefix}basis_raw", 1.0, (m,))
     p["tau_centre"] = _normal(f"{prefix}tau_centre", PRIOR["tau"], ())
-    if k > 1 and ordered:  # positive steps: cluster effects ordered, no label switching
+    if k > 1 and spec.equal_effects:
+        pass  # one effect for every cluster: tau_centre alone
+    elif k > 1 and ordered:  # positive steps: cluster effects ordered, no label switching
         p["tau_step"] = _half_normal(f"{prefix}tau_step", PRIOR["tau"], (k - 1,))
     elif k > 1:
         p["tau_contrast"] = _normal(f"{prefix}tau_contrast", PRIOR["tau"], (k - 1,))
-    if k > 1:
+    if k > 1 and spec.equal_effects and ordered:  # baseline levels ordered instead of tau
+        p["mu_step"] = _half_normal(f"{prefix}mu_step", PRIOR["mu_cluster"], (k - 1,))
+    elif k > 1:
         p["mu_cluster"] = _normal(f"{prefix}mu_cluster", PRIOR["mu_cluster"], (k - 1,))
     if spec.deviation != "none":
         p["deviation_scale"] = _half_normal(f"{prefix}deviation_scale", PRIOR["deviation_scale"])
@@ -216,8 +224,10 @@ def cluster_levels(params: dict, prefix: str = "") -> jnp.ndarray:
     elif "tau_contrast" in p:
         contrast = jnp.asarray(p["tau_contrast"])
         level = jnp.concatenate([jnp.zeros(contrast.shape[:-1] + (1,)), contrast], -1)
-    else:
-        return centre[..., None]
+    else:  # one effect for every cluster (K = 1, or equal effects)
+        a = params.get("membership_intercept")
+        n_clusters = 1 if a is None else jnp.shape(a)[-1] + 1
+        return jnp.broadcast_to(centre[..., None], jnp.shape(centre) + (n_clusters,))
     ref = reference_probabilities(params, level.shape[-1])
     return centre[..., None] + level - (ref * level).sum(-1, keepdims=True)
 
@@ -236,7 +246,8 @@ def _part_predictors(params: dict, prefix: str, inputs: ModelInputs, prob, spec:
     effect = prob @ cluster_levels(params, prefix)
     if spec.n_clusters > 1:
         centred = prob - reference_probabilities(params, spec.n_clusters)
-        base = base + centred[:, 1:] @ p["mu_cluster"]
+        mu = p["mu_cluster"] if "mu_cluster" in p else jnp.cumsum(p["mu_step"], -1)
+        base = base + centred[:, 1:] @ mu
     if spec.deviation != "none":
         effect = effect + z @ (p["deviation_scale"] * p["deviation_local"] * p["deviation_raw"])
         if "deviation_amp" in p:

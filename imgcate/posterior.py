@@ -78,6 +78,7 @@ def fit_spec(fit: EffectFit) -> ModelSpec:
         n_covariates=const.sizes.get("covariate", 0),
         n_basis=config.n_basis,
         deviation=config.deviation,
+        equal_effects=config.equal_effects,
         n_strata=levels("stratum"),
         n_groups=levels("group"),
         floor=fit.standardizer.floor_on_model_scale(),
@@ -122,7 +123,8 @@ def cluster_summaries(cate: np.ndarray, prob: np.ndarray) -> dict[str, np.ndarra
 
     ``tau_cluster``: each cluster's average CATE, weighted by membership; ``cluster_share``:
     average membership; ``ate``: average CATE; ``effect_share_clusters``: the share of the
-    CATE's variance over units that the cluster averages explain; ``membership_dependence``:
+    CATE's variance over units that the cluster averages explain (0 for an effect constant up
+    to rounding, as with ``equal_effects``); ``membership_dependence``:
     the mutual information between cluster and image over the trial's images, as a share of
     log K (0: every image has the same membership; 1: each image in one cluster for sure).
     """
@@ -139,7 +141,9 @@ def cluster_summaries(cate: np.ndarray, prob: np.ndarray) -> dict[str, np.ndarra
         explained = np.einsum("suk,sk->su", prob, tau_cluster)
         total = cate.var(1)
         residual = (cate - explained).var(1)
-        out["effect_share_clusters"] = np.clip(1.0 - residual / np.maximum(total, 1e-300), 0, 1)
+        share = np.clip(1.0 - residual / np.maximum(total, 1e-300), 0, 1)
+        constant = np.sqrt(total) <= 1e-6 * np.abs(cate).mean(1)  # float32 rounding only
+        out["effect_share_clusters"] = np.where(constant, 0.0, share)
         mean_prob = prob.mean(1)
         entropy_mean = -(mean_prob * np.log(np.clip(mean_prob, 1e-300, None))).sum(-1)
         entropy_unit = -(prob * np.log(np.clip(prob, 1e-300, None))).sum(-1).mean(1)

@@ -175,7 +175,8 @@ def _check_comparison(comparison: Any, fit: EffectFit) -> None:
 
 # --------------------------------------------------------------------------- sections
 def _title(fit: EffectFit) -> str:
-    return f"imgcate effect report: K = {fit.n_clusters}, {len(fit.unit_ids):,} units"
+    model = "a constant effect" if fit.config.equal_effects else f"K = {fit.n_clusters}"
+    return f"imgcate effect report: {model}, {len(fit.unit_ids):,} units"
 
 
 def _settings(fit: EffectFit) -> str:
@@ -193,9 +194,10 @@ def _settings(fit: EffectFit) -> str:
 def _model_choice(comparison: ClusterComparison | None) -> Section:
     section = Section(
         SECTIONS[0],
-        "Each row is a model with K effect clusters; elpd says how well it predicts a new "
-        "unit's outcome (higher is better), and the rule keeps the smallest K that is not "
-        "clearly worse than the best, so heterogeneity is claimed only when it predicts better.",
+        "Each row is a model: a constant effect (K = 0), a smooth effect without clusters "
+        "(K = 1) or K effect clusters; elpd says how well it predicts a new unit's outcome "
+        "(higher is better), and the rule keeps the simplest model that is not clearly worse "
+        "than the best, so heterogeneity is claimed only when it predicts better.",
     )
     if comparison is None:
         section.text(
@@ -204,7 +206,8 @@ def _model_choice(comparison: ClusterComparison | None) -> Section:
         )
         return section
     method = getattr(comparison, "method", "psis-loo")
-    section.text(f"Selected K = {comparison.best_k} (comparison by {method}).")
+    name = comparison.table.loc[comparison.best_k, "model"]
+    section.text(f"Selected K = {comparison.best_k}, {name} (comparison by {method}).")
     section.table(comparison.table.reset_index())
     return section
 

@@ -486,6 +486,8 @@ class EffectFit:
         return problems + ([gap] if gap else [])
 
     def _cluster_notes(self) -> list[str]:
+        if self.config.equal_effects:  # compare_clusters' null: clusters of the baseline only
+            return ["The clusters share one effect (equal_effects): they shape the baseline only."]
         notes = []
         dependence = float(self._draws("membership_dependence").mean())
         if dependence < WEAK_MEMBERSHIP:

@@ -1,5 +1,6 @@
-"""Model choice: compare effect-cluster models with K = 1..k_max by PSIS-LOO, or by spatially
-blocked K-fold cross-validation where PSIS-LOO's Pareto-k diagnostic says it is unreliable.
+"""Model choice: compare the constant-effect model and effect-cluster models with K = 1..k_max
+by PSIS-LOO, or by spatially blocked K-fold cross-validation where PSIS-LOO's Pareto-k
+diagnostic says it is unreliable.
 
 PSIS-LOO (Vehtari, Gelman and Gabry 2017) approximates leave-one-out cross-validation from one
 fit per model. Its Pareto-k diagnostic says, unit by unit, whether the approximation can be
@@ -45,13 +46,15 @@ LEVEL_SITES = {"stratum": "stratum_raw", "cluster": "group_raw"}
 
 @dataclass(frozen=True)
 class ClusterComparison:
-    """Comparison of effect-cluster models with K = 1..k_max.
+    """Comparison of the constant-effect model (K = 0) and effect-cluster models K = 1..k_max.
 
     Attributes
     ----------
     table : DataFrame
-        One row per K (index ``K``):
+        One row per model (index ``K``; ``K = 0`` is the constant-effect model):
 
+        - ``model``: ``"constant"`` (one effect for every unit), ``"smooth"`` (K = 1: no
+          clusters, the effect varies smoothly with the image) or ``"K clusters"``;
         - ``elpd``, ``se``: expected log predictive density of a new unit, summed over the
           units, by ``method``, and its standard error; ``elpd_diff``, ``dse``: difference
           to the best K and its standard error; ``p``: effective number of parameters
@@ -63,11 +66,14 @@ class ClusterComparison:
           ``n_very_bad_pareto_k``: units with k above 1, ``max_pareto_k``;
         - ``n_divergent``, ``method`` and ``selected``.
     best_k : int
-        The smallest K not clearly worse than the best: ``elpd_diff <= max(4, 2 * dse)``.
-        Differences below 4 are small by the usual LOO guidance (Sivula, Magnusson, Vehtari
-        2020), so simpler models win ties.
+        The simplest model not clearly worse than the best, in the order constant (0),
+        smooth (1), 2, 3, ... clusters: ``elpd_diff <= max(min_elpd_gain, se_multiple * dse)``
+        (4 and 2 by default). Differences below 4 are small by the usual LOO guidance (Sivula,
+        Magnusson, Vehtari 2020), so simpler models win ties; ``best_k > 0`` is a claim of
+        heterogeneity. ``benchmarks/model_choice.py`` measures how often the rule makes that
+        claim when the effect is constant (docs/model.md).
     fits : dict
-        The fitted models (all units) by K.
+        The fitted models (all units) by K (``fits[0]``: the constant-effect model).
     method : {"psis-loo", "kfold-spatial"}
         What the comparison used.
     weights : Series
@@ -92,7 +98,10 @@ def compare_clusters(
     embeddings: Embeddings | np.ndarray,
     *,
     k_max: int = 4,
+    constant: bool = True,
     criterion: Criterion = "auto",
+    min_elpd_gain: float = 4.0,
+    se_multiple: float = 2.0,
     max_bad_k_share: float = 0.01,
     n_folds: int = 5,
     block_size: float | None = None,
@@ -100,13 +109,19 @@ def compare_clusters(
     seed: int = 0,
     **fit_options: Any,
 ) -> ClusterComparison:
-    """Fit K = 1..k_max and compare them by PSIS-LOO, or by spatial K-fold cross-validation.
+    """Fit the constant-effect model and K = 1..k_max, and compare them by PSIS-LOO, or by
+    spatial K-fold cross-validation.
 
-    Every K keeps the model's continuous deviation (``deviation="smooth"`` unless
+    The constant-effect model (``K = 0`` in the table: one effect for every unit) is the null
+    of no heterogeneity. It keeps the baseline of the largest model: ``k_max`` clusters that
+    shape the untreated outcome but share one effect (``equal_effects=True``,
+    ``deviation="none"``), so that clusters which describe the baseline better are not read
+    as heterogeneity of the effect.
+
+    Every K >= 1 keeps the model's continuous deviation (``deviation="smooth"`` unless
     ``fit_options`` say otherwise), so the unit effect is ``tau(z) = pi(z) @ tau_k + delta(z)``.
-    K = 1 is then the smooth-effect model with no clusters: the effect still varies with the
-    image through ``delta``, which is shrunk towards 0 (a constant effect when the data show
-    no heterogeneity). K = 1 with ``deviation="none"`` is the constant-effect model.
+    K = 1 is then the smooth-effect model with no clusters: the effect varies with the image
+    through ``delta`` alone, shrunk towards a constant.
 
     Parameters
     ----------
@@ -114,6 +129,8 @@ def compare_clusters(
         As for :func:`fit`.
     k_max : int
         Largest number of clusters to try.
+    constant : bool
+        Compare the constant-effect model too (default); without it the table starts at K = 1.
     criterion : {"auto", "loo", "kfold"}
         "auto" (default): PSIS-LOO, unless the Pareto-k diagnostic flags too many units, then
         spatial K-fold cross-validation; "loo": PSIS-LOO whatever the diagnostic says (it
@@ -125,8 +142,13 @@ def compare_clusters(
         beyond about ten; imgcate does not refit single units, so a few in a hundred is
         already too many. The threshold rises with the number of draws (0.5 for 100 draws,
         0.6 for 320, 0.7 from 2,200), so short chains flag more units.
+    min_elpd_gain, se_multiple : float
+        The rule: the simplest model whose ``elpd_diff`` to the best is at most
+        ``max(min_elpd_gain, se_multiple * dse)`` is selected. docs/model.md gives the rate
+        of false heterogeneity (a model other than the constant one selected when the effect
+        is constant) that ``benchmarks/model_choice.py`` measures for the defaults.
     n_folds : int
-        Folds of the K-fold cross-validation; it costs ``n_folds * k_max`` more fits.
+        Folds of the K-fold cross-validation; it costs ``n_folds`` more fits per model.
     block_size : float, optional
         Side of the square spatial blocks that folds keep whole, in the trial's coordinate
         units (:func:`imgcate.evaluate.spatial_folds`). Default: the larger side of the
@@ -141,13 +163,15 @@ def compare_clusters(
     Returns
     -------
     ClusterComparison
-        ``table`` (one row per K), ``best_k``, ``fits``, ``method``, stacking ``weights``.
+        ``table`` (one row per model), ``best_k``, ``fits``, ``method``, stacking ``weights``.
 
     Raises
     ------
     InputError
-        For ``k_max < 1``, an unknown ``criterion``, a ``max_bad_k_share`` outside [0, 1),
-        or folds that cannot be made (fewer non-empty blocks than ``n_folds``).
+        For ``k_max < 1``, ``n_clusters`` or ``equal_effects`` among the fit options, an
+        unknown ``criterion``, a ``max_bad_k_share`` outside [0, 1), a negative
+        ``min_elpd_gain`` or ``se_multiple``, or folds that cannot be made (fewer non-empty
+        blocks than ``n_folds``).
 
     Warns
     -----
@@ -186,12 +210,21 @@ def compare_clusters(
     check_choice("criterion", criterion, CRITERIA)
     if not 0 <= max_bad_k_share < 1:
         raise InputError(f"max_bad_k_share={max_bad_k_share} must lie in [0, 1), e.g. 0.01.")
+    for name, value in (("min_elpd_gain", min_elpd_gain), ("se_multiple", se_multiple)):
+        if not np.isfinite(value) or value < 0:
+            raise InputError(f"{name}={value} must be a finite number >= 0, e.g. 4 or 2.")
+    if "equal_effects" in fit_options or "n_clusters" in fit_options:
+        raise InputError(
+            "compare_clusters sets n_clusters and equal_effects itself (K = 0 is the model "
+            "with equal effects); leave them out of its options."
+        )
     folds = fold_ids(trial, n_folds, block_size, seed) if criterion == "kfold" else None
+    models = list(range(0 if constant else 1, k_max + 1))
     fits = {}
-    for k in progress_bar(range(1, k_max + 1), progress, "compare_clusters: fits", k_max):
-        fits[k] = _quiet_fit(trial, embeddings, k, seed, fit_options)
+    for k in progress_bar(models, progress, "compare_clusters: fits", len(models)):
+        fits[k] = _quiet_fit(trial, embeddings, model_options(k, k_max), seed, fit_options)
     loos = {k: _quiet_loo(f) for k, f in fits.items()}
-    threshold = float(loos[1].good_k)
+    threshold = float(loos[models[0]].good_k)
     problem = pareto_problem(loos, threshold, max_bad_k_share)
     use_kfold = criterion == "kfold" or (criterion == "auto" and problem is not None)
     if use_kfold and folds is None:
@@ -199,7 +232,7 @@ def compare_clusters(
     if problem is not None and criterion != "kfold":
         then = (
             f"compared by {n_folds}-fold spatially blocked cross-validation instead "
-            f"({n_folds * k_max} more fits; criterion='loo' keeps PSIS-LOO)"
+            f"({n_folds * len(models)} more fits; criterion='loo' keeps PSIS-LOO)"
             if use_kfold
             else "compared by PSIS-LOO as asked (criterion='loo'); its choice is in doubt: use "
             "criterion='kfold', or more draws (the threshold rises with them)"
@@ -210,7 +243,7 @@ def compare_clusters(
     else:
         elpds = loos
     table = _table(fits, loos, elpds, threshold, "kfold-spatial" if use_kfold else "psis-loo")
-    ok = table["elpd_diff"] <= np.maximum(4.0, 2.0 * table["dse"])
+    ok = table["elpd_diff"] <= np.maximum(min_elpd_gain, se_multiple * table["dse"])
     best_k = int(table.index[ok.to_numpy()].min())
     table["selected"] = table.index == best_k
     fits[best_k].check_convergence()  # the other K are only compared; the selected one is used
@@ -226,17 +259,36 @@ def compare_clusters(
     )
 
 
+def model_options(k: int, k_max: int) -> dict:
+    """Fit options of model ``k`` of a comparison up to ``k_max``: K clusters, or for K = 0
+    the constant effect with the baseline of the largest model (``k_max`` clusters that
+    shape the baseline only, ``equal_effects``), so that the null of no heterogeneity is not
+    worse at describing the baseline than any model it is compared with."""
+    if k == 0:
+        return {"n_clusters": k_max, "deviation": "none", "equal_effects": True}
+    return {"n_clusters": k}
+
+
 def _quiet_fit(
-    trial: Trial, embeddings: Any, k: int, seed: int, options: dict, *, fold: bool = False
+    trial: Trial, embeddings: Any, model: dict, seed: int, options: dict, *, fold: bool = False
 ) -> EffectFit:
-    """A fit used for the comparison: its convergence and outcome checks do not warn (the
-    selected K is checked afterwards); a fold fit does not check balance either (the fit to
-    all units did)."""
+    """A fit used for the comparison, with the options ``model`` (:func:`model_options`): its
+    convergence and outcome checks do not warn (the selected model is checked afterwards); a
+    fold fit does not check balance either (the fit to all units did)."""
     quiet = (ConvergenceWarning, ModelCheckWarning) + ((BalanceWarning,) if fold else ())
     with warnings.catch_warnings():
         for category in quiet:
             warnings.simplefilter("ignore", category)
-        return fit(trial, embeddings, n_clusters=k, seed=seed, **options)
+        return fit(trial, embeddings, seed=seed, **{**options, **model})
+
+
+def model_name(k: int, deviation: str = "smooth") -> str:
+    """The table's name of model ``k`` of a comparison: "constant" (K = 0), K = 1 by its
+    ``deviation`` ("smooth", "linear", or "constant, no baseline clusters" for "none"), or
+    "k clusters"."""
+    if k == 1:
+        return {"none": "constant, no baseline clusters"}.get(deviation, deviation)
+    return "constant" if k == 0 else f"{k} clusters"
 
 
 def _quiet_loo(result: EffectFit):
@@ -303,7 +355,7 @@ def kfold_elpds(
     import arviz as az
     import xarray as xr
 
-    options = _fold_options(fits[1], options, trial.n_units)
+    options = _fold_options(next(iter(fits.values())), options, trial.n_units)
     lpd = {k: np.empty(trial.n_units) for k in fits}
     pairs = [(f, k) for f in range(int(folds.max()) + 1) for k in fits]
     for f, k in progress_bar(pairs, progress, "compare_clusters: K-fold fits", len(pairs)):
@@ -332,9 +384,14 @@ def kfold_elpds(
 
 
 def _fold_lpd(
-    trial: Trial, embeddings: Any, in_train: np.ndarray, full: EffectFit, seed: int, options: dict
+    trial: Trial,
+    embeddings: Any,
+    in_train: np.ndarray,
+    full: EffectFit,
+    seed: int,
+    options: dict,
 ) -> np.ndarray:
-    """Refit ``full``'s K on the units ``in_train`` and return the held-out units' log
+    """Refit ``full``'s model on the units ``in_train`` and return the held-out units' log
     predictive densities, on the model scale of ``full``."""
     train, test = np.flatnonzero(in_train), np.flatnonzero(~in_train)
     train_trial, test_trial = trial.subset(train), trial.subset(test)
@@ -347,7 +404,9 @@ def _fold_lpd(
     else:
         rows = np.asarray(embeddings, dtype=float)
         train_emb, test_emb = rows[train], rows[test]
-    result = _quiet_fit(train_trial, train_emb, full.n_clusters, seed, options, fold=True)
+    model = {"n_clusters": full.n_clusters, "deviation": full.config.deviation}
+    model["equal_effects"] = full.config.equal_effects
+    result = _quiet_fit(train_trial, train_emb, model, seed, options, fold=True)
     loglik = held_out_log_likelihood(
         result,
         train_trial,
@@ -488,6 +547,7 @@ def _table(fits: dict, loos: dict, elpds: dict, threshold: float, method: str) -
         rows.append(
             {
                 "K": k,
+                "model": model_name(k, fits[k].config.deviation),
                 "elpd": row["elpd_loo"],
                 "se": row["se"],
                 "elpd_diff": row["elpd_diff"],

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from imgcate import ConvergenceWarning, InputError
+from imgcate import ConvergenceWarning, InputError, load_fit
 from imgcate.errors import ParetoKWarning
 from imgcate.evaluate import spatial_blocks
 from imgcate.inference import fit
@@ -50,6 +50,7 @@ def test_compare_clusters_warns_for_the_selected_fit():
             sim.trial,
             sim.embeddings,
             k_max=1,
+            constant=False,
             criterion="loo",
             num_chains=1,
             num_warmup=30,
@@ -73,6 +74,10 @@ def test_bad_options_are_refused():
         compare_clusters(sim.trial, sim.embeddings, criterion="psis")
     with pytest.raises(InputError, match="max_bad_k_share"):
         compare_clusters(sim.trial, sim.embeddings, max_bad_k_share=1.5)
+    with pytest.raises(InputError, match="min_elpd_gain=-1 must be a finite number >= 0"):
+        compare_clusters(sim.trial, sim.embeddings, min_elpd_gain=-1)
+    with pytest.raises(InputError, match="se_multiple=nan must be a finite number >= 0"):
+        compare_clusters(sim.trial, sim.embeddings, se_multiple=float("nan"))
     with pytest.raises(InputError, match="smaller block_size or fewer folds"):
         fold_ids(sim.trial, 5, block_size=100.0, seed=0)
 
@@ -122,7 +127,7 @@ def test_held_out_log_likelihood_of_the_fits_own_units_is_its_log_likelihood():
     assert np.abs(unseen - own[:, held]).max() > 0.01  # the intercept did change
 
 
-def test_stacking_weights_are_reported_and_the_same_seed_gives_the_same_comparison():
+def test_stacking_weights_are_reported_and_the_same_seed_gives_the_same_comparison(tmp_path):
     sim = simulate_trial(11, 150, 2, n_features=4)
     runs = [
         compare_clusters(
@@ -132,7 +137,19 @@ def test_stacking_weights_are_reported_and_the_same_seed_gives_the_same_comparis
     ]
     table = runs[0].table
     print(table)
-    assert list(table.index) == [1, 2]
+    assert list(table.index) == [0, 1, 2]
+    assert list(table["model"]) == ["constant", "smooth", "2 clusters"]
+    fits = runs[0].fits
+    # the null: a constant effect with the largest model's clustered baseline
+    assert fits[0].config.deviation == "none" and fits[0].config.equal_effects
+    assert fits[0].n_clusters == 2 and np.ptp(fits[0].cluster_effects()["tau_mean"]) < 1e-5
+    assert fits[0].heterogeneity().loc["effect_sd", "mean"] < 1e-5
+    assert fits[0].heterogeneity().loc["effect_share_clusters", "mean"] == 0
+    loaded = load_fit(fits[0].save(tmp_path / "null.imgcate"))
+    assert loaded.config.equal_effects
+    new = loaded.predict(sim.embeddings.values[:5] + 1.0).to_frame()
+    assert np.ptp(new["tau_mean"]) < 1e-5
+    assert fits[1].config.deviation == "smooth" and fits[2].n_clusters == 2
     assert table["stacking_weight"].between(0, 1).all()
     assert table["stacking_weight"].sum() == pytest.approx(1.0, abs=1e-6)
     pd.testing.assert_series_equal(runs[0].weights, table["stacking_weight"])
@@ -143,6 +160,25 @@ def test_stacking_weights_are_reported_and_the_same_seed_gives_the_same_comparis
     assert table["selected"].sum() == 1 and table.loc[runs[0].best_k, "selected"]
     pd.testing.assert_frame_equal(runs[0].table, runs[1].table)
     assert runs[0].best_k == runs[1].best_k
+    # the rule, recomputed from the table: the simplest model within max(4, 2 dse) of the best
+    within = table["elpd_diff"] <= np.maximum(4.0, 2.0 * table["dse"])
+    assert runs[0].best_k == min(table.index[within])
+
+
+def test_the_rule_is_an_option_and_the_constant_model_can_be_left_out():
+    """A tolerance nothing exceeds selects the simplest model; without the constant model
+    the table starts at K = 1; models are named by what they are."""
+    sim = simulate_trial(11, 150, 2, n_features=4)
+    options = {"k_max": 1, "criterion": "loo", "progress": False, **SMALL}
+    lenient = compare_clusters(sim.trial, sim.embeddings, min_elpd_gain=1e9, **options)
+    assert lenient.best_k == 0 and list(lenient.table.index) == [0, 1]
+    assert lenient.fits[0].cluster_effects().shape[0] == 1
+    table = compare_clusters(sim.trial, sim.embeddings, constant=False, **options).table
+    assert list(table.index) == [1] and list(table["model"]) == ["smooth"]
+    table = compare_clusters(sim.trial, sim.embeddings, deviation="none", **options).table
+    assert list(table["model"]) == ["constant", "constant, no baseline clusters"]
+    with pytest.raises(InputError, match="sets n_clusters and equal_effects itself"):
+        compare_clusters(sim.trial, sim.embeddings, equal_effects=True, **options)
 
 
 def test_pareto_k_problems_fall_back_to_spatial_kfold():
@@ -157,7 +193,7 @@ def test_pareto_k_problems_fall_back_to_spatial_kfold():
         comparison = compare_clusters(
             trial,
             sim.embeddings,
-            k_max=2,
+            k_max=1,
             n_folds=3,
             block_size=1.0,
             seed=0,
@@ -169,13 +205,14 @@ def test_pareto_k_problems_fall_back_to_spatial_kfold():
     assert comparison.method == "kfold-spatial"
     assert (table["method"] == "kfold-spatial").all()
     assert (table["n_very_bad_pareto_k"] + table["n_bad_pareto_k"] > 0).all()
-    # sensible: the constant effect is not split into clusters, the estimates are finite and
-    # below the in-sample fit (p > 0), the weights sum to 1
-    assert comparison.best_k == 1
+    # sensible: the constant-effect model is selected (the fold fits of K = 0 are constant
+    # too), the estimates are finite and below the in-sample fit (p > 0), the weights sum to 1
+    assert comparison.best_k == 0
+    assert list(table["model"]) == ["constant", "smooth"]
     assert np.isfinite(table[["elpd", "se", "elpd_diff", "dse", "p"]].to_numpy()).all()
     assert (table["p"] > 0).all()
     assert table["stacking_weight"].sum() == pytest.approx(1.0, abs=1e-6)
-    assert table.loc[1, "selected"] and table["selected"].sum() == 1
+    assert table.loc[0, "selected"] and table["selected"].sum() == 1
     # three folds of whole 1-degree blocks
     folds = comparison.folds
     assert sorted(set(folds.tolist())) == [0, 1, 2]
@@ -228,10 +265,11 @@ K3_KNOWN_FAILURE = pytest.mark.xfail(
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("true_k", "tau"),
-    [(1, (1.0,)), (2, None), pytest.param(3, None, marks=K3_KNOWN_FAILURE)],
+    [(0, (1.0,)), (2, None), pytest.param(3, None, marks=K3_KNOWN_FAILURE)],
 )
 def test_k_selection_picks_true_k(true_k, tau):
-    sim = simulate_trial(40 + true_k, 600, true_k, tau=tau, separation=5.0)
+    """K = 0 is the constant effect (one cluster with effect 1)."""
+    sim = simulate_trial(40 + true_k, 600, max(true_k, 1), tau=tau, separation=5.0)
     comparison = compare_clusters(sim.trial, sim.embeddings, k_max=true_k + 1, **FAST)
     print(comparison.table)
     assert comparison.best_k == true_k

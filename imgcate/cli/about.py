@@ -41,7 +41,10 @@ def fit_lines(path: Path) -> list[str]:
     config = meta.get("config") or {}
     lines = [f"{path}: imgcate fit (format {meta.get('format_version')})"]
     keys = ("n_clusters", "likelihood", "deviation", "method", "num_chains", "num_samples", "seed")
-    lines.append("  settings: " + ", ".join(f"{k}={config[k]}" for k in keys if k in config))
+    settings = [f"{k}={config[k]}" for k in keys if k in config]
+    if config.get("equal_effects"):  # compare_clusters' constant-effect model
+        settings.insert(1, "equal_effects=True (a constant effect)")
+    lines.append("  settings: " + ", ".join(settings))
     lines.append("provenance:")
     lines += summary_lines(fit_provenance(path))
     try:
