@@ -9,6 +9,12 @@ simulate/ for trials with known truth; intervals, validation, output and optiona
 
 """
 
+import warnings
+
+with warnings.catch_warnings():  # numpyro imports tqdm.auto, which warns in a notebook
+    warnings.filterwarnings("ignore", message="IProgress not found")  # without ipywidgets
+    import numpyro.util  # noqa: F401
+
 from imgcate.chipfile import load_chips
 from imgcate.chips import Chips, chips_from_array, extract_chips
 from imgcate.config import FitConfig
