@@ -212,16 +212,40 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def replication_parser(description: str) -> argparse.ArgumentParser:
+    """The options every replication benchmark takes (this one and model_choice.py)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--scenario", action="append", help="EFFECT/BASELINE/NOISE[/dD]")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first..first+reps-1")
     parser.add_argument("--units", type=int, default=400)
-    parser.add_argument("--clusters", type=int, default=2)
     parser.add_argument("--chains", type=int, default=2)
     parser.add_argument("--draws", type=int, default=500, help="warm-up and kept draws per chain")
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="2 replications, 200 draws")
+    return parser
+
+
+def run_replications(function, jobs: list[tuple], n_jobs: int, scenarios: list[str]) -> dict:
+    """``function(*job)`` for every job (one JSON row each, printed as it comes), in ``n_jobs``
+    processes; the rows by scenario."""
+    rows: dict[str, list[dict]] = {s: [] for s in scenarios}
+    if n_jobs > 1:
+        # a fresh process per replication: one process compiling hundreds of models ran out
+        # of memory, and many compilations in one process crashed XLA
+        with ProcessPoolExecutor(n_jobs, max_tasks_per_child=1) as pool:
+            results = pool.map(function, *zip(*jobs, strict=True))
+    else:
+        results = (function(*job) for job in jobs)
+    for row in results:
+        print(json.dumps(row), flush=True)
+        rows[row["scenario"]].append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = replication_parser(__doc__.splitlines()[0])
+    parser.add_argument("--clusters", type=int, default=2)
     parser.add_argument("--form", choices=list(FORMS), default="rff", help="flexible parts")
     parser.add_argument(
         "--prior",
@@ -230,7 +254,6 @@ def main(argv: list[str] | None = None) -> None:
         metavar="NAME=SCALE",
         help="override a prior scale of imgcate.model.PRIOR (e.g. deviation_amp=0.15)",
     )
-    parser.add_argument("--quick", action="store_true", help="2 replications, 200 draws")
     args = parser.parse_args(argv)
     if args.quick:
         args.reps, args.draws = 2, 200
@@ -269,19 +292,7 @@ def main(argv: list[str] | None = None) -> None:
         for s in scenarios
         for seed in range(args.first_seed, args.first_seed + args.reps)
     ]
-    rows: dict[str, list[dict]] = {s: [] for s in scenarios}
-    if args.jobs > 1:
-        # a fresh process per fit: one process compiling hundreds of models ran out of memory
-        with ProcessPoolExecutor(args.jobs, max_tasks_per_child=1) as pool:
-            results = pool.map(one_fit, *zip(*jobs, strict=True))
-            for row in results:
-                print(json.dumps(row), flush=True)
-                rows[row["scenario"]].append(row)
-    else:
-        for job in jobs:
-            row = one_fit(*job)
-            print(json.dumps(row), flush=True)
-            rows[row["scenario"]].append(row)
+    rows = run_replications(one_fit, jobs, args.jobs, scenarios)
     for scenario in scenarios:
         print(json.dumps(summarize(rows[scenario])), flush=True)
 

@@ -29,17 +29,15 @@ the fits); each row's ``pareto_problem`` says whether ``auto`` would have, and
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import sys
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
-from calibration import LIKELIHOOD, PROB, covers, parse
+from calibration import LIKELIHOOD, PROB, covers, parse, replication_parser, run_replications
 
 #: Constant effects with every baseline and every noise kind, then the alternatives.
 SCENARIOS = (
@@ -156,15 +154,8 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", action="append", help="EFFECT/BASELINE/NOISE[/dD]")
-    parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--first-seed", type=int, default=0, help="seeds first..first+reps-1")
-    parser.add_argument("--units", type=int, default=400)
+    parser = replication_parser(__doc__.splitlines()[0])
     parser.add_argument("--k-max", type=int, default=3)
-    parser.add_argument("--chains", type=int, default=2)
-    parser.add_argument("--draws", type=int, default=500, help="warm-up and kept draws per chain")
-    parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument(
         "--criterion",
         choices=["auto", "loo", "kfold"],
@@ -172,7 +163,6 @@ def main(argv: list[str] | None = None) -> None:
         help="compare_clusters' criterion; 'loo' never refits on folds (cheaper); the rows "
         "still count the units with bad Pareto k, so how often 'auto' would refit is known",
     )
-    parser.add_argument("--quick", action="store_true", help="2 replications, 200 draws")
     args = parser.parse_args(argv)
     if args.quick:
         args.reps, args.draws = 2, 200
@@ -189,18 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         for s in scenarios
         for seed in range(args.first_seed, args.first_seed + args.reps)
     ]
-    rows: dict[str, list[dict]] = {s: [] for s in scenarios}
-    if args.jobs > 1:
-        # a fresh process per replication: many compilations in one process crashed XLA
-        with ProcessPoolExecutor(args.jobs, max_tasks_per_child=1) as pool:
-            for row in pool.map(one_comparison, *zip(*jobs, strict=True)):
-                print(json.dumps(row), flush=True)
-                rows[row["scenario"]].append(row)
-    else:
-        for job in jobs:
-            row = one_comparison(*job)
-            print(json.dumps(row), flush=True)
-            rows[row["scenario"]].append(row)
+    rows = run_replications(one_comparison, jobs, args.jobs, scenarios)
     for scenario in scenarios:
         print(json.dumps(summarize(rows[scenario])), flush=True)
 
