@@ -139,12 +139,11 @@ def _part_parameters(prefix: str, spec: ModelSpec, ordered: bool) -> dict:
         p["basis_amp"] = _half_normal(f"{prefix}basis_amp", PRIOR["basis_amp"])
         p["basis_raw"] = _normal(f"{prefix}basis_raw", 1.0, (m,))
     p["tau_centre"] = _normal(f"{prefix}tau_centre", PRIOR["tau"], ())
-    if k > 1 and spec.equal_effects:
-        pass  # one effect for every cluster: tau_centre alone
-    elif k > 1 and ordered:  # positive steps: cluster effects ordered, no label switching
-        p["tau_step"] = _half_normal(f"{prefix}tau_step", PRIOR["tau"], (k - 1,))
-    elif k > 1:
-        p["tau_contrast"] = _normal(f"{prefix}tau_contrast", PRIOR["tau"], (k - 1,))
+    if k > 1 and not spec.equal_effects:  # with equal effects, tau_centre is every cluster's
+        if ordered:  # positive steps: cluster effects ordered, no label switching
+            p["tau_step"] = _half_normal(f"{prefix}tau_step", PRIOR["tau"], (k - 1,))
+        else:
+            p["tau_contrast"] = _normal(f"{prefix}tau_contrast", PRIOR["tau"], (k - 1,))
     if k > 1 and spec.equal_effects and ordered:  # baseline levels ordered instead of tau
         p["mu_step"] = _half_normal(f"{prefix}mu_step", PRIOR["mu_cluster"], (k - 1,))
     elif k > 1:
