@@ -431,11 +431,13 @@ def extract_chips(
     Parameters
     ----------
     trial : Trial
-    raster : path, open rasterio dataset, mapping of band name to file, or a list of them
+    raster : path, URL, open rasterio dataset, mapping of band name to file, or a list of them
         Any CRS, band count and dtype. A mapping ``{"blue": "B1.tif", "green": "B2.tif", ...}``
         stacks single-band files into one raster whose bands carry those names (see
         :func:`imgcate.raster.stack_bands`). A list (one raster per date) gives a chip sequence
-        with values (date, image, band, y, x).
+        with values (date, image, band, y, x). A URL (``https://.../scene.tif``, best a
+        Cloud-Optimized GeoTIFF; files of a mapping too) is read with HTTP range requests,
+        only the chips' windows (:func:`imgcate.raster.open_raster`).
     size : float or (height, width)
         Chip size; for an even pixel size the centre pixel sits just below/right of the middle.
     size_unit : {"px", "m"}

@@ -4,16 +4,23 @@ Several single-band files (a Landsat scene as ``B1.tif`` ... ``B7.tif``) are one
 stacked: :func:`stack_bands` writes a VRT whose bands carry descriptions (no GDAL command-line
 tools needed), and every function that takes a raster also takes a mapping
 ``{band name: file}`` (stacked on the fly, in that order).
+
+A raster (or a band file) may be a URL: ``http://`` and ``https://`` addresses (or GDAL's own
+``/vsicurl/...`` names) are read with HTTP range requests through GDAL's ``/vsicurl/``, with the
+settings of :data:`HTTP_GDAL_OPTIONS` (:func:`raster_env`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import rasterio
@@ -23,9 +30,116 @@ from rasterio.windows import Window
 
 from imgcate.errors import InputError, RasterError
 
+#: GDAL settings for rasters read over HTTP(S) (``/vsicurl/``), set by :func:`raster_env`
+#: around every open of such a raster (chips, map tiles, Dask workers included; GDAL keeps them
+#: for the open file) and every read of a map's block. A setting the user gave as an
+#: environment variable, or in an enclosing ``rasterio.Env``, wins.
+HTTP_GDAL_OPTIONS: dict[str, str] = {
+    # the server is not asked to list the folder, nor for sidecar files (.aux.xml, .ovr, .msk)
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    # a request that fails with HTTP 429/500/502/503/504 (or a timeout) is sent again, after
+    # 1 s, then about 2 s, 4 s (GDAL doubles the delay)
+    "GDAL_HTTP_MAX_RETRY": "3",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+    # seconds to connect, and for a whole request
+    "GDAL_HTTP_CONNECTTIMEOUT": "20",
+    "GDAL_HTTP_TIMEOUT": "60",
+    # adjacent blocks of a window come in one request
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    # blocks read once are kept in memory, at most 64 MiB per open raster
+    "VSI_CACHE": "TRUE",
+    "VSI_CACHE_SIZE": str(64 * 2**20),
+}
+
+#: File extensions that GDAL is told are the only ones on the server
+#: (``CPL_VSIL_CURL_ALLOWED_EXTENSIONS``), when every URL of a raster ends with one of them.
+HTTP_EXTENSIONS = (".tif", ".tiff", ".vrt")
+
+_URL = re.compile(r"^(/vsicurl/)?https?://", re.IGNORECASE)
+
+
+def is_url(raster: Any) -> bool:
+    """Whether ``raster`` is text naming a raster over HTTP(S): ``http://...``, ``https://...``
+    or ``/vsicurl/http...``."""
+    return isinstance(raster, str) and bool(_URL.match(raster.strip()))
+
+
+def gdal_path(raster: str) -> str:
+    """The name GDAL opens for a raster argument: ``/vsicurl/`` + a URL; anything else as is."""
+    text = raster.strip()
+    if is_url(text) and not text.lower().startswith("/vsicurl/"):
+        return "/vsicurl/" + text
+    return text
+
+
+def _url_of(name: str) -> str:
+    """The URL of a ``/vsicurl/`` name (the name itself for anything else)."""
+    return name[len("/vsicurl/") :] if name.lower().startswith("/vsicurl/") else name
+
+
+def file_stem(file: Any) -> str:
+    """A file's name without suffix (of the URL's path for a URL): the default band name of a
+    single-band file in a stack."""
+    if is_url(file):
+        return PurePosixPath(urlsplit(_url_of(str(file).strip())).path).stem
+    return Path(str(file)).stem
+
+
+def http_sources(raster: Any) -> list[str]:
+    """The URLs (as ``/vsicurl/`` names) a raster argument reads: the raster's own, a band
+    mapping's, or those a VRT (in memory or a local ``.vrt`` file) refers to."""
+    if isinstance(raster, Mapping):
+        names = [str(v) for v in raster.values()]
+    else:
+        text = str(raster) if isinstance(raster, str | Path) else str(getattr(raster, "name", ""))
+        names = [text]
+        try:
+            if text.lstrip().startswith("<VRTDataset"):
+                names = [n.text or "" for n in ET.fromstring(text).iter("SourceFilename")]
+            elif text.lower().endswith(".vrt") and Path(text).is_file():
+                names = [n.text or "" for n in ET.parse(text).iter("SourceFilename")]
+        except (ET.ParseError, OSError):
+            pass
+    return [gdal_path(n) for n in names if is_url(n)]
+
+
+def gdal_options(raster: Any) -> dict[str, str]:
+    """The GDAL settings :func:`raster_env` sets for ``raster``: :data:`HTTP_GDAL_OPTIONS` (and
+    ``CPL_VSIL_CURL_ALLOWED_EXTENSIONS`` when every URL ends with one of
+    :data:`HTTP_EXTENSIONS`) for a raster read over HTTP, none for a local one; less those the
+    user set as environment variables or in an enclosing ``rasterio.Env``."""
+    urls = http_sources(raster)
+    if not urls:
+        return {}
+    options = dict(HTTP_GDAL_OPTIONS)
+    paths = [urlsplit(_url_of(u)).path.lower() for u in urls]
+    if all(p.endswith(HTTP_EXTENSIONS) for p in paths):
+        options["CPL_VSIL_CURL_ALLOWED_EXTENSIONS"] = ",".join(HTTP_EXTENSIONS)
+    given = set(os.environ)
+    if rasterio.env.hasenv():
+        given |= set(rasterio.env.getenv())
+    return {k: v for k, v in options.items() if k not in given}
+
+
+@contextlib.contextmanager
+def raster_env(raster: Any) -> Iterator[None]:
+    """A ``rasterio.Env`` with :func:`gdal_options` for ``raster`` (nothing for a local file).
+
+    Examples
+    --------
+    >>> with raster_env("https://example.org/scene.tif"):  # doctest: +SKIP
+    ...     ds = rasterio.open(gdal_path("https://example.org/scene.tif"))
+    """
+    options = gdal_options(raster)
+    if not options:
+        yield
+        return
+    with rasterio.Env(**options):
+        yield
+
 
 def _single_band_names(files: Sequence[Any]) -> list[str]:
-    return [Path(str(f)).stem for f in files]
+    return [file_stem(f) for f in files]
 
 
 def vrt_xml(
@@ -35,7 +149,7 @@ def vrt_xml(
 
     Parameters
     ----------
-    files : sequence of paths, or mapping of band name to path
+    files : sequence of paths or URLs, or mapping of band name to path or URL
         Rasters on one grid (same CRS, transform and size); every band of each is used.
     names : sequence of str, optional
         One description per output band (default: the mapping's keys; else each file's own
@@ -52,7 +166,7 @@ def vrt_xml(
         if names is not None:
             raise InputError("give band names as the mapping's keys or as names=, not both.")
         names, files = [str(k) for k in files], list(files.values())
-    files = [Path(str(f)) for f in files]
+    files = [f.strip() if is_url(f) else Path(str(f)) for f in files]
     if not files:
         raise InputError("no raster files to stack; give at least one.")
     bands, grid, dtypes = [], None, set()
@@ -71,7 +185,8 @@ def vrt_xml(
                 )
             for j in range(1, ds.count + 1):
                 own = ds.descriptions[j - 1]
-                default = path.stem if ds.count == 1 else f"{path.stem}_{j}"
+                stem = file_stem(path)
+                default = stem if ds.count == 1 else f"{stem}_{j}"
                 bands.append(
                     (
                         path,
@@ -118,7 +233,9 @@ def vrt_xml(
         if nodata is not None:
             ET.SubElement(band, "NoDataValue").text = repr(float(nodata))
         source = ET.SubElement(band, "ComplexSource" if nodata is not None else "SimpleSource")
-        ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = str(path.resolve())
+        ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = (
+            gdal_path(path) if is_url(path) else str(path.resolve())
+        )
         ET.SubElement(source, "SourceBand").text = str(j)
         ET.SubElement(
             source,
@@ -193,7 +310,8 @@ def as_raster(raster: Any) -> Any:
 
 
 def raster_label(raster: Any) -> str:
-    """How messages name a raster: its path, or ``VRT of [files]`` for an in-memory stack."""
+    """How messages name a raster: its path or URL, or ``VRT of [files]`` for an in-memory
+    stack."""
     name = str(getattr(raster, "name", raster))
     if name.lstrip().startswith("<VRTDataset"):
         try:
@@ -202,7 +320,7 @@ def raster_label(raster: Any) -> str:
         except ET.ParseError:
             files = []
         return f"VRT of {[os.path.basename(f or '') for f in files]}"
-    return name
+    return _url_of(name) if is_url(name) else name
 
 
 def raster_source(raster: Any) -> Any:
@@ -216,27 +334,53 @@ def raster_source(raster: Any) -> Any:
         names = [n.text or "" for n in root.iter("Description")]
         files = [n.text or "" for n in root.iter("SourceFilename")]
         return dict(zip(names, files, strict=False)) if len(names) == len(files) else files
-    return name
+    return _url_of(name) if is_url(name) else name
+
+
+_HTTP_HINT = (
+    "Check the address (curl -I URL should answer 200 OK) and that the server answers HTTP "
+    "range requests (Accept-Ranges: bytes, 206 Partial Content) with a GeoTIFF or VRT; GDAL "
+    "settings set as environment variables (GDAL_HTTP_*, CPL_VSIL_CURL_*) override imgcate's "
+    "(imgcate.raster.HTTP_GDAL_OPTIONS)."
+)
+
+
+def _open_url(url: str) -> DatasetReader:
+    """A raster over HTTP, opened through ``/vsicurl/`` with :func:`raster_env`'s settings."""
+    try:
+        with raster_env(url):
+            return rasterio.open(gdal_path(url))
+    except rasterio.errors.RasterioError as exc:
+        raise RasterError(
+            f"raster {_url_of(url.strip())!r} could not be read over HTTP ({exc}). {_HTTP_HINT}"
+        ) from exc
 
 
 def open_raster(raster: Any) -> tuple[DatasetReader, bool]:
     """An open dataset and whether we opened it (so must close it).
 
-    ``raster`` is a path, an open dataset, VRT XML text, or a mapping ``{band name: file}``
-    (stacked with :func:`vrt_xml`).
+    ``raster`` is a path, a URL (``http(s)://...`` or ``/vsicurl/...``, opened through
+    ``/vsicurl/`` with :func:`raster_env`'s settings), an open dataset, VRT XML text, or a
+    mapping ``{band name: file or URL}`` (stacked with :func:`vrt_xml`).
 
     Raises
     ------
     RasterError
-        If the path does not exist, the dataset is closed, or GDAL cannot open it.
+        If the path does not exist, the dataset is closed, or GDAL cannot open it (for a URL:
+        the server cannot be reached, does not have the file or does not answer range
+        requests).
     """
     if isinstance(raster, Mapping):
         raster = vrt_xml(raster)
     if isinstance(raster, str) and raster.lstrip().startswith("<VRTDataset"):
         try:
-            return rasterio.open(raster), True
+            with raster_env(raster):
+                return rasterio.open(raster), True
         except rasterio.errors.RasterioError as exc:
-            raise RasterError(f"the band stack could not be opened ({exc}).") from exc
+            hint = f" {_HTTP_HINT}" if http_sources(raster) else ""
+            raise RasterError(f"the band stack could not be opened ({exc}).{hint}") from exc
+    if is_url(raster):
+        return _open_url(raster), True
     if isinstance(raster, DatasetReader):
         if raster.closed:
             raise RasterError(f"raster {raster.name!r} is closed; pass an open dataset or a path.")
@@ -247,9 +391,15 @@ def open_raster(raster: Any) -> tuple[DatasetReader, bool]:
         )
     path = Path(raster)
     if not path.exists() and "://" not in str(raster):
+        if re.match(r"^(/vsicurl/)?https?:/[^/]", str(raster), re.IGNORECASE):
+            raise RasterError(
+                f"raster {str(raster)!r} looks like a URL whose '//' a pathlib.Path removed; "
+                "pass the URL as text (a str), not as a Path."
+            )
         raise RasterError(f"raster {str(raster)!r} does not exist; check the path.")
     try:
-        return rasterio.open(raster), True
+        with raster_env(raster):  # a .vrt file may refer to URLs
+            return rasterio.open(raster), True
     except rasterio.errors.RasterioError as exc:
         raise RasterError(
             f"raster {str(raster)!r} could not be opened ({exc}); check that it is a valid "
