@@ -233,9 +233,12 @@ def predict_map(
     ----------
     fit : EffectFit
         A fit that carries its encoder (fitted on embeddings from :func:`imgcate.embed`).
-    raster : path or open rasterio dataset
+    raster : path, URL or open rasterio dataset
         A raster with the bands of the trial's chips (same values: give ``scale`` if the chips
-        were extracted with one).
+        were extracted with one). A URL (``https://.../scene.tif``, e.g. a Cloud-Optimized
+        GeoTIFF) is read with HTTP range requests and imgcate's GDAL settings
+        (:data:`imgcate.raster.HTTP_GDAL_OPTIONS`); a block whose read fails is tried again
+        (:data:`imgcate.maps.tiles.READ_RETRY_DELAYS`) before the map stops.
     region : path, GeoDataFrame, GeoSeries, shapely polygon, (west, south, east, north) or None
         Polygons in any CRS (reprojected to the raster's), bounds in the raster's CRS, or None
         for the whole raster.
@@ -257,7 +260,7 @@ def predict_map(
         single-threaded worker processes.
     scheduler : str, optional
         Address of a running Dask scheduler (e.g. ``"tcp://10.0.0.5:8786"``); its workers must
-        be able to read ``raster`` by the same path. Overrides ``workers``.
+        be able to read ``raster`` by the same path or URL. Overrides ``workers``.
     checkpoint_dir : path, optional
         Save each finished block here; a job run again with the same directory (and the same
         inputs) skips the blocks already saved and gives the same map.
@@ -303,7 +306,9 @@ def predict_map(
     Raises
     ------
     RasterError
-        If the raster lacks the fit's bands, or the region does not overlap it.
+        If the raster lacks the fit's bands, or the region does not overlap it; or when a
+        block cannot be read after its retries (the message says how to resume: the blocks
+        saved in ``checkpoint_dir`` so far are kept).
     InputError
         For bad options, or a checkpoint directory of another job.
 
@@ -384,6 +389,8 @@ def predict_map(
             bar.update(len(blocks[index]))
             if on_block is not None:
                 on_block(len(done), len(blocks))
+    except RasterError as exc:  # a block that could not be read, tried again and again
+        raise RasterError(f"{exc} {_resume_advice(directory, len(done), len(blocks))}") from exc
     finally:
         bar.close()
         if hasattr(runner, "close"):
@@ -399,6 +406,22 @@ def predict_map(
     record = provenance or collect({"raster": source}, seeds={"map": int(seed)})
     extra = {"raster": label, "fit_digest": digest, "provenance": dumps(record)}
     return _to_dataset(out, grid, fit, job, model_limit, extra)
+
+
+def _resume_advice(directory: Path | None, done: int, total: int) -> str:
+    """What to do after a map stopped: rerun with its checkpoint folder, which keeps the blocks
+    finished so far."""
+    if directory is None:
+        return (
+            f"The map stopped after {done} of {total} blocks, none of them saved; give "
+            "checkpoint_dir= (imgcate map --resume-dir) so that a rerun keeps the blocks "
+            "finished and continues from the one that failed."
+        )
+    return (
+        f"{done} of {total} blocks are finished and saved in {str(directory)!r}; run the same "
+        f"map again with checkpoint_dir={str(directory)!r} (imgcate map ... --resume-dir "
+        f"{directory}) to continue from the block that failed."
+    )
 
 
 def _place(out: dict, flat: np.ndarray, result: dict) -> None:

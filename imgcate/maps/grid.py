@@ -138,7 +138,7 @@ def tile_grid(
 
     Parameters
     ----------
-    raster : path or open rasterio dataset
+    raster : path, URL or open rasterio dataset
     region : path, GeoDataFrame, GeoSeries, shapely polygon, (west, south, east, north) or None
         Polygons in any CRS (reprojected to the raster's), bounds in the raster CRS, or None
         for the whole raster. Tiles whose cell touches a polygon are kept.

@@ -15,7 +15,7 @@ from imgcate.intervals import interval_names
 from imgcate.maps.aggregate import read_polygons
 from imgcate.maps.compute import check_bands, chip_settings
 from imgcate.maps.grid import TileGrid, cell_range, tile_grid
-from imgcate.maps.tiles import TileJob, TileModel, draw_count, read_tiles
+from imgcate.maps.tiles import TileJob, TileModel, TileReader, draw_count
 from imgcate.output import atomic_path, check_writable, staging_folder
 from imgcate.raster import open_raster, raster_source
 from imgcate.results import EffectFit
@@ -74,7 +74,7 @@ def polygon_effects(
     ----------
     fit : EffectFit
         A fit that carries its encoder.
-    raster : path, open dataset or mapping of band name to file
+    raster : path, URL, open dataset or mapping of band name to file (or URL)
         The raster the map was made from.
     polygons : path, GeoDataFrame or GeoSeries
         Polygons in any CRS (reprojected to the raster's).
@@ -102,7 +102,6 @@ def polygon_effects(
     """
     import geopandas as gpd
     import pandas as pd
-    import rasterio
 
     from imgcate.provenance import KEY, collect, dumps
 
@@ -141,11 +140,10 @@ def polygon_effects(
     model = TileModel(fit, job)
     n_draws = draw_count(fit, max_draws, seed)
     draws = np.full((len(flat), n_draws), np.nan)
-    with rasterio.open(name) as src:
+    with TileReader(job) as reader:
         for start in range(0, len(flat), block_tiles):
             part = flat[start : start + block_tiles]
-            rows, cols = np.divmod(part, grid.shape[1])
-            tiles, valid = read_tiles(src, job, rows, cols)
+            tiles, valid = reader.read(part)
             if valid.any():
                 draws[start : start + len(part)][valid] = model.draws(tiles[valid]).T
     position = {int(f): i for i, f in enumerate(flat)}

@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import warnings
+import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +21,9 @@ from imgcate.errors import CheckpointWarning, InputError
 from imgcate.maps.grid import TileGrid
 from imgcate.maps.tiles import TileJob
 from imgcate.output import atomic_path, remove_stale, write_error
+from imgcate.raster import is_url, raster_label
+
+log = logging.getLogger("imgcate")
 
 #: Name of the file that says which job a checkpoint folder holds.
 MANIFEST = "imgcate-map-job.json"
@@ -161,14 +166,59 @@ def reuse_blocks(directory: Path, key: str, sizes: dict[int, int]) -> dict[int, 
     return found
 
 
+def _url_version(url: str) -> dict[str, Any]:
+    """What a server says of a file's version: its size, ETag and Last-Modified, from a request
+    for its first byte (HEAD is refused by some signed URLs). Empty if the server cannot be
+    asked; then a change of the file between an interrupted run and its rerun goes unnoticed."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            headers = response.headers
+            response.read()
+    except (OSError, ValueError, urllib.error.URLError) as exc:
+        log.warning(
+            "could not ask %s for its version (%s); a change of the file between "
+            "this run and a rerun would go unnoticed",
+            url,
+            exc,
+        )
+        return {}
+    size = (headers.get("Content-Range") or "").rpartition("/")[2]
+    return {
+        "bytes": size if size.isdigit() else headers.get("Content-Length"),
+        "etag": headers.get("ETag"),
+        "last_modified": headers.get("Last-Modified"),
+    }
+
+
+def raster_version(raster: str) -> dict[str, Any]:
+    """What a map's checkpoints record of the raster, so that a changed raster is not resumed:
+    a local file's size and modification time, a URL's size, ETag and Last-Modified (from the
+    server), the same for each source of an in-memory band stack; else its name."""
+    if raster.lstrip().startswith("<VRTDataset"):
+        sources = [n.text or "" for n in ET.fromstring(raster).iter("SourceFilename")]
+        return {"sources": [raster_version(source) for source in sources]}
+    if is_url(raster):
+        url = raster_label(raster)
+        return {"url": url, **_url_version(url)}
+    try:
+        stat = os.stat(raster)
+    except OSError:  # a GDAL name such as /vsis3/...: known by its name only
+        return {"name": raster}
+    return {"raster_size": stat.st_size, "raster_mtime": stat.st_mtime_ns}
+
+
 def job_key(fit: Any, job: TileJob, grid: TileGrid, block_tiles: int) -> str:
-    stat = os.stat(job.raster)
+    """A digest of everything a map job's blocks depend on: the fit, the raster's version, the
+    tile geometry, the region and the options."""
     parts = {
         "fit": fingerprint(fit),
         "job": asdict(job),
         "block_tiles": block_tiles,
-        "raster_size": stat.st_size,
-        "raster_mtime": stat.st_mtime_ns,
+        **raster_version(job.raster),
         "transform": list(grid.transform)[:6],
         "mask": hashlib.sha256(np.packbits(grid.mask).tobytes()).hexdigest(),
         "shape": list(grid.shape),

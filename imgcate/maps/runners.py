@@ -1,5 +1,9 @@
 """Where a map's blocks run: in this process, or on a Dask cluster (a local one, or one at a
-scheduler's address) with the fit sent to each worker once as the bytes of its saved file."""
+scheduler's address) with the fit sent to each worker once as the bytes of its saved file.
+
+Either way tiles are read by a :class:`~imgcate.maps.tiles.TileReader`: a raster given by URL
+is opened with imgcate's GDAL settings for HTTP on the worker too, and a failed read is tried
+again before the map stops."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from imgcate.errors import InputError
-from imgcate.maps.tiles import TileJob, TileModel, compute_block
+from imgcate.maps.tiles import TileJob, TileModel, TileReader, compute_block
 from imgcate.optional import require
 from imgcate.results import EffectFit, load_fit
 
@@ -31,9 +35,8 @@ def _fit_from_bytes(data: bytes) -> Any:
         return load_fit(path)
 
 
-def _dask_block(payload: bytes, digest: str, job: TileJob, flat: np.ndarray) -> dict:
+def _dask_block(payload: bytes, digest: str, job: TileJob, index: int, flat: np.ndarray) -> dict:
     """A block on a Dask worker; the fit is rebuilt once per worker and kept on it."""
-    import rasterio
     from distributed import get_worker
 
     worker = get_worker()
@@ -42,18 +45,16 @@ def _dask_block(payload: bytes, digest: str, job: TileJob, flat: np.ndarray) -> 
     if key not in cache:
         cache.clear()
         cache[key] = TileModel(_fit_from_bytes(payload), job)
-    with rasterio.open(job.raster) as ds:
-        return compute_block(cache[key], ds, job, flat)
+    with TileReader(job) as reader:
+        return compute_block(cache[key], reader, index, flat)
 
 
 def run_local(fit: EffectFit, job: TileJob, todo: list[tuple[int, np.ndarray]]):
     """Blocks in this process, in order: (index, result) pairs."""
-    import rasterio
-
     model = TileModel(fit, job)
-    with rasterio.open(job.raster) as ds:
+    with TileReader(job) as reader:
         for index, flat in todo:
-            yield index, compute_block(model, ds, job, flat)
+            yield index, compute_block(model, reader, index, flat)
 
 
 def run_dask(
@@ -97,7 +98,7 @@ def run_dask(
         def submit() -> None:
             item = next(pending, None)
             if item is not None:
-                fut = client.submit(_dask_block, payload, digest, job, item[1], pure=False)
+                fut = client.submit(_dask_block, payload, digest, job, item[0], item[1], pure=False)
                 futures[fut] = item[0]
                 queue.add(fut)
 

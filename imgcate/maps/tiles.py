@@ -1,18 +1,28 @@
-"""One block of a map: read its tiles, embed them with the fit's encoder, summarize the
-posterior effect of each tile."""
+"""One block of a map: read its tiles (:class:`TileReader`, which tries a failed read again),
+embed them with the fit's encoder, summarize the posterior effect of each tile."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from imgcate.errors import RasterError
+from imgcate.raster import open_raster, raster_env, raster_label
 from imgcate.results import EffectFit
+
+log = logging.getLogger("imgcate")
 
 #: Variables of a map with (y, x) dims, in the band order of :func:`write_cog`.
 MAP_VARIABLES = ("mean", "sd", "lower", "upper", "prob_positive", "extrapolation")
+
+#: Seconds to wait before each new try of a block whose read failed (a dropped connection, an
+#: HTTP error that GDAL's own retries did not overcome): three more tries, then the map stops.
+READ_RETRY_DELAYS = (0.5, 1.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -175,10 +185,120 @@ def read_tiles(
     return values, valid
 
 
-def compute_block(model: TileModel, ds: Any, job: TileJob, flat: np.ndarray) -> dict:
-    """Map statistics (float32) of the tiles at flat grid indices; NaN for incomplete tiles."""
-    rows, cols = np.divmod(flat, job.n_cols)
-    tiles, valid = read_tiles(ds, job, rows, cols)
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What a failed read raises: GDAL's errors through rasterio (RasterioIOError, or a
+    CPLE_* error itself), or ours from reopening."""
+    import rasterio.errors
+
+    try:
+        from rasterio._err import CPLE_BaseError
+    except ImportError:  # moved in another rasterio: its read errors are still RasterioError
+        return (rasterio.errors.RasterioError, RasterError)
+    return (rasterio.errors.RasterioError, CPLE_BaseError, RasterError)
+
+
+class TileReader:
+    """Reads blocks of tiles from a job's raster, opened once (with :func:`raster_env`'s GDAL
+    settings for a URL) and kept open.
+
+    A read that fails is tried again on a freshly opened raster after each wait of
+    ``delays``; when every try fails, a :class:`~imgcate.errors.RasterError` names the raster,
+    the block and its pixel window.
+
+    Parameters
+    ----------
+    job : TileJob
+        The map job (its raster, bands and tile geometry).
+    delays : sequence of float
+        Seconds before each new try (default :data:`READ_RETRY_DELAYS`).
+    """
+
+    def __init__(self, job: TileJob, delays: Sequence[float] = READ_RETRY_DELAYS) -> None:
+        self.job = job
+        self.delays = tuple(float(d) for d in delays)
+        self._ds: Any = None
+
+    def __enter__(self) -> TileReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the raster (it is opened again by the next read)."""
+        if self._ds is not None:
+            ds, self._ds = self._ds, None
+            ds.close()
+
+    def read(self, flat: np.ndarray, block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Tiles (tile, band, y, x) at flat grid indices, and whether each is complete.
+
+        Raises
+        ------
+        RasterError
+            If every try fails; it names the raster, the block and its pixel window.
+        """
+        rows, cols = np.divmod(np.asarray(flat), self.job.n_cols)
+        errors = _read_errors()
+        failures: list[BaseException] = []
+        waits = (0.0, *self.delays)
+        for attempt, wait in enumerate(waits):
+            time.sleep(wait)
+            try:
+                with raster_env(self.job.raster):
+                    if self._ds is None:
+                        self._ds, _ = open_raster(self.job.raster)
+                    return read_tiles(self._ds, self.job, rows, cols)
+            except errors as exc:
+                failures.append(exc)
+                self.close()
+                again = (
+                    f"; trying again in {waits[attempt + 1]:g} s"
+                    if attempt + 1 < len(waits)
+                    else ""
+                )
+                log.warning(
+                    "reading %s failed on try %d of %d (%s)%s",
+                    self._where(rows, cols, block),
+                    attempt + 1,
+                    len(waits),
+                    _error_text(exc),
+                    again,
+                )
+        raise RasterError(
+            f"reading {self._where(rows, cols, block)} failed {len(failures)} times (first "
+            f"{_error_text(failures[0])}); check that the raster is reachable (for a URL: "
+            "that the server is up and still serves the file)."
+        ) from failures[-1]
+
+    def _where(self, rows: np.ndarray, cols: np.ndarray, block: int | None) -> str:
+        """``block 3 of raster '...' (pixel rows 96-160, columns 0-384)``."""
+        job, t, s = self.job, self.job.tile_size, self.job.stride
+        r0, r1 = (job.row0 + int(rows.min())) * s, (job.row0 + int(rows.max())) * s + t
+        c0, c1 = (job.col0 + int(cols.min())) * s, (job.col0 + int(cols.max())) * s + t
+        name = "tiles" if block is None else f"block {block}"
+        return (
+            f"{name} of raster {raster_label(job.raster)!r} (pixel rows {r0}-{r1}, "
+            f"columns {c0}-{c1})"
+        )
+
+
+def _error_text(exc: BaseException) -> str:
+    """An error and the GDAL error behind it (rasterio's message alone says 'see previous');
+    for our own error on reopening, the GDAL error that caused it (its advice comes later)."""
+    if isinstance(exc, RasterError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = f"{type(exc).__name__}: {exc}"
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text += f"; {type(cause).__name__}: {cause}"
+    return text
+
+
+def compute_block(model: TileModel, reader: TileReader, index: int, flat: np.ndarray) -> dict:
+    """Map statistics (float32) of the tiles at flat grid indices (block ``index``); NaN for
+    incomplete tiles."""
+    tiles, valid = reader.read(flat, index)
     out = {name: np.full(len(flat), np.nan, np.float32) for name in MAP_VARIABLES}
     out["cluster_prob"] = np.full((len(flat), model.n_clusters), np.nan, np.float32)
     if valid.any():
