@@ -19,15 +19,31 @@ from imgcate.cli.common import (
 )
 from imgcate.errors import ImgcateError
 from imgcate.output import check_writable
+from imgcate.raster import file_stem, is_url
 
 RASTER_FILES = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+class RasterSource(click.ParamType):
+    """A raster file that exists, or a URL (``http(s)://...``, ``/vsicurl/...``) kept as text
+    and read over HTTP."""
+
+    name = "raster"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and is_url(value):
+            return value.strip()
+        return RASTER_FILES.convert(value, param, ctx)
+
+
+RASTER_SOURCES = RasterSource()
 
 
 @click.command("map", cls=Command)
 @click.argument(
     "fit_file", metavar="FIT", type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
-@click.argument("raster", nargs=-1, required=True, type=RASTER_FILES)
+@click.argument("raster", nargs=-1, required=True, type=RASTER_SOURCES)
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--region",
@@ -83,7 +99,8 @@ RASTER_FILES = click.Path(exists=True, dir_okay=False, path_type=Path)
     "--scheduler",
     default=None,
     metavar="ADDRESS",
-    help="Address of a running Dask scheduler (its workers must read RASTER).",
+    help="Address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786 (its workers must "
+    "read RASTER by the same path or URL).",
 )
 @click.option(
     "--co",
@@ -137,7 +154,10 @@ def map_command(
     extrapolation (distance from the trial's images) and outside_support (1 beyond the trial's
     support); NaN outside the region. Tags record the fit file (SHA-256), the raster and the
     command (`imgcate info OUTPUT`). A PNG preview is written beside OUTPUT. RASTER is one file
-    or several single-band files stacked as bands (named by --band-name, else by file name).
+    or several single-band files stacked as bands (named by --band-name, else by file name);
+    each may be a URL (http:// or https://, best a Cloud-Optimized GeoTIFF), read with HTTP
+    range requests. A block that cannot be read is tried again, then the map stops; with
+    --resume-dir, running the same command again continues from that block.
 
     \b
     Examples:
@@ -147,6 +167,8 @@ def map_command(
       imgcate map fit.imgcate scene.tif district.tif --region district.gpkg --stride 8
       imgcate map fit.imgcate scene.tif part.tif --bounds 400000 50000 405000 55000 \\
           --workers 4 --resume-dir map-blocks --co COMPRESS=ZSTD
+      imgcate map fit.imgcate https://example.org/scene.tif map.tif --resume-dir blocks
+      imgcate map fit.imgcate scene.tif map.tif --scheduler tcp://10.0.0.5:8786
     """
     from imgcate.maps import (
         check_creation_options,
@@ -177,6 +199,8 @@ def map_command(
     run(check_writable, output, overwrite)
     if preview:
         run(check_writable, output.with_suffix(".png"), overwrite)
+    if len(raster) > 1 and not band_names:  # stacked files named by file (URLs too)
+        band_names = tuple(file_stem(f) for f in raster)
     raster = raster_argument(raster, band_names)
     area = region if region is not None else (tuple(bounds) if bounds else None)
     hint = "--region" if region is not None else "--bounds"
@@ -238,7 +262,8 @@ def recorded_path(record: dict, role: str):
     """The file (or {band: file}) a map's provenance records for ``role``, or None."""
     item = (record.get("provenance", {}).get("inputs") or {}).get(role)
     if isinstance(item, dict) and "path" in item:
-        return Path(item["path"]), item.get("sha256")
+        path = item["path"]  # a URL stays text: a Path would merge its '//'
+        return (path if is_url(path) else Path(path)), item.get("sha256")
     if isinstance(item, dict) and item:
         return {band: v.get("path") for band, v in item.items()}, None
     return None, None
@@ -259,7 +284,7 @@ def recorded_path(record: dict, role: str):
     "--raster",
     "rasters",
     multiple=True,
-    type=RASTER_FILES,
+    type=RASTER_SOURCES,
     help="The raster the map was made from (repeatable for stacked bands) [default: the "
     "one its tags record].",
 )
@@ -308,6 +333,8 @@ def aggregate(
                 "map's fit with --fit, or map again."
             )
     if rasters:
+        if len(rasters) > 1 and not band_names:
+            band_names = tuple(file_stem(f) for f in rasters)
         raster = raster_argument(rasters, band_names, "--raster")
     else:
         raster, _ = recorded_path(record, "raster")
