@@ -17,6 +17,25 @@ import pandas as pd
 
 from imgcate.errors import ImgcateError
 from imgcate.output import atomic_path
+from imgcate.raster import file_stem, is_url
+
+#: An existing file (rasters, fits, chips, units tables).
+EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+class RasterSource(click.ParamType):
+    """A raster file that exists, or a URL (``http(s)://...``, ``/vsicurl/...``) kept as text
+    and read over HTTP."""
+
+    name = "raster"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and is_url(value):
+            return value.strip()
+        return EXISTING_FILE.convert(value, param, ctx)
+
+
+RASTER_SOURCES = RasterSource()
 
 log = logging.getLogger("imgcate")
 
@@ -203,9 +222,10 @@ def band_option(values: tuple[str, ...]) -> list[int | str] | None:
 
 
 def raster_argument(
-    files: tuple[Path, ...], names: tuple[str, ...], option: str = "RASTER"
-) -> Path | dict[str, str]:
-    """One raster, or several files stacked as bands (named by --band-name, else by file)."""
+    files: tuple[Path | str, ...], names: tuple[str, ...], option: str = "RASTER"
+) -> Path | str | dict[str, str]:
+    """One raster, or several files (or URLs) stacked as bands (named by --band-name, else by
+    file name)."""
     if not files:
         raise click.UsageError(f"give at least one {option} file.")
     if len(files) == 1 and not names:
@@ -215,7 +235,7 @@ def raster_argument(
             f"{len(names)} names for {len(files)} files; give one --band-name per file",
             param_hint="--band-name",
         )
-    labels = list(names) if names else [f.stem for f in files]
+    labels = list(names) if names else [file_stem(f) for f in files]
     if len(set(labels)) != len(labels):
         raise click.BadParameter(
             f"band names {labels} repeat a name; name each file with --band-name",

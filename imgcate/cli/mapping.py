@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from imgcate.cli.common import (
+    EXISTING_FILE,
+    RASTER_SOURCES,
     Command,
     band_option,
     check_minimum,
@@ -19,24 +21,7 @@ from imgcate.cli.common import (
 )
 from imgcate.errors import ImgcateError
 from imgcate.output import check_writable
-from imgcate.raster import file_stem, is_url
-
-RASTER_FILES = click.Path(exists=True, dir_okay=False, path_type=Path)
-
-
-class RasterSource(click.ParamType):
-    """A raster file that exists, or a URL (``http(s)://...``, ``/vsicurl/...``) kept as text
-    and read over HTTP."""
-
-    name = "raster"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, str) and is_url(value):
-            return value.strip()
-        return RASTER_FILES.convert(value, param, ctx)
-
-
-RASTER_SOURCES = RasterSource()
+from imgcate.raster import is_url
 
 
 @click.command("map", cls=Command)
@@ -199,8 +184,6 @@ def map_command(
     run(check_writable, output, overwrite)
     if preview:
         run(check_writable, output.with_suffix(".png"), overwrite)
-    if len(raster) > 1 and not band_names:  # stacked files named by file (URLs too)
-        band_names = tuple(file_stem(f) for f in raster)
     raster = raster_argument(raster, band_names)
     area = region if region is not None else (tuple(bounds) if bounds else None)
     hint = "--region" if region is not None else "--bounds"
@@ -270,13 +253,13 @@ def recorded_path(record: dict, role: str):
 
 
 @click.command("aggregate", cls=Command)
-@click.argument("map_file", metavar="MAP", type=RASTER_FILES)
+@click.argument("map_file", metavar="MAP", type=EXISTING_FILE)
 @click.argument("polygons", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--fit",
     "fit_file",
-    type=RASTER_FILES,
+    type=EXISTING_FILE,
     default=None,
     help="The fit the map was made from [default: the one its tags record].",
 )
@@ -333,8 +316,6 @@ def aggregate(
                 "map's fit with --fit, or map again."
             )
     if rasters:
-        if len(rasters) > 1 and not band_names:
-            band_names = tuple(file_stem(f) for f in rasters)
         raster = raster_argument(rasters, band_names, "--raster")
     else:
         raster, _ = recorded_path(record, "raster")

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from imgcate.cli.common import (
+    RASTER_SOURCES,
     Command,
     band_option,
     check_minimum,
@@ -19,8 +20,6 @@ from imgcate.cli.common import (
     start,
     unit_role_options,
 )
-
-RASTER_FILES = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 def chip_options(fn):
@@ -77,7 +76,7 @@ def chips_for(trial, raster, *, size, size_unit, bands, on_edge, scale):
 
 @click.command("chips", cls=Command)
 @click.argument("units", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("raster", nargs=-1, required=True, type=RASTER_FILES)
+@click.argument("raster", nargs=-1, required=True, type=RASTER_SOURCES)
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
 @unit_role_options
 @chip_options

@@ -260,6 +260,31 @@ def test_chips_and_embeddings_over_http_equal_those_of_the_files(
     assert from_file.band_names == tuple(urls) and gdal_options(vrt)
 
 
+def test_imgcate_chips_of_band_urls_equals_the_chips_of_the_scene(
+    landsat_path, http_server, tmp_path
+):
+    """The command line's first step takes URLs: single-band files stacked by URL, named by
+    the URLs' file names."""
+    from click.testing import CliRunner
+
+    from imgcate import datasets
+    from imgcate.chipfile import load_chips
+    from imgcate.cli import main
+    from imgcate.datasets import landsat_band_files
+
+    urls = [served(http_server, f) for f in landsat_band_files(tmp_path / "bands")]
+    units, out = datasets.villages_path(), {}
+    for name, raster in (("remote", urls), ("local", [str(landsat_path)])):
+        out[name] = tmp_path / f"{name}.npz"
+        args = ["chips", str(units), *raster, str(out[name]), "--id-column", "village", "-q"]
+        result = CliRunner().invoke(main, [*args, "--size", "16"])
+        assert result.exit_code == 0, result.output
+    remote, local = load_chips(out["remote"]), load_chips(out["local"])
+    np.testing.assert_array_equal(remote.values, local.values)
+    assert remote.band_names == ("B1", "B2", "B3", "B4", "B5", "B7")
+    assert local.band_names == LANDSAT_BANDS
+
+
 def test_imgcate_map_of_a_url_writes_the_map_of_the_file(
     map_inputs, map_cog, region, local_map, http_server, tmp_path
 ):
