@@ -125,11 +125,18 @@ def map_lines(path: Path) -> list[str]:
     return lines + summary_lines(loads(tags.get(KEY)))
 
 
-def geopackage_lines(path: Path) -> list[str]:
+def geopackage_metadata(path: Path) -> tuple[dict, dict]:
+    """What pyogrio reads of a GeoPackage, and the metadata imgcate wrote: the layer's (a
+    dataset's metadata makes GDAL write a ``.aux.xml`` beside the file whenever it is read),
+    else the dataset's (aggregates written by earlier versions)."""
     import pyogrio
 
     info = pyogrio.read_info(path)
-    meta = info.get("dataset_metadata") or {}
+    return info, info.get("layer_metadata") or info.get("dataset_metadata") or {}
+
+
+def geopackage_lines(path: Path) -> list[str]:
+    info, meta = geopackage_metadata(path)
     lines = [f"{path}: {info.get('features')} features, fields {list(info.get('fields', []))}"]
     lines += [f"  {k}: {v}" for k, v in sorted(meta.items()) if k != KEY]
     lines.append("provenance:")
@@ -198,6 +205,4 @@ def record_of(path: Path, kind: str) -> dict:
 
         with rasterio.open(path) as ds:
             return loads(ds.tags().get(KEY))
-    import pyogrio
-
-    return loads((pyogrio.read_info(path).get("dataset_metadata") or {}).get(KEY))
+    return loads(geopackage_metadata(path)[1].get(KEY))

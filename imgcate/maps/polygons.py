@@ -190,7 +190,7 @@ def polygon_effects(
                 staged,
                 driver="GPKG",
                 layer=path.stem,
-                dataset_metadata={
+                layer_metadata={
                     KEY: dumps(record),
                     "prob": str(prob),
                     "n_draws": str(n_draws),
