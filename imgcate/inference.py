@@ -7,8 +7,10 @@ chains that settle in different modes show in R-hat) and the SVI guide at the be
 
 from __future__ import annotations
 
+import gc
 import warnings
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -99,6 +101,45 @@ def chain_starts(data: ModelData, values: dict, losses: np.ndarray, n_chains: in
         mask = repeat.reshape((-1,) + (1,) * (value.ndim - 1))
         out[name] = jnp.where(mask, value + 0.05 * jax.random.normal(k, value.shape), value)
     return out
+
+
+#: Share of the kernel's limit on a process's memory mappings past which :func:`fit` first drops
+#: JAX's compiled code (:func:`release_compiled_code`).
+MAPPING_SHARE = 0.5
+
+
+def release_compiled_code(share: float = MAPPING_SHARE) -> bool:
+    """Drop JAX's caches of compiled programs when the process's memory mappings near the limit.
+
+    Every fit compiles new programs (its model is a new function) and XLA keeps each one
+    mapped in memory: about a thousand mappings per fit. Linux allows a process
+    ``vm.max_map_count`` mappings (65,530 by default); past it XLA cannot compile ("LLVM
+    compilation error: Cannot allocate memory") and the process dies, which ended notebooks
+    and scripts that fitted some sixty models. Clearing makes the next fit compile what it
+    would have reused, so it is done only once the mappings exceed ``share`` of the limit.
+    Fits already made are unaffected. Elsewhere than Linux nothing is done.
+
+    Parameters
+    ----------
+    share : float
+        Share of ``vm.max_map_count`` in use above which the caches are dropped.
+
+    Returns
+    -------
+    bool
+        Whether the caches were dropped.
+    """
+    try:
+        limit = int(Path("/proc/sys/vm/max_map_count").read_text())
+        with open("/proc/self/maps", "rb") as maps:
+            used = sum(1 for _ in maps)
+    except (OSError, ValueError):
+        return False
+    if used <= share * limit:
+        return False
+    jax.clear_caches()
+    gc.collect()
+    return True
 
 
 def _run_nuts(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
@@ -331,6 +372,7 @@ def fit(
         trial.outcome_array, trial.covariate_matrix, unit_embedding, config, trial.outcome
     )
     data = model_data(trial, unit_embedding, std, config)
+    release_compiled_code()
     key, key_predictive = jax.random.split(jax.random.PRNGKey(seed))
     runner = _run_nuts if config.method == "nuts" else _run_svi
     samples, stats = runner(data, config, key)

@@ -9,6 +9,7 @@ ESS >= 100) adds under 10% to that margin.
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from imgcate import ConvergenceWarning, FitError, InputError
-from imgcate.inference import fit
+from imgcate.inference import fit, release_compiled_code
 from imgcate.simulate import simulate_trial
 
 FAST = {"num_warmup": 300, "num_samples": 300, "num_chains": 2}
@@ -52,10 +53,32 @@ def test_same_seed_same_posterior():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         a = fit(sim.trial, sim.embeddings, seed=7, **opts)
+        release_compiled_code(share=0.0)  # b compiles afresh: the same posterior
         b = fit(sim.trial, sim.embeddings, seed=7, **opts)
         c = fit(sim.trial, sim.embeddings, seed=8, **opts)
     np.testing.assert_array_equal(a.idata.posterior["tau"].values, b.idata.posterior["tau"].values)
     assert not np.array_equal(a.idata.posterior["tau"].values, c.idata.posterior["tau"].values)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="Linux's /proc only")
+def test_compiled_code_is_released_before_the_mapping_limit():
+    """Each fit leaves ~1,000 memory mappings of compiled code; at vm.max_map_count XLA cannot
+    compile and the process dies (a notebook fitting ~60 models did). Past the share of the
+    limit given, the compiled programs are dropped; below it, kept."""
+    import jax
+    import jax.numpy as jnp
+
+    def mappings() -> int:
+        with open("/proc/self/maps", "rb") as maps:
+            return sum(1 for _ in maps)
+
+    for i in range(20):  # twenty new programs
+        jax.jit(lambda x, i=i: x * i + 1)(jnp.ones(3))
+    before = mappings()
+    assert not release_compiled_code(share=1.0)
+    assert mappings() >= before
+    assert release_compiled_code(share=0.0)
+    assert mappings() < before - 20
 
 
 def test_too_short_a_run_warns():
