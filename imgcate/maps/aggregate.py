@@ -26,6 +26,11 @@ def read_polygons(polygons: Any):
         if not path.exists():
             raise InputError(f"polygons file {str(path)!r} does not exist; check the path.")
         gdf = gpd.read_file(path)
+        if not isinstance(gdf, gpd.GeoDataFrame) or gdf.geometry.isna().all():
+            raise InputError(
+                f"polygons file {str(path)!r} holds no geometries (a table without a geometry "
+                "column?); give a vector file of polygons (GeoPackage, shapefile, GeoJSON)."
+            )
     elif isinstance(polygons, gpd.GeoSeries):
         gdf = gpd.GeoDataFrame(geometry=polygons)
     elif isinstance(polygons, gpd.GeoDataFrame):

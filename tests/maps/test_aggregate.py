@@ -35,3 +35,14 @@ def test_aggregate_by_polygon_weights_cells_by_area(full_map, tmp_path):
     )
     back = gpd.read_file(tmp_path / "districts.gpkg")
     assert list(back["name"]) == ["a", "b"]
+
+
+def test_a_table_without_geometries_as_polygons_is_a_clear_error(tmp_path):
+    """A units CSV given where polygons go: an InputError naming the file, not pandas'
+    AttributeError from deep inside."""
+    from imgcate import datasets
+    from imgcate.errors import InputError
+    from imgcate.maps.aggregate import read_polygons
+
+    with pytest.raises(InputError, match="villages.csv.*holds no geometries"):
+        read_polygons(datasets.villages_path())
