@@ -129,7 +129,11 @@ def check_band_identity(
         fix = (
             f"reorder them (bands={want!r} / --band {' --band '.join(want)})"
             if same
-            else f"give the trial's bands ({hint})"
+            else (
+                f"give the trial's bands ({hint}); or, if these are the trial's bands under "
+                "other names (stacked single-band files are named by file), name them in order "
+                f"(--band-name {' --band-name '.join(want)}; names= or a mapping in Python)"
+            )
         )
         raise error(
             f"{source} has bands {names} but the trial's chips had bands {want}: {what}; {fix}."

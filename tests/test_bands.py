@@ -12,7 +12,7 @@ import rasterio
 from imgcate import BandWarning, RasterError, datasets, embed, extract_chips
 from imgcate.bands import check_band_identity, rgb_bands
 from imgcate.maps import predict_map
-from imgcate.raster import stack_bands
+from imgcate.raster import stack_bands, vrt_xml
 from imgcate.simulate import landsat_trial
 
 NAMES = list(datasets.LANDSAT_BANDS)
@@ -142,3 +142,11 @@ def test_rgb_bands_found_by_name():
     assert rgb_bands(NAMES) == (2, 1, 0)
     assert rgb_bands(["SR_B4_red", "SR_B3_green", "SR_B2_blue", "red_edge"]) == (0, 1, 2)
     assert rgb_bands(["band_1", "band_2", "band_3"]) is None
+
+
+def test_bands_named_by_file_are_refused_with_how_to_name_them(bands, trial, named_encoder):
+    """Single-band files stacked without names carry their file names (B1, B2, ...): the error
+    says how to name them as the trial's bands."""
+    by_file = extract_chips(trial, vrt_xml(list(bands)), 16)
+    with pytest.raises(Exception, match=r"other bands.*name them in order \(--band-name blue"):
+        named_encoder.transform(by_file)
