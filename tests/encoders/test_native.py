@@ -28,6 +28,16 @@ needs_kernel = pytest.mark.skipif(
 )
 
 
+def assert_jax_path(actual, reference):
+    """The JAX forward pass's output: bit for bit where the kernel can run (there exactness is
+    what tells the two paths apart); on a CPU without AVX-512 XLA may sum float32 in another
+    order for another batch shape, so there to float32 rounding."""
+    if native.available():
+        np.testing.assert_array_equal(actual, reference)
+    else:
+        np.testing.assert_allclose(actual, reference, rtol=1e-5, atol=1e-5)
+
+
 def _direct(x, mean, std, filters, bias):
     """The features by definition, window by window in float64."""
     z = (x.astype(np.float64) - mean[None, :, None, None]) / std[None, :, None, None]
@@ -184,12 +194,12 @@ def test_native_switches_really_choose_the_jax_path(fitted, monkeypatch):
     x, enc = fitted
     x = x[:40]
     reference = _jax_forward(enc, x)
-    np.testing.assert_array_equal(enc.transform(x, native=False), reference)
-    np.testing.assert_array_equal(embed(x, enc, native=False).values, reference)
+    assert_jax_path(enc.transform(x, native=False), reference)
+    assert_jax_path(embed(x, enc, native=False).values, reference)
     monkeypatch.setenv("IMGCATE_NATIVE", "0")
     assert not native.enabled() and not native.use_kernel(None, 6)
-    np.testing.assert_array_equal(enc.transform(x), reference)
-    np.testing.assert_array_equal(embed(x, enc).values, reference)
+    assert_jax_path(enc.transform(x), reference)
+    assert_jax_path(embed(x, enc).values, reference)
     if not native.available():
         pytest.skip("native kernel not built here: only the JAX path could be checked")
     forced = enc.transform(x, native=True)  # the argument wins over IMGCATE_NATIVE=0
@@ -212,7 +222,7 @@ def test_jax_path_is_used_where_the_kernel_does_not_apply(fitted):
     assert not native.supports(native.MAX_BANDS + 1)
     many = np.random.default_rng(2).normal(size=(30, native.MAX_BANDS + 1, 8, 8))
     wide = RandomConvFeatures(16, n_components=3).fit(many.astype(np.float32), seed=0)
-    np.testing.assert_array_equal(wide.transform(many), _jax_forward(wide, many))
+    assert_jax_path(wide.transform(many), _jax_forward(wide, many))
     with pytest.raises(InputError, match="native=True, but .*(17 bands|not built)"):
         wide.transform(many, native=True)
     as64 = copy.copy(enc)
@@ -221,7 +231,7 @@ def test_jax_path_is_used_where_the_kernel_does_not_apply(fitted):
     with jax.enable_x64(True):
         out = as64.transform(x[:10])
         assert out.shape == (10, 8)
-        np.testing.assert_array_equal(out, _jax_forward(as64, x[:10]))
+        assert_jax_path(out, _jax_forward(as64, x[:10]))
 
 
 def test_thread_pool_is_made_on_first_use():
