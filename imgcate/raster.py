@@ -85,6 +85,20 @@ def file_stem(file: Any) -> str:
     return Path(str(file)).stem
 
 
+def vrt_sources(vrt: str) -> list[str]:
+    """The source files a VRT names (``SourceFilename``), from its XML text or a ``.vrt``
+    file's path.
+
+    Raises
+    ------
+    xml.etree.ElementTree.ParseError, OSError
+        If the text is not XML or the file cannot be read.
+    """
+    text = vrt.lstrip()
+    root = ET.fromstring(text) if text.startswith("<VRTDataset") else ET.parse(vrt).getroot()
+    return [n.text or "" for n in root.iter("SourceFilename")]
+
+
 def http_sources(raster: Any) -> list[str]:
     """The URLs (as ``/vsicurl/`` names) a raster argument reads: the raster's own, a band
     mapping's, or those a VRT (in memory or a local ``.vrt`` file) refers to."""
@@ -94,10 +108,10 @@ def http_sources(raster: Any) -> list[str]:
         text = str(raster) if isinstance(raster, str | Path) else str(getattr(raster, "name", ""))
         names = [text]
         try:
-            if text.lstrip().startswith("<VRTDataset"):
-                names = [n.text or "" for n in ET.fromstring(text).iter("SourceFilename")]
-            elif text.lower().endswith(".vrt") and Path(text).is_file():
-                names = [n.text or "" for n in ET.parse(text).iter("SourceFilename")]
+            if text.lstrip().startswith("<VRTDataset") or (
+                text.lower().endswith(".vrt") and Path(text).is_file()
+            ):
+                names = vrt_sources(text)
         except (ET.ParseError, OSError):
             pass
     return [gdal_path(n) for n in names if is_url(n)]
@@ -315,11 +329,10 @@ def raster_label(raster: Any) -> str:
     name = str(getattr(raster, "name", raster))
     if name.lstrip().startswith("<VRTDataset"):
         try:
-            root = ET.fromstring(name)
-            files = [n.text for n in root.iter("SourceFilename")]
+            files = vrt_sources(name)
         except ET.ParseError:
             files = []
-        return f"VRT of {[os.path.basename(f or '') for f in files]}"
+        return f"VRT of {[os.path.basename(f) for f in files]}"
     return _url_of(name) if is_url(name) else name
 
 
@@ -330,9 +343,8 @@ def raster_source(raster: Any) -> Any:
         return {str(k): str(v) for k, v in raster.items()}
     name = str(raster) if isinstance(raster, str | Path) else str(getattr(raster, "name", raster))
     if name.lstrip().startswith("<VRTDataset"):
-        root = ET.fromstring(name)
-        names = [n.text or "" for n in root.iter("Description")]
-        files = [n.text or "" for n in root.iter("SourceFilename")]
+        names = [n.text or "" for n in ET.fromstring(name).iter("Description")]
+        files = vrt_sources(name)
         return dict(zip(names, files, strict=False)) if len(names) == len(files) else files
     return _url_of(name) if is_url(name) else name
 

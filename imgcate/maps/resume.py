@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import warnings
-import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -21,7 +20,7 @@ from imgcate.errors import CheckpointWarning, InputError
 from imgcate.maps.grid import TileGrid
 from imgcate.maps.tiles import TileJob
 from imgcate.output import atomic_path, remove_stale, write_error
-from imgcate.raster import is_url, raster_label
+from imgcate.raster import is_url, raster_label, vrt_sources
 
 log = logging.getLogger("imgcate")
 
@@ -199,8 +198,7 @@ def raster_version(raster: str) -> dict[str, Any]:
     a local file's size and modification time, a URL's size, ETag and Last-Modified (from the
     server), the same for each source of an in-memory band stack; else its name."""
     if raster.lstrip().startswith("<VRTDataset"):
-        sources = [n.text or "" for n in ET.fromstring(raster).iter("SourceFilename")]
-        return {"sources": [raster_version(source) for source in sources]}
+        return {"sources": [raster_version(source) for source in vrt_sources(raster)]}
     if is_url(raster):
         url = raster_label(raster)
         return {"url": url, **_url_version(url)}
