@@ -108,6 +108,17 @@ def chain_starts(data: ModelData, values: dict, losses: np.ndarray, n_chains: in
 MAPPING_SHARE = 0.5
 
 
+def memory_mappings() -> tuple[int, int] | None:
+    """The memory mappings this process holds and the kernel's limit on them
+    (``vm.max_map_count``); None where ``/proc`` does not say (not Linux)."""
+    try:
+        limit = int(Path("/proc/sys/vm/max_map_count").read_text())
+        with open("/proc/self/maps", "rb") as maps:
+            return sum(1 for _ in maps), limit
+    except (OSError, ValueError):
+        return None
+
+
 def release_compiled_code(share: float = MAPPING_SHARE) -> bool:
     """Drop JAX's caches of compiled programs when the process's memory mappings near the limit.
 
@@ -129,13 +140,8 @@ def release_compiled_code(share: float = MAPPING_SHARE) -> bool:
     bool
         Whether the caches were dropped.
     """
-    try:
-        limit = int(Path("/proc/sys/vm/max_map_count").read_text())
-        with open("/proc/self/maps", "rb") as maps:
-            used = sum(1 for _ in maps)
-    except (OSError, ValueError):
-        return False
-    if used <= share * limit:
+    mappings = memory_mappings()
+    if mappings is None or mappings[0] <= share * mappings[1]:
         return False
     jax.clear_caches()
     gc.collect()
