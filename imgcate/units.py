@@ -216,7 +216,13 @@ def _points(gdf: gpd.GeoDataFrame, polygons: str, id_col: str) -> gpd.GeoDataFra
 
 
 def _to_geodataframe(
-    df: pd.DataFrame, lon: str | None, lat: str | None, crs, id_col: str, polygons: str = "error"
+    df: pd.DataFrame,
+    lon: str | None,
+    lat: str | None,
+    crs,
+    id_col: str,
+    polygons: str = "error",
+    source: str = "the units table",
 ) -> gpd.GeoDataFrame:
     if isinstance(df, gpd.GeoDataFrame) and lon is None and df.geometry.name in df.columns:
         gdf = df
@@ -236,8 +242,8 @@ def _to_geodataframe(
     for name, col in (("lon", lon), ("lat", lat)):
         if col not in df.columns:
             raise InputError(
-                f"coordinate column {col!r} is not in the units table; pass {name}=<column> "
-                "or give a table with point geometry."
+                f"coordinate column {col!r} is not in {source} (columns: {list(df.columns)}); "
+                f"pass {name}=<column name>, or give a table with point geometry."
             )
     coords = df[[lon, lat]].apply(pd.to_numeric, errors="coerce")
     missing = coords.isna().any(axis=1).to_numpy()
@@ -438,7 +444,7 @@ def read_units(
     if outcome is not None and covs:
         matrix = df[list(covs)].to_numpy(dtype=float)
         check_covariate_columns(matrix, covs, df[treatment].to_numpy(), treatment)
-    gdf = _to_geodataframe(df, lon, lat, crs, id, polygons)
+    gdf = _to_geodataframe(df, lon, lat, crs, id, polygons, name)
     return Trial(
         data=gdf.reset_index(drop=True),
         id=id,

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from imgcate import InputError
 from imgcate.cli import main
+from imgcate.cli.common import in_cli_words
 from imgcate.output import check_writable
 from imgcate.results import load_fit
 
@@ -149,7 +150,7 @@ def test_fit_reads_projected_coordinate_columns(fitted, tmp_path):
     res = runner.invoke(main, [*args, "--lon", "x", "--lat", "y"])
     assert res.exit_code == 1 and "pass their --crs 'EPSG:....'" in res.output  # option names
     res = runner.invoke(main, args)
-    assert res.exit_code == 1 and "pass --lon <column>" in res.output
+    assert res.exit_code == 1 and "pass --lon <column name>" in res.output
     res = runner.invoke(main, [*args, "--lon", "x", "--lat", "y", "--crs", "EPSG:32636"])
     assert res.exit_code == 0, res.output
     assert load_fit(tmp_path / "f.imgcate").idata.posterior.sizes["draw"] == 20
@@ -400,6 +401,23 @@ def test_convergence_warning_is_one_clean_line(fitted, tmp_path):
         line.startswith("imgcate: ConvergenceWarning: imgcate fit:") for line in lines
     )
     assert "return fn(" not in res.stderr
+    # the advice names the command's option, not the library's argument
+    assert "(raise --draws)" in res.stderr and "num_samples" not in res.stderr
+
+
+def test_advice_is_given_in_options():
+    """Library advice (Python arguments) reads as the command line's options."""
+    assert in_cli_words("x.tif exists; pass overwrite=True (--overwrite) to replace it.") == (
+        "x.tif exists; pass --overwrite to replace it."
+    )
+    assert in_cli_words("reorder them (bands=['red', 'nir'] / --band red --band nir).") == (
+        "reorder them (--band red --band nir)."
+    )
+    assert in_cli_words("no column 'z'; pass covariate=<column name>") == (
+        "no column 'z'; pass --covariate <column name>"
+    )
+    message = "chains [1] settled ... Compare fewer clusters (imgcate.compare_clusters), raise"
+    assert "Fit fewer clusters (-k), raise" in in_cli_words(message + " init_restarts")
 
 
 @pytest.mark.parametrize("name", sorted(main.commands))

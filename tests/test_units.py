@@ -77,7 +77,11 @@ def test_reads_csv_geopackage_and_parquet_alike(tmp_path):
             "missing='drop', 'mean' or 'indicator'",
         ),
         (lambda d: d, {"covariates": ["nope"]}, "covariate column 'nope' is not in"),
-        (lambda d: d.drop(columns="lon"), {}, "coordinate column 'lon'"),
+        (
+            lambda d: d.drop(columns="lon"),
+            {},
+            "coordinate column 'lon' is not in the units table (columns: ['id'",
+        ),
         (lambda d: d, {"missing": "zero"}, "missing='zero' is not allowed"),
         (
             lambda d: d.assign(lon=d.lon * 1e4 + 4e5, lat=d.lat * 1e4),
@@ -93,6 +97,15 @@ def test_validation_errors_name_the_problem(change, kwargs, message):
     with pytest.raises(InputError) as err:
         read_units(change(table()), **kwargs)
     assert message in str(err.value)
+
+
+def test_a_file_without_coordinates_is_named(tmp_path):
+    """Missing coordinate columns: the error names the file, its columns and the argument."""
+    path = tmp_path / "villages.csv"
+    table().rename(columns={"lon": "x", "lat": "y"}).to_csv(path, index=False)
+    with pytest.raises(InputError, match=r"'lon' is not in '.*villages.csv' \(columns: \['id'"):
+        read_units(path)
+    assert read_units(path, lon="x", lat="y").n_units == 6
 
 
 @pytest.mark.parametrize("policy", ["drop", "mean", "indicator"])

@@ -67,8 +67,9 @@ def setup_logging(verbose: int, quiet: int) -> None:
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings on the command line as one line each, without the source line they came from."""
-    click.echo(f"imgcate: {category.__name__}: {message}", err=True)
+    """Warnings on the command line as one line each, without the source line they came from,
+    in the command line's words (:func:`in_cli_words`)."""
+    click.echo(f"imgcate: {category.__name__}: {in_cli_words(str(message))}", err=True)
 
 
 #: Library arguments named in error messages ("pass covariate=<column name>", "pass their
@@ -92,6 +93,31 @@ OPTION_OF_ARGUMENT = {
     "polygons": "--polygons",
 }
 _ARGUMENT = re.compile(r"\b(" + "|".join(OPTION_OF_ARGUMENT) + r")=")
+#: Advice in the library's words (Python arguments) and the same advice on the command line.
+CLI_PHRASES = (
+    ("pass overwrite=True (--overwrite)", "pass --overwrite"),
+    ("(raise num_samples)", "(raise --draws)"),
+    ("(raise target_accept)", "(raise --option target_accept=0.95)"),
+    ("raise init_restarts", "raise --option init_restarts=16"),
+    ("Compare fewer clusters (imgcate.compare_clusters)", "Fit fewer clusters (-k)"),
+    (
+        "describe them (imgcate.raster.stack_bands(..., names=...))",
+        "name them (--band-name, once per file, in order)",
+    ),
+    ("; names= or a mapping in Python)", ")"),
+)
+#: Python spellings dropped where the message gives the option beside them
+#: ("bands=['red', 'nir'] / --band red --band nir").
+_PYTHON_BESIDE_OPTION = re.compile(r"\bbands=\[[^\]]*\] / ")
+
+
+def in_cli_words(message: str) -> str:
+    """A library message with its advice in options: ``covariate=`` becomes ``--covariate``,
+    ``raise num_samples`` becomes ``raise --draws`` (:data:`CLI_PHRASES`)."""
+    for library, cli in CLI_PHRASES:
+        message = message.replace(library, cli)
+    message = _PYTHON_BESIDE_OPTION.sub("", message)
+    return _ARGUMENT.sub(lambda m: f"{OPTION_OF_ARGUMENT[m.group(1)]} ", message)
 
 
 def run(fn, *args, **kwargs):
@@ -99,8 +125,7 @@ def run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except ImgcateError as exc:
-        message = _ARGUMENT.sub(lambda m: f"{OPTION_OF_ARGUMENT[m.group(1)]} ", str(exc))
-        raise click.ClickException(message) from exc
+        raise click.ClickException(in_cli_words(str(exc))) from exc
 
 
 def check_minimum(*checks: tuple[str, int, int]) -> None:
