@@ -351,6 +351,25 @@ def _group_units(trial: Trial) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     return chip_ids, loc_codes[key_codes], cx[first_key], cy[first_key]
 
 
+def _warn_shared_locations(trial: Trial, unit_chip: np.ndarray) -> None:
+    """Warn when images (units, without an ``image_id``) share a chip only because they sit
+    at the same location: the model then treats them as one image."""
+    keys = pd.Series(trial.image_keys)
+    images_per_chip = keys.groupby(unit_chip).nunique()
+    merged = images_per_chip.index[images_per_chip.to_numpy() > 1]
+    if not len(merged):
+        return
+    shared = keys[np.isin(unit_chip, merged)].unique()
+    what = "images" if trial.image_id is not None else "units"
+    warnings.warn(
+        f"{len(shared)} {what} ({_ids_text(shared)}) sit at the same location as another, so "
+        f"they share one chip ({len(merged)} chip(s) for them): the model treats them as one "
+        "image. Check their coordinates, or give them a shared image_id column to say so.",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def _extract_one(ds, trial, cx, cy, size, size_unit, bands, scale) -> WindowRead:
     if ds.crs is None:
         raise RasterError(
@@ -482,6 +501,7 @@ def extract_chips(
         raise InputError("raster is an empty list; give at least one raster.")
     is_seq = isinstance(raster, list | tuple)
     chip_ids, unit_chip, cx, cy = _group_units(trial)
+    _warn_shared_locations(trial, unit_chip)
     reads = []
     for item in rasters:
         ds, owned = open_raster(item)

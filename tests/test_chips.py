@@ -126,9 +126,14 @@ def test_units_sharing_image_id_share_one_chip(scene):
     assert chips.unit_image[0] == chips.unit_image[1]
     assert list(chips.image_ids) == ["a", "b", "c"]
     same_place = _trial_at(scene, [30, 30, 60], [30, 30, 70])  # two units, one location
-    shared = extract_chips(same_place, scene, 8)
+    with pytest.warns(UserWarning, match=r"2 units \(\['u0', 'u1'\]\) sit at the same location"):
+        shared = extract_chips(same_place, scene, 8)
     assert shared.n_images == 2 and shared.unit_image[0] == shared.unit_image[1]
     np.testing.assert_array_equal(shared.for_units()[0], shared.for_units()[1])
+    said = _trial_at(scene, [30, 30, 60], [30, 30, 70], image_id=["a", "a", "b"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # one image_id for both: nothing to warn
+        assert extract_chips(said, scene, 8).n_images == 2
 
 
 def test_edge_policies(scene):

@@ -206,13 +206,17 @@ def test_info_reports_what_each_file_holds_and_where_it_came_from(workflow):
     assert "RandomConvFeatures" in out and "villages.csv" in out and "encoder=0" in out
     assert f"command: imgcate embed {workflow / 'chips.npz'} " in out
     out = invoke("info", workflow / "chips.npz")
-    assert "299 images" in out and "L7_ETMs.tif" in out
+    assert "300 images" in out and "L7_ETMs.tif" in out  # 300 villages at 300 places
     assert f"command: imgcate chips {datasets.villages_path()} " in out
     out = invoke("info", workflow / "districts.gpkg")
     assert "4 features" in out and f"command: imgcate aggregate {workflow / 'map.tif'} " in out
     out = invoke("info", workflow / "fit.imgcate")
     assert "imgcate fit" in out and "encoder: RandomConvFeatures" in out and "diagnostics" in out
     assert f"command: imgcate -q fit {datasets.villages_path()} " in out  # meta.json's record
+    out = invoke("info", workflow / "unit_effects.csv")  # a table: what it holds, no provenance
+    assert "a table of 300 rows" in out and "'village'" in out and "imgcate info FIT" in out
+    res = CliRunner().invoke(main, ["info", str(workflow / "unit_effects.csv"), "--json"])
+    assert res.exit_code != 0 and "holds no provenance record" in res.output
 
 
 def test_a_reversed_or_undescribed_copy_of_the_scene_is_refused_or_warned_about(workflow, tmp_path):

@@ -1,5 +1,6 @@
 """Make villages.csv, villages_truth.csv and districts.gpkg beside this file (run once; the
-outputs are committed). Deterministic: the same files on every run of the same imgcate.
+outputs are committed). Deterministic: the same tables on every run of the same imgcate
+(districts.gpkg holds the same features; GDAL stamps the file with the time it was written).
 
     python data/landsat/make_villages.py
 

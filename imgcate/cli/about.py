@@ -29,7 +29,26 @@ def kind_of(path: Path) -> str:
         return "geopackage"
     if suffix in (".tif", ".tiff", ".vrt"):
         return "map"
+    if suffix == ".csv":
+        return "table"
     return "unknown"
+
+
+def table_lines(path: Path) -> list[str]:
+    """What a CSV table holds; tables (unit and cluster effects) carry no provenance."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(
+            f"{str(path)!r} cannot be read as a CSV table: {exc}", param_hint="FILE"
+        ) from exc
+    return [
+        f"{path}: a table of {len(frame)} rows, columns {list(frame.columns)}",
+        "  provenance: none in the file (CSV tables carry none); the fit that wrote it has it: "
+        "imgcate info FIT.imgcate",
+    ]
 
 
 def fit_lines(path: Path) -> list[str]:
@@ -151,7 +170,7 @@ def info(file, as_json, verbose, quiet):
     """What FILE holds, where it came from (provenance) and its diagnostics.
 
     FILE: a fit (.imgcate), embeddings (.parquet), chips (.npz), a map (.tif) or polygon
-    aggregates (.gpkg) written by imgcate.
+    aggregates (.gpkg) written by imgcate; of a table (.csv), its rows and columns.
 
     \b
     Examples:
@@ -166,6 +185,7 @@ def info(file, as_json, verbose, quiet):
         "chips": chips_lines,
         "map": map_lines,
         "geopackage": geopackage_lines,
+        "table": table_lines,
     }
     if kind not in readers:
         if file.suffix.lower() == ".imgcate":  # a damaged fit: the fit reader says what is wrong
@@ -181,6 +201,12 @@ def info(file, as_json, verbose, quiet):
             param_hint="FILE",
         )
     if as_json:
+        if kind == "table":
+            raise click.BadParameter(
+                f"{str(file)!r} is a CSV table, which holds no provenance record; run "
+                "imgcate info --json on the fit that wrote it.",
+                param_hint="FILE",
+            )
         click.echo(json.dumps(record_of(file, kind), indent=2))
         return
     click.echo("\n".join(readers[kind](file)))

@@ -42,6 +42,9 @@ _SIGNATURES = np.array(
     dtype=float,
 )
 _TEXTURE = np.array([30.0, 300.0, 200.0, 500.0, 80.0])  # pixel noise sd per class
+#: What the six columns of the signatures are (Landsat 7 ETM+ bands 1-5 and 7): a six-band
+#: scene names its bands so, and figures find its true colours; other counts are B1..Bn.
+SIGNATURE_BANDS = ("blue", "green", "red", "nir", "swir1", "swir2")
 
 
 def land_cover_path(scene_path: str | Path) -> Path:
@@ -136,7 +139,9 @@ def synthetic_scene(
     width, height : int
         Size in pixels.
     bands : int
-        Number of bands (spectral signatures are interpolated from 6 Landsat-like bands).
+        Number of bands. Six (default) follow Landsat's blue, green, red, nir, swir1, swir2
+        and are named so (:data:`SIGNATURE_BANDS`); other counts interpolate those spectral
+        signatures and are named B1..Bn.
     crs : str
         A projected CRS (default UTM 36N, as over Uganda).
     pixel_size : float
@@ -221,7 +226,9 @@ def _render_and_write(path, cover, rng, bands, crs, pixel_size, origin) -> None:
         path,
         image,
         {**profile, "count": bands, "dtype": "uint16"},
-        [f"B{i + 1}" for i in range(bands)],
+        list(SIGNATURE_BANDS)
+        if bands == len(SIGNATURE_BANDS)
+        else [f"B{i + 1}" for i in range(bands)],
     )
     _write_atomic(
         land_cover_path(path),
@@ -258,12 +265,16 @@ def _place_units(
     margin: float,
     balance: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel (row, col) of each unit, chips inside the scene, clusters balanced if asked."""
+    """Pixel (row, col) of each unit, at distinct pixels, chips inside the scene, clusters
+    balanced if asked."""
     h, w = statistic.shape
     half = chip_size // 2
     n_cand = max(50 * n_units, 20_000)
     rows = rng.integers(half, h - chip_size + half + 1, n_cand)
     cols = rng.integers(half, w - chip_size + half + 1, n_cand)
+    # distinct locations: two units drawn on one pixel would share one chip (one image)
+    _, first = np.unique(rows * w + cols, return_index=True)
+    rows, cols = rows[np.sort(first)], cols[np.sort(first)]
     share = statistic[rows, cols]
     far = np.min(np.abs(share[:, None] - thresholds[None]), axis=1) >= margin
     rows, cols, share = rows[far], cols[far], share[far]
