@@ -136,7 +136,6 @@ def run_demo(
         picked,
         sensitivity,
         n=4,
-        bands=(2, 1, 0),  # the synthetic scene's bands B1..B6 follow Landsat's order
         path=output_dir / "segment_sensitivity.png",
         overwrite=overwrite,
         max_draws=200,

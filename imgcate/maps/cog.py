@@ -365,14 +365,21 @@ def write_preview(
     mean = dataset["mean"].values
     limit = float(np.nanmax(np.abs(mean))) if np.isfinite(mean).any() else 1.0
     outside = dataset["outside_support"].values == 1
-    panels = [
-        ("mean", "posterior mean CATE", "RdBu_r", -limit or -1, limit or 1),
-        ("prob_positive", "P(CATE > 0)", "PuOr_r", 0, 1),
-        ("extrapolation", "extrapolation (Mahalanobis)", "viridis", None, None),
+    panels = [  # variable, title, colour-bar label, colours, limits
+        ("mean", "posterior mean CATE", "CATE (outcome units)", "RdBu_r", -limit or -1, limit or 1),
+        ("prob_positive", "P(CATE > 0)", "posterior probability", "PuOr_r", 0, 1),
+        (
+            "extrapolation",
+            "extrapolation",
+            "Mahalanobis distance to the trial",
+            "viridis",
+            None,
+            None,
+        ),
     ]
     xlabel, ylabel = axis_labels(dataset.attrs["crs"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
-    for ax, (var, label, cmap, vmin, vmax) in zip(axes, panels, strict=True):
+    for ax, (var, label, unit, cmap, vmin, vmax) in zip(axes, panels, strict=True):
         image = ax.imshow(
             dataset[var].values,
             extent=extent,
@@ -399,7 +406,9 @@ def write_preview(
                 colors="white",
                 linewidths=0.8,
             )
-        fig.colorbar(image, ax=ax, shrink=0.85)
+        bar = fig.colorbar(image, ax=ax, shrink=0.85)
+        bar.set_label(unit, fontsize=8)
+        bar.ax.tick_params(labelsize=7)
         ax.set_title(label, fontsize=10)
         ax.tick_params(labelsize=7)
         ax.set_xlabel(xlabel, fontsize=8)

@@ -105,4 +105,10 @@ def test_preview_axes_are_labelled_with_the_crs_units(monkeypatch, tmp_path):
     panels = [ax for ax in fig.axes if ax.get_title()]
     assert [ax.get_xlabel() for ax in panels] == ["easting (m), EPSG:32636"] * 3
     assert panels[0].get_ylabel() == "northing (m)"
+    bars = [ax.get_ylabel() for ax in fig.axes if not ax.get_title()]  # colour bars say units
+    assert bars == [
+        "CATE (outcome units)",
+        "posterior probability",
+        "Mahalanobis distance to the trial",
+    ]
     assert (tmp_path / "preview.png").stat().st_size > 1000
