@@ -247,7 +247,9 @@ def plot_cluster_gallery(
     max_draws: int | None = None,
     seed: int = 0,
 ) -> Any:
-    """A figure of the images most typical of each effect cluster (one row per cluster).
+    """A figure of the images most typical of each effect cluster (one row per cluster; with
+    one cluster, images from the lowest CATE to the highest, see
+    :func:`~imgcate.segments.typical_images`).
 
     Parameters
     ----------
@@ -265,10 +267,11 @@ def plot_cluster_gallery(
     bands : tuple of int, optional
         Composite bands (see :func:`plot_chip`; default true colour found by band name).
     var : str, optional
-        The overlay: ``"logodds_change_mean"`` (default when ``result`` has it: the change in
-        the log-odds of the image's own cluster, which shows what moves an image between
-        clusters even where P(cluster) is 1.00 and the CATE barely changes) or
-        ``"cate_change_mean"`` (outcome units).
+        The overlay: ``"logodds_change_mean"`` (default when ``result`` has it and the fit
+        has more than one cluster: the change in the log-odds of the image's own cluster,
+        which shows what moves an image between clusters even where P(cluster) is 1.00 and
+        the CATE barely changes) or ``"cate_change_mean"`` (outcome units; the default with
+        one cluster, whose log-odds cannot move).
     panel_size : float
         Inches per image.
     dpi : int
@@ -303,8 +306,9 @@ def plot_cluster_gallery(
     effects = fit.cluster_effects()
     limit = None
     if result is not None:  # one colour scale for every panel, so panels compare
-        if var is None:
-            var = "logodds_change_mean" if "logodds_change_mean" in result else "cate_change_mean"
+        if var is None:  # with one cluster its log-odds cannot move: the CATE does
+            logodds = "logodds_change_mean" in result and fit.n_clusters > 1
+            var = "logodds_change_mean" if logodds else "cate_change_mean"
         shown = sensitivity_map(result, var).values[table["index"].to_numpy()]
         limit = _symmetric_limit(shown)
     for row in table.itertuples():
@@ -315,16 +319,24 @@ def plot_cluster_gallery(
             plot_segment_sensitivity(
                 chips, result, row.index, bands, ax=ax, var=var, colorbar=False, vmax=limit
             )
-        ax.set_title(f"{row.image}\nP={row.cluster_prob:.3f}", fontsize=7, pad=2)
+        detail = f"CATE {row.cate:.2f}" if k == 1 else f"P={row.cluster_prob:.3f}"
+        ax.set_title(f"{row.image}\n{detail}", fontsize=7, pad=2)
         if row.rank == 0:
             ax.set_ylabel(
-                f"cluster {row.cluster}\neffect {effects.tau_mean[row.cluster]:.2f}", fontsize=8
+                f"cluster {row.cluster}\neffect {effects.tau_mean[row.cluster]:.2f}"
+                if k > 1
+                else f"one cluster\nmean effect {effects.tau_mean[row.cluster]:.2f}",
+                fontsize=8,
             )
     for ax in axes.ravel()[len(table) :]:
         ax.set_axis_off()
     if result is None:
         fig.suptitle(
-            "Most typical images of each effect cluster\n(P: cluster probability)", fontsize=9
+            "Most typical images of each effect cluster\n(P: cluster probability)"
+            if k > 1
+            else "Images from the lowest CATE to the highest\n(one cluster: the effect "
+            "varies smoothly)",
+            fontsize=9,
         )
         fig.tight_layout()
     else:
@@ -335,7 +347,7 @@ def plot_cluster_gallery(
         )
         fig.suptitle(
             f"Hiding a segment: change in {what}\n(red: rises, blue: falls; "
-            "P: cluster probability)",
+            + ("P: cluster probability)" if k > 1 else "images from the lowest CATE up)"),
             fontsize=9,
         )
         fig.tight_layout(rect=(0, 0, 0.80, 1))

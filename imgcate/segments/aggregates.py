@@ -79,6 +79,11 @@ def typical_images(
 ) -> pd.DataFrame:
     """The ``n`` images with the highest membership probability in each cluster.
 
+    With one cluster (``K = 1``, the smooth-effect model) every image has probability 1 and
+    the effect varies through the continuous deviation alone; the ``n`` images then span the
+    posterior mean CATE from the lowest to the highest (evenly spaced ranks), so that a
+    gallery shows what moves the effect.
+
     Parameters
     ----------
     fit : EffectFit
@@ -95,7 +100,8 @@ def typical_images(
     Returns
     -------
     pandas.DataFrame
-        One row per (cluster, rank): ``cluster``, ``rank`` (0 = most typical), ``image`` (id),
+        One row per (cluster, rank): ``cluster``, ``rank`` (0 = most typical; with one
+        cluster, 0 = lowest CATE), ``image`` (id),
         ``index`` (row in ``chips``), ``cluster_prob`` (posterior mean), ``cate`` (posterior
         mean CATE).
 
@@ -112,7 +118,12 @@ def typical_images(
     cate = pred.cate.mean(0)
     rows = []
     for k in range(mean_prob.shape[1]):
-        order = np.argsort(-mean_prob[:, k], kind="stable")[:n]
+        if mean_prob.shape[1] == 1:  # one cluster: from the lowest CATE to the highest
+            ranked = np.argsort(cate, kind="stable")
+            picks = np.unique(np.round(np.linspace(0, len(ranked) - 1, min(n, len(ranked)))))
+            order = ranked[picks.astype(int)]
+        else:
+            order = np.argsort(-mean_prob[:, k], kind="stable")[:n]
         for rank, i in enumerate(order):
             rows.append((k, rank, chips.image_ids[i], int(i), mean_prob[i, k], cate[i]))
     return pd.DataFrame(rows, columns=["cluster", "rank", "image", "index", "cluster_prob", "cate"])
