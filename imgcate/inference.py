@@ -21,7 +21,6 @@ import xarray as xr
 from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, log_likelihood
 from numpyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoNormal
 from numpyro.infer.initialization import init_to_median, init_to_uniform, init_to_value
-from numpyro.infer.util import unconstrain_fn
 from numpyro.optim import Adam
 
 from imgcate.config import FitConfig, ModelData, Standardizer, model_data
@@ -55,11 +54,12 @@ def restart_init(site=None):
     return init_to_median(site, num_samples=15)
 
 
-def map_searches(data: ModelData, config: FitConfig, key) -> tuple[dict, np.ndarray]:
+def map_searches(data: ModelData, config: FitConfig, key) -> tuple[dict, dict, np.ndarray]:
     """``init_restarts`` MAP searches (Adam, vmapped) from :func:`restart_init` points.
 
-    Returns the values found by site (restart, ...; constrained, as the model has them) and
-    the final loss of each search.
+    Returns the values found by site (restart, ...): constrained, as the model has them, and
+    unconstrained, as NUTS moves them (the optimizer's own parameters: AutoDelta keeps each
+    site through the bijection NUTS uses for its support); and the final loss of each search.
     """
     args = _model_args(data)
     guide = AutoDelta(effect_model, init_loc_fn=restart_init)
@@ -73,33 +73,33 @@ def map_searches(data: ModelData, config: FitConfig, key) -> tuple[dict, np.ndar
             return carry, loss
 
         state, losses = jax.lax.scan(step, state, None, length=config.init_steps)
-        return svi.get_params(state), losses[-1]
+        return svi.get_params(state), svi.optim.get_params(state.optim_state), losses[-1]
 
     keys = jax.random.split(key, config.init_restarts)
-    params, losses = jax.jit(jax.vmap(search))(keys)
+    params, free, losses = jax.jit(jax.vmap(search))(keys)
     losses = np.asarray(losses, dtype=float)
     losses[~np.isfinite(losses)] = np.inf
-    # AutoDelta keeps each site's (constrained) value as the parameter "<site>_auto_loc"
-    values = {name[: -len("_auto_loc")]: value for name, value in params.items()}
-    return values, losses
+    # AutoDelta keeps each site's value as the parameter "<site>_auto_loc"
+    cut = len("_auto_loc")
+    values = {name[:-cut]: value for name, value in params.items()}
+    unconstrained = {name[:-cut]: np.asarray(value) for name, value in free.items()}
+    return values, unconstrained, losses
 
 
-def chain_starts(data: ModelData, values: dict, losses: np.ndarray, n_chains: int, key) -> dict:
+def chain_starts(unconstrained: dict, losses: np.ndarray, n_chains: int, key) -> dict:
     """Unconstrained start of each chain: the best ``n_chains`` MAP searches, one each (when
     there are fewer searches than chains, the best ones again with a small jitter)."""
     order = np.argsort(losses, kind="stable")
     picks = np.resize(order, n_chains)
-    args = _model_args(data)
-    starts = [
-        unconstrain_fn(effect_model, (), args, {k: v[i] for k, v in values.items()}) for i in picks
-    ]
-    free = {name: jnp.stack([s[name] for s in starts]) for name in starts[0]}
-    repeat = jnp.asarray(np.arange(n_chains) >= len(order))
-    keys = jax.random.split(key, len(free))
-    out = {}
-    for (name, value), k in zip(free.items(), keys, strict=True):
-        mask = repeat.reshape((-1,) + (1,) * (value.ndim - 1))
-        out[name] = jnp.where(mask, value + 0.05 * jax.random.normal(k, value.shape), value)
+    repeat = np.arange(n_chains) >= len(order)
+    sizes = [int(np.prod(v.shape[1:], dtype=int)) for v in unconstrained.values()]
+    jitter = np.asarray(jax.random.normal(key, (n_chains, sum(sizes))), dtype=np.float64)
+    jitter[~repeat] = 0.0
+    out, at = {}, 0
+    for (name, value), size in zip(unconstrained.items(), sizes, strict=True):
+        noise = jitter[:, at : at + size].reshape((n_chains,) + value.shape[1:])
+        out[name] = jnp.asarray(value[picks] + 0.05 * noise.astype(value.dtype))
+        at += size
     return out
 
 
@@ -152,8 +152,8 @@ def _run_nuts(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
     init_params = None
     if config.init_restarts:
         key, key_map, key_jitter = jax.random.split(key, 3)
-        values, losses = map_searches(data, config, key_map)
-        init_params = chain_starts(data, values, losses, config.num_chains, key_jitter)
+        _, unconstrained, losses = map_searches(data, config, key_map)
+        init_params = chain_starts(unconstrained, losses, config.num_chains, key_jitter)
         if config.num_chains == 1:
             init_params = {name: value[0] for name, value in init_params.items()}
     kernel = NUTS(effect_model, target_accept_prob=config.target_accept)
@@ -190,7 +190,7 @@ def _run_svi(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
     init = init_to_median()
     if config.init_restarts:
         key, key_map = jax.random.split(key)
-        values, losses = map_searches(data, config, key_map)
+        values, _, losses = map_searches(data, config, key_map)
         best = int(np.argmin(losses))
         init = init_to_value(values={name: value[best] for name, value in values.items()})
     guide = guide_cls(effect_model, init_loc_fn=init)

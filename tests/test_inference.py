@@ -60,6 +60,41 @@ def check_release_of_compiled_code():
     assert memory_mappings()[0] < before - 20
 
 
+def test_chain_starts_are_the_map_points_unconstrained():
+    """The chains start at the MAP searches' points in NUTS's unconstrained space, read from
+    the optimizer's own parameters: they equal numpyro's unconstrain_fn of the constrained
+    values (the slow, obvious way), and chains beyond the searches get a small jitter."""
+    import jax
+    from numpyro.infer.util import unconstrain_fn
+
+    from imgcate.config import FitConfig, Standardizer, model_data
+    from imgcate.inference import _model_args, chain_starts, map_searches
+    from imgcate.model import effect_model
+
+    sim = simulate_trial(5, 120, 2)
+    config = FitConfig(n_clusters=2, init_restarts=3, init_steps=50)
+    trial, unit_embedding = sim.trial, sim.embeddings.for_keys(sim.trial.image_keys)
+    std = Standardizer.fitted(
+        trial.outcome_array, trial.covariate_matrix, unit_embedding, config, trial.outcome
+    )
+    data = model_data(trial, unit_embedding, std, config)
+    values, free, losses = map_searches(data, config, jax.random.PRNGKey(0))
+    assert set(free) == set(values) and len(losses) == 3
+    for r in range(3):
+        slow = unconstrain_fn(
+            effect_model, (), _model_args(data), {k: v[r] for k, v in values.items()}
+        )
+        for name, value in slow.items():
+            np.testing.assert_allclose(free[name][r], value, rtol=1e-4, atol=1e-5, err_msg=name)
+    starts = chain_starts(free, losses, 5, jax.random.PRNGKey(1))
+    order = np.argsort(losses, kind="stable")
+    for name, value in starts.items():
+        assert value.shape == (5,) + free[name].shape[1:]
+        np.testing.assert_array_equal(np.asarray(value[:3]), free[name][order])  # no jitter
+        assert not np.allclose(np.asarray(value[3:]), free[name][order[:2]])  # jittered again
+        np.testing.assert_allclose(np.asarray(value[3:]), free[name][order[:2]], atol=0.5)
+
+
 def test_same_seed_same_posterior():
     sim = simulate_trial(3, 200, 2)
     opts = {"num_warmup": 100, "num_samples": 100, "num_chains": 1}
