@@ -14,10 +14,13 @@ NOTEBOOKS = sorted(p.name for p in EXAMPLES.glob("*.ipynb"))
 #: Claims each notebook makes in its text, checked in its own kernel after it ran.
 CLAIMS = {
     "landsat_trial.ipynb": """
-# K = 2 scores best; the conservative rule may keep a simpler model with the quick settings'
-# few draws
-assert comparison.table["elpd"].idxmax() == 2, comparison.table
-assert comparison.best_k == 2 or (SMALL and comparison.best_k < 2), comparison.table
+# K = 2 (the truth) scores within the rule's margin of the best, and a simpler model scores
+# clearly worse; the conservative rule may keep a simpler model with the quick settings' few
+# draws
+table = comparison.table
+assert table.loc[2, "elpd_diff"] <= max(4, 2 * table.loc[2, "dse"]), table
+assert (table.loc[[0, 1], "elpd"] < table.loc[2, "elpd"]).all(), table
+assert comparison.best_k == 2 or (SMALL and comparison.best_k < 2), table
 assert autoc.estimate > 0
 """,
     "bring_your_own_raster.ipynb": """
