@@ -311,7 +311,8 @@ def check_randomization(
         The embeddings of the trial's images (matched through ``trial.image_keys``; a plain
         array is one row per unit). Without them only covariates are compared.
     n_components : int
-        Leading principal components of the (standardized) embedding to compare; 0 for none.
+        Leading principal components of the embedding to compare (of its covariance; see
+        :func:`principal_components`); 0 for none.
     n_permutations : int
         Re-randomizations drawn.
     seed : int
@@ -367,14 +368,27 @@ def check_randomization(
     return result
 
 
+#: Relative gap between eigenvalues below which principal components are not identified.
+TIED_EIGENVALUES = 1e-3
+
+
 def principal_components(values: np.ndarray, n_components: int) -> np.ndarray:
-    """Leading principal components of the standardized columns of ``values`` (unit, feature),
-    scaled to unit variance, shape (unit, component); components without variance are left
-    out. Signs are fixed: each component's largest loading is positive."""
+    """Leading principal components of the columns of ``values`` (unit, feature), scaled to
+    unit variance, shape (unit, component); columns without variance are left out. Signs are
+    fixed: each component's largest loading is positive.
+
+    The components are those of the covariance, not of the correlation: embedding features
+    share one scale (an encoder's output), and an encoder's PCA output is uncorrelated, so its
+    correlation matrix is the identity and its "components" would be whatever rotation
+    rounding picks (the same trial then passed or failed the balance check by 1e-5 changes
+    in the embedding). Where the leading eigenvalues are tied (whitened features), the
+    components are not identified either; the columns themselves are used, largest variance
+    first (the first columns on a tie).
+    """
     x = np.asarray(values, dtype=float)
     sd = x.std(axis=0)
     keep = sd > 1e-12 * np.maximum(1.0, np.abs(x.mean(axis=0)))
-    z = (x[:, keep] - x[:, keep].mean(axis=0)) / sd[keep]
+    z = x[:, keep] - x[:, keep].mean(axis=0)
     n = len(z)
     if z.shape[1] == 0 or n < 2:
         return np.zeros((n, 0))
@@ -383,6 +397,10 @@ def principal_components(values: np.ndarray, n_components: int) -> np.ndarray:
     eigval, eigvec = np.linalg.eigh(z @ z.T if wide else z.T @ z)
     eigval, eigvec = eigval[::-1], eigvec[:, ::-1]
     k = min(n_components, int((eigval > 1e-10 * eigval[0]).sum()))
+    gaps = eigval[:k] - eigval[1 : k + 1]
+    if len(gaps) and (gaps <= TIED_EIGENVALUES * eigval[0]).any():
+        order = np.argsort(-z.std(axis=0), kind="stable")[:k]
+        return z[:, order] / z[:, order].std(axis=0)
     loadings = z.T @ eigvec[:, :k] if wide else eigvec[:, :k]
     signs = np.sign(loadings[np.abs(loadings).argmax(axis=0), np.arange(k)])
     scores = eigvec[:, :k] * np.sqrt(eigval[:k]) if wide else z @ eigvec[:, :k]

@@ -299,10 +299,30 @@ def test_principal_components_are_the_svds():
         x = rng.normal(size=(n, d)) @ rng.normal(size=(d, d))
         x[:, 0] = 3.0  # a constant feature is left out
         pcs = principal_components(x, 4)
-        z = (x[:, 1:] - x[:, 1:].mean(0)) / x[:, 1:].std(0)
+        z = x[:, 1:] - x[:, 1:].mean(0)  # the covariance's components: centred, not scaled
         u = np.linalg.svd(z, full_matrices=False)[0][:, :4] * np.sqrt(n)
         np.testing.assert_allclose(np.abs(np.sum(pcs * u, axis=0) / n), 1.0, atol=1e-8)
         np.testing.assert_allclose(pcs.std(axis=0), 1.0)
+
+
+def test_components_of_an_encoders_output_do_not_turn_with_rounding():
+    """An encoder's PCA output is uncorrelated with decreasing variance: its components are
+    its own columns, and a 1e-5 change (the native kernel against the JAX path) leaves them
+    (and so the balance check) as they were. Standardizing first made the correlation the
+    identity, and the 'components' a rotation picked by rounding."""
+    rng = np.random.default_rng(1)
+    raw = rng.normal(size=(300, 8)) @ rng.normal(size=(8, 8))
+    centred = raw - raw.mean(0)
+    scores = centred @ np.linalg.svd(centred, full_matrices=False)[2].T  # PCA output
+    nudged = scores + rng.uniform(-2.5e-5, 2.5e-5, scores.shape)
+    a, b = principal_components(scores, 3), principal_components(nudged, 3)
+    np.testing.assert_allclose(np.abs(a), np.abs(scores[:, :3] / scores[:, :3].std(0)), atol=1e-8)
+    np.testing.assert_allclose(np.abs(a), np.abs(b), atol=1e-3)
+    # whitened features (every variance 1): no components are identified, the columns are used
+    white = scores / scores.std(0)
+    np.testing.assert_allclose(
+        principal_components(white + 1e-6 * nudged, 3), white[:, :3], atol=1e-4
+    )
 
 
 @pytest.mark.parametrize(
