@@ -18,6 +18,7 @@ Every simulator returns a :class:`SimulatedTrial` (``trial``, ``embeddings``, ``
 """
 
 from imgcate.simulate.confounded import simulate_confounded, simulate_scene_confounded
+from imgcate.simulate.landsat import landsat_trial, ndvi
 from imgcate.simulate.mixture import simulate_trial
 from imgcate.simulate.patterns import PATTERNS, simulate_pattern_confounded
 from imgcate.simulate.result import (
@@ -36,8 +37,6 @@ from imgcate.simulate.scenes import (
     VEGETATION,
     WATER,
     land_cover_path,
-    landsat_trial,
-    ndvi,
     simulate_scene_trial,
     synthetic_scene,
     write_scene,

@@ -4,8 +4,8 @@
   vegetation, bare soil, built-up, roads) and a sidecar land-cover GeoTIFF.
 - :func:`simulate_scene_trial` places units on such a scene; each unit's cluster is a known
   function of the land cover under its chip (built-up share above thresholds).
-- :func:`landsat_trial` does the same on the real Landsat scene, with the cluster set by the
-  vegetated share (NDVI) of the chip.
+- :func:`~imgcate.simulate.landsat.landsat_trial` does the same on the real Landsat scene
+  (``imgcate.simulate.landsat``).
 """
 
 from __future__ import annotations
@@ -341,7 +341,10 @@ def _make_trial(
     return trial, propensity, mu0
 
 
-def _thresholds(n_clusters: int, thresholds: Sequence[float] | None, hi: float) -> np.ndarray:
+def cluster_thresholds(
+    n_clusters: int, thresholds: Sequence[float] | None, hi: float
+) -> np.ndarray:
+    """Cut points of the cluster statistic: ``thresholds``, else evenly spaced in (0, hi)."""
     if n_clusters < 1:
         raise InputError(f"n_clusters={n_clusters} must be >= 1.")
     out = (
@@ -357,7 +360,7 @@ def _thresholds(n_clusters: int, thresholds: Sequence[float] | None, hi: float) 
     return out
 
 
-def _simulate(
+def simulate_on_map(
     rng,
     statistic,
     cover_baseline,
@@ -374,7 +377,10 @@ def _simulate(
     balance,
     point_crs,
     targeting=0.0,
-):
+) -> tuple[Trial, SceneTruth]:
+    """Place units on a map of the chip statistic that sets their cluster (e.g. the built-up
+    or vegetated share), and draw their trial; the work shared by :func:`simulate_scene_trial`
+    and :func:`~imgcate.simulate.landsat.landsat_trial`."""
     h, w = statistic.shape
     if chip_size > min(h, w):
         raise InputError(f"chip_size={chip_size} is larger than the scene ({h} x {w} px).")
@@ -409,7 +415,7 @@ def _simulate(
     return trial, truth
 
 
-def _share_map(mask: np.ndarray, chip_size: int) -> np.ndarray:
+def share_map(mask: np.ndarray, chip_size: int) -> np.ndarray:
     """Window share at every pixel where the chip fits (NaN elsewhere is never sampled)."""
     h, w = mask.shape
     half = chip_size // 2
@@ -494,10 +500,10 @@ def simulate_scene_trial(
         )
     with rasterio.open(cover_file) as src:
         cover, transform, crs = src.read(1), src.transform, src.crs
-    th = _thresholds(n_clusters, thresholds, 0.5)
-    built = _share_map(np.isin(cover, (BUILT, ROAD)), chip_size)
-    veg = _share_map(cover == VEGETATION, chip_size)
-    trial, truth = _simulate(
+    th = cluster_thresholds(n_clusters, thresholds, 0.5)
+    built = share_map(np.isin(cover, (BUILT, ROAD)), chip_size)
+    veg = share_map(cover == VEGETATION, chip_size)
+    trial, truth = simulate_on_map(
         rng,
         built,
         2.0 * veg,
@@ -525,86 +531,3 @@ def _check_targeting(targeting: float) -> float:
     if not np.isfinite(value):
         raise InputError(f"targeting={targeting!r} must be a finite number (0 = randomized).")
     return value
-
-
-def ndvi(red: np.ndarray, nir: np.ndarray) -> np.ndarray:
-    """Normalized difference vegetation index ``(nir - red) / (nir + red)`` (0 where both are 0)."""
-    red, nir = np.asarray(red, float), np.asarray(nir, float)
-    total = nir + red
-    return np.divide(nir - red, total, out=np.zeros_like(total), where=total != 0)
-
-
-def landsat_trial(
-    landsat_path: str | Path,
-    *,
-    seed: int,
-    n_units: int,
-    n_clusters: int = 2,
-    chip_size: int = 16,
-    tau: Sequence[float] | None = None,
-    noise_sd: float = 1.0,
-    ndvi_threshold: float = 0.2,
-    thresholds: Sequence[float] | None = None,
-    margin: float = 0.1,
-    balance: bool = True,
-    point_crs: str | None = "EPSG:4326",
-) -> SimulatedTrial:
-    """Semi-synthetic trial on the real Landsat 7 scene, effects driven by real land cover.
-
-    The pixel land cover is "vegetated" where NDVI (from band 3 = red and band 4 = NIR, i.e.
-    indexes 2 and 3 of the six bands 1, 2, 3, 4, 5, 7) exceeds ``ndvi_threshold``. A unit's
-    cluster is ``digitize(vegetated share of its chip, thresholds)``: with the default, chips
-    more than 30 % vegetated form the high-effect cluster. Treatment is randomized (half treated);
-    outcome = ``baseline + 0.5 x1 + t tau_cluster + noise`` with baseline 1.
-
-    Parameters
-    ----------
-    landsat_path : path
-        The 6-band Landsat GeoTIFF.
-    seed, n_units, n_clusters, chip_size, tau, noise_sd, margin, balance, point_crs
-        As in :func:`simulate_scene_trial`.
-    ndvi_threshold : float
-        NDVI above which a pixel counts as vegetated.
-    thresholds : sequence of float, optional
-        Cut points on the vegetated share (default evenly spaced in (0, 0.6): 0.3 for K = 2).
-
-    Returns
-    -------
-    SimulatedTrial
-        As :func:`simulate_scene_trial`, with ``land_cover`` 1 = vegetated, 0 = other,
-        shape (y, x).
-    """
-    rng = rng_from_seed(seed)
-    try:
-        with rasterio.open(landsat_path) as src:
-            if src.count < 4:
-                raise RasterError(
-                    f"raster {str(landsat_path)!r} has {src.count} bands; landsat_trial needs "
-                    "the red (3rd) and NIR (4th) bands."
-                )
-            red, nir = src.read(3), src.read(4)
-            transform, crs = src.transform, src.crs
-    except rasterio.errors.RasterioError as exc:
-        raise RasterError(f"raster {str(landsat_path)!r} could not be opened ({exc}).") from exc
-    vegetated = ndvi(red, nir) > ndvi_threshold
-    th = _thresholds(n_clusters, thresholds, 0.6)
-    share = _share_map(vegetated, chip_size)
-    trial, truth = _simulate(
-        rng,
-        share,
-        np.ones(share.shape),
-        transform,
-        crs,
-        n_units=n_units,
-        n_clusters=n_clusters,
-        chip_size=chip_size,
-        tau=tau,
-        noise_sd=noise_sd,
-        thresholds=th,
-        margin=margin,
-        balance=balance,
-        point_crs=point_crs,
-    )
-    return SimulatedTrial(
-        trial, None, truth, scene=Path(landsat_path), land_cover=vegetated.astype(np.uint8)
-    )
