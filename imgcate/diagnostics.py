@@ -111,7 +111,8 @@ def convergence_problems(idata: az.InferenceData) -> list[str]:
     low = table[table["ess_bulk"] < 100 * n_chains]
     if len(low):
         problems.append(
-            f"bulk ESS below {100 * n_chains} for {list(low.index[:5])} (raise num_samples)"
+            f"bulk ESS below {100 * n_chains} for {list(low.index[:5])} "
+            "(raise num_samples / --draws)"
         )
     return problems
 

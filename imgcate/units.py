@@ -239,12 +239,15 @@ def _to_geodataframe(
         return _points(gdf, polygons, id_col)
     lon = lon or "lon"
     lat = lat or "lat"
-    for name, col in (("lon", lon), ("lat", lat)):
-        if col not in df.columns:
-            raise InputError(
-                f"coordinate column {col!r} is not in {source} (columns: {list(df.columns)}); "
-                f"pass {name}=<column name>, or give a table with point geometry."
-            )
+    absent = [(name, col) for name, col in (("lon", lon), ("lat", lat)) if col not in df.columns]
+    if absent:
+        what = " and ".join(repr(col) for _, col in absent)
+        fix = ", ".join(f"{name}=<column name>" for name, _ in absent)
+        plural = "s" if len(absent) > 1 else ""
+        raise InputError(
+            f"coordinate column{plural} {what} {'are' if plural else 'is'} not in {source} "
+            f"(columns: {list(df.columns)}); pass {fix}, or give a table with point geometry."
+        )
     coords = df[[lon, lat]].apply(pd.to_numeric, errors="coerce")
     missing = coords.isna().any(axis=1).to_numpy()
     if missing.any():

@@ -416,6 +416,12 @@ def test_advice_is_given_in_options():
     assert in_cli_words("no column 'z'; pass covariate=<column name>") == (
         "no column 'z'; pass --covariate <column name>"
     )
+    assert in_cli_words("check the declared design (stratum=, cluster=); if") == (
+        "check the declared design (--stratum, --cluster); if"
+    )
+    assert in_cli_words("bulk ESS below 200 for ['a'] (raise num_samples / --draws)") == (
+        "bulk ESS below 200 for ['a'] (raise --draws)"
+    )
     message = "chains [1] settled ... Compare fewer clusters (imgcate.compare_clusters), raise"
     assert "Fit fewer clusters (-k), raise" in in_cli_words(message + " init_restarts")
 
@@ -458,3 +464,25 @@ def test_progress_by_default_on_a_terminal_only(monkeypatch, tty, verbose, quiet
         assert start(verbose, quiet)[2] is shown
     finally:
         start(0, 0)  # logging back to its default level
+
+
+def test_k_auto_compares_and_keeps_the_selected_model(fitted, tmp_path):
+    """-k auto: the constant effect, the smooth effect and K = 2 are compared (PSIS-LOO here,
+    to keep the test short), the table is printed, and the model it selects is the one saved."""
+    out = tmp_path / "auto.imgcate"
+    common = [str(fitted / "units.csv"), str(fitted / "embeddings.parquet"), str(out)]
+    common += ["--image-id", "image_id", "--chains", "1", "--draws", "60"]
+    res = CliRunner().invoke(
+        main, ["fit", *common, "-k", "auto", "--k-max", "2", "--option", "criterion=loo"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "constant" in res.output and "smooth" in res.output and "2 clusters" in res.output
+    selected = res.output.split("selected: ", 1)[1].splitlines()[0]
+    config = load_fit(out).config
+    if selected == "constant":
+        assert config.equal_effects
+    else:
+        assert not config.equal_effects
+        assert config.n_clusters == (1 if selected == "smooth" else int(selected.split()[0]))
+    res = CliRunner().invoke(main, ["fit", *common, "-k", "many", "--overwrite"])
+    assert res.exit_code == 2 and "'many' is not a whole number or 'auto'" in res.output

@@ -103,8 +103,10 @@ def test_a_file_without_coordinates_is_named(tmp_path):
     """Missing coordinate columns: the error names the file, its columns and the argument."""
     path = tmp_path / "villages.csv"
     table().rename(columns={"lon": "x", "lat": "y"}).to_csv(path, index=False)
-    with pytest.raises(InputError, match=r"'lon' is not in '.*villages.csv' \(columns: \['id'"):
+    with pytest.raises(InputError, match=r"'lon' and 'lat' are not in '.*villages.csv' \(columns"):
         read_units(path)
+    with pytest.raises(InputError, match=r"column 'lat' is not in .*; pass lat=<column name>,"):
+        read_units(path, lon="x")
     assert read_units(path, lon="x", lat="y").n_units == 6
 
 

@@ -92,11 +92,11 @@ OPTION_OF_ARGUMENT = {
     "scale": "--scale",
     "polygons": "--polygons",
 }
-_ARGUMENT = re.compile(r"\b(" + "|".join(OPTION_OF_ARGUMENT) + r")=")
+_ARGUMENT = re.compile(r"\b(" + "|".join(OPTION_OF_ARGUMENT) + r")=([,)]?)")
 #: Advice in the library's words (Python arguments) and the same advice on the command line.
 CLI_PHRASES = (
     ("pass overwrite=True (--overwrite)", "pass --overwrite"),
-    ("(raise num_samples)", "(raise --draws)"),
+    ("(raise num_samples / --draws)", "(raise --draws)"),
     ("(raise target_accept)", "(raise --option target_accept=0.95)"),
     ("raise init_restarts", "raise --option init_restarts=16"),
     ("Compare fewer clusters (imgcate.compare_clusters)", "Fit fewer clusters (-k)"),
@@ -117,7 +117,9 @@ def in_cli_words(message: str) -> str:
     for library, cli in CLI_PHRASES:
         message = message.replace(library, cli)
     message = _PYTHON_BESIDE_OPTION.sub("", message)
-    return _ARGUMENT.sub(lambda m: f"{OPTION_OF_ARGUMENT[m.group(1)]} ", message)
+    # "pass covariate=<name>" -> "pass --covariate <name>"; "(stratum=, cluster=)" ->
+    # "(--stratum, --cluster)"
+    return _ARGUMENT.sub(lambda m: OPTION_OF_ARGUMENT[m.group(1)] + (m.group(2) or " "), message)
 
 
 def run(fn, *args, **kwargs):

@@ -144,6 +144,20 @@ def read_inputs(inputs: tuple[Path, ...], trial, chip_settings: dict, embed_sett
     return emb, {"embeddings": path, **{k: v for k, v in upstream.items() if k == "raster"}}
 
 
+class ClusterCount(click.ParamType):
+    """A number of clusters (a whole number), or ``auto``."""
+
+    name = "K|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or str(value).strip().lower() == "auto":
+            return value if isinstance(value, int) else "auto"
+        try:
+            return int(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not a whole number or 'auto'", param, ctx)
+
+
 @click.command("fit", cls=Command)
 @click.argument("units", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument(
@@ -154,7 +168,16 @@ def read_inputs(inputs: tuple[Path, ...], trial, chip_settings: dict, embed_sett
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
 )
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--n-clusters", "-k", default=2, show_default=True, help="Effect clusters K.")
+@click.option(
+    "--n-clusters",
+    "-k",
+    type=ClusterCount(),
+    default="2",
+    show_default=True,
+    help="Effect clusters K, or 'auto': compare a constant effect, the smooth effect (K = 1) "
+    "and K = 2..--k-max clusters (imgcate.compare_clusters) and keep the one selected.",
+)
+@click.option("--k-max", default=3, show_default=True, help="Largest K compared by -k auto.")
 @click.option("--covariate", "covariates", multiple=True, help="Covariate column (repeatable).")
 @click.option("--treatment", default="treatment", show_default=True)
 @click.option("--outcome", default="outcome", show_default=True)
@@ -203,6 +226,7 @@ def fit_command(
     inputs,
     output,
     n_clusters,
+    k_max,
     covariates,
     treatment,
     outcome,
@@ -239,11 +263,14 @@ def fit_command(
     UNITS: csv/gpkg/parquet. The images: EMBEDDINGS (from `imgcate embed`, which keeps the
     encoder so the fit can be mapped; or any table keyed by image id), a chips file (from
     `imgcate chips`), or RASTER file(s) to cut chips from and embed here (--size, --band,
-    --encoder, ...; several single-band files are stacked as bands).
+    --encoder, ...; several single-band files are stacked as bands). With -k auto the
+    command compares a constant effect, the smooth effect and 2..--k-max clusters, prints
+    the comparison and keeps the model selected (several fits: minutes).
 
     \b
     Examples:
       imgcate fit villages.csv embeddings.parquet fit.imgcate --covariate elevation -k 2
+      imgcate fit villages.csv embeddings.parquet fit.imgcate -k auto --k-max 3
       imgcate fit villages.csv scene.tif fit.imgcate --size 16 --stratum block \\
           --likelihood student_t --option deviation=linear --effects unit_effects.csv
     """
@@ -251,7 +278,13 @@ def fit_command(
     from imgcate.output import check_writable
 
     verbose, quiet, progress = start(verbose, quiet)
-    check_minimum(("--n-clusters", n_clusters, 1), ("--chains", chains, 1), ("--draws", draws, 1))
+    auto = n_clusters == "auto"
+    check_minimum(
+        ("--n-clusters", 1 if auto else n_clusters, 1),
+        ("--k-max", k_max, 1),
+        ("--chains", chains, 1),
+        ("--draws", draws, 1),
+    )
     run(check_writable, output, overwrite)
     if effects_path is not None:
         run(check_writable, effects_path, overwrite)
@@ -289,7 +322,6 @@ def fit_command(
         roles={**roles, "image_id": trial.image_id, "covariates": list(trial.covariates)},
     )
     settings = dict(
-        n_clusters=n_clusters,
         likelihood=likelihood,
         method=method,
         seed=seed,
@@ -301,7 +333,17 @@ def fit_command(
     )
     if accepts_provenance(fit):
         settings["provenance"] = record
-    result = run(fit, trial, emb, **settings)
+    if auto:
+        from imgcate.selection import compare_clusters
+
+        comparison = run(compare_clusters, trial, emb, k_max=k_max, **settings)
+        result = comparison.fits[comparison.best_k]
+        if not quiet:
+            columns = ["model", "method", "elpd", "elpd_diff", "dse", "selected"]
+            click.echo(comparison.table[columns].to_string(float_format=lambda v: f"{v:.2f}"))
+            click.echo(f"selected: {comparison.table.loc[comparison.best_k, 'model']}\n")
+    else:
+        result = run(fit, trial, emb, n_clusters=n_clusters, **settings)
     run(result.save, output, overwrite=overwrite)
     if effects_path is not None:
         write_csv(join_units(result.unit_effects(), trial), effects_path, overwrite)
