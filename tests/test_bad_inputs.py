@@ -300,7 +300,7 @@ def bad_units_projected_without_crs(ctx):
     return lambda: read_units(units_frame(lon=450000.0, lat=35000.0))
 
 
-@case(InputError, "pass lon=<column>")
+@case(InputError, "pass lon=<column name>")
 def bad_units_no_coordinates(ctx):
     return lambda: read_units(units_frame(lon=None))
 
