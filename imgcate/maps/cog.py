@@ -351,8 +351,9 @@ def write_preview(
 ) -> Path:
     """A PNG of the map: mean CATE, P(CATE > 0) and extrapolation, each with a colour bar.
 
-    Tiles outside the trial's support are hatched on the first two panels. Written to a
-    temporary name and renamed.
+    Tiles outside the trial's support are hatched on the first two panels. The extrapolation
+    scale stops at its 99th percentile (the colour bar's arrow: beyond), so that a few far
+    tiles do not flatten the rest. Written to a temporary name and renamed.
     """
     purpose = "the map preview (write_cog(preview=True) or --preview)"
     require("matplotlib", "maps", purpose).use("Agg", force=False)
@@ -365,6 +366,9 @@ def write_preview(
     mean = dataset["mean"].values
     limit = float(np.nanmax(np.abs(mean))) if np.isfinite(mean).any() else 1.0
     outside = dataset["outside_support"].values == 1
+    extrapolation = dataset["extrapolation"].values
+    # a few far tiles would stretch the scale over the rest: cap it at the 99th percentile
+    far = float(np.nanpercentile(extrapolation, 99)) if np.isfinite(extrapolation).any() else None
     panels = [  # variable, title, colour-bar label, colours, limits
         ("mean", "posterior mean CATE", "CATE (outcome units)", "RdBu_r", -limit or -1, limit or 1),
         ("prob_positive", "P(CATE > 0)", "posterior probability", "PuOr_r", 0, 1),
@@ -374,7 +378,7 @@ def write_preview(
             "Mahalanobis distance to the trial",
             "viridis",
             None,
-            None,
+            far,
         ),
     ]
     xlabel, ylabel = axis_labels(dataset.attrs["crs"])
@@ -406,7 +410,8 @@ def write_preview(
                 colors="white",
                 linewidths=0.8,
             )
-        bar = fig.colorbar(image, ax=ax, shrink=0.85)
+        capped = var == "extrapolation" and far is not None and np.nanmax(extrapolation) > far
+        bar = fig.colorbar(image, ax=ax, shrink=0.85, extend="max" if capped else "neither")
         bar.set_label(unit, fontsize=8)
         bar.ax.tick_params(labelsize=7)
         ax.set_title(label, fontsize=10)

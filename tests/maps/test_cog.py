@@ -112,3 +112,11 @@ def test_preview_axes_are_labelled_with_the_crs_units(monkeypatch, tmp_path):
         "Mahalanobis distance to the trial",
     ]
     assert (tmp_path / "preview.png").stat().st_size > 1000
+    # one far tile does not set the extrapolation scale: its 99th percentile does
+    far = dataset.assign(extrapolation=dataset["extrapolation"].where(dataset["mean"] != 6, 500.0))
+    shown.clear()
+    write_preview(far, tmp_path / "far.png")
+    (fig,) = shown
+    panel = [ax for ax in fig.axes if ax.get_title() == "extrapolation"][0]
+    vmax = panel.images[0].get_clim()[1]
+    assert vmax == pytest.approx(np.nanpercentile(far["extrapolation"].values, 99)) and vmax < 500
