@@ -99,12 +99,16 @@ CLI_PHRASES = (
     ("(raise num_samples / --draws)", "(raise --draws)"),
     ("(raise target_accept)", "(raise --option target_accept=0.95)"),
     ("raise init_restarts", "raise --option init_restarts=16"),
-    ("Compare fewer clusters (imgcate.compare_clusters)", "Fit fewer clusters (-k)"),
+    (
+        "Compare fewer clusters (imgcate.compare_clusters)",
+        "Compare clusters (-k auto) or fit fewer (-k)",
+    ),
     (
         "describe them (imgcate.raster.stack_bands(..., names=...))",
         "name them (--band-name, once per file, in order)",
     ),
     ("; names= or a mapping in Python)", ")"),
+    ("with fewer clusters (imgcate.compare_clusters)", "with fewer clusters (-k auto)"),
 )
 #: Python spellings dropped where the message gives the option beside them
 #: ("bands=['red', 'nir'] / --band red --band nir").

@@ -15,6 +15,7 @@ from imgcate.cli.common import (
     Command,
     check_minimum,
     common,
+    in_cli_words,
     load_units,
     log,
     parse_options,
@@ -348,7 +349,7 @@ def fit_command(
     if effects_path is not None:
         write_csv(join_units(result.unit_effects(), trial), effects_path, overwrite)
     if not quiet:
-        click.echo(result.summary())
+        click.echo(in_cli_words(result.summary()))
     click.echo(f"wrote {output}" + (f" and {effects_path}" if effects_path else ""))
 
 
