@@ -151,8 +151,10 @@ class ClusterCount(click.ParamType):
     name = "K|auto"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, int) or str(value).strip().lower() == "auto":
-            return value if isinstance(value, int) else "auto"
+        if isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            return "auto"
         try:
             return int(str(value))
         except ValueError:

@@ -21,6 +21,7 @@ import rasterio
 from rasterio.transform import from_origin
 from scipy import ndimage, special
 
+from imgcate.datasets import LANDSAT_BANDS
 from imgcate.errors import InputError, RasterError
 from imgcate.simulate.result import SceneTruth, SimulatedTrial
 from imgcate.units import Trial, read_units
@@ -29,8 +30,9 @@ from imgcate.validation import rng_from_seed
 LAND_COVER = ("water", "vegetation", "bare", "built", "road")
 WATER, VEGETATION, BARE, BUILT, ROAD = range(5)
 
-# Mean reflectance (x 10,000) per class for 6 Landsat-like bands (blue, green, red, NIR, SWIR1,
-# SWIR2); other band counts interpolate along the band axis.
+# Mean reflectance (x 10,000) per class for 6 Landsat-like bands (LANDSAT_BANDS: blue, green,
+# red, NIR, SWIR1, SWIR2; a six-band scene is named so); other band counts interpolate along
+# the band axis (named B1..Bn).
 _SIGNATURES = np.array(
     [
         [600, 700, 500, 300, 150, 100],  # water
@@ -42,9 +44,6 @@ _SIGNATURES = np.array(
     dtype=float,
 )
 _TEXTURE = np.array([30.0, 300.0, 200.0, 500.0, 80.0])  # pixel noise sd per class
-#: What the six columns of the signatures are (Landsat 7 ETM+ bands 1-5 and 7): a six-band
-#: scene names its bands so, and figures find its true colours; other counts are B1..Bn.
-SIGNATURE_BANDS = ("blue", "green", "red", "nir", "swir1", "swir2")
 
 
 def land_cover_path(scene_path: str | Path) -> Path:
@@ -140,8 +139,8 @@ def synthetic_scene(
         Size in pixels.
     bands : int
         Number of bands. Six (default) follow Landsat's blue, green, red, nir, swir1, swir2
-        and are named so (:data:`SIGNATURE_BANDS`); other counts interpolate those spectral
-        signatures and are named B1..Bn.
+        and are named so (:data:`imgcate.datasets.LANDSAT_BANDS`); other counts interpolate
+        those spectral signatures and are named B1..Bn.
     crs : str
         A projected CRS (default UTM 36N, as over Uganda).
     pixel_size : float
@@ -226,9 +225,7 @@ def _render_and_write(path, cover, rng, bands, crs, pixel_size, origin) -> None:
         path,
         image,
         {**profile, "count": bands, "dtype": "uint16"},
-        list(SIGNATURE_BANDS)
-        if bands == len(SIGNATURE_BANDS)
-        else [f"B{i + 1}" for i in range(bands)],
+        list(LANDSAT_BANDS) if bands == len(LANDSAT_BANDS) else [f"B{i + 1}" for i in range(bands)],
     )
     _write_atomic(
         land_cover_path(path),
@@ -274,7 +271,8 @@ def _place_units(
     cols = rng.integers(half, w - chip_size + half + 1, n_cand)
     # distinct locations: two units drawn on one pixel would share one chip (one image)
     _, first = np.unique(rows * w + cols, return_index=True)
-    rows, cols = rows[np.sort(first)], cols[np.sort(first)]
+    keep = np.sort(first)
+    rows, cols = rows[keep], cols[keep]
     share = statistic[rows, cols]
     far = np.min(np.abs(share[:, None] - thresholds[None]), axis=1) >= margin
     rows, cols, share = rows[far], cols[far], share[far]
