@@ -11,7 +11,11 @@ simulate/ for trials with known truth; intervals, validation, output and optiona
 
 import warnings
 
-with warnings.catch_warnings():  # numpyro imports tqdm.auto, which warns in a notebook
+from imgcate.devices import request_cpu_devices
+
+with warnings.catch_warnings():
+    request_cpu_devices()  # before JAX starts: one CPU device per core, for parallel chains
+    # numpyro imports tqdm.auto, which warns in a notebook without ipywidgets
     warnings.filterwarnings("ignore", message="IProgress not found")  # without ipywidgets
     import numpyro.util  # noqa: F401
 

@@ -53,7 +53,10 @@ class FitConfig:
         Whitened principal components of the standardized embedding that the model sees; None
         keeps all of them when the embedding has at most 32 features, else 16.
     num_warmup, num_samples, num_chains : int
-        NUTS settings (``chain_method`` "sequential", "vectorized" or "parallel").
+        NUTS settings: warm-up and kept iterations per chain, and chains.
+    chain_method : {"parallel", "sequential"}
+        Chains side by side on JAX's CPU devices (imgcate asks for one per core; see
+        :mod:`imgcate.devices`) or one after another on the first; the draws are the same.
     target_accept : float
         NUTS target acceptance probability.
     svi_steps, svi_learning_rate, svi_batch_size, svi_guide, svi_draws :
@@ -65,7 +68,8 @@ class FitConfig:
         Multi-start initialization: ``init_restarts`` MAP searches (Adam, ``init_steps``
         steps each, run in parallel with ``jax.vmap``) from random points; chain c starts at
         the c-th best of them, so chains that settle in different modes show in R-hat. With 0
-        restarts NumPyro's default random initialization is used.
+        restarts each chain starts at random (uniform in (-2, 2) unconstrained, NumPyro's
+        default).
     seed : int
         Random seed of the inference and of the random features.
     progress : bool
@@ -83,7 +87,7 @@ class FitConfig:
     num_warmup: int = 500
     num_samples: int = 500
     num_chains: int = 4
-    chain_method: str = "sequential"
+    chain_method: str = "parallel"
     target_accept: float = 0.85
     svi_steps: int = 5000
     svi_learning_rate: float = 0.01
@@ -101,7 +105,7 @@ class FitConfig:
         check_choice("likelihood", self.likelihood, LIKELIHOODS)
         check_choice("deviation", self.deviation, DEVIATIONS)
         check_choice("method", self.method, ("nuts", "svi"))
-        check_choice("chain_method", self.chain_method, ("sequential", "vectorized", "parallel"))
+        check_choice("chain_method", self.chain_method, ("parallel", "sequential"))
         check_choice("svi_guide", self.svi_guide, ("lowrank", "normal"))
         if not 1 <= self.n_clusters <= 10:
             raise InputError(f"n_clusters={self.n_clusters} must be between 1 and 10.")

@@ -18,11 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import xarray as xr
-from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, log_likelihood
-from numpyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoNormal
-from numpyro.infer.initialization import init_to_median, init_to_uniform, init_to_value
+from numpyro.infer import SVI, Predictive, Trace_ELBO, log_likelihood
+from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
+from numpyro.infer.initialization import init_to_median, init_to_value
 from numpyro.optim import Adam
 
+from imgcate.chains import chain_starts, map_searches, model_args, random_starts, run_nuts
 from imgcate.config import FitConfig, ModelData, Standardizer, model_data
 from imgcate.embeddings import Embeddings
 from imgcate.errors import BalanceWarning, InputError
@@ -39,68 +40,6 @@ if TYPE_CHECKING:
 
 #: Posterior-predictive draws are kept when units x draws is at most this (memory).
 MAX_PREDICTIVE_VALUES = 20_000_000
-
-
-def _model_args(data: ModelData) -> dict[str, Any]:
-    return {"inputs": data.inputs, "outcome": jnp.asarray(data.outcome), "spec": data.spec}
-
-
-def restart_init(site=None):
-    """Start of a MAP search: the prior median for every site but the membership weights and
-    intercepts, which start at random (radius 2 in the unconstrained space), so that restarts
-    differ in how they split the images, not in absurd scales."""
-    if site is not None and site["name"].startswith(("membership_raw", "membership_intercept")):
-        return init_to_uniform(site, radius=2.0)
-    return init_to_median(site, num_samples=15)
-
-
-def map_searches(data: ModelData, config: FitConfig, key) -> tuple[dict, dict, np.ndarray]:
-    """``init_restarts`` MAP searches (Adam, vmapped) from :func:`restart_init` points.
-
-    Returns the values found by site (restart, ...): constrained, as the model has them, and
-    unconstrained, as NUTS moves them (the optimizer's own parameters: AutoDelta keeps each
-    site through the bijection NUTS uses for its support); and the final loss of each search.
-    """
-    args = _model_args(data)
-    guide = AutoDelta(effect_model, init_loc_fn=restart_init)
-    svi = SVI(effect_model, guide, Adam(0.05), Trace_ELBO())
-
-    def search(restart_key):
-        state = svi.init(restart_key, **args)
-
-        def step(carry, _):
-            carry, loss = svi.update(carry, **args)
-            return carry, loss
-
-        state, losses = jax.lax.scan(step, state, None, length=config.init_steps)
-        return svi.get_params(state), svi.optim.get_params(state.optim_state), losses[-1]
-
-    keys = jax.random.split(key, config.init_restarts)
-    params, free, losses = jax.jit(jax.vmap(search))(keys)
-    losses = np.asarray(losses, dtype=float)
-    losses[~np.isfinite(losses)] = np.inf
-    # AutoDelta keeps each site's value as the parameter "<site>_auto_loc"
-    cut = len("_auto_loc")
-    values = {name[:-cut]: value for name, value in params.items()}
-    unconstrained = {name[:-cut]: np.asarray(value) for name, value in free.items()}
-    return values, unconstrained, losses
-
-
-def chain_starts(unconstrained: dict, losses: np.ndarray, n_chains: int, key) -> dict:
-    """Unconstrained start of each chain: the best ``n_chains`` MAP searches, one each (when
-    there are fewer searches than chains, the best ones again with a small jitter)."""
-    order = np.argsort(losses, kind="stable")
-    picks = np.resize(order, n_chains)
-    repeat = np.arange(n_chains) >= len(order)
-    sizes = [int(np.prod(v.shape[1:], dtype=int)) for v in unconstrained.values()]
-    jitter = np.asarray(jax.random.normal(key, (n_chains, sum(sizes))), dtype=np.float64)
-    jitter[~repeat] = 0.0
-    out, at = {}, 0
-    for (name, value), size in zip(unconstrained.items(), sizes, strict=True):
-        noise = jitter[:, at : at + size].reshape((n_chains,) + value.shape[1:])
-        out[name] = jnp.asarray(value[picks] + 0.05 * noise.astype(value.dtype))
-        at += size
-    return out
 
 
 #: Share of the kernel's limit on a process's memory mappings past which :func:`fit` first drops
@@ -149,44 +88,25 @@ def release_compiled_code(share: float = MAPPING_SHARE) -> bool:
 
 
 def _run_nuts(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
-    init_params = None
+    key, key_start, key_jitter = jax.random.split(key, 3)
     if config.init_restarts:
-        key, key_map, key_jitter = jax.random.split(key, 3)
-        _, unconstrained, losses = map_searches(data, config, key_map)
-        init_params = chain_starts(unconstrained, losses, config.num_chains, key_jitter)
-        if config.num_chains == 1:
-            init_params = {name: value[0] for name, value in init_params.items()}
-    kernel = NUTS(effect_model, target_accept_prob=config.target_accept)
-    mcmc = MCMC(
-        kernel,
-        num_warmup=config.num_warmup,
-        num_samples=config.num_samples,
-        num_chains=config.num_chains,
-        chain_method=config.chain_method,
-        progress_bar=config.progress,
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="There are not enough devices")
-        mcmc.run(
-            key,
-            extra_fields=("diverging", "num_steps", "energy", "potential_energy"),
-            init_params=init_params,
-            **_model_args(data),
-        )
-    samples = mcmc.get_samples(group_by_chain=True)
-    extra = mcmc.get_extra_fields(group_by_chain=True)
+        _, unconstrained, losses = map_searches(data, config, key_start)
+        starts = chain_starts(unconstrained, losses, config.num_chains, key_jitter)
+    else:
+        starts = random_starts(data, config.num_chains, key_start)
+    samples, fields = run_nuts(data, config, starts, key)
     stats = {
-        "diverging": np.asarray(extra["diverging"]),
-        "n_steps": np.asarray(extra["num_steps"]),
-        "energy": np.asarray(extra["energy"]),
-        "lp": -np.asarray(extra["potential_energy"]),
+        "diverging": fields["diverging"],
+        "n_steps": fields["num_steps"],
+        "energy": fields["energy"],
+        "lp": -fields["potential_energy"],
     }
-    return {k: np.asarray(v) for k, v in samples.items()}, stats
+    return samples, stats
 
 
 def _run_svi(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
     guide_cls = AutoLowRankMultivariateNormal if config.svi_guide == "lowrank" else AutoNormal
-    args = _model_args(data)
+    args = model_args(data)
     init = init_to_median()
     if config.init_restarts:
         key, key_map = jax.random.split(key)
@@ -226,7 +146,7 @@ def _log_likelihood(samples: dict, data: ModelData) -> np.ndarray:
     """Pointwise log-likelihood (chain, draw, unit), computed in chunks of draws."""
     n_chain, n_draw = next(iter(samples.values())).shape[:2]
     flat, total = _flat_draws(samples)
-    args = _model_args(data)
+    args = model_args(data)
     fn = jax.jit(lambda s: log_likelihood(effect_model, s, **args)["outcome"])
     chunk = max(1, int(2e7 // max(len(data.outcome), 1)))
     parts = [
@@ -242,7 +162,7 @@ def _posterior_predictive(samples: dict, data: ModelData, key) -> np.ndarray | N
     if n_chain * n_draw * len(data.outcome) > MAX_PREDICTIVE_VALUES:
         return None
     flat, _ = _flat_draws(samples)
-    args = {**_model_args(data), "outcome": None}
+    args = {**model_args(data), "outcome": None}
     draws = Predictive(effect_model, posterior_samples=flat, return_sites=["outcome"])(key, **args)
     return np.asarray(draws["outcome"]).reshape(n_chain, n_draw, -1)
 

@@ -67,8 +67,9 @@ def test_chain_starts_are_the_map_points_unconstrained():
     import jax
     from numpyro.infer.util import unconstrain_fn
 
+    from imgcate.chains import chain_starts, map_searches
+    from imgcate.chains import model_args as _model_args
     from imgcate.config import FitConfig, Standardizer, model_data
-    from imgcate.inference import _model_args, chain_starts, map_searches
     from imgcate.model import effect_model
 
     sim = simulate_trial(5, 120, 2)
@@ -107,6 +108,27 @@ def test_same_seed_same_posterior():
         c = fit(sim.trial, sim.embeddings, seed=8, **opts)
     np.testing.assert_array_equal(a.idata.posterior["tau"].values, b.idata.posterior["tau"].values)
     assert not np.array_equal(a.idata.posterior["tau"].values, c.idata.posterior["tau"].values)
+
+
+def test_parallel_chains_draw_what_sequential_chains_draw():
+    """imgcate asks JAX for one CPU device per core on import; chains then run side by side
+    and draw exactly what they draw one after another."""
+    import jax
+
+    from imgcate.devices import cpu_device_count
+
+    assert len(jax.devices("cpu")) == cpu_device_count()
+    sim = simulate_trial(3, 120, 2)
+    opts = {"num_warmup": 50, "num_samples": 50, "num_chains": 3, "seed": 2}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        side = fit(sim.trial, sim.embeddings, chain_method="parallel", **opts)
+        after = fit(sim.trial, sim.embeddings, chain_method="sequential", **opts)
+    for group, name in (("posterior", "tau"), ("sample_stats", "n_steps")):
+        a, b = side.idata[group][name].values, after.idata[group][name].values
+        assert a.shape[:2] == (3, 50)
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(side.idata.posterior["tau"][0], side.idata.posterior["tau"][1])
 
 
 def test_too_short_a_run_warns():

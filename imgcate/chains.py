@@ -1,0 +1,204 @@
+"""NUTS chains for the effect model: MAP starts, one compiled sampler, chains on every core.
+
+Several MAP searches run in parallel (``jax.vmap``) from random points; NUTS chain c starts
+at the c-th best of them, so chains that settle in different modes show in R-hat. NUTS moves
+on the model's potential (the negative log joint in the unconstrained space), compiled once:
+the sampler is traced and compiled once per device and reused by every chain, and the model
+is never run op by op. When JAX has several CPU devices (imgcate asks for one per core when
+it is imported first; see :func:`imgcate.devices.cpu_device_count`), chains run on them at the
+same time; the draws are the same either way.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import jax
+import numpy as np
+from numpyro import handlers
+from numpyro.infer import NUTS
+from numpyro.infer.initialization import init_to_median, init_to_uniform
+from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
+from numpyro.optim import Adam
+
+from imgcate.config import FitConfig, ModelData
+from imgcate.model import effect_model
+from imgcate.output import progress_bar
+
+#: Sampler fields kept per draw (the names ``sample_stats`` gets in :mod:`imgcate.inference`).
+FIELDS = ("diverging", "num_steps", "energy", "potential_energy")
+
+#: Iterations per compiled call: the progress bar moves this often.
+BLOCK = 50
+
+
+def model_args(data: ModelData) -> dict[str, Any]:
+    """The effect model's keyword arguments for a trial's model data."""
+    import jax.numpy as jnp
+
+    return {"inputs": data.inputs, "outcome": jnp.asarray(data.outcome), "spec": data.spec}
+
+
+def restart_init(site=None):
+    """Start of a MAP search: the prior median for every site but the membership weights and
+    intercepts, which start at random (radius 2 in the unconstrained space), so that restarts
+    differ in how they split the images, not in absurd scales."""
+    if site is not None and site["name"].startswith(("membership_raw", "membership_intercept")):
+        return init_to_uniform(site, radius=2.0)
+    return init_to_median(site, num_samples=15)
+
+
+def start_point(key, args: dict, strategy=restart_init) -> dict:
+    """One unconstrained starting point drawn by a NumPyro init strategy (traceable)."""
+    seeded = handlers.seed(effect_model, key)
+    sites = handlers.trace(handlers.substitute(seeded, substitute_fn=strategy)).get_trace(**args)
+    drawn = {
+        name: site["value"]
+        for name, site in sites.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    }
+    return unconstrain_fn(effect_model, (), args, drawn)
+
+
+def map_searches(data: ModelData, config: FitConfig, key) -> tuple[dict, dict, np.ndarray]:
+    """``init_restarts`` MAP searches (Adam, vmapped) from :func:`restart_init` points.
+
+    Each search minimizes NUTS's own potential (the negative log joint in the unconstrained
+    space, Jacobians included), so its end is a point of high posterior mass where NUTS moves.
+    Returns the values found by site (restart, ...): constrained, as the model has them, and
+    unconstrained, as NUTS moves them; and the final potential of each search.
+    """
+    args = model_args(data)
+    optimizer = Adam(0.05)
+
+    def potential(z):
+        return potential_energy(effect_model, (), args, z)
+
+    def search(restart_key):
+        def step(state, _):
+            (loss, _), state = optimizer.eval_and_update(lambda z: (potential(z), None), state)
+            return state, loss
+
+        start = optimizer.init(start_point(restart_key, args))
+        state, _ = jax.lax.scan(step, start, None, length=config.init_steps)
+        free = optimizer.get_params(state)
+        return free, constrain_fn(effect_model, (), args, free), potential(free)
+
+    keys = jax.random.split(key, config.init_restarts)
+    free, values, losses = jax.jit(jax.vmap(search))(keys)
+    losses = np.asarray(losses, dtype=float)
+    losses[~np.isfinite(losses)] = np.inf
+    unconstrained = {name: np.asarray(value) for name, value in free.items()}
+    return values, unconstrained, losses
+
+
+def chain_starts(unconstrained: dict, losses: np.ndarray, n_chains: int, key) -> dict:
+    """Unconstrained start of each chain: the best ``n_chains`` MAP searches, one each (when
+    there are fewer searches than chains, the best ones again with a small jitter)."""
+    order = np.argsort(losses, kind="stable")
+    picks = np.resize(order, n_chains)
+    repeat = np.arange(n_chains) >= len(order)
+    sizes = [int(np.prod(v.shape[1:], dtype=int)) for v in unconstrained.values()]
+    jitter = np.asarray(jax.random.normal(key, (n_chains, sum(sizes))), dtype=np.float64)
+    jitter[~repeat] = 0.0
+    out, at = {}, 0
+    for (name, value), size in zip(unconstrained.items(), sizes, strict=True):
+        noise = jitter[:, at : at + size].reshape((n_chains,) + value.shape[1:])
+        out[name] = value[picks] + 0.05 * noise.astype(value.dtype)
+        at += size
+    return out
+
+
+def random_starts(data: ModelData, n_chains: int, key) -> dict:
+    """NumPyro's default start (uniform in (-2, 2) unconstrained) for each chain."""
+    args = model_args(data)
+    draw = jax.jit(jax.vmap(lambda k: start_point(k, args, init_to_uniform)))
+    return {name: np.asarray(v) for name, v in draw(jax.random.split(key, n_chains)).items()}
+
+
+def chain_devices(config: FitConfig) -> list:
+    """Devices the chains run on: every local device of JAX's default backend for
+    ``chain_method="parallel"`` (one when there is one), the first for ``"sequential"``."""
+    devices = jax.local_devices()
+    return devices if config.chain_method == "parallel" else devices[:1]
+
+
+def run_nuts(data: ModelData, config: FitConfig, starts: dict, key) -> tuple[dict, dict]:
+    """NUTS chains from ``starts`` (chain, ...) unconstrained.
+
+    Returns the draws by site (chain, draw, ...) on the model's supports and the sampler's
+    fields (chain, draw) named in :data:`FIELDS`. Chain c uses the c-th key of
+    ``jax.random.split(key, num_chains)`` wherever it runs, so the draws do not depend on
+    the number of devices.
+    """
+    args = model_args(data)
+    kernel = NUTS(
+        potential_fn=jax.jit(lambda z: potential_energy(effect_model, (), args, z)),
+        target_accept_prob=config.target_accept,
+    )
+    n_chains, warmup, draws = config.num_chains, config.num_warmup, config.num_samples
+    keys = jax.random.split(key, n_chains)
+    # initialize every chain here, in one thread: init sets the kernel's (shared) functions
+    states = [
+        kernel.init(keys[c], warmup, {k: v[c] for k, v in starts.items()}) for c in range(n_chains)
+    ]
+    block = math.gcd(math.gcd(warmup, draws), BLOCK)
+
+    def advance(state):
+        def step(s, _):
+            s = kernel.sample(s, (), {})
+            return s, (s.z, s.diverging, s.num_steps, s.energy, s.potential_energy)
+
+        return jax.lax.scan(step, state, None, length=block)
+
+    advance = jax.jit(advance)
+    devices = chain_devices(config)
+    steps = iter(
+        progress_bar(
+            range(n_chains * (warmup + draws) // block),
+            config.progress,
+            f"NUTS, {n_chains} chain(s) x {warmup} + {draws} iterations ({block} per step)",
+        )
+    )
+    lock = threading.Lock()
+    results: list[Any] = [None] * n_chains
+
+    def run(c: int) -> None:
+        state = jax.device_put(states[c], devices[c % workers])
+        kept = []
+        for done in range(0, warmup + draws, block):
+            state, out = advance(state)
+            if done >= warmup:
+                kept.append(jax.device_get(out))
+            else:
+                jax.block_until_ready(state)
+            with lock:
+                next(steps, None)
+        results[c] = jax.tree.map(lambda *parts: np.concatenate(parts), *kept)
+
+    def run_on(d: int) -> None:
+        for c in range(d, n_chains, workers):
+            run(c)
+
+    workers = min(len(devices), n_chains)
+    if workers == 1:
+        run_on(0)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run_on, range(workers)))
+    for _ in steps:  # closes the bar
+        pass
+    free = {k: np.stack([r[0][k] for r in results]) for k in results[0][0]}
+    fields = {name: np.stack([r[i + 1] for r in results]) for i, name in enumerate(FIELDS)}
+    return constrained(free, args), fields
+
+
+def constrained(free: dict, args: dict) -> dict:
+    """Draws (chain, draw, ...) of the unconstrained sites on the model's own supports."""
+    n_chain, n_draw = next(iter(free.values())).shape[:2]
+    flat = {k: v.reshape((n_chain * n_draw,) + v.shape[2:]) for k, v in free.items()}
+    values = jax.jit(jax.vmap(lambda z: constrain_fn(effect_model, (), args, z)))(flat)
+    return {k: np.asarray(v).reshape((n_chain, n_draw) + v.shape[1:]) for k, v in values.items()}
