@@ -18,7 +18,8 @@ CLAIMS = {
 # clearly worse; the conservative rule may keep a simpler model with the quick settings' few
 # draws
 table = comparison.table
-assert table.loc[2, "elpd_diff"] <= max(4, 2 * table.loc[2, "dse"]), table
+from imgcate.selection import MIN_ELPD_GAIN, SE_MULTIPLE
+assert table.loc[2, "elpd_diff"] <= max(MIN_ELPD_GAIN, SE_MULTIPLE * table.loc[2, "dse"]), table
 assert (table.loc[[0, 1], "elpd"] < table.loc[2, "elpd"]).all(), table
 assert comparison.best_k == 2 or (SMALL and comparison.best_k < 2), table
 assert autoc.estimate > 0
