@@ -31,7 +31,7 @@ from imgcate.output import progress_bar
 #: Sampler fields kept per draw (the names ``sample_stats`` gets in :mod:`imgcate.inference`).
 FIELDS = ("diverging", "num_steps", "energy", "potential_energy")
 
-#: Iterations per compiled call: the progress bar moves this often.
+#: Most iterations per compiled call (the progress bar moves this often).
 BLOCK = 50
 
 
@@ -156,11 +156,11 @@ def run_nuts(data: ModelData, config: FitConfig, starts: dict, key) -> tuple[dic
 
     advance = jax.jit(advance)
     devices = chain_devices(config)
-    steps = iter(
+    iterations = iter(
         progress_bar(
-            range(n_chains * (warmup + draws) // block),
+            range(n_chains * (warmup + draws)),
             config.progress,
-            f"NUTS, {n_chains} chain(s) x {warmup} + {draws} iterations ({block} per step)",
+            f"NUTS, {n_chains} chain(s) x ({warmup} warm-up + {draws}) iterations",
         )
     )
     lock = threading.Lock()
@@ -176,7 +176,8 @@ def run_nuts(data: ModelData, config: FitConfig, starts: dict, key) -> tuple[dic
             else:
                 jax.block_until_ready(state)
             with lock:
-                next(steps, None)
+                for _ in range(block):
+                    next(iterations, None)
         results[c] = jax.tree.map(lambda *parts: np.concatenate(parts), *kept)
 
     def run_on(d: int) -> None:
@@ -189,7 +190,7 @@ def run_nuts(data: ModelData, config: FitConfig, starts: dict, key) -> tuple[dic
     else:
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(run_on, range(workers)))
-    for _ in steps:  # closes the bar
+    for _ in iterations:  # closes the bar
         pass
     free = {k: np.stack([r[0][k] for r in results]) for k in results[0][0]}
     fields = {name: np.stack([r[i + 1] for r in results]) for i, name in enumerate(FIELDS)}
