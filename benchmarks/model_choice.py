@@ -13,7 +13,11 @@ the truth. Prints one JSON line per replication and one summary line per scenari
 - ``selected``: how often each model was selected (``true_k_rate`` for the cluster scenarios,
   whose truth is K = 2);
 - ``rules``: the heterogeneity rate (or true-K rate) of other rules, recomputed from the same
-  tables: ``"gain/z"`` selects the simplest model with ``elpd_diff <= max(gain, z * dse)``.
+  tables: ``"gain/z"`` selects the first model with ``elpd_diff <= max(gain, z * dse)`` in
+  ``imgcate.selection.preference_order`` (constant, 2, 3, ... clusters, smooth), as
+  ``compare_clusters`` does. Rows record their ``rule`` and ``order``; rows without them ran
+  the rule of 2026-12-02 (4/2, smallest K first), and ``rule_reproduced`` checks each row
+  against its own.
 
 Same settings every run:
 
@@ -68,9 +72,16 @@ RULES = (
 EARLIER_RULE = (4.0, 2.0)
 
 
-def select(table: list[dict], gain: float, z: float) -> int:
-    """The simplest model (smallest K) with ``elpd_diff <= max(gain, z * dse)``."""
-    return min(row["K"] for row in table if row["elpd_diff"] <= max(gain, z * row["dse"]))
+def select(table: list[dict], gain: float, z: float, order: str = "smooth_last") -> int:
+    """The first model with ``elpd_diff <= max(gain, z * dse)``, in ``compare_clusters``'
+    order (``"smooth_last"``) or by number of clusters (``"smallest_k"``, before 2026-12-03)."""
+    from imgcate.selection import preference_order
+
+    ok = {row["K"] for row in table if row["elpd_diff"] <= max(gain, z * row["dse"])}
+    ks = [row["K"] for row in table]
+    return next(
+        k for k in (preference_order(ks) if order == "smooth_last" else sorted(ks)) if k in ok
+    )
 
 
 def one_comparison(
@@ -100,9 +111,12 @@ def one_comparison(
             progress=False,
         )
     seconds = time.perf_counter() - start
-    selected = comparison.fits[comparison.best_k]
-    units = selected.unit_effects(PROB)
     lo, hi = f"{50 * (1 - PROB):g}%", f"{100 - 50 * (1 - PROB):g}%"
+    cover_by_k = {}  # every model's unit coverage: any rule's can be recomputed
+    for k, one_fit in comparison.fits.items():
+        units = one_fit.unit_effects(PROB)
+        cover_by_k[str(k)] = covers(units[f"tau_{lo}"], units[f"tau_{hi}"], sim.truth.cate)
+    units = comparison.fits[comparison.best_k].unit_effects(PROB)
     columns = ["elpd", "se", "elpd_diff", "dse", "n_bad_pareto_k", "stacking_weight"]
     table = comparison.table.reset_index()[["K", *columns]]
     return {
@@ -114,8 +128,10 @@ def one_comparison(
         "pareto_problem": "ParetoKWarning" in {type(w.message).__name__ for w in caught},
         "best_k": comparison.best_k,
         "rule": [MIN_ELPD_GAIN, SE_MULTIPLE],
+        "order": "smooth_last",
         "cover_in": covers(units[f"tau_{lo}"], units[f"tau_{hi}"], sim.truth.cate),
         "sqrt_pehe": float(np.sqrt(((units["tau_mean"] - sim.truth.cate) ** 2).mean())),
+        "cover_by_k": cover_by_k,
         "warnings": sorted({type(w.message).__name__ for w in caught}),
         "table": [json_row(row) for row in table.to_dict("records")],
     }
@@ -151,7 +167,9 @@ def summarize(rows: list[dict]) -> dict:
     # a false-heterogeneity rate where the effect is constant, else the power to see it
     out["heterogeneity_is"] = "false" if effect == "constant" else "true"
     out["rule_reproduced"] = all(
-        select(r["table"], *r.get("rule", EARLIER_RULE)) == r["best_k"] for r in rows
+        select(r["table"], *r.get("rule", EARLIER_RULE), r.get("order", "smallest_k"))
+        == r["best_k"]
+        for r in rows
     )
     out["selected"] = {str(k): picks.count(k) for k in sorted(set(picks))}
     if effect in TRUE_K:

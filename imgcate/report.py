@@ -196,8 +196,9 @@ def _model_choice(comparison: ClusterComparison | None) -> Section:
         SECTIONS[0],
         "Each row is a model: a constant effect (K = 0), a smooth effect without clusters "
         "(K = 1) or K effect clusters; elpd says how well it predicts a new unit's outcome "
-        "(higher is better), and the rule keeps the simplest model that is not clearly worse "
-        "than the best, so heterogeneity is claimed only when it predicts better.",
+        "(higher is better), and the rule keeps the constant effect unless a model with "
+        "heterogeneity predicts clearly better; among those it prefers the fewest clusters, "
+        "and the smooth model only when it predicts clearly better than every cluster model.",
     )
     if comparison is None:
         section.text(

@@ -30,6 +30,7 @@ from imgcate.selection import (
     fold_ids,
     held_out_log_likelihood,
     pareto_problem,
+    preference_order,
 )
 from imgcate.simulate import simulate_trial
 
@@ -162,13 +163,23 @@ def test_stacking_weights_are_reported_and_the_same_seed_gives_the_same_comparis
     assert table["selected"].sum() == 1 and table.loc[runs[0].best_k, "selected"]
     pd.testing.assert_frame_equal(runs[0].table, runs[1].table)
     assert runs[0].best_k == runs[1].best_k
-    # the rule, recomputed from the table: the simplest model within max(4, dse) of the best
+    # the rule, recomputed from the table: the first model within max(4, dse) of the best in
+    # the order constant, 2, 3, ... clusters, smooth
     within = table["elpd_diff"] <= np.maximum(MIN_ELPD_GAIN, SE_MULTIPLE * table["dse"])
-    assert runs[0].best_k == min(table.index[within])
+    order = [0] + sorted(k for k in table.index if k > 1) + [1]
+    assert runs[0].best_k == next(k for k in order if within[k])
+
+
+def test_the_smooth_model_comes_after_the_cluster_models():
+    """Ties go to the constant effect, then to the fewest clusters; the smooth model (K = 1,
+    nested in every cluster model) only when it is clearly better than all of them."""
+    assert preference_order([0, 1, 2, 3]) == [0, 2, 3, 1]
+    assert preference_order([3, 1, 2]) == [2, 3, 1]
+    assert preference_order([1]) == [1]
 
 
 def test_the_rule_is_an_option_and_the_constant_model_can_be_left_out():
-    """A tolerance nothing exceeds selects the simplest model; without the constant model
+    """A tolerance nothing exceeds selects the constant model; without the constant model
     the table starts at K = 1; models are named by what they are."""
     sim = simulate_trial(11, 150, 2, n_features=4)
     options = {"k_max": 1, "criterion": "loo", "progress": False, **SMALL}
