@@ -55,7 +55,7 @@ def run_demo(
 
     Writes a synthetic scene, simulates a trial on it whose effect depends on the built-up share
     around each unit (two clusters), extracts 32 px chips, embeds them (random convolutional
-    features), compares a constant effect and K = 1..3 (PSIS-LOO, or spatial K-fold), keeps the
+    features), compares a constant effect with K = 1..3 (PSIS-LOO, or spatial K-fold), keeps the
     chosen model and writes the fit, cluster and unit effects, the ATE check, a summary, the
     segment sensitivity of the most typical images of each cluster and the posterior effect map
     of the whole scene. Every output path is checked before any work.
@@ -97,7 +97,7 @@ def run_demo(
     sim = simulate_scene_trial(scene, seed=seed + 1, n_units=n_units, chip_size=chip)
     chips = extract_chips(sim.trial, scene, chip)
     emb = embed(chips, "rcf", n_features=256, n_components=8, seed=seed)
-    say("comparing a constant effect and K = 1, 2, 3 (PSIS-LOO, or spatial K-fold)")
+    say("comparing a constant effect, 2 and 3 clusters, and the smooth effect (K = 1)")
     comparison = compare_clusters(
         sim.trial,
         emb,
@@ -110,6 +110,7 @@ def run_demo(
     )
     result = comparison.fits[comparison.best_k]
     say(comparison.table.to_string(float_format=lambda v: f"{v:.2f}"))
+    say(comparison.reason())
     result.save(output_dir / "fit.imgcate", overwrite=overwrite)
     _write_csv(
         result.cluster_effects().reset_index(),

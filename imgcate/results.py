@@ -493,8 +493,8 @@ class EffectFit:
         if dependence < WEAK_MEMBERSHIP:
             notes.append(
                 f"Membership barely depends on the image ({dependence:.2f} of a clean split): "
-                "the clusters do not sort images into groups; read the unit CATE, and compare "
-                "with fewer clusters (imgcate.compare_clusters)."
+                "the clusters do not sort images into groups; read the unit CATE (the smooth "
+                "model without clusters, imgcate.fit(n_clusters=1), describes it too)."
             )
         share = float(self._draws("effect_share_clusters").mean())
         notes.append(

@@ -465,7 +465,10 @@ def test_k_auto_compares_and_keeps_the_selected_model(fitted, tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert "constant" in res.output and "smooth" in res.output and "2 clusters" in res.output
-    selected = res.output.split("selected: ", 1)[1].splitlines()[0]
+    selected = res.output.split("selected ", 1)[1].split(":", 1)[0]
+    assert "in the order constant, 2 clusters, smooth, whose elpd is within max(4, 1 x dse)" in (
+        res.output
+    )
     config = load_fit(out).config
     if selected == "constant":
         assert config.equal_effects

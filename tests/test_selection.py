@@ -22,13 +22,13 @@ import xarray as xr
 from imgcate import ConvergenceWarning, InputError, load_fit
 from imgcate.errors import ParetoKWarning
 from imgcate.evaluate import spatial_blocks
+from imgcate.heldout import held_out_log_likelihood
 from imgcate.inference import fit
 from imgcate.selection import (
     MIN_ELPD_GAIN,
     SE_MULTIPLE,
     compare_clusters,
     fold_ids,
-    held_out_log_likelihood,
     pareto_problem,
     preference_order,
 )
@@ -168,6 +168,9 @@ def test_stacking_weights_are_reported_and_the_same_seed_gives_the_same_comparis
     within = table["elpd_diff"] <= np.maximum(MIN_ELPD_GAIN, SE_MULTIPLE * table["dse"])
     order = [0] + sorted(k for k in table.index if k > 1) + [1]
     assert runs[0].best_k == next(k for k in order if within[k])
+    reason = runs[0].reason()  # the rule in words, with each preferred model's shortfall
+    assert reason.startswith(f"selected {table.loc[runs[0].best_k, 'model']}: the first model")
+    assert reason.count("trails by") == order.index(runs[0].best_k)
 
 
 def test_the_smooth_model_comes_after_the_cluster_models():

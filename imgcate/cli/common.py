@@ -108,7 +108,7 @@ CLI_PHRASES = (
         "name them (--band-name, once per file, in order)",
     ),
     ("; names= or a mapping in Python)", ")"),
-    ("with fewer clusters (imgcate.compare_clusters)", "with fewer clusters (-k auto)"),
+    ("imgcate.fit(n_clusters=1)", "-k 1"),
 )
 #: Python spellings dropped where the message gives the option beside them
 #: ("bands=['red', 'nir'] / --band red --band nir").

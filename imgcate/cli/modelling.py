@@ -344,7 +344,7 @@ def fit_command(
         if not quiet:
             columns = ["model", "method", "elpd", "elpd_diff", "dse", "selected"]
             click.echo(comparison.table[columns].to_string(float_format=lambda v: f"{v:.2f}"))
-            click.echo(f"selected: {comparison.table.loc[comparison.best_k, 'model']}\n")
+            click.echo(comparison.reason() + "\n")
     else:
         result = run(fit, trial, emb, n_clusters=n_clusters, **settings)
     run(result.save, output, overwrite=overwrite)
@@ -447,10 +447,10 @@ def demo(output_dir, n_units, seed, draws, scene_size, overwrite, verbose, quiet
 
     Writes a synthetic scene (scene.tif), simulates a trial on it whose effect depends on the
     built-up share around each unit (two clusters), extracts 32 px chips, embeds them (random
-    convolutional features), compares K = 1..3 (PSIS-LOO, or spatial K-fold), fits the chosen
-    model and writes the fit, cluster and unit effects, the ATE check, a summary, the segment
-    sensitivity of the most typical images of each cluster, and the posterior effect map of the
-    whole scene (Cloud-Optimized GeoTIFF and PNG preview).
+    convolutional features), compares a constant effect with K = 1..3 (PSIS-LOO, or spatial
+    K-fold), keeps the model selected and writes the fit, cluster and unit effects, the ATE
+    check, a summary, the segment sensitivity of the most typical images of each cluster, and
+    the posterior effect map of the whole scene (Cloud-Optimized GeoTIFF and PNG preview).
 
     \b
     Example:
