@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from imgcate.cli.common import Command, common, run, start
+from imgcate.cli.common import Command, common, in_cli_words, run, start
 from imgcate.provenance import KEY, loads, summary_lines
 
 
@@ -86,9 +86,10 @@ def fit_lines(path: Path) -> list[str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         problems = result.check_convergence() if hasattr(result, "check_convergence") else []
+    problems = [in_cli_words(p) for p in problems]
     lines += [f"  {p}" for p in problems] or ["  no convergence problems (R-hat, ESS, divergences)"]
     lines.append("summary:")
-    lines += ["  " + line for line in result.summary().splitlines()]
+    lines += ["  " + line for line in in_cli_words(result.summary()).splitlines()]
     return lines
 
 
