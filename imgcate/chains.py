@@ -31,6 +31,9 @@ from imgcate.output import progress_bar
 #: Sampler fields kept per draw (the names ``sample_stats`` gets in :mod:`imgcate.inference`).
 FIELDS = ("diverging", "num_steps", "energy", "potential_energy")
 
+#: MAP searches that end more than this above the best potential start no chain.
+START_GAP = 10.0
+
 #: Most iterations per compiled call (the progress bar moves this often).
 BLOCK = 50
 
@@ -95,10 +98,19 @@ def map_searches(data: ModelData, config: FitConfig, key) -> tuple[dict, dict, n
     return values, unconstrained, losses
 
 
-def chain_starts(unconstrained: dict, losses: np.ndarray, n_chains: int, key) -> dict:
-    """Unconstrained start of each chain: the best ``n_chains`` MAP searches, one each (when
-    there are fewer searches than chains, the best ones again with a small jitter)."""
+def chain_starts(
+    unconstrained: dict, losses: np.ndarray, n_chains: int, key, max_gap: float = START_GAP
+) -> dict:
+    """Unconstrained start of each chain: the best ``n_chains`` MAP searches, one each, among
+    those that ended within ``max_gap`` of the best potential; when there are fewer such
+    searches than chains, the best ones again with a small jitter.
+
+    A search that ended clearly higher found a mode with negligible posterior mass (about
+    ``exp(-gap)`` of the best's): a chain started there stays there and only spoils the mix,
+    while modes of similar density still get chains of their own and show in R-hat.
+    """
     order = np.argsort(losses, kind="stable")
+    order = order[losses[order] <= losses[order[0]] + max_gap]
     picks = np.resize(order, n_chains)
     repeat = np.arange(n_chains) >= len(order)
     sizes = [int(np.prod(v.shape[1:], dtype=int)) for v in unconstrained.values()]
