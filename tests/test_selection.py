@@ -244,8 +244,10 @@ def test_kfold_asked_directly_agrees_with_a_reliable_psis_loo():
     quantity should (3-fold fits see 2/3 of the units, so K-fold is a little pessimistic).
 
     Measured once: K-fold elpd -224.9 / -222.7 against PSIS-LOO -225.1 / -225.0, se 9.2; the
-    rule keeps K = 1 (elpd_diff 2.2 < 4: the smooth deviation follows clusters that a linear
-    direction of a 4-feature embedding separates), stacking puts its weight on K = 2.
+    smooth model came within 2.2 of K = 2 (its deviation follows clusters that a linear
+    direction of a 4-feature embedding separates), so the rule of 2026-12-02 (smallest K
+    first) kept K = 1; the current order (smooth last) keeps K = 2, where stacking puts its
+    weight.
     """
     sim = simulate_trial(21, 200, 2, n_features=4, separation=5.0)
     with warnings.catch_warnings():
