@@ -274,7 +274,7 @@ def test_kfold_asked_directly_agrees_with_a_reliable_psis_loo():
 #: control) to settle: on this K = 3 trial the rule "smallest K with elpd_diff <= max(4, 2 dse)"
 #: (the default until 2026-12-03) kept K = 2 (elpd_diff 8.7 against K = 4; the continuous
 #: deviation absorbs part of the third cluster, and K >= 3 fits have 27-29 bad Pareto-k).
-#: Not strict: a better rule may pass it.
+#: Not strict: with the smooth model last and max(4, dse) it passed on 2026-12-03.
 K3_KNOWN_FAILURE = pytest.mark.xfail(
     reason="issue 18: the K rule keeps K = 2 on the K = 3 trial under the new model",
     strict=False,
