@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
 from numpyro.infer import NUTS
@@ -40,9 +41,22 @@ BLOCK = 50
 
 def model_args(data: ModelData) -> dict[str, Any]:
     """The effect model's keyword arguments for a trial's model data."""
-    import jax.numpy as jnp
-
     return {"inputs": data.inputs, "outcome": jnp.asarray(data.outcome), "spec": data.spec}
+
+
+def potential(args: dict):
+    """NUTS's potential of the effect model given its arguments: the negative log joint
+    density at an unconstrained point (Jacobians of the supports' transforms included)."""
+    return lambda z: potential_energy(effect_model, (), args, z)
+
+
+def flat_draws(samples: dict) -> tuple[dict, int]:
+    """Draws (chain, draw, ...) by site as JAX arrays (chain * draw, ...), and their number."""
+    n_chain, n_draw = next(iter(samples.values())).shape[:2]
+    flat = {
+        k: jnp.asarray(v.reshape((n_chain * n_draw,) + v.shape[2:])) for k, v in samples.items()
+    }
+    return flat, n_chain * n_draw
 
 
 def restart_init(site=None):
@@ -76,19 +90,17 @@ def map_searches(data: ModelData, config: FitConfig, key) -> tuple[dict, dict, n
     """
     args = model_args(data)
     optimizer = Adam(0.05)
-
-    def potential(z):
-        return potential_energy(effect_model, (), args, z)
+    energy = potential(args)
 
     def search(restart_key):
         def step(state, _):
-            (loss, _), state = optimizer.eval_and_update(lambda z: (potential(z), None), state)
+            (loss, _), state = optimizer.eval_and_update(lambda z: (energy(z), None), state)
             return state, loss
 
         start = optimizer.init(start_point(restart_key, args))
         state, _ = jax.lax.scan(step, start, None, length=config.init_steps)
         free = optimizer.get_params(state)
-        return free, constrain_fn(effect_model, (), args, free), potential(free)
+        return free, constrain_fn(effect_model, (), args, free), energy(free)
 
     keys = jax.random.split(key, config.init_restarts)
     free, values, losses = jax.jit(jax.vmap(search))(keys)
@@ -147,10 +159,7 @@ def run_nuts(data: ModelData, config: FitConfig, starts: dict, key) -> tuple[dic
     the number of devices.
     """
     args = model_args(data)
-    kernel = NUTS(
-        potential_fn=jax.jit(lambda z: potential_energy(effect_model, (), args, z)),
-        target_accept_prob=config.target_accept,
-    )
+    kernel = NUTS(potential_fn=jax.jit(potential(args)), target_accept_prob=config.target_accept)
     n_chains, warmup, draws = config.num_chains, config.num_warmup, config.num_samples
     keys = jax.random.split(key, n_chains)
     # initialize every chain here, in one thread: init sets the kernel's (shared) functions
@@ -168,6 +177,7 @@ def run_nuts(data: ModelData, config: FitConfig, starts: dict, key) -> tuple[dic
 
     advance = jax.jit(advance)
     devices = chain_devices(config)
+    workers = min(len(devices), n_chains)
     iterations = iter(
         progress_bar(
             range(n_chains * (warmup + draws)),
@@ -196,7 +206,6 @@ def run_nuts(data: ModelData, config: FitConfig, starts: dict, key) -> tuple[dic
         for c in range(d, n_chains, workers):
             run(c)
 
-    workers = min(len(devices), n_chains)
     if workers == 1:
         run_on(0)
     else:
@@ -212,6 +221,6 @@ def run_nuts(data: ModelData, config: FitConfig, starts: dict, key) -> tuple[dic
 def constrained(free: dict, args: dict) -> dict:
     """Draws (chain, draw, ...) of the unconstrained sites on the model's own supports."""
     n_chain, n_draw = next(iter(free.values())).shape[:2]
-    flat = {k: v.reshape((n_chain * n_draw,) + v.shape[2:]) for k, v in free.items()}
+    flat, _ = flat_draws(free)
     values = jax.jit(jax.vmap(lambda z: constrain_fn(effect_model, (), args, z)))(flat)
     return {k: np.asarray(v).reshape((n_chain, n_draw) + v.shape[1:]) for k, v in values.items()}

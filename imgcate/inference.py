@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -23,7 +22,14 @@ from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
 from numpyro.infer.initialization import init_to_median, init_to_value
 from numpyro.optim import Adam
 
-from imgcate.chains import chain_starts, map_searches, model_args, random_starts, run_nuts
+from imgcate.chains import (
+    chain_starts,
+    flat_draws,
+    map_searches,
+    model_args,
+    random_starts,
+    run_nuts,
+)
 from imgcate.config import FitConfig, ModelData, Standardizer, model_data
 from imgcate.embeddings import Embeddings
 from imgcate.errors import BalanceWarning, InputError
@@ -134,18 +140,10 @@ def _run_svi(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
     return samples, {"loss": losses}
 
 
-def _flat_draws(samples: dict) -> tuple[dict, int]:
-    n_chain, n_draw = next(iter(samples.values())).shape[:2]
-    flat = {
-        k: jnp.asarray(v.reshape((n_chain * n_draw,) + v.shape[2:])) for k, v in samples.items()
-    }
-    return flat, n_chain * n_draw
-
-
 def _log_likelihood(samples: dict, data: ModelData) -> np.ndarray:
     """Pointwise log-likelihood (chain, draw, unit), computed in chunks of draws."""
     n_chain, n_draw = next(iter(samples.values())).shape[:2]
-    flat, total = _flat_draws(samples)
+    flat, total = flat_draws(samples)
     args = model_args(data)
     fn = jax.jit(lambda s: log_likelihood(effect_model, s, **args)["outcome"])
     chunk = max(1, int(2e7 // max(len(data.outcome), 1)))
@@ -161,7 +159,7 @@ def _posterior_predictive(samples: dict, data: ModelData, key) -> np.ndarray | N
     n_chain, n_draw = next(iter(samples.values())).shape[:2]
     if n_chain * n_draw * len(data.outcome) > MAX_PREDICTIVE_VALUES:
         return None
-    flat, _ = _flat_draws(samples)
+    flat, _ = flat_draws(samples)
     args = {**model_args(data), "outcome": None}
     draws = Predictive(effect_model, posterior_samples=flat, return_sites=["outcome"])(key, **args)
     return np.asarray(draws["outcome"]).reshape(n_chain, n_draw, -1)

@@ -61,6 +61,12 @@ def preference_order(ks) -> list[int]:
     return [k for k in ks if k != 1] + [k for k in ks if k == 1]
 
 
+def rule_margin(table: pd.DataFrame, min_elpd_gain: float, se_multiple: float) -> pd.Series:
+    """By K, how far below the best a model's elpd may lie and still count as not clearly
+    worse: ``max(min_elpd_gain, se_multiple * dse)``."""
+    return np.maximum(min_elpd_gain, se_multiple * table["dse"])
+
+
 @dataclass(frozen=True)
 class ClusterComparison:
     """Comparison of the constant-effect model (K = 0) and effect-cluster models K = 1..k_max.
@@ -127,10 +133,9 @@ class ClusterComparison:
             f"max({self.min_elpd_gain:g}, {self.se_multiple:g} x dse) of the best "
             f"({name[best]})"
         ]
+        margin = rule_margin(table, self.min_elpd_gain, self.se_multiple)
         for k in order[: order.index(self.best_k)]:
-            margin = max(self.min_elpd_gain, self.se_multiple * float(table.loc[k, "dse"]))
-            gap = float(table.loc[k, "elpd_diff"])
-            words.append(f"{name[k]} trails by {gap:.1f} > {margin:.1f}")
+            words.append(f"{name[k]} trails by {table.loc[k, 'elpd_diff']:.1f} > {margin[k]:.1f}")
         return "; ".join(words) + "."
 
 
@@ -285,7 +290,7 @@ def compare_clusters(
     else:
         elpds = loos
     table = _table(fits, loos, elpds, threshold, "kfold-spatial" if use_kfold else "psis-loo")
-    ok = table["elpd_diff"] <= np.maximum(min_elpd_gain, se_multiple * table["dse"])
+    ok = table["elpd_diff"] <= rule_margin(table, min_elpd_gain, se_multiple)
     best_k = next(k for k in preference_order(table.index) if ok[k])
     table["selected"] = table.index == best_k
     fits[best_k].check_convergence()  # the other K are only compared; the selected one is used
