@@ -20,7 +20,8 @@ A scenario is EFFECT/BASELINE/NOISE[/dD] (``d16``: 16 features instead of 4). On
 with more cores, ``--jobs N`` runs N fits at once (a fresh process for each fit).
 
 ``--form`` compares forms of the model's flexible parts on the same trials (issue 17):
-``rff`` (the default model: random-feature GPs f in the baseline and g in the effect),
+``rff`` (the default model: Gaussian processes f in the baseline and g in the effect; the name
+is from when their basis was random Fourier features),
 ``linear`` (no f or g: baseline and effect deviation linear in the embedding),
 ``prognostic`` (``linear`` plus a cross-fitted prognostic score as a covariate, as Bayesian
 causal forests do: gradient boosting of the outcome on embedding and covariates, trained on the
@@ -257,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.reps, args.draws = 2, 200
+    from imgcate.config import FitConfig
     from imgcate.model import PRIOR
 
     prior = {}
@@ -282,6 +284,9 @@ def main(argv: list[str] | None = None) -> None:
                 "first_seed": args.first_seed,
                 "form": args.form,
                 "prior": prior,
+                "prior_scales": {**PRIOR, **prior},
+                "n_basis": FitConfig().n_basis,
+                "basis": "kernel eigenfunctions (imgcate.config.kernel_basis)",
                 "prob": PROB,
             }
         ),

@@ -12,7 +12,7 @@ default); at the smallest size the full model is also timed with the chains one 
 (500 iterations, as ``fit`` uses unless told otherwise); ``--warmup`` changes it.
 
 What the model's flexible parts cost: at the smallest size NUTS also fits the same trial with
-the random-feature GPs left out (``parts="linear"``: ``n_basis=0``, linear effect deviation) and
+the Gaussian processes left out (``parts="linear"``: ``n_basis=0``, linear effect deviation) and
 with no continuous deviation at all (``parts="clusters"``: ``n_basis=0, deviation="none"``, the
 clusters-only mean model); ``parts="full"`` is the default model.
 """

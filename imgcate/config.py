@@ -33,7 +33,7 @@ class FitConfig:
         Outcome family (see :mod:`imgcate.likelihoods`; docs/model.md says when to use which).
     deviation : {"smooth", "linear", "none"}
         The unit effect's continuous part besides the clusters: "smooth" (default) a linear
-        term plus a random-feature Gaussian process in the embedding, both shrunk towards 0;
+        term plus a Gaussian process in the embedding, both shrunk towards 0;
         "linear" the linear term only; "none" clusters alone (with K = 1: a constant effect,
         the model without heterogeneity).
     equal_effects : bool
@@ -42,8 +42,9 @@ class FitConfig:
         fits it as the null of no heterogeneity, so that a baseline the clusters describe
         better is not taken for heterogeneity of the effect.
     n_basis : int
-        Random Fourier features of the baseline's (and the smooth deviation's) Gaussian
-        process in the embedding; 0 leaves both linear in the embedding.
+        Functions of the basis of the baseline's (and the smooth deviation's) Gaussian
+        process in the embedding: the kernel's leading eigenfunctions over the trial
+        (:func:`kernel_basis`); 0 leaves both linear in the embedding.
     floor : float or None
         The outcome's floor for ``likelihood="hurdle"`` (the value of the zeros) and
         ``"censored"`` (the censoring point); None takes the smallest observed outcome.
@@ -71,7 +72,7 @@ class FitConfig:
         so chains that settle in different modes show in R-hat. With 0 restarts each chain
         starts at random (uniform in (-2, 2) unconstrained, NumPyro's default).
     seed : int
-        Random seed of the inference and of the random features.
+        Random seed of the inference and of the basis's landmark units.
     progress : bool
         Show progress bars.
     """
@@ -80,7 +81,7 @@ class FitConfig:
     likelihood: str = "gaussian"
     deviation: str = "smooth"
     equal_effects: bool = False
-    n_basis: int = 48
+    n_basis: int = 160
     floor: float | None = None
     method: str = "nuts"
     n_components: int | None = None
@@ -143,9 +144,10 @@ class Standardizer:
     embedding_mean, embedding_sd : ndarray (feature_in,)
     projection : ndarray (feature_in, feature)
         Whitening PCA applied after standardizing the embedding.
-    basis_freq, basis_phase, basis_coef : ndarray (feature, basis), (basis,), (feature+1, basis)
-        The random Fourier features of the model's Gaussian-process terms
-        (:func:`imgcate.model.basis_features`).
+    basis_landmarks, basis_transform, basis_coef : ndarray (landmark, feature),
+        (landmark, basis), (feature+1, basis)
+        The basis of the model's Gaussian-process terms (:func:`kernel_basis`,
+        :func:`imgcate.model.basis_features`).
     """
 
     outcome_mean: float
@@ -156,8 +158,8 @@ class Standardizer:
     embedding_mean: np.ndarray
     embedding_sd: np.ndarray
     projection: np.ndarray
-    basis_freq: np.ndarray
-    basis_phase: np.ndarray
+    basis_landmarks: np.ndarray
+    basis_transform: np.ndarray
     basis_coef: np.ndarray
 
     @classmethod
@@ -183,7 +185,7 @@ class Standardizer:
         _, s, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
         scale = s[:n_comp] / np.sqrt(max(len(z) - 1, 1))
         projection = vt[:n_comp].T / np.where(scale > 1e-12, scale, 1.0)
-        freq, phase, coef = random_features(z @ projection, config.n_basis, config.seed)
+        landmarks, transform, coef = kernel_basis(z @ projection, config.n_basis, config.seed)
         location, spread, floor = outcome_scale(outcome, config, outcome_name)
         return cls(
             outcome_mean=location,
@@ -194,8 +196,8 @@ class Standardizer:
             embedding_mean=e_mean,
             embedding_sd=e_sd,
             projection=projection,
-            basis_freq=freq,
-            basis_phase=phase,
+            basis_landmarks=landmarks,
+            basis_transform=transform,
             basis_coef=coef,
         )
 
@@ -211,11 +213,16 @@ class Standardizer:
 
     @property
     def basis_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(freq, phase, coef) for :func:`imgcate.model.basis_features`."""
-        return self.basis_freq, self.basis_phase, self.basis_coef
+        """(landmarks, transform, coef) for :func:`imgcate.model.basis_features`."""
+        return self.basis_landmarks, self.basis_transform, self.basis_coef
+
+    @property
+    def n_basis(self) -> int:
+        """Functions in the Gaussian-process basis (0: no Gaussian-process terms)."""
+        return self.basis_coef.shape[1]
 
     def basis(self, embedding: np.ndarray) -> np.ndarray:
-        """Random features (n, basis) of model-scale embeddings."""
+        """Gaussian-process basis (n, basis) of model-scale embeddings."""
         arrays = (jnp.asarray(a, jnp.float32) for a in self.basis_arrays)
         return np.asarray(basis_features(jnp.asarray(embedding, jnp.float32), *arrays))
 
@@ -234,26 +241,56 @@ class Standardizer:
         return float((self.outcome_floor - self.outcome_mean) / self.outcome_sd)
 
 
-def random_features(
+#: Trial units the kernel basis is built on (a random subset of larger trials); each new
+#: image's basis costs this many kernel evaluations.
+BASIS_LANDMARKS = 400
+#: Eigenfunctions whose eigenvalue is below this share of the largest are left out.
+EIGEN_FLOOR = 1e-4
+
+
+def kernel_basis(
     z: np.ndarray, n_basis: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Frequencies, phases and the least-squares map from ``[1, z]`` of ``n_basis`` random
-    Fourier features of a squared-exponential kernel with lengthscale ``sqrt(feature)`` on the
-    whitened embedding ``z`` (unit, feature).
+    """Landmarks, transform and the least-squares map from ``[1, z]`` of a Gaussian-process
+    basis of ``n_basis`` functions on the whitened embedding ``z`` (unit, feature).
 
-    The lengthscale makes two random units' kernel value about exp(-1). The features are made
-    orthogonal to an intercept and the linear terms over the trial's units (``coef``), so the
-    Gaussian-process terms hold only what those cannot (and do not compete with them).
+    The kernel is squared-exponential with lengthscale ``sqrt(feature)`` (two random units'
+    kernel value about exp(-1)). The basis is the kernel's leading eigenfunctions over the
+    trial's units (Nystrom on up to :data:`BASIS_LANDMARKS` of them, then the principal
+    components of those features over every unit): of all bases of that width, the one whose
+    Gaussian process is closest to the exact one on the trial. Random Fourier features, used
+    before, need several times more functions for the same accuracy with many features (a
+    quadratic along one direction of 16: error 1.40 with 48 random features against 0.89 with
+    160 eigenfunctions and 0.88 for the exact GP). The functions are made orthogonal to an
+    intercept and the linear terms over the trial's units (``coef``), so the Gaussian-process
+    terms hold only what those cannot. Fewer functions than ``n_basis`` when the trial has
+    fewer units or the kernel fewer eigenvalues above :data:`EIGEN_FLOOR` of the largest
+    (about 80 with four components).
     """
     n, d = z.shape
-    rng = np.random.default_rng([seed, 20261201])
-    freq = rng.normal(size=(d, n_basis)) / np.sqrt(max(d, 1))
-    phase = rng.uniform(0.0, 2.0 * np.pi, n_basis)
-    if not n_basis:
-        return freq, phase, np.zeros((d + 1, 0))
-    raw = np.sqrt(2.0 / n_basis) * np.cos(z @ freq + phase)
+    empty = (np.zeros((0, d)), np.zeros((0, 0)), np.zeros((d + 1, 0)))
+    if not n_basis or n < 2:
+        return empty
+    rng = np.random.default_rng([seed, 20261203])
+    landmarks = z[np.sort(rng.choice(n, min(n, BASIS_LANDMARKS), replace=False))]
+
+    def kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        sq = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2.0 * a @ b.T
+        return np.exp(-0.5 * np.maximum(sq, 0.0) / max(d, 1))
+
+    # functions below 1e-4 of the leading eigenvalue carry next to nothing and would amplify
+    # float32 rounding of the kernel by up to 1 / sqrt(their eigenvalue)
+    values, vectors = np.linalg.eigh(kernel(landmarks, landmarks))
+    keep = values > EIGEN_FLOOR * values.max()
+    transform = vectors[:, keep] / np.sqrt(values[keep])  # Nystrom features of the landmarks
+    features = kernel(z, landmarks) @ transform
+    values, vectors = np.linalg.eigh(features.T @ features / n)
+    order = np.argsort(values)[::-1]
+    order = order[values[order] > EIGEN_FLOOR * values[order[0]]][:n_basis]
+    transform = transform @ vectors[:, order]
+    raw = features @ vectors[:, order]
     coef = np.linalg.lstsq(np.column_stack([np.ones(n), z]), raw, rcond=None)[0]
-    return freq, phase, coef
+    return landmarks, transform, coef
 
 
 def outcome_scale(
@@ -334,7 +371,7 @@ def model_data(
         likelihood=config.likelihood,
         n_features=z.shape[1],
         n_covariates=covariates.shape[1],
-        n_basis=config.n_basis,
+        n_basis=std.n_basis,
         deviation=config.deviation,
         equal_effects=config.equal_effects,
         n_strata=0 if stratum is None else int(stratum.max()) + 1,

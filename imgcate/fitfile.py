@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import arviz as az
 
 #: Version of the archive layout; files of another version are refused.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def write_fit_file(
@@ -121,6 +121,13 @@ def _checked_meta(meta: Any, path: Path) -> dict:
             f"{str(path)!r} was written by imgcate 0.1 (fit format 1), whose effect model "
             "(a mixture over clusters with a linear baseline) this imgcate no longer has; "
             "refit with imgcate.fit(trial, embeddings, ...) on the same data (see CHANGELOG.md)."
+        )
+    if version == 2:
+        raise InputError(
+            f"{str(path)!r} was written by an imgcate whose Gaussian-process terms used random "
+            "Fourier features (fit format 2); this imgcate uses the kernel's eigenfunctions "
+            "and cannot predict from that fit: refit with imgcate.fit(trial, embeddings, ...) "
+            "(or imgcate fit) on the same data (see CHANGELOG.md)."
         )
     if isinstance(version, int) and version > FORMAT_VERSION:
         raise InputError(

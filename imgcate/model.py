@@ -9,8 +9,9 @@ predictor ("part"; one, or two for the hurdle likelihood):
     effect      tau   = pi(z) tau_k + z delta + g(z)
     outcome     y ~ family(eta0 + t tau)
 
-``f`` and ``g`` are random-feature approximations of Gaussian processes in the whole
-embedding (fixed random Fourier features, orthogonal to the intercept and the linear terms),
+``f`` and ``g`` are Gaussian processes in the whole embedding, each a fixed basis (the
+kernel's leading eigenfunctions over the trial, orthogonal to the intercept and the linear
+terms) times shrunk coefficients,
 ``tau_k`` are ordered (no label switching) and ``delta``, ``g`` are shrunk towards zero. The
 effect's terms are all also in the baseline (``pi mu`` beside ``pi tau_k``, ``z gamma`` beside
 ``z delta``, ``f`` beside ``g``), so in a randomized trial a baseline shape the model cannot
@@ -43,7 +44,7 @@ PRIOR = {
     "alpha": 2.5,  # intercept
     "beta": 1.0,  # covariate coefficients
     "gamma_scale": 0.5,  # half-normal scale of the sd of the baseline's linear weights
-    "basis_amp": 0.5,  # half-normal scale of the baseline's random-feature amplitude
+    "basis_amp": 1.0,  # half-normal scale of the baseline's Gaussian-process amplitude
     "mu_cluster": 1.0,  # baseline level of each cluster against cluster 0
     "tau": 1.5,  # sd of the centre image's effect and of each step between ordered clusters
     "membership_intercept": 2.0,
@@ -51,7 +52,7 @@ PRIOR = {
     "membership_local": 1.0,  # each feature's own (ARD) shrinkage sd
     "deviation_scale": 0.5,  # global shrinkage sd of the effect's linear deviation
     "deviation_local": 1.0,
-    "deviation_amp": 0.3,  # half-normal scale of the effect's random-feature amplitude
+    "deviation_amp": 0.3,  # half-normal scale of the effect's Gaussian-process amplitude
     "sigma": 1.0,
     "group_sd": 0.5,  # stratum / cluster random-effect sd
 }
@@ -68,9 +69,9 @@ class ModelSpec:
     likelihood : str
         Outcome family (see :mod:`imgcate.likelihoods`).
     n_features, n_covariates, n_basis : int
-        Embedding components, covariates and random features of f and g (0: linear only).
+        Embedding components, covariates and basis functions of f and g (0: linear only).
     deviation : {"smooth", "linear", "none"}
-        The effect's continuous part besides the clusters: linear plus random features,
+        The effect's continuous part besides the clusters: linear plus a Gaussian process,
         linear only, or none (clusters alone; with K = 1 a constant effect).
     equal_effects : bool
         The K clusters share one effect (they shape the baseline only); their baseline
@@ -306,7 +307,7 @@ def effect_model(
     Parameters
     ----------
     inputs : ModelInputs
-        Embedding, random-feature basis, covariates, treatment, group codes (model scale).
+        Embedding, Gaussian-process basis, covariates, treatment, group codes (model scale).
     outcome : array (unit,), optional
         Outcome on the model scale; None to sample it (posterior predictive).
     spec : ModelSpec
@@ -328,12 +329,22 @@ def effect_model(
         numpyro.sample("outcome", family, obs=observed)
 
 
-def basis_features(embedding, freq, phase, coef):
-    """Random Fourier features ``sqrt(2 / M) cos(z W + b)`` of model-scale embeddings
-    (unit, basis), minus their least-squares fit on ``[1, z]`` over the trial (``coef``), so
-    they hold only what the intercept and the linear terms cannot. Pure JAX (differentiable)."""
-    n_basis = freq.shape[-1]
-    if n_basis == 0:
+def basis_features(embedding, landmarks, transform, coef):
+    """Gaussian-process basis of model-scale embeddings (unit, basis).
+
+    The squared-exponential kernel (lengthscale ``sqrt(feature)``) between each embedding and
+    the trial's landmark units, times ``transform``: the kernel's leading eigenfunctions over
+    the trial (Nystrom), so that ``basis @ basis.T`` approximates the kernel matrix as well as
+    any basis of that width can. Minus their least-squares fit on ``[1, z]`` over the trial
+    (``coef``), so they hold only what the intercept and the linear terms cannot. Pure JAX
+    (differentiable); see :func:`imgcate.config.kernel_basis`.
+    """
+    if transform.shape[-1] == 0:
         return jnp.zeros(embedding.shape[:-1] + (0,), embedding.dtype)
-    raw = jnp.sqrt(2.0 / n_basis) * jnp.cos(embedding @ freq + phase)
-    return raw - coef[0] - embedding @ coef[1:]
+    sq = (
+        (embedding**2).sum(-1)[:, None]
+        + (landmarks**2).sum(-1)[None, :]
+        - 2.0 * embedding @ landmarks.T
+    )
+    kernel = jnp.exp(-0.5 * jnp.maximum(sq, 0.0) / max(embedding.shape[-1], 1))
+    return kernel @ transform - coef[0] - embedding @ coef[1:]

@@ -76,7 +76,7 @@ def fit_spec(fit: EffectFit) -> ModelSpec:
         likelihood=config.likelihood,
         n_features=const.sizes["feature"],
         n_covariates=const.sizes.get("covariate", 0),
-        n_basis=config.n_basis,
+        n_basis=fit.standardizer.n_basis,
         deviation=config.deviation,
         equal_effects=config.equal_effects,
         n_strata=levels("stratum"),

@@ -234,7 +234,7 @@ def compare_clusters(
     Notes
     -----
     K-fold cross-validation refits each K on the units outside one fold (standardization,
-    principal components and random features fitted on those units alone) and scores the
+    principal components and Gaussian-process basis fitted on those units alone) and scores the
     fold's units by their log predictive density, the log of the mean over posterior draws
     of the model's likelihood of their outcomes (``numpyro.infer.log_likelihood`` of the
     effect model). Folds keep whole spatial blocks together, so a unit is never predicted

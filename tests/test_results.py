@@ -169,12 +169,17 @@ def test_save_load_predict_identical(k2, tmp_path):
 
 
 def test_older_and_newer_fit_files_say_what_to_do(k2, tmp_path):
-    """A format-1 file (the mixture model) asks for a refit; a newer format for an upgrade."""
+    """A format-1 file (the mixture model) and a format-2 file (random Fourier features) ask
+    for a refit; a newer format for an upgrade."""
     import json
 
     _, result = k2
     path = result.save(tmp_path / "fit.imgcate")
-    for version, message in ((1, "refit with imgcate.fit"), (99, "upgrade imgcate")):
+    for version, message in (
+        (1, "refit with imgcate.fit"),
+        (2, "refit with imgcate.fit"),
+        (99, "upgrade imgcate"),
+    ):
         copy = tmp_path / f"v{version}.imgcate"
         with zipfile.ZipFile(path) as src, zipfile.ZipFile(copy, "w") as dst:
             for item in src.namelist():

@@ -35,7 +35,7 @@ from imgcate.selection import (
 from imgcate.simulate import simulate_trial
 
 FAST = {"num_warmup": 300, "num_samples": 300, "num_chains": 2}
-#: Small fits for the fast suite: one chain, 100 draws, no MAP restarts, 8 random features.
+#: Small fits for the fast suite: one chain, 100 draws, no MAP restarts, 8 basis functions.
 SMALL = {
     "num_warmup": 100,
     "num_samples": 100,
