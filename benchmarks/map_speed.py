@@ -1,12 +1,22 @@
 """Speed and peak memory of predict_map: tiles per second for 32 x 32 x 6 tiles.
 
-Prints JSON: one record per (tiles, workers) with tiles/s and the peak resident memory of the
-whole process tree (this process and its Dask workers), sampled every 50 ms. The fit uses the
-default encoder (random convolutional features, 256 features, 16 components) on a 300-unit
-synthetic trial (NUTS, one chain); the mapped raster is a synthetic 6-band scene covered by
-tiles every 8 px, and regions of it give the tile counts.
+Prints JSON: one record per (mode, tiles, workers) with tiles/s and the peak resident memory
+of the whole process tree (this process and its Dask workers), sampled every 50 ms. The fit
+uses the default encoder (random convolutional features, 256 features, 16 components) on a
+300-unit synthetic trial (NUTS, one chain); the mapped raster is a synthetic 6-band scene
+covered by tiles every 8 px, and regions of it give the tile counts.
 
-    python benchmarks/map_speed.py            # 10,000 and 100,000 tiles, 1 and 2 workers
+Modes: ``local`` is ``workers=1``, the map in this process with every core; ``dask`` runs it on
+a Dask cluster of 1 and 2 single-threaded worker processes (the package's
+``imgcate.maps.runners.local_cluster``, each worker pinned to its own core), reached through
+``scheduler=`` as a cluster elsewhere would be. Strong scaling: the same tiles on 1 and 2
+workers; weak scaling: half the tiles on 1 worker against all on 2. The cost model
+``seconds = start-up + tiles * per_tile / workers`` is fitted to the 1-worker runs and its
+prediction for 2 workers is printed beside the measurement. Cluster start-up (worker
+processes, their imports) is timed apart from the maps.
+
+    python benchmarks/map_speed.py            # 10,000, 50,000 and 100,000 tiles
+    python benchmarks/map_speed.py --large    # and 1,000,000 tiles on 2 workers (memory)
     python benchmarks/map_speed.py --quick    # 2,000 and 10,000 tiles
 """
 
@@ -21,6 +31,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 TILE, STRIDE = 32, 8
@@ -87,34 +98,40 @@ def make_fit(workdir: Path, seed: int):
         )
 
 
-def run(fit, raster: Path, n_tiles: int, workers: int, seed: int) -> dict:
+def region(raster: Path, n_tiles: int) -> tuple[float, float, float, float]:
+    """Bounds whose cells are about ``n_tiles`` tiles of the raster-wide grid."""
     import rasterio
-
-    from imgcate.maps import predict_map
 
     side = math.ceil(math.sqrt(n_tiles))
     with rasterio.open(raster) as src:
         t = src.transform
-    # bounds whose cells are side x side tiles of the raster-wide grid
     off = (TILE - STRIDE) / 2
     x0, y0 = t * (off + 0.5, off + 0.5)
     x1, y1 = t * (off + side * STRIDE - 0.5, off + side * STRIDE - 0.5)
+    return (x0, y1, x1, y0)
+
+
+def run(fit, raster: Path, n_tiles: int, workers: int, seed: int, scheduler=None) -> dict:
+    from imgcate.maps import predict_map
+
     with warnings.catch_warnings(), PeakMemory() as mem:
         warnings.simplefilter("ignore")
         start = time.perf_counter()
         ds = predict_map(
             fit,
             raster,
-            (x0, y1, x1, y0),
+            region(raster, n_tiles),
             tile_size=TILE,
             stride=STRIDE,
             workers=workers,
+            scheduler=scheduler,
             progress=False,
             seed=seed,
         )
         seconds = time.perf_counter() - start
     tiles = int(ds["mean"].notnull().sum())
     return {
+        "mode": "local" if scheduler is None else "dask",
         "tiles": tiles,
         "workers": workers,
         "seconds": round(seconds, 2),
@@ -125,25 +142,100 @@ def run(fit, raster: Path, n_tiles: int, workers: int, seed: int) -> dict:
     }
 
 
+def pin_to_core(dask_worker) -> int:
+    """Pin every thread of a worker process to one core, chosen by the worker's name."""
+    import os
+
+    cores = sorted(os.sched_getaffinity(0))
+    core = cores[int(dask_worker.name) % len(cores)]
+    for tid in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(tid), {core})
+    return core
+
+
+def dask_runs(fit, raster: Path, counts: list[int], workers: int, seed: int) -> list[dict]:
+    """Maps on a local cluster of ``workers`` single-threaded processes, one core each."""
+    from distributed import Client
+
+    from imgcate.maps.runners import local_cluster
+
+    start = time.perf_counter()
+    with local_cluster(workers) as cluster, Client(cluster) as client:
+        client.wait_for_workers(workers)
+        cores = client.run(pin_to_core)
+        startup = time.perf_counter() - start
+        run(fit, raster, 256, workers, seed, cluster.scheduler_address)  # each worker's warm-up
+        records = [run(fit, raster, n, workers, seed, cluster.scheduler_address) for n in counts]
+    for record in records:
+        record["cluster_start_s"] = round(startup, 2)
+        record["cores"] = sorted(cores.values())
+    return records
+
+
+def cost_model(records: list[dict]) -> dict:
+    """``seconds = start + tiles * per_tile / workers`` from the 1-worker Dask runs, and its
+    prediction for every Dask run."""
+    one = [r for r in records if r["mode"] == "dask" and r["workers"] == 1]
+    if len({r["tiles"] for r in one}) < 2:
+        return {}
+    per_tile, start = np.polyfit([r["tiles"] for r in one], [r["seconds"] for r in one], 1)
+    predicted = [
+        {
+            "tiles": r["tiles"],
+            "workers": r["workers"],
+            "seconds": r["seconds"],
+            "predicted_s": round(float(start + r["tiles"] * per_tile / r["workers"]), 2),
+        }
+        for r in records
+        if r["mode"] == "dask"
+    ]
+    return {
+        "start_s": round(float(start), 3),
+        "per_tile_ms": round(1e3 * per_tile, 4),
+        "runs": predicted,
+    }
+
+
+def scaling(records: list[dict]) -> dict:
+    """Strong (same tiles) and weak (tiles per worker) speed-ups of 2 workers over 1."""
+    dask = {(r["workers"], r["tiles"]): r for r in records if r["mode"] == "dask"}
+    out = {}
+    for (w, tiles), r in dask.items():
+        if w != 2:
+            continue
+        same = dask.get((1, tiles))
+        if same:
+            out[f"strong_{tiles}"] = round(r["tiles_per_s"] / same["tiles_per_s"], 2)
+        half = [
+            v for (w1, t1), v in dask.items() if w1 == 1 and abs(2 * t1 - tiles) <= 0.02 * tiles
+        ]
+        if half:
+            out[f"weak_{tiles}"] = round(half[0]["seconds"] / r["seconds"], 2)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2,000 and 10,000 tiles.")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--large", action="store_true", help="also 10^6 tiles on 2 workers")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    counts = [2_000, 10_000] if args.quick else [10_000, 100_000]
+    counts = [2_000, 10_000] if args.quick else [10_000, 50_000, 100_000]
+    large = [1_000_000] if args.large else []
     from imgcate.simulate import synthetic_scene
 
     with tempfile.TemporaryDirectory() as workdir:
         workdir = Path(workdir)
         fit = make_fit(workdir, args.seed)
-        side = math.ceil(math.sqrt(max(counts)))
+        side = math.ceil(math.sqrt(max(counts + large)))
         size = (side - 1) * STRIDE + TILE
         raster = workdir / "map_scene.tif"
         synthetic_scene(raster, seed=args.seed + 1, width=size, height=size)
         # warm-up (JIT compilation) so that the figures measure throughput
         run(fit, raster, 256, 1, args.seed)
-        records = [run(fit, raster, n, w, args.seed) for n in counts for w in args.workers]
+        records = [run(fit, raster, n, 1, args.seed) for n in counts]
+        records += dask_runs(fit, raster, counts, 1, args.seed)
+        records += dask_runs(fit, raster, counts + large, 2, args.seed)
     print(
         json.dumps(
             {
@@ -152,6 +244,8 @@ def main() -> None:
                 "encoder": "rcf (256 features, 16 components)",
                 "cpu_count": psutil.cpu_count(),
                 "results": records,
+                "scaling_2_over_1": scaling(records),
+                "cost_model": cost_model(records),
             },
             indent=2,
         )

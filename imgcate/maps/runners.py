@@ -20,6 +20,32 @@ from imgcate.maps.tiles import TileJob, TileModel, TileReader, compute_block
 from imgcate.optional import require
 from imgcate.results import EffectFit, load_fit
 
+#: Environment of each local Dask worker process: one thread for every kernel (the native
+#: encoder's pool, XLA's, BLAS's) and one JAX device, so that N single-threaded workers share
+#: N cores instead of each spreading over all of them. Workers of a cluster started elsewhere
+#: get the same effect from ``IMGCATE_NATIVE_THREADS=1`` in their environment (docs/maps.md).
+WORKER_ENV = {
+    "IMGCATE_NATIVE_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+}
+
+
+def local_cluster(workers: int):
+    """A ``dask.distributed.LocalCluster`` of ``workers`` single-threaded worker processes
+    (:data:`WORKER_ENV`), quiet and without a dashboard."""
+    distributed = require("distributed", "dask", "predict_map with workers > 1")
+    return distributed.LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+        env=WORKER_ENV,
+    )
+
 
 def _fit_bytes(fit: EffectFit) -> bytes:
     """The fit as :meth:`EffectFit.save` bytes (rebuilt on Dask workers)."""
@@ -67,18 +93,11 @@ def run_dask(
 ):
     """Blocks on a Dask cluster, at most two in flight per worker (flat memory)."""
     distributed = require("distributed", "dask", "predict_map with workers > 1 or a scheduler")
-    Client, LocalCluster = distributed.Client, distributed.LocalCluster
-    as_completed = distributed.as_completed
+    Client, as_completed = distributed.Client, distributed.as_completed
 
     cluster = None
     if scheduler is None:
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
+        cluster = local_cluster(workers)
         client = Client(cluster)
     else:
         try:
