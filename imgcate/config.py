@@ -221,10 +221,16 @@ class Standardizer:
         """Functions in the Gaussian-process basis (0: no Gaussian-process terms)."""
         return self.basis_coef.shape[1]
 
-    def basis(self, embedding: np.ndarray) -> np.ndarray:
-        """Gaussian-process basis (n, basis) of model-scale embeddings."""
-        arrays = (jnp.asarray(a, jnp.float32) for a in self.basis_arrays)
-        return np.asarray(basis_features(jnp.asarray(embedding, jnp.float32), *arrays))
+    def basis(self, embedding: np.ndarray, chunk: int = 16_384) -> np.ndarray:
+        """Gaussian-process basis (n, basis) of model-scale embeddings, ``chunk`` rows at a
+        time (the kernel against the landmarks is chunk x landmark floats)."""
+        arrays = [jnp.asarray(a, jnp.float32) for a in self.basis_arrays]
+        embedding = np.asarray(embedding, np.float32)
+        out = np.empty((len(embedding), self.n_basis), np.float32)
+        for start in range(0, len(embedding), chunk):
+            rows = jnp.asarray(embedding[start : start + chunk])
+            out[start : start + chunk] = np.asarray(basis_features(rows, *arrays))
+        return out
 
     def covariates(self, values: np.ndarray) -> np.ndarray:
         """Raw covariates to the model scale."""
