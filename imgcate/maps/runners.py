@@ -20,9 +20,9 @@ from imgcate.maps.tiles import TileJob, TileModel, TileReader, compute_block
 from imgcate.optional import require
 from imgcate.results import EffectFit, load_fit
 
-#: Environment of each local Dask worker process: one thread for every kernel (the native
-#: encoder's pool, XLA's, BLAS's) and one JAX device, so that N single-threaded workers share
-#: N cores instead of each spreading over all of them. Workers of a cluster started elsewhere
+#: Environment of each local Dask worker process: one thread for the native encoder's pool
+#: and BLAS, and one JAX device, so that N single-threaded workers share N cores instead of
+#: each spreading over all of them. Workers of a cluster started elsewhere
 #: get the same effect from ``IMGCATE_NATIVE_THREADS=1`` in their environment (docs/maps.md).
 WORKER_ENV = {
     "IMGCATE_NATIVE_THREADS": "1",
