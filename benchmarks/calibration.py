@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
                 "form": args.form,
                 "prior": prior,
                 "prior_scales": {**PRIOR, **prior},
-                "n_basis": FitConfig().n_basis,
+                "n_basis": FitConfig().basis_size,
                 "basis": "kernel eigenfunctions (imgcate.config.kernel_basis)",
                 "prob": PROB,
             }

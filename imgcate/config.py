@@ -14,7 +14,13 @@ import numpy as np
 
 from imgcate.errors import InputError
 from imgcate.likelihoods import LIKELIHOODS
-from imgcate.model import DEVIATIONS, ModelInputs, ModelSpec, basis_features
+from imgcate.model import (
+    DEVIATIONS,
+    ModelInputs,
+    ModelSpec,
+    basis_features,
+    squared_exponential,
+)
 from imgcate.units import Trial
 from imgcate.validation import check_choice
 
@@ -106,7 +112,7 @@ class FitConfig:
     @property
     def basis_size(self) -> int:
         """``n_basis``, or the method's default (:data:`DEFAULT_BASIS`) when it is None."""
-        return DEFAULT_BASIS.get(self.method, 160) if self.n_basis is None else self.n_basis
+        return DEFAULT_BASIS[self.method] if self.n_basis is None else self.n_basis
 
     def validate(self) -> FitConfig:
         """Check every option, with messages that list the allowed values."""
@@ -291,16 +297,12 @@ def kernel_basis(
     rng = np.random.default_rng([seed, 20261203])
     landmarks = z[np.sort(rng.choice(n, min(n, BASIS_LANDMARKS), replace=False))]
 
-    def kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        sq = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2.0 * a @ b.T
-        return np.exp(-0.5 * np.maximum(sq, 0.0) / max(d, 1))
-
     # functions below 1e-4 of the leading eigenvalue carry next to nothing and would amplify
     # float32 rounding of the kernel by up to 1 / sqrt(their eigenvalue)
-    values, vectors = np.linalg.eigh(kernel(landmarks, landmarks))
+    values, vectors = np.linalg.eigh(squared_exponential(landmarks, landmarks, np))
     keep = values > EIGEN_FLOOR * values.max()
     transform = vectors[:, keep] / np.sqrt(values[keep])  # Nystrom features of the landmarks
-    features = kernel(z, landmarks) @ transform
+    features = squared_exponential(z, landmarks, np) @ transform
     values, vectors = np.linalg.eigh(features.T @ features / n)
     order = np.argsort(values)[::-1]
     order = order[values[order] > EIGEN_FLOOR * values[order[0]]][:n_basis]

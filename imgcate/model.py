@@ -341,10 +341,13 @@ def basis_features(embedding, landmarks, transform, coef):
     """
     if transform.shape[-1] == 0:
         return jnp.zeros(embedding.shape[:-1] + (0,), embedding.dtype)
-    sq = (
-        (embedding**2).sum(-1)[:, None]
-        + (landmarks**2).sum(-1)[None, :]
-        - 2.0 * embedding @ landmarks.T
-    )
-    kernel = jnp.exp(-0.5 * jnp.maximum(sq, 0.0) / max(embedding.shape[-1], 1))
+    kernel = squared_exponential(embedding, landmarks)
     return kernel @ transform - coef[0] - embedding @ coef[1:]
+
+
+def squared_exponential(a, b, xp=jnp):
+    """Kernel ``exp(-|a - b|^2 / (2 feature))`` (lengthscale ``sqrt(feature)``) between the
+    rows of ``a`` and ``b``; ``xp`` is ``numpy`` where the basis is built (float64) and
+    ``jax.numpy`` where it is evaluated."""
+    sq = (a**2).sum(-1)[:, None] + (b**2).sum(-1)[None, :] - 2.0 * a @ b.T
+    return xp.exp(-0.5 * xp.maximum(sq, 0.0) / max(a.shape[-1], 1))
