@@ -2,11 +2,13 @@
 
 Several MAP searches run in parallel (``jax.vmap``) from random points; NUTS chain c starts
 at the c-th best of them, so chains that settle in different modes show in R-hat. NUTS moves
-on the model's potential (the negative log joint in the unconstrained space), compiled once:
-the sampler is traced and compiled once per device and reused by every chain, and the model
-is never run op by op. When JAX has several CPU devices (imgcate asks for one per core when
-it is imported first; see :func:`imgcate.devices.cpu_device_count`), chains run on them at the
-same time; the draws are the same either way.
+on the model's potential (the negative log joint in the unconstrained space), compiled once
+and never run op by op. Chains advance in pairs (:data:`CHAIN_GROUP`, one ``jax.vmap``-ed call
+per pair: NumPyro's tree-building costs as much per leapfrog step as the model's gradient,
+and a pair shares it); when JAX has several CPU devices (imgcate asks for one per core when
+it is imported first; see :func:`imgcate.devices.cpu_device_count`), pairs run on them at the
+same time; the draws are the same either way. Warm-up trees are capped at
+:data:`WARMUP_TREE_DEPTH`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,18 @@ START_GAP = 10.0
 
 #: Most iterations per compiled call (the progress bar moves this often).
 BLOCK = 50
+
+#: Chains advanced together in one compiled call (``jax.vmap``): the sampler's bookkeeping
+#: per leapfrog step costs about as much as the model's gradient at n = 2,000, and a group
+#: shares it (two chains in a group take about the time of one; benchmarks/fit_speed.py).
+CHAIN_GROUP = 2
+
+#: Deepest NUTS tree during warm-up, and after it. From a MAP start the first warm-up window
+#: (identity mass matrix, the scales' modes near the funnel's neck) otherwise builds trees of
+#: 500-1,000 leapfrog steps; 63 at most lets the adaptation find the scales at a tenth of the
+#: cost, and sampling keeps NumPyro's default depth.
+WARMUP_TREE_DEPTH = 6
+MAX_TREE_DEPTH = 10
 
 
 def model_args(data: ModelData) -> dict[str, Any]:
@@ -150,16 +164,26 @@ def chain_devices(config: FitConfig) -> list:
     return devices if config.chain_method == "parallel" else devices[:1]
 
 
+def chain_groups(n_chains: int, size: int = CHAIN_GROUP) -> list[list[int]]:
+    """Chains advanced together, ``size`` at a time, in order: ``[[0, 1], [2, 3], [4]]``."""
+    return [list(range(c, min(c + size, n_chains))) for c in range(0, n_chains, size)]
+
+
 def run_nuts(data: ModelData, config: FitConfig, starts: dict, key) -> tuple[dict, dict]:
     """NUTS chains from ``starts`` (chain, ...) unconstrained.
 
     Returns the draws by site (chain, draw, ...) on the model's supports and the sampler's
     fields (chain, draw) named in :data:`FIELDS`. Chain c uses the c-th key of
-    ``jax.random.split(key, num_chains)`` wherever it runs, so the draws do not depend on
-    the number of devices.
+    ``jax.random.split(key, num_chains)``, and chains are advanced in the same groups
+    (:func:`chain_groups`, one compiled call for the group, ``jax.vmap``) wherever they run,
+    so the draws do not depend on the number of devices.
     """
     args = model_args(data)
-    kernel = NUTS(potential_fn=jax.jit(potential(args)), target_accept_prob=config.target_accept)
+    kernel = NUTS(
+        potential_fn=jax.jit(potential(args)),
+        target_accept_prob=config.target_accept,
+        max_tree_depth=(WARMUP_TREE_DEPTH, MAX_TREE_DEPTH),
+    )
     n_chains, warmup, draws = config.num_chains, config.num_warmup, config.num_samples
     keys = jax.random.split(key, n_chains)
     # initialize every chain here, in one thread: init sets the kernel's (shared) functions
@@ -175,9 +199,10 @@ def run_nuts(data: ModelData, config: FitConfig, starts: dict, key) -> tuple[dic
 
         return jax.lax.scan(step, state, None, length=block)
 
-    advance = jax.jit(advance)
+    advance = jax.jit(jax.vmap(advance))
     devices = chain_devices(config)
-    workers = min(len(devices), n_chains)
+    groups = chain_groups(n_chains)
+    workers = min(len(devices), len(groups))
     iterations = iter(
         progress_bar(
             range(n_chains * (warmup + draws)),
@@ -188,8 +213,10 @@ def run_nuts(data: ModelData, config: FitConfig, starts: dict, key) -> tuple[dic
     lock = threading.Lock()
     results: list[Any] = [None] * n_chains
 
-    def run(c: int) -> None:
-        state = jax.device_put(states[c], devices[c % workers])
+    def run(g: int) -> None:
+        chains = groups[g]
+        state = jax.tree.map(lambda *s: jnp.stack(s), *(states[c] for c in chains))
+        state = jax.device_put(state, devices[g % workers])
         kept = []
         for done in range(0, warmup + draws, block):
             state, out = advance(state)
@@ -198,13 +225,15 @@ def run_nuts(data: ModelData, config: FitConfig, starts: dict, key) -> tuple[dic
             else:
                 jax.block_until_ready(state)
             with lock:
-                for _ in range(block):
+                for _ in range(block * len(chains)):
                     next(iterations, None)
-        results[c] = jax.tree.map(lambda *parts: np.concatenate(parts), *kept)
+        out = jax.tree.map(lambda *parts: np.concatenate(parts, axis=1), *kept)
+        for i, c in enumerate(chains):
+            results[c] = jax.tree.map(lambda a, i=i: a[i], out)
 
     def run_on(d: int) -> None:
-        for c in range(d, n_chains, workers):
-            run(c)
+        for g in range(d, len(groups), workers):
+            run(g)
 
     if workers == 1:
         run_on(0)
