@@ -120,6 +120,15 @@ class ClusterComparison:
     min_elpd_gain: float = MIN_ELPD_GAIN
     se_multiple: float = SE_MULTIPLE
 
+    def __repr__(self) -> str:
+        columns = ["model", "elpd", "elpd_diff", "dse", "stacking_weight", "selected"]
+        shown = self.table[[c for c in columns if c in self.table]]
+        return (
+            f"ClusterComparison({self.method}; selected K={self.best_k}, "
+            f"{self.table.loc[self.best_k, 'model']}; .fits, .table, .reason()):\n"
+            + shown.to_string(float_format=lambda v: f"{v:.2f}")
+        )
+
     def reason(self) -> str:
         """Why the rule selected ``best_k``, in one sentence: the order it tried the models
         in, the best model, and by how much each model it preferred fell short."""
@@ -268,7 +277,11 @@ def compare_clusters(
     folds = fold_ids(trial, n_folds, block_size, seed) if criterion == "kfold" else None
     models = list(range(0 if constant else 1, k_max + 1))
     fits = {}
-    for k in progress_bar(models, progress, "compare_clusters: fits", len(models)):
+    deviation = fit_options.get("deviation", "smooth")
+    bar = progress_bar(models, progress, "compare_clusters: fits", len(models))
+    for k in bar:
+        if hasattr(bar, "set_postfix_str"):  # the model being fitted
+            bar.set_postfix_str(model_name(k, deviation))
         fits[k] = _quiet_fit(trial, embeddings, model_options(k, k_max), seed, fit_options)
     loos = {k: _quiet_loo(f) for k, f in fits.items()}
     threshold = float(loos[models[0]].good_k)
@@ -407,7 +420,10 @@ def kfold_elpds(
     options = _fold_options(next(iter(fits.values())), options, trial.n_units)
     lpd = {k: np.empty(trial.n_units) for k in fits}
     pairs = [(f, k) for f in range(int(folds.max()) + 1) for k in fits]
-    for f, k in progress_bar(pairs, progress, "compare_clusters: K-fold fits", len(pairs)):
+    bar = progress_bar(pairs, progress, "compare_clusters: K-fold fits", len(pairs))
+    for f, k in bar:
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(f"fold {f + 1}, {model_name(k, fits[k].config.deviation)}")
         test = np.flatnonzero(folds == f)
         lpd[k][test] = _fold_lpd(trial, embeddings, folds != f, fits[k], seed, options)
     out = {}

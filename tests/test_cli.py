@@ -469,6 +469,10 @@ def test_k_auto_compares_and_keeps_the_selected_model(fitted, tmp_path):
     assert "in the order constant, 2 clusters, smooth, whose elpd is within max(4, 1 x dse)" in (
         res.output
     )
+    table = pd.read_csv(tmp_path / "auto.comparison.csv")  # the comparison is kept beside it
+    assert list(table["K"]) == [0, 1, 2] and table["selected"].sum() == 1
+    assert table.loc[table["selected"], "model"].item() == selected
+    assert "auto.comparison.csv" in res.output
     config = load_fit(out).config
     if selected == "constant":
         assert config.equal_effects

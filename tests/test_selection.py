@@ -148,6 +148,9 @@ def test_stacking_weights_are_reported_and_the_same_seed_gives_the_same_comparis
     assert fits[0].n_clusters == 2 and np.ptp(fits[0].cluster_effects()["tau_mean"]) < 1e-5
     assert fits[0].heterogeneity().loc["effect_sd", "mean"] < 1e-5
     assert fits[0].heterogeneity().loc["effect_share_clusters", "mean"] == 0
+    for text in (repr(fits[0]), fits[0].summary()):  # not read as a two-cluster claim
+        assert "constant effect (equal effects, K=2 baseline clusters)" in text
+    assert "model: K=2," in repr(fits[2])
     loaded = load_fit(fits[0].save(tmp_path / "null.imgcate"))
     assert loaded.config.equal_effects
     new = loaded.predict(sim.embeddings.values[:5] + 1.0).to_frame()
@@ -158,6 +161,9 @@ def test_stacking_weights_are_reported_and_the_same_seed_gives_the_same_comparis
     pd.testing.assert_series_equal(runs[0].weights, table["stacking_weight"])
     assert (table["method"] == "psis-loo").all() and runs[0].method == "psis-loo"
     assert runs[0].folds is None
+    text = repr(runs[0])  # short: the table, not every fit's repr
+    assert text.startswith(f"ClusterComparison(psis-loo; selected K={runs[0].best_k}, ")
+    assert "stacking_weight" in text and "EffectFit" not in text and len(text.splitlines()) < 9
     # PSIS-LOO's own estimate is the comparison's estimate
     np.testing.assert_allclose(table["elpd"], table["elpd_loo"])
     assert table["selected"].sum() == 1 and table.loc[runs[0].best_k, "selected"]

@@ -268,7 +268,8 @@ def fit_command(
     `imgcate chips`), or RASTER file(s) to cut chips from and embed here (--size, --band,
     --encoder, ...; several single-band files are stacked as bands). With -k auto the
     command compares a constant effect, the smooth effect and 2..--k-max clusters, prints
-    the comparison and keeps the model selected (several fits: minutes).
+    the comparison, writes it beside OUTPUT (NAME.comparison.csv, one row per model) and
+    keeps the model selected (several fits: minutes).
 
     \b
     Examples:
@@ -291,6 +292,9 @@ def fit_command(
     run(check_writable, output, overwrite)
     if effects_path is not None:
         run(check_writable, effects_path, overwrite)
+    comparison_path = output.with_name(output.stem + ".comparison.csv") if auto else None
+    if comparison_path is not None:
+        run(check_writable, comparison_path, overwrite)
     roles = {
         "id": id_column,
         "treatment": treatment,
@@ -348,11 +352,16 @@ def fit_command(
     else:
         result = run(fit, trial, emb, n_clusters=n_clusters, **settings)
     run(result.save, output, overwrite=overwrite)
+    written = [output]
+    if comparison_path is not None:
+        write_csv(comparison.table.reset_index(), comparison_path, overwrite)
+        written.append(comparison_path)
     if effects_path is not None:
         write_csv(join_units(result.unit_effects(), trial), effects_path, overwrite)
+        written.append(effects_path)
     if not quiet:
         click.echo(in_cli_words(result.summary()))
-    click.echo(f"wrote {output}" + (f" and {effects_path}" if effects_path else ""))
+    click.echo("wrote " + ", ".join(map(str, written)))
 
 
 def accepts_provenance(function) -> bool:
