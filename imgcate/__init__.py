@@ -31,6 +31,7 @@ from imgcate.embeddings import (
 )
 from imgcate.encoders import CNNEncoder, RandomConvFeatures
 from imgcate.errors import (
+    ApproximationWarning,
     BalanceWarning,
     BandWarning,
     CheckpointWarning,
@@ -75,6 +76,7 @@ from imgcate.units import Trial, read_units
 __version__ = "0.1.0"
 
 __all__ = [
+    "ApproximationWarning",
     "BalanceWarning",
     "BandWarning",
     "CNNEncoder",

@@ -143,6 +143,20 @@ class FitConfig:
 #: Default basis functions of the Gaussian processes, by inference method.
 DEFAULT_BASIS = {"nuts": 160, "svi": 48}
 
+#: ``method="auto"`` fits trials of up to this many units with NUTS, larger ones with SVI.
+#: NUTS's time grows faster than linearly in the units (several minutes at 10,000 on two
+#: cores; docs/benchmarks.md), SVI's linearly.
+AUTO_NUTS_MAX_UNITS = 10_000
+
+
+def choose_method(method: str, n_units: int) -> str:
+    """The inference method a fit uses: ``method`` itself, or for ``"auto"`` NUTS up to
+    :data:`AUTO_NUTS_MAX_UNITS` units and SVI above."""
+    check_choice("method", method, ("nuts", "svi", "auto"))
+    if method != "auto":
+        return method
+    return "nuts" if n_units <= AUTO_NUTS_MAX_UNITS else "svi"
+
 
 @dataclass(frozen=True)
 class Standardizer:

@@ -73,6 +73,12 @@ class CheckpointWarning(UserWarning):
     discarded and is computed again."""
 
 
+class ApproximationWarning(UserWarning):
+    """Results come from an approximate method the user did not name: ``fit(method="auto")``
+    chose stochastic variational inference for a large trial (intervals from its guide, not
+    from exact MCMC)."""
+
+
 class ParetoKWarning(UserWarning):
     """PSIS-LOO's Pareto-k diagnostic flags units whose leave-one-out estimate is unreliable
     (k above ArviZ's sample-size threshold): a comparison by PSIS-LOO is then in doubt."""

@@ -22,6 +22,7 @@ from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
 from numpyro.infer.initialization import init_to_median, init_to_value
 from numpyro.optim import Adam
 
+import imgcate.config
 from imgcate.chains import (
     chain_starts,
     flat_draws,
@@ -30,9 +31,15 @@ from imgcate.chains import (
     random_starts,
     run_nuts,
 )
-from imgcate.config import FitConfig, ModelData, Standardizer, model_data
+from imgcate.config import (
+    FitConfig,
+    ModelData,
+    Standardizer,
+    choose_method,
+    model_data,
+)
 from imgcate.embeddings import Embeddings
-from imgcate.errors import BalanceWarning, InputError
+from imgcate.errors import ApproximationWarning, BalanceWarning, InputError
 from imgcate.model import effect_model
 from imgcate.posterior import with_derived
 from imgcate.provenance import collect
@@ -207,8 +214,11 @@ def fit(
         censored (Tobit: a mass at a floor the outcome cannot go below, e.g. hours, spending
         at 0); hurdle (a mass at the floor and a log-normal positive part, e.g. earnings).
         Effects are always differences of the outcome's mean.
-    method : {"nuts", "svi"}
-        NUTS (exact; default) or SVI (approximate; for large trials).
+    method : {"nuts", "svi", "auto"}
+        NUTS (exact; default), SVI (approximate; for large trials), or "auto": NUTS up to
+        :data:`~imgcate.config.AUTO_NUTS_MAX_UNITS` (10,000) units, SVI above, with an
+        :class:`~imgcate.ApproximationWarning` when it chooses SVI. ``result.config.method``
+        is the method used.
     propensity : ndarray (unit,), optional
         Estimated propensity scores for an observational study (e.g. from
         :func:`imgcate.confounding.estimate_propensity`). They enter the baseline as a
@@ -242,6 +252,8 @@ def fit(
 
     Warns
     -----
+    ApproximationWarning
+        When ``method="auto"`` chose SVI.
     ConvergenceWarning
         When R-hat > 1.01, ESS is low, NUTS diverged, or chains settled in different modes.
     ModelCheckWarning
@@ -267,11 +279,21 @@ def fit(
             f"unknown fit option(s) {sorted(unknown)}; allowed: "
             f"{sorted(FitConfig.__dataclass_fields__)}."
         )
-    config = FitConfig(
-        n_clusters=n_clusters, likelihood=likelihood, method=method, seed=seed, **options
-    ).validate()
     if not isinstance(trial, Trial):
         raise InputError("trial must be a Trial; build one with imgcate.read_units(...).")
+    chosen = choose_method(method, trial.n_units)
+    config = FitConfig(
+        n_clusters=n_clusters, likelihood=likelihood, method=chosen, seed=seed, **options
+    ).validate()
+    if method == "auto" and chosen == "svi":
+        warnings.warn(
+            f"imgcate fit: method='auto' chose SVI for {trial.n_units:,} units (NUTS up to "
+            f"{imgcate.config.AUTO_NUTS_MAX_UNITS:,}): effects and intervals come from its "
+            "variational guide, not exact MCMC; pass method='nuts' for exact inference "
+            "(slower).",
+            ApproximationWarning,
+            stacklevel=2,
+        )
     if propensity is not None:
         trial = _with_propensity(trial, propensity)
     if isinstance(embeddings, Embeddings):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from imgcate import ConvergenceWarning, FitError, InputError
+from imgcate import ApproximationWarning, ConvergenceWarning, FitError, InputError
 from imgcate.inference import fit, memory_mappings, release_compiled_code
 from imgcate.simulate import simulate_trial
 
@@ -140,17 +140,34 @@ def test_too_short_a_run_warns():
         fit(sim.trial, sim.embeddings, num_warmup=20, num_samples=20, num_chains=2)
 
 
-def test_svi_recovers_effects():
+def test_auto_method_is_nuts_up_to_the_limit_and_svi_above():
+    from imgcate.config import AUTO_NUTS_MAX_UNITS, choose_method
+
+    assert choose_method("auto", AUTO_NUTS_MAX_UNITS) == "nuts"
+    assert choose_method("auto", AUTO_NUTS_MAX_UNITS + 1) == "svi"
+    assert choose_method("nuts", 10**7) == "nuts" and choose_method("svi", 10) == "svi"
+    with pytest.raises(InputError, match="'nuts', 'svi', 'auto'"):
+        choose_method("hmc", 10)
+
+
+def test_svi_recovers_effects(monkeypatch):
+    """SVI, reached through method="auto" on a trial above its NUTS limit (lowered here to
+    1,000 units so that the test stays small): the choice is announced and recorded."""
+    import imgcate.config
+
+    monkeypatch.setattr(imgcate.config, "AUTO_NUTS_MAX_UNITS", 1000)
     sim = simulate_trial(13, 2000, 2, separation=4.5)
-    result = fit(
-        sim.trial,
-        sim.embeddings,
-        method="svi",
-        seed=0,
-        svi_steps=3000,
-        svi_batch_size=500,
-        svi_draws=500,
-    )
+    with pytest.warns(ApproximationWarning, match="chose SVI for 2,000 units .NUTS up to 1,000"):
+        result = fit(
+            sim.trial,
+            sim.embeddings,
+            method="auto",
+            seed=0,
+            svi_steps=3000,
+            svi_batch_size=500,
+            svi_draws=500,
+        )
+    assert result.config.method == "svi"
     table = result.cluster_effects()
     # SVI posteriors are approximate (often too narrow): absolute tolerance of 0.3
     # (about 4 sampling sds of a cluster effect at n=2000, noise sd 1)

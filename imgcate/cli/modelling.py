@@ -201,7 +201,13 @@ class ClusterCount(click.ParamType):
     show_default=True,
     help="Outcome family.",
 )
-@click.option("--method", type=click.Choice(["nuts", "svi"]), default="nuts", show_default=True)
+@click.option(
+    "--method",
+    type=click.Choice(["nuts", "svi", "auto"]),
+    default="nuts",
+    show_default=True,
+    help="NUTS (exact), SVI (approximate, for large trials), or auto: NUTS up to 10,000 units.",
+)
 @click.option("--chains", default=4, show_default=True)
 @click.option("--draws", default=500, show_default=True, help="Warm-up and kept draws per chain.")
 @click.option(
