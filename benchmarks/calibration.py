@@ -231,16 +231,19 @@ def run_replications(function, jobs: list[tuple], n_jobs: int, scenarios: list[s
     """``function(*job)`` for every job (one JSON row each, printed as it comes), in ``n_jobs``
     processes; the rows by scenario."""
     rows: dict[str, list[dict]] = {s: [] for s in scenarios}
+
+    def keep(results) -> None:
+        for row in results:  # in the jobs' order, each as soon as it and those before are done
+            print(json.dumps(row), flush=True)
+            rows[row["scenario"]].append(row)
+
     if n_jobs > 1:
         # a fresh process per replication: one process compiling hundreds of models ran out
         # of memory, and many compilations in one process crashed XLA
         with ProcessPoolExecutor(n_jobs, max_tasks_per_child=1) as pool:
-            results = pool.map(function, *zip(*jobs, strict=True))
+            keep(pool.map(function, *zip(*jobs, strict=True)))
     else:
-        results = (function(*job) for job in jobs)
-    for row in results:
-        print(json.dumps(row), flush=True)
-        rows[row["scenario"]].append(row)
+        keep(function(*job) for job in jobs)
     return rows
 
 
