@@ -3,11 +3,11 @@
 Several MAP searches run in parallel (``jax.vmap``) from random points; NUTS chain c starts
 at the c-th best of them, so chains that settle in different modes show in R-hat. NUTS moves
 on the model's potential (the negative log joint in the unconstrained space), compiled once
-and never run op by op. Chains advance in pairs (:data:`CHAIN_GROUP`, one ``jax.vmap``-ed call
-per pair: NumPyro's tree-building costs as much per leapfrog step as the model's gradient,
-and a pair shares it); when JAX has several CPU devices (imgcate asks for one per core when
-it is imported first; see :func:`imgcate.devices.cpu_device_count`), pairs run on them at the
-same time; the draws are the same either way. Warm-up trees are capped at
+per group size and never run op by op. Chains advance in pairs (:data:`CHAIN_GROUP`, one
+``jax.vmap``-ed call per pair: NumPyro's tree-building costs as much per leapfrog step as the
+model's gradient, and a pair shares it); when JAX has several CPU devices (imgcate asks for
+one per core when it is imported first; see :func:`imgcate.devices.cpu_device_count`), pairs
+run on them at the same time; the draws are the same either way. Warm-up trees are capped at
 :data:`WARMUP_TREE_DEPTH`.
 """
 

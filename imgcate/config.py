@@ -144,8 +144,8 @@ class FitConfig:
 DEFAULT_BASIS = {"nuts": 160, "svi": 48}
 
 #: ``method="auto"`` fits trials of up to this many units with NUTS, larger ones with SVI.
-#: NUTS's time grows faster than linearly in the units (several minutes at 10,000 on two
-#: cores; docs/benchmarks.md), SVI's linearly.
+#: NUTS's time grows faster than linearly in the units (the previous model took 314 s at
+#: 10,000 units on two cores, 6 times its time at 2,000; docs/benchmarks.md), SVI's linearly.
 AUTO_NUTS_MAX_UNITS = 10_000
 
 

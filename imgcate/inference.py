@@ -285,15 +285,6 @@ def fit(
     config = FitConfig(
         n_clusters=n_clusters, likelihood=likelihood, method=chosen, seed=seed, **options
     ).validate()
-    if method == "auto" and chosen == "svi":
-        warnings.warn(
-            f"imgcate fit: method='auto' chose SVI for {trial.n_units:,} units (NUTS up to "
-            f"{imgcate.config.AUTO_NUTS_MAX_UNITS:,}): effects and intervals come from its "
-            "variational guide, not exact MCMC; pass method='nuts' for exact inference "
-            "(slower).",
-            ApproximationWarning,
-            stacklevel=2,
-        )
     if propensity is not None:
         trial = _with_propensity(trial, propensity)
     if isinstance(embeddings, Embeddings):
@@ -318,6 +309,15 @@ def fit(
         trial.outcome_array, trial.covariate_matrix, unit_embedding, config, trial.outcome
     )
     data = model_data(trial, unit_embedding, std, config)
+    if method == "auto" and chosen == "svi":
+        warnings.warn(
+            f"imgcate fit: method='auto' chose SVI for {trial.n_units:,} units (NUTS up to "
+            f"{imgcate.config.AUTO_NUTS_MAX_UNITS:,}): effects and intervals come from its "
+            "variational guide, not exact MCMC; pass method='nuts' for exact inference "
+            "(slower).",
+            ApproximationWarning,
+            stacklevel=2,
+        )
     release_compiled_code()
     key, key_predictive = jax.random.split(jax.random.PRNGKey(seed))
     runner = _run_nuts if config.method == "nuts" else _run_svi

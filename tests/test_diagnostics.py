@@ -35,6 +35,14 @@ def _cases():
     with_nan[1, 7, 2] = np.nan
     yield "a NaN draw", with_nan
     yield "matrix-valued", rng.normal(size=(2, 60, 3, 2))
+    # R-hat whose tail part is NaN: ArviZ's max(bulk, tail) keeps the bulk value
+    yield (
+        "two-valued chains",
+        np.array([[0, 0, 0, 0, 1, 0, 0, 0], [1, 1, 1, 1, 0, 1, 1, 1.0]])[:, :, None],
+    )
+    for draws in (8, 13, 33):  # sizes where the 5 % / 95 % quantile's rounding matters
+        yield f"ties, {draws} draws", rng.integers(0, 3, size=(1, draws, 6)).astype(float)
+    yield "more scalars than one chunk", _ar1(rng, 2, 40, 600, 0.7)
 
 
 @pytest.mark.parametrize("name,draws", list(_cases()), ids=[n for n, _ in _cases()])
