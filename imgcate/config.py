@@ -110,6 +110,13 @@ class FitConfig:
     progress: bool = False
 
     @property
+    def label(self) -> str:
+        """The model's name in displays: ``K=2``, or the constant-effect model's."""
+        if self.equal_effects:
+            return f"constant effect (equal effects, K={self.n_clusters} baseline clusters)"
+        return f"K={self.n_clusters}"
+
+    @property
     def basis_size(self) -> int:
         """``n_basis``, or the method's default (:data:`DEFAULT_BASIS`) when it is None."""
         return DEFAULT_BASIS[self.method] if self.n_basis is None else self.n_basis

@@ -67,19 +67,13 @@ class EffectFit:
     provenance: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------------ display
-    def _model_label(self) -> str:
-        """``K=2``; the constant-effect model (equal effects) says so."""
-        if self.config.equal_effects:
-            return f"constant effect (equal effects, K={self.n_clusters} baseline clusters)"
-        return f"K={self.n_clusters}"
-
     def _headline(self) -> list[tuple[str, str]]:
         post = self.idata.posterior
         draws = post.sizes["chain"] * post.sizes["draw"]
         rows = [
             (
                 "model",
-                f"{self._model_label()}, likelihood={self.config.likelihood}, "
+                f"{self.config.label}, likelihood={self.config.likelihood}, "
                 f"deviation={self.config.deviation}",
             ),
             (
@@ -455,7 +449,7 @@ class EffectFit:
             n_div = int(self.idata.sample_stats["diverging"].values.sum())
         fmt = {"float_format": lambda v: f"{v:.3f}"}
         lines = [
-            f"imgcate effect fit: {self._model_label()}, likelihood={self.config.likelihood}, "
+            f"imgcate effect fit: {self.config.label}, likelihood={self.config.likelihood}, "
             f"deviation={self.config.deviation}, method={self.config.method}, "
             f"units={len(self.unit_ids)}, features={self.idata.constant_data.sizes['feature']}",
             "",
