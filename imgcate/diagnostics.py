@@ -61,7 +61,7 @@ def diagnostics_table(idata: az.InferenceData) -> pd.DataFrame:
                 "ess_tail": float(np.nanmin(stats["ess_tail"])),
             }
     table = pd.DataFrame.from_dict(rows, orient="index")
-    return table[["r_hat", "ess_bulk", "ess_tail"]]
+    return table[list(STATISTICS)]
 
 
 # ----------------------------------------------------------------- R-hat and ESS, vectorized
@@ -151,15 +151,18 @@ def _ess_of(x: np.ndarray) -> np.ndarray:
     return np.where(constant, float(size), ess)
 
 
-def _valid(x: np.ndarray, min_chains: int) -> np.ndarray:
-    """Columns ArviZ computes a value for (no NaN, at least 4 draws and ``min_chains``)."""
-    ok = ~np.isnan(x).any(axis=(0, 1))
-    return ok & (x.shape[1] >= 4) & (x.shape[0] >= min_chains)
+def _valid(x: np.ndarray) -> np.ndarray:
+    """Columns ArviZ computes ESS for (no NaN draw, at least 4 draws); R-hat also needs two
+    chains."""
+    return ~np.isnan(x).any(axis=(0, 1)) & (x.shape[1] >= 4)
 
 
 #: Scalars whose statistics are computed together (the work arrays take about 13 times the
 #: draws' float64 size: 100 MB for 256 scalars of 4 x 1,000 draws).
 COLUMN_CHUNK = 256
+
+#: What :func:`convergence_statistics` returns, and the diagnostics table's columns.
+STATISTICS = ("r_hat", "ess_bulk", "ess_tail")
 
 
 def convergence_statistics(draws: np.ndarray) -> dict[str, np.ndarray]:
@@ -177,7 +180,7 @@ def convergence_statistics(draws: np.ndarray) -> dict[str, np.ndarray]:
     """
     x, shape = _columns(draws)
     if x.shape[2] == 0:
-        return {name: np.empty(shape) for name in ("r_hat", "ess_bulk", "ess_tail")}
+        return {name: np.empty(shape) for name in STATISTICS}
     parts = [
         _column_statistics(x[:, :, i : i + COLUMN_CHUNK])
         for i in range(0, x.shape[2], COLUMN_CHUNK)
@@ -188,9 +191,9 @@ def convergence_statistics(draws: np.ndarray) -> dict[str, np.ndarray]:
 def _column_statistics(x: np.ndarray) -> dict[str, np.ndarray]:
     """:func:`convergence_statistics` of (chain, draw, v) columns, as (v,) arrays."""
     shape = x.shape[2:]
-    valid = _valid(x, 1)
+    valid = _valid(x)
     if not valid.any():
-        return {name: np.full(shape, np.nan) for name in ("r_hat", "ess_bulk", "ess_tail")}
+        return {name: np.full(shape, np.nan) for name in STATISTICS}
     x = np.where(valid, x, 0.0)
     split = _split_chains(x)
     z = _z_scale(split)

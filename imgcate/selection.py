@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from imgcate.config import FitConfig
 from imgcate.embeddings import Embeddings
 from imgcate.errors import (
     BalanceWarning,
@@ -277,7 +278,7 @@ def compare_clusters(
     folds = fold_ids(trial, n_folds, block_size, seed) if criterion == "kfold" else None
     models = list(range(0 if constant else 1, k_max + 1))
     fits = {}
-    deviation = fit_options.get("deviation", "smooth")
+    deviation = fit_options.get("deviation", FitConfig.deviation)
     bar = progress_bar(models, progress, "compare_clusters: fits", len(models))
     for k in bar:
         if hasattr(bar, "set_postfix_str"):  # the model being fitted
