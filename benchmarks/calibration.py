@@ -57,9 +57,10 @@ SCENARIOS = (
     "clusters/sine/gaussian/d16",
     "constant/linear/zero_inflated",
     "clusters/linear/zero_inflated",
+    "clusters/linear/zero_lognormal",
 )
 #: Likelihood used for each noise: the hurdle for a mass of exact zeros, else Gaussian.
-LIKELIHOOD = {"zero_inflated": "hurdle"}
+LIKELIHOOD = {"zero_inflated": "hurdle", "zero_lognormal": "hurdle"}
 PROB = 0.9
 N_NEW = 400
 #: Fit options of each form of the flexible parts (``--form``); "prognostic" adds the score.

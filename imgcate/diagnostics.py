@@ -379,8 +379,8 @@ def outcome_problems(table: pd.DataFrame, likelihood: str) -> list[str]:
         hint = " Skewed: try likelihood='hurdle' (positive outcomes) or transform the outcome."
     elif "skew" in stats or "sd" in stats:
         hint = (
-            " The tail is not the family's (e.g. a positive part less skewed than a "
-            "log-normal): effects on the mean lean on that tail."
+            " The tail is not the family's (e.g. a positive part more or less skewed than "
+            "the hurdle's gamma): intervals of effects on the mean lean on that tail."
         )
     return [
         f"the {likelihood} likelihood does not reproduce the outcome ({'; '.join(parts[:4])})."

@@ -27,7 +27,11 @@ if TYPE_CHECKING:
     import arviz as az
 
 #: Version of the archive layout; files of another version are refused.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+
+#: Older versions this imgcate still reads, and the likelihoods it cannot read from them
+#: (format 3's hurdle had a log-normal positive part; format 4's is a gamma).
+READABLE = {3: ("hurdle",)}
 
 
 def write_fit_file(
@@ -135,7 +139,15 @@ def _checked_meta(meta: Any, path: Path) -> dict:
             f"reads format {FORMAT_VERSION}: upgrade imgcate (pip install -U imgcate) to read "
             "it, or refit with this version."
         )
-    if version != FORMAT_VERSION:
+    if version in READABLE and meta["config"].get("likelihood") in READABLE[version]:
+        raise InputError(
+            f"{str(path)!r} is a {meta['config']['likelihood']} fit written by an imgcate "
+            f"whose hurdle likelihood had a log-normal positive part (fit format {version}); "
+            "this imgcate's has a gamma one and cannot predict from that fit: refit with "
+            "imgcate.fit(trial, embeddings, likelihood='hurdle', ...) (or imgcate fit) on the "
+            "same data (see CHANGELOG.md)."
+        )
+    if version != FORMAT_VERSION and version not in READABLE:
         raise InputError(
             f"{str(path)!r} has fit format {version!r}, which no imgcate wrote; the file is "
             "damaged or not a fit: write it again with EffectFit.save() (imgcate fit)."

@@ -212,7 +212,7 @@ def fit(
     likelihood : {"gaussian", "student_t", "bernoulli", "censored", "hurdle"}
         Outcome family: Gaussian; Student-t (heavy tails); Bernoulli (0/1, logit link);
         censored (Tobit: a mass at a floor the outcome cannot go below, e.g. hours, spending
-        at 0); hurdle (a mass at the floor and a log-normal positive part, e.g. earnings).
+        at 0); hurdle (a mass at the floor and a gamma positive part, e.g. earnings).
         Effects are always differences of the outcome's mean.
     method : {"nuts", "svi", "auto"}
         NUTS (exact; default), SVI (approximate; for large trials), or "auto": NUTS up to

@@ -498,7 +498,7 @@ def bad_fit_truncated(ctx):
     return lambda: load_fit(ctx.tmp / "fit.imgcate")
 
 
-def rewrite_meta(ctx, version) -> Path:
+def rewrite_meta(ctx, version, **config) -> Path:
     path = ctx.tmp / "fit.imgcate"
     with zipfile.ZipFile(ctx.fit_path) as src, zipfile.ZipFile(path, "w") as dst:
         for item in src.infolist():
@@ -506,6 +506,7 @@ def rewrite_meta(ctx, version) -> Path:
             if item.filename == "meta.json":
                 meta = json.loads(data)
                 meta["format_version"] = version
+                meta["config"].update(config)
                 data = json.dumps(meta).encode()
             dst.writestr(item, data)
     return path
@@ -520,6 +521,12 @@ def bad_fit_newer_format(ctx):
 @case(InputError, "refit with imgcate.fit")
 def bad_fit_format_1(ctx):
     path = rewrite_meta(ctx, 1)
+    return lambda: load_fit(path)
+
+
+@case(InputError, "log-normal positive part (fit format 3)")
+def bad_fit_format_3_hurdle(ctx):
+    path = rewrite_meta(ctx, 3, likelihood="hurdle")
     return lambda: load_fit(path)
 
 

@@ -15,7 +15,7 @@ from scipy import stats
 from imgcate.likelihoods import (
     LIKELIHOODS,
     N_PARTS,
-    HurdleLogNormal,
+    HurdleGamma,
     LeftCensoredNormal,
     outcome_distribution,
     outcome_mean,
@@ -35,14 +35,54 @@ def test_censored_log_prob_is_the_tobit_likelihood():
     )
 
 
-def test_hurdle_log_prob_is_bernoulli_times_lognormal():
-    logit, loc, scale = np.array([-1.0, 0.4]), np.array([0.2, -0.3]), np.array([0.5, 0.9])
-    family = HurdleLogNormal(jnp.asarray(logit), jnp.asarray(loc), jnp.asarray(scale))
+def test_hurdle_log_prob_is_bernoulli_times_gamma():
+    logit, log_mean, cv = np.array([-1.0, 0.4]), np.array([0.2, -0.3]), np.array([0.5, 1.4])
+    family = HurdleGamma(jnp.asarray(logit), jnp.asarray(log_mean), jnp.asarray(cv))
     p = 1 / (1 + np.exp(-logit))
     np.testing.assert_allclose(np.asarray(family.log_prob(jnp.zeros(2))), np.log(1 - p), rtol=1e-5)
     y = np.array([0.7, 2.5])
-    expected = np.log(p) + stats.lognorm.logpdf(y, s=scale, scale=np.exp(loc))
+    shape = 1 / cv**2  # gamma with mean exp(log_mean): scale = mean / shape
+    expected = np.log(p) + stats.gamma.logpdf(y, a=shape, scale=np.exp(log_mean) / shape)
     np.testing.assert_allclose(np.asarray(family.log_prob(jnp.asarray(y))), expected, rtol=1e-5)
+
+
+def test_hurdle_mean_does_not_move_with_the_dispersion():
+    """The positive part's mean is exp(eta_1) whatever sigma (no retransformation term)."""
+    eta = jnp.asarray([[0.3], [0.7]])
+    means = [float(outcome_mean("hurdle", eta, jnp.asarray(s))[0]) for s in (0.2, 1.0, 3.0)]
+    np.testing.assert_allclose(means, 1 / (1 + np.exp(-0.3)) * np.exp(0.7), rtol=1e-6)
+
+
+@pytest.mark.parametrize("cv", [0.3, 1.0, 2.5])
+def test_hurdle_gamma_estimates_the_mean_of_a_positive_part_of_another_shape(cv):
+    """The gamma's score for its log-mean is zero at log(sample mean) whatever the data's shape
+    and the cv: on log-normal and Weibull draws its estimate of the mean is the sample mean
+    (gamma pseudo-maximum likelihood)."""
+    rng = np.random.default_rng(4)
+    for y in (rng.lognormal(0.3, 1.1, 5_000), 2.0 * rng.weibull(0.7, 5_000)):
+
+        def total(log_mean, y=y):
+            family = HurdleGamma(jnp.asarray(2.0), log_mean, jnp.asarray(cv))
+            return family.log_prob(jnp.asarray(y, jnp.float32)).sum()
+
+        at_mean = jnp.asarray(np.log(y.mean()), jnp.float32)
+        score = float(jax.grad(total)(at_mean))
+        assert abs(score) < 1e-3 * len(y), score
+        assert float(jax.grad(total)(at_mean + 0.05)) < 0 < float(jax.grad(total)(at_mean - 0.05))
+
+
+@pytest.mark.parametrize("noise", ["zero_inflated", "zero_lognormal"])
+def test_zero_inflated_scenarios_move_the_mean_by_the_effect(noise):
+    """The simulator's zero-inflated outcomes (gamma or log-normal positive part) have the
+    effect on their mean: the difference in means is within 4 se of the true ATE."""
+    from imgcate.simulate import simulate_scenario
+
+    sim = simulate_scenario(0, effect="constant", noise=noise, n_units=40_000)
+    y, t = sim.trial.outcome_array, sim.trial.treatment_array
+    diff = y[t == 1].mean() - y[t == 0].mean()
+    se = np.sqrt(y[t == 1].var() / (t == 1).sum() + y[t == 0].var() / (t == 0).sum())
+    assert abs(diff - sim.truth.cate.mean()) < 4 * se, (diff, sim.truth.cate.mean(), se)
+    assert 0.6 < (y == 0).mean() < 0.7  # 65 % at the floor (positive_share 0.35)
 
 
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
@@ -102,7 +142,7 @@ def test_unit_effects_and_predict_agree_on_the_trials_units(floored_trial, likel
     checks = [str(w.message) for w in caught if w.category is imgcate.ModelCheckWarning]
     if likelihood in ("gaussian", "student_t"):  # 35 % exact zeros: a symmetric family misses
         assert any("share_at_floor" in m and "hurdle" in m for m in checks), checks
-    if likelihood == "hurdle":  # the hurdle reproduces them (its log-normal tail need not)
+    if likelihood == "hurdle":  # the hurdle reproduces them (its gamma tail need not)
         table = fit.check_outcome()
         assert not table.loc[(slice(None), "share_at_floor"), "missed"].any(), table
         assert not any("likelihood='hurdle'" in m for m in checks), checks

@@ -11,7 +11,9 @@ and the untreated outcome are functions of directions in the latent space:
   ``"quadratic"``, ``"sine"``, ``"interaction"`` (a product of two directions);
 - ``noise``: ``"gaussian"``, ``"skewed"`` (centred gamma), ``"heavy"`` (Student-t, 3 df),
   ``"zero_inflated"`` (a share of exact zeros and a gamma-distributed positive part whose
-  mean carries the baseline and the effect; the effect on the mean is still ``effect``).
+  mean carries the baseline and the effect; the effect on the mean is still ``effect``),
+  ``"zero_lognormal"`` (the same with a log-normal positive part, log-sd 0.8: not the
+  family of imgcate's hurdle likelihood).
 
 The truth knows each unit's CATE given its image and can draw new units from the same
 population (:meth:`ScenarioTruth.new_embeddings`, :meth:`ScenarioTruth.cate_of`), to check
@@ -34,7 +36,13 @@ from imgcate.validation import check_choice, rng_from_seed
 
 EFFECTS = ("constant", "linear", "tanh", "quadratic", "clusters")
 BASELINES = ("linear", "quadratic", "sine", "interaction")
-NOISES = ("gaussian", "skewed", "heavy", "zero_inflated")
+NOISES = ("gaussian", "skewed", "heavy", "zero_inflated", "zero_lognormal")
+
+#: Noises with a mass of exact zeros (fitted with the hurdle likelihood).
+ZERO_NOISES = ("zero_inflated", "zero_lognormal")
+
+#: Log-sd of the positive part of ``noise="zero_lognormal"``.
+LOGNORMAL_SD = 0.8
 
 #: Cluster effects of ``effect="clusters"`` and the distance between the latent centres.
 CLUSTER_TAU = (0.0, 2.0)
@@ -54,7 +62,7 @@ class ScenarioTruth(Truth):
     centers : numpy.ndarray
         Shape (cluster, feature): latent cluster centres (``effect="clusters"``), else empty.
     floor_share : float
-        Share of outcomes at 0 (``noise="zero_inflated"``), else 0.
+        Share of outcomes at 0 (``noise="zero_inflated"``, ``"zero_lognormal"``), else 0.
     """
 
     effect: str
@@ -145,12 +153,12 @@ def simulate_scenario(
         How the effect depends on the image (see the module docstring).
     baseline : {"linear", "quadratic", "sine", "interaction"}
         How the untreated outcome depends on the image.
-    noise : {"gaussian", "skewed", "heavy", "zero_inflated"}
+    noise : {"gaussian", "skewed", "heavy", "zero_inflated", "zero_lognormal"}
         The outcome's noise (unit variance for the first three).
     n_units, n_features, n_covariates : int
         Units (one image each), embedding features (>= 3), standard-normal covariates.
     positive_share : float
-        Share of outcomes above 0 for ``noise="zero_inflated"``.
+        Share of outcomes above 0 for ``noise="zero_inflated"`` or ``"zero_lognormal"``.
 
     Returns
     -------
@@ -215,9 +223,9 @@ def simulate_scenario(
 def _outcome(rng, noise, mu0, cate, t, positive_share):
     """(outcome, untreated mean, share at 0) for the noise kind."""
     n = len(mu0)
-    if noise == "zero_inflated":
-        # positive part: gamma (shape 2) with mean m0 + t * cate / p, so that the mean of the
-        # outcome, p * (m0 + t * cate / p), moves by exactly cate under treatment
+    if noise in ZERO_NOISES:
+        # positive part: gamma (shape 2) or log-normal with mean m0 + t * cate / p, so that the
+        # mean of the outcome, p * (m0 + t * cate / p), moves by exactly cate under treatment
         p = positive_share
         m0 = 4.0 * np.exp(0.25 * (mu0 - mu0.mean()) / (mu0.std() + 1e-12))
         mean = m0 + t * cate / p
@@ -227,7 +235,11 @@ def _outcome(rng, noise, mu0, cate, t, positive_share):
                 "choose a larger positive_share or another effect."
             )
         positive = rng.uniform(size=n) < p
-        y = np.where(positive, rng.gamma(2.0, mean / 2.0), 0.0)
+        if noise == "zero_inflated":
+            size = rng.gamma(2.0, mean / 2.0)
+        else:  # log-normal with the same mean: exp(m + s^2 / 2) = mean
+            size = mean * np.exp(LOGNORMAL_SD * rng.normal(size=n) - 0.5 * LOGNORMAL_SD**2)
+        y = np.where(positive, size, 0.0)
         return y, p * m0, float(1.0 - positive.mean())
     if noise == "gaussian":
         eps = rng.normal(size=n)
