@@ -21,12 +21,13 @@ The hurdle's positive part is a gamma with a log link on its mean, not a log-nor
 log-normal the mean, ``exp(eta_1 + sigma^2 / 2)``, moves with the noise sd: wherever the
 model cannot follow the positive part's mean (an effect it has not found, a baseline it
 cannot bend to), the misfit goes into the treated arm's sigma and the mean-scale effect
-moves with it (a retransformation bias; in a simulated trial with a missed image-driven
-effect the ATE came out 0.54 off with an interval that missed). A gamma's mean is
+moves with it (a retransformation bias). A gamma's mean is
 ``exp(eta_1)`` whatever its dispersion, and its score for the mean is that of a
 quasi-likelihood with variance proportional to the mean squared, so the mean, and the
 effect on it, stays consistent when the positive part is not a gamma (a log-normal, a
-Weibull), as for Poisson or gamma pseudo-maximum likelihood in econometrics.
+Weibull), as for Poisson or gamma pseudo-maximum likelihood in econometrics. On the
+zero-inflated calibration trials the mean ATE error fell from 0.22 to 0.13-0.14 and the unit
+intervals narrowed by 15 % at the same coverage (docs/model.md, "Calibration").
 """
 
 from __future__ import annotations

@@ -71,20 +71,6 @@ def test_hurdle_gamma_estimates_the_mean_of_a_positive_part_of_another_shape(cv)
         assert float(jax.grad(total)(at_mean + 0.05)) < 0 < float(jax.grad(total)(at_mean - 0.05))
 
 
-@pytest.mark.parametrize("noise", ["zero_inflated", "zero_lognormal"])
-def test_zero_inflated_scenarios_move_the_mean_by_the_effect(noise):
-    """The simulator's zero-inflated outcomes (gamma or log-normal positive part) have the
-    effect on their mean: the difference in means is within 4 se of the true ATE."""
-    from imgcate.simulate import simulate_scenario
-
-    sim = simulate_scenario(0, effect="constant", noise=noise, n_units=40_000)
-    y, t = sim.trial.outcome_array, sim.trial.treatment_array
-    diff = y[t == 1].mean() - y[t == 0].mean()
-    se = np.sqrt(y[t == 1].var() / (t == 1).sum() + y[t == 0].var() / (t == 0).sum())
-    assert abs(diff - sim.truth.cate.mean()) < 4 * se, (diff, sim.truth.cate.mean(), se)
-    assert 0.6 < (y == 0).mean() < 0.7  # 65 % at the floor (positive_share 0.35)
-
-
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
 def test_mean_matches_monte_carlo(likelihood):
     """outcome_mean is the mean of outcome_distribution: 200,000 draws, within 4 MC se."""

@@ -7,7 +7,7 @@ import pytest
 
 from imgcate import InputError
 from imgcate.simulate import simulate_scenario
-from imgcate.simulate.scenarios import BASELINES, EFFECTS, NOISES
+from imgcate.simulate.scenarios import BASELINES, EFFECTS, NOISES, ZERO_NOISES
 
 
 @pytest.mark.parametrize("effect", EFFECTS)
@@ -40,10 +40,12 @@ def test_constant_effect_has_a_constant_cate():
     assert np.ptp(sim.truth.cate) == 0 and sim.truth.ate == 1.0
 
 
-def test_zero_inflated_outcome_has_its_floor_and_its_mean_effect():
-    """65 % zeros; the effect on the mean is the CATE: with a constant effect of 1, the
-    difference in means over 40,000 units is within 4 se of 1."""
-    sim = simulate_scenario(5, effect="constant", noise="zero_inflated", n_units=40_000)
+@pytest.mark.parametrize("noise", ZERO_NOISES)
+def test_zero_inflated_outcome_has_its_floor_and_its_mean_effect(noise):
+    """65 % zeros; the effect on the mean is the CATE (gamma or log-normal positive part):
+    with a constant effect of 1, the difference in means over 40,000 units is within 4 se
+    of 1."""
+    sim = simulate_scenario(5, effect="constant", noise=noise, n_units=40_000)
     y, t = sim.outcome, sim.treatment
     assert abs((y == 0).mean() - 0.65) < 0.01 and sim.truth.floor_share == (y == 0).mean()
     assert y.min() == 0.0
