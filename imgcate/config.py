@@ -343,19 +343,30 @@ def outcome_scale(
     if config.likelihood not in ("hurdle", "censored"):
         return float(y.mean()), float(_safe_sd(y[:, None])[0]), float("nan")
     floor = float(y.min()) if config.floor is None else float(config.floor)
-    if (y < floor).any():
+    below = int((y < floor).sum())
+    if below:
         raise InputError(
-            f"{int((y < floor).sum())} values of {name!r} lie below floor={floor}; the "
-            f"{config.likelihood} likelihood needs every outcome >= its floor (leave floor=None "
-            "to take the smallest value)."
+            f"{below} value{'s' if below > 1 else ''} of {name!r} lie{'' if below > 1 else 's'} "
+            f"below floor={floor}; the {config.likelihood} likelihood needs every outcome >= "
+            "its floor (fix or drop those units, or leave floor=None to take the smallest "
+            "value)."
         )
     at_floor = at_the_floor(y, floor)
     n_floor, n_above = int(at_floor.sum()), int((~at_floor).sum())
     if n_floor < 5 or n_above < 5:
+        zeros = int(at_the_floor(y, 0.0).sum())
+        common = zeros >= 5 and n_floor < 5 and config.floor is None
+        hint = (
+            f" The floor was taken as the smallest value ({floor}), yet {zeros} outcomes are "
+            f"0: if 0 is the floor, check the {n_floor} value(s) at {floor} (a "
+            "data error?) or pass floor=0, which then names every value below it."
+            if common
+            else " Use likelihood='gaussian' or 'student_t' for an outcome without a mass at "
+            "its floor."
+        )
         raise InputError(
             f"likelihood={config.likelihood!r} needs at least 5 outcomes at the floor ({floor}) "
-            f"and 5 above it; {name!r} has {n_floor} and {n_above}. Use likelihood='gaussian' "
-            "or 'student_t' for an outcome without a mass at its floor."
+            f"and 5 above it; {name!r} has {n_floor} and {n_above}.{hint}"
         )
     if config.likelihood == "censored":
         return float(y.mean()), float(_safe_sd(y[:, None])[0]), floor

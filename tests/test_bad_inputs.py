@@ -530,6 +530,41 @@ def bad_fit_format_3_hurdle(ctx):
     return lambda: load_fit(path)
 
 
+def hurdle_fit_with(outcome_change, **options):
+    """imgcate.fit with the hurdle likelihood on a zero-inflated trial whose outcome was
+    changed by ``outcome_change`` (the error comes before any sampling)."""
+    import dataclasses
+
+    import imgcate
+    from imgcate.simulate import simulate_scenario
+
+    sim = simulate_scenario(3, effect="constant", noise="zero_inflated", n_units=120)
+    data = sim.trial.data.copy()
+    data[sim.trial.outcome] = outcome_change(data[sim.trial.outcome].to_numpy().copy())
+    trial = dataclasses.replace(sim.trial, data=data)
+    return lambda: imgcate.fit(trial, sim.embeddings, likelihood="hurdle", **options)
+
+
+def _one_negative(y):
+    y[0] = -5.0
+    return y
+
+
+@case(InputError, "if 0 is the floor, check the 1 value(s) at -5.0")
+def bad_hurdle_one_value_below_the_zeros(ctx):
+    return hurdle_fit_with(_one_negative)
+
+
+@case(InputError, "1 value of 'outcome' lies below floor=0.0")
+def bad_hurdle_value_below_the_floor(ctx):
+    return hurdle_fit_with(_one_negative, floor=0.0)
+
+
+@case(InputError, "Use likelihood='gaussian' or 'student_t'")
+def bad_hurdle_without_a_mass_at_the_floor(ctx):
+    return hurdle_fit_with(lambda y: y + np.linspace(1.0, 2.0, len(y)))
+
+
 @case(InputError, "write it again with EffectFit.save()")
 def bad_fit_format_text(ctx):
     path = rewrite_meta(ctx, "two")
