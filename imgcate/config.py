@@ -117,6 +117,11 @@ class FitConfig:
         return f"K={self.n_clusters}"
 
     @property
+    def likelihood_label(self) -> str:
+        """The likelihood's name in displays, the hurdle's positive part named."""
+        return "hurdle (gamma positive part)" if self.likelihood == "hurdle" else self.likelihood
+
+    @property
     def basis_size(self) -> int:
         """``n_basis``, or the method's default (:data:`DEFAULT_BASIS`) when it is None."""
         return DEFAULT_BASIS[self.method] if self.n_basis is None else self.n_basis

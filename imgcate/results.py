@@ -73,7 +73,7 @@ class EffectFit:
         rows = [
             (
                 "model",
-                f"{self.config.label}, likelihood={self.config.likelihood}, "
+                f"{self.config.label}, likelihood={self.config.likelihood_label}, "
                 f"deviation={self.config.deviation}",
             ),
             (
@@ -449,7 +449,7 @@ class EffectFit:
             n_div = int(self.idata.sample_stats["diverging"].values.sum())
         fmt = {"float_format": lambda v: f"{v:.3f}"}
         lines = [
-            f"imgcate effect fit: {self.config.label}, likelihood={self.config.likelihood}, "
+            f"imgcate effect fit: {self.config.label}, likelihood={self.config.likelihood_label}, "
             f"deviation={self.config.deviation}, method={self.config.method}, "
             f"units={len(self.unit_ids)}, features={self.idata.constant_data.sizes['feature']}",
             "",

@@ -129,6 +129,7 @@ def test_unit_effects_and_predict_agree_on_the_trials_units(floored_trial, likel
     if likelihood in ("gaussian", "student_t"):  # 35 % exact zeros: a symmetric family misses
         assert any("share_at_floor" in m and "hurdle" in m for m in checks), checks
     if likelihood == "hurdle":  # the hurdle reproduces them (its gamma tail need not)
+        assert "likelihood=hurdle (gamma positive part)" in fit.summary()
         table = fit.check_outcome()
         assert not table.loc[(slice(None), "share_at_floor"), "missed"].any(), table
         assert not any("likelihood='hurdle'" in m for m in checks), checks
