@@ -360,12 +360,12 @@ def outcome_scale(
     n_floor, n_above = int(at_floor.sum()), int((~at_floor).sum())
     if n_floor < 5 or n_above < 5:
         zeros = int(at_the_floor(y, 0.0).sum())
-        common = zeros >= 5 and n_floor < 5 and config.floor is None
+        zeros_look_like_the_floor = zeros >= 5 and n_floor < 5 and config.floor is None
         hint = (
             f" The floor was taken as the smallest value ({floor}), yet {zeros} outcomes are "
             f"0: if 0 is the floor, check the {n_floor} value(s) at {floor} (a "
             "data error?) or pass floor=0, which then names every value below it."
-            if common
+            if zeros_look_like_the_floor
             else " Use likelihood='gaussian' or 'student_t' for an outcome without a mass at "
             "its floor."
         )

@@ -202,7 +202,7 @@ def _column_statistics(x: np.ndarray) -> dict[str, np.ndarray]:
     size = ordered.shape[0]
     tails = []
     for prob in (0.05, 0.95):
-        at = size * prob + (1.0 + prob * (1.0 - 1.0 - 1.0))  # mquantiles, alphap = betap = 1
+        at = size * prob + (1.0 - prob)  # scipy's mquantiles (alphap = betap = 1), its order
         k = int(np.floor(np.clip(at, 1, size - 1)))
         gamma = float(np.clip(at - k, 0.0, 1.0))
         quantile = (1.0 - gamma) * ordered[k - 1] + gamma * ordered[k]
