@@ -9,6 +9,12 @@ JSON object. Usage::
 
     python benchmarks/embed_speed.py            # 10,000 vs 100,000 chips for the memory check
     python benchmarks/embed_speed.py --quick    # 1,000 vs 10,000
+    python benchmarks/embed_speed.py --to-file 1000000   # only: units -> chunked Parquet
+
+``--to-file N`` places N units at random pixels of a synthetic 6-band 4,096 x 4,096 scene and
+runs :func:`imgcate.embed_to_file` (32-pixel chips, the encoder fitted on 20,000 of them,
+16,384 images a chunk) in a fresh process: its time, units per second and peak resident
+memory, which should not grow with N.
 """
 
 from __future__ import annotations
@@ -117,10 +123,61 @@ def memory(n_total: int, batch: int, enc: RandomConvFeatures) -> dict:
     }
 
 
+def to_file(n_units: int) -> dict:
+    """Embed ``n_units`` units of a synthetic scene into a chunked Parquet file."""
+    import tempfile
+    from pathlib import Path
+
+    import pandas as pd
+    import pyarrow.parquet as pq
+    import rasterio
+
+    from imgcate import embed_to_file, read_units
+    from imgcate.simulate import synthetic_scene
+
+    with tempfile.TemporaryDirectory() as tmp:
+        scene = Path(tmp) / "scene.tif"
+        synthetic_scene(scene, seed=0, width=4096, height=4096)
+        rng = np.random.default_rng(0)
+        rows, cols = rng.integers(16, 4080, n_units), rng.integers(16, 4080, n_units)
+        with rasterio.open(scene) as ds:
+            xs, ys = rasterio.transform.xy(ds.transform, rows, cols, offset="center")
+            crs = ds.crs
+        frame = pd.DataFrame({"id": np.arange(n_units), "x": xs, "y": ys})
+        frame["treatment"], frame["outcome"] = np.arange(n_units) % 2, 0.0
+        trial = read_units(frame, lon="x", lat="y", crs=crs)
+        start = time.perf_counter()
+        out = embed_to_file(trial, scene, 32, Path(tmp) / "e.parquet", seed=0)
+        seconds = time.perf_counter() - start
+        meta = pq.ParquetFile(out)
+        with open("/proc/self/status") as status:
+            peak = next(int(x.split()[1]) // 1024 for x in status if x.startswith("VmHWM"))
+        return {
+            "units": n_units,
+            "seconds": round(seconds, 1),
+            "units_per_s": round(n_units / seconds),
+            "row_groups": meta.num_row_groups,
+            "rows": meta.metadata.num_rows,
+            "file_mb": round(out.stat().st_size / 2**20, 1),
+            "peak_rss_mb": peak,
+        }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller chip counts")
+    parser.add_argument("--to-file", type=int, nargs="+", metavar="N", help="only embed_to_file")
     args = parser.parse_args()
+    if args.to_file:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        runs = []
+        for n in args.to_file:
+            with context.Pool(1) as pool:
+                runs.append(pool.apply(to_file, (n,)))
+        print(json.dumps({"benchmark": "embed_to_file", "runs": runs}, indent=2))
+        return
     n_speed = 256 if args.quick else 2048
     rounds = 3 if args.quick else 5
     counts = (1_000, 10_000) if args.quick else (10_000, 100_000)

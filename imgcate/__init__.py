@@ -22,6 +22,7 @@ with warnings.catch_warnings():
 from imgcate.chipfile import load_chips
 from imgcate.chips import Chips, chips_from_array, extract_chips
 from imgcate.config import FitConfig
+from imgcate.embeddingfile import embed_to_file
 from imgcate.embeddings import (
     Embeddings,
     as_embeddings,
@@ -109,6 +110,7 @@ __all__ = [
     "chips_from_array",
     "compare_clusters",
     "embed",
+    "embed_to_file",
     "encoder_from_state",
     "extract_chips",
     "fit",

@@ -69,8 +69,9 @@ class FitConfig:
     target_accept : float
         NUTS target acceptance probability.
     svi_steps, svi_learning_rate, svi_batch_size, svi_guide, svi_draws :
-        SVI settings: optimisation steps, Adam step size, minibatch size over units (None =
-        full batch), guide ("lowrank" or "normal") and posterior draws taken from the guide.
+        SVI settings: optimisation steps, Adam step size (the first half; then decayed to a
+        hundredth), minibatch size over units (None: every unit up to 10,000 units, minibatches
+        of 1,000 above), guide ("lowrank" or "normal") and posterior draws taken from it.
     random_effects : bool
         Add stratum / cluster random intercepts when the trial names those columns.
     init_restarts, init_steps : int
@@ -293,6 +294,11 @@ class Standardizer:
 #: Trial units the kernel basis is built on (a random subset of larger trials); each new
 #: image's basis costs this many kernel evaluations.
 BASIS_LANDMARKS = 400
+
+#: Units whose kernel features are formed at once when the basis is built (memory: this x
+#: landmarks floats; 100 MB).
+BASIS_CHUNK = 32_768
+
 #: Eigenfunctions whose eigenvalue is below this share of the largest are left out.
 EIGEN_FLOOR = 1e-4
 
@@ -328,13 +334,21 @@ def kernel_basis(
     values, vectors = np.linalg.eigh(squared_exponential(landmarks, landmarks, np))
     keep = values > EIGEN_FLOOR * values.max()
     transform = vectors[:, keep] / np.sqrt(values[keep])  # Nystrom features of the landmarks
-    features = squared_exponential(z, landmarks, np) @ transform
-    values, vectors = np.linalg.eigh(features.T @ features / n)
+    # F'F of the features F over every unit, and [1, z]'F and [1, z]'[1, z] for their
+    # least-squares fit on the linear terms, summed over chunks of units (F is n x landmarks)
+    gram, cross, design = 0.0, 0.0, 0.0
+    for start in range(0, n, BASIS_CHUNK):
+        rows = z[start : start + BASIS_CHUNK]
+        features = squared_exponential(rows, landmarks, np) @ transform
+        linear = np.column_stack([np.ones(len(rows)), rows])
+        gram = gram + features.T @ features
+        cross = cross + linear.T @ features
+        design = design + linear.T @ linear
+    values, vectors = np.linalg.eigh(gram / n)
     order = np.argsort(values)[::-1]
     order = order[values[order] > EIGEN_FLOOR * values[order[0]]][:n_basis]
     transform = transform @ vectors[:, order]
-    raw = features @ vectors[:, order]
-    coef = np.linalg.lstsq(np.column_stack([np.ones(n), z]), raw, rcond=None)[0]
+    coef = np.linalg.lstsq(design, cross @ vectors[:, order], rcond=None)[0]
     return landmarks, transform, coef
 
 
@@ -396,6 +410,10 @@ class ModelData:
     inputs: ModelInputs
     outcome: np.ndarray
     spec: ModelSpec
+
+    def take(self, rows: np.ndarray) -> ModelData:
+        """The units ``rows``, with the same model shape."""
+        return ModelData(self.inputs.take(rows), self.outcome[rows], self.spec)
 
 
 def model_data(

@@ -387,3 +387,19 @@ def outcome_problems(table: pd.DataFrame, likelihood: str) -> list[str]:
         f"{hint} Effects are differences of the model's means, so read them with care "
         "(EffectFit.check_outcome() has the table)."
     ]
+
+
+def ate_gap(table: pd.DataFrame) -> str | None:
+    """A sentence when the model-implied ATE and the difference in means of
+    ``EffectFit.ate()``'s ``table`` disagree beyond chance (|difference| > 2.58 combined sds;
+    for randomized trials), else None."""
+    model, dim = table.loc["model_implied"], table.loc["difference_in_means"]
+    spread = np.hypot(model["std_err"], dim["std_err"])
+    if not np.isfinite(spread) or abs(model["estimate"] - dim["estimate"]) <= 2.58 * spread:
+        return None
+    return (
+        f"the model-implied ATE ({model['estimate']:.3g}) and the difference in means "
+        f"({dim['estimate']:.3g}, se {dim['std_err']:.2g}) disagree beyond chance: in a "
+        "randomized trial they estimate the same thing, so the model is misspecified for "
+        "this outcome (check_outcome(); another likelihood)."
+    )

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from imgcate.errors import InputError
-from imgcate.output import atomic_path
+from imgcate.output import atomic_path, check_writable
 
 #: Parquet metadata keys.
 META_KEY = b"imgcate"
@@ -26,12 +26,124 @@ FORMAT_VERSION = 1
 
 def write_embeddings(embeddings: Any, path: str | Path, *, overwrite: bool = False) -> Path:
     """Write :class:`~imgcate.embeddings.Embeddings` as Parquet with encoder and provenance."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    path = _parquet_path(path)
+    table = _table(embeddings, embeddings.encoder, embeddings.provenance)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def embed_to_file(
+    trial: Any,
+    raster: Any,
+    size: float | tuple[float, float],
+    path: str | Path,
+    *,
+    encoder: str = "rcf",
+    n_features: int = 256,
+    n_components: int = 16,
+    chunk_images: int = 16_384,
+    fit_images: int = 20_000,
+    seed: int,
+    overwrite: bool = False,
+    progress: bool = False,
+    **chip_options: Any,
+) -> Path:
+    """Embed every image of a large trial into one Parquet file, a chunk of images at a time.
+
+    For trials whose chips would not fit in memory at once (a million 6-band 32-pixel chips are
+    24 GB): the encoder is fitted on the chips of ``fit_images`` images drawn at random, then
+    the images are read, embedded and written ``chunk_images`` at a time, each chunk a row
+    group of the file, so memory holds one chunk's chips whatever the trial's size. The file is
+    the one :meth:`Embeddings.save` writes (encoder and provenance in its metadata; read it
+    with :func:`imgcate.load_embeddings`), under a temporary name until complete.
+
+    Parameters
+    ----------
+    trial : Trial
+        Units with locations (and image ids where units share images).
+    raster : path, URL or mapping of band files
+        As in :func:`imgcate.extract_chips`.
+    size : float or (height, width)
+        Chip size (pixels unless ``size_unit="m"`` is passed in ``chip_options``).
+    path : str or Path
+        Output ``.parquet`` file.
+    encoder : {"rcf", "cnn"}
+        Encoder fitted on the sample (see :func:`imgcate.embed`).
+    n_features, n_components : int
+        Its random features and PCA components.
+    chunk_images, fit_images : int
+        Images embedded per chunk; images the encoder is fitted on.
+    seed : int
+        Seed of the sample and of the encoder.
+    overwrite : bool
+        Replace ``path`` if it exists.
+    progress : bool
+        Show a progress bar over chunks.
+    **chip_options
+        :func:`imgcate.extract_chips` options (``bands``, ``on_edge``, ``scale``, ...).
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    import pyarrow.parquet as pq
+
+    from imgcate.chips import extract_chips
+    from imgcate.embeddings import embed
+    from imgcate.output import progress_bar
+    from imgcate.provenance import collect
+
+    if chunk_images < 1 or fit_images < 1:
+        raise InputError("chunk_images and fit_images must be >= 1.")
+    path = check_writable(_parquet_path(path), overwrite)  # before any chip is read
+    keys = trial.image_keys
+    images = pd.unique(keys)
+    rng = np.random.default_rng([seed, 20261203])
+    sample = images[np.sort(rng.permutation(len(images))[:fit_images])]
+    chips = extract_chips(trial.subset(np.isin(keys, sample)), raster, size, **chip_options)
+    fitted = embed(
+        chips, encoder, n_features=n_features, n_components=n_components, seed=seed
+    ).encoder
+    del chips
+    record = collect(
+        {"raster": raster} if isinstance(raster, str | Path) else None,
+        seeds={"encoder": seed},
+        encoder={"name": encoder, "n_features": n_features, "n_components": n_components},
+        chip_settings={"size": size, **{k: str(v) for k, v in chip_options.items()}},
+        streamed={"chunk_images": chunk_images, "fit_images": len(sample)},
+    )
+    starts = range(0, len(images), chunk_images)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        writer = None
+        try:
+            for start in progress_bar(starts, progress, "embed_to_file: chunks", len(starts)):
+                part = images[start : start + chunk_images]
+                cut = extract_chips(trial.subset(np.isin(keys, part)), raster, size, **chip_options)
+                table = _table(embed(cut, fitted), fitted, record)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+        finally:
+            if writer is not None:
+                writer.close()
+    return path
+
+
+def _parquet_path(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".parquet":
         raise InputError(f"embeddings file {str(path)!r} must end in .parquet; rename it.")
+    return path
+
+
+def _table(embeddings: Any, encoder: Any, provenance: dict | None):
+    """The Parquet table of ``embeddings`` with the imgcate record in its schema metadata."""
+    import pyarrow as pa
+
     names = list(embeddings.feature_names or [f"e{j}" for j in range(embeddings.n_features)])
     if "image_id" in names:
         raise InputError("a feature is named 'image_id'; rename it (that column holds the ids).")
@@ -41,13 +153,13 @@ def write_embeddings(embeddings: Any, path: str | Path, *, overwrite: bool = Fal
     meta = {
         "format_version": FORMAT_VERSION,
         "kind": "imgcate.embeddings",
-        "provenance": embeddings.provenance or {},
+        "provenance": provenance or {},
         "feature_names": embeddings.feature_names and list(embeddings.feature_names),
         "encoder": None,
     }
     extra = {}
-    if embeddings.encoder is not None:
-        config, arrays = embeddings.encoder.get_state()
+    if encoder is not None:
+        config, arrays = encoder.get_state()
         meta["encoder"] = config
         buf = io.BytesIO()
         np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
@@ -55,10 +167,7 @@ def write_embeddings(embeddings: Any, path: str | Path, *, overwrite: bool = Fal
     schema_meta = dict(table.schema.metadata or {})
     schema_meta[META_KEY] = json.dumps(meta).encode()
     schema_meta.update(extra)
-    table = table.replace_schema_metadata(schema_meta)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        pq.write_table(table, tmp)
-    return path
+    return table.replace_schema_metadata(schema_meta)
 
 
 def read_meta(path: str | Path) -> tuple[dict[str, Any] | None, bytes | None]:

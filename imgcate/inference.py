@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -51,8 +52,16 @@ from imgcate.validation import as_float_array, as_propensity
 if TYPE_CHECKING:
     import arviz as az
 
-#: Posterior-predictive draws are kept when units x draws is at most this (memory).
+#: Posterior-predictive draws and the pointwise log-likelihood are kept when units x draws is
+#: at most this (memory: a million units with 1,000 draws would be 4 GB each).
 MAX_PREDICTIVE_VALUES = 20_000_000
+
+
+#: SVI's minibatch size above 10,000 units unless ``svi_batch_size`` says otherwise.
+SVI_BATCH_UNITS = 1_000
+
+#: SVI's guide starts at the best MAP search on this many random units of a larger trial.
+SVI_SEARCH_UNITS = 20_000
 
 
 #: Share of the kernel's limit on a process's memory mappings past which :func:`fit` first drops
@@ -117,17 +126,40 @@ def _run_nuts(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
     return samples, stats
 
 
+def svi_schedule(config: FitConfig):
+    """Adam's step size at each SVI step: ``svi_learning_rate`` for the first half, then down
+    geometrically to a hundredth of it at the last step. Minibatch gradients are noisy: at a
+    constant step size the guide's location keeps wandering by about the step size, which at
+    10^5 units and more is larger than the posterior's own sd; the decay lets it settle."""
+    rate, half = config.svi_learning_rate, config.svi_steps / 2
+
+    def step_size(i):
+        return rate * 0.01 ** jnp.clip((i - half) / half, 0.0, 1.0)
+
+    return step_size
+
+
 def _run_svi(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
     guide_cls = AutoLowRankMultivariateNormal if config.svi_guide == "lowrank" else AutoNormal
     args = model_args(data)
     init = init_to_median()
     if config.init_restarts:
         key, key_map = jax.random.split(key)
-        values, _, losses = map_searches(data, config, key_map)
+        searched = data
+        if len(data.outcome) > SVI_SEARCH_UNITS:  # a start needs no more (nor their time)
+            key_map, key_rows = jax.random.split(key_map)
+            rows = jax.random.choice(key_rows, len(data.outcome), (SVI_SEARCH_UNITS,), False)
+            searched = data.take(np.sort(np.asarray(rows)))
+        values, _, losses = map_searches(searched, config, key_map)
         best = int(np.argmin(losses))
         init = init_to_value(values={name: value[best] for name, value in values.items()})
-    guide = guide_cls(effect_model, init_loc_fn=init)
-    svi = SVI(effect_model, guide, Adam(config.svi_learning_rate), Trace_ELBO())
+    # the posterior sd of what the data inform falls as 1 / sqrt(units) (inputs are
+    # standardized; a cluster effect's is about 3.5 / sqrt(n) with three clusters): starting the
+    # guide's scales near it saves the thousands of steps they take to shrink from 0.1 at 10^5
+    # units and more; scales the data do not inform grow back from it
+    scale = min(0.1, 5.0 / np.sqrt(len(data.outcome)))
+    guide = guide_cls(effect_model, init_loc_fn=init, init_scale=scale)
+    svi = SVI(effect_model, guide, Adam(svi_schedule(config)), Trace_ELBO())
     batch = config.svi_batch_size
     if batch is not None and batch >= len(data.outcome):
         batch = None
@@ -147,9 +179,12 @@ def _run_svi(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
     return samples, {"loss": losses}
 
 
-def _log_likelihood(samples: dict, data: ModelData) -> np.ndarray:
-    """Pointwise log-likelihood (chain, draw, unit), computed in chunks of draws."""
+def _log_likelihood(samples: dict, data: ModelData) -> np.ndarray | None:
+    """Pointwise log-likelihood (chain, draw, unit), computed in chunks of draws; None when
+    larger than :data:`MAX_PREDICTIVE_VALUES`."""
     n_chain, n_draw = next(iter(samples.values())).shape[:2]
+    if n_chain * n_draw * len(data.outcome) > MAX_PREDICTIVE_VALUES:
+        return None
     flat, total = flat_draws(samples)
     args = model_args(data)
     fn = jax.jit(lambda s: log_likelihood(effect_model, s, **args)["outcome"])
@@ -285,6 +320,9 @@ def fit(
     config = FitConfig(
         n_clusters=n_clusters, likelihood=likelihood, method=chosen, seed=seed, **options
     ).validate()
+    if chosen == "svi" and config.svi_batch_size is None:  # recorded in result.config
+        if trial.n_units > imgcate.config.AUTO_NUTS_MAX_UNITS:
+            config = replace(config, svi_batch_size=SVI_BATCH_UNITS)
     if propensity is not None:
         trial = _with_propensity(trial, propensity)
     if isinstance(embeddings, Embeddings):
@@ -397,7 +435,7 @@ def design_clusters(trial: Trial) -> np.ndarray | None:
 def _to_inference_data(
     samples: dict,
     stats: dict,
-    loglik: np.ndarray,
+    loglik: np.ndarray | None,
     replicated: np.ndarray | None,
     data: ModelData,
     trial: Trial,
@@ -451,7 +489,7 @@ def _to_inference_data(
         posterior=samples,
         posterior_predictive=None if replicated is None else {"outcome": replicated},
         sample_stats={k: v for k, v in stats.items() if v.ndim >= 2},
-        log_likelihood={"outcome": loglik},
+        log_likelihood=None if loglik is None else {"outcome": loglik},
         observed_data={"outcome": data.outcome},
         constant_data=constant,
         coords=coords,

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from imgcate.intervals import quantiles
 from imgcate.model import (
     ModelInputs,
     ModelSpec,
@@ -43,6 +44,12 @@ DERIVED = (
 
 #: ``tau_unit`` (chain, draw, unit) is stored in the posterior up to this many values.
 MAX_STORED_UNIT_DRAWS = 20_000_000
+
+#: Why a large fit lacks a group (its units x draws values would not fit in memory).
+TOO_LARGE = (
+    "this fit kept no {group}: its units x draws exceed imgcate.inference."
+    "MAX_PREDICTIVE_VALUES; fit with fewer draws (svi_draws, num_samples) or a subsample."
+)
 
 #: Draws evaluated at once (memory: draws x units x clusters floats).
 DRAW_CHUNK_VALUES = 20_000_000
@@ -102,23 +109,54 @@ def trial_inputs(fit: EffectFit) -> ModelInputs:
     )
 
 
+#: :func:`~imgcate.model.unit_quantities` under a batch of draws, compiled once per shape.
+_quantities = jax.jit(jax.vmap(unit_quantities, in_axes=(0, None, None)), static_argnums=2)
+
+
 def evaluate(
     params: dict[str, np.ndarray], inputs: ModelInputs, spec: ModelSpec
 ) -> dict[str, np.ndarray]:
     """:func:`~imgcate.model.unit_quantities` under every draw in ``params`` (sample, ...),
     in chunks of draws; arrays (sample, unit, ...) on the model scale."""
-    fn = jax.jit(jax.vmap(lambda p: unit_quantities(p, inputs, spec)))
     n_draws = len(next(iter(params.values())))
     n_units = inputs.embedding.shape[0]
     chunk = max(1, DRAW_CHUNK_VALUES // max(n_units * max(spec.n_clusters, 2), 1))
     parts = []
     for start in range(0, n_draws, chunk):
         sub = {k: jnp.asarray(v[start : start + chunk]) for k, v in params.items()}
-        parts.append({k: np.asarray(v) for k, v in fn(sub).items()})
+        parts.append({k: np.asarray(v) for k, v in _quantities(sub, inputs, spec).items()})
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def cluster_summaries(cate: np.ndarray, prob: np.ndarray) -> dict[str, np.ndarray]:
+def unit_summaries(fit: EffectFit, prob: float) -> dict[str, np.ndarray]:
+    """Posterior summaries of each of the trial's units (original scale): CATE ``mean``,
+    ``sd``, central ``prob`` interval (``lo``, ``hi``), ``prob_positive`` and mean
+    ``cluster_prob`` (unit, cluster). Units are taken in chunks, so that memory holds draws x
+    a chunk of units, not draws x every unit (4 GB at a million units and 1,000 draws)."""
+    params, inputs, spec = site_draws(fit), trial_inputs(fit), fit_spec(fit)
+    n_draws = len(next(iter(params.values())))
+    n_units = inputs.embedding.shape[0]
+    chunk = max(1, DRAW_CHUNK_VALUES // max(n_draws * max(spec.n_clusters, 2), 1))
+    parts = []
+    for start in range(0, n_units, chunk):
+        rows = np.arange(start, min(start + chunk, n_units))
+        q = evaluate(params, inputs.take(rows), spec)
+        cate = q["cate"] * fit.standardizer.outcome_sd
+        lo, hi = quantiles(cate, prob)
+        parts.append(
+            {
+                "mean": cate.mean(0),
+                "sd": cate.std(0),
+                "lo": lo,
+                "hi": hi,
+                "prob_positive": (cate > 0).mean(0),
+                "cluster_prob": q["cluster_prob"].mean(0),
+            }
+        )
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def cluster_summaries(cate, prob, xp=np) -> dict:
     """Per-draw summaries of unit CATE (sample, unit) and membership (sample, unit, cluster).
 
     ``tau_cluster``: each cluster's average CATE, weighted by membership; ``cluster_share``:
@@ -127,9 +165,13 @@ def cluster_summaries(cate: np.ndarray, prob: np.ndarray) -> dict[str, np.ndarra
     to rounding, as with ``equal_effects``); ``membership_dependence``:
     the mutual information between cluster and image over the trial's images, as a share of
     log K (0: every image has the same membership; 1: each image in one cluster for sure).
+    ``xp`` is ``numpy`` (float64 arithmetic) or ``jax.numpy`` (inside :func:`with_derived`'s
+    compiled pass over chunks of draws, in the arrays' precision).
     """
+    if xp is np:
+        cate, prob = np.asarray(cate, np.float64), np.asarray(prob, np.float64)
     weight = prob.sum(1)
-    tau_cluster = np.einsum("su,suk->sk", cate, prob) / np.maximum(weight, 1e-12)
+    tau_cluster = xp.einsum("su,suk->sk", cate, prob) / xp.maximum(weight, 1e-12)
     out = {
         "tau_cluster": tau_cluster,
         "cluster_share": prob.mean(1),
@@ -137,18 +179,48 @@ def cluster_summaries(cate: np.ndarray, prob: np.ndarray) -> dict[str, np.ndarra
     }
     k = prob.shape[-1]
     if k > 1:
-        prob = prob.astype(np.float64)
-        explained = np.einsum("suk,sk->su", prob, tau_cluster)
+        tiny = xp.finfo(prob.dtype).tiny
+        explained = xp.einsum("suk,sk->su", prob, tau_cluster)
         total = cate.var(1)
         residual = (cate - explained).var(1)
-        share = np.clip(1.0 - residual / np.maximum(total, 1e-300), 0, 1)
-        constant = np.sqrt(total) <= 1e-6 * np.abs(cate).mean(1)  # float32 rounding only
-        out["effect_share_clusters"] = np.where(constant, 0.0, share)
+        share = xp.clip(1.0 - residual / xp.maximum(total, tiny), 0, 1)
+        constant = xp.sqrt(total) <= 1e-6 * xp.abs(cate).mean(1)  # float32 rounding only
+        out["effect_share_clusters"] = xp.where(constant, 0.0, share)
         mean_prob = prob.mean(1)
-        entropy_mean = -(mean_prob * np.log(np.clip(mean_prob, 1e-300, None))).sum(-1)
-        entropy_unit = -(prob * np.log(np.clip(prob, 1e-300, None))).sum(-1).mean(1)
+        entropy_mean = -(mean_prob * xp.log(xp.clip(mean_prob, tiny, None))).sum(-1)
+        entropy_unit = -(prob * xp.log(xp.clip(prob, tiny, None))).sum(-1).mean(1)
         out["membership_dependence"] = (entropy_mean - entropy_unit) / np.log(k)
     return out
+
+
+def _derived_pass(fit: EffectFit, spec: ModelSpec) -> tuple[dict, np.ndarray | None]:
+    """Cluster summaries of every draw (sample, ...) and the unit CATE (sample, unit) on the
+    original scale, or None above :data:`MAX_STORED_UNIT_DRAWS` values: chunks of draws go
+    through one compiled function, so memory stays at a chunk's whatever the trial's size."""
+    params = site_draws(fit)
+    inputs = trial_inputs(fit)
+    scale = fit.standardizer.outcome_sd
+
+    def chunk_summaries(p):
+        q = jax.vmap(lambda one: unit_quantities(one, inputs, spec))(p)
+        cate = q["cate"] * scale
+        return cluster_summaries(cate, q["cluster_prob"], jnp), cate
+
+    fn = jax.jit(chunk_summaries)
+    n_draws = len(next(iter(params.values())))
+    n_units = inputs.embedding.shape[0]
+    keep = n_draws * n_units <= MAX_STORED_UNIT_DRAWS
+    # a quarter of evaluate()'s chunk: the compiled pass holds several such arrays at once
+    chunk = max(1, DRAW_CHUNK_VALUES // 4 // max(n_units * max(spec.n_clusters, 2), 1))
+    summaries, cates = [], []
+    for start in range(0, n_draws, chunk):
+        sub = {k: jnp.asarray(v[start : start + chunk]) for k, v in params.items()}
+        out, cate = fn(sub)
+        summaries.append({k: np.asarray(v, np.float64) for k, v in out.items()})
+        if keep:
+            cates.append(np.asarray(cate))
+    merged = {k: np.concatenate([s[k] for s in summaries]) for k in summaries[0]}
+    return merged, np.concatenate(cates) if keep else None
 
 
 def with_derived(fit: EffectFit) -> EffectFit:
@@ -156,14 +228,12 @@ def with_derived(fit: EffectFit) -> EffectFit:
     post = fit.idata.posterior
     shape = (post.sizes["chain"], post.sizes["draw"])
     spec = fit_spec(fit)
-    params = site_draws(fit)
-    q = evaluate(params, trial_inputs(fit), spec)
-    cate = q["cate"] * fit.standardizer.outcome_sd
+    summaries, cate = _derived_pass(fit, spec)
     derived = {}
-    for name, values in cluster_summaries(cate, q["cluster_prob"]).items():
+    for name, values in summaries.items():
         dims = ("chain", "draw") + (("cluster",) if values.ndim == 2 else ())
         derived[name] = (dims, values.reshape(shape + values.shape[1:]))
-    if cate.size <= MAX_STORED_UNIT_DRAWS:
+    if cate is not None:
         derived["tau_unit"] = (("chain", "draw", "unit"), cate.reshape(shape + cate.shape[1:]))
     derived["gamma"] = post["gamma_scale"] * post["gamma_raw"]
     if "deviation_raw" in post:

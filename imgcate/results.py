@@ -19,6 +19,7 @@ import pandas as pd
 
 from imgcate.config import FitConfig, Standardizer
 from imgcate.diagnostics import (
+    ate_gap,
     convergence_problems,
     diagnostics_table,
     outcome_check,
@@ -28,7 +29,15 @@ from imgcate.errors import ConvergenceWarning, FitError, InputError, ModelCheckW
 from imgcate.fitfile import read_fit_file, write_fit_file
 from imgcate.intervals import interval_names, quantiles
 from imgcate.model import ModelSpec
-from imgcate.posterior import evaluate, fit_spec, flat, site_draws, trial_inputs
+from imgcate.posterior import (
+    TOO_LARGE,
+    evaluate,
+    fit_spec,
+    flat,
+    site_draws,
+    trial_inputs,
+    unit_summaries,
+)
 from imgcate.prediction import Prediction, effect_function, predict
 
 if TYPE_CHECKING:
@@ -187,7 +196,7 @@ class EffectFit:
             posterior predictive p-value, ``missed`` (p < 0.01); original outcome scale.
         """
         if "posterior_predictive" not in self.idata.groups():
-            raise FitError("this fit has no posterior_predictive group; refit to check it.")
+            raise FitError(TOO_LARGE.format(group="posterior_predictive group"))
         rep = flat(self.idata.posterior_predictive["outcome"].values)
         rows = np.random.default_rng(seed).permutation(len(rep))[:max_draws]
         std = self.standardizer
@@ -209,22 +218,10 @@ class EffectFit:
         return problems
 
     def _ate_gap(self) -> str | None:
-        """A sentence when the model-implied ATE and the difference in means disagree beyond
-        chance (|difference| > 2.58 combined sds; randomized trials only), else None."""
         coords = self.idata.constant_data.coords
         if "covariate" in coords and "propensity" in coords["covariate"].values:
             return None  # observational: the unadjusted difference is biased by design
-        table = self.ate()
-        model, dim = table.loc["model_implied"], table.loc["difference_in_means"]
-        spread = np.hypot(model["std_err"], dim["std_err"])
-        if not np.isfinite(spread) or abs(model["estimate"] - dim["estimate"]) <= 2.58 * spread:
-            return None
-        return (
-            f"the model-implied ATE ({model['estimate']:.3g}) and the difference in means "
-            f"({dim['estimate']:.3g}, se {dim['std_err']:.2g}) disagree beyond chance: in a "
-            "randomized trial they estimate the same thing, so the model is misspecified for "
-            "this outcome (check_outcome(); another likelihood)."
-        )
+        return ate_gap(self.ate())
 
     # ------------------------------------------------------------------ tables
     def cluster_effects(self, prob: float = 0.9) -> pd.DataFrame:
@@ -260,23 +257,20 @@ class EffectFit:
         outcome's mean given the unit's image, covariates and random intercepts.
         """
         lo_name, hi_name = interval_names(prob)
-        q = self.in_sample()
-        cate = q["cate"]
-        lo, hi = quantiles(cate, prob)
+        q = unit_summaries(self, prob)
         out = pd.DataFrame(
             {
                 "unit": self.unit_ids,
-                "tau_mean": cate.mean(0),
-                "tau_sd": cate.std(0),
-                f"tau_{lo_name}": lo,
-                f"tau_{hi_name}": hi,
-                "prob_positive": (cate > 0).mean(0),
+                "tau_mean": q["mean"],
+                "tau_sd": q["sd"],
+                f"tau_{lo_name}": q["lo"],
+                f"tau_{hi_name}": q["hi"],
+                "prob_positive": q["prob_positive"],
             }
         )
-        mean_prob = q["cluster_prob"].mean(0)
         for k in range(self.n_clusters):
-            out[f"cluster_prob_{k}"] = mean_prob[:, k]
-        out["cluster"] = mean_prob.argmax(1)
+            out[f"cluster_prob_{k}"] = q["cluster_prob"][:, k]
+        out["cluster"] = q["cluster_prob"].argmax(1)
         return out
 
     def ate(self, prob: float = 0.9) -> pd.DataFrame:
@@ -507,6 +501,8 @@ class EffectFit:
         """PSIS-LOO of the fit (ArviZ; Pareto-k warnings as ArviZ gives them)."""
         import arviz as az
 
+        if "log_likelihood" not in self.idata.groups():
+            raise FitError(TOO_LARGE.format(group="pointwise log-likelihood"))
         return az.loo(self.idata, pointwise=True)
 
     def report(self, path: str | Path, **options: Any) -> Path:

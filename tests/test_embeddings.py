@@ -12,7 +12,7 @@ import pytest
 from imgcate.chips import chips_from_array
 from imgcate.embeddings import Embeddings, embed, encoder_from_state, load_embeddings
 from imgcate.encoders import RandomConvFeatures
-from imgcate.errors import FitError, InputError
+from imgcate.errors import FitError, InputError, OutputExistsError
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +95,42 @@ def test_load_embeddings(tmp_path):
         load_embeddings(tmp_path / "e.parquet", id_column="tile")
     with pytest.raises(InputError, match="does not exist"):
         load_embeddings(tmp_path / "nope.parquet")
+
+
+def test_embed_to_file_in_chunks_equals_one_pass(landsat_path, tmp_path):
+    # 200 units on the real scene, 30 sharing images: embedded 64 images at a time, the
+    # encoder fitted on 80 of them, the file holds what one pass with that encoder gives
+    import pyarrow.parquet as pq
+
+    from imgcate.chips import extract_chips
+    from imgcate.embeddingfile import embed_to_file
+    from imgcate.embeddings import embed, load_embeddings
+    from tests.test_chips import _trial_at
+
+    rng = np.random.default_rng(0)
+    rows, cols = rng.integers(20, 330, 200), rng.integers(20, 330, 200)
+    rows[170:], cols[170:] = rows[:30], cols[:30]
+    image = np.r_[np.arange(170), np.arange(30)]
+    trial = _trial_at(landsat_path, rows, cols, image_id=image)
+    out = embed_to_file(
+        trial,
+        landsat_path,
+        16,
+        tmp_path / "e.parquet",
+        n_features=32,
+        n_components=4,
+        chunk_images=64,
+        fit_images=80,
+        seed=1,
+    )
+    assert pq.ParquetFile(out).num_row_groups == 3  # 170 images in chunks of 64
+    streamed = load_embeddings(out)
+    whole = embed(extract_chips(trial, landsat_path, 16), streamed.encoder)
+    order = np.argsort(streamed.image_ids)
+    np.testing.assert_array_equal(streamed.image_ids[order], np.sort(whole.image_ids))
+    np.testing.assert_allclose(
+        streamed.values[order], whole.values[np.argsort(whole.image_ids)], atol=1e-5
+    )
+    assert streamed.provenance["streamed"] == {"chunk_images": 64, "fit_images": 80}
+    with pytest.raises(OutputExistsError):  # checked before any chip is read
+        embed_to_file(trial, landsat_path, 16, out, chunk_images=64, fit_images=80, seed=1)

@@ -1,0 +1,73 @@
+"""What the posterior implies at any size: the chunked passes against one pass over everything,
+and a fit too large to keep per-draw unit arrays."""
+
+from __future__ import annotations
+
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import imgcate.inference
+import imgcate.posterior
+from imgcate import ConvergenceWarning, fit
+from imgcate.config import FitConfig
+from imgcate.errors import FitError
+from imgcate.inference import svi_schedule
+from imgcate.posterior import cluster_summaries, evaluate, fit_spec, site_draws, trial_inputs
+from imgcate.simulate import simulate_trial
+
+
+def test_summaries_in_jax_equal_numpy_float64():
+    rng = np.random.default_rng(0)
+    cate = rng.normal(1.0, 0.7, size=(30, 500)).astype(np.float32)
+    prob = rng.dirichlet(np.ones(3), size=(30, 500)).astype(np.float32)
+    slow = cluster_summaries(cate, prob)
+    fast = cluster_summaries(jnp.asarray(cate), jnp.asarray(prob), jnp)
+    assert set(slow) == set(fast)
+    for name, values in slow.items():
+        np.testing.assert_allclose(np.asarray(fast[name]), values, rtol=2e-5, atol=1e-6)
+    constant = np.full((4, 500), 2.5, np.float32)
+    share = cluster_summaries(jnp.asarray(constant), jnp.asarray(prob[:4]), jnp)
+    assert np.all(np.asarray(share["effect_share_clusters"]) == 0)
+
+
+def test_unit_effects_by_chunks_of_units_equal_one_pass(k2, monkeypatch):
+    _, result = k2
+    whole = result.unit_effects()
+    monkeypatch.setattr(imgcate.posterior, "DRAW_CHUNK_VALUES", 600 * 2 * 7)  # 7-unit chunks
+    chunked = result.unit_effects()
+    # float32 arithmetic in other batch shapes: equal to rounding
+    np.testing.assert_allclose(
+        chunked.drop(columns="unit"), whole.drop(columns="unit"), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_a_fit_too_large_for_per_draw_unit_arrays(monkeypatch):
+    # the limits lowered so that 300 units x 200 draws exceed them: the fit keeps its
+    # summaries, computed a few draws at a time, and says why loo() cannot run
+    monkeypatch.setattr(imgcate.inference, "MAX_PREDICTIVE_VALUES", 1000)
+    monkeypatch.setattr(imgcate.posterior, "MAX_STORED_UNIT_DRAWS", 1000)
+    monkeypatch.setattr(imgcate.posterior, "DRAW_CHUNK_VALUES", 300 * 2 * 9)
+    sim = simulate_trial(5, 300, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = fit(sim.trial, sim.embeddings, method="svi", svi_steps=500, svi_draws=200)
+    groups = result.idata.groups()
+    assert "log_likelihood" not in groups and "posterior_predictive" not in groups
+    assert "tau_unit" not in result.idata.posterior
+    with pytest.raises(FitError, match="MAX_PREDICTIVE_VALUES"):
+        result.loo()
+    q = evaluate(site_draws(result), trial_inputs(result), fit_spec(result))
+    slow = cluster_summaries(q["cate"] * result.standardizer.outcome_sd, q["cluster_prob"])
+    stored = result.idata.posterior["tau_cluster"].values.reshape(-1, 2)
+    np.testing.assert_allclose(stored, slow["tau_cluster"], rtol=1e-4, atol=1e-5)
+    assert len(result.unit_effects()) == 300
+
+
+def test_svi_step_size_holds_then_decays_to_a_hundredth():
+    step = svi_schedule(FitConfig(svi_steps=1000, svi_learning_rate=0.02))
+    assert float(step(0)) == pytest.approx(0.02) and float(step(500)) == pytest.approx(0.02)
+    assert float(step(750)) == pytest.approx(0.002)
+    assert float(step(1000)) == pytest.approx(0.0002)
