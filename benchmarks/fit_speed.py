@@ -128,12 +128,6 @@ def machine() -> dict:
     }
 
 
-def weighted_truth(sim) -> np.ndarray:
-    """The cluster effects as the model defines them, under the simulation's truth."""
-    prob = sim.truth.cluster_prob
-    return (prob * sim.truth.cate[:, None]).sum(0) / prob.sum(0)
-
-
 def peak_rss_mb() -> int:
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) // 1024 for line in status if line.startswith("VmHWM"))
@@ -151,7 +145,7 @@ def interval_record(table, truth: np.ndarray) -> dict:
 def large_svi(n_units: int, seed: int) -> dict:
     """One SVI fit of a large trial (run in its own process)."""
     sim = simulate_trial(seed, n_units, 3, n_features=16)
-    truth = weighted_truth(sim)
+    truth = sim.truth.tau_cluster_weighted
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -179,7 +173,7 @@ def large_svi(n_units: int, seed: int) -> dict:
 def svi_against_nuts(n_units: int, seed: int) -> dict:
     """SVI and NUTS (4 x 1,000) on the same trial: their cluster-effect intervals."""
     sim = simulate_trial(seed, n_units, 3, n_features=16)
-    truth = weighted_truth(sim)
+    truth = sim.truth.tau_cluster_weighted
     out = {"n_units": n_units, "seed": seed, "truth_weighted": truth.round(4).tolist()}
     for method in ("svi", "nuts"):
         start = time.perf_counter()

@@ -403,3 +403,30 @@ def ate_gap(table: pd.DataFrame) -> str | None:
         "randomized trial they estimate the same thing, so the model is misspecified for "
         "this outcome (check_outcome(); another likelihood)."
     )
+
+
+def observational(fit) -> bool:
+    """Whether a fit adjusted for a propensity score (then the unadjusted difference in means
+    is biased by design, and not compared with the model's ATE)."""
+    coords = fit.idata.constant_data.coords
+    return "covariate" in coords and "propensity" in coords["covariate"].values
+
+
+def checks_passed(fit) -> str:
+    """The checks a fit passed, in words (for ``EffectFit.summary``)."""
+    done = ["the chains agree"] if fit.config.method == "nuts" else []
+    if "posterior_predictive" in fit.idata.groups():
+        done.append("replicated outcomes match the data in both arms")
+    if not observational(fit):
+        done.append("the model-implied ATE agrees with the difference in means")
+    return ", ".join(done) or "none ran"
+
+
+def checks_skipped(config, groups) -> list[str]:
+    """The checks a fit could not run, and why (for ``EffectFit.summary``)."""
+    out = []
+    if config.method != "nuts":
+        out.append("convergence (SVI has one guide, no chains; fit NUTS on a subsample)")
+    if "posterior_predictive" not in groups:
+        out.append("replicated outcomes (too many units x draws to keep; fewer svi_draws)")
+    return out

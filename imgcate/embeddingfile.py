@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -104,25 +105,39 @@ def embed_to_file(
     images = pd.unique(keys)
     rng = np.random.default_rng([seed, 20261203])
     sample = images[np.sort(rng.permutation(len(images))[:fit_images])]
-    chips = extract_chips(trial.subset(np.isin(keys, sample)), raster, size, **chip_options)
-    fitted = embed(
-        chips, encoder, n_features=n_features, n_components=n_components, seed=seed
-    ).encoder
-    del chips
-    record = collect(
-        {"raster": raster} if isinstance(raster, str | Path) else None,
-        seeds={"encoder": seed},
-        encoder={"name": encoder, "n_features": n_features, "n_components": n_components},
-        chip_settings={"size": size, **{k: str(v) for k, v in chip_options.items()}},
-        streamed={"chunk_images": chunk_images, "fit_images": len(sample)},
-    )
     starts = range(0, len(images), chunk_images)
+    steps = progress_bar(["fit", *starts], progress, "embed_to_file", len(starts) + 1)
+    dropped, padded = [], 0
     with atomic_path(path, overwrite=overwrite) as tmp:
         writer = None
         try:
-            for start in progress_bar(starts, progress, "embed_to_file: chunks", len(starts)):
-                part = images[start : start + chunk_images]
+            for step in steps:
+                if step == "fit":  # the encoder, on the sample's chips
+                    cut = extract_chips(
+                        trial.subset(np.isin(keys, sample)), raster, size, **chip_options
+                    )
+                    fitted = embed(
+                        cut, encoder, n_features=n_features, n_components=n_components, seed=seed
+                    ).encoder
+                    record = collect(
+                        {"raster": raster} if isinstance(raster, str | Path) else None,
+                        seeds={"encoder": seed},
+                        encoder={
+                            "name": encoder,
+                            "n_features": n_features,
+                            "n_components": n_components,
+                        },
+                        chip_settings={
+                            "size": size,
+                            **{k: str(v) for k, v in chip_options.items()},
+                        },
+                        streamed={"chunk_images": chunk_images, "fit_images": len(sample)},
+                    )
+                    continue
+                part = images[step : step + chunk_images]
                 cut = extract_chips(trial.subset(np.isin(keys, part)), raster, size, **chip_options)
+                dropped.extend(np.asarray(cut.dropped_units).tolist())
+                padded += 0 if cut.padded is None else int(np.sum(cut.padded))
                 table = _table(embed(cut, fitted), fitted, record)
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, table.schema)
@@ -130,6 +145,15 @@ def embed_to_file(
         finally:
             if writer is not None:
                 writer.close()
+    if dropped or padded:
+        warnings.warn(
+            f"embed_to_file: {len(dropped):,} units dropped (their chips cross the raster's edge "
+            f"or hold nodata; first ids {dropped[:8]}) and {padded:,} chips padded; fit the "
+            "units whose images have embeddings: trial.subset(np.isin(trial.image_keys, "
+            "load_embeddings(path).image_ids)).",
+            UserWarning,
+            stacklevel=2,
+        )
     return path
 
 

@@ -45,14 +45,22 @@ DERIVED = (
 #: ``tau_unit`` (chain, draw, unit) is stored in the posterior up to this many values.
 MAX_STORED_UNIT_DRAWS = 20_000_000
 
-#: Why a large fit lacks a group (its units x draws values would not fit in memory).
-TOO_LARGE = (
-    "this fit kept no {group}: its units x draws exceed imgcate.inference."
-    "MAX_PREDICTIVE_VALUES; fit with fewer draws (svi_draws, num_samples) or a subsample."
-)
-
 #: Draws evaluated at once (memory: draws x units x clusters floats).
 DRAW_CHUNK_VALUES = 20_000_000
+
+
+def too_large(fit: EffectFit, group: str) -> str:
+    """Why a large fit lacks ``group``: its units x draws values would not fit in memory."""
+    from imgcate.inference import MAX_PREDICTIVE_VALUES as limit
+
+    post = fit.idata.posterior
+    units, draws = fit.idata.constant_data.sizes["unit"], post.sizes["chain"] * post.sizes["draw"]
+    return (
+        f"this fit kept no {group}: its {units:,} units x {draws:,} draws exceed "
+        f"imgcate.inference.MAX_PREDICTIVE_VALUES ({limit:,}); refit with at most "
+        f"{limit // units:,} draws (svi_draws, or num_samples x num_chains) or on a subsample "
+        "of the units."
+    )
 
 
 def flat(values: np.ndarray) -> np.ndarray:

@@ -20,8 +20,11 @@ import pandas as pd
 from imgcate.config import FitConfig, Standardizer
 from imgcate.diagnostics import (
     ate_gap,
+    checks_passed,
+    checks_skipped,
     convergence_problems,
     diagnostics_table,
+    observational,
     outcome_check,
     outcome_problems,
 )
@@ -30,11 +33,11 @@ from imgcate.fitfile import read_fit_file, write_fit_file
 from imgcate.intervals import interval_names, quantiles
 from imgcate.model import ModelSpec
 from imgcate.posterior import (
-    TOO_LARGE,
     evaluate,
     fit_spec,
     flat,
     site_draws,
+    too_large,
     trial_inputs,
     unit_summaries,
 )
@@ -196,7 +199,7 @@ class EffectFit:
             posterior predictive p-value, ``missed`` (p < 0.01); original outcome scale.
         """
         if "posterior_predictive" not in self.idata.groups():
-            raise FitError(TOO_LARGE.format(group="posterior_predictive group"))
+            raise FitError(too_large(self, "posterior_predictive group"))
         rep = flat(self.idata.posterior_predictive["outcome"].values)
         rows = np.random.default_rng(seed).permutation(len(rep))[:max_draws]
         std = self.standardizer
@@ -210,18 +213,12 @@ class EffectFit:
         problems = []
         if "posterior_predictive" in self.idata.groups():  # not kept for very large fits
             problems += outcome_problems(self.check_outcome(), self.config.likelihood)
-        gap = self._ate_gap()
+        gap = None if observational(self) else ate_gap(self.ate())
         if gap is not None:
             problems.append(gap)
         for message in problems:
             warnings.warn(f"imgcate fit: {message}", ModelCheckWarning, stacklevel=3)
         return problems
-
-    def _ate_gap(self) -> str | None:
-        coords = self.idata.constant_data.coords
-        if "covariate" in coords and "propensity" in coords["covariate"].values:
-            return None  # observational: the unadjusted difference is biased by design
-        return ate_gap(self.ate())
 
     # ------------------------------------------------------------------ tables
     def cluster_effects(self, prob: float = 0.9) -> pd.DataFrame:
@@ -435,12 +432,6 @@ class EffectFit:
         """A printable summary: settings, cluster effects, how much the clusters explain and
         how image-driven they are, ATE check, diagnostics; ``out_of_sample`` (a
         :class:`~imgcate.evaluate.CrossfitResult` of this trial) adds its out-of-sample test."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            diag = self.diagnostics()
-        n_div = 0
-        if "sample_stats" in self.idata and "diverging" in self.idata.sample_stats:
-            n_div = int(self.idata.sample_stats["diverging"].values.sum())
         fmt = {"float_format": lambda v: f"{v:.3f}"}
         lines = [
             f"imgcate effect fit: {self.config.label}, likelihood={self.config.likelihood_label}, "
@@ -458,25 +449,34 @@ class EffectFit:
             lines += [self.heterogeneity(prob).to_string(**fmt), *self._cluster_notes()]
         if out_of_sample is not None:
             lines += ["", out_of_sample.summary(unit_ids=self.unit_ids)]
-        lines += [
-            "",
-            f"Diagnostics: max R-hat {diag['r_hat'].max():.3f}, min bulk ESS "
-            f"{diag['ess_bulk'].min():.0f}, divergences {n_div}",
-            "Checks:",
-        ]
+        lines += ["", self._diagnostics_line(), "Checks:"]
         problems = self._problems()
-        lines += [f"- {p}" for p in problems] or [
-            "- none failed: the chains agree, replicated outcomes match the data in both arms, "
-            "and the model-implied ATE agrees with the difference in means."
-        ]
-        return "\n".join(lines)
+        groups = self.idata.groups()
+        return "\n".join(
+            lines
+            + ([f"- {p}" for p in problems] or [f"- none failed: {checks_passed(self)}."])
+            + [f"- not checked: {skipped}" for skipped in checks_skipped(self.config, groups)]
+        )
+
+    def _diagnostics_line(self) -> str:
+        if self.config.method != "nuts":
+            loss = self.idata.svi_loss["loss"].values
+            return f"Diagnostics: SVI, final loss {loss[-1]:.6g} after {len(loss):,} steps"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            diag = self.diagnostics()
+        n_div = int(self.idata.sample_stats["diverging"].values.sum())
+        return (
+            f"Diagnostics: max R-hat {diag['r_hat'].max():.3f}, min bulk ESS "
+            f"{diag['ess_bulk'].min():.0f}, divergences {n_div}"
+        )
 
     def _problems(self) -> list[str]:
         """Every failed check in words: convergence, outcome distribution, ATE gap."""
         problems = convergence_problems(self.idata) if self.config.method == "nuts" else []
         if "posterior_predictive" in self.idata.groups():
             problems += outcome_problems(self.check_outcome(), self.config.likelihood)
-        gap = self._ate_gap()
+        gap = None if observational(self) else ate_gap(self.ate())
         return problems + ([gap] if gap else [])
 
     def _cluster_notes(self) -> list[str]:
@@ -491,9 +491,10 @@ class EffectFit:
                 "model without clusters, imgcate.fit(n_clusters=1), describes it too)."
             )
         share = float(self._draws("effect_share_clusters").mean())
+        rest = "; the smooth deviation holds the rest" if share < 0.995 else ""
         notes.append(
             f"The clusters explain {100 * share:.0f}% of the effect's variance over the "
-            "trial's units; the smooth deviation holds the rest."
+            f"trial's units{rest}."
         )
         return notes
 
@@ -502,7 +503,7 @@ class EffectFit:
         import arviz as az
 
         if "log_likelihood" not in self.idata.groups():
-            raise FitError(TOO_LARGE.format(group="pointwise log-likelihood"))
+            raise FitError(too_large(self, "pointwise log-likelihood"))
         return az.loo(self.idata, pointwise=True)
 
     def report(self, path: str | Path, **options: Any) -> Path:

@@ -134,3 +134,24 @@ def test_embed_to_file_in_chunks_equals_one_pass(landsat_path, tmp_path):
     assert streamed.provenance["streamed"] == {"chunk_images": 64, "fit_images": 80}
     with pytest.raises(OutputExistsError):  # checked before any chip is read
         embed_to_file(trial, landsat_path, 16, out, chunk_images=64, fit_images=80, seed=1)
+
+
+def test_embed_to_file_warns_of_dropped_units(landsat_path, tmp_path):
+    from imgcate.embeddingfile import embed_to_file
+    from tests.test_chips import _trial_at
+
+    rows, cols = np.array([3, 100, 200, 150, 340]), np.array([100, 3, 200, 150, 50])
+    trial = _trial_at(landsat_path, rows, cols)  # the first two chips cross the edge
+    with pytest.warns(UserWarning, match=r"2 units dropped .*'u0', 'u1'"):
+        out = embed_to_file(
+            trial,
+            landsat_path,
+            16,
+            tmp_path / "e.parquet",
+            n_features=8,
+            n_components=2,
+            chunk_images=3,
+            seed=0,
+            on_edge="drop",
+        )
+    assert sorted(load_embeddings(out).image_ids) == ["u2", "u3", "u4"]

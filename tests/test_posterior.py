@@ -57,8 +57,12 @@ def test_a_fit_too_large_for_per_draw_unit_arrays(monkeypatch):
     groups = result.idata.groups()
     assert "log_likelihood" not in groups and "posterior_predictive" not in groups
     assert "tau_unit" not in result.idata.posterior
-    with pytest.raises(FitError, match="MAX_PREDICTIVE_VALUES"):
+    with pytest.raises(FitError, match=r"300 units x 200 draws .*\(1,000\); .*at most 3 draws"):
         result.loo()
+    summary = result.summary()  # says what it could not check, claims nothing it did not
+    assert "not checked: convergence (SVI" in summary and "R-hat" not in summary
+    assert "not checked: replicated outcomes" in summary
+    assert "replicated outcomes match" not in summary
     q = evaluate(site_draws(result), trial_inputs(result), fit_spec(result))
     slow = cluster_summaries(q["cate"] * result.standardizer.outcome_sd, q["cluster_prob"])
     stored = result.idata.posterior["tau_cluster"].values.reshape(-1, 2)
@@ -71,3 +75,17 @@ def test_svi_step_size_holds_then_decays_to_a_hundredth():
     assert float(step(0)) == pytest.approx(0.02) and float(step(500)) == pytest.approx(0.02)
     assert float(step(750)) == pytest.approx(0.002)
     assert float(step(1000)) == pytest.approx(0.0002)
+
+
+def test_weighted_truth_is_the_membership_weighted_average_cate():
+    truth = simulate_trial(2, 400, 3).truth
+    slow = [
+        sum(truth.cluster_prob[u, k] * truth.cate[u] for u in range(400))
+        / sum(truth.cluster_prob[u, k] for u in range(400))
+        for k in range(3)
+    ]
+    np.testing.assert_allclose(truth.tau_cluster_weighted, slow, rtol=1e-12)
+    # overlapping clusters pull each towards the others, inside the simulated effects
+    assert np.all(np.diff(truth.tau_cluster_weighted) > 0)
+    assert truth.tau_cluster[0] < truth.tau_cluster_weighted[0]
+    assert truth.tau_cluster_weighted[-1] < truth.tau_cluster[-1]

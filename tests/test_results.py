@@ -220,6 +220,8 @@ def test_ate_without_a_design_se_and_the_ate_gap_check(k2):
     difference in means is named by the checks, in summary() too."""
     import dataclasses
 
+    from imgcate.diagnostics import ate_gap
+
     _, result = k2
     t = result.idata.constant_data["treatment"].values
     idata = result.idata.copy()
@@ -227,13 +229,13 @@ def test_ate_without_a_design_se_and_the_ate_gap_check(k2):
     table = dataclasses.replace(result, idata=idata).ate()
     assert np.isnan(table.loc["difference_in_means", "std_err"])
     assert "whole arm" in table.loc["difference_in_means", "vcov"]
-    assert result._ate_gap() is None
+    assert ate_gap(result.ate()) is None
     assert "disagree beyond chance" not in result.summary().split("Checks:")[1]
     shifted = result.idata.copy()
     y = shifted.constant_data["outcome_original"].values
     shifted.constant_data["outcome_original"] = ("unit", y + 3.0 * t)  # treated outcomes moved
     moved = dataclasses.replace(result, idata=shifted)
-    assert "disagree beyond chance" in moved._ate_gap()
+    assert "disagree beyond chance" in ate_gap(moved.ate())
     assert "disagree beyond chance" in moved.summary().split("Checks:")[1]
 
 
