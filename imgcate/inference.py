@@ -53,8 +53,9 @@ if TYPE_CHECKING:
     import arviz as az
 
 #: Posterior-predictive draws and the pointwise log-likelihood are kept when units x draws is
-#: at most this (400 MB each; a million units with 1,000 draws would be 4 GB each).
-MAX_PREDICTIVE_VALUES = 100_000_000
+#: at most this (200 MB each, which the conversions to InferenceData double; at 10^5 units x
+#: 1,000 draws twice this raised a fit's peak memory from 2.2 to 4.7 GB).
+MAX_PREDICTIVE_VALUES = 50_000_000
 
 
 #: SVI's minibatch size above 10,000 units unless ``svi_batch_size`` says otherwise.
