@@ -422,11 +422,11 @@ def checks_passed(fit) -> str:
     return ", ".join(done) or "none ran"
 
 
-def checks_skipped(config, groups) -> list[str]:
+def checks_skipped(fit) -> list[str]:
     """The checks a fit could not run, and why (for ``EffectFit.summary``)."""
     out = []
-    if config.method != "nuts":
+    if fit.config.method != "nuts":
         out.append("convergence (SVI has one guide, no chains; fit NUTS on a subsample)")
-    if "posterior_predictive" not in groups:
+    if "posterior_predictive" not in fit.idata.groups():
         out.append("replicated outcomes (too many units x draws to keep; fewer svi_draws)")
     return out

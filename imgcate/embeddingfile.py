@@ -57,7 +57,8 @@ def embed_to_file(
     For trials whose chips would not fit in memory at once (a million 6-band 32-pixel chips are
     24 GB): the encoder is fitted on the chips of ``fit_images`` images drawn at random, then
     the images are read, embedded and written ``chunk_images`` at a time, each chunk a row
-    group of the file, so memory holds one chunk's chips whatever the trial's size. The file is
+    group of the file, so memory does not grow with the trial's size (most of it goes to the
+    encoder's sample: lower ``fit_images`` to lower it). The file is
     the one :meth:`Embeddings.save` writes (encoder and provenance in its metadata; read it
     with :func:`imgcate.load_embeddings`), under a temporary name until complete.
 
@@ -82,7 +83,7 @@ def embed_to_file(
     overwrite : bool
         Replace ``path`` if it exists.
     progress : bool
-        Show a progress bar over chunks.
+        Show a progress bar over the encoder's fit and the chunks.
     **chip_options
         :func:`imgcate.extract_chips` options (``bands``, ``on_edge``, ``scale``, ...).
 
@@ -145,12 +146,19 @@ def embed_to_file(
         finally:
             if writer is not None:
                 writer.close()
-    if dropped or padded:
+    if dropped:
         warnings.warn(
             f"embed_to_file: {len(dropped):,} units dropped (their chips cross the raster's edge "
-            f"or hold nodata; first ids {dropped[:8]}) and {padded:,} chips padded; fit the "
-            "units whose images have embeddings: trial.subset(np.isin(trial.image_keys, "
+            f"or hold nodata; first ids {dropped[:8]}); fit the units whose images have "
+            "embeddings: trial.subset(np.isin(trial.image_keys, "
             "load_embeddings(path).image_ids)).",
+            UserWarning,
+            stacklevel=2,
+        )
+    if padded:
+        warnings.warn(
+            f"embed_to_file: {padded:,} chips padded (they cross the raster's edge or hold "
+            "nodata; missing pixels hold the chip's band means).",
             UserWarning,
             stacklevel=2,
         )

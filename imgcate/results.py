@@ -451,21 +451,24 @@ class EffectFit:
             lines += ["", out_of_sample.summary(unit_ids=self.unit_ids)]
         lines += ["", self._diagnostics_line(), "Checks:"]
         problems = self._problems()
-        groups = self.idata.groups()
         return "\n".join(
             lines
             + ([f"- {p}" for p in problems] or [f"- none failed: {checks_passed(self)}."])
-            + [f"- not checked: {skipped}" for skipped in checks_skipped(self.config, groups)]
+            + [f"- not checked: {skipped}" for skipped in checks_skipped(self)]
         )
 
     def _diagnostics_line(self) -> str:
         if self.config.method != "nuts":
+            if "svi_loss" not in self.idata.groups():
+                return "Diagnostics: SVI"
             loss = self.idata.svi_loss["loss"].values
             return f"Diagnostics: SVI, final loss {loss[-1]:.6g} after {len(loss):,} steps"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             diag = self.diagnostics()
-        n_div = int(self.idata.sample_stats["diverging"].values.sum())
+        stats = self.idata.get("sample_stats")
+        has = stats is not None and "diverging" in stats
+        n_div = int(stats["diverging"].values.sum()) if has else 0
         return (
             f"Diagnostics: max R-hat {diag['r_hat'].max():.3f}, min bulk ESS "
             f"{diag['ess_bulk'].min():.0f}, divergences {n_div}"
