@@ -171,7 +171,7 @@ def large_svi(n_units: int, seed: int) -> dict:
 
 
 def svi_against_nuts(n_units: int, seed: int) -> dict:
-    """SVI and NUTS (4 x 1,000) on the same trial: their cluster-effect intervals."""
+    """SVI and NUTS (the defaults: 4 x 500 draws) on the same trial: their intervals."""
     sim = simulate_trial(seed, n_units, 3, n_features=16)
     truth = sim.truth.tau_cluster_weighted
     out = {"n_units": n_units, "seed": seed, "truth_weighted": truth.round(4).tolist()}

@@ -44,6 +44,10 @@ SIZE_UNITS = ("px", "m")
 ON_EDGE = ("error", "pad", "drop")
 
 
+class NothingLeftError(RasterError):
+    """``on_edge="drop"`` dropped every chip (a chunk of :func:`imgcate.embed_to_file` may)."""
+
+
 @dataclass(frozen=True)
 class Chips:
     """Image chips, one per distinct image, and the index from units to chips.
@@ -547,7 +551,7 @@ def extract_chips(
         kept = ~unit_bad
         dropped = trial.ids[unit_bad]
         if not keep_chip.any():
-            raise RasterError(
+            raise NothingLeftError(
                 "every chip crosses the raster edge or holds nodata, so on_edge='drop' leaves "
                 "nothing; use on_edge='pad' or a smaller size."
             )

@@ -428,5 +428,8 @@ def checks_skipped(fit) -> list[str]:
     if fit.config.method != "nuts":
         out.append("convergence (SVI has one guide, no chains; fit NUTS on a subsample)")
     if "posterior_predictive" not in fit.idata.groups():
-        out.append("replicated outcomes (too many units x draws to keep; fewer svi_draws)")
+        out.append(
+            "replicated outcomes (too many units x draws to keep; fewer draws: svi_draws, or "
+            "num_samples x num_chains)"
+        )
     return out

@@ -94,7 +94,7 @@ def embed_to_file(
     """
     import pyarrow.parquet as pq
 
-    from imgcate.chips import extract_chips
+    from imgcate.chips import NothingLeftError, extract_chips
     from imgcate.embeddings import embed
     from imgcate.output import progress_bar
     from imgcate.provenance import collect
@@ -135,8 +135,12 @@ def embed_to_file(
                         streamed={"chunk_images": chunk_images, "fit_images": len(sample)},
                     )
                     continue
-                part = images[step : step + chunk_images]
-                cut = extract_chips(trial.subset(np.isin(keys, part)), raster, size, **chip_options)
+                rows = np.isin(keys, images[step : step + chunk_images])
+                try:
+                    cut = extract_chips(trial.subset(rows), raster, size, **chip_options)
+                except NothingLeftError:  # on_edge="drop" dropped the whole chunk
+                    dropped.extend(trial.ids[rows].tolist())
+                    continue
                 dropped.extend(np.asarray(cut.dropped_units).tolist())
                 padded += 0 if cut.padded is None else int(np.sum(cut.padded))
                 table = _table(embed(cut, fitted), fitted, record)

@@ -35,6 +35,7 @@ DERIVED = (
     "tau_cluster",
     "cluster_share",
     "ate",
+    "effect_sd",
     "effect_share_clusters",
     "membership_dependence",
     "membership",
@@ -168,7 +169,8 @@ def cluster_summaries(cate, prob, xp=np) -> dict:
     """Per-draw summaries of unit CATE (sample, unit) and membership (sample, unit, cluster).
 
     ``tau_cluster``: each cluster's average CATE, weighted by membership; ``cluster_share``:
-    average membership; ``ate``: average CATE; ``effect_share_clusters``: the share of the
+    average membership; ``ate``: average CATE; ``effect_sd``: the CATE's sd over units;
+    ``effect_share_clusters``: the share of the
     CATE's variance over units that the cluster averages explain (0 for an effect constant up
     to rounding, as with ``equal_effects``); ``membership_dependence``:
     the mutual information between cluster and image over the trial's images, as a share of
@@ -184,6 +186,7 @@ def cluster_summaries(cate, prob, xp=np) -> dict:
         "tau_cluster": tau_cluster,
         "cluster_share": prob.mean(1),
         "ate": cate.mean(1),
+        "effect_sd": cate.std(1),
     }
     k = prob.shape[-1]
     if k > 1:

@@ -325,11 +325,9 @@ class EffectFit:
         (:func:`imgcate.compare_clusters`) for that.
         """
         lo_name, hi_name = interval_names(prob)
-        rows = {
-            "effect_sd": self._draws("tau_unit").std(1)
-            if "tau_unit" in self.idata.posterior
-            else self.in_sample()["cate"].std(1)
-        }
+        post = self.idata.posterior  # fits saved before effect_sd was stored: from tau_unit
+        sd = self._draws("effect_sd") if "effect_sd" in post else None
+        rows = {"effect_sd": self._draws("tau_unit").std(1) if sd is None else sd}
         for name in ("effect_share_clusters", "membership_dependence"):
             if name in self.idata.posterior:
                 rows[name] = self._draws(name)

@@ -150,7 +150,7 @@ def test_embed_to_file_warns_of_dropped_units(landsat_path, tmp_path):
             tmp_path / "e.parquet",
             n_features=8,
             n_components=2,
-            chunk_images=3,
+            chunk_images=2,  # the first chunk: every chip dropped
             seed=0,
             on_edge="drop",
         )

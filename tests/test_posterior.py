@@ -65,8 +65,9 @@ def test_a_fit_too_large_for_per_draw_unit_arrays(monkeypatch):
     assert "replicated outcomes match" not in summary
     q = evaluate(site_draws(result), trial_inputs(result), fit_spec(result))
     slow = cluster_summaries(q["cate"] * result.standardizer.outcome_sd, q["cluster_prob"])
-    stored = result.idata.posterior["tau_cluster"].values.reshape(-1, 2)
-    np.testing.assert_allclose(stored, slow["tau_cluster"], rtol=1e-4, atol=1e-5)
+    for name, values in slow.items():  # every summary, not only the cluster effects
+        stored = result.idata.posterior[name].values.reshape(values.shape)
+        np.testing.assert_allclose(stored, values, rtol=1e-4, atol=1e-5, err_msg=name)
     assert len(result.unit_effects()) == 300
 
 
