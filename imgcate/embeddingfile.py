@@ -106,6 +106,13 @@ def embed_to_file(
     images = pd.unique(keys)
     rng = np.random.default_rng([seed, 20261203])
     sample = images[np.sort(rng.permutation(len(images))[:fit_images])]
+    record = collect(
+        {"raster": raster} if isinstance(raster, str | Path) else None,
+        seeds={"encoder": seed},
+        encoder={"name": encoder, "n_features": n_features, "n_components": n_components},
+        chip_settings={"size": size, **{k: str(v) for k, v in chip_options.items()}},
+        streamed={"chunk_images": chunk_images, "fit_images": len(sample)},
+    )
     starts = range(0, len(images), chunk_images)
     steps = progress_bar(["fit", *starts], progress, "embed_to_file", len(starts) + 1)
     dropped, padded = [], 0
@@ -120,20 +127,6 @@ def embed_to_file(
                     fitted = embed(
                         cut, encoder, n_features=n_features, n_components=n_components, seed=seed
                     ).encoder
-                    record = collect(
-                        {"raster": raster} if isinstance(raster, str | Path) else None,
-                        seeds={"encoder": seed},
-                        encoder={
-                            "name": encoder,
-                            "n_features": n_features,
-                            "n_components": n_components,
-                        },
-                        chip_settings={
-                            "size": size,
-                            **{k: str(v) for k, v in chip_options.items()},
-                        },
-                        streamed={"chunk_images": chunk_images, "fit_images": len(sample)},
-                    )
                     continue
                 rows = np.isin(keys, images[step : step + chunk_images])
                 try:

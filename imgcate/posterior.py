@@ -118,6 +118,11 @@ def trial_inputs(fit: EffectFit) -> ModelInputs:
     )
 
 
+def _per_chunk(budget: int, values_per_row: int) -> int:
+    """Rows (draws or units) whose ``values_per_row`` values each fit in ``budget`` values."""
+    return max(1, budget // max(values_per_row, 1))
+
+
 #: :func:`~imgcate.model.unit_quantities` under a batch of draws, compiled once per shape.
 _quantities = jax.jit(jax.vmap(unit_quantities, in_axes=(0, None, None)), static_argnums=2)
 
@@ -129,7 +134,7 @@ def evaluate(
     in chunks of draws; arrays (sample, unit, ...) on the model scale."""
     n_draws = len(next(iter(params.values())))
     n_units = inputs.embedding.shape[0]
-    chunk = max(1, DRAW_CHUNK_VALUES // max(n_units * max(spec.n_clusters, 2), 1))
+    chunk = _per_chunk(DRAW_CHUNK_VALUES, n_units * max(spec.n_clusters, 2))
     parts = []
     for start in range(0, n_draws, chunk):
         sub = {k: jnp.asarray(v[start : start + chunk]) for k, v in params.items()}
@@ -145,7 +150,7 @@ def unit_summaries(fit: EffectFit, prob: float) -> dict[str, np.ndarray]:
     params, inputs, spec = site_draws(fit), trial_inputs(fit), fit_spec(fit)
     n_draws = len(next(iter(params.values())))
     n_units = inputs.embedding.shape[0]
-    chunk = max(1, DRAW_CHUNK_VALUES // max(n_draws * max(spec.n_clusters, 2), 1))
+    chunk = _per_chunk(DRAW_CHUNK_VALUES, n_draws * max(spec.n_clusters, 2))
     parts = []
     for start in range(0, n_units, chunk):
         rows = np.arange(start, min(start + chunk, n_units))
@@ -213,7 +218,7 @@ def _derived_pass(fit: EffectFit, spec: ModelSpec) -> tuple[dict, np.ndarray | N
     scale = fit.standardizer.outcome_sd
 
     def chunk_summaries(p):
-        q = jax.vmap(lambda one: unit_quantities(one, inputs, spec))(p)
+        q = _quantities(p, inputs, spec)
         cate = q["cate"] * scale
         return cluster_summaries(cate, q["cluster_prob"], jnp), cate
 
@@ -222,7 +227,7 @@ def _derived_pass(fit: EffectFit, spec: ModelSpec) -> tuple[dict, np.ndarray | N
     n_units = inputs.embedding.shape[0]
     keep = n_draws * n_units <= MAX_STORED_UNIT_DRAWS
     # a quarter of evaluate()'s chunk: the compiled pass holds several such arrays at once
-    chunk = max(1, DRAW_CHUNK_VALUES // 4 // max(n_units * max(spec.n_clusters, 2), 1))
+    chunk = _per_chunk(DRAW_CHUNK_VALUES // 4, n_units * max(spec.n_clusters, 2))
     summaries, cates = [], []
     for start in range(0, n_draws, chunk):
         sub = {k: jnp.asarray(v[start : start + chunk]) for k, v in params.items()}
