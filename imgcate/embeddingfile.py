@@ -50,6 +50,7 @@ def embed_to_file(
     seed: int,
     overwrite: bool = False,
     progress: bool = False,
+    provenance: dict | None = None,
     **chip_options: Any,
 ) -> Path:
     """Embed every image of a large trial into one Parquet file, a chunk of images at a time.
@@ -84,6 +85,10 @@ def embed_to_file(
         Replace ``path`` if it exists.
     progress : bool
         Show a progress bar over the encoder's fit and the chunks.
+    provenance : dict, optional
+        Where the inputs came from (:func:`imgcate.provenance.collect`; the command line passes
+        its own record). By default one naming the raster, the seed, the encoder and the chip
+        settings; the chunking (``streamed``) is added to either.
     **chip_options
         :func:`imgcate.extract_chips` options (``bands``, ``on_edge``, ``scale``, ...).
 
@@ -106,13 +111,14 @@ def embed_to_file(
     images = pd.unique(keys)
     rng = np.random.default_rng([seed, 20261203])
     sample = images[np.sort(rng.permutation(len(images))[:fit_images])]
-    record = collect(
-        {"raster": raster} if isinstance(raster, str | Path) else None,
-        seeds={"encoder": seed},
-        encoder={"name": encoder, "n_features": n_features, "n_components": n_components},
-        chip_settings={"size": size, **{k: str(v) for k, v in chip_options.items()}},
-        streamed={"chunk_images": chunk_images, "fit_images": len(sample)},
-    )
+    if provenance is None:
+        provenance = collect(
+            {"raster": raster} if isinstance(raster, str | Path) else None,
+            seeds={"encoder": seed},
+            encoder={"name": encoder, "n_features": n_features, "n_components": n_components},
+            chip_settings=json.loads(json.dumps({"size": size, **chip_options}, default=str)),
+        )
+    record = {**provenance, "streamed": {"chunk_images": chunk_images, "fit_images": len(sample)}}
     starts = range(0, len(images), chunk_images)
     steps = progress_bar(["fit", *starts], progress, "embed_to_file", len(starts) + 1)
     dropped, padded = [], 0

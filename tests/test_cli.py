@@ -501,3 +501,100 @@ def _fit_with_too_few_draws(fitted, tmp_path):
             "30",
         ],
     )
+
+
+# --------------------------------------------------------------------- imgcate embed-raster
+EMBED = ["--n-features", "64", "--n-components", "6", "--seed", "1"]
+
+
+def _shipped_units_and_scene() -> list[str]:
+    from imgcate import datasets
+
+    return [str(datasets.villages_path()), str(datasets.landsat_path())]
+
+
+def test_embed_raster_equals_chips_then_embed(tmp_path):
+    """The same file `imgcate chips` + `imgcate embed` write, in 5 chunks of 64 images.
+
+    --fit-images 300 (all 300 villages, each its own image) samples every image, in the
+    table's order: the encoder is fitted on the very chips `embed` fits it on, with the same
+    seed, so its arrays are equal. The values are the same transform of the same chips; the
+    native kernel embeds each chip alone (bit-identical, as measured here), while the JAX path
+    (where the kernel cannot run) rounds a float32 row differently with the batch's shape
+    (~3e-6 relative, encoders/base.py): rtol 1e-5 and atol 1e-4 (the components are of order
+    1-20) cover that and nothing else.
+    """
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from imgcate import load_embeddings
+
+    runner = CliRunner()
+    units, scene = _shipped_units_and_scene()
+    ids = ["--id-column", "village", "--size", "16"]
+    res = runner.invoke(main, ["chips", units, scene, str(tmp_path / "chips.npz"), *ids])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(
+        main, ["embed", str(tmp_path / "chips.npz"), str(tmp_path / "two.parquet"), *EMBED]
+    )
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "one.parquet"
+    chunks = ["--chunk-images", "64", "--fit-images", "300", "-q"]
+    res = runner.invoke(main, ["embed-raster", units, scene, str(out), *ids, *EMBED, *chunks])
+    assert res.exit_code == 0, res.output
+    assert res.output == (
+        f"wrote {out}: 300 images x 6 features, in 5 chunks of up to 64 images; "
+        "encoder fitted on a sample of 300 images\n"
+    )
+    assert pq.ParquetFile(out).metadata.num_row_groups == 5  # one row group a chunk
+    one, two = load_embeddings(out), load_embeddings(tmp_path / "two.parquet")
+    np.testing.assert_array_equal(one.image_ids, two.image_ids)
+    np.testing.assert_allclose(one.values, two.values, rtol=1e-5, atol=1e-4)
+    (config, arrays), (config2, arrays2) = one.encoder.get_state(), two.encoder.get_state()
+    assert config == config2 and arrays.keys() == arrays2.keys()  # chip_spec too: maps alike
+    for name in arrays:
+        np.testing.assert_array_equal(np.asarray(arrays[name]), np.asarray(arrays2[name]))
+    assert one.provenance["streamed"] == {"chunk_images": 64, "fit_images": 300}
+    assert one.provenance["seeds"] == {"encoder": 1}
+    # the command's own record, as `imgcate embed` keeps: both inputs, roles, settings
+    assert set(one.provenance["inputs"]) == {"units", "raster"}
+    assert one.provenance["roles"] == two.provenance["roles"]
+    assert one.provenance["chip_settings"]["scale"] is None
+
+
+def test_embed_raster_needs_overwrite_before_any_work(tmp_path):
+    runner = CliRunner()
+    units, scene = _shipped_units_and_scene()
+    out = tmp_path / "embeddings.parquet"
+    out.write_bytes(b"keep")
+    # a wrong --id-column would fail on reading the units: the output is refused first
+    res = runner.invoke(main, ["embed-raster", units, scene, str(out), "--id-column", "nope"])
+    assert res.exit_code == 1 and "exists; pass --overwrite to replace it" in res.output
+    assert "Traceback" not in res.output and "nope" not in res.output
+    assert out.read_bytes() == b"keep"
+    args = ["--id-column", "village", *EMBED, "--chunk-images", "100", "--fit-images", "50"]
+    res = runner.invoke(main, ["embed-raster", units, scene, str(out), *args, "-q"])
+    assert res.exit_code == 1 and "--overwrite" in res.output and out.read_bytes() == b"keep"
+    res = runner.invoke(main, ["embed-raster", units, scene, str(out), *args, "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert "in 3 chunks of up to 100 images; encoder fitted on a sample of 50 images" in res.output
+    from imgcate import load_embeddings
+
+    assert load_embeddings(out).provenance["streamed"] == {"chunk_images": 100, "fit_images": 50}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["embeddings.parquet"]
+
+
+def test_embed_raster_errors_name_the_output_or_the_option(tmp_path):
+    runner = CliRunner()
+    base = ["embed-raster", *_shipped_units_and_scene()]
+    out = str(tmp_path / "embeddings.parquet")
+    cases = {
+        "Invalid value for OUTPUT: must end in .parquet": [str(tmp_path / "embeddings.csv")],
+        "Invalid value for --chunk-images: must be at least 1": [out, "--chunk-images", "0"],
+        "Invalid value for --fit-images: must be at least 1": [out, "--fit-images", "0"],
+    }
+    for message, args in cases.items():
+        res = runner.invoke(main, [*base, *args, "--id-column", "village"])
+        assert res.exit_code == 2 and message in res.output, res.output
+        assert "Traceback" not in res.output and isinstance(res.exception, SystemExit)
+    assert not list(tmp_path.iterdir())

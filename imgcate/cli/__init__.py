@@ -1,5 +1,5 @@
-"""Command line: ``imgcate chips | embed | fit | effects | map | aggregate | info | simulate |
-demo``.
+"""Command line: ``imgcate chips | embed | embed-raster | fit | effects | map | aggregate | info |
+simulate | demo``.
 
 Manners of rasterio's ``rio``: INPUT OUTPUT positionals, ``--overwrite`` to replace files,
 ``-v/-q`` (on the group or on a command), errors that point at the offending option, and
@@ -11,6 +11,9 @@ examples at the end of each help. A workflow from a units table and a raster::
     imgcate map fit.imgcate scene.tif effect_map.tif
     imgcate aggregate effect_map.tif districts.gpkg district_effects.gpkg
     imgcate info effect_map.tif
+
+For a trial whose chips would not fit in memory, ``imgcate embed-raster villages.csv scene.tif
+embeddings.parquet --size 16`` replaces the first two steps (a chunk of images at a time).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from imgcate.cli.about import info
 from imgcate.cli.common import ARGV
 from imgcate.cli.mapping import aggregate, map_command
 from imgcate.cli.modelling import demo, effects, fit_command, simulate
-from imgcate.cli.steps import chips_command, embed_command
+from imgcate.cli.steps import chips_command, embed_command, embed_raster_command
 
 
 class Group(click.Group):
@@ -51,6 +54,11 @@ def main(ctx: click.Context, verbose: int, quiet: int) -> None:
       imgcate map fit.imgcate scene.tif effect_map.tif
       imgcate aggregate effect_map.tif districts.gpkg district_effects.gpkg
       imgcate info fit.imgcate
+
+    \b
+    Too many units for their chips to fit in memory: chips and embed in one step, a chunk of
+    images at a time:
+      imgcate embed-raster villages.csv scene.tif embeddings.parquet --size 16
     """
     ctx.obj = {"verbose": verbose, "quiet": quiet, "argv": ctx.meta.get(ARGV)}
 
@@ -58,6 +66,7 @@ def main(ctx: click.Context, verbose: int, quiet: int) -> None:
 for _command in (
     chips_command,
     embed_command,
+    embed_raster_command,
     fit_command,
     effects,
     map_command,

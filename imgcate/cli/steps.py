@@ -1,5 +1,6 @@
-"""``imgcate chips`` and ``imgcate embed``: the steps from a units table and a raster to
-embeddings that keep their encoder."""
+"""``imgcate chips``, ``imgcate embed`` and ``imgcate embed-raster``: the steps from a units
+table and a raster to embeddings that keep their encoder (``embed-raster`` in one step, a chunk
+of images at a time, for trials whose chips would not fit in memory)."""
 
 from __future__ import annotations
 
@@ -218,3 +219,131 @@ def embed_command(
     )
     run(replace(emb, provenance=record).save, output, overwrite=overwrite)
     click.echo(f"wrote {output}: {emb.values.shape[0]} images x {emb.n_features} features")
+
+
+@click.command("embed-raster", cls=Command)
+@click.argument("units", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("raster", nargs=-1, required=True, type=RASTER_SOURCES)
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@unit_role_options
+@chip_options
+@embed_options
+@click.option("--seed", default=0, show_default=True, help="Seed of the sample and the encoder.")
+@click.option(
+    "--chunk-images",
+    default=16_384,
+    show_default=True,
+    help="Images read, embedded and written at a time (memory grows with it).",
+)
+@click.option(
+    "--fit-images",
+    default=20_000,
+    show_default=True,
+    help="Images drawn at random to fit the encoder on (memory grows with it).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@common
+def embed_raster_command(
+    units,
+    raster,
+    output,
+    id_column,
+    lon,
+    lat,
+    crs,
+    image_id,
+    size,
+    size_unit,
+    bands,
+    band_names,
+    on_edge,
+    scale,
+    encoder,
+    n_features,
+    n_components,
+    seed,
+    chunk_images,
+    fit_images,
+    overwrite,
+    verbose,
+    quiet,
+):
+    """Cut and embed the chips of UNITS from RASTER in chunks; write OUTPUT (.parquet).
+
+    For trials whose chips would not fit in memory (`imgcate chips` holds them all): the
+    encoder is fitted on the chips of --fit-images images drawn at random, then the images are
+    cut, embedded and written --chunk-images at a time. OUTPUT is the file `imgcate embed`
+    writes (encoder and provenance in its metadata), for `imgcate fit`. Options as in
+    `imgcate chips` and `imgcate embed`.
+
+    \b
+    Examples:
+      imgcate embed-raster villages.csv scene.tif embeddings.parquet --size 16 --seed 0
+      imgcate embed-raster units.gpkg scene.tif embeddings.parquet --size 32 \\
+          --chunk-images 8192 --fit-images 5000 --on-edge drop
+    """
+    from imgcate.embeddingfile import embed_to_file
+    from imgcate.output import check_writable
+
+    _, _, progress = start(verbose, quiet)
+    check_minimum(
+        ("--n-features", n_features, 1),
+        ("--n-components", n_components, 1),
+        ("--chunk-images", chunk_images, 1),
+        ("--fit-images", fit_images, 1),
+    )
+    if size <= 0:
+        raise click.BadParameter("must be positive", param_hint="--size")
+    if Path(output).suffix.lower() != ".parquet":
+        raise click.BadParameter("must end in .parquet", param_hint="OUTPUT")
+    run(check_writable, output, overwrite)
+    source = raster_argument(raster, band_names)
+    roles = {"id": id_column, "lon": lon, "lat": lat, "crs": crs}
+    trial = load_units(units, roles, image_id, outcome=None)
+    settings = {"size": size, "size_unit": size_unit, "on_edge": on_edge, "scale": scale}
+    record = provenance(
+        {"units": units, "raster": source},
+        seeds={"encoder": seed},
+        encoder={"name": encoder, "n_features": n_features, "n_components": n_components},
+        chip_settings={**settings, "bands": list(bands) or None},
+        roles={"id": id_column, "image_id": image_id, "lon": lon, "lat": lat, "crs": crs},
+    )
+    run(
+        embed_to_file,
+        trial,
+        source,
+        size,
+        output,
+        encoder=encoder,
+        n_features=n_features,
+        n_components=n_components,
+        chunk_images=chunk_images,
+        fit_images=fit_images,
+        seed=seed,
+        overwrite=overwrite,
+        progress=progress,
+        provenance=record,
+        size_unit=size_unit,
+        bands=band_option(bands),
+        on_edge=on_edge,
+        scale=scale,
+    )
+    click.echo(embedded_summary(output, trial, chunk_images, fit_images))
+
+
+def embedded_summary(path: Path, trial, chunk_images: int, fit_images: int) -> str:
+    """One line on an embeddings file written in chunks (sizes from its Parquet footer: no
+    rows are read back)."""
+    import math
+
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    footer = pq.read_metadata(path)
+    n_images = len(pd.unique(trial.image_keys))
+    chunks = math.ceil(n_images / chunk_images)
+    return (
+        f"wrote {path}: {footer.num_rows} images x {footer.num_columns - 1} features, in "
+        f"{chunks} chunk{'s' * (chunks != 1)} of up to {chunk_images} images; encoder fitted on "
+        f"a sample of {min(fit_images, n_images)} images"
+    )
