@@ -11,7 +11,8 @@ Prints one JSON object. Same settings every run:
 Chains run side by side on JAX's CPU devices (one per core, ``chain_method="parallel"``, the
 default); at the smallest size the full model is also timed with the chains one after another
 (``"sequential"``). NUTS keeps 1,000 draws per chain after the package's default warm-up
-(500 iterations, as ``fit`` uses unless told otherwise); ``--warmup`` changes it.
+(500 iterations, as ``fit`` uses unless told otherwise); ``--warmup`` changes it. Each NUTS
+row reports the mean number of leapfrog steps per kept iteration.
 
 What the model's flexible parts cost: at the smallest size NUTS also fits the same trial with
 the Gaussian processes left out (``parts="linear"``: ``n_basis=0``, linear effect deviation) and
@@ -94,6 +95,7 @@ def bench_nuts(
         "min_ess_tau_cluster": round(float(ess.min()), 1),
         "ess_per_s_tau_cluster": round(float(ess.min()) / sampling_s, 2),
         "divergences": int(result.idata.sample_stats["diverging"].values.sum()),
+        "mean_leapfrog_steps": round(float(result.idata.sample_stats["n_steps"].mean()), 1),
         "tau_abs_error_max": round(
             float(np.abs(table["tau_mean"] - sim.truth.tau_cluster).max()), 3
         ),
