@@ -133,6 +133,7 @@ def embed_to_file(
                     fitted = embed(
                         cut, encoder, n_features=n_features, n_components=n_components, seed=seed
                     ).encoder
+                    record["streamed"]["fit_images"] = cut.n_images  # on_edge="drop": fewer
                     continue
                 rows = np.isin(keys, images[step : step + chunk_images])
                 try:

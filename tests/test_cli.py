@@ -598,3 +598,27 @@ def test_embed_raster_errors_name_the_output_or_the_option(tmp_path):
         assert res.exit_code == 2 and message in res.output, res.output
         assert "Traceback" not in res.output and isinstance(res.exception, SystemExit)
     assert not list(tmp_path.iterdir())
+
+
+def test_embed_raster_drop_says_what_to_do_on_the_command_line(tmp_path):
+    """With --on-edge drop, 64-px chips of the shipped villages cross the scene's edge for
+    some units: the warning says what to do in the command line's words (no Python), the
+    summary counts the dropped images, and the encoder's sample is the images it was fitted
+    on (those left), as `chips --on-edge drop` then `embed` fit it."""
+    import pyarrow.parquet as pq
+
+    from imgcate import load_embeddings
+
+    runner = CliRunner()
+    out = tmp_path / "embeddings.parquet"
+    args = ["embed-raster", *_shipped_units_and_scene(), str(out), "--id-column", "village"]
+    res = runner.invoke(main, [*args, "--size", "64", "--on-edge", "drop", *EMBED])
+    assert res.exit_code == 0, res.output
+    kept = pq.read_metadata(out).num_rows
+    assert 0 < kept < 300
+    assert f"{300 - kept} units dropped" in res.output
+    assert "remove them from the units table before `imgcate fit`" in res.output
+    assert "trial.subset" not in res.output
+    assert f"{300 - kept} images dropped (--on-edge drop)" in res.output
+    assert f"encoder fitted on a sample of {kept} images" in res.output
+    assert load_embeddings(out).provenance["streamed"]["fit_images"] == kept

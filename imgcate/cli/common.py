@@ -109,6 +109,12 @@ CLI_PHRASES = (
     ),
     ("; names= or a mapping in Python)", ")"),
     ("imgcate.fit(n_clusters=1)", "-k 1"),
+    (
+        "fit the units whose images have embeddings: trial.subset(np.isin(trial.image_keys, "
+        "load_embeddings(path).image_ids)).",
+        "remove them from the units table before `imgcate fit` (OUTPUT's image_id column "
+        "lists the images kept), or pass --on-edge pad.",
+    ),
 )
 #: Python spellings dropped where the message gives the option beside them
 #: ("bands=['red', 'nir'] / --band red --band nir").

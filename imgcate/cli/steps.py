@@ -273,8 +273,9 @@ def embed_raster_command(
     For trials whose chips would not fit in memory (`imgcate chips` holds them all): the
     encoder is fitted on the chips of --fit-images images drawn at random, then the images are
     cut, embedded and written --chunk-images at a time. OUTPUT is the file `imgcate embed`
-    writes (encoder and provenance in its metadata), for `imgcate fit`. Options as in
-    `imgcate chips` and `imgcate embed`.
+    writes (encoder and provenance in its metadata), for `imgcate fit`. The units' columns and
+    chip options are those of `imgcate chips` (without --vrt), the encoder's those of
+    `imgcate embed`.
 
     \b
     Examples:
@@ -328,22 +329,28 @@ def embed_raster_command(
         on_edge=on_edge,
         scale=scale,
     )
-    click.echo(embedded_summary(output, trial, chunk_images, fit_images))
+    click.echo(embedded_summary(output, trial, chunk_images))
 
 
-def embedded_summary(path: Path, trial, chunk_images: int, fit_images: int) -> str:
-    """One line on an embeddings file written in chunks (sizes from its Parquet footer: no
-    rows are read back)."""
+def embedded_summary(path: Path, trial, chunk_images: int) -> str:
+    """One line on an embeddings file written in chunks (sizes and the encoder's sample from
+    its Parquet footer: no rows are read back)."""
+    import json
     import math
 
     import pandas as pd
     import pyarrow.parquet as pq
 
+    from imgcate.embeddingfile import META_KEY
+
     footer = pq.read_metadata(path)
+    streamed = json.loads(footer.metadata[META_KEY])["provenance"]["streamed"]
     n_images = len(pd.unique(trial.image_keys))
     chunks = math.ceil(n_images / chunk_images)
+    dropped = n_images - footer.num_rows
     return (
         f"wrote {path}: {footer.num_rows} images x {footer.num_columns - 1} features, in "
         f"{chunks} chunk{'s' * (chunks != 1)} of up to {chunk_images} images; encoder fitted on "
-        f"a sample of {min(fit_images, n_images)} images"
+        f"a sample of {streamed['fit_images']} images"
+        + (f"; {dropped} images dropped (--on-edge drop)" if dropped else "")
     )
