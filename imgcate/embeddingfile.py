@@ -118,7 +118,7 @@ def embed_to_file(
             encoder={"name": encoder, "n_features": n_features, "n_components": n_components},
             chip_settings=json.loads(json.dumps({"size": size, **chip_options}, default=str)),
         )
-    record = {**provenance, "streamed": {"chunk_images": chunk_images, "fit_images": len(sample)}}
+    record = {**provenance, "streamed": {"chunk_images": chunk_images}}  # + the fit's images
     starts = range(0, len(images), chunk_images)
     steps = progress_bar(["fit", *starts], progress, "embed_to_file", len(starts) + 1)
     dropped, padded = [], 0
@@ -133,7 +133,7 @@ def embed_to_file(
                     fitted = embed(
                         cut, encoder, n_features=n_features, n_components=n_components, seed=seed
                     ).encoder
-                    record["streamed"]["fit_images"] = cut.n_images  # on_edge="drop": fewer
+                    record["streamed"]["fit_images"] = cut.n_images  # after on_edge="drop"
                     continue
                 rows = np.isin(keys, images[step : step + chunk_images])
                 try:

@@ -210,12 +210,7 @@ class EffectFit:
     def check_model(self) -> list[str]:
         """Warn (:class:`~imgcate.ModelCheckWarning`) when the replicated outcomes miss the
         observed outcome's distribution (:meth:`check_outcome`); return the problems."""
-        problems = []
-        if "posterior_predictive" in self.idata.groups():  # not kept for very large fits
-            problems += outcome_problems(self.check_outcome(), self.config.likelihood)
-        gap = None if observational(self) else ate_gap(self.ate())
-        if gap is not None:
-            problems.append(gap)
+        problems = self._model_problems()
         for message in problems:
             warnings.warn(f"imgcate fit: {message}", ModelCheckWarning, stacklevel=3)
         return problems
@@ -475,6 +470,12 @@ class EffectFit:
     def _problems(self) -> list[str]:
         """Every failed check in words: convergence, outcome distribution, ATE gap."""
         problems = convergence_problems(self.idata) if self.config.method == "nuts" else []
+        return problems + self._model_problems()
+
+    def _model_problems(self) -> list[str]:
+        """Failed model checks in words: the outcome's distribution (not kept for very large
+        fits) and the ATE against the difference in means (randomized trials)."""
+        problems = []
         if "posterior_predictive" in self.idata.groups():
             problems += outcome_problems(self.check_outcome(), self.config.likelihood)
         gap = None if observational(self) else ate_gap(self.ate())
