@@ -323,9 +323,10 @@ def outcome_check(
         One row per arm and statistic (mean, sd, 10/50/90 % quantiles, skewness and, when at
         least 2 % of the outcomes sit at their minimum, the share exactly at that floor): the
         observed value, the replicated mean and 99 % interval, the two-sided posterior
-        predictive p-value ``2 min(P(rep >= obs), P(rep <= obs))``, ``draws`` (replicated data
-        sets whose statistic is finite: a heavy-tailed family can overflow, and those are left
-        out) and ``missed`` (p < 0.01).
+        predictive p-value ``2 (min(#(rep >= obs), #(rep <= obs)) + 1) / (draws + 1)`` (at
+        most 1), ``draws`` (replicated data sets whose statistic is finite: a heavy-tailed
+        family can overflow, and those are left out) and ``missed`` (p < 0.01; with fewer than
+        200 draws no statistic can be missed: they cannot tell).
     """
     observed = np.asarray(observed, dtype=float)
     replicated = np.asarray(replicated, dtype=float)
@@ -342,7 +343,11 @@ def outcome_check(
         rep = _statistics(replicated[:, units], floor if has_floor else None, tol)
         for stat, value in obs.items():
             draws = rep[stat][np.isfinite(rep[stat])]
-            p = 2 * min((draws >= value).mean(), (draws <= value).mean()) if len(draws) else 1.0
+            # the Monte Carlo p-value (counts + 1 over draws + 1): an observed value beyond
+            # all of B draws gets 2 / (B + 1), not 0, so that a check from few draws (a
+            # short test fit) cannot call a statistic missed by chance
+            tail = min((draws >= value).sum(), (draws <= value).sum())
+            p = 2 * (tail + 1) / (len(draws) + 1)
             rows.append(
                 {
                     "arm": name,

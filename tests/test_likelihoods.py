@@ -119,7 +119,7 @@ def test_unit_effects_and_predict_agree_on_the_trials_units(floored_trial, likel
             likelihood=likelihood,
             num_chains=1,
             num_warmup=30,
-            num_samples=20,
+            num_samples=200,  # the outcome check needs 200 draws to call a miss
             init_restarts=2,
             init_steps=50,
             n_basis=8,
@@ -169,6 +169,11 @@ def test_outcome_check_flags_a_missed_floor_and_passes_a_matching_model():
     assert "outcome (control share_at_floor" in message  # the shape named first
     matching = np.maximum(replicated, 0.0)
     assert not outcome_check(floored, matching, treatment)["missed"].any()
+    # from fewer than 200 draws nothing can be called missed: p is at least 2 / (draws + 1)
+    few = outcome_check(floored, replicated[:199], treatment)
+    assert few.loc[("treated", "share_at_floor"), "p_value"] == pytest.approx(2 / 200)
+    assert not few["missed"].any()
+    assert outcome_check(floored, replicated[:200], treatment)["missed"].any()
 
 
 def test_outcome_check_leaves_out_overflowing_draws():
