@@ -26,6 +26,7 @@ mean scale) comes from :func:`unit_quantities`; the model, ``EffectFit.unit_effe
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -199,8 +200,18 @@ def cluster_probabilities(params: dict, embedding: jnp.ndarray, n_clusters: int)
     if n_clusters == 1:
         return jnp.ones(embedding.shape[:1] + (1,), embedding.dtype)
     logits = params["membership_intercept"] + embedding @ membership_weights(params)
-    logits = jnp.concatenate([jnp.zeros(logits.shape[:-1] + (1,), logits.dtype), logits], -1)
-    return jax.nn.softmax(logits, axis=-1)
+    return softmax_with_reference(logits)
+
+
+def softmax_with_reference(logits: jnp.ndarray) -> jnp.ndarray:
+    """``softmax([0, logits])`` over the last axis, written column by column: K is small, and
+    XLA's CPU reductions over a last axis of 2-4 took a quarter of the model's gradient
+    (profile in benchmarks/CHANGELOG.md, 2026-12-04)."""
+    columns = [logits[..., j] for j in range(logits.shape[-1])]
+    top = functools.reduce(jnp.maximum, columns, jnp.zeros_like(columns[0]))
+    exps = [jnp.exp(-top)] + [jnp.exp(c - top) for c in columns]
+    total = functools.reduce(jnp.add, exps)
+    return jnp.stack([e / total for e in exps], -1)
 
 
 def reference_probabilities(params: dict, n_clusters: int) -> jnp.ndarray:
@@ -232,26 +243,48 @@ def cluster_levels(params: dict, prefix: str = "") -> jnp.ndarray:
     return centre[..., None] + level - (ref * level).sum(-1, keepdims=True)
 
 
+def _products(matrix: jnp.ndarray, vectors: list) -> jnp.ndarray:
+    """``matrix @ v`` for each of ``vectors``, as rows (vector, unit): one pass over the
+    matrix for all of them (a matrix-vector product here is bound by memory, so two cost
+    about what one does)."""
+    return jnp.stack(vectors) @ matrix.T
+
+
+def _column_sum(prob: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:
+    """``prob @ weights`` over a small last axis, written column by column (see
+    :func:`softmax_with_reference`)."""
+    return functools.reduce(jnp.add, [prob[:, k] * weights[k] for k in range(prob.shape[-1])])
+
+
 def _part_predictors(params: dict, prefix: str, inputs: ModelInputs, prob, spec: ModelSpec):
     p = {name[len(prefix) :]: v for name, v in params.items() if name.startswith(prefix)}
-    z, basis = inputs.embedding, inputs.basis
-    base = p["alpha"] + z @ (p["gamma_scale"] * p["gamma_raw"])
+    deviation = spec.deviation != "none"
+    linear = [p["gamma_scale"] * p["gamma_raw"]]
+    if deviation:
+        linear.append(p["deviation_scale"] * p["deviation_local"] * p["deviation_raw"])
+    linear = _products(inputs.embedding, linear)
+    smooth = [p["basis_amp"] * p["basis_raw"]] if spec.n_basis else []
+    if "deviation_amp" in p:
+        smooth.append(p["deviation_amp"] * p["deviation_basis_raw"])
+    smooth = _products(inputs.basis, smooth) if smooth else None
+
+    base = p["alpha"] + linear[0]
     if spec.n_covariates:
         base = base + inputs.covariates @ p["beta"]
     if spec.n_basis:
-        base = base + p["basis_amp"] * (basis @ p["basis_raw"])
+        base = base + smooth[0]
     for level, codes in (("stratum", inputs.stratum), ("group", inputs.group)):
         if f"{level}_sd" in p and codes is not None:
             base = base + p[f"{level}_sd"] * p[f"{level}_raw"][codes]
-    effect = prob @ cluster_levels(params, prefix)
+    effect = _column_sum(prob, cluster_levels(params, prefix))
     if spec.n_clusters > 1:
         centred = prob - reference_probabilities(params, spec.n_clusters)
         mu = p["mu_cluster"] if "mu_cluster" in p else jnp.cumsum(p["mu_step"], -1)
-        base = base + centred[:, 1:] @ mu
-    if spec.deviation != "none":
-        effect = effect + z @ (p["deviation_scale"] * p["deviation_local"] * p["deviation_raw"])
+        base = base + _column_sum(centred[:, 1:], mu)
+    if deviation:
+        effect = effect + linear[1]
         if "deviation_amp" in p:
-            effect = effect + p["deviation_amp"] * (basis @ p["deviation_basis_raw"])
+            effect = effect + smooth[1]
     return base, effect
 
 
