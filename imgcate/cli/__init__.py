@@ -47,7 +47,8 @@ def main(ctx: click.Context, verbose: int, quiet: int) -> None:
     """Causal effect heterogeneity from satellite images.
 
     \b
-    From a units table and a raster to a map:
+    From a units table (columns id, lon, lat, treatment, outcome; --id-column,
+    --lon, --lat, --treatment, --outcome name others) and a raster to a map:
       imgcate chips villages.csv scene.tif chips.npz --size 16
       imgcate embed chips.npz embeddings.parquet
       imgcate fit villages.csv embeddings.parquet fit.imgcate
