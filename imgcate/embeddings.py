@@ -145,9 +145,10 @@ class Embeddings:
         index = pd.Index(self.image_ids)
         pos = index.get_indexer(np.asarray(keys))
         if (pos < 0).any():
-            missing = pd.unique(np.asarray(keys)[pos < 0])[:5].tolist()
+            missing = pd.unique(np.asarray(keys)[pos < 0])
             raise InputError(
-                f"no embedding for image ids {missing}; embed every image the units refer to "
+                f"no embedding for {len(missing)} of {len(pd.unique(np.asarray(keys)))} image "
+                f"ids (first {missing[:5].tolist()}); embed every image the units refer to "
                 "(or check the trial's image_id column)."
             )
         return self.values[pos]

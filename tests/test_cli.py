@@ -622,3 +622,19 @@ def test_embed_raster_drop_says_what_to_do_on_the_command_line(tmp_path):
     assert f"{300 - kept} images dropped (--on-edge drop)" in res.output
     assert f"encoder fitted on a sample of {kept} images" in res.output
     assert load_embeddings(out).provenance["streamed"]["fit_images"] == kept
+
+
+def test_chips_drop_names_the_dropped_units(tmp_path):
+    """`chips --on-edge drop` says how many units it dropped, which, and what to do."""
+    from imgcate import load_chips
+
+    out = tmp_path / "chips.npz"
+    args = ["chips", *_shipped_units_and_scene(), str(out), "--id-column", "village"]
+    res = CliRunner().invoke(main, [*args, "--size", "64", "--on-edge", "drop"])
+    assert res.exit_code == 0, res.output
+    chips = load_chips(out)
+    dropped = len(chips.dropped_units)
+    assert 0 < dropped == 300 - len(chips.unit_ids)
+    assert f"{dropped} units dropped (--on-edge drop" in res.output
+    assert str(chips.dropped_units[0]) in res.output
+    assert "remove them from the units table before imgcate fit" in res.output

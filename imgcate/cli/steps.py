@@ -161,6 +161,14 @@ def chips_command(
         f"{list(chips.band_names)}, {chips.values.shape[-2]}x{chips.values.shape[-1]} px, for "
         f"{len(chips.unit_ids)} units" + (f"; and {vrt}" if vrt else "")
     )
+    dropped = [str(i) for i in chips.dropped_units]
+    if dropped:
+        click.echo(
+            f"{len(dropped)} units dropped (--on-edge drop: their chips cross the raster's edge "
+            f"or hold nodata): {', '.join(dropped[:20])}{', ...' if len(dropped) > 20 else ''}; "
+            "remove them from the units table before imgcate fit, or use --on-edge pad.",
+            err=True,
+        )
 
 
 def embed_options(fn):
