@@ -56,11 +56,11 @@ def synthetic_patch_trial(seed: int, n: int = 240, size: int = 32, patch: int = 
     return chips_from_array(x.astype(np.float32), np.arange(n)), trial, has, masks
 
 
-def fit_patch_trial(chips, trial, n_clusters=2, **options):
+def fit_patch_trial(chips, trial, n_clusters=2, seed=0, **options):
     emb = embed(chips, "rcf", n_features=64, n_components=8, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # short chains: low-ESS warnings are expected here
-        return fit(trial, emb, n_clusters=n_clusters, seed=0, **options)
+        return fit(trial, emb, n_clusters=n_clusters, seed=seed, **options)
 
 
 def pointing_game(result, masks, has) -> float:

@@ -88,15 +88,18 @@ def test_vectorized_occlusion_equals_loop(setting, method, fill):
         assert abs(float(row.cate_change_upper) - hi) < 1e-6
         assert np.allclose(row.cluster_prob_change.values, prob_change, rtol=0, atol=1e-6)
     assert result.attrs["n_draws"] == 60
-    # the default float32 run agrees with the float32 loop to float32 precision
+    # the default float32 run agrees with the float32 loop to float32 precision: the two sum
+    # in different orders (the vectorized path multiplies every draw's coefficients with the
+    # design at once), and float32 (eps 1.2e-7) over the encoder and sums of 160 products
+    # leaves ~1e-5 on changes of order 1; a wrong fill, draw or segment moves them far more
     result32 = segment_sensitivity(
         fitted, sub, labels, fill=fill, max_draws=60, seed=3, batch_size=3, blur_sigma=2.0
     )
     expected32 = _loop_occlusion(fitted, sub, labels, fills, images[:2], 60, 3)
     for (i, s), (mean, _, hi, _) in expected32.items():
         row = result32.isel(image=i, segment=s)
-        assert abs(float(row.cate_change_mean) - mean) < 2e-5
-        assert abs(float(row.cate_change_upper) - hi) < 2e-5
+        assert abs(float(row.cate_change_mean) - mean) < 1e-4
+        assert abs(float(row.cate_change_upper) - hi) < 1e-4
 
 
 def test_result_layout(grid_result, setting):
