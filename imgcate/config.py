@@ -6,7 +6,7 @@ neither imports the other for them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 import jax.numpy as jnp
@@ -129,6 +129,7 @@ class FitConfig:
 
     def validate(self) -> FitConfig:
         """Check every option, with messages that list the allowed values."""
+        self._check_types()
         check_choice("likelihood", self.likelihood, LIKELIHOODS)
         check_choice("deviation", self.deviation, DEVIATIONS)
         check_choice("method", self.method, ("nuts", "svi"))
@@ -142,7 +143,7 @@ class FitConfig:
             raise InputError(f"n_basis={self.n_basis} must be >= 0 (0: a linear baseline).")
         for name in ("num_warmup", "num_samples", "num_chains", "svi_steps", "svi_draws"):
             if getattr(self, name) < 1:
-                raise InputError(f"{name} must be a positive integer.")
+                raise InputError(f"{name}={getattr(self, name)} must be a positive integer.")
         if not 0.5 <= self.target_accept < 1:
             raise InputError("target_accept must be in [0.5, 1).")
         if self.floor is not None and self.likelihood not in ("hurdle", "censored"):
@@ -151,6 +152,34 @@ class FitConfig:
                 f"{self.likelihood!r}; drop it or choose one of those."
             )
         return self
+
+    def _check_types(self) -> None:
+        """Each option of the type its annotation names (``n_basis="32"`` would otherwise
+        fail deep inside a comparison or in JAX)."""
+        for option in fields(self):
+            value = getattr(self, option.name)
+            kind, _, optional = option.type.partition(" | ")
+            if value is None and optional == "None":
+                continue
+            if not isinstance(value, _OPTION_TYPES[kind][0]) or isinstance(value, bool) != (
+                kind == "bool"
+            ):
+                example = option.default if option.default is not None else _EXAMPLES[kind]
+                raise InputError(
+                    f"{option.name}={value!r} must be {_OPTION_TYPES[kind][1]}"
+                    f"{' or None' if optional else ''}, e.g. {option.name}={example!r}."
+                )
+
+
+#: What each annotation of a :class:`FitConfig` option accepts, and its name in messages
+#: (NumPy's scalars pass: options are often read from arrays).
+_OPTION_TYPES = {
+    "int": ((int, np.integer), "an integer"),
+    "float": ((int, float, np.integer, np.floating), "a number"),
+    "bool": ((bool, np.bool_), "True or False"),
+    "str": ((str,), "text"),
+}
+_EXAMPLES = {"int": 32, "float": 0.0, "bool": True, "str": "..."}
 
 
 #: Default basis functions of the Gaussian processes, by inference method.

@@ -545,6 +545,11 @@ def hurdle_fit_with(outcome_change, **options):
     return lambda: imgcate.fit(trial, sim.embeddings, likelihood="hurdle", **options)
 
 
+@case(InputError, "n_basis='32' must be an integer or None, e.g. n_basis=32")
+def bad_fit_option_of_the_wrong_type(ctx):
+    return hurdle_fit_with(lambda y: y, n_basis="32")
+
+
 def _one_negative(y):
     y[0] = -5.0
     return y
@@ -788,6 +793,20 @@ def bad_cli_effects_to_symlink(ctx):
 def bad_cli_info_truncated_fit(ctx):
     (ctx.tmp / "cut.imgcate").write_bytes(ctx.fit_path.read_bytes()[:100])
     return cli("info", ctx.tmp / "cut.imgcate")
+
+
+@case(CliFailure, "give --chains instead of --option num_chains")
+def bad_cli_fit_option_with_a_flag(ctx):
+    # refused before any input is read
+    return cli("fit", ctx.fit_path, ctx.fit_path, ctx.tmp / "f.imgcate", "--option", "num_chains=3")
+
+
+@case(CliFailure, "num_warmup=0 must be a positive integer")
+def bad_cli_fit_option_out_of_range(ctx):
+    sim = ctx.tmp / "sim"
+    cli("simulate", sim, "--n-units", "60", "-q")()
+    args = (sim / "units.csv", sim / "embeddings.parquet", ctx.tmp / "f.imgcate")
+    return cli("fit", *args, "--option", "num_warmup=0", "--option", "n_basis=4")
 
 
 # the command line, as real processes

@@ -152,9 +152,14 @@ def test_fit_reads_projected_coordinate_columns(fitted, tmp_path):
     assert res.exit_code == 1 and "pass their --crs 'EPSG:....'" in res.output  # option names
     res = runner.invoke(main, args)
     assert res.exit_code == 1 and "pass --lon <column name>" in res.output
-    res = runner.invoke(main, [*args, "--lon", "x", "--lat", "y", "--crs", "EPSG:32636"])
+    res = runner.invoke(
+        main,
+        [*args, "--lon", "x", "--lat", "y", "--crs", "EPSG:32636", "--option", "num_warmup=10"],
+    )
     assert res.exit_code == 0, res.output
-    assert load_fit(tmp_path / "f.imgcate").idata.posterior.sizes["draw"] == 20
+    result = load_fit(tmp_path / "f.imgcate")
+    assert result.idata.posterior.sizes["draw"] == 20  # --draws
+    assert result.config.num_warmup == 10  # --option num_warmup=... sets the warm-up apart
 
 
 def test_unwritable_outputs_fail_before_any_work(fitted, tmp_path):

@@ -209,7 +209,13 @@ class ClusterCount(click.ParamType):
     help="NUTS (exact), SVI (approximate, for large trials), or auto: NUTS up to 10,000 units.",
 )
 @click.option("--chains", default=4, show_default=True)
-@click.option("--draws", default=500, show_default=True, help="Warm-up and kept draws per chain.")
+@click.option(
+    "--draws",
+    default=500,
+    show_default=True,
+    help="Warm-up and kept draws per chain (--option num_warmup=N or num_samples=N sets "
+    "one of them apart).",
+)
 @click.option(
     "--option",
     "extra",
@@ -301,6 +307,14 @@ def fit_command(
     comparison_path = output.with_name(output.stem + ".comparison.csv") if auto else None
     if comparison_path is not None:
         run(check_writable, comparison_path, overwrite)
+    options = parse_options(extra)
+    flagged = sorted(set(options) & set(FLAGGED_OPTIONS))
+    if flagged:
+        raise click.BadParameter(
+            f"{flagged[0]} has an option of its own: give {FLAGGED_OPTIONS[flagged[0]]} "
+            f"instead of --option {flagged[0]}=...",
+            param_hint="--option",
+        )
     roles = {
         "id": id_column,
         "treatment": treatment,
@@ -328,22 +342,21 @@ def fit_command(
         "n_components": n_components,
     }
     emb, sources = read_inputs(inputs, trial, chip_settings, embed_settings, seed)
-    options = parse_options(extra)
     record = provenance(
         {"units": units, **sources},
         seeds={"fit": seed},
         roles={**roles, "image_id": trial.image_id, "covariates": list(trial.covariates)},
     )
-    settings = dict(
-        likelihood=likelihood,
-        method=method,
-        seed=seed,
-        num_chains=chains,
-        num_warmup=draws,
-        num_samples=draws,
-        progress=progress,
-        **options,
-    )
+    settings = {
+        "likelihood": likelihood,
+        "method": method,
+        "seed": seed,
+        "num_chains": chains,
+        "num_warmup": draws,
+        "num_samples": draws,
+        "progress": progress,
+        **options,  # num_warmup or num_samples given apart replace --draws
+    }
     if accepts_provenance(fit):
         settings["provenance"] = record
     if auto:
@@ -368,6 +381,18 @@ def fit_command(
     if not quiet:
         click.echo(in_cli_words(result.summary()))
     click.echo("wrote " + ", ".join(map(str, written)))
+
+
+#: Fit options with a command-line option of their own, which ``--option`` may not set.
+FLAGGED_OPTIONS = {
+    "n_clusters": "-k/--n-clusters",
+    "k_max": "--k-max",
+    "likelihood": "--likelihood",
+    "method": "--method",
+    "seed": "--seed",
+    "num_chains": "--chains",
+    "progress": "-q/--quiet",
+}
 
 
 def accepts_provenance(function) -> bool:
