@@ -161,9 +161,8 @@ class FitConfig:
             kind, _, optional = option.type.partition(" | ")
             if value is None and optional == "None":
                 continue
-            if not isinstance(value, _OPTION_TYPES[kind][0]) or isinstance(value, bool) != (
-                kind == "bool"
-            ):
+            is_bool = isinstance(value, (bool, np.bool_))
+            if not isinstance(value, _OPTION_TYPES[kind][0]) or is_bool != (kind == "bool"):
                 example = option.default if option.default is not None else _EXAMPLES[kind]
                 raise InputError(
                     f"{option.name}={value!r} must be {_OPTION_TYPES[kind][1]}"

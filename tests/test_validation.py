@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -71,3 +73,48 @@ def test_choices_probabilities_counts_and_seeds():
         rng_from_seed(None)
     with pytest.raises(InputError, match="seed must be an int"):
         seed_int(True)
+
+
+def test_fit_options_are_checked_for_their_type():
+    """Each FitConfig option of the type its annotation names, NumPy's scalars included;
+    every annotation is one the check reads (a new option of another type fails here)."""
+    from dataclasses import fields
+
+    from imgcate.config import _OPTION_TYPES, FitConfig
+
+    for option in fields(FitConfig):
+        kind, _, optional = option.type.partition(" | ")
+        assert kind in _OPTION_TYPES and optional in ("", "None"), option
+    FitConfig(
+        equal_effects=np.True_,
+        num_chains=np.int64(2),
+        target_accept=np.float32(0.9),
+        floor=0,
+        likelihood="hurdle",
+        n_basis=None,
+    ).validate()
+    for options, message in [
+        ({"n_basis": "32"}, "n_basis='32' must be an integer or None, e.g. n_basis=32"),
+        ({"num_samples": 10.5}, "num_samples=10.5 must be an integer, e.g. num_samples=500"),
+        ({"n_clusters": True}, "n_clusters=True must be an integer"),
+        ({"progress": 1}, "progress=1 must be True or False"),
+        ({"target_accept": "0.9"}, "target_accept='0.9' must be a number"),
+        ({"likelihood": 3}, "likelihood=3 must be text"),
+    ]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            FitConfig(**options).validate()
+
+
+def test_command_line_options_read_json_and_python_constants():
+    from imgcate.cli.common import parse_options
+
+    given = ("a=True", "b=false", "c=None", "d=null", "e=3", "f=linear", "g=0.5")
+    assert parse_options(given) == {
+        "a": True,
+        "b": False,
+        "c": None,
+        "d": None,
+        "e": 3,
+        "f": "linear",
+        "g": 0.5,
+    }

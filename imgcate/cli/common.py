@@ -234,9 +234,13 @@ def parse_co(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+#: ``--option`` values read as Python's constants.
+PYTHON_CONSTANTS = {"True": True, "False": False, "None": None}
+
+
 def parse_options(values: tuple[str, ...]) -> dict[str, Any]:
     """``--option NAME=VALUE`` (repeatable) as fit options: VALUE read as JSON when it is
-    (numbers, true/false, null), else as text."""
+    (numbers, true/false, null), Python's True/False/None too, else as text."""
     out: dict[str, Any] = {}
     for item in values:
         name, sep, value = item.partition("=")
@@ -244,6 +248,9 @@ def parse_options(values: tuple[str, ...]) -> dict[str, Any]:
             raise click.BadParameter(
                 f"{item!r} must be NAME=VALUE, e.g. --option n_basis=32", param_hint="--option"
             )
+        if value.strip() in PYTHON_CONSTANTS:  # as the fit's messages and docs write them
+            out[name.strip()] = PYTHON_CONSTANTS[value.strip()]
+            continue
         try:
             out[name.strip()] = json.loads(value)
         except ValueError:

@@ -391,7 +391,7 @@ FLAGGED_OPTIONS = {
     "method": "--method",
     "seed": "--seed",
     "num_chains": "--chains",
-    "progress": "-q/--quiet",
+    "progress": "-v (bars also into a log file) or -q (none)",
 }
 
 
