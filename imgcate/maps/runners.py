@@ -61,18 +61,32 @@ def _fit_from_bytes(data: bytes) -> Any:
         return load_fit(path)
 
 
-def _dask_block(payload: bytes, digest: str, job: TileJob, index: int, flat: np.ndarray) -> dict:
-    """A block on a Dask worker; the fit is rebuilt once per worker and kept on it."""
+def worker_model(payload: bytes, digest: str, job: TileJob) -> TileModel:
+    """The map model of the fit ``digest`` on this Dask worker: the fit is rebuilt from
+    ``payload`` once per worker and the model (with its compiled code) once per set of map
+    settings (:attr:`TileJob.model_key`), then kept on the worker for the maps that follow,
+    whatever their region or raster. One fit and one model are kept at a time."""
     from distributed import get_worker
 
     worker = get_worker()
-    cache = worker.__dict__.setdefault("_imgcate_map_models", {})
-    key = (digest, job)
-    if key not in cache:
-        cache.clear()
-        cache[key] = TileModel(_fit_from_bytes(payload), job)
+    fits = worker.__dict__.setdefault("_imgcate_map_fits", {})
+    models = worker.__dict__.setdefault("_imgcate_map_models", {})
+    key = (digest, job.model_key)
+    if key not in models:
+        if digest not in fits:
+            fits.clear()
+            models.clear()
+            fits[digest] = _fit_from_bytes(payload)
+        models.clear()
+        models[key] = TileModel(fits[digest], job)
+    return models[key]
+
+
+def _dask_block(payload: bytes, digest: str, job: TileJob, index: int, flat: np.ndarray) -> dict:
+    """A block on a Dask worker (:func:`worker_model`)."""
+    model = worker_model(payload, digest, job)
     with TileReader(job) as reader:
-        return compute_block(cache[key], reader, index, flat)
+        return compute_block(model, reader, index, flat)
 
 
 def run_local(fit: EffectFit, job: TileJob, todo: list[tuple[int, np.ndarray]]):

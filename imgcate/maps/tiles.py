@@ -73,6 +73,12 @@ class TileJob:
             batch_size=min(fit.encoder.batch_size, block_tiles),
         )
 
+    @property
+    def model_key(self) -> tuple:
+        """The settings a :class:`TileModel` depends on: maps of other regions or rasters
+        with the same settings (and fit) can share one, and its compiled code."""
+        return (self.prob, self.max_draws, self.seed, self.batch_size)
+
 
 class TileModel:
     """The fit reduced to what a map needs: encoder, jitted effect draws, support."""

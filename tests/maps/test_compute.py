@@ -241,3 +241,42 @@ def test_local_dask_workers_are_single_threaded():
         found = client.run(_worker_threads)
     assert len(found) == 2
     assert all(v == {"native": 1, "jax_devices": 1} for v in found.values()), found
+
+
+def _worker_models(dask_worker, mark: str | None = None) -> dict:
+    """The worker's map models by key, each with the mark it was given (None: not yet)."""
+    models = dask_worker.__dict__.get("_imgcate_map_models", {})
+    for model in models.values():
+        if mark is not None:
+            model.test_mark = mark
+    return {str(k): getattr(m, "test_mark", None) for k, m in models.items()}
+
+
+def test_a_dask_worker_keeps_its_model_for_the_maps_that_follow(inputs, full_map):
+    """The fit is rebuilt and compiled once per worker, not once per map: a map of another
+    region with the same settings reuses the worker's model; other settings build a new one."""
+    from distributed import Client, LocalCluster
+
+    scene, fit = inputs
+    with rasterio.open(scene) as src:
+        x0, y0 = src.xy(64, 96, offset="ul")
+        x1, y1 = src.xy(128, 160, offset="ul")
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        address = cluster.scheduler_address
+        whole = predict_map(fit, scene, stride=16, scheduler=address, **MAP_OPTS)
+        [first] = client.run(_worker_models, mark="first map").values()
+        part = predict_map(fit, scene, (x0, y1, x1, y0), scheduler=address, **MAP_OPTS)
+        [second] = client.run(_worker_models).values()
+        other = predict_map(fit, scene, stride=16, scheduler=address, **dict(MAP_OPTS, seed=2))
+        [third] = client.run(_worker_models).values()
+    assert list(first.values()) == ["first map"]
+    assert second == first  # the same model object, not one rebuilt for the second map
+    assert len(third) == 1 and list(third.values()) == [None]  # another seed: a new model
+    xr.testing.assert_allclose(whole, full_map, rtol=1e-5, atol=1e-5)
+    assert part.sizes["y"] == part.sizes["x"] == 2 and np.isfinite(part["mean"].values).all()
+    assert not np.array_equal(other["mean"].values, whole["mean"].values)
