@@ -187,7 +187,10 @@ def run_nuts(data: ModelData, config: FitConfig, starts: dict, key) -> tuple[dic
     )
     n_chains, warmup, draws = config.num_chains, config.num_warmup, config.num_samples
     keys = jax.random.split(key, n_chains)
-    # initialize every chain here, in one thread: init sets the kernel's (shared) functions
+    # initialize every chain here, in one thread: init sets the kernel's (shared) functions,
+    # and it traces the jitted potential, whose cached trace the threads below then reuse.
+    # NumPyro's effect handlers keep one stack for all threads, so two threads tracing the
+    # model at once would mix their sites ("all sites must have unique names").
     states = [
         kernel.init(keys[c], warmup, {k: v[c] for k, v in starts.items()}) for c in range(n_chains)
     ]
