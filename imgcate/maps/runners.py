@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ WORKER_ENV = {
     "MKL_NUM_THREADS": "1",
     "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
 }
+
+
+#: One worker's threads build its map model one at a time (:func:`worker_model`).
+_MODEL_LOCK = threading.Lock()
 
 
 def local_cluster(workers: int):
@@ -62,24 +67,20 @@ def _fit_from_bytes(data: bytes) -> Any:
 
 
 def worker_model(payload: bytes, digest: str, job: TileJob) -> TileModel:
-    """The map model of the fit ``digest`` on this Dask worker: the fit is rebuilt from
-    ``payload`` once per worker and the model (with its compiled code) once per set of map
-    settings (:attr:`TileJob.model_key`), then kept on the worker for the maps that follow,
-    whatever their region or raster. One fit and one model are kept at a time."""
+    """The map model of the fit ``digest`` on this Dask worker, built once per set of map
+    settings (:attr:`TileJob.model_key`) and kept on the worker for the maps that follow,
+    whatever their region or raster. Only the model is kept (the fit rebuilt from
+    ``payload`` to make it is dropped: its posterior draws and replicated outcomes are not
+    needed), one at a time; a worker's threads build it once, not once each."""
     from distributed import get_worker
 
-    worker = get_worker()
-    fits = worker.__dict__.setdefault("_imgcate_map_fits", {})
-    models = worker.__dict__.setdefault("_imgcate_map_models", {})
+    models = get_worker().__dict__.setdefault("_imgcate_map_models", {})
     key = (digest, job.model_key)
-    if key not in models:
-        if digest not in fits:
-            fits.clear()
+    with _MODEL_LOCK:
+        if key not in models:
             models.clear()
-            fits[digest] = _fit_from_bytes(payload)
-        models.clear()
-        models[key] = TileModel(fits[digest], job)
-    return models[key]
+            models[key] = TileModel(_fit_from_bytes(payload), job)
+        return models[key]
 
 
 def _dask_block(payload: bytes, digest: str, job: TileJob, index: int, flat: np.ndarray) -> dict:
