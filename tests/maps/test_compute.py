@@ -280,3 +280,30 @@ def test_a_dask_worker_keeps_its_model_for_the_maps_that_follow(inputs, full_map
     xr.testing.assert_allclose(whole, full_map, rtol=1e-5, atol=1e-5)
     assert part.sizes["y"] == part.sizes["x"] == 2 and np.isfinite(part["mean"].values).all()
     assert not np.array_equal(other["mean"].values, whole["mean"].values)
+
+
+def test_dask_workers_get_the_part_of_the_fit_a_map_reads(inputs, tmp_path):
+    """Workers are sent the fit without its per-unit draws, log-likelihood and replicated
+    outcomes: fewer bytes, and the same effect draws, support and encoder once rebuilt."""
+    from imgcate.maps.runners import _fit_bytes, _fit_from_bytes
+
+    scene, fit = inputs
+    sent = _fit_bytes(fit)
+    whole = fit.save(tmp_path / "whole.imgcate").read_bytes()
+    assert len(sent) < 0.6 * len(whole)
+    rebuilt = _fit_from_bytes(sent)
+    assert "tau_unit" in fit.idata.posterior and "tau_unit" not in rebuilt.idata.posterior
+    assert "log_likelihood" not in rebuilt.idata.groups()
+    raw = np.random.default_rng(0).normal(size=(7, len(fit.standardizer.embedding_mean)))
+    for a, b in zip(
+        fit.effect_function(max_draws=50, seed=3)(raw.astype(np.float32)),
+        rebuilt.effect_function(max_draws=50, seed=3)(raw.astype(np.float32)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(fit.trial_support(), rebuilt.trial_support(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    (config, arrays), (config_b, arrays_b) = fit.encoder.get_state(), rebuilt.encoder.get_state()
+    assert config == config_b and arrays.keys() == arrays_b.keys()
+    for name in arrays:
+        np.testing.assert_array_equal(arrays[name], arrays_b[name])
