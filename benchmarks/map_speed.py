@@ -37,7 +37,15 @@ import numpy as np
 import psutil
 
 TILE, STRIDE = 32, 8
-BLOCK_TILES = 2048  # predict_map's default block
+
+
+def default_block_tiles() -> int:
+    """``predict_map``'s default block size (its tiles per block)."""
+    import inspect
+
+    from imgcate.maps import predict_map
+
+    return inspect.signature(predict_map).parameters["block_tiles"].default
 
 
 def tree_rss() -> int:
@@ -141,7 +149,7 @@ def run(fit, raster: Path, n_tiles: int, workers: int, seed: int, scheduler=None
         "tiles_per_s": round(tiles / seconds, 1),
         "peak_memory_mb": round(mem.peak / 2**20),
         "max_draws": 500,
-        "block_tiles": BLOCK_TILES,
+        "block_tiles": default_block_tiles(),
     }
 
 
@@ -170,7 +178,7 @@ def dask_runs(fit, raster: Path, counts: list[int], workers: int, seed: int) -> 
         # each worker's first block rebuilds the fit and compiles (start-up, paid once per
         # worker): two blocks per worker, timed apart; the maps after it measure throughput
         address = cluster.scheduler_address
-        warmup = run(fit, raster, 2 * BLOCK_TILES * workers, workers, seed, address)
+        warmup = run(fit, raster, 2 * default_block_tiles() * workers, workers, seed, address)
         records = [run(fit, raster, n, workers, seed, address) for n in counts]
     for record in records:
         record["cluster_start_s"] = round(startup, 2)

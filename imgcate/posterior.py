@@ -69,11 +69,15 @@ def flat(values: np.ndarray) -> np.ndarray:
     return values.reshape((-1,) + values.shape[2:])
 
 
+def site_names(fit: EffectFit) -> list[str]:
+    """The posterior's variables that are the model's sample sites (not :data:`DERIVED`)."""
+    return [n for n in fit.idata.posterior.data_vars if n not in DERIVED]
+
+
 def site_draws(fit: EffectFit, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The model's sample sites, flattened over chains, (sample, ...) by name."""
     post = fit.idata.posterior
-    names = [n for n in post.data_vars if n not in DERIVED]
-    out = {n: flat(post[n].values) for n in names}
+    out = {n: flat(post[n].values) for n in site_names(fit)}
     if rows is not None:
         out = {n: v[rows] for n, v in out.items()}
     return out

@@ -62,12 +62,10 @@ def map_part(fit: EffectFit) -> EffectFit:
     file)."""
     import arviz as az
 
-    from imgcate.posterior import DERIVED
+    from imgcate.posterior import site_names
 
-    post = fit.idata.posterior
-    sites = [name for name in post.data_vars if name not in DERIVED]
     const = fit.idata.constant_data.drop_vars("basis_features", errors="ignore")
-    idata = az.InferenceData(posterior=post[sites], constant_data=const)
+    idata = az.InferenceData(posterior=fit.idata.posterior[site_names(fit)], constant_data=const)
     return replace(fit, idata=idata)
 
 

@@ -246,8 +246,8 @@ def test_local_dask_workers_are_single_threaded():
 def _worker_models(dask_worker, mark: str | None = None) -> dict:
     """The worker's map models by key, each with the mark it was given (None: not yet)."""
     models = dask_worker.__dict__.get("_imgcate_map_models", {})
-    for model in models.values():
-        if mark is not None:
+    if mark is not None:
+        for model in models.values():
             model.test_mark = mark
     return {str(k): getattr(m, "test_mark", None) for k, m in models.items()}
 
