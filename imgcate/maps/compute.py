@@ -354,9 +354,10 @@ def predict_map(
     out["cluster_prob"] = np.full(grid.shape + (fit.n_clusters,), np.nan, np.float32)
     done: set[int] = set()
     directory = None if checkpoint_dir is None else Path(checkpoint_dir)
+    digest = fingerprint(fit)  # a pass over the posterior: once, for the key, workers, attrs
     key = ""
     if directory is not None:
-        key = job_key(fit, job, grid, block_tiles)
+        key = job_key(digest, job, grid, block_tiles)
         saved = open_checkpoints(directory, key) & set(range(len(blocks)))
         reused = reuse_blocks(directory, key, {i: len(blocks[i]) for i in saved})
         for index, result in reused.items():
@@ -371,7 +372,7 @@ def predict_map(
     elif scheduler is None and workers == 1:
         runner = run_local(fit, job, todo)
     else:
-        runner = run_dask(fit, job, todo, workers, scheduler, fingerprint(fit))
+        runner = run_dask(fit, job, todo, workers, scheduler, digest)
     bar = tqdm(
         total=grid.n_tiles,
         mininterval=1.0,
@@ -402,7 +403,6 @@ def predict_map(
             "raster's nodata value (rio edit-info --nodata)."
         )
     model_limit = fit.trial_support()[2]
-    digest = fingerprint(fit)
     record = provenance or collect({"raster": source}, seeds={"map": int(seed)})
     extra = {"raster": label, "fit_digest": digest, "provenance": dumps(record)}
     return _to_dataset(out, grid, fit, job, model_limit, extra)

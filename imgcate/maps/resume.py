@@ -209,11 +209,11 @@ def raster_version(raster: str) -> dict[str, Any]:
     return {"raster_size": stat.st_size, "raster_mtime": stat.st_mtime_ns}
 
 
-def job_key(fit: Any, job: TileJob, grid: TileGrid, block_tiles: int) -> str:
-    """A digest of everything a map job's blocks depend on: the fit, the raster's version, the
-    tile geometry, the region and the options."""
+def job_key(digest: str, job: TileJob, grid: TileGrid, block_tiles: int) -> str:
+    """A digest of everything a map job's blocks depend on: the fit (its :func:`fingerprint`,
+    ``digest``), the raster's version, the tile geometry, the region and the options."""
     parts = {
-        "fit": fingerprint(fit),
+        "fit": digest,
         "job": asdict(job),
         "block_tiles": block_tiles,
         **raster_version(job.raster),

@@ -175,10 +175,23 @@ def test_a_raster_at_another_resolution_or_with_other_bands_is_flagged(inputs, t
         predict_map(fit, renamed, max_draws=20, progress=False)
 
 
-def test_interrupted_job_resumes_to_the_same_map(inputs, tmp_path):
+def test_interrupted_job_resumes_to_the_same_map(inputs, tmp_path, monkeypatch):
+    import imgcate.maps.compute as compute
+    import imgcate.maps.resume as resume
+    from imgcate.maps.resume import fingerprint
+
     scene, fit = inputs
     opts = dict(MAP_OPTS, stride=16, block_tiles=50)
-    whole = predict_map(fit, scene, **opts)
+    digests = []  # the real fingerprint, counted: a pass over the whole posterior each time
+
+    def counted(f):
+        digests.append(fingerprint(f))
+        return digests[-1]
+
+    monkeypatch.setattr(compute, "fingerprint", counted)
+    monkeypatch.setattr(resume, "fingerprint", counted)
+    whole = predict_map(fit, scene, checkpoint_dir=tmp_path / "first", **opts)
+    assert digests == [whole.attrs["fit_digest"]]  # once for the job's key and the map's attrs
     calls = []
 
     def kill_after_three(done, total):
