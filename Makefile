@@ -41,13 +41,14 @@ format: setup
 
 # The fast suite in four pytest processes, TEST_JOBS at a time (.ci/pytest_parts.py): one
 # process compiling every test's models crashed inside XLA (segfault) once the suite grew, and
-# two at once use both cores of a 2-core machine. The longest parts come first.
+# two at once use both cores of a 2-core machine. The longest parts come first. Each part
+# lists its slowest tests (--durations), to see what makes the suite long.
 TEST_JOBS ?= 2
 FAST_PARTS = "$(filter-out tests/test_examples.py,$(sort $(wildcard tests/test_[a-l]*.py)))" \
 	"tests/test_examples.py" "$(sort $(wildcard tests/test_[m-z]*.py))" \
 	"$(sort $(wildcard tests/*/))"
 test: lint
-	$(BIN)/python .ci/pytest_parts.py --jobs $(TEST_JOBS) $(FAST_PARTS)
+	$(BIN)/python .ci/pytest_parts.py --jobs $(TEST_JOBS) $(FAST_PARTS) -- --durations=12
 
 # The slow checks one pytest process per test file: a process running many of them crashed
 # inside XLA compilation (segfault) after hundreds of compilations, twice; each file passes on
