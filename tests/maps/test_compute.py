@@ -265,11 +265,23 @@ def _worker_models(dask_worker, mark: str | None = None) -> dict:
     return {str(k): getattr(m, "test_mark", None) for k, m in models.items()}
 
 
-def test_a_dask_worker_keeps_its_model_for_the_maps_that_follow(inputs, full_map):
+def test_a_dask_worker_keeps_its_model_for_the_maps_that_follow(inputs, full_map, monkeypatch):
     """The fit is rebuilt and compiled once per worker, not once per map: a map of another
-    region with the same settings reuses the worker's model; other settings build a new one."""
+    region with the same settings reuses the worker's model; other settings build a new one.
+    The client saves the part of the fit it sends once for the three maps, not once each."""
     from distributed import Client, LocalCluster
 
+    from imgcate.maps import runners
+
+    saved = []
+
+    def counted_map_part(fit):
+        saved.append(fit)
+        return map_part(fit)
+
+    map_part = runners.map_part
+    monkeypatch.setattr(runners, "map_part", counted_map_part)
+    monkeypatch.setattr(runners, "_SENT", {})
     scene, fit = inputs
     with rasterio.open(scene) as src:
         x0, y0 = src.xy(64, 96, offset="ul")
@@ -293,6 +305,7 @@ def test_a_dask_worker_keeps_its_model_for_the_maps_that_follow(inputs, full_map
     xr.testing.assert_allclose(whole, full_map, rtol=1e-5, atol=1e-5)
     assert part.sizes["y"] == part.sizes["x"] == 2 and np.isfinite(part["mean"].values).all()
     assert not np.array_equal(other["mean"].values, whole["mean"].values)
+    assert len(saved) == 1 and saved[0] is fit
 
 
 def test_dask_workers_get_the_part_of_the_fit_a_map_reads(inputs, tmp_path):
