@@ -49,7 +49,7 @@ PRIOR = {
     "mu_cluster": 1.0,  # baseline level of each cluster against cluster 0
     "tau": 1.5,  # sd of the centre image's effect and of each step between ordered clusters
     "membership_intercept": 2.0,
-    "membership_scale": 1.0,  # global shrinkage sd of membership weights
+    "membership_scale": 1.0,  # global shrinkage sd of a membership log-odds (over features)
     "membership_local": 1.0,  # each feature's own (ARD) shrinkage sd
     "deviation_scale": 0.5,  # global shrinkage sd of the effect's linear deviation
     "deviation_local": 1.0,
@@ -174,7 +174,7 @@ def sample_parameters(spec: ModelSpec) -> dict:
         params["membership_intercept"] = _normal(
             "membership_intercept", PRIOR["membership_intercept"], (k - 1,)
         )
-        params["membership_scale"] = _half_normal("membership_scale", PRIOR["membership_scale"])
+        params["membership_scale"] = _half_normal("membership_scale", membership_scale_prior(d))
         params["membership_local"] = _half_normal(
             "membership_local", PRIOR["membership_local"], (d,)
         )
@@ -186,6 +186,21 @@ def sample_parameters(spec: ModelSpec) -> dict:
     if spec.likelihood == "student_t":
         params["nu"] = numpyro.sample("nu", dist.Gamma(2.0, 0.1))
     return params
+
+
+def membership_scale_prior(n_features: int) -> float:
+    """Half-normal scale of the membership weights' global sd ``s_B``:
+    ``PRIOR["membership_scale"] / sqrt(feature)``.
+
+    A log-odds ``z B_k`` sums ``feature`` whitened components (variance 1 each) times weights
+    ``s_B l_j r_jk``, so its prior sd is about ``s_B sqrt(feature)``; dividing the scale by
+    ``sqrt(feature)`` keeps the prior sd of the log-odds (and the sharpness of the memberships
+    it implies) the same whatever the number of features. With the scale 1 for every number
+    of features, 16 features put log-odds of sd 4 a priori, and memberships came out about
+    twice as sharp as the truth on overlapping clusters, pushing the outer clusters' effects
+    outward (benchmarks/CHANGELOG.md, 2026-12-04).
+    """
+    return PRIOR["membership_scale"] / max(n_features, 1) ** 0.5
 
 
 # --------------------------------------------------------------------------- what it implies
