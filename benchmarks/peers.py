@@ -38,6 +38,7 @@ Prints one JSON object. Seeds are fixed, so the output is the same every run up 
 
     python benchmarks/peers.py            # n = 1,000; seeds 0, 1 per simulated design; Landsat
     python benchmarks/peers.py --quick    # n = 300; seed 0 only; shorter chains (a smoke run)
+    python benchmarks/peers.py --datasets sim_K2,sim_K3   # the simulated cluster trials only
 
 Needs the ``bench`` extra (``pip install -e '.[bench]'``, i.e. EconML and stochtree); the
 imgcate package itself never imports either.
@@ -551,6 +552,10 @@ def summarize(results: list[dict], methods: list[str]) -> dict:
     return out
 
 
+#: Dataset families, in the order they run (``--datasets``).
+DATASETS = ("sim_K2", "sim_K3", "smooth_tanh", "nonlinear_baseline", "landsat_K2")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -564,9 +569,18 @@ def main() -> None:
         default=2,
         help="simulated trials per K: seeds 0..N-1 (default 2; about 45 s each)",
     )
+    parser.add_argument(
+        "--datasets",
+        default=",".join(DATASETS),
+        help=f"comma-separated families to run (default all: {','.join(DATASETS)})",
+    )
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
+    families = [f.strip() for f in args.datasets.split(",") if f.strip()]
+    unknown = sorted(set(families) - set(DATASETS))
+    if unknown or not families:
+        parser.error(f"--datasets: unknown {unknown}; choose from {','.join(DATASETS)}")
     # the 1-chain fold fits have no R-hat; arviz logs that through its own (non-global) logger
     getattr(az, "_log", logging.getLogger("arviz")).setLevel(logging.ERROR)
     if args.quick:
@@ -584,15 +598,18 @@ def main() -> None:
     start = time.perf_counter()
     results = []
     for k in (2, 3):
-        for s in seeds:
-            results.append(bench(simulated(s, n_units, k), args))
+        if f"sim_K{k}" in families:
+            for s in seeds:
+                results.append(bench(simulated(s, n_units, k), args))
     for name, effect, baseline in (
         ("smooth_tanh", "tanh", "linear"),
         ("nonlinear_baseline", "constant", "quadratic"),
     ):
-        for s in seeds:
-            results.append(bench(scenario(name, s, n_units, effect, baseline), args))
-    results.append(bench(landsat(0, n_units), args))
+        if name in families:
+            for s in seeds:
+                results.append(bench(scenario(name, s, n_units, effect, baseline), args))
+    if "landsat_K2" in families:
+        results.append(bench(landsat(0, n_units), args))
     print(
         json.dumps(
             {
@@ -600,6 +617,7 @@ def main() -> None:
                 "quick": args.quick,
                 "interval_prob": PROB,
                 "settings": {
+                    "datasets": families,
                     "n_units": n_units,
                     "seeds": seeds,
                     "nuts_chains": args.chains,
