@@ -552,8 +552,13 @@ def summarize(results: list[dict], methods: list[str]) -> dict:
     return out
 
 
+#: The ``simulate_scenario`` families: (name, effect, baseline).
+SCENARIO_FAMILIES = (
+    ("smooth_tanh", "tanh", "linear"),
+    ("nonlinear_baseline", "constant", "quadratic"),
+)
 #: Dataset families, in the order they run (``--datasets``).
-DATASETS = ("sim_K2", "sim_K3", "smooth_tanh", "nonlinear_baseline", "landsat_K2")
+DATASETS = ("sim_K2", "sim_K3", *(name for name, _, _ in SCENARIO_FAMILIES), "landsat_K2")
 
 
 def main() -> None:
@@ -601,10 +606,7 @@ def main() -> None:
         if f"sim_K{k}" in families:
             for s in seeds:
                 results.append(bench(simulated(s, n_units, k), args))
-    for name, effect, baseline in (
-        ("smooth_tanh", "tanh", "linear"),
-        ("nonlinear_baseline", "constant", "quadratic"),
-    ):
+    for name, effect, baseline in SCENARIO_FAMILIES:
         if name in families:
             for s in seeds:
                 results.append(bench(scenario(name, s, n_units, effect, baseline), args))
