@@ -78,7 +78,8 @@ def restart_init(site=None):
     """Start of a MAP search: the prior median for every site but the membership weights and
     intercepts, which start at random (radius 2 in the unconstrained space), so that restarts
     differ in how they split the images, not in absurd scales."""
-    if site is not None and site["name"].startswith(("membership_raw", "membership_intercept")):
+    names = ("membership_raw", "membership_intercept")
+    if site is not None and site["name"].removeprefix("baseline_").startswith(names):
         return init_to_uniform(site, radius=2.0)
     return init_to_median(site, num_samples=15)
 

@@ -47,6 +47,12 @@ class FitConfig:
         effect) while the clusters still shape the baseline. :func:`imgcate.compare_clusters`
         fits it as the null of no heterogeneity, so that a baseline the clusters describe
         better is not taken for heterogeneity of the effect.
+    baseline_clusters : {"shared", "own"}
+        The memberships of the baseline's cluster term (``mu`` in docs/model.md): "shared"
+        (default) those of the effect's clusters; "own" a second membership of its own (K
+        clusters, the same prior), so that clusters that describe a nonlinear baseline do not
+        take the effect clusters' memberships. Measured on four scenarios only (docs/model.md,
+        "Calibration").
     n_basis : int or None
         Functions of the basis of the baseline's (and the smooth deviation's) Gaussian
         process in the embedding: the kernel's leading eigenfunctions over the trial
@@ -90,6 +96,7 @@ class FitConfig:
     likelihood: str = "gaussian"
     deviation: str = "smooth"
     equal_effects: bool = False
+    baseline_clusters: str = "shared"
     n_basis: int | None = None
     floor: float | None = None
     method: str = "nuts"
@@ -115,6 +122,8 @@ class FitConfig:
         """The model's name in displays: ``K=2``, or the constant-effect model's."""
         if self.equal_effects:
             return f"constant effect (equal effects, K={self.n_clusters} baseline clusters)"
+        if own_baseline_clusters(self):
+            return f"K={self.n_clusters}, the baseline's clusters its own"
         return f"K={self.n_clusters}"
 
     @property
@@ -132,6 +141,7 @@ class FitConfig:
         self._check_types()
         check_choice("likelihood", self.likelihood, LIKELIHOODS)
         check_choice("deviation", self.deviation, DEVIATIONS)
+        check_choice("baseline_clusters", self.baseline_clusters, ("shared", "own"))
         check_choice("method", self.method, ("nuts", "svi"))
         check_choice("chain_method", self.chain_method, ("parallel", "sequential"))
         check_choice("svi_guide", self.svi_guide, ("lowrank", "normal"))
@@ -444,6 +454,13 @@ class ModelData:
         return ModelData(self.inputs.take(rows), self.outcome[rows], self.spec)
 
 
+def own_baseline_clusters(config: FitConfig) -> bool:
+    """Whether the model gives the baseline's cluster term memberships of its own: with
+    ``baseline_clusters="own"`` and clusters whose effects differ (with ``equal_effects`` the
+    clusters shape the baseline alone, and their memberships are already its own)."""
+    return config.baseline_clusters == "own" and config.n_clusters > 1 and not config.equal_effects
+
+
 def model_data(
     trial: Trial, unit_embedding: np.ndarray, std: Standardizer, config: FitConfig
 ) -> ModelData:
@@ -476,6 +493,7 @@ def model_data(
         n_basis=std.n_basis,
         deviation=config.deviation,
         equal_effects=config.equal_effects,
+        own_baseline_clusters=own_baseline_clusters(config),
         n_strata=0 if stratum is None else int(stratum.max()) + 1,
         n_groups=0 if group is None else int(group.max()) + 1,
         floor=std.floor_on_model_scale(),

@@ -455,9 +455,15 @@ def _to_inference_data(
         "arm": ["control", "treated"],
     }
     dims = {
-        "membership_intercept": ["cluster_contrast"],
-        "membership_local": ["feature"],
-        "membership_raw": ["feature", "cluster_contrast"],
+        f"{own}membership_{name}": d
+        for own in ("", "baseline_")
+        for name, d in (
+            ("intercept", ["cluster_contrast"]),
+            ("local", ["feature"]),
+            ("raw", ["feature", "cluster_contrast"]),
+        )
+    }
+    dims |= {
         "sigma": ["arm"],
         "outcome": ["unit"],
         "embedding": ["unit", "feature"],

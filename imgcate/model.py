@@ -17,6 +17,8 @@ effect's terms are all also in the baseline (``pi mu`` beside ``pi tau_k``, ``z 
 ``z delta``, ``f`` beside ``g``), so in a randomized trial a baseline shape the model cannot
 follow is not pushed into the effect: clusters cannot stand in for the baseline, and, because
 membership depends on the image alone, neither for the shape of the outcome's distribution.
+With ``ModelSpec.own_baseline_clusters`` the baseline's term is ``rho(z) mu`` instead, with
+memberships ``rho(z) = softmax(a' + z B')`` of its own (sites prefixed ``baseline_``).
 
 Every derived quantity (cluster probabilities, linear predictors, unit CATE on the outcome's
 mean scale) comes from :func:`unit_quantities`; the model, ``EffectFit.unit_effects``,
@@ -77,6 +79,9 @@ class ModelSpec:
     equal_effects : bool
         The K clusters share one effect (they shape the baseline only); their baseline
         levels are then ordered (``mu_step``), so that labels do not switch.
+    own_baseline_clusters : bool
+        The baseline's cluster term has memberships of its own (sites prefixed
+        ``baseline_``), not the effect clusters' (``FitConfig.baseline_clusters="own"``).
     n_strata, n_groups : int
         Levels of the stratum and group random intercepts (0 = none).
     floor : float
@@ -90,6 +95,7 @@ class ModelSpec:
     n_basis: int = 0
     deviation: str = "smooth"
     equal_effects: bool = False
+    own_baseline_clusters: bool = False
     n_strata: int = 0
     n_groups: int = 0
     floor: float = 0.0
@@ -166,19 +172,30 @@ def _part_parameters(prefix: str, spec: ModelSpec, ordered: bool) -> dict:
     return {prefix + name: value for name, value in p.items()}
 
 
+def _membership_parameters(prefix: str, d: int, k: int) -> dict:
+    """Sites of one set of memberships ``softmax(a + z B)`` (names prefixed ``prefix``)."""
+    return {
+        f"{prefix}membership_intercept": _normal(
+            f"{prefix}membership_intercept", PRIOR["membership_intercept"], (k - 1,)
+        ),
+        f"{prefix}membership_scale": _half_normal(
+            f"{prefix}membership_scale", membership_scale_prior(d)
+        ),
+        f"{prefix}membership_local": _half_normal(
+            f"{prefix}membership_local", PRIOR["membership_local"], (d,)
+        ),
+        f"{prefix}membership_raw": _normal(f"{prefix}membership_raw", 1.0, (d, k - 1)),
+    }
+
+
 def sample_parameters(spec: ModelSpec) -> dict:
     """Every parameter of the model as a NumPyro sample site; returns their values by name."""
     k, d = spec.n_clusters, spec.n_features
     params = {}
     if k > 1:
-        params["membership_intercept"] = _normal(
-            "membership_intercept", PRIOR["membership_intercept"], (k - 1,)
-        )
-        params["membership_scale"] = _half_normal("membership_scale", membership_scale_prior(d))
-        params["membership_local"] = _half_normal(
-            "membership_local", PRIOR["membership_local"], (d,)
-        )
-        params["membership_raw"] = _normal("membership_raw", 1.0, (d, k - 1))
+        params.update(_membership_parameters("", d, k))
+    if k > 1 and spec.own_baseline_clusters:
+        params.update(_membership_parameters("baseline_", d, k))
     for prefix in spec.parts:
         params.update(_part_parameters(prefix, spec, ordered=prefix == spec.parts[-1]))
     if spec.likelihood != "bernoulli":
@@ -204,17 +221,24 @@ def membership_scale_prior(n_features: int) -> float:
 
 
 # --------------------------------------------------------------------------- what it implies
-def membership_weights(params: dict) -> jnp.ndarray:
-    """Membership log-odds weights (feature, cluster - 1)."""
-    scale = jnp.asarray(params["membership_scale"])[..., None, None]
-    return scale * jnp.asarray(params["membership_local"])[..., :, None] * params["membership_raw"]
+def membership_weights(params: dict, prefix: str = "") -> jnp.ndarray:
+    """Membership log-odds weights (feature, cluster - 1); ``prefix="baseline_"`` those of
+    the baseline's own memberships (``ModelSpec.own_baseline_clusters``)."""
+    scale = jnp.asarray(params[f"{prefix}membership_scale"])[..., None, None]
+    local = jnp.asarray(params[f"{prefix}membership_local"])[..., :, None]
+    return scale * local * params[f"{prefix}membership_raw"]
 
 
-def cluster_probabilities(params: dict, embedding: jnp.ndarray, n_clusters: int) -> jnp.ndarray:
-    """(unit, cluster) membership probabilities ``softmax(a + z B)``, cluster 0 the reference."""
+def cluster_probabilities(
+    params: dict, embedding: jnp.ndarray, n_clusters: int, prefix: str = ""
+) -> jnp.ndarray:
+    """(unit, cluster) membership probabilities ``softmax(a + z B)``, cluster 0 the reference
+    (``prefix`` as in :func:`membership_weights`)."""
     if n_clusters == 1:
         return jnp.ones(embedding.shape[:1] + (1,), embedding.dtype)
-    logits = params["membership_intercept"] + embedding @ membership_weights(params)
+    logits = params[f"{prefix}membership_intercept"] + embedding @ membership_weights(
+        params, prefix
+    )
     return softmax_with_reference(logits)
 
 
@@ -229,13 +253,13 @@ def softmax_with_reference(logits: jnp.ndarray) -> jnp.ndarray:
     return jnp.stack([e / total for e in exps], -1)
 
 
-def reference_probabilities(params: dict, n_clusters: int) -> jnp.ndarray:
+def reference_probabilities(params: dict, n_clusters: int, prefix: str = "") -> jnp.ndarray:
     """Membership of the centre image (z = 0), ``softmax(a)``: cluster terms enter as
     deviations from it, so the intercepts and ``tau_centre`` do not trade off against the
     cluster levels when membership hardly varies."""
     if n_clusters == 1:
         return jnp.ones(1)
-    a = jnp.asarray(params["membership_intercept"])
+    a = jnp.asarray(params[f"{prefix}membership_intercept"])
     return jax.nn.softmax(jnp.concatenate([jnp.zeros(a.shape[:-1] + (1,), a.dtype), a], -1))
 
 
@@ -293,7 +317,10 @@ def _part_predictors(params: dict, prefix: str, inputs: ModelInputs, prob, spec:
             base = base + p[f"{level}_sd"] * p[f"{level}_raw"][codes]
     effect = _column_sum(prob, cluster_levels(params, prefix))
     if spec.n_clusters > 1:
-        centred = prob - reference_probabilities(params, spec.n_clusters)
+        own = "baseline_" if spec.own_baseline_clusters else ""
+        if own:  # the baseline's own memberships
+            prob = cluster_probabilities(params, inputs.embedding, spec.n_clusters, own)
+        centred = prob - reference_probabilities(params, spec.n_clusters, own)
         mu = p["mu_cluster"] if "mu_cluster" in p else jnp.cumsum(p["mu_step"], -1)
         base = base + _column_sum(centred[:, 1:], mu)
     if deviation:

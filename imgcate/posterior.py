@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from imgcate.config import own_baseline_clusters
 from imgcate.intervals import quantiles
 from imgcate.model import (
     ModelInputs,
@@ -99,6 +100,7 @@ def fit_spec(fit: EffectFit) -> ModelSpec:
         n_basis=fit.standardizer.n_basis,
         deviation=config.deviation,
         equal_effects=config.equal_effects,
+        own_baseline_clusters=own_baseline_clusters(config),
         n_strata=levels("stratum"),
         n_groups=levels("group"),
         floor=fit.standardizer.floor_on_model_scale(),

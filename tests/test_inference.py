@@ -282,3 +282,40 @@ def test_interval_calibration_over_replications():
     print(f"coverage of 90% intervals: cluster effects {cov_tau:.3f}, unit CATE {cov_cate:.3f}")
     assert 0.80 <= cov_tau <= 0.97
     assert 0.80 <= cov_cate <= 0.97
+
+
+def test_the_baseline_can_have_clusters_of_its_own(tmp_path):
+    """``baseline_clusters="own"``: the baseline's cluster term gets memberships of its own
+    (sites ``baseline_membership_*``), ``unit_effects`` and ``predict`` agree on the trial's
+    units, the fit saves and loads with the option, and the summary names it. With equal
+    effects the clusters already shape the baseline alone, so nothing is added; an unknown
+    value is refused with the choices."""
+    from imgcate.results import load_fit
+    from imgcate.simulate import simulate_scenario
+
+    sim = simulate_scenario(0, effect="clusters", baseline="sine", n_units=150, n_features=6)
+    opts = {"num_warmup": 30, "num_samples": 30, "num_chains": 2, "seed": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        own = fit(sim.trial, sim.embeddings, baseline_clusters="own", **opts)
+        null = fit(
+            sim.trial,
+            sim.embeddings,
+            baseline_clusters="own",
+            equal_effects=True,
+            deviation="none",
+            **opts,
+        )
+    post = own.idata.posterior
+    assert post["baseline_membership_raw"].dims == ("chain", "draw", "feature", "cluster_contrast")
+    assert not any(name.startswith("baseline_") for name in null.idata.posterior.data_vars)
+    units = own.unit_effects()
+    new = own.predict(sim.embeddings.values, covariates=sim.trial.covariate_matrix)
+    np.testing.assert_allclose(new.to_frame(0.9)["tau_mean"], units["tau_mean"], atol=1e-4)
+    assert "the baseline's clusters its own" in own.summary()
+    path = own.save(tmp_path / "own.imgcate")
+    again = load_fit(path)
+    assert again.config.baseline_clusters == "own"
+    np.testing.assert_array_equal(again.unit_effects()["tau_mean"], units["tau_mean"])
+    with pytest.raises(InputError, match="baseline_clusters.*shared.*own"):
+        fit(sim.trial, sim.embeddings, baseline_clusters="separate", **opts)

@@ -55,16 +55,24 @@ def test_a_membership_log_odds_has_the_same_prior_spread_for_any_number_of_featu
     assert rms == pytest.approx(PRIOR["membership_scale"], rel=0.06)
 
 
+def _numpy_memberships(p: dict, z, prefix: str = ""):
+    """softmax([0, a + z B]) of every unit and of the centre image z = 0."""
+    weights = p[f"{prefix}membership_scale"] * p[f"{prefix}membership_local"][:, None]
+    weights = weights * p[f"{prefix}membership_raw"]
+    logits = np.c_[np.zeros(len(z)), p[f"{prefix}membership_intercept"] + z @ weights]
+    ref = np.exp(np.r_[0.0, p[f"{prefix}membership_intercept"]])
+    return np.exp(logits) / np.exp(logits).sum(1, keepdims=True), ref / ref.sum()
+
+
 def _numpy_predictors(p: dict, z, basis, x, codes, spec: ModelSpec):
     """The docstring's formulas, one part at a time, the obvious way."""
     if spec.n_clusters > 1:
-        weights = p["membership_scale"] * p["membership_local"][:, None] * p["membership_raw"]
-        logits = np.c_[np.zeros(len(z)), p["membership_intercept"] + z @ weights]
-        prob = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-        ref = np.exp(np.r_[0.0, p["membership_intercept"]])
-        ref = ref / ref.sum()
+        prob, ref = _numpy_memberships(p, z)
     else:
         prob, ref = np.ones((len(z), 1)), np.ones(1)
+    base_prob, base_ref = prob, ref
+    if spec.own_baseline_clusters:
+        base_prob, base_ref = _numpy_memberships(p, z, "baseline_")
     bases, effects = [], []
     for prefix in spec.parts:
         q = {k[len(prefix) :]: v for k, v in p.items() if k.startswith(prefix)}
@@ -74,7 +82,7 @@ def _numpy_predictors(p: dict, z, basis, x, codes, spec: ModelSpec):
         steps = np.cumsum(q["tau_step"]) if "tau_step" in q else q["tau_contrast"]
         level = np.r_[0.0, steps]
         tau_k = q["tau_centre"] + level - ref @ level
-        eta0 = eta0 + (prob - ref)[:, 1:] @ q["mu_cluster"]
+        eta0 = eta0 + (base_prob - base_ref)[:, 1:] @ q["mu_cluster"]
         tau = prob @ tau_k + z @ (q["deviation_scale"] * q["deviation_local"] * q["deviation_raw"])
         tau = tau + q["deviation_amp"] * basis @ q["deviation_basis_raw"]
         bases.append(eta0)
@@ -82,10 +90,14 @@ def _numpy_predictors(p: dict, z, basis, x, codes, spec: ModelSpec):
     return prob, np.stack(bases), np.stack(effects)
 
 
-@pytest.mark.parametrize(("likelihood", "n_clusters"), [("gaussian", 3), ("hurdle", 2)])
-def test_linear_predictors_follow_the_formulas(likelihood, n_clusters):
+@pytest.mark.parametrize(
+    ("likelihood", "n_clusters", "own"),
+    [("gaussian", 3, False), ("hurdle", 2, False), ("gaussian", 3, True), ("hurdle", 2, True)],
+)
+def test_linear_predictors_follow_the_formulas(likelihood, n_clusters, own):
     """Fast path (one pass over each design matrix, small axes column by column) against the
-    formulas, for one- and two-part likelihoods, at a prior draw."""
+    formulas, for one- and two-part likelihoods, the baseline's cluster term with the effect
+    clusters' memberships or its own, at a prior draw."""
     spec = ModelSpec(
         n_clusters=n_clusters,
         likelihood=likelihood,
@@ -93,6 +105,7 @@ def test_linear_predictors_follow_the_formulas(likelihood, n_clusters):
         n_covariates=2,
         n_basis=7,
         n_strata=4,
+        own_baseline_clusters=own,
     )
     rng = np.random.default_rng(1)
     n = 300
@@ -105,6 +118,7 @@ def test_linear_predictors_follow_the_formulas(likelihood, n_clusters):
     )
     with seed(rng_seed=2):
         params = sample_parameters(spec)
+    assert ("baseline_membership_raw" in params) == own
     prob, eta0, tau = linear_predictors(params, inputs, spec)
     p = {k: np.asarray(v, np.float64) for k, v in params.items()}
     want = _numpy_predictors(p, z, basis, x, codes, spec)

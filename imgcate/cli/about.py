@@ -63,6 +63,8 @@ def fit_lines(path: Path) -> list[str]:
     settings = [f"{k}={config[k]}" for k in keys if k in config]
     if config.get("equal_effects"):  # compare_clusters' constant-effect model
         settings.insert(1, "equal_effects=True (a constant effect)")
+    if config.get("baseline_clusters", "shared") != "shared":
+        settings.insert(1, f"baseline_clusters={config['baseline_clusters']}")
     lines.append("  settings: " + ", ".join(settings))
     lines.append("provenance:")
     lines += summary_lines(fit_provenance(path))
