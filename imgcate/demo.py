@@ -8,13 +8,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import pandas as pd
-
 from imgcate.chips import chips_from_array, extract_chips
 from imgcate.embeddings import embed
 from imgcate.maps import predict_map, write_cog
 from imgcate.optional import pyplot
-from imgcate.output import atomic_path, check_writable, ensure_folder
+from imgcate.output import atomic_path, check_writable, ensure_folder, write_table
 from imgcate.plots import plot_cluster_gallery
 from imgcate.segments import segment_chips, segment_sensitivity, typical_images
 from imgcate.selection import compare_clusters
@@ -33,11 +31,6 @@ DEMO_FILES = (
     "effect_map.tif",
     "effect_map.png",
 )
-
-
-def _write_csv(frame: pd.DataFrame, path: Path, overwrite: bool) -> None:
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        frame.to_csv(tmp, index=False)
 
 
 def run_demo(
@@ -112,17 +105,19 @@ def run_demo(
     say(comparison.table.to_string(float_format=lambda v: f"{v:.2f}"))
     say(comparison.reason())
     result.save(output_dir / "fit.imgcate", overwrite=overwrite)
-    _write_csv(
+    write_table(
         result.cluster_effects().reset_index(),
         output_dir / "cluster_effects.csv",
-        overwrite,
+        overwrite=overwrite,
     )
     units = result.unit_effects()
     units["true_cate"] = sim.truth.tau_unit[chips.kept]
     units["true_cluster"] = sim.truth.cluster[chips.kept]
-    _write_csv(units, output_dir / "unit_effects.csv", overwrite)
-    _write_csv(result.ate().reset_index(), output_dir / "ate.csv", overwrite)
-    _write_csv(comparison.table.reset_index(), output_dir / "k_comparison.csv", overwrite)
+    write_table(units, output_dir / "unit_effects.csv", overwrite=overwrite)
+    write_table(result.ate().reset_index(), output_dir / "ate.csv", overwrite=overwrite)
+    write_table(
+        comparison.table.reset_index(), output_dir / "k_comparison.csv", overwrite=overwrite
+    )
 
     say("segment sensitivity of the most typical images of each cluster")
     typical = typical_images(result, chips, 4, max_draws=200, seed=seed)

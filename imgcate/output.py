@@ -259,6 +259,20 @@ def atomic_path(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
                 tmp.unlink()
 
 
+def write_table(frame: Any, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write a table (a :class:`pandas.DataFrame`) as CSV without its index, through
+    :func:`atomic_path`: the file appears whole or not at all.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        frame.to_csv(tmp, index=False)
+    return Path(path)
+
+
 def progress_bar(iterable: Any, show: bool, desc: str, total: int | None = None) -> Any:
     """``iterable`` wrapped in a tqdm progress bar labelled ``desc`` when ``show``, else as is.
 

@@ -1180,6 +1180,31 @@ def test_stale_files_of_live_processes_are_kept(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other.name])
 
 
+def test_a_table_is_written_whole_or_not_at_all(tmp_path):
+    """The CLI and the demo write their CSV tables through one function: an existing file is
+    kept unless overwrite is asked for, and a table that fails half-way leaves the old file and
+    no temporary file behind."""
+    from imgcate.output import write_table
+
+    path = tmp_path / "effects.csv"
+    table = pd.DataFrame({"id": [1, 2], "tau_mean": [0.5, 1.5]})
+    assert write_table(table, path) == path
+    pd.testing.assert_frame_equal(pd.read_csv(path), table)
+    with pytest.raises(OutputExistsError, match="effects.csv"):
+        write_table(table.assign(tau_mean=0.0), path)
+    pd.testing.assert_frame_equal(pd.read_csv(path), table)
+
+    class Broken(pd.DataFrame):
+        def to_csv(self, target, **options):
+            Path(target).write_text("id,tau_mean\n1,")
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(WriteError, match="effects.csv"):
+        write_table(Broken(table), path, overwrite=True)
+    pd.testing.assert_frame_equal(pd.read_csv(path), table)
+    assert [p.name for p in tmp_path.iterdir()] == ["effects.csv"]
+
+
 def test_absurd_tiles_are_flagged_or_nan(fit):
     """Pixels near float32's limit: the tile is NaN in every layer (a non-finite embedding or
     effect) or lies far outside the trial's support, never an unflagged confident number."""

@@ -16,7 +16,7 @@ import click
 import pandas as pd
 
 from imgcate.errors import ImgcateError
-from imgcate.output import atomic_path
+from imgcate.output import write_table
 from imgcate.raster import file_stem, is_url
 
 #: An existing file (rasters, fits, chips, units tables).
@@ -213,12 +213,7 @@ def provenance(inputs: dict[str, Any], seeds: dict[str, Any] | None = None, **ex
 
 def write_csv(frame: pd.DataFrame, path: Path, overwrite: bool) -> None:
     """Write a table (temporary name, then renamed); errors as the user reads them."""
-    run(_write_csv, frame, path, overwrite)
-
-
-def _write_csv(frame: pd.DataFrame, path: Path, overwrite: bool) -> None:
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        frame.to_csv(tmp, index=False)
+    run(write_table, frame, path, overwrite=overwrite)
 
 
 def parse_co(values: tuple[str, ...]) -> dict[str, str]:
