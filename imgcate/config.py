@@ -51,8 +51,12 @@ class FitConfig:
         The memberships of the baseline's cluster term (``mu`` in docs/model.md): "shared"
         (default) those of the effect's clusters; "own" a second membership of its own (K
         clusters, the same prior), so that clusters that describe a nonlinear baseline do not
-        take the effect clusters' memberships. Measured on four scenarios only (docs/model.md,
-        "Calibration").
+        take the effect clusters' memberships. Try it when many components and a baseline
+        that bends meet clusters that look image-driven (``membership_dependence``) but carry
+        little of the effect (``effect_share_clusters``). Without effect clusters
+        (``n_clusters=1``, or ``equal_effects``) there is nothing to separate and it changes
+        nothing. Measured on seven calibration scenarios so far (docs/model.md, "Calibration");
+        not yet the default: choosing K, SVI and the peers benchmark are not measured with it.
     n_basis : int or None
         Functions of the basis of the baseline's (and the smooth deviation's) Gaussian
         process in the embedding: the kernel's leading eigenfunctions over the trial
