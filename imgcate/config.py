@@ -56,7 +56,8 @@ class FitConfig:
         little of the effect (``effect_share_clusters``). Without effect clusters
         (``n_clusters=1``, or ``equal_effects``) there is nothing to separate and it changes
         nothing. Measured on seven calibration scenarios so far (docs/model.md, "Calibration");
-        not yet the default: choosing K, SVI and the peers benchmark are not measured with it.
+        not yet the default: choosing K (four trials so far), SVI and the peers benchmark are
+        not measured enough with it.
     n_basis : int or None
         Functions of the basis of the baseline's (and the smooth deviation's) Gaussian
         process in the embedding: the kernel's leading eigenfunctions over the trial
