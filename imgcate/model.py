@@ -295,7 +295,9 @@ def _column_sum(prob: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:
     return functools.reduce(jnp.add, [prob[:, k] * weights[k] for k in range(prob.shape[-1])])
 
 
-def _part_predictors(params: dict, prefix: str, inputs: ModelInputs, prob, spec: ModelSpec):
+def _part_predictors(
+    params: dict, prefix: str, inputs: ModelInputs, prob, base_centred, spec: ModelSpec
+):
     p = {name[len(prefix) :]: v for name, v in params.items() if name.startswith(prefix)}
     deviation = spec.deviation != "none"
     linear = [p["gamma_scale"] * p["gamma_raw"]]
@@ -317,12 +319,8 @@ def _part_predictors(params: dict, prefix: str, inputs: ModelInputs, prob, spec:
             base = base + p[f"{level}_sd"] * p[f"{level}_raw"][codes]
     effect = _column_sum(prob, cluster_levels(params, prefix))
     if spec.n_clusters > 1:
-        own = "baseline_" if spec.own_baseline_clusters else ""
-        if own:  # the baseline's own memberships
-            prob = cluster_probabilities(params, inputs.embedding, spec.n_clusters, own)
-        centred = prob - reference_probabilities(params, spec.n_clusters, own)
         mu = p["mu_cluster"] if "mu_cluster" in p else jnp.cumsum(p["mu_step"], -1)
-        base = base + _column_sum(centred[:, 1:], mu)
+        base = base + _column_sum(base_centred[:, 1:], mu)
     if deviation:
         effect = effect + linear[1]
         if "deviation_amp" in p:
@@ -338,7 +336,16 @@ def linear_predictors(params: dict, inputs: ModelInputs, spec: ModelSpec):
     the positive outcome.
     """
     prob = cluster_probabilities(params, inputs.embedding, spec.n_clusters)
-    pairs = [_part_predictors(params, prefix, inputs, prob, spec) for prefix in spec.parts]
+    base_centred = None  # the baseline's cluster memberships less the centre image's
+    if spec.n_clusters > 1:
+        own = "baseline_" if spec.own_baseline_clusters else ""
+        base_prob = (
+            cluster_probabilities(params, inputs.embedding, spec.n_clusters, own) if own else prob
+        )
+        base_centred = base_prob - reference_probabilities(params, spec.n_clusters, own)
+    pairs = [
+        _part_predictors(params, prefix, inputs, prob, base_centred, spec) for prefix in spec.parts
+    ]
     return prob, jnp.stack([b for b, _ in pairs]), jnp.stack([e for _, e in pairs])
 
 
