@@ -27,8 +27,10 @@ is from when their basis was random Fourier features),
 causal forests do: gradient boosting of the outcome on embedding and covariates, trained on the
 control units outside each of 5 folds) and ``rff+prognostic``. The prognostic forms suit the
 Gaussian scenarios (a new unit's covariates, the score among them, are set to the trial's means).
-``own-baseline`` is the default model with ``baseline_clusters="own"``: the baseline's cluster
-term gets memberships of its own instead of the effect clusters'.
+``own-baseline`` is ``baseline_clusters="own"`` (the baseline's cluster term gets memberships of
+its own; the default since 2026-12-05, so now the same model as ``rff``) and
+``shared-baseline`` is ``baseline_clusters="shared"`` (the baseline's cluster term on the effect
+clusters' memberships, the default before).
 ``--prior NAME=SCALE`` (repeatable) refits with a prior scale of ``imgcate.model.PRIOR`` changed,
 e.g. ``--prior deviation_amp=0.15 --prior deviation_scale=0.25``.
 """
@@ -72,6 +74,7 @@ FORMS = {
     "prognostic": {"n_basis": 0, "deviation": "linear"},
     "rff+prognostic": {},
     "own-baseline": {"baseline_clusters": "own"},
+    "shared-baseline": {"baseline_clusters": "shared"},
 }
 
 

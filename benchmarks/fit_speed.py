@@ -17,7 +17,9 @@ row reports the mean number of leapfrog steps per kept iteration.
 What the model's flexible parts cost: at the smallest size NUTS also fits the same trial with
 the Gaussian processes left out (``parts="linear"``: ``n_basis=0``, linear effect deviation) and
 with no continuous deviation at all (``parts="clusters"``: ``n_basis=0, deviation="none"``, the
-clusters-only mean model); ``parts="full"`` is the default model.
+clusters-only mean model), and with the baseline's cluster term on the effect clusters'
+memberships (``parts="shared"``: ``baseline_clusters="shared"``, the default before 2026-12-05);
+``parts="full"`` is the default model.
 
 ``--large`` fits each large trial in a fresh process (its peak resident memory is the fit's,
 simulation included) with the package's SVI defaults (``method="svi"``: 5,000 Adam steps on
@@ -51,6 +53,7 @@ from imgcate.simulate import simulate_trial
 #: Fit options of each set of model parts timed at the smallest size.
 PARTS = {
     "full": {},
+    "shared": {"baseline_clusters": "shared"},
     "linear": {"n_basis": 0, "deviation": "linear"},
     "clusters": {"n_basis": 0, "deviation": "none"},
 }

@@ -43,6 +43,8 @@ import warnings
 import numpy as np
 from calibration import LIKELIHOOD, PROB, covers, parse, replication_parser, run_replications
 
+from imgcate.config import FitConfig
+
 #: Constant effects with every baseline and every noise kind, then the alternatives.
 SCENARIOS = (
     "constant/linear/gaussian",
@@ -208,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     header |= {"cpus": os.cpu_count(), "units": args.units, "k_max": args.k_max}
     header |= {"chains": args.chains, "draws": args.draws, "reps": args.reps}
     header |= {"first_seed": args.first_seed, "prob": PROB, "criterion": args.criterion}
+    header["baseline_clusters"] = FitConfig().baseline_clusters  # the model compared (default)
     print(json.dumps(header), flush=True)
     jobs = [
         (s, seed, args.units, args.k_max, args.chains, args.draws, args.criterion)

@@ -47,17 +47,15 @@ class FitConfig:
         effect) while the clusters still shape the baseline. :func:`imgcate.compare_clusters`
         fits it as the null of no heterogeneity, so that a baseline the clusters describe
         better is not taken for heterogeneity of the effect.
-    baseline_clusters : {"shared", "own"}
-        The memberships of the baseline's cluster term (``mu`` in docs/model.md): "shared"
-        (default) those of the effect's clusters; "own" a second membership of its own (K
-        clusters, the same prior), so that clusters that describe a nonlinear baseline do not
-        take the effect clusters' memberships. Try it when many components and a baseline
-        that bends meet clusters that look image-driven (``membership_dependence``) but carry
-        little of the effect (``effect_share_clusters``). Without effect clusters
-        (``n_clusters=1``, or ``equal_effects``) there is nothing to separate and it changes
-        nothing. Measured on seven calibration scenarios so far (docs/model.md, "Calibration");
-        not yet the default: choosing K (four trials so far), SVI and the peers benchmark are
-        not measured enough with it.
+    baseline_clusters : {"own", "shared"}
+        The memberships of the baseline's cluster term (``mu`` in docs/model.md): "own"
+        (default) a membership of its own (K clusters, the same prior as the effect's), so
+        that clusters that describe a baseline that bends do not take the effect clusters'
+        memberships; "shared" those of the effect's clusters (one set of memberships, fewer
+        parameters; the default before 2026-12). Without effect clusters (``n_clusters=1``, or
+        ``equal_effects``) there is nothing to separate and it changes nothing. Fits saved
+        before the option existed load as "shared". Measured in docs/model.md,
+        "Calibration".
     n_basis : int or None
         Functions of the basis of the baseline's (and the smooth deviation's) Gaussian
         process in the embedding: the kernel's leading eigenfunctions over the trial
@@ -101,7 +99,7 @@ class FitConfig:
     likelihood: str = "gaussian"
     deviation: str = "smooth"
     equal_effects: bool = False
-    baseline_clusters: str = "shared"
+    baseline_clusters: str = "own"
     n_basis: int | None = None
     floor: float | None = None
     method: str = "nuts"
@@ -127,8 +125,8 @@ class FitConfig:
         """The model's name in displays: ``K=2``, or the constant-effect model's."""
         if self.equal_effects:
             return f"constant effect (equal effects, K={self.n_clusters} baseline clusters)"
-        if own_baseline_clusters(self):
-            return f"K={self.n_clusters}, the baseline's clusters its own"
+        if self.n_clusters > 1 and self.baseline_clusters == "shared":
+            return f"K={self.n_clusters}, the baseline's clusters shared with the effect's"
         return f"K={self.n_clusters}"
 
     @property
@@ -146,7 +144,7 @@ class FitConfig:
         self._check_types()
         check_choice("likelihood", self.likelihood, LIKELIHOODS)
         check_choice("deviation", self.deviation, DEVIATIONS)
-        check_choice("baseline_clusters", self.baseline_clusters, ("shared", "own"))
+        check_choice("baseline_clusters", self.baseline_clusters, ("own", "shared"))
         check_choice("method", self.method, ("nuts", "svi"))
         check_choice("chain_method", self.chain_method, ("parallel", "sequential"))
         check_choice("svi_guide", self.svi_guide, ("lowrank", "normal"))

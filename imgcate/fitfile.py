@@ -181,7 +181,8 @@ def read_fit_file(path: str | Path) -> dict[str, Any]:
             if "encoder.json" in zf.namelist():
                 enc_arrays = dict(np.load(io.BytesIO(zf.read("encoder.npz"))))
                 encoder = encoder_from_state(json.loads(zf.read("encoder.json")), enc_arrays)
-            config = FitConfig(**meta["config"])
+            # fits saved before baseline_clusters existed had the shared memberships
+            config = FitConfig(**{"baseline_clusters": "shared", **meta["config"]})
     except InputError:  # a ValueError too: keep its own message
         raise
     except (zipfile.BadZipFile, KeyError, OSError, ValueError, TypeError) as exc:

@@ -17,8 +17,9 @@ effect's terms are all also in the baseline (``pi mu`` beside ``pi tau_k``, ``z 
 ``z delta``, ``f`` beside ``g``), so in a randomized trial a baseline shape the model cannot
 follow is not pushed into the effect: clusters cannot stand in for the baseline, and, because
 membership depends on the image alone, neither for the shape of the outcome's distribution.
-With ``ModelSpec.own_baseline_clusters`` the baseline's term is ``rho(z) mu`` instead, with
-memberships ``rho(z) = softmax(a' + z B')`` of its own (sites prefixed ``baseline_``).
+With ``ModelSpec.own_baseline_clusters`` (``FitConfig.baseline_clusters="own"``, the default)
+the baseline's term is ``rho(z) mu`` instead, with memberships ``rho(z) = softmax(a' + z B')``
+of its own (sites prefixed ``baseline_``).
 
 Every derived quantity (cluster probabilities, linear predictors, unit CATE on the outcome's
 mean scale) comes from :func:`unit_quantities`; the model, ``EffectFit.unit_effects``,

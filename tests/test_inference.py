@@ -10,6 +10,7 @@ ESS >= 100) adds under 10% to that margin.
 from __future__ import annotations
 
 import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -284,12 +285,16 @@ def test_interval_calibration_over_replications():
     assert 0.80 <= cov_cate <= 0.97
 
 
-def test_the_baseline_can_have_clusters_of_its_own(tmp_path):
-    """``baseline_clusters="own"``: the baseline's cluster term gets memberships of its own
-    (sites ``baseline_membership_*``), ``unit_effects`` and ``predict`` agree on the trial's
-    units, the fit saves and loads with the option, and the summary names it. With equal
-    effects the clusters already shape the baseline alone, so nothing is added; an unknown
-    value is refused with the choices."""
+def test_the_baseline_has_clusters_of_its_own(tmp_path):
+    """By default (``baseline_clusters="own"``) the baseline's cluster term gets memberships of
+    its own (sites ``baseline_membership_*``); ``unit_effects`` and ``predict`` agree on the
+    trial's units and the fit saves and loads with it. ``"shared"`` (the former model) has no
+    such sites and the summary names it; a file saved before the option existed (no
+    ``baseline_clusters`` in its settings) loads as shared. With equal effects the clusters
+    already shape the baseline alone, so nothing is added; an unknown value is refused with
+    the choices."""
+    import json
+
     from imgcate.results import load_fit
     from imgcate.simulate import simulate_scenario
 
@@ -297,25 +302,36 @@ def test_the_baseline_can_have_clusters_of_its_own(tmp_path):
     opts = {"num_warmup": 30, "num_samples": 30, "num_chains": 2, "seed": 1}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        own = fit(sim.trial, sim.embeddings, baseline_clusters="own", **opts)
-        null = fit(
-            sim.trial,
-            sim.embeddings,
-            baseline_clusters="own",
-            equal_effects=True,
-            deviation="none",
-            **opts,
-        )
+        own = fit(sim.trial, sim.embeddings, **opts)
+        shared = fit(sim.trial, sim.embeddings, baseline_clusters="shared", **opts)
+        null = fit(sim.trial, sim.embeddings, equal_effects=True, deviation="none", **opts)
+    assert own.config.baseline_clusters == "own"
     post = own.idata.posterior
     assert post["baseline_membership_raw"].dims == ("chain", "draw", "feature", "cluster_contrast")
-    assert not any(name.startswith("baseline_") for name in null.idata.posterior.data_vars)
+    for other in (shared, null):
+        assert not any(name.startswith("baseline_") for name in other.idata.posterior.data_vars)
     units = own.unit_effects()
     new = own.predict(sim.embeddings.values, covariates=sim.trial.covariate_matrix)
     np.testing.assert_allclose(new.to_frame(0.9)["tau_mean"], units["tau_mean"], atol=1e-4)
-    assert "the baseline's clusters its own" in own.summary()
-    path = own.save(tmp_path / "own.imgcate")
-    again = load_fit(path)
+    assert "shared" not in own.summary()
+    assert "K=2, the baseline's clusters shared with the effect's" in shared.summary()
+    again = load_fit(own.save(tmp_path / "own.imgcate"))
     assert again.config.baseline_clusters == "own"
     np.testing.assert_array_equal(again.unit_effects()["tau_mean"], units["tau_mean"])
-    with pytest.raises(InputError, match="baseline_clusters.*shared.*own"):
+    path = shared.save(tmp_path / "shared.imgcate")
+    older = tmp_path / "older.imgcate"  # the same file without the setting, as saved before
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(older, "w") as dst:
+        for item in src.namelist():
+            data = src.read(item)
+            if item == "meta.json":
+                meta = json.loads(data)
+                del meta["config"]["baseline_clusters"]
+                data = json.dumps(meta)
+            dst.writestr(item, data)
+    loaded = load_fit(older)
+    assert loaded.config.baseline_clusters == "shared"
+    np.testing.assert_array_equal(
+        loaded.unit_effects()["tau_mean"], shared.unit_effects()["tau_mean"]
+    )
+    with pytest.raises(InputError, match="baseline_clusters.*own.*shared"):
         fit(sim.trial, sim.embeddings, baseline_clusters="separate", **opts)

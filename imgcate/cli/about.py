@@ -63,8 +63,9 @@ def fit_lines(path: Path) -> list[str]:
     settings = [f"{k}={config[k]}" for k in keys if k in config]
     if config.get("equal_effects"):  # compare_clusters' constant-effect model
         settings.insert(1, "equal_effects=True (a constant effect)")
-    if config.get("baseline_clusters", "shared") != "shared":
-        settings.insert(1, f"baseline_clusters={config['baseline_clusters']}")
+    memberships = config.get("baseline_clusters", "shared")  # older fits: shared
+    if memberships != "own" and config.get("n_clusters", 1) > 1 and not config.get("equal_effects"):
+        settings.insert(1, f"baseline_clusters={memberships}")
     lines.append("  settings: " + ", ".join(settings))
     lines.append("provenance:")
     lines += summary_lines(fit_provenance(path))
