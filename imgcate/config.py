@@ -52,7 +52,7 @@ class FitConfig:
         (default) a membership of its own (K clusters, the same prior as the effect's), so
         that clusters that describe a baseline that bends do not take the effect clusters'
         memberships; "shared" those of the effect's clusters (one set of memberships, fewer
-        parameters; the default before 2026-12). Without effect clusters (``n_clusters=1``, or
+        parameters; the default before 2026-12-05). Without effect clusters (``n_clusters=1``, or
         ``equal_effects``) there is nothing to separate and it changes nothing. Fits saved
         before the option existed load as "shared". Measured in docs/model.md,
         "Calibration".
