@@ -295,6 +295,9 @@ def test_the_baseline_has_clusters_of_its_own(tmp_path):
     the choices."""
     import json
 
+    from click.testing import CliRunner
+
+    from imgcate.cli import main
     from imgcate.results import load_fit
     from imgcate.simulate import simulate_scenario
 
@@ -333,5 +336,13 @@ def test_the_baseline_has_clusters_of_its_own(tmp_path):
     np.testing.assert_array_equal(
         loaded.unit_effects()["tau_mean"], shared.unit_effects()["tau_mean"]
     )
+    # `imgcate info` names the memberships of a fit that does not use the default
+    settings = {}
+    for name, file in (("own", tmp_path / "own.imgcate"), ("older", older)):
+        res = CliRunner().invoke(main, ["info", str(file)])
+        assert res.exit_code == 0, res.output
+        settings[name] = next(line for line in res.output.splitlines() if "settings:" in line)
+    assert "baseline_clusters" not in settings["own"] and "n_clusters=2" in settings["own"]
+    assert "baseline_clusters=shared" in settings["older"]
     with pytest.raises(InputError, match="baseline_clusters.*own.*shared"):
         fit(sim.trial, sim.embeddings, baseline_clusters="separate", **opts)
