@@ -33,6 +33,15 @@ FORMAT_VERSION = 4
 #: (format 3's hurdle had a log-normal positive part; format 4's is a gamma).
 READABLE = {3: ("hurdle",)}
 
+#: Settings that fits saved before they existed were fitted with.
+OLDER_FIT_SETTINGS = {"baseline_clusters": "shared"}
+
+
+def saved_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved fit's settings (its ``meta.json`` ``config``), with those an older file lacks
+    filled in as it was fitted (:data:`OLDER_FIT_SETTINGS`)."""
+    return {**OLDER_FIT_SETTINGS, **config}
+
 
 def write_fit_file(
     path: str | Path,
@@ -181,8 +190,7 @@ def read_fit_file(path: str | Path) -> dict[str, Any]:
             if "encoder.json" in zf.namelist():
                 enc_arrays = dict(np.load(io.BytesIO(zf.read("encoder.npz"))))
                 encoder = encoder_from_state(json.loads(zf.read("encoder.json")), enc_arrays)
-            # fits saved before baseline_clusters existed had the shared memberships
-            config = FitConfig(**{"baseline_clusters": "shared", **meta["config"]})
+            config = FitConfig(**saved_settings(meta["config"]))
     except InputError:  # a ValueError too: keep its own message
         raise
     except (zipfile.BadZipFile, KeyError, OSError, ValueError, TypeError) as exc:

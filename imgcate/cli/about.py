@@ -53,17 +53,18 @@ def table_lines(path: Path) -> list[str]:
 
 def fit_lines(path: Path) -> list[str]:
     from imgcate.cli.modelling import fit_provenance
+    from imgcate.fitfile import saved_settings
     from imgcate.results import load_fit
 
     with zipfile.ZipFile(path) as zf:
         meta = json.loads(zf.read("meta.json"))
-    config = meta.get("config") or {}
+    config = saved_settings(meta.get("config") or {})
     lines = [f"{path}: imgcate fit (format {meta.get('format_version')})"]
     keys = ("n_clusters", "likelihood", "deviation", "method", "num_chains", "num_samples", "seed")
     settings = [f"{k}={config[k]}" for k in keys if k in config]
     if config.get("equal_effects"):  # compare_clusters' constant-effect model
         settings.insert(1, "equal_effects=True (a constant effect)")
-    memberships = config.get("baseline_clusters", "shared")  # older fits: shared
+    memberships = config["baseline_clusters"]
     if memberships != "own" and config.get("n_clusters", 1) > 1 and not config.get("equal_effects"):
         settings.insert(1, f"baseline_clusters={memberships}")
     lines.append("  settings: " + ", ".join(settings))
