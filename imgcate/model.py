@@ -54,6 +54,7 @@ PRIOR = {
     "membership_intercept": 2.0,
     "membership_scale": 1.0,  # global shrinkage sd of a membership log-odds (over features)
     "membership_local": 1.0,  # each feature's own (ARD) shrinkage sd
+    "membership_local_df": 3.0,  # its half-Student-t degrees of freedom (inf: half-normal)
     "deviation_scale": 0.5,  # global shrinkage sd of the effect's linear deviation
     "deviation_local": 1.0,
     "deviation_amp": 0.3,  # half-normal scale of the effect's Gaussian-process amplitude
@@ -182,8 +183,8 @@ def _membership_parameters(prefix: str, d: int, k: int) -> dict:
         f"{prefix}membership_scale": _half_normal(
             f"{prefix}membership_scale", membership_scale_prior(d)
         ),
-        f"{prefix}membership_local": _half_normal(
-            f"{prefix}membership_local", PRIOR["membership_local"], (d,)
+        f"{prefix}membership_local": numpyro.sample(
+            f"{prefix}membership_local", membership_local_prior().expand((d,)).to_event(1)
         ),
         f"{prefix}membership_raw": _normal(f"{prefix}membership_raw", 1.0, (d, k - 1)),
     }
@@ -204,6 +205,24 @@ def sample_parameters(spec: ModelSpec) -> dict:
     if spec.likelihood == "student_t":
         params["nu"] = numpyro.sample("nu", dist.Gamma(2.0, 0.1))
     return params
+
+
+def membership_local_prior() -> dist.Distribution:
+    """Prior of each embedding component's own membership scale ``l_j`` (ARD): half-Student-t
+    with ``PRIOR["membership_local_df"]`` degrees of freedom (3), half-normal where infinite.
+
+    Clusters that images separate well differ along few whitened components, with log-odds
+    of sd 8-9 on one of them in the calibration trials: a sparse, strong signal. Under a
+    half-normal ``l_j`` it sat in the prior's far tail, memberships came out soft and the
+    cluster effects were pulled towards each other (on clean 300-unit trials their 90 %
+    intervals held the truth 0.51 of the time). The Student-t tail lets one component escape
+    the shrinkage while the global scale keeps dense log-odds small (benchmarks/CHANGELOG.md,
+    2026-12-05).
+    """
+    scale, df = PRIOR["membership_local"], PRIOR["membership_local_df"]
+    if df == float("inf"):
+        return dist.HalfNormal(scale)
+    return dist.FoldedDistribution(dist.StudentT(df, 0.0, scale))
 
 
 def membership_scale_prior(n_features: int) -> float:

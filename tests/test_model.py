@@ -13,7 +13,6 @@ from imgcate.model import (
     ModelInputs,
     ModelSpec,
     linear_predictors,
-    membership_weights,
     sample_parameters,
     softmax_with_reference,
 )
@@ -34,25 +33,47 @@ def test_softmax_with_reference_is_the_softmax_of_zero_and_the_logits():
 
 @pytest.mark.parametrize("n_features", [1, 4, 16, 32])
 def test_a_membership_log_odds_has_the_same_prior_spread_for_any_number_of_features(n_features):
-    """Prior draws of ``z B`` (z whitened: independent standard normals) have root mean square
-    ``PRIOR["membership_scale"]`` whatever the number of features: E[(z B)^2] = E[s_B^2]
-    * feature * E[l^2] E[r^2] = (scale^2 / feature) * feature. With the scale not divided by
-    sqrt(feature) (before 2026-12-04) it was 4 times that at 16 features. 100,000 draws: the
-    root mean square's Monte Carlo relative sd is at most about 1.5 % (products of four
-    normals have a fourth moment 81 times their squared variance), the tolerance 6 %."""
+    """Prior draws of ``z B`` (z whitened: independent standard normals) have the same mean
+    square whatever the number of features: E[(z B)^2] = E[s_B^2] * feature * E[l^2] E[r^2]
+    = (scale^2 / feature) * feature * df / (df - 2), the half-Student-t(df) local scale's
+    second moment (3 for df = 3). With the scale not divided by sqrt(feature) (before
+    2026-12-04) it was 16 times that at 16 features. The expectation over z and r is taken
+    exactly (E[(z B)^2 | s, l] = s^2 sum_j l_j^2): the heavy-tailed l has no fourth moment, so
+    a plain Monte Carlo mean of (z B)^2 would converge too slowly to test. Over 200,000 prior
+    draws of s and l the mean's error is a few per cent (l^2 has tail index 1.5); the
+    tolerance on the root mean square is 6 %."""
     spec = ModelSpec(n_clusters=2, likelihood="gaussian", n_features=n_features, n_covariates=0)
-    draws = 100_000
+    draws = 200_000
     keys = jax.random.split(jax.random.PRNGKey(n_features), draws)
 
     def one(key):
-        key_prior, key_z = jax.random.split(key)
-        params = seed(sample_parameters, key_prior)(spec)
-        z = jax.random.normal(key_z, (n_features,))
-        return z @ membership_weights(params)[:, 0]
+        params = seed(sample_parameters, key)(spec)
+        return params["membership_scale"] ** 2 * jnp.sum(params["membership_local"] ** 2)
 
-    log_odds = jax.jit(jax.vmap(one))(keys)
-    rms = float(jnp.sqrt(jnp.mean(log_odds**2)))
-    assert rms == pytest.approx(PRIOR["membership_scale"], rel=0.06)
+    mean_square = float(jnp.mean(jax.jit(jax.vmap(one))(keys)))
+    df = PRIOR["membership_local_df"]
+    expected = PRIOR["membership_scale"] * np.sqrt(df / (df - 2)) * PRIOR["membership_local"]
+    assert np.sqrt(mean_square) == pytest.approx(expected, rel=0.06)
+
+
+def test_the_membership_local_scale_is_half_student_t():
+    """Each component's membership scale has the half-Student-t(3) prior: density twice the
+    Student-t's on the positive half-line (the prior screened on 2026-12-05), half-normal when
+    ``membership_local_df`` is infinite."""
+    from scipy import stats
+
+    from imgcate.model import membership_local_prior
+
+    x = np.array([0.1, 1.0, 4.0, 20.0])
+    got = np.asarray(membership_local_prior().log_prob(jnp.asarray(x)))
+    np.testing.assert_allclose(got, np.log(2) + stats.t.logpdf(x, 3), rtol=1e-5)
+    old = PRIOR["membership_local_df"]
+    try:
+        PRIOR["membership_local_df"] = float("inf")
+        got = np.asarray(membership_local_prior().log_prob(jnp.asarray(x)))
+    finally:
+        PRIOR["membership_local_df"] = old
+    np.testing.assert_allclose(got, stats.halfnorm.logpdf(x), rtol=1e-5)
 
 
 def _numpy_memberships(p: dict, z, prefix: str = ""):
