@@ -179,11 +179,12 @@ def unit_summaries(fit: EffectFit, prob: float) -> dict[str, np.ndarray]:
 def cluster_summaries(cate, prob, xp=np) -> dict:
     """Per-draw summaries of unit CATE (sample, unit) and membership (sample, unit, cluster).
 
-    ``tau_cluster``: each cluster's average CATE, weighted by membership; ``cluster_share``:
-    average membership; ``ate``: average CATE; ``effect_sd``: the CATE's sd over units;
-    ``effect_share_clusters``: the share of the
-    CATE's variance over units that the cluster averages explain (0 for an effect constant up
-    to rounding, as with ``equal_effects``); ``membership_dependence``:
+    ``tau_cluster``: each cluster's average CATE over the units most probably in it under the
+    draw (where no unit is, the membership-weighted average over all units stands in);
+    ``cluster_share``: average membership; ``ate``: average CATE; ``effect_sd``: the CATE's
+    sd over units; ``effect_share_clusters``: the share of the CATE's variance over units
+    that the cluster averages explain (the R^2 of the CATE on the units' clusters; 0 for an
+    effect constant up to rounding, as with ``equal_effects``); ``membership_dependence``:
     the mutual information between cluster and image over the trial's images, as a share of
     log K (0: every image has the same membership; 1: each image in one cluster for sure).
     ``xp`` is ``numpy`` (float64 arithmetic) or ``jax.numpy`` (inside :func:`with_derived`'s
@@ -191,18 +192,22 @@ def cluster_summaries(cate, prob, xp=np) -> dict:
     """
     if xp is np:
         cate, prob = np.asarray(cate, np.float64), np.asarray(prob, np.float64)
-    weight = prob.sum(1)
-    tau_cluster = xp.einsum("su,suk->sk", cate, prob) / xp.maximum(weight, 1e-12)
+    k = prob.shape[-1]
+    weighted = xp.einsum("su,suk->sk", cate, prob) / xp.maximum(prob.sum(1), 1e-12)
+    # each unit in its most probable cluster: one-hot rows, ties to the first
+    assigned = (xp.argmax(prob, -1)[..., None] == xp.arange(k)).astype(cate.dtype)
+    count = assigned.sum(1)
+    averages = xp.einsum("su,suk->sk", cate, assigned) / xp.maximum(count, 1)
+    tau_cluster = xp.where(count > 0, averages, weighted)
     out = {
         "tau_cluster": tau_cluster,
         "cluster_share": prob.mean(1),
         "ate": cate.mean(1),
         "effect_sd": cate.std(1),
     }
-    k = prob.shape[-1]
     if k > 1:
         tiny = xp.finfo(prob.dtype).tiny
-        explained = xp.einsum("suk,sk->su", prob, tau_cluster)
+        explained = xp.einsum("suk,sk->su", assigned, tau_cluster)
         total = cate.var(1)
         residual = (cate - explained).var(1)
         share = xp.clip(1.0 - residual / xp.maximum(total, tiny), 0, 1)

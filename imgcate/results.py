@@ -219,8 +219,11 @@ class EffectFit:
     def cluster_effects(self, prob: float = 0.9) -> pd.DataFrame:
         """Average effect and share of each cluster with central intervals (original scale).
 
-        A cluster's effect is the membership-weighted average of its units' CATE, on the
-        outcome's mean scale, so it reads the same for every likelihood.
+        A cluster's effect is the average CATE of the units most probably in it (under each
+        posterior draw), on the outcome's mean scale, so it reads the same for every
+        likelihood and does not depend on how sharp the memberships are: the average of
+        ``unit_effects()``'s ``tau_mean`` over the units of its ``cluster`` column, up to units
+        whose cluster is uncertain.
 
         Returns
         -------

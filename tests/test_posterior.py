@@ -78,15 +78,45 @@ def test_svi_step_size_holds_then_decays_to_a_hundredth():
     assert float(step(1000)) == pytest.approx(0.0002)
 
 
-def test_weighted_truth_is_the_membership_weighted_average_cate():
+def test_assigned_truth_is_the_average_cate_of_each_most_probable_cluster():
     truth = simulate_trial(2, 400, 3).truth
-    slow = [
-        sum(truth.cluster_prob[u, k] * truth.cate[u] for u in range(400))
-        / sum(truth.cluster_prob[u, k] for u in range(400))
-        for k in range(3)
-    ]
-    np.testing.assert_allclose(truth.tau_cluster_weighted, slow, rtol=1e-12)
+    slow = []
+    for k in range(3):
+        units = [
+            u for u in range(400) if max(range(3), key=lambda j: truth.cluster_prob[u, j]) == k
+        ]
+        slow.append(sum(truth.cate[u] for u in units) / len(units))
+    np.testing.assert_allclose(truth.tau_cluster_assigned, slow, rtol=1e-12)
     # overlapping clusters pull each towards the others, inside the simulated effects
-    assert np.all(np.diff(truth.tau_cluster_weighted) > 0)
-    assert truth.tau_cluster[0] < truth.tau_cluster_weighted[0]
-    assert truth.tau_cluster_weighted[-1] < truth.tau_cluster[-1]
+    assert np.all(np.diff(truth.tau_cluster_assigned) > 0)
+    assert truth.tau_cluster[0] < truth.tau_cluster_assigned[0]
+    assert truth.tau_cluster_assigned[-1] < truth.tau_cluster[-1]
+
+
+def test_a_cluster_effect_is_the_average_cate_of_the_units_most_probably_in_it():
+    """Per draw, the obvious loops: each unit to its most probable cluster, the clusters'
+    mean CATE, and the share of the CATE's variance those means explain (R^2 on the
+    clusters); a cluster no unit is most probably in falls back on the membership-weighted
+    average. Soft memberships do not pull the effects together: the same assignment under
+    sharper probabilities gives the same effects (the draws where every cluster has units)."""
+    rng = np.random.default_rng(1)
+    cate = rng.normal(1.0, 0.7, size=(5, 60))
+    prob = rng.dirichlet(np.ones(3), size=(5, 60))
+    prob[4, :, 2] *= 0.01  # no unit most probably in cluster 2 under the last draw
+    prob[4] /= prob[4].sum(1, keepdims=True)
+    got = cluster_summaries(cate, prob)
+    for s in range(5):
+        labels = [int(np.argmax(prob[s, u])) for u in range(60)]
+        for k in range(3):
+            members = [cate[s, u] for u in range(60) if labels[u] == k]
+            if members:
+                want = sum(members) / len(members)
+            else:
+                want = sum(cate[s] * prob[s, :, k]) / sum(prob[s, :, k])
+            assert got["tau_cluster"][s, k] == pytest.approx(want, rel=1e-12)
+        fitted = np.array([got["tau_cluster"][s, labels[u]] for u in range(60)])
+        r2 = 1 - np.var(cate[s] - fitted) / np.var(cate[s])
+        assert got["effect_share_clusters"][s] == pytest.approx(r2, rel=1e-10)
+    sharp = prob[:4] ** 8 / (prob[:4] ** 8).sum(-1, keepdims=True)
+    again = cluster_summaries(cate[:4], sharp)["tau_cluster"]
+    np.testing.assert_allclose(again, got["tau_cluster"][:4], rtol=1e-12)

@@ -68,12 +68,14 @@ class MixtureTruth(Truth):
     weights: np.ndarray
 
     @property
-    def tau_cluster_weighted(self) -> np.ndarray:
+    def tau_cluster_assigned(self) -> np.ndarray:
         """Shape (cluster,): each cluster's effect as the model defines it (``tau_cluster`` of
         :meth:`imgcate.EffectFit.cluster_effects`): the average of ``cate`` over the trial's
-        units weighted by ``cluster_prob``. Where clusters overlap in the embedding it lies
-        inside ``tau_cluster``: an image that may belong to either has an effect in between."""
-        return (self.cluster_prob * self.cate[:, None]).sum(0) / self.cluster_prob.sum(0)
+        units whose most probable cluster (``cluster_prob``) is k. Where clusters overlap in
+        the embedding it lies inside ``tau_cluster``: an image that may belong to either has
+        an effect in between."""
+        assigned = self.cluster_prob.argmax(1)
+        return np.array([self.cate[assigned == k].mean() for k in range(len(self.tau_cluster))])
 
     def cluster_prob_of(self, embedding: np.ndarray) -> np.ndarray:
         """True cluster probabilities of new embeddings, shape (n, cluster)."""
