@@ -36,6 +36,11 @@ READABLE = {3: ("hurdle",)}
 #: Settings that fits saved before they existed were fitted with.
 OLDER_FIT_SETTINGS = {"baseline_clusters": "shared"}
 
+#: How the stored cluster summaries define a cluster's effect (``meta.json``
+#: ``cluster_effects``). Files without it (saved before 2026-12-05) weighted every unit by its
+#: membership; :func:`imgcate.load_fit` recomputes their summaries.
+CLUSTER_EFFECTS = "average CATE of the units most probably in the cluster"
+
 
 def saved_settings(config: dict[str, Any]) -> dict[str, Any]:
     """A saved fit's settings (its ``meta.json`` ``config``), with those an older file lacks
@@ -65,6 +70,7 @@ def write_fit_file(
             meta = {
                 "format_version": FORMAT_VERSION,
                 "config": asdict(config),
+                "cluster_effects": CLUSTER_EFFECTS,
                 "provenance": provenance or {},
             }
             zf.writestr("meta.json", json.dumps(meta, indent=2))
@@ -166,7 +172,8 @@ def _checked_meta(meta: Any, path: Path) -> dict:
 
 def read_fit_file(path: str | Path) -> dict[str, Any]:
     """The parts of a fit file: ``idata``, ``config``, ``standardizer``, ``encoder``,
-    ``provenance``.
+    ``provenance``, and ``summaries_current``: whether its stored cluster summaries follow
+    today's definition (:data:`CLUSTER_EFFECTS`).
 
     Raises
     ------
@@ -205,4 +212,5 @@ def read_fit_file(path: str | Path) -> dict[str, Any]:
         "standardizer": std,
         "encoder": encoder,
         "provenance": record if isinstance(record, dict) else {},
+        "summaries_current": meta.get("cluster_effects") == CLUSTER_EFFECTS,
     }

@@ -211,13 +211,12 @@ def membership_local_prior() -> dist.Distribution:
     """Prior of each embedding component's own membership scale ``l_j`` (ARD): half-Student-t
     with ``PRIOR["membership_local_df"]`` degrees of freedom (3), half-normal where infinite.
 
-    Clusters that images separate well differ along few whitened components, with log-odds
-    of sd 8-9 on one of them in the calibration trials: a sparse, strong signal. Under a
-    half-normal ``l_j`` it sat in the prior's far tail, memberships came out soft and the
-    cluster effects were pulled towards each other (on clean 300-unit trials their 90 %
-    intervals held the truth 0.51 of the time). The Student-t tail lets one component escape
-    the shrinkage while the global scale keeps dense log-odds small (benchmarks/CHANGELOG.md,
-    2026-12-05).
+    Clusters that images separate well differ along few whitened components (in the
+    16-feature calibration trials a log-odds of sd about 9, nearly all on one component): a
+    sparse, strong signal. Under a half-normal ``l_j`` it sat in the prior's far tail,
+    memberships came out soft and the cluster effects were pulled towards each other. The
+    Student-t tail lets one component escape the shrinkage while the global scale keeps
+    dense log-odds small (docs/model.md, "Priors"; benchmarks/CHANGELOG.md, 2026-12-05).
     """
     scale, df = PRIOR["membership_local"], PRIOR["membership_local_df"]
     if df == float("inf"):

@@ -40,6 +40,7 @@ from imgcate.posterior import (
     too_large,
     trial_inputs,
     unit_summaries,
+    with_derived,
 )
 from imgcate.prediction import Prediction, effect_function, predict
 
@@ -104,12 +105,8 @@ class EffectFit:
         if "tau_cluster" in post:
             tau = self._draws("tau_cluster").mean(0)
             share = self._draws("cluster_share").mean(0)
-            rows.append(
-                (
-                    "cluster effects",
-                    ", ".join(f"{t:.3g} ({100 * p:.0f}%)" for t, p in zip(tau, share, strict=True)),
-                )
-            )
+            effects = (f"{t:.3g} ({100 * p:.0f}%)" for t, p in zip(tau, share, strict=True))
+            rows.append(("cluster effects", ", ".join(effects)))
         if "membership_dependence" in post:
             rows.append(
                 (
@@ -220,10 +217,8 @@ class EffectFit:
         """Average effect and share of each cluster with central intervals (original scale).
 
         A cluster's effect is the average CATE of the units most probably in it (under each
-        posterior draw), on the outcome's mean scale, so it reads the same for every
-        likelihood and does not depend on how sharp the memberships are: the average of
-        ``unit_effects()``'s ``tau_mean`` over the units of its ``cluster`` column, up to units
-        whose cluster is uncertain.
+        draw), on the outcome's mean scale: the same for every likelihood, and whatever the
+        memberships' sharpness.
 
         Returns
         -------
@@ -591,7 +586,8 @@ class EffectFit:
 
 
 def load_fit(path: str | Path) -> EffectFit:
-    """Load a fit written by :meth:`EffectFit.save`.
+    """Load a fit written by :meth:`EffectFit.save` (one saved before 2026-12-05 gets its
+    cluster summaries recomputed as :meth:`EffectFit.cluster_effects` now defines them).
 
     Raises
     ------
@@ -599,4 +595,6 @@ def load_fit(path: str | Path) -> EffectFit:
         If the file is missing, not an imgcate fit, corrupt, or written by an imgcate whose
         model this one no longer has (the message says how to refit).
     """
-    return EffectFit(**read_fit_file(path))
+    parts = read_fit_file(path)
+    fit = EffectFit(**{k: v for k, v in parts.items() if k != "summaries_current"})
+    return fit if parts["summaries_current"] else with_derived(fit)

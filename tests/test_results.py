@@ -134,6 +134,45 @@ def test_predict_matches_in_sample_and_truth(k2):
     assert far.outside_support.all() and not pred.outside_support.mean() > 0.05
 
 
+def test_a_fit_saved_with_weighted_cluster_effects_is_read_with_todays(k2, tmp_path):
+    """A file saved before 2026-12-05 (no ``cluster_effects`` in its meta.json) stored
+    membership-weighted cluster effects: they are recomputed on load, equal to the fit's own
+    (the average CATE of the units most probably in each cluster), not the stored ones."""
+    import io
+    import json
+
+    import arviz as az
+
+    from imgcate.fitfile import _netcdf_bytes
+
+    _, result = k2
+    path = result.save(tmp_path / "fit.imgcate")
+    older = tmp_path / "older.imgcate"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(older, "w") as dst:
+        for item in src.namelist():
+            data = src.read(item)
+            if item == "meta.json":
+                meta = json.loads(data)
+                del meta["cluster_effects"]
+                data = json.dumps(meta)
+            elif item == "idata.nc":  # the stored effects as the former definition gave them
+                idata = az.from_netcdf(io.BytesIO(data), engine="h5netcdf").load()
+                idata.posterior["tau_cluster"] = idata.posterior["tau_cluster"] * 0 + 99.0
+                data = _netcdf_bytes(idata)
+            dst.writestr(item, data)
+    assert load_fit(path).cluster_effects().equals(result.cluster_effects())
+    loaded = load_fit(older)
+    np.testing.assert_allclose(
+        loaded.cluster_effects()["tau_mean"], result.cluster_effects()["tau_mean"], rtol=1e-6
+    )
+    # saved again, it carries today's definition and is read as it is
+    assert (
+        load_fit(loaded.save(tmp_path / "again.imgcate"))
+        .cluster_effects()
+        .equals(loaded.cluster_effects())
+    )
+
+
 def test_save_load_predict_identical(k2, tmp_path):
     sim, result = k2
     path = result.save(tmp_path / "fit.imgcate")
