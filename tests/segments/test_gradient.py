@@ -66,8 +66,17 @@ def test_smoothgrad_and_cluster_target(setting):
     b = saliency(fitted, x, "cluster_prob", cluster=1, smoothgrad=8, noise=0.1, seed=0)
     assert np.array_equal(a.values, b.values)  # same seed, same result
     assert a.attrs["smoothgrad"] == 8 and a.attrs["cluster"] == 1
-    # mass of |gradient| per pixel is larger on the patch than off it
-    mass = np.abs(a.values[0]).sum(0)
-    assert mass[masks[i]].mean() > mass[~masks[i]].mean()
+    # mass of |gradient| per pixel is larger on the patch than off it, on average over the
+    # first eight chips with a patch (per chip it held 8 of 8 with the half-normal membership
+    # scale of before 2026-12-05, 5 of 8 with the half-t: its sparser memberships read the
+    # patch through fewer embedding components, so single chips are noisier)
+    idx = np.flatnonzero(has)[:8]
+    many = saliency(
+        fitted, chips.values[idx], "cluster_prob", cluster=1, smoothgrad=8, noise=0.1, seed=0
+    )
+    mass = np.abs(many.values).sum(1)
+    on = np.mean([mass[j][masks[u]].mean() for j, u in enumerate(idx)])
+    off = np.mean([mass[j][~masks[u]].mean() for j, u in enumerate(idx)])
+    assert on > 1.1 * off
     with pytest.raises(InputError, match="cluster=5"):
         saliency(fitted, x, "cluster_prob", cluster=5)
