@@ -125,6 +125,37 @@ def _write_variant(
     return dst
 
 
+def _edit_fit_file(src: Path, dst: Path, *, meta=None, idata=None) -> Path:
+    """A copy of the fit file ``src`` at ``dst`` with its ``meta.json`` replaced by
+    ``meta(settings)`` (the parsed dict in, what to write out) and its posterior by
+    ``idata(inference_data)``; the other members as they are."""
+    import io
+    import json
+    import zipfile
+
+    import arviz as az
+
+    from imgcate.fitfile import _netcdf_bytes
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.namelist():
+            data = zin.read(item)
+            if item == "meta.json" and meta is not None:
+                data = json.dumps(meta(json.loads(data)))
+            elif item == "idata.nc" and idata is not None:
+                posterior = az.from_netcdf(io.BytesIO(data), engine="h5netcdf").load()
+                data = _netcdf_bytes(idata(posterior))
+            zout.writestr(item, data)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def edit_fit_file():
+    """``edit_fit_file(src, dst, meta=..., idata=...)``: a copy of a fit file with its
+    settings or posterior changed, as an older or damaged file would have them."""
+    return _edit_fit_file
+
+
 @pytest.fixture(scope="session")
 def write_variant():
     """``write_variant(src, dst, count=..., nodata_box=...)``: a copy of a raster with fewer

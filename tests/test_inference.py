@@ -10,7 +10,6 @@ ESS >= 100) adds under 10% to that margin.
 from __future__ import annotations
 
 import warnings
-import zipfile
 
 import numpy as np
 import pytest
@@ -287,7 +286,7 @@ def test_interval_calibration_over_replications():
     assert 0.80 <= cov_cate <= 0.97
 
 
-def test_the_baseline_has_clusters_of_its_own(tmp_path):
+def test_the_baseline_has_clusters_of_its_own(tmp_path, edit_fit_file):
     """By default (``baseline_clusters="own"``) the baseline's cluster term gets memberships of
     its own (sites ``baseline_membership_*``); ``unit_effects`` and ``predict`` agree on the
     trial's units and the fit saves and loads with it. ``"shared"`` (the former model) has no
@@ -295,7 +294,6 @@ def test_the_baseline_has_clusters_of_its_own(tmp_path):
     ``baseline_clusters`` in its settings) loads as shared. With equal effects the clusters
     already shape the baseline alone, so nothing is added; an unknown value is refused with
     the choices."""
-    import json
 
     from click.testing import CliRunner
 
@@ -324,15 +322,12 @@ def test_the_baseline_has_clusters_of_its_own(tmp_path):
     assert again.config.baseline_clusters == "own"
     np.testing.assert_array_equal(again.unit_effects()["tau_mean"], units["tau_mean"])
     path = shared.save(tmp_path / "shared.imgcate")
-    older = tmp_path / "older.imgcate"  # the same file without the setting, as saved before
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(older, "w") as dst:
-        for item in src.namelist():
-            data = src.read(item)
-            if item == "meta.json":
-                meta = json.loads(data)
-                del meta["config"]["baseline_clusters"]
-                data = json.dumps(meta)
-            dst.writestr(item, data)
+
+    def without_setting(meta):  # the same file without the setting, as saved before
+        del meta["config"]["baseline_clusters"]
+        return meta
+
+    older = edit_fit_file(path, tmp_path / "older.imgcate", meta=without_setting)
     loaded = load_fit(older)
     assert loaded.config.baseline_clusters == "shared"
     np.testing.assert_array_equal(

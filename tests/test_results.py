@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pickle
 import shutil
-import zipfile
 
 import numpy as np
 import pytest
@@ -134,32 +133,22 @@ def test_predict_matches_in_sample_and_truth(k2):
     assert far.outside_support.all() and not pred.outside_support.mean() > 0.05
 
 
-def test_a_fit_saved_with_weighted_cluster_effects_is_read_with_todays(k2, tmp_path):
+def test_a_fit_saved_with_weighted_cluster_effects_is_read_with_todays(k2, tmp_path, edit_fit_file):
     """A file saved before 2026-12-05 (no ``cluster_effects`` in its meta.json) stored
     membership-weighted cluster effects: they are recomputed on load, equal to the fit's own
     (the average CATE of the units most probably in each cluster), not the stored ones."""
-    import io
-    import json
-
-    import arviz as az
-
-    from imgcate.fitfile import _netcdf_bytes
-
     _, result = k2
     path = result.save(tmp_path / "fit.imgcate")
-    older = tmp_path / "older.imgcate"
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(older, "w") as dst:
-        for item in src.namelist():
-            data = src.read(item)
-            if item == "meta.json":
-                meta = json.loads(data)
-                del meta["cluster_effects"]
-                data = json.dumps(meta)
-            elif item == "idata.nc":  # the stored effects as the former definition gave them
-                idata = az.from_netcdf(io.BytesIO(data), engine="h5netcdf").load()
-                idata.posterior["tau_cluster"] = idata.posterior["tau_cluster"] * 0 + 99.0
-                data = _netcdf_bytes(idata)
-            dst.writestr(item, data)
+
+    def older_meta(meta):
+        del meta["cluster_effects"]
+        return meta
+
+    def stored_effects(idata):  # the stored effects as the former definition gave them
+        idata.posterior["tau_cluster"] = idata.posterior["tau_cluster"] * 0 + 99.0
+        return idata
+
+    older = edit_fit_file(path, tmp_path / "older.imgcate", meta=older_meta, idata=stored_effects)
     assert load_fit(path).cluster_effects().equals(result.cluster_effects())
     loaded = load_fit(older)
     np.testing.assert_allclose(
@@ -173,7 +162,7 @@ def test_a_fit_saved_with_weighted_cluster_effects_is_read_with_todays(k2, tmp_p
     )
 
 
-def test_save_load_predict_identical(k2, tmp_path):
+def test_save_load_predict_identical(k2, tmp_path, edit_fit_file):
     sim, result = k2
     path = result.save(tmp_path / "fit.imgcate")
     loaded = load_fit(path)
@@ -200,17 +189,15 @@ def test_save_load_predict_identical(k2, tmp_path):
     (tmp_path / "bad.imgcate").write_bytes(b"garbage")
     with pytest.raises(InputError, match="not a readable imgcate fit"):
         load_fit(tmp_path / "bad.imgcate")
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp_path / "meta.imgcate", "w") as dst:
-        for item in src.namelist():  # the same fit, its settings replaced by a JSON list
-            dst.writestr(item, "[1, 2]" if item == "meta.json" else src.read(item))
+    # the same fit, its settings replaced by a JSON list
+    edit_fit_file(path, tmp_path / "meta.imgcate", meta=lambda _: [1, 2])
     with pytest.raises(InputError, match="meta.json is not a fit's settings"):
         load_fit(tmp_path / "meta.imgcate")
 
 
-def test_older_and_newer_fit_files_say_what_to_do(k2, tmp_path):
+def test_older_and_newer_fit_files_say_what_to_do(k2, tmp_path, edit_fit_file):
     """A format-1 file (the mixture model) and a format-2 file (random Fourier features) ask
     for a refit; a newer format for an upgrade."""
-    import json
 
     _, result = k2
     path = result.save(tmp_path / "fit.imgcate")
@@ -220,15 +207,11 @@ def test_older_and_newer_fit_files_say_what_to_do(k2, tmp_path):
         (99, "upgrade imgcate"),
         (3, None),  # format 3 (before the hurdle's gamma part) still loads a gaussian fit
     ):
-        copy = tmp_path / f"v{version}.imgcate"
-        with zipfile.ZipFile(path) as src, zipfile.ZipFile(copy, "w") as dst:
-            for item in src.namelist():
-                data = src.read(item)
-                if item == "meta.json":
-                    meta = json.loads(data)
-                    meta["format_version"] = version
-                    data = json.dumps(meta)
-                dst.writestr(item, data)
+        copy = edit_fit_file(
+            path,
+            tmp_path / f"v{version}.imgcate",
+            meta=lambda m, v=version: {**m, "format_version": v},
+        )
         if message is None:
             np.testing.assert_array_equal(
                 load_fit(copy).unit_effects()["tau_mean"], result.unit_effects()["tau_mean"]
