@@ -11,10 +11,12 @@ simulate/ for trials with known truth; intervals, validation, output and optiona
 
 import warnings
 
+from imgcate.compilation import enable_compilation_cache
 from imgcate.devices import request_cpu_devices
 
 with warnings.catch_warnings():
     request_cpu_devices()  # before JAX starts: one CPU device per core, for parallel chains
+    enable_compilation_cache()  # compiled samplers kept between processes
     # numpyro imports tqdm.auto, which warns in a notebook without ipywidgets
     warnings.filterwarnings("ignore", message="IProgress not found")  # without ipywidgets
     import numpyro.util  # noqa: F401

@@ -1,0 +1,101 @@
+"""JAX's persistent compilation cache for imgcate's compiled samplers, kept between processes.
+
+A fit compiles its MAP searches and its NUTS sampler anew in every process: about 20 s of a
+one-minute fit of 2,000 units on a 2-core machine (``benchmarks/fit_speed.py``). Importing
+imgcate turns on JAX's persistent compilation cache, so that a process that fits the same
+model on data of the same shape again (a script run twice, ``imgcate fit`` after a change of
+seed or output, the fits of :func:`imgcate.compare_clusters` in a later session) loads the
+compiled code instead. The draws are the same either way: the cache holds what the compiler
+produced, under a key of the program, its shapes and the compiler's version and options.
+
+Where: ``$IMGCATE_COMPILATION_CACHE`` if set (``off`` turns the cache off), otherwise
+``$XDG_CACHE_HOME/imgcate/jax`` (``~/.cache/imgcate/jax``), in a folder named for the JAX
+version and the machine's processor, so that a home directory shared by different machines
+never hands one of them code compiled for another. A cache folder set for JAX itself
+(``JAX_COMPILATION_CACHE_DIR`` or ``jax.config``) is kept; a folder that cannot be written
+leaves the cache off. It only takes effect where imgcate is imported before anything has
+compiled with JAX. The folder holds at most :data:`MAX_BYTES` (the least recently used entries
+are removed first); deleting it is always safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+#: The environment variable naming the cache folder (or ``off``).
+ENV = "IMGCATE_COMPILATION_CACHE"
+
+#: Values of :data:`ENV` that turn the cache off.
+OFF = ("off", "0", "false", "no", "none")
+
+#: Most bytes the cache folder holds.
+MAX_BYTES = 2**30
+
+#: Programs that compile faster than this (seconds) are not kept.
+MIN_COMPILE_S = 0.5
+
+
+def machine_tag() -> str:
+    """A short name for this JAX version and processor: ``jax-0.10.2-x86_64-1a2b3c4d5e6f``.
+
+    The hash covers the processor's model and instruction-set flags (``/proc/cpuinfo`` on
+    Linux, ``platform.processor()`` elsewhere) and the jaxlib version.
+    """
+    import jax
+    import jaxlib
+
+    text = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as info:
+            lines = [line for line in info if line.startswith(("model name", "flags"))]
+        text += "".join(sorted(set(lines)))
+    except OSError:
+        pass
+    text += getattr(jaxlib, "__version__", "")
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return f"jax-{jax.__version__}-{platform.machine() or 'cpu'}-{digest}"
+
+
+def cache_dir() -> Path | None:
+    """The folder imgcate keeps compiled code in, or None where :data:`ENV` turns it off."""
+    value = os.environ.get(ENV)
+    if value is not None and value.strip().lower() in OFF:
+        return None
+    if value:
+        return Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "imgcate" / "jax" / machine_tag()
+
+
+def _writable(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError:
+        return False
+    return True
+
+
+def enable_compilation_cache() -> Path | None:
+    """Turn on JAX's persistent compilation cache in :func:`cache_dir` (imgcate calls it on
+    import); returns the folder in use, or None where the cache stays off.
+
+    A folder already set for JAX is kept and returned as it is.
+    """
+    import jax
+
+    own = jax.config.jax_compilation_cache_dir
+    if own:
+        return Path(own)
+    path = cache_dir()
+    if path is None or not _writable(path):
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_S)
+    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+    return path
