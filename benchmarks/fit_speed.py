@@ -5,6 +5,8 @@ Prints one JSON object. Same settings every run:
     python benchmarks/fit_speed.py              # n = 2,000 and 10,000; d=16; K=3; NUTS 4x1000; SVI
     python benchmarks/fit_speed.py --sizes 2000 # n = 2,000 only
     python benchmarks/fit_speed.py --quick      # n = 2,000 only, NUTS 2x500 (a smoke run)
+    python benchmarks/fit_speed.py --sizes 2000 --draws 500 --parts full --no-sequential --no-svi
+                                                # the default model with fit's own 4x500 draws
     python benchmarks/fit_speed.py --large      # SVI at n = 10^5 and 10^6 (3 seeds each) and
                                                 # SVI against NUTS at n = 5,000 (3 seeds)
 
@@ -15,9 +17,10 @@ machine does), then with the cache the first filled (``total_s``: what later fit
 
 Chains run side by side on JAX's CPU devices (one per core, ``chain_method="parallel"``, the
 default); at the smallest size the full model is also timed with the chains one after another
-(``"sequential"``). NUTS keeps 1,000 draws per chain after the package's default warm-up
-(500 iterations, as ``fit`` uses unless told otherwise); ``--warmup`` changes it. Each NUTS
-row reports the mean number of leapfrog steps per kept iteration.
+(``"sequential"``). NUTS keeps 1,000 draws per chain (``--draws``; ``fit`` keeps 500 unless
+told otherwise) after the package's default warm-up (500 iterations, as ``fit`` uses unless
+told otherwise; ``--warmup``). Each NUTS row reports the mean number of leapfrog steps per
+kept iteration.
 
 What the model's flexible parts cost: at the smallest size NUTS also fits the same trial with
 the Gaussian processes left out (``parts="linear"``: ``n_basis=0``, linear effect deviation) and
@@ -285,6 +288,24 @@ def main() -> None:
         "--large", action="store_true", help="only SVI at 10^5 and 10^6 units, SVI vs NUTS"
     )
     parser.add_argument("--seeds", type=int, default=3, help="seeds of each --large trial")
+    parser.add_argument(
+        "--draws",
+        type=int,
+        default=1000,
+        help=f"NUTS draws kept per chain (default 1,000; fit's own default is "
+        f"{FitConfig().num_samples:,})",
+    )
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=list(PARTS),
+        default=list(PARTS),
+        help="model parts timed at the smallest size (default all), chains side by side",
+    )
+    parser.add_argument(
+        "--no-sequential", action="store_true", help="leave out the chains-one-after-another row"
+    )
+    parser.add_argument("--no-svi", action="store_true", help="leave out the SVI rows")
     args = parser.parse_args()
     if args.large:
         print(
@@ -301,18 +322,19 @@ def main() -> None:
         )
         return
     sizes = args.sizes or ([2000] if args.quick else [2000, 10000])
-    chains, draws = (2, 500) if args.quick else (4, 1000)
+    chains, draws = (2, 500) if args.quick else (4, args.draws)
     results = []
     for n in sizes:
-        for parts in PARTS if n == min(sizes) else ["full"]:
+        for parts in args.parts if n == min(sizes) else ["full"]:
             results.append(
                 first_and_again(nuts_fit, n, chains, draws, args.warmup, parts, "parallel")
             )
-        if n == min(sizes):  # the chains one after another: what the devices add
+        if n == min(sizes) and not args.no_sequential:  # what the devices add
             results.append(
                 first_and_again(nuts_fit, n, chains, draws, args.warmup, "full", "sequential")
             )
-        results.append(first_and_again(svi_fit, n, 3000))
+        if not args.no_svi:
+            results.append(first_and_again(svi_fit, n, 3000))
     print(
         json.dumps(
             {
