@@ -65,9 +65,12 @@ def cache_dir() -> Path | None:
     value = os.environ.get(ENV)
     if value is not None and value.strip().lower() in OFF:
         return None
-    if value:
-        return Path(value).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    try:
+        if value:
+            return Path(value).expanduser()
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    except RuntimeError:  # no home directory to be found: no cache
+        return None
     return Path(base) / "imgcate" / "jax" / machine_tag()
 
 

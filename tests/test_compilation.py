@@ -110,3 +110,13 @@ def test_the_default_folder_is_named_for_jax_and_the_processor(monkeypatch, tmp_
         assert compilation.cache_dir() is None
     monkeypatch.setenv(compilation.ENV, "~/compiled")
     assert compilation.cache_dir() == Path.home() / "compiled"
+
+
+def test_no_home_directory_leaves_the_cache_off(monkeypatch):
+    def no_home(cls):
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv(compilation.ENV, raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", classmethod(no_home))
+    assert compilation.cache_dir() is None
