@@ -8,14 +8,23 @@ seed or output, the fits of :func:`imgcate.compare_clusters` in a later session)
 compiled code instead. The draws are the same either way: the cache holds what the compiler
 produced, under a key of the program, its shapes and the compiler's version and options.
 
-Where: ``$IMGCATE_COMPILATION_CACHE`` if set (``off`` turns the cache off), otherwise
-``$XDG_CACHE_HOME/imgcate/jax`` (``~/.cache/imgcate/jax``), in a folder named for the JAX
-version and the machine's processor, so that a home directory shared by different machines
-never hands one of them code compiled for another. A cache folder set for JAX itself
-(``JAX_COMPILATION_CACHE_DIR`` or ``jax.config``) is kept; a folder that cannot be written
-leaves the cache off. It only takes effect where imgcate is imported before anything has
-compiled with JAX. The folder holds at most :data:`MAX_BYTES` (the least recently used entries
-are removed first); deleting it is always safe.
+Where: ``$XDG_CACHE_HOME/imgcate/jax`` (``~/.cache/imgcate/jax``), in a folder named for the
+JAX version and the machine's processor, so that a home directory shared by different machines
+never hands one of them code compiled for another. ``IMGCATE_COMPILATION_CACHE=<folder>`` uses
+that folder as it is (a relative path taken from the working directory at import; no
+subfolder), ``off`` turns the cache off and ``on`` names the default. A folder that cannot be
+written leaves the cache off. A cache folder set for JAX itself (``JAX_COMPILATION_CACHE_DIR``
+or ``jax.config`` before importing imgcate) wins: imgcate then changes none of JAX's cache
+settings, and ``IMGCATE_COMPILATION_CACHE`` is not read.
+
+imgcate's folder holds at most :data:`MAX_BYTES` (the least recently used entries are removed
+first) and can be moved or deleted at any time (JAX's GPU autotuning caches, which would write
+the folder's path into every key, are left off). An entry damaged on disk is reported by JAX
+("Error reading persistent compilation cache entry") and compiled again, but not replaced:
+delete the folder. Tracing the model (a few seconds) is paid by every process; only compiling
+is saved. Import imgcate before anything else starts JAX: imgcate asks JAX for one CPU device
+per core on import (:mod:`imgcate.devices`), and programs compiled for other devices are kept
+under other keys.
 """
 
 from __future__ import annotations
@@ -26,11 +35,14 @@ import platform
 import tempfile
 from pathlib import Path
 
-#: The environment variable naming the cache folder (or ``off``).
+#: The environment variable naming the cache folder (or ``off``, or ``on``).
 ENV = "IMGCATE_COMPILATION_CACHE"
 
 #: Values of :data:`ENV` that turn the cache off.
 OFF = ("off", "0", "false", "no", "none")
+
+#: Values of :data:`ENV` that name the default folder.
+ON = ("on", "1", "true", "yes", "default")
 
 #: Most bytes the cache folder holds.
 MAX_BYTES = 2**30
@@ -61,13 +73,14 @@ def machine_tag() -> str:
 
 
 def cache_dir() -> Path | None:
-    """The folder imgcate keeps compiled code in, or None where :data:`ENV` turns it off."""
-    value = os.environ.get(ENV)
-    if value is not None and value.strip().lower() in OFF:
+    """The folder imgcate keeps compiled code in (absolute), or None where :data:`ENV` turns it
+    off or no home directory is found."""
+    value = (os.environ.get(ENV) or "").strip()
+    if value.lower() in OFF:
         return None
     try:
-        if value:
-            return Path(value).expanduser()
+        if value and value.lower() not in ON:
+            return Path(value).expanduser().absolute()
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     except RuntimeError:  # no home directory to be found: no cache
         return None
@@ -99,6 +112,8 @@ def enable_compilation_cache() -> Path | None:
     if path is None or not _writable(path):
         return None
     jax.config.update("jax_compilation_cache_dir", str(path))
+    # the GPU autotuning caches would put the folder's path in every key: none (CPU has none)
+    jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_S)
     jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     return path

@@ -3,6 +3,7 @@ sampler instead of compiling it, and draws the same; the folder follows the envi
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,7 @@ def run(script: str, *args: str, env: dict) -> str:
 
 
 def test_a_second_process_loads_the_compiled_sampler_and_draws_the_same(tmp_path):
+    """Also from a copy of the cache in another folder."""
     folder = tmp_path / "cache"
     env = {"IMGCATE_COMPILATION_CACHE": str(folder)}
     first = json.loads(run(FIT, str(tmp_path / "first.npy"), env=env).splitlines()[-1])
@@ -73,6 +75,11 @@ def test_a_second_process_loads_the_compiled_sampler_and_draws_the_same(tmp_path
     kept = sorted(p.name for p in folder.iterdir() if p.name.endswith("-cache"))
     assert any(name.startswith("jit_advance") for name in kept), kept
 
+    # the cache moved elsewhere still serves (no key holds the folder's path)
+    moved = tmp_path / "moved"
+    shutil.copytree(folder, moved)
+    shutil.rmtree(folder)
+    env = {"IMGCATE_COMPILATION_CACHE": str(moved)}
     second = json.loads(run(FIT, str(tmp_path / "second.npy"), env=env).splitlines()[-1])
     assert any("'jit_advance'" in m for m in second["hits"]), second
     assert not any("'jit_advance'" in m for m in second["misses"]), second
@@ -108,8 +115,14 @@ def test_the_default_folder_is_named_for_jax_and_the_processor(monkeypatch, tmp_
     for value in ("off", "OFF", "0", "none"):
         monkeypatch.setenv(compilation.ENV, value)
         assert compilation.cache_dir() is None
+    for value in ("on", "1", "TRUE", ""):
+        monkeypatch.setenv(compilation.ENV, value)
+        assert compilation.cache_dir() == folder
     monkeypatch.setenv(compilation.ENV, "~/compiled")
     assert compilation.cache_dir() == Path.home() / "compiled"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(compilation.ENV, "relative/cache")
+    assert compilation.cache_dir() == tmp_path / "relative" / "cache"
 
 
 def test_no_home_directory_leaves_the_cache_off(monkeypatch):

@@ -60,6 +60,11 @@ def main(ctx: click.Context, verbose: int, quiet: int) -> None:
     Too many units for their chips to fit in memory: chips and embed in one step, a chunk of
     images at a time:
       imgcate embed-raster villages.csv scene.tif embeddings.parquet --size 16
+
+    \b
+    The first fit of a model on a machine compiles it; later fits of the same shape load the
+    compiled code from ~/.cache/imgcate/jax (IMGCATE_COMPILATION_CACHE=<folder> moves it,
+    IMGCATE_COMPILATION_CACHE=off turns it off).
     """
     ctx.obj = {"verbose": verbose, "quiet": quiet, "argv": ctx.meta.get(ARGV)}
 
