@@ -1,12 +1,13 @@
 """JAX's persistent compilation cache for imgcate's compiled samplers, kept between processes.
 
-A fit compiles its MAP searches and its NUTS sampler anew in every process: about 20 s of a
-one-minute fit of 2,000 units on a 2-core machine (``benchmarks/fit_speed.py``). Importing
-imgcate turns on JAX's persistent compilation cache, so that a process that fits the same
-model on data of the same shape again (a script run twice, ``imgcate fit`` after a change of
-seed or output, the fits of :func:`imgcate.compare_clusters` in a later session) loads the
-compiled code instead. The draws are the same either way: the cache holds what the compiler
-produced, under a key of the program, its shapes and the compiler's version and options.
+Without a cache, a fit compiles its MAP searches and NUTS sampler anew in every process:
+about 17 s of a 63 s first fit of 2,000 units on a 2-core machine
+(``benchmarks/fit_speed.py``). Importing imgcate turns on JAX's persistent compilation
+cache, so that a process that fits the same model on data of the same shape again (a script
+run twice, ``imgcate fit`` after a change of seed or output, the fits of
+:func:`imgcate.compare_clusters` in a later session) loads the compiled code instead. The
+draws are the same either way: the cache holds what the compiler produced, under a key of
+the program, its shapes and the compiler's version and options.
 
 Where: ``$XDG_CACHE_HOME/imgcate/jax`` (``~/.cache/imgcate/jax``), in a folder named for the
 JAX version and the machine's processor, so that a home directory shared by different machines
