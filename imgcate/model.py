@@ -55,6 +55,7 @@ PRIOR = {
     "membership_scale": 1.0,  # global shrinkage sd of a membership log-odds (over features)
     "membership_local": 1.0,  # each feature's own (ARD) shrinkage sd
     "membership_local_df": 3.0,  # its half-Student-t degrees of freedom (inf: half-normal)
+    "baseline_membership_local_df": 3.0,  # the same for the baseline's own memberships
     "deviation_scale": 0.5,  # global shrinkage sd of the effect's linear deviation
     "deviation_local": 1.0,
     "deviation_amp": 0.3,  # half-normal scale of the effect's Gaussian-process amplitude
@@ -184,7 +185,7 @@ def _membership_parameters(prefix: str, d: int, k: int) -> dict:
             f"{prefix}membership_scale", membership_scale_prior(d)
         ),
         f"{prefix}membership_local": numpyro.sample(
-            f"{prefix}membership_local", membership_local_prior().expand((d,)).to_event(1)
+            f"{prefix}membership_local", membership_local_prior(prefix).expand((d,)).to_event(1)
         ),
         f"{prefix}membership_raw": _normal(f"{prefix}membership_raw", 1.0, (d, k - 1)),
     }
@@ -207,9 +208,11 @@ def sample_parameters(spec: ModelSpec) -> dict:
     return params
 
 
-def membership_local_prior() -> dist.Distribution:
+def membership_local_prior(prefix: str = "") -> dist.Distribution:
     """Prior of each embedding component's own membership scale ``l_j`` (ARD): half-Student-t
-    with ``PRIOR["membership_local_df"]`` degrees of freedom (3), half-normal where infinite.
+    with ``PRIOR["membership_local_df"]`` degrees of freedom (3), half-normal where infinite;
+    ``prefix="baseline_"``: of the baseline's own memberships, with
+    ``PRIOR["baseline_membership_local_df"]``.
 
     Clusters that images separate well differ along few whitened components (in the
     16-feature calibration trials a log-odds of sd about 9, nearly all on one component): a
@@ -218,7 +221,7 @@ def membership_local_prior() -> dist.Distribution:
     Student-t tail lets one component escape the shrinkage while the global scale keeps
     dense log-odds small (docs/model.md, "Priors"; benchmarks/CHANGELOG.md, 2026-12-05).
     """
-    scale, df = PRIOR["membership_local"], PRIOR["membership_local_df"]
+    scale, df = PRIOR["membership_local"], PRIOR[f"{prefix}membership_local_df"]
     if df == float("inf"):
         return dist.HalfNormal(scale)
     return dist.FoldedDistribution(dist.StudentT(df, 0.0, scale))

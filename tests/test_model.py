@@ -76,6 +76,30 @@ def test_the_membership_local_scale_is_half_student_t():
     np.testing.assert_allclose(got, stats.halfnorm.logpdf(x), rtol=1e-5)
 
 
+def test_the_baseline_memberships_local_scale_has_a_prior_of_its_own():
+    """``baseline_membership_local_df`` sets the baseline's own memberships' scale prior and
+    leaves the effect memberships' alone (and the other way round)."""
+    from scipy import stats
+
+    from imgcate.model import membership_local_prior
+
+    x = np.array([0.1, 1.0, 4.0, 20.0])
+    half_t = np.log(2) + stats.t.logpdf(x, 3)
+    half_normal = stats.halfnorm.logpdf(x)
+    old = dict(PRIOR)
+    try:
+        for effect_df, baseline_df in ((3.0, float("inf")), (float("inf"), 3.0)):
+            PRIOR["membership_local_df"] = effect_df
+            PRIOR["baseline_membership_local_df"] = baseline_df
+            effect = np.asarray(membership_local_prior().log_prob(jnp.asarray(x)))
+            baseline = np.asarray(membership_local_prior("baseline_").log_prob(jnp.asarray(x)))
+            want = {3.0: half_t, float("inf"): half_normal}
+            np.testing.assert_allclose(effect, want[effect_df], rtol=1e-5)
+            np.testing.assert_allclose(baseline, want[baseline_df], rtol=1e-5)
+    finally:
+        PRIOR.update(old)
+
+
 def _numpy_memberships(p: dict, z, prefix: str = ""):
     """softmax([0, a + z B]) of every unit and of the centre image z = 0."""
     weights = p[f"{prefix}membership_scale"] * p[f"{prefix}membership_local"][:, None]
