@@ -5,8 +5,9 @@ at the c-th best of them, so chains that settle in different modes show in R-hat
 on the model's potential (the negative log joint in the unconstrained space), compiled once
 per group size and never run op by op. It moves one flat vector of the unconstrained
 parameters, not a dict of sites, so that its leapfrog and tree bookkeeping are a few array
-operations per step whatever the number of sites (the same draws, 17 % less sampling time at
-n = 2,000; benchmarks/CHANGELOG.md, 2026-12-05). Chains advance in pairs
+operations per step whatever the number of sites (the same sampler, its draws those of NUTS on
+the sites to rounding; 18 % less sampling time at n = 2,000; benchmarks/CHANGELOG.md,
+2026-12-05). Chains advance in pairs
 (:data:`CHAIN_GROUP`, one ``jax.vmap``-ed call per pair: NumPyro's tree-building costs a
 good part of a leapfrog step at n = 2,000, and a pair shares it); when JAX has several CPU
 devices (imgcate asks for one per core when it is imported first; see
@@ -45,8 +46,8 @@ START_GAP = 10.0
 BLOCK = 50
 
 #: Chains advanced together in one compiled call (``jax.vmap``): the sampler's bookkeeping
-#: per leapfrog step costs about as much as the model's gradient at n = 2,000, and a group
-#: shares it (two chains in a group take about the time of one; benchmarks/fit_speed.py).
+#: is a good part of a leapfrog step's cost at n = 2,000, and a group shares it
+#: (benchmarks/fit_speed.py).
 CHAIN_GROUP = 2
 
 #: Deepest NUTS tree during warm-up, and after it. From a MAP start the first warm-up window

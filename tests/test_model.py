@@ -79,13 +79,14 @@ def test_the_membership_local_scale_is_half_student_t():
 def test_the_baseline_memberships_local_scale_has_a_prior_of_its_own():
     """``baseline_membership_local_df`` sets the baseline's own memberships' scale prior and
     leaves the effect memberships' alone (and the other way round)."""
+    from numpyro import handlers
     from scipy import stats
 
     from imgcate.model import membership_local_prior
 
     x = np.array([0.1, 1.0, 4.0, 20.0])
-    half_t = np.log(2) + stats.t.logpdf(x, 3)
-    half_normal = stats.halfnorm.logpdf(x)
+    want = {3.0: np.log(2) + stats.t.logpdf(x, 3), float("inf"): stats.halfnorm.logpdf(x)}
+    spec = ModelSpec(3, "gaussian", n_features=4, n_covariates=0, own_baseline_clusters=True)
     old = dict(PRIOR)
     try:
         for effect_df, baseline_df in ((3.0, float("inf")), (float("inf"), 3.0)):
@@ -93,9 +94,16 @@ def test_the_baseline_memberships_local_scale_has_a_prior_of_its_own():
             PRIOR["baseline_membership_local_df"] = baseline_df
             effect = np.asarray(membership_local_prior().log_prob(jnp.asarray(x)))
             baseline = np.asarray(membership_local_prior("baseline_").log_prob(jnp.asarray(x)))
-            want = {3.0: half_t, float("inf"): half_normal}
             np.testing.assert_allclose(effect, want[effect_df], rtol=1e-5)
             np.testing.assert_allclose(baseline, want[baseline_df], rtol=1e-5)
+            # and the model's own sites use them
+            sites = handlers.trace(seed(sample_parameters, jax.random.PRNGKey(0))).get_trace(spec)
+            for name, df in (
+                ("membership_local", effect_df),
+                ("baseline_membership_local", baseline_df),
+            ):
+                got = float(sites[name]["fn"].log_prob(jnp.asarray(x)))
+                assert got == pytest.approx(want[df].sum(), rel=1e-5), name
     finally:
         PRIOR.update(old)
 
