@@ -227,14 +227,19 @@ def test_pareto_k_problems_fall_back_to_spatial_kfold():
     assert comparison.method == "kfold-spatial"
     assert (table["method"] == "kfold-spatial").all()
     assert (table["n_very_bad_pareto_k"] + table["n_bad_pareto_k"] > 0).all()
-    # sensible: the constant-effect model is selected (the fold fits of K = 0 are constant
-    # too), the estimates are finite and below the in-sample fit (p > 0), the weights sum to 1
-    assert comparison.best_k == 0
+    # sensible: the estimates are finite and below the in-sample fit (p > 0), the weights sum
+    # to 1, and the choice is the rule's on the K-fold table (the first model, constant then
+    # smooth, within max(4, dse) of the best). With four gross outliers the two predict the
+    # held-out folds about equally well: the constant model stays within two se of the best.
+    # (Which one the rule picks is chance here: the constant before NUTS moved one flat
+    # vector, the smooth one, by 7.7 +- 6.9, after; only the rounding changed.)
     assert list(table["model"]) == ["constant", "smooth"]
     assert np.isfinite(table[["elpd", "se", "elpd_diff", "dse", "p"]].to_numpy()).all()
     assert (table["p"] > 0).all()
     assert table["stacking_weight"].sum() == pytest.approx(1.0, abs=1e-6)
-    assert table.loc[0, "selected"] and table["selected"].sum() == 1
+    within = table["elpd_diff"] <= np.maximum(4.0, table["dse"])
+    assert table["selected"].sum() == 1 and table["selected"].idxmax() == within.idxmax()
+    assert table.loc[0, "elpd_diff"] <= 2 * table.loc[0, "dse"]
     # three folds of whole 1-degree blocks
     folds = comparison.folds
     assert sorted(set(folds.tolist())) == [0, 1, 2]
