@@ -228,11 +228,13 @@ def _derived_pass(fit: EffectFit, spec: ModelSpec) -> tuple[dict, np.ndarray | N
     inputs = trial_inputs(fit)
     scale = fit.standardizer.outcome_sd
 
-    def chunk_summaries(p):
+    def chunk_summaries(p, inputs):
         q = _quantities(p, inputs, spec)
         cate = q["cate"] * scale
         return cluster_summaries(cate, q["cluster_prob"], jnp), cate
 
+    # the inputs are an argument, not captured: captured arrays become constants of the
+    # compiled code, copied into it (a GB more at a million units)
     fn = jax.jit(chunk_summaries)
     n_draws = len(next(iter(params.values())))
     n_units = inputs.embedding.shape[0]
@@ -242,7 +244,7 @@ def _derived_pass(fit: EffectFit, spec: ModelSpec) -> tuple[dict, np.ndarray | N
     summaries, cates = [], []
     for start in range(0, n_draws, chunk):
         sub = {k: jnp.asarray(v[start : start + chunk]) for k, v in params.items()}
-        out, cate = fn(sub)
+        out, cate = fn(sub, inputs)
         summaries.append({k: np.asarray(v, np.float64) for k, v in out.items()})
         if keep:
             cates.append(np.asarray(cate))
