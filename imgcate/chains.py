@@ -7,12 +7,11 @@ per group size and never run op by op. It moves one flat vector of the unconstra
 parameters, not a dict of sites, so that its leapfrog and tree bookkeeping are a few array
 operations per step whatever the number of sites (the same sampler, its draws those of NUTS on
 the sites to rounding; 18 % less sampling time at n = 2,000; benchmarks/CHANGELOG.md,
-2026-12-05). Chains advance in pairs
-(:data:`CHAIN_GROUP`, one ``jax.vmap``-ed call per pair: NumPyro's tree-building costs a
-good part of a leapfrog step at n = 2,000, and a pair shares it); when JAX has several CPU
-devices (imgcate asks for one per core when it is imported first; see
-:func:`imgcate.devices.cpu_device_count`), pairs run on them at the same time; the draws are
-the same either way. Warm-up trees are capped at :data:`WARMUP_TREE_DEPTH`.
+2026-12-05). Chains advance in pairs (:data:`CHAIN_GROUP`, one ``jax.vmap``-ed call per pair:
+NumPyro's tree-building costs a good part of a leapfrog step at n = 2,000, and a pair shares
+it); when JAX has several CPU devices (imgcate asks for one per core when it is imported
+first; see :func:`imgcate.devices.cpu_device_count`), pairs run on them at the same time; the
+draws are the same either way. Warm-up trees are capped at :data:`WARMUP_TREE_DEPTH`.
 """
 
 from __future__ import annotations
