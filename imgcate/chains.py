@@ -185,25 +185,23 @@ def run_nuts(data: ModelData, config: FitConfig, starts: dict, key) -> tuple[dic
     so the draws do not depend on the number of devices.
     """
     args = model_args(data)
+    n_chains, warmup, draws = config.num_chains, config.num_warmup, config.num_samples
     # NUTS moves one flat vector, not a dict of sites: its leapfrog and tree bookkeeping then
     # cost a few array operations per step instead of a few per site.
-    _, unravel = ravel_pytree({k: v[0] for k, v in starts.items()})
+    flat_starts = [ravel_pytree({k: v[c] for k, v in starts.items()}) for c in range(n_chains)]
+    unravel = flat_starts[0][1]
     energy = potential(args)
     kernel = NUTS(
         potential_fn=jax.jit(lambda x: energy(unravel(x))),
         target_accept_prob=config.target_accept,
         max_tree_depth=(WARMUP_TREE_DEPTH, MAX_TREE_DEPTH),
     )
-    n_chains, warmup, draws = config.num_chains, config.num_warmup, config.num_samples
     keys = jax.random.split(key, n_chains)
     # initialize every chain here, in one thread: init sets the kernel's (shared) functions,
     # and it traces the jitted potential, whose cached trace the threads below then reuse.
     # NumPyro's effect handlers keep one stack for all threads, so two threads tracing the
     # model at once would mix their sites ("all sites must have unique names").
-    states = [
-        kernel.init(keys[c], warmup, ravel_pytree({k: v[c] for k, v in starts.items()})[0])
-        for c in range(n_chains)
-    ]
+    states = [kernel.init(keys[c], warmup, flat_starts[c][0]) for c in range(n_chains)]
     block = math.gcd(math.gcd(warmup, draws), BLOCK)
 
     def advance(state):

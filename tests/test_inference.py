@@ -60,6 +60,17 @@ def check_release_of_compiled_code():
     assert memory_mappings()[0] < before - 20
 
 
+def _model_data(sim, config):
+    """The model's data for a simulated trial, built as ``fit`` builds it."""
+    from imgcate.config import Standardizer, model_data
+
+    trial, unit_embedding = sim.trial, sim.embeddings.for_keys(sim.trial.image_keys)
+    std = Standardizer.fitted(
+        trial.outcome_array, trial.covariate_matrix, unit_embedding, config, trial.outcome
+    )
+    return model_data(trial, unit_embedding, std, config)
+
+
 def test_chain_starts_are_the_map_points_unconstrained():
     """The chains start at the MAP searches' points in NUTS's unconstrained space, read from
     the optimizer's own parameters: they equal numpyro's unconstrain_fn of the constrained
@@ -69,16 +80,12 @@ def test_chain_starts_are_the_map_points_unconstrained():
 
     from imgcate.chains import chain_starts, map_searches
     from imgcate.chains import model_args as _model_args
-    from imgcate.config import FitConfig, Standardizer, model_data
+    from imgcate.config import FitConfig
     from imgcate.model import effect_model
 
     sim = simulate_trial(5, 120, 2)
     config = FitConfig(n_clusters=2, init_restarts=3, init_steps=50)
-    trial, unit_embedding = sim.trial, sim.embeddings.for_keys(sim.trial.image_keys)
-    std = Standardizer.fitted(
-        trial.outcome_array, trial.covariate_matrix, unit_embedding, config, trial.outcome
-    )
-    data = model_data(trial, unit_embedding, std, config)
+    data = _model_data(sim, config)
     values, free, losses = map_searches(data, config, jax.random.PRNGKey(0))
     assert set(free) == set(values) and len(losses) == 3
     for r in range(3):
@@ -116,15 +123,11 @@ def test_nuts_on_one_flat_vector_draws_what_nuts_on_the_sites_draws():
         potential,
         run_nuts,
     )
-    from imgcate.config import FitConfig, Standardizer, model_data
+    from imgcate.config import FitConfig
 
     sim = simulate_trial(4, 120, 2)
     config = FitConfig(n_clusters=2, num_chains=1, num_warmup=20, num_samples=20, init_steps=50)
-    trial, unit_embedding = sim.trial, sim.embeddings.for_keys(sim.trial.image_keys)
-    std = Standardizer.fitted(
-        trial.outcome_array, trial.covariate_matrix, unit_embedding, config, trial.outcome
-    )
-    data = model_data(trial, unit_embedding, std, config)
+    data = _model_data(sim, config)
     _, free, losses = map_searches(data, config, jax.random.PRNGKey(0))
     starts = chain_starts(free, losses, 1, jax.random.PRNGKey(1))
     key = jax.random.PRNGKey(2)
