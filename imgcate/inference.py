@@ -188,10 +188,17 @@ def _log_likelihood(samples: dict, data: ModelData) -> np.ndarray | None:
         return None
     flat, total = flat_draws(samples)
     args = model_args(data)
-    fn = jax.jit(lambda s: log_likelihood(effect_model, s, **args)["outcome"])
+    spec = args.pop("spec")
+
+    # the data are arguments, not captured: captured arrays become constants copied into the
+    # compiled code (as in imgcate.posterior's derived pass)
+    def pointwise(s, args):
+        return log_likelihood(effect_model, s, spec=spec, **args)["outcome"]
+
+    fn = jax.jit(pointwise)
     chunk = max(1, int(2e7 // max(len(data.outcome), 1)))
     parts = [
-        np.asarray(fn({k: v[i : i + chunk] for k, v in flat.items()}))
+        np.asarray(fn({k: v[i : i + chunk] for k, v in flat.items()}, args))
         for i in range(0, total, chunk)
     ]
     return np.concatenate(parts).reshape(n_chain, n_draw, -1)
