@@ -208,12 +208,20 @@ def svi_against_nuts(n_units: int, seed: int) -> dict:
     out = {"n_units": n_units, "seed": seed, "truth_assigned": truth.round(4).tolist()}
     for method in ("svi", "nuts"):
         start = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             result = fit(sim.trial, sim.embeddings, n_clusters=3, seed=seed, method=method)
+        units = result.unit_effects()
+        lo, hi = units["tau_5%"].to_numpy(), units["tau_95%"].to_numpy()
         out[method] = {
             "fit_s": round(time.perf_counter() - start, 1),
             **interval_record(result.cluster_effects(), truth),
+            "unit_coverage_90": round(
+                float(np.mean((lo <= sim.truth.cate) & (sim.truth.cate <= hi))), 3
+            ),
+            "warnings": sorted(
+                {f"{w.category.__name__}: {str(w.message).splitlines()[0][:200]}" for w in caught}
+            ),
         }
     svi, nuts = (np.asarray(out[m]["tau_sd"]) for m in ("svi", "nuts"))
     shift = np.asarray(out["svi"]["tau_mean"]) - np.asarray(out["nuts"]["tau_mean"])
@@ -260,6 +268,8 @@ def large_runs(seeds: int) -> dict:
             min(min(p["sd_ratio_svi_over_nuts"]) for p in pairs),
             max(max(p["sd_ratio_svi_over_nuts"]) for p in pairs),
         ],
+        "unit_coverage_90_svi": [p["svi"]["unit_coverage_90"] for p in pairs],
+        "unit_coverage_90_nuts": [p["nuts"]["unit_coverage_90"] for p in pairs],
         "abs_mean_shift_in_nuts_sd_max": max(
             max(abs(x) for x in p["mean_shift_in_nuts_sd"]) for p in pairs
         ),
