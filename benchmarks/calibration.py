@@ -31,6 +31,10 @@ Gaussian scenarios (a new unit's covariates, the score among them, are set to th
 its own; the default since 2026-12-05, so now the same model as ``rff``) and
 ``shared-baseline`` is ``baseline_clusters="shared"`` (the baseline's cluster term on the effect
 clusters' memberships, the default before).
+``--select`` also fits the constant-effect model of ``compare_clusters(k_max=K)`` on each trial
+and measures the model that compare_clusters' rule selects between it and the K-cluster fit
+(PSIS-LOO; keys ending ``_selected``, ``heterogeneity_claimed``): the intervals a user reads
+who follows the rule rather than fixing K (docs/model.md, "Calibration").
 ``--prior NAME=SCALE`` (repeatable) refits with a prior scale of ``imgcate.model.PRIOR`` changed,
 e.g. ``--prior deviation_amp=0.15 --prior deviation_scale=0.25``.
 """
@@ -121,9 +125,11 @@ def one_fit(
     draws: int,
     form: str = "rff",
     prior: dict | None = None,
+    select: bool = False,
 ) -> dict:
     """Fit one replication and measure it (runs in a worker process); ``prior`` overrides
-    entries of :data:`imgcate.model.PRIOR` in this process."""
+    entries of :data:`imgcate.model.PRIOR` in this process; ``select`` also fits the
+    constant-effect model and measures the one ``compare_clusters``' rule selects."""
     import imgcate
     from imgcate.model import PRIOR
     from imgcate.simulate import simulate_scenario
@@ -136,27 +142,19 @@ def one_fit(
     start = time.perf_counter()
     if form.endswith("prognostic"):
         trial = with_prognostic_score(trial, sim.embeddings, seed)
+    options = {
+        "likelihood": likelihood,
+        "seed": seed,
+        "num_chains": chains,
+        "num_warmup": draws,
+        "num_samples": draws,
+        **FORMS[form],
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = imgcate.fit(
-            trial,
-            sim.embeddings,
-            n_clusters=k,
-            likelihood=likelihood,
-            seed=seed,
-            num_chains=chains,
-            num_warmup=draws,
-            num_samples=draws,
-            **FORMS[form],
-        )
+        result = imgcate.fit(trial, sim.embeddings, n_clusters=k, **options)
     seconds = time.perf_counter() - start
-    lo_name, hi_name = f"{50 * (1 - PROB):g}%", f"{100 - 50 * (1 - PROB):g}%"
-    units = result.unit_effects(PROB)
-    cate = sim.truth.cate
     new = sim.truth.new_embeddings(N_NEW, 10_000 + seed)
-    prediction = result.predict(new)
-    predicted = prediction.to_frame(PROB)
-    ate = result.ate(PROB).loc["model_implied"]
     diag = result.diagnostics()
     row = {
         "scenario": scenario,
@@ -164,15 +162,8 @@ def one_fit(
         "seed": seed,
         "likelihood": likelihood,
         "seconds": round(seconds, 1),
-        "cover_in": covers(units[f"tau_{lo_name}"], units[f"tau_{hi_name}"], cate),
-        "cover_new": covers(
-            predicted[f"tau_{lo_name}"], predicted[f"tau_{hi_name}"], sim.truth.cate_of(new)
-        ),
-        "ate_covered": bool(ate[lo_name] <= cate.mean() <= ate[hi_name]),
-        "ate_error": float(ate["estimate"] - cate.mean()),
+        **interval_measures(result, sim, new),
         "ate_oracle_covered": oracle_ate_covered(sim),
-        "sqrt_pehe": float(np.sqrt(((units["tau_mean"] - cate) ** 2).mean())),
-        "interval_width": float((units[f"tau_{hi_name}"] - units[f"tau_{lo_name}"]).mean()),
         "r_hat_unit": float(diag.loc["tau_unit[worst]", "r_hat"]),
         "r_hat_max": float(diag["r_hat"].max()),
         "divergences": int(result.idata.sample_stats["diverging"].values.sum()),
@@ -181,7 +172,68 @@ def one_fit(
         het = result.heterogeneity(PROB)
         row["effect_share_clusters"] = float(het.loc["effect_share_clusters", "mean"])
         row["membership_dependence"] = float(het.loc["membership_dependence", "mean"])
+    if select:
+        row.update(selected_measures(result, sim, new, k, options))
     return row
+
+
+def interval_measures(result, sim, new) -> dict:
+    """A fit's 90 % intervals against the truth: unit CATE in sample and for the new units
+    ``new``, the ATE, sqrt(PEHE) and the mean interval width."""
+    lo_name, hi_name = f"{50 * (1 - PROB):g}%", f"{100 - 50 * (1 - PROB):g}%"
+    units = result.unit_effects(PROB)
+    cate = sim.truth.cate
+    predicted = result.predict(new).to_frame(PROB)
+    ate = result.ate(PROB).loc["model_implied"]
+    return {
+        "cover_in": covers(units[f"tau_{lo_name}"], units[f"tau_{hi_name}"], cate),
+        "cover_new": covers(
+            predicted[f"tau_{lo_name}"], predicted[f"tau_{hi_name}"], sim.truth.cate_of(new)
+        ),
+        "ate_covered": bool(ate[lo_name] <= cate.mean() <= ate[hi_name]),
+        "ate_error": float(ate["estimate"] - cate.mean()),
+        "sqrt_pehe": float(np.sqrt(((units["tau_mean"] - cate) ** 2).mean())),
+        "interval_width": float((units[f"tau_{hi_name}"] - units[f"tau_{lo_name}"]).mean()),
+    }
+
+
+def selected_measures(result, sim, new, k: int, options: dict) -> dict:
+    """``--select``: fit the constant-effect model of ``compare_clusters(k_max=k)`` (K = 0:
+    one effect, k clusters shaping the baseline only) on the same trial, compare it with the
+    k-cluster fit ``result`` by PSIS-LOO, apply compare_clusters' rule (the constant model
+    unless its elpd is clearly worse: ``imgcate.selection.rule_margin``) and measure the
+    selected model's intervals (keys ending ``_selected``)."""
+    import arviz as az
+
+    import imgcate
+    from imgcate.selection import (
+        MIN_ELPD_GAIN,
+        SE_MULTIPLE,
+        model_options,
+        preference_order,
+        rule_margin,
+    )
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        null = imgcate.fit(sim.trial, sim.embeddings, **{**options, **model_options(0, k)})
+        loos = {0: null.loo(), k: result.loo()}
+        table = az.compare({str(m): v for m, v in loos.items()}, ic="loo", scale="log")
+    table.index = table.index.astype(int)
+    ok = table["elpd_diff"] <= rule_margin(table, MIN_ELPD_GAIN, SE_MULTIPLE)
+    chosen = next(m for m in preference_order(table.index) if ok[m])
+    measured = interval_measures(null if chosen == 0 else result, sim, new)
+    threshold = float(loos[0].good_k)
+    return {
+        "selected": chosen,
+        "heterogeneity_claimed": chosen != 0,
+        "elpd_null_minus_k": round(float(loos[0].elpd_loo - loos[k].elpd_loo), 2),
+        "dse": round(float(table["dse"].max()), 2),
+        "n_bad_pareto_k": int(
+            max((np.asarray(v.pareto_k.values) > threshold).sum() for v in loos.values())
+        ),
+        **{f"{key}_selected": value for key, value in measured.items()},
+    }
 
 
 def oracle_ate_covered(sim) -> bool:
@@ -215,7 +267,7 @@ def summarize(rows: list[dict]) -> dict:
             continue
         mean = float(np.mean(values))
         out[key] = round(mean, 4)
-        if key.startswith("cover") or key.startswith("ate_") and key.endswith("covered"):
+        if key.startswith("cover") or key.startswith("ate_") and "covered" in key:
             out[key + "_mcse"] = round(float(np.std(values, ddof=1) / np.sqrt(len(values))), 4)
     return out
 
@@ -259,6 +311,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clusters", type=int, default=2)
     parser.add_argument("--form", choices=list(FORMS), default="rff", help="flexible parts")
     parser.add_argument(
+        "--select",
+        action="store_true",
+        help="also fit the constant-effect model and measure the one compare_clusters' rule "
+        "selects between it and the K-cluster model (keys ending _selected)",
+    )
+    parser.add_argument(
         "--prior",
         action="append",
         default=[],
@@ -293,6 +351,7 @@ def main(argv: list[str] | None = None) -> None:
                 "reps": args.reps,
                 "first_seed": args.first_seed,
                 "form": args.form,
+                "select": args.select,
                 "prior": prior,
                 "prior_scales": {**PRIOR, **prior},
                 "n_basis": FitConfig().basis_size,
@@ -303,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     jobs = [
-        (s, seed, args.units, args.clusters, args.chains, args.draws, args.form, prior)
+        (s, seed, args.units, args.clusters, args.chains, args.draws, args.form, prior, args.select)
         for s in scenarios
         for seed in range(args.first_seed, args.first_seed + args.reps)
     ]
