@@ -11,6 +11,7 @@ gives arms at least as different.
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +20,7 @@ import pandas as pd
 from scipy import stats
 
 from imgcate.confounding.weights import ipw_weights, smd, weighted_mean
+from imgcate.devices import cpu_device_count
 from imgcate.embeddings import Embeddings, unit_embeddings
 from imgcate.errors import BalanceWarning, InputError
 from imgcate.intervals import quantiles, tidy_table
@@ -54,9 +56,19 @@ class Design:
         """``n`` re-randomizations of the randomization units (n, group), int8: each a
         uniformly random permutation of the observed assignment within every stratum."""
         blocks = np.argsort(self.stratum, kind="stable")
-        order = np.argsort(self.stratum + rng.random((n, len(self.stratum))), axis=1)
+        keys = self.stratum + rng.random((n, len(self.stratum)))
         out = np.empty((n, len(self.stratum)), dtype=np.int8)
-        out[:, blocks] = self.treatment[order]
+
+        def fill(rows: slice) -> None:
+            out[rows, blocks] = self.treatment[np.argsort(keys[rows], axis=1)]
+
+        # NumPy's argsort releases the GIL: rows are sorted side by side, one share per core
+        cores = min(n, cpu_device_count())
+        bounds = np.linspace(0, n, cores + 1).astype(int)
+        with ThreadPoolExecutor(cores) as pool:
+            list(
+                pool.map(fill, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+            )
         return out
 
     @property
@@ -485,13 +497,12 @@ def _check(
     basis, t_mean, df = _joint_basis(x, groups, g_treatment, g_stratum)
     permuted_smd, r2_draws = [], []
     block = max(1, 2**22 // len(design.stratum))  # bounds memory: about 32 MB of draws
+    centred = x - x.mean(axis=0)  # the SMD's differences and sds do not move with a shift
     for start in range(0, n_permutations, block):
         draws = design.draw(min(block, n_permutations - start), rng)[:, g_kept]
-        for draw in draws:
-            unit_draw = draw[groups].astype(float)
-            permuted_smd.append(smd(x, unit_draw, design_weights(unit_draw, u_stratum)))
+        permuted_smd.append(_permuted_smd(centred, draws[:, groups], u_stratum))
         r2_draws.append(_r2(draws, basis, t_mean))
-    permuted_smd, r2_draws = np.array(permuted_smd), np.concatenate(r2_draws)
+    permuted_smd, r2_draws = np.concatenate(permuted_smd), np.concatenate(r2_draws)
     table = _per_variable_p(table, permuted_smd, n_permutations, alpha)
     r2 = float(_r2(g_treatment[None], basis, t_mean)[0])
     f = float(_f(r2, df))
@@ -513,6 +524,36 @@ def _check(
         permuted_smd=permuted_smd,
         permuted_statistic=_f(r2_draws, df),
     )
+
+
+def _permuted_smd(x: np.ndarray, draws: np.ndarray, stratum: np.ndarray) -> np.ndarray:
+    """``smd(x, t, design_weights(t, stratum))`` of every assignment ``t`` in the rows of
+    ``draws`` (draw, unit), by matrix products over all draws at once (draw, variable).
+
+    The arms' weighted means are ``(t w) @ x / sum(t w)`` and ``((1 - t) w) @ x / ...`` (with
+    one stratum every unit of an arm weighs the same: the arm's plain mean); the pooled sd
+    comes from each arm's sums of ``x`` and ``x**2``, so ``x`` should be centred (its mean
+    near 0) for the difference of squares to keep its digits."""
+    t = draws.astype(float)
+    n1 = t.sum(1, keepdims=True)
+    n0 = t.shape[1] - n1
+    s1, q1 = t @ x, t @ (x * x)
+    s0, q0 = x.sum(0) - s1, (x * x).sum(0) - q1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if stratum.max() == 0:
+            diff = s1 / n1 - s0 / n0
+        else:
+            n_strata = int(stratum.max()) + 1
+            size = np.bincount(stratum, minlength=n_strata)
+            treated = np.stack([np.bincount(stratum, weights=r, minlength=n_strata) for r in t])
+            share = (treated / size)[:, stratum]  # (draw, unit): the unit's stratum's share
+            w1 = np.where(t == 1, 1.0 / share, 0.0)
+            w0 = np.where(t == 0, 1.0 / (1.0 - share), 0.0)
+            diff = (w1 @ x) / w1.sum(1, keepdims=True) - (w0 @ x) / w0.sum(1, keepdims=True)
+        var1 = (q1 - s1 * s1 / n1) / (n1 - 1)
+        var0 = (q0 - s0 * s0 / n0) / (n0 - 1)
+        pooled = np.sqrt(np.maximum((var1 + var0) / 2, 0.0))
+        return diff / np.where(pooled > 0, pooled, np.nan)
 
 
 def _balance_table(

@@ -198,6 +198,40 @@ def test_rerandomization_keeps_strata_counts_and_whole_clusters():
     assert trial_design(ctr).level == "cluster"
 
 
+@pytest.mark.parametrize("design", ["one stratum", "strata", "unequal clusters"])
+def test_permuted_smds_are_the_smd_of_each_draw(design):
+    """The re-randomizations' SMDs, computed by matrix products over all draws, equal
+    ``smd(x, t, design_weights(t, stratum))`` computed draw by draw (the slow obvious way),
+    also where clusters of unequal size make the treated share vary between draws."""
+    from imgcate.confounding.weights import smd
+    from imgcate.trialcheck import _permuted_smd, design_weights
+
+    rng = np.random.default_rng(7)
+    if design == "one stratum":
+        df = units(150, seed=6)
+        tr = trial(df)
+        stratum = np.zeros(len(df), dtype=int)
+    elif design == "strata":
+        df = units(150, seed=8, strata=3)
+        tr = trial(df, stratum="stratum")
+        stratum = df["stratum"].to_numpy()
+    else:
+        df = units(150, seed=9, clusters=10)
+        df["village"] = rng.integers(0, 10, len(df))  # villages of unequal size
+        df["treatment"] = np.isin(df["village"], [0, 3, 4, 7, 8]).astype(int)
+        tr = trial(df, cluster="village")
+        stratum = np.zeros(len(df), dtype=int)
+    x = tr.covariate_matrix + 5.0  # not centred: the function centres nothing itself
+    draws = rerandomize(tr, 60, seed=1)
+    if design == "unequal clusters":  # the treated share varies from draw to draw
+        assert len({d.sum() for d in draws}) > 1
+    slow = np.array(
+        [smd(x, d.astype(float), design_weights(d.astype(float), stratum)) for d in draws]
+    )
+    fast = _permuted_smd(x - x.mean(axis=0), draws, stratum)
+    np.testing.assert_allclose(fast, slow, rtol=1e-10, atol=1e-12)
+
+
 def test_mixed_clusters_are_said_and_units_permuted():
     df = units(60, seed=3).assign(village=np.arange(60) % 6)  # units randomized, not villages
     tr = trial(df, cluster="village")
