@@ -224,6 +224,7 @@ def selected_measures(result, sim, new, k: int, options: dict) -> dict:
     chosen = next(m for m in preference_order(table.index) if ok[m])
     measured = interval_measures(null if chosen == 0 else result, sim, new)
     threshold = float(loos[0].good_k)
+    weight = float(table.loc[k, "weight"])  # the K-cluster model's stacking weight
     return {
         "selected": chosen,
         "heterogeneity_claimed": chosen != 0,
@@ -233,7 +234,48 @@ def selected_measures(result, sim, new, k: int, options: dict) -> dict:
             max((np.asarray(v.pareto_k.values) > threshold).sum() for v in loos.values())
         ),
         **{f"{key}_selected": value for key, value in measured.items()},
+        "stacking_weight_k": round(weight, 4),
+        **{
+            f"{key}_averaged": value
+            for key, value in averaged_measures(null, result, weight, sim, new).items()
+        },
     }
+
+
+def averaged_measures(null, result, weight: float, sim, new) -> dict:
+    """The 90 % intervals of the two models' posteriors mixed with the K-cluster model's
+    stacking ``weight`` (Bayesian stacking, Yao et al. 2018): unit CATE in sample and for the
+    new units, the ATE, and the mean interval width."""
+    units = [fit._draws("tau_unit") for fit in (null, result)]
+    newer = [fit.predict(new).cate for fit in (null, result)]
+    ates = [fit._draws("ate")[:, None] for fit in (null, result)]
+    lo, hi = mixture_interval(*units, weight)
+    lo_new, hi_new = mixture_interval(*newer, weight)
+    lo_ate, hi_ate = mixture_interval(*ates, weight)
+    return {
+        "cover_in": covers(lo, hi, sim.truth.cate),
+        "cover_new": covers(lo_new, hi_new, sim.truth.cate_of(new)),
+        "ate_covered": bool(lo_ate[0] <= sim.truth.cate.mean() <= hi_ate[0]),
+        "interval_width": float((hi - lo).mean()),
+    }
+
+
+def mixture_interval(a: np.ndarray, b: np.ndarray, weight_b: float) -> tuple:
+    """Equal-tailed PROB interval of each column of the mixture ``(1 - weight_b) a + weight_b
+    b`` of two sets of draws (draw, column): the inverse of the mixture's CDF."""
+    values = np.concatenate([a, b])
+    mass = np.concatenate(
+        [np.full(len(a), (1 - weight_b) / len(a)), np.full(len(b), weight_b / len(b))]
+    )
+    order = np.argsort(values, axis=0)
+    ordered = np.take_along_axis(values, order, axis=0)
+    cdf = np.cumsum(mass[order], axis=0)
+    columns = np.arange(values.shape[1])
+    bounds = []
+    for level in ((1 - PROB) / 2, 1 - (1 - PROB) / 2):
+        at = np.minimum((cdf < level - 1e-12).sum(axis=0), len(values) - 1)
+        bounds.append(ordered[at, columns])
+    return tuple(bounds)
 
 
 def oracle_ate_covered(sim) -> bool:
