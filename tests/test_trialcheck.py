@@ -14,8 +14,9 @@ from scipy import stats
 import imgcate
 from imgcate import BalanceWarning, InputError, check_randomization, read_units
 from imgcate.confounding import balance_table
+from imgcate.rerandomization import rerandomize, trial_design
 from imgcate.simulate import simulate_trial
-from imgcate.trialcheck import principal_components, rerandomize, trial_design
+from imgcate.trialcheck import principal_components
 
 
 def units(
@@ -204,7 +205,7 @@ def test_permuted_smds_are_the_smd_of_each_draw(design):
     ``smd(x, t, design_weights(t, stratum))`` computed draw by draw (the slow obvious way),
     also where clusters of unequal size make the treated share vary between draws."""
     from imgcate.confounding.weights import smd
-    from imgcate.trialcheck import _permuted_smd, design_weights
+    from imgcate.rerandomization import design_weights, permuted_smd
 
     rng = np.random.default_rng(7)
     if design == "one stratum":
@@ -228,7 +229,7 @@ def test_permuted_smds_are_the_smd_of_each_draw(design):
     slow = np.array(
         [smd(x, d.astype(float), design_weights(d.astype(float), stratum)) for d in draws]
     )
-    fast = _permuted_smd(x - x.mean(axis=0), draws, stratum)
+    fast = permuted_smd(x - x.mean(axis=0), draws, stratum)
     np.testing.assert_allclose(fast, slow, rtol=1e-10, atol=1e-12)
 
 
