@@ -161,7 +161,8 @@ def _valid(x: np.ndarray) -> np.ndarray:
 
 
 #: Scalars whose statistics are computed together (the work arrays take about 13 times the
-#: draws' float64 size: 100 MB for 256 scalars of 4 x 1,000 draws; one chunk per core at once).
+#: draws' float64 size: 100 MB for 256 scalars of 4 x 1,000 draws; one chunk per core at once,
+#: so up to that times the number of cores).
 COLUMN_CHUNK = 256
 
 #: What :func:`convergence_statistics` returns, and the diagnostics table's columns.

@@ -47,8 +47,22 @@ class Design:
     notes: tuple[str, ...] = ()
 
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """``n`` re-randomizations of the randomization units (n, group), int8: each a
-        uniformly random permutation of the observed assignment within every stratum."""
+        """Re-randomizations of the randomization units.
+
+        Parameters
+        ----------
+        n : int
+            Number of draws (0 or more).
+        rng : numpy.random.Generator
+            Source of the draws; the same generator state gives the same draws, whatever the
+            number of cores.
+
+        Returns
+        -------
+        ndarray (n, group), int8
+            Each row a uniformly random permutation of the observed assignment within every
+            stratum.
+        """
         blocks = np.argsort(self.stratum, kind="stable")
         keys = self.stratum + rng.random((n, len(self.stratum)))
         out = np.empty((n, len(self.stratum)), dtype=np.int8)
@@ -57,7 +71,7 @@ class Design:
             out[rows, blocks] = self.treatment[np.argsort(keys[rows], axis=1)]
 
         # NumPy's argsort releases the GIL: rows are sorted side by side, one share per core
-        cores = min(n, cpu_device_count())
+        cores = max(1, min(n, cpu_device_count()))
         bounds = np.linspace(0, n, cores + 1).astype(int)
         with ThreadPoolExecutor(cores) as pool:
             list(
@@ -79,7 +93,24 @@ class Design:
 
 
 def as_trial(trial: Trial) -> Trial:
-    """``trial`` itself, or an :class:`~imgcate.errors.InputError` saying how to build one."""
+    """The trial, checked.
+
+    Parameters
+    ----------
+    trial : Trial
+        What the caller passed as the trial.
+
+    Returns
+    -------
+    Trial
+        ``trial`` itself.
+
+    Raises
+    ------
+    InputError
+        When ``trial`` is not a :class:`~imgcate.units.Trial`; the message says how to build
+        one.
+    """
     if not isinstance(trial, Trial):
         raise InputError("trial must be a Trial; build one with imgcate.read_units(...).")
     return trial
@@ -90,6 +121,17 @@ def trial_design(trial: Trial) -> Design:
 
     Whole clusters are the randomization units when every cluster has a single arm; when some
     hold both arms, assignment was not by cluster and units are re-randomized (a note says so).
+
+    Parameters
+    ----------
+    trial : Trial
+        The trial (its treatment, and its stratum and cluster columns if set).
+
+    Returns
+    -------
+    Design
+        The randomization units, their assignment and strata, and notes where the declared
+        design could not be followed.
     """
     t = trial.treatment_array.astype(np.int8)
     stratum = trial.codes("stratum")
@@ -156,37 +198,83 @@ def rerandomize(trial: Trial, n_permutations: int, *, seed: int) -> np.ndarray:
 
 
 def design_weights(treatment: np.ndarray, stratum: np.ndarray) -> np.ndarray:
-    """Inverse-probability weights of each unit's arm within its stratum (unit,): each arm's
-    weighted mean is then the size-weighted average of its stratum means."""
+    """Inverse-probability weights of each unit's arm within its stratum.
+
+    Parameters
+    ----------
+    treatment : ndarray (unit,)
+        0/1 assignment.
+    stratum : ndarray (unit,)
+        Stratum code of each unit (0, 1, ...).
+
+    Returns
+    -------
+    ndarray (unit,)
+        ``1 / share`` for treated units and ``1 / (1 - share)`` for controls, ``share`` the
+        treated share of the unit's stratum: each arm's weighted mean is then the
+        size-weighted average of its stratum means.
+    """
     share = np.bincount(stratum, weights=treatment) / np.bincount(stratum)
     return ipw_weights(treatment, share[stratum])
 
 
-def permuted_smd(x: np.ndarray, draws: np.ndarray, stratum: np.ndarray) -> np.ndarray:
-    """``smd(x, t, design_weights(t, stratum))`` of every assignment ``t`` in the rows of
-    ``draws`` (draw, unit), by matrix products over all draws at once (draw, variable).
+def permuted_smd(
+    sums: np.ndarray,
+    squares: np.ndarray,
+    sizes: np.ndarray,
+    draws: np.ndarray,
+    stratum: np.ndarray,
+) -> np.ndarray:
+    """Standardized mean differences of the units' variables under many re-randomizations at
+    once, from the randomization groups' totals: for each draw, what
+    ``smd(x, t, design_weights(t, unit_stratum))`` gives on the units.
 
-    The arms' weighted means are ``(t w) @ x / sum(t w)`` and ``((1 - t) w) @ x / ...`` (with
-    one stratum every unit of an arm weighs the same: the arm's plain mean); the pooled sd
-    comes from each arm's sums of ``x`` and ``x**2``, so ``x`` should be centred (its mean
-    near 0) for the difference of squares to keep its digits."""
+    Each arm's mean weighs a unit by the inverse of its stratum's treated (or control) share
+    in that draw (so each arm's mean is the size-weighted average of its stratum means; with
+    one stratum, the arm's plain mean); the pooled sd is the unweighted sd of each arm,
+    averaged in variance. Everything is a product of the draws with the groups' totals, so
+    memory is draws x groups, not draws x units.
+
+    Parameters
+    ----------
+    sums, squares : ndarray (group, variable)
+        Each randomization group's sum of its units' values and of their squares. Centre the
+        values first (their mean near 0): the arms' variances are differences of squares.
+    sizes : ndarray (group,)
+        Units in each group (all 1 when units are randomized).
+    draws : ndarray (draw, group)
+        0/1 assignments of the groups, one row per re-randomization.
+    stratum : ndarray (group,)
+        Stratum code of each group (0, 1, ...).
+
+    Returns
+    -------
+    ndarray (draw, variable)
+        The SMD of each variable in each draw; NaN where the pooled sd is 0 (to rounding) or
+        an arm has fewer than two units.
+    """
     t = draws.astype(float)
-    n1 = t.sum(1, keepdims=True)
-    n0 = t.shape[1] - n1
-    s1, q1 = t @ x, t @ (x * x)
-    s0, q0 = x.sum(0) - s1, (x * x).sum(0) - q1
+    sizes = np.asarray(sizes, dtype=float)
+    n1 = (t @ sizes)[:, None]
+    n0 = sizes.sum() - n1
+    s1, q1 = t @ sums, t @ squares
+    s0, q0 = sums.sum(0) - s1, squares.sum(0) - q1
     with np.errstate(divide="ignore", invalid="ignore"):
         if stratum.max() == 0:
             diff = s1 / n1 - s0 / n0
         else:
             n_strata = int(stratum.max()) + 1
-            size = np.bincount(stratum, minlength=n_strata)
-            treated = np.stack([np.bincount(stratum, weights=r, minlength=n_strata) for r in t])
-            share = (treated / size)[:, stratum]  # (draw, unit): the unit's stratum's share
-            w1 = np.where(t == 1, 1.0 / share, 0.0)
-            w0 = np.where(t == 0, 1.0 / (1.0 - share), 0.0)
-            diff = (w1 @ x) / w1.sum(1, keepdims=True) - (w0 @ x) / w0.sum(1, keepdims=True)
+            units = np.bincount(stratum, weights=sizes, minlength=n_strata)
+            treated = np.stack(
+                [np.bincount(stratum, weights=r * sizes, minlength=n_strata) for r in t]
+            )
+            share = (treated / units)[:, stratum]  # (draw, group): its stratum's treated share
+            a1 = np.where(t == 1, 1.0 / share, 0.0)
+            a0 = np.where(t == 0, 1.0 / (1.0 - share), 0.0)
+            diff = (a1 @ sums) / (a1 @ sizes)[:, None] - (a0 @ sums) / (a0 @ sizes)[:, None]
         var1 = (q1 - s1 * s1 / n1) / (n1 - 1)
         var0 = (q0 - s0 * s0 / n0) / (n0 - 1)
-        pooled = np.sqrt(np.maximum((var1 + var0) / 2, 0.0))
-        return diff / np.where(pooled > 0, pooled, np.nan)
+        pooled = (var1 + var0) / 2
+        # a variance that is rounding (constant arms) is 0, as the two-pass variance gives
+        tiny = 1e-12 * squares.sum(0) / sizes.sum()
+        return diff / np.where(pooled > tiny, np.sqrt(np.maximum(pooled, 0.0)), np.nan)

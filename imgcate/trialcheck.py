@@ -363,9 +363,13 @@ def _check(
     smd_draws, r2_draws = [], []
     block = max(1, 2**22 // len(design.stratum))  # bounds memory: about 32 MB of draws
     centred = x - x.mean(axis=0)  # the SMD's differences and sds do not move with a shift
+    sums, squares = np.zeros((g_kept.sum(), x.shape[1])), np.zeros((g_kept.sum(), x.shape[1]))
+    np.add.at(sums, groups, centred)
+    np.add.at(squares, groups, centred**2)
+    sizes = np.bincount(groups, minlength=len(sums))
     for start in range(0, n_permutations, block):
         draws = design.draw(min(block, n_permutations - start), rng)[:, g_kept]
-        smd_draws.append(permuted_smd(centred, draws[:, groups], u_stratum))
+        smd_draws.append(permuted_smd(sums, squares, sizes, draws, g_stratum))
         r2_draws.append(_r2(draws, basis, t_mean))
     smd_draws, r2_draws = np.concatenate(smd_draws), np.concatenate(r2_draws)
     table = _per_variable_p(table, smd_draws, n_permutations, alpha)

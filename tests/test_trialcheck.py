@@ -199,37 +199,46 @@ def test_rerandomization_keeps_strata_counts_and_whole_clusters():
     assert trial_design(ctr).level == "cluster"
 
 
-@pytest.mark.parametrize("design", ["one stratum", "strata", "unequal clusters"])
+@pytest.mark.parametrize(
+    "design", ["one stratum", "strata", "unequal clusters", "unequal clusters in strata"]
+)
 def test_permuted_smds_are_the_smd_of_each_draw(design):
-    """The re-randomizations' SMDs, computed by matrix products over all draws, equal
-    ``smd(x, t, design_weights(t, stratum))`` computed draw by draw (the slow obvious way),
-    also where clusters of unequal size make the treated share vary between draws."""
+    """The re-randomizations' SMDs, computed from the randomization groups' totals for all
+    draws at once, equal ``smd(x, t, design_weights(t, stratum))`` computed on the units draw
+    by draw (the slow obvious way), also where clusters of unequal size make the treated
+    share vary between draws and strata."""
     from imgcate.confounding.weights import smd
     from imgcate.rerandomization import design_weights, permuted_smd
 
     rng = np.random.default_rng(7)
     if design == "one stratum":
-        df = units(150, seed=6)
-        tr = trial(df)
-        stratum = np.zeros(len(df), dtype=int)
+        tr = trial(units(150, seed=6))
     elif design == "strata":
-        df = units(150, seed=8, strata=3)
-        tr = trial(df, stratum="stratum")
-        stratum = df["stratum"].to_numpy()
+        tr = trial(units(150, seed=8, strata=3), stratum="stratum")
     else:
         df = units(150, seed=9, clusters=10)
         df["village"] = rng.integers(0, 10, len(df))  # villages of unequal size
-        df["treatment"] = np.isin(df["village"], [0, 3, 4, 7, 8]).astype(int)
-        tr = trial(df, cluster="village")
-        stratum = np.zeros(len(df), dtype=int)
-    x = tr.covariate_matrix + 5.0  # not centred: the function centres nothing itself
-    draws = rerandomize(tr, 60, seed=1)
-    if design == "unequal clusters":  # the treated share varies from draw to draw
-        assert len({d.sum() for d in draws}) > 1
-    slow = np.array(
-        [smd(x, d.astype(float), design_weights(d.astype(float), stratum)) for d in draws]
-    )
-    fast = permuted_smd(x - x.mean(axis=0), draws, stratum)
+        df["treatment"] = np.isin(df["village"], [0, 1, 4, 7]).astype(int)
+        if design == "unequal clusters in strata":
+            df["stratum"] = df["village"] % 2  # two treated villages of five in each
+            tr = trial(df, cluster="village", stratum="stratum")
+        else:
+            tr = trial(df, cluster="village")
+    plan = trial_design(tr)
+    draws = plan.draw(60, np.random.default_rng(1))  # (draw, group)
+    on_units = draws[:, plan.group].astype(float)
+    if design.startswith("unequal"):  # the treated share varies from draw to draw
+        assert plan.level == "cluster" and len({d.sum() for d in on_units}) > 1
+    unit_stratum = plan.stratum[plan.group]
+    x = tr.covariate_matrix + 5.0  # off centre: the slow way centres nothing
+    slow = np.array([smd(x, d, design_weights(d, unit_stratum)) for d in on_units])
+    centred = x - x.mean(axis=0)
+    sums = np.zeros((len(plan.stratum), x.shape[1]))
+    squares = np.zeros_like(sums)
+    np.add.at(sums, plan.group, centred)
+    np.add.at(squares, plan.group, centred**2)
+    sizes = np.bincount(plan.group, minlength=len(plan.stratum))
+    fast = permuted_smd(sums, squares, sizes, draws, plan.stratum)
     np.testing.assert_allclose(fast, slow, rtol=1e-10, atol=1e-12)
 
 
