@@ -287,7 +287,8 @@ def principal_components(values: np.ndarray, n_components: int) -> np.ndarray:
     eigval, eigvec = np.linalg.eigh(z @ z.T if wide else z.T @ z)
     eigval, eigvec = eigval[::-1], eigvec[:, ::-1]
     k = min(n_components, int((eigval > 1e-10 * eigval[0]).sum()))
-    gaps = eigval[:k] - eigval[1 : k + 1]
+    following = np.append(eigval, 0.0)[1 : k + 1]  # the last kept component has no successor
+    gaps = eigval[:k] - following
     if len(gaps) and (gaps <= TIED_EIGENVALUES * eigval[0]).any():
         order = np.argsort(-z.std(axis=0), kind="stable")[:k]
         return z[:, order] / z[:, order].std(axis=0)
@@ -358,7 +359,14 @@ def _check(
     g_stratum = np.unique(design.stratum[g_kept], return_inverse=True)[1].reshape(-1)
     u_stratum = g_stratum[groups]
     g_treatment = design.treatment[g_kept]
-    table = _balance_table(x, names, kinds, g_treatment[groups].astype(float), u_stratum)
+    with warnings.catch_warnings():  # an arm of one unit has no sd: NaN, said in a note
+        warnings.simplefilter("ignore", RuntimeWarning)
+        table = _balance_table(x, names, kinds, g_treatment[groups].astype(float), u_stratum)
+    if table["smd"].isna().any():
+        notes.append(
+            f"{list(table.index[table['smd'].isna()])} have no SMD (an arm with fewer than two "
+            "units, or no spread within the arms), hence no p-value"
+        )
     basis, t_mean, df = _joint_basis(x, groups, g_treatment, g_stratum)
     smd_draws, r2_draws = [], []
     block = max(1, 2**22 // len(design.stratum))  # bounds memory: about 32 MB of draws
@@ -372,7 +380,9 @@ def _check(
         smd_draws.append(permuted_smd(sums, squares, sizes, draws, g_stratum))
         r2_draws.append(_r2(draws, basis, t_mean))
     smd_draws, r2_draws = np.concatenate(smd_draws), np.concatenate(r2_draws)
-    table = _per_variable_p(table, smd_draws, n_permutations, alpha)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        table = _per_variable_p(table, smd_draws, n_permutations, alpha)
     r2 = float(_r2(g_treatment[None], basis, t_mean)[0])
     f = float(_f(r2, df))
     p_f = float(stats.f.sf(f, *df)) if not np.isnan(f) else float("nan")
@@ -420,6 +430,8 @@ def _per_variable_p(
         z = np.where(spread > 0, observed / spread, 0.0)
     count = (np.abs(permuted_smd) >= np.abs(observed) * (1 - 1e-9) - 1e-12).sum(axis=0)
     p = _randomization_p(count, n_permutations, 2 * stats.norm.sf(np.abs(z)))
+    # no SMD (an arm with one unit: no sd): no p-value, not a count of zero exceedances
+    z, p = np.where(np.isnan(observed), np.nan, z), np.where(np.isnan(observed), np.nan, p)
     return table.assign(z=z, p_value=p, implausible=p < alpha / len(table))
 
 

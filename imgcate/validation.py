@@ -181,7 +181,11 @@ def cluster_codes(clusters: Any, n: int, *, min_clusters: int = 1) -> np.ndarray
 
 def check_positive_int(name: str, value: Any) -> int:
     """A positive whole number (1, 2, ...), as an int."""
-    if int(value) != value or value < 1:
+    try:
+        whole = not isinstance(value, bool | str) and int(value) == value and value >= 1
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole:
         raise InputError(f"{name}={value!r} must be a positive integer.")
     return int(value)
 

@@ -349,6 +349,36 @@ def test_principal_components_are_the_svds():
         np.testing.assert_allclose(pcs.std(axis=0), 1.0)
 
 
+def test_as_many_components_as_features_asked_or_more():
+    """Asking for as many components as the embedding has features, or more, gives them all
+    (it had failed on the last component's missing successor)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 4)) @ rng.normal(size=(4, 4))
+    for k in (4, 8):
+        pcs = principal_components(x, k)
+        assert pcs.shape == (300, 4)
+        np.testing.assert_allclose(pcs.std(axis=0), 1.0)
+    tr = trial(units(300, seed=1))
+    check = check_randomization(tr, x, n_components=8, n_permutations=200, seed=0, warn=False)
+    assert [name for name in check.table.index if name.startswith("pc")] == [
+        "pc1",
+        "pc2",
+        "pc3",
+        "pc4",
+    ]
+
+
+def test_an_arm_of_one_unit_has_no_smd_and_no_p_value():
+    """With one treated unit there is no pooled sd: the SMD is NaN, and so is its p-value (not
+    the floor 1 / (n + 1) of zero exceedances), so no variable is called implausible."""
+    df = units(60, seed=2)
+    df["treatment"] = (df["id"] == 0).astype(int)
+    check = check_randomization(trial(df), n_permutations=200, seed=0, warn=False)
+    assert check.table["smd"].isna().all()
+    assert check.table["p_value"].isna().all() and not check.table["implausible"].any()
+    assert any("have no SMD" in note for note in check.notes)
+
+
 def test_components_of_an_encoders_output_do_not_turn_with_rounding():
     """An encoder's PCA output is uncorrelated with decreasing variance: its components are
     its own columns, and a 1e-5 change (the native kernel against the JAX path) leaves them
@@ -402,3 +432,6 @@ def test_input_errors():
         check_randomization(tr, np.eye(40)[:, :5], alpha=1.5)
     with pytest.raises(InputError, match="trial must be a Trial"):
         check_randomization(pd.DataFrame())
+    for bad in (None, True, "100", 0, 2.5):
+        with pytest.raises(InputError, match="n_permutations.*positive integer"):
+            check_randomization(tr, np.eye(40)[:, :5], n_permutations=bad)
