@@ -34,7 +34,8 @@ clusters' memberships, the default before).
 ``--select`` also fits the constant-effect model of ``compare_clusters(k_max=K)`` on each trial
 and measures the model that compare_clusters' rule selects between it and the K-cluster fit
 (PSIS-LOO; keys ending ``_selected``, ``heterogeneity_claimed``): the intervals a user reads
-who follows the rule rather than fixing K (docs/model.md, "Calibration").
+who follows the rule rather than fixing K; and the two posteriors mixed by their stacking
+weights (keys ending ``_averaged``; docs/model.md, "Calibration").
 ``--prior NAME=SCALE`` (repeatable) refits with a prior scale of ``imgcate.model.PRIOR`` changed,
 e.g. ``--prior deviation_amp=0.15 --prior deviation_scale=0.25``.
 """
@@ -173,7 +174,7 @@ def one_fit(
         row["effect_share_clusters"] = float(het.loc["effect_share_clusters", "mean"])
         row["membership_dependence"] = float(het.loc["membership_dependence", "mean"])
     if select:
-        row.update(selected_measures(result, sim, new, k, options))
+        row.update(selected_measures(result, trial, sim, new, k, options))
     return row
 
 
@@ -197,7 +198,7 @@ def interval_measures(result, sim, new) -> dict:
     }
 
 
-def selected_measures(result, sim, new, k: int, options: dict) -> dict:
+def selected_measures(result, trial, sim, new, k: int, options: dict) -> dict:
     """``--select``: fit the constant-effect model of ``compare_clusters(k_max=k)`` (K = 0:
     one effect, k clusters shaping the baseline only) on the same trial, compare it with the
     k-cluster fit ``result`` by PSIS-LOO, apply compare_clusters' rule (the constant model
@@ -216,7 +217,7 @@ def selected_measures(result, sim, new, k: int, options: dict) -> dict:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        null = imgcate.fit(sim.trial, sim.embeddings, **{**options, **model_options(0, k)})
+        null = imgcate.fit(trial, sim.embeddings, **{**options, **model_options(0, k)})
         loos = {0: null.loo(), k: result.loo()}
         table = az.compare({str(m): v for m, v in loos.items()}, ic="loo", scale="log")
     table.index = table.index.astype(int)
