@@ -367,14 +367,14 @@ def _check(
             f"{list(table.index[table['smd'].isna()])} have no SMD (an arm with fewer than two "
             "units, or no spread within the arms), hence no p-value"
         )
-    basis, t_mean, df = _joint_basis(x, groups, g_treatment, g_stratum)
+    # each randomization unit's totals of its units' values, once: the SMDs' and the F
+    # test's permutations work on them (centred: neither moves with a shift)
+    centred = x - x.mean(axis=0)
+    sums, squares = _group_sums(centred, groups), _group_sums(centred**2, groups)
+    sizes = np.bincount(groups)
+    basis, t_mean, df = _joint_basis(sums / sizes[:, None], g_treatment, g_stratum)
     smd_draws, r2_draws = [], []
     block = max(1, 2**22 // len(design.stratum))  # bounds memory: about 32 MB of draws
-    centred = x - x.mean(axis=0)  # the SMD's differences and sds do not move with a shift
-    sums, squares = np.zeros((g_kept.sum(), x.shape[1])), np.zeros((g_kept.sum(), x.shape[1]))
-    np.add.at(sums, groups, centred)
-    np.add.at(squares, groups, centred**2)
-    sizes = np.bincount(groups, minlength=len(sums))
     for start in range(0, n_permutations, block):
         draws = design.draw(min(block, n_permutations - start), rng)[:, g_kept]
         smd_draws.append(permuted_smd(sums, squares, sizes, draws, g_stratum))
@@ -435,23 +435,24 @@ def _per_variable_p(
     return table.assign(z=z, p_value=p, implausible=p < alpha / len(table))
 
 
+def _group_sums(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Sums of the rows of ``values`` (unit, variable) by group code (group, variable)."""
+    return np.stack([np.bincount(groups, weights=v) for v in values.T], axis=1)
+
+
 def _joint_basis(
-    x: np.ndarray, groups: np.ndarray, treatment: np.ndarray, stratum: np.ndarray
+    xg: np.ndarray, treatment: np.ndarray, stratum: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """For the F test of the treatment on the variables with stratum intercepts, over the
-    randomization units (the means of their units): an orthonormal basis of the variables
-    within strata (group, rank), the treatment's stratum means (group,) and the F test's df.
-    Within a stratum every re-randomization has the observed number of treated units, so the
-    same stratum means."""
-    counts = np.bincount(groups)
-    xg = np.zeros((len(counts), x.shape[1]))
-    np.add.at(xg, groups, x)
-    xg = xg / counts[:, None]
+    randomization units, given the means of their units' variables ``xg`` (group, variable):
+    an orthonormal basis of the variables within strata (group, rank), the treatment's
+    stratum means (group,) and the F test's df. Within a stratum every re-randomization has
+    the observed number of treated units, so the same stratum means."""
     xg = xg - _stratum_means(xg, stratum)
     u, s, _ = np.linalg.svd(xg, full_matrices=False)
     rank = int((s > 1e-10 * s[0]).sum()) if s.size and s[0] > 0 else 0
     t_mean = _stratum_means(treatment.astype(float)[:, None], stratum)[:, 0]
-    return u[:, :rank], t_mean, (rank, len(counts) - int(stratum.max()) - 1 - rank)
+    return u[:, :rank], t_mean, (rank, len(xg) - int(stratum.max()) - 1 - rank)
 
 
 def _r2(draws: np.ndarray, basis: np.ndarray, t_mean: np.ndarray) -> np.ndarray:
@@ -461,10 +462,7 @@ def _r2(draws: np.ndarray, basis: np.ndarray, t_mean: np.ndarray) -> np.ndarray:
 
 
 def _stratum_means(values: np.ndarray, stratum: np.ndarray) -> np.ndarray:
-    counts = np.bincount(stratum)
-    sums = np.zeros((len(counts), values.shape[1]))
-    np.add.at(sums, stratum, values)
-    return (sums / counts[:, None])[stratum]
+    return (_group_sums(values, stratum) / np.bincount(stratum)[:, None])[stratum]
 
 
 def _f(r2: float | np.ndarray, df: tuple[int, int]) -> np.ndarray:
