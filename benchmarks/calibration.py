@@ -156,6 +156,7 @@ def one_fit(
         result = imgcate.fit(trial, sim.embeddings, n_clusters=k, **options)
     seconds = time.perf_counter() - start
     new = sim.truth.new_embeddings(N_NEW, 10_000 + seed)
+    measured = interval_measures(result, sim, new)
     diag = result.diagnostics()
     row = {
         "scenario": scenario,
@@ -163,7 +164,7 @@ def one_fit(
         "seed": seed,
         "likelihood": likelihood,
         "seconds": round(seconds, 1),
-        **interval_measures(result, sim, new),
+        **measured,
         "ate_oracle_covered": oracle_ate_covered(sim),
         "r_hat_unit": float(diag.loc["tau_unit[worst]", "r_hat"]),
         "r_hat_max": float(diag["r_hat"].max()),
@@ -174,7 +175,7 @@ def one_fit(
         row["effect_share_clusters"] = float(het.loc["effect_share_clusters", "mean"])
         row["membership_dependence"] = float(het.loc["membership_dependence", "mean"])
     if select:
-        row.update(selected_measures(result, trial, sim, new, k, options))
+        row.update(selected_measures(result, measured, trial, sim, new, k, options))
     return row
 
 
@@ -198,11 +199,12 @@ def interval_measures(result, sim, new) -> dict:
     }
 
 
-def selected_measures(result, trial, sim, new, k: int, options: dict) -> dict:
+def selected_measures(result, measured_k: dict, trial, sim, new, k: int, options: dict) -> dict:
     """``--select``: fit the constant-effect model of ``compare_clusters(k_max=k)`` (K = 0:
     one effect, k clusters shaping the baseline only) on the same trial, compare it with the
-    k-cluster fit ``result`` by PSIS-LOO, apply compare_clusters' rule (the constant model
-    unless its elpd is clearly worse: ``imgcate.selection.rule_margin``) and measure the
+    k-cluster fit ``result`` (whose :func:`interval_measures` are ``measured_k``) by
+    PSIS-LOO, apply compare_clusters' rule (the constant model unless its elpd is clearly
+    worse: ``imgcate.selection.rule_margin``) and measure the
     selected model's intervals (keys ending ``_selected``)."""
     import arviz as az
 
@@ -223,7 +225,7 @@ def selected_measures(result, trial, sim, new, k: int, options: dict) -> dict:
     table.index = table.index.astype(int)
     ok = table["elpd_diff"] <= rule_margin(table, MIN_ELPD_GAIN, SE_MULTIPLE)
     chosen = next(m for m in preference_order(table.index) if ok[m])
-    measured = interval_measures(null if chosen == 0 else result, sim, new)
+    measured = interval_measures(null, sim, new) if chosen == 0 else measured_k
     threshold = float(loos[0].good_k)
     weight = float(table.loc[k, "weight"])  # the K-cluster model's stacking weight
     return {
