@@ -8,7 +8,7 @@ covered by tiles every 8 px, and regions of it give the tile counts.
 
 Modes: ``local`` is ``workers=1``, the map in this process with every core; ``dask`` runs it on
 a Dask cluster of 1 and 2 single-threaded worker processes (the package's
-``imgcate.maps.runners.local_cluster``, each worker pinned to its own core), reached through
+``imgcate.maps.runners.local_cluster``, which pins each worker to its own core), reached through
 ``scheduler=`` as a cluster elsewhere would be. Strong scaling: the same tiles on 1 and 2
 workers; weak scaling: half the tiles on 1 worker against all on 2. The cost model
 ``seconds = start-up + tiles * per_tile / workers`` is fitted to the 1-worker runs and its
@@ -153,15 +153,11 @@ def run(fit, raster: Path, n_tiles: int, workers: int, seed: int, scheduler=None
     }
 
 
-def pin_to_core(dask_worker) -> int:
-    """Pin every thread of a worker process to one core, chosen by the worker's name."""
+def worker_cores() -> list[int]:
+    """The cores a worker process may run on (the cluster pins each worker to its own)."""
     import os
 
-    cores = sorted(os.sched_getaffinity(0))
-    core = cores[int(dask_worker.name) % len(cores)]
-    for tid in os.listdir("/proc/self/task"):
-        os.sched_setaffinity(int(tid), {core})
-    return core
+    return sorted(os.sched_getaffinity(0))
 
 
 def dask_runs(fit, raster: Path, counts: list[int], workers: int, seed: int) -> list[dict]:
@@ -173,7 +169,7 @@ def dask_runs(fit, raster: Path, counts: list[int], workers: int, seed: int) -> 
     start = time.perf_counter()
     with local_cluster(workers) as cluster, Client(cluster) as client:
         client.wait_for_workers(workers)
-        cores = client.run(pin_to_core)
+        cores = client.run(worker_cores)
         startup = time.perf_counter() - start
         # each worker's first block rebuilds the fit and compiles (start-up, paid once per
         # worker): two blocks per worker, timed apart; the maps after it measure throughput
@@ -183,7 +179,7 @@ def dask_runs(fit, raster: Path, counts: list[int], workers: int, seed: int) -> 
     for record in records:
         record["cluster_start_s"] = round(startup, 2)
         record["first_map"] = {"tiles": warmup["tiles"], "seconds": warmup["seconds"]}
-        record["cores"] = sorted(cores.values())
+        record["cores"] = sorted(cores.values())  # one list per worker
     return records
 
 

@@ -41,12 +41,46 @@ DEFAULT_TILE_SIZE = 32
 EXTRAPOLATION_WARN_SHARE = 0.1
 
 
+#: Side (px) of the decimated read of a raster for its band statistics (:func:`_sample_stats`),
+#: and the blocks read instead where the raster is larger and has no overviews.
+SAMPLE_SIDE, SAMPLE_BLOCKS = 256, 16
+
+
+def _sample_windows(ds: Any) -> list[Any] | None:
+    """Windows of :data:`SAMPLE_BLOCKS` of the raster's blocks spread evenly over it, or None
+    where a decimated read of the whole raster is cheap (it is small, or GDAL reads an
+    overview)."""
+    from rasterio.windows import Window
+
+    if ds.height <= 2 * SAMPLE_SIDE and ds.width <= 2 * SAMPLE_SIDE or ds.overviews(1):
+        return None
+    bh, bw = ds.block_shapes[0]
+    bh, bw = min(bh, ds.height), min(bw, ds.width)
+    side = int(np.sqrt(SAMPLE_BLOCKS))
+    rows = np.unique(np.linspace(0, ds.height // bh - 1, side).round().astype(int))
+    cols = np.unique(np.linspace(0, ds.width // bw - 1, side).round().astype(int))
+    return [Window(c * bw, r * bh, bw, bh) for r in rows for c in cols]
+
+
 def _sample_stats(ds: Any, indexes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band means and sds of a decimated read of the raster (at most 256 x 256 px), as the
-    trial's chip statistics were measured (nodata left out)."""
-    height, width = min(ds.height, 256), min(ds.width, 256)
-    data = ds.read(list(indexes), out_shape=(len(indexes), height, width), masked=True)
-    arr = np.ma.masked_invalid(data.astype(np.float64)).reshape(len(indexes), -1)
+    """Per-band means and sds of the raster, as the trial's chip statistics were measured
+    (nodata left out): from a decimated read (at most 256 x 256 px) of a small raster or of
+    its overviews, else from 16 of its blocks spread over it, so that the check costs the same
+    for a scene and for a country (a decimated read without overviews reads every block)."""
+    windows = _sample_windows(ds)
+    if windows is None:
+        height, width = min(ds.height, SAMPLE_SIDE), min(ds.width, SAMPLE_SIDE)
+        parts = [ds.read(list(indexes), out_shape=(len(indexes), height, width), masked=True)]
+    else:
+        # every few pixels of each block: about as many as the decimated read
+        step = max(
+            1, int(np.sqrt(len(windows) * windows[0].height * windows[0].width)) // SAMPLE_SIDE
+        )
+        parts = [ds.read(list(indexes), window=w, masked=True)[:, ::step, ::step] for w in windows]
+    arr = np.ma.concatenate(
+        [np.ma.masked_invalid(p.astype(np.float64)).reshape(len(indexes), -1) for p in parts],
+        axis=1,
+    )
     return np.ma.filled(arr.mean(1), 0.0), np.ma.filled(arr.std(1), 0.0)
 
 
@@ -370,7 +404,7 @@ def predict_map(
     if not todo:
         runner = iter(())
     elif scheduler is None and workers == 1:
-        runner = run_local(fit, job, todo)
+        runner = run_local(fit, job, todo, digest)
     else:
         runner = run_dask(fit, job, todo, workers, scheduler, digest)
     bar = tqdm(

@@ -18,39 +18,58 @@ from typing import Any
 
 import numpy as np
 
-from imgcate.errors import InputError
-from imgcate.maps.tiles import TileJob, TileModel, TileReader, compute_block
+from imgcate.errors import InputError, RasterError
+from imgcate.maps.tiles import (
+    TileJob,
+    TileModel,
+    TileReader,
+    compute_block,
+    compute_piece,
+    merge_pieces,
+    pieces,
+)
+from imgcate.maps.worker import PIN_VARIABLE, WORKERS_VARIABLE
 from imgcate.optional import require
 from imgcate.results import EffectFit, load_fit
 
-#: Environment of each local Dask worker process: one thread for the native encoder's pool
-#: and BLAS, and one JAX device, so that N single-threaded workers share N cores instead of
-#: each spreading over all of them. Workers of a cluster started elsewhere
-#: get the same effect from ``IMGCATE_NATIVE_THREADS=1`` in their environment (docs/maps.md).
-WORKER_ENV = {
-    "IMGCATE_NATIVE_THREADS": "1",
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-}
+
+def worker_env(workers: int, threads: int = 1) -> dict[str, str]:
+    """Environment of each local Dask worker process: ``threads`` threads for the native
+    encoder's pool and BLAS, one JAX device, each worker pinned to its own cores
+    (:mod:`imgcate.maps.worker`, which also sizes XLA's pool that way), and Dask's sampling
+    profiler off (it serves the dashboard, which local clusters do not start, and cost 5-7 %
+    of a single-threaded worker's time). Workers of a cluster started elsewhere get the same
+    from ``--preload imgcate.maps.worker`` (docs/maps.md)."""
+    n = str(threads)
+    return {
+        "IMGCATE_NATIVE_THREADS": n,
+        "OMP_NUM_THREADS": n,
+        "OPENBLAS_NUM_THREADS": n,
+        "MKL_NUM_THREADS": n,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
+        PIN_VARIABLE: "1",
+        WORKERS_VARIABLE: str(workers),
+    }
 
 
 #: One worker's threads build its map model one at a time (:func:`worker_model`).
 _MODEL_LOCK = threading.Lock()
 
 
-def local_cluster(workers: int):
-    """A ``dask.distributed.LocalCluster`` of ``workers`` single-threaded worker processes
-    (:data:`WORKER_ENV`), quiet and without a dashboard."""
+def local_cluster(workers: int, threads: int = 1):
+    """A ``dask.distributed.LocalCluster`` of ``workers`` worker processes of ``threads``
+    threads each (:func:`worker_env`, :mod:`imgcate.maps.worker`), quiet and without a
+    dashboard."""
     distributed = require("distributed", "dask", "predict_map with workers > 1")
     return distributed.LocalCluster(
         n_workers=workers,
-        threads_per_worker=1,
+        threads_per_worker=threads,
         processes=True,
         dashboard_address=None,
         silence_logs=logging.ERROR,
-        env=WORKER_ENV,
+        env=worker_env(workers, threads),
+        preload=["imgcate.maps.worker"],
     )
 
 
@@ -115,16 +134,44 @@ def worker_model(payload: bytes, digest: str, job: TileJob) -> TileModel:
         return models[key]
 
 
-def _dask_block(payload: bytes, digest: str, job: TileJob, index: int, flat: np.ndarray) -> dict:
-    """A block on a Dask worker (:func:`worker_model`)."""
+def _dask_piece(payload: bytes, digest: str, job: TileJob, index: int, flat: np.ndarray) -> dict:
+    """A piece of a block on a Dask worker (:func:`worker_model`).
+
+    A read that failed for good raises a :class:`~imgcate.errors.RasterError` of its message
+    alone: the GDAL errors chained to it do not survive pickling to the client (rasterio's
+    ``CPLE_*`` errors cannot be rebuilt), which would get a bare ``Exception`` instead of
+    the error ``predict_map`` adds how to resume to."""
     model = worker_model(payload, digest, job)
     with TileReader(job) as reader:
-        return compute_block(model, reader, index, flat)
+        try:
+            return compute_piece(model, reader, index, flat)
+        except RasterError as exc:
+            message = str(exc)
+    raise RasterError(message)  # outside the handler: no chained errors to pickle
 
 
-def run_local(fit: EffectFit, job: TileJob, todo: list[tuple[int, np.ndarray]]):
+#: The map model last built in this process: the fit (a weak reference), its digest, the
+#: settings (:attr:`TileJob.model_key`) and the model (:func:`local_model`).
+_LOCAL: dict[str, Any] = {}
+
+
+def local_model(fit: EffectFit, job: TileJob, digest: str) -> TileModel:
+    """The map model of ``fit`` in this process, kept for the maps that follow with the same
+    fit (object and digest) and settings, as a Dask worker keeps its own
+    (:func:`worker_model`): a map of another region skips rebuilding it and tracing its
+    jitted effect function again (0.1 s a map)."""
+    held = _LOCAL.get("fit")
+    key = (digest, job.model_key)
+    if held is None or held() is not fit or _LOCAL["key"] != key:
+        _LOCAL.clear()
+        model = TileModel(fit, job)
+        _LOCAL.update(fit=weakref.ref(fit, lambda _: _LOCAL.clear()), key=key, model=model)
+    return _LOCAL["model"]
+
+
+def run_local(fit: EffectFit, job: TileJob, todo: list[tuple[int, np.ndarray]], digest: str):
     """Blocks in this process, in order: (index, result) pairs."""
-    model = TileModel(fit, job)
+    model = local_model(fit, job, digest)
     with TileReader(job) as reader:
         for index, flat in todo:
             yield index, compute_block(model, reader, index, flat)
@@ -138,7 +185,10 @@ def run_dask(
     scheduler: str | None,
     digest: str,
 ):
-    """Blocks on a Dask cluster, at most two in flight per worker (flat memory)."""
+    """Blocks on a Dask cluster, sent as their pieces (:func:`~imgcate.maps.tiles.pieces`, one
+    encoder batch each: a map of a few blocks still keeps every worker busy to its end), at
+    most three in flight per worker (flat memory); a block is yielded once all its pieces
+    are back."""
     distributed = require("distributed", "dask", "predict_map with workers > 1 or a scheduler")
     Client, as_completed = distributed.Client, distributed.as_completed
 
@@ -157,25 +207,34 @@ def run_dask(
     try:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
         [payload] = client.scatter([_fit_bytes(fit, digest)], broadcast=True)
-        pending = iter(todo)
+        pending = (
+            (index, k, part)
+            for index, flat in todo
+            for k, part in enumerate(pieces(flat, job.batch_size))
+        )
+        count = {index: len(pieces(flat, job.batch_size)) for index, flat in todo}
+        parts: dict[int, dict[int, dict]] = {index: {} for index, _ in todo}
         futures = {}
         queue = as_completed()
 
         def submit() -> None:
             item = next(pending, None)
             if item is not None:
-                fut = client.submit(_dask_block, payload, digest, job, item[0], item[1], pure=False)
-                futures[fut] = item[0]
+                index, k, part = item
+                fut = client.submit(_dask_piece, payload, digest, job, index, part, pure=False)
+                futures[fut] = (index, k)
                 queue.add(fut)
 
-        for _ in range(2 * n_workers):
+        for _ in range(3 * n_workers):
             submit()
         for fut in queue:
-            index = futures.pop(fut)
-            result = fut.result()
+            index, k = futures.pop(fut)
+            parts[index][k] = fut.result()
             fut.release()
             submit()
-            yield index, result
+            if len(parts[index]) == count[index]:
+                done = parts.pop(index)
+                yield index, merge_pieces([done[j] for j in range(count[index])])
     finally:
         with _quiet_shutdown():
             client.close()

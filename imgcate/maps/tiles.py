@@ -301,9 +301,21 @@ def _error_text(exc: BaseException) -> str:
     return text
 
 
-def compute_block(model: TileModel, reader: TileReader, index: int, flat: np.ndarray) -> dict:
-    """Map statistics (float32) of the tiles at flat grid indices (block ``index``); NaN for
-    incomplete tiles."""
+def pieces(flat: np.ndarray, size: int) -> list[np.ndarray]:
+    """A block's flat tile indices in pieces of ``size`` (:attr:`TileJob.batch_size`, one
+    encoder batch): the unit of work in this process and on Dask workers alike, so that a
+    block's values do not depend on where its pieces ran."""
+    return [flat[i : i + size] for i in range(0, len(flat), size)]
+
+
+def merge_pieces(parts: Sequence[dict]) -> dict:
+    """The statistics of a block from those of its pieces, in order."""
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def compute_piece(model: TileModel, reader: TileReader, index: int, flat: np.ndarray) -> dict:
+    """Map statistics (float32) of one piece (:func:`pieces`) of block ``index``: the tiles at
+    flat grid indices; NaN for incomplete tiles."""
     tiles, valid = reader.read(flat, index)
     out = {name: np.full(len(flat), np.nan, np.float32) for name in MAP_VARIABLES}
     out["cluster_prob"] = np.full((len(flat), model.n_clusters), np.nan, np.float32)
@@ -311,3 +323,10 @@ def compute_block(model: TileModel, reader: TileReader, index: int, flat: np.nda
         for name, value in model(tiles[valid]).items():
             out[name][valid] = value
     return out
+
+
+def compute_block(model: TileModel, reader: TileReader, index: int, flat: np.ndarray) -> dict:
+    """Map statistics (float32) of the tiles at flat grid indices (block ``index``), piece by
+    piece (:func:`pieces`); NaN for incomplete tiles."""
+    size = reader.job.batch_size
+    return merge_pieces([compute_piece(model, reader, index, p) for p in pieces(flat, size)])

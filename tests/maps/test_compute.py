@@ -3,6 +3,8 @@ regions, nodata, cut and band checks, resuming, Dask workers."""
 
 from __future__ import annotations
 
+import os
+
 import geopandas as gpd
 import numpy as np
 import pytest
@@ -235,26 +237,86 @@ def test_two_dask_workers_give_the_same_map(inputs, full_map, tmp_path):
 
 
 def _worker_threads() -> dict:
+    """The worker's kernel threads: the native pool's, JAX's devices, XLA's compute pool
+    (threads named XLAEigen, after a computation) and the cores it may run on."""
+    import os
+
     import jax
+    import jax.numpy as jnp
 
     from imgcate.encoders.native import threads
 
-    return {"native": threads(), "jax_devices": jax.device_count()}
+    jnp.ones((64, 64)).sum().block_until_ready()
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            names.append(open(f"/proc/self/task/{tid}/comm").read().strip())
+        except OSError:  # a thread that ended meanwhile
+            pass
+    return {
+        "native": threads(),
+        "jax_devices": jax.device_count(),
+        "xla": sum("XLAEigen" in n for n in names),
+        "cores": sorted(os.sched_getaffinity(0)),
+    }
 
 
-@pytest.mark.slow
-def test_local_dask_workers_are_single_threaded():
-    """Each worker of the map's local cluster runs the native kernel on one thread and JAX on
-    one device, so that two workers share two cores instead of each using both."""
+@pytest.mark.slow  # about 25 s: three worker processes start and import JAX
+def test_local_dask_workers_kernels_follow_the_workers_threads():
+    """Each worker of the map's local cluster runs the native kernel and XLA on as many
+    threads as it has, one JAX device, pinned to cores of its own: two single-threaded
+    workers share two cores instead of each using both, and a worker of two threads uses
+    two."""
     from distributed import Client
 
     from imgcate.maps.runners import local_cluster
 
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("needs two cores")
     with local_cluster(2) as cluster, Client(cluster) as client:
         client.wait_for_workers(2)
-        found = client.run(_worker_threads)
+        found = list(client.run(_worker_threads).values())
     assert len(found) == 2
-    assert all(v == {"native": 1, "jax_devices": 1} for v in found.values()), found
+    for info in found:
+        assert (info["native"], info["jax_devices"], info["xla"]) == (1, 1, 1), found
+        assert len(info["cores"]) == 1, found
+    assert found[0]["cores"] != found[1]["cores"], found
+    with local_cluster(1, threads=2) as cluster, Client(cluster) as client:
+        client.wait_for_workers(1)
+        [info] = client.run(_worker_threads).values()
+    assert (info["native"], info["jax_devices"], info["xla"]) == (2, 1, 2), info
+    assert info["cores"] == cores[:2], info
+
+
+@pytest.mark.parametrize(
+    ("environ", "name", "threads", "want"),
+    [
+        ({"IMGCATE_WORKER_CORES": "0-2,5"}, "tcp://x", 1, {0, 1, 2, 5}),
+        ({"IMGCATE_PIN_WORKERS": "1", "IMGCATE_WORKERS": "2"}, 1, 1, "second"),
+        ({"IMGCATE_PIN_WORKERS": "1", "IMGCATE_WORKERS": "2"}, "tcp://x", 1, None),
+        ({"IMGCATE_PIN_WORKERS": "1", "IMGCATE_WORKERS": "64"}, 0, 64, None),
+        ({}, 0, 1, None),
+    ],
+)
+def test_which_cores_a_map_worker_is_pinned_to(environ, name, threads, want):
+    """A local cluster's worker i gets the i-th of the cores (none when too few for every
+    worker); a worker started elsewhere is pinned only to the cores its environment names."""
+    from imgcate.maps.worker import worker_cores
+
+    cores = sorted(os.sched_getaffinity(0))
+    if want == "second":
+        if len(cores) < 2:
+            pytest.skip("needs two cores")
+        want = {cores[1]}
+    assert worker_cores(name, threads, environ) == want
+
+
+def test_bad_worker_cores_are_a_clear_error():
+    from imgcate.maps.worker import worker_cores
+
+    with pytest.raises(InputError, match="IMGCATE_WORKER_CORES='a-b'.*0-3"):
+        worker_cores(0, 1, {"IMGCATE_WORKER_CORES": "a-b"})
 
 
 def _worker_models(dask_worker, mark: str | None = None) -> dict:

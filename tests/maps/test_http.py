@@ -309,3 +309,91 @@ def test_imgcate_map_of_a_url_writes_the_map_of_the_file(
     result = CliRunner().invoke(main, ["map", *again, *options])
     assert result.exit_code != 0 and missing in result.output
     assert "range requests" in result.output
+
+
+def test_on_dask_workers_a_persistent_read_error_stops_the_map_and_resume_completes_it(
+    inputs, map_cog, region, local_map, http_server, monkeypatch, tmp_path
+):
+    """The same through ``scheduler=`` (a Dask worker, here a thread of this process, reads
+    the blocks): the worker tries the failed read again, then the map stops with what to do;
+    the blocks finished are saved and the resumed map, also on Dask, is the local one."""
+    distributed = pytest.importorskip("distributed")
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
+    uncached(http_server, monkeypatch)
+    url = served(http_server, map_cog)
+    checkpoints = tmp_path / "blocks"
+
+    def server_fails_after_one(done, total):
+        if done == 1:
+            http_server.fail(10**6, "drop")
+
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
+        options = dict(OPTS, block_tiles=9, checkpoint_dir=checkpoints)
+        address = cluster.scheduler_address
+        with pytest.raises(RasterError) as info:
+            predict_map(
+                inputs[1],
+                url,
+                region,
+                scheduler=address,
+                on_block=server_fails_after_one,
+                **options,
+            )
+        message = str(info.value)
+        saved = len(list(checkpoints.glob("block-*.npz")))
+        assert 1 <= saved < 4  # blocks already in flight when the server failed may finish
+        assert f"reading block {saved} of raster {url!r}" in message
+        assert f"failed {len(READ_RETRY_DELAYS) + 1} times" in message
+        assert f"{saved} of 4 blocks are finished and saved in {str(checkpoints)!r}" in message
+        http_server.fail(0)  # the server is back
+        calls = []
+        resumed = predict_map(
+            inputs[1],
+            url,
+            region,
+            scheduler=address,
+            on_block=lambda done, total: calls.append(done),
+            **options,
+        )
+    assert calls == list(range(saved + 1, 5))  # only the blocks that were not finished
+    same_pixels(resumed, local_map)
+
+
+def test_imgcate_embed_raster_of_a_url_writes_the_embeddings_of_the_file(
+    landsat_path, http_server, tmp_path
+):
+    """``imgcate embed-raster`` streams chips from a COG by URL (range requests), chunk by
+    chunk: the same embeddings and encoder as from the file on disk."""
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from imgcate import datasets, load_embeddings
+    from imgcate.cli import main
+
+    cog = tmp_path / "landsat.tif"
+    rasterio.shutil.copy(landsat_path, cog, driver="COG", BLOCKSIZE=64)
+    units = str(datasets.villages_path())
+    settings = ["--id-column", "village", "--size", "16", "--n-features", "32"]
+    settings += ["--n-components", "4", "--seed", "0", "--chunk-images", "128", "-q"]
+    out = {}
+    for name, raster in (("remote", served(http_server, cog)), ("local", str(cog))):
+        out[name] = tmp_path / f"{name}.parquet"
+        result = CliRunner().invoke(
+            main, ["embed-raster", units, raster, str(out[name]), *settings]
+        )
+        assert result.exit_code == 0, result.output
+    remote, local = load_embeddings(out["remote"]), load_embeddings(out["local"])
+    np.testing.assert_array_equal(remote.image_ids, local.image_ids)
+    np.testing.assert_array_equal(remote.values, local.values)
+    (config, arrays), (config2, arrays2) = remote.encoder.get_state(), local.encoder.get_state()
+    assert config == config2
+    for key in arrays:
+        np.testing.assert_array_equal(np.asarray(arrays[key]), np.asarray(arrays2[key]))
+    assert pq.ParquetFile(out["remote"]).metadata.num_row_groups == 3  # 300 images in chunks
+    ranged = [r for r in http_server.requests if r[0] == "GET" and r[2] is not None]
+    assert ranged and all(r[3] == 206 for r in ranged)  # read by range requests

@@ -54,11 +54,15 @@ def dask_cluster(tmp_path):
     logs = {name: tmp_path / f"{name}.log" for name in ("scheduler", "worker")}
     started: list[subprocess.Popen] = []
 
+    # the worker's threads come from --nthreads, through the preload, not from this process
+    env = {k: v for k, v in os.environ.items() if k != "IMGCATE_NATIVE_THREADS"}
+
     def start(name: str, *args: str) -> None:
         with open(logs[name], "wb") as log:
             started.append(
                 subprocess.Popen(
                     [str(dask), name, *args],
+                    env=env,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # its own process group, stopped as one
@@ -82,6 +86,7 @@ def dask_cluster(tmp_path):
             address,
             *("--nworkers", "1", "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"),
             *("--local-directory", str(tmp_path / "worker-space")),
+            *("--preload", "imgcate.maps.worker"),
         )
         with distributed.Client(address, timeout="30s") as client:
             try:
@@ -104,10 +109,32 @@ def _read(path: Path) -> tuple:
         return ds.read(), ds.descriptions, ds.transform, ds.crs, ds.tags()
 
 
+def _encoded_tiles(path: Path) -> list[tuple]:
+    """Every image of a GeoTIFF (the map and its overviews): shape, type, compression and the
+    bytes of each of its tiles as stored in the file."""
+    tifffile = pytest.importorskip("tifffile")
+    images = []
+    with tifffile.TiffFile(path) as tif:
+        fh = tif.filehandle
+        for page in tif.pages:
+            tiles = []
+            for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
+                fh.seek(offset)
+                tiles.append(fh.read(count))
+            images.append((page.shape, page.dtype.str, int(page.compression), tiles))
+    return images
+
+
 @pytest.mark.slow  # about 50 s on 2 busy cores: the worker process imports JAX and compiles
 def test_a_map_on_a_separate_scheduler_and_worker_equals_the_local_run(
     map_inputs, map_cog, http_server, dask_cluster, tmp_path
 ):
+    import distributed
+
+    from imgcate.encoders.native import threads
+
+    with distributed.Client(dask_cluster, timeout="30s") as client:
+        assert list(client.run(threads).values()) == [1]  # --nthreads 1, by the preload
     _, fit_path = map_inputs
     with rasterio.open(map_cog) as ds:
         t = ds.transform
@@ -123,8 +150,12 @@ def test_a_map_on_a_separate_scheduler_and_worker_equals_the_local_run(
     for args in runs.values():
         _map([*args, *common, "--scheduler", dask_cluster])
     local = _read(tmp_path / "local.tif")
+    local_tiles = _encoded_tiles(tmp_path / "local.tif")
+    assert len(local_tiles) >= 1 and all(image[3] for image in local_tiles)
     for name in runs:
         remote = _read(tmp_path / f"{name}.tif")
         np.testing.assert_array_equal(remote[0], local[0], err_msg=name)
         assert remote[1:4] == local[1:4]
         assert remote[4]["tile_size"] == local[4]["tile_size"] == "32"
+        # the same bytes: only the tags (provenance: time, command) may differ
+        assert _encoded_tiles(tmp_path / f"{name}.tif") == local_tiles, name

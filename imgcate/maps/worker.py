@@ -1,0 +1,88 @@
+"""Set-up of a Dask worker process for maps, run once when it starts: ``dask worker ...
+--preload imgcate.maps.worker`` (the workers of :func:`~imgcate.maps.runners.local_cluster`
+load it themselves).
+
+A worker's kernels then use as many threads as the worker has (``--nthreads``): the native
+encoder's pool (``IMGCATE_NATIVE_THREADS``, unless set already), and XLA's, which sizes itself
+by the cores the process may run on when JAX starts its backend, at the first map. So that
+workers sharing a machine do not each spread over every core, the workers of a local cluster
+are each pinned to their own ``nthreads`` cores before then; a worker started elsewhere is
+pinned when its environment names its cores (``IMGCATE_WORKER_CORES=0-3``, or ``taskset``).
+The modules a map runs are imported here, so that a worker's first map does not pay for it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from imgcate.errors import InputError
+
+log = logging.getLogger("imgcate")
+
+#: Environment of a local cluster's workers: pin worker ``i`` of ``IMGCATE_WORKERS`` to its
+#: own cores (:func:`worker_cores`).
+PIN_VARIABLE, WORKERS_VARIABLE = "IMGCATE_PIN_WORKERS", "IMGCATE_WORKERS"
+#: Cores for a worker started elsewhere, as ``taskset -c`` takes them (``0-3``, ``0,2``).
+CORES_VARIABLE = "IMGCATE_WORKER_CORES"
+
+
+def parse_cores(text: str) -> set[int]:
+    """Cores written as ``taskset -c`` takes them: ``"0-3,6"`` is {0, 1, 2, 3, 6}."""
+    cores: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        first, _, last = part.partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            raise InputError(f"{CORES_VARIABLE}={text!r}: give cores as 0-3 or 0,2,5.")
+        cores.update(range(int(first), int(last or first) + 1))
+    return cores
+
+
+def worker_cores(name: Any, threads: int, environ: dict[str, str] | None = None) -> set[int] | None:
+    """The cores a worker is pinned to, or None to leave it where it is.
+
+    ``IMGCATE_WORKER_CORES`` names them; otherwise a local cluster's worker ``name`` (its
+    index ``i``) of ``IMGCATE_WORKERS`` gets the ``i``-th ``threads`` of the cores this
+    process may run on, when there are enough of them for every worker (with fewer, pinning
+    would only crowd them)."""
+    environ = os.environ if environ is None else environ
+    if environ.get(CORES_VARIABLE, "").strip():
+        return parse_cores(environ[CORES_VARIABLE])
+    if environ.get(PIN_VARIABLE) != "1" or not hasattr(os, "sched_getaffinity"):
+        return None
+    try:
+        index, workers = int(name), int(environ.get(WORKERS_VARIABLE, "0"))
+    except (TypeError, ValueError):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if workers < 1 or not 0 <= index < workers or workers * threads > len(cores):
+        return None
+    return set(cores[index * threads : (index + 1) * threads])
+
+
+def pin(cores: set[int]) -> None:
+    """Pin every thread of this process (and the threads they start) to ``cores``."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except (ProcessLookupError, PermissionError):  # a thread that ended meanwhile
+            pass
+
+
+def dask_setup(worker: Any) -> None:
+    """Dask's preload hook: threads and cores of this worker's kernels, and the imports a map
+    needs (:mod:`imgcate.maps.worker`)."""
+    threads = int(worker.state.nthreads)
+    os.environ.setdefault("IMGCATE_NATIVE_THREADS", str(threads))
+    cores = worker_cores(worker.name, threads)
+    if cores and hasattr(os, "sched_setaffinity"):
+        pin(cores)
+    log.info(
+        "imgcate map worker %s: %d thread(s), cores %s",
+        worker.name,
+        threads,
+        sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "all",
+    )
+    import imgcate.maps.runners  # noqa: F401  (the first map's imports, paid here)
