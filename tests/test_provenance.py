@@ -100,3 +100,19 @@ def test_embeddings_repr_is_compact():
     assert len(text) < 120 and "10000 images x 16 features" in text and "no encoder" in text
     html = emb._repr_html_()
     assert "<table>" in html and "10,000" in html and len(html) < 2000
+
+
+def test_a_files_hash_is_kept_until_the_file_changes(tmp_path):
+    """file_sha256 is the SHA-256 of the bytes; kept while the file is unchanged, and computed
+    again after a rewrite of the same size."""
+    import hashlib
+    import os
+
+    path = tmp_path / "scene.bin"
+    path.write_bytes(b"a" * 4096)
+    first = file_sha256(path)
+    assert first == hashlib.sha256(b"a" * 4096).hexdigest() == file_sha256(path)
+    stat = path.stat()
+    path.write_bytes(b"b" * 4096)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size and mtime: ctime moves
+    assert file_sha256(path) == hashlib.sha256(b"b" * 4096).hexdigest()
