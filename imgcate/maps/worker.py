@@ -63,7 +63,22 @@ def worker_cores(name: Any, threads: int, environ: dict[str, str] | None = None)
 
 
 def pin(cores: set[int]) -> None:
-    """Pin every thread of this process (and the threads they start) to ``cores``."""
+    """Pin every thread of this process (and the threads they start) to ``cores``.
+
+    Raises
+    ------
+    InputError
+        If this process may not run on those cores (they do not exist, or lie outside its
+        own affinity or container).
+    """
+    try:
+        os.sched_setaffinity(0, cores)
+    except OSError as exc:
+        allowed = sorted(os.sched_getaffinity(0))
+        raise InputError(
+            f"cannot pin this Dask worker to cores {sorted(cores)} ({exc.strerror}); it may run "
+            f"on {allowed}: name some of those ({CORES_VARIABLE}=...) or leave it unset."
+        ) from None
     for tid in os.listdir("/proc/self/task"):
         try:
             os.sched_setaffinity(int(tid), cores)

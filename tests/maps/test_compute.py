@@ -313,10 +313,14 @@ def test_which_cores_a_map_worker_is_pinned_to(environ, name, threads, want):
 
 
 def test_bad_worker_cores_are_a_clear_error():
-    from imgcate.maps.worker import worker_cores
+    from imgcate.maps.worker import pin, worker_cores
 
     with pytest.raises(InputError, match="IMGCATE_WORKER_CORES='a-b'.*0-3"):
         worker_cores(0, 1, {"IMGCATE_WORKER_CORES": "a-b"})
+    before = os.sched_getaffinity(0)
+    with pytest.raises(InputError, match=r"cannot pin this Dask worker to cores \[4096\]"):
+        pin({4096})
+    assert os.sched_getaffinity(0) == before
 
 
 def _worker_models(dask_worker, mark: str | None = None) -> dict:
