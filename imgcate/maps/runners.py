@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import tempfile
 import threading
 import weakref
@@ -28,7 +29,7 @@ from imgcate.maps.tiles import (
     merge_pieces,
     pieces,
 )
-from imgcate.maps.worker import PIN_VARIABLE, WORKERS_VARIABLE
+from imgcate.maps.worker import PIN_VARIABLE, WORKERS_VARIABLE, check_setup
 from imgcate.optional import require
 from imgcate.results import EffectFit, load_fit
 
@@ -141,6 +142,7 @@ def _dask_piece(payload: bytes, digest: str, job: TileJob, index: int, flat: np.
     alone: the GDAL errors chained to it do not survive pickling to the client (rasterio's
     ``CPLE_*`` errors cannot be rebuilt), which would get a bare ``Exception`` instead of
     the error ``predict_map`` adds how to resume to."""
+    check_setup()
     model = worker_model(payload, digest, job)
     with TileReader(job) as reader:
         try:
@@ -177,6 +179,30 @@ def run_local(fit: EffectFit, job: TileJob, todo: list[tuple[int, np.ndarray]], 
             yield index, compute_block(model, reader, index, flat)
 
 
+def check_address(scheduler: str) -> None:
+    """Refuse at once what cannot be a Dask scheduler's address (``tcp://10.0.0.5:8786``,
+    ``10.0.0.5:8786``), which Dask would try to reach for 20 s: a ``//`` without its
+    protocol's ``:``, a protocol that is not a word, nothing after it, or spaces.
+
+    Raises
+    ------
+    InputError
+        If ``scheduler`` is malformed.
+    """
+    text = scheduler if isinstance(scheduler, str) else ""
+    protocol, sep, rest = text.partition("://")
+    ok = bool(text) and not re.search(r"\s", text)
+    if sep:
+        ok = ok and bool(re.fullmatch(r"[a-z][a-z0-9+.-]*", protocol, re.I)) and bool(rest)
+    else:
+        ok = ok and "/" not in text
+    if not ok:
+        raise InputError(
+            f"scheduler={scheduler!r} is not the address of a Dask scheduler; give it as "
+            "printed by `dask scheduler`, e.g. tcp://10.0.0.5:8786 (or 10.0.0.5:8786)."
+        )
+
+
 def run_dask(
     fit: EffectFit,
     job: TileJob,
@@ -197,6 +223,7 @@ def run_dask(
         cluster = local_cluster(workers)
         client = Client(cluster)
     else:
+        check_address(scheduler)
         try:
             client = Client(scheduler, timeout="20s")
         except OSError as exc:

@@ -86,14 +86,37 @@ def pin(cores: set[int]) -> None:
             pass
 
 
+#: Why this worker's set-up failed, or None: Dask logs a preload's error and starts the
+#: worker anyway, so the first map run on it raises it instead (:func:`check_setup`).
+SETUP_ERROR: str | None = None
+
+
+def check_setup() -> None:
+    """Raise the error of this worker's set-up, if it failed (called by each map task).
+
+    Raises
+    ------
+    InputError
+        The set-up's error (a bad ``IMGCATE_WORKER_CORES``), naming the worker's setting.
+    """
+    if SETUP_ERROR is not None:
+        raise InputError(SETUP_ERROR)
+
+
 def dask_setup(worker: Any) -> None:
     """Dask's preload hook: threads and cores of this worker's kernels, and the imports a map
     needs (:mod:`imgcate.maps.worker`)."""
+    global SETUP_ERROR
     threads = int(worker.state.nthreads)
     os.environ.setdefault("IMGCATE_NATIVE_THREADS", str(threads))
-    cores = worker_cores(worker.name, threads)
-    if cores and hasattr(os, "sched_setaffinity"):
-        pin(cores)
+    try:
+        cores = worker_cores(worker.name, threads)
+        if cores and hasattr(os, "sched_setaffinity"):
+            pin(cores)
+    except InputError as exc:
+        SETUP_ERROR = f"Dask worker {worker.address}: {exc}"
+        log.error("imgcate map worker set-up failed: %s", SETUP_ERROR)
+        return
     log.info(
         "imgcate map worker %s: %d thread(s), cores %s",
         worker.name,

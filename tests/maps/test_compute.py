@@ -400,3 +400,36 @@ def test_dask_workers_get_the_part_of_the_fit_a_map_reads(inputs, tmp_path):
     assert config == config_b and arrays.keys() == arrays_b.keys()
     for name in arrays:
         np.testing.assert_array_equal(arrays[name], arrays_b[name])
+
+
+def test_a_malformed_scheduler_address_is_refused_at_once(inputs):
+    scene, fit = inputs
+    for address in ("tcp//127.0.0.1:8786", "tcp://", "tcp:/127.0.0.1:8786"):
+        with pytest.raises(InputError, match="not the address of a Dask scheduler.*tcp://"):
+            predict_map(fit, scene, scheduler=address, **MAP_OPTS)
+
+
+def test_a_worker_whose_set_up_failed_stops_the_map_with_its_error(inputs, monkeypatch):
+    """Dask logs a preload's error and starts the worker anyway: the map run on it raises
+    the error instead of running unpinned without a word."""
+    from distributed import Client, LocalCluster
+
+    from imgcate.maps import worker
+
+    monkeypatch.setattr(worker, "SETUP_ERROR", None)
+    monkeypatch.setenv("IMGCATE_WORKER_CORES", "abc")
+    # the in-process worker's preload sets it when unset: set here, it is unset again after
+    monkeypatch.setenv("IMGCATE_NATIVE_THREADS", str(len(os.sched_getaffinity(0))))
+    scene, fit = inputs
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=False,
+            dashboard_address=None,
+            preload=["imgcate.maps.worker"],
+        ) as cluster,
+        Client(cluster),
+    ):
+        with pytest.raises(InputError, match="Dask worker .*IMGCATE_WORKER_CORES='abc'.*0-3"):
+            predict_map(fit, scene, scheduler=cluster.scheduler_address, **MAP_OPTS)
