@@ -433,3 +433,35 @@ def test_a_worker_whose_set_up_failed_stops_the_map_with_its_error(inputs, monke
     ):
         with pytest.raises(InputError, match="Dask worker .*IMGCATE_WORKER_CORES='abc'.*0-3"):
             predict_map(fit, scene, scheduler=cluster.scheduler_address, **MAP_OPTS)
+
+
+def test_a_dask_worker_opens_the_raster_once_a_map(inputs, full_map, monkeypatch):
+    """A worker thread keeps its reader from piece to piece of a map (GDAL's block cache
+    then serves the blocks pieces share) and opens the raster again for the next map."""
+    from distributed import Client, LocalCluster
+
+    from imgcate.maps import tiles
+
+    opened = []
+    real_open = tiles.open_raster
+
+    def counted_open(raster):
+        opened.append(raster)
+        return real_open(raster)
+
+    monkeypatch.setattr(tiles, "open_raster", counted_open)
+    scene, fit = inputs
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster),
+    ):
+        options = dict(MAP_OPTS, stride=16, block_tiles=40, scheduler=cluster.scheduler_address)
+        first = predict_map(fit, scene, **options)
+        assert len(opened) == 1  # 5 blocks of 40 tiles, each a piece: one open
+        second = predict_map(fit, scene, **options)
+        assert len(opened) == 2
+    xr.testing.assert_equal(first, second)
+    # batches of 40 tiles, not the encoder's 1,024: other float32 roundings (docs/maps.md)
+    xr.testing.assert_allclose(first, full_map, rtol=1e-4, atol=1e-4)
