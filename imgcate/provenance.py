@@ -19,6 +19,7 @@ import hashlib
 import json
 import platform
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,26 +30,34 @@ KEY = "imgcate_provenance"
 
 #: Hashes computed in this process, by file identity (:func:`file_sha256`).
 _HASHES: dict[tuple, str] = {}
+#: Seconds since its last change under which a file's hash is not kept: file times move only
+#: once per clock tick on many kernels (1-10 ms), so a file rewritten within one tick at the
+#: same size would keep its identity.
+SETTLED_S = 2.0
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes.
 
     Kept for the rest of the process while the file's device, inode, size and modification
-    and change times (in ns) stay the same: the maps of several regions of one large raster
-    hash it once, not once each (a 700 MB scene took 0.4 s a map)."""
+    and change times (in ns) stay the same, for files unchanged for :data:`SETTLED_S`
+    seconds: the maps of several regions of one large raster hash it once, not once each (a
+    700 MB scene took 0.4 s a map)."""
     stat = Path(path).stat()
     key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-    if key in _HASHES:
-        return _HASHES[key]
+    known = _HASHES.get(key)
+    if known is not None:
+        return known
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(chunk), b""):
             digest.update(block)
-    if len(_HASHES) > 1000:
-        _HASHES.clear()
-    _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
+    value = digest.hexdigest()
+    if time.time() - max(stat.st_mtime, stat.st_ctime) > SETTLED_S:
+        if len(_HASHES) > 1000:
+            _HASHES.clear()
+        _HASHES[key] = value
+    return value
 
 
 def _describe(path: Any) -> dict[str, Any]:

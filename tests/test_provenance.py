@@ -102,17 +102,24 @@ def test_embeddings_repr_is_compact():
     assert "<table>" in html and "10,000" in html and len(html) < 2000
 
 
-def test_a_files_hash_is_kept_until_the_file_changes(tmp_path):
-    """file_sha256 is the SHA-256 of the bytes; kept while the file is unchanged, and computed
-    again after a rewrite of the same size."""
+def test_a_files_hash_is_kept_until_the_file_changes(tmp_path, monkeypatch):
+    """file_sha256 is the SHA-256 of the bytes. A file unchanged for a while is hashed once
+    (the second call reads nothing); one that just changed is hashed again at each call, so
+    a rewrite of the same size within one tick of the file clock is still seen."""
     import hashlib
     import os
 
+    from imgcate import provenance
+
     path = tmp_path / "scene.bin"
     path.write_bytes(b"a" * 4096)
-    first = file_sha256(path)
-    assert first == hashlib.sha256(b"a" * 4096).hexdigest() == file_sha256(path)
+    assert file_sha256(path) == hashlib.sha256(b"a" * 4096).hexdigest()
     stat = path.stat()
-    path.write_bytes(b"b" * 4096)
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size and mtime: ctime moves
+    path.write_bytes(b"b" * 4096)  # the same size, at once; mtime set back as it was
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert file_sha256(path) == hashlib.sha256(b"b" * 4096).hexdigest()
+    # settled (here: a zero settling time, its change time in the past): kept
+    monkeypatch.setattr(provenance, "SETTLED_S", -1.0)
+    first = file_sha256(path)
+    monkeypatch.setattr(provenance.hashlib, "sha256", None)  # hashing again would fail
+    assert file_sha256(path) == first

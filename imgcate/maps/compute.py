@@ -42,40 +42,48 @@ EXTRAPOLATION_WARN_SHARE = 0.1
 
 
 #: Side (px) of the decimated read of a raster for its band statistics (:func:`_sample_stats`),
-#: and the blocks read instead where the raster is larger and has no overviews.
-SAMPLE_SIDE, SAMPLE_BLOCKS = 256, 16
+#: and of each of the windows read instead where the raster is larger and has no overviews.
+SAMPLE_SIDE, SAMPLE_WINDOWS = 256, 16
 
 
 def _sample_windows(ds: Any) -> list[Any] | None:
-    """Windows of :data:`SAMPLE_BLOCKS` of the raster's blocks spread evenly over it, or None
-    where a decimated read of the whole raster is cheap (it is small, or GDAL reads an
-    overview)."""
+    """:data:`SAMPLE_WINDOWS` windows of at most :data:`SAMPLE_SIDE` px a side spread evenly
+    over the raster (starting on block edges where its blocks are no larger, so that each
+    decompresses one block), or None where a decimated read of the whole raster is cheap (it
+    is small, or GDAL reads an overview)."""
     from rasterio.windows import Window
 
     if ds.height <= 2 * SAMPLE_SIDE and ds.width <= 2 * SAMPLE_SIDE or ds.overviews(1):
         return None
+    side = int(np.sqrt(SAMPLE_WINDOWS))
+    h, w = min(SAMPLE_SIDE, ds.height), min(SAMPLE_SIDE, ds.width)
     bh, bw = ds.block_shapes[0]
-    bh, bw = min(bh, ds.height), min(bw, ds.width)
-    side = int(np.sqrt(SAMPLE_BLOCKS))
-    rows = np.unique(np.linspace(0, ds.height // bh - 1, side).round().astype(int))
-    cols = np.unique(np.linspace(0, ds.width // bw - 1, side).round().astype(int))
-    return [Window(c * bw, r * bh, bw, bh) for r in rows for c in cols]
+
+    def starts(size: int, extent: int, block: int) -> np.ndarray:
+        first = np.linspace(0, extent - size, side).round().astype(int)
+        if block <= size:  # aligned down to a block edge: still within the raster
+            first = first // block * block
+        return np.unique(first)
+
+    return [
+        Window(int(c), int(r), w, h)
+        for r in starts(h, ds.height, bh)
+        for c in starts(w, ds.width, bw)
+    ]
 
 
 def _sample_stats(ds: Any, indexes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Per-band means and sds of the raster, as the trial's chip statistics were measured
     (nodata left out): from a decimated read (at most 256 x 256 px) of a small raster or of
-    its overviews, else from 16 of its blocks spread over it, so that the check costs the same
-    for a scene and for a country (a decimated read without overviews reads every block)."""
+    its overviews, else from every fourth pixel of 16 windows of 256 x 256 px spread over it,
+    so that the check costs the same for a scene and for a country (a decimated read without
+    overviews reads every block)."""
     windows = _sample_windows(ds)
     if windows is None:
         height, width = min(ds.height, SAMPLE_SIDE), min(ds.width, SAMPLE_SIDE)
         parts = [ds.read(list(indexes), out_shape=(len(indexes), height, width), masked=True)]
-    else:
-        # every few pixels of each block: about as many as the decimated read
-        step = max(
-            1, int(np.sqrt(len(windows) * windows[0].height * windows[0].width)) // SAMPLE_SIDE
-        )
+    else:  # every fourth pixel: about as many as the decimated read
+        step = int(np.sqrt(len(windows)))
         parts = [ds.read(list(indexes), window=w, masked=True)[:, ::step, ::step] for w in windows]
     arr = np.ma.concatenate(
         [np.ma.masked_invalid(p.astype(np.float64)).reshape(len(indexes), -1) for p in parts],

@@ -30,7 +30,7 @@ from imgcate.maps.tiles import (
     merge_pieces,
     pieces,
 )
-from imgcate.maps.worker import PIN_VARIABLE, WORKERS_VARIABLE, check_setup
+from imgcate.maps.worker import CORES_VARIABLE, PIN_VARIABLE, WORKERS_VARIABLE, check_setup
 from imgcate.optional import require
 from imgcate.results import EffectFit, load_fit
 
@@ -38,10 +38,12 @@ from imgcate.results import EffectFit, load_fit
 def worker_env(workers: int, threads: int = 1) -> dict[str, str]:
     """Environment of each local Dask worker process: ``threads`` threads for the native
     encoder's pool and BLAS, one JAX device, each worker pinned to its own cores
-    (:mod:`imgcate.maps.worker`, which also sizes XLA's pool that way), and Dask's sampling
-    profiler off (it serves the dashboard, which local clusters do not start, and cost 5-7 %
-    of a single-threaded worker's time). Workers of a cluster started elsewhere get the same
-    from ``--preload imgcate.maps.worker`` (docs/maps.md)."""
+    (:mod:`imgcate.maps.worker`, which also sizes XLA's pool that way; an
+    ``IMGCATE_WORKER_CORES`` of this process is not passed on, or every worker would share
+    its cores), and Dask's sampling profiler off (it serves the dashboard, which local
+    clusters do not start, and cost 5-7 % of a single-threaded worker's time). Workers of a
+    cluster started elsewhere get the kernel threads and the pinning from
+    ``--preload imgcate.maps.worker`` (docs/maps.md); the rest is their own environment's."""
     n = str(threads)
     return {
         "IMGCATE_NATIVE_THREADS": n,
@@ -52,6 +54,7 @@ def worker_env(workers: int, threads: int = 1) -> dict[str, str]:
         "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
         PIN_VARIABLE: "1",
         WORKERS_VARIABLE: str(workers),
+        CORES_VARIABLE: "",
     }
 
 
@@ -136,22 +139,38 @@ def worker_model(payload: bytes, digest: str, job: TileJob) -> TileModel:
         return models[key]
 
 
-#: Each worker thread's raster reader: (map run, job) and the open reader (:func:`_reader`).
-_READERS = threading.local()
+#: The raster readers of this worker's threads: thread id -> ((map run, job), reader)
+#: (:func:`_reader`, :func:`close_readers`).
+_READERS: dict[int, tuple[tuple, TileReader]] = {}
+_READERS_LOCK = threading.Lock()
 
 
 def _reader(run: str, job: TileJob) -> TileReader:
     """This thread's reader of the map ``run``: kept open from piece to piece, so that GDAL's
     block cache serves the blocks a piece shares with the one before (opened for each piece,
-    every piece decompressed its blocks again: 24 % of a million-tile map's time). A new map
-    (another ``run``) closes it and opens its own, so a raster rewritten between two maps is
-    read afresh."""
-    held = getattr(_READERS, "held", None)
-    if held is None or held[0] != (run, job):
-        if held is not None:
-            held[1].close()
-        _READERS.held = held = ((run, job), TileReader(job))
-    return held[1]
+    every piece decompressed its blocks again: 24 % of a million-tile map's time). The map
+    closes it when it ends (:func:`close_readers`); another map opens its own."""
+    thread = threading.get_ident()
+    with _READERS_LOCK:
+        held = _READERS.get(thread)
+        if held is not None and held[0] == (run, job):
+            return held[1]
+        reader = TileReader(job)
+        _READERS[thread] = ((run, job), reader)
+    if held is not None:
+        held[1].close()
+    return reader
+
+
+def close_readers(run: str) -> int:
+    """Close this worker's readers of the map ``run`` (run on each worker as the map ends, so
+    that no file or connection stays open, nor GDAL's cache of it); how many it closed."""
+    with _READERS_LOCK:
+        done = [t for t, (key, _) in _READERS.items() if key[0] == run]
+        readers = [_READERS.pop(t)[1] for t in done]
+    for reader in readers:
+        reader.close()
+    return len(readers)
 
 
 def _dask_piece(
@@ -183,13 +202,15 @@ def local_model(fit: EffectFit, job: TileJob, digest: str) -> TileModel:
     fit (object and digest) and settings, as a Dask worker keeps its own
     (:func:`worker_model`): a map of another region skips rebuilding it and tracing its
     jitted effect function again (0.1 s a map)."""
-    held = _LOCAL.get("fit")
     key = (digest, job.model_key)
-    if held is None or held() is not fit or _LOCAL["key"] != key:
+    with _MODEL_LOCK:
+        held = _LOCAL.get("fit")
+        if held is not None and held() is fit and _LOCAL["key"] == key:
+            return _LOCAL["model"]
         _LOCAL.clear()
         model = TileModel(fit, job)
         _LOCAL.update(fit=weakref.ref(fit, lambda _: _LOCAL.clear()), key=key, model=model)
-    return _LOCAL["model"]
+        return model
 
 
 def run_local(fit: EffectFit, job: TileJob, todo: list[tuple[int, np.ndarray]], digest: str):
@@ -200,28 +221,48 @@ def run_local(fit: EffectFit, job: TileJob, todo: list[tuple[int, np.ndarray]], 
             yield index, compute_block(model, reader, index, flat)
 
 
-def check_address(scheduler: str) -> None:
-    """Refuse at once what cannot be a Dask scheduler's address (``tcp://10.0.0.5:8786``,
-    ``10.0.0.5:8786``), which Dask would try to reach for 20 s: a ``//`` without its
-    protocol's ``:``, a protocol that is not a word, nothing after it, or spaces.
+#: Protocols of Dask's communication layer.
+DASK_PROTOCOLS = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
+
+
+def check_address(scheduler: Any) -> Any:
+    """A Dask scheduler's address, checked (surrounding spaces removed), or what else
+    ``Client`` takes (a cluster object) unchanged. What cannot be an address is refused at
+    once; Dask would try to reach it for 20 s or fail with a bare error.
 
     Raises
     ------
     InputError
-        If ``scheduler`` is malformed.
+        If ``scheduler`` is not ``protocol://host:port`` (tcp, tls, inproc, ucx, ws, wss) or
+        ``host:port``: a ``//`` without its ``:``, another protocol (``http://``: the
+        dashboard's address, not the scheduler's), an empty host or a port that is not a
+        number.
     """
-    text = scheduler if isinstance(scheduler, str) else ""
+    if not isinstance(scheduler, str):
+        return scheduler
+    text = scheduler.strip()
     protocol, sep, rest = text.partition("://")
-    ok = bool(text) and not re.search(r"\s", text)
-    if sep:
-        ok = ok and bool(re.fullmatch(r"[a-z][a-z0-9+.-]*", protocol, re.I)) and bool(rest)
-    else:
-        ok = ok and "/" not in text
-    if not ok:
-        raise InputError(
-            f"scheduler={scheduler!r} is not the address of a Dask scheduler; give it as "
-            "printed by `dask scheduler`, e.g. tcp://10.0.0.5:8786 (or 10.0.0.5:8786)."
+    if not sep:
+        protocol, rest = "tcp", text
+    problem = None
+    if not rest or re.search(r"\s", rest) or (not sep and "/" in rest):
+        problem = "it is not protocol://host:port"
+    elif protocol.lower() not in DASK_PROTOCOLS:
+        problem = f"Dask has no protocol {protocol!r}" + (
+            " (http:// is the dashboard's address, not the scheduler's)"
+            if protocol.lower().startswith("http")
+            else ""
         )
+    elif protocol.lower() != "inproc":
+        host, colon, port = rest.rstrip("/").rpartition(":")
+        if colon and (not host or not port.isdigit()):
+            problem = "its host is empty or its port is not a number"
+    if problem:
+        raise InputError(
+            f"scheduler={scheduler!r} is not the address of a Dask scheduler: {problem}; give "
+            "it as printed by `dask scheduler`, e.g. tcp://10.0.0.5:8786 (or 10.0.0.5:8786)."
+        )
+    return text
 
 
 def run_dask(
@@ -234,8 +275,8 @@ def run_dask(
 ):
     """Blocks on a Dask cluster, sent as their pieces (:func:`~imgcate.maps.tiles.pieces`, one
     encoder batch each: a map of a few blocks still keeps every worker busy to its end), at
-    most three in flight per worker (flat memory); a block is yielded once all its pieces
-    are back."""
+    most three in flight per worker thread (flat memory); a block is yielded once all its
+    pieces are back. The workers' readers of the map are closed as it ends."""
     distributed = require("distributed", "dask", "predict_map with workers > 1 or a scheduler")
     Client, as_completed = distributed.Client, distributed.as_completed
 
@@ -244,7 +285,7 @@ def run_dask(
         cluster = local_cluster(workers)
         client = Client(cluster)
     else:
-        check_address(scheduler)
+        scheduler = check_address(scheduler)
         try:
             client = Client(scheduler, timeout="20s")
         except OSError as exc:
@@ -252,8 +293,10 @@ def run_dask(
                 f"no Dask scheduler answers at {scheduler!r} ({exc}); start one "
                 "(dask scheduler) or leave scheduler out."
             ) from exc
+    run = None
     try:
-        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        found = client.scheduler_info().get("workers", {}).values()
+        n_threads = max(1, sum(int(w.get("nthreads", 1)) for w in found))
         [payload] = client.scatter([_fit_bytes(fit, digest)], broadcast=True)
         run = uuid.uuid4().hex  # this map: the workers' readers are kept within it
         pending = (
@@ -274,7 +317,7 @@ def run_dask(
                 futures[fut] = (index, k)
                 queue.add(fut)
 
-        for _ in range(3 * n_workers):
+        for _ in range(3 * n_threads):
             submit()
         for fut in queue:
             index, k = futures.pop(fut)
@@ -285,6 +328,9 @@ def run_dask(
                 done = parts.pop(index)
                 yield index, merge_pieces([done[j] for j in range(count[index])])
     finally:
+        if run is not None:
+            with contextlib.suppress(Exception):  # workers gone: nothing left open
+                client.run(close_readers, run)
         with _quiet_shutdown():
             client.close()
             if cluster is not None:

@@ -2,12 +2,13 @@
 --preload imgcate.maps.worker`` (the workers of :func:`~imgcate.maps.runners.local_cluster`
 load it themselves).
 
-A worker's kernels then use as many threads as the worker has (``--nthreads``): the native
-encoder's pool (``IMGCATE_NATIVE_THREADS``, unless set already), and XLA's, which sizes itself
-by the cores the process may run on when JAX starts its backend, at the first map. So that
-workers sharing a machine do not each spread over every core, the workers of a local cluster
-are each pinned to their own ``nthreads`` cores before then; a worker started elsewhere is
-pinned when its environment names its cores (``IMGCATE_WORKER_CORES=0-3``, or ``taskset``).
+The native encoder's pool then has as many threads as the worker (``--nthreads``;
+``IMGCATE_NATIVE_THREADS``, unless set already). XLA's pool has as many as the cores the process
+may run on when JAX starts its backend, at the first map: so that workers sharing a machine do
+not each spread over every core, the workers of a local cluster are each pinned to their own
+``nthreads`` cores before then, and a worker started elsewhere is pinned when its environment
+names its cores (``IMGCATE_WORKER_CORES=0-3``; or start it under ``taskset``). Unpinned, XLA
+uses every core the worker may run on, whatever its ``--nthreads``.
 The modules a map runs are imported here, so that a worker's first map does not pay for it."""
 
 from __future__ import annotations

@@ -403,8 +403,18 @@ def test_dask_workers_get_the_part_of_the_fit_a_map_reads(inputs, tmp_path):
 
 
 def test_a_malformed_scheduler_address_is_refused_at_once(inputs):
+    """At once: Dask would try to reach it for 20 s, or fail with a bare error. The
+    dashboard's address (http://) is named as such."""
+    from imgcate.maps.runners import check_address
+
+    assert check_address(" tcp://10.0.0.5:8786\n") == "tcp://10.0.0.5:8786"
+    for good in ("10.0.0.5:8786", "tls://host.example.org:8786", "tcp://[::1]:8786"):
+        assert check_address(good) == good
+    with pytest.raises(InputError, match="dashboard"):
+        check_address("http://127.0.0.1:8787")
     scene, fit = inputs
-    for address in ("tcp//127.0.0.1:8786", "tcp://", "tcp:/127.0.0.1:8786"):
+    bad = ("tcp//127.0.0.1:8786", "tcp://", "tcp:/127.0.0.1:8786", "tcp://host:abc")
+    for address in (*bad, "http://127.0.0.1:8787"):
         with pytest.raises(InputError, match="not the address of a Dask scheduler.*tcp://"):
             predict_map(fit, scene, scheduler=address, **MAP_OPTS)
 
@@ -420,6 +430,7 @@ def test_a_worker_whose_set_up_failed_stops_the_map_with_its_error(inputs, monke
     monkeypatch.setenv("IMGCATE_WORKER_CORES", "abc")
     # the in-process worker's preload sets it when unset: set here, it is unset again after
     monkeypatch.setenv("IMGCATE_NATIVE_THREADS", str(len(os.sched_getaffinity(0))))
+    monkeypatch.setenv("GDAL_CACHEMAX", os.environ.get("GDAL_CACHEMAX", "256"))
     scene, fit = inputs
     with (
         LocalCluster(
@@ -437,10 +448,14 @@ def test_a_worker_whose_set_up_failed_stops_the_map_with_its_error(inputs, monke
 
 def test_a_dask_worker_opens_the_raster_once_a_map(inputs, full_map, monkeypatch):
     """A worker thread keeps its reader from piece to piece of a map (GDAL's block cache
-    then serves the blocks pieces share) and opens the raster again for the next map."""
+    then serves the blocks pieces share), closes it as the map ends, and opens the raster
+    again for the next map."""
     from distributed import Client, LocalCluster
 
-    from imgcate.maps import tiles
+    from imgcate.maps import runners, tiles
+
+    def tiles_readers():
+        return [reader for _, reader in runners._READERS.values() if reader._ds is not None]
 
     opened = []
     real_open = tiles.open_raster
@@ -460,6 +475,7 @@ def test_a_dask_worker_opens_the_raster_once_a_map(inputs, full_map, monkeypatch
         options = dict(MAP_OPTS, stride=16, block_tiles=40, scheduler=cluster.scheduler_address)
         first = predict_map(fit, scene, **options)
         assert len(opened) == 1  # 5 blocks of 40 tiles, each a piece: one open
+        assert not tiles_readers()  # closed as the map ended
         second = predict_map(fit, scene, **options)
         assert len(opened) == 2
     xr.testing.assert_equal(first, second)

@@ -314,19 +314,27 @@ def test_imgcate_map_of_a_url_writes_the_map_of_the_file(
 def test_on_dask_workers_a_persistent_read_error_stops_the_map_and_resume_completes_it(
     inputs, map_cog, region, local_map, http_server, monkeypatch, tmp_path
 ):
-    """The same through ``scheduler=`` (a Dask worker, here a thread of this process, reads
-    the blocks): the worker tries the failed read again, then the map stops with what to do;
-    the blocks finished are saved and the resumed map, also on Dask, is the local one."""
+    """The same through ``scheduler=`` (a Dask worker, here one thread of this process, reads
+    the blocks in order): the server fails as block 2 starts (its reader closed, so that
+    GDAL must ask the server again); the worker tries again, then the map stops with what to
+    do; blocks 0 and 1 are saved, and the resumed map, also on Dask, is the local one."""
     distributed = pytest.importorskip("distributed")
+    from imgcate.maps import runners
+
     monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
     uncached(http_server, monkeypatch)
     url = served(http_server, map_cog)
     checkpoints = tmp_path / "blocks"
+    real_piece, outage = runners.compute_piece, []
 
-    def server_fails_after_one(done, total):
-        if done == 1:
+    def server_fails_at_block_2(model, reader, index, flat):
+        if index == 2 and not outage:
+            outage.append(index)
             http_server.fail(10**6, "drop")
+            reader.close()  # its blocks cached by GDAL would spare the server
+        return real_piece(model, reader, index, flat)
 
+    monkeypatch.setattr(runners, "compute_piece", server_fails_at_block_2)
     with (
         distributed.LocalCluster(
             n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
@@ -336,20 +344,12 @@ def test_on_dask_workers_a_persistent_read_error_stops_the_map_and_resume_comple
         options = dict(OPTS, block_tiles=9, checkpoint_dir=checkpoints)
         address = cluster.scheduler_address
         with pytest.raises(RasterError) as info:
-            predict_map(
-                inputs[1],
-                url,
-                region,
-                scheduler=address,
-                on_block=server_fails_after_one,
-                **options,
-            )
+            predict_map(inputs[1], url, region, scheduler=address, **options)
         message = str(info.value)
-        saved = len(list(checkpoints.glob("block-*.npz")))
-        assert 1 <= saved < 4  # blocks already in flight when the server failed may finish
-        assert f"reading block {saved} of raster {url!r}" in message
+        assert f"reading block 2 of raster {url!r} (pixel rows 96-160, columns 0-192)" in message
         assert f"failed {len(READ_RETRY_DELAYS) + 1} times" in message
-        assert f"{saved} of 4 blocks are finished and saved in {str(checkpoints)!r}" in message
+        assert f"2 of 4 blocks are finished and saved in {str(checkpoints)!r}" in message
+        assert len(list(checkpoints.glob("block-*.npz"))) == 2
         http_server.fail(0)  # the server is back
         calls = []
         resumed = predict_map(
@@ -360,7 +360,7 @@ def test_on_dask_workers_a_persistent_read_error_stops_the_map_and_resume_comple
             on_block=lambda done, total: calls.append(done),
             **options,
         )
-    assert calls == list(range(saved + 1, 5))  # only the blocks that were not finished
+    assert calls == [3, 4]  # only the two blocks that were not finished
     same_pixels(resumed, local_map)
 
 
