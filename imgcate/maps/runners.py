@@ -299,21 +299,19 @@ def run_dask(
         n_threads = max(1, sum(int(w.get("nthreads", 1)) for w in found))
         [payload] = client.scatter([_fit_bytes(fit, digest)], broadcast=True)
         run = uuid.uuid4().hex  # this map: the workers' readers are kept within it
-        pending = (
-            (index, k, part)
-            for index, flat in todo
-            for k, part in enumerate(pieces(flat, job.batch_size))
-        )
-        count = {index: len(pieces(flat, job.batch_size)) for index, flat in todo}
-        parts: dict[int, dict[int, dict]] = {index: {} for index, _ in todo}
+        split = {index: pieces(flat, job.batch_size) for index, flat in todo}
+        pending = ((i, k, piece) for i, block in split.items() for k, piece in enumerate(block))
+        back: dict[int, dict[int, dict]] = {index: {} for index in split}  # pieces back
         futures = {}
         queue = as_completed()
 
         def submit() -> None:
             item = next(pending, None)
             if item is not None:
-                index, k, part = item
-                fut = client.submit(_dask_piece, payload, digest, run, job, index, part, pure=False)
+                index, k, piece = item
+                fut = client.submit(
+                    _dask_piece, payload, digest, run, job, index, piece, pure=False
+                )
                 futures[fut] = (index, k)
                 queue.add(fut)
 
@@ -321,12 +319,12 @@ def run_dask(
             submit()
         for fut in queue:
             index, k = futures.pop(fut)
-            parts[index][k] = fut.result()
+            back[index][k] = fut.result()
             fut.release()
             submit()
-            if len(parts[index]) == count[index]:
-                done = parts.pop(index)
-                yield index, merge_pieces([done[j] for j in range(count[index])])
+            if len(back[index]) == len(split[index]):
+                done = back.pop(index)
+                yield index, merge_pieces([done[k] for k in sorted(done)])
     finally:
         if run is not None:
             with contextlib.suppress(Exception):  # workers gone: nothing left open

@@ -61,6 +61,26 @@ def same_pixels(a: xr.Dataset, b: xr.Dataset) -> None:
     assert a.attrs["transform"] == b.attrs["transform"] and a.attrs["crs"] == b.attrs["crs"]
 
 
+def stopped_at_block_2_and_resumed(
+    error: BaseException, url: str, checkpoints: Path, server, resume, local_map
+) -> None:
+    """A map of 4 blocks stopped at block 2, whose read failed every try: the error names the
+    block and says how to resume, blocks 0 and 1 are saved; ``resume(on_block)`` (once the
+    server is back) computes only blocks 2 and 3 and gives the local map."""
+    message = str(error)
+    n_tries = len(READ_RETRY_DELAYS) + 1
+    assert f"reading block 2 of raster {url!r} (pixel rows 96-160, columns 0-192)" in message
+    assert f"failed {n_tries} times" in message and "server" in message
+    assert f"2 of 4 blocks are finished and saved in {str(checkpoints)!r}" in message
+    assert "--resume-dir" in message and "checkpoint_dir=" in message
+    assert len(list(checkpoints.glob("block-*.npz"))) == 2
+    server.fail(0)  # the server is back
+    calls = []
+    resumed = resume(lambda done, total: calls.append(done))
+    assert calls == [3, 4]  # only the two blocks that were not finished
+    same_pixels(resumed, local_map)
+
+
 def test_map_of_a_cog_over_http_equals_the_map_of_the_file(
     inputs, map_cog, region, local_map, http_server
 ):
@@ -188,26 +208,22 @@ def test_a_persistent_read_error_stops_the_map_and_resume_completes_it(
             on_block=server_fails_after_two,
             **OPTS,
         )
-    message = str(info.value)
-    n_tries = len(READ_RETRY_DELAYS) + 1
-    assert f"reading block 2 of raster {url!r} (pixel rows 96-160, columns 0-192)" in message
-    assert f"failed {n_tries} times" in message and "server" in message
-    assert f"2 of 4 blocks are finished and saved in {str(checkpoints)!r}" in message
-    assert "--resume-dir" in message and "checkpoint_dir=" in message
-    assert len(list(checkpoints.glob("block-*.npz"))) == 2
-    http_server.fail(0)  # the server is back
-    calls = []
-    resumed = predict_map(
-        inputs[1],
+    stopped_at_block_2_and_resumed(
+        info.value,
         url,
-        region,
-        block_tiles=9,
-        checkpoint_dir=checkpoints,
-        on_block=lambda done, total: calls.append(done),
-        **OPTS,
+        checkpoints,
+        http_server,
+        lambda on_block: predict_map(
+            inputs[1],
+            url,
+            region,
+            block_tiles=9,
+            checkpoint_dir=checkpoints,
+            on_block=on_block,
+            **OPTS,
+        ),
+        local_map,
     )
-    assert calls == [3, 4]  # only the two blocks that were not finished
-    same_pixels(resumed, local_map)
 
 
 def test_an_unreadable_url_is_a_clear_error(http_server, map_cog):
@@ -345,23 +361,16 @@ def test_on_dask_workers_a_persistent_read_error_stops_the_map_and_resume_comple
         address = cluster.scheduler_address
         with pytest.raises(RasterError) as info:
             predict_map(inputs[1], url, region, scheduler=address, **options)
-        message = str(info.value)
-        assert f"reading block 2 of raster {url!r} (pixel rows 96-160, columns 0-192)" in message
-        assert f"failed {len(READ_RETRY_DELAYS) + 1} times" in message
-        assert f"2 of 4 blocks are finished and saved in {str(checkpoints)!r}" in message
-        assert len(list(checkpoints.glob("block-*.npz"))) == 2
-        http_server.fail(0)  # the server is back
-        calls = []
-        resumed = predict_map(
-            inputs[1],
+        stopped_at_block_2_and_resumed(
+            info.value,
             url,
-            region,
-            scheduler=address,
-            on_block=lambda done, total: calls.append(done),
-            **options,
+            checkpoints,
+            http_server,
+            lambda on_block: predict_map(
+                inputs[1], url, region, scheduler=address, on_block=on_block, **options
+            ),
+            local_map,
         )
-    assert calls == [3, 4]  # only the two blocks that were not finished
-    same_pixels(resumed, local_map)
 
 
 def test_imgcate_embed_raster_of_a_url_writes_the_embeddings_of_the_file(
