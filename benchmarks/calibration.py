@@ -36,6 +36,11 @@ and measures the model that compare_clusters' rule selects between it and the K-
 (PSIS-LOO; keys ending ``_selected``, ``heterogeneity_claimed``): the intervals a user reads
 who follows the rule rather than fixing K; and the two posteriors mixed by their stacking
 weights (keys ending ``_averaged``; docs/model.md, "Calibration").
+``--sources`` adds, per fit, where the unit intervals' width comes from (keys starting
+``sd_``): the posterior sd of each unit's CATE (averaged over units), of the ATE, and of the
+part each effect term adds (the clusters, the linear deviation, the smooth deviation: the
+CATE less the CATE with that term set to zero), with the posterior medians of the terms'
+scales beside their prior medians (``median_``, ``prior_median_``).
 ``--prior NAME=SCALE`` (repeatable) refits with a prior scale of ``imgcate.model.PRIOR`` changed,
 e.g. ``--prior deviation_amp=0.15 --prior deviation_scale=0.25``.
 """
@@ -127,10 +132,12 @@ def one_fit(
     form: str = "rff",
     prior: dict | None = None,
     select: bool = False,
+    sources: bool = False,
 ) -> dict:
     """Fit one replication and measure it (runs in a worker process); ``prior`` overrides
     entries of :data:`imgcate.model.PRIOR` in this process; ``select`` also fits the
-    constant-effect model and measures the one ``compare_clusters``' rule selects."""
+    constant-effect model and measures the one ``compare_clusters``' rule selects;
+    ``sources`` adds :func:`width_sources`."""
     import imgcate
     from imgcate.model import PRIOR
     from imgcate.simulate import simulate_scenario
@@ -176,7 +183,44 @@ def one_fit(
         row["membership_dependence"] = float(het.loc["membership_dependence", "mean"])
     if select:
         row.update(selected_measures(result, measured, trial, sim, new, k, options))
+    if sources:
+        row.update(width_sources(result))
     return row
+
+
+#: The effect's terms (``--sources``): the sites that scale each, one of them set to zero.
+TERMS = {"clusters": "tau_step", "linear": "deviation_scale", "smooth": "deviation_amp"}
+
+
+def width_sources(result) -> dict:
+    """Where the unit CATE's posterior spread comes from (``--sources``): the posterior sd of
+    each unit's CATE on the outcome scale, averaged over units (``sd_unit``), of the ATE
+    (``sd_ate``) and of what each effect term adds (``sd_clusters``, ``sd_linear``,
+    ``sd_smooth``: the CATE less the CATE with that term's scale set to zero, draw by draw),
+    and each term's scale: posterior and prior median (the last part's sites)."""
+    import jax
+
+    from imgcate.model import PRIOR, unit_quantities
+    from imgcate.posterior import fit_spec, site_draws, trial_inputs
+
+    spec, params, inputs = fit_spec(result), site_draws(result), trial_inputs(result)
+    scale = result.standardizer.outcome_sd
+    cate = jax.jit(jax.vmap(lambda p: unit_quantities(p, inputs, spec)["cate"] * scale))
+    full = np.asarray(cate(params))
+    out = {
+        "sd_unit": float(full.std(0).mean()),
+        "sd_ate": float(full.mean(1).std()),
+    }
+    prior_scale = {"clusters": PRIOR["tau"], "linear": PRIOR["deviation_scale"]}
+    prior_scale["smooth"] = PRIOR["deviation_amp"]
+    for term, site in TERMS.items():
+        if site not in params:
+            continue
+        without = np.asarray(cate({**params, site: np.zeros_like(params[site])}))
+        out[f"sd_{term}"] = float((full - without).std(0).mean())
+        out[f"median_{site}"] = float(np.median(params[site]))
+        out[f"prior_median_{site}"] = float(prior_scale[term] * 0.6745)  # half-normal
+    return out
 
 
 def interval_measures(result, sim, new) -> dict:
@@ -362,6 +406,11 @@ def main(argv: list[str] | None = None) -> None:
         "selects between it and the K-cluster model (keys ending _selected)",
     )
     parser.add_argument(
+        "--sources",
+        action="store_true",
+        help="also measure where the unit intervals' width comes from (keys starting sd_)",
+    )
+    parser.add_argument(
         "--prior",
         action="append",
         default=[],
@@ -397,6 +446,7 @@ def main(argv: list[str] | None = None) -> None:
                 "first_seed": args.first_seed,
                 "form": args.form,
                 "select": args.select,
+                "sources": args.sources,
                 "prior": prior,
                 "prior_scales": {**PRIOR, **prior},
                 "n_basis": FitConfig().basis_size,
@@ -407,7 +457,18 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     jobs = [
-        (s, seed, args.units, args.clusters, args.chains, args.draws, args.form, prior, args.select)
+        (
+            s,
+            seed,
+            args.units,
+            args.clusters,
+            args.chains,
+            args.draws,
+            args.form,
+            prior,
+            args.select,
+            args.sources,
+        )
         for s in scenarios
         for seed in range(args.first_seed, args.first_seed + args.reps)
     ]
