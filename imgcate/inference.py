@@ -371,6 +371,7 @@ def fit(
     loglik = _log_likelihood(samples, data)
     replicated = _posterior_predictive(samples, data, key_predictive)
     idata = _to_inference_data(samples, stats, loglik, replicated, data, trial, config)
+    del data, samples, loglik, replicated  # in idata now; the derived pass needs no copy
     if provenance is None:
         upstream = getattr(embeddings, "provenance", None) or {}
         provenance = collect(seeds={"fit": seed}, embeddings=upstream)
@@ -474,7 +475,6 @@ def _to_inference_data(
         "sigma": ["arm"],
         "outcome": ["unit"],
         "embedding": ["unit", "feature"],
-        "basis_features": ["unit", "basis"],
         "covariates": ["unit", "covariate"],
         "treatment": ["unit"],
         "stratum": ["unit"],
@@ -483,8 +483,7 @@ def _to_inference_data(
     for prefix in data.spec.parts:
         dims.update({prefix + name: d for name, d in SITE_DIMS.items()})
     constant = {
-        "embedding": np.asarray(inputs.embedding),
-        "basis_features": np.asarray(inputs.basis),
+        "embedding": np.asarray(inputs.embedding),  # the basis is computed from it again
         "treatment": np.asarray(inputs.treatment),
         "covariates": np.asarray(inputs.covariates),
     }

@@ -46,6 +46,9 @@ LIKELIHOODS = ("gaussian", "student_t", "bernoulli", "censored", "hurdle")
 #: and one for the log-mean of the positive part.
 N_PARTS = {"gaussian": 1, "student_t": 1, "bernoulli": 1, "censored": 1, "hurdle": 2}
 
+#: Families whose mean is the linear predictor itself.
+IDENTITY_MEAN = ("gaussian", "student_t")
+
 
 class LeftCensoredNormal(dist.Distribution):
     """``max(floor, Normal(loc, scale))``: a Tobit outcome censored from below at ``floor``."""
@@ -148,7 +151,7 @@ def outcome_distribution(likelihood: str, eta, scale, nu=None, floor=0.0):
 
 def outcome_mean(likelihood: str, eta, scale, floor=0.0):
     """Mean of the outcome (model scale) given the linear predictors ``eta`` (part, ...)."""
-    if likelihood in ("gaussian", "student_t"):
+    if likelihood in IDENTITY_MEAN:
         return eta[0]
     if likelihood == "bernoulli":
         return jax.nn.sigmoid(eta[0])

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 
-from imgcate.likelihoods import N_PARTS, outcome_distribution, outcome_mean
+from imgcate.likelihoods import IDENTITY_MEAN, N_PARTS, outcome_distribution, outcome_mean
 
 Deviation = Literal["smooth", "linear", "none"]
 DEVIATIONS = ("smooth", "linear", "none")
@@ -389,11 +389,14 @@ def unit_quantities(params: dict, inputs: ModelInputs, spec: ModelSpec) -> dict[
     prob, eta0, tau = linear_predictors(params, inputs, spec)
     mu0 = outcome_mean(spec.likelihood, eta0, _arm_scale(params, spec, 0), spec.floor)
     mu1 = outcome_mean(spec.likelihood, eta0 + tau, _arm_scale(params, spec, 1), spec.floor)
+    # where the mean is the linear predictor, mu1 - mu0 is tau itself: taken as it is, it
+    # is exact, and the baseline is not computed where only the CATE is used (half the work)
+    cate = tau[0] if spec.likelihood in IDENTITY_MEAN else mu1 - mu0
     return {
         "cluster_prob": prob,
         "mu0": mu0,
         "mu1": mu1,
-        "cate": mu1 - mu0,
+        "cate": cate,
         "eta0": eta0,
         "tau": tau,
     }

@@ -50,6 +50,11 @@ MAX_STORED_UNIT_DRAWS = 20_000_000
 #: Draws evaluated at once (memory: draws x units x clusters floats).
 DRAW_CHUNK_VALUES = 20_000_000
 
+#: Draws x units x clusters of one chunk of the derived pass: small enough that its arrays
+#: stay in the CPU's caches (10^5 units, 1,000 draws: 2.7 s, against 4.2 s with four times as
+#: many; benchmarks/CHANGELOG.md, 2026-12-05 night).
+DERIVED_CHUNK_VALUES = DRAW_CHUNK_VALUES // 16
+
 
 def too_large(fit: EffectFit, group: str) -> str:
     """Why a large fit lacks ``group``: its units x draws values would not fit in memory."""
@@ -108,15 +113,24 @@ def fit_spec(fit: EffectFit) -> ModelSpec:
 
 
 def trial_inputs(fit: EffectFit) -> ModelInputs:
-    """The trial's own inputs on the model scale, as the model saw them."""
+    """The trial's own inputs on the model scale, as the model saw them.
+
+    The Gaussian-process basis is computed again from the stored embedding, by the function
+    that made it (a fit does not store it: at 10^6 units it is 183 MB in memory and in the
+    file; fits saved before 2026-12-05 hold it, and it is read from them)."""
     const = fit.idata.constant_data
 
     def codes(name: str):
         return jnp.asarray(const[name].values, jnp.int32) if name in const else None
 
+    embedding = const["embedding"].values
+    if "basis_features" in const:
+        basis = const["basis_features"].values
+    else:
+        basis = fit.standardizer.basis(embedding)
     return ModelInputs(
-        embedding=jnp.asarray(const["embedding"].values, jnp.float32),
-        basis=jnp.asarray(const["basis_features"].values, jnp.float32),
+        embedding=jnp.asarray(embedding, jnp.float32),
+        basis=jnp.asarray(basis, jnp.float32),
         covariates=jnp.asarray(const["covariates"].values, jnp.float32),
         treatment=jnp.asarray(const["treatment"].values, jnp.int32),
         stratum=codes("stratum"),
@@ -220,36 +234,109 @@ def cluster_summaries(cate, prob, xp=np) -> dict:
     return out
 
 
+def summary_parts(cate, prob, xp=np) -> dict:
+    """What :func:`cluster_summaries` needs of one chunk of units, per draw: the chunk's
+    size ``n``, the CATE's mean and sum of squared deviations (``mean``, ``m2``), the same over
+    the units most probably in each cluster (``count``, ``mean_k``, ``m2_k``), and sums
+    (``abs_sum``, ``weighted_sum``, ``prob_sum``, ``entropy_sum``). Chunks merge exactly
+    (:func:`merge_parts`), so the summaries of a million units need only a chunk in memory;
+    deviations are taken from the chunk's own means, so float32 chunks lose no precision to
+    cancellation. Arguments as for :func:`cluster_summaries`."""
+    k = prob.shape[-1]
+    n = cate.shape[1]
+    assigned = (xp.argmax(prob, -1)[..., None] == xp.arange(k)).astype(cate.dtype)
+    count = assigned.sum(1)
+    mean_k = xp.einsum("su,suk->sk", cate, assigned) / xp.maximum(count, 1)
+    within = cate - xp.einsum("suk,sk->su", assigned, mean_k)
+    mean = cate.mean(1)
+    tiny = xp.finfo(prob.dtype).tiny
+    return {
+        "n": xp.full(mean.shape, n, cate.dtype),
+        "mean": mean,
+        "m2": ((cate - mean[:, None]) ** 2).sum(1),
+        "count": count,
+        "mean_k": mean_k,
+        "m2_k": xp.einsum("su,suk->sk", within**2, assigned),
+        "abs_sum": xp.abs(cate).sum(1),
+        "weighted_sum": xp.einsum("su,suk->sk", cate, prob),
+        "prob_sum": prob.sum(1),
+        "entropy_sum": -(prob * xp.log(xp.clip(prob, tiny, None))).sum((1, 2)),
+    }
+
+
+def merge_parts(a: dict, b: dict) -> dict:
+    """:func:`summary_parts` of two chunks of units as those of both (float64; the pairwise
+    update of Chan, Golub and LeVeque for the means and sums of squared deviations)."""
+    out = {name: a[name] + b[name] for name in ("abs_sum", "weighted_sum", "prob_sum")}
+    out["entropy_sum"] = a["entropy_sum"] + b["entropy_sum"]
+    for size, mean, m2 in (("n", "mean", "m2"), ("count", "mean_k", "m2_k")):
+        na, nb = a[size], b[size]
+        total = na + nb
+        safe = np.maximum(total, 1)
+        delta = b[mean] - a[mean]
+        out[size] = total
+        out[mean] = a[mean] + delta * nb / safe
+        out[m2] = a[m2] + b[m2] + delta**2 * na * nb / safe
+    return out
+
+
+def finish_parts(parts: dict) -> dict:
+    """:func:`cluster_summaries` from the merged :func:`summary_parts` of every unit."""
+    n, k = parts["n"][:, None], parts["prob_sum"].shape[-1]
+    weighted = parts["weighted_sum"] / np.maximum(parts["prob_sum"], 1e-12)
+    out = {
+        "tau_cluster": np.where(parts["count"] > 0, parts["mean_k"], weighted),
+        "cluster_share": parts["prob_sum"] / n,
+        "ate": parts["mean"],
+        "effect_sd": np.sqrt(parts["m2"] / parts["n"]),
+    }
+    if k > 1:
+        tiny = np.finfo(np.float64).tiny
+        total = parts["m2"] / parts["n"]
+        residual = parts["m2_k"].sum(-1) / parts["n"]
+        share = np.clip(1.0 - residual / np.maximum(total, tiny), 0, 1)
+        constant = np.sqrt(total) <= 1e-6 * parts["abs_sum"] / parts["n"]
+        out["effect_share_clusters"] = np.where(constant, 0.0, share)
+        mean_prob = parts["prob_sum"] / n
+        entropy_mean = -(mean_prob * np.log(np.clip(mean_prob, tiny, None))).sum(-1)
+        entropy_unit = parts["entropy_sum"] / parts["n"]
+        out["membership_dependence"] = (entropy_mean - entropy_unit) / np.log(k)
+    return out
+
+
 def _derived_pass(fit: EffectFit, spec: ModelSpec) -> tuple[dict, np.ndarray | None]:
     """Cluster summaries of every draw (sample, ...) and the unit CATE (sample, unit) on the
-    original scale, or None above :data:`MAX_STORED_UNIT_DRAWS` values: chunks of draws go
-    through one compiled function, so memory stays at a chunk's whatever the trial's size."""
-    params = site_draws(fit)
+    original scale, or None above :data:`MAX_STORED_UNIT_DRAWS` values.
+
+    Chunks of units go through one compiled function under every draw at once, and their
+    :func:`summary_parts` are merged: memory stays at a chunk's whatever the trial's size,
+    and each chunk's inputs are read once for all draws (a pass draw by draw read the whole
+    trial's embedding and basis a thousand times at a million units, 79 s of a 160 s fit)."""
+    params = {name: jnp.asarray(v) for name, v in site_draws(fit).items()}
     inputs = trial_inputs(fit)
     scale = fit.standardizer.outcome_sd
 
-    def chunk_summaries(p, inputs):
-        q = _quantities(p, inputs, spec)
+    def chunk_parts(p, rows):
+        q = _quantities(p, rows, spec)
         cate = q["cate"] * scale
-        return cluster_summaries(cate, q["cluster_prob"], jnp), cate
+        return summary_parts(cate, q["cluster_prob"], jnp), cate
 
     # the inputs are an argument, not captured: captured arrays become constants of the
     # compiled code, copied into it (a GB more at a million units)
-    fn = jax.jit(chunk_summaries)
+    fn = jax.jit(chunk_parts)
     n_draws = len(next(iter(params.values())))
     n_units = inputs.embedding.shape[0]
     keep = n_draws * n_units <= MAX_STORED_UNIT_DRAWS
-    # a quarter of evaluate()'s chunk: the compiled pass holds several such arrays at once
-    chunk = _per_chunk(DRAW_CHUNK_VALUES // 4, n_units * max(spec.n_clusters, 2))
-    summaries, cates = [], []
-    for start in range(0, n_draws, chunk):
-        sub = {k: jnp.asarray(v[start : start + chunk]) for k, v in params.items()}
-        out, cate = fn(sub, inputs)
-        summaries.append({k: np.asarray(v, np.float64) for k, v in out.items()})
+    chunk = _per_chunk(DERIVED_CHUNK_VALUES, n_draws * max(spec.n_clusters, 2))
+    merged, cates = None, []
+    for start in range(0, n_units, chunk):
+        rows = ModelInputs(*(None if a is None else a[start : start + chunk] for a in inputs))
+        parts, cate = fn(params, rows)
+        parts = {name: np.asarray(v, np.float64) for name, v in parts.items()}
+        merged = parts if merged is None else merge_parts(merged, parts)
         if keep:
             cates.append(np.asarray(cate))
-    merged = {k: np.concatenate([s[k] for s in summaries]) for k in summaries[0]}
-    return merged, np.concatenate(cates) if keep else None
+    return finish_parts(merged), np.concatenate(cates, axis=1) if keep else None
 
 
 def with_derived(fit: EffectFit) -> EffectFit:

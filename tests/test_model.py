@@ -15,6 +15,7 @@ from imgcate.model import (
     linear_predictors,
     sample_parameters,
     softmax_with_reference,
+    unit_quantities,
 )
 
 
@@ -178,3 +179,24 @@ def test_linear_predictors_follow_the_formulas(likelihood, n_clusters, own):
     for got, expected in zip((prob, eta0, tau), want, strict=True):
         scale = max(1.0, float(np.abs(expected).max()))
         np.testing.assert_allclose(np.asarray(got), expected, atol=2e-5 * scale)
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "student_t", "bernoulli", "hurdle"])
+def test_the_cate_is_the_difference_of_the_arms_means(likelihood):
+    """``cate`` is ``mu1 - mu0`` for every family; where the mean is the linear predictor it
+    is the effect ``tau`` itself, taken exactly (not the rounded difference)."""
+    spec = ModelSpec(n_clusters=2, likelihood=likelihood, n_features=3, n_covariates=0)
+    rng = np.random.default_rng(4)
+    n = 200
+    inputs = ModelInputs(
+        jnp.asarray(rng.normal(size=(n, 3)), jnp.float32),
+        jnp.zeros((n, 0), jnp.float32),
+        jnp.zeros((n, 0), jnp.float32),
+        treatment=jnp.asarray(rng.integers(0, 2, n)),
+    )
+    with seed(rng_seed=5):
+        params = sample_parameters(spec)
+    q = {k: np.asarray(v) for k, v in unit_quantities(params, inputs, spec).items()}
+    np.testing.assert_allclose(q["cate"], q["mu1"] - q["mu0"], rtol=1e-5, atol=1e-5)
+    if likelihood in ("gaussian", "student_t"):
+        np.testing.assert_array_equal(q["cate"], q["tau"][0])

@@ -15,7 +15,16 @@ from imgcate import ConvergenceWarning, fit
 from imgcate.config import FitConfig
 from imgcate.errors import FitError
 from imgcate.inference import svi_schedule
-from imgcate.posterior import cluster_summaries, evaluate, fit_spec, site_draws, trial_inputs
+from imgcate.posterior import (
+    cluster_summaries,
+    evaluate,
+    finish_parts,
+    fit_spec,
+    merge_parts,
+    site_draws,
+    summary_parts,
+    trial_inputs,
+)
 from imgcate.simulate import simulate_trial
 
 
@@ -33,6 +42,41 @@ def test_summaries_in_jax_equal_numpy_float64():
     assert np.all(np.asarray(share["effect_share_clusters"]) == 0)
 
 
+def test_summaries_merged_over_chunks_of_units_equal_one_pass():
+    """The derived pass's streaming summaries (chunks of units merged) against the direct
+    definition over every unit: float64 to 1e-12, float32 chunks in JAX to rounding."""
+    rng = np.random.default_rng(3)
+    cate = rng.normal(1.0, 0.7, size=(30, 500))
+    prob = rng.dirichlet(np.ones(3), size=(30, 500))
+    prob[:5, :, 2] = 1e-9  # no unit most probably in cluster 2 under five draws
+    prob /= prob.sum(-1, keepdims=True)
+    whole = cluster_summaries(cate, prob)
+    assert np.all(whole["tau_cluster"][:5, 2] != 0)  # the weighted average stands in
+    edges = [0, 1, 7, 200, 499, 500]  # uneven, with one-unit chunks
+    for xp, dtype, tol in ((np, np.float64, 1e-12), (jnp, np.float32, 2e-5)):
+        parts = [
+            {
+                name: np.asarray(v, np.float64)
+                for name, v in summary_parts(
+                    xp.asarray(cate[:, a:b], dtype), xp.asarray(prob[:, a:b], dtype), xp
+                ).items()
+            }
+            for a, b in zip(edges[:-1], edges[1:], strict=True)
+        ]
+        merged = parts[0]
+        for part in parts[1:]:
+            merged = merge_parts(merged, part)
+        got = finish_parts(merged)
+        assert set(got) == set(whole)
+        for name, values in whole.items():
+            np.testing.assert_allclose(got[name], values, rtol=tol, atol=tol, err_msg=name)
+    constant = np.full((4, 500), 2.5)
+    merged = merge_parts(
+        summary_parts(constant[:, :9], prob[:4, :9]), summary_parts(constant[:, 9:], prob[:4, 9:])
+    )
+    assert np.all(finish_parts(merged)["effect_share_clusters"] == 0)
+
+
 def test_unit_effects_by_chunks_of_units_equal_one_pass(k2, monkeypatch):
     _, result = k2
     whole = result.unit_effects()
@@ -44,12 +88,39 @@ def test_unit_effects_by_chunks_of_units_equal_one_pass(k2, monkeypatch):
     )
 
 
+def test_the_basis_is_computed_again_from_the_stored_embedding(k2):
+    """A fit does not store its Gaussian-process basis (183 MB at 10^6 units): the basis
+    computed from the stored embedding is the one the model saw, bit for bit, and a fit that
+    stored it (saved before 2026-12-05) reads it and gives the same effects."""
+    from dataclasses import replace
+
+    from imgcate.config import model_data
+
+    sim, result = k2
+    const = result.idata.constant_data
+    assert "basis_features" not in const
+    rows = sim.embeddings.for_keys(sim.trial.image_keys)
+    seen = model_data(sim.trial, rows, result.standardizer, result.config).inputs.basis
+    assert seen.shape == (600, result.standardizer.n_basis) and seen.shape[1] > 0
+    np.testing.assert_array_equal(np.asarray(trial_inputs(result).basis), np.asarray(seen))
+
+    def storing(basis):
+        idata = result.idata.copy()
+        idata.constant_data = const.assign(basis_features=(("unit", "basis"), basis))
+        return replace(result, idata=idata)
+
+    assert storing(np.asarray(seen)).unit_effects().equals(result.unit_effects())
+    zeros = np.zeros_like(np.asarray(seen))  # read from the fit, not computed again
+    np.testing.assert_array_equal(np.asarray(trial_inputs(storing(zeros)).basis), zeros)
+
+
 def test_a_fit_too_large_for_per_draw_unit_arrays(monkeypatch):
     # the limits lowered so that 300 units x 200 draws exceed them: the fit keeps its
-    # summaries, computed a few draws at a time, and says why loo() cannot run
+    # summaries, computed a few units at a time (43 chunks), and says why loo() cannot run
     monkeypatch.setattr(imgcate.inference, "MAX_PREDICTIVE_VALUES", 1000)
     monkeypatch.setattr(imgcate.posterior, "MAX_STORED_UNIT_DRAWS", 1000)
     monkeypatch.setattr(imgcate.posterior, "DRAW_CHUNK_VALUES", 300 * 2 * 9)
+    monkeypatch.setattr(imgcate.posterior, "DERIVED_CHUNK_VALUES", 200 * 2 * 7)
     sim = simulate_trial(5, 300, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
