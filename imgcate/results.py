@@ -60,11 +60,10 @@ class EffectFit:
     idata : arviz.InferenceData
         Groups posterior, posterior_predictive, log_likelihood, sample_stats, observed_data
         (outcome on the model scale) and constant_data (embedding, treatment, covariates
-        on the model scale; the Gaussian-process basis is computed from the embedding).
-        Posterior variables on the outcome's original scale: ``tau_unit`` (unit CATE),
-        ``tau_cluster`` (each cluster's average CATE), ``ate``, ``cluster_share``;
-        ``effect_share_clusters`` and ``membership_dependence`` describe the clusters
-        (:meth:`heterogeneity`).
+        on the model scale). Posterior variables on the outcome's original scale:
+        ``tau_unit`` (unit CATE), ``tau_cluster`` (each cluster's average CATE), ``ate``,
+        ``cluster_share``; ``effect_share_clusters`` and ``membership_dependence`` describe
+        the clusters (:meth:`heterogeneity`).
     config : FitConfig
     standardizer : Standardizer
     encoder : object, optional
