@@ -27,11 +27,12 @@ if TYPE_CHECKING:
     import arviz as az
 
 #: Version of the archive layout; files of another version are refused.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 
 #: Older versions this imgcate still reads, and the likelihoods it cannot read from them
-#: (format 3's hurdle had a log-normal positive part; format 4's is a gamma).
-READABLE = {3: ("hurdle",)}
+#: (format 3's hurdle had a log-normal positive part, format 4's and later a gamma one;
+#: formats 3 and 4 stored the Gaussian-process basis, which format 5 computes again).
+READABLE = {3: ("hurdle",), 4: ()}
 
 #: Settings that fits saved before they existed were fitted with.
 OLDER_FIT_SETTINGS = {"baseline_clusters": "shared"}

@@ -116,8 +116,9 @@ def trial_inputs(fit: EffectFit) -> ModelInputs:
     """The trial's own inputs on the model scale, as the model saw them.
 
     The Gaussian-process basis is computed again from the stored embedding, by the function
-    that made it (a fit does not store it: at 10^6 units it is 183 MB in memory and in the
-    file; fits saved before 2026-12-05 hold it, and it is read from them)."""
+    that made it (the same values on the backend that fitted; a fit does not store it: at
+    10^6 units it is 183 MB in memory and in the file). Fits saved in formats 3 and 4 hold it,
+    and it is read from them."""
     const = fit.idata.constant_data
 
     def codes(name: str):
@@ -201,8 +202,9 @@ def cluster_summaries(cate, prob, xp=np) -> dict:
     effect constant up to rounding, as with ``equal_effects``); ``membership_dependence``:
     the mutual information between cluster and image over the trial's images, as a share of
     log K (0: every image has the same membership; 1: each image in one cluster for sure).
-    ``xp`` is ``numpy`` (float64 arithmetic) or ``jax.numpy`` (inside :func:`with_derived`'s
-    compiled pass over chunks of draws, in the arrays' precision).
+    ``xp`` is ``numpy`` (float64 arithmetic) or ``jax.numpy`` (in the arrays' precision).
+    This is the definition; :func:`with_derived`'s pass computes the same over chunks of
+    units (:func:`summary_parts`, :func:`merge_parts`, :func:`finish_parts`).
     """
     if xp is np:
         cate, prob = np.asarray(cate, np.float64), np.asarray(prob, np.float64)
@@ -265,8 +267,9 @@ def summary_parts(cate, prob, xp=np) -> dict:
 
 
 def merge_parts(a: dict, b: dict) -> dict:
-    """:func:`summary_parts` of two chunks of units as those of both (float64; the pairwise
+    """:func:`summary_parts` of two chunks of units as those of both, in float64 (the pairwise
     update of Chan, Golub and LeVeque for the means and sums of squared deviations)."""
+    a, b = ({k: np.asarray(v, np.float64) for k, v in part.items()} for part in (a, b))
     out = {name: a[name] + b[name] for name in ("abs_sum", "weighted_sum", "prob_sum")}
     out["entropy_sum"] = a["entropy_sum"] + b["entropy_sum"]
     for size, mean, m2 in (("n", "mean", "m2"), ("count", "mean_k", "m2_k")):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from imgcate import InputError
+from imgcate.posterior import trial_inputs
 from imgcate.results import load_fit
 
 FAST = {"num_warmup": 300, "num_samples": 300, "num_chains": 2}
@@ -201,20 +202,31 @@ def test_older_and_newer_fit_files_say_what_to_do(k2, tmp_path, edit_fit_file):
 
     _, result = k2
     path = result.save(tmp_path / "fit.imgcate")
+    basis = np.asarray(trial_inputs(result).basis)
+
+    def stored_basis(idata):
+        const = idata.constant_data.assign(basis_features=(("unit", "basis"), basis))
+        idata.constant_data = const
+        return idata
+
     for version, message in (
         (1, "refit with imgcate.fit"),
         (2, "refit with imgcate.fit"),
         (99, "upgrade imgcate"),
         (3, None),  # format 3 (before the hurdle's gamma part) still loads a gaussian fit
+        (4, None),  # format 4 stored the Gaussian-process basis: it is read from the file
     ):
         copy = edit_fit_file(
             path,
             tmp_path / f"v{version}.imgcate",
             meta=lambda m, v=version: {**m, "format_version": v},
+            idata=stored_basis if version == 4 else None,
         )
         if message is None:
+            loaded = load_fit(copy)
+            assert ("basis_features" in loaded.idata.constant_data) == (version == 4)
             np.testing.assert_array_equal(
-                load_fit(copy).unit_effects()["tau_mean"], result.unit_effects()["tau_mean"]
+                loaded.unit_effects()["tau_mean"], result.unit_effects()["tau_mean"]
             )
             continue
         with pytest.raises(InputError, match=message):

@@ -82,9 +82,9 @@ def map_part(fit: EffectFit) -> EffectFit:
     """The part of a fit a map's model (:class:`~imgcate.maps.tiles.TileModel`) reads: the
     posterior draws of the model's parameters and the trial's constant data, with the
     standardizer, encoder and settings. Left out: the per-unit and derived draws, the
-    pointwise log-likelihood, the replicated outcomes, the sampler's statistics and the
-    basis features (a fit of 2,000 units and 4 x 1,000 draws: 7 MB instead of its 96 MB
-    file)."""
+    pointwise log-likelihood, the replicated outcomes, the sampler's statistics and, in fits
+    saved before format 5, the basis features (a fit of 2,000 units and 4 x 1,000 draws:
+    7 MB instead of its 96 MB file)."""
     import arviz as az
 
     from imgcate.posterior import site_names
