@@ -211,8 +211,11 @@ def width_sources(result) -> dict:
         "sd_unit": float(full.std(0).mean()),
         "sd_ate": float(full.mean(1).std()),
     }
-    prior_scale = {"clusters": PRIOR["tau"], "linear": PRIOR["deviation_scale"]}
-    prior_scale["smooth"] = PRIOR["deviation_amp"]
+    prior_scale = {
+        "clusters": PRIOR["tau"],
+        "linear": PRIOR["deviation_scale"],
+        "smooth": PRIOR["deviation_amp"],
+    }
     for term, site in TERMS.items():
         if site not in params:
             continue

@@ -371,7 +371,8 @@ def fit(
     loglik = _log_likelihood(samples, data)
     replicated = _posterior_predictive(samples, data, key_predictive)
     idata = _to_inference_data(samples, stats, loglik, replicated, data, trial, config)
-    del data, samples, loglik, replicated  # in idata now; the derived pass needs no copy
+    inputs = data.inputs  # the derived pass's: its basis need not be computed again
+    del data, samples, loglik, replicated  # in idata now
     if provenance is None:
         upstream = getattr(embeddings, "provenance", None) or {}
         provenance = collect(seeds={"fit": seed}, embeddings=upstream)
@@ -382,7 +383,8 @@ def fit(
             standardizer=std,
             encoder=encoder,
             provenance=dict(provenance),
-        )
+        ),
+        inputs,
     )
     if config.method == "nuts":
         result.check_convergence()

@@ -307,7 +307,9 @@ def finish_parts(parts: dict) -> dict:
     return out
 
 
-def _derived_pass(fit: EffectFit, spec: ModelSpec) -> tuple[dict, np.ndarray | None]:
+def _derived_pass(
+    fit: EffectFit, spec: ModelSpec, inputs: ModelInputs
+) -> tuple[dict, np.ndarray | None]:
     """Cluster summaries of every draw (sample, ...) and the unit CATE (sample, unit) on the
     original scale, or None above :data:`MAX_STORED_UNIT_DRAWS` values.
 
@@ -316,7 +318,6 @@ def _derived_pass(fit: EffectFit, spec: ModelSpec) -> tuple[dict, np.ndarray | N
     and each chunk's inputs are read once for all draws (a pass draw by draw read the whole
     trial's embedding and basis a thousand times at a million units, 79 s of a 160 s fit)."""
     params = {name: jnp.asarray(v) for name, v in site_draws(fit).items()}
-    inputs = trial_inputs(fit)
     scale = fit.standardizer.outcome_sd
 
     def chunk_parts(p, rows):
@@ -333,8 +334,7 @@ def _derived_pass(fit: EffectFit, spec: ModelSpec) -> tuple[dict, np.ndarray | N
     chunk = _per_chunk(DERIVED_CHUNK_VALUES, n_draws * max(spec.n_clusters, 2))
     merged, cates = None, []
     for start in range(0, n_units, chunk):
-        rows = ModelInputs(*(None if a is None else a[start : start + chunk] for a in inputs))
-        parts, cate = fn(params, rows)
+        parts, cate = fn(params, inputs.take(slice(start, start + chunk)))
         parts = {name: np.asarray(v, np.float64) for name, v in parts.items()}
         merged = parts if merged is None else merge_parts(merged, parts)
         if keep:
@@ -342,12 +342,14 @@ def _derived_pass(fit: EffectFit, spec: ModelSpec) -> tuple[dict, np.ndarray | N
     return finish_parts(merged), np.concatenate(cates, axis=1) if keep else None
 
 
-def with_derived(fit: EffectFit) -> EffectFit:
-    """The fit with the derived variables (original outcome scale) in its posterior."""
+def with_derived(fit: EffectFit, inputs: ModelInputs | None = None) -> EffectFit:
+    """The fit with the derived variables (original outcome scale) in its posterior;
+    ``inputs``: the trial's, where the caller has them already (:func:`trial_inputs`
+    otherwise, which computes the basis again)."""
     post = fit.idata.posterior
     shape = (post.sizes["chain"], post.sizes["draw"])
     spec = fit_spec(fit)
-    summaries, cate = _derived_pass(fit, spec)
+    summaries, cate = _derived_pass(fit, spec, trial_inputs(fit) if inputs is None else inputs)
     derived = {}
     for name, values in summaries.items():
         dims = ("chain", "draw") + (("cluster",) if values.ndim == 2 else ())
