@@ -176,6 +176,12 @@ def one_fit(
         "r_hat_unit": float(diag.loc["tau_unit[worst]", "r_hat"]),
         "r_hat_max": float(diag["r_hat"].max()),
         "divergences": int(result.idata.sample_stats["diverging"].values.sum()),
+        "restarted_chains": [
+            int(c)
+            for c in getattr(result.idata.get("sample_stats"), "attrs", {}).get(
+                "restarted_chains", []
+            )
+        ],
     }
     if k > 1:
         het = result.heterogeneity(PROB)

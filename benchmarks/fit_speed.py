@@ -9,6 +9,7 @@ Prints one JSON object. Same settings every run:
                                                 # the default model with fit's own 4x500 draws
     python benchmarks/fit_speed.py --large      # SVI at n = 10^5 and 10^6 (3 seeds each) and
                                                 # SVI against NUTS at n = 5,000 (3 seeds)
+    python benchmarks/fit_speed.py --large --pairs  # only SVI against NUTS at n = 5,000
 
 Each fit runs twice, each time in a fresh process: first with an empty JAX compilation cache
 (``first_fit_s``: it compiles everything, as the first fit of a model of that shape on a
@@ -236,6 +237,12 @@ def svi_against_nuts(n_units: int, seed: int) -> dict:
             "unit_coverage_90": round(
                 float(np.mean((lo <= sim.truth.cate) & (sim.truth.cate <= hi))), 3
             ),
+            "restarted_chains": [
+                int(c)
+                for c in getattr(result.idata.get("sample_stats"), "attrs", {}).get(
+                    "restarted_chains", []
+                )
+            ],
             "warnings": sorted(
                 {f"{w.category.__name__}: {str(w.message).splitlines()[0][:200]}" for w in caught}
             ),
@@ -266,19 +273,9 @@ def coverage(records: list[dict]) -> float:
     return round(float(np.mean(covered)), 3)
 
 
-def large_runs(seeds: int) -> dict:
-    fits = [in_fresh_process(large_svi, n, s) for n in (100_000, 1_000_000) for s in range(seeds)]
-    pairs = [in_fresh_process(svi_against_nuts, 5_000, s) for s in range(seeds)]
-    summary = {
-        str(n): {
-            "fit_s_max": max(r["fit_s"] for r in fits if r["n_units"] == n),
-            "peak_rss_mb_max": max(r["peak_rss_mb"] for r in fits if r["n_units"] == n),
-            "tau_abs_error_max": max(r["tau_abs_error_max"] for r in fits if r["n_units"] == n),
-            "coverage_90": coverage([r for r in fits if r["n_units"] == n]),
-        }
-        for n in (100_000, 1_000_000)
-    }
-    summary["5000_svi_vs_nuts"] = {
+def pair_summary(pairs: list[dict]) -> dict:
+    """What the SVI/NUTS pairs at 5,000 units show, over their seeds."""
+    return {
         "coverage_90_svi": coverage([p["svi"] for p in pairs]),
         "coverage_90_nuts": coverage([p["nuts"] for p in pairs]),
         "sd_ratio_range": [
@@ -290,7 +287,25 @@ def large_runs(seeds: int) -> dict:
         "abs_mean_shift_in_nuts_sd_max": max(
             max(abs(x) for x in p["mean_shift_in_nuts_sd"]) for p in pairs
         ),
+        "nuts_restarted_chains": [p["nuts"]["restarted_chains"] for p in pairs],
     }
+
+
+def large_runs(seeds: int, pairs_only: bool = False) -> dict:
+    pairs = [in_fresh_process(svi_against_nuts, 5_000, s) for s in range(seeds)]
+    if pairs_only:
+        return {"summary": {"5000_svi_vs_nuts": pair_summary(pairs)}, "svi_vs_nuts": pairs}
+    fits = [in_fresh_process(large_svi, n, s) for n in (100_000, 1_000_000) for s in range(seeds)]
+    summary = {
+        str(n): {
+            "fit_s_max": max(r["fit_s"] for r in fits if r["n_units"] == n),
+            "peak_rss_mb_max": max(r["peak_rss_mb"] for r in fits if r["n_units"] == n),
+            "tau_abs_error_max": max(r["tau_abs_error_max"] for r in fits if r["n_units"] == n),
+            "coverage_90": coverage([r for r in fits if r["n_units"] == n]),
+        }
+        for n in (100_000, 1_000_000)
+    }
+    summary["5000_svi_vs_nuts"] = pair_summary(pairs)
     return {
         "target": "n = 10^6 in <= 600 s with peak RSS <= 4,096 MB and |tau error| < 0.05",
         "summary": summary,
@@ -315,6 +330,9 @@ def main() -> None:
         "--large", action="store_true", help="only SVI at 10^5 and 10^6 units, SVI vs NUTS"
     )
     parser.add_argument("--seeds", type=int, default=3, help="seeds of each --large trial")
+    parser.add_argument(
+        "--pairs", action="store_true", help="with --large: only the SVI/NUTS pairs at 5,000"
+    )
     parser.add_argument(
         "--draws",
         type=int,
@@ -342,7 +360,7 @@ def main() -> None:
                     "d": 16,
                     "K": 3,
                     "machine": machine(),
-                    **large_runs(args.seeds),
+                    **large_runs(args.seeds, args.pairs),
                 },
                 indent=2,
             )

@@ -1,7 +1,9 @@
 """NUTS chains for the effect model: MAP starts, one compiled sampler, chains on every core.
 
 Several MAP searches run in parallel (``jax.vmap``) from random points; NUTS chain c starts
-at the c-th best of them, so chains that settle in different modes show in R-hat. NUTS moves
+at the c-th best of them, so chains that settle in different modes show in R-hat; a chain that
+ends warm-up in a mode of clearly lower log density than the best chain's goes on from the best
+chain's state (:func:`imgcate.diagnostics.lagging_chains`). NUTS moves
 on the model's potential (the negative log joint in the unconstrained space), compiled once
 per group size and never run op by op. It moves one flat vector of the unconstrained
 parameters, not a dict of sites, so that its leapfrog and tree bookkeeping are a few array
@@ -32,6 +34,7 @@ from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 from numpyro.optim import Adam
 
 from imgcate.config import FitConfig, ModelData
+from imgcate.diagnostics import lagging_chains
 from imgcate.model import effect_model
 from imgcate.output import progress_bar
 
@@ -223,42 +226,92 @@ def run_nuts(data: ModelData, config: FitConfig, starts: dict, key) -> tuple[dic
         )
     )
     lock = threading.Lock()
+    group_states: list[Any] = [None] * len(groups)
+    warm_energy: list[Any] = [None] * len(groups)
     results: list[Any] = [None] * n_chains
 
-    def run(g: int) -> None:
+    def tick(chains: list[int]) -> None:
+        with lock:
+            for _ in range(block * len(chains)):
+                next(iterations, None)
+
+    def warm(g: int) -> None:
         chains = groups[g]
         state = jax.tree.map(lambda *s: jnp.stack(s), *(states[c] for c in chains))
         state = jax.device_put(state, devices[g % workers])
-        kept = []
-        for done in range(0, warmup + draws, block):
+        energies = []
+        for _ in range(0, warmup, block):
             state, out = advance(state)
-            if done >= warmup:
-                kept.append(jax.device_get(out))
-            else:
-                jax.block_until_ready(state)
-            with lock:
-                for _ in range(block * len(chains)):
-                    next(iterations, None)
+            energies.append(np.asarray(out[4]))
+            tick(chains)
+        group_states[g] = state
+        warm_energy[g] = np.concatenate(energies, axis=1) if energies else None
+
+    def sample(g: int) -> None:
+        chains, state = groups[g], group_states[g]
+        kept = []
+        for _ in range(0, draws, block):
+            state, out = advance(state)
+            kept.append(jax.device_get(out))
+            tick(chains)
         out = jax.tree.map(lambda *parts: np.concatenate(parts, axis=1), *kept)
         for i, c in enumerate(chains):
             results[c] = jax.tree.map(lambda a, i=i: a[i], out)
 
-    def run_on(d: int) -> None:
-        for g in range(d, len(groups), workers):
-            run(g)
+    def each_group(phase) -> None:
+        def run_on(d: int) -> None:
+            for g in range(d, len(groups), workers):
+                phase(g)
 
-    if workers == 1:
-        run_on(0)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(run_on, range(workers)))
+        if workers == 1:
+            run_on(0)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(run_on, range(workers)))
+
+    each_group(warm)
+    restarts = {}
+    if warmup and n_chains > 1:
+        log_density = -np.concatenate(warm_energy, axis=0)
+        restarts = lagging_chains(log_density[:, -warmup_window(warmup, block) :])
+        if restarts:
+            _continue_from_best(group_states, groups, restarts, devices, workers)
+    each_group(sample)
     for _ in iterations:  # closes the bar
         pass
     vectors = np.stack([r[0] for r in results])  # (chain, draw, parameter)
     free = jax.jit(jax.vmap(jax.vmap(unravel)))(vectors)
     free = {k: np.asarray(v) for k, v in free.items()}
     fields = {name: np.stack([r[i + 1] for r in results]) for i, name in enumerate(FIELDS)}
+    fields["restarts"] = restarts
     return constrained(free, args), fields
+
+
+def warmup_window(warmup: int, block: int) -> int:
+    """Warm-up iterations at its end whose log density places each chain's mode: the last
+    fifth, in whole blocks, at least one block."""
+    return min(warmup, max(block, warmup // 5 // block * block))
+
+
+def _continue_from_best(group_states: list, groups: list, restarts: dict, devices, workers):
+    """Put each lagging chain where its source chain ended warm-up (position, step size, mass
+    matrix), keeping its own random key; ``group_states`` is changed in place."""
+    where = {c: (g, i) for g, chains in enumerate(groups) for i, c in enumerate(chains)}
+    host = [jax.device_get(state) for state in group_states]
+    for chain, restart in restarts.items():
+        g, i = where[chain]
+        gs, s = where[restart["source"]]
+        key = np.array(host[g].rng_key)
+
+        def put(dst, src, i=i, s=s):
+            dst = np.array(dst)
+            dst[i] = np.asarray(src)[s]
+            return dst
+
+        host[g] = jax.tree.map(put, host[g], host[gs])._replace(rng_key=key)
+    for g, state in enumerate(host):
+        if any(where[c][0] == g for c in restarts):
+            group_states[g] = jax.device_put(state, devices[g % workers])
 
 
 def constrained(free: dict, args: dict) -> dict:

@@ -87,8 +87,11 @@ class FitConfig:
         Multi-start initialization: ``init_restarts`` MAP searches (Adam, ``init_steps``
         steps each, run in parallel with ``jax.vmap``) from random points; chain c starts at
         the c-th best of those within 10 of the best (see :func:`imgcate.chains.chain_starts`),
-        so chains that settle in different modes show in R-hat. With 0 restarts each chain
-        starts at random (uniform in (-2, 2) unconstrained, NumPyro's default).
+        so chains that settle in different modes show in R-hat. A chain that ends warm-up
+        clearly below the best chain's log density goes on from the best chain's state
+        (:func:`imgcate.diagnostics.lagging_chains`; recorded in ``sample_stats.attrs``).
+        With 0 restarts each chain starts at random (uniform in (-2, 2) unconstrained,
+        NumPyro's default).
     seed : int
         Random seed of the inference and of the basis's landmark units.
     progress : bool

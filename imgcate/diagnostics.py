@@ -35,7 +35,8 @@ CHECKED = (
     "group_sd",
 )
 
-#: A chain whose mean log density is this far below the best chain's sits in another mode.
+#: Least gap of mean log density, below the best chain's, at which a chain sits in another
+#: mode (and at least four standard errors of the gap: :func:`lagging_chains`).
 MODE_GAP = 5.0
 
 
@@ -224,14 +225,69 @@ def _column_statistics(x: np.ndarray) -> dict[str, np.ndarray]:
     return {name: np.where(valid, v, np.nan) for name, v in out.items()}
 
 
+def lagging_chains(log_density: np.ndarray, gap: float = MODE_GAP) -> dict[int, dict]:
+    """Chains whose log density lies clearly below the best chain's: in another mode.
+
+    Used at the end of warm-up (:func:`imgcate.chains.run_nuts` moves such chains) and over
+    the draws (:func:`chain_modes`).
+
+    Parameters
+    ----------
+    log_density : ndarray (chain, iteration)
+        Each chain's log density over the iterations compared.
+    gap : float
+        Least difference of mean log density that counts.
+
+    Returns
+    -------
+    dict
+        ``{chain: {"source": best chain, "gap": difference of means}}`` for each chain whose
+        mean lies more than ``gap``, and more than four standard errors of the difference
+        (each chain's from its own ESS), below the best chain's. The best chain is the one
+        with the highest mean among those that move (log density sd at least half the
+        chains' median).
+    """
+    means, sd = log_density.mean(axis=1), log_density.std(axis=1, ddof=1)
+    ess = np.array(
+        [convergence_statistics(row[None, :, None])["ess_bulk"][0] for row in log_density]
+    )
+    se = sd / np.sqrt(np.clip(np.nan_to_num(ess, nan=1.0), 1.0, log_density.shape[1]))
+    # a chain that hardly moves (its log density nearly constant: a collapsed step size, stuck
+    # at a peak) may sit above the others without being in a better mode: it is no reference
+    moving = sd >= 0.5 * np.median(sd)
+    best = int(np.flatnonzero(moving)[np.argmax(means[moving])])
+    out = {}
+    for c, mean in enumerate(means):
+        difference = float(means[best] - mean)
+        if difference > gap and difference > 4.0 * float(np.hypot(se[best], se[c])):
+            out[c] = {"source": best, "gap": round(difference, 1)}
+    return out
+
+
 def chain_modes(idata: az.InferenceData) -> list[int]:
-    """Chains whose mean log density lies more than :data:`MODE_GAP` below the best chain's
-    (empty when the chains agree or the log density was not recorded)."""
+    """Chains whose log density over the draws lies clearly below the best chain's
+    (:func:`lagging_chains`); empty when the chains agree or it was not recorded."""
     stats = idata.get("sample_stats")
     if stats is None or "lp" not in stats or stats.sizes.get("chain", 1) < 2:
         return []
-    means = stats["lp"].values.mean(1)
-    return [int(c) for c in np.flatnonzero(means < means.max() - MODE_GAP)]
+    return sorted(lagging_chains(stats["lp"].values))
+
+
+def restart_note(idata: az.InferenceData, prefix: str = "") -> str:
+    """Which chains ended warm-up in a clearly lower mode and went on from the best chain's
+    state (:func:`imgcate.chains.lagging_chains`), in words after ``prefix``; "" when none."""
+    stats = idata.get("sample_stats")
+    chains = np.atleast_1d(stats.attrs.get("restarted_chains", [])) if stats is not None else []
+    if len(chains) == 0:
+        return ""
+    gaps = np.round(np.atleast_1d(stats.attrs["restart_gaps"])).astype(int)
+    sources = sorted({int(s) for s in np.atleast_1d(stats.attrs["restart_sources"])})
+    span = f"{gaps.min()}" if gaps.min() == gaps.max() else f"{gaps.min()}-{gaps.max()}"
+    return (
+        f"{prefix}chain(s) {', '.join(str(int(c)) for c in chains)} ended warm-up in a mode "
+        f"whose log density was {span} below the best chain's and went on from chain(s) "
+        f"{', '.join(map(str, sources))}"
+    )
 
 
 def convergence_problems(idata: az.InferenceData) -> list[str]:

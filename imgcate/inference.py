@@ -123,6 +123,7 @@ def _run_nuts(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
         "n_steps": fields["num_steps"],
         "energy": fields["energy"],
         "lp": -fields["potential_energy"],
+        "restarts": fields["restarts"],
     }
     return samples, stats
 
@@ -503,7 +504,7 @@ def _to_inference_data(
     idata = az.from_dict(
         posterior=samples,
         posterior_predictive=None if replicated is None else {"outcome": replicated},
-        sample_stats={k: v for k, v in stats.items() if v.ndim >= 2},
+        sample_stats={k: v for k, v in stats.items() if np.ndim(v) >= 2},
         log_likelihood=None if loglik is None else {"outcome": loglik},
         observed_data={"outcome": data.outcome},
         constant_data=constant,
@@ -511,6 +512,15 @@ def _to_inference_data(
         dims=dims,
     )
     idata.posterior.attrs.update({"inference_library": "numpyro", "imgcate_method": config.method})
+    if stats.get("restarts"):
+        restarts = stats["restarts"]
+        idata.sample_stats.attrs.update(
+            {
+                "restarted_chains": sorted(restarts),
+                "restart_sources": [restarts[c]["source"] for c in sorted(restarts)],
+                "restart_gaps": [restarts[c]["gap"] for c in sorted(restarts)],
+            }
+        )
     if "loss" in stats:
         loss = xr.Dataset({"loss": ("step", stats["loss"])})
         idata.add_groups({"svi_loss": loss}, warn_on_custom_groups=False)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from imgcate.diagnostics import convergence_problems, outcome_problems
+from imgcate.diagnostics import convergence_problems, outcome_problems, restart_note
 from imgcate.errors import InputError
 from imgcate.optional import require
 from imgcate.output import atomic_path, check_writable
@@ -229,6 +229,9 @@ def _diagnostics(fit: EffectFit, seed: int) -> Section:
         int(stats["diverging"].values.sum()) if stats is not None and "diverging" in stats else 0
     )
     section.text(f"Divergent transitions: {n_div}.")
+    restarted = restart_note(fit.idata)
+    if restarted:
+        section.text(restarted[0].upper() + restarted[1:] + ".")
     section.text(
         "Failed checks: " + " ".join(f"({i + 1}) {p.rstrip('.')}." for i, p in enumerate(problems))
         if problems

@@ -27,6 +27,7 @@ from imgcate.diagnostics import (
     observational,
     outcome_check,
     outcome_problems,
+    restart_note,
 )
 from imgcate.errors import ConvergenceWarning, FitError, InputError, ModelCheckWarning
 from imgcate.fitfile import read_fit_file, write_fit_file
@@ -458,11 +459,10 @@ class EffectFit:
             warnings.simplefilter("ignore")
             diag = self.diagnostics()
         stats = self.idata.get("sample_stats")
-        has = stats is not None and "diverging" in stats
-        n_div = int(stats["diverging"].values.sum()) if has else 0
+        n_div = int(stats["diverging"].values.sum()) if "diverging" in (stats or {}) else 0
         return (
             f"Diagnostics: max R-hat {diag['r_hat'].max():.3f}, min bulk ESS "
-            f"{diag['ess_bulk'].min():.0f}, divergences {n_div}"
+            f"{diag['ess_bulk'].min():.0f}, divergences {n_div}{restart_note(self.idata, '; ')}"
         )
 
     def _problems(self) -> list[str]:

@@ -1,0 +1,133 @@
+"""Chains that end warm-up in a clearly lower mode go on from the best chain's state."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpyro.infer import NUTS
+
+from imgcate.chains import _continue_from_best, warmup_window
+from imgcate.diagnostics import MODE_GAP, lagging_chains, restart_note
+
+
+def autocorrelated(rng, means, sd, n, phi=0.5):
+    """AR(1) series (chain, iteration) with the given means and marginal sd."""
+    x = np.empty((len(means), n))
+    x[:, 0] = rng.normal(0, sd, len(means))
+    for t in range(1, n):
+        x[:, t] = phi * x[:, t - 1] + rng.normal(0, sd * np.sqrt(1 - phi**2), len(means))
+    return x + np.asarray(means)[:, None]
+
+
+def test_only_a_chain_clearly_below_the_best_is_moved():
+    rng = np.random.default_rng(0)
+    # the log density of a 900-parameter posterior wanders with sd about sqrt(900 / 2) = 21
+    moved = lagging_chains(autocorrelated(rng, [0.0, 1.0, -45.0, -2.0], 21.0, 100))
+    assert set(moved) == {2}
+    assert moved[2]["source"] in (0, 1, 3)  # whichever came out highest
+    assert 30 < moved[2]["gap"] < 60
+    # a gap of 8 over 100 such iterations is within the noise (four standard errors: ~20)
+    for seed in range(10):
+        noisy = autocorrelated(np.random.default_rng(seed), [0.0, -8.0], 21.0, 100)
+        assert lagging_chains(noisy) == {}
+    # and a precisely known gap below MODE_GAP is the same mode
+    quiet = autocorrelated(rng, [0.0, -(MODE_GAP - 1.0)], 0.1, 100)
+    assert lagging_chains(quiet) == {}
+    # a chain stuck at a peak (its log density constant, above the others') is no reference
+    stuck = autocorrelated(rng, [0.0, 0.0, -45.0], 21.0, 100)
+    stuck[1] = 400.0
+    assert set(lagging_chains(stuck)) == {2} and lagging_chains(stuck)[2]["source"] == 0
+    # chains in the same mode: nothing, whatever their number
+    assert lagging_chains(autocorrelated(rng, [0.0] * 6, 21.0, 100)) == {}
+
+
+def test_the_window_is_the_last_fifth_of_warm_up_in_whole_blocks():
+    assert warmup_window(500, 50) == 100
+    assert warmup_window(100, 50) == 50
+    assert warmup_window(1000, 50) == 200
+    assert warmup_window(30, 50) == 30
+
+
+def test_a_moved_chain_takes_the_source_state_and_keeps_its_key():
+    def energy(x):
+        return 0.5 * jnp.sum((x / jnp.arange(1.0, 4.0)) ** 2)
+
+    kernel = NUTS(potential_fn=energy)
+    keys = jax.random.split(jax.random.PRNGKey(0), 4)
+    states = [kernel.init(keys[c], 20, jnp.full(3, float(c))) for c in range(4)]
+    step = jax.jit(lambda s: kernel.sample(s, (), {}))
+    for _ in range(10):  # the chains' positions and adaptation now differ
+        states = [step(s) for s in states]
+    groups = [[0, 1], [2, 3]]
+    stacked = [jax.tree.map(lambda *s: jnp.stack(s), *(states[c] for c in g)) for g in groups]
+    before = [jax.device_get(s) for s in stacked]
+    _continue_from_best(stacked, groups, {1: {"source": 2, "gap": 50.0}}, jax.devices()[:1], 1)
+    after = [jax.device_get(s) for s in stacked]
+    np.testing.assert_array_equal(after[0].z[1], before[1].z[0])
+    np.testing.assert_array_equal(
+        after[0].adapt_state.step_size[1], before[1].adapt_state.step_size[0]
+    )
+    np.testing.assert_array_equal(
+        after[0].adapt_state.inverse_mass_matrix[1], before[1].adapt_state.inverse_mass_matrix[0]
+    )
+    np.testing.assert_array_equal(after[0].rng_key, before[0].rng_key)  # its own draws
+    np.testing.assert_array_equal(after[0].z[0], before[0].z[0])  # chain 0 untouched
+    assert not np.array_equal(before[0].z[1], before[1].z[0])
+    # the moved chain then draws its own path from the shared point
+    moved = jax.tree.map(lambda a: a[1], stacked[0])
+    source = jax.tree.map(lambda a: a[0], stacked[1])
+    assert not np.array_equal(np.asarray(step(moved).z), np.asarray(step(source).z))
+
+
+def test_restarts_are_reported_and_survive_saving(k2, tmp_path):
+    from imgcate import load_fit
+
+    _, result = k2
+    assert restart_note(result.idata) == ""
+    result.idata.sample_stats.attrs.update(
+        {"restarted_chains": [1], "restart_sources": [0], "restart_gaps": [38.8]}
+    )
+    try:
+        path = result.save(tmp_path / "fit.imgcate")
+        loaded = load_fit(path)
+        note = restart_note(loaded.idata)
+        assert note == (
+            "chain(s) 1 ended warm-up in a mode whose log density was 39 below the best "
+            "chain's and went on from chain(s) 0"
+        )
+        assert note in loaded.summary()
+    finally:
+        for name in ("restarted_chains", "restart_sources", "restart_gaps"):
+            result.idata.sample_stats.attrs.pop(name)
+
+
+@pytest.mark.slow
+def test_chains_in_a_lower_mode_are_moved_and_the_chains_agree():
+    """A 2,000-unit trial (K = 3, 16 features) on which two of four chains end warm-up in a
+    mode 40-50 below the best chain's log density. They go on from the best chain, and the
+    chains then agree."""
+    import warnings
+
+    from imgcate import ConvergenceWarning, fit
+    from imgcate.diagnostics import chain_modes, diagnostics_table
+    from imgcate.simulate import simulate_trial
+
+    sim = simulate_trial(1, 2000, 3, n_features=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = fit(
+            sim.trial, sim.embeddings, n_clusters=3, seed=1, num_warmup=300, num_samples=300
+        )
+    attrs = result.idata.sample_stats.attrs
+    assert len(attrs["restarted_chains"]) >= 1
+    assert min(attrs["restart_gaps"]) > 20
+    assert chain_modes(result.idata) == []
+    assert (
+        diagnostics_table(result.idata).loc[[f"tau_cluster[{k}]" for k in range(3)], "r_hat"].max()
+        < 1.05
+    )
+    effects = result.cluster_effects()
+    truth = sim.truth.tau_cluster_assigned
+    assert np.all(np.abs(effects["tau_mean"].to_numpy() - truth) < 4 * effects["tau_sd"])
