@@ -139,6 +139,7 @@ def one_fit(
     constant-effect model and measures the one ``compare_clusters``' rule selects;
     ``sources`` adds :func:`width_sources`."""
     import imgcate
+    from imgcate.diagnostics import chain_restarts
     from imgcate.model import PRIOR
     from imgcate.simulate import simulate_scenario
 
@@ -176,12 +177,7 @@ def one_fit(
         "r_hat_unit": float(diag.loc["tau_unit[worst]", "r_hat"]),
         "r_hat_max": float(diag["r_hat"].max()),
         "divergences": int(result.idata.sample_stats["diverging"].values.sum()),
-        "restarted_chains": [
-            int(c)
-            for c in getattr(result.idata.get("sample_stats"), "attrs", {}).get(
-                "restarted_chains", []
-            )
-        ],
+        **chain_restarts(result.idata),
     }
     if k > 1:
         het = result.heterogeneity(PROB)

@@ -62,6 +62,7 @@ import numpy as np
 from imgcate import ConvergenceWarning
 from imgcate.compilation import ENV
 from imgcate.config import FitConfig
+from imgcate.diagnostics import chain_restarts
 from imgcate.inference import fit
 from imgcate.simulate import simulate_trial
 
@@ -237,12 +238,7 @@ def svi_against_nuts(n_units: int, seed: int) -> dict:
             "unit_coverage_90": round(
                 float(np.mean((lo <= sim.truth.cate) & (sim.truth.cate <= hi))), 3
             ),
-            "restarted_chains": [
-                int(c)
-                for c in getattr(result.idata.get("sample_stats"), "attrs", {}).get(
-                    "restarted_chains", []
-                )
-            ],
+            **chain_restarts(result.idata),
             "warnings": sorted(
                 {f"{w.category.__name__}: {str(w.message).splitlines()[0][:200]}" for w in caught}
             ),

@@ -289,8 +289,8 @@ def run_nuts(data: ModelData, config: FitConfig, starts: dict, key) -> tuple[dic
 
 def warmup_window(warmup: int, block: int) -> int:
     """Warm-up iterations at its end whose log density places each chain's mode: the last
-    fifth, in whole blocks, at least one block."""
-    return min(warmup, max(block, warmup // 5 // block * block))
+    two fifths, in whole blocks, at least one block (all of a shorter warm-up)."""
+    return min(warmup, max(block, 2 * warmup // 5 // block * block))
 
 
 def _continue_from_best(group_states: list, groups: list, restarts: dict, devices, workers):

@@ -36,8 +36,11 @@ CHECKED = (
 )
 
 #: Least gap of mean log density, below the best chain's, at which a chain sits in another
-#: mode (and at least four standard errors of the gap: :func:`lagging_chains`).
+#: mode (and at least the log density's sd and four standard errors: :func:`lagging_chains`).
 MODE_GAP = 5.0
+
+#: Fewest iterations over which chains' log densities are compared.
+MIN_MODE_DRAWS = 20
 
 
 def diagnostics_table(idata: az.InferenceData) -> pd.DataFrame:
@@ -242,24 +245,33 @@ def lagging_chains(log_density: np.ndarray, gap: float = MODE_GAP) -> dict[int, 
     -------
     dict
         ``{chain: {"source": best chain, "gap": difference of means}}`` for each chain whose
-        mean lies more than ``gap``, and more than four standard errors of the difference
-        (each chain's from its own ESS), below the best chain's. The best chain is the one
-        with the highest mean among those that move (log density sd at least half the
-        chains' median).
+        mean lies below the best chain's by more than ``gap``, more than the chains' median
+        sd of log density (their draws barely overlap), and more than four standard errors
+        of the difference. A chain's standard error is its sd over the square root of its
+        ESS, the ESS counted at most one per ten iterations (estimated from a short window
+        it comes out too high). The best chain is the one with the highest mean among
+        those that move (log density sd at least a quarter of the chains' median). Empty
+        with fewer than two chains, fewer than :data:`MIN_MODE_DRAWS` iterations, or a
+        log density that is not finite.
     """
+    n_chains, n_draws = log_density.shape
+    if n_chains < 2 or n_draws < MIN_MODE_DRAWS or not np.all(np.isfinite(log_density)):
+        return {}
     means, sd = log_density.mean(axis=1), log_density.std(axis=1, ddof=1)
     ess = np.array(
         [convergence_statistics(row[None, :, None])["ess_bulk"][0] for row in log_density]
     )
-    se = sd / np.sqrt(np.clip(np.nan_to_num(ess, nan=1.0), 1.0, log_density.shape[1]))
+    se = sd / np.sqrt(np.clip(np.nan_to_num(ess, nan=1.0), 1.0, n_draws / 10))
     # a chain that hardly moves (its log density nearly constant: a collapsed step size, stuck
     # at a peak) may sit above the others without being in a better mode: it is no reference
-    moving = sd >= 0.5 * np.median(sd)
+    spread = float(np.median(sd))
+    moving = sd >= 0.25 * spread
     best = int(np.flatnonzero(moving)[np.argmax(means[moving])])
     out = {}
     for c, mean in enumerate(means):
         difference = float(means[best] - mean)
-        if difference > gap and difference > 4.0 * float(np.hypot(se[best], se[c])):
+        noise = 4.0 * float(np.hypot(se[best], se[c]))
+        if difference > max(gap, spread, noise):
             out[c] = {"source": best, "gap": round(difference, 1)}
     return out
 
@@ -273,15 +285,29 @@ def chain_modes(idata: az.InferenceData) -> list[int]:
     return sorted(lagging_chains(stats["lp"].values))
 
 
+def chain_restarts(idata: az.InferenceData) -> dict[str, list]:
+    """The chains a NUTS fit moved to the best chain at the end of warm-up
+    (:func:`lagging_chains`): ``restarted_chains``, their ``restart_sources`` and
+    ``restart_gaps`` (mean log density below the source's), as lists; empty for none, and for
+    SVI. Read from ``sample_stats.attrs`` (a saved fit gives one-element lists back as
+    scalars)."""
+    stats = idata.get("sample_stats")
+    attrs = {} if stats is None else stats.attrs
+    return {
+        key: np.atleast_1d(attrs.get(key, [])).tolist()
+        for key in ("restarted_chains", "restart_sources", "restart_gaps")
+    }
+
+
 def restart_note(idata: az.InferenceData, prefix: str = "") -> str:
     """Which chains ended warm-up in a clearly lower mode and went on from the best chain's
-    state (:func:`imgcate.chains.lagging_chains`), in words after ``prefix``; "" when none."""
-    stats = idata.get("sample_stats")
-    chains = np.atleast_1d(stats.attrs.get("restarted_chains", [])) if stats is not None else []
-    if len(chains) == 0:
+    state (:func:`chain_restarts`), in words after ``prefix``; "" when none."""
+    restarts = chain_restarts(idata)
+    chains = restarts["restarted_chains"]
+    if not chains:
         return ""
-    gaps = np.round(np.atleast_1d(stats.attrs["restart_gaps"])).astype(int)
-    sources = sorted({int(s) for s in np.atleast_1d(stats.attrs["restart_sources"])})
+    gaps = np.round(restarts["restart_gaps"]).astype(int)
+    sources = sorted({int(s) for s in restarts["restart_sources"]})
     span = f"{gaps.min()}" if gaps.min() == gaps.max() else f"{gaps.min()}-{gaps.max()}"
     return (
         f"{prefix}chain(s) {', '.join(str(int(c)) for c in chains)} ended warm-up in a mode "
