@@ -271,9 +271,9 @@ def run_nuts(data: ModelData, config: FitConfig, starts: dict, key) -> tuple[dic
 
     each_group(warm)
     restarts = {}
-    if warmup and n_chains > 1:
+    if config.restart_chains and n_chains > 1:
         log_density = -np.concatenate(warm_energy, axis=0)
-        restarts = lagging_chains(log_density[:, -warmup_window(warmup, block) :])
+        restarts = lagging_chains(log_density[:, -warmup_window(warmup, block) :], agreeing=1)
         if restarts:
             _continue_from_best(group_states, groups, restarts, devices, workers)
     each_group(sample)

@@ -87,11 +87,13 @@ class FitConfig:
         Multi-start initialization: ``init_restarts`` MAP searches (Adam, ``init_steps``
         steps each, run in parallel with ``jax.vmap``) from random points; chain c starts at
         the c-th best of those within 10 of the best (see :func:`imgcate.chains.chain_starts`),
-        so chains that settle in different modes show in R-hat. A chain that ends warm-up
-        clearly below the best chain's log density goes on from the best chain's state
-        (:func:`imgcate.diagnostics.lagging_chains`; recorded in ``sample_stats.attrs``).
-        With 0 restarts each chain starts at random (uniform in (-2, 2) unconstrained,
-        NumPyro's default).
+        so chains that settle in different modes show in R-hat. With 0 restarts each chain
+        starts at random (uniform in (-2, 2) unconstrained, NumPyro's default).
+    restart_chains : bool
+        Whether a NUTS chain that ends warm-up clearly below the best settled chain's log
+        density goes on from that chain's state (:func:`imgcate.diagnostics.lagging_chains`;
+        recorded in ``sample_stats.attrs`` and said in ``summary()``), whatever
+        ``init_restarts`` is. False keeps every chain where its warm-up left it.
     seed : int
         Random seed of the inference and of the basis's landmark units.
     progress : bool
@@ -120,6 +122,7 @@ class FitConfig:
     random_effects: bool = True
     init_restarts: int = 8
     init_steps: int = 500
+    restart_chains: bool = True
     seed: int = 0
     progress: bool = False
 

@@ -228,7 +228,9 @@ def _column_statistics(x: np.ndarray) -> dict[str, np.ndarray]:
     return {name: np.where(valid, v, np.nan) for name, v in out.items()}
 
 
-def lagging_chains(log_density: np.ndarray, gap: float = MODE_GAP) -> dict[int, dict]:
+def lagging_chains(
+    log_density: np.ndarray, gap: float = MODE_GAP, agreeing: int = 0
+) -> dict[int, dict]:
     """Chains whose log density lies clearly below the best chain's: in another mode.
 
     Used at the end of warm-up (:func:`imgcate.chains.run_nuts` moves such chains) and over
@@ -240,19 +242,27 @@ def lagging_chains(log_density: np.ndarray, gap: float = MODE_GAP) -> dict[int, 
         Each chain's log density over the iterations compared.
     gap : float
         Least difference of mean log density that counts.
+    agreeing : int
+        How many other chains must share the best chain's level (not lie clearly below it)
+        for any chain to count as lagging: with 1, a chain alone far above the others (still
+        coming down from its start, or stuck) moves nobody.
 
     Returns
     -------
     dict
-        ``{chain: {"source": best chain, "gap": difference of means}}`` for each chain whose
-        mean lies below the best chain's by more than ``gap``, more than the chains' median
-        sd of log density (their draws barely overlap), and more than four standard errors
-        of the difference. A chain's standard error is its sd over the square root of its
-        ESS, the ESS counted at most one per ten iterations (estimated from a short window
-        it comes out too high). The best chain is the one with the highest mean among
-        those that move (log density sd at least a quarter of the chains' median). Empty
-        with fewer than two chains, fewer than :data:`MIN_MODE_DRAWS` iterations, or a
-        log density that is not finite.
+        ``{chain: {"source": best chain, "gap": difference of means, "sd": the chains'
+        median sd of log density}}`` for each chain whose mean lies below the best chain's
+        by more than ``gap``, more than that sd (their draws barely overlap), and more than
+        four standard errors of the difference. A chain's standard error is its sd over the
+        square root of its ESS, the ESS counted at most one per ten iterations (estimated
+        from a short window it comes out too high). The best chain is the one with the
+        highest mean among those that may be a reference: chains that move (log density sd
+        at least a quarter of the median) and have settled (the means of the window's two
+        halves differ by less than the chain's sd around its linear trend: a chain still
+        coming down from its start, a MAP point far above the posterior's typical log
+        density, is no reference). Empty with fewer than
+        two chains, fewer than :data:`MIN_MODE_DRAWS` iterations, a log density that is not
+        finite, or no chain that may be a reference.
     """
     n_chains, n_draws = log_density.shape
     if n_chains < 2 or n_draws < MIN_MODE_DRAWS or not np.all(np.isfinite(log_density)):
@@ -262,18 +272,26 @@ def lagging_chains(log_density: np.ndarray, gap: float = MODE_GAP) -> dict[int, 
         [convergence_statistics(row[None, :, None])["ess_bulk"][0] for row in log_density]
     )
     se = sd / np.sqrt(np.clip(np.nan_to_num(ess, nan=1.0), 1.0, n_draws / 10))
-    # a chain that hardly moves (its log density nearly constant: a collapsed step size, stuck
-    # at a peak) may sit above the others without being in a better mode: it is no reference
     spread = float(np.median(sd))
-    moving = sd >= 0.25 * spread
-    best = int(np.flatnonzero(moving)[np.argmax(means[moving])])
+    half = n_draws // 2
+    drift = np.abs(log_density[:, :half].mean(axis=1) - log_density[:, half:].mean(axis=1))
+    steps = np.arange(n_draws) - (n_draws - 1) / 2
+    slope = log_density @ steps / (steps @ steps)
+    around = (log_density - means[:, None] - slope[:, None] * steps).std(axis=1, ddof=2)
+    # a chain that hardly moves (its log density nearly constant: a collapsed step size, stuck
+    # at a peak) or is still on its way down may sit above the others without being in a
+    # better mode: it is no reference
+    reference = (sd >= 0.25 * spread) & (drift <= around)
+    if not reference.any():
+        return {}
+    best = int(np.flatnonzero(reference)[np.argmax(means[reference])])
     out = {}
     for c, mean in enumerate(means):
         difference = float(means[best] - mean)
         noise = 4.0 * float(np.hypot(se[best], se[c]))
         if difference > max(gap, spread, noise):
-            out[c] = {"source": best, "gap": round(difference, 1)}
-    return out
+            out[c] = {"source": best, "gap": round(difference, 1), "sd": round(spread, 1)}
+    return out if n_chains - 1 - len(out) >= agreeing else {}
 
 
 def chain_modes(idata: az.InferenceData) -> list[int]:
@@ -286,33 +304,41 @@ def chain_modes(idata: az.InferenceData) -> list[int]:
 
 
 def chain_restarts(idata: az.InferenceData) -> dict[str, list]:
-    """The chains a NUTS fit moved to the best chain at the end of warm-up
-    (:func:`lagging_chains`): ``restarted_chains``, their ``restart_sources`` and
-    ``restart_gaps`` (mean log density below the source's), as lists; empty for none, and for
-    SVI. Read from ``sample_stats.attrs`` (a saved fit gives one-element lists back as
-    scalars)."""
+    """The chains a NUTS fit restarted at the end of warm-up (:func:`lagging_chains`):
+    ``restarted_chains``, their ``restart_sources``, ``restart_gaps`` (mean log density over
+    the end of warm-up below the source's) and ``restart_sd`` (the chains' median sd of log
+    density there), as lists; empty for none, and for SVI. Read from ``sample_stats.attrs``,
+    whatever shape a saved fit gives them back in (a scalar for one chain, an array)."""
     stats = idata.get("sample_stats")
     attrs = {} if stats is None else stats.attrs
     return {
         key: np.atleast_1d(attrs.get(key, [])).tolist()
-        for key in ("restarted_chains", "restart_sources", "restart_gaps")
+        for key in ("restarted_chains", "restart_sources", "restart_gaps", "restart_sd")
     }
 
 
 def restart_note(idata: az.InferenceData, prefix: str = "") -> str:
-    """Which chains ended warm-up in a clearly lower mode and went on from the best chain's
-    state (:func:`chain_restarts`), in words after ``prefix``; "" when none."""
+    """What the chain restarts at the end of warm-up were (:func:`chain_restarts`), in words
+    after ``prefix``; "" when none."""
     restarts = chain_restarts(idata)
-    chains = restarts["restarted_chains"]
-    if not chains:
+    if not restarts["restarted_chains"]:
         return ""
-    gaps = np.round(restarts["restart_gaps"]).astype(int)
-    sources = sorted({int(s) for s in restarts["restart_sources"]})
-    span = f"{gaps.min()}" if gaps.min() == gaps.max() else f"{gaps.min()}-{gaps.max()}"
+    moves = "; ".join(
+        f"chain {int(c)}, {gap:.0f} below chain {int(source)}"
+        for c, source, gap in zip(
+            restarts["restarted_chains"],
+            restarts["restart_sources"],
+            restarts["restart_gaps"],
+            strict=False,
+        )
+    )
+    scale = f" (log density sd {restarts['restart_sd'][0]:.0f})" if restarts["restart_sd"] else ""
     return (
-        f"{prefix}chain(s) {', '.join(str(int(c)) for c in chains)} ended warm-up in a mode "
-        f"whose log density was {span} below the best chain's and went on from chain(s) "
-        f"{', '.join(map(str, sources))}"
+        f"{prefix}at the end of warm-up a chain's mean log density lay clearly below the best "
+        f"chain's{scale}, so it was restarted from that chain's state ({moves}); the chains "
+        "then share a starting point, so R-hat and ESS are somewhat optimistic. If it is "
+        "not another mode but a short warm-up, raise num_warmup; restart_chains=False turns "
+        "this off"
     )
 
 

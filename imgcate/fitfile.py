@@ -35,7 +35,7 @@ FORMAT_VERSION = 5
 READABLE = {3: ("hurdle",), 4: ()}
 
 #: Settings that fits saved before they existed were fitted with.
-OLDER_FIT_SETTINGS = {"baseline_clusters": "shared"}
+OLDER_FIT_SETTINGS = {"baseline_clusters": "shared", "restart_chains": False}
 
 #: How the stored cluster summaries define a cluster's effect (``meta.json``
 #: ``cluster_effects``). Files without it (saved before 2026-12-05) weighted every unit by its

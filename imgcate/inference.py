@@ -519,6 +519,7 @@ def _to_inference_data(
                 "restarted_chains": sorted(restarts),
                 "restart_sources": [restarts[c]["source"] for c in sorted(restarts)],
                 "restart_gaps": [restarts[c]["gap"] for c in sorted(restarts)],
+                "restart_sd": [restarts[c]["sd"] for c in sorted(restarts)],
             }
         )
     if "loss" in stats:

@@ -447,6 +447,7 @@ class EffectFit:
             lines
             + ([f"- {p}" for p in problems] or [f"- none failed: {checks_passed(self)}."])
             + [f"- not checked: {skipped}" for skipped in checks_skipped(self)]
+            + [f"- note: {note}." for note in [restart_note(self.idata)] if note]
         )
 
     def _diagnostics_line(self) -> str:
@@ -460,10 +461,8 @@ class EffectFit:
             diag = self.diagnostics()
         stats = self.idata.get("sample_stats")
         n_div = int(stats["diverging"].values.sum()) if "diverging" in (stats or {}) else 0
-        return (
-            f"Diagnostics: max R-hat {diag['r_hat'].max():.3f}, min bulk ESS "
-            f"{diag['ess_bulk'].min():.0f}, divergences {n_div}{restart_note(self.idata, '; ')}"
-        )
+        worst = f"max R-hat {diag['r_hat'].max():.3f}, min bulk ESS {diag['ess_bulk'].min():.0f}"
+        return f"Diagnostics: {worst}, divergences {n_div}"
 
     def _problems(self) -> list[str]:
         """Every failed check in words: convergence, outcome distribution, ATE gap."""

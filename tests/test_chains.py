@@ -9,7 +9,7 @@ import pytest
 from numpyro.infer import NUTS
 
 from imgcate.chains import _continue_from_best, warmup_window
-from imgcate.diagnostics import MODE_GAP, lagging_chains, restart_note
+from imgcate.diagnostics import MODE_GAP, chain_restarts, lagging_chains, restart_note
 
 
 def autocorrelated(rng, means, sd, n, phi=0.5):
@@ -48,6 +48,21 @@ def test_only_a_chain_clearly_below_the_best_is_moved():
         [autocorrelated(rng, [0.0], 5.0, 200), autocorrelated(rng, [-50.0], 20.0, 200)]
     )
     assert set(lagging_chains(narrow)) == {1}
+    # a chain still coming down from its MAP start sits far above the others without being
+    # in a better mode: no reference, and the settled chains are compared among themselves
+    falling = autocorrelated(rng, [0.0, 0.0, -45.0, 0.0], 21.0, 200)
+    falling[3] += np.linspace(800.0, 0.0, 200)
+    assert set(lagging_chains(falling)) == {2} and lagging_chains(falling)[2]["source"] != 3
+    falling[2] += 45.0  # all settled chains in one mode: nothing moves
+    assert lagging_chains(falling) == {}
+    # one chain alone above three that agree: the warning's test names the three, the
+    # restart's (agreeing=1) moves nobody, since the lone chain may be the odd one
+    alone = autocorrelated(rng, [0.0, -60.0, -60.0, -60.0], 21.0, 200)
+    assert set(lagging_chains(alone)) == {1, 2, 3}
+    assert lagging_chains(alone, agreeing=1) == {}
+    assert set(
+        lagging_chains(autocorrelated(rng, [0.0, 0.0, -60.0, -60.0], 21.0, 200), agreeing=1)
+    ) == {2, 3}
     # chains in the same mode: nothing, whatever their number
     assert lagging_chains(autocorrelated(rng, [0.0] * 6, 21.0, 200)) == {}
 
@@ -108,20 +123,34 @@ def test_restarts_are_reported_and_survive_saving(k2, tmp_path):
 
     _, result = k2
     assert restart_note(result.idata) == ""
+    assert "- note:" not in result.summary()
     result.idata.sample_stats.attrs.update(
-        {"restarted_chains": [1], "restart_sources": [0], "restart_gaps": [38.8]}
+        {
+            "restarted_chains": [1],
+            "restart_sources": [0],
+            "restart_gaps": [38.8],
+            "restart_sd": [21.0],
+        }
     )
     try:
         path = result.save(tmp_path / "fit.imgcate")
         loaded = load_fit(path)
+        assert chain_restarts(loaded.idata) == {
+            "restarted_chains": [1],
+            "restart_sources": [0],
+            "restart_gaps": [38.8],
+            "restart_sd": [21.0],
+        }
         note = restart_note(loaded.idata)
-        assert note == (
-            "chain(s) 1 ended warm-up in a mode whose log density was 39 below the best "
-            "chain's and went on from chain(s) 0"
+        assert note.startswith(
+            "at the end of warm-up a chain's mean log density lay clearly below the best "
+            "chain's (log density sd 21), so it was restarted from that chain's state (chain "
+            "1, 39 below chain 0)"
         )
-        assert note in loaded.summary()
+        assert "raise num_warmup" in note and "restart_chains=False" in note
+        assert f"- note: {note}." in loaded.summary()
     finally:
-        for name in ("restarted_chains", "restart_sources", "restart_gaps"):
+        for name in ("restarted_chains", "restart_sources", "restart_gaps", "restart_sd"):
             result.idata.sample_stats.attrs.pop(name)
 
 
@@ -153,3 +182,20 @@ def test_chains_in_a_lower_mode_are_moved_and_the_chains_agree():
     effects = result.cluster_effects()
     truth = sim.truth.tau_cluster_assigned
     assert np.all(np.abs(effects["tau_mean"].to_numpy() - truth) < 4 * effects["tau_sd"])
+    assert "was restarted from that chain's state" in result.summary()
+    # restart_chains=False: the same chains stay where warm-up left them
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        kept = fit(
+            sim.trial,
+            sim.embeddings,
+            n_clusters=3,
+            seed=1,
+            num_warmup=300,
+            num_samples=300,
+            restart_chains=False,
+        )
+    assert chain_restarts(kept.idata)["restarted_chains"] == []
+    lp = kept.idata.sample_stats["lp"].values.mean(axis=1)
+    moved = list(attrs["restarted_chains"])
+    assert lp[moved].max() < np.delete(lp, moved).min() - 20  # they stayed below
