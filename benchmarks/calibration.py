@@ -359,6 +359,9 @@ def summarize(rows: list[dict]) -> dict:
         values = [r[key] for r in rows if key in r]
         if key in ("scenario", "form", "seed", "likelihood") or not values:
             continue
+        if isinstance(values[0], list):  # chain restarts: in how many fits
+            out[f"fits_with_{key}"] = sum(bool(v) for v in values)
+            continue
         mean = float(np.mean(values))
         out[key] = round(mean, 4)
         if key.startswith("cover") or key.startswith("ate_") and "covered" in key:

@@ -229,7 +229,7 @@ def _column_statistics(x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def lagging_chains(
-    log_density: np.ndarray, gap: float = MODE_GAP, agreeing: int = 0
+    log_density: np.ndarray, gap: float = MODE_GAP, agreeing: int = 0, settled: bool = True
 ) -> dict[int, dict]:
     """Chains whose log density lies clearly below the best chain's: in another mode.
 
@@ -243,24 +243,28 @@ def lagging_chains(
     gap : float
         Least difference of mean log density that counts.
     agreeing : int
-        How many other chains must share the best chain's level (not lie clearly below it)
-        for any chain to count as lagging: with 1, a chain alone far above the others (still
-        coming down from its start, or stuck) moves nobody.
+        How many other chains that may be references must share the best chain's level (not
+        lie clearly below it) for any chain to count as lagging: with 1, a chain alone above
+        the others moves nobody.
+    settled : bool
+        Whether a reference must have settled (see below): at the end of warm-up, where
+        chains may still be coming down from their starts; not over the draws, where a chain
+        that jumps to a better mode midway is a reference too.
 
     Returns
     -------
     dict
         ``{chain: {"source": best chain, "gap": difference of means, "sd": the chains'
         median sd of log density}}`` for each chain whose mean lies below the best chain's
-        by more than ``gap``, more than that sd (their draws barely overlap), and more than
+        by more than ``gap``, more than that sd (their typical spread), and more than
         four standard errors of the difference. A chain's standard error is its sd over the
         square root of its ESS, the ESS counted at most one per ten iterations (estimated
         from a short window it comes out too high). The best chain is the one with the
         highest mean among those that may be a reference: chains that move (log density sd
-        at least a quarter of the median) and have settled (the means of the window's two
-        halves differ by less than the chain's sd around its linear trend: a chain still
-        coming down from its start, a MAP point far above the posterior's typical log
-        density, is no reference). Empty with fewer than
+        at least a quarter of the median, and not zero) and, with ``settled``, have settled
+        (the means of the window's two halves differ by less than the chain's sd around its
+        linear trend: a chain still coming down from its start, a MAP point far above the
+        posterior's typical log density, is no reference). Empty with fewer than
         two chains, fewer than :data:`MIN_MODE_DRAWS` iterations, a log density that is not
         finite, or no chain that may be a reference.
     """
@@ -281,7 +285,7 @@ def lagging_chains(
     # a chain that hardly moves (its log density nearly constant: a collapsed step size, stuck
     # at a peak) or is still on its way down may sit above the others without being in a
     # better mode: it is no reference
-    reference = (sd >= 0.25 * spread) & (drift <= around)
+    reference = (sd > 0) & (sd >= 0.25 * spread) & ((drift <= around) | (not settled))
     if not reference.any():
         return {}
     best = int(np.flatnonzero(reference)[np.argmax(means[reference])])
@@ -291,16 +295,19 @@ def lagging_chains(
         noise = 4.0 * float(np.hypot(se[best], se[c]))
         if difference > max(gap, spread, noise):
             out[c] = {"source": best, "gap": round(difference, 1), "sd": round(spread, 1)}
-    return out if n_chains - 1 - len(out) >= agreeing else {}
+    sharing = int(reference.sum()) - 1 - sum(bool(reference[c]) for c in out)
+    return out if sharing >= agreeing else {}
 
 
 def chain_modes(idata: az.InferenceData) -> list[int]:
     """Chains whose log density over the draws lies clearly below the best chain's
-    (:func:`lagging_chains`); empty when the chains agree or it was not recorded."""
+    (:func:`lagging_chains`, with no need for the best chain to have settled or for another
+    to share its level); empty when the chains agree, when no chain moves, or when the log
+    density was not recorded."""
     stats = idata.get("sample_stats")
     if stats is None or "lp" not in stats or stats.sizes.get("chain", 1) < 2:
         return []
-    return sorted(lagging_chains(stats["lp"].values))
+    return sorted(lagging_chains(stats["lp"].values, settled=False))
 
 
 def chain_restarts(idata: az.InferenceData) -> dict[str, list]:
