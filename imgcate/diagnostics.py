@@ -324,9 +324,9 @@ def chain_restarts(idata: az.InferenceData) -> dict[str, list]:
     }
 
 
-def restart_note(idata: az.InferenceData, prefix: str = "") -> str:
-    """What the chain restarts at the end of warm-up were (:func:`chain_restarts`), in words
-    after ``prefix``; "" when none."""
+def restart_note(idata: az.InferenceData) -> str:
+    """What the chain restarts at the end of warm-up were (:func:`chain_restarts`), in words;
+    "" when none."""
     restarts = chain_restarts(idata)
     if not restarts["restarted_chains"]:
         return ""
@@ -341,7 +341,7 @@ def restart_note(idata: az.InferenceData, prefix: str = "") -> str:
     )
     scale = f" (log density sd {restarts['restart_sd'][0]:.0f})" if restarts["restart_sd"] else ""
     return (
-        f"{prefix}at the end of warm-up a chain's mean log density lay clearly below the best "
+        f"at the end of warm-up a chain's mean log density lay clearly below the best "
         f"chain's{scale}, so it was restarted from that chain's state ({moves}); the chains "
         "then share a starting point, so R-hat and ESS are somewhat optimistic. If it is "
         "not another mode but a short warm-up, raise num_warmup; restart_chains=False turns "

@@ -513,13 +513,14 @@ def _to_inference_data(
     )
     idata.posterior.attrs.update({"inference_library": "numpyro", "imgcate_method": config.method})
     if stats.get("restarts"):
-        restarts = stats["restarts"]
+        chains = sorted(stats["restarts"])
+        moves = [stats["restarts"][c] for c in chains]
         idata.sample_stats.attrs.update(
             {
-                "restarted_chains": sorted(restarts),
-                "restart_sources": [restarts[c]["source"] for c in sorted(restarts)],
-                "restart_gaps": [restarts[c]["gap"] for c in sorted(restarts)],
-                "restart_sd": [restarts[c]["sd"] for c in sorted(restarts)],
+                "restarted_chains": chains,
+                "restart_sources": [m["source"] for m in moves],
+                "restart_gaps": [m["gap"] for m in moves],
+                "restart_sd": [m["sd"] for m in moves],
             }
         )
     if "loss" in stats:

@@ -270,8 +270,8 @@ def merge_parts(a: dict, b: dict) -> dict:
     """:func:`summary_parts` of two chunks of units as those of both, in float64 (the pairwise
     update of Chan, Golub and LeVeque for the means and sums of squared deviations)."""
     a, b = ({k: np.asarray(v, np.float64) for k, v in part.items()} for part in (a, b))
-    out = {name: a[name] + b[name] for name in ("abs_sum", "weighted_sum", "prob_sum")}
-    out["entropy_sum"] = a["entropy_sum"] + b["entropy_sum"]
+    sums = ("abs_sum", "weighted_sum", "prob_sum", "entropy_sum")
+    out = {name: a[name] + b[name] for name in sums}
     for size, mean, m2 in (("n", "mean", "m2"), ("count", "mean_k", "m2_k")):
         na, nb = a[size], b[size]
         total = na + nb

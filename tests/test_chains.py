@@ -173,11 +173,10 @@ def test_chains_in_a_lower_mode_are_moved_and_the_chains_agree():
     from imgcate.simulate import simulate_trial
 
     sim = simulate_trial(1, 2000, 3, n_features=16)
+    options = {"n_clusters": 3, "seed": 1, "num_warmup": 300, "num_samples": 300}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        result = fit(
-            sim.trial, sim.embeddings, n_clusters=3, seed=1, num_warmup=300, num_samples=300
-        )
+        result = fit(sim.trial, sim.embeddings, **options)
     attrs = result.idata.sample_stats.attrs
     assert len(attrs["restarted_chains"]) >= 1
     assert min(attrs["restart_gaps"]) > 20
@@ -193,15 +192,7 @@ def test_chains_in_a_lower_mode_are_moved_and_the_chains_agree():
     # restart_chains=False: the same chains stay where warm-up left them
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        kept = fit(
-            sim.trial,
-            sim.embeddings,
-            n_clusters=3,
-            seed=1,
-            num_warmup=300,
-            num_samples=300,
-            restart_chains=False,
-        )
+        kept = fit(sim.trial, sim.embeddings, **options, restart_chains=False)
     assert chain_restarts(kept.idata)["restarted_chains"] == []
     lp = kept.idata.sample_stats["lp"].values.mean(axis=1)
     moved = list(attrs["restarted_chains"])
