@@ -349,6 +349,13 @@ def restart_note(idata: az.InferenceData) -> str:
     )
 
 
+def divergent_transitions(idata: az.InferenceData) -> int:
+    """NUTS's divergent transitions over every chain (0 without sampler statistics: SVI)."""
+    stats = idata.get("sample_stats")
+    has = stats is not None and "diverging" in stats
+    return int(stats["diverging"].values.sum()) if has else 0
+
+
 def convergence_problems(idata: az.InferenceData) -> list[str]:
     """What is wrong with the sampling, in words: chains in different modes, divergences,
     R-hat > 1.01, bulk ESS below 100 per chain (empty when nothing is)."""
@@ -361,11 +368,9 @@ def convergence_problems(idata: az.InferenceData) -> list[str]:
             "clusters (imgcate.compare_clusters), raise init_restarts, or drop those chains "
             "(idata.sel(chain=...))"
         )
-    stats = idata.get("sample_stats")
-    if stats is not None and "diverging" in stats:
-        n_div = int(stats["diverging"].values.sum())
-        if n_div:
-            problems.append(f"{n_div} divergent transitions (raise target_accept)")
+    n_div = divergent_transitions(idata)
+    if n_div:
+        problems.append(f"{n_div} divergent transitions (raise target_accept)")
     n_chains = idata.posterior.sizes["chain"]
     table = diagnostics_table(idata)
     if n_chains > 1:

@@ -20,7 +20,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from imgcate.diagnostics import convergence_problems, outcome_problems, restart_note
+from imgcate.diagnostics import (
+    convergence_problems,
+    divergent_transitions,
+    outcome_problems,
+    restart_note,
+)
 from imgcate.errors import InputError
 from imgcate.optional import require
 from imgcate.output import atomic_path, check_writable
@@ -224,11 +229,7 @@ def _diagnostics(fit: EffectFit, seed: int) -> Section:
     problems = convergence_problems(fit.idata) if fit.config.method == "nuts" else []
     if "posterior_predictive" in fit.idata.groups():
         problems += outcome_problems(fit.check_outcome(seed=seed), fit.config.likelihood)
-    stats = fit.idata.get("sample_stats")
-    n_div = (
-        int(stats["diverging"].values.sum()) if stats is not None and "diverging" in stats else 0
-    )
-    section.text(f"Divergent transitions: {n_div}.")
+    section.text(f"Divergent transitions: {divergent_transitions(fit.idata)}.")
     restarted = restart_note(fit.idata)
     if restarted:
         section.text(restarted[0].upper() + restarted[1:] + ".")

@@ -24,6 +24,7 @@ from imgcate.diagnostics import (
     checks_skipped,
     convergence_problems,
     diagnostics_table,
+    divergent_transitions,
     observational,
     outcome_check,
     outcome_problems,
@@ -459,10 +460,8 @@ class EffectFit:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             diag = self.diagnostics()
-        stats = self.idata.get("sample_stats")
-        n_div = int(stats["diverging"].values.sum()) if "diverging" in (stats or {}) else 0
         worst = f"max R-hat {diag['r_hat'].max():.3f}, min bulk ESS {diag['ess_bulk'].min():.0f}"
-        return f"Diagnostics: {worst}, divergences {n_div}"
+        return f"Diagnostics: {worst}, divergences {divergent_transitions(self.idata)}"
 
     def _problems(self) -> list[str]:
         """Every failed check in words: convergence, outcome distribution, ATE gap."""

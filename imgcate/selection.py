@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from imgcate.config import FitConfig
+from imgcate.diagnostics import divergent_transitions
 from imgcate.embeddings import Embeddings
 from imgcate.errors import (
     BalanceWarning,
@@ -508,12 +509,7 @@ def _table(fits: dict, loos: dict, elpds: dict, threshold: float, method: str) -
     for k in fits:
         row = compared.loc[str(k)]
         pareto_k = np.asarray(loos[k].pareto_k.values).ravel()
-        stats = fits[k].idata.get("sample_stats")
-        n_div = (
-            int(stats["diverging"].values.sum())
-            if stats is not None and "diverging" in stats
-            else 0
-        )
+        n_div = divergent_transitions(fits[k].idata)
         rows.append(
             {
                 "K": k,
