@@ -63,7 +63,7 @@ def held_out_log_likelihood(
         n_levels = spec.n_strata if role == "stratum" else spec.n_groups
         codes[role], params, n_levels = _level_codes(train, test, role, site, n_levels, params)
         spec = _with_levels(spec, role, n_levels)
-    inputs = data.inputs._replace(stratum=codes["stratum"], group=codes["cluster"])
+    inputs = data.inputs.with_basis()._replace(stratum=codes["stratum"], group=codes["cluster"])
     outcome = np.asarray(data.outcome)
     n_draws = len(next(iter(params.values())))
     chunk = max(1, int(2e7 // max(len(outcome), 1)))

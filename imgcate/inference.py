@@ -7,6 +7,7 @@ chains that settle in different modes show in R-hat) and the SVI guide at the be
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import warnings
 from dataclasses import replace
@@ -42,6 +43,7 @@ from imgcate.config import (
 from imgcate.embeddings import Embeddings
 from imgcate.errors import ApproximationWarning, BalanceWarning, InputError
 from imgcate.model import effect_model
+from imgcate.output import progress_bar
 from imgcate.posterior import with_derived
 from imgcate.provenance import collect
 from imgcate.results import EffectFit
@@ -152,6 +154,8 @@ def _run_svi(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
             key_map, key_rows = jax.random.split(key_map)
             rows = jax.random.choice(key_rows, len(data.outcome), (SVI_SEARCH_UNITS,), False)
             searched = data.take(np.sort(np.asarray(rows)))
+        # the searches evaluate every searched unit thousands of times: their basis once
+        searched = replace(searched, inputs=searched.inputs.with_basis())
         values, _, losses = map_searches(searched, config, key_map)
         best = int(np.argmin(losses))
         init = init_to_value(values={name: value[best] for name, value in values.items()})
@@ -166,19 +170,50 @@ def _run_svi(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
     if batch is not None and batch >= len(data.outcome):
         batch = None
     key_run, key_draw = jax.random.split(key)
-    result = svi.run(
-        key_run,
-        config.svi_steps,
-        subsample_size=batch,
-        progress_bar=config.progress,
-        **args,
-    )
-    losses = np.asarray(result.losses)
+    params, losses = _svi_steps(svi, key_run, args, batch, config)
     if not np.isfinite(losses[-1]):
         raise InputError("SVI diverged (loss is not finite); lower svi_learning_rate.")
-    draws = Predictive(guide, params=result.params, num_samples=config.svi_draws)(key_draw, **args)
+    draws = Predictive(guide, params=params, num_samples=config.svi_draws)(key_draw, **args)
     samples = {k: np.asarray(v)[None] for k, v in draws.items() if k != "outcome"}
     return samples, {"loss": losses}
+
+
+#: SVI steps per compiled call (the progress bar moves this often).
+SVI_BLOCK = 250
+
+
+def _svi_steps(svi: SVI, key, args: dict, batch: int | None, config: FitConfig):
+    """``config.svi_steps`` steps of ``svi`` from its start; the guide's parameters and the
+    loss at every step. Steps run :data:`SVI_BLOCK` at a time (a last, shorter block is
+    compiled on its own).
+
+    NumPyro's ``SVI.run`` compiles its step with the data captured, and captured arrays
+    become constants copied into the compiled code (a second copy of the trial's inputs: 0.2
+    GB at 10^6 units); here the data are an argument of the compiled call. The steps are
+    ``SVI.update``'s, as in ``SVI.run``."""
+    spec, arrays = args["spec"], {k: v for k, v in args.items() if k != "spec"}
+    state = svi.init(key, subsample_size=batch, spec=spec, **arrays)
+
+    def steps(state, arrays, length):
+        def step(s, _):
+            return svi.update(s, subsample_size=batch, spec=spec, **arrays)
+
+        return jax.lax.scan(step, state, None, length=length)
+
+    steps = jax.jit(steps, static_argnums=2)
+    total, block = config.svi_steps, min(SVI_BLOCK, config.svi_steps)
+    bar = progress_bar(range(total), config.progress, f"SVI, {total} steps", total=total)
+    losses = []
+    with contextlib.ExitStack() as stack:
+        if hasattr(bar, "close"):
+            stack.callback(bar.close)
+        for start in range(0, total, block):
+            length = min(block, total - start)
+            state, part = steps(state, arrays, length)
+            losses.append(np.asarray(part))
+            if hasattr(bar, "update"):
+                bar.update(length)
+    return svi.get_params(state), np.concatenate(losses)
 
 
 def _log_likelihood(samples: dict, data: ModelData) -> np.ndarray | None:
@@ -188,7 +223,7 @@ def _log_likelihood(samples: dict, data: ModelData) -> np.ndarray | None:
     if n_chain * n_draw * len(data.outcome) > MAX_PREDICTIVE_VALUES:
         return None
     flat, total = flat_draws(samples)
-    args = model_args(data)
+    args = model_args(replace(data, inputs=data.inputs.with_basis()))  # not again per draw
     spec = args.pop("spec")
 
     # the data are arguments, not captured: captured arrays become constants copied into the
@@ -211,7 +246,7 @@ def _posterior_predictive(samples: dict, data: ModelData, key) -> np.ndarray | N
     if n_chain * n_draw * len(data.outcome) > MAX_PREDICTIVE_VALUES:
         return None
     flat, _ = flat_draws(samples)
-    args = {**model_args(data), "outcome": None}
+    args = {**model_args(replace(data, inputs=data.inputs.with_basis())), "outcome": None}
     draws = Predictive(effect_model, posterior_samples=flat, return_sites=["outcome"])(key, **args)
     return np.asarray(draws["outcome"]).reshape(n_chain, n_draw, -1)
 

@@ -110,18 +110,48 @@ class ModelSpec:
 
 
 class ModelInputs(NamedTuple):
-    """Arrays the model conditions on, in unit order (a JAX pytree)."""
+    """Arrays the model conditions on, in unit order (a JAX pytree).
+
+    The Gaussian-process basis is either held (``basis``) or computed from the embedding
+    where the model needs it (``basis`` None, ``basis_arrays`` the arguments of
+    :func:`basis_features` after the embedding): a large trial's SVI then holds no
+    (unit, basis) array, and each minibatch computes its own rows' basis.
+    """
 
     embedding: jnp.ndarray  # (unit, feature)
-    basis: jnp.ndarray  # (unit, basis)
+    basis: jnp.ndarray | None  # (unit, basis), or None: computed from basis_arrays
     covariates: jnp.ndarray  # (unit, covariate)
     treatment: jnp.ndarray  # (unit,) 0/1
     stratum: jnp.ndarray | None = None  # (unit,) int codes
     group: jnp.ndarray | None = None
+    basis_arrays: tuple | None = None  # (landmarks, transform, coef) where basis is None
 
     def take(self, idx) -> ModelInputs:
         """The rows ``idx`` (a minibatch)."""
-        return ModelInputs(*(None if a is None else a[idx] for a in self))
+        rows = {
+            name: None if value is None else value[idx]
+            for name, value in self._asdict().items()
+            if name != "basis_arrays"
+        }
+        return ModelInputs(**rows, basis_arrays=self.basis_arrays)
+
+    def unit_basis(self) -> jnp.ndarray:
+        """The basis (unit, basis): held, or computed from the embedding."""
+        if self.basis is not None:
+            return self.basis
+        return basis_features(self.embedding, *self.basis_arrays)
+
+    def with_basis(self, chunk: int = 16_384) -> ModelInputs:
+        """The same inputs holding their basis, for repeated use (computed ``chunk`` units at a
+        time: the kernel against the landmarks is chunk x landmark floats)."""
+        if self.basis is not None:
+            return self
+        n = self.embedding.shape[0]
+        parts = [
+            _basis_rows(self.embedding[i : i + chunk], *self.basis_arrays)
+            for i in range(0, n, chunk)
+        ]
+        return self._replace(basis=jnp.concatenate(parts), basis_arrays=None)
 
 
 # --------------------------------------------------------------------------- parameters
@@ -318,7 +348,7 @@ def _column_sum(prob: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:
 
 
 def _part_predictors(
-    params: dict, prefix: str, inputs: ModelInputs, prob, base_centred, spec: ModelSpec
+    params: dict, prefix: str, inputs: ModelInputs, basis, prob, base_centred, spec: ModelSpec
 ):
     p = {name[len(prefix) :]: v for name, v in params.items() if name.startswith(prefix)}
     deviation = spec.deviation != "none"
@@ -329,7 +359,7 @@ def _part_predictors(
     smooth = [p["basis_amp"] * p["basis_raw"]] if spec.n_basis else []
     if "deviation_amp" in p:
         smooth.append(p["deviation_amp"] * p["deviation_basis_raw"])
-    smooth = _products(inputs.basis, smooth) if smooth else None
+    smooth = _products(basis, smooth) if smooth else None
 
     base = p["alpha"] + linear[0]
     if spec.n_covariates:
@@ -365,8 +395,10 @@ def linear_predictors(params: dict, inputs: ModelInputs, spec: ModelSpec):
             cluster_probabilities(params, inputs.embedding, spec.n_clusters, own) if own else prob
         )
         base_centred = base_prob - reference_probabilities(params, spec.n_clusters, own)
+    basis = inputs.unit_basis() if spec.n_basis else None
     pairs = [
-        _part_predictors(params, prefix, inputs, prob, base_centred, spec) for prefix in spec.parts
+        _part_predictors(params, prefix, inputs, basis, prob, base_centred, spec)
+        for prefix in spec.parts
     ]
     return prob, jnp.stack([b for b, _ in pairs]), jnp.stack([e for _, e in pairs])
 
@@ -451,6 +483,10 @@ def basis_features(embedding, landmarks, transform, coef):
         return jnp.zeros(embedding.shape[:-1] + (0,), embedding.dtype)
     kernel = squared_exponential(embedding, landmarks)
     return kernel @ transform - coef[0] - embedding @ coef[1:]
+
+
+#: :func:`basis_features`, compiled (a chunk of units at a time in :meth:`ModelInputs.with_basis`).
+_basis_rows = jax.jit(basis_features)
 
 
 def squared_exponential(a, b, xp=jnp):

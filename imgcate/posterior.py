@@ -116,7 +116,8 @@ def trial_inputs(fit: EffectFit) -> ModelInputs:
     """The trial's own inputs on the model scale, as the model saw them.
 
     The Gaussian-process basis is computed again from the stored embedding, by the function
-    that made it (the same values on the backend that fitted; a fit does not store it: at
+    that made it (the same values on the backend that fitted, to float32 rounding where the
+    fit computed each minibatch's basis in its own compiled step; a fit does not store it: at
     10^6 units it is 183 MB in memory and in the file). Fits saved in formats 3 and 4 hold it,
     and it is read from them."""
     const = fit.idata.constant_data

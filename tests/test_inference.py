@@ -230,6 +230,89 @@ def test_svi_recovers_effects(monkeypatch):
     assert "svi_loss" in result.idata.groups()
 
 
+@pytest.mark.parametrize("likelihood", ["gaussian", "hurdle"])
+def test_minibatch_inputs_compute_the_basis_they_do_not_hold(likelihood, monkeypatch):
+    """SVI on minibatches of a large trial holds no (unit, basis) array: each set of rows
+    computes its basis, the same as the basis held for NUTS, and the model's quantities are
+    the same. (Large: above ``MAX_HELD_BASIS_BYTES``, lowered here to 0.)"""
+    import jax
+
+    import imgcate.config
+    from imgcate.config import FitConfig, Standardizer, model_data
+    from imgcate.model import unit_quantities
+    from imgcate.simulate import simulate_scenario
+
+    noise = "zero_inflated" if likelihood == "hurdle" else "gaussian"
+    sim = simulate_scenario(3, effect="clusters", noise=noise, n_units=600)
+    trial, emb = sim.trial, sim.embeddings.values
+    settings = {"n_clusters": 2, "likelihood": likelihood, "seed": 0}
+    held_config = FitConfig(method="nuts", **settings).validate()
+    lazy_config = FitConfig(method="svi", svi_batch_size=100, **settings).validate()
+    std = Standardizer.fitted(trial.outcome_array, trial.covariate_matrix, emb, held_config)
+    held = model_data(trial, emb, std, held_config)
+    assert model_data(trial, emb, std, lazy_config).inputs.basis is not None  # 600 units: held
+    monkeypatch.setattr(imgcate.config, "MAX_HELD_BASIS_BYTES", 0)
+    lazy = model_data(trial, emb, std, lazy_config)
+    assert held.inputs.basis is not None and held.inputs.basis.shape[1] > 0
+    assert lazy.inputs.basis is None and lazy.inputs.basis_arrays is not None
+    rows = np.array([5, 0, 599, 17])
+    np.testing.assert_allclose(
+        lazy.inputs.take(rows).unit_basis(), held.inputs.basis[rows], rtol=1e-4, atol=1e-5
+    )  # float32: the same function, compiled in other programs
+    np.testing.assert_allclose(lazy.inputs.with_basis().basis, held.inputs.basis, atol=1e-5)
+    # one prior draw of every site: the model's quantities with the basis held and computed
+    from numpyro.infer.util import Predictive
+
+    from imgcate.model import effect_model
+
+    draw = Predictive(effect_model, num_samples=1)(
+        jax.random.PRNGKey(1), held.inputs, None, spec=held.spec
+    )
+    params = {k: v[0] for k, v in draw.items() if k != "outcome"}
+    a = unit_quantities(params, held.inputs, held.spec)
+    b = unit_quantities(params, lazy.inputs, lazy.spec)
+    for name in ("cate", "mu0", "cluster_prob"):
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5)
+
+
+def test_svi_steps_are_numpyros_svi_run(monkeypatch):
+    """The SVI loop that passes the data as an argument of its compiled steps takes the steps
+    NumPyro's ``SVI.run`` takes (minibatches included)."""
+    import jax
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.infer.autoguide import AutoNormal
+    from numpyro.optim import Adam
+
+    import imgcate.config
+    import imgcate.inference
+    from imgcate.chains import model_args
+    from imgcate.config import FitConfig, Standardizer, model_data
+    from imgcate.inference import _svi_steps
+    from imgcate.model import effect_model
+
+    monkeypatch.setattr(imgcate.config, "MAX_HELD_BASIS_BYTES", 0)  # minibatches' own basis
+    monkeypatch.setattr(imgcate.inference, "SVI_BLOCK", 25)  # blocks of 25, 25 and 10
+    sim = simulate_trial(4, 400, 2)
+    config = FitConfig(
+        n_clusters=2, method="svi", svi_steps=60, svi_batch_size=100, progress=False
+    ).validate()
+    std = Standardizer.fitted(
+        sim.trial.outcome_array, sim.trial.covariate_matrix, sim.embeddings.values, config
+    )
+    args = model_args(model_data(sim.trial, sim.embeddings.values, std, config))
+    key = jax.random.PRNGKey(2)
+
+    def svi():
+        return SVI(effect_model, AutoNormal(effect_model), Adam(0.01), Trace_ELBO())
+
+    params, losses = _svi_steps(svi(), key, args, 100, config)
+    reference = svi().run(key, 60, subsample_size=100, progress_bar=False, **args)
+    np.testing.assert_allclose(losses, np.asarray(reference.losses), rtol=1e-6)
+    assert params.keys() == reference.params.keys()
+    for name, value in params.items():
+        np.testing.assert_allclose(value, reference.params[name], rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("likelihood", ["student_t", "bernoulli"])
 def test_other_likelihoods_recover_effects(likelihood):
     sim = simulate_trial(
