@@ -1,7 +1,8 @@
 """Speed and peak memory of predict_map: tiles per second for 32 x 32 x 6 tiles.
 
 Prints JSON: one record per (mode, tiles, workers) with tiles/s and the peak resident memory
-of the whole process tree (this process and its Dask workers), sampled every 50 ms. The fit
+of the whole process tree (this process and its Dask workers), sampled every 50 ms, and the
+largest of those samples in each tenth of the map's time (``memory_by_tenth_mb``). The fit
 uses the default encoder (random convolutional features, 256 features, 16 components) on a
 300-unit synthetic trial (NUTS, one chain); the mapped raster is a synthetic 6-band scene
 covered by tiles every 8 px, and regions of it give the tile counts.
@@ -61,17 +62,35 @@ def tree_rss() -> int:
 
 
 class PeakMemory:
-    """Samples the process tree's RSS in a thread; ``peak`` in bytes."""
+    """Samples the process tree's RSS in a thread; ``peak`` in bytes, ``samples`` (seconds
+    from the start, bytes)."""
 
     def __init__(self, interval: float = 0.05) -> None:
         self.interval, self.peak = interval, 0
+        self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        start = time.perf_counter()
         while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss())
+            rss = tree_rss()
+            self.samples.append((time.perf_counter() - start, rss))
+            self.peak = max(self.peak, rss)
             time.sleep(self.interval)
+
+    def by_tenth(self) -> list[int | None]:
+        """The tree's largest RSS (MB) in each tenth of the sampled time (None: no sample in
+        it, a map of under half a second): flat memory shows as flat tenths once the caches
+        (GDAL's, capped per worker) have filled."""
+        if not self.samples:
+            return []
+        end = self.samples[-1][0] or 1.0
+        tenths: list[int | None] = [None] * 10
+        for t, rss in self.samples:
+            i = min(9, int(10 * t / end))
+            tenths[i] = max(tenths[i] or 0, rss)
+        return [None if r is None else round(r / 2**20) for r in tenths]
 
     def __enter__(self) -> PeakMemory:
         self._thread.start()
@@ -148,6 +167,7 @@ def run(fit, raster: Path, n_tiles: int, workers: int, seed: int, scheduler=None
         "seconds": round(seconds, 2),
         "tiles_per_s": round(tiles / seconds, 1),
         "peak_memory_mb": round(mem.peak / 2**20),
+        "memory_by_tenth_mb": mem.by_tenth(),
         "max_draws": 500,
         "block_tiles": default_block_tiles(),
     }
