@@ -165,6 +165,16 @@ class FitConfig:
                 raise InputError(f"{name}={getattr(self, name)} must be a positive integer.")
         if not 0.5 <= self.target_accept < 1:
             raise InputError("target_accept must be in [0.5, 1).")
+        if self.svi_batch_size is not None and self.svi_batch_size < 1:
+            raise InputError(
+                f"svi_batch_size={self.svi_batch_size} must be a positive number of units, or "
+                "None (every unit at each step up to 10,000 units, minibatches of 1,000 above)."
+            )
+        if not self.svi_learning_rate > 0:
+            raise InputError(
+                f"svi_learning_rate={self.svi_learning_rate} must be positive (default 0.01; "
+                "lower it if SVI diverges)."
+            )
         if self.floor is not None and self.likelihood not in ("hurdle", "censored"):
             raise InputError(
                 f"floor={self.floor} applies to likelihood='hurdle' or 'censored' only, not "

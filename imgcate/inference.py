@@ -367,6 +367,8 @@ def fit(
     if chosen == "svi" and config.svi_batch_size is None:  # recorded in result.config
         if trial.n_units > imgcate.config.AUTO_NUTS_MAX_UNITS:
             config = replace(config, svi_batch_size=SVI_BATCH_UNITS)
+    elif (config.svi_batch_size or 0) >= trial.n_units:  # every unit at each step, as recorded
+        config = replace(config, svi_batch_size=None)
     if propensity is not None:
         trial = _with_propensity(trial, propensity)
     if isinstance(embeddings, Embeddings):

@@ -222,7 +222,7 @@ def test_svi_recovers_effects(monkeypatch):
             svi_batch_size=500,
             svi_draws=500,
         )
-    assert result.config.method == "svi"
+    assert result.config.method == "svi" and result.config.svi_batch_size == 500
     table = result.cluster_effects()
     # SVI posteriors are approximate (often too narrow): absolute tolerance of 0.3
     # (about 4 sampling sds of a cluster effect at n=2000, noise sd 1)
@@ -273,6 +273,21 @@ def test_minibatch_inputs_compute_the_basis_they_do_not_hold(likelihood, monkeyp
     b = unit_quantities(params, lazy.inputs, lazy.spec)
     for name in ("cate", "mu0", "cluster_prob"):
         np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5)
+
+
+def test_a_batch_as_large_as_the_trial_is_recorded_as_every_unit():
+    sim = simulate_trial(5, 200, 2)
+    result = fit(
+        sim.trial,
+        sim.embeddings,
+        method="svi",
+        seed=0,
+        svi_steps=50,
+        svi_draws=50,
+        svi_batch_size=10_000,
+        init_restarts=0,
+    )
+    assert result.config.svi_batch_size is None
 
 
 def test_svi_steps_are_numpyros_svi_run(monkeypatch):

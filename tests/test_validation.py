@@ -100,6 +100,10 @@ def test_fit_options_are_checked_for_their_type():
         ({"progress": 1}, "progress=1 must be True or False"),
         ({"target_accept": "0.9"}, "target_accept='0.9' must be a number"),
         ({"likelihood": 3}, "likelihood=3 must be text"),
+        ({"svi_batch_size": 0}, "svi_batch_size=0 must be a positive number of units"),
+        ({"svi_batch_size": -5}, "svi_batch_size=-5 must be a positive number of units"),
+        ({"svi_learning_rate": 0.0}, "svi_learning_rate=0.0 must be positive"),
+        ({"svi_learning_rate": -0.01}, "svi_learning_rate=-0.01 must be positive"),
     ]:
         with pytest.raises(InputError, match=re.escape(message)):
             FitConfig(**options).validate()
