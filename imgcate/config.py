@@ -18,7 +18,7 @@ from imgcate.model import (
     DEVIATIONS,
     ModelInputs,
     ModelSpec,
-    basis_features,
+    basis_in_chunks,
     squared_exponential,
 )
 from imgcate.units import Trial
@@ -328,12 +328,7 @@ class Standardizer:
         """Gaussian-process basis (n, basis) of model-scale embeddings, ``chunk`` rows at a
         time (the kernel against the landmarks is chunk x landmark floats)."""
         arrays = [jnp.asarray(a, jnp.float32) for a in self.basis_arrays]
-        embedding = np.asarray(embedding, np.float32)
-        out = np.empty((len(embedding), self.n_basis), np.float32)
-        for start in range(0, len(embedding), chunk):
-            rows = jnp.asarray(embedding[start : start + chunk])
-            out[start : start + chunk] = np.asarray(basis_features(rows, *arrays))
-        return out
+        return basis_in_chunks(embedding, arrays, chunk)
 
     def covariates(self, values: np.ndarray) -> np.ndarray:
         """Raw covariates to the model scale."""

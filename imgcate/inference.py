@@ -7,7 +7,6 @@ chains that settle in different modes show in R-hat) and the SVI guide at the be
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import warnings
 from dataclasses import replace
@@ -202,17 +201,16 @@ def _svi_steps(svi: SVI, key, args: dict, batch: int | None, config: FitConfig):
 
     steps = jax.jit(steps, static_argnums=2)
     total, block = config.svi_steps, min(SVI_BLOCK, config.svi_steps)
-    bar = progress_bar(range(total), config.progress, f"SVI, {total} steps", total=total)
+    ticks = iter(progress_bar(range(total), config.progress, f"SVI, {total} steps"))
     losses = []
-    with contextlib.ExitStack() as stack:
-        if hasattr(bar, "close"):
-            stack.callback(bar.close)
-        for start in range(0, total, block):
-            length = min(block, total - start)
-            state, part = steps(state, arrays, length)
-            losses.append(np.asarray(part))
-            if hasattr(bar, "update"):
-                bar.update(length)
+    for start in range(0, total, block):
+        length = min(block, total - start)
+        state, part = steps(state, arrays, length)
+        losses.append(np.asarray(part))
+        for _ in range(length):
+            next(ticks, None)
+    for _ in ticks:  # closes the bar
+        pass
     return svi.get_params(state), np.concatenate(losses)
 
 

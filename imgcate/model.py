@@ -35,6 +35,7 @@ from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
@@ -141,17 +142,13 @@ class ModelInputs(NamedTuple):
             return self.basis
         return basis_features(self.embedding, *self.basis_arrays)
 
-    def with_basis(self, chunk: int = 16_384) -> ModelInputs:
-        """The same inputs holding their basis, for repeated use (computed ``chunk`` units at a
-        time: the kernel against the landmarks is chunk x landmark floats)."""
+    def with_basis(self) -> ModelInputs:
+        """The same inputs holding their basis, for repeated use (:func:`basis_in_chunks`:
+        the values the standardizer gives a trial whose basis is held)."""
         if self.basis is not None:
             return self
-        n = self.embedding.shape[0]
-        parts = [
-            _basis_rows(self.embedding[i : i + chunk], *self.basis_arrays)
-            for i in range(0, n, chunk)
-        ]
-        return self._replace(basis=jnp.concatenate(parts), basis_arrays=None)
+        basis = basis_in_chunks(self.embedding, self.basis_arrays)
+        return self._replace(basis=jnp.asarray(basis), basis_arrays=None)
 
 
 # --------------------------------------------------------------------------- parameters
@@ -485,8 +482,16 @@ def basis_features(embedding, landmarks, transform, coef):
     return kernel @ transform - coef[0] - embedding @ coef[1:]
 
 
-#: :func:`basis_features`, compiled (a chunk of units at a time in :meth:`ModelInputs.with_basis`).
-_basis_rows = jax.jit(basis_features)
+def basis_in_chunks(embedding, arrays, chunk: int = 16_384) -> np.ndarray:
+    """:func:`basis_features` (unit, basis) in float32 of model-scale embeddings, ``chunk``
+    rows at a time (the kernel against the landmarks is chunk x landmark floats); ``arrays``
+    are its (landmarks, transform, coef) as float32 JAX arrays."""
+    embedding = np.asarray(embedding, np.float32)
+    out = np.empty((len(embedding), arrays[1].shape[-1]), np.float32)
+    for start in range(0, len(embedding), chunk):
+        rows = jnp.asarray(embedding[start : start + chunk])
+        out[start : start + chunk] = np.asarray(basis_features(rows, *arrays))
+    return out
 
 
 def squared_exponential(a, b, xp=jnp):
