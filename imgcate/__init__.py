@@ -60,6 +60,7 @@ from imgcate.maps import (
     predict_map,
     tile_grid,
     write_cog,
+    write_map,
 )
 from imgcate.raster import stack_bands
 from imgcate.results import EffectFit, Prediction, load_fit
@@ -123,6 +124,7 @@ __all__ = [
     "predict_map",
     "fit_tile_size",
     "write_cog",
+    "write_map",
     "aggregate_by_polygon",
     "polygon_effects",
     "stack_bands",

@@ -155,13 +155,7 @@ def map_command(
       imgcate map fit.imgcate https://example.org/scene.tif map.tif --resume-dir blocks
       imgcate map fit.imgcate scene.tif map.tif --scheduler tcp://10.0.0.5:8786
     """
-    from imgcate.maps import (
-        check_creation_options,
-        fit_tile_size,
-        predict_map,
-        tile_grid,
-        write_cog,
-    )
+    from imgcate.maps import check_creation_options, fit_tile_size, tile_grid, write_map
     from imgcate.results import load_fit
 
     _, quiet, progress = start(verbose, quiet)
@@ -198,10 +192,11 @@ def map_command(
         if area is None:
             raise click.ClickException(str(exc)) from exc
         raise click.BadParameter(str(exc), param_hint=hint) from exc
-    dataset = run(
-        predict_map,
+    written = run(
+        write_map,
         fit_result,
         raster,
+        output,
         area,
         tile_size=tile_size,
         stride=stride,
@@ -216,14 +211,14 @@ def map_command(
         seed=seed,
         bands=band_option(bands),
         scale=scale,
+        co=options,
+        overwrite=overwrite,
+        preview=preview,
     )
-    run(write_cog, dataset, output, overwrite=overwrite, preview=preview, co=options)
-    valid = int(dataset["mean"].notnull().sum())
-    outside = int((dataset["outside_support"] == 1).sum())
     click.echo(
         f"wrote {output}"
-        + (f" and {output.with_suffix('.png')}" if preview else "")
-        + f": {valid} tiles, {outside} outside the trial's support"
+        + (f" and {written.preview}" if written.preview else "")
+        + f": {written.tiles} tiles, {written.outside} outside the trial's support"
     )
 
 

@@ -3,6 +3,7 @@
 ```
 EffectFit + raster + region ─ tile_grid ─→ TileGrid ─ predict_map ─→ xarray.Dataset (y, x)
 xarray.Dataset ─ write_cog ─→ Cloud-Optimized GeoTIFF + PNG preview
+EffectFit + raster + region ─ write_map ─→ the same GeoTIFF, written block by block
 xarray.Dataset + polygons ─ aggregate_by_polygon ─→ GeoDataFrame (GeoPackage)
 EffectFit + raster + polygons ─ polygon_effects ─→ GeoDataFrame: joint-draw polygon effects
 ```
@@ -15,6 +16,8 @@ exactly as the trial's chips were, and pushed through every posterior draw of th
 ``stride`` x ``stride`` cell centred on the tile.
 
 Tiles are processed in blocks of ``block_tiles``; memory per block is flat in the region's size.
+:func:`predict_map` returns the map's grids (about 40 bytes a tile); :func:`write_map` writes them
+to the GeoTIFF as the blocks finish, so a map of any size holds only its blocks in flight.
 Blocks run in-process (``workers=1``) or on Dask, and each finished block can be saved to a
 checkpoint directory so that an interrupted job resumes where it stopped.
 """
@@ -25,11 +28,13 @@ from imgcate.maps.compute import DEFAULT_TILE_SIZE, fit_tile_size, predict_map
 from imgcate.maps.grid import TileGrid, tile_grid
 from imgcate.maps.polygons import polygon_effects
 from imgcate.maps.tiles import MAP_VARIABLES
+from imgcate.maps.written import WrittenMap, write_map
 
 __all__ = [
     "DEFAULT_TILE_SIZE",
     "MAP_VARIABLES",
     "TileGrid",
+    "WrittenMap",
     "aggregate_by_polygon",
     "band_names",
     "check_creation_options",
@@ -38,5 +43,6 @@ __all__ = [
     "predict_map",
     "tile_grid",
     "write_cog",
+    "write_map",
     "write_preview",
 ]

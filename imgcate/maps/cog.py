@@ -26,9 +26,14 @@ def band_names(dataset: xr.Dataset) -> list[str]:
     outside_support`` with ``p`` the interval percentiles (``lower_5``, ``upper_95`` for
     ``prob=0.9``); ``outside_support`` is 1 where the tile lies outside the trial's support.
     """
-    lo, hi = (n.rstrip("%") for n in interval_names(float(dataset.attrs["prob"])))
+    return map_band_names(float(dataset.attrs["prob"]), dataset.sizes["cluster"])
+
+
+def map_band_names(prob: float, n_clusters: int) -> list[str]:
+    """:func:`band_names` of a map of interval probability ``prob`` and ``n_clusters``."""
+    lo, hi = (n.rstrip("%") for n in interval_names(prob))
     names = ["mean", "sd", f"lower_{lo}", f"upper_{hi}", "prob_positive"]
-    names += [f"cluster_prob_{k}" for k in range(dataset.sizes["cluster"])]
+    names += [f"cluster_prob_{k}" for k in range(n_clusters)]
     return names + ["extrapolation", "outside_support"]
 
 
@@ -57,13 +62,18 @@ TAGS = (
 
 
 def _tags(dataset: xr.Dataset) -> dict[str, str]:
-    """GeoTIFF tags: the attrs in :data:`TAGS`, the provenance (JSON) and the command."""
+    return map_tags(dataset.attrs)
+
+
+def map_tags(attrs: dict[str, Any]) -> dict[str, str]:
+    """GeoTIFF tags of a map of ``attrs``: those in :data:`TAGS`, the provenance (JSON) and
+    the command."""
     from imgcate.provenance import KEY, loads
 
-    tags = {k: str(dataset.attrs[k]) for k in TAGS if k in dataset.attrs}
-    record = loads(dataset.attrs.get("provenance"))
+    tags = {k: str(attrs[k]) for k in TAGS if k in attrs}
+    record = loads(attrs.get("provenance"))
     if record:
-        tags[KEY] = dataset.attrs["provenance"]
+        tags[KEY] = attrs["provenance"]
         if record.get("command"):
             tags["command"] = " ".join(record["command"])
         fit = (record.get("inputs") or {}).get("fit")
@@ -95,7 +105,8 @@ def _quiet_small_blocksize():
         logger.removeFilter(flt)
 
 
-def _preview_path(path: Path) -> Path:
+def preview_path(path: Path) -> Path:
+    """Where a map's PNG preview goes: beside it, with suffix ``.png``."""
     return path.with_suffix(".png")
 
 
@@ -111,7 +122,7 @@ class _GdalMessages(logging.Handler):
 
 
 @contextlib.contextmanager
-def _gdal_messages(silent: bool = True):
+def gdal_messages(silent: bool = True):
     """GDAL's warnings and errors during the block, collected (whatever the log level) and
     kept from the log when ``silent``."""
     logger = logging.getLogger("rasterio._env")
@@ -140,7 +151,7 @@ def _refused_options(options: dict[str, Any]) -> list[str]:
         return []
     profile = {"driver": "GTiff", "width": 32, "height": 32, "count": 2, "dtype": "float32"}
     profile.update(crs="EPSG:4326", transform=Affine(1e-3, 0, 0, 0, -1e-3, 0), nodata=np.nan)
-    with MemoryFile() as source, _gdal_messages() as messages:
+    with MemoryFile() as source, gdal_messages() as messages:
         with source.open(**profile) as dst:
             dst.write(np.zeros((2, 32, 32), np.float32))
         target = f"/vsimem/imgcate-co-probe-{id(messages)}.tif"
@@ -266,65 +277,135 @@ def write_cog(
     >>> write_cog(predict_map(fit, "scene.tif"), "effect_map.tif")  # doctest: +SKIP
     """
     import rasterio
-    import rasterio.shutil
     from rasterio._err import CPLE_BaseError
-    from rasterio.crs import CRS
 
     path = Path(path)
     check_writable(path, overwrite)
     if preview:
-        check_writable(_preview_path(path), overwrite)
+        check_writable(preview_path(path), overwrite)
     missing = [v for v in ("mean", "cluster_prob", "extrapolation") if v not in dataset]
     if missing or "crs" not in dataset.attrs:
         raise InputError(
             f"dataset lacks {missing or ['crs attr']}; pass the output of predict_map."
         )
     layers = _layers(dataset)
-    names = band_names(dataset)
-    height, width = layers.shape[1:]
-    options = {
-        "COMPRESS": "DEFLATE",
-        "PREDICTOR": "YES",
-        "OVERVIEW_RESAMPLING": "AVERAGE",
-        "RESAMPLING": "AVERAGE",
-        "BLOCKSIZE": _default_blocksize((height, width)),
-    }
-    options.update({str(k).upper(): v for k, v in (co or {}).items()})
-    check_creation_options(options)
-    tags = _tags(dataset)
-    profile = {
-        "driver": "GTiff",
-        "width": width,
-        "height": height,
-        "count": len(layers),
-        "dtype": "float32",
-        "crs": CRS.from_wkt(dataset.attrs["crs"]),
-        "transform": Affine(*dataset.attrs["transform"][:6]),
-        "nodata": np.nan,
-    }
+    options = cog_options(layers.shape[1:], co)
+    profile = staging_profile(
+        dataset.attrs["crs"], dataset.attrs["transform"], layers.shape[1:], len(layers)
+    )
     with (
         atomic_path(path, overwrite=overwrite) as tmp,
         staging_folder(path) as workdir,
-        _gdal_messages(silent=False) as messages,
+        gdal_messages(silent=False) as messages,
     ):
         staging = workdir / "staging.tif"
         try:
             with rasterio.open(staging, "w", **profile) as dst:
                 dst.write(layers)
-                for i, name in enumerate(names, start=1):
-                    dst.set_band_description(i, name)
-                    dst.update_tags(i, name=name)
-                dst.update_tags(**tags)
-            with _quiet_small_blocksize():
-                rasterio.shutil.copy(staging, tmp, driver="COG", **options)
+                label_bands(dst, band_names(dataset), _tags(dataset))
+            copy_to_cog(staging, tmp, options)
         except ImgcateError:
             raise
         except (OSError, rasterio.errors.RasterioError, CPLE_BaseError) as exc:
             # the options were checked above: what fails now is the disk
             raise write_error(path, exc, "; ".join(messages)) from exc
         if preview:
-            write_preview(dataset, _preview_path(path), overwrite=overwrite)
+            write_preview(
+                preview_dataset(tmp, dataset.attrs), preview_path(path), overwrite=overwrite
+            )
     return path
+
+
+def cog_options(shape: tuple[int, int], co: dict[str, Any] | None) -> dict[str, Any]:
+    """The COG creation options of a map of ``shape`` (y, x): imgcate's defaults (DEFLATE,
+    AVERAGE overviews, a block size suited to the size) updated by ``co``, checked."""
+    options = {
+        "COMPRESS": "DEFLATE",
+        "PREDICTOR": "YES",
+        "OVERVIEW_RESAMPLING": "AVERAGE",
+        "RESAMPLING": "AVERAGE",
+        "BLOCKSIZE": _default_blocksize(shape),
+    }
+    options.update({str(k).upper(): v for k, v in (co or {}).items()})
+    check_creation_options(options)
+    return options
+
+
+def staging_profile(crs_wkt: str, transform: Any, shape: tuple[int, int], count: int) -> dict:
+    """rasterio profile of the plain GeoTIFF a map is written to before its COG copy."""
+    from rasterio.crs import CRS
+
+    return {
+        "driver": "GTiff",
+        "width": shape[1],
+        "height": shape[0],
+        "count": count,
+        "dtype": "float32",
+        "crs": CRS.from_wkt(crs_wkt),
+        "transform": Affine(*list(transform)[:6]),
+        "nodata": np.nan,
+        "BIGTIFF": "IF_SAFER",
+    }
+
+
+def label_bands(dst: Any, names: list[str], tags: dict[str, str]) -> None:
+    """Name the bands of an open map (descriptions and ``name`` tags) and tag it."""
+    for i, name in enumerate(names, start=1):
+        dst.set_band_description(i, name)
+        dst.update_tags(i, name=name)
+    dst.update_tags(**tags)
+
+
+#: GDAL's block cache while a map is copied to its COG, in MB: the copy's memory stays near
+#: 200 MB above the process's (overviews, compression) whatever the map's size; with GDAL's
+#: default (5 % of the machine's memory) it grew to 600 MB above it for a 400 MB map.
+COPY_CACHE_MB = 64
+
+
+def copy_to_cog(staging: Path, target: Path, options: dict[str, Any]) -> None:
+    """Copy a plain GeoTIFF to a COG (GDAL's COG driver, reading block by block, with a block
+    cache of :data:`COPY_CACHE_MB`)."""
+    import rasterio
+    import rasterio.shutil
+
+    # GDAL_CACHEMAX set while GDAL runs is read as bytes (a number below 100,000 set before
+    # GDAL starts is MB)
+    with _quiet_small_blocksize(), rasterio.Env(GDAL_CACHEMAX=COPY_CACHE_MB * 2**20):
+        rasterio.shutil.copy(staging, target, driver="COG", **options)
+
+
+#: Largest side (cells) of a map drawn in its preview, whose panels are about 400 px wide: a
+#: larger map is read for it at a whole fraction of its size (:func:`preview_dataset`), so
+#: that the preview's memory stays bounded (about 250 MB for a map of 1,000 x 1,000 cells).
+PREVIEW_SIDE = 512
+
+
+def preview_dataset(path: Path, attrs: dict, side: int | None = None) -> xr.Dataset:
+    """The bands :func:`write_preview` draws, read from a written map with ``attrs``: whole
+    where it is at most ``side`` (:data:`PREVIEW_SIDE`) cells a side, else at a whole
+    fraction of its size to fit (from the COG's overviews: cell averages; ``outside_support``
+    where at least half the cells are outside)."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    side = PREVIEW_SIDE if side is None else side
+    with rasterio.open(path) as src:
+        factor = max(1, math.ceil(max(src.height, src.width) / side))
+        shape = (math.ceil(src.height / factor), math.ceil(src.width / factor))
+        names = list(src.descriptions)
+        wanted = ("mean", "prob_positive", "extrapolation", "outside_support")
+        read = src.read(
+            [names.index(v) + 1 for v in wanted],
+            out_shape=(len(wanted), *shape),
+            resampling=Resampling.nearest,
+        )
+        t = src.transform * Affine.scale(src.width / shape[1], src.height / shape[0])
+    if factor > 1:
+        read[-1] = np.where(np.isnan(read[-1]), np.nan, read[-1] >= 0.5)
+    x = t.c + (np.arange(shape[1]) + 0.5) * t.a
+    y = t.f + (np.arange(shape[0]) + 0.5) * t.e
+    data = {v: (("y", "x"), read[i]) for i, v in enumerate(wanted)}
+    return xr.Dataset(data, coords={"y": y, "x": x}, attrs={**attrs, "transform": list(t)[:6]})
 
 
 def axis_labels(crs: Any) -> tuple[str, str]:
@@ -351,7 +432,9 @@ def write_preview(
 ) -> Path:
     """A PNG of the map: mean CATE, P(CATE > 0) and extrapolation, each with a colour bar.
 
-    Tiles outside the trial's support are hatched on the first two panels. The extrapolation
+    Tiles outside the trial's support are hatched on the first two panels. Every cell of
+    ``dataset`` is drawn: :func:`write_cog` and :func:`~imgcate.maps.write_map` draw a map
+    larger than :data:`PREVIEW_SIDE` cells a side from a decimated read of it. The extrapolation
     scale stops at its 99th percentile (the colour bar's arrow: beyond), so that a few far
     tiles do not flatten the rest. Written to a temporary name and renamed.
     """

@@ -1,7 +1,7 @@
 """Computing a map: :func:`predict_map` covers a region with tiles (:mod:`imgcate.maps.grid`),
-runs them in blocks (:mod:`imgcate.maps.tiles`) in this process or on Dask workers
-(:mod:`imgcate.maps.runners`), saves finished blocks for resuming (:mod:`imgcate.maps.resume`)
-and assembles the xarray Dataset.
+runs them in blocks (:mod:`imgcate.maps.blocks`, :mod:`imgcate.maps.tiles`) in this process or
+on Dask workers (:mod:`imgcate.maps.runners`), saves finished blocks for resuming
+(:mod:`imgcate.maps.resume`) and assembles the xarray Dataset.
 
 Memory per block is flat in the region's size; the fit travels to Dask workers as the bytes of
 its saved file and is rebuilt once per worker.
@@ -21,9 +21,8 @@ import xarray as xr
 from imgcate.bands import check_band_identity
 from imgcate.errors import ExtrapolationWarning, InputError, RasterError
 from imgcate.intervals import interval_names
+from imgcate.maps.blocks import empty_map, run_blocks
 from imgcate.maps.grid import TileGrid, check_tiles, tile_grid
-from imgcate.maps.resume import fingerprint, job_key, open_checkpoints, reuse_blocks, save_block
-from imgcate.maps.runners import run_dask, run_local
 from imgcate.maps.tiles import MAP_VARIABLES, TileJob, draw_count
 from imgcate.provenance import collect, dumps
 from imgcate.raster import band_indexes, open_raster, raster_label, raster_source
@@ -93,9 +92,14 @@ def _sample_stats(ds: Any, indexes: Sequence[int]) -> tuple[np.ndarray, np.ndarr
 
 
 def check_bands(
-    fit: EffectFit, ds: Any, bands: Sequence[int | str] | None, scale: Any = None
+    fit: EffectFit,
+    ds: Any,
+    bands: Sequence[int | str] | None,
+    scale: Any = None,
+    stacklevel: int = 4,
 ) -> tuple[int, ...]:
-    """Band numbers to read, checked against the trial's chips (count, names, order)."""
+    """Band numbers to read, checked against the trial's chips (count, names, order); a
+    warning points ``stacklevel`` frames up (the caller of the caller by default)."""
     indexes = band_indexes(ds, bands)
     want = fit.encoder.n_bands
     names = [ds.descriptions[i - 1] or f"band_{i}" for i in indexes]
@@ -120,7 +124,7 @@ def check_bands(
         source=f"raster {label!r}",
         means=means,
         sds=sds,
-        stacklevel=4,
+        stacklevel=stacklevel,
     )
     return tuple(indexes)
 
@@ -203,9 +207,14 @@ def check_crs(fit: EffectFit, ds: Any) -> None:
 
 
 def chip_settings(
-    fit: EffectFit, ds: Any, tile_size: int | None, scale: float | Sequence[float] | None
+    fit: EffectFit,
+    ds: Any,
+    tile_size: int | None,
+    scale: float | Sequence[float] | None,
+    stacklevel: int = 3,
 ) -> tuple[int, tuple[float, ...] | None]:
-    """Tile size and scale as the trial's chips were cut (``fit.encoder.chip_spec``)."""
+    """Tile size and scale as the trial's chips were cut (``fit.encoder.chip_spec``); a
+    warning points ``stacklevel`` frames up (the caller's caller by default)."""
     spec = fit.encoder.chip_spec or {}
     tile_size = fit_tile_size(fit, tile_size)
     if scale is None and spec.get("scale") is not None:
@@ -222,12 +231,12 @@ def chip_settings(
                 f"had {pixel[0]:g} x {pixel[1]:g}; tiles of {tile_size} px then cover another "
                 "ground footprint than the chips. Resample the raster to the trial's resolution.",
                 ExtrapolationWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
     return tile_size, scale
 
 
-def _check_options(
+def check_map_options(
     fit: EffectFit, prob: float, max_draws: int | None, block_tiles: int, workers: int
 ) -> None:
     check_prob(prob)
@@ -364,13 +373,52 @@ def predict_map(
     >>> ds = predict_map(fit, "scene.tif", (400000, 50000, 410000, 60000))  # doctest: +SKIP
     >>> write_cog(ds, "effect_map.tif")  # doctest: +SKIP
     """
-    from tqdm import tqdm
+    check_map_options(fit, prob, max_draws, block_tiles, workers)
+    job, grid, label, source = map_job(
+        fit, raster, region, tile_size, stride, prob, max_draws, block_tiles, seed, bands, scale
+    )
+    out = {name: np.full(grid.shape, np.nan, np.float32) for name in MAP_VARIABLES}
+    out["cluster_prob"] = np.full(grid.shape + (fit.n_clusters,), np.nan, np.float32)
+    digest = run_blocks(
+        fit,
+        job,
+        grid,
+        lambda flat, result: _place(out, flat, result),
+        block_tiles=block_tiles,
+        workers=workers,
+        scheduler=scheduler,
+        checkpoint_dir=checkpoint_dir,
+        progress=progress,
+        on_block=on_block,
+    )
+    if not np.isfinite(out["mean"]).any():
+        raise empty_map(grid, label)
+    model_limit = fit.trial_support()[2]
+    record = provenance or collect({"raster": source}, seeds={"map": int(seed)})
+    extra = {"raster": label, "fit_digest": digest, "provenance": dumps(record)}
+    return _to_dataset(out, grid, fit, job, model_limit, extra)
 
-    _check_options(fit, prob, max_draws, block_tiles, workers)
+
+def map_job(
+    fit: EffectFit,
+    raster: str | Path | Any,
+    region: Any,
+    tile_size: int | None,
+    stride: int | None,
+    prob: float,
+    max_draws: int | None,
+    block_tiles: int,
+    seed: int,
+    bands: Sequence[int | str] | None,
+    scale: float | Sequence[float] | None,
+) -> tuple[TileJob, TileGrid, str, Any]:
+    """A map's job and tile grid, its raster's label (for messages and tags) and its source
+    (for the provenance), with the raster's bands, CRS and the region checked."""
     ds, owned = open_raster(raster)
     try:
-        indexes = check_bands(fit, ds, bands, scale)
-        tile_size, scale = chip_settings(fit, ds, tile_size, scale)
+        # warnings point at the caller of predict_map / write_map, two frames above
+        indexes = check_bands(fit, ds, bands, scale, stacklevel=5)
+        tile_size, scale = chip_settings(fit, ds, tile_size, scale, stacklevel=4)
         grid = tile_grid(ds, region, tile_size=tile_size, stride=stride)
         path, label, source = str(ds.name), raster_label(ds), raster_source(raster)
     finally:
@@ -391,79 +439,7 @@ def predict_map(
         seed=seed,
         block_tiles=block_tiles,
     )
-    blocks = grid.blocks(block_tiles)
-    out = {name: np.full(grid.shape, np.nan, np.float32) for name in MAP_VARIABLES}
-    out["cluster_prob"] = np.full(grid.shape + (fit.n_clusters,), np.nan, np.float32)
-    done: set[int] = set()
-    directory = None if checkpoint_dir is None else Path(checkpoint_dir)
-    digest = fingerprint(fit)  # a pass over the posterior: once, for the key, workers, attrs
-    key = ""
-    if directory is not None:
-        key = job_key(digest, job, grid, block_tiles)
-        saved = open_checkpoints(directory, key) & set(range(len(blocks)))
-        reused = reuse_blocks(directory, key, {i: len(blocks[i]) for i in saved})
-        for index, result in reused.items():
-            _place(out, blocks[index], result)
-        done = set(reused)
-    todo = [(i, flat) for i, flat in enumerate(blocks) if i not in done]
-    log.info(
-        "mapping %d tiles in %d blocks (%d saved already)", grid.n_tiles, len(blocks), len(done)
-    )
-    if not todo:
-        runner = iter(())
-    elif scheduler is None and workers == 1:
-        runner = run_local(fit, job, todo, digest)
-    else:
-        runner = run_dask(fit, job, todo, workers, scheduler, digest)
-    bar = tqdm(
-        total=grid.n_tiles,
-        mininterval=1.0,
-        initial=sum(len(blocks[i]) for i in done),
-        unit="tile",
-        desc="imgcate map",
-        disable=not progress,
-    )
-    try:
-        for index, result in runner:
-            if directory is not None:
-                save_block(directory, index, result, key)
-            _place(out, blocks[index], result)
-            done.add(index)
-            bar.update(len(blocks[index]))
-            if on_block is not None:
-                on_block(len(done), len(blocks))
-    except RasterError as exc:  # a block that could not be read, tried again and again
-        raise RasterError(f"{exc} {_resume_advice(directory, len(done), len(blocks))}") from exc
-    finally:
-        bar.close()
-        if hasattr(runner, "close"):
-            runner.close()
-    if not np.isfinite(out["mean"]).any():
-        raise RasterError(
-            f"every tile of {grid.region} in raster {label!r} holds nodata (or NaN) pixels, so "
-            "the map would be empty; give a region where the raster has data, or check the "
-            "raster's nodata value (rio edit-info --nodata)."
-        )
-    model_limit = fit.trial_support()[2]
-    record = provenance or collect({"raster": source}, seeds={"map": int(seed)})
-    extra = {"raster": label, "fit_digest": digest, "provenance": dumps(record)}
-    return _to_dataset(out, grid, fit, job, model_limit, extra)
-
-
-def _resume_advice(directory: Path | None, done: int, total: int) -> str:
-    """What to do after a map stopped: rerun with its checkpoint folder, which keeps the blocks
-    finished so far."""
-    if directory is None:
-        return (
-            f"The map stopped after {done} of {total} blocks, none of them saved; give "
-            "checkpoint_dir= (imgcate map --resume-dir) so that a rerun keeps the blocks "
-            "finished and continues from the one that failed."
-        )
-    return (
-        f"{done} of {total} blocks are finished and saved in {str(directory)!r}; run the same "
-        f"map again with checkpoint_dir={str(directory)!r} (imgcate map ... --resume-dir "
-        f"{directory}) to continue from the block that failed."
-    )
+    return job, grid, label, source
 
 
 def _place(out: dict, flat: np.ndarray, result: dict) -> None:
@@ -508,9 +484,6 @@ def _to_dataset(
             {"long_name": "1 if extrapolation > support_limit", "support_limit": limit},
         ),
     }
-    from imgcate import __version__
-
-    n_draws = draw_count(fit, job.max_draws, job.seed)
     ds = xr.Dataset(
         data,
         coords={
@@ -523,30 +496,45 @@ def _to_dataset(
                 {"crs_wkt": grid.crs_wkt, "spatial_ref": grid.crs_wkt, "GeoTransform": gt},
             ),
         },
-        attrs={
-            "crs": grid.crs_wkt,
-            "transform": list(grid.transform)[:6],
-            "prob": job.prob,
-            "seed": job.seed,
-            "max_draws": -1 if job.max_draws is None else job.max_draws,
-            "n_draws": n_draws,
-            "tile_size": job.tile_size,
-            "stride": job.stride,
-            "support_limit": limit,
-            "region": grid.region,
-            "imgcate_version": __version__,
-            **extra,
-        },
+        attrs=map_attrs(grid, fit, job, limit, extra),
     )
     for name in ds.data_vars:
         ds[name].attrs["grid_mapping"] = "spatial_ref"
-    share = float(np.nanmean(outside)) if np.isfinite(outside).any() else 0.0
+    scored = np.isfinite(outside)
+    warn_extrapolation(int((outside[scored] == 1).sum()), int(scored.sum()), limit, stacklevel=4)
+    return ds
+
+
+def map_attrs(grid: TileGrid, fit: EffectFit, job: TileJob, limit: float, extra: dict) -> dict:
+    """A map's attrs (:func:`predict_map`'s Returns): its grid, job and support limit, with
+    ``extra`` (``raster``, ``fit_digest``, ``provenance``)."""
+    from imgcate import __version__
+
+    return {
+        "crs": grid.crs_wkt,
+        "transform": list(grid.transform)[:6],
+        "prob": job.prob,
+        "seed": job.seed,
+        "max_draws": -1 if job.max_draws is None else job.max_draws,
+        "n_draws": draw_count(fit, job.max_draws, job.seed),
+        "tile_size": job.tile_size,
+        "stride": job.stride,
+        "support_limit": limit,
+        "region": grid.region,
+        "imgcate_version": __version__,
+        **extra,
+    }
+
+
+def warn_extrapolation(outside: int, scored: int, limit: float, stacklevel: int = 3) -> None:
+    """Warn when more than :data:`EXTRAPOLATION_WARN_SHARE` of a map's ``scored`` tiles (with
+    an extrapolation score) lie outside the trial's support."""
+    share = outside / scored if scored else 0.0
     if share > EXTRAPOLATION_WARN_SHARE:
         warnings.warn(
             f"{share:.0%} of the map's tiles lie outside the trial's support (extrapolation > "
             f"{limit:.2f}); their effects are extrapolation, not evidence (see the "
             "'outside_support' layer).",
             ExtrapolationWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
-    return ds

@@ -10,6 +10,7 @@ import logging
 import os
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -146,13 +147,13 @@ def load_block(directory: Path, index: int, key: str = "", n_tiles: int | None =
     return arrays
 
 
-def reuse_blocks(directory: Path, key: str, sizes: dict[int, int]) -> dict[int, dict]:
-    """The verified saved blocks among ``sizes`` (block number: tiles); damaged ones are
-    deleted with a :class:`~imgcate.errors.CheckpointWarning`, so that they are computed again."""
-    found = {}
+def reuse_blocks(directory: Path, key: str, sizes: dict[int, int]) -> Iterator[tuple[int, dict]]:
+    """The verified saved blocks among ``sizes`` (block number: tiles), one at a time, as
+    (number, arrays) in order; damaged ones are deleted with a
+    :class:`~imgcate.errors.CheckpointWarning`, so that they are computed again."""
     for index in sorted(sizes):
         try:
-            found[index] = load_block(directory, index, key, sizes[index])
+            arrays = load_block(directory, index, key, sizes[index])
         except ValueError as exc:
             warnings.warn(
                 f"block {index} saved in {_label(directory)} is damaged ({exc}); it is "
@@ -162,7 +163,8 @@ def reuse_blocks(directory: Path, key: str, sizes: dict[int, int]) -> dict[int, 
             )
             with contextlib.suppress(OSError):
                 _block_path(directory, index).unlink()
-    return found
+            continue
+        yield index, arrays
 
 
 def _url_version(url: str) -> dict[str, Any]:

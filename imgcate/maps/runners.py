@@ -14,6 +14,7 @@ import tempfile
 import threading
 import uuid
 import weakref
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -62,20 +63,35 @@ def worker_env(workers: int, threads: int = 1) -> dict[str, str]:
 _MODEL_LOCK = threading.Lock()
 
 
+#: Messages Dask keeps of each connection's recent traffic for debugging
+#: (``distributed.admin.low-level-log-length``, 1,000 by default): a map's messages carry its
+#: pieces' tile indices, and the 1,000 a connection kept (with the memory they pinned) made the
+#: mapping process grow with the region until 10^6 tiles or more.
+DASK_MESSAGE_LOG = 16
+
+
+def few_dask_messages() -> Any:
+    """A context in which the Dask connections made keep :data:`DASK_MESSAGE_LOG` messages."""
+    import dask
+
+    return dask.config.set({"distributed.admin.low-level-log-length": DASK_MESSAGE_LOG})
+
+
 def local_cluster(workers: int, threads: int = 1):
     """A ``dask.distributed.LocalCluster`` of ``workers`` worker processes of ``threads``
-    threads each (:func:`worker_env`, :mod:`imgcate.maps.worker`), quiet and without a
-    dashboard."""
+    threads each (:func:`worker_env`, :mod:`imgcate.maps.worker`), quiet, without a
+    dashboard, its scheduler keeping few messages (:func:`few_dask_messages`)."""
     distributed = require("distributed", "dask", "predict_map with workers > 1")
-    return distributed.LocalCluster(
-        n_workers=workers,
-        threads_per_worker=threads,
-        processes=True,
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-        env=worker_env(workers, threads),
-        preload=["imgcate.maps.worker"],
-    )
+    with few_dask_messages():
+        return distributed.LocalCluster(
+            n_workers=workers,
+            threads_per_worker=threads,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+            env=worker_env(workers, threads),
+            preload=["imgcate.maps.worker"],
+        )
 
 
 def map_part(fit: EffectFit) -> EffectFit:
@@ -213,7 +229,7 @@ def local_model(fit: EffectFit, job: TileJob, digest: str) -> TileModel:
         return model
 
 
-def run_local(fit: EffectFit, job: TileJob, todo: list[tuple[int, np.ndarray]], digest: str):
+def run_local(fit: EffectFit, job: TileJob, todo: Iterable[tuple[int, np.ndarray]], digest: str):
     """Blocks in this process, in order: (index, result) pairs."""
     model = local_model(fit, job, digest)
     with TileReader(job) as reader:
@@ -268,7 +284,7 @@ def check_address(scheduler: Any) -> Any:
 def run_dask(
     fit: EffectFit,
     job: TileJob,
-    todo: list[tuple[int, np.ndarray]],
+    todo: Iterable[tuple[int, np.ndarray]],
     workers: int,
     scheduler: str | None,
     digest: str,
@@ -283,11 +299,13 @@ def run_dask(
     cluster = None
     if scheduler is None:
         cluster = local_cluster(workers)
-        client = Client(cluster)
+        with few_dask_messages():
+            client = Client(cluster)
     else:
         scheduler = check_address(scheduler)
         try:
-            client = Client(scheduler, timeout="20s")
+            with few_dask_messages():
+                client = Client(scheduler, timeout="20s")
         except OSError as exc:
             raise InputError(
                 f"no Dask scheduler answers at {scheduler!r} ({exc}); start one "
@@ -299,9 +317,16 @@ def run_dask(
         n_threads = max(1, sum(int(w.get("nthreads", 1)) for w in found))
         [payload] = client.scatter([_fit_bytes(fit, digest)], broadcast=True)
         run = uuid.uuid4().hex  # this map: the workers' readers are kept within it
-        split = {index: pieces(flat, job.batch_size) for index, flat in todo}
-        pending = ((i, k, piece) for i, block in split.items() for k, piece in enumerate(block))
-        back: dict[int, dict[int, dict]] = {index: {} for index in split}  # pieces back
+        counts: dict[int, int] = {}  # pieces of each block in flight
+        back: dict[int, dict[int, dict]] = {}  # their pieces back
+
+        def split() -> Iterator[tuple[int, int, np.ndarray]]:  # blocks made as they are sent
+            for index, flat in todo:
+                parts = pieces(flat, job.batch_size)
+                counts[index], back[index] = len(parts), {}
+                yield from ((index, k, piece) for k, piece in enumerate(parts))
+
+        pending = split()
         futures = {}
         queue = as_completed()
 
@@ -322,8 +347,8 @@ def run_dask(
             back[index][k] = fut.result()
             fut.release()
             submit()
-            if len(back[index]) == len(split[index]):
-                done = back.pop(index)
+            if len(back[index]) == counts[index]:
+                done, _ = back.pop(index), counts.pop(index)
                 yield index, merge_pieces([done[k] for k in sorted(done)])
     finally:
         if run is not None:

@@ -179,7 +179,7 @@ def test_a_raster_at_another_resolution_or_with_other_bands_is_flagged(inputs, t
 
 
 def test_interrupted_job_resumes_to_the_same_map(inputs, tmp_path, monkeypatch):
-    import imgcate.maps.compute as compute
+    import imgcate.maps.blocks as blocks
     import imgcate.maps.resume as resume
     from imgcate.maps.resume import fingerprint
 
@@ -191,7 +191,7 @@ def test_interrupted_job_resumes_to_the_same_map(inputs, tmp_path, monkeypatch):
         digests.append(fingerprint(f))
         return digests[-1]
 
-    monkeypatch.setattr(compute, "fingerprint", counted)
+    monkeypatch.setattr(blocks, "fingerprint", counted)
     monkeypatch.setattr(resume, "fingerprint", counted)
     whole = predict_map(fit, scene, checkpoint_dir=tmp_path / "first", **opts)
     assert digests == [whole.attrs["fit_digest"]]  # once for the job's key and the map's attrs
@@ -266,10 +266,10 @@ def test_local_dask_workers_kernels_follow_the_workers_threads():
     """Each worker of the map's local cluster runs the native kernel and XLA on as many
     threads as it has, one JAX device, pinned to cores of its own: two single-threaded
     workers share two cores instead of each using both, and a worker of two threads uses
-    two."""
+    two. Its scheduler's connections keep few messages (a map's carry its tiles' indices)."""
     from distributed import Client
 
-    from imgcate.maps.runners import local_cluster
+    from imgcate.maps.runners import DASK_MESSAGE_LOG, local_cluster
 
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
@@ -277,6 +277,9 @@ def test_local_dask_workers_kernels_follow_the_workers_threads():
     with local_cluster(2) as cluster, Client(cluster) as client:
         client.wait_for_workers(2)
         found = list(client.run(_worker_threads).values())
+        streams = list(cluster.scheduler.stream_comms.values())
+        assert len(streams) == 2
+        assert all(s.recent_message_log.maxlen == DASK_MESSAGE_LOG for s in streams)
     assert len(found) == 2
     for info in found:
         assert (info["native"], info["jax_devices"], info["xla"]) == (1, 1, 1), found
