@@ -1053,7 +1053,7 @@ def test_sigkill_during_blocks_then_resume_gives_the_same_bytes(map_inputs, fit,
     damaged.write_bytes(damaged.read_bytes()[:-40])  # a torn write
     opts = dict(stride=32, block_tiles=30, max_draws=20, progress=False, seed=1)
     calls = []
-    with pytest.warns(CheckpointWarning, match="block 1 saved in checkpoint directory"):
+    with pytest.warns(CheckpointWarning, match="block 1 saved in checkpoint directory") as w:
         resumed = predict_map(
             fit,
             scene,
@@ -1062,6 +1062,7 @@ def test_sigkill_during_blocks_then_resume_gives_the_same_bytes(map_inputs, fit,
             on_block=lambda done, total: calls.append(done),
             **opts,
         )
+    assert {x.filename for x in w if x.category is CheckpointWarning} == {__file__}
     assert calls == [2, 3, 4, 5]  # block 0 reused; 1 recomputed, then 2..4
     whole = predict_map(fit, scene, provenance=FIXED_RECORD, **opts)
     a = write_cog(resumed, tmp_path / "resumed.tif", preview=False)

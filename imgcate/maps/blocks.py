@@ -57,10 +57,11 @@ def run_blocks(
         if directory is not None:
             key = job_key(digest, job, grid, block_tiles)
             saved = open_checkpoints(directory, key) & set(range(len(blocks)))
-            for index, result in reuse_blocks(directory, key, {i: blocks.count(i) for i in saved}):
+            sizes = {i: blocks.size_of(i) for i in saved}
+            for index, result in reuse_blocks(directory, key, sizes):
                 place(blocks[index], result)
                 done.add(index)
-                bar.update(blocks.count(index))
+                bar.update(blocks.size_of(index))
         log.info(
             "mapping %d tiles in %d blocks (%d saved already)",
             grid.n_tiles,
@@ -79,7 +80,7 @@ def run_blocks(
                 save_block(directory, index, result, key)
             place(blocks[index], result)
             done.add(index)
-            bar.update(blocks.count(index))
+            bar.update(blocks.size_of(index))
             if on_block is not None:
                 on_block(len(done), len(blocks))
     except RasterError as exc:  # a block that could not be read, tried again and again

@@ -277,7 +277,6 @@ def write_cog(
     >>> write_cog(predict_map(fit, "scene.tif"), "effect_map.tif")  # doctest: +SKIP
     """
     import rasterio
-    from rasterio._err import CPLE_BaseError
 
     path = Path(path)
     check_writable(path, overwrite)
@@ -293,27 +292,41 @@ def write_cog(
     profile = staging_profile(
         dataset.attrs["crs"], dataset.attrs["transform"], layers.shape[1:], len(layers)
     )
-    with (
-        atomic_path(path, overwrite=overwrite) as tmp,
-        staging_folder(path) as workdir,
-        gdal_messages(silent=False) as messages,
-    ):
+    if preview:
+        check_preview()
+    with atomic_path(path, overwrite=overwrite) as tmp, staging_folder(path) as workdir:
         staging = workdir / "staging.tif"
-        try:
+        with write_errors(path):  # the options were checked above: what fails now is the disk
             with rasterio.open(staging, "w", **profile) as dst:
                 dst.write(layers)
                 label_bands(dst, band_names(dataset), _tags(dataset))
             copy_to_cog(staging, tmp, options)
-        except ImgcateError:
-            raise
-        except (OSError, rasterio.errors.RasterioError, CPLE_BaseError) as exc:
-            # the options were checked above: what fails now is the disk
-            raise write_error(path, exc, "; ".join(messages)) from exc
         if preview:
             write_preview(
                 preview_dataset(tmp, dataset.attrs), preview_path(path), overwrite=overwrite
             )
     return path
+
+
+@contextlib.contextmanager
+def write_errors(path: Path):
+    """What GDAL or the disk raise while a map is written becomes a :class:`WriteError` naming
+    ``path`` and GDAL's messages (imgcate's own errors pass)."""
+    import rasterio
+    from rasterio._err import CPLE_BaseError
+
+    with gdal_messages(silent=False) as messages:
+        try:
+            yield
+        except ImgcateError:
+            raise
+        except (OSError, rasterio.errors.RasterioError, CPLE_BaseError) as exc:
+            raise write_error(path, exc, "; ".join(messages)) from exc
+
+
+def check_preview() -> None:
+    """Refuse a preview without matplotlib before a map is computed or written."""
+    require("matplotlib", "maps", "the map preview (preview=True or --preview)")
 
 
 def cog_options(shape: tuple[int, int], co: dict[str, Any] | None) -> dict[str, Any]:
@@ -369,7 +382,8 @@ def copy_to_cog(staging: Path, target: Path, options: dict[str, Any]) -> None:
     import rasterio.shutil
 
     # GDAL_CACHEMAX set while GDAL runs is read as bytes (a number below 100,000 set before
-    # GDAL starts is MB)
+    # GDAL starts is MB); the cache goes back to its size when this Env closes (inside an Env
+    # of the caller's, when that one does)
     with _quiet_small_blocksize(), rasterio.Env(GDAL_CACHEMAX=COPY_CACHE_MB * 2**20):
         rasterio.shutil.copy(staging, target, driver="COG", **options)
 
@@ -382,22 +396,23 @@ PREVIEW_SIDE = 512
 
 def preview_dataset(path: Path, attrs: dict, side: int | None = None) -> xr.Dataset:
     """The bands :func:`write_preview` draws, read from a written map with ``attrs``: whole
-    where it is at most ``side`` (:data:`PREVIEW_SIDE`) cells a side, else at a whole
-    fraction of its size to fit (from the COG's overviews: cell averages; ``outside_support``
-    where at least half the cells are outside)."""
+    where it is at most ``side`` (:data:`PREVIEW_SIDE`) cells a side, else at the
+    power-of-two fraction of its size that fits, each cell the mean of those it covers (the
+    COG's overview at that level); ``outside_support`` where at least half are outside."""
     import rasterio
     from rasterio.enums import Resampling
 
     side = PREVIEW_SIDE if side is None else side
     with rasterio.open(path) as src:
-        factor = max(1, math.ceil(max(src.height, src.width) / side))
+        over = max(src.height, src.width) / side
+        factor = 2 ** math.ceil(math.log2(over)) if over > 1 else 1  # an overview's level
         shape = (math.ceil(src.height / factor), math.ceil(src.width / factor))
         names = list(src.descriptions)
         wanted = ("mean", "prob_positive", "extrapolation", "outside_support")
         read = src.read(
             [names.index(v) + 1 for v in wanted],
             out_shape=(len(wanted), *shape),
-            resampling=Resampling.nearest,
+            resampling=Resampling.average,
         )
         t = src.transform * Affine.scale(src.width / shape[1], src.height / shape[0])
     if factor > 1:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,12 +73,13 @@ class TileGrid:
         return y, x
 
 
-class TileBlocks(Sequence):
+class TileBlocks:
     """The region's tiles in blocks, as flat (row-major) indices of the grid, made on demand.
 
     ``blocks[i]`` equals ``np.flatnonzero(mask.ravel())[i * size : (i + 1) * size]``, found
     from the tiles counted per row: what is held is 8 bytes a row, not 8 a tile (800 MB at
-    10^8 tiles), so a map's blocks cost memory only while they are worked on.
+    10^8 tiles), so a map's blocks cost memory only while they are worked on. ``len`` and
+    iteration work as for a list; an index may be negative.
     """
 
     def __init__(self, mask: np.ndarray, size: int) -> None:
@@ -90,19 +91,27 @@ class TileBlocks(Sequence):
     def __len__(self) -> int:
         return -(-self.n_tiles // self.size)
 
-    def count(self, index: int) -> int:
-        """Tiles in block ``index``."""
-        return min(self.size, self.n_tiles - index * self.size)
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[i] for i in range(len(self)))
 
-    def __getitem__(self, index: int) -> np.ndarray:
+    def _index(self, index: int) -> int:
         if not isinstance(index, int | np.integer):
             raise TypeError(f"block index must be an integer, got {type(index).__name__}")
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"block {index} of {len(self)}")
+        return int(index)
+
+    def size_of(self, index: int) -> int:
+        """Tiles in block ``index``."""
+        index = self._index(index)
+        return min(self.size, self.n_tiles - index * self.size)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        index = self._index(index)
         start = index * self.size
-        stop = start + self.count(index)
+        stop = start + self.size_of(index)
         first = int(np.searchsorted(self.row_ends, start, side="right"))
         last = int(np.searchsorted(self.row_ends, stop - 1, side="right"))
         before = int(self.row_ends[first - 1]) if first else 0

@@ -159,7 +159,7 @@ def reuse_blocks(directory: Path, key: str, sizes: dict[int, int]) -> Iterator[t
                 f"block {index} saved in {_label(directory)} is damaged ({exc}); it is "
                 "discarded and computed again.",
                 CheckpointWarning,
-                stacklevel=3,
+                stacklevel=4,  # this generator, run_blocks, predict_map / write_map, the caller
             )
             with contextlib.suppress(OSError):
                 _block_path(directory, index).unlink()

@@ -71,7 +71,8 @@ DASK_MESSAGE_LOG = 16
 
 
 def few_dask_messages() -> Any:
-    """A context in which the Dask connections made keep :data:`DASK_MESSAGE_LOG` messages."""
+    """A context in which the Dask connections made keep :data:`DASK_MESSAGE_LOG` messages
+    (the setting also bounds a scheduler's transition and event logs)."""
     import dask
 
     return dask.config.set({"distributed.admin.low-level-log-length": DASK_MESSAGE_LOG})
@@ -293,19 +294,29 @@ def run_dask(
     encoder batch each: a map of a few blocks still keeps every worker busy to its end), at
     most three in flight per worker thread (flat memory); a block is yielded once all its
     pieces are back. The workers' readers of the map are closed as it ends."""
+    with few_dask_messages():  # while the map runs: for the connections made as it goes too
+        yield from _run_dask(fit, job, todo, workers, scheduler, digest)
+
+
+def _run_dask(
+    fit: EffectFit,
+    job: TileJob,
+    todo: Iterable[tuple[int, np.ndarray]],
+    workers: int,
+    scheduler: str | None,
+    digest: str,
+):
     distributed = require("distributed", "dask", "predict_map with workers > 1 or a scheduler")
     Client, as_completed = distributed.Client, distributed.as_completed
 
     cluster = None
     if scheduler is None:
         cluster = local_cluster(workers)
-        with few_dask_messages():
-            client = Client(cluster)
+        client = Client(cluster)
     else:
         scheduler = check_address(scheduler)
         try:
-            with few_dask_messages():
-                client = Client(scheduler, timeout="20s")
+            client = Client(scheduler, timeout="20s")
         except OSError as exc:
             raise InputError(
                 f"no Dask scheduler answers at {scheduler!r} ({exc}); start one "

@@ -4,6 +4,7 @@ complete, not the map."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,31 +13,32 @@ from typing import Any
 
 import numpy as np
 
-from imgcate.errors import ImgcateError
 from imgcate.maps.blocks import empty_map, run_blocks
 from imgcate.maps.cog import (
     check_creation_options,
+    check_preview,
     cog_options,
     copy_to_cog,
-    gdal_messages,
     label_bands,
     map_band_names,
     map_tags,
     preview_dataset,
     preview_path,
     staging_profile,
+    write_errors,
     write_preview,
 )
 from imgcate.maps.compute import check_map_options, map_attrs, map_job, warn_extrapolation
 from imgcate.maps.grid import TileGrid
-from imgcate.output import atomic_path, check_writable, staging_folder, write_error
+from imgcate.output import atomic_path, check_writable, staging_folder
 from imgcate.provenance import collect, dumps
 from imgcate.results import EffectFit
 
 log = logging.getLogger("imgcate")
 
-#: Rows of NaN written at once where the grid has rows without tiles.
-EMPTY_ROWS = 256
+#: Bytes of NaN written at once where the grid has rows without tiles (whole rows, at least
+#: one).
+EMPTY_BYTES = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -69,15 +71,19 @@ class RowWriter:
     time: a row is held until its last tile is placed, then written (runs of finished rows in
     one write). Counts the tiles with an effect and those outside the trial's support."""
 
-    def __init__(self, dst: Any, grid: TileGrid, limit: float, count: int) -> None:
+    def __init__(
+        self, dst: Any, grid: TileGrid, limit: float, count: int, path: Path | None = None
+    ) -> None:
         self.dst, self.limit, self.count = dst, limit, count
+        self.path = Path(dst.name) if path is None else path  # named in a WriteError
         self.width = grid.shape[1]
         self.left = grid.mask.sum(axis=1, dtype=np.int64)  # tiles still to come, per row
         self.open: dict[int, np.ndarray] = {}
         self.tiles = self.outside = self.scored = 0
         empty = np.flatnonzero(self.left == 0)
-        for start in range(0, len(empty), EMPTY_ROWS):
-            rows = empty[start : start + EMPTY_ROWS]
+        step = max(1, EMPTY_BYTES // (4 * self.count * self.width))
+        for start in range(0, len(empty), step):
+            rows = empty[start : start + step]
             self._write_rows(rows, np.full((self.count, len(rows), self.width), np.nan, np.float32))
 
     def layers(self, result: dict[str, np.ndarray]) -> np.ndarray:
@@ -116,11 +122,12 @@ class RowWriter:
         from rasterio.windows import Window
 
         at = 0  # rows of ``values`` written so far
-        for run in np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1):
-            if len(run):
-                part = values[:, at : at + len(run)]
-                self.dst.write(part, window=Window(0, int(run[0]), self.width, len(run)))
-                at += len(run)
+        with write_errors(self.path):
+            for run in np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1):
+                if len(run):
+                    part = values[:, at : at + len(run)]
+                    self.dst.write(part, window=Window(0, int(run[0]), self.width, len(run)))
+                    at += len(run)
 
     def check_complete(self) -> None:
         """Every row written (the map's blocks all placed)."""
@@ -210,13 +217,13 @@ def write_map(
     >>> write_map(fit, "scene.tif", "effect_map.tif", workers=2)  # doctest: +SKIP
     """
     import rasterio
-    from rasterio._err import CPLE_BaseError
 
     path = Path(path)
     check_writable(path, overwrite)
     png = preview_path(path) if preview else None
     if png is not None:
         check_writable(png, overwrite)
+        check_preview()
     check_map_options(fit, prob, max_draws, block_tiles, workers)
     check_creation_options({str(k).upper(): v for k, v in (co or {}).items()})
     job, grid, label, source = map_job(
@@ -226,41 +233,43 @@ def write_map(
     limit = fit.trial_support()[2]
     names = map_band_names(prob, fit.n_clusters)
     profile = staging_profile(grid.crs_wkt, grid.transform, grid.shape, len(names))
-    with (
-        atomic_path(path, overwrite=overwrite) as tmp,
-        staging_folder(path) as workdir,
-        gdal_messages(silent=False) as messages,
-    ):
+    with staging_folder(path) as workdir:
         staging = workdir / "staging.tif"
-        try:
-            with rasterio.open(staging, "w", **profile) as dst:
-                writer = RowWriter(dst, grid, limit, len(names))
-                digest = run_blocks(
-                    fit,
-                    job,
-                    grid,
-                    writer.place,
-                    block_tiles=block_tiles,
-                    workers=workers,
-                    scheduler=scheduler,
-                    checkpoint_dir=checkpoint_dir,
-                    progress=progress,
-                    on_block=on_block,
-                )
-                writer.check_complete()
-                if writer.tiles == 0:
-                    raise empty_map(grid, label)
-                record = provenance or collect({"raster": source}, seeds={"map": int(seed)})
-                extra = {"raster": label, "fit_digest": digest, "provenance": dumps(record)}
-                attrs = map_attrs(grid, fit, job, limit, extra)
+        with write_errors(path):
+            dst = rasterio.open(staging, "w", **profile)
+        try:  # only the writes' errors are the disk's: the map's own pass as they are
+            writer = RowWriter(dst, grid, limit, len(names), path)
+            digest = run_blocks(
+                fit,
+                job,
+                grid,
+                writer.place,
+                block_tiles=block_tiles,
+                workers=workers,
+                scheduler=scheduler,
+                checkpoint_dir=checkpoint_dir,
+                progress=progress,
+                on_block=on_block,
+            )
+            writer.check_complete()
+            if writer.tiles == 0:
+                raise empty_map(grid, label)
+            record = provenance or collect({"raster": source}, seeds={"map": int(seed)})
+            extra = {"raster": label, "fit_digest": digest, "provenance": dumps(record)}
+            attrs = map_attrs(grid, fit, job, limit, extra)
+            with write_errors(path):
                 label_bands(dst, names, map_tags(attrs))
-            log.info("copying the map (%d x %d cells) to its COG %s", *grid.shape, path)
-            copy_to_cog(staging, tmp, options)
-        except ImgcateError:
+        except BaseException:
+            with contextlib.suppress(Exception):
+                dst.close()
             raise
-        except (OSError, rasterio.errors.RasterioError, CPLE_BaseError) as exc:
-            raise write_error(path, exc, "; ".join(messages)) from exc
-        if png is not None:
-            write_preview(preview_dataset(tmp, attrs), png, overwrite=overwrite)
+        with write_errors(path):
+            dst.close()
+        log.info("copying the map (%d x %d cells) to its COG %s", *grid.shape, path)
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            with write_errors(path):
+                copy_to_cog(staging, tmp, options)
+            if png is not None:
+                write_preview(preview_dataset(tmp, attrs), png, overwrite=overwrite)
     warn_extrapolation(writer.outside, writer.scored, limit)
     return WrittenMap(path, png, grid.shape, writer.tiles, writer.outside)

@@ -221,7 +221,13 @@ def test_interrupted_job_resumes_to_the_same_map(inputs, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_two_dask_workers_give_the_same_map(inputs, full_map, tmp_path):
+    """The same map on two workers; while it runs, Dask keeps few messages of its traffic."""
+    import dask
+
+    from imgcate.maps.runners import DASK_MESSAGE_LOG
+
     scene, fit = inputs
+    kept = []
     ds = predict_map(
         fit,
         scene,
@@ -229,11 +235,16 @@ def test_two_dask_workers_give_the_same_map(inputs, full_map, tmp_path):
         workers=2,
         block_tiles=100,
         checkpoint_dir=tmp_path / "ckpt",
+        on_block=lambda d, t: kept.append(
+            dask.config.get("distributed.admin.low-level-log-length")
+        ),
         **MAP_OPTS,
     )
     # other blocks (100 tiles) are other float32 sums: interval ends differ by up to ~5e-6
     xr.testing.assert_allclose(ds, full_map, rtol=1e-5, atol=1e-5)
     assert len(list((tmp_path / "ckpt").glob("block-*.npz"))) == 6
+    assert kept == [DASK_MESSAGE_LOG] * 6
+    assert dask.config.get("distributed.admin.low-level-log-length") != DASK_MESSAGE_LOG
 
 
 def _worker_threads() -> dict:

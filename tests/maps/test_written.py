@@ -11,7 +11,7 @@ import rasterio
 from shapely.geometry import Polygon
 
 from imgcate.errors import OutputExistsError, RasterError
-from imgcate.maps import predict_map, write_cog, write_map
+from imgcate.maps import predict_map, write_cog, write_map, write_preview
 from imgcate.maps.cog import preview_dataset, staging_profile
 from imgcate.maps.grid import TileBlocks
 from imgcate.maps.written import RowWriter
@@ -43,7 +43,7 @@ def test_blocks_are_the_region_tiles_split_in_order(size):
         blocks = TileBlocks(mask, size)
         assert len(blocks) == len(expected)
         for i, want in enumerate(expected):
-            assert blocks.count(i) == len(want)
+            assert blocks.size_of(i) == len(want)
             np.testing.assert_array_equal(blocks[i], want)
         assert [len(b) for b in blocks] == [len(b) for b in expected]  # iteration stops
         if expected:
@@ -89,7 +89,7 @@ def test_row_writer_places_blocks_in_any_order(tmp_path):
     with rasterio.open(tmp_path / "rows.tif", "w", **profile) as dst:
         writer = RowWriter(dst, mask_grid(mask), limit, profile["count"])
         for i in order:
-            part = slice(i * 11, i * 11 + blocks.count(i))
+            part = slice(i * 11, i * 11 + blocks.size_of(i))
             writer.place(blocks[i], {k: v[part] for k, v in values.items()})
         writer.check_complete()
     expected = np.full((profile["count"], h * w), np.nan, np.float32)
@@ -130,6 +130,9 @@ def test_write_map_is_write_cog_of_predict_map_byte_for_byte(inputs, tmp_path):
     for suffix in (".tif", ".png"):
         memory = (tmp_path / "memory").with_suffix(suffix).read_bytes()
         assert (tmp_path / "blocks").with_suffix(suffix).read_bytes() == memory, suffix
+    # a small map's preview, drawn from the written file, is the map's own drawing
+    write_preview(ds, tmp_path / "direct.png")
+    assert (tmp_path / "direct.png").read_bytes() == (tmp_path / "blocks.png").read_bytes()
     mean = ds["mean"].values
     assert np.isnan(mean).all(axis=1).sum() >= 3  # rows without tiles
     assert written.shape == mean.shape
@@ -178,6 +181,12 @@ def test_write_map_errors_leave_nothing(inputs, tmp_path, write_variant):
         write_map(fit, scene, out, on_block=lambda d, t: calls.append(d), **OPTS)
     assert calls == [] and out.read_bytes() == b"earlier"  # refused before any tile
     out.unlink()
+
+    def dropped(done, total):  # a connection lost mid-map is the map's error, not the disk's
+        raise ConnectionResetError("connection to the scheduler lost")
+
+    with pytest.raises(ConnectionResetError, match="scheduler lost"):
+        write_map(fit, scene, out, on_block=dropped, **OPTS)
     blank = write_variant(scene, tmp_path / "blank.tif", nodata_box=(0, 384, 0, 384))
     with pytest.raises(RasterError, match="every tile.*nodata"):
         write_map(fit, blank, out, **OPTS)
@@ -185,22 +194,32 @@ def test_write_map_errors_leave_nothing(inputs, tmp_path, write_variant):
 
 
 def test_a_large_map_is_previewed_from_a_decimated_read(inputs, tmp_path):
-    """A map over ``side`` cells a side is read for its preview at a whole fraction of its
-    size, over the same extent, from the COG's overviews."""
+    """A map over ``side`` cells a side is read for its preview at a power-of-two fraction of
+    its size, over the same extent: each preview cell the mean of the cells it covers."""
     scene, fit = inputs
     written = write_map(fit, scene, tmp_path / "map.tif", preview=False, **OPTS)
     with rasterio.open(written.path) as src:
         full, bounds = src.read(1), src.bounds
         attrs = {"crs": src.crs.to_wkt(), "support_limit": 1.0}
-    small = preview_dataset(written.path, attrs, side=8)
-    assert written.shape == (23, 23) and small.sizes == {"y": 8, "x": 8}
-    t = small.attrs["transform"]
-    assert t[0] * 8 == pytest.approx(bounds.right - bounds.left)
-    assert (t[2], t[5]) == pytest.approx((bounds.left, bounds.top))
-    mean = small["mean"].values
-    assert np.isfinite(mean).all()
-    assert full.min() <= mean.min() and mean.max() <= full.max()
-    assert set(np.unique(small["outside_support"].values)) <= {0.0, 1.0}
+    assert written.shape == (23, 23) and np.isfinite(full).all()
+    for side, factor in ((12, 2), (8, 4), (3, 8)):
+        small = preview_dataset(written.path, attrs, side=side)
+        cells = -(-23 // factor)
+        assert small.sizes == {"y": cells, "x": cells}, side
+        t = small.attrs["transform"]
+        assert t[0] * cells == pytest.approx(bounds.right - bounds.left)
+        assert (t[2], t[5]) == pytest.approx((bounds.left, bounds.top))
+        assert set(np.unique(small["outside_support"].values)) <= {0.0, 1.0}
+    # a map of 22 x 22 cells (an even side): each of the 11 x 11 cells is a 2 x 2 mean
+    px = 30.0  # the scene's pixels; cells of 16 px centred 8 px in
+    inner = (400000 + 8 * px + 1, 60000 - 360 * px + 1, 400000 + 360 * px - 1, 60000 - 8 * px - 1)
+    even = write_map(fit, scene, tmp_path / "even.tif", inner, preview=False, **OPTS)
+    with rasterio.open(even.path) as src:
+        cells = src.read(1)
+    assert even.shape == (22, 22)
+    small = preview_dataset(even.path, attrs, side=12)
+    means = cells.reshape(11, 2, 11, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(small["mean"].values, means, rtol=1e-5, atol=1e-6)
     whole = preview_dataset(written.path, attrs)
     np.testing.assert_array_equal(whole["mean"].values, full)
 
