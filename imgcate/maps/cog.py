@@ -110,6 +110,16 @@ def preview_path(path: Path) -> Path:
     return path.with_suffix(".png")
 
 
+def check_map_path(path: Path, preview: bool) -> None:
+    """Refuse a map named as its own preview would be (``.png``), which would lose one."""
+    if preview and preview_path(path) == path:
+        raise InputError(
+            f"output {str(path)!r} ends in .png, the name its PNG preview takes; name the map "
+            f"{str(path.with_suffix('.tif'))!r} (a GeoTIFF), or leave the preview out "
+            "(preview=False, --no-preview)."
+        )
+
+
 class _GdalMessages(logging.Handler):
     """Collects GDAL's warnings (rasterio logs them on ``rasterio._env``)."""
 
@@ -201,6 +211,11 @@ def check_creation_options(co: dict[str, Any] | None) -> None:
         If ``BLOCKSIZE`` is not a multiple of 16 between 16 and 4096, or GDAL does not know an
         option or its value (e.g. ``COMPRESS=BOGUS``).
     """
+    if co is not None and not isinstance(co, dict):
+        raise InputError(
+            f"co={co!r} must be a dict of GDAL COG creation options, e.g. "
+            "co={'COMPRESS': 'ZSTD'} (on the command line: --co COMPRESS=ZSTD)."
+        )
     options = {str(k).upper(): v for k, v in (co or {}).items()}
     if "BLOCKSIZE" in options:
         value = options["BLOCKSIZE"]
@@ -279,6 +294,7 @@ def write_cog(
     import rasterio
 
     path = Path(path)
+    check_map_path(path, preview)
     check_writable(path, overwrite)
     if preview:
         check_writable(preview_path(path), overwrite)
@@ -326,12 +342,13 @@ def write_errors(path: Path):
 
 def check_preview() -> None:
     """Refuse a preview without matplotlib before a map is computed or written."""
-    require("matplotlib", "maps", "the map preview (preview=True or --preview)")
+    require("matplotlib", "maps", "the map preview (preview=False or --no-preview does without)")
 
 
 def cog_options(shape: tuple[int, int], co: dict[str, Any] | None) -> dict[str, Any]:
     """The COG creation options of a map of ``shape`` (y, x): imgcate's defaults (DEFLATE,
     AVERAGE overviews, a block size suited to the size) updated by ``co``, checked."""
+    check_creation_options(co)
     options = {
         "COMPRESS": "DEFLATE",
         "PREDICTOR": "YES",

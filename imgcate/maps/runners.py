@@ -75,6 +75,9 @@ def few_dask_messages() -> Any:
     (the setting also bounds a scheduler's transition and event logs)."""
     import dask
 
+    # distributed's defaults first: leaving the context deletes what it found missing, and
+    # defaults loaded within it (the whole "distributed" section) would go with it
+    require("distributed", "dask", "predict_map with workers > 1 or a scheduler")
     return dask.config.set({"distributed.admin.low-level-log-length": DASK_MESSAGE_LOG})
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from imgcate.maps.blocks import empty_map, run_blocks
 from imgcate.maps.cog import (
     check_creation_options,
+    check_map_path,
     check_preview,
     cog_options,
     copy_to_cog,
@@ -219,13 +220,14 @@ def write_map(
     import rasterio
 
     path = Path(path)
+    check_map_path(path, preview)
     check_writable(path, overwrite)
     png = preview_path(path) if preview else None
     if png is not None:
         check_writable(png, overwrite)
         check_preview()
     check_map_options(fit, prob, max_draws, block_tiles, workers)
-    check_creation_options({str(k).upper(): v for k, v in (co or {}).items()})
+    check_creation_options(co)
     job, grid, label, source = map_job(
         fit, raster, region, tile_size, stride, prob, max_draws, block_tiles, seed, bands, scale
     )

@@ -8,6 +8,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+import xarray as xr
 from shapely.geometry import Polygon
 
 from imgcate.errors import OutputExistsError, RasterError
@@ -244,3 +245,37 @@ def test_map_warnings_point_at_the_callers_line(inputs, tmp_path):
         with pytest.warns(BandWarning, match="no band descriptions") as caught:
             run()
         assert {w.filename for w in caught if w.category is BandWarning} == {__file__}
+
+
+def test_dask_keeps_its_settings_after_a_map():
+    """The short message log of a map's Dask connections leaves Dask's other settings as they
+    were, when distributed is first imported for the map (a second map in the same process
+    failed with KeyError: 'comm' once the whole "distributed" section had gone)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import dask\n"
+        "from imgcate.maps.runners import DASK_MESSAGE_LOG, few_dask_messages\n"
+        "with few_dask_messages():\n"
+        "    assert dask.config.get('distributed.admin.low-level-log-length') == DASK_MESSAGE_LOG\n"
+        "print(dask.config.get('distributed.comm.timeouts.connect'),\n"
+        "      dask.config.get('distributed.admin.low-level-log-length'))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["30s", "1000"]
+
+
+def test_bad_outputs_are_refused_before_mapping(inputs, tmp_path):
+    from imgcate.errors import InputError
+
+    scene, fit = inputs
+    calls = []
+    with pytest.raises(InputError, match=r"ends in \.png.*map\.tif"):
+        write_map(fit, scene, tmp_path / "map.png", on_block=lambda d, t: calls.append(d), **OPTS)
+    with pytest.raises(InputError, match=r"co='COMPRESS=ZSTD' must be a dict"):
+        write_map(fit, scene, tmp_path / "map.tif", co="COMPRESS=ZSTD", **OPTS)
+    assert calls == [] and list(tmp_path.iterdir()) == []
+    with pytest.raises(InputError, match=r"ends in \.png"):
+        write_cog(xr.Dataset(), tmp_path / "map.png")
