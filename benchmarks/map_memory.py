@@ -35,25 +35,10 @@ import warnings
 from pathlib import Path
 
 import psutil
+from fit_speed import reset_peak, status_mb
 from map_speed import STRIDE, TILE, PeakMemory, default_block_tiles, make_fit, region
 
 PATHS = ("write_map", "predict_map+write_cog")
-
-
-def status_mb(field: str) -> int:
-    """This process's peak (``VmHWM``) or current (``VmRSS``) resident memory in MB."""
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) // 1024 for line in status if line.startswith(field))
-
-
-def reset_peak() -> bool:
-    """Start ``VmHWM`` again from the current resident memory; False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-    except OSError:
-        return False
-    return True
 
 
 def one_map(workdir: Path, path: str, n_tiles: int, seed: int, stride: int = STRIDE) -> dict:

@@ -394,9 +394,15 @@ def predict_map(
     if not np.isfinite(out["mean"]).any():
         raise empty_map(grid, label)
     model_limit = fit.trial_support()[2]
-    record = provenance or collect({"raster": source}, seeds={"map": int(seed)})
-    extra = {"raster": label, "fit_digest": digest, "provenance": dumps(record)}
+    extra = source_attrs(label, digest, source, seed, provenance)
     return _to_dataset(out, grid, fit, job, model_limit, extra)
+
+
+def source_attrs(label: str, digest: str, source: Any, seed: int, provenance: dict | None) -> dict:
+    """A map's ``raster``, ``fit_digest`` and ``provenance`` attrs: ``provenance`` if given,
+    else the raster's record (:func:`~imgcate.provenance.collect`) with the map's seed."""
+    record = provenance or collect({"raster": source}, seeds={"map": int(seed)})
+    return {"raster": label, "fit_digest": digest, "provenance": dumps(record)}
 
 
 def map_job(

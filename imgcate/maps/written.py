@@ -15,7 +15,6 @@ import numpy as np
 
 from imgcate.maps.blocks import empty_map, run_blocks
 from imgcate.maps.cog import (
-    check_creation_options,
     check_map_path,
     check_preview,
     cog_options,
@@ -29,10 +28,15 @@ from imgcate.maps.cog import (
     write_errors,
     write_preview,
 )
-from imgcate.maps.compute import check_map_options, map_attrs, map_job, warn_extrapolation
+from imgcate.maps.compute import (
+    check_map_options,
+    map_attrs,
+    map_job,
+    source_attrs,
+    warn_extrapolation,
+)
 from imgcate.maps.grid import TileGrid
 from imgcate.output import atomic_path, check_writable, staging_folder
-from imgcate.provenance import collect, dumps
 from imgcate.results import EffectFit
 
 log = logging.getLogger("imgcate")
@@ -227,7 +231,6 @@ def write_map(
         check_writable(png, overwrite)
         check_preview()
     check_map_options(fit, prob, max_draws, block_tiles, workers)
-    check_creation_options(co)
     job, grid, label, source = map_job(
         fit, raster, region, tile_size, stride, prob, max_draws, block_tiles, seed, bands, scale
     )
@@ -256,8 +259,7 @@ def write_map(
             writer.check_complete()
             if writer.tiles == 0:
                 raise empty_map(grid, label)
-            record = provenance or collect({"raster": source}, seeds={"map": int(seed)})
-            extra = {"raster": label, "fit_digest": digest, "provenance": dumps(record)}
+            extra = source_attrs(label, digest, source, seed, provenance)
             attrs = map_attrs(grid, fit, job, limit, extra)
             with write_errors(path):
                 label_bands(dst, names, map_tags(attrs))
