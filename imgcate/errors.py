@@ -68,6 +68,12 @@ class WriteError(ImgcateError, OSError):
     the message names the file and the cause; nothing partial is left."""
 
 
+class MapInterrupted(KeyboardInterrupt):
+    """A map stopped by Ctrl-C (or, under ``imgcate map``, SIGTERM): a ``KeyboardInterrupt``
+    whose message says how many blocks were finished and how to resume. Nothing is left at
+    the output's path."""
+
+
 class CheckpointWarning(UserWarning):
     """A saved block of a map job (``checkpoint_dir`` / ``--resume-dir``) was damaged; it was
     discarded and is computed again."""

@@ -340,6 +340,41 @@ def test_map_resume_dir_and_region(map_fit, tmp_path):
     assert not (tmp_path / "a.png").exists()
 
 
+def test_map_stopped_by_sigterm_leaves_nothing_and_says_how_to_resume(map_fit, tmp_path):
+    """SIGTERM (a batch system's time limit) stops `imgcate map` as Ctrl-C does: exit status
+    143, the blocks finished so far saved, nothing at the output nor a staging folder beside
+    it, and a message saying how to resume."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    scene, fit_path = map_fit
+    out, blocks = tmp_path / "map.tif", tmp_path / "blocks"
+    args = [sys.executable, "-m", "imgcate.cli", "map", str(fit_path), str(scene), str(out)]
+    args += ["--stride", "1", "--block-tiles", "1000", "--max-draws", "20", "--no-preview"]
+    args += ["--resume-dir", str(blocks), "-q"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while not list(blocks.glob("block-*.npz")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no block saved in 300 s"
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the map ended before it could be stopped: {proc.stderr.read()}"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "imgcate map: map interrupted." in err and f"--resume-dir {blocks}" in err, err
+    assert "Traceback" not in err, err
+    import re
+
+    said = int(re.search(r"(\d+) of \d+ blocks are finished and saved", err).group(1))
+    saved = len(list(blocks.glob("block-*.npz")))  # one more if stopped between save and count
+    assert 1 <= saved and said in (saved, saved - 1), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocks"]  # no map, no staging
+
+
 @pytest.mark.slow
 def test_demo_writes_the_whole_pipeline(tmp_path):
     import rasterio

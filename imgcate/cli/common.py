@@ -3,12 +3,16 @@ words (naming the option), provenance of the command line, and output helpers.""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
 import re
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +142,38 @@ def run(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except ImgcateError as exc:
         raise click.ClickException(in_cli_words(str(exc))) from exc
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[dict]:
+    """SIGTERM (a batch system's time limit, ``docker stop``, ``kill``) stops the command as
+    Ctrl-C does: a ``KeyboardInterrupt`` that runs every cleanup on its way out (no partial
+    output, no staging folder left). Yields a dict whose ``"signal"`` is the signal received,
+    if any. Outside the main thread (where Python cannot handle signals) nothing changes."""
+    received: dict = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def stop(signum, frame):
+        received["signal"] = signum
+        raise KeyboardInterrupt("terminated")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted(exc: KeyboardInterrupt, received: dict, command: str) -> SystemExit:
+    """Say on stderr that ``command`` was interrupted, with the library's advice (how to resume)
+    in options, and the exit status a shell expects (128 + the signal: 130 for Ctrl-C, 143 for
+    SIGTERM)."""
+    signum = received.get("signal") or signal.SIGINT
+    text = str(exc) if str(exc) not in ("", "terminated") else "interrupted."
+    click.echo(f"imgcate {command}: {in_cli_words(text)}", err=True)
+    return SystemExit(128 + int(signum))
 
 
 def check_minimum(*checks: tuple[str, int, int]) -> None:

@@ -13,10 +13,12 @@ from imgcate.cli.common import (
     band_option,
     check_minimum,
     common,
+    interrupted,
     parse_co,
     provenance,
     raster_argument,
     run,
+    sigterm_as_interrupt,
     start,
 )
 from imgcate.errors import ImgcateError
@@ -192,29 +194,35 @@ def map_command(
         if area is None:
             raise click.ClickException(str(exc)) from exc
         raise click.BadParameter(str(exc), param_hint=hint) from exc
-    written = run(
-        write_map,
-        fit_result,
-        raster,
-        output,
-        area,
-        tile_size=tile_size,
-        stride=stride,
-        prob=prob,
-        max_draws=max_draws,
-        block_tiles=block_tiles,
-        workers=workers,
-        scheduler=scheduler,
-        checkpoint_dir=resume_dir,
-        progress=progress,
-        provenance=provenance({"fit": fit_file, "raster": raster}, seeds={"map": seed}),
-        seed=seed,
-        bands=band_option(bands),
-        scale=scale,
-        co=options,
-        overwrite=overwrite,
-        preview=preview,
-    )
+    # SIGTERM and Ctrl-C stop the map as an error would: nothing at OUTPUT, no staging folder
+    # beside it; the message says how many blocks were saved and how to resume
+    with sigterm_as_interrupt() as received:
+        try:
+            written = run(
+                write_map,
+                fit_result,
+                raster,
+                output,
+                area,
+                tile_size=tile_size,
+                stride=stride,
+                prob=prob,
+                max_draws=max_draws,
+                block_tiles=block_tiles,
+                workers=workers,
+                scheduler=scheduler,
+                checkpoint_dir=resume_dir,
+                progress=progress,
+                provenance=provenance({"fit": fit_file, "raster": raster}, seeds={"map": seed}),
+                seed=seed,
+                bands=band_option(bands),
+                scale=scale,
+                co=options,
+                overwrite=overwrite,
+                preview=preview,
+            )
+        except KeyboardInterrupt as exc:
+            raise interrupted(exc, received, "map") from None
     click.echo(
         f"wrote {output}"
         + (f" and {written.preview}" if written.preview else "")

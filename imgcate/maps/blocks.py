@@ -11,9 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from imgcate.errors import RasterError
+from imgcate.errors import MapInterrupted, RasterError
 from imgcate.maps.grid import TileGrid
-from imgcate.maps.resume import fingerprint, job_key, open_checkpoints, reuse_blocks, save_block
+from imgcate.maps.resume import (
+    fingerprint,
+    job_record,
+    open_checkpoints,
+    reuse_blocks,
+    save_block,
+)
 from imgcate.maps.runners import run_dask, run_local
 from imgcate.maps.tiles import TileJob
 from imgcate.results import EffectFit
@@ -55,8 +61,8 @@ def run_blocks(
     runner: Any = iter(())
     try:
         if directory is not None:
-            key = job_key(digest, job, grid, block_tiles)
-            saved = open_checkpoints(directory, key) & set(range(len(blocks)))
+            saved, key = open_checkpoints(directory, job_record(digest, job, grid, block_tiles))
+            saved &= set(range(len(blocks)))
             sizes = {i: blocks.size_of(i) for i in saved}
             for index, result in reuse_blocks(directory, key, sizes):
                 place(blocks[index], result)
@@ -85,6 +91,9 @@ def run_blocks(
                 on_block(len(done), len(blocks))
     except RasterError as exc:  # a block that could not be read, tried again and again
         raise RasterError(f"{exc} {_resume_advice(directory, len(done), len(blocks))}") from exc
+    except KeyboardInterrupt as exc:  # Ctrl-C: say what was kept, and how to go on
+        advice = _resume_advice(directory, len(done), len(blocks), "where it stopped")
+        raise MapInterrupted(f"map interrupted. {advice}") from exc
     finally:
         bar.close()
         if hasattr(runner, "close"):
@@ -101,17 +110,19 @@ def empty_map(grid: TileGrid, label: str) -> RasterError:
     )
 
 
-def _resume_advice(directory: Path | None, done: int, total: int) -> str:
+def _resume_advice(
+    directory: Path | None, done: int, total: int, where: str = "the block that failed"
+) -> str:
     """What to do after a map stopped: rerun with its checkpoint folder, which keeps the blocks
     finished so far."""
     if directory is None:
         return (
             f"The map stopped after {done} of {total} blocks, none of them saved; give "
             "checkpoint_dir= (imgcate map --resume-dir) so that a rerun keeps the blocks "
-            "finished and continues from the one that failed."
+            f"finished and continues from {where}."
         )
     return (
         f"{done} of {total} blocks are finished and saved in {str(directory)!r}; run the same "
         f"map again with checkpoint_dir={str(directory)!r} (imgcate map ... --resume-dir "
-        f"{directory}) to continue from the block that failed."
+        f"{directory}) to continue from {where}."
     )

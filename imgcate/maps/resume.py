@@ -51,12 +51,13 @@ def _label(directory: Path) -> str:
     return f"checkpoint directory {str(directory)!r} (checkpoint_dir / --resume-dir)"
 
 
-def open_checkpoints(directory: Path, key: str) -> set[int]:
-    """Blocks saved in ``directory`` for this job (its job file is created on first use).
+def open_checkpoints(directory: Path, record: dict[str, Any]) -> tuple[set[int], str]:
+    """Blocks saved in ``directory`` for this job (its job file, which holds the job's
+    :func:`job_record` and key, is created on first use), and the job's key.
 
-    The job file must hold this job's key: a folder of another job, or a damaged job file,
-    is refused with how to start over. Temporary files of a killed run are removed. The
-    blocks found are verified only when read (:func:`load_block`).
+    The job file must hold this job's key: a folder of another job (the error names what
+    differs), or a damaged job file, is refused with how to start over. Temporary files of a
+    killed run are removed. The blocks found are verified only when read (:func:`load_block`).
 
     Raises
     ------
@@ -74,6 +75,7 @@ def open_checkpoints(directory: Path, key: str) -> set[int]:
     if not os.access(directory, os.W_OK | os.X_OK):
         raise InputError(f"{_label(directory)} is not writable; give a folder you can write.")
     remove_stale(directory)
+    key = job_key(record)
     manifest = directory / MANIFEST
     if manifest.exists():
         try:
@@ -87,19 +89,23 @@ def open_checkpoints(directory: Path, key: str) -> set[int]:
                 "another folder."
             ) from exc
         if saved["job"] != key:
+            differences = job_differences(saved.get("record") or {}, record)
+            if not saved.get("record") or not differences:
+                differences = ["other fit, raster, region or options"]
             raise InputError(
-                f"{_label(directory)} holds the blocks of another map job (other fit, raster, "
-                "region or options); give an empty directory or delete it to start over."
+                f"{_label(directory)} holds the blocks of another map job "
+                f"({'; '.join(differences)}); give an empty directory or delete it to start "
+                "over, or map again as that job did to resume it."
             )
     else:
         with atomic_path(manifest) as tmp:
-            tmp.write_text(json.dumps({"job": key, "format": 1}))
+            tmp.write_text(json.dumps({"job": key, "format": 1, "record": record}, default=str))
     done = set()
     for path in directory.glob("block-*.npz"):
         number = path.stem.split("-")[1]
         if number.isdigit():
             done.add(int(number))
-    return done
+    return done, key
 
 
 def _block_path(directory: Path, index: int) -> Path:
@@ -211,10 +217,10 @@ def raster_version(raster: str) -> dict[str, Any]:
     return {"raster_size": stat.st_size, "raster_mtime": stat.st_mtime_ns}
 
 
-def job_key(digest: str, job: TileJob, grid: TileGrid, block_tiles: int) -> str:
-    """A digest of everything a map job's blocks depend on: the fit (its :func:`fingerprint`,
-    ``digest``), the raster's version, the tile geometry, the region and the options."""
-    parts = {
+def job_record(digest: str, job: TileJob, grid: TileGrid, block_tiles: int) -> dict[str, Any]:
+    """Everything a map job's blocks depend on: the fit (its :func:`fingerprint`, ``digest``),
+    the raster's version, the tile geometry, the region and the options (JSON-ready)."""
+    return {
         "fit": digest,
         "job": asdict(job),
         "block_tiles": block_tiles,
@@ -223,4 +229,48 @@ def job_key(digest: str, job: TileJob, grid: TileGrid, block_tiles: int) -> str:
         "mask": hashlib.sha256(np.packbits(grid.mask).tobytes()).hexdigest(),
         "shape": list(grid.shape),
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def job_key(record: dict[str, Any]) -> str:
+    """The digest of a :func:`job_record`: the name of a checkpoint folder's job."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
+#: The options of a :class:`~imgcate.maps.tiles.TileJob` by the name a user gave them.
+OPTION_NAMES = {
+    "indexes": "bands",
+    "scale": "band scale",
+    "tile_size": "tile size",
+    "stride": "stride",
+    "prob": "interval probability",
+    "max_draws": "draws",
+    "seed": "seed",
+    "batch_size": "batch size",
+    "block_tiles": "block size",
+}
+#: Where the region and the tile grid are recorded.
+REGION_KEYS = ("transform", "mask", "shape", "row0", "col0", "n_cols")
+
+
+def job_differences(saved: dict[str, Any], record: dict[str, Any]) -> list[str]:
+    """What differs between a checkpoint folder's job and this one, in a user's words (the fit,
+    the raster, the region, or named options with their two values); empty where the folder's
+    job file has no record (written before 2026-12-06)."""
+    saved = json.loads(json.dumps(saved, default=str))  # compare like with like: as stored
+    record = json.loads(json.dumps(record, default=str))
+    old = {**saved.get("job", {}), **{k: v for k, v in saved.items() if k != "job"}}
+    new = {**record.get("job", {}), **{k: v for k, v in record.items() if k != "job"}}
+    changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
+    out = []
+    if "fit" in changed:
+        out.append("the fit")
+    if changed - {"fit", *REGION_KEYS, *OPTION_NAMES}:
+        out.append("the raster (its name, or its file changed since)")
+    if changed & set(REGION_KEYS):
+        out.append("the region")
+    out += [
+        f"{label} (saved {old.get(key)!r}, now {new.get(key)!r})"
+        for key, label in OPTION_NAMES.items()
+        if key in changed
+    ]
+    return out

@@ -3,6 +3,7 @@ regions, nodata, cut and band checks, resuming, Dask workers."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import geopandas as gpd
@@ -215,8 +216,19 @@ def test_interrupted_job_resumes_to_the_same_map(inputs, tmp_path, monkeypatch):
     )
     assert calls[0] == (4, 11) and len(calls) == 8  # only the 8 missing blocks were computed
     assert_same_map(resumed, whole)
-    with pytest.raises(InputError, match="another map job"):
-        predict_map(fit, scene, checkpoint_dir=tmp_path / "ckpt", **dict(opts, seed=2))
+    # a folder of another job is refused, naming what differs
+    seed = opts.get("seed", 0)
+    with pytest.raises(InputError, match=rf"another map job \(seed \(saved {seed}, now 7\)\)"):
+        predict_map(fit, scene, checkpoint_dir=tmp_path / "ckpt", **dict(opts, seed=7))
+    with pytest.raises(InputError, match=r"another map job \(the region\)"):
+        with rasterio.open(scene) as src:
+            b = src.bounds
+        half = (b.left, b.bottom, (b.left + b.right) / 2, b.top)
+        predict_map(fit, scene, half, checkpoint_dir=tmp_path / "ckpt", **opts)
+    manifest = tmp_path / "ckpt" / resume.MANIFEST  # a job file written before the record
+    manifest.write_text(json.dumps({"job": json.loads(manifest.read_text())["job"], "format": 1}))
+    with pytest.raises(InputError, match=r"another map job \(other fit, raster, region or opt"):
+        predict_map(fit, scene, checkpoint_dir=tmp_path / "ckpt", **dict(opts, stride=8))
 
 
 @pytest.mark.slow
