@@ -11,6 +11,9 @@ Prints one JSON object. Same settings every run:
                                                 # SVI against NUTS at n = 5,000 (3 seeds)
     python benchmarks/fit_speed.py --large --pairs  # only SVI against NUTS at n = 5,000
     python benchmarks/fit_speed.py --large --fits   # only the SVI fits at 10^5 and 10^6
+    python benchmarks/fit_speed.py --large --fits --sizes 1000000 --seeds 1 --raw-features 256
+                                                # one 10^6 fit whose embedding has 256 raw
+                                                # features (reduced to 16 components)
 
 Each fit runs twice, each time in a fresh process: first with an empty JAX compilation cache
 (``first_fit_s``: it compiles everything, as the first fit of a model of that shape on a
@@ -197,17 +200,36 @@ def interval_record(table, truth: np.ndarray) -> dict:
     }
 
 
-def large_svi(n_units: int, seed: int) -> dict:
-    """One SVI fit of a large trial (run in its own process)."""
+def raw_embeddings(embeddings, features: int, seed: int):
+    """The trial's 16 embedding features seen through ``features`` raw ones, as a foundation
+    model's embedding would hold them: a random linear map (orthonormal rows) plus noise of sd
+    0.05, keyed by the same image ids."""
+    from imgcate.embeddings import Embeddings
+
+    rng = np.random.default_rng([seed, features])
+    lift = np.linalg.qr(rng.normal(size=(features, embeddings.values.shape[1])))[0].T
+    values = embeddings.values @ lift
+    for start in range(0, len(values), 65_536):  # the noise a chunk at a time: no second copy
+        rows = values[start : start + 65_536]
+        rows += 0.05 * rng.standard_normal(rows.shape)
+    return Embeddings(values=values, image_ids=embeddings.image_ids)
+
+
+def large_svi(n_units: int, seed: int, raw_features: int | None = None) -> dict:
+    """One SVI fit of a large trial (run in its own process); ``raw_features``: its embedding
+    lifted to that many raw features (:func:`raw_embeddings`)."""
     sim = simulate_trial(seed, n_units, 3, n_features=16)
     truth = sim.truth.tau_cluster_assigned
+    embeddings = sim.embeddings
+    if raw_features:
+        embeddings = raw_embeddings(embeddings, raw_features, seed)
     simulated_peak = peak_rss_mb()
     reset = reset_peak()  # the fit's own peak from here: its inputs are what is resident now
     inputs = status_mb("VmRSS")
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = fit(sim.trial, sim.embeddings, n_clusters=3, seed=seed, method="svi")
+        result = fit(sim.trial, embeddings, n_clusters=3, seed=seed, method="svi")
     seconds = time.perf_counter() - start
     fit_peak = peak_rss_mb()  # before the check below, which holds 40 draws x every unit
     peak = max(simulated_peak, fit_peak)
@@ -217,6 +239,7 @@ def large_svi(n_units: int, seed: int) -> dict:
         "derived_error_max": derived_error(result),
         "method": "svi",
         "n_units": n_units,
+        "raw_features": raw_features or 16,
         "seed": seed,
         "steps": result.config.svi_steps,
         "batch_size": result.config.svi_batch_size,
@@ -313,13 +336,19 @@ def pair_summary(pairs: list[dict]) -> dict:
     }
 
 
-def large_runs(seeds: int, pairs_only: bool = False, fits_only: bool = False) -> dict:
+def large_runs(
+    seeds: int,
+    pairs_only: bool = False,
+    fits_only: bool = False,
+    sizes: tuple[int, ...] = (100_000, 1_000_000),
+    raw_features: int | None = None,
+) -> dict:
     pairs = (
         [] if fits_only else [in_fresh_process(svi_against_nuts, 5_000, s) for s in range(seeds)]
     )
     if pairs_only:
         return {"summary": {"5000_svi_vs_nuts": pair_summary(pairs)}, "svi_vs_nuts": pairs}
-    fits = [in_fresh_process(large_svi, n, s) for n in (100_000, 1_000_000) for s in range(seeds)]
+    fits = [in_fresh_process(large_svi, n, s, raw_features) for n in sizes for s in range(seeds)]
     summary = {
         str(n): {
             "fit_s_max": max(r["fit_s"] for r in fits if r["n_units"] == n),
@@ -330,7 +359,7 @@ def large_runs(seeds: int, pairs_only: bool = False, fits_only: bool = False) ->
             "tau_abs_error_max": max(r["tau_abs_error_max"] for r in fits if r["n_units"] == n),
             "coverage_90": coverage([r for r in fits if r["n_units"] == n]),
         }
-        for n in (100_000, 1_000_000)
+        for n in sizes
     }
     if pairs:
         summary["5000_svi_vs_nuts"] = pair_summary(pairs)
@@ -383,9 +412,17 @@ def main() -> None:
         "--no-sequential", action="store_true", help="leave out the chains-one-after-another row"
     )
     parser.add_argument("--no-svi", action="store_true", help="leave out the SVI rows")
+    parser.add_argument(
+        "--raw-features",
+        type=int,
+        help="with --large --fits: the embedding lifted to this many raw features (a "
+        "foundation model's), which the fit reduces to 16 components",
+    )
     args = parser.parse_args()
     if (args.pairs or args.fits) and not args.large:
         parser.error("--pairs and --fits go with --large")
+    if args.raw_features and not args.fits:
+        parser.error("--raw-features goes with --large --fits")
     if args.large:
         print(
             json.dumps(
@@ -394,7 +431,14 @@ def main() -> None:
                     "d": 16,
                     "K": 3,
                     "machine": machine(),
-                    **large_runs(args.seeds, args.pairs, args.fits),
+                    "raw_features": args.raw_features or 16,
+                    **large_runs(
+                        args.seeds,
+                        args.pairs,
+                        args.fits,
+                        tuple(args.sizes or (100_000, 1_000_000)),
+                        args.raw_features,
+                    ),
                 },
                 indent=2,
             )

@@ -21,6 +21,7 @@ from imgcate.model import (
     basis_in_chunks,
     squared_exponential,
 )
+from imgcate.moments import affine_rows, column_moments, is_large, leading_eigenvectors
 from imgcate.units import Trial
 from imgcate.validation import check_choice
 
@@ -273,10 +274,6 @@ class Standardizer:
         outcome_name: str = "outcome",
     ) -> Standardizer:
         """Fit on the trial's outcome, covariates and (unit) embeddings."""
-        e_mean = embedding.mean(0)
-        e_sd = _safe_sd(embedding)
-        z = embedding - e_mean  # in place from here: a copy of (unit, feature) is 128 MB
-        z /= e_sd  # at 10^6 units, and this function's peak is a few of them
         d_in = embedding.shape[1]
         n_comp = config.n_components
         n_comp = n_comp if n_comp is not None else (d_in if d_in <= 32 else 16)
@@ -284,11 +281,20 @@ class Standardizer:
             raise InputError(f"n_components={n_comp} exceeds the {d_in} embedding features.")
         # whitened principal components: the per-feature (ARD) priors then judge the relevance
         # of each direction of variation, whatever basis the embedding came in
-        u, s, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
-        del u  # (unit, component), not needed
-        scale = s[:n_comp] / np.sqrt(max(len(z) - 1, 1))
-        projection = vt[:n_comp].T / np.where(scale > 1e-12, scale, 1.0)
-        landmarks, transform, coef = kernel_basis(z @ projection, config.basis_size, config.seed)
+        if is_large(embedding):  # from the columns' moments: nothing (unit, feature) held
+            e_mean, e_sd, projection = _whitening_from_moments(embedding, n_comp)
+            z = affine_rows(embedding, e_mean, e_sd, projection)
+        else:
+            e_mean = embedding.mean(0)
+            e_sd = _safe_sd(embedding)
+            z = embedding - e_mean
+            z /= e_sd
+            u, s, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
+            del u  # (unit, component), not needed
+            scale = s[:n_comp] / np.sqrt(max(len(z) - 1, 1))
+            projection = vt[:n_comp].T / np.where(scale > 1e-12, scale, 1.0)
+            z = z @ projection
+        landmarks, transform, coef = kernel_basis(z, config.basis_size, config.seed)
         location, spread, floor = outcome_scale(outcome, config, outcome_name)
         return cls(
             outcome_mean=location,
@@ -312,6 +318,8 @@ class Standardizer:
                 f"embeddings have {values.shape[-1]} features but the fit used "
                 f"{len(self.embedding_mean)}; embed new images with the fit's encoder."
             )
+        if is_large(values):  # a chunk of rows at a time: no (n, feature_in) temporary
+            return affine_rows(values, self.embedding_mean, self.embedding_sd, self.projection)
         return ((values - self.embedding_mean) / self.embedding_sd) @ self.projection
 
     @property
@@ -450,6 +458,24 @@ def outcome_scale(
 def at_the_floor(values: np.ndarray, floor: float) -> np.ndarray:
     """Which values equal the floor (to rounding)."""
     return np.abs(np.asarray(values, dtype=float) - floor) <= 1e-9 * max(1.0, abs(floor))
+
+
+def _whitening_from_moments(
+    embedding: np.ndarray, n_comp: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, sd and whitening projection of a large embedding from its columns' moments
+    (:mod:`imgcate.moments`): the eigenvectors of the standardized features' covariance are
+    the right singular vectors the SVD gives smaller ones (each component's sign fixed by its
+    largest loading instead); components with no variance beyond rounding keep scale 1."""
+    moments = column_moments(embedding)
+    n = moments.n
+    sd = moments.sd
+    sd = np.where(sd > 1e-12, sd, 1.0) if n > 1 else np.ones_like(sd)
+    values, vectors = leading_eigenvectors(moments.cov / np.outer(sd, sd))
+    values = values[:n_comp] * n / max(n - 1, 1)  # variance of each component (divisor n - 1)
+    scale = np.sqrt(np.clip(values, 0.0, None))
+    kept = values > 1e-10 * max(values[0], 1e-300)
+    return moments.mean, sd, vectors[:, :n_comp] / np.where(kept, scale, 1.0)
 
 
 def _safe_sd(values: np.ndarray) -> np.ndarray:

@@ -135,7 +135,8 @@ class Embeddings:
         return self.values.shape[1]
 
     def for_keys(self, keys: np.ndarray) -> np.ndarray:
-        """Rows for each key in ``keys`` (e.g. ``trial.image_keys``), shape (len(keys), feature).
+        """Rows for each key in ``keys`` (e.g. ``trial.image_keys``), shape (len(keys), feature):
+        a read-only view of :attr:`values` where the keys are the image ids in order, else a copy.
 
         Raises
         ------
@@ -151,6 +152,10 @@ class Embeddings:
                 f"ids (first {missing[:5].tolist()}); embed every image the units refer to "
                 "(or check the trial's image_id column)."
             )
+        if len(pos) == len(self.values) and (pos == np.arange(len(pos))).all():
+            rows = self.values.view()  # one row per key, in order: no copy (it may be GBs)
+            rows.flags.writeable = False
+            return rows
         return self.values[pos]
 
 

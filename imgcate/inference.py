@@ -391,6 +391,7 @@ def fit(
         trial.outcome_array, trial.covariate_matrix, unit_embedding, config, trial.outcome
     )
     data = model_data(trial, unit_embedding, std, config)
+    del unit_embedding  # the model's (unit, component) copy is in data: a raw one may be large
     if method == "auto" and chosen == "svi":
         warnings.warn(
             f"imgcate fit: method='auto' chose SVI for {trial.n_units:,} units (NUTS up to "

@@ -21,6 +21,7 @@ from imgcate.confounding.weights import smd, weighted_mean
 from imgcate.embeddings import Embeddings, unit_embeddings
 from imgcate.errors import BalanceWarning, InputError
 from imgcate.intervals import quantiles, tidy_table
+from imgcate.moments import affine_rows, column_moments, is_large, leading_eigenvectors
 from imgcate.rerandomization import (
     Design,
     as_trial,
@@ -276,6 +277,8 @@ def principal_components(values: np.ndarray, n_components: int) -> np.ndarray:
     first (the first columns on a tie).
     """
     x = np.asarray(values, dtype=float)
+    if is_large(x) and x.shape[1] <= len(x):
+        return _components_from_moments(x, n_components)
     sd = x.std(axis=0)
     keep = sd > 1e-12 * np.maximum(1.0, np.abs(x.mean(axis=0)))
     z = x[:, keep] - x[:, keep].mean(axis=0)
@@ -290,12 +293,42 @@ def principal_components(values: np.ndarray, n_components: int) -> np.ndarray:
     following = np.append(eigval, 0.0)[1 : k + 1]  # the last kept component has no successor
     gaps = eigval[:k] - following
     if len(gaps) and (gaps <= TIED_EIGENVALUES * eigval[0]).any():
-        order = np.argsort(-z.std(axis=0), kind="stable")[:k]
+        order = _by_variance(z.std(axis=0))[:k]
         return z[:, order] / z[:, order].std(axis=0)
     loadings = z.T @ eigvec[:, :k] if wide else eigvec[:, :k]
     signs = np.sign(loadings[np.abs(loadings).argmax(axis=0), np.arange(k)])
     scores = eigvec[:, :k] * np.sqrt(eigval[:k]) if wide else z @ eigvec[:, :k]
     return scores * signs / np.sqrt(eigval[:k] / n)
+
+
+def _by_variance(sd: np.ndarray) -> np.ndarray:
+    """Columns by decreasing sd, the first columns first where sds tie to 9 digits (whitened
+    features: rounding alone would order them)."""
+    return np.argsort(-np.round(sd / sd.max(), 9), kind="stable")
+
+
+def _components_from_moments(x: np.ndarray, n_components: int) -> np.ndarray:
+    """:func:`principal_components` of a large array from its columns' moments
+    (:mod:`imgcate.moments`): the same components, computed a chunk of rows at a time."""
+    moments = column_moments(x)
+    n, sd = moments.n, moments.sd
+    keep = sd > 1e-12 * np.maximum(1.0, np.abs(moments.mean))
+    if not keep.any() or n < 2:
+        return np.zeros((n, 0))
+    cov = moments.cov[np.ix_(keep, keep)]
+    eigval, eigvec = leading_eigenvectors(cov * n)  # of z'z, as the direct computation
+    k = min(n_components, int((eigval > 1e-10 * eigval[0]).sum()))
+    following = np.append(eigval, 0.0)[1 : k + 1]
+    gaps = eigval[:k] - following
+    columns = np.flatnonzero(keep)
+    if len(gaps) and (gaps <= TIED_EIGENVALUES * eigval[0]).any():
+        order = _by_variance(sd[keep])[:k]
+        pick = np.zeros((x.shape[1], k))
+        pick[columns[order], np.arange(k)] = 1.0 / sd[keep][order]
+        return affine_rows(x, moments.mean, 1.0, pick)
+    rotation = np.zeros((x.shape[1], k))
+    rotation[columns] = eigvec[:, :k] / np.sqrt(eigval[:k] / n)
+    return affine_rows(x, moments.mean, 1.0, rotation)
 
 
 def _variables(
