@@ -281,7 +281,7 @@ class Standardizer:
             raise InputError(f"n_components={n_comp} exceeds the {d_in} embedding features.")
         # whitened principal components: the per-feature (ARD) priors then judge the relevance
         # of each direction of variation, whatever basis the embedding came in
-        if is_large(embedding):  # from the columns' moments: nothing (unit, feature) held
+        if is_large(embedding) and d_in <= len(embedding):  # nothing (unit, feature) held
             e_mean, e_sd, projection = _whitening_from_moments(embedding, n_comp)
             z = affine_rows(embedding, e_mean, e_sd, projection)
         else:
@@ -292,7 +292,7 @@ class Standardizer:
             u, s, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
             del u  # (unit, component), not needed
             scale = s[:n_comp] / np.sqrt(max(len(z) - 1, 1))
-            projection = vt[:n_comp].T / np.where(scale > 1e-12, scale, 1.0)
+            projection = vt[:n_comp].T / np.where(_has_variance(scale), scale, 1.0)
             z = z @ projection
         landmarks, transform, coef = kernel_basis(z, config.basis_size, config.seed)
         location, spread, floor = outcome_scale(outcome, config, outcome_name)
@@ -466,7 +466,8 @@ def _whitening_from_moments(
     """Mean, sd and whitening projection of a large embedding from its columns' moments
     (:mod:`imgcate.moments`): the eigenvectors of the standardized features' covariance are
     the right singular vectors the SVD gives smaller ones (each component's sign fixed by its
-    largest loading instead); components with no variance beyond rounding keep scale 1."""
+    largest loading instead); components with no variance beyond rounding keep scale 1
+    (:func:`_has_variance`, as in the SVD's path)."""
     moments = column_moments(embedding)
     n = moments.n
     sd = moments.sd
@@ -474,8 +475,14 @@ def _whitening_from_moments(
     values, vectors = leading_eigenvectors(moments.cov / np.outer(sd, sd))
     values = values[:n_comp] * n / max(n - 1, 1)  # variance of each component (divisor n - 1)
     scale = np.sqrt(np.clip(values, 0.0, None))
-    kept = values > 1e-10 * max(values[0], 1e-300)
-    return moments.mean, sd, vectors[:, :n_comp] / np.where(kept, scale, 1.0)
+    return moments.mean, sd, vectors[:, :n_comp] / np.where(_has_variance(scale), scale, 1.0)
+
+
+def _has_variance(scale: np.ndarray) -> np.ndarray:
+    """Which whitened components have a variance of their own: an sd above 1e-5 of the
+    leading one's (below it, rounding: a feature that is a float32 sum of others). The others
+    keep scale 1 (values at rounding's size), not rounding noise blown up to unit variance."""
+    return scale > 1e-5 * max(float(scale[0]) if len(scale) else 0.0, 1e-300)
 
 
 def _safe_sd(values: np.ndarray) -> np.ndarray:

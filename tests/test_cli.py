@@ -340,6 +340,29 @@ def test_map_resume_dir_and_region(map_fit, tmp_path):
     assert not (tmp_path / "a.png").exists()
 
 
+def test_sigterm_is_an_interrupt_once_and_the_handler_comes_back():
+    """SIGTERM raises KeyboardInterrupt inside the context; a second one while the cleanup runs
+    is ignored; the previous handler is back afterwards."""
+    import os
+    import signal
+
+    from imgcate.cli.common import interrupted, sigterm_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    cleaned = []
+    with pytest.raises(SystemExit) as stop:
+        with sigterm_as_interrupt() as received:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                signal.pause()  # not reached: the handler raises first
+            except KeyboardInterrupt as exc:
+                os.kill(os.getpid(), signal.SIGTERM)  # during the cleanup: ignored
+                cleaned.append(True)
+                raise interrupted(exc, received, "map") from None
+    assert stop.value.code == 143 and cleaned == [True]
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_map_stopped_by_sigterm_leaves_nothing_and_says_how_to_resume(map_fit, tmp_path):
     """SIGTERM (a batch system's time limit) stops `imgcate map` as Ctrl-C does: exit status
     143, the blocks finished so far saved, nothing at the output nor a staging folder beside

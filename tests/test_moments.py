@@ -48,16 +48,19 @@ def _standardizer(x: np.ndarray, n_components: int | None) -> Standardizer:
 
 @pytest.mark.parametrize(
     ("d", "n_components", "null"),
-    [(40, None, False), (12, None, True), (40, 8, False)],
-    ids=["16-of-40", "all-12-one-without-variance", "8-of-40"],
+    [(40, None, False), (12, None, "copy"), (12, None, "float32 sum"), (40, 8, False)],
+    ids=["16-of-40", "all-12-one-a-copy", "all-12-one-a-float32-sum", "8-of-40"],
 )
 def test_large_standardizer_whitens_as_the_svd_does(monkeypatch, d, n_components, null):
     """The whitening from the columns' moments gives the SVD's model-scale embedding, each
     component up to its sign (which both choose arbitrarily), also with a feature that is
-    another's copy (a component without variance)."""
+    another's copy or a float32 sum of two others (a component without variance beyond
+    rounding: both leave it at rounding's size instead of blowing it up to unit variance)."""
     x = embedding(900, d, 1)
-    if null:
+    if null == "copy":
         x[:, -1] = x[:, 0]
+    elif null:  # no variance of its own beyond float32 rounding (an embedding in float32)
+        x[:, -1] = (x[:, 0].astype(np.float32) + x[:, 1].astype(np.float32)).astype(float)
     direct = _standardizer(x, n_components)
     monkeypatch.setattr(moments, "CHUNKED_VALUES", 0)
     monkeypatch.setattr(moments, "CHUNK_VALUES", 500)

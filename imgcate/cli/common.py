@@ -157,13 +157,14 @@ def sigterm_as_interrupt() -> Iterator[dict]:
 
     def stop(signum, frame):
         received["signal"] = signum
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup
         raise KeyboardInterrupt("terminated")
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield received
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    finally:  # a handler set outside Python reads as None: the default then
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def interrupted(exc: KeyboardInterrupt, received: dict, command: str) -> SystemExit:

@@ -110,6 +110,20 @@ def empty_map(grid: TileGrid, label: str) -> RasterError:
     )
 
 
+def copy_advice(directory: str | Path | None) -> str:
+    """What to do after a map stopped while its finished blocks were being written out."""
+    if directory is None:
+        return (
+            "Its blocks were not saved; give checkpoint_dir= (imgcate map --resume-dir) so "
+            "that a rerun only writes the file."
+        )
+    return (
+        f"Every block is saved in {str(directory)!r}: run the same map again with "
+        f"checkpoint_dir={str(directory)!r} (imgcate map ... --resume-dir {directory}) to "
+        "write the file without computing them again."
+    )
+
+
 def _resume_advice(
     directory: Path | None, done: int, total: int, where: str = "the block that failed"
 ) -> str:

@@ -245,9 +245,12 @@ OPTION_NAMES = {
     "prob": "interval probability",
     "max_draws": "draws",
     "seed": "seed",
-    "batch_size": "batch size",
     "block_tiles": "block size",
 }
+#: What follows from other settings (the encoder's batch size from the fit and the block size)
+#: or describes the grid that the tile size and stride also move.
+DERIVED_KEYS = ("batch_size",)
+TILE_OPTIONS = ("tile_size", "stride")
 #: Where the region and the tile grid are recorded.
 REGION_KEYS = ("transform", "mask", "shape", "row0", "col0", "n_cols")
 
@@ -264,9 +267,9 @@ def job_differences(saved: dict[str, Any], record: dict[str, Any]) -> list[str]:
     out = []
     if "fit" in changed:
         out.append("the fit")
-    if changed - {"fit", *REGION_KEYS, *OPTION_NAMES}:
+    if changed - {"fit", *REGION_KEYS, *OPTION_NAMES, *DERIVED_KEYS}:
         out.append("the raster (its name, or its file changed since)")
-    if changed & set(REGION_KEYS):
+    if changed & set(REGION_KEYS) and not changed & set(TILE_OPTIONS):  # else the tiles moved
         out.append("the region")
     out += [
         f"{label} (saved {old.get(key)!r}, now {new.get(key)!r})"

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from imgcate.maps.blocks import empty_map, run_blocks
+from imgcate.errors import MapInterrupted
+from imgcate.maps.blocks import copy_advice, empty_map, run_blocks
 from imgcate.maps.cog import (
     check_map_path,
     check_preview,
@@ -270,10 +271,17 @@ def write_map(
         with write_errors(path):
             dst.close()
         log.info("copying the map (%d x %d cells) to its COG %s", *grid.shape, path)
-        with atomic_path(path, overwrite=overwrite) as tmp:
-            with write_errors(path):
-                copy_to_cog(staging, tmp, options)
-            if png is not None:
-                write_preview(preview_dataset(tmp, attrs), png, overwrite=overwrite)
+        try:
+            with atomic_path(path, overwrite=overwrite) as tmp:
+                with write_errors(path):
+                    copy_to_cog(staging, tmp, options)
+                if png is not None:
+                    write_preview(preview_dataset(tmp, attrs), png, overwrite=overwrite)
+        except MapInterrupted:
+            raise
+        except KeyboardInterrupt as exc:  # every block done: only the COG was being written
+            raise MapInterrupted(
+                f"map interrupted while its COG was written. {copy_advice(checkpoint_dir)}"
+            ) from exc
     warn_extrapolation(writer.outside, writer.scored, limit)
     return WrittenMap(path, png, grid.shape, writer.tiles, writer.outside)

@@ -194,4 +194,4 @@ class SimulatedTrial:
                 f"{str(self.scene)!r}); cut and embed them: imgcate.embed("
                 "imgcate.extract_chips(sim.trial, sim.scene, size), seed=0)."
             )
-        return self.embeddings.for_keys(self.trial.image_keys)
+        return np.array(self.embeddings.for_keys(self.trial.image_keys))  # the caller's copy

@@ -225,10 +225,18 @@ def test_interrupted_job_resumes_to_the_same_map(inputs, tmp_path, monkeypatch):
             b = src.bounds
         half = (b.left, b.bottom, (b.left + b.right) / 2, b.top)
         predict_map(fit, scene, half, checkpoint_dir=tmp_path / "ckpt", **opts)
+    with pytest.raises(InputError, match=r"another map job \(stride \(saved 16, now 8\)\)"):
+        predict_map(fit, scene, checkpoint_dir=tmp_path / "ckpt", **dict(opts, stride=8))
     manifest = tmp_path / "ckpt" / resume.MANIFEST  # a job file written before the record
     manifest.write_text(json.dumps({"job": json.loads(manifest.read_text())["job"], "format": 1}))
     with pytest.raises(InputError, match=r"another map job \(other fit, raster, region or opt"):
         predict_map(fit, scene, checkpoint_dir=tmp_path / "ckpt", **dict(opts, stride=8))
+    calls.clear()  # the same job still resumes from such a folder: every block read back
+    again = predict_map(
+        fit, scene, checkpoint_dir=tmp_path / "ckpt", on_block=lambda d, t: calls.append(d), **opts
+    )
+    assert calls == []
+    assert_same_map(again, whole)
 
 
 @pytest.mark.slow

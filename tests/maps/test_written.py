@@ -142,7 +142,10 @@ def test_write_map_is_write_cog_of_predict_map_byte_for_byte(inputs, tmp_path):
     assert not list(tmp_path.glob(".*"))  # no staging folder left
 
 
-def test_an_interrupted_write_leaves_nothing_and_resumes(inputs, tmp_path):
+def test_an_interrupted_write_leaves_nothing_and_resumes(inputs, tmp_path, monkeypatch):
+    from imgcate.errors import MapInterrupted
+    from imgcate.maps import written
+
     scene, fit = inputs
     record = collect({"raster": scene}, seeds={"map": 1})
     opts = dict(OPTS, block_tiles=60, provenance=record)
@@ -153,7 +156,8 @@ def test_an_interrupted_write_leaves_nothing_and_resumes(inputs, tmp_path):
         if done == 3:
             raise KeyboardInterrupt("killed")
 
-    with pytest.raises(KeyboardInterrupt):
+    saying = r"map interrupted\. 3 of 9 blocks are finished and saved in .*ckpt"
+    with pytest.raises(MapInterrupted, match=saying):  # a KeyboardInterrupt
         write_map(
             fit, scene, out, checkpoint_dir=tmp_path / "ckpt", on_block=stop_after_three, **opts
         )
@@ -171,6 +175,16 @@ def test_an_interrupted_write_leaves_nothing_and_resumes(inputs, tmp_path):
     assert calls[0] == 4 and len(calls) == 6  # 9 blocks, 3 saved
     assert out.read_bytes() == whole.path.read_bytes()
     assert resumed.tiles == whole.tiles
+
+    def stopped_copy(*args, **kwargs):  # Ctrl-C while the finished map is written out
+        raise KeyboardInterrupt
+
+    again = tmp_path / "again" / "map.tif"
+    with monkeypatch.context() as patch:
+        patch.setattr(written, "copy_to_cog", stopped_copy)
+        with pytest.raises(MapInterrupted, match="while its COG was written. Every block is"):
+            write_map(fit, scene, again, checkpoint_dir=tmp_path / "ckpt", **opts)
+    assert list(again.parent.iterdir()) == []
 
 
 def test_write_map_errors_leave_nothing(inputs, tmp_path, write_variant):
