@@ -123,6 +123,11 @@ CLI_PHRASES = (
 #: Python spellings dropped where the message gives the option beside them
 #: ("bands=['red', 'nir'] / --band red --band nir").
 _PYTHON_BESIDE_OPTION = re.compile(r"\bbands=\[[^\]]*\] / ")
+#: A map's resume advice: "checkpoint_dir='blocks' (imgcate map ... --resume-dir blocks)"
+#: reads "--resume-dir blocks" on the command line.
+_CHECKPOINT_ADVICE = re.compile(
+    r"checkpoint_dir=(?:'[^']*')? \(imgcate map (?:\.\.\. )?(--resume-dir[^)]*)\)"
+)
 
 
 def in_cli_words(message: str) -> str:
@@ -131,6 +136,8 @@ def in_cli_words(message: str) -> str:
     for library, cli in CLI_PHRASES:
         message = message.replace(library, cli)
     message = _PYTHON_BESIDE_OPTION.sub("", message)
+    message = _CHECKPOINT_ADVICE.sub(r"\1", message)
+    message = message.replace("(checkpoint_dir / --resume-dir)", "(--resume-dir)")
     # "pass covariate=<name>" -> "pass --covariate <name>"; "(stratum=, cluster=)" ->
     # "(--stratum, --cluster)"
     return _ARGUMENT.sub(lambda m: OPTION_OF_ARGUMENT[m.group(1)] + (m.group(2) or " "), message)

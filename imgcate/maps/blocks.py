@@ -5,6 +5,7 @@ it is finished, so that nothing of the map is held here beyond the blocks in fli
 from __future__ import annotations
 
 import logging
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,8 @@ def copy_advice(directory: str | Path | None) -> str:
         )
     return (
         f"Every block is saved in {str(directory)!r}: run the same map again with "
-        f"checkpoint_dir={str(directory)!r} (imgcate map ... --resume-dir {directory}) to "
+        f"checkpoint_dir={str(directory)!r} (imgcate map ... --resume-dir "
+        f"{shlex.quote(str(directory))}) to "
         "write the file without computing them again."
     )
 
@@ -138,5 +140,5 @@ def _resume_advice(
     return (
         f"{done} of {total} blocks are finished and saved in {str(directory)!r}; run the same "
         f"map again with checkpoint_dir={str(directory)!r} (imgcate map ... --resume-dir "
-        f"{directory}) to continue from {where}."
+        f"{shlex.quote(str(directory))}) to continue from {where}."
     )

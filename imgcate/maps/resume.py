@@ -222,13 +222,21 @@ def job_record(digest: str, job: TileJob, grid: TileGrid, block_tiles: int) -> d
     the raster's version, the tile geometry, the region and the options (JSON-ready)."""
     return {
         "fit": digest,
-        "job": asdict(job),
+        "job": {**asdict(job), "raster": _raster_name(job.raster)},
         "block_tiles": block_tiles,
         **raster_version(job.raster),
         "transform": list(grid.transform)[:6],
         "mask": hashlib.sha256(np.packbits(grid.mask).tobytes()).hexdigest(),
         "shape": list(grid.shape),
     }
+
+
+def _raster_name(raster: str) -> str:
+    """A local file by its real absolute path (the same file however its path is written: a
+    rerun from another folder resumes); a URL, a GDAL name or a band stack as given."""
+    if is_url(raster) or raster.lstrip().startswith("<") or not os.path.exists(raster):
+        return raster
+    return os.path.realpath(raster)
 
 
 def job_key(record: dict[str, Any]) -> str:
@@ -255,6 +263,12 @@ TILE_OPTIONS = ("tile_size", "stride")
 REGION_KEYS = ("transform", "mask", "shape", "row0", "col0", "n_cols")
 
 
+def _short(name: Any, width: int = 80) -> str:
+    """A raster's name for a message (a band stack's XML cut short)."""
+    text = repr(name)
+    return text if len(text) <= width else text[: width - 4] + "...'"
+
+
 def job_differences(saved: dict[str, Any], record: dict[str, Any]) -> list[str]:
     """What differs between a checkpoint folder's job and this one, in a user's words (the fit,
     the raster, the region, or named options with their two values); empty where the folder's
@@ -267,8 +281,11 @@ def job_differences(saved: dict[str, Any], record: dict[str, Any]) -> list[str]:
     out = []
     if "fit" in changed:
         out.append("the fit")
-    if changed - {"fit", *REGION_KEYS, *OPTION_NAMES, *DERIVED_KEYS}:
-        out.append("the raster (its name, or its file changed since)")
+    if "raster" in changed:
+        names = (_short(old.get("raster")), _short(new.get("raster")))
+        out.append(f"the raster (saved {names[0]}, now {names[1]})")
+    elif changed - {"fit", *REGION_KEYS, *OPTION_NAMES, *DERIVED_KEYS}:
+        out.append("the raster's file, changed since (its size or modification time)")
     if changed & set(REGION_KEYS) and not changed & set(TILE_OPTIONS):  # else the tiles moved
         out.append("the region")
     out += [

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -227,6 +229,20 @@ def test_interrupted_job_resumes_to_the_same_map(inputs, tmp_path, monkeypatch):
         predict_map(fit, scene, half, checkpoint_dir=tmp_path / "ckpt", **opts)
     with pytest.raises(InputError, match=r"another map job \(stride \(saved 16, now 8\)\)"):
         predict_map(fit, scene, checkpoint_dir=tmp_path / "ckpt", **dict(opts, stride=8))
+    twin = tmp_path / "twin.tif"  # the same pixels in another file
+    shutil.copy(scene, twin)
+    with pytest.raises(InputError, match=r"another map job \(the raster \(saved '.*', now '.*twin"):
+        predict_map(fit, twin, checkpoint_dir=tmp_path / "ckpt", **opts)
+    calls.clear()  # the same file by another path (relative, from its folder): the same job
+    monkeypatch.chdir(Path(scene).parent)
+    predict_map(
+        fit,
+        Path(scene).name,
+        checkpoint_dir=tmp_path / "ckpt",
+        on_block=lambda d, t: calls.append(d),
+        **opts,
+    )
+    assert calls == []
     manifest = tmp_path / "ckpt" / resume.MANIFEST  # a job file written before the record
     manifest.write_text(json.dumps({"job": json.loads(manifest.read_text())["job"], "format": 1}))
     with pytest.raises(InputError, match=r"another map job \(other fit, raster, region or opt"):
