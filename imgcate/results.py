@@ -460,7 +460,8 @@ class EffectFit:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             diag = self.diagnostics()
-        worst = f"max R-hat {diag['r_hat'].max():.3f}, min bulk ESS {diag['ess_bulk'].min():.0f}"
+        r_hat = f"{diag['r_hat'].max():.3f}" if diag["r_hat"].notna().any() else "n/a (one chain)"
+        worst = f"max R-hat {r_hat}, min bulk ESS {diag['ess_bulk'].min():.0f}"
         return f"Diagnostics: {worst}, divergences {divergent_transitions(self.idata)}"
 
     def _problems(self) -> list[str]:

@@ -9,6 +9,7 @@ ESS >= 100) adds under 10% to that margin.
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import shutil
 
@@ -77,6 +78,9 @@ def test_tables_and_idata_dims(k2):
     )
     assert result.idata.log_likelihood["outcome"].dims == ("chain", "draw", "unit")
     assert "Cluster effects" in result.summary()
+    assert "Diagnostics: max R-hat 1." in result.summary()
+    one_chain = dataclasses.replace(result, idata=result.idata.sel(chain=[0]))
+    assert "Diagnostics: max R-hat n/a (one chain), min bulk ESS" in one_chain.summary()
     assert result.loo().elpd_loo < 0
 
 
