@@ -470,8 +470,7 @@ def _whitening_from_moments(
     (:func:`_has_variance`, as in the SVD's path)."""
     moments = column_moments(embedding)
     n = moments.n
-    sd = moments.sd
-    sd = np.where(sd > 1e-12, sd, 1.0) if n > 1 else np.ones_like(sd)
+    sd = _nonzero(moments.sd) if n > 1 else np.ones_like(moments.sd)
     values, vectors = leading_eigenvectors(moments.cov / np.outer(sd, sd))
     values = values[:n_comp] * n / max(n - 1, 1)  # variance of each component (divisor n - 1)
     scale = np.sqrt(np.clip(values, 0.0, None))
@@ -486,7 +485,11 @@ def _has_variance(scale: np.ndarray) -> np.ndarray:
 
 
 def _safe_sd(values: np.ndarray) -> np.ndarray:
-    sd = values.std(0) if len(values) > 1 else np.ones(values.shape[1])
+    return _nonzero(values.std(0)) if len(values) > 1 else np.ones(values.shape[1])
+
+
+def _nonzero(sd: np.ndarray) -> np.ndarray:
+    """Standard deviations with those of constant columns (below 1e-12) set to 1."""
     return np.where(sd > 1e-12, sd, 1.0)
 
 

@@ -289,16 +289,23 @@ def principal_components(values: np.ndarray, n_components: int) -> np.ndarray:
     wide = z.shape[1] > n
     eigval, eigvec = np.linalg.eigh(z @ z.T if wide else z.T @ z)
     eigval, eigvec = eigval[::-1], eigvec[:, ::-1]
-    k = min(n_components, int((eigval > 1e-10 * eigval[0]).sum()))
-    following = np.append(eigval, 0.0)[1 : k + 1]  # the last kept component has no successor
-    gaps = eigval[:k] - following
-    if len(gaps) and (gaps <= TIED_EIGENVALUES * eigval[0]).any():
+    k, tied = _kept_components(eigval, n_components)
+    if tied:
         order = _by_variance(z.std(axis=0))[:k]
         return z[:, order] / z[:, order].std(axis=0)
     loadings = z.T @ eigvec[:, :k] if wide else eigvec[:, :k]
     signs = np.sign(loadings[np.abs(loadings).argmax(axis=0), np.arange(k)])
     scores = eigvec[:, :k] * np.sqrt(eigval[:k]) if wide else z @ eigvec[:, :k]
     return scores * signs / np.sqrt(eigval[:k] / n)
+
+
+def _kept_components(eigval: np.ndarray, n_components: int) -> tuple[int, bool]:
+    """How many leading components (eigenvalues descending) to compare, and whether any of
+    them ties with its successor (then the components are not identified)."""
+    k = min(n_components, int((eigval > 1e-10 * eigval[0]).sum()))
+    following = np.append(eigval, 0.0)[1 : k + 1]  # the last kept component has no successor
+    gaps = eigval[:k] - following
+    return k, bool(len(gaps) and (gaps <= TIED_EIGENVALUES * eigval[0]).any())
 
 
 def _by_variance(sd: np.ndarray) -> np.ndarray:
@@ -317,11 +324,9 @@ def _components_from_moments(x: np.ndarray, n_components: int) -> np.ndarray:
         return np.zeros((n, 0))
     cov = moments.cov[np.ix_(keep, keep)]
     eigval, eigvec = leading_eigenvectors(cov * n)  # of z'z, as the direct computation
-    k = min(n_components, int((eigval > 1e-10 * eigval[0]).sum()))
-    following = np.append(eigval, 0.0)[1 : k + 1]
-    gaps = eigval[:k] - following
+    k, tied = _kept_components(eigval, n_components)
     columns = np.flatnonzero(keep)
-    if len(gaps) and (gaps <= TIED_EIGENVALUES * eigval[0]).any():
+    if tied:
         order = _by_variance(sd[keep])[:k]
         pick = np.zeros((x.shape[1], k))
         pick[columns[order], np.arange(k)] = 1.0 / sd[keep][order]

@@ -111,18 +111,28 @@ def empty_map(grid: TileGrid, label: str) -> RasterError:
     )
 
 
+#: The option that saves a map's blocks, in Python and on the command line.
+GIVE_CHECKPOINTS = "give checkpoint_dir= (imgcate map --resume-dir)"
+
+
+def _rerun(directory: str | Path) -> str:
+    """The advice to run a map again with its checkpoint folder, in Python and on the command
+    line (:func:`imgcate.cli.common.in_cli_words` keeps the latter)."""
+    return (
+        f"run the same map again with checkpoint_dir={str(directory)!r} (imgcate map ... "
+        f"--resume-dir {shlex.quote(str(directory))})"
+    )
+
+
 def copy_advice(directory: str | Path | None) -> str:
     """What to do after a map stopped while its finished blocks were being written out."""
     if directory is None:
         return (
-            "Its blocks were not saved; give checkpoint_dir= (imgcate map --resume-dir) so "
-            "that a rerun only writes the file."
+            f"Its blocks were not saved; {GIVE_CHECKPOINTS} so that a rerun only writes the file."
         )
     return (
-        f"Every block is saved in {str(directory)!r}: run the same map again with "
-        f"checkpoint_dir={str(directory)!r} (imgcate map ... --resume-dir "
-        f"{shlex.quote(str(directory))}) to "
-        "write the file without computing them again."
+        f"Every block is saved in {str(directory)!r}: {_rerun(directory)} to write the file "
+        "without computing them again."
     )
 
 
@@ -133,12 +143,11 @@ def _resume_advice(
     finished so far."""
     if directory is None:
         return (
-            f"The map stopped after {done} of {total} blocks, none of them saved; give "
-            "checkpoint_dir= (imgcate map --resume-dir) so that a rerun keeps the blocks "
-            f"finished and continues from {where}."
+            f"The map stopped after {done} of {total} blocks, none of them saved; "
+            f"{GIVE_CHECKPOINTS} so that a rerun keeps the blocks finished and continues from "
+            f"{where}."
         )
     return (
-        f"{done} of {total} blocks are finished and saved in {str(directory)!r}; run the same "
-        f"map again with checkpoint_dir={str(directory)!r} (imgcate map ... --resume-dir "
-        f"{shlex.quote(str(directory))}) to continue from {where}."
+        f"{done} of {total} blocks are finished and saved in {str(directory)!r}; "
+        f"{_rerun(directory)} to continue from {where}."
     )
