@@ -81,7 +81,12 @@ class FitConfig:
     svi_steps, svi_learning_rate, svi_batch_size, svi_guide, svi_draws :
         SVI settings: optimisation steps, Adam step size (the first half; then decayed to a
         hundredth), minibatch size over units (None: every unit up to 10,000 units, minibatches
-        of 1,000 above), guide ("lowrank" or "normal") and posterior draws taken from it.
+        of 1,000 above), guide and posterior draws taken from it. The guide is a multivariate
+        normal with a full covariance ("full"), a low-rank-plus-diagonal one ("lowrank") or
+        a diagonal one ("normal"); "auto" (default) takes "full" when every step takes every
+        unit and the model has at most :data:`~imgcate.inference.FULL_GUIDE_MAX_LATENT`
+        (1,000) parameter values, else "lowrank" (``result.config.svi_guide`` records
+        which).
     random_effects : bool
         Add stratum / cluster random intercepts when the trial names those columns.
     init_restarts, init_steps : int
@@ -89,7 +94,10 @@ class FitConfig:
         steps each, run in parallel with ``jax.vmap``) from random points; chain c starts at
         the c-th best of those within 10 of the best (see :func:`imgcate.chains.chain_starts`),
         so chains that settle in different modes show in R-hat. With 0 restarts each chain
-        starts at random (uniform in (-2, 2) unconstrained, NumPyro's default).
+        starts at random (uniform in (-2, 2) unconstrained, NumPyro's default). SVI screens
+        4 x ``init_restarts`` searches on 2,000 random units and goes on with the best half
+        of ``init_restarts`` over 20,000 (:func:`imgcate.chains.svi_start`); with 0 its guide
+        starts at the prior median.
     restart_chains : bool
         Whether a NUTS chain that ends warm-up clearly below the best settled chain's log
         density goes on from that chain's state (:func:`imgcate.diagnostics.lagging_chains`;
@@ -118,7 +126,7 @@ class FitConfig:
     svi_steps: int = 5000
     svi_learning_rate: float = 0.01
     svi_batch_size: int | None = None
-    svi_guide: str = "lowrank"
+    svi_guide: str = "auto"
     svi_draws: int = 1000
     random_effects: bool = True
     init_restarts: int = 8
@@ -142,6 +150,11 @@ class FitConfig:
         return "hurdle (gamma positive part)" if self.likelihood == "hurdle" else self.likelihood
 
     @property
+    def method_label(self) -> str:
+        """The inference method in displays, SVI's guide named: ``svi (full guide)``."""
+        return f"svi ({self.svi_guide} guide)" if self.method == "svi" else self.method
+
+    @property
     def basis_size(self) -> int:
         """``n_basis``, or the method's default (:data:`DEFAULT_BASIS`) when it is None."""
         return DEFAULT_BASIS[self.method] if self.n_basis is None else self.n_basis
@@ -154,7 +167,7 @@ class FitConfig:
         check_choice("baseline_clusters", self.baseline_clusters, ("own", "shared"))
         check_choice("method", self.method, ("nuts", "svi"))
         check_choice("chain_method", self.chain_method, ("parallel", "sequential"))
-        check_choice("svi_guide", self.svi_guide, ("lowrank", "normal"))
+        check_choice("svi_guide", self.svi_guide, ("auto", "full", "lowrank", "normal"))
         if not 1 <= self.n_clusters <= 10:
             raise InputError(f"n_clusters={self.n_clusters} must be between 1 and 10.")
         if self.init_restarts < 0 or self.init_steps < 1:

@@ -19,7 +19,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from numpyro.infer import SVI, Predictive, Trace_ELBO, log_likelihood
-from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
+from numpyro.infer.autoguide import (
+    AutoLowRankMultivariateNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+)
 from numpyro.infer.initialization import init_to_median, init_to_value
 from numpyro.optim import Adam
 
@@ -31,6 +35,7 @@ from imgcate.chains import (
     model_args,
     random_starts,
     run_nuts,
+    svi_start,
 )
 from imgcate.config import (
     FitConfig,
@@ -41,7 +46,7 @@ from imgcate.config import (
 )
 from imgcate.embeddings import Embeddings
 from imgcate.errors import ApproximationWarning, BalanceWarning, InputError
-from imgcate.model import effect_model
+from imgcate.model import effect_model, latent_size
 from imgcate.output import progress_bar
 from imgcate.posterior import with_derived
 from imgcate.provenance import collect
@@ -61,9 +66,6 @@ MAX_PREDICTIVE_VALUES = 50_000_000
 
 #: SVI's minibatch size above 10,000 units unless ``svi_batch_size`` says otherwise.
 SVI_BATCH_UNITS = 1_000
-
-#: SVI's guide starts at the best MAP search on this many random units of a larger trial.
-SVI_SEARCH_UNITS = 20_000
 
 
 #: Share of the kernel's limit on a process's memory mappings past which :func:`fit` first drops
@@ -143,21 +145,13 @@ def svi_schedule(config: FitConfig):
 
 
 def _run_svi(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
-    guide_cls = AutoLowRankMultivariateNormal if config.svi_guide == "lowrank" else AutoNormal
+    guide_cls = GUIDES[chosen_guide(config, data).svi_guide]
     args = model_args(data)
     init = init_to_median()
     if config.init_restarts:
-        key, key_map = jax.random.split(key)
-        searched = data
-        if len(data.outcome) > SVI_SEARCH_UNITS:  # a start needs no more (nor their time)
-            key_map, key_rows = jax.random.split(key_map)
-            rows = jax.random.choice(key_rows, len(data.outcome), (SVI_SEARCH_UNITS,), False)
-            searched = data.take(np.sort(np.asarray(rows)))
-        # the searches evaluate every searched unit thousands of times: their basis once
-        searched = replace(searched, inputs=searched.inputs.with_basis())
-        values, _, losses = map_searches(searched, config, key_map)
-        best = int(np.argmin(losses))
-        init = init_to_value(values={name: value[best] for name, value in values.items()})
+        key, key_start = jax.random.split(key)
+        start = svi_start(data, config, key_start)
+        init = init if start is None else init_to_value(values=start)
     # the posterior sd of what the data inform falls as 1 / sqrt(units) (inputs are
     # standardized; a cluster effect's is about 3.5 / sqrt(n) with three clusters): starting the
     # guide's scales near it saves the thousands of steps they take to shrink from 0.1 at 10^5
@@ -176,6 +170,29 @@ def _run_svi(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
     samples = {k: np.asarray(v)[None] for k, v in draws.items() if k != "outcome"}
     return samples, {"loss": losses}
 
+
+#: ``svi_guide="auto"`` takes a full-covariance guide up to this many parameter values (its
+#: covariance's Cholesky factor then has half a million entries), a low-rank one above.
+FULL_GUIDE_MAX_LATENT = 1_000
+
+
+def chosen_guide(config: FitConfig, data: ModelData) -> FitConfig:
+    """``config`` with ``svi_guide="auto"`` made the guide it means for ``data``'s model: the
+    full covariance when every step takes every unit and the model has at most
+    :data:`FULL_GUIDE_MAX_LATENT` parameter values, else low-rank (on minibatches of a
+    10^5-unit trial the full covariance's steps diverged)."""
+    if config.method != "svi" or config.svi_guide != "auto":
+        return config
+    full = config.svi_batch_size is None and latent_size(data.spec) <= FULL_GUIDE_MAX_LATENT
+    return replace(config, svi_guide="full" if full else "lowrank")
+
+
+#: SVI's guides by ``FitConfig.svi_guide``.
+GUIDES = {
+    "full": AutoMultivariateNormal,
+    "lowrank": AutoLowRankMultivariateNormal,
+    "normal": AutoNormal,
+}
 
 #: SVI steps per compiled call (the progress bar moves this often).
 SVI_BLOCK = 250
@@ -392,6 +409,7 @@ def fit(
     )
     data = model_data(trial, unit_embedding, std, config)
     del unit_embedding  # the model's (unit, component) copy is in data: a raw one may be large
+    config = chosen_guide(config, data)
     if method == "auto" and chosen == "svi":
         warnings.warn(
             f"imgcate fit: method='auto' chose SVI for {trial.n_units:,} units (NUTS up to "

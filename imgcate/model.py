@@ -235,6 +235,12 @@ def sample_parameters(spec: ModelSpec) -> dict:
     return params
 
 
+def latent_size(spec: ModelSpec) -> int:
+    """How many values the model's parameters hold together (its latent dimension)."""
+    trace = numpyro.handlers.trace(numpyro.handlers.seed(sample_parameters, 0)).get_trace(spec)
+    return sum(int(np.size(site["value"])) for site in trace.values() if site["type"] == "sample")
+
+
 def membership_local_prior(prefix: str = "") -> dist.Distribution:
     """Prior of each embedding component's own membership scale ``l_j`` (ARD): half-Student-t
     with ``PRIOR["membership_local_df"]`` degrees of freedom (3), half-normal where infinite;

@@ -188,7 +188,7 @@ def _settings(fit: EffectFit) -> str:
     config, post = fit.config, fit.idata.posterior
     made = fit.provenance.get("imgcate_version")
     return (
-        f"Likelihood {config.likelihood}, deviation {config.deviation}, {config.method} "
+        f"Likelihood {config.likelihood}, deviation {config.deviation}, {config.method_label} "
         f"({post.sizes['chain']} chain(s) x {post.sizes['draw']} draws), "
         f"{fit.idata.constant_data.sizes['feature']} embedding components, seed {config.seed}"
         + (f"; made by imgcate {made}, {fit.provenance.get('created_utc', '')}" if made else "")

@@ -98,7 +98,7 @@ class EffectFit:
             ),
             (
                 "inference",
-                f"{self.config.method}, {post.sizes['chain']} x "
+                f"{self.config.method_label}, {post.sizes['chain']} x "
                 f"{post.sizes['draw']} = {draws:,} draws",
             ),
         ]
@@ -428,7 +428,7 @@ class EffectFit:
         fmt = {"float_format": lambda v: f"{v:.3f}"}
         lines = [
             f"imgcate effect fit: {self.config.label}, likelihood={self.config.likelihood_label}, "
-            f"deviation={self.config.deviation}, method={self.config.method}, "
+            f"deviation={self.config.deviation}, method={self.config.method_label}, "
             f"units={len(self.unit_ids)}, features={self.idata.constant_data.sizes['feature']}",
             "",
             "Cluster effects (average CATE of each cluster, outcome's mean scale):",
