@@ -31,6 +31,10 @@ Gaussian scenarios (a new unit's covariates, the score among them, are set to th
 its own; the default since 2026-12-05, so now the same model as ``rff``) and
 ``shared-baseline`` is ``baseline_clusters="shared"`` (the baseline's cluster term on the effect
 clusters' memberships, the default before).
+``svi``, ``svi-full`` and ``svi-lowrank`` fit by SVI (``method="svi"``; every unit each step up
+to 10,000 units) with its default guide, ``svi_guide="full"`` and ``svi_guide="lowrank"``
+(SVI's intervals against NUTS's on the same trials; ``--chains`` and ``--draws`` do not apply,
+and SVI's Gaussian processes have 48 basis functions where NUTS's have 160).
 ``--select`` also fits the constant-effect model of ``compare_clusters(k_max=K)`` on each trial
 and measures the model that compare_clusters' rule selects between it and the K-cluster fit
 (PSIS-LOO; keys ending ``_selected``, ``heterogeneity_claimed``): the intervals a user reads
@@ -85,6 +89,9 @@ FORMS = {
     "rff+prognostic": {},
     "own-baseline": {"baseline_clusters": "own"},
     "shared-baseline": {"baseline_clusters": "shared"},
+    "svi": {"method": "svi"},
+    "svi-full": {"method": "svi", "svi_guide": "full"},
+    "svi-lowrank": {"method": "svi", "svi_guide": "lowrank"},
 }
 
 
@@ -174,11 +181,13 @@ def one_fit(
         "seconds": round(seconds, 1),
         **measured,
         "ate_oracle_covered": oracle_ate_covered(sim),
-        "r_hat_unit": float(diag.loc["tau_unit[worst]", "r_hat"]),
-        "r_hat_max": float(diag["r_hat"].max()),
-        "divergences": int(result.idata.sample_stats["diverging"].values.sum()),
+        "r_hat_unit": r_hat(diag["r_hat"].get("tau_unit[worst]", np.nan)),
+        "r_hat_max": r_hat(diag["r_hat"].max()),
+        "divergences": divergences(result),
         **chain_restarts(result.idata),
     }
+    if result.config.method == "svi":
+        row["guide"] = result.config.svi_guide
     if k > 1:
         het = result.heterogeneity(PROB)
         row["effect_share_clusters"] = float(het.loc["effect_share_clusters", "mean"])
@@ -188,6 +197,20 @@ def one_fit(
     if sources:
         row.update(width_sources(result))
     return row
+
+
+def r_hat(value: float) -> float | None:
+    """An R-hat for the JSON rows; None where it is undefined (SVI's one set of draws) or
+    not computed (no unit draws kept above 20 million units x draws)."""
+    return None if np.isnan(value) else float(value)
+
+
+def divergences(result) -> int | None:
+    """NUTS's divergent transitions; None for SVI."""
+    stats = result.idata.get("sample_stats")
+    if stats is None or "diverging" not in stats:
+        return None
+    return int(stats["diverging"].values.sum())
 
 
 #: The effect's terms (``--sources``): the sites that scale each, one of them set to zero.
@@ -356,7 +379,7 @@ def summarize(rows: list[dict]) -> dict:
         "reps": len(rows),
     }
     for key in rows[0]:
-        values = [r[key] for r in rows if key in r]
+        values = [r[key] for r in rows if r.get(key) is not None]
         if key in ("scenario", "form", "seed", "likelihood") or not values:
             continue
         if isinstance(values[0], list):  # chain restarts: in how many fits
@@ -457,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
                 "sources": args.sources,
                 "prior": prior,
                 "prior_scales": {**PRIOR, **prior},
-                "n_basis": FitConfig().basis_size,
+                "n_basis": FitConfig(**FORMS[args.form]).basis_size,
                 "basis": "kernel eigenfunctions (imgcate.config.kernel_basis)",
                 "prob": PROB,
             }

@@ -14,6 +14,8 @@ Prints one JSON object. Same settings every run:
     python benchmarks/fit_speed.py --large --fits --sizes 1000000 --seeds 1 --raw-features 256
                                                 # one 10^6 fit whose embedding has 256 raw
                                                 # features (reduced to 16 components)
+    python benchmarks/fit_speed.py --large --guides lowrank full
+                                                # the large runs with each of SVI's guides
 
 Each fit runs twice, each time in a fresh process: first with an empty JAX compilation cache
 (``first_fit_s``: it compiles everything, as the first fit of a model of that shape on a
@@ -38,15 +40,16 @@ memberships (``parts="shared"``: ``baseline_clusters="shared"``, the default bef
 simulation included; ``rss_before_fit_mb``: what is resident when the fit starts, the
 simulated trial and its embeddings; ``fit_peak_above_inputs_mb``: the fit's own peak above
 that, the peak counted again from the fit's start) with the package's SVI defaults
-(``method="svi"``: 5,000 Adam steps on minibatches of 1,000 units, a low-rank guide, 1,000
-draws). A cluster's effect is, by the
-model's definition, the average unit CATE of the trial's units most probably in it; its truth
-here is that average of the true CATE over the units the simulation's own membership
-probabilities put in it (``truth_assigned``; before 2026-12-05 the membership-weighted average,
-``truth_weighted``; the clusters overlap, so it sits inside the simulated cluster effects -1,
-1, 3, reported as ``error_vs_simulated``). Coverage is that of the 90 %
-intervals of the three cluster effects, over seeds. ``derived_error_max`` checks the fit's own
-arithmetic: its stored cluster effects against the same over every unit at once in float64
+(``method="svi"``: 5,000 Adam steps on minibatches of 1,000 units, the guide
+``svi_guide="auto"`` chooses (a full covariance for this model), 1,000 draws; ``--guides``
+names others). A cluster's effect is, by the model's definition, the average unit CATE of
+the trial's units most probably in it; its truth here is that average of the true CATE over
+the units the simulation's own membership probabilities put in it (``truth_assigned``;
+before 2026-12-05 the membership-weighted average, ``truth_weighted``; the clusters overlap,
+so it sits inside the simulated cluster effects -1, 1, 3, reported as
+``error_vs_simulated``). Coverage is that of the 90 % intervals of the three cluster
+effects, over seeds. ``derived_error_max`` checks the fit's own arithmetic: its stored
+cluster effects against the same over every unit at once in float64
 (first 40 draws; measured after the peak memory is read).
 """
 
@@ -130,6 +133,7 @@ def svi_fit(n_units: int, steps: int) -> dict:
     table = result.cluster_effects()
     return {
         "method": "svi",
+        "guide": result.config.svi_guide,
         "n_units": n_units,
         "steps": steps,
         "batch_size": 1000,
@@ -215,9 +219,12 @@ def raw_embeddings(embeddings, features: int, seed: int):
     return Embeddings(values=values, image_ids=embeddings.image_ids)
 
 
-def large_svi(n_units: int, seed: int, raw_features: int | None = None) -> dict:
+def large_svi(
+    n_units: int, seed: int, raw_features: int | None = None, guide: str | None = None
+) -> dict:
     """One SVI fit of a large trial (run in its own process); ``raw_features``: its embedding
-    lifted to that many raw features (:func:`raw_embeddings`)."""
+    lifted to that many raw features (:func:`raw_embeddings`); ``guide``: the SVI guide (None:
+    the default)."""
     sim = simulate_trial(seed, n_units, 3, n_features=16)
     truth = sim.truth.tau_cluster_assigned
     embeddings = sim.embeddings
@@ -229,7 +236,8 @@ def large_svi(n_units: int, seed: int, raw_features: int | None = None) -> dict:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = fit(sim.trial, embeddings, n_clusters=3, seed=seed, method="svi")
+        options = {"svi_guide": guide} if guide else {}
+        result = fit(sim.trial, embeddings, n_clusters=3, seed=seed, method="svi", **options)
     seconds = time.perf_counter() - start
     fit_peak = peak_rss_mb()  # before the check below, which holds 40 draws x every unit
     peak = max(simulated_peak, fit_peak)
@@ -238,6 +246,7 @@ def large_svi(n_units: int, seed: int, raw_features: int | None = None) -> dict:
     return {
         "derived_error_max": derived_error(result),
         "method": "svi",
+        "guide": result.config.svi_guide,
         "n_units": n_units,
         "raw_features": raw_features or 16,
         "seed": seed,
@@ -269,19 +278,28 @@ def derived_error(result, draws: int = 40) -> float:
     return float(np.abs(stored[:draws] - exact["tau_cluster"]).max())
 
 
-def svi_against_nuts(n_units: int, seed: int) -> dict:
-    """SVI and NUTS (the defaults: 4 x 500 draws) on the same trial: their intervals."""
+def guide_key(guide: str) -> str:
+    """A guide's key in :func:`svi_against_nuts`'s record: "svi" for the package's default."""
+    return "svi" if guide == FitConfig().svi_guide else f"svi_{guide}"
+
+
+def svi_against_nuts(n_units: int, seed: int, guides: tuple[str, ...] = ()) -> dict:
+    """SVI (with each of ``guides``; none: the default guide) and NUTS (the defaults: 4 x 500
+    draws) on the same trial: their intervals."""
     sim = simulate_trial(seed, n_units, 3, n_features=16)
     truth = sim.truth.tau_cluster_assigned
     out = {"n_units": n_units, "seed": seed, "truth_assigned": truth.round(4).tolist()}
-    for method in ("svi", "nuts"):
+    runs = [(guide_key(g), "svi", {"svi_guide": g}) for g in guides or (FitConfig().svi_guide,)]
+    for key, method, options in [*runs, ("nuts", "nuts", {})]:
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = fit(sim.trial, sim.embeddings, n_clusters=3, seed=seed, method=method)
+            result = fit(
+                sim.trial, sim.embeddings, n_clusters=3, seed=seed, method=method, **options
+            )
         units = result.unit_effects()
         lo, hi = units["tau_5%"].to_numpy(), units["tau_95%"].to_numpy()
-        out[method] = {
+        out[key] = {
             "fit_s": round(time.perf_counter() - start, 1),
             **interval_record(result.cluster_effects(), truth),
             "unit_coverage_90": round(
@@ -292,10 +310,13 @@ def svi_against_nuts(n_units: int, seed: int) -> dict:
                 {f"{w.category.__name__}: {str(w.message).splitlines()[0][:200]}" for w in caught}
             ),
         }
-    svi, nuts = (np.asarray(out[m]["tau_sd"]) for m in ("svi", "nuts"))
-    shift = np.asarray(out["svi"]["tau_mean"]) - np.asarray(out["nuts"]["tau_mean"])
-    out["sd_ratio_svi_over_nuts"] = (svi / nuts).round(3).tolist()
-    out["mean_shift_in_nuts_sd"] = (shift / nuts).round(3).tolist()
+    nuts = np.asarray(out["nuts"]["tau_sd"])
+    for key, _, _ in runs:
+        svi = np.asarray(out[key]["tau_sd"])
+        shift = np.asarray(out[key]["tau_mean"]) - np.asarray(out["nuts"]["tau_mean"])
+        suffix = key.removeprefix("svi")
+        out[f"sd_ratio_svi{suffix}_over_nuts"] = (svi / nuts).round(3).tolist()
+        out[f"mean_shift{suffix}_in_nuts_sd"] = (shift / nuts).round(3).tolist()
     return out
 
 
@@ -319,21 +340,22 @@ def coverage(records: list[dict]) -> float:
 
 
 def pair_summary(pairs: list[dict]) -> dict:
-    """What the SVI/NUTS pairs at 5,000 units show, over their seeds."""
-    return {
-        "coverage_90_svi": coverage([p["svi"] for p in pairs]),
-        "coverage_90_nuts": coverage([p["nuts"] for p in pairs]),
-        "sd_ratio_range": [
-            min(min(p["sd_ratio_svi_over_nuts"]) for p in pairs),
-            max(max(p["sd_ratio_svi_over_nuts"]) for p in pairs),
-        ],
-        "unit_coverage_90_svi": [p["svi"]["unit_coverage_90"] for p in pairs],
-        "unit_coverage_90_nuts": [p["nuts"]["unit_coverage_90"] for p in pairs],
-        "abs_mean_shift_in_nuts_sd_max": max(
-            max(abs(x) for x in p["mean_shift_in_nuts_sd"]) for p in pairs
-        ),
-        "nuts_restarted_chains": [p["nuts"]["restarted_chains"] for p in pairs],
-    }
+    """What the SVI/NUTS pairs at 5,000 units show, over their seeds (for each SVI guide
+    fitted: keys ``svi`` for the default guide, ``svi_<guide>`` for others)."""
+    keys = [k for k in pairs[0] if k.startswith("svi") and isinstance(pairs[0][k], dict)]
+    out = {f"coverage_90_{k}": coverage([p[k] for p in pairs]) for k in keys}
+    out["coverage_90_nuts"] = coverage([p["nuts"] for p in pairs])
+    for key in keys:
+        suffix = key.removeprefix("svi")
+        ratios = [r for p in pairs for r in p[f"sd_ratio_svi{suffix}_over_nuts"]]
+        out[f"sd_ratio_range{suffix}"] = [min(ratios), max(ratios)]
+        out[f"unit_coverage_90_{key}"] = [p[key]["unit_coverage_90"] for p in pairs]
+        out[f"abs_mean_shift{suffix}_in_nuts_sd_max"] = max(
+            abs(x) for p in pairs for x in p[f"mean_shift{suffix}_in_nuts_sd"]
+        )
+    out["unit_coverage_90_nuts"] = [p["nuts"]["unit_coverage_90"] for p in pairs]
+    out["nuts_restarted_chains"] = [p["nuts"]["restarted_chains"] for p in pairs]
+    return out
 
 
 def large_runs(
@@ -342,25 +364,34 @@ def large_runs(
     fits_only: bool = False,
     sizes: tuple[int, ...] = (100_000, 1_000_000),
     raw_features: int | None = None,
+    guides: tuple[str, ...] = (),
 ) -> dict:
     pairs = (
-        [] if fits_only else [in_fresh_process(svi_against_nuts, 5_000, s) for s in range(seeds)]
+        []
+        if fits_only
+        else [in_fresh_process(svi_against_nuts, 5_000, s, guides) for s in range(seeds)]
     )
     if pairs_only:
         return {"summary": {"5000_svi_vs_nuts": pair_summary(pairs)}, "svi_vs_nuts": pairs}
-    fits = [in_fresh_process(large_svi, n, s, raw_features) for n in sizes for s in range(seeds)]
-    summary = {
-        str(n): {
-            "fit_s_max": max(r["fit_s"] for r in fits if r["n_units"] == n),
-            "peak_rss_mb_max": max(r["peak_rss_mb"] for r in fits if r["n_units"] == n),
-            "fit_peak_above_inputs_mb_max": max(
-                (r["fit_peak_above_inputs_mb"] or 0) for r in fits if r["n_units"] == n
-            ),
-            "tau_abs_error_max": max(r["tau_abs_error_max"] for r in fits if r["n_units"] == n),
-            "coverage_90": coverage([r for r in fits if r["n_units"] == n]),
-        }
+    fits = [
+        in_fresh_process(large_svi, n, s, raw_features, g)
+        for g in guides or (None,)
         for n in sizes
-    }
+        for s in range(seeds)
+    ]
+    summary = {}
+    for guide in guides or (None,):
+        for n in sizes:
+            runs = [r for r in fits if r["n_units"] == n and r["guide"] == (guide or r["guide"])]
+            summary[f"{n}_{guide}" if guide else str(n)] = {
+                "fit_s_max": max(r["fit_s"] for r in runs),
+                "peak_rss_mb_max": max(r["peak_rss_mb"] for r in runs),
+                "fit_peak_above_inputs_mb_max": max(
+                    (r["fit_peak_above_inputs_mb"] or 0) for r in runs
+                ),
+                "tau_abs_error_max": max(r["tau_abs_error_max"] for r in runs),
+                "coverage_90": coverage(runs),
+            }
     if pairs:
         summary["5000_svi_vs_nuts"] = pair_summary(pairs)
     return {
@@ -418,9 +449,16 @@ def main() -> None:
         help="with --large --fits: the embedding lifted to this many raw features (a "
         "foundation model's), which the fit reduces to 16 components",
     )
+    parser.add_argument(
+        "--guides",
+        nargs="+",
+        choices=("full", "lowrank", "normal"),
+        default=[],
+        help="with --large: SVI with each of these guides (default: the package's default)",
+    )
     args = parser.parse_args()
-    if (args.pairs or args.fits) and not args.large:
-        parser.error("--pairs and --fits go with --large")
+    if (args.pairs or args.fits or args.guides) and not args.large:
+        parser.error("--pairs, --fits and --guides go with --large")
     if args.raw_features and not args.fits:
         parser.error("--raw-features goes with --large --fits")
     if args.large:
@@ -438,6 +476,7 @@ def main() -> None:
                         args.fits,
                         tuple(args.sizes or (100_000, 1_000_000)),
                         args.raw_features,
+                        tuple(args.guides),
                     ),
                 },
                 indent=2,
