@@ -382,6 +382,9 @@ def summarize(rows: list[dict]) -> dict:
         values = [r[key] for r in rows if r.get(key) is not None]
         if key in ("scenario", "form", "seed", "likelihood") or not values:
             continue
+        if isinstance(values[0], str):  # SVI's guide: which, in how many fits
+            out[key] = {v: values.count(v) for v in sorted(set(values))}
+            continue
         if isinstance(values[0], list):  # chain restarts: in how many fits
             out[f"fits_with_{key}"] = sum(bool(v) for v in values)
             continue
