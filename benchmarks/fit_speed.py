@@ -382,7 +382,7 @@ def large_runs(
     summary = {}
     for guide in guides or (None,):
         for n in sizes:
-            runs = [r for r in fits if r["n_units"] == n and r["guide"] == (guide or r["guide"])]
+            runs = [r for r in fits if r["n_units"] == n and guide in (None, r["guide"])]
             summary[f"{n}_{guide}" if guide else str(n)] = {
                 "fit_s_max": max(r["fit_s"] for r in runs),
                 "peak_rss_mb_max": max(r["peak_rss_mb"] for r in runs),
