@@ -195,3 +195,38 @@ class SimulatedTrial:
                 "imgcate.extract_chips(sim.trial, sim.scene, size), seed=0)."
             )
         return np.array(self.embeddings.for_keys(self.trial.image_keys))  # the caller's copy
+
+    def difference_in_means(self, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The oracle's effect of each group of units and its standard error: treated against
+        untreated difference in means of the outcome less its true untreated mean
+        (``truth.mu0``), which only the noise moves. A yardstick for a model's intervals of
+        the same groups (their sds, their misses).
+
+        Parameters
+        ----------
+        groups : numpy.ndarray
+            Shape (unit,): each unit's group, 0..G-1 (e.g. ``truth.cluster_prob.argmax(1)``).
+
+        Returns
+        -------
+        estimate, se : numpy.ndarray
+            Shape (G,) each; NaN for a group without treated or untreated units.
+        """
+        groups = np.asarray(groups)
+        if groups.shape != (self.trial.n_units,) or not np.issubdtype(groups.dtype, np.integer):
+            raise InputError(
+                f"groups must be one integer per unit (shape ({self.trial.n_units},)), got "
+                f"shape {groups.shape} of {groups.dtype}."
+            )
+        residual = self.outcome - self.truth.mu0
+        treated = self.treatment == 1
+        estimate, se = [], []
+        for g in range(int(groups.max()) + 1 if len(groups) else 0):
+            a, b = residual[(groups == g) & treated], residual[(groups == g) & ~treated]
+            if len(a) < 2 or len(b) < 2:
+                estimate.append(np.nan)
+                se.append(np.nan)
+                continue
+            estimate.append(a.mean() - b.mean())
+            se.append(np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)))
+        return np.array(estimate), np.array(se)

@@ -58,3 +58,32 @@ def test_scene_trial_has_no_embeddings_but_says_how_to_make_them(tmp_path):
     np.testing.assert_array_equal(sim.truth.cate, sim.truth.tau_unit)
     with pytest.raises(InputError, match="extract_chips"):
         sim.features  # noqa: B018
+
+
+def test_difference_in_means_is_the_oracles_and_its_errors_are_its_standard_errors():
+    """Over the true clusters (where the realised effect is the cluster's), the oracle's
+    differences in means fall within their standard errors of the cluster effects as often as
+    normal errors do: over 100 trials of 2,000 units, 90 % intervals hold 0.85-0.95 of the 200
+    cluster effects (0.90 expected; the band is about 2.4 binomial sds). A group's estimate is
+    its own difference in means; a group with one untreated unit gets NaN."""
+    held = []
+    for seed in range(100):
+        sim = simulate_trial(seed, 2000, 2)
+        estimate, se = sim.difference_in_means(sim.truth.cluster)
+        held.extend(np.abs(estimate - sim.truth.tau_cluster) <= 1.6449 * se)
+    assert 0.85 <= np.mean(held) <= 0.95, np.mean(held)
+
+    sim = simulate_trial(0, 200, 2)
+    groups = np.zeros(200, int)
+    untreated = np.flatnonzero(sim.treatment == 0)
+    groups[untreated[:1]] = 1  # one untreated unit alone
+    estimate, se = sim.difference_in_means(groups)
+    residual = sim.outcome - sim.truth.mu0
+    rest = groups == 0
+    treated = sim.treatment == 1
+    assert estimate[0] == pytest.approx(
+        residual[rest & treated].mean() - residual[rest & ~treated].mean()
+    )
+    assert np.isnan(estimate[1]) and np.isnan(se[1])
+    with pytest.raises(InputError, match="one integer per unit"):
+        sim.difference_in_means(np.zeros(10, int))
