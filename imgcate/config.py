@@ -83,10 +83,9 @@ class FitConfig:
         hundredth), minibatch size over units (None: every unit up to 10,000 units, minibatches
         of 1,000 above), guide and posterior draws taken from it. The guide is a multivariate
         normal with a full covariance ("full"), a low-rank-plus-diagonal one ("lowrank") or
-        a diagonal one ("normal"); "auto" (default) takes "full" when every step takes every
-        unit and the model has at most :data:`~imgcate.inference.FULL_GUIDE_MAX_LATENT`
-        (1,000) parameter values, else "lowrank" (``result.config.svi_guide`` records
-        which).
+        a diagonal one ("normal"); "auto" (default) takes "full" when the model has at most
+        :data:`~imgcate.guides.FULL_GUIDE_MAX_LATENT` (1,000) parameter values, else
+        "lowrank" (``result.config.svi_guide`` records which).
     random_effects : bool
         Add stratum / cluster random intercepts when the trial names those columns.
     init_restarts, init_steps : int

@@ -19,11 +19,6 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from numpyro.infer import SVI, Predictive, Trace_ELBO, log_likelihood
-from numpyro.infer.autoguide import (
-    AutoLowRankMultivariateNormal,
-    AutoMultivariateNormal,
-    AutoNormal,
-)
 from numpyro.infer.initialization import init_to_median, init_to_value
 from numpyro.optim import Adam
 
@@ -46,7 +41,8 @@ from imgcate.config import (
 )
 from imgcate.embeddings import Embeddings
 from imgcate.errors import ApproximationWarning, BalanceWarning, InputError
-from imgcate.model import effect_model, latent_size
+from imgcate.guides import GUIDES, chosen_guide
+from imgcate.model import effect_model
 from imgcate.output import progress_bar
 from imgcate.posterior import with_derived
 from imgcate.provenance import collect
@@ -170,29 +166,6 @@ def _run_svi(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
     samples = {k: np.asarray(v)[None] for k, v in draws.items() if k != "outcome"}
     return samples, {"loss": losses}
 
-
-#: ``svi_guide="auto"`` takes a full-covariance guide up to this many parameter values (its
-#: covariance's Cholesky factor then has half a million entries), a low-rank one above.
-FULL_GUIDE_MAX_LATENT = 1_000
-
-
-def chosen_guide(config: FitConfig, data: ModelData) -> FitConfig:
-    """``config`` with ``svi_guide="auto"`` made the guide it means for ``data``'s model: the
-    full covariance when every step takes every unit and the model has at most
-    :data:`FULL_GUIDE_MAX_LATENT` parameter values, else low-rank (on minibatches of a
-    10^5-unit trial the full covariance's steps diverged)."""
-    if config.method != "svi" or config.svi_guide != "auto":
-        return config
-    full = config.svi_batch_size is None and latent_size(data.spec) <= FULL_GUIDE_MAX_LATENT
-    return replace(config, svi_guide="full" if full else "lowrank")
-
-
-#: SVI's guides by ``FitConfig.svi_guide``.
-GUIDES = {
-    "full": AutoMultivariateNormal,
-    "lowrank": AutoLowRankMultivariateNormal,
-    "normal": AutoNormal,
-}
 
 #: SVI steps per compiled call (the progress bar moves this often).
 SVI_BLOCK = 250

@@ -187,9 +187,16 @@ def _title(fit: EffectFit) -> str:
 def _settings(fit: EffectFit) -> str:
     config, post = fit.config, fit.idata.posterior
     made = fit.provenance.get("imgcate_version")
+    if config.method == "svi":
+        batch = config.svi_batch_size
+        sampling = f"{post.sizes['draw']} draws from the guide after {config.svi_steps} steps" + (
+            f" on minibatches of {batch} units" if batch else ""
+        )
+    else:
+        sampling = f"{post.sizes['chain']} chain(s) x {post.sizes['draw']} draws"
     return (
         f"Likelihood {config.likelihood}, deviation {config.deviation}, {config.method_label} "
-        f"({post.sizes['chain']} chain(s) x {post.sizes['draw']} draws), "
+        f"({sampling}), "
         f"{fit.idata.constant_data.sizes['feature']} embedding components, seed {config.seed}"
         + (f"; made by imgcate {made}, {fit.provenance.get('created_utc', '')}" if made else "")
         + "."

@@ -1,0 +1,65 @@
+"""SVI's guides: which multivariate normal approximates the posterior, and the full-covariance
+one written so that its density stays exact at a million units.
+
+NumPyro's ``AutoMultivariateNormal`` draws θ = μ + L z and scores the draw by solving
+L x = θ − μ for z again. In float32, θ − μ loses most of its digits once the posterior's sds
+are a thousandth of the locations (a cluster effect's is 0.004 at 10^6 units), and the solve
+through an ill-conditioned L amplifies the loss: on minibatches of a 10^5-unit trial the
+density of one draw came out near exp(10^20) and the steps diverged. :class:`FullCovariance`
+is the same distribution, scored from the z it was drawn from (NumPyro keeps a transformed
+draw's intermediates), so no solve is made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+from numpyro.distributions.transforms import LowerCholeskyAffine
+from numpyro.infer.autoguide import (
+    AutoLowRankMultivariateNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+)
+
+from imgcate.config import FitConfig, ModelData
+from imgcate.model import latent_size
+
+
+class FullCovariance(AutoMultivariateNormal):
+    """NumPyro's ``AutoMultivariateNormal`` (same parameters, same distribution), its draws
+    scored from the standard normals they were made from instead of a triangular solve."""
+
+    def _get_posterior(self):
+        loc = numpyro.param(f"{self.prefix}_loc", self._init_latent)
+        scale_tril = numpyro.param(
+            f"{self.prefix}_scale_tril",
+            jnp.identity(self.latent_dim) * self._init_scale,
+            constraint=self.scale_tril_constraint,
+        )
+        base = dist.Normal(jnp.zeros(self.latent_dim), 1.0).to_event(1)
+        return dist.TransformedDistribution(base, LowerCholeskyAffine(loc, scale_tril))
+
+
+#: SVI's guides by ``FitConfig.svi_guide``.
+GUIDES = {
+    "full": FullCovariance,
+    "lowrank": AutoLowRankMultivariateNormal,
+    "normal": AutoNormal,
+}
+
+#: ``svi_guide="auto"`` takes the full covariance up to this many parameter values (its
+#: Cholesky factor then has half a million entries), a low-rank one above.
+FULL_GUIDE_MAX_LATENT = 1_000
+
+
+def chosen_guide(config: FitConfig, data: ModelData) -> FitConfig:
+    """``config`` with ``svi_guide="auto"`` made the guide it means for ``data``'s model: the
+    full covariance when the model has at most :data:`FULL_GUIDE_MAX_LATENT` parameter
+    values, else low-rank."""
+    if config.method != "svi" or config.svi_guide != "auto":
+        return config
+    full = latent_size(data.spec) <= FULL_GUIDE_MAX_LATENT
+    return replace(config, svi_guide="full" if full else "lowrank")
