@@ -21,7 +21,13 @@ from imgcate.model import (
     basis_in_chunks,
     squared_exponential,
 )
-from imgcate.moments import affine_rows, column_moments, is_large, leading_eigenvectors
+from imgcate.moments import (
+    GatheredRows,
+    affine_rows,
+    column_moments,
+    is_large,
+    leading_eigenvectors,
+)
 from imgcate.units import Trial
 from imgcate.validation import check_choice
 
@@ -281,7 +287,7 @@ class Standardizer:
         cls,
         outcome: np.ndarray,
         covariates: np.ndarray,
-        embedding: np.ndarray,
+        embedding: np.ndarray | GatheredRows,
         config: FitConfig,
         outcome_name: str = "outcome",
     ) -> Standardizer:
@@ -322,9 +328,10 @@ class Standardizer:
             basis_coef=coef,
         )
 
-    def embedding(self, values: np.ndarray) -> np.ndarray:
+    def embedding(self, values: np.ndarray | GatheredRows) -> np.ndarray:
         """Raw embeddings (n, feature_in) to the model scale (n, feature)."""
-        values = np.asarray(values, dtype=float)
+        if not isinstance(values, GatheredRows):
+            values = np.asarray(values, dtype=float)
         if values.ndim != 2 or values.shape[1] != len(self.embedding_mean):
             raise InputError(
                 f"embeddings have {values.shape[-1]} features but the fit used "
@@ -332,6 +339,7 @@ class Standardizer:
             )
         if is_large(values):  # a chunk of rows at a time: no (n, feature_in) temporary
             return affine_rows(values, self.embedding_mean, self.embedding_sd, self.projection)
+        values = np.asarray(values)
         return ((values - self.embedding_mean) / self.embedding_sd) @ self.projection
 
     @property
@@ -531,7 +539,7 @@ MAX_HELD_BASIS_BYTES = 64 * 2**20
 
 
 def model_data(
-    trial: Trial, unit_embedding: np.ndarray, std: Standardizer, config: FitConfig
+    trial: Trial, unit_embedding: np.ndarray | GatheredRows, std: Standardizer, config: FitConfig
 ) -> ModelData:
     """The trial's arrays on the model scale, checked against the likelihood."""
     y = trial.outcome_array

@@ -17,6 +17,7 @@ from imgcate.chips import Chips
 from imgcate.encoders import COMBINES, ENCODER_CLASSES, ENCODERS, Combine, Encoder, EncoderName
 from imgcate.encoders.base import unflatten_params
 from imgcate.errors import InputError
+from imgcate.moments import GatheredRows, is_large
 from imgcate.provenance import collect
 from imgcate.validation import as_float_array, check_choice
 
@@ -143,8 +144,11 @@ class Embeddings:
         InputError
             If some keys have no embedding.
         """
-        index = pd.Index(self.image_ids)
-        pos = index.get_indexer(np.asarray(keys))
+        return self._rows_at(self._positions(keys))
+
+    def _positions(self, keys: np.ndarray) -> np.ndarray:
+        """Each key's row of :attr:`values`; an error naming the keys with none."""
+        pos = pd.Index(self.image_ids).get_indexer(np.asarray(keys))
         if (pos < 0).any():
             missing = pd.unique(np.asarray(keys)[pos < 0])
             raise InputError(
@@ -152,18 +156,55 @@ class Embeddings:
                 f"ids (first {missing[:5].tolist()}); embed every image the units refer to "
                 "(or check the trial's image_id column)."
             )
-        if len(pos) == len(self.values) and (pos == np.arange(len(pos))).all():
-            rows = self.values.view()  # one row per key, in order: no copy (it may be GBs)
+        return pos
+
+    def unit_rows(self, keys: np.ndarray) -> np.ndarray | GatheredRows:
+        """:meth:`for_keys` as the fit reads it: where the rows would be a large copy (more
+        than :data:`imgcate.moments.CHUNKED_VALUES` values, the keys not the image ids in
+        order, at least as many keys as features), a :class:`~imgcate.moments.GatheredRows`
+        whose chunks are gathered as they are read instead.
+
+        Raises
+        ------
+        InputError
+            If some keys have no embedding.
+        """
+        pos = self._positions(keys)
+        rows = GatheredRows(self.values, pos)
+        if is_large(rows) and len(pos) >= self.n_features and not _in_order(pos, len(self.values)):
+            return rows
+        return self._rows_at(pos)
+
+    def _rows_at(self, pos: np.ndarray) -> np.ndarray:
+        """Rows ``pos`` of :attr:`values`: a read-only view where they are every row in order
+        (no copy: it may be GBs), else a copy."""
+        if _in_order(pos, len(self.values)):
+            rows = self.values.view()
             rows.flags.writeable = False
             return rows
         return self.values[pos]
 
 
-def unit_embeddings(embeddings: Embeddings | np.ndarray, trial: Any) -> np.ndarray:
+def _in_order(pos: np.ndarray, n_rows: int) -> bool:
+    """Whether row positions ``pos`` are every row once, in order."""
+    return len(pos) == n_rows and bool((pos == np.arange(len(pos))).all())
+
+
+def unit_embeddings(
+    embeddings: Embeddings | GatheredRows | np.ndarray, trial: Any
+) -> np.ndarray | GatheredRows:
     """Each unit's embedding row (unit, feature) of a trial, as :func:`imgcate.fit` matches
-    them: by image id for :class:`Embeddings`, else one row per unit in the trial's order."""
+    them: by image id for :class:`Embeddings`, else one row per unit in the trial's order (a
+    :class:`~imgcate.moments.GatheredRows` as it is)."""
     if isinstance(embeddings, Embeddings):
         return embeddings.for_keys(trial.image_keys)
+    if isinstance(embeddings, GatheredRows):
+        if len(embeddings) != trial.n_units:
+            raise InputError(
+                f"embeddings have {len(embeddings)} rows but the trial has {trial.n_units} "
+                "units; give one row per unit."
+            )
+        return embeddings
     values = as_float_array("embeddings", embeddings, ndim=2)
     if len(values) != trial.n_units:
         raise InputError(

@@ -361,7 +361,7 @@ def fit(
         trial = _with_propensity(trial, propensity)
     if isinstance(embeddings, Embeddings):
         _check_no_leakage(embeddings, trial)
-        unit_embedding, encoder = embeddings.for_keys(trial.image_keys), embeddings.encoder
+        unit_embedding, encoder = embeddings.unit_rows(trial.image_keys), embeddings.encoder
     else:
         unit_embedding = _unit_rows(as_float_array("embeddings", embeddings, ndim=2), trial)
         encoder = None

@@ -21,7 +21,13 @@ from imgcate.confounding.weights import smd, weighted_mean
 from imgcate.embeddings import Embeddings, unit_embeddings
 from imgcate.errors import BalanceWarning, InputError
 from imgcate.intervals import quantiles, tidy_table
-from imgcate.moments import affine_rows, column_moments, is_large, leading_eigenvectors
+from imgcate.moments import (
+    GatheredRows,
+    affine_rows,
+    column_moments,
+    is_large,
+    leading_eigenvectors,
+)
 from imgcate.rerandomization import (
     Design,
     as_trial,
@@ -263,7 +269,7 @@ def check_randomization(
 TIED_EIGENVALUES = 1e-3
 
 
-def principal_components(values: np.ndarray, n_components: int) -> np.ndarray:
+def principal_components(values: np.ndarray | GatheredRows, n_components: int) -> np.ndarray:
     """Leading principal components of the columns of ``values`` (unit, feature), scaled to
     unit variance, shape (unit, component); columns without variance are left out. Signs are
     fixed: each component's largest loading is positive.
@@ -276,9 +282,9 @@ def principal_components(values: np.ndarray, n_components: int) -> np.ndarray:
     components are not identified either; the columns themselves are used, largest variance
     first (the first columns on a tie).
     """
+    if is_large(values) and values.shape[1] <= len(values):  # values may be GatheredRows
+        return _components_from_moments(values, n_components)
     x = np.asarray(values, dtype=float)
-    if is_large(x) and x.shape[1] <= len(x):
-        return _components_from_moments(x, n_components)
     sd = x.std(axis=0)
     keep = sd > 1e-12 * np.maximum(1.0, np.abs(x.mean(axis=0)))
     z = x[:, keep] - x[:, keep].mean(axis=0)

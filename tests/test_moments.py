@@ -116,3 +116,50 @@ def test_unit_rows_in_image_order_are_a_read_only_view():
     shuffled = emb.for_keys(order + 100)
     assert not np.shares_memory(shuffled, values)
     np.testing.assert_array_equal(shuffled, values[order])
+
+
+def test_units_sharing_images_are_read_a_chunk_at_a_time(chunked, monkeypatch):
+    """Where the units' rows of a large embedding would be a copy (units sharing images, or in
+    another order), the fit reads them through ``GatheredRows``, a chunk at a time, and never
+    gathers them all: the randomization check, the standardizer, the model's inputs and a
+    whole fit are the same as from the copy."""
+    from imgcate import fit
+    from imgcate.config import model_data
+    from imgcate.embeddings import Embeddings
+    from imgcate.moments import GatheredRows
+    from imgcate.simulate import simulate_trial
+    from imgcate.trialcheck import check_randomization
+
+    sim = simulate_trial(0, 600, 2, n_images=150)
+    emb, keys = sim.embeddings, sim.trial.image_keys
+    rows, copy = emb.unit_rows(keys), emb.for_keys(keys)
+    assert isinstance(rows, GatheredRows) and rows.shape == copy.shape
+    np.testing.assert_array_equal(rows[10:20], copy[10:20])
+    np.testing.assert_array_equal(np.asarray(rows), copy)
+    in_order = Embeddings(values=copy, image_ids=np.arange(600))
+    assert not isinstance(in_order.unit_rows(np.arange(600)), GatheredRows)  # a view
+
+    def gathered(self, dtype=None, copy=None):
+        raise AssertionError("every unit's row was gathered at once")
+
+    monkeypatch.setattr(GatheredRows, "__array__", gathered)
+    np.testing.assert_array_equal(principal_components(rows, 3), principal_components(copy, 3))
+    balance = [check_randomization(sim.trial, x, n_components=3, seed=0) for x in (rows, copy)]
+    assert balance[0].table.equals(balance[1].table)
+    config = FitConfig(n_clusters=2).validate()
+    stds = [
+        Standardizer.fitted(sim.trial.outcome_array, sim.trial.covariate_matrix, x, config)
+        for x in (rows, copy)
+    ]
+    for name in ("embedding_mean", "embedding_sd", "projection", "basis_landmarks"):
+        np.testing.assert_array_equal(getattr(stds[0], name), getattr(stds[1], name))
+    inputs = [model_data(sim.trial, x, stds[0], config).inputs for x in (rows, copy)]
+    np.testing.assert_array_equal(inputs[0].embedding, inputs[1].embedding)
+
+    options = dict(method="svi", svi_steps=50, svi_draws=20, init_restarts=2, init_steps=20)
+    gathered_fit = fit(sim.trial, emb, seed=0, progress=False, **options)
+    monkeypatch.setattr(Embeddings, "unit_rows", Embeddings.for_keys)
+    copied_fit = fit(sim.trial, emb, seed=0, progress=False, **options)
+    np.testing.assert_array_equal(
+        gathered_fit.idata.posterior["tau"].values, copied_fit.idata.posterior["tau"].values
+    )
