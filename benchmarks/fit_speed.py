@@ -12,6 +12,7 @@ Prints one JSON object. Same settings every run:
     python benchmarks/fit_speed.py --large --pairs  # only SVI against NUTS at n = 5,000
     python benchmarks/fit_speed.py --large --fits   # only the SVI fits at 10^5 and 10^6
     python benchmarks/fit_speed.py --large --fits --sizes 1000000 --seeds 1 --raw-features 256
+    python benchmarks/fit_speed.py --large --fits --seeds 3 --first-seed 3 --guides lowrank
                                                 # one 10^6 fit whose embedding has 256 raw
                                                 # features (reduced to 16 components)
     python benchmarks/fit_speed.py --large --guides lowrank full
@@ -275,8 +276,10 @@ def oracle_record(sim, table, truth: np.ndarray) -> dict:
     fit's cluster effects: whether its 90 % interval holds the same truth (on these seeds the
     noise alone may put it outside), and the fit's sds over its standard errors. Those are
     about the sds a cluster effect's posterior has (NUTS's at 5,000 units, seeds 0-3, are
-    0.92-1.02 of them), a yardstick for SVI's where NUTS cannot run."""
-    estimate, se = sim.difference_in_means(sim.truth.cluster_prob.argmax(1))
+    0.92-1.02 of them: results/fit-speed-pairs-guides-2026-12-06.json), a yardstick for SVI's
+    where NUTS cannot run."""
+    prob = sim.truth.cluster_prob
+    estimate, se = sim.difference_in_means(prob.argmax(1), n_groups=prob.shape[1])
     half = 1.6449 * se
     return {
         "oracle_covered": ((estimate - half <= truth) & (truth <= estimate + half)).tolist(),

@@ -1,5 +1,5 @@
 """SVI's guides: which multivariate normal approximates the posterior, and the full-covariance
-one written so that its density stays exact at a million units.
+one written so that its density is computed without a solve, whose rounding grows with units.
 
 NumPyro's ``AutoMultivariateNormal`` draws θ = μ + L z and scores the draw by solving
 L x = θ − μ for z again. In float32, θ − μ loses most of its digits once the posterior's sds
@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import jax.numpy as jnp
-import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions.transforms import LowerCholeskyAffine
 from numpyro.infer.autoguide import (
@@ -33,14 +32,11 @@ class FullCovariance(AutoMultivariateNormal):
     scored from the standard normals they were made from instead of a triangular solve."""
 
     def _get_posterior(self):
-        loc = numpyro.param(f"{self.prefix}_loc", self._init_latent)
-        scale_tril = numpyro.param(
-            f"{self.prefix}_scale_tril",
-            jnp.identity(self.latent_dim) * self._init_scale,
-            constraint=self.scale_tril_constraint,
-        )
+        normal = super()._get_posterior()  # NumPyro's: its parameters, as a MultivariateNormal
         base = dist.Normal(jnp.zeros(self.latent_dim), 1.0).to_event(1)
-        return dist.TransformedDistribution(base, LowerCholeskyAffine(loc, scale_tril))
+        return dist.TransformedDistribution(
+            base, LowerCholeskyAffine(normal.loc, normal.scale_tril)
+        )
 
 
 #: SVI's guides by ``FitConfig.svi_guide``.
@@ -56,9 +52,22 @@ FULL_GUIDE_MAX_LATENT = 1_000
 
 
 def chosen_guide(config: FitConfig, data: ModelData) -> FitConfig:
-    """``config`` with ``svi_guide="auto"`` made the guide it means for ``data``'s model: the
-    full covariance when the model has at most :data:`FULL_GUIDE_MAX_LATENT` parameter
-    values, else low-rank."""
+    """The guide ``svi_guide="auto"`` means for a model.
+
+    Parameters
+    ----------
+    config : FitConfig
+        The fit's settings.
+    data : ModelData
+        The model's inputs (its size is counted from ``data.spec``).
+
+    Returns
+    -------
+    FitConfig
+        ``config`` with ``svi_guide`` "full" when the model has at most
+        :data:`FULL_GUIDE_MAX_LATENT` parameter values, else "lowrank"; ``config`` itself
+        for NUTS or a guide named.
+    """
     if config.method != "svi" or config.svi_guide != "auto":
         return config
     full = latent_size(data.spec) <= FULL_GUIDE_MAX_LATENT

@@ -189,14 +189,13 @@ def _settings(fit: EffectFit) -> str:
     made = fit.provenance.get("imgcate_version")
     if config.method == "svi":
         batch = config.svi_batch_size
-        sampling = f"{post.sizes['draw']} draws from the guide after {config.svi_steps} steps" + (
-            f" on minibatches of {batch} units" if batch else ""
-        )
+        sampling = f"{post.sizes['draw']:,} draws from the guide after {config.svi_steps:,} steps"
+        sampling += f" on minibatches of {batch:,} units" if batch else ""
     else:
-        sampling = f"{post.sizes['chain']} chain(s) x {post.sizes['draw']} draws"
+        sampling = f"{post.sizes['chain']} chain(s) x {post.sizes['draw']:,} draws"
     return (
-        f"Likelihood {config.likelihood}, deviation {config.deviation}, {config.method_label} "
-        f"({sampling}), "
+        f"Likelihood {config.likelihood}, deviation {config.deviation}, "
+        f"{config.method_label}: {sampling}, "
         f"{fit.idata.constant_data.sizes['feature']} embedding components, seed {config.seed}"
         + (f"; made by imgcate {made}, {fit.provenance.get('created_utc', '')}" if made else "")
         + "."
@@ -226,6 +225,8 @@ def _model_choice(comparison: ClusterComparison | None) -> Section:
 
 
 def _diagnostics(fit: EffectFit, seed: int) -> Section:
+    if fit.config.method != "nuts":
+        return _svi_diagnostics(fit, seed)
     section = Section(
         SECTIONS[1],
         "R-hat near 1 (at most 1.01) and a large effective sample size (ESS) say that the "
@@ -233,7 +234,7 @@ def _diagnostics(fit: EffectFit, seed: int) -> Section:
         "check that failed is listed below the table.",
     )
     section.table(fit.diagnostics().rename_axis("variable").reset_index())
-    problems = convergence_problems(fit.idata) if fit.config.method == "nuts" else []
+    problems = convergence_problems(fit.idata)
     if "posterior_predictive" in fit.idata.groups():
         problems += outcome_problems(fit.check_outcome(seed=seed), fit.config.likelihood)
     section.text(f"Divergent transitions: {divergent_transitions(fit.idata)}.")
@@ -244,6 +245,37 @@ def _diagnostics(fit: EffectFit, seed: int) -> Section:
         "Failed checks: " + " ".join(f"({i + 1}) {p.rstrip('.')}." for i, p in enumerate(problems))
         if problems
         else "Failed checks: none (chains agree; replicated outcomes match both arms)."
+    )
+    return section
+
+
+def _svi_diagnostics(fit: EffectFit, seed: int) -> Section:
+    """The diagnostics section of an SVI fit: one guide, no chains, so no R-hat, ESS or
+    divergences; its loss, and the checks that did run."""
+    section = Section(
+        SECTIONS[1],
+        "This fit is SVI: its draws come from one variational guide, not from chains, so "
+        "R-hat, ESS and divergences do not apply and its convergence is not checked (fit "
+        "NUTS on a subsample of units to check it); the loss below should have levelled off, "
+        "and every check that failed is listed below it.",
+    )
+    if "svi_loss" in fit.idata.groups():
+        loss = fit.idata.svi_loss["loss"].values
+        tenth = max(1, len(loss) // 10)
+        section.text(
+            f"SVI loss (negative ELBO): {loss[0]:.6g} at the first step, "
+            f"{loss[-2 * tenth : -tenth].mean():.6g} averaged over the last tenth but one, "
+            f"{loss[-tenth:].mean():.6g} over the last tenth of {len(loss):,} steps."
+        )
+    problems = []
+    if "posterior_predictive" in fit.idata.groups():
+        problems = outcome_problems(fit.check_outcome(seed=seed), fit.config.likelihood)
+    section.text(
+        "Failed checks: " + " ".join(f"({i + 1}) {p.rstrip('.')}." for i, p in enumerate(problems))
+        if problems
+        else "Failed checks: none (replicated outcomes match both arms)."
+        if "posterior_predictive" in fit.idata.groups()
+        else "Failed checks: none ran (too many units x draws to keep replicated outcomes)."
     )
     return section
 

@@ -196,37 +196,71 @@ class SimulatedTrial:
             )
         return np.array(self.embeddings.for_keys(self.trial.image_keys))  # the caller's copy
 
-    def difference_in_means(self, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def difference_in_means(
+        self, groups: np.ndarray, n_groups: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The oracle's effect of each group of units and its standard error: treated against
         untreated difference in means of the outcome less its true untreated mean
-        (``truth.mu0``), which only the noise moves. A yardstick for a model's intervals of
-        the same groups (their sds, their misses).
+        (``truth.mu0``), so that no baseline is estimated; its standard error is Neyman's
+        (each arm's variance with divisor n - 1). A yardstick for a model's intervals of the
+        same groups (their sds, their misses).
 
         Parameters
         ----------
         groups : numpy.ndarray
-            Shape (unit,): each unit's group, 0..G-1 (e.g. ``truth.cluster_prob.argmax(1)``).
+            Shape (unit,): each unit's group, an integer 0..G-1 (e.g.
+            ``truth.cluster_prob.argmax(1)``).
+        n_groups : int, optional
+            G (default: the largest label + 1); groups without units get NaN.
 
         Returns
         -------
         estimate, se : numpy.ndarray
-            Shape (G,) each; NaN for a group without treated or untreated units.
+            Shape (G,) each; NaN where an arm of the group has fewer than two units.
+
+        Raises
+        ------
+        InputError
+            If ``groups`` is not one non-negative integer per unit, or has a label of
+            ``n_groups`` or more.
+
+        Examples
+        --------
+        >>> from imgcate.simulate import simulate_trial
+        >>> sim = simulate_trial(seed=0, n_units=2000, n_clusters=2)
+        >>> estimate, se = sim.difference_in_means(sim.truth.cluster)
+        >>> bool((abs(estimate - sim.truth.tau_cluster) < 4 * se).all())
+        True
         """
         groups = np.asarray(groups)
-        if groups.shape != (self.trial.n_units,) or not np.issubdtype(groups.dtype, np.integer):
+        n = self.trial.n_units
+        if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer):
             raise InputError(
-                f"groups must be one integer per unit (shape ({self.trial.n_units},)), got "
-                f"shape {groups.shape} of {groups.dtype}."
+                f"groups must be one integer per unit (shape ({n},)), got shape "
+                f"{groups.shape} of {groups.dtype}."
             )
+        if n and groups.min() < 0:
+            raise InputError("groups must be labels 0..G-1; some are negative.")
+        size = int(groups.max()) + 1 if n else 0
+        if n_groups is not None:
+            if size > n_groups:
+                raise InputError(f"groups has labels up to {size - 1}, beyond n_groups={n_groups}.")
+            size = n_groups
         residual = self.outcome - self.truth.mu0
         treated = self.treatment == 1
-        estimate, se = [], []
-        for g in range(int(groups.max()) + 1 if len(groups) else 0):
-            a, b = residual[(groups == g) & treated], residual[(groups == g) & ~treated]
-            if len(a) < 2 or len(b) < 2:
-                estimate.append(np.nan)
-                se.append(np.nan)
-                continue
-            estimate.append(a.mean() - b.mean())
-            se.append(np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)))
-        return np.array(estimate), np.array(se)
+        means, variances, counts = [], [], []
+        for arm in (treated, ~treated):
+            g, r = groups[arm], residual[arm]
+            count = np.bincount(g, minlength=size).astype(float)
+            total = np.bincount(g, weights=r, minlength=size)
+            mean = total / np.maximum(count, 1)
+            square = np.bincount(g, weights=(r - mean[g]) ** 2, minlength=size)
+            means.append(mean)
+            variances.append(square / np.maximum(count - 1, 1))
+            counts.append(count)
+        enough = (counts[0] >= 2) & (counts[1] >= 2)
+        estimate = np.where(enough, means[0] - means[1], np.nan)
+        se = np.sqrt(
+            variances[0] / np.maximum(counts[0], 1) + variances[1] / np.maximum(counts[1], 1)
+        )
+        return estimate, np.where(enough, se, np.nan)

@@ -65,7 +65,8 @@ def test_difference_in_means_is_the_oracles_and_its_errors_are_its_standard_erro
     differences in means fall within their standard errors of the cluster effects as often as
     normal errors do: over 100 trials of 2,000 units, 90 % intervals hold 0.85-0.95 of the 200
     cluster effects (0.90 expected; the band is about 2.4 binomial sds). A group's estimate is
-    its own difference in means; a group with one untreated unit gets NaN."""
+    its own difference in means (against the obvious computation); a group with one untreated
+    unit, or none, gets NaN."""
     held = []
     for seed in range(100):
         sim = simulate_trial(seed, 2000, 2)
@@ -74,16 +75,22 @@ def test_difference_in_means_is_the_oracles_and_its_errors_are_its_standard_erro
     assert 0.85 <= np.mean(held) <= 0.95, np.mean(held)
 
     sim = simulate_trial(0, 200, 2)
-    groups = np.zeros(200, int)
+    groups = np.random.default_rng(1).integers(0, 4, 200)
     untreated = np.flatnonzero(sim.treatment == 0)
-    groups[untreated[:1]] = 1  # one untreated unit alone
-    estimate, se = sim.difference_in_means(groups)
+    groups[np.isin(groups, 3) & (sim.treatment == 0)] = 0
+    groups[untreated[:1]] = 3  # one untreated unit alone in group 3
+    estimate, se = sim.difference_in_means(groups, n_groups=5)  # group 4 has no units
     residual = sim.outcome - sim.truth.mu0
-    rest = groups == 0
     treated = sim.treatment == 1
-    assert estimate[0] == pytest.approx(
-        residual[rest & treated].mean() - residual[rest & ~treated].mean()
-    )
-    assert np.isnan(estimate[1]) and np.isnan(se[1])
+    for g in range(3):  # the obvious computation
+        a, b = residual[(groups == g) & treated], residual[(groups == g) & ~treated]
+        assert estimate[g] == pytest.approx(a.mean() - b.mean(), rel=1e-12)
+        want = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+        assert se[g] == pytest.approx(want, rel=1e-12)
+    assert np.isnan(estimate[3:]).all() and np.isnan(se[3:]).all()
     with pytest.raises(InputError, match="one integer per unit"):
         sim.difference_in_means(np.zeros(10, int))
+    with pytest.raises(InputError, match="negative"):
+        sim.difference_in_means(groups - 1)
+    with pytest.raises(InputError, match="beyond n_groups=2"):
+        sim.difference_in_means(groups, n_groups=2)
