@@ -339,7 +339,7 @@ class Standardizer:
             )
         if is_large(values):  # a chunk of rows at a time: no (n, feature_in) temporary
             return affine_rows(values, self.embedding_mean, self.embedding_sd, self.projection)
-        values = np.asarray(values)
+        values = np.asarray(values, dtype=float)
         return ((values - self.embedding_mean) / self.embedding_sd) @ self.projection
 
     @property

@@ -194,10 +194,11 @@ def unit_embeddings(
     embeddings: Embeddings | GatheredRows | np.ndarray, trial: Any
 ) -> np.ndarray | GatheredRows:
     """Each unit's embedding row (unit, feature) of a trial, as :func:`imgcate.fit` matches
-    them: by image id for :class:`Embeddings`, else one row per unit in the trial's order (a
+    them: by image id for :class:`Embeddings` (:meth:`Embeddings.unit_rows`: rows read a chunk
+    at a time where their copy would be large), else one row per unit in the trial's order (a
     :class:`~imgcate.moments.GatheredRows` as it is)."""
     if isinstance(embeddings, Embeddings):
-        return embeddings.for_keys(trial.image_keys)
+        return embeddings.unit_rows(trial.image_keys)
     if isinstance(embeddings, GatheredRows):
         if len(embeddings) != trial.n_units:
             raise InputError(

@@ -95,10 +95,13 @@ class GatheredRows:
     at a million units sharing images, or listed in another order than the embedding, that copy
     was 2 GB of a 256-feature embedding.
 
-    Supports ``shape``, ``size``, ``ndim``, ``dtype``, ``len()`` and slicing rows (a copy of
-    those rows); ``numpy.asarray`` gathers every row (the copy this avoids)."""
+    Supports ``shape``, ``size``, ``ndim``, ``dtype``, ``len()`` and indexing rows (a slice,
+    an index array or a boolean mask over the rows: a copy of those rows; not columns);
+    ``numpy.asarray`` gathers every row (the copy this avoids)."""
 
     def __init__(self, values: np.ndarray, index: np.ndarray) -> None:
+        if np.ndim(values) != 2:
+            raise ValueError(f"GatheredRows needs a (row, column) array, got {np.shape(values)}.")
         self.values = values
         self.index = np.asarray(index)
 
@@ -121,9 +124,11 @@ class GatheredRows:
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, rows: slice) -> np.ndarray:
+    def __getitem__(self, rows: slice | np.ndarray) -> np.ndarray:
         return self.values[self.index[rows]]
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        if copy is False:
+            raise ValueError("GatheredRows gathers its rows into a new array: a copy is needed.")
         out = self.values[self.index]
         return out if dtype is None else out.astype(dtype, copy=False)

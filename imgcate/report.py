@@ -195,7 +195,7 @@ def _settings(fit: EffectFit) -> str:
         sampling = f"{post.sizes['chain']} chain(s) x {post.sizes['draw']:,} draws"
     return (
         f"Likelihood {config.likelihood}, deviation {config.deviation}, "
-        f"{config.method_label}: {sampling}, "
+        f"{config.method_label}: {sampling}; "
         f"{fit.idata.constant_data.sizes['feature']} embedding components, seed {config.seed}"
         + (f"; made by imgcate {made}, {fit.provenance.get('created_utc', '')}" if made else "")
         + "."
@@ -245,6 +245,9 @@ def _diagnostics(fit: EffectFit, seed: int) -> Section:
         "Failed checks: " + " ".join(f"({i + 1}) {p.rstrip('.')}." for i, p in enumerate(problems))
         if problems
         else "Failed checks: none (chains agree; replicated outcomes match both arms)."
+        if "posterior_predictive" in fit.idata.groups()
+        else "Failed checks: none (chains agree; replicated outcomes were not kept, too many "
+        "units x draws)."
     )
     return section
 
@@ -255,17 +258,25 @@ def _svi_diagnostics(fit: EffectFit, seed: int) -> Section:
     section = Section(
         SECTIONS[1],
         "This fit is SVI: its draws come from one variational guide, not from chains, so "
-        "R-hat, ESS and divergences do not apply and its convergence is not checked (fit "
-        "NUTS on a subsample of units to check it); the loss below should have levelled off, "
-        "and every check that failed is listed below it.",
+        "R-hat, ESS and divergences do not apply, and how close the guide is to the exact "
+        "posterior is not checked here (compare a NUTS fit on a subsample of units); the loss "
+        "below should have levelled off, and every check that failed is listed below it.",
     )
-    if "svi_loss" in fit.idata.groups():
-        loss = fit.idata.svi_loss["loss"].values
-        tenth = max(1, len(loss) // 10)
+    loss = fit.idata.svi_loss["loss"].values if "svi_loss" in fit.idata.groups() else None
+    if loss is None or len(loss) == 0:
+        section.text("This fit kept no SVI loss (no svi_loss group).")
+    elif len(loss) < 20:
         section.text(
-            f"SVI loss (negative ELBO): {loss[0]:.6g} at the first step, "
-            f"{loss[-2 * tenth : -tenth].mean():.6g} averaged over the last tenth but one, "
-            f"{loss[-tenth:].mean():.6g} over the last tenth of {len(loss):,} steps."
+            f"SVI loss (negative ELBO): {loss[0]:.6g} at the first step, {loss[-1]:.6g} at the "
+            f"last of {len(loss)} (too few steps to judge whether it levelled off)."
+        )
+    else:
+        n, tenth = len(loss), len(loss) // 10
+        before, last = loss[-2 * tenth : -tenth].mean(), loss[-tenth:].mean()
+        section.text(
+            f"SVI loss (negative ELBO): {loss[0]:.6g} at the first step; averaged over steps "
+            f"{n - 2 * tenth + 1:,}-{n - tenth:,}, {before:.6g}, and over steps "
+            f"{n - tenth + 1:,}-{n:,}, {last:.6g}."
         )
     problems = []
     if "posterior_predictive" in fit.idata.groups():

@@ -181,7 +181,7 @@ class RandomizationCheck:
 
 def check_randomization(
     trial: Trial,
-    embeddings: Embeddings | np.ndarray | None = None,
+    embeddings: Embeddings | GatheredRows | np.ndarray | None = None,
     *,
     n_components: int = 8,
     n_permutations: int = 2000,
@@ -204,9 +204,10 @@ def check_randomization(
     ----------
     trial : Trial
         The trial (treatment, covariates, and its stratum and cluster columns if set).
-    embeddings : Embeddings or ndarray, optional
+    embeddings : Embeddings, GatheredRows or ndarray, optional
         The embeddings of the trial's images (matched through ``trial.image_keys``; a plain
-        array is one row per unit). Without them only covariates are compared.
+        array or :class:`~imgcate.moments.GatheredRows` is one row per unit). Without them
+        only covariates are compared.
     n_components : int
         Leading principal components of the embedding to compare (of its covariance; see
         :func:`principal_components`); 0 for none.
@@ -343,7 +344,7 @@ def _components_from_moments(x: np.ndarray, n_components: int) -> np.ndarray:
 
 
 def _variables(
-    trial: Trial, embeddings: Embeddings | np.ndarray | None, n_components: int
+    trial: Trial, embeddings: Embeddings | GatheredRows | np.ndarray | None, n_components: int
 ) -> tuple[pd.DataFrame, list[str]]:
     """The variables compared (unit, variable) and the kind of each."""
     frame = pd.DataFrame(trial.covariate_matrix, columns=list(trial.covariates))

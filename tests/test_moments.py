@@ -125,7 +125,7 @@ def test_units_sharing_images_are_read_a_chunk_at_a_time(chunked, monkeypatch):
     whole fit are the same as from the copy."""
     from imgcate import fit
     from imgcate.config import model_data
-    from imgcate.embeddings import Embeddings
+    from imgcate.embeddings import Embeddings, unit_embeddings
     from imgcate.moments import GatheredRows
     from imgcate.simulate import simulate_trial
     from imgcate.trialcheck import check_randomization
@@ -134,6 +134,9 @@ def test_units_sharing_images_are_read_a_chunk_at_a_time(chunked, monkeypatch):
     emb, keys = sim.embeddings, sim.trial.image_keys
     rows, copy = emb.unit_rows(keys), emb.for_keys(keys)
     assert isinstance(rows, GatheredRows) and rows.shape == copy.shape
+    assert isinstance(unit_embeddings(emb, sim.trial), GatheredRows)  # crossfit's, the check's
+    with pytest.raises(ValueError, match="a copy is needed"):
+        np.asarray(rows, copy=False)
     np.testing.assert_array_equal(rows[10:20], copy[10:20])
     np.testing.assert_array_equal(np.asarray(rows), copy)
     in_order = Embeddings(values=copy, image_ids=np.arange(600))

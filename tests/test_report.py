@@ -125,3 +125,28 @@ def test_summary_includes_the_out_of_sample_test_when_asked(inputs):
     text = fit.summary(out_of_sample=crossfit)
     assert "Out-of-sample heterogeneity test (2 spatial folds" in text
     assert "blp_hte" in text and "calibration_differential" in text
+
+
+def test_svi_report_says_what_svi_checked(tmp_path):
+    """An SVI fit's diagnostics name no R-hat, ESS or divergences; with too few steps to judge
+    the loss, and without a kept loss, the report says so instead of printing NaN."""
+    import copy
+
+    from imgcate import fit
+    from imgcate.report import write_report
+    from imgcate.simulate import simulate_trial
+
+    sim = simulate_trial(2, 300, 2)
+    short = fit(sim.trial, sim.embeddings, method="svi", svi_steps=10, svi_draws=50, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no mean of an empty slice
+        text = write_report(short, tmp_path / "short.md").read_text()
+    assert "at the last of 10 (too few steps to judge" in text
+    assert not re.search(r"[\s(]nan[\s,.)]", text, re.IGNORECASE)  # not in base64 images
+    assert "svi (full guide): 50 draws from the guide after 10 steps;" in text
+    assert "R-hat, ESS and divergences do not apply" in text and "chain(s)" not in text
+    bare = copy.copy(short)
+    object.__setattr__(bare, "idata", short.idata.copy())
+    del bare.idata["svi_loss"]
+    text = write_report(bare, tmp_path / "bare.md").read_text()
+    assert "This fit kept no SVI loss" in text
