@@ -283,7 +283,9 @@ def principal_components(values: np.ndarray | GatheredRows, n_components: int) -
     components are not identified either; the columns themselves are used, largest variance
     first (the first columns on a tie).
     """
-    if is_large(values) and values.shape[1] <= len(values):  # values may be GatheredRows
+    if not isinstance(values, GatheredRows):  # read a chunk at a time where large
+        values = np.asarray(values, dtype=float)
+    if is_large(values) and values.shape[1] <= len(values):
         return _components_from_moments(values, n_components)
     x = np.asarray(values, dtype=float)
     sd = x.std(axis=0)
