@@ -389,6 +389,7 @@ def test_svi_recovers_effects(monkeypatch, tmp_path):
     # (about 4 sampling sds of a cluster effect at n=2000, noise sd 1)
     np.testing.assert_allclose(table["tau_mean"], sim.truth.tau_cluster, atol=0.3)
     assert "svi_loss" in result.idata.groups()
+    assert "after 3,000 steps on minibatches of 500 units" in str(result.summary())
     text = write_report(result, tmp_path / "report.md").read_text()
     settings = "svi (full guide): 500 draws from the guide after 3,000 steps on minibatches of 500"
     assert settings in text
