@@ -12,9 +12,10 @@ Prints one JSON object. Same settings every run:
     python benchmarks/fit_speed.py --large --pairs  # only SVI against NUTS at n = 5,000
     python benchmarks/fit_speed.py --large --fits   # only the SVI fits at 10^5 and 10^6
     python benchmarks/fit_speed.py --large --fits --sizes 1000000 --seeds 1 --raw-features 256
-    python benchmarks/fit_speed.py --large --fits --seeds 3 --first-seed 3 --guides lowrank
                                                 # one 10^6 fit whose embedding has 256 raw
                                                 # features (reduced to 16 components)
+    python benchmarks/fit_speed.py --large --fits --seeds 3 --first-seed 3 --guides lowrank
+                                                # the large fits of seeds 3-5, low-rank guide
     python benchmarks/fit_speed.py --large --guides lowrank full
                                                 # the large runs with each of SVI's guides
 
