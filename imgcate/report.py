@@ -241,15 +241,22 @@ def _diagnostics(fit: EffectFit, seed: int) -> Section:
     restarted = restart_note(fit.idata)
     if restarted:
         section.text(restarted[0].upper() + restarted[1:] + ".")
-    section.text(
-        "Failed checks: " + " ".join(f"({i + 1}) {p.rstrip('.')}." for i, p in enumerate(problems))
-        if problems
-        else "Failed checks: none (chains agree; replicated outcomes match both arms)."
-        if "posterior_predictive" in fit.idata.groups()
-        else "Failed checks: none (chains agree; replicated outcomes were not kept, too many "
-        "units x draws)."
-    )
+    section.text(_failed_checks(fit, problems))
     return section
+
+
+def _failed_checks(fit: EffectFit, problems: list[str]) -> str:
+    """The diagnostics section's last line: every check that failed, or what passed."""
+    if problems:
+        return "Failed checks: " + " ".join(
+            f"({i + 1}) {p.rstrip('.')}." for i, p in enumerate(problems)
+        )
+    passed = ["chains agree"] if fit.config.method == "nuts" else []
+    if "posterior_predictive" in fit.idata.groups():
+        passed.append("replicated outcomes match both arms")
+    else:
+        passed.append("replicated outcomes were not kept: too many units x draws")
+    return "Failed checks: none (" + "; ".join(passed) + ")."
 
 
 def _svi_diagnostics(fit: EffectFit, seed: int) -> Section:
@@ -281,13 +288,7 @@ def _svi_diagnostics(fit: EffectFit, seed: int) -> Section:
     problems = []
     if "posterior_predictive" in fit.idata.groups():
         problems = outcome_problems(fit.check_outcome(seed=seed), fit.config.likelihood)
-    section.text(
-        "Failed checks: " + " ".join(f"({i + 1}) {p.rstrip('.')}." for i, p in enumerate(problems))
-        if problems
-        else "Failed checks: none (replicated outcomes match both arms)."
-        if "posterior_predictive" in fit.idata.groups()
-        else "Failed checks: none ran (too many units x draws to keep replicated outcomes)."
-    )
+    section.text(_failed_checks(fit, problems))
     return section
 
 
