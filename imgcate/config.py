@@ -160,6 +160,11 @@ class FitConfig:
         return f"svi ({self.svi_guide} guide)" if self.method == "svi" else self.method
 
     @property
+    def minibatch_label(self) -> str:
+        """`` on minibatches of 1,000 units`` for SVI on minibatches (displays), else ``""``."""
+        return f" on minibatches of {self.svi_batch_size:,} units" if self.svi_batch_size else ""
+
+    @property
     def basis_size(self) -> int:
         """``n_basis``, or the method's default (:data:`DEFAULT_BASIS`) when it is None."""
         return DEFAULT_BASIS[self.method] if self.n_basis is None else self.n_basis

@@ -188,9 +188,10 @@ def _settings(fit: EffectFit) -> str:
     config, post = fit.config, fit.idata.posterior
     made = fit.provenance.get("imgcate_version")
     if config.method == "svi":
-        batch = config.svi_batch_size
-        sampling = f"{post.sizes['draw']:,} draws from the guide after {config.svi_steps:,} steps"
-        sampling += f" on minibatches of {batch:,} units" if batch else ""
+        sampling = (
+            f"{post.sizes['draw']:,} draws from the guide after {config.svi_steps:,} steps"
+            f"{config.minibatch_label}"
+        )
     else:
         sampling = f"{post.sizes['chain']} chain(s) x {post.sizes['draw']:,} draws"
     return (
@@ -234,19 +235,20 @@ def _diagnostics(fit: EffectFit, seed: int) -> Section:
         "check that failed is listed below the table.",
     )
     section.table(fit.diagnostics().rename_axis("variable").reset_index())
-    problems = convergence_problems(fit.idata)
-    if "posterior_predictive" in fit.idata.groups():
-        problems += outcome_problems(fit.check_outcome(seed=seed), fit.config.likelihood)
     section.text(f"Divergent transitions: {divergent_transitions(fit.idata)}.")
     restarted = restart_note(fit.idata)
     if restarted:
         section.text(restarted[0].upper() + restarted[1:] + ".")
-    section.text(_failed_checks(fit, problems))
+    section.text(_failed_checks(fit, seed))
     return section
 
 
-def _failed_checks(fit: EffectFit, problems: list[str]) -> str:
-    """The diagnostics section's last line: every check that failed, or what passed."""
+def _failed_checks(fit: EffectFit, seed: int) -> str:
+    """The diagnostics section's last line: every check that failed (the chains' for NUTS,
+    the replicated outcomes' where kept), or what passed."""
+    problems = convergence_problems(fit.idata) if fit.config.method == "nuts" else []
+    if "posterior_predictive" in fit.idata.groups():
+        problems += outcome_problems(fit.check_outcome(seed=seed), fit.config.likelihood)
     if problems:
         return "Failed checks: " + " ".join(
             f"({i + 1}) {p.rstrip('.')}." for i, p in enumerate(problems)
@@ -285,10 +287,7 @@ def _svi_diagnostics(fit: EffectFit, seed: int) -> Section:
             f"{n - 2 * tenth + 1:,}-{n - tenth:,}, {before:.6g}, and over steps "
             f"{n - tenth + 1:,}-{n:,}, {last:.6g}."
         )
-    problems = []
-    if "posterior_predictive" in fit.idata.groups():
-        problems = outcome_problems(fit.check_outcome(seed=seed), fit.config.likelihood)
-    section.text(_failed_checks(fit, problems))
+    section.text(_failed_checks(fit, seed))
     return section
 
 

@@ -456,8 +456,8 @@ class EffectFit:
             if "svi_loss" not in self.idata.groups():
                 return "Diagnostics: SVI"
             loss = self.idata.svi_loss["loss"].values
-            where = f" on minibatches of {b:,} units" if (b := self.config.svi_batch_size) else ""
-            return f"Diagnostics: SVI, final loss {loss[-1]:.6g} after {len(loss):,} steps{where}"
+            steps = f"{len(loss):,} steps{self.config.minibatch_label}"
+            return f"Diagnostics: SVI, final loss {loss[-1]:.6g} after {steps}"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             diag = self.diagnostics()
