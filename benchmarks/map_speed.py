@@ -141,8 +141,18 @@ def region(raster: Path, n_tiles: int) -> tuple[float, float, float, float]:
     return (x0, y1, x1, y0)
 
 
-def run(fit, raster: Path, n_tiles: int, workers: int, seed: int, scheduler=None) -> dict:
+def run(
+    fit,
+    raster: Path,
+    n_tiles: int,
+    workers: int,
+    seed: int,
+    scheduler=None,
+    block_tiles: int | None = None,
+) -> dict:
     from imgcate.maps import predict_map
+
+    block_tiles = block_tiles or default_block_tiles()
 
     with warnings.catch_warnings(), PeakMemory() as mem:
         warnings.simplefilter("ignore")
@@ -157,6 +167,7 @@ def run(fit, raster: Path, n_tiles: int, workers: int, seed: int, scheduler=None
             scheduler=scheduler,
             progress=False,
             seed=seed,
+            block_tiles=block_tiles,
         )
         seconds = time.perf_counter() - start
     tiles = int(ds["mean"].notnull().sum())
@@ -169,7 +180,7 @@ def run(fit, raster: Path, n_tiles: int, workers: int, seed: int, scheduler=None
         "peak_memory_mb": round(mem.peak / 2**20),
         "memory_by_tenth_mb": mem.by_tenth(),
         "max_draws": 500,
-        "block_tiles": default_block_tiles(),
+        "block_tiles": block_tiles,
     }
 
 
@@ -180,7 +191,9 @@ def worker_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
-def dask_runs(fit, raster: Path, counts: list[int], workers: int, seed: int) -> list[dict]:
+def dask_runs(
+    fit, raster: Path, counts: list[int], workers: int, seed: int, block_tiles: int | None = None
+) -> list[dict]:
     """Maps on a local cluster of ``workers`` single-threaded processes, one core each."""
     from distributed import Client
 
@@ -194,8 +207,9 @@ def dask_runs(fit, raster: Path, counts: list[int], workers: int, seed: int) -> 
         # each worker's first block rebuilds the fit and compiles (start-up, paid once per
         # worker): two blocks per worker, timed apart; the maps after it measure throughput
         address = cluster.scheduler_address
-        warmup = run(fit, raster, 2 * default_block_tiles() * workers, workers, seed, address)
-        records = [run(fit, raster, n, workers, seed, address) for n in counts]
+        block = block_tiles or default_block_tiles()
+        warmup = run(fit, raster, 2 * block * workers, workers, seed, address, block)
+        records = [run(fit, raster, n, workers, seed, address, block) for n in counts]
     for record in records:
         record["cluster_start_s"] = round(startup, 2)
         record["first_map"] = {"tiles": warmup["tiles"], "seconds": warmup["seconds"]}
@@ -250,6 +264,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2,000 and 10,000 tiles.")
     parser.add_argument("--large", action="store_true", help="also 10^6 tiles on 2 workers")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--block-tiles",
+        type=int,
+        help="tiles per block (default: predict_map's default)",
+    )
     args = parser.parse_args()
     counts = [2_000, 10_000] if args.quick else [10_000, 50_000, 100_000]
     large = [1_000_000] if args.large else []
@@ -266,10 +285,11 @@ def main() -> None:
         # its provenance at every map (imgcate.provenance.SETTLED_S), an existing one once
         fit = make_fit(workdir, args.seed)
         # warm-up (JIT compilation) so that the figures measure throughput
-        run(fit, raster, 256, 1, args.seed)
-        records = [run(fit, raster, n, 1, args.seed) for n in counts]
-        records += dask_runs(fit, raster, counts, 1, args.seed)
-        records += dask_runs(fit, raster, counts + large, 2, args.seed)
+        block = args.block_tiles
+        run(fit, raster, 256, 1, args.seed, None, block)
+        records = [run(fit, raster, n, 1, args.seed, None, block) for n in counts]
+        records += dask_runs(fit, raster, counts, 1, args.seed, block)
+        records += dask_runs(fit, raster, counts + large, 2, args.seed, block)
     print(
         json.dumps(
             {
