@@ -74,6 +74,7 @@ import arviz as az
 import jax
 import numpy as np
 
+import imgcate.anchors
 from imgcate import ConvergenceWarning
 from imgcate.compilation import ENV
 from imgcate.config import FitConfig
@@ -206,6 +207,9 @@ def interval_record(table, truth: np.ndarray) -> dict:
         "tau_mean": table["tau_mean"].round(4).tolist(),
         "tau_sd": table["tau_sd"].round(4).tolist(),
         "covered": ((lo <= truth) & (truth <= hi)).tolist(),
+        "z": ((table["tau_mean"].to_numpy() - truth) / table["tau_sd"].to_numpy())
+        .round(3)
+        .tolist(),
     }
 
 
@@ -306,20 +310,40 @@ def guide_key(guide: str) -> str:
     return "svi" if guide == FitConfig().svi_guide else f"svi_{guide}"
 
 
-def svi_against_nuts(n_units: int, seed: int, guides: tuple[str, ...] = ()) -> dict:
+def svi_against_nuts(
+    n_units: int,
+    seed: int,
+    guides: tuple[str, ...] = (),
+    batches: tuple[int, ...] = (),
+    unanchored: bool = False,
+) -> dict:
     """SVI (with each of ``guides``; none: the default guide) and NUTS (the defaults: 4 x 500
-    draws) on the same trial: their intervals."""
+    draws) on the same trial: their intervals. ``batches``: SVI with the default guide on
+    minibatches of each of these sizes too (key ``svi_batch<size>``), and with
+    ``unanchored`` also without the minibatches' anchors (``svi_batch<size>_unanchored``;
+    the steps SVI on minibatches took before 2026-12-07, :mod:`imgcate.anchors`)."""
     sim = simulate_trial(seed, n_units, 3, n_features=16)
     truth = sim.truth.tau_cluster_assigned
     out = {"n_units": n_units, "seed": seed, "truth_assigned": truth.round(4).tolist()}
-    runs = [(guide_key(g), "svi", {"svi_guide": g}) for g in guides or (FitConfig().svi_guide,)]
-    for key, method, options in [*runs, ("nuts", "nuts", {})]:
+    runs = [
+        (guide_key(g), "svi", {"svi_guide": g}, True) for g in guides or (FitConfig().svi_guide,)
+    ]
+    for size in batches:
+        runs.append((f"svi_batch{size}", "svi", {"svi_batch_size": size}, True))
+        if unanchored:
+            runs.append((f"svi_batch{size}_unanchored", "svi", {"svi_batch_size": size}, False))
+    anchor_at = imgcate.anchors.ANCHOR_AT
+    for key, method, options, anchored in [*runs, ("nuts", "nuts", {}, True)]:
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = fit(
-                sim.trial, sim.embeddings, n_clusters=3, seed=seed, method=method, **options
-            )
+            imgcate.anchors.ANCHOR_AT = anchor_at if anchored else ()
+            try:
+                result = fit(
+                    sim.trial, sim.embeddings, n_clusters=3, seed=seed, method=method, **options
+                )
+            finally:
+                imgcate.anchors.ANCHOR_AT = anchor_at
         units = result.unit_effects()
         lo, hi = units["tau_5%"].to_numpy(), units["tau_95%"].to_numpy()
         out[key] = {
@@ -334,7 +358,7 @@ def svi_against_nuts(n_units: int, seed: int, guides: tuple[str, ...] = ()) -> d
             ),
         }
     nuts = np.asarray(out["nuts"]["tau_sd"])
-    for key, _, _ in runs:
+    for key, *_ in runs:
         svi = np.asarray(out[key]["tau_sd"])
         shift = np.asarray(out[key]["tau_mean"]) - np.asarray(out["nuts"]["tau_mean"])
         suffix = key.removeprefix("svi")
@@ -362,12 +386,22 @@ def coverage(records: list[dict], key: str = "covered") -> float:
     return round(float(np.mean(covered)), 3)
 
 
+def z_rms(records: list[dict]) -> float:
+    """Root mean square of the cluster effects' errors in posterior sds, (mean - truth) / sd,
+    over every cluster of ``records``: about 1 when the intervals are as wide as the errors
+    (mean of z^2 has standard error sqrt(2 / count) there); above 1, too narrow."""
+    z = np.array([x for r in records for x in r["z"]])
+    return round(float(np.sqrt(np.mean(z**2))), 3)
+
+
 def pair_summary(pairs: list[dict]) -> dict:
     """What the SVI/NUTS pairs at 5,000 units show, over their seeds (for each SVI guide
     fitted: keys ``svi`` for the default guide, ``svi_<guide>`` for others)."""
     keys = [k for k in pairs[0] if k.startswith("svi") and isinstance(pairs[0][k], dict)]
     out = {f"coverage_90_{k}": coverage([p[k] for p in pairs]) for k in keys}
     out["coverage_90_nuts"] = coverage([p["nuts"] for p in pairs])
+    for key in [*keys, "nuts"]:
+        out[f"z_rms_{key}"] = z_rms([p[key] for p in pairs])
     for key in keys:
         suffix = key.removeprefix("svi")
         ratios = [r for p in pairs for r in p[f"sd_ratio_svi{suffix}_over_nuts"]]
@@ -389,12 +423,17 @@ def large_runs(
     raw_features: int | None = None,
     guides: tuple[str, ...] = (),
     first_seed: int = 0,
+    batches: tuple[int, ...] = (),
+    unanchored: bool = False,
 ) -> dict:
     seed_range = range(first_seed, first_seed + seeds)
     pairs = (
         []
         if fits_only
-        else [in_fresh_process(svi_against_nuts, 5_000, s, guides) for s in seed_range]
+        else [
+            in_fresh_process(svi_against_nuts, 5_000, s, guides, batches, unanchored)
+            for s in seed_range
+        ]
     )
     if pairs_only:
         return {"summary": {"5000_svi_vs_nuts": pair_summary(pairs)}, "svi_vs_nuts": pairs}
@@ -417,6 +456,7 @@ def large_runs(
                 "tau_abs_error_max": max(r["tau_abs_error_max"] for r in runs),
                 "coverage_90": coverage(runs),
                 "oracle_coverage_90": coverage(runs, "oracle_covered"),
+                "z_rms": z_rms(runs),
                 "sd_over_oracle_se_range": [
                     min(x for r in runs for x in r["sd_over_oracle_se"]),
                     max(x for r in runs for x in r["sd_over_oracle_se"]),
@@ -489,7 +529,21 @@ def main() -> None:
         default=[],
         help="with --large: SVI with each of these guides (default: the package's default)",
     )
+    parser.add_argument(
+        "--batches",
+        type=int,
+        nargs="+",
+        default=[],
+        help="with --large --pairs: SVI on minibatches of these sizes too, beside NUTS",
+    )
+    parser.add_argument(
+        "--unanchored",
+        action="store_true",
+        help="with --batches: each also without the minibatches' anchors (as before 2026-12-07)",
+    )
     args = parser.parse_args()
+    if (args.batches or args.unanchored) and not args.pairs:
+        parser.error("--batches and --unanchored go with --large --pairs")
     if (args.pairs or args.fits or args.guides) and not args.large:
         parser.error("--pairs, --fits and --guides go with --large")
     if args.raw_features and not args.fits:
@@ -511,6 +565,8 @@ def main() -> None:
                         args.raw_features,
                         tuple(args.guides),
                         args.first_seed,
+                        tuple(args.batches),
+                        args.unanchored,
                     ),
                 },
                 indent=2,

@@ -23,6 +23,7 @@ from numpyro.infer.initialization import init_to_median, init_to_value
 from numpyro.optim import Adam
 
 import imgcate.config
+from imgcate.anchors import anchor_at, anchor_steps
 from imgcate.chains import (
     chain_starts,
     flat_draws,
@@ -191,9 +192,15 @@ def _svi_steps(svi: SVI, key, args: dict, batch: int | None, config: FitConfig):
 
     steps = jax.jit(steps, static_argnums=2)
     total, block = config.svi_steps, min(SVI_BLOCK, config.svi_steps)
+    # on minibatches, a control variate anchored where the guide is (imgcate.anchors)
+    moves = sorted(anchor_steps(total)) if batch is not None else []
     ticks = iter(progress_bar(range(total), config.progress, f"SVI, {total} steps"))
     losses = []
     for start in range(0, total, block):
+        if moves and moves[0] <= start:
+            moves = [m for m in moves if m > start]
+            where = svi.guide.median(svi.get_params(state))
+            arrays["anchor"] = anchor_at(where, arrays["inputs"], arrays["outcome"], spec)
         length = min(block, total - start)
         state, part = steps(state, arrays, length)
         losses.append(np.asarray(part))

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +40,9 @@ import numpyro
 import numpyro.distributions as dist
 
 from imgcate.likelihoods import IDENTITY_MEAN, N_PARTS, outcome_distribution, outcome_mean
+
+if TYPE_CHECKING:
+    from imgcate.anchors import Anchor
 
 Deviation = Literal["smooth", "linear", "none"]
 DEVIATIONS = ("smooth", "linear", "none")
@@ -444,6 +447,7 @@ def effect_model(
     *,
     spec: ModelSpec,
     subsample_size: int | None = None,
+    anchor: Anchor | None = None,
 ) -> None:
     """NumPyro model of the effect clusters.
 
@@ -457,19 +461,60 @@ def effect_model(
         Clusters, likelihood, sizes.
     subsample_size : int, optional
         Minibatch size over units (stochastic variational inference only).
+    anchor : Anchor, optional
+        A control variate for the minibatch's log-likelihood (SVI on minibatches; see
+        :class:`imgcate.anchors.Anchor`); ignored without an outcome.
     """
     params = sample_parameters(spec)
     n_units = inputs.treatment.shape[0]
+    anchored = anchor is not None and outcome is not None
     with numpyro.plate("unit", n_units, subsample_size=subsample_size) as idx:
         rows = inputs if subsample_size is None else inputs.take(idx)
         observed = outcome if outcome is None or subsample_size is None else outcome[idx]
         _, eta0, tau = linear_predictors(params, rows, spec)
-        t = rows.treatment
-        scale = None if spec.likelihood == "bernoulli" else params["sigma"][t]
-        family = outcome_distribution(
-            spec.likelihood, eta0 + t * tau, scale, params.get("nu"), spec.floor
+        numpyro.sample(
+            "outcome", _outcome_family(params, rows.treatment, eta0, tau, spec), obs=observed
         )
-        numpyro.sample("outcome", family, obs=observed)
+        if anchored:  # less each unit's log-likelihood, linearized at the anchor (scaled up)
+            from imgcate.anchors import anchored_terms  # imgcate.anchors imports this module
+
+            units, trial = anchored_terms(params, anchor, rows, observed, spec)
+            numpyro.factor("anchor_units", units)
+    if anchored:  # plus the whole trial's log-likelihood, linearized at the anchor
+        numpyro.factor("anchor_trial", trial)
+
+
+def unit_log_likelihood(
+    params: dict, inputs: ModelInputs, outcome: jnp.ndarray, spec: ModelSpec
+) -> jnp.ndarray:
+    """Each unit's log-likelihood under one draw.
+
+    Parameters
+    ----------
+    params : dict
+        One value of every parameter site, by name.
+    inputs : ModelInputs
+        The units' model inputs.
+    outcome : array (unit,)
+        Their outcome on the model scale.
+    spec : ModelSpec
+        The model's shape.
+
+    Returns
+    -------
+    array (unit,)
+        Each unit's log-likelihood, as :func:`effect_model` scores it.
+    """
+    _, eta0, tau = linear_predictors(params, inputs, spec)
+    return _outcome_family(params, inputs.treatment, eta0, tau, spec).log_prob(outcome)
+
+
+def _outcome_family(params: dict, t, eta0, tau, spec: ModelSpec) -> dist.Distribution:
+    """The outcome's distribution given the linear predictors and treatment ``t``."""
+    scale = None if spec.likelihood == "bernoulli" else params["sigma"][t]
+    return outcome_distribution(
+        spec.likelihood, eta0 + t * tau, scale, params.get("nu"), spec.floor
+    )
 
 
 def basis_features(embedding, landmarks, transform, coef):
