@@ -10,6 +10,9 @@ Prints one JSON object. Same settings every run:
     python benchmarks/fit_speed.py --large      # SVI at n = 10^5 and 10^6 (3 seeds each) and
                                                 # SVI against NUTS at n = 5,000 (3 seeds)
     python benchmarks/fit_speed.py --large --pairs  # only SVI against NUTS at n = 5,000
+    python benchmarks/fit_speed.py --large --pairs --seeds 4 --batches 250 --unanchored
+                                                # the pairs with SVI on minibatches of 250 too,
+                                                # with and without the minibatches' anchors
     python benchmarks/fit_speed.py --large --fits   # only the SVI fits at 10^5 and 10^6
     python benchmarks/fit_speed.py --large --fits --sizes 1000000 --seeds 1 --raw-features 256
                                                 # one 10^6 fit whose embedding has 256 raw
@@ -321,7 +324,7 @@ def svi_against_nuts(
     draws) on the same trial: their intervals. ``batches``: SVI with the default guide on
     minibatches of each of these sizes too (key ``svi_batch<size>``), and with
     ``unanchored`` also without the minibatches' anchors (``svi_batch<size>_unanchored``;
-    the steps SVI on minibatches took before 2026-12-07, :mod:`imgcate.anchors`)."""
+    the steps SVI on minibatches took before 2026-12-06 (evening), :mod:`imgcate.anchors`)."""
     sim = simulate_trial(seed, n_units, 3, n_features=16)
     truth = sim.truth.tau_cluster_assigned
     out = {"n_units": n_units, "seed": seed, "truth_assigned": truth.round(4).tolist()}
@@ -332,18 +335,18 @@ def svi_against_nuts(
         runs.append((f"svi_batch{size}", "svi", {"svi_batch_size": size}, True))
         if unanchored:
             runs.append((f"svi_batch{size}_unanchored", "svi", {"svi_batch_size": size}, False))
-    anchor_at = imgcate.anchors.ANCHOR_AT
+    default_anchor_at = imgcate.anchors.ANCHOR_AT
     for key, method, options, anchored in [*runs, ("nuts", "nuts", {}, True)]:
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            imgcate.anchors.ANCHOR_AT = anchor_at if anchored else ()
+            imgcate.anchors.ANCHOR_AT = default_anchor_at if anchored else ()
             try:
                 result = fit(
                     sim.trial, sim.embeddings, n_clusters=3, seed=seed, method=method, **options
                 )
             finally:
-                imgcate.anchors.ANCHOR_AT = anchor_at
+                imgcate.anchors.ANCHOR_AT = default_anchor_at
         units = result.unit_effects()
         lo, hi = units["tau_5%"].to_numpy(), units["tau_95%"].to_numpy()
         out[key] = {
@@ -395,8 +398,9 @@ def z_rms(records: list[dict]) -> float:
 
 
 def pair_summary(pairs: list[dict]) -> dict:
-    """What the SVI/NUTS pairs at 5,000 units show, over their seeds (for each SVI guide
-    fitted: keys ``svi`` for the default guide, ``svi_<guide>`` for others)."""
+    """What the SVI/NUTS pairs at 5,000 units show, over their seeds (for each SVI fit:
+    keys ``svi`` for the default guide, ``svi_<guide>`` for others, ``svi_batch<size>`` and
+    ``svi_batch<size>_unanchored`` for minibatches, ``--batches``)."""
     keys = [k for k in pairs[0] if k.startswith("svi") and isinstance(pairs[0][k], dict)]
     out = {f"coverage_90_{k}": coverage([p[k] for p in pairs]) for k in keys}
     out["coverage_90_nuts"] = coverage([p["nuts"] for p in pairs])
@@ -539,11 +543,13 @@ def main() -> None:
     parser.add_argument(
         "--unanchored",
         action="store_true",
-        help="with --batches: each also without the minibatches' anchors (as before 2026-12-07)",
+        help="with --batches: each also without the minibatches' anchors (as before)",
     )
     args = parser.parse_args()
-    if (args.batches or args.unanchored) and not args.pairs:
-        parser.error("--batches and --unanchored go with --large --pairs")
+    if args.unanchored and not args.batches:
+        parser.error("--unanchored goes with --batches")
+    if args.batches and (args.fits or not args.large):
+        parser.error("--batches goes with --large (the SVI/NUTS pairs; not --fits)")
     if (args.pairs or args.fits or args.guides) and not args.large:
         parser.error("--pairs, --fits and --guides go with --large")
     if args.raw_features and not args.fits:

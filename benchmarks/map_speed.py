@@ -192,7 +192,7 @@ def worker_cores() -> list[int]:
 
 
 def dask_runs(
-    fit, raster: Path, counts: list[int], workers: int, seed: int, block_tiles: int | None = None
+    fit, raster: Path, counts: list[int], workers: int, seed: int, block_tiles: int
 ) -> list[dict]:
     """Maps on a local cluster of ``workers`` single-threaded processes, one core each."""
     from distributed import Client
@@ -207,9 +207,8 @@ def dask_runs(
         # each worker's first block rebuilds the fit and compiles (start-up, paid once per
         # worker): two blocks per worker, timed apart; the maps after it measure throughput
         address = cluster.scheduler_address
-        block = block_tiles or default_block_tiles()
-        warmup = run(fit, raster, 2 * block * workers, workers, seed, address, block)
-        records = [run(fit, raster, n, workers, seed, address, block) for n in counts]
+        warmup = run(fit, raster, 2 * block_tiles * workers, workers, seed, address, block_tiles)
+        records = [run(fit, raster, n, workers, seed, address, block_tiles) for n in counts]
     for record in records:
         record["cluster_start_s"] = round(startup, 2)
         record["first_map"] = {"tiles": warmup["tiles"], "seconds": warmup["seconds"]}
@@ -270,6 +269,8 @@ def main() -> None:
         help="tiles per block (default: predict_map's default)",
     )
     args = parser.parse_args()
+    if args.block_tiles is not None and args.block_tiles < 1:
+        parser.error("--block-tiles must be a positive number of tiles")
     counts = [2_000, 10_000] if args.quick else [10_000, 50_000, 100_000]
     large = [1_000_000] if args.large else []
     from imgcate.simulate import synthetic_scene
@@ -285,7 +286,7 @@ def main() -> None:
         # its provenance at every map (imgcate.provenance.SETTLED_S), an existing one once
         fit = make_fit(workdir, args.seed)
         # warm-up (JIT compilation) so that the figures measure throughput
-        block = args.block_tiles
+        block = args.block_tiles or default_block_tiles()
         run(fit, raster, 256, 1, args.seed, None, block)
         records = [run(fit, raster, n, 1, args.seed, None, block) for n in counts]
         records += dask_runs(fit, raster, counts, 1, args.seed, block)

@@ -152,7 +152,7 @@ def anchored_terms(
 ANCHOR_CHUNK = 16_384
 #: Where in the SVI steps the anchor is set (fractions of the steps): every tenth, so that
 #: the guide is never far from it; each costs one pass over the units. (Set at the start, a
-#: half and three quarters only, the loss's noise before the half was 40 times as large.)
+#: half and three quarters only, the loss's noise before the half was 20-50 times as large.)
 #: The steps run in blocks (:data:`imgcate.inference.SVI_BLOCK`): the anchor is set at the
 #: first block start at or after each (with the default 5,000 steps, exactly at the tenths).
 ANCHOR_AT = tuple(i / 10 for i in range(10))
@@ -210,10 +210,9 @@ def anchor_at(params: dict, inputs: ModelInputs, outcome: jnp.ndarray, spec: Mod
 def _chunk_gradient(point, inputs, outcome, index, weight, spec):
     rows = inputs.take(index)
 
-    def total(u):
-        return (
-            weight * unit_log_likelihood(site_values(u, spec), rows, outcome[index], spec)
-        ).sum()
+    def total(u):  # padding rows (weight 0) left out, whatever their log-likelihood
+        each = unit_log_likelihood(site_values(u, spec), rows, outcome[index], spec)
+        return jnp.where(weight > 0, each, 0.0).sum()
 
     return jax.value_and_grad(total)(point)
 
@@ -229,6 +228,7 @@ def anchor_steps(total: int) -> set[int]:
     Returns
     -------
     set of int
-        :data:`ANCHOR_AT` of ``total``, rounded down (``{0}`` when ``total`` is under 10).
+        :data:`ANCHOR_AT` of ``total``, rounded down (under 10 steps, several; they fall in
+        one block, so the anchor is set once).
     """
     return {int(f * total) for f in ANCHOR_AT}

@@ -11,6 +11,8 @@ trial's value within 4 of its Monte Carlo standard errors (sd / sqrt(400)).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,8 +26,8 @@ from imgcate.chains import model_args
 from imgcate.config import FitConfig, Standardizer, model_data
 from imgcate.guides import GUIDES
 from imgcate.likelihoods import LIKELIHOODS
-from imgcate.model import effect_model, sample_parameters
-from imgcate.simulate import simulate_trial
+from imgcate.model import effect_model, sample_parameters, unit_log_likelihood
+from imgcate.simulate import simulate_scenario, simulate_trial
 
 BATCH = 30
 
@@ -35,10 +37,6 @@ def _case(likelihood: str = "gaussian", strata: bool = False):
     that the hurdle and the censored likelihoods have their floor; above it for bernoulli), or a
     Gaussian trial with four strata (their random intercepts), and a point of its parameters
     (a prior draw)."""
-    import dataclasses
-
-    from imgcate.simulate import simulate_scenario
-
     if strata:
         sim = simulate_trial(4, 300, 2, n_strata=4)
     else:
@@ -110,7 +108,7 @@ def test_at_the_anchor_every_minibatch_gives_the_whole_trials_value_and_gradient
 @pytest.mark.parametrize("guide", sorted(GUIDES))
 def test_the_anchors_space_is_the_guides_own(trial, guide):
     """The anchor linearizes where the guide is Gaussian: a guide's median, taken through
-    the sites' bijections back (:func:`~imgcate.model.site_bijections`), is its own location
+    the sites' bijections back (:func:`~imgcate.anchors.site_bijections`), is its own location
     in its unconstrained space, for every guide SVI may take. (At the anchor, and for its
     expectation, any bijection would do: this is what ties it to the guide's space.)"""
     from numpyro.infer import SVI, Trace_ELBO
@@ -120,8 +118,7 @@ def test_the_anchors_space_is_the_guides_own(trial, guide):
     spec = args["spec"]
     model_guide = GUIDES[guide](effect_model)
     svi = SVI(effect_model, model_guide, Adam(0.01), Trace_ELBO())
-    kwargs = {k: v for k, v in args.items()}
-    state = svi.init(jax.random.PRNGKey(0), **kwargs)
+    state = svi.init(jax.random.PRNGKey(0), **args)
     params = svi.get_params(state)
     params = {
         k: v + 0.3 if k.endswith("loc") else v for k, v in params.items()
@@ -161,7 +158,6 @@ def test_the_anchors_pass_in_chunks_equals_one_pass_over_every_unit(trial, monke
     spec, inputs, outcome = args["spec"], args["inputs"], args["outcome"]
     monkeypatch.setattr(imgcate.anchors, "ANCHOR_CHUNK", 64)
     anchor = anchor_at(point, inputs, outcome, spec)
-    from imgcate.model import unit_log_likelihood
 
     def whole(u):
         return unit_log_likelihood(site_values(u, spec), inputs, outcome, spec).sum()

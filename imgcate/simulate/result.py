@@ -222,7 +222,9 @@ class SimulatedTrial:
         ------
         InputError
             If ``groups`` is not one non-negative integer per unit, or has a label of
-            ``n_groups`` or more.
+            ``n_groups`` or more; or if the outcome is binary and ``truth.mu0`` is not a
+            probability (a bernoulli :func:`~imgcate.simulate.simulate_trial`, whose truth is
+            on the log-odds scale).
 
         Examples
         --------
@@ -246,6 +248,14 @@ class SimulatedTrial:
             if size > n_groups:
                 raise InputError(f"groups has labels up to {size - 1}, beyond n_groups={n_groups}.")
             size = n_groups
+        binary = np.isin(self.outcome, (0.0, 1.0)).all()
+        if n and binary and ((self.truth.mu0 < 0) | (self.truth.mu0 > 1)).any():
+            raise InputError(
+                "this trial's outcome is binary but its truth's untreated means are not "
+                "probabilities (simulate_trial(likelihood='bernoulli') keeps them, and the "
+                "effects, on the log-odds scale): the oracle's difference in means needs the "
+                "expected untreated outcome; use a gaussian or student_t trial."
+            )
         residual = self.outcome - self.truth.mu0
         treated = self.treatment == 1
         means, variances, counts = [], [], []

@@ -94,3 +94,6 @@ def test_difference_in_means_is_the_oracles_and_its_errors_are_its_standard_erro
         sim.difference_in_means(groups - 1)
     with pytest.raises(InputError, match="beyond n_groups=2"):
         sim.difference_in_means(groups, n_groups=2)
+    binary = simulate_trial(1, 400, 2, likelihood="bernoulli")  # its truth is in log-odds
+    with pytest.raises(InputError, match="log-odds"):
+        binary.difference_in_means(binary.truth.cluster)
