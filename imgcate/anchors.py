@@ -18,10 +18,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
 import numpyro.distributions as dist
 
-from imgcate.model import ModelInputs, ModelSpec, sample_parameters, unit_log_likelihood
+from imgcate.model import ModelInputs, ModelSpec, parameter_sites, unit_log_likelihood
 
 
 class Anchor(NamedTuple):
@@ -63,13 +62,7 @@ def site_bijections(spec: ModelSpec) -> dict:
         ``biject_to(support)`` of each parameter site, by name: the map NumPyro's guides
         draw through (cached per ``spec``).
     """
-    with numpyro.handlers.block():
-        trace = numpyro.handlers.trace(numpyro.handlers.seed(sample_parameters, 0)).get_trace(spec)
-    return {
-        name: dist.biject_to(site["fn"].support)
-        for name, site in trace.items()
-        if site["type"] == "sample"
-    }
+    return {name: dist.biject_to(support) for name, (_, support) in parameter_sites(spec).items()}
 
 
 def site_values(unconstrained: dict, spec: ModelSpec) -> dict:

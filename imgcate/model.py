@@ -238,10 +238,24 @@ def sample_parameters(spec: ModelSpec) -> dict:
     return params
 
 
+@functools.lru_cache(maxsize=64)
+def parameter_sites(spec: ModelSpec) -> dict[str, tuple[tuple[int, ...], object]]:
+    """Each parameter site's shape and support, by name (cached per ``spec``).
+
+    Shapes and supports only, no values: read inside a traced model (the anchors' bijections)
+    it keeps no tracer. Its trace is blocked from any model it is read in."""
+    with numpyro.handlers.block():
+        trace = numpyro.handlers.trace(numpyro.handlers.seed(sample_parameters, 0)).get_trace(spec)
+    return {
+        name: (tuple(np.shape(site["value"])), site["fn"].support)
+        for name, site in trace.items()
+        if site["type"] == "sample"
+    }
+
+
 def latent_size(spec: ModelSpec) -> int:
     """How many values the model's parameters hold together (its latent dimension)."""
-    trace = numpyro.handlers.trace(numpyro.handlers.seed(sample_parameters, 0)).get_trace(spec)
-    return sum(int(np.size(site["value"])) for site in trace.values() if site["type"] == "sample")
+    return sum(int(np.prod(shape, dtype=int)) for shape, _ in parameter_sites(spec).values())
 
 
 def membership_local_prior(prefix: str = "") -> dist.Distribution:
