@@ -353,6 +353,13 @@ def fit(
             f"unknown fit option(s) {sorted(unknown)}; allowed: "
             f"{sorted(FitConfig.__dataclass_fields__)}."
         )
+    svi_options = sorted(name for name in options if name.startswith("svi_"))
+    if method == "nuts" and svi_options:
+        raise InputError(
+            f"{', '.join(svi_options)} set(s) SVI, which method='nuts' does not run; leave "
+            f"{'it' if len(svi_options) == 1 else 'them'} out, or choose method='svi' (or "
+            "'auto': SVI above 10,000 units)."
+        )
     if not isinstance(trial, Trial):
         raise InputError("trial must be a Trial; build one with imgcate.read_units(...).")
     chosen = choose_method(method, trial.n_units)

@@ -487,8 +487,11 @@ def _fold_lpd(
 def _fold_options(full: EffectFit, options: dict, n_units: int) -> dict:
     """Fit options of the fold fits: the full fit's inference method (``method="auto"`` would
     choose again on the fold's fewer units) and floor (hurdle, censored), so that a fold does
-    not take its own smallest outcome as the floor; no NUTS progress bars."""
+    not take its own smallest outcome as the floor; no NUTS progress bars. SVI's options are
+    left out where ``"auto"`` chose NUTS (they did not apply to the full fit either)."""
     options = {**options, "progress": False, "method": full.config.method}
+    if full.config.method == "nuts":
+        options = {k: v for k, v in options.items() if not k.startswith("svi_")}
     if full.config.likelihood in ("hurdle", "censored") and options.get("floor") is None:
         options["floor"] = float(full.standardizer.outcome_floor)
     propensity = options.get("propensity")

@@ -370,6 +370,31 @@ def test_auto_method_is_nuts_up_to_the_limit_and_svi_above():
         choose_method("hmc", 10)
 
 
+def test_svi_options_with_nuts_are_refused():
+    """SVI's options with method="nuts" would be ignored: refused, naming them, before any
+    work; with method="auto" they stand for the SVI it may choose."""
+    sim = simulate_trial(0, 40, 2)
+    for options, names in (
+        ({"svi_batch_size": 10}, "svi_batch_size set"),
+        ({"svi_steps": 10, "svi_guide": "full"}, "svi_guide, svi_steps set"),
+    ):
+        with pytest.raises(InputError, match=f"{names}.*method='nuts' does not run"):
+            fit(sim.trial, sim.embeddings, method="nuts", **options)
+
+
+def test_fold_fits_leave_out_svi_options_where_auto_chose_nuts():
+    from imgcate.config import FitConfig
+    from imgcate.selection import _fold_options
+
+    class Full:  # what _fold_options reads of the full fit
+        config = FitConfig(method="nuts")
+
+    options = _fold_options(Full(), {"svi_batch_size": 500, "num_chains": 2}, 100)
+    assert options == {"num_chains": 2, "progress": False, "method": "nuts"}
+    Full.config = FitConfig(method="svi")
+    assert _fold_options(Full(), {"svi_batch_size": 500}, 100)["svi_batch_size"] == 500
+
+
 def test_svi_recovers_effects(monkeypatch, tmp_path):
     """SVI, reached through method="auto" on a trial above its NUTS limit (lowered here to
     1,000 units so that the test stays small): the choice is announced and recorded, in the
