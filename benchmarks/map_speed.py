@@ -16,7 +16,9 @@ workers; weak scaling: half the tiles on 1 worker against all on 2. The cost mod
 prediction for 2 workers is printed beside the measurement. Cluster start-up (worker
 processes, their imports) is timed apart from the maps, and so is each cluster's first map
 (``first_map``: two blocks per worker, in which each worker rebuilds the fit and compiles,
-once; the maps after it, of other regions, reuse the worker's model).
+once; the maps after it, of other regions, reuse the worker's model). Each map below 10^6 tiles
+is made ``--repeat`` times (5) and its median time reported, with every time in
+``seconds_each``: single maps of 10,000 tiles take about a second and vary by a tenth.
 
     python benchmarks/map_speed.py            # 10,000, 50,000 and 100,000 tiles
     python benchmarks/map_speed.py --large    # and 1,000,000 tiles on 2 workers (memory)
@@ -149,36 +151,46 @@ def run(
     seed: int,
     scheduler=None,
     block_tiles: int | None = None,
+    repeat: int = 1,
 ) -> dict:
+    """The map of about ``n_tiles`` tiles made ``repeat`` times: the median time (a map of
+    10,000 tiles takes about a second, and single times vary by a tenth from run to run), every
+    time, and the peak memory and its tenths of the first run."""
     from imgcate.maps import predict_map
 
     block_tiles = block_tiles or default_block_tiles()
-
-    with warnings.catch_warnings(), PeakMemory() as mem:
-        warnings.simplefilter("ignore")
-        start = time.perf_counter()
-        ds = predict_map(
-            fit,
-            raster,
-            region(raster, n_tiles),
-            tile_size=TILE,
-            stride=STRIDE,
-            workers=workers,
-            scheduler=scheduler,
-            progress=False,
-            seed=seed,
-            block_tiles=block_tiles,
-        )
-        seconds = time.perf_counter() - start
+    times, peaks = [], []
+    for k in range(repeat):
+        with warnings.catch_warnings(), PeakMemory() as mem:
+            warnings.simplefilter("ignore")
+            start = time.perf_counter()
+            ds = predict_map(
+                fit,
+                raster,
+                region(raster, n_tiles),
+                tile_size=TILE,
+                stride=STRIDE,
+                workers=workers,
+                scheduler=scheduler,
+                progress=False,
+                seed=seed,
+                block_tiles=block_tiles,
+            )
+            times.append(time.perf_counter() - start)
+        peaks.append(mem.peak)
+        if k == 0:
+            tenths = mem.by_tenth()
     tiles = int(ds["mean"].notnull().sum())
+    seconds = float(np.median(times))
     return {
         "mode": "local" if scheduler is None else "dask",
         "tiles": tiles,
         "workers": workers,
-        "seconds": round(seconds, 2),
+        "seconds": round(seconds, 3),
+        "seconds_each": [round(t, 3) for t in times],
         "tiles_per_s": round(tiles / seconds, 1),
-        "peak_memory_mb": round(mem.peak / 2**20),
-        "memory_by_tenth_mb": mem.by_tenth(),
+        "peak_memory_mb": round(max(peaks) / 2**20),
+        "memory_by_tenth_mb": tenths,
         "max_draws": 500,
         "block_tiles": block_tiles,
     }
@@ -192,7 +204,13 @@ def worker_cores() -> list[int]:
 
 
 def dask_runs(
-    fit, raster: Path, counts: list[int], workers: int, seed: int, block_tiles: int
+    fit,
+    raster: Path,
+    counts: list[int],
+    workers: int,
+    seed: int,
+    block_tiles: int,
+    repeat: dict[int, int],
 ) -> list[dict]:
     """Maps on a local cluster of ``workers`` single-threaded processes, one core each."""
     from distributed import Client
@@ -208,7 +226,10 @@ def dask_runs(
         # worker): two blocks per worker, timed apart; the maps after it measure throughput
         address = cluster.scheduler_address
         warmup = run(fit, raster, 2 * block_tiles * workers, workers, seed, address, block_tiles)
-        records = [run(fit, raster, n, workers, seed, address, block_tiles) for n in counts]
+        records = [
+            run(fit, raster, n, workers, seed, address, block_tiles, repeat.get(n, 1))
+            for n in counts
+        ]
     for record in records:
         record["cluster_start_s"] = round(startup, 2)
         record["first_map"] = {"tiles": warmup["tiles"], "seconds": warmup["seconds"]}
@@ -264,6 +285,12 @@ def main() -> None:
     parser.add_argument("--large", action="store_true", help="also 10^6 tiles on 2 workers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=5,
+        help="runs of each map below 10^6 tiles, their median time reported (default 5)",
+    )
+    parser.add_argument(
         "--block-tiles",
         type=int,
         help="tiles per block (default: predict_map's default)",
@@ -271,6 +298,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.block_tiles is not None and args.block_tiles < 1:
         parser.error("--block-tiles must be a positive number of tiles")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     counts = [2_000, 10_000] if args.quick else [10_000, 50_000, 100_000]
     large = [1_000_000] if args.large else []
     from imgcate.simulate import synthetic_scene
@@ -288,9 +317,10 @@ def main() -> None:
         # warm-up (JIT compilation) so that the figures measure throughput
         block = args.block_tiles or default_block_tiles()
         run(fit, raster, 256, 1, args.seed, None, block)
-        records = [run(fit, raster, n, 1, args.seed, None, block) for n in counts]
-        records += dask_runs(fit, raster, counts, 1, args.seed, block)
-        records += dask_runs(fit, raster, counts + large, 2, args.seed, block)
+        repeat = {n: args.repeat for n in counts}  # the 10^6-tile map once (memory)
+        records = [run(fit, raster, n, 1, args.seed, None, block, args.repeat) for n in counts]
+        records += dask_runs(fit, raster, counts, 1, args.seed, block, repeat)
+        records += dask_runs(fit, raster, counts + large, 2, args.seed, block, repeat)
     print(
         json.dumps(
             {
