@@ -464,7 +464,8 @@ def write_preview(
 ) -> Path:
     """A PNG of the map: mean CATE, P(CATE > 0) and extrapolation, each with a colour bar.
 
-    Tiles outside the trial's support are hatched on the first two panels. Every cell of
+    Tiles outside the trial's support are hatched on the first two panels and outlined on the
+    third (on a map at least two cells high and wide: contours need two). Every cell of
     ``dataset`` is drawn: :func:`write_cog` and :func:`~imgcate.maps.write_map` draw a map
     larger than :data:`PREVIEW_SIDE` cells a side from a decimated read of it. The extrapolation
     scale stops at its 99th percentile (the colour bar's arrow: beyond), so that a few far
@@ -497,6 +498,7 @@ def write_preview(
         ),
     ]
     xlabel, ylabel = axis_labels(dataset.attrs["crs"])
+    outlined = h >= 2 and w >= 2  # matplotlib's contours need two rows and two columns
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
     for ax, (var, label, unit, cmap, vmin, vmax) in zip(axes, panels, strict=True):
         image = ax.imshow(
@@ -507,7 +509,7 @@ def write_preview(
             vmax=vmax,
             interpolation="nearest",
         )
-        if var != "extrapolation" and outside.any():
+        if outlined and var != "extrapolation" and outside.any():
             ax.contourf(
                 dataset["x"].values,
                 dataset["y"].values,
@@ -516,7 +518,7 @@ def write_preview(
                 colors="none",
                 hatches=["////"],
             )
-        elif var == "extrapolation":
+        elif outlined and var == "extrapolation":
             ax.contour(
                 dataset["x"].values,
                 dataset["y"].values,
@@ -536,8 +538,8 @@ def write_preview(
     axes[0].set_ylabel(ylabel, fontsize=8)
     fig.suptitle(
         f"imgcate effect map ({dataset.attrs.get('n_draws', '?')} draws, tiles "
-        f"{dataset.attrs.get('tile_size')} px every {dataset.attrs.get('stride')} px); "
-        "hatched / outlined: outside the trial's support",
+        f"{dataset.attrs.get('tile_size')} px every {dataset.attrs.get('stride')} px)"
+        + ("; hatched / outlined: outside the trial's support" if outlined else ""),
         fontsize=9,
     )
     with atomic_path(path, overwrite=overwrite) as tmp:

@@ -142,6 +142,29 @@ def test_write_map_is_write_cog_of_predict_map_byte_for_byte(inputs, tmp_path):
     assert not list(tmp_path.glob(".*"))  # no staging folder left
 
 
+@pytest.mark.parametrize("strip", ["row", "column"])
+def test_a_map_one_tile_high_or_wide_is_written_with_its_preview(inputs, tmp_path, strip):
+    """A region one tile-row high (or one column wide) is mapped, and so is its preview:
+    matplotlib draws no contour on fewer than two rows and columns, which raised a TypeError
+    after every tile was computed, and the map was lost with the preview."""
+    scene, fit = inputs
+    with rasterio.open(scene) as src:
+        b, res = src.bounds, src.res[0]
+    band = res / 2  # half a pixel: one row (column) of the output grid
+    mid_y, mid_x = (b.bottom + b.top) / 2, (b.left + b.right) / 2
+    region = (
+        (b.left, mid_y, b.right, mid_y + band)
+        if strip == "row"
+        else (mid_x, b.bottom, mid_x + band, b.top)
+    )
+    written = write_map(fit, scene, tmp_path / "strip.tif", region, **OPTS)
+    assert (written.shape[0] == 1) if strip == "row" else (written.shape[1] == 1)
+    assert max(written.shape) > 10 and written.tiles == max(written.shape)
+    assert written.preview.stat().st_size > 1000
+    with rasterio.open(written.path) as src:
+        assert np.isfinite(src.read(1)).sum() == written.tiles
+
+
 def test_an_interrupted_write_leaves_nothing_and_resumes(inputs, tmp_path, monkeypatch):
     from imgcate.errors import MapInterrupted
     from imgcate.maps import written
