@@ -158,12 +158,11 @@ def one_fit(
     start = time.perf_counter()
     if form.endswith("prognostic"):
         trial = with_prognostic_score(trial, sim.embeddings, seed)
+    nuts = {"num_chains": chains, "num_warmup": draws, "num_samples": draws}
     options = {
         "likelihood": likelihood,
         "seed": seed,
-        "num_chains": chains,
-        "num_warmup": draws,
-        "num_samples": draws,
+        **(nuts if FORMS[form].get("method", "nuts") == "nuts" else {}),
         **FORMS[form],
     }
     with warnings.catch_warnings():

@@ -246,6 +246,36 @@ def _posterior_predictive(samples: dict, data: ModelData, key) -> np.ndarray | N
     return np.asarray(draws["outcome"]).reshape(n_chain, n_draw, -1)
 
 
+#: The fit options only NUTS reads, and those only SVI reads.
+NUTS_OPTIONS = (
+    "num_warmup",
+    "num_samples",
+    "num_chains",
+    "chain_method",
+    "target_accept",
+    "restart_chains",
+)
+SVI_OPTIONS = ("svi_steps", "svi_learning_rate", "svi_batch_size", "svi_guide", "svi_draws")
+
+
+def _check_method_options(method: str, options: dict) -> None:
+    """Options of the other method are refused: ignored, they would be recorded in the fit as
+    if used (``method="auto"`` may run either, so it takes both)."""
+    other = {"nuts": "SVI", "svi": "NUTS"}.get(method)
+    names = sorted(set(options) & set(SVI_OPTIONS if method == "nuts" else NUTS_OPTIONS))
+    if other is None or not names:
+        return
+    hint = (
+        "choose method='svi' (or 'auto': SVI above 10,000 units)"
+        if method == "nuts"
+        else "SVI's draws come from its guide (svi_draws); or choose method='nuts' (or 'auto')"
+    )
+    raise InputError(
+        f"{', '.join(names)} set(s) {other}, which method={method!r} does not run; leave "
+        f"{'it' if len(names) == 1 else 'them'} out: {hint}."
+    )
+
+
 def _check_no_leakage(embeddings: Embeddings, trial: Trial) -> None:
     """Image features named like the trial's treatment or outcome are the units table itself."""
     names = set(embeddings.feature_names or ())
@@ -353,13 +383,7 @@ def fit(
             f"unknown fit option(s) {sorted(unknown)}; allowed: "
             f"{sorted(FitConfig.__dataclass_fields__)}."
         )
-    svi_options = sorted(name for name in options if name.startswith("svi_"))
-    if method == "nuts" and svi_options:
-        raise InputError(
-            f"{', '.join(svi_options)} set(s) SVI, which method='nuts' does not run; leave "
-            f"{'it' if len(svi_options) == 1 else 'them'} out, or choose method='svi' (or "
-            "'auto': SVI above 10,000 units)."
-        )
+    _check_method_options(method, options)
     if not isinstance(trial, Trial):
         raise InputError("trial must be a Trial; build one with imgcate.read_units(...).")
     chosen = choose_method(method, trial.n_units)

@@ -31,7 +31,7 @@ from imgcate.errors import (
 )
 from imgcate.evaluate.splits import spatial_blocks, spatial_folds
 from imgcate.heldout import held_out_log_likelihood, log_mean_exp, scale_shift
-from imgcate.inference import fit
+from imgcate.inference import NUTS_OPTIONS, SVI_OPTIONS, fit
 from imgcate.output import progress_bar
 from imgcate.results import EffectFit
 from imgcate.units import Trial
@@ -487,11 +487,13 @@ def _fold_lpd(
 def _fold_options(full: EffectFit, options: dict, n_units: int) -> dict:
     """Fit options of the fold fits: the full fit's inference method (``method="auto"`` would
     choose again on the fold's fewer units) and floor (hurdle, censored), so that a fold does
-    not take its own smallest outcome as the floor; no NUTS progress bars. SVI's options are
-    left out where ``"auto"`` chose NUTS (they did not apply to the full fit either)."""
-    options = {**options, "progress": False, "method": full.config.method}
-    if full.config.method == "nuts":
-        options = {k: v for k, v in options.items() if not k.startswith("svi_")}
+    not take its own smallest outcome as the floor; no NUTS progress bars. The other
+    method's options are left out where ``"auto"`` chose one (they did not apply to the full
+    fit either)."""
+    method = full.config.method
+    other = SVI_OPTIONS if method == "nuts" else NUTS_OPTIONS
+    options = {k: v for k, v in options.items() if k not in other}
+    options.update(progress=False, method=method)
     if full.config.likelihood in ("hurdle", "censored") and options.get("floor") is None:
         options["floor"] = float(full.standardizer.outcome_floor)
     propensity = options.get("propensity")

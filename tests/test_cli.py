@@ -129,6 +129,27 @@ def test_fit_finds_the_image_id_column_and_refuses_the_units_table(fitted, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.imgcate", "b.imgcate"]
 
 
+def test_svi_fit_takes_no_nuts_draws_and_info_shows_its_own(fitted, tmp_path):
+    """--chains and --draws set NUTS: refused with --method svi (they were recorded in the fit
+    as if used); without them an SVI fit records and shows its steps and draws."""
+    runner = CliRunner()
+    base = [str(fitted / "units.csv"), str(fitted / "embeddings.parquet")]
+    for option in ("--chains", "--draws"):
+        out = tmp_path / "refused.imgcate"
+        res = runner.invoke(main, ["fit", *base, str(out), "--method", "svi", option, "300"])
+        assert res.exit_code == 2 and option in res.output, res.output
+        assert "svi_draws" in res.output and not out.exists()
+    svi = ["--option", "svi_steps=200", "--option", "svi_draws=50", "--option", "init_restarts=2"]
+    out = tmp_path / "svi.imgcate"
+    res = runner.invoke(main, ["fit", *base, str(out), "--method", "svi", *svi, "-q"])
+    assert res.exit_code == 0, res.output
+    assert load_fit(out).idata.posterior.sizes["draw"] == 50
+    res = runner.invoke(main, ["info", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "method=svi, svi_steps=200, svi_draws=50" in res.output
+    assert "num_chains" not in res.output and "num_samples" not in res.output
+
+
 def test_fit_reads_projected_coordinate_columns(fitted, tmp_path):
     import geopandas as gpd
 

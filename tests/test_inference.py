@@ -370,19 +370,29 @@ def test_auto_method_is_nuts_up_to_the_limit_and_svi_above():
         choose_method("hmc", 10)
 
 
-def test_svi_options_with_nuts_are_refused():
-    """SVI's options with method="nuts" would be ignored: refused, naming them, before any
-    work; with method="auto" they stand for the SVI it may choose."""
+def test_one_methods_options_with_the_other_are_refused():
+    """SVI's options with method="nuts", and NUTS's with method="svi", would be ignored (and
+    recorded in the fit as if used): refused, naming them, before any work; with
+    method="auto" they stand for the method it may choose."""
+    from imgcate.config import FitConfig
+    from imgcate.inference import NUTS_OPTIONS, SVI_OPTIONS
+
     sim = simulate_trial(0, 40, 2)
-    for options, names in (
-        ({"svi_batch_size": 10}, "svi_batch_size set"),
-        ({"svi_steps": 10, "svi_guide": "full"}, "svi_guide, svi_steps set"),
+    for method, options, names in (
+        ("nuts", {"svi_batch_size": 10}, "svi_batch_size set.s. SVI"),
+        ("nuts", {"svi_steps": 10, "svi_guide": "full"}, "svi_guide, svi_steps set.s. SVI"),
+        ("svi", {"num_chains": 4}, "num_chains set.s. NUTS"),
+        ("svi", {"num_warmup": 50, "svi_steps": 200}, "num_warmup set.s. NUTS"),
     ):
-        with pytest.raises(InputError, match=f"{names}.*method='nuts' does not run"):
-            fit(sim.trial, sim.embeddings, method="nuts", **options)
+        with pytest.raises(InputError, match=f"{names}, which method='{method}' does not run"):
+            fit(sim.trial, sim.embeddings, method=method, **options)
+    # the two lists name every option of each method, and no other
+    fields = set(FitConfig.__dataclass_fields__)
+    assert set(SVI_OPTIONS) == {f for f in fields if f.startswith("svi_")}
+    assert set(NUTS_OPTIONS) <= fields and not set(NUTS_OPTIONS) & set(SVI_OPTIONS)
 
 
-def test_fold_fits_leave_out_svi_options_where_auto_chose_nuts():
+def test_fold_fits_leave_out_the_other_methods_options_where_auto_chose():
     from imgcate.config import FitConfig
     from imgcate.selection import _fold_options
 
@@ -392,7 +402,8 @@ def test_fold_fits_leave_out_svi_options_where_auto_chose_nuts():
     options = _fold_options(Full(), {"svi_batch_size": 500, "num_chains": 2}, 100)
     assert options == {"num_chains": 2, "progress": False, "method": "nuts"}
     Full.config = FitConfig(method="svi")
-    assert _fold_options(Full(), {"svi_batch_size": 500}, 100)["svi_batch_size"] == 500
+    options = _fold_options(Full(), {"svi_batch_size": 500, "num_chains": 2}, 100)
+    assert options == {"svi_batch_size": 500, "progress": False, "method": "svi"}
 
 
 def test_svi_recovers_effects(monkeypatch, tmp_path):

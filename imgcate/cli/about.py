@@ -13,6 +13,9 @@ import click
 from imgcate.cli.common import Command, common, in_cli_words, run, start
 from imgcate.provenance import KEY, loads, summary_lines
 
+#: The draws' settings ``imgcate info`` shows for a NUTS fit (an SVI fit: its steps and draws).
+NUTS_DRAWS = ("num_chains", "num_samples")
+
 
 def kind_of(path: Path) -> str:
     """fit, embeddings, chips, map, geopackage or unknown (by content, not only suffix)."""
@@ -60,7 +63,8 @@ def fit_lines(path: Path) -> list[str]:
         meta = json.loads(zf.read("meta.json"))
     config = saved_settings(meta.get("config") or {})
     lines = [f"{path}: imgcate fit (format {meta.get('format_version')})"]
-    keys = ("n_clusters", "likelihood", "deviation", "method", "num_chains", "num_samples", "seed")
+    draws = ("svi_steps", "svi_draws") if config.get("method") == "svi" else NUTS_DRAWS
+    keys = ("n_clusters", "likelihood", "deviation", "method", *draws, "seed")
     settings = [f"{k}={config[k]}" for k in keys if k in config]
     if config.get("equal_effects"):  # compare_clusters' constant-effect model
         settings.insert(1, "equal_effects=True (a constant effect)")

@@ -208,13 +208,13 @@ class ClusterCount(click.ParamType):
     show_default=True,
     help="NUTS (exact), SVI (approximate, for large trials), or auto: NUTS up to 10,000 units.",
 )
-@click.option("--chains", default=4, show_default=True)
+@click.option("--chains", default=4, show_default=True, help="NUTS chains (not with --method svi).")
 @click.option(
     "--draws",
     default=500,
     show_default=True,
-    help="Warm-up and kept draws per chain (--option num_warmup=N or num_samples=N sets "
-    "one of them apart).",
+    help="NUTS's warm-up and kept draws per chain (--option num_warmup=N or num_samples=N sets "
+    "one of them apart; SVI: --option svi_steps=N, svi_draws=N).",
 )
 @click.option(
     "--option",
@@ -307,6 +307,19 @@ def fit_command(
     comparison_path = output.with_name(output.stem + ".comparison.csv") if auto else None
     if comparison_path is not None:
         run(check_writable, comparison_path, overwrite)
+    given = [
+        name
+        for name in ("chains", "draws")
+        if click.get_current_context().get_parameter_source(name)
+        is not click.core.ParameterSource.DEFAULT
+    ]
+    if method == "svi" and given:
+        raise click.BadParameter(
+            f"--{given[0]} sets NUTS's {'chains' if given[0] == 'chains' else 'draws'}, which "
+            "--method svi does not run (its draws come from its guide: --option "
+            "svi_draws=N); leave it out, or use --method nuts or auto.",
+            param_hint=f"--{given[0]}",
+        )
     options = parse_options(extra)
     flagged = sorted(set(options) & set(FLAGGED_OPTIONS))
     if flagged:
@@ -347,13 +360,12 @@ def fit_command(
         seeds={"fit": seed},
         roles={**roles, "image_id": trial.image_id, "covariates": list(trial.covariates)},
     )
+    nuts = {"num_chains": chains, "num_warmup": draws, "num_samples": draws}
     settings = {
         "likelihood": likelihood,
         "method": method,
         "seed": seed,
-        "num_chains": chains,
-        "num_warmup": draws,
-        "num_samples": draws,
+        **(nuts if method != "svi" else {}),  # SVI's draws come from its guide
         "progress": progress,
         **options,  # num_warmup or num_samples given apart replace --draws
     }
