@@ -43,6 +43,7 @@ from imgcate.config import (
 from imgcate.embeddings import Embeddings
 from imgcate.errors import ApproximationWarning, BalanceWarning, InputError
 from imgcate.guides import GUIDES, chosen_guide
+from imgcate.methods import check_method_options
 from imgcate.model import effect_model
 from imgcate.output import progress_bar
 from imgcate.posterior import with_derived
@@ -246,36 +247,6 @@ def _posterior_predictive(samples: dict, data: ModelData, key) -> np.ndarray | N
     return np.asarray(draws["outcome"]).reshape(n_chain, n_draw, -1)
 
 
-#: The fit options only NUTS reads, and those only SVI reads.
-NUTS_OPTIONS = (
-    "num_warmup",
-    "num_samples",
-    "num_chains",
-    "chain_method",
-    "target_accept",
-    "restart_chains",
-)
-SVI_OPTIONS = ("svi_steps", "svi_learning_rate", "svi_batch_size", "svi_guide", "svi_draws")
-
-
-def _check_method_options(method: str, options: dict) -> None:
-    """Options of the other method are refused: ignored, they would be recorded in the fit as
-    if used (``method="auto"`` may run either, so it takes both)."""
-    other = {"nuts": "SVI", "svi": "NUTS"}.get(method)
-    names = sorted(set(options) & set(SVI_OPTIONS if method == "nuts" else NUTS_OPTIONS))
-    if other is None or not names:
-        return
-    hint = (
-        "choose method='svi' (or 'auto': SVI above 10,000 units)"
-        if method == "nuts"
-        else "SVI's draws come from its guide (svi_draws); or choose method='nuts' (or 'auto')"
-    )
-    raise InputError(
-        f"{', '.join(names)} set(s) {other}, which method={method!r} does not run; leave "
-        f"{'it' if len(names) == 1 else 'them'} out: {hint}."
-    )
-
-
 def _check_no_leakage(embeddings: Embeddings, trial: Trial) -> None:
     """Image features named like the trial's treatment or outcome are the units table itself."""
     names = set(embeddings.feature_names or ())
@@ -383,7 +354,7 @@ def fit(
             f"unknown fit option(s) {sorted(unknown)}; allowed: "
             f"{sorted(FitConfig.__dataclass_fields__)}."
         )
-    _check_method_options(method, options)
+    check_method_options(method, options)
     if not isinstance(trial, Trial):
         raise InputError("trial must be a Trial; build one with imgcate.read_units(...).")
     chosen = choose_method(method, trial.n_units)
@@ -472,10 +443,21 @@ def _with_propensity(trial: Trial, propensity: np.ndarray) -> Trial:
 
 
 def _unit_rows(values: np.ndarray, trial: Trial) -> np.ndarray:
+    """A plain array's rows as the units' (in unit order), where nothing else is meant: a trial
+    that names its units' images (other than 0, 1, ... in unit order) needs the images' ids."""
     if len(values) != trial.n_units:
         raise InputError(
             f"embeddings array has {len(values)} rows but the trial has {trial.n_units} units; "
             "pass an Embeddings object keyed by image id, or one row per unit."
+        )
+    keys = trial.image_keys
+    if trial.image_id is not None and not np.array_equal(keys, np.arange(len(keys))):
+        raise InputError(
+            f"the trial names each unit's image (column {trial.image_id!r}), but a plain array "
+            "of embeddings has no image ids to match them with (its rows would be taken in "
+            "unit order); pass embeddings keyed by image id (imgcate.as_embeddings(values, "
+            "image_ids), or the Embeddings that embed() gives), or read the units without "
+            "image_id if the rows are the units'."
         )
     return values
 

@@ -31,7 +31,8 @@ from imgcate.errors import (
 )
 from imgcate.evaluate.splits import spatial_blocks, spatial_folds
 from imgcate.heldout import held_out_log_likelihood, log_mean_exp, scale_shift
-from imgcate.inference import NUTS_OPTIONS, SVI_OPTIONS, fit
+from imgcate.inference import fit
+from imgcate.methods import NUTS_OPTIONS, SVI_OPTIONS
 from imgcate.output import progress_bar
 from imgcate.results import EffectFit
 from imgcate.units import Trial

@@ -375,7 +375,7 @@ def test_one_methods_options_with_the_other_are_refused():
     recorded in the fit as if used): refused, naming them, before any work; with
     method="auto" they stand for the method it may choose."""
     from imgcate.config import FitConfig
-    from imgcate.inference import NUTS_OPTIONS, SVI_OPTIONS
+    from imgcate.methods import NUTS_OPTIONS, SVI_OPTIONS
 
     sim = simulate_trial(0, 40, 2)
     for method, options, names in (
@@ -621,6 +621,31 @@ def test_strata_random_effects_and_k1():
     assert result.cluster_effects().shape[0] == 1
     with pytest.raises(FitError, match="K=1"):
         result.membership_weights()
+
+
+def test_a_plain_array_is_refused_where_the_trial_names_its_images():
+    """A plain array has no image ids: taken in unit order where the trial's units name other
+    images, its rows went to the wrong units and the fit found false clusters without a
+    warning. Refused there; taken where unit order is image order, or no images are named."""
+    from imgcate.units import read_units
+
+    sim = simulate_trial(4, 60, 2)
+    keys = sim.trial.image_keys
+    assert not np.array_equal(keys, np.arange(60))  # the simulator's images are shuffled
+    with pytest.raises(InputError, match="names each unit's image .column 'image_id'.*as_emb"):
+        fit(sim.trial, sim.embeddings.values)
+    # the same rows keyed by image id, in unit order, are the fit's own embedding
+    in_unit_order = sim.embeddings.unit_rows(keys)
+    table = sim.trial.data.assign(image_id=np.arange(60))
+    named = read_units(table, covariates=list(sim.trial.covariates), image_id="image_id")
+    unnamed = read_units(table.drop(columns="image_id"), covariates=list(sim.trial.covariates))
+    small = {"num_warmup": 30, "num_samples": 30, "num_chains": 1, "init_restarts": 0}
+    fits = [fit(trial, in_unit_order, **small) for trial in (named, unnamed)] + [
+        fit(sim.trial, sim.embeddings, **small)
+    ]
+    taus = [f.idata.posterior["tau_cluster"].values for f in fits]
+    np.testing.assert_array_equal(taus[0], taus[1])
+    np.testing.assert_array_equal(taus[0], taus[2])
 
 
 def test_fit_input_errors(k2):

@@ -1,0 +1,48 @@
+"""The fit options each inference method reads (NUTS's, SVI's), and the check that a fit is
+given only its own method's: ignored, the other's would be recorded in the fit as if used."""
+
+from __future__ import annotations
+
+from imgcate.errors import InputError
+
+#: The fit options only NUTS reads.
+NUTS_OPTIONS = (
+    "num_warmup",
+    "num_samples",
+    "num_chains",
+    "chain_method",
+    "target_accept",
+    "restart_chains",
+)
+#: The fit options only SVI reads.
+SVI_OPTIONS = ("svi_steps", "svi_learning_rate", "svi_batch_size", "svi_guide", "svi_draws")
+
+
+def check_method_options(method: str, options: dict) -> None:
+    """Refuse the options of the method ``method`` does not run.
+
+    Parameters
+    ----------
+    method : {"nuts", "svi", "auto"}
+        The method asked for; ``"auto"`` may run either, so it takes both methods' options.
+    options : dict
+        The fit options given, by name.
+
+    Raises
+    ------
+    InputError
+        Naming the options of the other method, and what to do instead.
+    """
+    other = {"nuts": "SVI", "svi": "NUTS"}.get(method)
+    names = sorted(set(options) & set(SVI_OPTIONS if method == "nuts" else NUTS_OPTIONS))
+    if other is None or not names:
+        return
+    hint = (
+        "choose method='svi' (or 'auto': SVI above 10,000 units)"
+        if method == "nuts"
+        else "SVI's draws come from its guide (svi_draws); or choose method='nuts' (or 'auto')"
+    )
+    raise InputError(
+        f"{', '.join(names)} set(s) {other}, which method={method!r} does not run; leave "
+        f"{'it' if len(names) == 1 else 'them'} out: {hint}."
+    )
