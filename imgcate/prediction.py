@@ -5,6 +5,7 @@ its in-sample effect, random intercepts aside)."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from imgcate.embeddings import Embeddings
-from imgcate.errors import FitError, InputError
+from imgcate.errors import ExtrapolationWarning, FitError, InputError
 from imgcate.intervals import interval_names, quantiles
 from imgcate.model import ModelInputs, basis_features, unit_quantities
 from imgcate.posterior import fit_spec, site_draws
@@ -160,6 +161,17 @@ def raw_embeddings(fit: EffectFit, new: Any) -> tuple[np.ndarray, np.ndarray]:
     return values, ids
 
 
+def embedding_support(embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Where embeddings (unit, feature; model scale) lie: their mean, the precision matrix of
+    their Mahalanobis distance, and the 99th percentile of the units' own distances."""
+    emb = np.asarray(embedding, dtype=float)
+    mean = emb.mean(0)
+    cov = np.cov(emb, rowvar=False) + 1e-6 * np.eye(emb.shape[1])
+    prec = np.linalg.inv(np.atleast_2d(cov))
+    dist = np.sqrt(np.einsum("ij,jk,ik->i", emb - mean, prec, emb - mean))
+    return mean, prec, float(np.quantile(dist, 0.99))
+
+
 def predict(
     fit: EffectFit,
     embeddings: Any,
@@ -167,8 +179,10 @@ def predict(
     covariates: Any = None,
     max_draws: int | None = None,
     seed: int = 0,
+    stacklevel: int = 3,
 ) -> Prediction:
-    """Posterior CATE and cluster probabilities for images (see :meth:`EffectFit.predict`)."""
+    """Posterior CATE and cluster probabilities for images (see :meth:`EffectFit.predict`); an
+    :class:`~imgcate.ExtrapolationWarning` points ``stacklevel`` frames up."""
     values, ids = raw_embeddings(fit, embeddings)
     width = len(fit.standardizer.embedding_mean)
     if values.shape[1] != width:
@@ -199,6 +213,28 @@ def predict(
     emb = fit.standardizer.embedding(values)
     mean, prec, limit = fit.trial_support()
     dist = np.sqrt(np.einsum("ij,jk,ik->i", emb - mean, prec, emb - mean))
-    return Prediction(
+    out = Prediction(
         image_ids=ids, cate=cate, cluster_prob=prob, extrapolation=dist, support_limit=limit
     )
+    warn_outside_support(out, stacklevel + 1)
+    return out
+
+
+#: Share of the images of a prediction (or tiles of a map) outside the trial's support above
+#: which imgcate warns.
+EXTRAPOLATION_WARN_SHARE = 0.1
+
+
+def warn_outside_support(prediction: Prediction, stacklevel: int = 3) -> None:
+    """Warn when more than :data:`EXTRAPOLATION_WARN_SHARE` of a prediction's images lie
+    outside the trial's support."""
+    outside = prediction.outside_support
+    if len(outside) and outside.mean() > EXTRAPOLATION_WARN_SHARE:
+        first = np.asarray(prediction.image_ids)[outside][:5].tolist()
+        warnings.warn(
+            f"{int(outside.sum())} of {len(outside)} images lie outside the trial's support "
+            f"(extrapolation > {prediction.support_limit:.2f}; first {first}): their effects "
+            "are extrapolation, not evidence (see the 'outside_support' column of to_frame()).",
+            ExtrapolationWarning,
+            stacklevel=stacklevel,
+        )

@@ -44,7 +44,7 @@ from imgcate.posterior import (
     unit_summaries,
     with_derived,
 )
-from imgcate.prediction import Prediction, effect_function, predict
+from imgcate.prediction import Prediction, effect_function, embedding_support, predict
 
 if TYPE_CHECKING:
     import arviz as az
@@ -517,12 +517,7 @@ class EffectFit:
     def trial_support(self) -> tuple[np.ndarray, np.ndarray, float]:
         """Where the trial's embeddings lie (model scale): their mean, the precision matrix of
         their Mahalanobis distance, and the 99th percentile of the units' own distances."""
-        emb = self.idata.constant_data["embedding"].values.astype(float)
-        mean = emb.mean(0)
-        cov = np.cov(emb, rowvar=False) + 1e-6 * np.eye(emb.shape[1])
-        prec = np.linalg.inv(np.atleast_2d(cov))
-        dist = np.sqrt(np.einsum("ij,jk,ik->i", emb - mean, prec, emb - mean))
-        return mean, prec, float(np.quantile(dist, 0.99))
+        return embedding_support(self.idata.constant_data["embedding"].values)
 
     def predict(
         self,
@@ -558,6 +553,11 @@ class EffectFit:
         ------
         InputError
             For embeddings of the wrong width, or with NaN or infinite values.
+
+        Warns
+        -----
+        ExtrapolationWarning
+            When more than a tenth of the images lie outside the trial's support.
         """
         return predict(self, embeddings, covariates=covariates, max_draws=max_draws, seed=seed)
 

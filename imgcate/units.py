@@ -376,7 +376,9 @@ def read_units(
         CRS of the coordinate columns (default EPSG:4326), or of a geometry that lacks one.
     image_id, stratum, cluster : str, optional
         Image shared by several units, randomization block, and cluster of a cluster-randomized
-        design.
+        design. Here ``image_id`` is taken only when named (with a warning when the table has
+        an ``image_id`` column); the command line's ``--image-id`` takes that column by
+        default.
     missing : {"error", "drop", "mean", "indicator"}
         What to do with missing covariate values. ``"error"`` (default) refuses; ``"drop"``
         drops those units; ``"mean"`` imputes the column mean; ``"indicator"`` imputes the mean

@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import shutil
+import warnings
 
 import numpy as np
 import pytest
 
-from imgcate import InputError
+from imgcate import ExtrapolationWarning, InputError
 from imgcate.posterior import trial_inputs
 from imgcate.results import load_fit
 
@@ -134,8 +135,14 @@ def test_predict_matches_in_sample_and_truth(k2):
     frame = result.predict(new_emb).to_frame()
     assert np.corrcoef(frame["tau_mean"], sim.truth.cate_of(new_emb))[0, 1] > 0.9
     assert {"tau_5%", "tau_95%", "prob_positive", "cluster_prob_1"} <= set(frame.columns)
-    far = result.predict(emb[:3] * 0 + 50.0)
+    with pytest.warns(ExtrapolationWarning, match=r"3 of 3 images lie outside") as caught:
+        far = result.predict(emb[:3] * 0 + 50.0)
+    assert caught[0].filename == __file__  # points at the caller's line
     assert far.outside_support.all() and not pred.outside_support.mean() > 0.05
+    # no warning where a tenth or fewer lie outside (the trial's own: about 1 in 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExtrapolationWarning)
+        result.predict(np.vstack([emb[:9], emb[:1] * 0 + 50.0]))
 
 
 def test_a_fit_saved_with_weighted_cluster_effects_is_read_with_todays(k2, tmp_path, edit_fit_file):

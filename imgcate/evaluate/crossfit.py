@@ -392,14 +392,14 @@ def crossfit_cate(
         options = dict(fit_options)
         if observational:
             options["propensity"] = propensity[train]
-        with warnings.catch_warnings(record=True) as caught:
+        held_x = covariates[held] if covariates.shape[1] else None
+        with warnings.catch_warnings(record=True) as caught:  # the fold's, and its predictions'
             warnings.simplefilter("always")
             fold_fit = fit(
                 trial.subset(train), _rows(embeddings, train), seed=int(fit_seeds[k]), **options
             )
+            pred = fold_fit.predict(unit_embedding[held], covariates=held_x)
         problems += _rewarn(caught, k, n_total)
-        held_x = covariates[held] if covariates.shape[1] else None
-        pred = fold_fit.predict(unit_embedding[held], covariates=held_x)
         lo, hi = quantiles(pred.cate, prob)
         out["cate"][held], out["cate_sd"][held] = pred.cate.mean(0), pred.cate.std(0)
         out["lower"][held], out["upper"][held] = lo, hi
@@ -430,7 +430,8 @@ def _rows(embeddings: Embeddings | np.ndarray, rows: np.ndarray) -> Embeddings |
 
 
 def _rewarn(caught: list, fold: int, n_folds: int) -> list[str]:
-    """Warn again what a fold's fit warned, prefixed by the fold; return the fit problems."""
+    """Warn again what a fold's fit (or its held-out units' prediction: their extrapolation)
+    warned, prefixed by the fold; return the fit problems."""
     problems = []
     for record in caught:
         message = f"crossfit_cate, fold {fold + 1} of {n_folds}: {record.message}"

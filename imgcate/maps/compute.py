@@ -24,6 +24,7 @@ from imgcate.intervals import interval_names
 from imgcate.maps.blocks import empty_map, run_blocks
 from imgcate.maps.grid import TileGrid, check_tiles, tile_grid
 from imgcate.maps.tiles import MAP_VARIABLES, TileJob, draw_count
+from imgcate.prediction import EXTRAPOLATION_WARN_SHARE
 from imgcate.provenance import collect, dumps
 from imgcate.raster import band_indexes, open_raster, raster_label, raster_source
 from imgcate.results import EffectFit
@@ -34,10 +35,6 @@ log = logging.getLogger("imgcate")
 
 #: Tile side (px) for fits whose encoder does not know the trial's chip size.
 DEFAULT_TILE_SIZE = 32
-
-
-#: Tiles outside the trial's support above which :func:`predict_map` warns.
-EXTRAPOLATION_WARN_SHARE = 0.1
 
 
 #: Side (px) of the decimated read of a raster for its band statistics (:func:`_sample_stats`),
