@@ -155,7 +155,7 @@ def run(
 ) -> dict:
     """The map of about ``n_tiles`` tiles made ``repeat`` times: the median time (a map of
     10,000 tiles takes about a second, and single times vary by a tenth from run to run), every
-    time, and the peak memory and its tenths of the first run."""
+    time, the peak memory over the runs and the first run's memory by tenth."""
     from imgcate.maps import predict_map
 
     block_tiles = block_tiles or default_block_tiles()

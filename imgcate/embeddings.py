@@ -212,7 +212,27 @@ def unit_embeddings(
             f"embeddings array has {len(values)} rows but the trial has {trial.n_units} units; "
             "pass an Embeddings object keyed by image id, or one row per unit."
         )
+    keys = trial.image_keys
+    if trial.image_id is not None and not np.array_equal(keys, np.arange(len(keys))):
+        raise InputError(  # the rows would go to the units in order, whatever their images
+            f"the trial names each unit's image (column {trial.image_id!r}), but a plain array "
+            "of embeddings has no image ids to match them with (its rows would be taken in "
+            "unit order); pass embeddings keyed by image id (imgcate.as_embeddings(values, "
+            "image_ids), or the Embeddings that embed() gives), or read the units without "
+            "image_id if the rows are the units'."
+        )
     return values
+
+
+def keyed_embeddings(
+    embeddings: Embeddings | GatheredRows | np.ndarray, trial: Any
+) -> Embeddings | GatheredRows:
+    """A plain array (checked as :func:`unit_embeddings` checks it) keyed by its units'
+    images, so that fits on subsets of the trial (fold fits) find their units' rows;
+    :class:`Embeddings` and :class:`~imgcate.moments.GatheredRows` as they are."""
+    if isinstance(embeddings, Embeddings | GatheredRows):
+        return embeddings
+    return as_embeddings(unit_embeddings(embeddings, trial), trial.image_keys)
 
 
 def as_embeddings(values: Any, image_ids: Any = None) -> Embeddings:

@@ -40,7 +40,7 @@ from imgcate.config import (
     choose_method,
     model_data,
 )
-from imgcate.embeddings import Embeddings
+from imgcate.embeddings import Embeddings, unit_embeddings
 from imgcate.errors import ApproximationWarning, BalanceWarning, InputError
 from imgcate.guides import GUIDES, chosen_guide
 from imgcate.methods import check_method_options
@@ -51,7 +51,7 @@ from imgcate.provenance import collect
 from imgcate.results import EffectFit
 from imgcate.trialcheck import check_randomization
 from imgcate.units import Trial
-from imgcate.validation import as_float_array, as_propensity
+from imgcate.validation import as_propensity
 
 if TYPE_CHECKING:
     import arviz as az
@@ -279,7 +279,8 @@ def fit(
         Units with treatment, outcome and covariates (see :func:`imgcate.read_units`).
     embeddings : Embeddings or ndarray
         One row per image, matched to units through ``trial.image_keys``; a plain array is
-        taken as one row per unit, in unit order.
+        taken as one row per unit, in unit order, and refused where the trial names its units'
+        images (``image_id``) other than 0, 1, ... in unit order.
     n_clusters : int
         Number of effect clusters K. With K = 1 the effect is a smooth function of the
         embedding (``deviation="smooth"``, the default) or constant (``deviation="none"``).
@@ -372,12 +373,12 @@ def fit(
         _check_no_leakage(embeddings, trial)
         unit_embedding, encoder = embeddings.unit_rows(trial.image_keys), embeddings.encoder
     else:
-        unit_embedding = _unit_rows(as_float_array("embeddings", embeddings, ndim=2), trial)
+        unit_embedding = unit_embeddings(embeddings, trial)
         encoder = None
     if propensity is None:  # analysed as randomized: the arms may differ only by chance
         balance = check_randomization(
             trial,
-            unit_embedding,
+            embeddings,  # matched to the units as above
             n_components=3,
             n_permutations=200,
             seed=seed,
@@ -440,26 +441,6 @@ def _with_propensity(trial: Trial, propensity: np.ndarray) -> Trial:
         raise InputError("the trial already has a covariate named 'propensity'; rename it.")
     data = trial.data.assign(propensity=scores)
     return replace(trial, data=data, covariates=(*trial.covariates, "propensity"))
-
-
-def _unit_rows(values: np.ndarray, trial: Trial) -> np.ndarray:
-    """A plain array's rows as the units' (in unit order), where nothing else is meant: a trial
-    that names its units' images (other than 0, 1, ... in unit order) needs the images' ids."""
-    if len(values) != trial.n_units:
-        raise InputError(
-            f"embeddings array has {len(values)} rows but the trial has {trial.n_units} units; "
-            "pass an Embeddings object keyed by image id, or one row per unit."
-        )
-    keys = trial.image_keys
-    if trial.image_id is not None and not np.array_equal(keys, np.arange(len(keys))):
-        raise InputError(
-            f"the trial names each unit's image (column {trial.image_id!r}), but a plain array "
-            "of embeddings has no image ids to match them with (its rows would be taken in "
-            "unit order); pass embeddings keyed by image id (imgcate.as_embeddings(values, "
-            "image_ids), or the Embeddings that embed() gives), or read the units without "
-            "image_id if the rows are the units'."
-        )
-    return values
 
 
 #: ArviZ dims of the model's sites (hurdle sites take the same dims under their prefix).

@@ -21,7 +21,7 @@ import pandas as pd
 
 from imgcate.config import FitConfig
 from imgcate.diagnostics import divergent_transitions
-from imgcate.embeddings import Embeddings
+from imgcate.embeddings import Embeddings, keyed_embeddings
 from imgcate.errors import (
     BalanceWarning,
     ConvergenceWarning,
@@ -272,6 +272,9 @@ def compare_clusters(
     for name, value in (("min_elpd_gain", min_elpd_gain), ("se_multiple", se_multiple)):
         if not np.isfinite(value) or value < 0:
             raise InputError(f"{name}={value} must be a finite number >= 0, e.g. 4 or 1.")
+    if not isinstance(trial, Trial):
+        raise InputError("trial must be a Trial; build one with imgcate.read_units(...).")
+    embeddings = keyed_embeddings(embeddings, trial)  # fold fits find their units' rows
     if "equal_effects" in fit_options or "n_clusters" in fit_options:
         raise InputError(
             "compare_clusters sets n_clusters and equal_effects itself (K = 0 is the model "

@@ -130,8 +130,8 @@ def test_fit_finds_the_image_id_column_and_refuses_the_units_table(fitted, tmp_p
 
 
 def test_svi_fit_takes_no_nuts_draws_and_info_shows_its_own(fitted, tmp_path):
-    """--chains and --draws set NUTS: refused with --method svi (they were recorded in the fit
-    as if used); without them an SVI fit records and shows its steps and draws."""
+    """--chains and --draws set NUTS: refused with --method svi (they were ignored, and `info`
+    showed them as if used); without them `info` shows an SVI fit's steps and draws."""
     runner = CliRunner()
     base = [str(fitted / "units.csv"), str(fitted / "embeddings.parquet")]
     for option in ("--chains", "--draws"):

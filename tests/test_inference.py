@@ -375,7 +375,7 @@ def test_one_methods_options_with_the_other_are_refused():
     recorded in the fit as if used): refused, naming them, before any work; with
     method="auto" they stand for the method it may choose."""
     from imgcate.config import FitConfig
-    from imgcate.methods import NUTS_OPTIONS, SVI_OPTIONS
+    from imgcate.methods import NUTS_OPTIONS, SVI_OPTIONS, check_method_options
 
     sim = simulate_trial(0, 40, 2)
     for method, options, names in (
@@ -386,6 +386,7 @@ def test_one_methods_options_with_the_other_are_refused():
     ):
         with pytest.raises(InputError, match=f"{names}, which method='{method}' does not run"):
             fit(sim.trial, sim.embeddings, method=method, **options)
+    check_method_options("auto", {"svi_steps": 10, "num_chains": 2})  # auto takes both
     # the two lists name every option of each method, and no other
     fields = set(FitConfig.__dataclass_fields__)
     assert set(SVI_OPTIONS) == {f for f in fields if f.startswith("svi_")}

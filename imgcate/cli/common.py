@@ -113,6 +113,10 @@ CLI_PHRASES = (
     ),
     ("; names= or a mapping in Python)", ")"),
     ("imgcate.fit(n_clusters=1)", "-k 1"),
+    ("which method='nuts' does not run", "which --method nuts does not run"),
+    ("which method='svi' does not run", "which --method svi does not run"),
+    ("choose method='svi' (or 'auto'", "choose --method svi (or auto"),
+    ("or choose method='nuts' (or 'auto')", "or choose --method nuts (or auto)"),
     (
         "fit the units whose images have embeddings: trial.subset(np.isin(trial.image_keys, "
         "load_embeddings(path).image_ids)).",

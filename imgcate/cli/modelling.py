@@ -315,7 +315,7 @@ def fit_command(
     ]
     if method == "svi" and given:
         raise click.BadParameter(
-            f"--{given[0]} sets NUTS's {'chains' if given[0] == 'chains' else 'draws'}, which "
+            f"--{given[0]} sets NUTS's {given[0]}, which "
             "--method svi does not run (its draws come from its guide: --option "
             "svi_draws=N); leave it out, or use --method nuts or auto.",
             param_hint=f"--{given[0]}",

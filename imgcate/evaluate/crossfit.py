@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from imgcate.embeddings import Embeddings, unit_embeddings
+from imgcate.embeddings import Embeddings, keyed_embeddings, unit_embeddings
 from imgcate.errors import (
     BalanceWarning,
     ConvergenceWarning,
+    ExtrapolationWarning,
     InputError,
     ModelCheckWarning,
 )
@@ -372,6 +373,7 @@ def crossfit_cate(
         raise InputError("trial must be a Trial; build one with imgcate.read_units(...).")
     seed = seed_int(seed)
     prob = check_prob(prob)
+    embeddings = keyed_embeddings(embeddings, trial)  # fold fits find their units' rows
     unit_embedding = unit_embeddings(embeddings, trial)
     propensity = fit_options.pop("propensity", None)
     observational = propensity is not None
@@ -392,14 +394,16 @@ def crossfit_cate(
         options = dict(fit_options)
         if observational:
             options["propensity"] = propensity[train]
-        held_x = covariates[held] if covariates.shape[1] else None
-        with warnings.catch_warnings(record=True) as caught:  # the fold's, and its predictions'
+        with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             fold_fit = fit(
                 trial.subset(train), _rows(embeddings, train), seed=int(fit_seeds[k]), **options
             )
-            pred = fold_fit.predict(unit_embedding[held], covariates=held_x)
         problems += _rewarn(caught, k, n_total)
+        held_x = covariates[held] if covariates.shape[1] else None
+        with warnings.catch_warnings():  # held-out blocks lie elsewhere by design: not warned
+            warnings.simplefilter("ignore", ExtrapolationWarning)
+            pred = fold_fit.predict(unit_embedding[held], covariates=held_x)
         lo, hi = quantiles(pred.cate, prob)
         out["cate"][held], out["cate_sd"][held] = pred.cate.mean(0), pred.cate.std(0)
         out["lower"][held], out["upper"][held] = lo, hi
@@ -430,8 +434,7 @@ def _rows(embeddings: Embeddings | np.ndarray, rows: np.ndarray) -> Embeddings |
 
 
 def _rewarn(caught: list, fold: int, n_folds: int) -> list[str]:
-    """Warn again what a fold's fit (or its held-out units' prediction: their extrapolation)
-    warned, prefixed by the fold; return the fit problems."""
+    """Warn again what a fold's fit warned, prefixed by the fold; return the fit problems."""
     problems = []
     for record in caught:
         message = f"crossfit_cate, fold {fold + 1} of {n_folds}: {record.message}"

@@ -9,6 +9,7 @@ import pandas as pd
 import xarray as xr
 
 from imgcate.chips import Chips, as_chips
+from imgcate.prediction import predict
 from imgcate.results import EffectFit
 from imgcate.segments.occlusion import fit_encoder, sensitivity_map
 from imgcate.validation import check_choice, check_positive_int
@@ -113,7 +114,8 @@ def typical_images(
     n = check_positive_int("n", n)
     chips = as_chips(chips)
     encoder = fit_encoder(fit, chips)
-    pred = fit.predict(encoder.transform(chips), max_draws=max_draws, seed=seed)
+    # an extrapolation warning points at typical_images' caller
+    pred = predict(fit, encoder.transform(chips), max_draws=max_draws, seed=seed, stacklevel=3)
     mean_prob = pred.cluster_prob.mean(0)
     cate = pred.cate.mean(0)
     rows = []

@@ -106,6 +106,26 @@ def test_same_seed_same_result(small_trial, kept):
     assert again.heterogeneity_tests().equals(kept.heterogeneity_tests())
 
 
+def test_a_plain_array_is_keyed_by_image_for_the_fold_fits(small_trial, kept):
+    """The same embeddings as a plain array in unit order (the trial's images are 0, 1, ... in
+    unit order) give the same result: keyed by image once, the fold fits (on subsets of the
+    trial) find their rows, where each fold refused the array before. On a trial whose units
+    name other images, the array is refused before any fold is assigned."""
+    trial = small_trial.trial
+    values = small_trial.embeddings.unit_rows(trial.image_keys)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = crossfit_cate(
+            trial, values, n_folds=2, seed=4, progress=False, block_size=1.0, **TINY
+        )
+    for name in ("fold", "cate", "cate_sd", "lower", "upper", "mu0", "mu1"):
+        assert np.array_equal(getattr(plain, name), getattr(kept, name)), name
+    shuffled = trial.data.assign(image_id=trial.image_keys[::-1])
+    other = replace(trial, data=shuffled)
+    with pytest.raises(InputError, match="names each unit's image"):
+        crossfit_cate(other, values, n_folds=2, progress=False, **TINY)
+
+
 def test_results_feed_rate_blp_and_calibration(kept):
     tests = kept.heterogeneity_tests(prob=0.9)
     assert tests["term"].tolist() == ["rate_autoc", "blp_hte", "calibration_differential"]
