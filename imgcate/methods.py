@@ -42,7 +42,8 @@ def check_method_options(method: str, options: dict) -> None:
         if method == "nuts"
         else "SVI's draws come from its guide (svi_draws); or choose method='nuts' (or 'auto')"
     )
+    one = len(names) == 1
     raise InputError(
-        f"{', '.join(names)} set(s) {other}, which method={method!r} does not run; leave "
-        f"{'it' if len(names) == 1 else 'them'} out: {hint}."
+        f"{', '.join(names)} {'sets' if one else 'set'} {other}, which method={method!r} does "
+        f"not run; leave {'it' if one else 'them'} out: {hint}."
     )

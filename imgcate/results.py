@@ -169,9 +169,9 @@ class EffectFit:
         return diagnostics_table(self.idata)
 
     def check_convergence(self) -> list[str]:
-        """Warn (ConvergenceWarning) about R-hat > 1.01, low ESS, divergences or chains in
-        different modes; return the problems."""
-        problems = convergence_problems(self.idata)
+        """NUTS: warn (ConvergenceWarning) about R-hat > 1.01, low ESS, divergences or chains in
+        different modes, and return the problems; none for SVI (one guide, no chains)."""
+        problems = convergence_problems(self.idata) if self.config.method == "nuts" else []
         for message in problems:
             warnings.warn(f"imgcate fit: {message}.", ConvergenceWarning, stacklevel=3)
         return problems

@@ -143,11 +143,16 @@ def test_svi_fit_takes_no_nuts_draws_and_info_shows_its_own(fitted, tmp_path):
     out = tmp_path / "svi.imgcate"
     res = runner.invoke(main, ["fit", *base, str(out), "--method", "svi", *svi, "-q"])
     assert res.exit_code == 0, res.output
-    assert load_fit(out).idata.posterior.sizes["draw"] == 50
+    svi_fit = load_fit(out)
+    assert svi_fit.idata.posterior.sizes["draw"] == 50
+    with warnings.catch_warnings():  # one guide, no chains: no R-hat or ESS to warn of
+        warnings.simplefilter("error")
+        assert svi_fit.check_convergence() == []
     res = runner.invoke(main, ["info", str(out)])
     assert res.exit_code == 0, res.output
     assert "method=svi, svi_steps=200, svi_draws=50" in res.output
     assert "num_chains" not in res.output and "num_samples" not in res.output
+    assert "convergence not checked (SVI" in res.output and "ESS below" not in res.output
 
 
 def test_fit_reads_projected_coordinate_columns(fitted, tmp_path):

@@ -379,10 +379,10 @@ def test_one_methods_options_with_the_other_are_refused():
 
     sim = simulate_trial(0, 40, 2)
     for method, options, names in (
-        ("nuts", {"svi_batch_size": 10}, "svi_batch_size set.s. SVI"),
-        ("nuts", {"svi_steps": 10, "svi_guide": "full"}, "svi_guide, svi_steps set.s. SVI"),
-        ("svi", {"num_chains": 4}, "num_chains set.s. NUTS"),
-        ("svi", {"num_warmup": 50, "svi_steps": 200}, "num_warmup set.s. NUTS"),
+        ("nuts", {"svi_batch_size": 10}, "svi_batch_size sets SVI"),
+        ("nuts", {"svi_steps": 10, "svi_guide": "full"}, "svi_guide, svi_steps set SVI"),
+        ("svi", {"num_chains": 4}, "num_chains sets NUTS"),
+        ("svi", {"num_warmup": 50, "svi_steps": 200}, "num_warmup sets NUTS"),
     ):
         with pytest.raises(InputError, match=f"{names}, which method='{method}' does not run"):
             fit(sim.trial, sim.embeddings, method=method, **options)

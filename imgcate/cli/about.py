@@ -95,7 +95,10 @@ def fit_lines(path: Path) -> list[str]:
         warnings.simplefilter("ignore")
         problems = result.check_convergence() if hasattr(result, "check_convergence") else []
     problems = [in_cli_words(p) for p in problems]
-    lines += [f"  {p}" for p in problems] or ["  no convergence problems (R-hat, ESS, divergences)"]
+    checked = "no convergence problems (R-hat, ESS, divergences)"
+    if result.config.method != "nuts":
+        checked = "convergence not checked (SVI: one guide, no chains for R-hat or ESS)"
+    lines += [f"  {p}" for p in problems] or [f"  {checked}"]
     lines.append("summary:")
     lines += ["  " + line for line in in_cli_words(result.summary()).splitlines()]
     return lines
