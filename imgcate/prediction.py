@@ -161,6 +161,13 @@ def raw_embeddings(fit: EffectFit, new: Any) -> tuple[np.ndarray, np.ndarray]:
     return values, ids
 
 
+def support_distance(embedding: np.ndarray, mean: np.ndarray, prec: np.ndarray) -> np.ndarray:
+    """Each row's Mahalanobis distance (model scale) to the trial's embeddings: ``mean`` and
+    ``prec`` as :func:`embedding_support` gives them."""
+    centred = embedding - mean
+    return np.sqrt(np.einsum("ij,jk,ik->i", centred, prec, centred))
+
+
 def embedding_support(embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Where embeddings (unit, feature; model scale) lie: their mean, the precision matrix of
     their Mahalanobis distance, and the 99th percentile of the units' own distances."""
@@ -168,8 +175,7 @@ def embedding_support(embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray, fl
     mean = emb.mean(0)
     cov = np.cov(emb, rowvar=False) + 1e-6 * np.eye(emb.shape[1])
     prec = np.linalg.inv(np.atleast_2d(cov))
-    dist = np.sqrt(np.einsum("ij,jk,ik->i", emb - mean, prec, emb - mean))
-    return mean, prec, float(np.quantile(dist, 0.99))
+    return mean, prec, float(np.quantile(support_distance(emb, mean, prec), 0.99))
 
 
 def predict(
@@ -212,7 +218,7 @@ def predict(
         )
     emb = fit.standardizer.embedding(values)
     mean, prec, limit = fit.trial_support()
-    dist = np.sqrt(np.einsum("ij,jk,ik->i", emb - mean, prec, emb - mean))
+    dist = support_distance(emb, mean, prec)
     out = Prediction(
         image_ids=ids, cate=cate, cluster_prob=prob, extrapolation=dist, support_limit=limit
     )

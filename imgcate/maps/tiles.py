@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from imgcate.errors import RasterError
+from imgcate.prediction import support_distance
 from imgcate.raster import open_raster, raster_env, raster_label
 from imgcate.results import EffectFit
 
@@ -117,8 +118,8 @@ class TileModel:
         )
         lo = (1 - self.prob) / 2
         lower, upper = np.quantile(cate, [lo, 1 - lo], axis=0)
-        emb = self.standardizer.embedding(raw[:n]) - self.support_mean
-        dist = np.sqrt(np.einsum("ij,jk,ik->i", emb, self.support_prec, emb))
+        emb = self.standardizer.embedding(raw[:n])
+        dist = support_distance(emb, self.support_mean, self.support_prec)
         out = {
             "mean": cate.mean(0),
             "sd": cate.std(0),
