@@ -50,6 +50,7 @@ from imgcate.errors import (
     OverlapWarning,
     ParetoKWarning,
     RasterError,
+    RegionWarning,
     WriteError,
 )
 from imgcate.inference import fit
@@ -106,6 +107,7 @@ __all__ = [
     "RandomizationCheck",
     "RandomConvFeatures",
     "RasterError",
+    "RegionWarning",
     "SimulatedTrial",
     "Trial",
     "WriteError",

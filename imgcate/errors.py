@@ -85,6 +85,11 @@ class ApproximationWarning(UserWarning):
     from exact MCMC)."""
 
 
+class RegionWarning(UserWarning):
+    """A map's region reaches past the raster's extent: the map covers only the part of the
+    region inside the raster."""
+
+
 class ParetoKWarning(UserWarning):
     """PSIS-LOO's Pareto-k diagnostic flags units whose leave-one-out estimate is unreliable
     (k above ArviZ's sample-size threshold): a comparison by PSIS-LOO is then in doubt."""

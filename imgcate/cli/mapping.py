@@ -189,7 +189,8 @@ def map_command(
     except ImgcateError as exc:
         raise click.BadParameter(str(exc), param_hint="--tile-size") from exc
     try:
-        tile_grid(raster, area, tile_size=tile_size, stride=stride)
+        # checked before the map starts; the map itself warns of a region past the raster
+        tile_grid(raster, area, tile_size=tile_size, stride=stride, stacklevel=None)
     except ImgcateError as exc:
         if area is None:
             raise click.ClickException(str(exc)) from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 from affine import Affine
 
-from imgcate.errors import InputError, RasterError
+from imgcate.errors import InputError, RasterError, RegionWarning
 from imgcate.raster import open_raster
 
 
@@ -180,7 +181,12 @@ def _fmt_bounds(bounds: Sequence[float]) -> str:
 
 
 def tile_grid(
-    raster: Any, region: Any = None, *, tile_size: int = 32, stride: int | None = None
+    raster: Any,
+    region: Any = None,
+    *,
+    tile_size: int = 32,
+    stride: int | None = None,
+    stacklevel: int | None = 2,
 ) -> TileGrid:
     """The tiles of a map of ``region`` over ``raster``.
 
@@ -194,10 +200,20 @@ def tile_grid(
         Tile side in pixels (use the chip size of the trial).
     stride : int, optional
         Spacing of the tiles in pixels (default ``tile_size``: tiles side by side).
+    stacklevel : int or None
+        Where a :class:`~imgcate.errors.RegionWarning` points, as ``warnings.warn`` counts
+        from here (2, the default: this function's caller); None: no warning (a caller that
+        reports the region's coverage itself).
 
     Returns
     -------
     TileGrid
+
+    Warns
+    -----
+    RegionWarning
+        If the region reaches more than a pixel past the raster on any side: the grid covers
+        only the part inside.
 
     Raises
     ------
@@ -253,6 +269,8 @@ def tile_grid(
                 f"tiles of raster {ds.name!r} (bounds {_fmt_bounds(tuple(rb))}); give a region "
                 "inside the raster's extent."
             )
+        if region is not None and stacklevel is not None:
+            warn_past_raster(name, bounds, rb, ds, stacklevel + 1)
         shape = (row_hi - row_lo + 1, col_hi - col_lo + 1)
         transform = full * Affine.translation(col_lo, row_lo)
         if polygons is None:
@@ -285,6 +303,34 @@ def tile_grid(
     finally:
         if owned:
             ds.close()
+
+
+def warn_past_raster(
+    name: str, bounds: Sequence[float], raster_bounds: Any, ds: Any, stacklevel: int
+) -> None:
+    """Warn (:class:`~imgcate.errors.RegionWarning`, ``stacklevel`` counted from here) when
+    ``bounds`` reach more than a pixel past the raster on a side: the map is then of the part
+    inside, and a user who asked for more should know that the rest is not mapped."""
+    px, py = abs(ds.transform.a), abs(ds.transform.e)
+    left, bottom, right, top = raster_bounds
+    sides = [
+        side
+        for side, past in (
+            ("west", left - bounds[0] > px),
+            ("south", bottom - bounds[1] > py),
+            ("east", bounds[2] - right > px),
+            ("north", bounds[3] - top > py),
+        )
+        if past
+    ]
+    if sides:
+        warnings.warn(
+            f"{name} (bounds {_fmt_bounds(bounds)}) reaches past the {', '.join(sides)} edge of "
+            f"raster {ds.name!r} (bounds {_fmt_bounds(tuple(raster_bounds))}): the map covers "
+            "only the part inside the raster; the rest is left out, not mapped.",
+            RegionWarning,
+            stacklevel=stacklevel,
+        )
 
 
 def cell_range(inverse: Affine, bounds: Sequence[float]) -> tuple[int, int, int, int]:

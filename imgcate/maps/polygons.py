@@ -119,7 +119,8 @@ def polygon_effects(
         indexes = check_bands(fit, ds, bands, scale)
         tile_size, scale = chip_settings(fit, ds, tile_size, scale)
         gdf = gdf.to_crs(ds.crs)
-        grid = tile_grid(ds, gdf, tile_size=tile_size, stride=stride)
+        # polygons past the raster: their covered_share says so
+        grid = tile_grid(ds, gdf, tile_size=tile_size, stride=stride, stacklevel=None)
         name = str(ds.name)
     finally:
         if owned:

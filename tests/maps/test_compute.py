@@ -300,11 +300,16 @@ def _worker_threads() -> dict:
             names.append(open(f"/proc/self/task/{tid}/comm").read().strip())
         except OSError:  # a thread that ended meanwhile
             pass
+    import dask
+
+    from imgcate.maps.runners import QUIET_CLUSTER
+
     return {
         "native": threads(),
         "jax_devices": jax.device_count(),
         "xla": sum("XLAEigen" in n for n in names),
         "cores": sorted(os.sched_getaffinity(0)),
+        "quiet": all(dask.config.get(k) == v for k, v in QUIET_CLUSTER.items()),
     }
 
 
@@ -313,7 +318,8 @@ def test_local_dask_workers_kernels_follow_the_workers_threads():
     """Each worker of the map's local cluster runs the native kernel and XLA on as many
     threads as it has, one JAX device, pinned to cores of its own: two single-threaded
     workers share two cores instead of each using both, and a worker of two threads uses
-    two. Its scheduler's connections keep few messages (a map's carry its tiles' indices)."""
+    two. Its scheduler's connections keep few messages (a map's carry its tiles' indices),
+    and its scheduler, nannies and workers space out their periodic checks (QUIET_CLUSTER)."""
     from distributed import Client
 
     from imgcate.maps.runners import DASK_MESSAGE_LOG, local_cluster
@@ -327,9 +333,12 @@ def test_local_dask_workers_kernels_follow_the_workers_threads():
         streams = list(cluster.scheduler.stream_comms.values())
         assert len(streams) == 2
         assert all(s.recent_message_log.maxlen == DASK_MESSAGE_LOG for s in streams)
+        assert "stealing" not in cluster.scheduler.extensions
+        assert {n.memory_manager.memory_monitor_interval for n in cluster.workers.values()} == {1.0}
     assert len(found) == 2
     for info in found:
         assert (info["native"], info["jax_devices"], info["xla"]) == (1, 1, 1), found
+        assert info["quiet"], found
         assert len(info["cores"]) == 1, found
     assert found[0]["cores"] != found[1]["cores"], found
     with local_cluster(1, threads=2) as cluster, Client(cluster) as client:
@@ -531,3 +540,46 @@ def test_a_dask_worker_opens_the_raster_once_a_map(inputs, full_map, monkeypatch
     xr.testing.assert_equal(first, second)
     # batches of 40 tiles, not the encoder's 1,024: other float32 roundings (docs/maps.md)
     xr.testing.assert_allclose(first, full_map, rtol=1e-4, atol=1e-4)
+
+
+def _write_bands(path: Path, values: np.ndarray) -> None:
+    from rasterio.transform import from_origin
+
+    profile = {
+        "driver": "GTiff",
+        "height": values.shape[1],
+        "width": values.shape[2],
+        "count": values.shape[0],
+        "dtype": "float32",
+        "crs": "EPSG:32636",
+        "transform": from_origin(500000, 100000, 30, 30),
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(values.astype(np.float32))
+
+
+def test_band_statistics_are_sampled_once_per_file_until_it_changes(tmp_path):
+    """The band check's statistics of a local file are kept for the next map of it, and
+    sampled again once the file is rewritten (its size or modification time changes)."""
+    from imgcate.maps.compute import _sample_stats, band_stats
+
+    rng = np.random.default_rng(0)
+    values = rng.normal([[[1.0]], [[5.0]]], 0.5, (2, 600, 700))
+    path = tmp_path / "scene.tif"
+    _write_bands(path, values)
+    with rasterio.open(path) as ds:
+        first = band_stats(ds, (1, 2))
+        direct = _sample_stats(ds, (1, 2))
+    np.testing.assert_array_equal(first[0], direct[0])
+    np.testing.assert_array_equal(first[1], direct[1])
+    np.testing.assert_allclose(first[0], [1.0, 5.0], atol=0.02)
+    with rasterio.open(path) as ds:
+        again = band_stats(ds, (1, 2))
+    assert again[0] is first[0] and again[1] is first[1]
+    assert not first[0].flags.writeable
+    _write_bands(path, 3 * values)
+    stamp = os.stat(path).st_mtime_ns + 10**9
+    os.utime(path, ns=(stamp, stamp))  # a rewrite within the clock's resolution still shows
+    with rasterio.open(path) as ds:
+        rewritten = band_stats(ds, (1, 2))
+    np.testing.assert_allclose(rewritten[0], 3 * first[0], rtol=1e-6)

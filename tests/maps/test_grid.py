@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import geopandas as gpd
 import numpy as np
+import pytest
 import rasterio
 from shapely.geometry import Polygon, box
 
-from imgcate.maps import predict_map
+from imgcate.errors import RegionWarning
+from imgcate.maps import predict_map, tile_grid
 
 TILE = 32  # the chip size of the fit (MAP_TILE in tests/conftest.py)
 MAP_OPTS = {"tile_size": TILE, "max_draws": 100, "progress": False, "seed": 1}
@@ -35,3 +39,22 @@ def test_polygons_in_another_crs_line_up_with_the_full_map(inputs, full_map, tmp
         assert box(x - cell / 2, y - cell / 2, x + cell / 2, y + cell / 2).intersects(
             region.to_crs(crs).geometry[0]
         )
+
+
+def test_bounds_past_the_raster_warn_that_only_the_part_inside_is_mapped(inputs):
+    """A region reaching past the scene is mapped where it overlaps the scene, with a
+    RegionWarning naming the sides and pointing at the caller; bounds inside do not warn."""
+    scene, fit = inputs
+    with rasterio.open(scene) as src:
+        b, px = src.bounds, src.res[0]
+    west, south = b.left + 40 * px, b.bottom + 40 * px
+    with pytest.warns(RegionWarning, match=r"past the east, north edge") as caught:
+        part = predict_map(fit, scene, (west, south, b.right + 500, b.top + 500), **MAP_OPTS)
+    assert [w.filename for w in caught if w.category is RegionWarning] == [__file__]
+    inside = tile_grid(scene, (west, south, b.right, b.top), tile_size=TILE)
+    assert part["mean"].shape == inside.shape and np.isfinite(part["mean"].values).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RegionWarning)
+        tile_grid(scene, (west, south, b.right, b.top), tile_size=TILE)  # within a pixel
+        tile_grid(scene, None, tile_size=TILE)
+        tile_grid(scene, (west, south, b.right + 500, b.top), tile_size=TILE, stacklevel=None)
