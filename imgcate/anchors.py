@@ -84,6 +84,25 @@ def site_values(unconstrained: dict, spec: ModelSpec) -> dict:
     return {name: bijections[name](value) for name, value in unconstrained.items()}
 
 
+def site_unconstrained(values: dict, spec: ModelSpec) -> dict:
+    """Unconstrained values of sites, the inverse of :func:`site_values`.
+
+    Parameters
+    ----------
+    values : dict
+        Site values by name.
+    spec : ModelSpec
+        The model's shape.
+
+    Returns
+    -------
+    dict
+        Each value through its site's inverse bijection (:func:`site_bijections`).
+    """
+    bijections = site_bijections(spec)
+    return {name: bijections[name].inv(value) for name, value in values.items()}
+
+
 def anchor_step(params: dict, anchor: Anchor, spec: ModelSpec) -> dict:
     """The step from an anchor to a point, in the unconstrained space.
 
@@ -101,8 +120,8 @@ def anchor_step(params: dict, anchor: Anchor, spec: ModelSpec) -> dict:
     dict
         ``params`` unconstrained less the anchor's, by site name.
     """
-    bijections = site_bijections(spec)
-    return {name: bijections[name].inv(params[name]) - anchor.params[name] for name in params}
+    unconstrained = site_unconstrained(params, spec)
+    return {name: value - anchor.params[name] for name, value in unconstrained.items()}
 
 
 def anchored_terms(
@@ -178,8 +197,8 @@ def anchor_at(params: dict, inputs: ModelInputs, outcome: jnp.ndarray, spec: Mod
     become constants copied into the compiled code); every chunk has the same size (the last
     padded, its padding weighted 0), so it compiles once.
     """
-    bijections = site_bijections(spec)
-    point = {k: jnp.asarray(bijections[k].inv(jnp.asarray(v))) for k, v in params.items()}
+    values = {k: jnp.asarray(v) for k, v in params.items()}
+    point = {k: jnp.asarray(v) for k, v in site_unconstrained(values, spec).items()}
     n_units = int(outcome.shape[0])
     size = min(ANCHOR_CHUNK, n_units)
     total = 0.0

@@ -120,6 +120,18 @@ class CrossfitResult:
         """Number of folds."""
         return int(self.fold.max()) + 1
 
+    def __repr__(self) -> str:  # the arrays are the units': a line each of what they hold
+        lo, hi = np.percentile(self.cate, [5, 95])
+        width = float(np.mean(self.upper - self.lower))
+        return (
+            f"CrossfitResult({len(self.unit_ids):,} units, {self.n_folds} {self.scheme} folds, "
+            f"seed {self.seed}; .summary(), .to_frame(), .scores()):\n"
+            f"  out-of-fold CATE: mean {float(np.mean(self.cate)):.3g}, units' 5-95 % "
+            f"{lo:.3g} to {hi:.3g}; {self.prob:.0%} intervals {width:.3g} wide on average\n"
+            f"  fold fits' warnings: {len(self.problems)}"
+            + (f"; fits kept: {len(self.fits)}" if self.fits else "")
+        )
+
     @property
     def mu_hat(self) -> np.ndarray:
         """Out-of-fold E[Y | x] marginal over treatment, ``mu0 + propensity · cate`` (unit,):

@@ -150,6 +150,16 @@ def test_results_feed_rate_blp_and_calibration(kept):
     assert "Out-of-sample heterogeneity test (2 spatial folds" in kept.summary()
 
 
+def test_its_repr_says_what_it_holds_in_a_few_lines(kept):
+    """Printed, a crossfit says what it holds instead of dumping every unit's arrays."""
+    text = repr(kept)
+    assert len(text.splitlines()) == 3, text
+    assert text.startswith("CrossfitResult(80 units, 2 spatial folds, seed 4;"), text
+    assert f"mean {float(np.mean(kept.cate)):.3g}" in text
+    assert "fits kept: 2" in text
+    assert "array(" not in text and len(text) < 400, text
+
+
 def test_summary_refuses_a_crossfit_of_other_units(kept):
     with pytest.raises(InputError, match="crossfit_cate on the fit's own trial"):
         kept.fits[0].summary(out_of_sample=kept)
