@@ -1,7 +1,7 @@
 """Speed and peak memory of predict_map: tiles per second for 32 x 32 x 6 tiles.
 
 Prints JSON: one record per (mode, tiles, workers) with tiles/s and the peak resident memory
-of the whole process tree (this process and its Dask workers), sampled every 50 ms, and the
+of this process and its Dask cluster's workers, sampled every 50 ms, and the
 largest of those samples in each tenth of the map's time (``memory_by_tenth_mb``). The fit
 uses the default encoder (random convolutional features, 256 features, 16 components) on a
 300-unit synthetic trial (NUTS, one chain); the mapped raster is a synthetic 6-band scene
@@ -19,6 +19,16 @@ processes, their imports) is timed apart from the maps, and so is each cluster's
 once; the maps after it, of other regions, reuse the worker's model). Each map below 10^6 tiles
 is made ``--repeat`` times (5) and its median time reported, with every time in
 ``seconds_each``: single maps of 10,000 tiles take about a second and vary by a tenth.
+
+The Dask maps are made in ``--repeat`` rounds: in each, a cluster of 1 worker and then one of
+2 (2 and then 1 in the next round) start, make their first map and an untimed map of the
+smallest size (the first map after the warm-up ran 0.1-0.15 s slower than the next ones),
+then one map of each size, and stop. This machine's
+speed drifts by a tenth over minutes, and all the 1-worker maps made before all the 2-worker
+ones gave ratios that drifted with it. ``scaling_2_over_1`` is the ratio of the median times,
+``paired_2_over_1`` the median of the rounds' ratios. (Two clusters kept side by side, taking
+turns map by map, slowed the 1-worker maps: the last piece's result reached the mapping
+process 0.03-0.22 s after the worker finished it, against 0.02 s with one cluster.)
 
     python benchmarks/map_speed.py            # 10,000, 50,000 and 100,000 tiles
     python benchmarks/map_speed.py --large    # and 1,000,000 tiles on 2 workers (memory)
@@ -51,24 +61,31 @@ def default_block_tiles() -> int:
     return inspect.signature(predict_map).parameters["block_tiles"].default
 
 
-def tree_rss() -> int:
-    """Resident memory of this process and all its descendants, in bytes."""
+def tree_rss(pids: list[int] | None = None) -> int:
+    """Resident memory, in bytes, of this process and the processes ``pids`` (a cluster's
+    workers), or of this process and all its descendants where ``pids`` is None."""
     me = psutil.Process()
-    total = me.memory_info().rss
-    for child in me.children(recursive=True):
+    others = me.children(recursive=True) if pids is None else []
+    for pid in pids or []:
         try:
-            total += child.memory_info().rss
+            others.append(psutil.Process(pid))
+        except psutil.Error:
+            pass
+    total = me.memory_info().rss
+    for proc in others:
+        try:
+            total += proc.memory_info().rss
         except psutil.Error:
             pass
     return total
 
 
 class PeakMemory:
-    """Samples the process tree's RSS in a thread; ``peak`` in bytes, ``samples`` (seconds
-    from the start, bytes)."""
+    """Samples the RSS of this process and ``pids`` (:func:`tree_rss`) in a thread; ``peak``
+    in bytes, ``samples`` (seconds from the start, bytes)."""
 
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval, self.peak = interval, 0
+    def __init__(self, interval: float = 0.05, pids: list[int] | None = None) -> None:
+        self.interval, self.peak, self.pids = interval, 0, pids
         self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -76,7 +93,7 @@ class PeakMemory:
     def _run(self) -> None:
         start = time.perf_counter()
         while not self._stop.is_set():
-            rss = tree_rss()
+            rss = tree_rss(self.pids)
             self.samples.append((time.perf_counter() - start, rss))
             self.peak = max(self.peak, rss)
             time.sleep(self.interval)
@@ -101,7 +118,7 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, tree_rss())
+        self.peak = max(self.peak, tree_rss(self.pids))
 
 
 def make_fit(workdir: Path, seed: int):
@@ -143,6 +160,59 @@ def region(raster: Path, n_tiles: int) -> tuple[float, float, float, float]:
     return (x0, y1, x1, y0)
 
 
+def one_map(
+    fit,
+    raster: Path,
+    n_tiles: int,
+    workers: int,
+    seed: int,
+    scheduler=None,
+    block_tiles: int | None = None,
+    pids: list[int] | None = None,
+) -> dict:
+    """One map of about ``n_tiles`` tiles: its time, tiles, and the peak memory of this
+    process with ``pids`` (all its descendants where None), by tenth too."""
+    from imgcate.maps import predict_map
+
+    with warnings.catch_warnings(), PeakMemory(pids=pids) as mem:
+        warnings.simplefilter("ignore")
+        start = time.perf_counter()
+        ds = predict_map(
+            fit,
+            raster,
+            region(raster, n_tiles),
+            tile_size=TILE,
+            stride=STRIDE,
+            workers=workers,
+            scheduler=scheduler,
+            progress=False,
+            seed=seed,
+            block_tiles=block_tiles or default_block_tiles(),
+        )
+        seconds = time.perf_counter() - start
+    tiles = int(ds["mean"].notnull().sum())
+    return {"seconds": seconds, "tiles": tiles, "peak": mem.peak, "tenths": mem.by_tenth()}
+
+
+def record(maps: list[dict], workers: int, dask: bool, block_tiles: int | None) -> dict:
+    """The record of the same map made ``len(maps)`` times: the median time (a map of 10,000
+    tiles takes about a second, and single times vary by a tenth from run to run), every time,
+    the peak memory over the runs and the first run's memory by tenth."""
+    seconds = float(np.median([m["seconds"] for m in maps]))
+    return {
+        "mode": "dask" if dask else "local",
+        "tiles": maps[0]["tiles"],
+        "workers": workers,
+        "seconds": round(seconds, 3),
+        "seconds_each": [round(m["seconds"], 3) for m in maps],
+        "tiles_per_s": round(maps[0]["tiles"] / seconds, 1),
+        "peak_memory_mb": round(max(m["peak"] for m in maps) / 2**20),
+        "memory_by_tenth_mb": maps[0]["tenths"],
+        "max_draws": 500,
+        "block_tiles": block_tiles or default_block_tiles(),
+    }
+
+
 def run(
     fit,
     raster: Path,
@@ -152,48 +222,14 @@ def run(
     scheduler=None,
     block_tiles: int | None = None,
     repeat: int = 1,
+    pids: list[int] | None = None,
 ) -> dict:
-    """The map of about ``n_tiles`` tiles made ``repeat`` times: the median time (a map of
-    10,000 tiles takes about a second, and single times vary by a tenth from run to run), every
-    time, the peak memory over the runs and the first run's memory by tenth."""
-    from imgcate.maps import predict_map
-
-    block_tiles = block_tiles or default_block_tiles()
-    times, peaks = [], []
-    for k in range(repeat):
-        with warnings.catch_warnings(), PeakMemory() as mem:
-            warnings.simplefilter("ignore")
-            start = time.perf_counter()
-            ds = predict_map(
-                fit,
-                raster,
-                region(raster, n_tiles),
-                tile_size=TILE,
-                stride=STRIDE,
-                workers=workers,
-                scheduler=scheduler,
-                progress=False,
-                seed=seed,
-                block_tiles=block_tiles,
-            )
-            times.append(time.perf_counter() - start)
-        peaks.append(mem.peak)
-        if k == 0:
-            tenths = mem.by_tenth()
-    tiles = int(ds["mean"].notnull().sum())
-    seconds = float(np.median(times))
-    return {
-        "mode": "local" if scheduler is None else "dask",
-        "tiles": tiles,
-        "workers": workers,
-        "seconds": round(seconds, 3),
-        "seconds_each": [round(t, 3) for t in times],
-        "tiles_per_s": round(tiles / seconds, 1),
-        "peak_memory_mb": round(max(peaks) / 2**20),
-        "memory_by_tenth_mb": tenths,
-        "max_draws": 500,
-        "block_tiles": block_tiles,
-    }
+    """The map of about ``n_tiles`` tiles made ``repeat`` times (:func:`record`)."""
+    maps = [
+        one_map(fit, raster, n_tiles, workers, seed, scheduler, block_tiles, pids)
+        for _ in range(repeat)
+    ]
+    return record(maps, workers, scheduler is not None, block_tiles)
 
 
 def worker_cores() -> list[int]:
@@ -203,38 +239,84 @@ def worker_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
+def worker_pid() -> int:
+    """A worker's process id (its memory is counted with its cluster's maps)."""
+    import os
+
+    return os.getpid()
+
+
 def dask_runs(
     fit,
     raster: Path,
     counts: list[int],
-    workers: int,
+    large: list[int],
     seed: int,
     block_tiles: int,
-    repeat: dict[int, int],
-) -> list[dict]:
-    """Maps on a local cluster of ``workers`` single-threaded processes, one core each."""
+    rounds: int,
+) -> tuple[list[dict], dict]:
+    """Maps on local clusters of 1 and 2 single-threaded worker processes (one core each), in
+    ``rounds`` rounds: in each, a cluster of 1 worker and one of 2 are started in turn (the
+    first of the two alternating from round to round) and each makes one map of every size,
+    so that the two see the same drift of the machine's speed. Then the ``large`` maps on a
+    cluster of 2. Also the median of the paired ratios (1-worker time over 2-worker time in
+    the same round)."""
     from distributed import Client
 
     from imgcate.maps.runners import local_cluster
 
-    start = time.perf_counter()
-    with local_cluster(workers) as cluster, Client(cluster) as client:
-        client.wait_for_workers(workers)
-        cores = client.run(worker_cores)
-        startup = time.perf_counter() - start
-        # each worker's first block rebuilds the fit and compiles (start-up, paid once per
-        # worker): two blocks per worker, timed apart; the maps after it measure throughput
-        address = cluster.scheduler_address
-        warmup = run(fit, raster, 2 * block_tiles * workers, workers, seed, address, block_tiles)
-        records = [
-            run(fit, raster, n, workers, seed, address, block_tiles, repeat.get(n, 1))
-            for n in counts
-        ]
-    for record in records:
-        record["cluster_start_s"] = round(startup, 2)
-        record["first_map"] = {"tiles": warmup["tiles"], "seconds": warmup["seconds"]}
-        record["cores"] = sorted(cores.values())  # one list per worker
-    return records
+    maps: dict[tuple[int, int], list[dict]] = {}
+    starts: dict[int, list[float]] = {1: [], 2: []}
+    first: dict[int, list[dict]] = {1: [], 2: []}
+    cores: dict[int, list] = {}
+
+    def on_cluster(workers: int, sizes: list[int]) -> list[dict]:
+        start = time.perf_counter()
+        with local_cluster(workers) as cluster, Client(cluster) as client:
+            client.wait_for_workers(workers)
+            starts[workers].append(time.perf_counter() - start)
+            cores[workers] = sorted(client.run(worker_cores).values())  # one list per worker
+            pids = list(client.run(worker_pid).values())
+            address = cluster.scheduler_address
+            # each worker's first block rebuilds the fit and compiles (start-up, paid once
+            # per worker): two blocks per worker, timed apart; then, untimed, a map of the
+            # smallest size (the first map after those ran 0.1-0.15 s slower than the next ones
+            # on 2 workers, 1.11-1.15 s against 0.96-1.08 s at 10,000 tiles); the maps after
+            # it measure throughput
+            warm = one_map(
+                fit, raster, 2 * block_tiles * workers, workers, seed, address, block_tiles
+            )
+            first[workers].append(warm)
+            one_map(fit, raster, counts[0], workers, seed, address, block_tiles)
+            return [
+                one_map(fit, raster, n, workers, seed, address, block_tiles, pids) for n in sizes
+            ]
+
+    for k in range(rounds):
+        for workers in (1, 2) if k % 2 == 0 else (2, 1):
+            for n, made in zip(counts, on_cluster(workers, counts), strict=True):
+                maps.setdefault((workers, n), []).append(made)
+    records = [record(maps[w, n], w, True, block_tiles) for n in counts for w in (1, 2)]
+    if large:
+        records += [record([made], 2, True, block_tiles) for made in on_cluster(2, large)]
+    paired = {}
+    for n in counts:
+        ratios = [a["seconds"] / b["seconds"] for a, b in zip(maps[1, n], maps[2, n], strict=True)]
+        paired[f"strong_{maps[2, n][0]['tiles']}"] = {
+            "median": round(float(np.median(ratios)), 2),
+            "each": [round(r, 2) for r in ratios],
+        }
+    for r in records:
+        w = r["workers"]
+        r.update(
+            cluster_start_s=round(float(np.median(starts[w])), 2),
+            first_map={
+                "tiles": first[w][0]["tiles"],
+                "seconds": round(float(np.median([m["seconds"] for m in first[w]])), 3),
+            },
+            cores=cores[w],
+        )
+    return records, paired
 
 
 def cost_model(records: list[dict]) -> dict:
@@ -317,10 +399,10 @@ def main() -> None:
         # warm-up (JIT compilation) so that the figures measure throughput
         block = args.block_tiles or default_block_tiles()
         run(fit, raster, 256, 1, args.seed, None, block)
-        repeat = {n: args.repeat for n in counts}  # the 10^6-tile map once (memory)
         records = [run(fit, raster, n, 1, args.seed, None, block, args.repeat) for n in counts]
-        records += dask_runs(fit, raster, counts, 1, args.seed, block, repeat)
-        records += dask_runs(fit, raster, counts + large, 2, args.seed, block, repeat)
+        # the 10^6-tile map once (memory)
+        dask, paired = dask_runs(fit, raster, counts, large, args.seed, block, args.repeat)
+        records += dask
     print(
         json.dumps(
             {
@@ -330,6 +412,7 @@ def main() -> None:
                 "cpu_count": psutil.cpu_count(),
                 "results": records,
                 "scaling_2_over_1": scaling(records),
+                "paired_2_over_1": paired,
                 "cost_model": cost_model(records),
             },
             indent=2,
