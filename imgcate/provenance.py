@@ -36,24 +36,31 @@ _HASHES: dict[tuple, str] = {}
 SETTLED_S = 2.0
 
 
+def settled_identity(path: str | Path) -> tuple | None:
+    """A local file's identity (device, inode, size, modification and change times in ns)
+    for what is kept of it in this process, or None while it changed within the last
+    :data:`SETTLED_S` seconds (what is computed of it then is not kept)."""
+    stat = Path(path).stat()
+    if time.time() - max(stat.st_mtime, stat.st_ctime) <= SETTLED_S:
+        return None
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes.
 
-    Kept for the rest of the process while the file's device, inode, size and modification
-    and change times (in ns) stay the same, for files unchanged for :data:`SETTLED_S`
-    seconds: the maps of several regions of one large raster hash it once, not once each (a
-    700 MB scene took 0.4 s a map)."""
-    stat = Path(path).stat()
-    key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-    known = _HASHES.get(key)
-    if known is not None:
-        return known
+    Kept for the rest of the process while the file's identity stays the same
+    (:func:`settled_identity`): the maps of several regions of one large raster hash it once,
+    not once each (a 700 MB scene took 0.4 s a map)."""
+    key = settled_identity(path)
+    if key is not None and key in _HASHES:
+        return _HASHES[key]
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(chunk), b""):
             digest.update(block)
     value = digest.hexdigest()
-    if time.time() - max(stat.st_mtime, stat.st_ctime) > SETTLED_S:
+    if key is not None:
         if len(_HASHES) > 1000:
             _HASHES.clear()
         _HASHES[key] = value

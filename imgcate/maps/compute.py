@@ -26,7 +26,7 @@ from imgcate.maps.blocks import empty_map, run_blocks
 from imgcate.maps.grid import TileGrid, check_tiles, tile_grid
 from imgcate.maps.tiles import MAP_VARIABLES, TileJob, draw_count
 from imgcate.prediction import EXTRAPOLATION_WARN_SHARE
-from imgcate.provenance import collect, dumps
+from imgcate.provenance import collect, dumps, settled_identity
 from imgcate.raster import band_indexes, open_raster, raster_label, raster_source
 from imgcate.results import EffectFit
 from imgcate.validation import check_prob
@@ -89,23 +89,25 @@ def _sample_stats(ds: Any, indexes: Sequence[int]) -> tuple[np.ndarray, np.ndarr
     return np.ma.filled(arr.mean(1), 0.0), np.ma.filled(arr.std(1), 0.0)
 
 
-#: Band statistics of local raster files already sampled in this process, by file (path,
-#: size, modification time) and bands, at most :data:`STATS_KEPT` of them: maps of several
-#: regions of one scene sample it once (the band check read 0.03 s of a 1-s map).
+#: Band statistics of local raster files already sampled in this process, by file
+#: (:func:`imgcate.provenance.settled_identity`) and bands, at most :data:`STATS_KEPT` of
+#: them: maps of several regions of one scene sample it once (the band check read 0.03 s of
+#: a 1-s map).
 _STATS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 STATS_KEPT = 8
 
 
 def band_stats(ds: Any, indexes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Per-band means and sds of an open raster (:func:`_sample_stats`), kept for the next map
-    of the same file while its size and modification time stay the same. Rasters read over
-    HTTP, VRTs (whose sources may change beneath them) and in-memory datasets are sampled
-    every time. The arrays are read-only (they are shared)."""
+    of the same file while it stays the same file, unchanged
+    (:func:`~imgcate.provenance.settled_identity`: a file changed in the last 2 s is sampled
+    every time). Rasters read over HTTP, VRTs (whose sources may change beneath them) and
+    in-memory datasets are sampled every time. The arrays are read-only (they are shared)."""
     name = str(ds.name)
     key = None
     if ds.driver != "VRT" and os.path.isfile(name):
-        st = os.stat(name)
-        key = (os.path.realpath(name), st.st_size, st.st_mtime_ns, tuple(indexes))
+        identity = settled_identity(name)
+        key = None if identity is None else (identity, tuple(indexes))
         if key in _STATS:
             return _STATS[key]
     means, sds = _sample_stats(ds, indexes)

@@ -558,9 +558,11 @@ def _write_bands(path: Path, values: np.ndarray) -> None:
         dst.write(values.astype(np.float32))
 
 
-def test_band_statistics_are_sampled_once_per_file_until_it_changes(tmp_path):
-    """The band check's statistics of a local file are kept for the next map of it, and
-    sampled again once the file is rewritten (its size or modification time changes)."""
+def test_band_statistics_are_sampled_once_per_file_until_it_changes(tmp_path, monkeypatch):
+    """The band check's statistics of a local file are kept for the next map of it once the
+    file has settled (unchanged for SETTLED_S), and sampled again once it is rewritten; a file
+    changed just now is sampled every time."""
+    from imgcate import provenance
     from imgcate.maps.compute import _sample_stats, band_stats
 
     rng = np.random.default_rng(0)
@@ -570,16 +572,19 @@ def test_band_statistics_are_sampled_once_per_file_until_it_changes(tmp_path):
     with rasterio.open(path) as ds:
         first = band_stats(ds, (1, 2))
         direct = _sample_stats(ds, (1, 2))
+        fresh = band_stats(ds, (1, 2))  # written just now: not kept
     np.testing.assert_array_equal(first[0], direct[0])
     np.testing.assert_array_equal(first[1], direct[1])
     np.testing.assert_allclose(first[0], [1.0, 5.0], atol=0.02)
+    assert fresh[0] is not first[0]
+    assert not first[0].flags.writeable
+    monkeypatch.setattr(provenance, "SETTLED_S", -1.0)  # every file counts as settled
+    with rasterio.open(path) as ds:
+        kept = band_stats(ds, (1, 2))
     with rasterio.open(path) as ds:
         again = band_stats(ds, (1, 2))
-    assert again[0] is first[0] and again[1] is first[1]
-    assert not first[0].flags.writeable
-    _write_bands(path, 3 * values)
-    stamp = os.stat(path).st_mtime_ns + 10**9
-    os.utime(path, ns=(stamp, stamp))  # a rewrite within the clock's resolution still shows
+    assert again[0] is kept[0] and again[1] is kept[1]
+    _write_bands(path, 3 * values)  # the same size: a new modification time
     with rasterio.open(path) as ds:
         rewritten = band_stats(ds, (1, 2))
     np.testing.assert_allclose(rewritten[0], 3 * first[0], rtol=1e-6)
