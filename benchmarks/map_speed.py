@@ -213,23 +213,13 @@ def record(maps: list[dict], workers: int, dask: bool, block_tiles: int | None) 
     }
 
 
-def run(
-    fit,
-    raster: Path,
-    n_tiles: int,
-    workers: int,
-    seed: int,
-    scheduler=None,
-    block_tiles: int | None = None,
-    repeat: int = 1,
-    pids: list[int] | None = None,
+def local_run(
+    fit, raster: Path, n_tiles: int, seed: int, block_tiles: int, repeat: int = 1
 ) -> dict:
-    """The map of about ``n_tiles`` tiles made ``repeat`` times (:func:`record`)."""
-    maps = [
-        one_map(fit, raster, n_tiles, workers, seed, scheduler, block_tiles, pids)
-        for _ in range(repeat)
-    ]
-    return record(maps, workers, scheduler is not None, block_tiles)
+    """The map of about ``n_tiles`` tiles in this process (``workers=1``), made ``repeat``
+    times (:func:`record`)."""
+    maps = [one_map(fit, raster, n_tiles, 1, seed, None, block_tiles) for _ in range(repeat)]
+    return record(maps, 1, False, block_tiles)
 
 
 def worker_cores() -> list[int]:
@@ -398,8 +388,8 @@ def main() -> None:
         fit = make_fit(workdir, args.seed)
         # warm-up (JIT compilation) so that the figures measure throughput
         block = args.block_tiles or default_block_tiles()
-        run(fit, raster, 256, 1, args.seed, None, block)
-        records = [run(fit, raster, n, 1, args.seed, None, block, args.repeat) for n in counts]
+        local_run(fit, raster, 256, args.seed, block)
+        records = [local_run(fit, raster, n, args.seed, block, args.repeat) for n in counts]
         # the 10^6-tile map once (memory)
         dask, paired = dask_runs(fit, raster, counts, large, args.seed, block, args.repeat)
         records += dask
