@@ -125,10 +125,12 @@ class CrossfitResult:
         width = float(np.mean(self.upper - self.lower))
         return (
             f"CrossfitResult({len(self.unit_ids):,} units, {self.n_folds} {self.scheme} folds, "
-            f"seed {self.seed}; .summary(), .to_frame(), .scores()):\n"
-            f"  out-of-fold CATE: mean {float(np.mean(self.cate)):.3g}, units' 5-95 % "
-            f"{lo:.3g} to {hi:.3g}; {self.prob:.0%} intervals {width:.3g} wide on average\n"
+            f"seed {self.seed}; .summary(), .to_frame(), .scores(), .problems):\n"
+            f"  out-of-fold CATE: mean {float(np.mean(self.cate)):.3g}; the units' posterior "
+            f"means from {lo:.3g} to {hi:.3g} (5th to 95th percentile); each unit's "
+            f"{self.prob:.0%} interval {width:.3g} wide on average\n"
             f"  fold fits' warnings: {len(self.problems)}"
+            + (" (.problems)" if self.problems else "")
             + (f"; fits kept: {len(self.fits)}" if self.fits else "")
         )
 

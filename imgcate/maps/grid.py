@@ -324,10 +324,14 @@ def warn_past_raster(
         if past
     ]
     if sides:
+        # bounds name themselves; polygons' extent is given in the raster's CRS
+        what = name if name.startswith("bounds") else f"{name} (extent {_fmt_bounds(bounds)})"
+        edges = "edge" if len(sides) == 1 else "edges"
         warnings.warn(
-            f"{name} (bounds {_fmt_bounds(bounds)}) reaches past the {', '.join(sides)} edge of "
-            f"raster {ds.name!r} (bounds {_fmt_bounds(tuple(raster_bounds))}): the map covers "
-            "only the part inside the raster; the rest is left out, not mapped.",
+            f"{what} reaches past the {', '.join(sides)} {edges} of raster {ds.name!r} "
+            f"(bounds {_fmt_bounds(tuple(raster_bounds))}, in its CRS as is the region's "
+            "extent): the map covers only the part inside the raster; the rest is left out, "
+            "not mapped.",
             RegionWarning,
             stacklevel=stacklevel,
         )

@@ -155,7 +155,12 @@ def test_its_repr_says_what_it_holds_in_a_few_lines(kept):
     text = repr(kept)
     assert len(text.splitlines()) == 3, text
     assert text.startswith("CrossfitResult(80 units, 2 spatial folds, seed 4;"), text
-    assert f"mean {float(np.mean(kept.cate)):.3g}" in text
+    assert f"mean {float(np.mean(kept.cate)):.3g};" in text
+    lo, hi = np.percentile(kept.cate, [5, 95])
+    assert f"posterior means from {lo:.3g} to {hi:.3g} (5th to 95th percentile)" in text
+    width = float(np.mean(kept.upper - kept.lower))
+    assert f"each unit's 90% interval {width:.3g} wide on average" in text
+    assert f"fold fits' warnings: {len(kept.problems)}" in text
     assert "fits kept: 2" in text
     assert "array(" not in text and len(text) < 400, text
 
