@@ -10,7 +10,8 @@ checked against it:
   a :class:`~imgcate.errors.BandWarning` says so, naming that order;
 - whatever the names, bands whose means and sds fit the trial's clearly better in another
   order (a reversed or shuffled stack) give a :class:`~imgcate.errors.BandWarning` naming
-  that order.
+  that order, and bands that all look the trial's times one factor (other units) give one
+  naming the factor.
 
 :func:`rgb_bands` finds the red, green and blue bands by name, for true-colour figures.
 """
@@ -31,6 +32,12 @@ from imgcate.errors import BandWarning, RasterError
 #: :data:`MISMATCH_FLOOR` trial sds per band on average.
 PERMUTATION_GAIN = 0.5
 MISMATCH_FLOOR = 0.75
+
+#: Values are reported as scaled when every band's mean (of the bands whose trial mean is
+#: clearly off zero) and sd is the trial's times about one factor, at least this far from 1
+#: (either way), the bands' ratios within a factor of :data:`SCALE_SPREAD` of one another.
+SCALE_WARN = 3.0
+SCALE_SPREAD = 2.0
 
 
 def default_names(n: int) -> list[str]:
@@ -148,6 +155,17 @@ def check_band_identity(
         )
     if means is None or not spec.get("band_mean") or len(spec["band_mean"]) != len(names):
         return
+    factor = common_scale(means, spec, sds)
+    if factor is not None:
+        warnings.warn(
+            f"the values of {source} look {factor:.3g} times the trial's chips' (every band's "
+            "mean and sd): other units, or a scale factor not applied? If they are the same "
+            f"bands, multiply them by {1 / factor:.3g} (scale= / --scale, times any scale "
+            "given now); else the tiles are far from what the fit saw.",
+            BandWarning,
+            stacklevel=stacklevel,
+        )
+        return
     order, best, given = best_order(means, spec, sds)
     if (
         order != list(range(len(names)))
@@ -165,6 +183,31 @@ def check_band_identity(
             BandWarning,
             stacklevel=stacklevel,
         )
+
+
+def common_scale(
+    means: Sequence[float], spec: dict[str, Any], sds: Sequence[float] | None = None
+) -> float | None:
+    """The factor by which new data's bands look scaled against the trial's, or None.
+
+    A factor is returned when at least two bands have trial means clearly off zero (beyond
+    one trial sd), the new means of those bands are their trial means times ratios of one sign
+    within a factor of :data:`SCALE_SPREAD` of one another, and so are the sds where given, and
+    the ratios' geometric mean is at least :data:`SCALE_WARN` from 1: reflectance stored as
+    integers (x 10,000) against chips read as fractions, for example."""
+    want = np.asarray(spec["band_mean"], float)
+    want_sd = np.asarray(spec.get("band_sd") or np.zeros_like(want), float)
+    keep = np.abs(want) > np.maximum(want_sd, 1e-12)
+    if keep.sum() < 2:
+        return None
+    ratios = np.asarray(means, float)[keep] / want[keep]
+    if sds is not None and spec.get("band_sd"):
+        spread = keep & (want_sd > 1e-12)
+        ratios = np.concatenate([ratios, np.asarray(sds, float)[spread] / want_sd[spread]])
+    if not (np.all(ratios > 0) and ratios.max() <= SCALE_SPREAD * ratios.min()):
+        return None
+    factor = float(np.exp(np.mean(np.log(ratios))))
+    return factor if max(factor, 1 / factor) >= SCALE_WARN else None
 
 
 def rgb_bands(names: Sequence[str]) -> tuple[int, int, int] | None:

@@ -3,6 +3,7 @@ reversed or undescribed is warned about or refused, never passed silently."""
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -108,6 +109,23 @@ def test_reversed_undescribed_stack_is_warned_about_from_its_values(bands, trial
             means=plain.spec()["band_mean"],
             sds=plain.spec()["band_sd"],
         )
+
+
+@pytest.mark.parametrize(("factor", "shown"), [(1e-4, "0.0001"), (0.1, "0.1"), (1e4, "1e+04")])
+def test_bands_in_other_units_are_warned_about_naming_the_factor(bands, trial, factor, shown):
+    """Every band's mean and sd the trial's times one factor (reflectance as integers x 10,000
+    against fractions, or the other way): a BandWarning names the factor and its inverse;
+    the trial's own values, or values a little brighter, pass quietly."""
+    spec = extract_chips(trial, datasets.landsat_path(), 16).spec()
+    names = list(spec["band_names"])
+    means, sds = np.asarray(spec["band_mean"]), np.asarray(spec["band_sd"])
+    with pytest.warns(BandWarning, match=rf"look {re.escape(shown)} times the trial's") as got:
+        check_band_identity(names, spec, source="chips", means=means * factor, sds=sds * factor)
+    assert f"multiply them by {1 / factor:.3g}" in str(got[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BandWarning)
+        for quiet in (1.0, 1.5, 0.6):
+            check_band_identity(names, spec, source="chips", means=means * quiet, sds=sds * quiet)
 
 
 def test_map_refuses_or_warns_on_a_wrong_stack(map_inputs, tmp_path):
