@@ -90,6 +90,7 @@ def check_band_identity(
     hint: str = "choose them with bands=[...] / --band",
     error: type[Exception] = RasterError,
     stacklevel: int = 3,
+    scale: Sequence[float] | None = None,
 ) -> None:
     """Check bands against the trial's chips (``spec``, from ``Chips.spec()``).
 
@@ -109,6 +110,13 @@ def check_band_identity(
     error : exception class
         What to raise (:class:`~imgcate.errors.RasterError` for rasters, ``InputError`` for
         chips).
+    stacklevel : int
+        Where warnings point, as ``warnings.warn`` counts from here.
+    scale : sequence of float, optional
+        The factor per band the new data were read with (``means`` and ``sds`` include it),
+        where another may be given (maps' ``scale=``): a warning of bands in other units
+        then names the scale that brings them to the trial's. None: the data must be
+        converted (new chips, read with the trial's scale).
 
     Raises
     ------
@@ -157,11 +165,16 @@ def check_band_identity(
         return
     factor = common_scale(means, spec, sds)
     if factor is not None:
+        if scale is not None:
+            fix = np.asarray(scale, float) / factor
+            shown = f"{fix[0]:.3g}" if np.allclose(fix, fix[0]) else str([f"{v:.3g}" for v in fix])
+            fix_text = f"read them with scale={shown} (--scale)"
+        else:
+            fix_text = f"convert them to the trial's units (multiply them by {1 / factor:.3g})"
         warnings.warn(
             f"the values of {source} look {factor:.3g} times the trial's chips' (every band's "
             "mean and sd): other units, or a scale factor not applied? If they are the same "
-            f"bands, multiply them by {1 / factor:.3g} (scale= / --scale, times any scale "
-            "given now); else the tiles are far from what the fit saw.",
+            f"bands, {fix_text}; as they are, they are far from what the fit saw.",
             BandWarning,
             stacklevel=stacklevel,
         )
@@ -191,7 +204,7 @@ def common_scale(
     """The factor by which new data's bands look scaled against the trial's, or None.
 
     A factor is returned when at least two bands have trial means clearly off zero (beyond
-    one trial sd), the new means of those bands are their trial means times ratios of one sign
+    one trial sd), the new means of those bands are their trial means times positive ratios
     within a factor of :data:`SCALE_SPREAD` of one another, and so are the sds where given, and
     the ratios' geometric mean is at least :data:`SCALE_WARN` from 1: reflectance stored as
     integers (x 10,000) against chips read as fractions, for example."""

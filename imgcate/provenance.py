@@ -53,8 +53,9 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     (:func:`settled_identity`): the maps of several regions of one large raster hash it once,
     not once each (a 700 MB scene took 0.4 s a map)."""
     key = settled_identity(path)
-    if key is not None and key in _HASHES:
-        return _HASHES[key]
+    known = _HASHES.get(key) if key is not None else None
+    if known is not None:
+        return known
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(chunk), b""):

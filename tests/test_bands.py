@@ -122,6 +122,12 @@ def test_bands_in_other_units_are_warned_about_naming_the_factor(bands, trial, f
     with pytest.warns(BandWarning, match=rf"look {re.escape(shown)} times the trial's") as got:
         check_band_identity(names, spec, source="chips", means=means * factor, sds=sds * factor)
     assert f"multiply them by {1 / factor:.3g}" in str(got[0].message)
+    # read with a scale (a map's scale=): the scale that brings them to the trial's is named
+    read_with = np.full(len(names), 1e-4)
+    with pytest.warns(BandWarning, match=rf"read them with scale={1e-4 / factor:.3g} \("):
+        check_band_identity(
+            names, spec, source="chips", means=means * factor, sds=sds * factor, scale=read_with
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("error", BandWarning)
         for quiet in (1.0, 1.5, 0.6):

@@ -121,12 +121,12 @@ class CrossfitResult:
         return int(self.fold.max()) + 1
 
     def __repr__(self) -> str:  # the arrays are the units': a line each of what they hold
-        lo, hi = np.percentile(self.cate, [5, 95])
-        width = float(np.mean(self.upper - self.lower))
+        lo, hi = np.nanpercentile(self.cate, [5, 95])
+        width = float(np.nanmean(self.upper - self.lower))
         return (
             f"CrossfitResult({len(self.unit_ids):,} units, {self.n_folds} {self.scheme} folds, "
             f"seed {self.seed}; .summary(), .to_frame(), .scores(), .problems):\n"
-            f"  out-of-fold CATE: mean {float(np.mean(self.cate)):.3g}; the units' posterior "
+            f"  out-of-fold CATE: mean {float(np.nanmean(self.cate)):.3g}; the units' posterior "
             f"means from {lo:.3g} to {hi:.3g} (5th to 95th percentile); each unit's "
             f"{self.prob:.0%} interval {width:.3g} wide on average\n"
             f"  fold fits' warnings: {len(self.problems)}"

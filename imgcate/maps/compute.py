@@ -89,33 +89,49 @@ def _sample_stats(ds: Any, indexes: Sequence[int]) -> tuple[np.ndarray, np.ndarr
     return np.ma.filled(arr.mean(1), 0.0), np.ma.filled(arr.std(1), 0.0)
 
 
-#: Band statistics of local raster files already sampled in this process, by file
-#: (:func:`imgcate.provenance.settled_identity`) and bands, at most :data:`STATS_KEPT` of
-#: them: maps of several regions of one scene sample it once (the band check read 0.03 s of
-#: a 1-s map).
+#: Band statistics of local raster files already sampled in this process, by their files
+#: (:func:`imgcate.provenance.settled_identity` of each, sidecars included) and bands, at
+#: most :data:`STATS_KEPT` of them: maps of several regions of one scene sample it once (the
+#: band check read 0.03 s of a 1-s map).
 _STATS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 STATS_KEPT = 8
+#: Drivers whose datasets are their local files (with sidecars that ``ds.files`` lists).
+STATS_DRIVERS = ("GTiff", "COG")
 
 
-def band_stats(ds: Any, indexes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def _files_identity(ds: Any) -> tuple | None:
+    """The identity of every file of a dataset (:func:`~imgcate.provenance.settled_identity`),
+    or None where one is not a settled local file or the driver reads more than its files."""
+    if ds.driver not in STATS_DRIVERS:
+        return None
+    try:
+        files = list(ds.files)
+        ids = [settled_identity(f) if os.path.isfile(f) else None for f in files]
+    except OSError:
+        return None
+    if not files or any(i is None for i in ids):
+        return None
+    return tuple(ids)
+
+
+def raster_band_stats(ds: Any, indexes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Per-band means and sds of an open raster (:func:`_sample_stats`), kept for the next map
-    of the same file while it stays the same file, unchanged
-    (:func:`~imgcate.provenance.settled_identity`: a file changed in the last 2 s is sampled
-    every time). Rasters read over HTTP, VRTs (whose sources may change beneath them) and
-    in-memory datasets are sampled every time. The arrays are read-only (they are shared)."""
-    name = str(ds.name)
-    key = None
-    if ds.driver != "VRT" and os.path.isfile(name):
-        identity = settled_identity(name)
-        key = None if identity is None else (identity, tuple(indexes))
-        if key in _STATS:
-            return _STATS[key]
+    of the same files while they stay the same, unchanged (:func:`_files_identity`: a GeoTIFF
+    and its sidecars, such as a ``.aux.xml`` with its nodata; a file changed in the last 2 s
+    is sampled every time). Rasters read over HTTP, VRTs (whose sources may change beneath
+    them), other drivers and in-memory datasets are sampled every time. The arrays are
+    read-only (they are shared)."""
+    before = _files_identity(ds)
+    key = None if before is None else (before, tuple(indexes))
+    kept = _STATS.get(key) if key is not None else None
+    if kept is not None:
+        return kept
     means, sds = _sample_stats(ds, indexes)
     means.setflags(write=False)
     sds.setflags(write=False)
-    if key is not None:
+    if key is not None and _files_identity(ds) == before:  # not changed while being read
         while len(_STATS) >= STATS_KEPT:
-            _STATS.pop(next(iter(_STATS)))
+            _STATS.pop(next(iter(_STATS), None), None)
         _STATS[key] = (means, sds)
     return means, sds
 
@@ -140,13 +156,12 @@ def check_bands(
             "with bands=[...] / --band)."
         )
     spec = fit.encoder.chip_spec or {}
-    means = sds = None
+    means = sds = factor = None
     if spec.get("band_mean"):
-        means, sds = band_stats(ds, indexes)
+        means, sds = raster_band_stats(ds, indexes)
         factor = scale if scale is not None else spec.get("scale")
-        if factor is not None:
-            factor = np.abs(np.resize(np.asarray(factor, float), len(means)))
-            means, sds = means * factor, sds * factor
+        factor = np.resize(np.asarray(1.0 if factor is None else factor, float), len(means))
+        means, sds = means * np.abs(factor), sds * np.abs(factor)
     check_band_identity(
         [ds.descriptions[i - 1] or f"band_{j + 1}" for j, i in enumerate(indexes)],
         spec,
@@ -154,6 +169,7 @@ def check_bands(
         means=means,
         sds=sds,
         stacklevel=stacklevel,
+        scale=factor,
     )
     return tuple(indexes)
 

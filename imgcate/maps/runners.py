@@ -41,23 +41,18 @@ def worker_env(workers: int, threads: int = 1) -> dict[str, str]:
     encoder's pool and BLAS, one JAX device, each worker pinned to its own cores
     (:mod:`imgcate.maps.worker`, which also sizes XLA's pool that way; an
     ``IMGCATE_WORKER_CORES`` of this process is not passed on, or every worker would share
-    its cores), Dask's sampling profiler off (it serves the dashboard, which local
-    clusters do not start, and cost 5-7 % of a single-threaded worker's time) and the
-    periodic checks of :data:`QUIET_CLUSTER` spaced out. Workers of a
-    cluster started elsewhere get the kernel threads and the pinning from
-    ``--preload imgcate.maps.worker`` (docs/maps.md); the rest is their own environment's."""
+    its cores). Their Dask settings (:data:`QUIET_CLUSTER`) come with the nannies' config,
+    not the environment: a nanny sets its own config in the worker process over what the
+    environment gave. Workers of a cluster started elsewhere get the kernel threads and the
+    pinning from ``--preload imgcate.maps.worker`` (docs/maps.md); the rest is their own
+    environment's."""
     n = str(threads)
-    quiet = {
-        "DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
-        for key, value in QUIET_CLUSTER.items()
-    }
-    return quiet | {
+    return {
         "IMGCATE_NATIVE_THREADS": n,
         "OMP_NUM_THREADS": n,
         "OPENBLAS_NUM_THREADS": n,
         "MKL_NUM_THREADS": n,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-        "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
         PIN_VARIABLE: "1",
         WORKERS_VARIABLE: str(workers),
         CORES_VARIABLE: "",
@@ -65,18 +60,21 @@ def worker_env(workers: int, threads: int = 1) -> dict[str, str]:
 
 
 #: Dask settings of the local clusters' scheduler, nannies and workers
-#: (:func:`local_cluster`): their periodic checks spaced out. By default an idle local
+#: (:func:`local_cluster`): their periodic work spaced out or off. By default an idle local
 #: cluster of 2 workers took 3.9 % of a core in the mapping process and 2.7 % in each worker,
-#: on the cores the workers compute on; with these, 1.0 % and 2.5 %. The checks: the event
-#: loops' responsiveness (every 20 ms; only for a warning), the system monitor (500 ms; the
-#: dashboard's figures), the nannies' memory limit (100 ms; a worker over its limit is still
-#: restarted, within a second) and work stealing (100 ms; a map's pieces go to the workers
-#: as they free up, and 10 pieces on 2 workers split 5 and 5 in 24 maps of 24 without it).
+#: on the cores the workers compute on; with the first four, 1.0 % and 2.5 %. The settings:
+#: the event loops' responsiveness check (every 20 ms; only for a warning), the system
+#: monitor (500 ms; the dashboard's figures), the nannies' memory limit (100 ms; a worker over
+#: its limit is still restarted, within a second), work stealing (100 ms; a map's pieces go to
+#: the workers as they free up, and 10 pieces on 2 workers split 5 and 5 in 24 maps of 24
+#: without it) and the workers' sampling profiler (every 10 ms; it serves the dashboard,
+#: which local clusters do not start).
 QUIET_CLUSTER = {
     "distributed.admin.tick.interval": "500ms",
     "distributed.admin.system-monitor.interval": "2s",
     "distributed.worker.memory.monitor-interval": "1s",
     "distributed.scheduler.work-stealing": False,
+    "distributed.worker.profile.enabled": False,
 }
 
 
@@ -107,10 +105,15 @@ def local_cluster(workers: int, threads: int = 1):
     threads each (:func:`worker_env`, :mod:`imgcate.maps.worker`), quiet, without a
     dashboard, its scheduler keeping few messages (:func:`few_dask_messages`) and its
     periodic checks spaced out (:data:`QUIET_CLUSTER`)."""
+    import copy
+
     import dask
 
     distributed = require("distributed", "dask", "predict_map with workers > 1")
     with few_dask_messages(), dask.config.set(QUIET_CLUSTER):
+        # each nanny keeps this config and sets it in its worker process, at every (re)start
+        # (a nanny's own copy is shallow: the settings would leave it with the context)
+        config = copy.deepcopy(dask.config.config)
         return distributed.LocalCluster(
             n_workers=workers,
             threads_per_worker=threads,
@@ -119,6 +122,7 @@ def local_cluster(workers: int, threads: int = 1):
             silence_logs=logging.ERROR,
             env=worker_env(workers, threads),
             preload=["imgcate.maps.worker"],
+            config=config,
         )
 
 

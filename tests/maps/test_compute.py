@@ -283,7 +283,7 @@ def test_two_dask_workers_give_the_same_map(inputs, full_map, tmp_path):
     assert dask.config.get("distributed.admin.low-level-log-length") != DASK_MESSAGE_LOG
 
 
-def _worker_threads() -> dict:
+def _worker_threads(dask_worker=None) -> dict:
     """The worker's kernel threads: the native pool's, JAX's devices, XLA's compute pool
     (threads named XLAEigen, after a computation) and the cores it may run on."""
     import os
@@ -305,6 +305,7 @@ def _worker_threads() -> dict:
     from imgcate.maps.runners import QUIET_CLUSTER
 
     return {
+        "profiling": "profile" in dask_worker.periodic_callbacks,
         "native": threads(),
         "jax_devices": jax.device_count(),
         "xla": sum("XLAEigen" in n for n in names),
@@ -319,7 +320,8 @@ def test_local_dask_workers_kernels_follow_the_workers_threads():
     threads as it has, one JAX device, pinned to cores of its own: two single-threaded
     workers share two cores instead of each using both, and a worker of two threads uses
     two. Its scheduler's connections keep few messages (a map's carry its tiles' indices),
-    and its scheduler, nannies and workers space out their periodic checks (QUIET_CLUSTER)."""
+    and its scheduler, nannies and workers space out their periodic checks (QUIET_CLUSTER),
+    workers restarted by their nannies too, which run no sampling profiler."""
     from distributed import Client
 
     from imgcate.maps.runners import DASK_MESSAGE_LOG, local_cluster
@@ -335,10 +337,13 @@ def test_local_dask_workers_kernels_follow_the_workers_threads():
         assert all(s.recent_message_log.maxlen == DASK_MESSAGE_LOG for s in streams)
         assert "stealing" not in cluster.scheduler.extensions
         assert {n.memory_manager.memory_monitor_interval for n in cluster.workers.values()} == {1.0}
+        client.restart()  # as a nanny restarts a worker over its memory limit
+        restarted = list(client.run(_worker_threads).values())
+    assert [(i["quiet"], i["profiling"]) for i in restarted] == [(True, False)] * 2, restarted
     assert len(found) == 2
     for info in found:
         assert (info["native"], info["jax_devices"], info["xla"]) == (1, 1, 1), found
-        assert info["quiet"], found
+        assert info["quiet"] and not info["profiling"], found
         assert len(info["cores"]) == 1, found
     assert found[0]["cores"] != found[1]["cores"], found
     with local_cluster(1, threads=2) as cluster, Client(cluster) as client:
@@ -560,31 +565,41 @@ def _write_bands(path: Path, values: np.ndarray) -> None:
 
 def test_band_statistics_are_sampled_once_per_file_until_it_changes(tmp_path, monkeypatch):
     """The band check's statistics of a local file are kept for the next map of it once the
-    file has settled (unchanged for SETTLED_S), and sampled again once it is rewritten; a file
-    changed just now is sampled every time."""
+    file has settled (unchanged for SETTLED_S), and sampled again once it is rewritten or a
+    sidecar (a .aux.xml with a nodata value) appears; a file changed just now is sampled every
+    time."""
     from imgcate import provenance
-    from imgcate.maps.compute import _sample_stats, band_stats
+    from imgcate.maps.compute import _sample_stats, raster_band_stats
 
     rng = np.random.default_rng(0)
     values = rng.normal([[[1.0]], [[5.0]]], 0.5, (2, 600, 700))
+    values[:, :300] = -9.0  # a nodata value to come
     path = tmp_path / "scene.tif"
     _write_bands(path, values)
+    monkeypatch.setattr(provenance, "SETTLED_S", 1e9)  # every file counts as changed just now
     with rasterio.open(path) as ds:
-        first = band_stats(ds, (1, 2))
+        first = raster_band_stats(ds, (1, 2))
         direct = _sample_stats(ds, (1, 2))
-        fresh = band_stats(ds, (1, 2))  # written just now: not kept
+        fresh = raster_band_stats(ds, (1, 2))
     np.testing.assert_array_equal(first[0], direct[0])
     np.testing.assert_array_equal(first[1], direct[1])
-    np.testing.assert_allclose(first[0], [1.0, 5.0], atol=0.02)
     assert fresh[0] is not first[0]
     assert not first[0].flags.writeable
     monkeypatch.setattr(provenance, "SETTLED_S", -1.0)  # every file counts as settled
     with rasterio.open(path) as ds:
-        kept = band_stats(ds, (1, 2))
+        kept = raster_band_stats(ds, (1, 2))
     with rasterio.open(path) as ds:
-        again = band_stats(ds, (1, 2))
+        again = raster_band_stats(ds, (1, 2))
     assert again[0] is kept[0] and again[1] is kept[1]
-    _write_bands(path, 3 * values)  # the same size: a new modification time
+    bands_xml = "".join(
+        f'<PAMRasterBand band="{b}"><NoDataValue>-9</NoDataValue></PAMRasterBand>' for b in (1, 2)
+    )
+    Path(f"{path}.aux.xml").write_text(f"<PAMDataset>{bands_xml}</PAMDataset>")  # a sidecar
     with rasterio.open(path) as ds:
-        rewritten = band_stats(ds, (1, 2))
+        assert ds.nodata == -9.0 and len(ds.files) == 2
+        masked = raster_band_stats(ds, (1, 2))
+    np.testing.assert_allclose(masked[0], [1.0, 5.0], atol=0.02)  # the -9 rows left out
+    _write_bands(path, 3 * values)  # the same size: new times
+    with rasterio.open(path) as ds:
+        rewritten = raster_band_stats(ds, (1, 2))
     np.testing.assert_allclose(rewritten[0], 3 * first[0], rtol=1e-6)
