@@ -13,6 +13,7 @@ import re
 import tempfile
 import threading
 import uuid
+import warnings
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -110,7 +111,11 @@ def local_cluster(workers: int, threads: int = 1):
     import dask
 
     distributed = require("distributed", "dask", "predict_map with workers > 1")
-    with few_dask_messages(), dask.config.set(QUIET_CLUSTER):
+    with few_dask_messages(), dask.config.set(QUIET_CLUSTER), warnings.catch_warnings():
+        # the scheduler's HTTP server (health and metrics; no dashboard without bokeh) moves
+        # to a free port when 8787 is taken, by a dashboard or another map's cluster, and says
+        # so in a UserWarning that is no concern of a map's
+        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use")
         # each nanny keeps this config and sets it in its worker process, at every (re)start
         # (a nanny's own copy is shallow: the settings would leave it with the context)
         config = copy.deepcopy(dask.config.config)

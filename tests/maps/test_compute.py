@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import geopandas as gpd
@@ -339,6 +340,16 @@ def test_local_dask_workers_kernels_follow_the_workers_threads():
         assert {n.memory_manager.memory_monitor_interval for n in cluster.workers.values()} == {1.0}
         client.restart()  # as a nanny restarts a worker over its memory limit
         restarted = list(client.run(_worker_threads).values())
+        # a second cluster beside it (another map's): its scheduler's HTTP server takes
+        # another port without a warning
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with local_cluster(1, threads=2) as second, Client(second) as client2:
+                client2.wait_for_workers(1)
+                [info] = client2.run(_worker_threads).values()
+    assert not [str(w.message) for w in caught if "already in use" in str(w.message)]
+    assert (info["native"], info["jax_devices"], info["xla"]) == (2, 1, 2), info
+    assert info["cores"] == cores[:2], info
     assert [(i["quiet"], i["profiling"]) for i in restarted] == [(True, False)] * 2, restarted
     assert len(found) == 2
     for info in found:
@@ -346,11 +357,6 @@ def test_local_dask_workers_kernels_follow_the_workers_threads():
         assert info["quiet"] and not info["profiling"], found
         assert len(info["cores"]) == 1, found
     assert found[0]["cores"] != found[1]["cores"], found
-    with local_cluster(1, threads=2) as cluster, Client(cluster) as client:
-        client.wait_for_workers(1)
-        [info] = client.run(_worker_threads).values()
-    assert (info["native"], info["jax_devices"], info["xla"]) == (2, 1, 2), info
-    assert info["cores"] == cores[:2], info
 
 
 @pytest.mark.parametrize(
