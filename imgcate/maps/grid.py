@@ -270,7 +270,7 @@ def tile_grid(
                 "inside the raster's extent."
             )
         if region is not None and stacklevel is not None:
-            warn_past_raster(name, bounds, rb, ds, stacklevel + 1)
+            warn_past_raster(name, bounds, ds, stacklevel + 1)
         shape = (row_hi - row_lo + 1, col_hi - col_lo + 1)
         transform = full * Affine.translation(col_lo, row_lo)
         if polygons is None:
@@ -305,14 +305,12 @@ def tile_grid(
             ds.close()
 
 
-def warn_past_raster(
-    name: str, bounds: Sequence[float], raster_bounds: Any, ds: Any, stacklevel: int
-) -> None:
+def warn_past_raster(name: str, bounds: Sequence[float], ds: Any, stacklevel: int) -> None:
     """Warn (:class:`~imgcate.errors.RegionWarning`, ``stacklevel`` counted from here) when
-    ``bounds`` reach more than a pixel past the raster on a side: the map is then of the part
-    inside, and a user who asked for more should know that the rest is not mapped."""
+    ``bounds`` reach more than a pixel past the raster ``ds`` on a side: the map is then of
+    the part inside, and a user who asked for more should know that the rest is not mapped."""
     px, py = abs(ds.transform.a), abs(ds.transform.e)
-    left, bottom, right, top = raster_bounds
+    left, bottom, right, top = ds.bounds
     sides = [
         side
         for side, past in (
@@ -329,7 +327,7 @@ def warn_past_raster(
         edges = "edge" if len(sides) == 1 else "edges"
         warnings.warn(
             f"{what} reaches past the {', '.join(sides)} {edges} of raster {ds.name!r} "
-            f"(bounds {_fmt_bounds(tuple(raster_bounds))}, in its CRS as is the region's "
+            f"(bounds {_fmt_bounds(tuple(ds.bounds))}, in its CRS as is the region's "
             "extent): the map covers only the part inside the raster; the rest is left out, "
             "not mapped.",
             RegionWarning,
