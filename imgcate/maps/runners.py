@@ -175,21 +175,39 @@ def _fit_from_bytes(data: bytes) -> Any:
         return load_fit(path)
 
 
-def worker_model(payload: bytes, digest: str, job: TileJob) -> TileModel:
+class FitNotHeld(Exception):
+    """A piece sent without the fit's bytes reached a worker that does not hold the fit's
+    map model (a worker started or restarted since the map asked): the map sends it again
+    with them (:func:`run_dask`)."""
+
+
+def worker_model(payload: bytes | None, digest: str, job: TileJob) -> TileModel:
     """The map model of the fit ``digest`` on this Dask worker, built once per set of map
     settings (:attr:`TileJob.model_key`) and kept on the worker for the maps that follow,
     whatever their region or raster. Only the model is kept (the fit rebuilt from
     ``payload`` to make it is dropped: its posterior draws and replicated outcomes are not
-    needed), one at a time; a worker's threads build it once, not once each."""
+    needed), one at a time; a worker's threads build it once, not once each. Without
+    ``payload`` (the map found the model on every worker: :func:`holds_model`) a worker
+    without it raises :class:`FitNotHeld`."""
     from distributed import get_worker
 
     models = get_worker().__dict__.setdefault("_imgcate_map_models", {})
     key = (digest, job.model_key)
     with _MODEL_LOCK:
         if key not in models:
+            if payload is None:
+                raise FitNotHeld(digest)
             models.clear()
             models[key] = TileModel(_fit_from_bytes(payload), job)
         return models[key]
+
+
+def holds_model(digest: str, model_key: tuple, dask_worker: Any = None) -> bool:
+    """Whether the Dask worker ``dask_worker`` holds the map model of the fit ``digest`` with
+    the settings ``model_key`` (:func:`worker_model`): run on every worker as a map starts
+    (``Client.run`` passes the worker), so that a fit is sent to a cluster's workers once,
+    not once per map."""
+    return (digest, model_key) in dask_worker.__dict__.get("_imgcate_map_models", {})
 
 
 #: The raster readers of this worker's threads: thread id -> ((map run, job), reader)
@@ -227,7 +245,7 @@ def close_readers(run: str) -> int:
 
 
 def _dask_piece(
-    payload: bytes, digest: str, run: str, job: TileJob, index: int, flat: np.ndarray
+    payload: bytes | None, digest: str, run: str, job: TileJob, index: int, flat: np.ndarray
 ) -> dict:
     """A piece of a block of the map ``run`` on a Dask worker (:func:`worker_model`,
     :func:`_reader`).
@@ -362,7 +380,17 @@ def _run_dask(
     try:
         found = client.scheduler_info().get("workers", {}).values()
         n_threads = max(1, sum(int(w.get("nthreads", 1)) for w in found))
-        [payload] = client.scatter([_fit_bytes(fit, digest)], broadcast=True, hash=False)
+        holding = client.run(holds_model, digest, job.model_key)
+        sent: list = []  # the fit's bytes on the workers, once sent
+
+        def payload() -> Any:  # None: every worker holds the fit's model from an earlier map
+            if not sent:
+                data = _fit_bytes(fit, digest)
+                sent.extend(client.scatter([data], broadcast=True, hash=False))
+            return sent[0]
+
+        if not (holding and all(holding.values())):
+            payload()
         run = uuid.uuid4().hex  # this map: the workers' readers are kept within it
         counts: dict[int, int] = {}  # pieces of each block in flight
         back: dict[int, dict[int, dict]] = {}  # their pieces back
@@ -377,23 +405,37 @@ def _run_dask(
         futures = {}
         queue = as_completed()
 
-        def submit() -> None:
-            item = next(pending, None)
+        def submit(item: tuple[int, int, np.ndarray] | None) -> None:
             if item is not None:
-                index, k, piece = item
+                index, _, piece = item
                 fut = client.submit(
-                    _dask_piece, payload, digest, run, job, index, piece, pure=False
+                    _dask_piece,
+                    sent[0] if sent else None,
+                    digest,
+                    run,
+                    job,
+                    index,
+                    piece,
+                    pure=False,
                 )
-                futures[fut] = (index, k)
+                futures[fut] = item
                 queue.add(fut)
 
         for _ in range(3 * n_threads):
-            submit()
+            submit(next(pending, None))
         for fut in queue:
-            index, k = futures.pop(fut)
-            back[index][k] = fut.result()
+            item = futures.pop(fut)
+            try:
+                result = fut.result()
+            except FitNotHeld:  # a worker new since the map asked: send the fit, again
+                payload()
+                fut.release()
+                submit(item)
+                continue
+            index, k = item[0], item[1]
+            back[index][k] = result
             fut.release()
-            submit()
+            submit(next(pending, None))
             if len(back[index]) == counts[index]:
                 done, _ = back.pop(index), counts.pop(index)
                 yield index, merge_pieces([done[k] for k in sorted(done)])

@@ -404,20 +404,26 @@ def _worker_models(dask_worker, mark: str | None = None) -> dict:
 
 def test_a_dask_worker_keeps_its_model_for_the_maps_that_follow(inputs, full_map, monkeypatch):
     """The fit is rebuilt and compiled once per worker, not once per map: a map of another
-    region with the same settings reuses the worker's model; other settings build a new one.
-    The client saves the part of the fit it sends once for the three maps, not once each."""
+    region with the same settings reuses the worker's model, and is not sent the fit again;
+    other settings build a new one. The client saves the part of the fit it sends once for
+    the three maps, not once each."""
     from distributed import Client, LocalCluster
 
     from imgcate.maps import runners
 
-    saved = []
+    saved, scattered = [], []
 
     def counted_map_part(fit):
         saved.append(fit)
         return map_part(fit)
 
-    map_part = runners.map_part
+    def counted_scatter(self, data, *args, **kwargs):
+        scattered.append(len(data[0]))
+        return scatter(self, data, *args, **kwargs)
+
+    map_part, scatter = runners.map_part, Client.scatter
     monkeypatch.setattr(runners, "map_part", counted_map_part)
+    monkeypatch.setattr(Client, "scatter", counted_scatter)
     monkeypatch.setattr(runners, "_SENT", {})
     scene, fit = inputs
     with rasterio.open(scene) as src:
@@ -432,8 +438,10 @@ def test_a_dask_worker_keeps_its_model_for_the_maps_that_follow(inputs, full_map
         address = cluster.scheduler_address
         whole = predict_map(fit, scene, stride=16, scheduler=address, **MAP_OPTS)
         [first] = client.run(_worker_models, mark="first map").values()
+        assert len(scattered) == 1
         part = predict_map(fit, scene, (x0, y1, x1, y0), scheduler=address, **MAP_OPTS)
         [second] = client.run(_worker_models).values()
+        assert len(scattered) == 1  # the worker held the fit's model: nothing sent
         other = predict_map(fit, scene, stride=16, scheduler=address, **dict(MAP_OPTS, seed=2))
         [third] = client.run(_worker_models).values()
     assert list(first.values()) == ["first map"]
@@ -443,6 +451,29 @@ def test_a_dask_worker_keeps_its_model_for_the_maps_that_follow(inputs, full_map
     assert part.sizes["y"] == part.sizes["x"] == 2 and np.isfinite(part["mean"].values).all()
     assert not np.array_equal(other["mean"].values, whole["mean"].values)
     assert len(saved) == 1 and saved[0] is fit
+    assert len(scattered) == 2  # the new settings' model is built from the fit sent again
+
+
+def test_a_worker_that_lost_the_fit_is_sent_it(inputs, full_map, monkeypatch):
+    """A map that found the fit's model on every worker sends no fit; a worker that lost it
+    since (restarted, or a new one) raises ``FitNotHeld`` for its pieces, and the map sends
+    the fit and those pieces again: the same map."""
+    from distributed import Client, LocalCluster
+
+    from imgcate.maps import runners
+
+    monkeypatch.setattr(runners, "holds_model", lambda digest, key: True)  # as if held
+    scene, fit = inputs
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        got = predict_map(fit, scene, stride=16, scheduler=cluster.scheduler_address, **MAP_OPTS)
+        [models] = client.run(_worker_models).values()
+    assert len(models) == 1
+    xr.testing.assert_allclose(got, full_map, rtol=1e-5, atol=1e-5)
 
 
 def test_dask_workers_get_the_part_of_the_fit_a_map_reads(inputs, tmp_path):
