@@ -46,7 +46,8 @@ part each effect term adds (the clusters, the linear deviation, the smooth devia
 CATE less the CATE with that term set to zero), with the posterior medians of the terms'
 scales beside their prior medians (``median_``, ``prior_median_``).
 ``--prior NAME=SCALE`` (repeatable) refits with a prior scale of ``imgcate.model.PRIOR`` changed,
-e.g. ``--prior deviation_amp=0.15 --prior deviation_scale=0.25``.
+e.g. ``--prior deviation_amp=0.15 --prior deviation_scale=0.25``; ``--target-accept P`` sets
+NUTS's target acceptance probability (``FitConfig.target_accept``, 0.85 by default).
 """
 
 from __future__ import annotations
@@ -140,11 +141,13 @@ def one_fit(
     prior: dict | None = None,
     select: bool = False,
     sources: bool = False,
+    target_accept: float | None = None,
 ) -> dict:
     """Fit one replication and measure it (runs in a worker process); ``prior`` overrides
     entries of :data:`imgcate.model.PRIOR` in this process; ``select`` also fits the
     constant-effect model and measures the one ``compare_clusters``' rule selects;
-    ``sources`` adds :func:`width_sources`."""
+    ``sources`` adds :func:`width_sources`; ``target_accept`` is NUTS's (the fit's default
+    where None)."""
     import imgcate
     from imgcate.diagnostics import chain_restarts
     from imgcate.model import PRIOR
@@ -164,6 +167,7 @@ def one_fit(
         "seed": seed,
         **(nuts if FORMS[form].get("method", "nuts") == "nuts" else {}),
         **FORMS[form],
+        **({} if target_accept is None else {"target_accept": target_accept}),
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -450,6 +454,12 @@ def main(argv: list[str] | None = None) -> None:
         metavar="NAME=SCALE",
         help="override a prior scale of imgcate.model.PRIOR (e.g. deviation_amp=0.15)",
     )
+    parser.add_argument(
+        "--target-accept",
+        type=float,
+        default=None,
+        help="NUTS's target acceptance probability (default: the fit's, FitConfig.target_accept)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.reps, args.draws = 2, 200
@@ -482,6 +492,7 @@ def main(argv: list[str] | None = None) -> None:
                 "sources": args.sources,
                 "prior": prior,
                 "prior_scales": {**PRIOR, **prior},
+                "target_accept": args.target_accept or FitConfig.target_accept,
                 "n_basis": FitConfig(**FORMS[args.form]).basis_size,
                 "basis": "kernel eigenfunctions (imgcate.config.kernel_basis)",
                 "prob": PROB,
@@ -501,6 +512,7 @@ def main(argv: list[str] | None = None) -> None:
             prior,
             args.select,
             args.sources,
+            args.target_accept,
         )
         for s in scenarios
         for seed in range(args.first_seed, args.first_seed + args.reps)

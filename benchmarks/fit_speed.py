@@ -103,11 +103,20 @@ def timed_fit(sim, **options):
 
 
 def nuts_fit(
-    n_units: int, chains: int, draws: int, warmup: int, parts: str, chain_method: str
+    n_units: int,
+    chains: int,
+    draws: int,
+    warmup: int,
+    parts: str,
+    chain_method: str,
+    target_accept: float | None = None,
 ) -> dict:
-    """One NUTS fit of the n-unit trial (run in a fresh process: :func:`first_and_again`)."""
+    """One NUTS fit of the n-unit trial (run in a fresh process: :func:`first_and_again`);
+    ``target_accept`` is NUTS's target acceptance probability (the fit's default where None)."""
     sim = simulate_trial(0, n_units, 3, n_features=16)
     options = {**PARTS[parts], "chain_method": chain_method}
+    if target_accept is not None:
+        options["target_accept"] = target_accept
     result, total_s = timed_fit(
         sim, num_warmup=warmup, num_samples=draws, num_chains=chains, **options
     )
@@ -121,6 +130,7 @@ def nuts_fit(
         "chains": chains,
         "warmup": warmup,
         "draws": draws,
+        "target_accept": result.config.target_accept,
         "total_s": round(total_s, 2),
         "min_ess_tau_cluster": round(float(ess.min()), 1),
         "ess_per_s_tau_cluster": round(float(ess.min()) / total_s, 2),
@@ -489,6 +499,12 @@ def main() -> None:
         "--sizes", type=int, nargs="+", help="numbers of units (default 2000 10000)"
     )
     parser.add_argument(
+        "--target-accept",
+        type=float,
+        default=None,
+        help="NUTS's target acceptance probability (default: fit's, FitConfig.target_accept)",
+    )
+    parser.add_argument(
         "--large", action="store_true", help="only SVI at 10^5 and 10^6 units, SVI vs NUTS"
     )
     parser.add_argument("--seeds", type=int, default=3, help="seeds of each --large trial")
@@ -585,11 +601,22 @@ def main() -> None:
     for n in sizes:
         for parts in args.parts if n == min(sizes) else ["full"]:
             results.append(
-                first_and_again(nuts_fit, n, chains, draws, args.warmup, parts, "parallel")
+                first_and_again(
+                    nuts_fit, n, chains, draws, args.warmup, parts, "parallel", args.target_accept
+                )
             )
         if n == min(sizes) and not args.no_sequential:  # what the devices add
             results.append(
-                first_and_again(nuts_fit, n, chains, draws, args.warmup, "full", "sequential")
+                first_and_again(
+                    nuts_fit,
+                    n,
+                    chains,
+                    draws,
+                    args.warmup,
+                    "full",
+                    "sequential",
+                    args.target_accept,
+                )
             )
         if not args.no_svi:
             results.append(first_and_again(svi_fit, n, 3000))
