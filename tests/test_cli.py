@@ -287,7 +287,7 @@ def test_map_errors_leave_no_file(map_fit, tmp_path, write_variant):
     res = runner.invoke(
         main, ["map", str(fit_path), str(scene), str(out), "--bounds", "0", "0", "10", "10"]
     )
-    assert res.exit_code != 0
+    assert res.exit_code == 2  # a bad option value (docs/cli.md, "Exit status")
     assert "--bounds" in res.output and "does not overlap the tiles of raster" in res.output
     res = runner.invoke(
         main,
@@ -303,7 +303,7 @@ def test_map_errors_leave_no_file(map_fit, tmp_path, write_variant):
             "40000",
         ],
     )
-    assert res.exit_code != 0 and "--bounds" in res.output and "overlap" not in res.output
+    assert res.exit_code == 2 and "--bounds" in res.output and "overlap" not in res.output
     for blocksize in ("abc", "-16", "7"):  # GDAL would abort the process on some of these
         res = runner.invoke(
             main, ["map", str(fit_path), str(scene), str(out), "--co", f"BLOCKSIZE={blocksize}"]
