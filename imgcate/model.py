@@ -59,6 +59,7 @@ PRIOR = {
     "membership_scale": 1.0,  # global shrinkage sd of a membership log-odds (over features)
     "membership_local": 1.0,  # each feature's own (ARD) shrinkage sd
     "membership_local_df": 3.0,  # its half-Student-t degrees of freedom (inf: half-normal)
+    "membership_scale_df": 3.0,  # the same for the global scale s_B (the effect memberships')
     "baseline_membership_local_df": 3.0,  # the same for the baseline's own memberships
     "deviation_scale": 0.5,  # global shrinkage sd of the effect's linear deviation
     "deviation_local": 1.0,
@@ -211,8 +212,8 @@ def _membership_parameters(prefix: str, d: int, k: int) -> dict:
         f"{prefix}membership_intercept": _normal(
             f"{prefix}membership_intercept", PRIOR["membership_intercept"], (k - 1,)
         ),
-        f"{prefix}membership_scale": _half_normal(
-            f"{prefix}membership_scale", membership_scale_prior(d)
+        f"{prefix}membership_scale": numpyro.sample(
+            f"{prefix}membership_scale", membership_scale_dist(d, prefix)
         ),
         f"{prefix}membership_local": numpyro.sample(
             f"{prefix}membership_local", membership_local_prior(prefix).expand((d,)).to_event(1)
@@ -278,8 +279,8 @@ def membership_local_prior(prefix: str = "") -> dist.Distribution:
 
 
 def membership_scale_prior(n_features: int) -> float:
-    """Half-normal scale of the membership weights' global sd ``s_B``:
-    ``PRIOR["membership_scale"] / sqrt(feature)``.
+    """Scale of the prior of the membership weights' global sd ``s_B``
+    (:func:`membership_scale_dist`): ``PRIOR["membership_scale"] / sqrt(feature)``.
 
     A log-odds ``z B_k`` sums ``feature`` whitened components (variance 1 each) times weights
     ``s_B l_j r_jk``, so its prior sd is about ``s_B sqrt(feature)``; dividing the scale by
@@ -290,6 +291,23 @@ def membership_scale_prior(n_features: int) -> float:
     outward (benchmarks/CHANGELOG.md, 2026-12-04).
     """
     return PRIOR["membership_scale"] / max(n_features, 1) ** 0.5
+
+
+def membership_scale_dist(n_features: int, prefix: str = "") -> dist.Distribution:
+    """Prior of the membership weights' global sd ``s_B``, with the scale
+    :func:`membership_scale_prior`: for the effect memberships (``prefix=""``) a half-Student-t
+    with ``PRIOR["membership_scale_df"]`` degrees of freedom (3; half-normal where infinite),
+    for the baseline's own memberships (``prefix="baseline_"``) a half-normal.
+
+    A step in the effect along a direction that mixes many whitened components (the
+    vegetated share of a Landsat chip) needs a large global scale, which the half-normal held
+    back: memberships came out soft and the continuous deviation drew a ramp through the
+    step (docs/model.md, "Priors"; benchmarks/CHANGELOG.md, 2026-12-06 evening)."""
+    scale = membership_scale_prior(n_features)
+    df = PRIOR["membership_scale_df"] if prefix == "" else float("inf")
+    if df == float("inf"):
+        return dist.HalfNormal(scale)
+    return dist.FoldedDistribution(dist.StudentT(df, 0.0, scale))
 
 
 # --------------------------------------------------------------------------- what it implies

@@ -36,25 +36,35 @@ def test_softmax_with_reference_is_the_softmax_of_zero_and_the_logits():
 def test_a_membership_log_odds_has_the_same_prior_spread_for_any_number_of_features(n_features):
     """Prior draws of ``z B`` (z whitened: independent standard normals) have the same mean
     square whatever the number of features: E[(z B)^2] = E[s_B^2] * feature * E[l^2] E[r^2]
-    = (scale^2 / feature) * feature * df / (df - 2), the half-Student-t(df) local scale's
-    second moment (3 for df = 3). With the scale not divided by sqrt(feature) (before
-    2026-12-04) it was 16 times that at 16 features. The expectation over z and r is taken
-    exactly (E[(z B)^2 | s, l] = s^2 sum_j l_j^2): the heavy-tailed l has no fourth moment, so
-    a plain Monte Carlo mean of (z B)^2 would converge too slowly to test. Over 200,000 prior
-    draws of s and l the mean's error is a few per cent (l^2 has tail index 1.5); the
+    = (scale^2 / feature) * df_s / (df_s - 2) * feature * df / (df - 2), the half-Student-t
+    global and local scales' second moments (3 each for 3 degrees of freedom). With the scale
+    not divided by sqrt(feature) (before 2026-12-04) it was 16 times that at 16 features. The
+    expectation over z and r is taken exactly (E[(z B)^2 | s, l] = s^2 sum_j l_j^2), and over
+    s too: E[s^2] from the density of the model's site for s (checked against scipy's), since
+    s^2 and l^2 each have tail index 1.5 and a Monte Carlo mean of their product converges too
+    slowly to test. Over 200,000 prior draws of l the mean's error is a few per cent; the
     tolerance on the root mean square is 6 %."""
+    from numpyro import handlers
+    from scipy import stats
+
     spec = ModelSpec(n_clusters=2, likelihood="gaussian", n_features=n_features, n_covariates=0)
     draws = 200_000
     keys = jax.random.split(jax.random.PRNGKey(n_features), draws)
 
     def one(key):
         params = seed(sample_parameters, key)(spec)
-        return params["membership_scale"] ** 2 * jnp.sum(params["membership_local"] ** 2)
+        return jnp.sum(params["membership_local"] ** 2)
 
-    mean_square = float(jnp.mean(jax.jit(jax.vmap(one))(keys)))
-    df = PRIOR["membership_local_df"]
-    expected = PRIOR["membership_scale"] * np.sqrt(df / (df - 2)) * PRIOR["membership_local"]
-    assert np.sqrt(mean_square) == pytest.approx(expected, rel=0.06)
+    mean_local = float(jnp.mean(jax.jit(jax.vmap(one))(keys)))
+    df_s, df = PRIOR["membership_scale_df"], PRIOR["membership_local_df"]
+    scale = PRIOR["membership_scale"] / np.sqrt(n_features)
+    site = handlers.trace(seed(sample_parameters, jax.random.PRNGKey(0))).get_trace(spec)
+    x = np.array([0.01, 0.3, 2.0, 30.0]) * scale
+    got = np.asarray(site["membership_scale"]["fn"].log_prob(jnp.asarray(x)))
+    np.testing.assert_allclose(got, np.log(2) + stats.t.logpdf(x, df_s, scale=scale), rtol=1e-5)
+    mean_square = scale**2 * df_s / (df_s - 2) * mean_local
+    expected = PRIOR["membership_scale"] * np.sqrt(df_s / (df_s - 2) * df / (df - 2))
+    assert np.sqrt(mean_square) == pytest.approx(expected * PRIOR["membership_local"], rel=0.06)
 
 
 def test_the_membership_local_scale_is_half_student_t():
@@ -75,6 +85,28 @@ def test_the_membership_local_scale_is_half_student_t():
     finally:
         PRIOR["membership_local_df"] = old
     np.testing.assert_allclose(got, stats.halfnorm.logpdf(x), rtol=1e-5)
+
+
+def test_the_membership_global_scale_is_half_student_t_for_the_effect_memberships_only():
+    """The effect memberships' global scale s_B: half-Student-t(3) with scale 1/sqrt(feature)
+    (since 2026-12-06), half-normal with that scale where ``membership_scale_df`` is infinite;
+    the baseline's own memberships keep the half-normal."""
+    from scipy import stats
+
+    from imgcate.model import membership_scale_dist
+
+    x = np.array([0.01, 0.2, 1.0, 5.0])
+    half_t = np.asarray(membership_scale_dist(4).log_prob(jnp.asarray(x)))
+    np.testing.assert_allclose(half_t, np.log(2) + stats.t.logpdf(x, 3, scale=0.5), rtol=1e-5)
+    baseline = np.asarray(membership_scale_dist(4, "baseline_").log_prob(jnp.asarray(x)))
+    np.testing.assert_allclose(baseline, stats.halfnorm.logpdf(x, scale=0.5), rtol=1e-5)
+    old = PRIOR["membership_scale_df"]
+    try:
+        PRIOR["membership_scale_df"] = float("inf")
+        got = np.asarray(membership_scale_dist(4).log_prob(jnp.asarray(x)))
+    finally:
+        PRIOR["membership_scale_df"] = old
+    np.testing.assert_allclose(got, stats.halfnorm.logpdf(x, scale=0.5), rtol=1e-5)
 
 
 def test_the_baseline_memberships_local_scale_has_a_prior_of_its_own():

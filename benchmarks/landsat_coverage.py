@@ -1,0 +1,169 @@
+"""Unit-CATE coverage on semi-synthetic trials on the shipped Landsat scene.
+
+The trials are ``imgcate.simulate.landsat_trial`` (300 villages on the real Olinda scene,
+half treated at random, 16 x 16-px chips): the effect is 2 where more than 30 % of a village's
+chip is vegetated (NDVI > 0.2) and 0 elsewhere, a step in a quantity of the real image that
+the model is not told and that none of its parts is built from. Seed 15 is the trial shipped
+in ``data/landsat/villages.csv``. Each trial is embedded with the default encoder (random
+convolutional features, 256 features, 16 components) and fitted with ``fit``'s defaults and
+K = 2.
+
+Prints JSON: one row per trial, then a summary. Per trial: the coverage of the 90 % unit
+intervals (all units, the units whose true effect is 0 and those whose effect is 2); the
+units whose true effect is 0 but whose interval lies above 0 (``false_positive``); sqrt(PEHE);
+the mean interval width; ``membership_dependence`` and ``effect_share_clusters`` of
+``heterogeneity()``; and the R^2 of the vegetated share on the embedding (linear least
+squares): how much of what drives the effect the embedding holds.
+
+    python benchmarks/landsat_coverage.py                      # seeds 15, 1-7, 2 processes
+    python benchmarks/landsat_coverage.py --prior membership_scale_df=inf
+    python benchmarks/landsat_coverage.py --quick              # seeds 15 and 1, 2 x 200 draws
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+PROB = 0.9
+CHIP = 16
+
+
+def one_trial(seed: int, n_units: int, prior: dict, draws: dict) -> dict:
+    """Simulate, embed, fit and measure one trial (in a worker process)."""
+    import imgcate
+    from imgcate.datasets import landsat_path
+    from imgcate.model import PRIOR
+    from imgcate.simulate import landsat_trial
+
+    PRIOR.update(prior)
+    scene = landsat_path()
+    sim = landsat_trial(scene, seed=seed, n_units=n_units, chip_size=CHIP)
+    chips = imgcate.extract_chips(sim.trial, scene, CHIP)
+    embeddings = imgcate.embed(chips, "rcf", seed=0)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = imgcate.fit(
+            sim.trial, embeddings, n_clusters=2, seed=seed, progress=False, **draws
+        )
+    seconds = time.perf_counter() - start
+    units = result.unit_effects(prob=PROB)
+    truth = np.asarray(sim.truth.tau_unit, float)
+    low, high = units["tau_5%"].to_numpy(), units["tau_95%"].to_numpy()
+    covered = (low <= truth) & (truth <= high)
+    none = truth == 0
+    z = np.asarray(embeddings.for_keys(sim.trial.image_keys), float)
+    share = np.asarray(sim.truth.share, float)
+    design = np.column_stack([np.ones(len(z)), z])
+    coef, *_ = np.linalg.lstsq(design, share, rcond=None)
+    het = result.heterogeneity(PROB)
+    return {
+        "seed": seed,
+        "units": n_units,
+        "seconds": round(seconds, 1),
+        "cover": round(float(covered.mean()), 4),
+        "cover_effect_0": round(float(covered[none].mean()), 4),
+        "cover_effect_2": round(float(covered[~none].mean()), 4),
+        "false_positive": int((none & (low > 0)).sum()),
+        "units_effect_0": int(none.sum()),
+        "sqrt_pehe": round(float(np.sqrt(np.mean((units["tau_mean"].to_numpy() - truth) ** 2))), 4),
+        "interval_width": round(float(np.mean(high - low)), 4),
+        "membership_dependence": round(float(het.loc["membership_dependence", "mean"]), 4),
+        "effect_share_clusters": round(float(het.loc["effect_share_clusters", "mean"]), 4),
+        "r2_share_on_embedding": round(float(1 - np.var(share - design @ coef) / np.var(share)), 4),
+        "divergences": int(result.idata.sample_stats["diverging"].values.sum()),
+    }
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Means over the trials, with the coverage's Monte Carlo standard error over trials."""
+    cover = np.array([r["cover"] for r in rows])
+    return {
+        "summary": True,
+        "trials": len(rows),
+        "cover": round(float(cover.mean()), 4),
+        "cover_mcse": round(float(cover.std(ddof=1) / np.sqrt(len(cover))), 4)
+        if len(cover) > 1
+        else None,
+        "cover_range": [float(cover.min()), float(cover.max())],
+        **{
+            key: round(float(np.mean([r[key] for r in rows])), 4)
+            for key in (
+                "cover_effect_0",
+                "cover_effect_2",
+                "false_positive",
+                "sqrt_pehe",
+                "interval_width",
+                "membership_dependence",
+                "r2_share_on_embedding",
+                "divergences",
+            )
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[15, 1, 2, 3, 4, 5, 6, 7])
+    parser.add_argument("--units", type=int, default=300)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument(
+        "--quick", action="store_true", help="seeds 15 and 1, 2 chains x 200 draws (smoke run)"
+    )
+    parser.add_argument(
+        "--prior",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override an entry of imgcate.model.PRIOR (e.g. membership_scale_df=inf)",
+    )
+    args = parser.parse_args(argv)
+    draws = {}
+    if args.quick:
+        args.seeds = args.seeds[:2]
+        draws = {"num_chains": 2, "num_warmup": 200, "num_samples": 200}
+    from imgcate.model import PRIOR
+
+    prior = {}
+    for item in args.prior:
+        name, _, value = item.partition("=")
+        if name not in PRIOR or not value:
+            raise SystemExit(f"--prior {item!r}: write NAME=VALUE with NAME one of {list(PRIOR)}")
+        prior[name] = float(value)
+    print(
+        json.dumps(
+            {
+                "benchmark": "landsat_coverage",
+                "python": platform.python_version(),
+                "seeds": args.seeds,
+                "units": args.units,
+                "prior": prior,
+                "prior_used": {**PRIOR, **prior},
+                "draws": draws or "fit's defaults",
+                "prob": PROB,
+            }
+        ),
+        flush=True,
+    )
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+        futures = [pool.submit(one_trial, s, args.units, prior, draws) for s in args.seeds]
+        rows = []
+        for future in futures:
+            rows.append(future.result())
+            print(json.dumps(rows[-1]), flush=True)
+    print(json.dumps(summarize(rows)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
