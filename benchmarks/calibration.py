@@ -492,7 +492,9 @@ def main(argv: list[str] | None = None) -> None:
                 "sources": args.sources,
                 "prior": prior,
                 "prior_scales": {**PRIOR, **prior},
-                "target_accept": args.target_accept or FitConfig.target_accept,
+                "target_accept": FitConfig.target_accept
+                if args.target_accept is None
+                else args.target_accept,
                 "n_basis": FitConfig(**FORMS[args.form]).basis_size,
                 "basis": "kernel eigenfunctions (imgcate.config.kernel_basis)",
                 "prob": PROB,

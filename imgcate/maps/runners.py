@@ -175,20 +175,21 @@ def _fit_from_bytes(data: bytes) -> Any:
         return load_fit(path)
 
 
-class FitNotHeld(Exception):
-    """A piece sent without the fit's bytes reached a worker that does not hold the fit's
-    map model (a worker started or restarted since the map asked): the map sends it again
-    with them (:func:`run_dask`)."""
+#: What a piece sent without the fit's bytes returns from a worker that does not hold the
+#: fit's map model (one started or restarted since the map asked, :func:`holds_model`): the
+#: map sends the piece again with them (:func:`run_dask`). A value, not an exception, so
+#: that the worker does not log it as a failed task.
+FIT_NOT_HELD = "imgcate: the fit's map model is not held here"
 
 
-def worker_model(payload: bytes | None, digest: str, job: TileJob) -> TileModel:
+def worker_model(payload: bytes | None, digest: str, job: TileJob) -> TileModel | None:
     """The map model of the fit ``digest`` on this Dask worker, built once per set of map
     settings (:attr:`TileJob.model_key`) and kept on the worker for the maps that follow,
     whatever their region or raster. Only the model is kept (the fit rebuilt from
     ``payload`` to make it is dropped: its posterior draws and replicated outcomes are not
     needed), one at a time; a worker's threads build it once, not once each. Without
     ``payload`` (the map found the model on every worker: :func:`holds_model`) a worker
-    without it raises :class:`FitNotHeld`."""
+    without it returns None."""
     from distributed import get_worker
 
     models = get_worker().__dict__.setdefault("_imgcate_map_models", {})
@@ -196,7 +197,7 @@ def worker_model(payload: bytes | None, digest: str, job: TileJob) -> TileModel:
     with _MODEL_LOCK:
         if key not in models:
             if payload is None:
-                raise FitNotHeld(digest)
+                return None
             models.clear()
             models[key] = TileModel(_fit_from_bytes(payload), job)
         return models[key]
@@ -246,9 +247,10 @@ def close_readers(run: str) -> int:
 
 def _dask_piece(
     payload: bytes | None, digest: str, run: str, job: TileJob, index: int, flat: np.ndarray
-) -> dict:
+) -> dict | str:
     """A piece of a block of the map ``run`` on a Dask worker (:func:`worker_model`,
-    :func:`_reader`).
+    :func:`_reader`); :data:`FIT_NOT_HELD` where it came without the fit's bytes to a worker
+    that does not hold the fit's model.
 
     A read that failed for good raises a :class:`~imgcate.errors.RasterError` of its message
     alone: the GDAL errors chained to it do not survive pickling to the client (rasterio's
@@ -256,6 +258,8 @@ def _dask_piece(
     the error ``predict_map`` adds how to resume to."""
     check_setup()
     model = worker_model(payload, digest, job)
+    if model is None:
+        return FIT_NOT_HELD
     try:
         return compute_piece(model, _reader(run, job), index, flat)
     except RasterError as exc:
@@ -380,7 +384,7 @@ def _run_dask(
     try:
         found = client.scheduler_info().get("workers", {}).values()
         n_threads = max(1, sum(int(w.get("nthreads", 1)) for w in found))
-        holding = client.run(holds_model, digest, job.model_key)
+        holding = client.run(holds_model, digest, job.model_key, on_error="return")
         sent: list = []  # the fit's bytes on the workers, once sent
 
         def payload() -> Any:  # None: every worker holds the fit's model from an earlier map
@@ -389,7 +393,7 @@ def _run_dask(
                 sent.extend(client.scatter([data], broadcast=True, hash=False))
             return sent[0]
 
-        if not (holding and all(holding.values())):
+        if not (holding and all(held is True for held in holding.values())):
             payload()
         run = uuid.uuid4().hex  # this map: the workers' readers are kept within it
         counts: dict[int, int] = {}  # pieces of each block in flight
@@ -425,16 +429,14 @@ def _run_dask(
             submit(next(pending, None))
         for fut in queue:
             item = futures.pop(fut)
-            try:
-                result = fut.result()
-            except FitNotHeld:  # a worker new since the map asked: send the fit, again
-                payload()
-                fut.release()
+            result = fut.result()
+            fut.release()
+            if isinstance(result, str) and result == FIT_NOT_HELD:  # a worker new since
+                payload()  # the map asked: send the fit, and the piece again
                 submit(item)
                 continue
             index, k = item[0], item[1]
             back[index][k] = result
-            fut.release()
             submit(next(pending, None))
             if len(back[index]) == counts[index]:
                 done, _ = back.pop(index), counts.pop(index)

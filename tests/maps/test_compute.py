@@ -456,13 +456,29 @@ def test_a_dask_worker_keeps_its_model_for_the_maps_that_follow(inputs, full_map
 
 def test_a_worker_that_lost_the_fit_is_sent_it(inputs, full_map, monkeypatch):
     """A map that found the fit's model on every worker sends no fit; a worker that lost it
-    since (restarted, or a new one) raises ``FitNotHeld`` for its pieces, and the map sends
-    the fit and those pieces again: the same map."""
+    since (restarted, or a new one) answers ``FIT_NOT_HELD`` for its pieces, and the map sends
+    the fit and those pieces again: the same map. A worker that cannot answer whether it
+    holds the model counts as not holding it: the fit is sent before the pieces."""
     from distributed import Client, LocalCluster
 
     from imgcate.maps import runners
 
-    monkeypatch.setattr(runners, "holds_model", lambda digest, key: True)  # as if held
+    scattered, submitted = [], []
+    scatter, submit = Client.scatter, Client.submit
+
+    def counted_scatter(self, data, *args, **kwargs):
+        scattered.append(len(data[0]))
+        return scatter(self, data, *args, **kwargs)
+
+    def counted_submit(self, fn, *args, **kwargs):  # pieces: with the fit's bytes or without
+        submitted.append(args[0] is not None)
+        return submit(self, fn, *args, **kwargs)
+
+    def cannot_answer(digest, key, dask_worker=None):
+        raise OSError("worker closing")
+
+    monkeypatch.setattr(Client, "scatter", counted_scatter)
+    monkeypatch.setattr(Client, "submit", counted_submit)
     scene, fit = inputs
     with (
         LocalCluster(
@@ -470,10 +486,23 @@ def test_a_worker_that_lost_the_fit_is_sent_it(inputs, full_map, monkeypatch):
         ) as cluster,
         Client(cluster) as client,
     ):
-        got = predict_map(fit, scene, stride=16, scheduler=cluster.scheduler_address, **MAP_OPTS)
+        address = cluster.scheduler_address
+        monkeypatch.setattr(runners, "holds_model", lambda digest, key, dask_worker=None: True)
+        got = predict_map(fit, scene, stride=16, scheduler=address, **MAP_OPTS)
         [models] = client.run(_worker_models).values()
-    assert len(models) == 1
+        first, sent_first = list(submitted), len(scattered)
+        submitted.clear()
+        client.run(lambda dask_worker: dask_worker.__dict__.pop("_imgcate_map_models", None))
+        monkeypatch.setattr(runners, "holds_model", cannot_answer)
+        again = predict_map(fit, scene, stride=16, scheduler=address, **MAP_OPTS)
+    assert len(models) == 1 and sent_first == 1
+    assert not first[0]  # sent without the fit; answered "not held", then sent again with it
+    # every piece reached the worker once with the fit, as in the second map, which sent
+    # the fit first and no piece bare
+    assert first.count(False) > 0 and first.count(True) == len(submitted) and all(submitted)
+    assert len(scattered) == 2
     xr.testing.assert_allclose(got, full_map, rtol=1e-5, atol=1e-5)
+    xr.testing.assert_allclose(again, full_map, rtol=1e-5, atol=1e-5)
 
 
 def test_dask_workers_get_the_part_of_the_fit_a_map_reads(inputs, tmp_path):
