@@ -119,16 +119,27 @@ def local_cluster(workers: int, threads: int = 1):
         # each nanny keeps this config and sets it in its worker process, at every (re)start
         # (a nanny's own copy is shallow: the settings would leave it with the context)
         config = copy.deepcopy(dask.config.config)
-        return distributed.LocalCluster(
-            n_workers=workers,
-            threads_per_worker=threads,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-            env=worker_env(workers, threads),
-            preload=["imgcate.maps.worker"],
-            config=config,
-        )
+        try:
+            return distributed.LocalCluster(
+                n_workers=workers,
+                threads_per_worker=threads,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+                env=worker_env(workers, threads),
+                preload=["imgcate.maps.worker"],
+                config=config,
+            )
+        except RuntimeError as exc:
+            if "Nanny failed to start" not in str(exc):
+                raise
+            raise InputError(
+                f"the local Dask cluster of {workers} workers could not start its worker "
+                f"processes ({exc}). Each worker process imports the script that asked for "
+                'the map: a script must make its maps under `if __name__ == "__main__":` '
+                "(the errors above that mention the bootstrapping phase say that it does "
+                "not; docs/maps.md), or map with workers=1."
+            ) from exc
 
 
 def map_part(fit: EffectFit) -> EffectFit:

@@ -669,3 +669,29 @@ def test_band_statistics_are_sampled_once_per_file_until_it_changes(tmp_path, mo
     with rasterio.open(path) as ds:
         rewritten = raster_band_stats(ds, (1, 2))
     np.testing.assert_allclose(rewritten[0], 3 * first[0], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):
+    """workers > 1 starts worker processes that import the calling script (spawn): a script
+    that maps at its top level makes every worker fail to start; the map then names the
+    guard to add instead of Dask's "Nanny failed to start"."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from imgcate.errors import InputError\n"
+        "from imgcate.maps.runners import local_cluster\n"
+        "try:\n"
+        "    local_cluster(2).close()\n"
+        "except InputError as exc:\n"
+        "    print('INPUT ERROR:', exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert "INPUT ERROR: the local Dask cluster of 2 workers could not start" in out.stdout, (
+        out.stdout[-2000:] + out.stderr[-2000:]
+    )
+    assert 'if __name__ == "__main__":' in out.stdout
