@@ -177,7 +177,7 @@ def _region_polygons(region: Any, crs: Any):
 
 
 def _fmt_bounds(bounds: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{v:.6g}" for v in bounds) + ")"
+    return "(" + ", ".join(f"{v:.10g}" for v in bounds) + ")"  # metres: no 9.1e+06
 
 
 def tile_grid(
@@ -264,10 +264,14 @@ def tile_grid(
         row_lo, col_lo = max(row_lo, 0), max(col_lo, 0)
         row_hi, col_hi = min(row_hi, rows_all - 1), min(col_hi, cols_all - 1)
         if not overlap or row_hi < row_lo or col_hi < col_lo:
+            what = (
+                f"{name} (in the raster's CRS)"
+                if name.startswith("bounds")
+                else f"{name} (extent {_fmt_bounds(bounds)} in the raster's CRS)"
+            )
             raise RasterError(
-                f"{name} (bounds {_fmt_bounds(bounds)} in the raster CRS) does not overlap the "
-                f"tiles of raster {ds.name!r} (bounds {_fmt_bounds(tuple(rb))}); give a region "
-                "inside the raster's extent."
+                f"{what} does not overlap the tiles of raster {ds.name!r} (bounds "
+                f"{_fmt_bounds(tuple(rb))}); give a region inside the raster's extent."
             )
         if region is not None and stacklevel is not None:
             warn_past_raster(name, bounds, ds, stacklevel + 1)
