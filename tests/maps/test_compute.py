@@ -113,7 +113,7 @@ def test_clear_errors(inputs, tmp_path, write_variant):
     scene, fit = inputs
     with rasterio.open(scene) as src:
         b = src.bounds
-    with pytest.raises(RasterError, match=r"bounds \(1e\+06.*does not overlap.*raster"):
+    with pytest.raises(RasterError, match=r"bounds \(1000000.0, .*does not overlap.*raster"):
         predict_map(fit, scene, (1e6, 1e6, 1.1e6, 1.1e6), **MAP_OPTS)
     far = gpd.GeoDataFrame(geometry=[box(0, 0, 1, 1)], crs=4326)
     with pytest.raises(RasterError, match="region of 1 polygon.*does not overlap"):
