@@ -402,39 +402,51 @@ def _worker_models(dask_worker, mark: str | None = None) -> dict:
     return {str(k): getattr(m, "test_mark", None) for k, m in models.items()}
 
 
-def test_a_dask_worker_keeps_its_model_for_the_maps_that_follow(inputs, full_map, monkeypatch):
-    """The fit is rebuilt and compiled once per worker, not once per map: a map of another
-    region with the same settings reuses the worker's model, and is not sent the fit again;
-    other settings build a new one. The client saves the part of the fit it sends once for
-    the three maps, not once each."""
-    from distributed import Client, LocalCluster
+def _one_worker_here():
+    """A Dask cluster of one single-threaded worker in this process."""
+    from distributed import LocalCluster
 
-    from imgcate.maps import runners
+    return LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
 
-    saved, scattered = [], []
 
-    def counted_map_part(fit):
-        saved.append(fit)
-        return map_part(fit)
+def _count_scatters(monkeypatch) -> list:
+    """The sizes of what ``Client.scatter`` sends from now on (the real method, counted)."""
+    from distributed import Client
+
+    scattered, scatter = [], Client.scatter
 
     def counted_scatter(self, data, *args, **kwargs):
         scattered.append(len(data[0]))
         return scatter(self, data, *args, **kwargs)
 
-    map_part, scatter = runners.map_part, Client.scatter
-    monkeypatch.setattr(runners, "map_part", counted_map_part)
     monkeypatch.setattr(Client, "scatter", counted_scatter)
+    return scattered
+
+
+def test_a_dask_worker_keeps_its_model_for_the_maps_that_follow(inputs, full_map, monkeypatch):
+    """The fit is rebuilt and compiled once per worker, not once per map: a map of another
+    region with the same settings reuses the worker's model, and is not sent the fit again;
+    other settings build a new one. The client saves the part of the fit it sends once for
+    the three maps, not once each."""
+    from distributed import Client
+
+    from imgcate.maps import runners
+
+    saved = []
+
+    def counted_map_part(fit):
+        saved.append(fit)
+        return map_part(fit)
+
+    map_part = runners.map_part
+    monkeypatch.setattr(runners, "map_part", counted_map_part)
+    scattered = _count_scatters(monkeypatch)
     monkeypatch.setattr(runners, "_SENT", {})
     scene, fit = inputs
     with rasterio.open(scene) as src:
         x0, y0 = src.xy(64, 96, offset="ul")
         x1, y1 = src.xy(128, 160, offset="ul")
-    with (
-        LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with _one_worker_here() as cluster, Client(cluster) as client:
         address = cluster.scheduler_address
         whole = predict_map(fit, scene, stride=16, scheduler=address, **MAP_OPTS)
         [first] = client.run(_worker_models, mark="first map").values()
@@ -459,16 +471,11 @@ def test_a_worker_that_lost_the_fit_is_sent_it(inputs, full_map, monkeypatch):
     since (restarted, or a new one) answers ``FIT_NOT_HELD`` for its pieces, and the map sends
     the fit and those pieces again: the same map. A worker that cannot answer whether it
     holds the model counts as not holding it: the fit is sent before the pieces."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from imgcate.maps import runners
 
-    scattered, submitted = [], []
-    scatter, submit = Client.scatter, Client.submit
-
-    def counted_scatter(self, data, *args, **kwargs):
-        scattered.append(len(data[0]))
-        return scatter(self, data, *args, **kwargs)
+    submitted, submit = [], Client.submit
 
     def counted_submit(self, fn, *args, **kwargs):  # pieces: with the fit's bytes or without
         submitted.append(args[0] is not None)
@@ -477,15 +484,10 @@ def test_a_worker_that_lost_the_fit_is_sent_it(inputs, full_map, monkeypatch):
     def cannot_answer(digest, key, dask_worker=None):
         raise OSError("worker closing")
 
-    monkeypatch.setattr(Client, "scatter", counted_scatter)
+    scattered = _count_scatters(monkeypatch)
     monkeypatch.setattr(Client, "submit", counted_submit)
     scene, fit = inputs
-    with (
-        LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with _one_worker_here() as cluster, Client(cluster) as client:
         address = cluster.scheduler_address
         monkeypatch.setattr(runners, "holds_model", lambda digest, key, dask_worker=None: True)
         got = predict_map(fit, scene, stride=16, scheduler=address, **MAP_OPTS)
