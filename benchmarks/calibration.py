@@ -202,6 +202,20 @@ def one_fit(
     return row
 
 
+def prior_overrides(items: list[str]) -> dict[str, float]:
+    """``--prior NAME=VALUE`` options as entries of :data:`imgcate.model.PRIOR` to override
+    (also read by ``landsat_coverage.py``); an unknown name or a missing value stops the run."""
+    from imgcate.model import PRIOR
+
+    prior = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in PRIOR or not value:
+            raise SystemExit(f"--prior {item!r}: write NAME=VALUE with NAME one of {list(PRIOR)}")
+        prior[name] = float(value)
+    return prior
+
+
 def r_hat(value: float) -> float | None:
     """An R-hat for the JSON rows; None where it is undefined (SVI's one set of draws) or
     not computed (no unit draws kept above 20 million units x draws)."""
@@ -466,12 +480,7 @@ def main(argv: list[str] | None = None) -> None:
     from imgcate.config import FitConfig
     from imgcate.model import PRIOR
 
-    prior = {}
-    for item in args.prior:
-        name, _, value = item.partition("=")
-        if name not in PRIOR or not value:
-            raise SystemExit(f"--prior {item!r}: write NAME=SCALE with NAME one of {list(PRIOR)}")
-        prior[name] = float(value)
+    prior = prior_overrides(args.prior)
     scenarios = args.scenario or list(SCENARIOS)
     for scenario in scenarios:
         parse(scenario)

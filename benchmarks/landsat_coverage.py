@@ -131,14 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seeds = args.seeds[:2]
         draws = {"num_chains": 2, "num_warmup": 200, "num_samples": 200}
+    from calibration import prior_overrides  # benchmarks/ is this script's sys.path[0]
+
     from imgcate.model import PRIOR
 
-    prior = {}
-    for item in args.prior:
-        name, _, value = item.partition("=")
-        if name not in PRIOR or not value:
-            raise SystemExit(f"--prior {item!r}: write NAME=VALUE with NAME one of {list(PRIOR)}")
-        prior[name] = float(value)
+    prior = prior_overrides(args.prior)
     print(
         json.dumps(
             {
