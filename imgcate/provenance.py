@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 #: Key under which writers store the record (GeoTIFF tag, Parquet and GeoPackage metadata).
@@ -39,9 +40,10 @@ SETTLED_S = 2.0
 def settled_identity(path: str | Path) -> tuple | None:
     """A local file's identity (device, inode, size, modification and change times in ns)
     for what is kept of it in this process, or None while it changed within the last
-    :data:`SETTLED_S` seconds (what is computed of it then is not kept)."""
+    :data:`SETTLED_S` seconds (what is computed of it then is not kept) or where ``path`` is
+    not a regular file (a directory). Raises ``OSError`` where nothing is at ``path``."""
     stat = Path(path).stat()
-    if time.time() - max(stat.st_mtime, stat.st_ctime) <= SETTLED_S:
+    if not S_ISREG(stat.st_mode) or time.time() - max(stat.st_mtime, stat.st_ctime) <= SETTLED_S:
         return None
     return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 

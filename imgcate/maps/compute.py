@@ -10,7 +10,6 @@ its saved file and is rebuilt once per worker.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -106,7 +105,7 @@ def _files_identity(ds: Any) -> tuple | None:
         return None
     try:
         files = list(ds.files)
-        ids = [settled_identity(f) if os.path.isfile(f) else None for f in files]
+        ids = [settled_identity(f) for f in files]  # one stat each; OSError: no such file
     except OSError:
         return None
     if not files or any(i is None for i in ids):

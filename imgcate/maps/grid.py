@@ -180,6 +180,14 @@ def _fmt_bounds(bounds: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:.10g}" for v in bounds) + ")"  # metres: no 9.1e+06
 
 
+def _region_words(name: str, bounds: Sequence[float], where: str = "") -> str:
+    """A region in a message: bounds name themselves; polygons get their extent (``bounds``),
+    followed by ``where`` (such as "in the raster's CRS") inside the same brackets."""
+    if name.startswith("bounds"):
+        return f"{name} ({where})" if where else name
+    return f"{name} (extent {_fmt_bounds(bounds)}{' ' + where if where else ''})"
+
+
 def tile_grid(
     raster: Any,
     region: Any = None,
@@ -264,11 +272,7 @@ def tile_grid(
         row_lo, col_lo = max(row_lo, 0), max(col_lo, 0)
         row_hi, col_hi = min(row_hi, rows_all - 1), min(col_hi, cols_all - 1)
         if not overlap or row_hi < row_lo or col_hi < col_lo:
-            what = (
-                f"{name} (in the raster's CRS)"
-                if name.startswith("bounds")
-                else f"{name} (extent {_fmt_bounds(bounds)} in the raster's CRS)"
-            )
+            what = _region_words(name, bounds, "in the raster's CRS")
             raise RasterError(
                 f"{what} does not overlap the tiles of raster {ds.name!r} (bounds "
                 f"{_fmt_bounds(tuple(rb))}); give a region inside the raster's extent."
@@ -326,9 +330,7 @@ def warn_past_raster(name: str, bounds: Sequence[float], ds: Any, stacklevel: in
         if past
     ]
     if sides:
-        # bounds name themselves; polygons' extent is given in the raster's CRS
-        what = name if name.startswith("bounds") else f"{name} (extent {_fmt_bounds(bounds)})"
-        edges = "edge" if len(sides) == 1 else "edges"
+        what, edges = _region_words(name, bounds), "edge" if len(sides) == 1 else "edges"
         warnings.warn(
             f"{what} reaches past the {', '.join(sides)} {edges} of raster {ds.name!r} "
             f"(bounds {_fmt_bounds(tuple(ds.bounds))}, in its CRS as is the region's "
