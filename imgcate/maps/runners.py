@@ -396,16 +396,15 @@ def _run_dask(
         found = client.scheduler_info().get("workers", {}).values()
         n_threads = max(1, sum(int(w.get("nthreads", 1)) for w in found))
         holding = client.run(holds_model, digest, job.model_key, on_error="return")
-        sent: list = []  # the fit's bytes on the workers, once sent
+        sent: list = []  # the fit's bytes on the workers, once sent (none while every
+        # worker holds the fit's model from an earlier map)
 
-        def payload() -> Any:  # None: every worker holds the fit's model from an earlier map
+        def send_fit() -> None:
             if not sent:
-                data = _fit_bytes(fit, digest)
-                sent.extend(client.scatter([data], broadcast=True, hash=False))
-            return sent[0]
+                sent.extend(client.scatter([_fit_bytes(fit, digest)], broadcast=True, hash=False))
 
         if not (holding and all(held is True for held in holding.values())):
-            payload()
+            send_fit()
         run = uuid.uuid4().hex  # this map: the workers' readers are kept within it
         counts: dict[int, int] = {}  # pieces of each block in flight
         back: dict[int, dict[int, dict]] = {}  # their pieces back
@@ -443,7 +442,7 @@ def _run_dask(
             result = fut.result()
             fut.release()
             if isinstance(result, str) and result == FIT_NOT_HELD:  # a worker new since
-                payload()  # the map asked: send the fit, and the piece again
+                send_fit()  # the map asked: send the fit, and the piece again
                 submit(item)
                 continue
             index, k = item[0], item[1]
