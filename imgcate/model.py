@@ -272,7 +272,12 @@ def membership_local_prior(prefix: str = "") -> dist.Distribution:
     Student-t tail lets one component escape the shrinkage while the global scale keeps
     dense log-odds small (docs/model.md, "Priors"; benchmarks/CHANGELOG.md, 2026-12-05).
     """
-    scale, df = PRIOR["membership_local"], PRIOR[f"{prefix}membership_local_df"]
+    return half_student_t(PRIOR["membership_local"], PRIOR[f"{prefix}membership_local_df"])
+
+
+def half_student_t(scale: float, df: float) -> dist.Distribution:
+    """Half-Student-t with ``df`` degrees of freedom and scale ``scale``; half-normal where
+    ``df`` is infinite."""
     if df == float("inf"):
         return dist.HalfNormal(scale)
     return dist.FoldedDistribution(dist.StudentT(df, 0.0, scale))
@@ -303,11 +308,8 @@ def membership_scale_dist(n_features: int, prefix: str = "") -> dist.Distributio
     vegetated share of a Landsat chip) needs a large global scale, which the half-normal held
     back: memberships came out soft and the continuous deviation drew a ramp through the
     step (docs/model.md, "Priors"; benchmarks/CHANGELOG.md, 2026-12-06 evening)."""
-    scale = membership_scale_prior(n_features)
     df = PRIOR["membership_scale_df"] if prefix == "" else float("inf")
-    if df == float("inf"):
-        return dist.HalfNormal(scale)
-    return dist.FoldedDistribution(dist.StudentT(df, 0.0, scale))
+    return half_student_t(membership_scale_prior(n_features), df)
 
 
 # --------------------------------------------------------------------------- what it implies
