@@ -351,6 +351,27 @@ def check_address(scheduler: Any) -> Any:
     return text
 
 
+#: Seconds a map on a scheduler with no worker waits for one to join before it stops.
+WORKER_WAIT_S = 30.0
+
+
+def wait_for_a_worker(client: Any, scheduler: str) -> None:
+    """Wait up to :data:`WORKER_WAIT_S` for a worker of the scheduler at ``scheduler`` (workers
+    started with it may still be registering); none: an :class:`InputError` saying how to
+    start one (Dask's own error was a ``TimeoutError`` from sending the fit)."""
+    if client.scheduler_info().get("workers"):
+        return
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+    except TimeoutError:
+        raise InputError(
+            f"the Dask scheduler at {scheduler!r} has no worker (none joined in "
+            f"{WORKER_WAIT_S:g} s); start one with `dask worker {scheduler} --nthreads 1 "
+            "--preload imgcate.maps.worker` (docs/maps.md), or map on this machine, without a "
+            "scheduler."
+        ) from None
+
+
 def run_dask(
     fit: EffectFit,
     job: TileJob,
@@ -393,6 +414,8 @@ def _run_dask(
             ) from exc
     run = None
     try:
+        if scheduler is not None:
+            wait_for_a_worker(client, scheduler)
         found = client.scheduler_info().get("workers", {}).values()
         n_threads = max(1, sum(int(w.get("nthreads", 1)) for w in found))
         holding = client.run(holds_model, digest, job.model_key, on_error="return")

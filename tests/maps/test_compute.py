@@ -551,6 +551,21 @@ def test_a_malformed_scheduler_address_is_refused_at_once(inputs):
             predict_map(fit, scene, scheduler=address, **MAP_OPTS)
 
 
+def test_a_scheduler_without_workers_is_named_after_a_wait(inputs, monkeypatch):
+    """A scheduler no worker has joined: the map waits (workers may still be registering),
+    then says how to start one (Dask's own error was a TimeoutError from sending the fit)."""
+    from distributed import LocalCluster
+
+    from imgcate.maps import runners
+
+    monkeypatch.setattr(runners, "WORKER_WAIT_S", 1.0)
+    scene, fit = inputs
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+        address = cluster.scheduler_address
+        with pytest.raises(InputError, match=r"has no worker .*1 s.*`dask worker "):
+            predict_map(fit, scene, scheduler=address, **MAP_OPTS)
+
+
 def test_a_worker_whose_set_up_failed_stops_the_map_with_its_error(inputs, monkeypatch):
     """Dask logs a preload's error and starts the worker anyway: the map run on it raises
     the error instead of running unpinned without a word."""
