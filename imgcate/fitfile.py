@@ -134,7 +134,7 @@ def _checked_meta(meta: Any, path: Path) -> dict:
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
         raise InputError(
             f"{str(path)!r} is not a readable imgcate fit file (meta.json is not "
-            "a fit's settings); write it again with EffectFit.save()."
+            "a fit's settings); write it again with EffectFit.save() (or imgcate fit)."
         )
     version = meta.get("format_version")
     if version == 1:
@@ -167,7 +167,7 @@ def _checked_meta(meta: Any, path: Path) -> dict:
     if version != FORMAT_VERSION and version not in READABLE:
         raise InputError(
             f"{str(path)!r} has fit format {version!r}, which no imgcate wrote; the file is "
-            "damaged or not a fit: write it again with EffectFit.save() (imgcate fit)."
+            "damaged or not a fit: write it again with EffectFit.save() (or imgcate fit)."
         )
     return meta
 
@@ -205,7 +205,7 @@ def read_fit_file(path: str | Path) -> dict[str, Any]:
     except (zipfile.BadZipFile, KeyError, OSError, ValueError, TypeError) as exc:
         raise InputError(
             f"{str(path)!r} is not a readable imgcate fit file ({type(exc).__name__}: {exc}); "
-            "write it again with EffectFit.save()."
+            "write it again with EffectFit.save() (or imgcate fit)."
         ) from exc
     record = meta.get("provenance")
     return {

@@ -789,7 +789,7 @@ def bad_cli_effects_to_symlink(ctx):
     return cli("effects", ctx.fit_path, ctx.tmp / "effects.csv", "--overwrite")
 
 
-@case(CliFailure, "write it again with EffectFit.save()")
+@case(CliFailure, "not a zip file); write it again with imgcate fit.")
 def bad_cli_info_truncated_fit(ctx):
     (ctx.tmp / "cut.imgcate").write_bytes(ctx.fit_path.read_bytes()[:100])
     return cli("info", ctx.tmp / "cut.imgcate")

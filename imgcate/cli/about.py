@@ -207,7 +207,7 @@ def info(file, as_json, verbose, quiet):
             try:
                 read_fit_file(file)
             except InputError as exc:
-                raise click.BadParameter(str(exc), param_hint="FILE") from exc
+                raise click.BadParameter(in_cli_words(str(exc)), param_hint="FILE") from exc
         raise click.BadParameter(
             f"{str(file)!r} is not a file imgcate wrote (.imgcate, .parquet, .npz, .tif, .gpkg)",
             param_hint="FILE",

@@ -113,6 +113,7 @@ CLI_PHRASES = (
     ),
     ("; names= or a mapping in Python)", ")"),
     ("imgcate.fit(n_clusters=1)", "-k 1"),
+    ("with EffectFit.save() (or imgcate fit)", "with imgcate fit"),
     ("which method='nuts' does not run", "which --method nuts does not run"),
     ("which method='svi' does not run", "which --method svi does not run"),
     ("choose method='svi' (or 'auto'", "choose --method svi (or auto"),

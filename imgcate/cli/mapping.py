@@ -13,6 +13,7 @@ from imgcate.cli.common import (
     band_option,
     check_minimum,
     common,
+    in_cli_words,
     interrupted,
     parse_co,
     provenance,
@@ -176,7 +177,7 @@ def map_command(
     try:
         check_creation_options(options)
     except ImgcateError as exc:
-        raise click.BadParameter(str(exc), param_hint="--co") from exc
+        raise click.BadParameter(in_cli_words(str(exc)), param_hint="--co") from exc
     run(check_writable, output, overwrite)
     if preview:
         run(check_writable, output.with_suffix(".png"), overwrite)
@@ -187,14 +188,14 @@ def map_command(
     try:
         tile_size = fit_tile_size(fit_result, tile_size)
     except ImgcateError as exc:
-        raise click.BadParameter(str(exc), param_hint="--tile-size") from exc
+        raise click.BadParameter(in_cli_words(str(exc)), param_hint="--tile-size") from exc
     try:
         # checked before the map starts; the map itself warns of a region past the raster
         tile_grid(raster, area, tile_size=tile_size, stride=stride, stacklevel=None)
     except ImgcateError as exc:
         if area is None:
-            raise click.ClickException(str(exc)) from exc
-        raise click.BadParameter(str(exc), param_hint=hint) from exc
+            raise click.ClickException(in_cli_words(str(exc))) from exc
+        raise click.BadParameter(in_cli_words(str(exc)), param_hint=hint) from exc
     # SIGTERM and Ctrl-C stop the map as an error would: nothing at OUTPUT, no staging folder
     # beside it; the message says how many blocks were saved and how to resume
     with sigterm_as_interrupt() as received:
