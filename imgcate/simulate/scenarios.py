@@ -13,7 +13,9 @@ and the untreated outcome are functions of directions in the latent space:
   ``"zero_inflated"`` (a share of exact zeros and a gamma-distributed positive part whose
   mean carries the baseline and the effect; the effect on the mean is still ``effect``),
   ``"zero_lognormal"`` (the same with a log-normal positive part, log-sd 0.8: not the
-  family of imgcate's hurdle likelihood).
+  family of imgcate's hurdle likelihood), ``"heteroskedastic"`` (Gaussian, its sd growing
+  with the untreated outcome's direction from 0.29 to 2.1 over +-2 sd, the same in both arms;
+  unit variance on average: imgcate's likelihoods have one scale per arm).
 
 The truth knows each unit's CATE given its image and can draw new units from the same
 population (:meth:`ScenarioTruth.new_embeddings`, :meth:`ScenarioTruth.cate_of`), to check
@@ -36,7 +38,7 @@ from imgcate.validation import check_choice, rng_from_seed
 
 EFFECTS = ("constant", "linear", "tanh", "quadratic", "clusters")
 BASELINES = ("linear", "quadratic", "sine", "interaction")
-NOISES = ("gaussian", "skewed", "heavy", "zero_inflated", "zero_lognormal")
+NOISES = ("gaussian", "skewed", "heavy", "zero_inflated", "zero_lognormal", "heteroskedastic")
 
 #: Noises with a mass of exact zeros (fitted with the hurdle likelihood).
 ZERO_NOISES = ("zero_inflated", "zero_lognormal")
@@ -153,8 +155,10 @@ def simulate_scenario(
         How the effect depends on the image (see the module docstring).
     baseline : {"linear", "quadratic", "sine", "interaction"}
         How the untreated outcome depends on the image.
-    noise : {"gaussian", "skewed", "heavy", "zero_inflated", "zero_lognormal"}
-        The outcome's noise (unit variance for the first three).
+    noise : {"gaussian", "skewed", "heavy", "zero_inflated", "zero_lognormal", \
+"heteroskedastic"}
+        The outcome's noise (unit variance, on average for the last, for all but the
+        zero-inflated two).
     n_units, n_features, n_covariates : int
         Units (one image each), embedding features (>= 3), standard-normal covariates.
     positive_share : float
@@ -189,7 +193,7 @@ def simulate_scenario(
     cate = _effect(effect, z, centers)
     t = np.zeros(n_units, dtype=int)
     t[rng.permutation(n_units)[: n_units // 2]] = 1
-    y, mu0, floor_share = _outcome(rng, noise, mu0, cate, t, positive_share)
+    y, mu0, floor_share = _outcome(rng, noise, mu0, cate, t, positive_share, z[:, 1])
     df = pd.DataFrame(
         {
             "id": np.arange(n_units),
@@ -220,8 +224,9 @@ def simulate_scenario(
     return SimulatedTrial(trial=trial, embeddings=embeddings, truth=truth)
 
 
-def _outcome(rng, noise, mu0, cate, t, positive_share):
-    """(outcome, untreated mean, share at 0) for the noise kind."""
+def _outcome(rng, noise, mu0, cate, t, positive_share, level):
+    """(outcome, untreated mean, share at 0) for the noise kind; ``level`` is the latent
+    direction of the baseline, along which ``"heteroskedastic"`` noise grows."""
     n = len(mu0)
     if noise in ZERO_NOISES:
         # positive part: gamma (shape 2) or log-normal with mean m0 + t * cate / p, so that the
@@ -243,6 +248,8 @@ def _outcome(rng, noise, mu0, cate, t, positive_share):
         return y, p * m0, float(1.0 - positive.mean())
     if noise == "gaussian":
         eps = rng.normal(size=n)
+    elif noise == "heteroskedastic":  # E[exp(level - 1/2)] = 1 for a standard-normal level
+        eps = np.exp(0.5 * level - 0.25) * rng.normal(size=n)
     elif noise == "skewed":
         eps = (rng.gamma(2.0, 1.0, n) - 2.0) / np.sqrt(2.0)
     else:

@@ -54,6 +54,21 @@ def test_zero_inflated_outcome_has_its_floor_and_its_mean_effect(noise):
     assert abs(diff - 1.0) < 4 * se
 
 
+def test_heteroskedastic_noise_grows_along_the_baseline_with_unit_variance_on_average():
+    """Residuals about the truth have variance 1 over 40,000 units (within 4 se of the
+    sample variance of a scale mixture) and an sd that grows with the untreated outcome's
+    direction: in its top quarter of units over 3 times that of its bottom quarter (the
+    quarters' middles, +-1.15 sd, give exp(0.5 * 2.3) = 3.2; their sds 3.7 here)."""
+    sim = simulate_scenario(7, effect="tanh", noise="heteroskedastic", n_units=40_000)
+    truth = sim.truth
+    resid = sim.outcome - truth.mu0 - sim.treatment * truth.cate
+    sq = resid**2
+    assert abs(sq.mean() - 1.0) < 4 * sq.std() / np.sqrt(len(sq))
+    level = truth.latent_of(sim.features)[:, 1]
+    low, high = level < np.quantile(level, 0.25), level > np.quantile(level, 0.75)
+    assert resid[high].std() > 3 * resid[low].std()
+
+
 def test_bad_scenarios_are_refused():
     with pytest.raises(InputError, match="effect='wavy' is not allowed"):
         simulate_scenario(0, effect="wavy")
