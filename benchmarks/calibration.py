@@ -90,6 +90,7 @@ FORMS = {
     "rff+prognostic": {},
     "own-baseline": {"baseline_clusters": "own"},
     "shared-baseline": {"baseline_clusters": "shared"},
+    "image-noise": {"noise_scale": "image"},
     "svi": {"method": "svi"},
     "svi-full": {"method": "svi", "svi_guide": "full"},
     "svi-lowrank": {"method": "svi", "svi_guide": "lowrank"},

@@ -63,6 +63,11 @@ class FitConfig:
         ``equal_effects``) there is nothing to separate and it changes nothing. Fits saved
         before the option existed load as "shared". Measured in docs/model.md,
         "Calibration".
+    noise_scale : {"arm", "image"}
+        The outcome's noise sd (families with one): "arm" (default) one per arm; "image" each
+        arm's times ``exp(z w)``, log-linear in the embedding, for an outcome whose spread
+        varies from image to image (earnings, consumption: docs/model.md, "Noise that
+        varies with the image"). Not for the bernoulli likelihood.
     n_basis : int or None
         Functions of the basis of the baseline's (and the smooth deviation's) Gaussian
         process in the embedding: the kernel's leading eigenfunctions over the trial
@@ -119,6 +124,7 @@ class FitConfig:
     deviation: str = "smooth"
     equal_effects: bool = False
     baseline_clusters: str = "own"
+    noise_scale: str = "arm"
     n_basis: int | None = None
     floor: float | None = None
     method: str = "nuts"
@@ -175,6 +181,12 @@ class FitConfig:
         check_choice("likelihood", self.likelihood, LIKELIHOODS)
         check_choice("deviation", self.deviation, DEVIATIONS)
         check_choice("baseline_clusters", self.baseline_clusters, ("own", "shared"))
+        check_choice("noise_scale", self.noise_scale, ("arm", "image"))
+        if self.noise_scale == "image" and self.likelihood == "bernoulli":
+            raise InputError(
+                "noise_scale='image' needs a likelihood with a noise scale; the bernoulli "
+                "likelihood has none: leave noise_scale at 'arm'."
+            )
         check_choice("method", self.method, ("nuts", "svi"))
         check_choice("chain_method", self.chain_method, ("parallel", "sequential"))
         check_choice("svi_guide", self.svi_guide, ("auto", "full", "lowrank", "normal"))
@@ -585,6 +597,7 @@ def model_data(
         deviation=config.deviation,
         equal_effects=config.equal_effects,
         own_baseline_clusters=own_baseline_clusters(config),
+        image_noise=config.noise_scale == "image",
         n_strata=0 if stratum is None else int(stratum.max()) + 1,
         n_groups=0 if group is None else int(group.max()) + 1,
         floor=std.floor_on_model_scale(),

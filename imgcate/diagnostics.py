@@ -24,6 +24,7 @@ CHECKED = (
     "hurdle_beta",
     "tau_cluster",
     "sigma",
+    "noise_slope_scale",
     "membership_intercept",
     "membership",
     "ate",

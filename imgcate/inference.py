@@ -504,6 +504,7 @@ def _to_inference_data(
     }
     dims |= {
         "sigma": ["arm"],
+        "noise_slope_raw": ["feature"],
         "outcome": ["unit"],
         "embedding": ["unit", "feature"],
         "covariates": ["unit", "covariate"],

@@ -106,6 +106,7 @@ def fit_spec(fit: EffectFit) -> ModelSpec:
         deviation=config.deviation,
         equal_effects=config.equal_effects,
         own_baseline_clusters=own_baseline_clusters(config),
+        image_noise=config.noise_scale == "image",
         n_strata=levels("stratum"),
         n_groups=levels("group"),
         floor=fit.standardizer.floor_on_model_scale(),
