@@ -430,8 +430,23 @@ def _statistics_of(y: np.ndarray, floor: float | None, tol: float) -> dict[str, 
     return stats
 
 
+def spread_on_image(y: np.ndarray, fitted: np.ndarray, design: np.ndarray) -> np.ndarray:
+    """R² of the absolute residuals ``|y - fitted|`` (..., unit) regressed on ``design``
+    (unit, 1 + feature): how much of the outcome's spread about its fitted mean the image
+    explains (about ``feature / unit`` where the noise does not depend on it)."""
+    resid = np.abs(y - fitted)
+    explained = resid @ np.linalg.pinv(design).T @ design.T
+    centred = resid - resid.mean(-1, keepdims=True)
+    total = (centred**2).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 1.0 - ((resid - explained) ** 2).sum(-1) / total
+
+
 def outcome_check(
-    observed: np.ndarray, replicated: np.ndarray, treatment: np.ndarray
+    observed: np.ndarray,
+    replicated: np.ndarray,
+    treatment: np.ndarray,
+    embedding: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Posterior predictive check of the outcome's distribution in each arm.
 
@@ -443,11 +458,18 @@ def outcome_check(
         Outcomes replicated from the posterior (the ``posterior_predictive`` group), same scale.
     treatment : ndarray (unit,)
         0/1 arm of each unit.
+    embedding : ndarray (unit, feature), optional
+        The units' embeddings: adds ``spread_on_image``, the R² of the outcome's absolute
+        deviation from its posterior predictive mean regressed on the embedding
+        (:func:`spread_on_image`), where an arm has more than twice as many units as
+        features: a noise whose spread varies with the image, which a fit with one noise
+        sd per arm does not replicate.
 
     Returns
     -------
     pandas.DataFrame
-        One row per arm and statistic (mean, sd, 10/50/90 % quantiles, skewness and, when at
+        One row per arm and statistic (mean, sd, 10/50/90 % quantiles, skewness, the
+        ``spread_on_image`` R² and, when at
         least 2 % of the outcomes sit at their minimum, the share exactly at that floor): the
         observed value, the replicated mean and 99 % interval, the two-sided posterior
         predictive p-value ``2 (min(#(rep >= obs), #(rep <= obs)) + 1) / (draws + 1)`` (at
@@ -461,6 +483,7 @@ def outcome_check(
     # a point mass: values at the floor to float32 rounding (replicated draws are float32)
     tol = 1e-5 * max(float(observed.std()), abs(floor), 1e-12)
     has_floor = np.mean(np.abs(observed - floor) <= tol) >= FLOOR_MASS
+    fitted = replicated.mean(0)  # each unit's posterior predictive mean
     rows = []
     for arm, name in ((0, "control"), (1, "treated")):
         units = np.asarray(treatment) == arm
@@ -468,6 +491,10 @@ def outcome_check(
             continue
         obs = _statistics(observed[units], floor if has_floor else None, tol)
         rep = _statistics(replicated[:, units], floor if has_floor else None, tol)
+        if embedding is not None and units.sum() > 2 * (np.shape(embedding)[1] + 1):
+            design = np.column_stack([np.ones(units.sum()), np.asarray(embedding)[units]])
+            obs["spread_on_image"] = spread_on_image(observed[units], fitted[units], design)
+            rep["spread_on_image"] = spread_on_image(replicated[:, units], fitted[units], design)
         for stat, value in obs.items():
             draws = rep[stat][np.isfinite(rep[stat])]
             # the Monte Carlo p-value (counts + 1 over draws + 1): an observed value beyond
@@ -492,13 +519,15 @@ def outcome_check(
     return table
 
 
-def outcome_problems(table: pd.DataFrame, likelihood: str) -> list[str]:
-    """The missed statistics of :func:`outcome_check`, in words (empty when none is)."""
+def outcome_problems(table: pd.DataFrame, likelihood: str, noise_scale: str = "arm") -> list[str]:
+    """The missed statistics of :func:`outcome_check`, in words (empty when none is), with
+    the likelihood or ``noise_scale`` to try."""
     missed = table[table["missed"]]
     if missed.empty:
         return []
-    first = {"share_at_floor": 0, "skew": 1}  # the shape first: it names the family to try
-    rows = sorted(missed.iterrows(), key=lambda item: first.get(item[0][1], 2))
+    # the shape first: it names the family (or noise scale) to try
+    first = {"share_at_floor": 0, "spread_on_image": 1, "skew": 2}
+    rows = sorted(missed.iterrows(), key=lambda item: first.get(item[0][1], 3))
     parts = [
         f"{arm} {stat} observed {row.observed:.3g}, replicated {row.replicated:.3g}"
         for (arm, stat), row in rows
@@ -507,6 +536,8 @@ def outcome_problems(table: pd.DataFrame, likelihood: str) -> list[str]:
     hint = ""
     if "share_at_floor" in stats and likelihood not in ("hurdle", "censored"):
         hint = " A mass at the floor: try likelihood='hurdle' or 'censored'."
+    elif "spread_on_image" in stats and likelihood != "bernoulli" and noise_scale == "arm":
+        hint = " The outcome's spread varies with the image: try noise_scale='image'."
     elif "skew" in stats and likelihood in ("gaussian", "student_t"):
         hint = " Skewed: try likelihood='hurdle' (positive outcomes) or transform the outcome."
     elif "skew" in stats or "sd" in stats:

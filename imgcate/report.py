@@ -248,7 +248,9 @@ def _failed_checks(fit: EffectFit, seed: int) -> str:
     the replicated outcomes' where kept), or what passed."""
     problems = convergence_problems(fit.idata) if fit.config.method == "nuts" else []
     if "posterior_predictive" in fit.idata.groups():
-        problems += outcome_problems(fit.check_outcome(seed=seed), fit.config.likelihood)
+        problems += outcome_problems(
+            fit.check_outcome(seed=seed), fit.config.likelihood, fit.config.noise_scale
+        )
     if problems:
         return "Failed checks: " + " ".join(
             f"({i + 1}) {p.rstrip('.')}." for i, p in enumerate(problems)

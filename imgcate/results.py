@@ -179,9 +179,11 @@ class EffectFit:
     def check_outcome(self, *, max_draws: int = 500, seed: int = 0) -> pd.DataFrame:
         """Posterior predictive check of the outcome's distribution in each arm.
 
-        Compares the observed mean, sd, 10/50/90 % quantiles, skewness and (with a mass at
-        the minimum) the share at the floor with the same statistics of outcomes replicated
-        from the posterior (``posterior_predictive`` group; ``arviz.plot_ppc`` draws them).
+        Compares the observed mean, sd, 10/50/90 % quantiles, skewness, how much of the
+        spread about each unit's predictive mean the image explains (``spread_on_image``, an
+        R²) and (with a mass at the minimum) the share at the floor with the same statistics
+        of outcomes replicated from the posterior (``posterior_predictive`` group;
+        ``arviz.plot_ppc`` draws them).
         :func:`imgcate.fit` warns (:class:`~imgcate.ModelCheckWarning`) when one is missed.
 
         Parameters
@@ -203,8 +205,11 @@ class EffectFit:
         rows = np.random.default_rng(seed).permutation(len(rep))[:max_draws]
         std = self.standardizer
         replicated = rep[np.sort(rows)] * std.outcome_sd + std.outcome_mean
-        treatment = self.idata.constant_data["treatment"].values
-        return outcome_check(self.observed_outcome(), replicated, treatment)
+        const = self.idata.constant_data
+        embedding = const["embedding"].values if "embedding" in const else None
+        return outcome_check(
+            self.observed_outcome(), replicated, const["treatment"].values, embedding
+        )
 
     def check_model(self) -> list[str]:
         """Warn (:class:`~imgcate.ModelCheckWarning`) when the replicated outcomes miss the
@@ -475,7 +480,9 @@ class EffectFit:
         fits) and the ATE against the difference in means (randomized trials)."""
         problems = []
         if "posterior_predictive" in self.idata.groups():
-            problems += outcome_problems(self.check_outcome(), self.config.likelihood)
+            problems += outcome_problems(
+                self.check_outcome(), self.config.likelihood, self.config.noise_scale
+            )
         gap = None if observational(self) else ate_gap(self.ate())
         return problems + ([gap] if gap else [])
 

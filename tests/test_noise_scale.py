@@ -56,6 +56,31 @@ def test_unit_effects_predict_and_a_saved_fit_agree(likelihood, tmp_path):
     np.testing.assert_allclose(loaded.unit_effects()["tau_mean"], units["tau_mean"], rtol=1e-6)
 
 
+def test_the_outcome_check_sees_a_spread_the_fit_does_not_replicate():
+    """``spread_on_image``: outcomes whose spread grows along one embedding feature against
+    replicated ones with a constant spread (missed, and the hint names noise_scale='image'),
+    and against replicated ones with the same growing spread (not missed)."""
+    from imgcate.diagnostics import outcome_check, outcome_problems
+
+    rng = np.random.default_rng(0)
+    n, draws = 400, 300
+    z = rng.normal(size=(n, 4))
+    t = np.arange(n) % 2
+    mean = 1.0 + z[:, 1] + t
+    sd = np.exp(0.5 * z[:, 0] - 0.25)
+    observed = mean + sd * rng.normal(size=n)
+    flat = mean + rng.normal(size=(draws, n))
+    table = outcome_check(observed, flat, t, z)
+    assert table.loc[("control", "spread_on_image"), "missed"]
+    assert table.loc[("treated", "spread_on_image"), "missed"]
+    (problem,) = outcome_problems(table, "gaussian")
+    assert "spread_on_image" in problem and "try noise_scale='image'" in problem
+    assert "noise_scale" not in outcome_problems(table, "gaussian", "image")[0]
+    same = mean + sd * rng.normal(size=(draws, n))
+    assert not outcome_check(observed, same, t, z)["missed"].any()
+    assert "spread_on_image" not in outcome_check(observed, flat, t).index.get_level_values(1)
+
+
 def _fit(noise: str, seed: int, noise_scale: str):
     sim = simulate_scenario(seed, effect="constant", noise=noise, n_units=400)
     with warnings.catch_warnings():
@@ -73,7 +98,7 @@ def _fit(noise: str, seed: int, noise_scale: str):
     return sim, fit
 
 
-@pytest.mark.slow  # two NUTS fits of 400 units, about a minute on 2 cores
+@pytest.mark.slow  # three NUTS fits of 400 units, about 90 s on 2 cores
 def test_a_spread_that_grows_with_the_image_is_found_and_none_where_there_is_none():
     """Heteroskedastic noise (sd from 0.29 to 2.1 over +-2 sd of the baseline's latent
     direction): the fitted log sd of each unit, log sigma + z w at the posterior mean,
@@ -94,5 +119,13 @@ def test_a_spread_that_grows_with_the_image_is_found_and_none_where_there_is_non
     true = 0.5 * sim.truth.latent_of(sim.features)[:, 1]
     assert np.corrcoef(fitted, true)[0, 1] > 0.95
     assert np.quantile(post["noise_slope_scale"].values, 0.05) > 0.25
+    assert not fit.check_outcome().loc[(slice(None), "spread_on_image"), "missed"].any()
     _, plain = _fit("gaussian", 2, "image")
     assert np.median(plain.idata.posterior["noise_slope_scale"].values) < 0.15
+    # one noise sd per arm on the heteroskedastic trial: the check names the option
+    _, one_sd = _fit("heteroskedastic", 2, "arm")
+    assert one_sd.check_outcome().loc[(slice(None), "spread_on_image"), "missed"].any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", imgcate.ModelCheckWarning)
+        problems = one_sd.check_model()
+    assert any("try noise_scale='image'" in p for p in problems), problems
