@@ -91,6 +91,7 @@ PARTS = {
     "shared": {"baseline_clusters": "shared"},
     "linear": {"n_basis": 0, "deviation": "linear"},
     "clusters": {"n_basis": 0, "deviation": "none"},
+    "image-noise": {"noise_scale": "image"},
 }
 
 

@@ -157,8 +157,10 @@ class FitConfig:
 
     @property
     def likelihood_label(self) -> str:
-        """The likelihood's name in displays, the hurdle's positive part named."""
-        return "hurdle (gamma positive part)" if self.likelihood == "hurdle" else self.likelihood
+        """The likelihood's name in displays, the hurdle's positive part named, and a noise
+        sd that varies with the image (``noise_scale="image"``) said."""
+        label = "hurdle (gamma positive part)" if self.likelihood == "hurdle" else self.likelihood
+        return label + (" (noise sd varying with the image)" if self.noise_scale == "image" else "")
 
     @property
     def method_label(self) -> str:

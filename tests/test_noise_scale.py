@@ -53,6 +53,7 @@ def test_unit_effects_predict_and_a_saved_fit_agree(likelihood, tmp_path):
     np.testing.assert_allclose(predicted["tau_95%"], units["tau_95%"], rtol=1e-4, atol=1e-5)
     loaded = imgcate.load_fit(fit.save(tmp_path / "fit.imgcate"))
     assert loaded.config.noise_scale == "image"
+    assert "(noise sd varying with the image)" in loaded.summary()
     np.testing.assert_allclose(loaded.unit_effects()["tau_mean"], units["tau_mean"], rtol=1e-6)
 
 

@@ -66,6 +66,8 @@ def fit_lines(path: Path) -> list[str]:
     draws = ("svi_steps", "svi_draws") if config.get("method") == "svi" else NUTS_DRAWS
     keys = ("n_clusters", "likelihood", "deviation", "method", *draws, "seed")
     settings = [f"{k}={config[k]}" for k in keys if k in config]
+    if config.get("noise_scale") == "image":
+        settings.insert(2, "noise_scale=image")
     if config.get("equal_effects"):  # compare_clusters' constant-effect model
         settings.insert(1, "equal_effects=True (a constant effect)")
     memberships = config["baseline_clusters"]
