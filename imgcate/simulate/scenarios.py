@@ -14,8 +14,9 @@ and the untreated outcome are functions of directions in the latent space:
   mean carries the baseline and the effect; the effect on the mean is still ``effect``),
   ``"zero_lognormal"`` (the same with a log-normal positive part, log-sd 0.8: not the
   family of imgcate's hurdle likelihood), ``"heteroskedastic"`` (Gaussian, its sd growing
-  with the untreated outcome's direction from 0.29 to 2.1 over +-2 sd, the same in both arms;
-  unit variance on average: imgcate's likelihoods have one scale per arm).
+  with the untreated outcome's direction from 0.29 to 2.1 over +-2 sd, the same in both arms,
+  unit variance on average; with ``effect="clusters"`` the two clusters' centres lie at
+  different points of that direction, and so differ in their noise too).
 
 The truth knows each unit's CATE given its image and can draw new units from the same
 population (:meth:`ScenarioTruth.new_embeddings`, :meth:`ScenarioTruth.cate_of`), to check
@@ -193,7 +194,12 @@ def simulate_scenario(
     cate = _effect(effect, z, centers)
     t = np.zeros(n_units, dtype=int)
     t[rng.permutation(n_units)[: n_units // 2]] = 1
-    y, mu0, floor_share = _outcome(rng, noise, mu0, cate, t, positive_share, z[:, 1])
+    # the noise's log sd grows along the baseline's direction; with clusters, whose centres
+    # shift that direction by +-c, E[exp(z_1)] = exp(1/2) cosh(c), divided out so that the
+    # variance is 1 on average there too (and clusters differ in their noise)
+    shift = float(np.abs(centers[0, 1])) if len(centers) else 0.0
+    level = z[:, 1] - np.log(np.cosh(shift))
+    y, mu0, floor_share = _outcome(rng, noise, mu0, cate, t, positive_share, level)
     df = pd.DataFrame(
         {
             "id": np.arange(n_units),
@@ -248,7 +254,7 @@ def _outcome(rng, noise, mu0, cate, t, positive_share, level):
         return y, p * m0, float(1.0 - positive.mean())
     if noise == "gaussian":
         eps = rng.normal(size=n)
-    elif noise == "heteroskedastic":  # E[exp(level - 1/2)] = 1 for a standard-normal level
+    elif noise == "heteroskedastic":  # E[exp(level - 1/2)] = 1 (see simulate_scenario)
         eps = np.exp(0.5 * level - 0.25) * rng.normal(size=n)
     elif noise == "skewed":
         eps = (rng.gamma(2.0, 1.0, n) - 2.0) / np.sqrt(2.0)
