@@ -160,7 +160,9 @@ class FitConfig:
         """The likelihood's name in displays, the hurdle's positive part named, and a noise
         sd that varies with the image (``noise_scale="image"``) said."""
         label = "hurdle (gamma positive part)" if self.likelihood == "hurdle" else self.likelihood
-        return label + (" (noise sd varying with the image)" if self.noise_scale == "image" else "")
+        return label + (
+            ", noise scale varying with the image" if self.noise_scale == "image" else ""
+        )
 
     @property
     def method_label(self) -> str:

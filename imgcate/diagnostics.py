@@ -430,16 +430,16 @@ def _statistics_of(y: np.ndarray, floor: float | None, tol: float) -> dict[str, 
     return stats
 
 
-def spread_on_image(y: np.ndarray, fitted: np.ndarray, design: np.ndarray) -> np.ndarray:
-    """R² of the absolute residuals ``|y - fitted|`` (..., unit) regressed on ``design``
-    (unit, 1 + feature): how much of the outcome's spread about its fitted mean the image
-    explains (about ``feature / unit`` where the noise does not depend on it)."""
-    resid = np.abs(y - fitted)
-    explained = resid @ np.linalg.pinv(design).T @ design.T
-    centred = resid - resid.mean(-1, keepdims=True)
-    total = (centred**2).sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return 1.0 - ((resid - explained) ** 2).sum(-1) / total
+def spread_on_image(y: np.ndarray, centre: np.ndarray, design: np.ndarray) -> np.ndarray:
+    """R² of the absolute deviations ``|y - centre|`` (..., unit) regressed on ``design``
+    (unit, 1 + feature): how much of the outcome's spread about each unit's centre the image
+    explains (about ``feature / unit`` where the noise does not depend on it). NaN for a row
+    of ``y`` with a value too large for it (an overflowing replicated draw)."""
+    with np.errstate(all="ignore"):
+        resid = np.abs(y - centre)
+        explained = resid @ np.linalg.pinv(design).T @ design.T
+        centred = resid - resid.mean(-1, keepdims=True)
+        return 1.0 - ((resid - explained) ** 2).sum(-1) / (centred**2).sum(-1)
 
 
 def outcome_check(
@@ -460,10 +460,10 @@ def outcome_check(
         0/1 arm of each unit.
     embedding : ndarray (unit, feature), optional
         The units' embeddings: adds ``spread_on_image``, the R² of the outcome's absolute
-        deviation from its posterior predictive mean regressed on the embedding
-        (:func:`spread_on_image`), where an arm has more than twice as many units as
-        features: a noise whose spread varies with the image, which a fit with one noise
-        sd per arm does not replicate.
+        deviation from its posterior predictive median (over the finite replicated draws)
+        regressed on the embedding (:func:`spread_on_image`), where an arm has more than
+        twice as many units as features: a noise whose spread varies with the image, which
+        a fit with one noise sd per arm does not replicate.
 
     Returns
     -------
@@ -483,7 +483,11 @@ def outcome_check(
     # a point mass: values at the floor to float32 rounding (replicated draws are float32)
     tol = 1e-5 * max(float(observed.std()), abs(floor), 1e-12)
     has_floor = np.mean(np.abs(observed - floor) <= tol) >= FLOOR_MASS
-    fitted = replicated.mean(0)  # each unit's posterior predictive mean
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # a unit with no finite draw: NaN
+        # each unit's posterior predictive median: the mean of a heavy-tailed family's
+        # draws can be infinite, or not exist
+        centre = np.nanmedian(np.where(np.isfinite(replicated), replicated, np.nan), axis=0)
     rows = []
     for arm, name in ((0, "control"), (1, "treated")):
         units = np.asarray(treatment) == arm
@@ -491,10 +495,11 @@ def outcome_check(
             continue
         obs = _statistics(observed[units], floor if has_floor else None, tol)
         rep = _statistics(replicated[:, units], floor if has_floor else None, tol)
-        if embedding is not None and units.sum() > 2 * (np.shape(embedding)[1] + 1):
+        sized = embedding is not None and units.sum() > 2 * (np.shape(embedding)[1] + 1)
+        if sized and np.isfinite(centre[units]).all():
             design = np.column_stack([np.ones(units.sum()), np.asarray(embedding)[units]])
-            obs["spread_on_image"] = spread_on_image(observed[units], fitted[units], design)
-            rep["spread_on_image"] = spread_on_image(replicated[:, units], fitted[units], design)
+            obs["spread_on_image"] = spread_on_image(observed[units], centre[units], design)
+            rep["spread_on_image"] = spread_on_image(replicated[:, units], centre[units], design)
         for stat, value in obs.items():
             draws = rep[stat][np.isfinite(rep[stat])]
             # the Monte Carlo p-value (counts + 1 over draws + 1): an observed value beyond
@@ -536,8 +541,11 @@ def outcome_problems(table: pd.DataFrame, likelihood: str, noise_scale: str = "a
     hint = ""
     if "share_at_floor" in stats and likelihood not in ("hurdle", "censored"):
         hint = " A mass at the floor: try likelihood='hurdle' or 'censored'."
-    elif "spread_on_image" in stats and likelihood != "bernoulli" and noise_scale == "arm":
-        hint = " The outcome's spread varies with the image: try noise_scale='image'."
+    elif likelihood != "bernoulli" and noise_scale == "arm" and _spread_grows(missed):
+        hint = (
+            " The spread about the fitted mean varies with the image: the noise (try "
+            "noise_scale='image'), or a shape of the mean the model misses."
+        )
     elif "skew" in stats and likelihood in ("gaussian", "student_t"):
         hint = " Skewed: try likelihood='hurdle' (positive outcomes) or transform the outcome."
     elif "skew" in stats or "sd" in stats:
@@ -550,6 +558,13 @@ def outcome_problems(table: pd.DataFrame, likelihood: str, noise_scale: str = "a
         f"{hint} Effects are differences of the model's means, so read them with care "
         "(EffectFit.check_outcome() has the table)."
     ]
+
+
+def _spread_grows(missed: pd.DataFrame) -> bool:
+    """Whether a missed ``spread_on_image`` has the image explain more of the data's spread
+    than of the replicated outcomes' (less: the model's noise varies more than the data's)."""
+    rows = missed[missed.index.get_level_values("statistic") == "spread_on_image"]
+    return bool((rows["observed"] > rows["replicated"]).any())
 
 
 def ate_gap(table: pd.DataFrame) -> str | None:

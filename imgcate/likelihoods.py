@@ -17,6 +17,9 @@ hurdle         2        0 with probability 1 - sigmoid(eta_0), else a gamma with
                         mean sigmoid(eta_0) exp(eta_1)
 =============  =======  ===============================================================
 
+``sigma_arm`` is the arm's noise scale, times ``exp(z w)`` for each unit's image where the fit
+has ``noise_scale="image"`` (:func:`imgcate.model.unit_scale`).
+
 The hurdle's positive part is a gamma with a log link on its mean, not a log-normal. Under a
 log-normal the mean, ``exp(eta_1 + sigma^2 / 2)``, moves with the noise sd: wherever the
 model cannot follow the positive part's mean (an effect it has not found, a baseline it
@@ -135,7 +138,8 @@ def hurdle_mean(logit, log_mean):
 def outcome_distribution(likelihood: str, eta, scale, nu=None, floor=0.0):
     """Distribution of the outcome (model scale) given the linear predictors ``eta`` (part, ...).
 
-    ``scale`` is the noise sd of each unit's arm (for the hurdle: the positive part's
+    ``scale`` is each unit's noise sd (:func:`imgcate.model.unit_scale`: its arm's, times
+    ``exp(z w)`` with ``noise_scale="image"``; for the hurdle: the positive part's
     coefficient of variation; ignored for bernoulli).
     """
     if likelihood == "gaussian":

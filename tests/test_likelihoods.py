@@ -186,9 +186,18 @@ def test_outcome_check_leaves_out_overflowing_draws():
     replicated = rng.normal(size=(200, 100))
     replicated[:5, 0] = np.inf
     replicated[5:10, 1] = 1e200  # finite, but its square overflows
+    embedding = rng.normal(size=(100, 3))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        table = outcome_check(observed, replicated, treatment)
+        table = outcome_check(observed, replicated, treatment, embedding)
     assert table.loc[("control", "sd"), "draws"] == 190
     assert table.loc[("treated", "sd"), "draws"] == 200
+    # the spread's centre is each unit's median over its finite draws
+    assert table.loc[("control", "spread_on_image"), "draws"] == 190
     assert not table["missed"].any()
+    replicated[:, 2] = np.inf  # a unit with no finite draw: no centre, no spread statistic
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = outcome_check(observed, replicated, treatment, embedding)
+    assert ("control", "spread_on_image") not in table.index
+    assert ("treated", "spread_on_image") in table.index
