@@ -36,6 +36,9 @@ CHECKED = (
     "group_sd",
 )
 
+#: Variables of the clusters (an R-hat problem there may mean too many clusters).
+CLUSTER_SITES = ("tau_cluster", "tau_unit", "membership", "cluster_share", "effect_share_clusters")
+
 #: Least gap of mean log density, below the best chain's, at which a chain sits in another
 #: mode (and at least the log density's sd and four standard errors: :func:`lagging_chains`).
 MODE_GAP = 5.0
@@ -377,9 +380,10 @@ def convergence_problems(idata: az.InferenceData) -> list[str]:
     if n_chains > 1:
         bad = table[table["r_hat"] > 1.01]
         if len(bad):
+            clusters = any(n.startswith(CLUSTER_SITES) for n in bad.index)
+            advice = "; weakly identified clusters if it persists: compare fewer" * clusters
             problems.append(
-                f"R-hat > 1.01 for {list(bad.index[:5])} (run longer or more chains; weakly "
-                "identified clusters if it persists: compare fewer)"
+                f"R-hat > 1.01 for {list(bad.index[:5])} (run longer or more chains{advice})"
             )
     low = table[table["ess_bulk"] < 100 * n_chains]
     if len(low):

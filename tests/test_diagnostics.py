@@ -75,3 +75,19 @@ def test_average_ranks_are_scipys():
     rng = np.random.default_rng(1)
     for x in (rng.integers(0, 5, (7, 300)).astype(float), rng.normal(size=(3, 100))):
         np.testing.assert_array_equal(_average_ranks(x), stats.rankdata(x, axis=-1))
+
+
+def test_r_hat_advice_names_clusters_only_where_the_clusters_mix_badly():
+    """Chains that disagree on the noise scale alone: run longer, no word of clusters;
+    on a cluster effect: compare fewer clusters too."""
+    from imgcate.diagnostics import convergence_problems
+
+    rng = np.random.default_rng(0)
+    apart = rng.normal(size=(2, 200)) + np.array([[0.0], [3.0]])
+    together = rng.normal(size=(2, 200))
+    noise = az.from_dict(posterior={"sigma": apart, "tau_cluster": together})
+    (problem,) = [p for p in convergence_problems(noise) if "R-hat" in p]
+    assert "['sigma']" in problem and "compare fewer" not in problem
+    clusters = az.from_dict(posterior={"sigma": together, "tau_cluster": apart})
+    (problem,) = [p for p in convergence_problems(clusters) if "R-hat" in p]
+    assert "compare fewer" in problem

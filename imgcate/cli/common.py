@@ -116,6 +116,7 @@ CLI_PHRASES = (
     ("with EffectFit.save() (or imgcate fit)", "with imgcate fit"),
     ("try noise_scale='image'", "try --option noise_scale=image"),
     ("or map on this machine, without a scheduler", "or leave out --scheduler"),
+    ("or leave scheduler out.", "or leave out --scheduler."),
     ("which method='nuts' does not run", "which --method nuts does not run"),
     ("which method='svi' does not run", "which --method svi does not run"),
     ("choose method='svi' (or 'auto'", "choose --method svi (or auto"),
