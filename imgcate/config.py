@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from imgcate.errors import InputError
-from imgcate.likelihoods import LIKELIHOODS
+from imgcate.likelihoods import LIKELIHOODS, at_the_floor, outcome_scale
 from imgcate.model import (
     DEVIATIONS,
     ModelInputs,
@@ -453,52 +453,6 @@ def kernel_basis(
     transform = transform @ vectors[:, order]
     coef = np.linalg.lstsq(design, cross @ vectors[:, order], rcond=None)[0]
     return landmarks, transform, coef
-
-
-def outcome_scale(
-    outcome: np.ndarray, config: FitConfig, name: str = "outcome"
-) -> tuple[float, float, float]:
-    """(location, scale, floor) of the outcome for the likelihood (see :class:`Standardizer`)."""
-    y = np.asarray(outcome, dtype=float)
-    if config.likelihood == "bernoulli":
-        return 0.0, 1.0, float("nan")
-    if config.likelihood not in ("hurdle", "censored"):
-        return float(y.mean()), float(_safe_sd(y[:, None])[0]), float("nan")
-    floor = float(y.min()) if config.floor is None else float(config.floor)
-    below = int((y < floor).sum())
-    if below:
-        raise InputError(
-            f"{below} value{'s' if below > 1 else ''} of {name!r} lie{'' if below > 1 else 's'} "
-            f"below floor={floor}; the {config.likelihood} likelihood needs every outcome >= "
-            "its floor (fix or drop those units, or leave floor=None to take the smallest "
-            "value)."
-        )
-    at_floor = at_the_floor(y, floor)
-    n_floor, n_above = int(at_floor.sum()), int((~at_floor).sum())
-    if n_floor < 5 or n_above < 5:
-        zeros = int(at_the_floor(y, 0.0).sum())
-        zeros_look_like_the_floor = zeros >= 5 and n_floor < 5 and config.floor is None
-        hint = (
-            f" The floor was taken as the smallest value ({floor}), yet {zeros} outcomes are "
-            f"0: if 0 is the floor, check the {n_floor} value(s) at {floor} (a "
-            "data error?) or pass floor=0, which then names every value below it."
-            if zeros_look_like_the_floor
-            else " Use likelihood='gaussian' or 'student_t' for an outcome without a mass at "
-            "its floor."
-        )
-        raise InputError(
-            f"likelihood={config.likelihood!r} needs at least 5 outcomes at the floor ({floor}) "
-            f"and 5 above it; {name!r} has {n_floor} and {n_above}.{hint}"
-        )
-    if config.likelihood == "censored":
-        return float(y.mean()), float(_safe_sd(y[:, None])[0]), floor
-    positive = y[~at_floor] - floor
-    return floor, float(np.exp(np.log(positive).mean())), floor
-
-
-def at_the_floor(values: np.ndarray, floor: float) -> np.ndarray:
-    """Which values equal the floor (to rounding)."""
-    return np.abs(np.asarray(values, dtype=float) - floor) <= 1e-9 * max(1.0, abs(floor))
 
 
 def _whitening_from_moments(

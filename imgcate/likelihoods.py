@@ -35,13 +35,21 @@ intervals narrowed by 15 % at the same coverage (docs/model.md, "Calibration").
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 from jax.scipy.special import log_ndtr, ndtr
 from jax.scipy.stats import norm
 from numpyro.distributions import constraints
 from numpyro.distributions.util import promote_shapes, validate_sample
+
+from imgcate.errors import InputError
+
+if TYPE_CHECKING:
+    from imgcate.config import FitConfig
 
 LIKELIHOODS = ("gaussian", "student_t", "bernoulli", "censored", "hurdle")
 
@@ -162,3 +170,56 @@ def outcome_mean(likelihood: str, eta, scale, floor=0.0):
     if likelihood == "censored":
         return censored_mean(eta[0], scale, floor)
     return hurdle_mean(eta[0], eta[1])
+
+
+def outcome_scale(
+    outcome: np.ndarray, config: FitConfig, name: str = "outcome"
+) -> tuple[float, float, float]:
+    """(location, scale, floor) of the outcome for the likelihood
+    (see :class:`imgcate.config.Standardizer`)."""
+    y = np.asarray(outcome, dtype=float)
+    if config.likelihood == "bernoulli":
+        return 0.0, 1.0, float("nan")
+    if config.likelihood not in ("hurdle", "censored"):
+        return float(y.mean()), _outcome_sd(y), float("nan")
+    floor = float(y.min()) if config.floor is None else float(config.floor)
+    below = int((y < floor).sum())
+    if below:
+        raise InputError(
+            f"{below} value{'s' if below > 1 else ''} of {name!r} lie{'' if below > 1 else 's'} "
+            f"below floor={floor}; the {config.likelihood} likelihood needs every outcome >= "
+            "its floor (fix or drop those units, or leave floor=None to take the smallest "
+            "value)."
+        )
+    at_floor = at_the_floor(y, floor)
+    n_floor, n_above = int(at_floor.sum()), int((~at_floor).sum())
+    if n_floor < 5 or n_above < 5:
+        zeros = int(at_the_floor(y, 0.0).sum())
+        zeros_look_like_the_floor = zeros >= 5 and n_floor < 5 and config.floor is None
+        hint = (
+            f" The floor was taken as the smallest value ({floor}), yet {zeros} outcomes are "
+            f"0: if 0 is the floor, check the {n_floor} value(s) at {floor} (a "
+            "data error?) or pass floor=0, which then names every value below it."
+            if zeros_look_like_the_floor
+            else " Use likelihood='gaussian' or 'student_t' for an outcome without a mass at "
+            "its floor."
+        )
+        raise InputError(
+            f"likelihood={config.likelihood!r} needs at least 5 outcomes at the floor ({floor}) "
+            f"and 5 above it; {name!r} has {n_floor} and {n_above}.{hint}"
+        )
+    if config.likelihood == "censored":
+        return float(y.mean()), _outcome_sd(y), floor
+    positive = y[~at_floor] - floor
+    return floor, float(np.exp(np.log(positive).mean())), floor
+
+
+def at_the_floor(values: np.ndarray, floor: float) -> np.ndarray:
+    """Which values equal the floor (to rounding)."""
+    return np.abs(np.asarray(values, dtype=float) - floor) <= 1e-9 * max(1.0, abs(floor))
+
+
+def _outcome_sd(y: np.ndarray) -> float:
+    """The outcome's sd, 1 where it is constant or a single value."""
+    sd = float(y.std()) if len(y) > 1 else 1.0
+    return sd if sd > 1e-12 else 1.0

@@ -9,17 +9,17 @@ predictor ("part"; one, or two for the hurdle likelihood):
     effect      tau   = pi(z) tau_k + z delta + g(z)
     outcome     y ~ family(eta0 + t tau)
 
-``f`` and ``g`` are Gaussian processes in the whole embedding, each a fixed basis (the
-kernel's leading eigenfunctions over the trial, orthogonal to the intercept and the linear
-terms) times shrunk coefficients,
-``tau_k`` are ordered (no label switching) and ``delta``, ``g`` are shrunk towards zero. The
-effect's terms are all also in the baseline (``pi mu`` beside ``pi tau_k``, ``z gamma`` beside
-``z delta``, ``f`` beside ``g``), so in a randomized trial a baseline shape the model cannot
-follow is not pushed into the effect: clusters cannot stand in for the baseline, and, because
-membership depends on the image alone, neither for the shape of the outcome's distribution.
-With ``ModelSpec.own_baseline_clusters`` (``FitConfig.baseline_clusters="own"``, the default)
-the baseline's term is ``rho(z) mu`` instead, with memberships ``rho(z) = softmax(a' + z B')``
-of its own (sites prefixed ``baseline_``).
+``f`` and ``g`` are Gaussian processes in the whole embedding, each a fixed basis (the kernel's
+leading eigenfunctions over the trial, orthogonal to the intercept and the linear terms) times
+shrunk coefficients, ``tau_k`` are ordered (no label switching) and ``delta``, ``g`` are shrunk
+towards zero. The effect's terms are all also in the baseline (``pi mu`` beside ``pi tau_k``,
+``z gamma`` beside ``z delta``, ``f`` beside ``g``), so in a randomized trial a baseline shape
+the model cannot follow is not pushed into the effect: clusters cannot stand in for the
+baseline, and, because membership depends on the image alone, neither for the shape of the
+outcome's distribution. With ``ModelSpec.own_baseline_clusters``
+(``FitConfig.baseline_clusters="own"``, the default) the baseline's term is ``rho(z) mu``
+instead, with memberships ``rho(z) = softmax(a' + z B')`` of its own (sites prefixed
+``baseline_``).
 
 Every derived quantity (cluster probabilities, linear predictors, unit CATE on the outcome's
 mean scale) comes from :func:`unit_quantities`; the model, ``EffectFit.unit_effects``,
@@ -273,12 +273,9 @@ def membership_local_prior(prefix: str = "") -> dist.Distribution:
     ``prefix="baseline_"``: of the baseline's own memberships, with
     ``PRIOR["baseline_membership_local_df"]``.
 
-    Clusters that images separate well differ along few whitened components (in the
-    16-feature calibration trials a log-odds of sd about 9, nearly all on one component): a
-    sparse, strong signal. Under a half-normal ``l_j`` it sat in the prior's far tail,
-    memberships came out soft and the cluster effects were pulled towards each other. The
-    Student-t tail lets one component escape the shrinkage while the global scale keeps
-    dense log-odds small (docs/model.md, "Priors"; benchmarks/CHANGELOG.md, 2026-12-05).
+    Clusters that images separate well differ along few whitened components: a sparse,
+    strong signal, which the Student-t tail lets escape the shrinkage while the global scale
+    keeps dense log-odds small (docs/model.md, "Priors").
     """
     return half_student_t(PRIOR["membership_local"], PRIOR[f"{prefix}membership_local_df"])
 
@@ -298,10 +295,7 @@ def membership_scale_prior(n_features: int) -> float:
     A log-odds ``z B_k`` sums ``feature`` whitened components (variance 1 each) times weights
     ``s_B l_j r_jk``, so its prior sd is about ``s_B sqrt(feature)``; dividing the scale by
     ``sqrt(feature)`` keeps the prior sd of the log-odds (and the sharpness of the memberships
-    it implies) the same whatever the number of features. With the scale 1 for every number
-    of features, 16 features put log-odds of sd 4 a priori, and memberships came out about
-    twice as sharp as the truth on overlapping clusters, pushing the outer clusters' effects
-    outward (benchmarks/CHANGELOG.md, 2026-12-04).
+    it implies) the same whatever the number of features (docs/model.md, "Priors").
     """
     return PRIOR["membership_scale"] / max(n_features, 1) ** 0.5
 
@@ -451,13 +445,6 @@ def linear_predictors(params: dict, inputs: ModelInputs, spec: ModelSpec):
     return prob, jnp.stack([b for b, _ in pairs]), jnp.stack([e for _, e in pairs])
 
 
-def noise_slope(params: dict, spec: ModelSpec) -> jnp.ndarray:
-    """The log-slope ``w`` (feature,) of the noise sd on the whitened embedding
-    (``spec.image_noise``): its norm is about ``noise_slope_scale``, the sd of log sd over
-    images."""
-    return params["noise_slope_scale"] * params["noise_slope_raw"] / np.sqrt(spec.n_features)
-
-
 def unit_scale(params: dict, inputs: ModelInputs, spec: ModelSpec, t):
     """The noise sd of each unit under treatment ``t`` (0, 1, or the units' own): the arm's
     ``sigma``, times ``exp(z w)`` where the noise varies with the image (``spec.image_noise``;
@@ -466,8 +453,9 @@ def unit_scale(params: dict, inputs: ModelInputs, spec: ModelSpec, t):
     if spec.likelihood == "bernoulli":
         return 1.0
     scale = params["sigma"][t]
-    if spec.image_noise:
-        scale = scale * jnp.exp(inputs.embedding @ noise_slope(params, spec))
+    if spec.image_noise:  # w = s_w raw / sqrt(d): |w| is about s_w, the sd of log sd
+        w = params["noise_slope_scale"] * params["noise_slope_raw"] / np.sqrt(spec.n_features)
+        scale = scale * jnp.exp(inputs.embedding @ w)
     return scale
 
 
@@ -565,9 +553,7 @@ def unit_log_likelihood(
     return _outcome_family(params, inputs, eta0, tau, spec).log_prob(outcome)
 
 
-def _outcome_family(
-    params: dict, inputs: ModelInputs, eta0, tau, spec: ModelSpec
-) -> dist.Distribution:
+def _outcome_family(params: dict, inputs: ModelInputs, eta0, tau, spec: ModelSpec):
     """The outcome's distribution given the linear predictors of the units ``inputs``."""
     t = inputs.treatment
     scale = None if spec.likelihood == "bernoulli" else unit_scale(params, inputs, spec, t)

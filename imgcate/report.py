@@ -23,11 +23,11 @@ import pandas as pd
 from imgcate.diagnostics import (
     convergence_problems,
     divergent_transitions,
-    outcome_problems,
     restart_note,
 )
 from imgcate.errors import InputError
 from imgcate.optional import require
+from imgcate.outcome_checks import outcome_problems
 from imgcate.output import atomic_path, check_writable
 from imgcate.posterior import flat
 from imgcate.validation import check_positive_int, check_prob

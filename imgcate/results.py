@@ -26,14 +26,13 @@ from imgcate.diagnostics import (
     diagnostics_table,
     divergent_transitions,
     observational,
-    outcome_check,
-    outcome_problems,
     restart_note,
 )
 from imgcate.errors import ConvergenceWarning, FitError, InputError, ModelCheckWarning
 from imgcate.fitfile import read_fit_file, write_fit_file
 from imgcate.intervals import interval_names, quantiles
 from imgcate.model import ModelSpec
+from imgcate.outcome_checks import outcome_check, outcome_problems
 from imgcate.posterior import (
     evaluate,
     fit_spec,
@@ -164,8 +163,7 @@ class EffectFit:
 
     # ------------------------------------------------------------------ diagnostics
     def diagnostics(self) -> pd.DataFrame:
-        """R-hat and bulk/tail ESS of what users read (effects, shares, weights, unit CATE
-        summarized by its worst unit); R-hat is NaN with one chain."""
+        """R-hat and bulk/tail ESS of what users read (unit CATE: its worst unit)."""
         return diagnostics_table(self.idata)
 
     def check_convergence(self) -> list[str]:
@@ -179,12 +177,11 @@ class EffectFit:
     def check_outcome(self, *, max_draws: int = 500, seed: int = 0) -> pd.DataFrame:
         """Posterior predictive check of the outcome's distribution in each arm.
 
-        Compares the observed mean, sd, 10/50/90 % quantiles, skewness, how much of the
-        spread about each unit's predictive mean the image explains (``spread_on_image``, an
-        R²) and (with a mass at the minimum) the share at the floor with the same statistics
-        of outcomes replicated from the posterior (``posterior_predictive`` group;
-        ``arviz.plot_ppc`` draws them).
-        :func:`imgcate.fit` warns (:class:`~imgcate.ModelCheckWarning`) when one is missed.
+        Compares the observed mean, sd, 10/50/90 % quantiles, skewness, ``spread_on_image``
+        (the R² of the spread about each unit's predictive median on the image) and (with a
+        mass at the minimum) the share at the floor with those of outcomes replicated from the
+        posterior (``posterior_predictive``; ``arviz.plot_ppc`` draws them). :func:`imgcate.fit`
+        warns (:class:`~imgcate.ModelCheckWarning`) when one is missed.
 
         Parameters
         ----------
@@ -206,10 +203,8 @@ class EffectFit:
         std = self.standardizer
         replicated = rep[np.sort(rows)] * std.outcome_sd + std.outcome_mean
         const = self.idata.constant_data
-        embedding = const["embedding"].values if "embedding" in const else None
-        return outcome_check(
-            self.observed_outcome(), replicated, const["treatment"].values, embedding
-        )
+        z = const["embedding"].values if "embedding" in const else None
+        return outcome_check(self.observed_outcome(), replicated, const["treatment"].values, z)
 
     def check_model(self) -> list[str]:
         """Warn (:class:`~imgcate.ModelCheckWarning`) when the replicated outcomes miss the
@@ -478,11 +473,9 @@ class EffectFit:
     def _model_problems(self) -> list[str]:
         """Failed model checks in words: the outcome's distribution (not kept for very large
         fits) and the ATE against the difference in means (randomized trials)."""
-        problems = []
+        problems, cfg = [], self.config
         if "posterior_predictive" in self.idata.groups():
-            problems += outcome_problems(
-                self.check_outcome(), self.config.likelihood, self.config.noise_scale
-            )
+            problems += outcome_problems(self.check_outcome(), cfg.likelihood, cfg.noise_scale)
         gap = None if observational(self) else ate_gap(self.ate())
         return problems + ([gap] if gap else [])
 

@@ -149,7 +149,7 @@ def test_unit_effects_and_predict_agree_on_the_trials_units(floored_trial, likel
 
 def test_outcome_check_flags_a_missed_floor_and_passes_a_matching_model():
     """The posterior predictive check against data with a known answer."""
-    from imgcate.diagnostics import outcome_check, outcome_problems
+    from imgcate.outcome_checks import outcome_check, outcome_problems
 
     rng = np.random.default_rng(0)
     treatment = np.repeat([0, 1], 200)
@@ -179,7 +179,7 @@ def test_outcome_check_flags_a_missed_floor_and_passes_a_matching_model():
 def test_outcome_check_leaves_out_overflowing_draws():
     """Replicated draws of a heavy-tailed family can overflow: their statistics are dropped
     (and counted), with no numpy warning."""
-    from imgcate.diagnostics import outcome_check
+    from imgcate.outcome_checks import outcome_check
 
     rng = np.random.default_rng(1)
     observed, treatment = rng.normal(size=100), np.repeat([0, 1], 50)

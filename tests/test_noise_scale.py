@@ -110,7 +110,7 @@ def test_the_outcome_check_sees_a_spread_the_fit_does_not_replicate():
     """``spread_on_image``: outcomes whose spread grows along one embedding feature against
     replicated ones with a constant spread (missed, and the hint names noise_scale='image'),
     and against replicated ones with the same growing spread (not missed)."""
-    from imgcate.diagnostics import outcome_check, outcome_problems
+    from imgcate.outcome_checks import outcome_check, outcome_problems
 
     rng = np.random.default_rng(0)
     n, draws = 400, 300
