@@ -51,6 +51,20 @@ def spread_on_image(y: np.ndarray, centre: np.ndarray, design: np.ndarray) -> np
         return 1.0 - ((resid - explained) ** 2).sum(-1) / (centred**2).sum(-1)
 
 
+def _finite_median(replicated: np.ndarray) -> np.ndarray:
+    """Each unit's posterior predictive median over its finite draws (the mean of a
+    heavy-tailed family's draws can be infinite, or not exist); NaN for a unit with none.
+    NumPy's nanmedian only for the units that need it: it is 8 times slower."""
+    finite = np.isfinite(replicated)
+    centre = np.median(np.where(finite, replicated, 0.0), axis=0)
+    bad = ~finite.all(0)
+    if bad.any():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN units: NaN
+            centre[bad] = np.nanmedian(np.where(finite[:, bad], replicated[:, bad], np.nan), 0)
+    return centre
+
+
 def outcome_check(
     observed: np.ndarray,
     replicated: np.ndarray,
@@ -92,11 +106,7 @@ def outcome_check(
     # a point mass: values at the floor to float32 rounding (replicated draws are float32)
     tol = 1e-5 * max(float(observed.std()), abs(floor), 1e-12)
     has_floor = np.mean(np.abs(observed - floor) <= tol) >= FLOOR_MASS
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # a unit with no finite draw: NaN
-        # each unit's posterior predictive median: the mean of a heavy-tailed family's
-        # draws can be infinite, or not exist
-        centre = np.nanmedian(np.where(np.isfinite(replicated), replicated, np.nan), axis=0)
+    centre = _finite_median(replicated)
     rows = []
     for arm, name in ((0, "control"), (1, "treated")):
         units = np.asarray(treatment) == arm
