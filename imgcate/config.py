@@ -25,8 +25,10 @@ from imgcate.moments import (
     GatheredRows,
     affine_rows,
     column_moments,
+    column_sd,
     is_large,
     leading_eigenvectors,
+    nonzero_sd,
 )
 from imgcate.units import Trial
 from imgcate.validation import check_choice
@@ -325,7 +327,7 @@ class Standardizer:
             z = affine_rows(embedding, e_mean, e_sd, projection)
         else:
             e_mean = embedding.mean(0)
-            e_sd = _safe_sd(embedding)
+            e_sd = column_sd(embedding)
             z = embedding - e_mean
             z /= e_sd
             u, s, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
@@ -340,7 +342,7 @@ class Standardizer:
             outcome_sd=spread,
             outcome_floor=floor,
             covariate_mean=covariates.mean(0),
-            covariate_sd=_safe_sd(covariates),
+            covariate_sd=column_sd(covariates),
             embedding_mean=e_mean,
             embedding_sd=e_sd,
             projection=projection,
@@ -465,7 +467,7 @@ def _whitening_from_moments(
     (:func:`_has_variance`, as in the SVD's path)."""
     moments = column_moments(embedding)
     n = moments.n
-    sd = _nonzero(moments.sd) if n > 1 else np.ones_like(moments.sd)
+    sd = nonzero_sd(moments.sd) if n > 1 else np.ones_like(moments.sd)
     values, vectors = leading_eigenvectors(moments.cov / np.outer(sd, sd))
     values = values[:n_comp] * n / max(n - 1, 1)  # variance of each component (divisor n - 1)
     scale = np.sqrt(np.clip(values, 0.0, None))
@@ -477,15 +479,6 @@ def _has_variance(scale: np.ndarray) -> np.ndarray:
     leading one's (below it, rounding: a feature that is a float32 sum of others). The others
     keep scale 1 (values at rounding's size), not rounding noise blown up to unit variance."""
     return scale > 1e-5 * max(float(scale[0]) if len(scale) else 0.0, 1e-300)
-
-
-def _safe_sd(values: np.ndarray) -> np.ndarray:
-    return _nonzero(values.std(0)) if len(values) > 1 else np.ones(values.shape[1])
-
-
-def _nonzero(sd: np.ndarray) -> np.ndarray:
-    """Standard deviations with those of constant columns (below 1e-12) set to 1."""
-    return np.where(sd > 1e-12, sd, 1.0)
 
 
 @dataclass(frozen=True)

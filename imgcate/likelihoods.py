@@ -47,6 +47,7 @@ from numpyro.distributions import constraints
 from numpyro.distributions.util import promote_shapes, validate_sample
 
 from imgcate.errors import InputError
+from imgcate.moments import column_sd
 
 if TYPE_CHECKING:
     from imgcate.config import FitConfig
@@ -181,7 +182,7 @@ def outcome_scale(
     if config.likelihood == "bernoulli":
         return 0.0, 1.0, float("nan")
     if config.likelihood not in ("hurdle", "censored"):
-        return float(y.mean()), _outcome_sd(y), float("nan")
+        return float(y.mean()), float(column_sd(y[:, None])[0]), float("nan")
     floor = float(y.min()) if config.floor is None else float(config.floor)
     below = int((y < floor).sum())
     if below:
@@ -209,7 +210,7 @@ def outcome_scale(
             f"and 5 above it; {name!r} has {n_floor} and {n_above}.{hint}"
         )
     if config.likelihood == "censored":
-        return float(y.mean()), _outcome_sd(y), floor
+        return float(y.mean()), float(column_sd(y[:, None])[0]), floor
     positive = y[~at_floor] - floor
     return floor, float(np.exp(np.log(positive).mean())), floor
 
@@ -217,9 +218,3 @@ def outcome_scale(
 def at_the_floor(values: np.ndarray, floor: float) -> np.ndarray:
     """Which values equal the floor (to rounding)."""
     return np.abs(np.asarray(values, dtype=float) - floor) <= 1e-9 * max(1.0, abs(floor))
-
-
-def _outcome_sd(y: np.ndarray) -> float:
-    """The outcome's sd, 1 where it is constant or a single value."""
-    sd = float(y.std()) if len(y) > 1 else 1.0
-    return sd if sd > 1e-12 else 1.0

@@ -132,3 +132,13 @@ class GatheredRows:
             raise ValueError("GatheredRows gathers its rows into a new array: a copy is needed.")
         out = self.values[self.index]
         return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def column_sd(values: np.ndarray) -> np.ndarray:
+    """Each column's sd (divisor n), 1 for a constant column or a single row."""
+    return nonzero_sd(values.std(0)) if len(values) > 1 else np.ones(values.shape[1])
+
+
+def nonzero_sd(sd: np.ndarray) -> np.ndarray:
+    """Standard deviations with those of constant columns (below 1e-12) set to 1."""
+    return np.where(sd > 1e-12, sd, 1.0)
