@@ -556,7 +556,7 @@ def unit_log_likelihood(
 def _outcome_family(params: dict, inputs: ModelInputs, eta0, tau, spec: ModelSpec):
     """The outcome's distribution given the linear predictors of the units ``inputs``."""
     t = inputs.treatment
-    scale = None if spec.likelihood == "bernoulli" else unit_scale(params, inputs, spec, t)
+    scale = unit_scale(params, inputs, spec, t)  # bernoulli: 1, not used
     return outcome_distribution(
         spec.likelihood, eta0 + t * tau, scale, params.get("nu"), spec.floor
     )
