@@ -129,6 +129,32 @@ def test_fit_finds_the_image_id_column_and_refuses_the_units_table(fitted, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.imgcate", "b.imgcate"]
 
 
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (["noise_scale=wide"], "'arm', 'image'"),  # a value out of its choices
+        (["n_basis=-1"], "must be >= 0"),
+        (["n_basis=many"], "must be an integer"),
+        (["init_restart=4"], "unknown fit option 'init_restart'"),  # a misspelt name
+        (["svi_steps=100"], "svi_steps"),  # an option of the method not run
+        (["num_warmup=100", "criterion=loo"], "unknown fit option 'criterion'"),  # -k auto's
+    ],
+)
+def test_a_bad_option_is_refused_before_any_work(fitted, tmp_path, options, said):
+    """A --option value the fit would refuse is a usage error (exit 2, docs/cli.md, "Exit
+    status") given before the units are read: an unreadable units file is not reached."""
+    out = tmp_path / "f.imgcate"
+    missing_units = tmp_path / "units.csv"  # exists, but is no table: reading it would fail
+    missing_units.write_text("not a table\x00")
+    args = ["fit", str(missing_units), str(fitted / "embeddings.parquet"), str(out)]
+    for option in options:
+        args += ["--option", option]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2, res.output
+    assert "--option" in res.output and said in res.output, res.output
+    assert not out.exists()
+
+
 def test_svi_fit_takes_no_nuts_draws_and_info_shows_its_own(fitted, tmp_path):
     """--chains and --draws set NUTS: refused with --method svi (they were ignored, and `info`
     showed them as if used); without them `info` shows an SVI fit's steps and draws."""

@@ -328,6 +328,9 @@ def fit_command(
             f"instead of --option {flagged[0]}=...",
             param_hint="--option",
         )
+    check_fit_options(
+        options, method, auto, n_clusters=1 if auto else n_clusters, likelihood=likelihood
+    )
     roles = {
         "id": id_column,
         "treatment": treatment,
@@ -405,6 +408,36 @@ FLAGGED_OPTIONS = {
     "num_chains": "--chains",
     "progress": "-v (bars also into a log file) or -q (none)",
 }
+
+
+def check_fit_options(options: dict[str, Any], method: str, auto: bool, **given: Any) -> None:
+    """Refuse ``--option`` values the fit would refuse, before any work and as a usage error
+    (exit 2, docs/cli.md): unknown names (with ``-k auto``, :func:`imgcate.compare_clusters`'
+    keywords are known too), values of the wrong type or out of range, and options of the
+    method not run."""
+    from imgcate.config import FitConfig
+    from imgcate.errors import InputError
+    from imgcate.methods import check_method_options
+    from imgcate.selection import compare_clusters
+
+    settings = set(FitConfig.__dataclass_fields__)
+    known = set(settings)
+    if auto:
+        keywords = inspect.signature(compare_clusters).parameters.values()
+        known |= {p.name for p in keywords if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        allowed = ", ".join(sorted(known - set(FLAGGED_OPTIONS)))
+        raise click.BadParameter(
+            f"unknown fit option {unknown[0]!r}; the options are: {allowed}.",
+            param_hint="--option",
+        )
+    chosen = {name: value for name, value in options.items() if name in settings}
+    try:
+        check_method_options(method, chosen)
+        FitConfig(method="svi" if method == "svi" else "nuts", **given, **chosen).validate()
+    except InputError as error:
+        raise click.BadParameter(in_cli_words(str(error)), param_hint="--option") from None
 
 
 def accepts_provenance(function) -> bool:
