@@ -35,6 +35,8 @@ clusters' memberships, the default before).
 to 10,000 units) with its default guide, ``svi_guide="full"`` and ``svi_guide="lowrank"``
 (SVI's intervals against NUTS's on the same trials; ``--chains`` and ``--draws`` do not apply,
 and SVI's Gaussian processes have 48 basis functions where NUTS's have 160).
+``image-noise`` is ``noise_scale="image"``; ``restarts-8`` and ``restarts-32`` set the MAP
+searches before NUTS (``init_restarts``; by default 8 up to two clusters, 32 from three).
 ``--select`` also fits the constant-effect model of ``compare_clusters(k_max=K)`` on each trial
 and measures the model that compare_clusters' rule selects between it and the K-cluster fit
 (PSIS-LOO; keys ending ``_selected``, ``heterogeneity_claimed``): the intervals a user reads
@@ -91,6 +93,8 @@ FORMS = {
     "own-baseline": {"baseline_clusters": "own"},
     "shared-baseline": {"baseline_clusters": "shared"},
     "image-noise": {"noise_scale": "image"},
+    "restarts-32": {"init_restarts": 32},  # the default from three clusters (8 below)
+    "restarts-8": {"init_restarts": 8},
     "svi": {"method": "svi"},
     "svi-full": {"method": "svi", "svi_guide": "full"},
     "svi-lowrank": {"method": "svi", "svi_guide": "lowrank"},

@@ -132,7 +132,7 @@ def map_searches(
 
     if starts is None:
         free, values, losses = jax.jit(jax.vmap(lambda k: search(start_point(k, args))))(
-            jax.random.split(key, config.init_restarts)
+            jax.random.split(key, config.restarts)
         )
     else:
         free, values, losses = jax.jit(jax.vmap(search))(starts)
@@ -169,10 +169,10 @@ def svi_start(data: ModelData, config: FitConfig, key) -> dict | None:
     unit effects). Many cheap searches on ``SCREEN_UNITS`` units screen the starts; the best
     go on over ``SEARCH_UNITS`` units, which rank them as the whole trial would."""
     key_screen, key_rows, key_search = jax.random.split(key, 3)
-    restarts = SCREENS_PER_RESTART * config.init_restarts
+    restarts = SCREENS_PER_RESTART * config.restarts
     screened = random_units(data, SCREEN_UNITS, key_rows)
     _, free, losses = map_searches(screened, replace(config, init_restarts=restarts), key_screen)
-    best = np.argsort(losses)[: max(1, config.init_restarts // 2)]
+    best = np.argsort(losses)[: max(1, config.restarts // 2)]
     values, _, losses = map_searches(
         random_units(data, SEARCH_UNITS, key_search),
         config,

@@ -113,7 +113,7 @@ def release_compiled_code(share: float = MAPPING_SHARE) -> bool:
 
 def _run_nuts(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
     key, key_start, key_jitter = jax.random.split(key, 3)
-    if config.init_restarts:
+    if config.restarts:
         _, unconstrained, losses = map_searches(data, config, key_start)
         starts = chain_starts(unconstrained, losses, config.num_chains, key_jitter)
     else:
@@ -146,7 +146,7 @@ def _run_svi(data: ModelData, config: FitConfig, key) -> tuple[dict, dict]:
     guide_cls = GUIDES[chosen_guide(config, data).svi_guide]
     args = model_args(data)
     init = init_to_median()
-    if config.init_restarts:
+    if config.restarts:
         key, key_start = jax.random.split(key)
         start = svi_start(data, config, key_start)
         init = init if start is None else init_to_value(values=start)
@@ -362,6 +362,7 @@ def fit(
     config = FitConfig(
         n_clusters=n_clusters, likelihood=likelihood, method=chosen, seed=seed, **options
     ).validate()
+    config = replace(config, init_restarts=config.restarts)  # the number used, as recorded
     if chosen == "svi" and config.svi_batch_size is None:  # recorded in result.config
         if trial.n_units > imgcate.config.AUTO_NUTS_MAX_UNITS:
             config = replace(config, svi_batch_size=SVI_BATCH_UNITS)

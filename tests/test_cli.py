@@ -155,6 +155,15 @@ def test_a_bad_option_is_refused_before_any_work(fitted, tmp_path, options, said
     assert not out.exists()
 
 
+def test_too_many_clusters_point_at_their_own_option(fitted, tmp_path):
+    out = tmp_path / "f.imgcate"
+    args = [str(fitted / "units.csv"), str(fitted / "embeddings.parquet"), str(out), "-k", "11"]
+    res = CliRunner().invoke(main, ["fit", *args])
+    assert res.exit_code == 2 and "-k/--n-clusters" in res.output, res.output
+    assert "between 1 and 10" in res.output and "--option" not in res.output
+    assert not out.exists()
+
+
 def test_svi_fit_takes_no_nuts_draws_and_info_shows_its_own(fitted, tmp_path):
     """--chains and --draws set NUTS: refused with --method svi (they were ignored, and `info`
     showed them as if used); without them `info` shows an SVI fit's steps and draws."""

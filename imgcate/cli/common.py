@@ -102,7 +102,7 @@ CLI_PHRASES = (
     ("pass overwrite=True (--overwrite)", "pass --overwrite"),
     ("(raise num_samples / --draws)", "(raise --draws)"),
     ("(raise target_accept)", "(raise --option target_accept=0.95)"),
-    ("raise init_restarts", "raise --option init_restarts=16"),
+    ("raise init_restarts", "raise --option init_restarts=64"),
     (
         "Compare fewer clusters (imgcate.compare_clusters)",
         "Compare clusters (-k auto) or fit fewer (-k)",

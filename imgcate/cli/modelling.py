@@ -434,6 +434,10 @@ def check_fit_options(options: dict[str, Any], method: str, auto: bool, **given:
         )
     chosen = {name: value for name, value in options.items() if name in settings}
     try:
+        FitConfig(**given).validate()
+    except InputError as error:  # -k or --likelihood: their own options, not --option
+        raise click.BadParameter(in_cli_words(str(error)), param_hint="-k/--n-clusters") from None
+    try:
         check_method_options(method, chosen)
         FitConfig(method="svi" if method == "svi" else "nuts", **given, **chosen).validate()
     except InputError as error:
