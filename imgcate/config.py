@@ -14,6 +14,7 @@ import numpy as np
 
 from imgcate.errors import InputError
 from imgcate.likelihoods import LIKELIHOODS, at_the_floor, outcome_scale
+from imgcate.methods import default_restarts
 from imgcate.model import (
     DEVIATIONS,
     ModelInputs,
@@ -209,15 +210,19 @@ class FitConfig:
         check_choice("svi_guide", self.svi_guide, ("auto", "full", "lowrank", "normal"))
         if not 1 <= self.n_clusters <= 10:
             raise InputError(f"n_clusters={self.n_clusters} must be between 1 and 10.")
-        if self.restarts < 0 or self.init_steps < 1:
-            raise InputError("init_restarts must be >= 0 and init_steps >= 1.")
+        if self.restarts < 0:
+            raise InputError(f"init_restarts={self.init_restarts} must be >= 0 (0: random starts).")
+        if self.init_steps < 1:
+            raise InputError(f"init_steps={self.init_steps} must be >= 1.")
         if self.n_basis is not None and self.n_basis < 0:
             raise InputError(f"n_basis={self.n_basis} must be >= 0 (0: a linear baseline).")
         for name in ("num_warmup", "num_samples", "num_chains", "svi_steps", "svi_draws"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name}={getattr(self, name)} must be a positive integer.")
         if not 0.5 <= self.target_accept < 1:
-            raise InputError("target_accept must be in [0.5, 1).")
+            raise InputError(
+                f"target_accept={self.target_accept} must be in [0.5, 1), e.g. target_accept=0.95."
+            )
         if self.svi_batch_size is not None and self.svi_batch_size < 1:
             raise InputError(
                 f"svi_batch_size={self.svi_batch_size} must be a positive number of units, or "
@@ -261,33 +266,6 @@ _OPTION_TYPES = {
     "str": ((str,), "text"),
 }
 _EXAMPLES = {"int": 32, "float": 0.0, "bool": True, "str": "..."}
-
-
-def default_restarts(n_clusters: int, method: str = "nuts") -> int:
-    """MAP searches before a fit whose ``init_restarts`` is None.
-
-    Parameters
-    ----------
-    n_clusters : int
-        Effect clusters K of the fit.
-    method : {"nuts", "svi"}
-        The inference method (SVI's start screens four times as many on a subsample).
-
-    Returns
-    -------
-    int
-        8 up to two clusters and for SVI, 32 for NUTS with three clusters or more.
-
-    Notes
-    -----
-    With three clusters the chains of one of six trials settled, from the best of 8
-    searches, with two clusters merged (unit coverage 0.72), and from 32 found them (0.97).
-    With two clusters 32 gained nothing on five calibration scenarios. More than three
-    clusters have not been measured (docs/model.md, "Modes").
-    """
-    if method == "svi" or n_clusters <= 2:
-        return 8
-    return 32
 
 
 #: Default basis functions of the Gaussian processes, by inference method.

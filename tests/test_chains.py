@@ -209,7 +209,7 @@ def test_three_clusters_are_found_from_the_default_searches():
     import importlib.util
     from pathlib import Path
 
-    from imgcate.config import default_restarts
+    from imgcate.methods import default_restarts
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "restarts.py"
     spec = importlib.util.spec_from_file_location("restarts_bench", path)
@@ -222,7 +222,8 @@ def test_three_clusters_are_found_from_the_default_searches():
 def test_the_number_of_searches_grows_with_the_clusters_and_is_recorded(k2):
     """None: 8 MAP searches up to two clusters and for SVI, 32 for NUTS with three or more;
     a number given is kept. A fit records the number it ran."""
-    from imgcate.config import FitConfig, default_restarts
+    from imgcate.config import FitConfig
+    from imgcate.methods import default_restarts
 
     assert [default_restarts(k) for k in (1, 2, 3, 4, 5, 10)] == [8, 8, 32, 32, 32, 32]
     assert default_restarts(3, "svi") == 8

@@ -137,7 +137,7 @@ def test_fit_finds_the_image_id_column_and_refuses_the_units_table(fitted, tmp_p
         (["n_basis=many"], "must be an integer"),
         (["init_restart=4"], "unknown fit option 'init_restart'"),  # a misspelt name
         (["svi_steps=100"], "svi_steps"),  # an option of the method not run
-        (["num_warmup=100", "criterion=loo"], "unknown fit option 'criterion'"),  # -k auto's
+        (["criterion=loo"], "an option of the comparison of models (-k auto)"),
     ],
 )
 def test_a_bad_option_is_refused_before_any_work(fitted, tmp_path, options, said):
@@ -161,6 +161,8 @@ def test_too_many_clusters_point_at_their_own_option(fitted, tmp_path):
     res = CliRunner().invoke(main, ["fit", *args])
     assert res.exit_code == 2 and "-k/--n-clusters" in res.output, res.output
     assert "between 1 and 10" in res.output and "--option" not in res.output
+    res = CliRunner().invoke(main, ["fit", *args[:3], "-k", "auto", "--k-max", "11"])
+    assert res.exit_code == 2 and "--k-max" in res.output, res.output
     assert not out.exists()
 
 

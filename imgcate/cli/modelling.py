@@ -328,8 +328,8 @@ def fit_command(
             f"instead of --option {flagged[0]}=...",
             param_hint="--option",
         )
-    check_fit_options(
-        options, method, auto, n_clusters=1 if auto else n_clusters, likelihood=likelihood
+    check_fit_options(  # with -k auto the largest fit has --k-max clusters
+        options, method, auto, n_clusters=k_max if auto else n_clusters, likelihood=likelihood
     )
     roles = {
         "id": id_column,
@@ -421,11 +421,16 @@ def check_fit_options(options: dict[str, Any], method: str, auto: bool, **given:
     from imgcate.selection import compare_clusters
 
     settings = set(FitConfig.__dataclass_fields__)
-    known = set(settings)
-    if auto:
-        keywords = inspect.signature(compare_clusters).parameters.values()
-        known |= {p.name for p in keywords if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    keywords = inspect.signature(compare_clusters).parameters.values()
+    comparing = {p.name for p in keywords if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    known = settings | comparing if auto else set(settings)
     unknown = sorted(set(options) - known)
+    if unknown and unknown[0] in comparing:
+        raise click.BadParameter(
+            f"{unknown[0]} is an option of the comparison of models (-k auto); give -k auto, "
+            "or leave it out.",
+            param_hint="--option",
+        )
     if unknown:
         allowed = ", ".join(sorted(known - set(FLAGGED_OPTIONS)))
         raise click.BadParameter(
@@ -435,8 +440,9 @@ def check_fit_options(options: dict[str, Any], method: str, auto: bool, **given:
     chosen = {name: value for name, value in options.items() if name in settings}
     try:
         FitConfig(**given).validate()
-    except InputError as error:  # -k or --likelihood: their own options, not --option
-        raise click.BadParameter(in_cli_words(str(error)), param_hint="-k/--n-clusters") from None
+    except InputError as error:  # -k (or --k-max): their own options, not --option
+        hint = "--k-max" if auto else "-k/--n-clusters"
+        raise click.BadParameter(in_cli_words(str(error)), param_hint=hint) from None
     try:
         check_method_options(method, chosen)
         FitConfig(method="svi" if method == "svi" else "nuts", **given, **chosen).validate()
