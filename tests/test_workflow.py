@@ -214,6 +214,7 @@ def test_info_reports_what_each_file_holds_and_where_it_came_from(workflow):
     assert "imgcate fit" in out and "encoder: RandomConvFeatures" in out and "diagnostics" in out
     assert f"command: imgcate -q fit {datasets.villages_path()} " in out  # meta.json's record
     assert "raise num_samples" not in out and "(imgcate.compare_clusters)" not in out
+    assert "num_warmup=" in out and "init_restarts=" in out  # the MAP searches it ran
     out = invoke("info", workflow / "unit_effects.csv")  # a table: what it holds, no provenance
     assert "a table of 300 rows" in out and "'village'" in out and "imgcate info FIT" in out
     res = CliRunner().invoke(main, ["info", str(workflow / "unit_effects.csv"), "--json"])

@@ -13,8 +13,9 @@ import click
 from imgcate.cli.common import Command, common, in_cli_words, run, start
 from imgcate.provenance import KEY, loads, summary_lines
 
-#: The draws' settings ``imgcate info`` shows for a NUTS fit (an SVI fit: its steps and draws).
-NUTS_DRAWS = ("num_chains", "num_samples")
+#: The sampler's settings ``imgcate info`` shows for a NUTS fit, its MAP searches too (an SVI fit:
+#: its steps and draws).
+NUTS_DRAWS = ("num_chains", "num_warmup", "num_samples", "init_restarts")
 
 
 def kind_of(path: Path) -> str:
