@@ -56,9 +56,8 @@ def accuracy(true_cluster: np.ndarray, fitted: np.ndarray, k: int) -> float:
     return float(table.max(1).sum() / len(true_cluster))
 
 
-def searches(seed: int, n_units: int, k: int, restarts: int) -> dict:
-    """The MAP searches ``fit(seed=0)`` would run on ``simulate_trial(seed, n_units, k)``."""
-    sim = simulate_trial(seed, n_units, k)
+def searches(sim, k: int, restarts: int) -> dict:
+    """The MAP searches ``fit(seed=0)`` would run on the simulated trial ``sim``."""
     trial = sim.trial
     embedding = sim.embeddings.unit_rows(trial.image_keys)
     config = FitConfig(n_clusters=k, seed=0, init_restarts=restarts).validate()
@@ -77,7 +76,6 @@ def searches(seed: int, n_units: int, k: int, restarts: int) -> dict:
     params = {name: value[best] for name, value in values.items()}
     prob = np.asarray(cluster_probabilities(params, data.inputs.embedding, k))
     return {
-        "seed": seed,
         "restarts": restarts,
         "best_potential": round(float(losses[best]), 2),
         "within_gap": int(np.sum(losses <= losses[best] + START_GAP)),
@@ -86,14 +84,13 @@ def searches(seed: int, n_units: int, k: int, restarts: int) -> dict:
     }
 
 
-def fitted(seed: int, n_units: int, k: int, restarts: int, chains: int, draws: int) -> dict:
+def fitted(sim, k: int, restarts: int, chains: int, draws: int) -> dict:
     """Unit coverage, sqrt(PEHE) and largest R-hat of ``fit(seed=0)`` with ``restarts``
-    searches on ``simulate_trial(seed, n_units, k)``."""
+    searches on the simulated trial ``sim``."""
     import warnings
 
     from imgcate import fit
 
-    sim = simulate_trial(seed, n_units, k)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -153,10 +150,11 @@ def main() -> None:
     )
     rows = []
     for seed in range(args.seeds):
+        sim = simulate_trial(seed, args.units, args.clusters)
         for count in counts:
-            rows.append(searches(seed, args.units, args.clusters, count))
+            rows.append({"seed": seed} | searches(sim, args.clusters, count))
             if args.fit:
-                rows[-1] |= fitted(seed, args.units, args.clusters, count, args.chains, args.draws)
+                rows[-1] |= fitted(sim, args.clusters, count, args.chains, args.draws)
             print(json.dumps(rows[-1]), flush=True)
     summary = {"summary": True}
     for count in counts:

@@ -215,7 +215,8 @@ def test_three_clusters_are_found_from_the_default_searches():
     spec = importlib.util.spec_from_file_location("restarts_bench", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    found = bench.fitted(0, 1000, 3, default_restarts(3), chains=2, draws=500)
+    sim = bench.simulate_trial(0, 1000, 3)
+    found = bench.fitted(sim, 3, default_restarts(3), chains=2, draws=500)
     assert found["cover"] >= 0.85 and found["sqrt_pehe"] <= 0.5, found
 
 

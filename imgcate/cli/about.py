@@ -15,7 +15,7 @@ from imgcate.provenance import KEY, loads, summary_lines
 
 #: The sampler's settings ``imgcate info`` shows for a NUTS fit, its MAP searches too (an SVI fit:
 #: its steps and draws).
-NUTS_DRAWS = ("num_chains", "num_warmup", "num_samples", "init_restarts")
+NUTS_SETTINGS = ("num_chains", "num_warmup", "num_samples", "init_restarts")
 
 
 def kind_of(path: Path) -> str:
@@ -64,7 +64,7 @@ def fit_lines(path: Path) -> list[str]:
         meta = json.loads(zf.read("meta.json"))
     config = saved_settings(meta.get("config") or {})
     lines = [f"{path}: imgcate fit (format {meta.get('format_version')})"]
-    draws = ("svi_steps", "svi_draws") if config.get("method") == "svi" else NUTS_DRAWS
+    draws = ("svi_steps", "svi_draws") if config.get("method") == "svi" else NUTS_SETTINGS
     keys = ("n_clusters", "likelihood", "deviation", "method", *draws, "seed")
     settings = [f"{k}={config[k]}" for k in keys if k in config]
     if config.get("noise_scale") == "image":
