@@ -151,6 +151,36 @@ class ClusterComparison:
         return "; ".join(words) + "."
 
 
+def check_comparison(
+    k_max: int = 4,
+    criterion: str = "auto",
+    min_elpd_gain: float = MIN_ELPD_GAIN,
+    se_multiple: float = SE_MULTIPLE,
+    max_bad_k_share: float = 0.01,
+) -> None:
+    """Refuse settings of :func:`compare_clusters` it cannot use, before any fit.
+
+    Raises
+    ------
+    InputError
+        Naming the setting and what it must be: ``k_max`` below 1, an unknown
+        ``criterion``, a negative, infinite or non-numeric ``min_elpd_gain`` or
+        ``se_multiple``, a ``max_bad_k_share`` outside [0, 1).
+    """
+    if isinstance(k_max, bool) or not isinstance(k_max, int | np.integer) or k_max < 1:
+        raise InputError(f"k_max={k_max!r} must be a whole number of at least 1.")
+    check_choice("criterion", criterion, CRITERIA)
+    for name, value, low, high, example in (
+        ("min_elpd_gain", min_elpd_gain, 0.0, np.inf, "4"),
+        ("se_multiple", se_multiple, 0.0, np.inf, "1"),
+        ("max_bad_k_share", max_bad_k_share, 0.0, 1.0, "0.01"),
+    ):
+        number = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+        if not number or not np.isfinite(value) or not low <= value < high:
+            must = "lie in [0, 1)" if high == 1.0 else "be a finite number >= 0"
+            raise InputError(f"{name}={value!r} must {must}, e.g. {example}.")
+
+
 def compare_clusters(
     trial: Trial,
     embeddings: Embeddings | np.ndarray,
@@ -264,14 +294,7 @@ def compare_clusters(
     >>> round(float(comparison.weights.sum()), 6)
     1.0
     """
-    if k_max < 1:
-        raise InputError(f"k_max={k_max} must be at least 1.")
-    check_choice("criterion", criterion, CRITERIA)
-    if not 0 <= max_bad_k_share < 1:
-        raise InputError(f"max_bad_k_share={max_bad_k_share} must lie in [0, 1), e.g. 0.01.")
-    for name, value in (("min_elpd_gain", min_elpd_gain), ("se_multiple", se_multiple)):
-        if not np.isfinite(value) or value < 0:
-            raise InputError(f"{name}={value} must be a finite number >= 0, e.g. 4 or 1.")
+    check_comparison(k_max, criterion, min_elpd_gain, se_multiple, max_bad_k_share)
     if not isinstance(trial, Trial):
         raise InputError("trial must be a Trial; build one with imgcate.read_units(...).")
     embeddings = keyed_embeddings(embeddings, trial)  # fold fits find their units' rows

@@ -138,6 +138,8 @@ def test_fit_finds_the_image_id_column_and_refuses_the_units_table(fitted, tmp_p
         (["init_restart=4"], "unknown fit option 'init_restart'"),  # a misspelt name
         (["svi_steps=100"], "svi_steps"),  # an option of the method not run
         (["criterion=loo"], "an option of the comparison of models (-k auto)"),
+        (["-k", "auto", "criterion=waic"], "'auto', 'loo', 'kfold'"),  # compare_clusters' own
+        (["-k", "auto", "se_multiple=-1"], "se_multiple=-1 must be a finite number"),
     ],
 )
 def test_a_bad_option_is_refused_before_any_work(fitted, tmp_path, options, said):
@@ -147,6 +149,8 @@ def test_a_bad_option_is_refused_before_any_work(fitted, tmp_path, options, said
     missing_units = tmp_path / "units.csv"  # exists, but is no table: reading it would fail
     missing_units.write_text("not a table\x00")
     args = ["fit", str(missing_units), str(fitted / "embeddings.parquet"), str(out)]
+    if options[0] == "-k":
+        args, options = args + options[:2], options[2:]
     for option in options:
         args += ["--option", option]
     res = CliRunner().invoke(main, args)

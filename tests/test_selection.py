@@ -81,6 +81,10 @@ def test_bad_options_are_refused():
         compare_clusters(sim.trial, sim.embeddings, min_elpd_gain=-1)
     with pytest.raises(InputError, match="se_multiple=nan must be a finite number >= 0"):
         compare_clusters(sim.trial, sim.embeddings, se_multiple=float("nan"))
+    with pytest.raises(InputError, match="se_multiple='two' must be a finite number >= 0"):
+        compare_clusters(sim.trial, sim.embeddings, se_multiple="two")  # not a traceback
+    with pytest.raises(InputError, match="k_max=0 must be a whole number of at least 1"):
+        compare_clusters(sim.trial, sim.embeddings, k_max=0)
     with pytest.raises(InputError, match="smaller block_size or fewer folds"):
         fold_ids(sim.trial, 5, block_size=100.0, seed=0)
 

@@ -418,7 +418,7 @@ def check_fit_options(options: dict[str, Any], method: str, auto: bool, **given:
     from imgcate.config import FitConfig
     from imgcate.errors import InputError
     from imgcate.methods import check_method_options
-    from imgcate.selection import compare_clusters
+    from imgcate.selection import check_comparison, compare_clusters
 
     settings = set(FitConfig.__dataclass_fields__)
     keywords = inspect.signature(compare_clusters).parameters.values()
@@ -444,6 +444,9 @@ def check_fit_options(options: dict[str, Any], method: str, auto: bool, **given:
         hint = "--k-max" if auto else "-k/--n-clusters"
         raise click.BadParameter(in_cli_words(str(error)), param_hint=hint) from None
     try:
+        if auto:
+            checked = inspect.signature(check_comparison).parameters
+            check_comparison(**{name: options[name] for name in checked if name in options})
         check_method_options(method, chosen)
         FitConfig(method="svi" if method == "svi" else "nuts", **given, **chosen).validate()
     except InputError as error:
