@@ -163,19 +163,20 @@ def check_comparison(
     Raises
     ------
     InputError
-        Naming the setting and what it must be: ``k_max`` below 1, an unknown
-        ``criterion``, a negative, infinite or non-numeric ``min_elpd_gain`` or
+        Naming the setting and what it must be: a ``k_max`` that is not an integer >= 1,
+        an unknown ``criterion``, a negative, infinite or non-numeric ``min_elpd_gain`` or
         ``se_multiple``, a ``max_bad_k_share`` outside [0, 1).
     """
     if isinstance(k_max, bool) or not isinstance(k_max, int | np.integer) or k_max < 1:
-        raise InputError(f"k_max={k_max!r} must be a whole number of at least 1.")
+        raise InputError(f"k_max={k_max!r} must be an integer >= 1, e.g. 4.")
     check_choice("criterion", criterion, CRITERIA)
     for name, value, low, high, example in (
         ("min_elpd_gain", min_elpd_gain, 0.0, np.inf, "4"),
         ("se_multiple", se_multiple, 0.0, np.inf, "1"),
         ("max_bad_k_share", max_bad_k_share, 0.0, 1.0, "0.01"),
     ):
-        number = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+        real = int | float | np.integer | np.floating
+        number = isinstance(value, real) and not isinstance(value, bool)
         if not number or not np.isfinite(value) or not low <= value < high:
             must = "lie in [0, 1)" if high == 1.0 else "be a finite number >= 0"
             raise InputError(f"{name}={value!r} must {must}, e.g. {example}.")
@@ -257,9 +258,10 @@ def compare_clusters(
     Raises
     ------
     InputError
-        For ``k_max < 1``, ``n_clusters`` or ``equal_effects`` among the fit options, an
-        unknown ``criterion``, a ``max_bad_k_share`` outside [0, 1), a negative
-        ``min_elpd_gain`` or ``se_multiple``, or folds that cannot be made (fewer non-empty
+        For a ``k_max`` that is not an integer >= 1, ``n_clusters`` or ``equal_effects``
+        among the fit options, an unknown ``criterion``, a ``max_bad_k_share`` outside
+        [0, 1), a ``min_elpd_gain`` or ``se_multiple`` that is negative, infinite or not a
+        number (:func:`check_comparison`), or folds that cannot be made (fewer non-empty
         blocks than ``n_folds``).
 
     Warns

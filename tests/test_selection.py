@@ -27,6 +27,7 @@ from imgcate.inference import fit
 from imgcate.selection import (
     MIN_ELPD_GAIN,
     SE_MULTIPLE,
+    check_comparison,
     compare_clusters,
     fold_ids,
     pareto_problem,
@@ -83,10 +84,28 @@ def test_bad_options_are_refused():
         compare_clusters(sim.trial, sim.embeddings, se_multiple=float("nan"))
     with pytest.raises(InputError, match="se_multiple='two' must be a finite number >= 0"):
         compare_clusters(sim.trial, sim.embeddings, se_multiple="two")  # not a traceback
-    with pytest.raises(InputError, match="k_max=0 must be a whole number of at least 1"):
+    with pytest.raises(InputError, match="k_max=0 must be an integer >= 1"):
         compare_clusters(sim.trial, sim.embeddings, k_max=0)
     with pytest.raises(InputError, match="smaller block_size or fewer folds"):
         fold_ids(sim.trial, 5, block_size=100.0, seed=0)
+
+
+def test_the_comparison_settings_check_takes_numpy_numbers_and_refuses_others():
+    check_comparison(np.int64(2), "kfold", 0, np.float64(0.5), np.float32(0.0))  # all fine
+    check_comparison(k_max=1, min_elpd_gain=0.0, se_multiple=0, max_bad_k_share=0.99)
+    for bad in (
+        {"k_max": True},
+        {"k_max": 2.0},
+        {"se_multiple": 1 + 2j},
+        {"se_multiple": np.complex128(1)},
+        {"min_elpd_gain": np.inf},
+        {"min_elpd_gain": True},
+        {"max_bad_k_share": 1.0},
+        {"max_bad_k_share": "0.01"},
+    ):
+        name = next(iter(bad))
+        with pytest.raises(InputError, match=f"^{name}="):
+            check_comparison(**bad)
 
 
 def _pareto(values) -> az.ELPDData:
