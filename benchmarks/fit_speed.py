@@ -7,6 +7,8 @@ Prints one JSON object. Same settings every run:
     python benchmarks/fit_speed.py --quick      # n = 2,000 only, NUTS 2x500 (a smoke run)
     python benchmarks/fit_speed.py --sizes 2000 --draws 500 --parts full --no-sequential --no-svi
                                                 # the default model with fit's own 4x500 draws
+    python benchmarks/fit_speed.py --sizes 2000 --draws 500 --parts full --no-sequential --no-svi \
+        --trial-seeds 3                         # the same on the trials of seeds 0, 1 and 2
     python benchmarks/fit_speed.py --large      # SVI at n = 10^5 and 10^6 (3 seeds each) and
                                                 # SVI against NUTS at n = 5,000 (3 seeds)
     python benchmarks/fit_speed.py --large --pairs  # only SVI against NUTS at n = 5,000
@@ -32,7 +34,13 @@ default); at the smallest size the full model is also timed with the chains one 
 (``"sequential"``). NUTS keeps 1,000 draws per chain (``--draws``; ``fit`` keeps 500 unless
 told otherwise) after the package's default warm-up (500 iterations, as ``fit`` uses unless
 told otherwise; ``--warmup``). Each NUTS row reports the mean number of leapfrog steps per
-kept iteration.
+kept iteration (and per chain: chains advance in pairs, and a pair takes as long as its
+slower chain), the smallest bulk ESS of any checked quantity (the cluster effects, the
+memberships, the worst unit CATE; ``min_ess_bulk_of`` names it) and the largest R-hat.
+``--trial-seeds N`` also fits the trials of seeds 1..N-1 (once each, compiled), under
+``"then"`` in the full model's row (``"runs": "once, compiled"``): one trial's time is not
+the model's (in one run the trials of seeds 1 and 2 took 2.0 and 2.6 times as many leapfrog
+steps per iteration as seed 0's).
 
 What the model's flexible parts cost: at the smallest size NUTS also fits the same trial with
 the Gaussian processes left out (``parts="linear"``: ``n_basis=0``, linear effect deviation) and
@@ -81,7 +89,7 @@ import imgcate.anchors
 from imgcate import ConvergenceWarning
 from imgcate.compilation import ENV
 from imgcate.config import FitConfig
-from imgcate.diagnostics import chain_restarts
+from imgcate.diagnostics import chain_restarts, diagnostics_table
 from imgcate.inference import fit
 from imgcate.simulate import simulate_trial
 
@@ -95,11 +103,11 @@ PARTS = {
 }
 
 
-def timed_fit(sim, **options):
+def timed_fit(sim, seed: int = 0, **options):
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        result = fit(sim.trial, sim.embeddings, n_clusters=3, seed=0, **options)
+        result = fit(sim.trial, sim.embeddings, n_clusters=3, seed=seed, **options)
     return result, time.perf_counter() - start
 
 
@@ -111,22 +119,27 @@ def nuts_fit(
     parts: str,
     chain_method: str,
     target_accept: float | None = None,
+    seed: int = 0,
 ) -> dict:
-    """One NUTS fit of the n-unit trial (run in a fresh process: :func:`first_and_again`);
-    ``target_accept`` is NUTS's target acceptance probability (the fit's default where None)."""
-    sim = simulate_trial(0, n_units, 3, n_features=16)
+    """One NUTS fit of the n-unit trial of ``seed`` (the fit's seed too; run in a fresh
+    process: :func:`first_and_again`); ``target_accept`` is NUTS's target acceptance
+    probability (the fit's default where None)."""
+    sim = simulate_trial(seed, n_units, 3, n_features=16)
     options = {**PARTS[parts], "chain_method": chain_method}
     if target_accept is not None:
         options["target_accept"] = target_accept
     result, total_s = timed_fit(
-        sim, num_warmup=warmup, num_samples=draws, num_chains=chains, **options
+        sim, seed, num_warmup=warmup, num_samples=draws, num_chains=chains, **options
     )
     ess = az.ess(result.idata, var_names=["tau_cluster"])["tau_cluster"].values
     table = result.cluster_effects()
+    checks = diagnostics_table(result.idata)
+    steps = result.idata.sample_stats["n_steps"].values
     return {
         "method": "nuts",
         "parts": parts,
         "chain_method": chain_method,
+        "seed": seed,
         "n_units": n_units,
         "chains": chains,
         "warmup": warmup,
@@ -136,7 +149,11 @@ def nuts_fit(
         "min_ess_tau_cluster": round(float(ess.min()), 1),
         "ess_per_s_tau_cluster": round(float(ess.min()) / total_s, 2),
         "divergences": int(result.idata.sample_stats["diverging"].values.sum()),
-        "mean_leapfrog_steps": round(float(result.idata.sample_stats["n_steps"].mean()), 1),
+        "mean_leapfrog_steps": round(float(steps.mean()), 1),
+        "leapfrog_steps_by_chain": steps.mean(axis=1).round(1).tolist(),
+        "min_ess_bulk": round(float(checks["ess_bulk"].min()), 1),
+        "min_ess_bulk_of": str(checks["ess_bulk"].idxmin()),
+        "max_r_hat": round(float(checks["r_hat"].max()), 3),
         "tau_abs_error_max": round(
             float(np.abs(table["tau_mean"] - sim.truth.tau_cluster).max()), 3
         ),
@@ -165,23 +182,30 @@ def svi_fit(n_units: int, steps: int) -> dict:
     }
 
 
-def first_and_again(fn, *args) -> dict:
+def first_and_again(fn, *args, then: tuple = ()) -> dict:
     """``fn(*args)`` in a fresh process with an empty compilation cache, then in another that
     finds the first's compiled code there: the second's row, with the first's time
     (``first_fit_s``), their difference (``compile_s``, what the cache saves) and whether the
-    two fits gave the same cluster effects."""
+    two fits gave the same cluster effects. ``then``: more argument tuples, each run once in
+    a fresh process with the same cache (compiled already where their shapes are the same),
+    their rows under ``"then"``."""
     cache = tempfile.mkdtemp(prefix="imgcate-bench-cache-")
     try:
         first = in_fresh_process(fn, *args, cache=cache)
         again = in_fresh_process(fn, *args, cache=cache)
+        more = [
+            {**in_fresh_process(fn, *other, cache=cache), "runs": "once, compiled"}
+            for other in then
+        ]
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    return {
+    row = {
         **again,
         "first_fit_s": first["total_s"],
         "compile_s": round(first["total_s"] - again["total_s"], 2),
         "same_as_first": first["tau_mean"] == again["tau_mean"],
     }
+    return {**row, "then": more} if then else row
 
 
 def machine() -> dict:
@@ -510,6 +534,13 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, default=3, help="seeds of each --large trial")
     parser.add_argument(
+        "--trial-seeds",
+        type=int,
+        default=1,
+        help="NUTS at the smallest size, the full model: trials (and fit seeds) 0..N-1; "
+        "seed 0 fitted twice (first fit and compiled), the others once, compiled (default 1)",
+    )
+    parser.add_argument(
         "--first-seed", type=int, default=0, help="--large: seeds first..first+seeds-1"
     )
     only = parser.add_mutually_exclusive_group()
@@ -571,6 +602,13 @@ def main() -> None:
         parser.error("--pairs, --fits and --guides go with --large")
     if args.raw_features and not args.fits:
         parser.error("--raw-features goes with --large --fits")
+    if args.trial_seeds < 1:
+        parser.error("--trial-seeds must be at least 1")
+    if args.trial_seeds > 1 and (args.large or "full" not in args.parts):
+        parser.error(
+            "--trial-seeds times NUTS on the full model: not with --large, and with "
+            "full among --parts"
+        )
     if args.large:
         print(
             json.dumps(
@@ -601,11 +639,9 @@ def main() -> None:
     results = []
     for n in sizes:
         for parts in args.parts if n == min(sizes) else ["full"]:
-            results.append(
-                first_and_again(
-                    nuts_fit, n, chains, draws, args.warmup, parts, "parallel", args.target_accept
-                )
-            )
+            nuts = (n, chains, draws, args.warmup, parts, "parallel", args.target_accept)
+            others = range(1, args.trial_seeds) if n == min(sizes) and parts == "full" else ()
+            results.append(first_and_again(nuts_fit, *nuts, then=tuple((*nuts, s) for s in others)))
         if n == min(sizes) and not args.no_sequential:  # what the devices add
             results.append(
                 first_and_again(
