@@ -157,25 +157,44 @@ def check_comparison(
     min_elpd_gain: float = MIN_ELPD_GAIN,
     se_multiple: float = SE_MULTIPLE,
     max_bad_k_share: float = 0.01,
+    n_folds: int = 5,
+    block_size: float | None = None,
+    constant: bool = True,
 ) -> None:
-    """Refuse settings of :func:`compare_clusters` it cannot use, before any fit.
+    """Refuse settings of :func:`compare_clusters` it cannot use, before any fit (the folds'
+    settings too: with ``criterion="auto"`` the folds are made only after every model's fit).
 
     Raises
     ------
     InputError
-        Naming the setting and what it must be: a ``k_max`` that is not an integer >= 1,
-        an unknown ``criterion``, a negative, infinite or non-numeric ``min_elpd_gain`` or
-        ``se_multiple``, a ``max_bad_k_share`` outside [0, 1).
+        Naming the setting and what it must be: a ``k_max`` that is not an integer >= 1, an
+        ``n_folds`` that is not an integer >= 2, an unknown ``criterion``, a negative,
+        infinite or non-numeric ``min_elpd_gain`` or ``se_multiple``, a ``max_bad_k_share``
+        outside [0, 1), a ``block_size`` that is neither None nor a finite number > 0, a
+        ``constant`` that is not True or False.
     """
-    if isinstance(k_max, bool) or not isinstance(k_max, int | np.integer) or k_max < 1:
-        raise InputError(f"k_max={k_max!r} must be an integer >= 1, e.g. 4.")
+    for name, value, low, example in (("k_max", k_max, 1, 4), ("n_folds", n_folds, 2, 5)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            raise InputError(f"{name}={value!r} must be an integer >= {low}, e.g. {example}.")
+    if not isinstance(constant, bool | np.bool_):
+        raise InputError(f"constant={constant!r} must be True or False.")
+    real = int | float | np.integer | np.floating
+    if block_size is not None and (
+        isinstance(block_size, bool)
+        or not isinstance(block_size, real)
+        or not np.isfinite(block_size)
+        or block_size <= 0
+    ):
+        raise InputError(
+            f"block_size={block_size!r} must be a distance > 0 in the units' coordinates, "
+            "or None (about four blocks per fold)."
+        )
     check_choice("criterion", criterion, CRITERIA)
     for name, value, low, high, example in (
         ("min_elpd_gain", min_elpd_gain, 0.0, np.inf, "4"),
         ("se_multiple", se_multiple, 0.0, np.inf, "1"),
         ("max_bad_k_share", max_bad_k_share, 0.0, 1.0, "0.01"),
     ):
-        real = int | float | np.integer | np.floating
         number = isinstance(value, real) and not isinstance(value, bool)
         if not number or not np.isfinite(value) or not low <= value < high:
             must = "lie in [0, 1)" if high == 1.0 else "be a finite number >= 0"
@@ -296,7 +315,9 @@ def compare_clusters(
     >>> round(float(comparison.weights.sum()), 6)
     1.0
     """
-    check_comparison(k_max, criterion, min_elpd_gain, se_multiple, max_bad_k_share)
+    check_comparison(
+        k_max, criterion, min_elpd_gain, se_multiple, max_bad_k_share, n_folds, block_size, constant
+    )
     if not isinstance(trial, Trial):
         raise InputError("trial must be a Trial; build one with imgcate.read_units(...).")
     embeddings = keyed_embeddings(embeddings, trial)  # fold fits find their units' rows

@@ -140,6 +140,7 @@ def test_fit_finds_the_image_id_column_and_refuses_the_units_table(fitted, tmp_p
         (["criterion=loo"], "an option of the comparison of models (-k auto)"),
         (["-k", "auto", "criterion=waic"], "'auto', 'loo', 'kfold'"),  # compare_clusters' own
         (["-k", "auto", "se_multiple=-1"], "se_multiple=-1 must be a finite number"),
+        (["-k", "auto", "n_folds=abc"], "n_folds='abc' must be an integer >= 2"),
     ],
 )
 def test_a_bad_option_is_refused_before_any_work(fitted, tmp_path, options, said):

@@ -93,6 +93,7 @@ def test_bad_options_are_refused():
 def test_the_comparison_settings_check_takes_numpy_numbers_and_refuses_others():
     check_comparison(np.int64(2), "kfold", 0, np.float64(0.5), np.float32(0.0))  # all fine
     check_comparison(k_max=1, min_elpd_gain=0.0, se_multiple=0, max_bad_k_share=0.99)
+    check_comparison(n_folds=np.int32(2), block_size=np.float32(0.5), constant=np.bool_(False))
     for bad in (
         {"k_max": True},
         {"k_max": 2.0},
@@ -102,6 +103,12 @@ def test_the_comparison_settings_check_takes_numpy_numbers_and_refuses_others():
         {"min_elpd_gain": True},
         {"max_bad_k_share": 1.0},
         {"max_bad_k_share": "0.01"},
+        {"n_folds": 1},
+        {"n_folds": "abc"},
+        {"block_size": -5.0},
+        {"block_size": "abc"},
+        {"block_size": np.inf},
+        {"constant": "maybe"},
     ):
         name = next(iter(bad))
         with pytest.raises(InputError, match=f"^{name}="):
