@@ -32,7 +32,7 @@ from imgcate.moments import (
     nonzero_sd,
 )
 from imgcate.units import Trial
-from imgcate.validation import check_choice
+from imgcate.validation import KINDS, check_choice, of_kind
 
 Method = Literal["nuts", "svi"]
 
@@ -248,23 +248,15 @@ class FitConfig:
             kind, _, optional = option.type.partition(" | ")
             if value is None and optional == "None":
                 continue
-            is_bool = isinstance(value, (bool, np.bool_))
-            if not isinstance(value, _OPTION_TYPES[kind][0]) or is_bool != (kind == "bool"):
+            if not of_kind(value, kind):
                 example = option.default if option.default is not None else _EXAMPLES[kind]
                 raise InputError(
-                    f"{option.name}={value!r} must be {_OPTION_TYPES[kind][1]}"
+                    f"{option.name}={value!r} must be {KINDS[kind][1]}"
                     f"{' or None' if optional else ''}, e.g. {option.name}={example!r}."
                 )
 
 
-#: What each annotation of a :class:`FitConfig` option accepts, and its name in messages
-#: (NumPy's scalars pass: options are often read from arrays).
-_OPTION_TYPES = {
-    "int": ((int, np.integer), "an integer"),
-    "float": ((int, float, np.integer, np.floating), "a number"),
-    "bool": ((bool, np.bool_), "True or False"),
-    "str": ((str,), "text"),
-}
+#: An example of each kind of :class:`FitConfig` option (:data:`imgcate.validation.KINDS`).
 _EXAMPLES = {"int": 32, "float": 0.0, "bool": True, "str": "..."}
 
 

@@ -36,7 +36,7 @@ from imgcate.methods import NUTS_OPTIONS, SVI_OPTIONS
 from imgcate.output import progress_bar
 from imgcate.results import EffectFit
 from imgcate.units import Trial
-from imgcate.validation import check_choice
+from imgcate.validation import check_choice, of_kind
 
 Criterion = Literal["auto", "loo", "kfold"]
 CRITERIA = ("auto", "loo", "kfold")
@@ -174,16 +174,12 @@ def check_comparison(
         ``constant`` that is not True or False.
     """
     for name, value, low, example in (("k_max", k_max, 1, 4), ("n_folds", n_folds, 2, 5)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        if not of_kind(value, "int") or value < low:
             raise InputError(f"{name}={value!r} must be an integer >= {low}, e.g. {example}.")
-    if not isinstance(constant, bool | np.bool_):
+    if not of_kind(constant, "bool"):
         raise InputError(f"constant={constant!r} must be True or False.")
-    real = int | float | np.integer | np.floating
     if block_size is not None and (
-        isinstance(block_size, bool)
-        or not isinstance(block_size, real)
-        or not np.isfinite(block_size)
-        or block_size <= 0
+        not of_kind(block_size, "float") or not np.isfinite(block_size) or block_size <= 0
     ):
         raise InputError(
             f"block_size={block_size!r} must be a distance > 0 in the units' coordinates, "
@@ -195,8 +191,7 @@ def check_comparison(
         ("se_multiple", se_multiple, 0.0, np.inf, "1"),
         ("max_bad_k_share", max_bad_k_share, 0.0, 1.0, "0.01"),
     ):
-        number = isinstance(value, real) and not isinstance(value, bool)
-        if not number or not np.isfinite(value) or not low <= value < high:
+        if not of_kind(value, "float") or not np.isfinite(value) or not low <= value < high:
             must = "lie in [0, 1)" if high == 1.0 else "be a finite number >= 0"
             raise InputError(f"{name}={value!r} must {must}, e.g. {example}.")
 

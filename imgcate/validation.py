@@ -14,6 +14,22 @@ import pandas as pd
 
 from imgcate.errors import InputError
 
+#: What each kind of setting accepts, and its name in messages (NumPy's scalars pass:
+#: settings are often read from arrays).
+KINDS = {
+    "int": ((int, np.integer), "an integer"),
+    "float": ((int, float, np.integer, np.floating), "a number"),
+    "bool": ((bool, np.bool_), "True or False"),
+    "str": ((str,), "text"),
+}
+
+
+def of_kind(value: Any, kind: str) -> bool:
+    """Whether ``value`` is of ``kind`` (a key of :data:`KINDS`): True and False are of kind
+    ``"bool"`` only, not integers or numbers."""
+    is_bool = isinstance(value, (bool, np.bool_))
+    return isinstance(value, KINDS[kind][0]) and is_bool == (kind == "bool")
+
 
 def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
     """Return ``value`` if it is one of ``allowed``; otherwise raise an error listing them."""

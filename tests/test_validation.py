@@ -80,11 +80,12 @@ def test_fit_options_are_checked_for_their_type():
     every annotation is one the check reads (a new option of another type fails here)."""
     from dataclasses import fields
 
-    from imgcate.config import _OPTION_TYPES, FitConfig
+    from imgcate.config import FitConfig
+    from imgcate.validation import KINDS
 
     for option in fields(FitConfig):
         kind, _, optional = option.type.partition(" | ")
-        assert kind in _OPTION_TYPES and optional in ("", "None"), option
+        assert kind in KINDS and optional in ("", "None"), option
     FitConfig(
         equal_effects=np.True_,
         num_chains=np.int64(2),
