@@ -12,7 +12,7 @@ import contextlib
 import io
 import json
 import zipfile
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -168,6 +168,13 @@ def _checked_meta(meta: Any, path: Path) -> dict:
         raise InputError(
             f"{str(path)!r} has fit format {version!r}, which no imgcate wrote; the file is "
             "damaged or not a fit: write it again with EffectFit.save() (or imgcate fit)."
+        )
+    unknown = sorted(set(meta["config"]) - {f.name for f in fields(FitConfig)})
+    if unknown:  # a setting added after this imgcate: the fit may depend on it
+        raise InputError(
+            f"{str(path)!r} has fit settings this imgcate does not know ({', '.join(unknown)}): "
+            "it was written by a newer imgcate: upgrade imgcate (pip install -U imgcate) to "
+            "read it, or refit with this version."
         )
     return meta
 

@@ -209,7 +209,7 @@ def test_save_load_predict_identical(k2, tmp_path, edit_fit_file):
 
 def test_older_and_newer_fit_files_say_what_to_do(k2, tmp_path, edit_fit_file):
     """A format-1 file (the mixture model) and a format-2 file (random Fourier features) ask
-    for a refit; a newer format for an upgrade."""
+    for a refit; a newer format, or a setting this imgcate does not know, for an upgrade."""
 
     _, result = k2
     path = result.save(tmp_path / "fit.imgcate")
@@ -246,6 +246,13 @@ def test_older_and_newer_fit_files_say_what_to_do(k2, tmp_path, edit_fit_file):
             continue
         with pytest.raises(InputError, match=message):
             load_fit(copy)
+
+    def with_new_setting(meta):
+        return {**meta, "config": {**meta["config"], "membership_slab": 5.0}}
+
+    newer = edit_fit_file(path, tmp_path / "newer.imgcate", meta=with_new_setting)
+    with pytest.raises(InputError, match=r"does not know \(membership_slab\).*upgrade imgcate"):
+        load_fit(newer)
 
 
 def test_repr_and_provenance_travel_with_the_fit(k2, tmp_path):
