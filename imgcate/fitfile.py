@@ -173,8 +173,8 @@ def _checked_meta(meta: Any, path: Path) -> dict:
     if unknown:  # a setting added after this imgcate: the fit may depend on it
         raise InputError(
             f"{str(path)!r} has fit settings this imgcate does not know ({', '.join(unknown)}): "
-            "it was written by a newer imgcate: upgrade imgcate (pip install -U imgcate) to "
-            "read it, or refit with this version."
+            "it was probably written by a newer imgcate: upgrade imgcate (pip install -U "
+            "imgcate) to read it, or refit with this version."
         )
     return meta
 
