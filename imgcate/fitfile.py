@@ -12,7 +12,7 @@ import contextlib
 import io
 import json
 import zipfile
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -169,7 +169,7 @@ def _checked_meta(meta: Any, path: Path) -> dict:
             f"{str(path)!r} has fit format {version!r}, which no imgcate wrote; the file is "
             "damaged or not a fit: write it again with EffectFit.save() (or imgcate fit)."
         )
-    unknown = sorted(set(meta["config"]) - {f.name for f in fields(FitConfig)})
+    unknown = sorted(set(meta["config"]) - set(FitConfig.__dataclass_fields__))
     if unknown:  # a setting added after this imgcate: the fit may depend on it
         raise InputError(
             f"{str(path)!r} has fit settings this imgcate does not know ({', '.join(unknown)}): "
