@@ -275,8 +275,9 @@ def compare_clusters(
         For a ``k_max`` that is not an integer >= 1, ``n_clusters`` or ``equal_effects``
         among the fit options, an unknown ``criterion``, a ``max_bad_k_share`` outside
         [0, 1), a ``min_elpd_gain`` or ``se_multiple`` that is negative, infinite or not a
-        number (:func:`check_comparison`), or folds that cannot be made (fewer non-empty
-        blocks than ``n_folds``).
+        number, an ``n_folds``, ``block_size`` or ``constant`` of the wrong kind
+        (:func:`check_comparison`), or folds that cannot be made (fewer non-empty blocks
+        than ``n_folds``).
 
     Warns
     -----
