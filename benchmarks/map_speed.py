@@ -26,9 +26,15 @@ smallest size (the first map after the warm-up ran 0.1-0.15 s slower than the ne
 then one map of each size, and stop. This machine's
 speed drifts by a tenth over minutes, and all the 1-worker maps made before all the 2-worker
 ones gave ratios that drifted with it. ``scaling_2_over_1`` is the ratio of the median times,
-``paired_2_over_1`` the median of the rounds' ratios. (Two clusters kept side by side, taking
-turns map by map, slowed the 1-worker maps: the last piece's result reached the mapping
-process 0.03-0.22 s after the worker finished it, against 0.02 s with one cluster.)
+``paired_2_over_1`` the median of the rounds' ratios. After each round's maps the machine's
+own speed-up of two pinned processes over one is measured on two kernels, one of arithmetic
+in a core's own cache and one that streams memory (``paired_2_over_1["machine_compute"]``
+and ``["machine_memory"]``; 2 where each core gives a whole core's speed), and
+``over_compute`` / ``over_memory`` are the medians of each round's map ratio over them: on a
+shared host the second core's speed moves from minute to minute. (Two
+clusters kept side by side, taking turns map by map, slowed the 1-worker maps: the last
+piece's result reached the mapping process 0.03-0.22 s after the worker finished it, against
+0.02 s with one cluster.)
 
     python benchmarks/map_speed.py            # 10,000, 50,000 and 100,000 tiles
     python benchmarks/map_speed.py --large    # and 1,000,000 tiles on 2 workers (memory)
@@ -40,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import tempfile
 import threading
 import time
@@ -236,6 +243,67 @@ def worker_pid() -> int:
     return os.getpid()
 
 
+#: The kernels of :func:`machine_ratio`: a product of 256 x 256 float32 matrices (its data in
+#: a core's own cache: arithmetic), and a pass over 64 MB of float32 (more than the shared
+#: cache: memory), with the repetitions that take about a second each on this machine.
+KERNELS = {"compute": 2500, "memory": 60}
+
+
+def kernel_seconds(kind: str, core: int, ready, out) -> None:
+    """Put on ``out`` the seconds of the kernel ``kind`` (:data:`KERNELS`), single-threaded on
+    ``core``, started when every process of ``ready`` (a barrier) is ready (run in a process
+    of its own: :func:`machine_ratio`)."""
+    os.sched_setaffinity(0, {core})
+    rng = np.random.default_rng(0)
+    if kind == "compute":
+        a = rng.random((256, 256), dtype=np.float32) / 256
+    else:
+        a = rng.random(16 * 2**20, dtype=np.float32)
+    ready.wait()
+    start = time.perf_counter()
+    for _ in range(KERNELS[kind]):
+        if kind == "compute":
+            a = a @ a.T
+        else:
+            np.multiply(a, np.float32(1.0), out=a)
+    out.put(time.perf_counter() - start)
+
+
+def machine_ratio(cores: list[int], kind: str) -> float:
+    """The machine's own speed-up of two processes over one on a kernel (:data:`KERNELS`):
+    what the maps' ``2_over_1`` can reach in the same minute. One process on the first core,
+    then one on each of the first two at once, then one again; 2 x the mean time of the single
+    ones over the slower of the pair's. Where the machine gives both cores a whole core's
+    speed (and, for ``memory``, each its own share of the memory's bandwidth) this is 2; a
+    busy host, or two virtual cores on one physical core, give less."""
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    before = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    os.environ.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")  # the children's BLAS
+
+    def run(on: list[int]) -> list[float]:
+        ready, out = spawn.Barrier(len(on)), spawn.Queue()
+        procs = [spawn.Process(target=kernel_seconds, args=(kind, c, ready, out)) for c in on]
+        for proc in procs:
+            proc.start()
+        seconds = [out.get() for _ in procs]
+        for proc in procs:
+            proc.join()
+        return seconds
+
+    try:
+        one, pair = run(cores[:1]), run(cores[:2])
+        one += run(cores[:1])
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return 2 * float(np.mean(one)) / max(pair)
+
+
 def dask_runs(
     fit,
     raster: Path,
@@ -250,7 +318,8 @@ def dask_runs(
     first of the two alternating from round to round) and each makes one map of every size,
     so that the two see the same drift of the machine's speed. Then the ``large`` maps on a
     cluster of 2. Also the median of the paired ratios (1-worker time over 2-worker time in
-    the same round)."""
+    the same round), and the machine's own ratios on its kernels in each round
+    (:func:`machine_ratio`, after the round's maps)."""
     from distributed import Client
 
     from imgcate.maps.runners import local_cluster
@@ -259,6 +328,7 @@ def dask_runs(
     starts: dict[int, list[float]] = {1: [], 2: []}
     first: dict[int, list[dict]] = {1: [], 2: []}
     cores: dict[int, list] = {}
+    machine: dict[str, list[float]] = {kind: [] for kind in KERNELS}
 
     def on_cluster(workers: int, sizes: list[int], in_round: bool = True) -> list[dict]:
         start = time.perf_counter()
@@ -288,6 +358,8 @@ def dask_runs(
         for workers in (1, 2) if k % 2 == 0 else (2, 1):
             for n, made in zip(counts, on_cluster(workers, counts), strict=True):
                 maps.setdefault((workers, n), []).append(made)
+        for kind, ratios in machine.items():
+            ratios.append(machine_ratio(sorted(os.sched_getaffinity(0)), kind))
     records = [record(maps[w, n], w, True, block_tiles) for n in counts for w in (1, 2)]
     if large:
         made = on_cluster(2, large, in_round=False)
@@ -296,6 +368,15 @@ def dask_runs(
     for n in counts:
         ratios = [a["seconds"] / b["seconds"] for a, b in zip(maps[1, n], maps[2, n], strict=True)]
         paired[f"strong_{maps[2, n][0]['tiles']}"] = {
+            "median": round(float(np.median(ratios)), 2),
+            "each": [round(r, 2) for r in ratios],
+            **{
+                f"over_{kind}": round(float(np.median(np.divide(ratios, on_kind))), 2)
+                for kind, on_kind in machine.items()
+            },
+        }
+    for kind, ratios in machine.items():
+        paired[f"machine_{kind}"] = {
             "median": round(float(np.median(ratios)), 2),
             "each": [round(r, 2) for r in ratios],
         }
