@@ -1,26 +1,28 @@
-"""What one NUTS leapfrog step costs: the effect model's potential and its gradient.
+"""What the gradient costs: the effect model's potential and its gradient, as NUTS calls them.
 
-A NUTS fit's time is its leapfrog steps times the cost of one evaluation of the potential
-(the negative log joint in the unconstrained space) and its gradient; the number of steps is
-set by the posterior's shape (``mean_leapfrog_steps`` in ``fit_speed.py``), the cost of a step
-by the model's arithmetic. This prints that cost, as JSON, for ``fit_speed.py``'s trial
+A NUTS fit's time is its leapfrog steps times the cost of one step: one evaluation of the
+potential (the negative log joint in the unconstrained space) and its gradient, plus NUTS's
+tree bookkeeping, which this leaves out. The number of steps is set by the posterior's shape
+(``mean_leapfrog_steps`` in ``fit_speed.py``), the evaluation's cost by the model's
+arithmetic. This prints that cost, as JSON, for ``fit_speed.py``'s trial
 (``simulate_trial(seed, n, 3, n_features=16)``) and each model part of ``fit_speed.py``
 (``full``: ``fit``'s defaults; ``linear``: without the Gaussian processes; ``clusters``: the
 clusters alone), at points where NUTS starts (the two best ends of ``fit``'s MAP searches, run
 here with the seed's own key):
 
 - ``ms_pair_alone``: milliseconds per evaluation for a pair of chains (``fit`` advances chains
-  in pairs, one ``jax.vmap``-ed call), in a compiled loop of ``--steps`` evaluations, one
-  device busy; the median of ``--repeat`` loops;
-- ``ms_pair_two_devices``: the same while the other device runs the other pair (as ``fit``'s
-  four chains run on two cores);
+  in pairs, one ``jax.vmap``-ed call), in a compiled loop of ``--steps`` evaluations, the
+  other device idle (XLA's CPU devices share one pool of threads, so the one pair may use
+  every core); the median of ``--repeat`` loops;
+- ``ms_pair_two_devices``: the same with the same loop on the other device at the same time
+  (as ``fit``'s four chains run on two cores), until both have finished;
 - ``mflops``, ``mbytes``: XLA's cost analysis of one evaluation of the pair;
 - ``basis_mb``: the Gaussian-process basis (unit, basis) in float32, which each evaluation
   reads twice (its product and its transpose's); against ``l2_cache_mb_per_core``.
 
     python benchmarks/gradient_cost.py                 # 2,000 units, every part
     python benchmarks/gradient_cost.py --units 500 2000 10000 --parts full
-    python benchmarks/gradient_cost.py --quick         # smoke run
+    python benchmarks/gradient_cost.py --quick         # smoke run (500 units, the full model)
 
 The machine's speed drifts by a tenth or more over minutes: compare parts within one run, and
 settings of XLA (``XLA_FLAGS``, recorded in ``machine``) in runs that alternate.
@@ -85,10 +87,15 @@ def pair_point(sim, config: FitConfig):
 
 def loop_time(loop, x, repeat: int, steps: int, other=None) -> float:
     """Median ms per evaluation of ``loop(x)`` (``steps`` evaluations), over ``repeat`` runs;
-    with ``other`` (a second device's input) the same loop runs there at the same time."""
+    with ``other`` (a second device's input) the same loop runs there at the same time, and
+    each run's time is until both have finished."""
     times = []
     for _ in range(repeat):
-        threads = [] if other is None else [threading.Thread(target=lambda: loop(other))]
+        threads = (
+            []
+            if other is None
+            else [threading.Thread(target=lambda: jax.block_until_ready(loop(other)))]
+        )
         start = time.perf_counter()
         for t in threads:
             t.start()
@@ -114,8 +121,8 @@ def part_cost(n_units: int, part: str, seed: int, steps: int, repeat: int) -> di
     xs = [jax.device_put(x, d) for d in devices[:2]]
     for z in xs:
         jax.block_until_ready(loop(z))  # compiled for each device
-    cost = jax.jit(pair).lower(x).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
+    cost = jax.jit(pair).lower(x).compile().cost_analysis() or {}
+    cost = (cost[0] if cost else {}) if isinstance(cost, list) else cost
     basis = data.inputs.basis
     return {
         "n_units": n_units,
@@ -140,7 +147,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500, help="evaluations per timed loop")
     parser.add_argument("--repeat", type=int, default=7, help="timed loops (median)")
     parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 500 units, the full model, 3 loops"
+        "--quick",
+        action="store_true",
+        help="smoke run: 500 units, the full model, 3 loops (--units and --parts ignored)",
     )
     args = parser.parse_args()
     if args.quick:

@@ -30,8 +30,9 @@ ones gave ratios that drifted with it. ``scaling_2_over_1`` is the ratio of the 
 own speed-up of two pinned processes over one is measured on two kernels, one of arithmetic
 in a core's own cache and one that streams memory (``paired_2_over_1["machine_compute"]``
 and ``["machine_memory"]``; 2 where each core gives a whole core's speed), and
-``over_compute`` / ``over_memory`` are the medians of each round's map ratio over them: on a
-shared host the second core's speed moves from minute to minute. (Two
+``over_compute`` / ``over_memory`` are the medians of each round's map ratio over them: a
+reference measured in the same minutes, not a ceiling (on a shared host the machine's speed
+moves within a round, and the maps' ratio has been above the kernels'). (Two
 clusters kept side by side, taking turns map by map, slowed the 1-worker maps: the last
 piece's result reached the mapping process 0.03-0.22 s after the worker finished it, against
 0.02 s with one cluster.)
@@ -243,10 +244,13 @@ def worker_pid() -> int:
     return os.getpid()
 
 
-#: The kernels of :func:`machine_ratio`: a product of 256 x 256 float32 matrices (its data in
-#: a core's own cache: arithmetic), and a pass over 64 MB of float32 (more than the shared
-#: cache: memory), with the repetitions that take about a second each on this machine.
+#: The kernels of :func:`machine_ratio`: products of two fixed 256 x 256 float32 matrices (their
+#: data in a core's own cache: arithmetic), and passes over 64 MB of float32 (more than the
+#: shared cache: memory), with the repetitions that take about a second each on this machine.
 KERNELS = {"compute": 2500, "memory": 60}
+
+#: Seconds :func:`machine_ratio` waits for its processes before it gives up (returns None).
+KERNEL_WAIT_S = 120
 
 
 def kernel_seconds(kind: str, core: int, ready, out) -> None:
@@ -256,28 +260,34 @@ def kernel_seconds(kind: str, core: int, ready, out) -> None:
     os.sched_setaffinity(0, {core})
     rng = np.random.default_rng(0)
     if kind == "compute":
-        a = rng.random((256, 256), dtype=np.float32) / 256
+        a, b = rng.random((2, 256, 256), dtype=np.float32)
+        c = np.empty_like(a)
     else:
         a = rng.random(16 * 2**20, dtype=np.float32)
-    ready.wait()
+    ready.wait(KERNEL_WAIT_S)
     start = time.perf_counter()
     for _ in range(KERNELS[kind]):
         if kind == "compute":
-            a = a @ a.T
+            np.matmul(a, b, out=c)
         else:
             np.multiply(a, np.float32(1.0), out=a)
     out.put(time.perf_counter() - start)
 
 
-def machine_ratio(cores: list[int], kind: str) -> float:
-    """The machine's own speed-up of two processes over one on a kernel (:data:`KERNELS`):
-    what the maps' ``2_over_1`` can reach in the same minute. One process on the first core,
-    then one on each of the first two at once, then one again; 2 x the mean time of the single
-    ones over the slower of the pair's. Where the machine gives both cores a whole core's
-    speed (and, for ``memory``, each its own share of the memory's bandwidth) this is 2; a
-    busy host, or two virtual cores on one physical core, give less."""
+def machine_ratio(cores: list[int], kind: str) -> float | None:
+    """The machine's own speed-up of two processes over one on a kernel (:data:`KERNELS`),
+    a reference for the maps' ``2_over_1`` measured in the same minutes (not a ceiling: the
+    machine's speed moves within a round). One process on the first of ``cores``, then one on
+    each of the first two at once, then one again; 2 x the mean time of the single ones over
+    the slower of the pair's. Where the machine gives both cores a whole core's speed (and,
+    for ``memory``, each its share of the memory's bandwidth) this is 2. None where there are
+    fewer than two cores, processes cannot be pinned (not Linux), or a process does not
+    report within :data:`KERNEL_WAIT_S`."""
     import multiprocessing
+    import queue
 
+    if len(cores) < 2 or not hasattr(os, "sched_setaffinity"):
+        return None
     spawn = multiprocessing.get_context("spawn")
     before = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
     os.environ.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")  # the children's BLAS
@@ -287,14 +297,19 @@ def machine_ratio(cores: list[int], kind: str) -> float:
         procs = [spawn.Process(target=kernel_seconds, args=(kind, c, ready, out)) for c in on]
         for proc in procs:
             proc.start()
-        seconds = [out.get() for _ in procs]
-        for proc in procs:
-            proc.join()
-        return seconds
+        try:
+            return [out.get(timeout=KERNEL_WAIT_S) for _ in procs]
+        finally:
+            for proc in procs:
+                proc.join(5)
+                if proc.is_alive():
+                    proc.terminate()
 
     try:
         one, pair = run(cores[:1]), run(cores[:2])
         one += run(cores[:1])
+    except queue.Empty:
+        return None
     finally:
         for k, v in before.items():
             if v is None:
@@ -358,8 +373,13 @@ def dask_runs(
         for workers in (1, 2) if k % 2 == 0 else (2, 1):
             for n, made in zip(counts, on_cluster(workers, counts), strict=True):
                 maps.setdefault((workers, n), []).append(made)
+        on = sorted({w[0] for w in cores.get(2, []) if w})  # the 2-worker cluster's cores
+        if len(on) < 2 and hasattr(os, "sched_getaffinity"):  # workers not pinned apart
+            on = sorted(os.sched_getaffinity(0))
         for kind, ratios in machine.items():
-            ratios.append(machine_ratio(sorted(os.sched_getaffinity(0)), kind))
+            ratio = machine_ratio(on, kind)
+            if ratio is not None:
+                ratios.append(ratio)
     records = [record(maps[w, n], w, True, block_tiles) for n in counts for w in (1, 2)]
     if large:
         made = on_cluster(2, large, in_round=False)
@@ -373,9 +393,12 @@ def dask_runs(
             **{
                 f"over_{kind}": round(float(np.median(np.divide(ratios, on_kind))), 2)
                 for kind, on_kind in machine.items()
+                if len(on_kind) == len(ratios)
             },
         }
     for kind, ratios in machine.items():
+        if not ratios:
+            continue
         paired[f"machine_{kind}"] = {
             "median": round(float(np.median(ratios)), 2),
             "each": [round(r, 2) for r in ratios],

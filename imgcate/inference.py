@@ -294,7 +294,8 @@ def fit(
         NUTS (exact; default), SVI (approximate; for large trials), or "auto": NUTS up to
         :data:`~imgcate.config.AUTO_NUTS_MAX_UNITS` (10,000) units, SVI above, with an
         :class:`~imgcate.ApproximationWarning` when it chooses SVI. ``result.config.method``
-        is the method used.
+        is the method used. On 2 cores a NUTS fit with the defaults takes minutes at 2,000
+        units and ten or more at 10,000 (docs/benchmarks.md).
     propensity : ndarray (unit,), optional
         Estimated propensity scores for an observational study (e.g. from
         :func:`imgcate.confounding.estimate_propensity`). They enter the baseline as a
