@@ -13,7 +13,7 @@ here with the seed's own key):
 - ``ms_pair_alone``: milliseconds per evaluation for a pair of chains (``fit`` advances chains
   in pairs, one ``jax.vmap``-ed call), in a compiled loop of ``--steps`` evaluations, the
   other device idle (XLA's CPU devices share one pool of threads, so the one pair may use
-  every core); the median of ``--repeat`` loops;
+  every core); the median of ``--repeat`` loops, taken in turn with those below;
 - ``ms_pair_two_devices``: the same with the same loop on the other device at the same time
   (as ``fit``'s four chains run on two cores), until both have finished;
 - ``mflops``, ``mbytes``: XLA's cost analysis of one evaluation of the pair;
@@ -63,8 +63,8 @@ def l2_cache_mb() -> float | None:
             if (index / "level").read_text().strip() == "2":
                 size = (index / "size").read_text().strip()
                 return int(size.rstrip("K")) / 1024 if size.endswith("K") else None
-        except OSError:
-            return None
+        except (OSError, ValueError):
+            continue
     return None
 
 
@@ -85,25 +85,40 @@ def pair_point(sim, config: FitConfig):
     return data, (lambda x: energy(unravel(x))), jnp.stack([f for f, _ in flats])
 
 
-def loop_time(loop, x, repeat: int, steps: int, other=None) -> float:
-    """Median ms per evaluation of ``loop(x)`` (``steps`` evaluations), over ``repeat`` runs;
-    with ``other`` (a second device's input) the same loop runs there at the same time, and
-    each run's time is until both have finished."""
-    times = []
+def loop_ms(loop, x, steps: int, other=None) -> float:
+    """Ms per evaluation of one run of ``loop(x)`` (``steps`` evaluations); with ``other`` (a
+    second device's input) the same loop runs there at the same time, and the run's time is
+    until both have finished."""
+    failed: list[Exception] = []
+
+    def beside() -> None:
+        try:
+            jax.block_until_ready(loop(other))
+        except Exception as err:  # re-raised in the main thread below
+            failed.append(err)
+
+    threads = [] if other is None else [threading.Thread(target=beside)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    jax.block_until_ready(loop(x))
+    for t in threads:
+        t.join()
+    if failed:
+        raise failed[0]
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def pair_times(loop, xs: list, repeat: int, steps: int) -> tuple[float, float | None]:
+    """Median ms per evaluation with the other device idle and with it running the same loop
+    (None with one device), over ``repeat`` runs of each, the two kinds taken in turn so
+    that both see the same drift of the machine's speed."""
+    alone, beside = [], []
     for _ in range(repeat):
-        threads = (
-            []
-            if other is None
-            else [threading.Thread(target=lambda: jax.block_until_ready(loop(other)))]
-        )
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        jax.block_until_ready(loop(x))
-        for t in threads:
-            t.join()
-        times.append((time.perf_counter() - start) / steps * 1e3)
-    return statistics.median(times)
+        alone.append(loop_ms(loop, xs[0], steps))
+        if len(xs) > 1:
+            beside.append(loop_ms(loop, xs[0], steps, other=xs[1]))
+    return statistics.median(alone), statistics.median(beside) if beside else None
 
 
 def part_cost(n_units: int, part: str, seed: int, steps: int, repeat: int) -> dict:
@@ -121,6 +136,7 @@ def part_cost(n_units: int, part: str, seed: int, steps: int, repeat: int) -> di
     xs = [jax.device_put(x, d) for d in devices[:2]]
     for z in xs:
         jax.block_until_ready(loop(z))  # compiled for each device
+    alone, beside = pair_times(loop, xs, repeat, steps)
     cost = jax.jit(pair).lower(x).compile().cost_analysis() or {}
     cost = (cost[0] if cost else {}) if isinstance(cost, list) else cost
     basis = data.inputs.basis
@@ -129,10 +145,10 @@ def part_cost(n_units: int, part: str, seed: int, steps: int, repeat: int) -> di
         "part": part,
         "seed": seed,
         "parameters": int(x.shape[1]),
-        "ms_pair_alone": round(loop_time(loop, xs[0], repeat, steps), 4),
-        "ms_pair_two_devices": (
-            round(loop_time(loop, xs[0], repeat, steps, other=xs[1]), 4) if len(xs) > 1 else None
-        ),
+        "ms_pair_alone": round(alone, 4),
+        "ms_pair_two_devices": None if beside is None else round(beside, 4),
+        "steps": steps,
+        "repeat": repeat,
         "mflops": round(float(cost.get("flops", float("nan"))) / 1e6, 3),
         "mbytes": round(float(cost.get("bytes accessed", float("nan"))) / 1e6, 3),
         "basis_mb": round(0 if basis is None else basis.size * 4 / 1e6, 3),
@@ -149,7 +165,8 @@ def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: 500 units, the full model, 3 loops (--units and --parts ignored)",
+        help="smoke run: 500 units, the full model, 3 loops of 100 (--units, --parts, --steps "
+        "and --repeat ignored)",
     )
     args = parser.parse_args()
     if args.quick:

@@ -304,6 +304,7 @@ def machine_ratio(cores: list[int], kind: str) -> float | None:
                 proc.join(5)
                 if proc.is_alive():
                     proc.terminate()
+                    proc.join()
 
     try:
         one, pair = run(cores[:1]), run(cores[:2])
@@ -344,6 +345,7 @@ def dask_runs(
     first: dict[int, list[dict]] = {1: [], 2: []}
     cores: dict[int, list] = {}
     machine: dict[str, list[float]] = {kind: [] for kind in KERNELS}
+    probing = True
 
     def on_cluster(workers: int, sizes: list[int], in_round: bool = True) -> list[dict]:
         start = time.perf_counter()
@@ -377,8 +379,10 @@ def dask_runs(
         if len(on) < 2 and hasattr(os, "sched_getaffinity"):  # workers not pinned apart
             on = sorted(os.sched_getaffinity(0))
         for kind, ratios in machine.items():
-            ratio = machine_ratio(on, kind)
-            if ratio is not None:
+            ratio = machine_ratio(on, kind) if probing else None
+            if ratio is None:  # the probe failed (or cannot run here): not tried again
+                probing = False
+            else:
                 ratios.append(ratio)
     records = [record(maps[w, n], w, True, block_tiles) for n in counts for w in (1, 2)]
     if large:

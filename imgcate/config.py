@@ -264,8 +264,9 @@ _EXAMPLES = {"int": 32, "float": 0.0, "bool": True, "str": "..."}
 DEFAULT_BASIS = {"nuts": 160, "svi": 48}
 
 #: ``method="auto"`` fits trials of up to this many units with NUTS, larger ones with SVI.
-#: NUTS's time grows faster than linearly in the units (the previous model took 314 s at
-#: 10,000 units on two cores, 6 times its time at 2,000; docs/benchmarks.md), SVI's linearly.
+#: NUTS's time grows at least linearly in the units (the default model took 642 s at 10,000
+#: units on two cores, seed 0's trial, 5-7 times its 2,000-unit time; docs/benchmarks.md),
+#: SVI's linearly.
 AUTO_NUTS_MAX_UNITS = 10_000
 
 
