@@ -39,6 +39,7 @@ from imgcate.errors import (
     BandWarning,
     CheckpointWarning,
     ConvergenceWarning,
+    DurationWarning,
     ExtrapolationWarning,
     FitError,
     ImgcateError,
@@ -83,6 +84,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ApproximationWarning",
+    "DurationWarning",
     "BalanceWarning",
     "BandWarning",
     "CNNEncoder",

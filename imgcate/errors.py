@@ -85,6 +85,11 @@ class ApproximationWarning(UserWarning):
     from exact MCMC)."""
 
 
+class DurationWarning(UserWarning):
+    """The requested work will take long for its size: ``fit(method="nuts")`` on more units
+    than ``method="auto"`` gives to NUTS (:data:`imgcate.config.AUTO_NUTS_MAX_UNITS`)."""
+
+
 class RegionWarning(UserWarning):
     """A map's region reaches past the raster's extent: the map covers only the part of the
     region inside the raster."""

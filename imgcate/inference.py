@@ -41,7 +41,7 @@ from imgcate.config import (
     model_data,
 )
 from imgcate.embeddings import Embeddings, unit_embeddings
-from imgcate.errors import ApproximationWarning, BalanceWarning, InputError
+from imgcate.errors import ApproximationWarning, BalanceWarning, DurationWarning, InputError
 from imgcate.guides import GUIDES, chosen_guide
 from imgcate.methods import check_method_options
 from imgcate.model import effect_model
@@ -294,8 +294,12 @@ def fit(
         NUTS (exact; default), SVI (approximate; for large trials), or "auto": NUTS up to
         :data:`~imgcate.config.AUTO_NUTS_MAX_UNITS` (10,000) units, SVI above, with an
         :class:`~imgcate.ApproximationWarning` when it chooses SVI. ``result.config.method``
-        is the method used. On 2 cores a NUTS fit with the defaults takes minutes at 2,000
-        units and ten or more at 10,000 (docs/benchmarks.md).
+        is the method used. NUTS is the default at every size: on 2 cores a fit with the
+        defaults takes 1.5-5 minutes at 2,000 units and 11 at 10,000 (one trial; longer where
+        the clusters are sharp), and above 10,000 units it warns
+        (:class:`~imgcate.DurationWarning`). Faster: ``method="svi"`` (approximate; 34 s at
+        2,000 units), or NUTS without the Gaussian processes (``n_basis=0,
+        deviation="linear"``); see docs/benchmarks.md.
     propensity : ndarray (unit,), optional
         Estimated propensity scores for an observational study (e.g. from
         :func:`imgcate.confounding.estimate_propensity`). They enter the baseline as a
@@ -369,6 +373,16 @@ def fit(
             config = replace(config, svi_batch_size=SVI_BATCH_UNITS)
     elif (config.svi_batch_size or 0) >= trial.n_units:  # every unit at each step, as recorded
         config = replace(config, svi_batch_size=None)
+    if chosen == "nuts" and trial.n_units > imgcate.config.AUTO_NUTS_MAX_UNITS:
+        warnings.warn(
+            f"imgcate fit: NUTS on {trial.n_units:,} units, more than the "
+            f"{imgcate.config.AUTO_NUTS_MAX_UNITS:,} method='auto' gives to NUTS: on 2 cores "
+            "fit's defaults took 11 minutes at 10,000 units (docs/benchmarks.md), and NUTS "
+            "takes longer as the units grow; pass method='svi' (or 'auto') for a faster, "
+            "approximate fit.",
+            DurationWarning,
+            stacklevel=2,
+        )
     if propensity is not None:
         trial = _with_propensity(trial, propensity)
     if isinstance(embeddings, Embeddings):

@@ -15,7 +15,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from imgcate import ApproximationWarning, ConvergenceWarning, FitError, InputError
+from imgcate import (
+    ApproximationWarning,
+    ConvergenceWarning,
+    DurationWarning,
+    FitError,
+    InputError,
+)
 from imgcate.inference import fit, memory_mappings, release_compiled_code
 from imgcate.simulate import simulate_trial
 
@@ -365,9 +371,22 @@ def test_parallel_chains_draw_what_sequential_chains_draw():
     assert not np.array_equal(side.idata.posterior["tau"][0], side.idata.posterior["tau"][1])
 
 
-def test_too_short_a_run_warns():
+def test_too_short_a_run_and_nuts_past_the_auto_limit_warn(monkeypatch):
+    """A short run warns of its diagnostics; NUTS on more units than method="auto" gives it
+    (the limit lowered here to 199 units) warns of its time before it starts."""
+    import imgcate.config
+
     sim = simulate_trial(4, 200, 2)
-    with pytest.warns(ConvergenceWarning, match="ESS|R-hat|divergent"):
+    monkeypatch.setattr(imgcate.config, "AUTO_NUTS_MAX_UNITS", 199)
+    with (
+        pytest.warns(DurationWarning, match="NUTS on 200 units, more than the 199 .*method='svi'"),
+        pytest.warns(ConvergenceWarning, match="ESS|R-hat|divergent"),
+    ):
+        fit(sim.trial, sim.embeddings, num_warmup=20, num_samples=20, num_chains=2)
+    monkeypatch.setattr(imgcate.config, "AUTO_NUTS_MAX_UNITS", 200)  # at the limit: silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DurationWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
         fit(sim.trial, sim.embeddings, num_warmup=20, num_samples=20, num_chains=2)
 
 
