@@ -25,7 +25,10 @@ here with the seed's own key):
     python benchmarks/gradient_cost.py --quick         # smoke run (500 units, the full model)
 
 The machine's speed drifts by a tenth or more over minutes: compare parts within one run, and
-settings of XLA (``XLA_FLAGS``, recorded in ``machine``) in runs that alternate.
+settings of XLA in runs that alternate (``machine["xla_flags"]`` records ``XLA_FLAGS`` as the
+run saw it, with the device count imgcate adds on import). The script ranks model parts and
+settings; it does not predict a fit's time: inside NUTS's compiled loop an evaluation has not
+cost what it costs here (docs/benchmarks.md). ``ms_pair_two_devices`` is null with one device.
 """
 
 from __future__ import annotations
@@ -157,8 +160,17 @@ def part_cost(n_units: int, part: str, seed: int, steps: int, repeat: int) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--units", type=int, nargs="+", default=[2000])
-    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
+    parser.add_argument(
+        "--units", type=int, nargs="+", default=[2000], help="trial sizes (default 2000; >= 50)"
+    )
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=list(PARTS),
+        default=list(PARTS),
+        help="model parts: full (fit's defaults), linear (no Gaussian processes), clusters "
+        "(the clusters alone); default all",
+    )
     parser.add_argument("--seed", type=int, default=0, help="the trial's and the fit's seed")
     parser.add_argument("--steps", type=int, default=500, help="evaluations per timed loop")
     parser.add_argument("--repeat", type=int, default=7, help="timed loops (median)")
@@ -171,8 +183,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.units, args.parts, args.repeat, args.steps = [500], ["full"], 3, 100
-    if min(args.units) < 50 or args.steps < 1 or args.repeat < 1:
-        parser.error("--units need at least 50 units; --steps and --repeat at least 1")
+    if min(args.units) < 50:
+        parser.error(f"--units {min(args.units)}: a trial needs at least 50 units")
+    for name in ("steps", "repeat"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)}: must be at least 1")
+    if args.seed < 0:
+        parser.error(f"--seed {args.seed}: must be 0 or more")
     rows = [
         part_cost(n, part, args.seed, args.steps, args.repeat)
         for n in args.units

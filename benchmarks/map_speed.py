@@ -30,9 +30,14 @@ ones gave ratios that drifted with it. ``scaling_2_over_1`` is the ratio of the 
 own speed-up of two pinned processes over one is measured on two kernels, one of arithmetic
 in a core's own cache and one that streams memory (``paired_2_over_1["machine_compute"]``
 and ``["machine_memory"]``; 2 where each core gives a whole core's speed), and
-``over_compute`` / ``over_memory`` are the medians of each round's map ratio over them: a
-reference measured in the same minutes, not a ceiling (on a shared host the machine's speed
-moves within a round, and the maps' ratio has been above the kernels'). (Two
+``over_compute`` / ``over_memory`` (inside each ``strong_<tiles>`` entry) are the medians of
+each round's map ratio over them: a reference measured in the same minutes, not a ceiling (on
+a shared host the machine's speed moves within a round, and the maps' ratio has been above the
+kernels'). With ``machine_compute`` near 2 and ``over_compute`` near 1 the maps used the two
+cores the machine gave; well below 1, the maps lost speed the machine had, or the machine's
+speed moved during the maps. The ``machine_*`` and ``over_*`` keys are left out where the
+kernels cannot run (one core, not Linux) or failed (then from that round on). The tile counts
+are those of square regions, rounded up (2,025, 50,176 and 100,489). (Two
 clusters kept side by side, taking turns map by map, slowed the 1-worker maps: the last
 piece's result reached the mapping process 0.03-0.22 s after the worker finished it, against
 0.02 s with one cluster.)
