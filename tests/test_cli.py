@@ -545,6 +545,27 @@ def test_advice_is_given_in_options():
     assert "Compare clusters (-k auto) or fit fewer (-k), raise" in in_cli_words(message + " x")
 
 
+def test_method_advice_of_fit_warnings_reads_as_options(monkeypatch):
+    """fit's advice on the method (NUTS past the limit method='auto' keeps) reads as --method
+    on the command line: the warning's own text, taken from fit before it reads anything."""
+    import imgcate.config
+    from imgcate import DurationWarning, InputError, fit
+    from imgcate.simulate import simulate_trial
+
+    monkeypatch.setattr(imgcate.config, "AUTO_NUTS_MAX_UNITS", 50)
+    sim = simulate_trial(0, 60, 2)
+    with pytest.warns(DurationWarning) as caught, pytest.raises(InputError):
+        fit(sim.trial, "not embeddings")
+    words = in_cli_words(str(caught[0].message))
+    assert "--method auto gives to NUTS" in words and "pass --method svi (or auto)" in words
+    assert "method='" not in words
+    approximation = (
+        "imgcate fit: method='auto' chose SVI for 20,000 units (NUTS up to 10,000): ...; "
+        "pass method='nuts' for exact inference (slower)."
+    )
+    assert "method='" not in in_cli_words(approximation)
+
+
 @pytest.mark.parametrize("name", sorted(main.commands))
 def test_help_ends_with_examples_that_use_real_options(name):
     """rio's manners: the examples come last, after the options, and name only options the

@@ -121,6 +121,10 @@ CLI_PHRASES = (
     ("which method='svi' does not run", "which --method svi does not run"),
     ("choose method='svi' (or 'auto'", "choose --method svi (or auto"),
     ("or choose method='nuts' (or 'auto')", "or choose --method nuts (or auto)"),
+    ("pass method='svi' (or 'auto')", "pass --method svi (or auto)"),
+    ("method='auto' gives to NUTS", "--method auto gives to NUTS"),
+    ("method='auto' chose SVI", "--method auto chose SVI"),
+    ("pass method='nuts' for exact inference", "pass --method nuts for exact inference"),
     (
         "fit the units whose images have embeddings: trial.subset(np.isin(trial.image_keys, "
         "load_embeddings(path).image_ids)).",
