@@ -84,7 +84,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ApproximationWarning",
-    "DurationWarning",
     "BalanceWarning",
     "BandWarning",
     "CNNEncoder",
@@ -92,6 +91,7 @@ __all__ = [
     "Chips",
     "ClusterComparison",
     "ConvergenceWarning",
+    "DurationWarning",
     "EffectFit",
     "Embeddings",
     "ExtrapolationWarning",
