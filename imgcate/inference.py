@@ -295,8 +295,8 @@ def fit(
         :data:`~imgcate.config.AUTO_NUTS_MAX_UNITS` (10,000) units, SVI above, with an
         :class:`~imgcate.ApproximationWarning` when it chooses SVI. ``result.config.method``
         is the method used. NUTS is the default at every size: on 2 cores a fit with the
-        defaults takes 1.5-5 minutes at 2,000 units and 11 at 10,000 (one trial; longer where
-        the clusters are sharp), and above 10,000 units it warns
+        defaults takes 1.5-5 minutes at 2,000 units and 11-33 at 10,000 (two trials; longer
+        where the clusters are sharp), and above 10,000 units it warns
         (:class:`~imgcate.DurationWarning`). Faster: ``method="svi"`` (approximate; 34 s at
         2,000 units), or NUTS without the Gaussian processes (``n_basis=0,
         deviation="linear"``); see docs/benchmarks.md.
@@ -377,9 +377,9 @@ def fit(
         warnings.warn(
             f"imgcate fit: NUTS on {trial.n_units:,} units, more than the "
             f"{imgcate.config.AUTO_NUTS_MAX_UNITS:,} method='auto' gives to NUTS: on 2 cores "
-            "fit's defaults took 11 minutes at 10,000 units (docs/benchmarks.md), and NUTS "
-            "takes longer as the units grow; pass method='svi' (or 'auto') for a faster, "
-            "approximate fit.",
+            "fit's defaults took 11 and 33 minutes at 10,000 units on two trials "
+            "(docs/benchmarks.md), and NUTS takes longer as the units grow; pass method='svi' "
+            "(or 'auto') for a faster, approximate fit.",
             DurationWarning,
             stacklevel=2,
         )
