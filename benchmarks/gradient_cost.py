@@ -45,18 +45,15 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from fit_speed import PARTS  # the model parts fit_speed.py times (the fit's options)
 from jax.flatten_util import ravel_pytree
 
 from imgcate.chains import map_searches, model_args, potential
 from imgcate.config import FitConfig, Standardizer, model_data
 from imgcate.simulate import simulate_trial
 
-#: fit_speed.py's model parts (the fit's options).
-PARTS = {
-    "full": {},
-    "linear": {"n_basis": 0, "deviation": "linear"},
-    "clusters": {"n_basis": 0, "deviation": "none"},
-}
+#: The parts timed unless ``--parts`` names others.
+DEFAULT_PARTS = ["full", "linear", "clusters"]
 
 
 def l2_cache_mb() -> float | None:
@@ -167,9 +164,9 @@ def main() -> None:
         "--parts",
         nargs="+",
         choices=list(PARTS),
-        default=list(PARTS),
-        help="model parts: full (fit's defaults), linear (no Gaussian processes), clusters "
-        "(the clusters alone); default all",
+        default=DEFAULT_PARTS,
+        help="model parts of fit_speed.py: full (fit's defaults), linear (no Gaussian "
+        "processes), clusters (the clusters alone), ...; default full linear clusters",
     )
     parser.add_argument("--seed", type=int, default=0, help="the trial's and the fit's seed")
     parser.add_argument("--steps", type=int, default=500, help="evaluations per timed loop")

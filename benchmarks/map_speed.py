@@ -290,12 +290,11 @@ def machine_ratio(cores: list[int], kind: str) -> float | None:
     report within :data:`KERNEL_WAIT_S`."""
     import multiprocessing
     import queue
+    from unittest import mock
 
     if len(cores) < 2 or not hasattr(os, "sched_setaffinity"):
         return None
     spawn = multiprocessing.get_context("spawn")
-    before = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
-    os.environ.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")  # the children's BLAS
 
     def run(on: list[int]) -> list[float]:
         ready, out = spawn.Barrier(len(on)), spawn.Queue()
@@ -311,17 +310,13 @@ def machine_ratio(cores: list[int], kind: str) -> float | None:
                     proc.terminate()
                     proc.join()
 
-    try:
-        one, pair = run(cores[:1]), run(cores[:2])
-        one += run(cores[:1])
-    except queue.Empty:
-        return None
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    # the children's BLAS single-threaded; this process's environment as it was afterwards
+    with mock.patch.dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1"):
+        try:
+            one, pair = run(cores[:1]), run(cores[:2])
+            one += run(cores[:1])
+        except queue.Empty:
+            return None
     return 2 * float(np.mean(one)) / max(pair)
 
 
