@@ -22,6 +22,7 @@ def fitted(tmp_path_factory):
     runner = CliRunner()
     res = runner.invoke(main, ["simulate", str(out), "--n-units", "200", "--seed", "3"])
     assert res.exit_code == 0, res.output
+    assert "--covariate x0 --covariate x1" in res.output  # the options fit needs for them
     res = runner.invoke(
         main,
         [

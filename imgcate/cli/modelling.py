@@ -108,6 +108,10 @@ def simulate(output_dir, n_units, n_clusters, seed, overwrite, verbose, quiet):
     )
     write_csv(truth, output_dir / "truth.csv", overwrite)
     click.echo(f"wrote {output_dir}/units.csv, embeddings.parquet, truth.csv")
+    if sim.trial.covariates:  # imgcate fit uses only the columns --covariate names
+        names = ", ".join(sim.trial.covariates)
+        flags = " ".join(f"--covariate {name}" for name in sim.trial.covariates)
+        click.echo(f"covariates {names}: imgcate fit adjusts for them with {flags}")
 
 
 def read_inputs(inputs: tuple[Path, ...], trial, chip_settings: dict, embed_settings: dict, seed):
