@@ -228,7 +228,7 @@ class Chips:
         transforms = (
             None
             if self.transforms is None
-            else tuple(t * Affine.scale(factor) for t in self.transforms)
+            else tuple(t @ Affine.scale(factor) for t in self.transforms)
         )
         return replace(self, values=coarse, transforms=transforms)
 

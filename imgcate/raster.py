@@ -475,6 +475,27 @@ class WindowRead:
     band_names: tuple[str, ...]
 
 
+#: How near (in pixels) a point may lie before a pixel's left or top edge and still count as
+#: on it: a coordinate computed from a pixel corner (a map cell's centre on the Landsat scene's
+#: 28.5 m grid) comes back from the inverse transform as 127.99999999999858 or 136.00000000000003.
+PIXEL_EDGE_TOL = 1e-6
+
+
+def pixel_of(transform: Affine, x, y) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of the pixels holding the points (x, y) in the raster CRS, a point on
+    a pixel's left or top edge in that pixel, to :data:`PIXEL_EDGE_TOL` pixels: so a chip
+    centred on a pixel corner is the same chip whatever the rounding of the corner's
+    coordinates (``rasterio.transform.rowcol`` floors the rounded value)."""
+    inverse = ~transform
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    col = inverse.a * x + inverse.b * y + inverse.c
+    row = inverse.d * x + inverse.e * y + inverse.f
+    return (
+        np.floor(row + PIXEL_EDGE_TOL).astype(int),
+        np.floor(col + PIXEL_EDGE_TOL).astype(int),
+    )
+
+
 def read_windows(
     ds: DatasetReader,
     x: np.ndarray,
@@ -483,9 +504,9 @@ def read_windows(
     indexes: list[int],
     scale: float | Sequence[float] | None,
 ) -> WindowRead:
-    """One windowed read per chip centred on (x, y) in the raster CRS."""
+    """One windowed read per chip centred on (x, y) in the raster CRS (:func:`pixel_of`)."""
     h, w = shape
-    rows, cols = rasterio.transform.rowcol(ds.transform, x, y)
+    rows, cols = pixel_of(ds.transform, x, y)
     row_off = np.asarray(rows) - h // 2
     col_off = np.asarray(cols) - w // 2
     n = len(x)
@@ -494,7 +515,7 @@ def read_windows(
     transforms = []
     for i in range(n):
         r0, c0 = int(row_off[i]), int(col_off[i])
-        transforms.append(rasterio.windows.transform(Window(c0, r0, w, h), ds.transform))
+        transforms.append(ds.transform @ Affine.translation(c0, r0))  # the window's
         rr0, cc0 = max(r0, 0), max(c0, 0)
         rr1, cc1 = min(r0 + h, ds.height), min(c0 + w, ds.width)
         if rr1 <= rr0 or cc1 <= cc0:

@@ -89,6 +89,36 @@ def test_chip_equals_direct_read_landsat(landsat_path):
         assert chips.crs == ds.crs
 
 
+def test_a_map_cells_centre_cuts_the_maps_own_tile(landsat_path):
+    """A unit placed at a map cell's centre (a pixel corner for an even tile size) gets the
+    cell's tile whatever the rounding of the corner's coordinates: on the Landsat grid
+    (28.5 m pixels) ``rasterio.transform.rowcol`` put many of these a pixel up or left."""
+    from imgcate.maps.grid import tile_grid
+    from imgcate.raster import pixel_of
+
+    grid = tile_grid(landsat_path, tile_size=16, stride=8, stacklevel=None)
+    ys, xs = grid.coords()
+    rows, cols = np.meshgrid(np.arange(len(ys)), np.arange(len(xs)), indexing="ij")
+    rows, cols = rows.ravel()[::97], cols.ravel()[::97]  # 1 cell in 97, spread over the scene
+    x, y = xs[cols], ys[rows]
+    with rasterio.open(landsat_path) as ds:
+        floored = rasterio.transform.rowcol(ds.transform, x, y)
+        got = pixel_of(ds.transform, x, y)
+    want = (grid.row0 + rows * 8 + 8, grid.col0 + cols * 8 + 8)  # the tiles' centre pixels
+    assert (np.asarray(floored) != np.asarray(want)).any()  # the rounding this guards against
+    np.testing.assert_array_equal(got, want)
+    df = pd.DataFrame({"id": np.arange(len(x)), "x": x, "y": y, "treatment": np.arange(len(x)) % 2})
+    df["outcome"] = 0.0
+    with rasterio.open(landsat_path) as ds:
+        trial = read_units(df, lon="x", lat="y", crs=ds.crs)
+        chips = extract_chips(trial, ds, 16)
+        for i in range(len(x)):
+            tile = Window(grid.col0 + cols[i] * 8, grid.row0 + rows[i] * 8, 16, 16)
+            assert chips.transforms[i] == ds.window_transform(tile)
+            if i % 20 == 0:
+                np.testing.assert_array_equal(chips.values[i], ds.read(window=tile))
+
+
 def test_chip_equals_direct_read_synthetic_and_open_dataset(scene):
     rows, cols = np.array([30, 50]), np.array([40, 90])
     trial = _trial_at(scene, rows, cols)

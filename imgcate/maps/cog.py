@@ -431,7 +431,7 @@ def preview_dataset(path: Path, attrs: dict, side: int | None = None) -> xr.Data
             out_shape=(len(wanted), *shape),
             resampling=Resampling.average,
         )
-        t = src.transform * Affine.scale(src.width / shape[1], src.height / shape[0])
+        t = src.transform @ Affine.scale(src.width / shape[1], src.height / shape[0])
     if factor > 1:
         read[-1] = np.where(np.isnan(read[-1]), np.nan, read[-1] >= 0.5)
     x = t.c + (np.arange(shape[1]) + 0.5) * t.a

@@ -247,7 +247,7 @@ def tile_grid(
             )
         # the raster-wide output grid: cells of stride px centred on the tiles
         offset = (tile_size - stride) / 2
-        full = t * Affine.translation(offset, offset) * Affine.scale(stride)
+        full = t @ Affine.translation(offset, offset) @ Affine.scale(stride)
         name = _describe_region(region)
         polygons = None
         if region is None:
@@ -280,7 +280,7 @@ def tile_grid(
         if region is not None and stacklevel is not None:
             warn_past_raster(name, bounds, ds, stacklevel + 1)
         shape = (row_hi - row_lo + 1, col_hi - col_lo + 1)
-        transform = full * Affine.translation(col_lo, row_lo)
+        transform = full @ Affine.translation(col_lo, row_lo)
         if polygons is None:
             mask = np.ones(shape, bool)
         else:
@@ -343,8 +343,8 @@ def warn_past_raster(name: str, bounds: Sequence[float], ds: Any, stacklevel: in
 
 def cell_range(inverse: Affine, bounds: Sequence[float]) -> tuple[int, int, int, int]:
     """Rows and columns of the cells of a north-up grid that intersect ``bounds``."""
-    c0, r0 = inverse * (bounds[0], bounds[3])
-    c1, r1 = inverse * (bounds[2], bounds[1])
+    c0, r0 = inverse @ (bounds[0], bounds[3])
+    c1, r1 = inverse @ (bounds[2], bounds[1])
     c0, c1 = sorted((c0, c1))
     r0, r1 = sorted((r0, r1))
     return math.floor(r0), math.ceil(r1) - 1, math.floor(c0), math.ceil(c1) - 1

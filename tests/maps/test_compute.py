@@ -48,7 +48,7 @@ def test_map_equals_predict_on_the_same_tiles(inputs, full_map):
         tiles = np.stack([src.read(window=Window(j * 16, i * 16, TILE, TILE)) for i, j in picks])
         # the output pixel is a 16 px cell centred on its tile
         assert (
-            ds.attrs["transform"] == list(src.transform * rasterio.Affine(16, 0, 8, 0, 16, 8))[:6]
+            ds.attrs["transform"] == list(src.transform @ rasterio.Affine(16, 0, 8, 0, 16, 8))[:6]
         )
         assert rasterio.crs.CRS.from_wkt(ds.attrs["crs"]) == src.crs
     pred = fit.predict(chips_from_array(tiles.astype(np.float32)), max_draws=100, seed=1)
