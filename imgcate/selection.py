@@ -34,7 +34,7 @@ from imgcate.heldout import held_out_log_likelihood, log_mean_exp, scale_shift
 from imgcate.inference import fit
 from imgcate.methods import NUTS_OPTIONS, SVI_OPTIONS
 from imgcate.output import progress_bar
-from imgcate.results import EffectFit
+from imgcate.results import WEAK_MEMBERSHIP, EffectFit
 from imgcate.units import Trial
 from imgcate.validation import check_choice, of_kind
 
@@ -134,7 +134,9 @@ class ClusterComparison:
 
     def reason(self) -> str:
         """Why the rule selected ``best_k``, in one sentence: the order it tried the models
-        in, the best model, and by how much each model it preferred fell short."""
+        in, the best model, and by how much each model it preferred fell short; then what the
+        choice does not show (the constant model selected; clusters that barely depend on the
+        image, ``membership_dependence`` below 0.3)."""
         table = self.table
         order = preference_order(table.index)
         best = int(table["elpd_diff"].idxmin())
@@ -148,6 +150,20 @@ class ClusterComparison:
         margin = rule_margin(table, self.min_elpd_gain, self.se_multiple)
         for k in order[: order.index(self.best_k)]:
             words.append(f"{name[k]} trails by {table.loc[k, 'elpd_diff']:.1f} > {margin[k]:.1f}")
+        post = self.fits[self.best_k].idata.posterior if self.best_k in self.fits else {}
+        weak = self.best_k > 1 and "membership_dependence" in post
+        dependence = float(post["membership_dependence"].mean()) if weak else 1.0
+        if self.best_k == 0:
+            words[-1] += (
+                ". Not evidence that the effect is constant: the constant model's unit intervals "
+                "are its ATE's, and heterogeneity weak against the noise is missed (docs/model.md"
+                ', "When to believe the clusters")'
+            )
+        elif dependence < WEAK_MEMBERSHIP:
+            words[-1] += (
+                f". Its memberships barely depend on the image ({dependence:.2f} of a clean "
+                "split): the effect varies, but not in image clusters; read its unit CATE"
+            )
         return "; ".join(words) + "."
 
 

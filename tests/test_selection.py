@@ -207,6 +207,20 @@ def test_stacking_weights_are_reported_and_the_same_seed_gives_the_same_comparis
     reason = runs[0].reason()  # the rule in words, with each preferred model's shortfall
     assert reason.startswith(f"selected {table.loc[runs[0].best_k, 'model']}: the first model")
     assert reason.count("trails by") == order.index(runs[0].best_k)
+    # what a choice does not show: the null selected, or clusters the image barely decides
+    null = replace(runs[0], best_k=0).reason()
+    assert "Not evidence that the effect is constant" in null and null.endswith('clusters").')
+
+    def with_dependence(value):  # the two-cluster fit selected, its membership dependence set
+        idata = fits[2].idata.copy()
+        idata.posterior["membership_dependence"] = idata.posterior["membership_dependence"] * 0
+        idata.posterior["membership_dependence"] += value
+        return replace(runs[0], best_k=2, fits={**fits, 2: replace(fits[2], idata=idata)})
+
+    assert "barely depend" not in with_dependence(0.9).reason()
+    assert "Not evidence" not in with_dependence(0.9).reason()
+    faint = with_dependence(0.07).reason()
+    assert "Its memberships barely depend on the image (0.07 of a clean split)" in faint
 
 
 def test_the_smooth_model_comes_after_the_cluster_models():
