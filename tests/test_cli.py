@@ -67,6 +67,30 @@ def test_fit_then_effects_match_the_api(fitted):
     pd.testing.assert_frame_equal(table, api, check_dtype=False, atol=1e-9)
 
 
+def test_an_output_that_is_an_input_is_refused_even_with_overwrite(fitted):
+    """``--overwrite`` must not let a command replace its own input (a typo in OUTPUT)."""
+    runner = CliRunner()
+    fit_file = fitted / "fit.imgcate"
+    before = fit_file.read_bytes()
+    res = runner.invoke(main, ["effects", str(fit_file), str(fit_file), "--overwrite"])
+    assert res.exit_code == 2, res.output
+    assert "also given as FIT_FILE" in res.output and "Choose another output path" in res.output
+    units = fitted / "units.csv"
+    res = runner.invoke(
+        main,
+        ["fit", str(units), str(fitted / "embeddings.parquet"), str(units), "--overwrite"],
+    )
+    assert res.exit_code == 2 and "also given as UNITS" in res.output, res.output
+    res = runner.invoke(  # two outputs on one path
+        main,
+        ["fit", str(units), str(fitted / "embeddings.parquet"), str(fitted / "new.imgcate")]
+        + ["--effects", str(fitted / "new.imgcate")],
+    )
+    assert res.exit_code == 2 and "also given as --effects" in res.output, res.output
+    assert fit_file.read_bytes() == before and not (fitted / "new.imgcate").exists()
+    assert pd.read_csv(units).shape[0] == 200
+
+
 def test_existing_output_needs_overwrite(fitted):
     runner = CliRunner()
     before = (fitted / "units.csv").read_bytes()

@@ -20,7 +20,7 @@ import click
 import pandas as pd
 
 from imgcate.errors import ImgcateError
-from imgcate.output import write_table
+from imgcate.output import check_writable, write_table
 from imgcate.raster import file_stem, is_url
 
 #: An existing file (rasters, fits, chips, units tables).
@@ -161,6 +161,34 @@ def run(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except ImgcateError as exc:
         raise click.ClickException(in_cli_words(str(exc))) from exc
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return a.samefile(b)
+    return a.resolve() == b.resolve()
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    """:func:`imgcate.output.check_writable` for an output of the running command, which must
+    also not be one of the command's other paths (an input that ``--overwrite`` would destroy,
+    or another output): a usage error naming both, before any work."""
+    ctx = click.get_current_context(silent=True)
+    for param in ctx.command.params if ctx is not None else ():
+        if not isinstance(param.type, click.Path | RasterSource):
+            continue
+        values = ctx.params.get(param.name)
+        for value in values if isinstance(values, tuple | list) else (values,):
+            if value is None or value is path or is_url(str(value)):
+                continue
+            if _same_path(Path(value), Path(path)):
+                what = (param.metavar or param.name.upper()).rstrip(".")
+                what = param.opts[0] if isinstance(param, click.Option) else what
+                raise click.UsageError(
+                    f"output {str(path)!r} is also given as {what}: writing it would replace "
+                    "that file. Choose another output path."
+                )
+    run(check_writable, path, overwrite)
 
 
 @contextlib.contextmanager

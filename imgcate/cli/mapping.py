@@ -12,6 +12,7 @@ from imgcate.cli.common import (
     Command,
     band_option,
     check_minimum,
+    check_output,
     common,
     in_cli_words,
     interrupted,
@@ -23,7 +24,6 @@ from imgcate.cli.common import (
     start,
 )
 from imgcate.errors import ImgcateError
-from imgcate.output import check_writable
 from imgcate.raster import is_url
 
 
@@ -178,9 +178,9 @@ def map_command(
         check_creation_options(options)
     except ImgcateError as exc:
         raise click.BadParameter(in_cli_words(str(exc)), param_hint="--co") from exc
-    run(check_writable, output, overwrite)
+    check_output(output, overwrite)
     if preview:
-        run(check_writable, output.with_suffix(".png"), overwrite)
+        check_output(output.with_suffix(".png"), overwrite)
     raster = raster_argument(raster, band_names)
     area = region if region is not None else (tuple(bounds) if bounds else None)
     hint = "--region" if region is not None else "--bounds"
@@ -304,7 +304,7 @@ def aggregate(
         raise click.BadParameter("must be between 0 and 1", param_hint="--prob")
     if Path(output).suffix.lower() != ".gpkg":
         raise click.BadParameter("must end in .gpkg", param_hint="OUTPUT")
-    run(check_writable, output, overwrite)
+    check_output(output, overwrite)
     record = map_record(map_file)
     tags = record["tags"]
     if "tile_size" not in tags:

@@ -14,6 +14,7 @@ import pandas as pd
 from imgcate.cli.common import (
     Command,
     check_minimum,
+    check_output,
     common,
     in_cli_words,
     load_units,
@@ -85,7 +86,7 @@ def simulate(output_dir, n_units, n_clusters, seed, overwrite, verbose, quiet):
     """
     from dataclasses import replace
 
-    from imgcate.output import check_writable, ensure_folder
+    from imgcate.output import ensure_folder
     from imgcate.simulate import simulate_trial
 
     start(verbose, quiet)
@@ -93,7 +94,7 @@ def simulate(output_dir, n_units, n_clusters, seed, overwrite, verbose, quiet):
     sim = run(simulate_trial, seed, n_units, n_clusters)
     run(ensure_folder, output_dir)
     for name in ("units.csv", "embeddings.parquet", "truth.csv"):
-        run(check_writable, output_dir / name, overwrite)
+        check_output(output_dir / name, overwrite)
     data = pd.DataFrame(sim.trial.data.drop(columns="geometry"))
     write_csv(data, output_dir / "units.csv", overwrite)
     emb = replace(sim.embeddings, provenance=provenance({}, seeds={"simulate": seed}))
@@ -169,7 +170,7 @@ class ClusterCount(click.ParamType):
 @click.argument("units", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument(
     "inputs",
-    metavar="EMBEDDINGS|RASTER...",
+    metavar="EMBEDDINGS|CHIPS|RASTER...",
     nargs=-1,
     required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -295,7 +296,6 @@ def fit_command(
           --likelihood student_t --option deviation=linear --effects unit_effects.csv
     """
     from imgcate.inference import fit
-    from imgcate.output import check_writable
 
     verbose, quiet, progress = start(verbose, quiet)
     auto = n_clusters == "auto"
@@ -305,12 +305,12 @@ def fit_command(
         ("--chains", chains, 1),
         ("--draws", draws, 1),
     )
-    run(check_writable, output, overwrite)
+    check_output(output, overwrite)
     if effects_path is not None:
-        run(check_writable, effects_path, overwrite)
+        check_output(effects_path, overwrite)
     comparison_path = output.with_name(output.stem + ".comparison.csv") if auto else None
     if comparison_path is not None:
-        run(check_writable, comparison_path, overwrite)
+        check_output(comparison_path, overwrite)
     given = [
         name
         for name in ("chains", "draws")
@@ -498,6 +498,7 @@ def effects(fit_file, output, prob, level, units, overwrite, verbose, quiet):
     start(verbose, quiet)
     if not 0 < prob < 1:
         raise click.BadParameter("must be between 0 and 1", param_hint="--prob")
+    check_output(output, overwrite)
     result = run(load_fit, fit_file)
     table = {"unit": result.unit_effects, "cluster": result.cluster_effects, "ate": result.ate}[
         level

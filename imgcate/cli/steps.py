@@ -13,6 +13,7 @@ from imgcate.cli.common import (
     Command,
     band_option,
     check_minimum,
+    check_output,
     common,
     load_units,
     provenance,
@@ -121,20 +122,19 @@ def chips_command(
       imgcate chips villages.csv B1.tif B2.tif B3.tif chips.npz \\
           --band-name blue --band-name green --band-name red --vrt scene.vrt
     """
-    from imgcate.output import check_writable
     from imgcate.raster import stack_bands
 
     start(verbose, quiet)
     if Path(output).suffix.lower() != ".npz":
         raise click.BadParameter("must end in .npz", param_hint="OUTPUT")
-    run(check_writable, output, overwrite)
+    check_output(output, overwrite)
     if size <= 0:
         raise click.BadParameter("must be positive", param_hint="--size")
     source = raster_argument(raster, band_names)
     if vrt is not None:
         if not isinstance(source, dict):
             raise click.BadParameter("needs several RASTER files to stack", param_hint="--vrt")
-        run(check_writable, vrt, overwrite)
+        check_output(vrt, overwrite)
     roles = {"id": id_column, "lon": lon, "lat": lat, "crs": crs}
     trial = load_units(units, roles, image_id, outcome=None)
     chips = chips_for(
@@ -206,13 +206,12 @@ def embed_command(
     """
     from imgcate.chipfile import load_chips
     from imgcate.embeddings import embed
-    from imgcate.output import check_writable
 
     start(verbose, quiet)
     check_minimum(("--n-features", n_features, 1), ("--n-components", n_components, 1))
     if Path(output).suffix.lower() != ".parquet":
         raise click.BadParameter("must end in .parquet", param_hint="OUTPUT")
-    run(check_writable, output, overwrite)
+    check_output(output, overwrite)
     cut = run(load_chips, chips)
     emb = run(embed, cut, encoder, n_features=n_features, n_components=n_components, seed=seed)
     from dataclasses import replace
@@ -292,7 +291,6 @@ def embed_raster_command(
           --chunk-images 8192 --fit-images 5000 --on-edge drop
     """
     from imgcate.embeddingfile import embed_to_file
-    from imgcate.output import check_writable
 
     _, _, progress = start(verbose, quiet)
     check_minimum(
@@ -305,7 +303,7 @@ def embed_raster_command(
         raise click.BadParameter("must be positive", param_hint="--size")
     if Path(output).suffix.lower() != ".parquet":
         raise click.BadParameter("must end in .parquet", param_hint="OUTPUT")
-    run(check_writable, output, overwrite)
+    check_output(output, overwrite)
     source = raster_argument(raster, band_names)
     roles = {"id": id_column, "lon": lon, "lat": lat, "crs": crs}
     trial = load_units(units, roles, image_id, outcome=None)
