@@ -8,6 +8,7 @@ writes one, ``imgcate embed`` reads it).
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ def load_chips(path: str | Path):
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             arrays = {name: data[name] for name in data.files if name != "meta"}
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # cut short: BadZipFile
         raise InputError(
             f"{str(path)!r} is not an imgcate chips file ({type(exc).__name__}: {exc}); write it "
             "with Chips.save() or imgcate chips."

@@ -475,6 +475,21 @@ class WindowRead:
     band_names: tuple[str, ...]
 
 
+def read_or_explain(ds: DatasetReader, indexes, **options: Any) -> np.ma.MaskedArray:
+    """``ds.read(indexes, **options)``; a read GDAL fails (a damaged or cut-short file) is a
+    :class:`~imgcate.errors.RasterError` naming the raster and what to do."""
+    try:
+        return ds.read(indexes, **options)
+    except rasterio.errors.RasterioError as exc:
+        w = options.get("window")
+        at = "" if w is None else f" at rows {w.row_off}-{w.row_off + w.height - 1}"
+        at += "" if w is None else f", columns {w.col_off}-{w.col_off + w.width - 1}"
+        raise RasterError(
+            f"raster {ds.name!r} could not be read{at} ({exc}); the file may be damaged or cut "
+            "short: check it (gdalinfo -checksum), then re-download or re-export it."
+        ) from exc
+
+
 #: How near (in pixels) a point may lie before a pixel's left or top edge and still count as
 #: on it: a coordinate computed from a pixel corner (a map cell's centre on the Landsat scene's
 #: 28.5 m grid) comes back from the inverse transform as 127.99999999999858 or 136.00000000000003.
@@ -521,7 +536,7 @@ def read_windows(
         if rr1 <= rr0 or cc1 <= cc0:
             continue
         window = Window(cc0, rr0, cc1 - cc0, rr1 - rr0)
-        data = ds.read(indexes, window=window, masked=True)
+        data = read_or_explain(ds, indexes, window=window, masked=True)
         arr = np.ma.getdata(data).astype(np.float32)
         mask = np.ma.getmaskarray(data) | ~np.isfinite(arr)
         sl = (slice(rr0 - r0, rr1 - r0), slice(cc0 - c0, cc1 - c0))

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import warnings
 
+import numpy as np
 import pandas as pd
 import pytest
+import rasterio
+import rasterio.errors
 from click.testing import CliRunner
 
 from imgcate import InputError
@@ -89,6 +92,44 @@ def test_an_output_that_is_an_input_is_refused_even_with_overwrite(fitted):
     assert res.exit_code == 2 and "also given as --effects" in res.output, res.output
     assert fit_file.read_bytes() == before and not (fitted / "new.imgcate").exists()
     assert pd.read_csv(units).shape[0] == 200
+
+
+def test_a_damaged_raster_or_chips_file_is_an_error_line_not_a_traceback(tmp_path):
+    """A GeoTIFF whose compressed blocks were overwritten (GDAL: "Read failed") and a chips
+    file cut short: one error line naming the file (exit 1), no output."""
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(0)
+    raster = tmp_path / "damaged.tif"
+    profile = {"driver": "GTiff", "width": 256, "height": 256, "count": 3, "dtype": "float32"}
+    profile.update(crs="EPSG:32636", transform=from_origin(500000, 100000, 10, 10))
+    profile.update(tiled=True, blockxsize=64, blockysize=64, compress="deflate")
+    with rasterio.open(raster, "w", **profile) as dst:
+        dst.write(rng.normal(size=(3, 256, 256)).astype("float32"))
+    data = bytearray(raster.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 4000] = rng.integers(0, 256, 4000, np.uint8).tobytes()
+    raster.write_bytes(bytes(data))
+    x = 500000 + 10 * np.arange(8, 256, 16, dtype=float)
+    units = pd.DataFrame({"id": np.arange(x.size), "x": x, "y": 100000 - 10 * 128.0})
+    units.to_csv(tmp_path / "units.csv", index=False)
+    runner = CliRunner()
+    res = runner.invoke(
+        main,
+        ["chips", str(tmp_path / "units.csv"), str(raster), str(tmp_path / "c.npz")]
+        + ["--lon", "x", "--lat", "y", "--crs", "EPSG:32636", "--size", "16"],
+    )
+    assert res.exit_code == 1 and not isinstance(res.exception, rasterio.errors.RasterioError)
+    assert f"raster '{raster}' could not be read at rows" in res.output, res.output
+    assert "damaged" in res.output and not (tmp_path / "c.npz").exists()
+    short = tmp_path / "short.tif"  # a file cut short: GDAL cannot even open it
+    short.write_bytes(raster.read_bytes()[:300])
+    res = runner.invoke(main, ["info", str(short)])
+    assert res.exit_code == 1 and str(short) in res.output and "damaged" in res.output
+    assert not isinstance(res.exception, rasterio.errors.RasterioError), res.output
+    chips = tmp_path / "short.npz"
+    chips.write_bytes(b"PK\x03\x04" + bytes(100))
+    res = runner.invoke(main, ["embed", str(chips), str(tmp_path / "e.parquet")])
+    assert res.exit_code == 1 and "is not an imgcate chips file (BadZipFile" in res.output
 
 
 def test_existing_output_needs_overwrite(fitted):

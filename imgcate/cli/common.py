@@ -12,12 +12,14 @@ import signal
 import sys
 import threading
 import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 import pandas as pd
+import rasterio.errors
 
 from imgcate.errors import ImgcateError
 from imgcate.output import check_writable, write_table
@@ -174,20 +176,14 @@ def check_output(path: Path, overwrite: bool) -> None:
     also not be one of the command's other paths (an input that ``--overwrite`` would destroy,
     or another output): a usage error naming both, before any work."""
     ctx = click.get_current_context(silent=True)
-    for param in ctx.command.params if ctx is not None else ():
-        if not isinstance(param.type, click.Path | RasterSource):
-            continue
-        values = ctx.params.get(param.name)
-        for value in values if isinstance(values, tuple | list) else (values,):
-            if value is None or value is path or is_url(str(value)):
-                continue
-            if _same_path(Path(value), Path(path)):
-                what = (param.metavar or param.name.upper()).rstrip(".")
-                what = param.opts[0] if isinstance(param, click.Option) else what
-                raise click.UsageError(
-                    f"output {str(path)!r} is also given as {what}: writing it would replace "
-                    "that file. Choose another output path."
-                )
+    for param, value in _path_values(ctx) if ctx is not None else ():
+        if value is not path and _same_path(Path(value), Path(path)):
+            what = (param.metavar or param.name.upper()).rstrip(".")
+            what = param.opts[0] if isinstance(param, click.Option) else what
+            raise click.UsageError(
+                f"output {str(path)!r} is also given as {what}: writing it would replace "
+                "that file. Choose another output path."
+            )
     run(check_writable, path, overwrite)
 
 
@@ -249,6 +245,29 @@ class Command(click.Command):
             if found:
                 self.help = text[: found.start()].rstrip()
                 self.epilog = text[found.start() :]
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; a file that GDAL or NumPy could not read, where no check of the
+        library's caught it first, is an error line (exit 1), not a traceback."""
+        try:
+            return super().invoke(ctx)
+        except (rasterio.errors.RasterioError, zipfile.BadZipFile) as exc:
+            files = [str(v) for _, v in _path_values(ctx) if Path(v).is_file()]
+            which = f"{files[0]!r}" if len(files) == 1 else f"one of {files}"
+            raise click.ClickException(
+                f"{which} could not be read ({type(exc).__name__}: {exc}); it may be damaged or "
+                "cut short: check it, then write, download or export it again."
+            ) from exc
+
+
+def _path_values(ctx: click.Context) -> Iterator[tuple[click.Parameter, Any]]:
+    """The command's path arguments and options (files, rasters; not URLs), value by value."""
+    for param in ctx.command.params:
+        if isinstance(param.type, click.Path | RasterSource):
+            values = ctx.params.get(param.name)
+            for value in values if isinstance(values, tuple | list) else (values,):
+                if value is not None and not is_url(str(value)):
+                    yield param, value
 
 
 def common(fn):

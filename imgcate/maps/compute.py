@@ -26,7 +26,13 @@ from imgcate.maps.grid import TileGrid, check_tiles, tile_grid
 from imgcate.maps.tiles import MAP_VARIABLES, TileJob, draw_count
 from imgcate.prediction import EXTRAPOLATION_WARN_SHARE
 from imgcate.provenance import collect, dumps, settled_identity
-from imgcate.raster import band_indexes, open_raster, raster_label, raster_source
+from imgcate.raster import (
+    band_indexes,
+    open_raster,
+    raster_label,
+    raster_source,
+    read_or_explain,
+)
 from imgcate.results import EffectFit
 from imgcate.validation import check_prob
 
@@ -77,10 +83,14 @@ def _sample_stats(ds: Any, indexes: Sequence[int]) -> tuple[np.ndarray, np.ndarr
     windows = _sample_windows(ds)
     if windows is None:
         height, width = min(ds.height, SAMPLE_SIDE), min(ds.width, SAMPLE_SIDE)
-        parts = [ds.read(list(indexes), out_shape=(len(indexes), height, width), masked=True)]
+        shape = (len(indexes), height, width)
+        parts = [read_or_explain(ds, list(indexes), out_shape=shape, masked=True)]
     else:  # every fourth pixel: about as many as the decimated read
         step = int(np.sqrt(len(windows)))
-        parts = [ds.read(list(indexes), window=w, masked=True)[:, ::step, ::step] for w in windows]
+        parts = [
+            read_or_explain(ds, list(indexes), window=w, masked=True)[:, ::step, ::step]
+            for w in windows
+        ]
     arr = np.ma.concatenate(
         [np.ma.masked_invalid(p.astype(np.float64)).reshape(len(indexes), -1) for p in parts],
         axis=1,
