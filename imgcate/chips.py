@@ -32,6 +32,7 @@ from imgcate.raster import (
     open_raster,
     raster_source,
     read_windows,
+    scale_values,
 )
 from imgcate.units import Trial
 from imgcate.validation import check_choice
@@ -388,6 +389,7 @@ def _extract_one(ds, trial, cx, cy, size, size_unit, bands, scale) -> WindowRead
     _check_outside(ds, trial, outside)
     shape = chip_shape(ds, size, size_unit)
     indexes = band_indexes(ds, bands)
+    scale = scale_values(scale)
     if scale is not None and np.size(scale) not in (1, len(indexes)):
         raise InputError(
             f"scale has {np.size(scale)} values for {len(indexes)} bands; give one per band "

@@ -475,6 +475,27 @@ class WindowRead:
     band_names: tuple[str, ...]
 
 
+def scale_values(scale: Any) -> tuple[float, ...] | None:
+    """``scale`` (a multiplier of raw values, one or one per band) as a tuple of floats.
+
+    Raises
+    ------
+    InputError
+        If a value is not a finite number above 0 (0 makes every chip blank)."""
+    if scale is None:
+        return None
+    try:
+        values = tuple(float(v) for v in np.atleast_1d(scale))
+    except (TypeError, ValueError):
+        values = ()
+    if not values or not all(np.isfinite(v) and v > 0 for v in values):
+        raise InputError(
+            f"scale={scale!r} must be a number above 0, or one per band (e.g. 0.0001 for "
+            "reflectance stored as integers times 10,000)."
+        )
+    return values
+
+
 def read_or_explain(ds: DatasetReader, indexes, **options: Any) -> np.ma.MaskedArray:
     """``ds.read(indexes, **options)``; a read GDAL fails (a damaged or cut-short file) is a
     :class:`~imgcate.errors.RasterError` naming the raster and what to do."""

@@ -235,6 +235,9 @@ def test_too_many_clusters_point_at_their_own_option(fitted, tmp_path):
     res = CliRunner().invoke(main, ["fit", *args[:3], "-k", "auto", "--k-max", "11"])
     assert res.exit_code == 2 and "--k-max" in res.output, res.output
     assert not out.exists()
+    for scale in ("0", "-1"):  # a scale of 0 made blank chips and a map all outside support
+        res = CliRunner().invoke(main, ["fit", *args[:3], "--scale", scale])
+        assert res.exit_code == 2 and "Invalid value for '--scale'" in res.output, res.output
 
 
 def test_svi_fit_takes_no_nuts_draws_and_info_shows_its_own(fitted, tmp_path):

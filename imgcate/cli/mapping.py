@@ -72,7 +72,7 @@ from imgcate.raster import is_url
 )
 @click.option(
     "--scale",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=None,
     help="Multiplier of raw values, as used when the trial's chips were extracted.",
 )

@@ -53,7 +53,12 @@ def chip_options(fn):
             show_default=True,
             help="Chips crossing the raster edge or holding nodata.",
         ),
-        click.option("--scale", type=float, default=None, help="Multiplier of raw values."),
+        click.option(
+            "--scale",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            help="Multiplier of raw values (above 0).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)

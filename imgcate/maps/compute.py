@@ -32,6 +32,7 @@ from imgcate.raster import (
     raster_label,
     raster_source,
     read_or_explain,
+    scale_values,
 )
 from imgcate.results import EffectFit
 from imgcate.validation import check_prob
@@ -271,10 +272,7 @@ def chip_settings(
     warning points ``stacklevel`` frames up (the caller's caller by default)."""
     spec = fit.encoder.chip_spec or {}
     tile_size = fit_tile_size(fit, tile_size)
-    if scale is None and spec.get("scale") is not None:
-        scale = spec["scale"]
-    if scale is not None:
-        scale = tuple(float(v) for v in np.atleast_1d(scale))
+    scale = scale_values(scale if scale is not None else spec.get("scale"))
     check_crs(fit, ds)
     pixel = spec.get("pixel_size")
     if pixel is not None and ds.crs is not None and spec.get("crs") is not None:
