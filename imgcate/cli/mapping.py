@@ -286,8 +286,9 @@ def aggregate(
     """Average the effect over each polygon of POLYGONS; write OUTPUT (GeoPackage).
 
     For each polygon: posterior mean, sd and credible interval of its area-weighted average
-    effect, computed from joint posterior draws over the map's tiles (the same tiles, draws
-    and seed as MAP), P(average effect > 0), the number of tiles and the share of the polygon
+    effect, computed from joint posterior draws over the polygon's tiles on MAP's tile grid
+    (the same tile size, stride, draws and seed as MAP; the whole polygon, also where MAP
+    covers less), P(average effect > 0), the number of tiles and the share of the polygon
     covered. The fit and the raster are those MAP's tags record (or --fit / --raster).
 
     \b

@@ -63,8 +63,9 @@ def polygon_effects(
     """Posterior of each polygon's area-weighted average effect, from joint draws.
 
     The polygons are covered by the map's tile grid (:func:`~imgcate.maps.tile_grid`, the same
-    ``tile_size``, ``stride`` and draws as :func:`~imgcate.maps.predict_map`, so the polygon
-    means equal the area-weighted means of the map's ``mean`` layer). Under each posterior
+    ``tile_size``, ``stride`` and draws as :func:`~imgcate.maps.predict_map`, so where a map
+    covers a polygon, the polygon's mean equals the area-weighted mean of the map's ``mean``
+    layer; each whole polygon is covered, whatever region a map holds). Under each posterior
     draw, a polygon's effect is the average of its tiles' CATEs weighted by the area of each
     tile's cell inside the polygon; the mean, sd and central ``prob`` interval over draws
     follow. Tiles with nodata are left out (``covered_share`` says how much of the polygon
