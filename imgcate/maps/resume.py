@@ -62,7 +62,8 @@ def open_checkpoints(directory: Path, record: dict[str, Any]) -> tuple[set[int],
     Raises
     ------
     InputError
-        If ``directory`` is a file, holds another job, or its job file is damaged.
+        If ``directory`` is a file, holds another job or files of no job, or its job file is
+        damaged.
     WriteError
         If the folder or its job file cannot be written (read-only, forbidden, full disk).
     """
@@ -98,6 +99,12 @@ def open_checkpoints(directory: Path, record: dict[str, Any]) -> tuple[set[int],
                 "over, or map again as that job did to resume it."
             )
     else:
+        others = sorted(entry.name for entry in directory.iterdir())
+        if others:  # a folder of the user's own: its files would mix with the blocks
+            raise InputError(
+                f"{_label(directory)} holds files that are not a map job's ({_short(others)}); "
+                "give a new or empty folder for the checkpoints."
+            )
         with atomic_path(manifest) as tmp:
             tmp.write_text(json.dumps({"job": key, "format": 1, "record": record}, default=str))
     done = set()

@@ -248,6 +248,12 @@ def test_interrupted_job_resumes_to_the_same_map(inputs, tmp_path, monkeypatch):
     manifest.write_text(json.dumps({"job": json.loads(manifest.read_text())["job"], "format": 1}))
     with pytest.raises(InputError, match=r"another map job \(other fit, raster, region or opt"):
         predict_map(fit, scene, checkpoint_dir=tmp_path / "ckpt", **dict(opts, stride=8))
+    mine = tmp_path / "mine"  # a folder of the user's own files, not a job's: refused, kept
+    mine.mkdir()
+    (mine / "notes.csv").write_text("a,b\n")
+    with pytest.raises(InputError, match=r"holds files that are not a map job's \(\['notes.csv"):
+        predict_map(fit, scene, checkpoint_dir=mine, **opts)
+    assert [f.name for f in mine.iterdir()] == ["notes.csv"]
     calls.clear()  # the same job still resumes from such a folder: every block read back
     again = predict_map(
         fit, scene, checkpoint_dir=tmp_path / "ckpt", on_block=lambda d, t: calls.append(d), **opts
