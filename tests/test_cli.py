@@ -132,6 +132,40 @@ def test_a_damaged_raster_or_chips_file_is_an_error_line_not_a_traceback(tmp_pat
     assert res.exit_code == 1 and "is not an imgcate chips file (BadZipFile" in res.output
 
 
+def test_messages_name_the_option_and_give_command_line_advice(fitted, tmp_path):
+    """Each refusal names the option at fault and its advice in commands, not Python."""
+    from imgcate.simulate import synthetic_scene
+
+    runner = CliRunner()
+    fit_file, units = str(fitted / "fit.imgcate"), str(fitted / "units.csv")
+    scene = tmp_path / "scene.tif"
+    synthetic_scene(scene, seed=0, width=64, height=64, bands=3)
+    res = runner.invoke(
+        main, ["map", fit_file, str(scene), str(tmp_path / "m.tif"), "--stride", "0"]
+    )
+    assert res.exit_code == 2 and "Invalid value for --stride" in res.output, res.output
+    res = runner.invoke(main, ["simulate", str(tmp_path / "s"), "--n-units", "0"])
+    assert res.exit_code == 2 and "Invalid value for --n-units" in res.output, res.output
+    table = pd.read_csv(units).rename(columns={"id": "village"})
+    table.to_csv(tmp_path / "other.csv", index=False)
+    out = tmp_path / "e.csv"
+    res = runner.invoke(
+        main, ["effects", fit_file, str(out), "--units", str(tmp_path / "other.csv")]
+    )
+    assert res.exit_code == 2 and "Invalid value for --units" in res.output, res.output
+    assert "its id column: 'id'" in res.output and "--id-column" not in res.output
+    assert not out.exists()
+    res = runner.invoke(main, ["map", fit_file, str(scene), str(tmp_path / "m.tif")])
+    assert res.exit_code == 1 and "embeddings made by imgcate embed (which" in res.output
+    far = pd.DataFrame({"id": [0, 1], "lon": [0.0, 0.1], "lat": [0.0, 0.1]})
+    far.to_csv(tmp_path / "far.csv", index=False)
+    res = runner.invoke(
+        main, ["chips", str(tmp_path / "far.csv"), str(scene), str(tmp_path / "c.npz")]
+    )
+    assert res.exit_code == 1 and "lie outside raster" in res.output, res.output
+    assert "remove those rows from the units table" in res.output and "subset" not in res.output
+
+
 def test_existing_output_needs_overwrite(fitted):
     runner = CliRunner()
     before = (fitted / "units.csv").read_bytes()

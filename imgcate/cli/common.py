@@ -127,6 +127,9 @@ CLI_PHRASES = (
     ("method='auto' gives to NUTS", "--method auto gives to NUTS"),
     ("method='auto' chose SVI", "--method auto chose SVI"),
     ("pass method='nuts' for exact inference", "pass --method nuts for exact inference"),
+    ("or drop those units with trial.subset(...).", "or remove those rows from the units table."),
+    ("(e.g. gdf.set_crs('EPSG:4326')).", "(e.g. ogr2ogr -a_srs EPSG:4326 out.gpkg in.gpkg)."),
+    ("embeddings made by imgcate.embed (which", "embeddings made by imgcate embed (which"),
     (
         "fit the units whose images have embeddings: trial.subset(np.isin(trial.image_keys, "
         "load_embeddings(path).image_ids)).",

@@ -167,8 +167,8 @@ def map_command(
     if not 0 < prob < 1:
         raise click.BadParameter("must be between 0 and 1", param_hint="--prob")
     check_minimum(
-        ("--tile-size", tile_size or 1, 1),
-        ("--stride", stride or 1, 1),
+        ("--tile-size", 1 if tile_size is None else tile_size, 1),
+        ("--stride", 1 if stride is None else stride, 1),
         ("--max-draws", max_draws, 1),
         ("--block-tiles", block_tiles, 1),
         ("--workers", workers, 1),

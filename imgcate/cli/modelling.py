@@ -90,7 +90,7 @@ def simulate(output_dir, n_units, n_clusters, seed, overwrite, verbose, quiet):
     from imgcate.simulate import simulate_trial
 
     start(verbose, quiet)
-    check_minimum(("--n-clusters", n_clusters, 1))
+    check_minimum(("--n-clusters", n_clusters, 1), ("--n-units", n_units, 4))
     sim = run(simulate_trial, seed, n_units, n_clusters)
     run(ensure_folder, output_dir)
     for name in ("units.csv", "embeddings.parquet", "truth.csv"):
@@ -517,6 +517,7 @@ def units_of(fit_file: Path, units: Path | None):
     """The trial a fit was made from, as its provenance records it (None if unknown)."""
     record = fit_provenance(fit_file)
     roles = dict(record.get("roles") or {})
+    given = units is not None
     if units is None:
         recorded = (record.get("inputs") or {}).get("units") or {}
         path = recorded.get("path") if isinstance(recorded, dict) else None
@@ -528,6 +529,13 @@ def units_of(fit_file: Path, units: Path | None):
     try:
         return load_units(units, keep, image_id, outcome=None)
     except click.ClickException as exc:
+        if given:  # effects has no role options: the table must be the fit's own
+            why = exc.message.replace("; pass --id-column <column name>", "").rstrip(".")
+            raise click.BadParameter(
+                f"cannot key this fit's unit effects ({why}); give the units table the fit "
+                f"was made from (its id column: {keep.get('id', 'id')!r}).",
+                param_hint="--units",
+            ) from exc
         log.warning("unit effects not keyed by the units table (%s)", exc.message)
         return None
 
