@@ -230,6 +230,11 @@ def _to_geodataframe(
             if crs is None:
                 raise InputError("the units geometry has no CRS; pass crs='EPSG:....'.")
             gdf = gdf.set_crs(_parse_crs(crs))
+        elif crs is not None and _parse_crs(crs) != gdf.crs:  # crs= would be silently unused
+            raise InputError(
+                f"the units geometry has its own CRS ({gdf.crs.to_string()}), not crs={crs!r}; "
+                "leave crs out (it is for coordinate columns or a geometry without a CRS)."
+            )
         missing = gdf.geometry.isna() | gdf.geometry.is_empty
         if missing.any():
             raise InputError(

@@ -132,6 +132,17 @@ def test_a_damaged_raster_or_chips_file_is_an_error_line_not_a_traceback(tmp_pat
     assert res.exit_code == 1 and "is not an imgcate chips file (BadZipFile" in res.output
 
 
+def test_info_on_a_damaged_fit_shows_what_it_can_and_fails(fitted, tmp_path):
+    data = bytearray((fitted / "fit.imgcate").read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 24] = bytes(24)  # the posterior's bytes no longer match their CRC
+    damaged = tmp_path / "damaged.imgcate"
+    damaged.write_bytes(bytes(data))
+    res = CliRunner().invoke(main, ["info", str(damaged)])
+    assert res.exit_code == 1 and "provenance:" in res.output, res.output
+    assert "Error: cannot load the posterior" in res.output
+
+
 def test_messages_name_the_option_and_give_command_line_advice(fitted, tmp_path):
     """Each refusal names the option at fault and its advice in commands, not Python."""
     from imgcate.simulate import synthetic_scene

@@ -164,3 +164,7 @@ def test_unknown_crs_for_a_geometry_without_one_is_named():
     with pytest.raises(InputError, match="crs='EPSG:nope' is not a coordinate reference"):
         read_units(gdf, crs="EPSG:nope")
     assert read_units(gdf, crs="EPSG:4326").crs.to_epsg() == 4326
+    own = gdf.set_crs("EPSG:4326")  # a geometry with its own CRS: crs= may only agree with it
+    assert read_units(own, crs="EPSG:4326").crs.to_epsg() == 4326
+    with pytest.raises(InputError, match=r"its own CRS \(EPSG:4326\), not crs='EPSG:32636'"):
+        read_units(own, crs="EPSG:32636")

@@ -79,8 +79,9 @@ def fit_lines(path: Path) -> list[str]:
     lines += summary_lines(fit_provenance(path))
     try:
         result = run(load_fit, path)
-    except click.ClickException as exc:
-        return lines + [f"cannot load the posterior: {exc.message}"]
+    except click.ClickException as exc:  # what could be read, then the error (exit 1)
+        click.echo("\n".join(lines))
+        raise click.ClickException(f"cannot load the posterior: {exc.message}") from exc
     encoder = result.encoder
     spec = getattr(encoder, "chip_spec", None) or {}
     lines.append(
