@@ -545,6 +545,39 @@ def test_sigterm_is_an_interrupt_once_and_the_handler_comes_back():
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+def test_fit_stopped_by_ctrl_c_exits_130_and_writes_nothing(fitted, tmp_path):
+    """Ctrl-C in the middle of NUTS: status 130 and one line, no output; the process used to
+    crash on its way out (status -11) with JAX's threads still sampling."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    out = tmp_path / "fit.imgcate"
+    args = [sys.executable, "-m", "imgcate.cli", "-v", "fit", str(fitted / "units.csv")]
+    args += [str(fitted / "embeddings.parquet"), str(out), "--chains", "2", "--draws", "2000"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.extend(iter(lambda: proc.stderr.read(1), "")))
+    reader.start()
+    deadline = time.monotonic() + 300
+    while "NUTS, 2 chain(s)" not in "".join(err) and proc.poll() is None:
+        assert time.monotonic() < deadline, "NUTS did not start in 300 s"
+        time.sleep(0.1)
+    time.sleep(1.0)
+    assert proc.poll() is None, "".join(err)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    said = "".join(err)
+    assert proc.returncode == 130, said
+    assert "imgcate fit: interrupted." in said and "Traceback" not in said, said
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_map_stopped_by_sigterm_leaves_nothing_and_says_how_to_resume(map_fit, tmp_path):
     """SIGTERM (a batch system's time limit) stops `imgcate map` as Ctrl-C does: exit status
     143, the blocks finished so far saved, nothing at the output nor a staging folder beside

@@ -18,6 +18,9 @@ embeddings.parquet --size 16`` replaces the first two steps (a chunk of images a
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
 from imgcate.cli.about import info
@@ -83,7 +86,24 @@ for _command in (
 ):
     main.add_command(_command)
 
-__all__ = ["main"]
+
+def run() -> None:
+    """The ``imgcate`` command (``python -m imgcate.cli``): :func:`main`, and a command stopped
+    by Ctrl-C or SIGTERM leaves the process at once with 130 or 143. JAX's threads may still
+    be inside a compiled computation then (a fit's sampler), and the interpreter's usual
+    shutdown crashed in them (a segmentation fault, status -11); the command's own cleanup
+    (partial outputs removed) has run by then."""
+    try:
+        main(prog_name="imgcate")
+    except SystemExit as stop:
+        if stop.code in (130, 143):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(stop.code)
+        raise
+
+
+__all__ = ["main", "run"]
 
 if __name__ == "__main__":
-    main()
+    run()

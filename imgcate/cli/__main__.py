@@ -1,5 +1,5 @@
 """``python -m imgcate.cli``: the ``imgcate`` command."""
 
-from imgcate.cli import main
+from imgcate.cli import run
 
-main(prog_name="imgcate")
+run()

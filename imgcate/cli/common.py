@@ -251,9 +251,14 @@ class Command(click.Command):
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the command; a file that GDAL or NumPy could not read, where no check of the
-        library's caught it first, is an error line (exit 1), not a traceback."""
+        library's caught it first, is an error line (exit 1), not a traceback; Ctrl-C or
+        SIGTERM stops it with 130 or 143 (:func:`interrupted`; outputs are written whole or
+        not at all)."""
         try:
-            return super().invoke(ctx)
+            with sigterm_as_interrupt() as received:
+                return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise interrupted(exc, received, self.name or "") from None
         except (rasterio.errors.RasterioError, zipfile.BadZipFile) as exc:
             files = [str(v) for _, v in _path_values(ctx) if Path(v).is_file()]
             which = f"{files[0]!r}" if len(files) == 1 else f"one of {files}"
