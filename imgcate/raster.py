@@ -506,8 +506,9 @@ def read_or_explain(ds: DatasetReader, indexes, **options: Any) -> np.ma.MaskedA
         at = "" if w is None else f" at rows {w.row_off}-{w.row_off + w.height - 1}"
         at += "" if w is None else f", columns {w.col_off}-{w.col_off + w.width - 1}"
         raise RasterError(
-            f"raster {ds.name!r} could not be read{at} ({exc}); the file may be damaged or cut "
-            "short: check it (gdalinfo -checksum), then re-download or re-export it."
+            f"raster {raster_label(ds)!r} could not be read{at} ({exc}); the file may be "
+            "damaged or cut short: check it (gdalinfo -checksum), then re-download or "
+            "re-export it."
         ) from exc
 
 

@@ -155,9 +155,9 @@ class ClusterComparison:
         dependence = float(post["membership_dependence"].mean()) if weak else 1.0
         if self.best_k == 0:
             words[-1] += (
-                ". Not evidence that the effect is constant: the constant model's unit intervals "
-                "are its ATE's, and heterogeneity weak against the noise is missed (docs/model.md"
-                ', "When to believe the clusters")'
+                ". Not evidence that the effect is constant: heterogeneity weak against the "
+                "noise is missed, and the constant model's unit intervals leave it out "
+                '(docs/model.md, "When to believe the clusters")'
             )
         elif dependence < WEAK_MEMBERSHIP:
             words[-1] += (
