@@ -18,6 +18,11 @@ squares): how much of what drives the effect the embedding holds.
     python benchmarks/landsat_coverage.py                      # seeds 15, 1-7, 2 processes
     python benchmarks/landsat_coverage.py --prior membership_scale_df=inf
     python benchmarks/landsat_coverage.py --quick              # seeds 15 and 1, 2 x 200 draws
+    python benchmarks/landsat_coverage.py --ramp 0.15          # a smooth effect, no step
+
+With ``--ramp`` the effect rises smoothly with the vegetated share (a logistic curve between 0
+and 2, centred on 30 %) and units are placed at every share; per trial the coverage in each
+third of the true effects replaces the step's two sides.
 """
 
 from __future__ import annotations
@@ -37,8 +42,10 @@ PROB = 0.9
 CHIP = 16
 
 
-def one_trial(seed: int, n_units: int, prior: dict, draws: dict) -> dict:
-    """Simulate, embed, fit and measure one trial (in a worker process)."""
+def one_trial(seed: int, n_units: int, prior: dict, draws: dict, ramp: float | None = None) -> dict:
+    """Simulate, embed, fit and measure one trial (in a worker process); ``ramp``: the
+    effect a logistic ramp in the vegetated share (``landsat_trial(ramp=...)``, units at
+    every share) instead of the step."""
     import imgcate
     from imgcate.datasets import landsat_path
     from imgcate.model import PRIOR
@@ -46,7 +53,8 @@ def one_trial(seed: int, n_units: int, prior: dict, draws: dict) -> dict:
 
     PRIOR.update(prior)
     scene = landsat_path()
-    sim = landsat_trial(scene, seed=seed, n_units=n_units, chip_size=CHIP)
+    shape = {"ramp": ramp, "margin": 0.0} if ramp is not None else {}
+    sim = landsat_trial(scene, seed=seed, n_units=n_units, chip_size=CHIP, **shape)
     chips = imgcate.extract_chips(sim.trial, scene, CHIP)
     embeddings = imgcate.embed(chips, "rcf", seed=0)
     start = time.perf_counter()
@@ -71,16 +79,33 @@ def one_trial(seed: int, n_units: int, prior: dict, draws: dict) -> dict:
         "units": n_units,
         "seconds": round(seconds, 1),
         "cover": round(float(covered.mean()), 4),
-        "cover_effect_0": round(float(covered[none].mean()), 4),
-        "cover_effect_2": round(float(covered[~none].mean()), 4),
-        "false_positive": int((none & (low > 0)).sum()),
-        "units_effect_0": int(none.sum()),
+        **(_by_thirds(truth, covered) if ramp is not None else _by_side(none, low, covered)),
         "sqrt_pehe": round(float(np.sqrt(np.mean((units["tau_mean"].to_numpy() - truth) ** 2))), 4),
         "interval_width": round(float(np.mean(high - low)), 4),
         "membership_dependence": round(float(het.loc["membership_dependence", "mean"]), 4),
         "effect_share_clusters": round(float(het.loc["effect_share_clusters", "mean"]), 4),
         "r2_share_on_embedding": round(float(1 - np.var(share - design @ coef) / np.var(share)), 4),
         "divergences": int(result.idata.sample_stats["diverging"].values.sum()),
+    }
+
+
+def _by_side(none: np.ndarray, low: np.ndarray, covered: np.ndarray) -> dict:
+    """The step's two sides: coverage of the units whose effect is 0 and 2, and the units of
+    effect 0 whose interval lies above 0."""
+    return {
+        "cover_effect_0": round(float(covered[none].mean()), 4),
+        "cover_effect_2": round(float(covered[~none].mean()), 4),
+        "false_positive": int((none & (low > 0)).sum()),
+        "units_effect_0": int(none.sum()),
+    }
+
+
+def _by_thirds(truth: np.ndarray, covered: np.ndarray) -> dict:
+    """The ramp's coverage in the thirds of the units' true effects, lowest first."""
+    third = np.searchsorted(np.quantile(truth, [1 / 3, 2 / 3]), truth, side="right")
+    return {
+        "cover_by_effect_third": [round(float(covered[third == i].mean()), 4) for i in range(3)],
+        "truth_sd": round(float(truth.std()), 4),
     }
 
 
@@ -96,10 +121,11 @@ def summarize(rows: list[dict]) -> dict:
         else None,
         "cover_range": [float(cover.min()), float(cover.max())],
         **{
-            key: round(float(np.mean([r[key] for r in rows])), 4)
+            key: np.round(np.mean([r[key] for r in rows], axis=0), 4).tolist()
             for key in (
                 "cover_effect_0",
                 "cover_effect_2",
+                "cover_by_effect_third",
                 "false_positive",
                 "sqrt_pehe",
                 "interval_width",
@@ -107,6 +133,7 @@ def summarize(rows: list[dict]) -> dict:
                 "r2_share_on_embedding",
                 "divergences",
             )
+            if key in rows[0]
         },
     }
 
@@ -115,6 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[15, 1, 2, 3, 4, 5, 6, 7])
     parser.add_argument("--units", type=int, default=300)
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        default=None,
+        metavar="SCALE",
+        help="a smooth effect: a logistic ramp in the vegetated share of this scale (e.g. "
+        "0.15) instead of the step, units at every share",
+    )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument(
         "--quick", action="store_true", help="seeds 15 and 1, 2 chains x 200 draws (smoke run)"
@@ -143,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 "python": platform.python_version(),
                 "seeds": args.seeds,
                 "units": args.units,
+                "effect": "step" if args.ramp is None else f"logistic ramp, scale {args.ramp}",
                 "prior": prior,
                 "prior_used": {**PRIOR, **prior},
                 "draws": draws or "fit's defaults",
@@ -153,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-        futures = [pool.submit(one_trial, s, args.units, prior, draws) for s in args.seeds]
+        futures = [
+            pool.submit(one_trial, s, args.units, prior, draws, args.ramp) for s in args.seeds
+        ]
         rows = []
         for future in futures:
             rows.append(future.result())

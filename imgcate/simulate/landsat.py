@@ -37,6 +37,7 @@ def landsat_trial(
     margin: float = 0.1,
     balance: bool = True,
     point_crs: str | None = "EPSG:4326",
+    ramp: float | None = None,
 ) -> SimulatedTrial:
     """Semi-synthetic trial on the real Landsat 7 scene, effects driven by real land cover.
 
@@ -56,6 +57,11 @@ def landsat_trial(
         NDVI above which a pixel counts as vegetated.
     thresholds : sequence of float, optional
         Cut points on the vegetated share (default evenly spaced in (0, 0.6): 0.3 for K = 2).
+    ramp : float, optional
+        K = 2 only: the effect rises smoothly with the vegetated share, ``tau[0] + (tau[1] -
+        tau[0]) / (1 + exp(-(share - threshold) / ramp))``, instead of stepping at the
+        threshold (``cluster`` still says which side of it a unit is; pass ``margin=0`` to
+        place units at every share).
 
     Returns
     -------
@@ -93,6 +99,7 @@ def landsat_trial(
         margin=margin,
         balance=balance,
         point_crs=point_crs,
+        ramp=ramp,
     )
     return SimulatedTrial(
         trial, None, truth, scene=Path(landsat_path), land_cover=vegetated.astype(np.uint8)

@@ -375,11 +375,16 @@ def simulate_on_map(
     balance,
     point_crs,
     targeting=0.0,
+    ramp=None,
 ) -> tuple[Trial, SceneTruth]:
     """Place units on a map of the chip statistic that sets their cluster (e.g. the built-up
     or vegetated share), and draw their trial; the work shared by :func:`simulate_scene_trial`
-    and :func:`~imgcate.simulate.landsat.landsat_trial`."""
+    and :func:`~imgcate.simulate.landsat.landsat_trial`. With ``ramp`` (K = 2) the effect
+    goes from the first cluster's to the second's along a logistic curve in the statistic,
+    ``ramp`` its scale, centred on the threshold: no step, no clusters."""
     h, w = statistic.shape
+    if ramp is not None and (n_clusters != 2 or not ramp > 0):
+        raise InputError(f"ramp={ramp!r} needs n_clusters=2 and a scale above 0.")
     if chip_size > min(h, w):
         raise InputError(f"chip_size={chip_size} is larger than the scene ({h} x {w} px).")
     tau_cluster = _default_tau(n_clusters, tau)
@@ -387,6 +392,9 @@ def simulate_on_map(
     share = statistic[rows, cols]
     cluster = np.digitize(share, thresholds)
     tau_unit = tau_cluster[cluster]
+    if ramp is not None:
+        step = special.expit((share - thresholds[0]) / ramp)
+        tau_unit = tau_cluster[0] + (tau_cluster[1] - tau_cluster[0]) * step
     trial, propensity, mu0 = _make_trial(
         rng,
         transform,
