@@ -281,6 +281,8 @@ def run_nuts(data: ModelData, config: FitConfig, starts: dict, key) -> tuple[dic
     warm_energy: list[Any] = [None] * len(groups)
     results: list[Any] = [None] * n_chains
 
+    stop = threading.Event()
+
     def tick(chains: list[int]) -> None:
         with lock:
             for _ in range(block * len(chains)):
@@ -292,6 +294,8 @@ def run_nuts(data: ModelData, config: FitConfig, starts: dict, key) -> tuple[dic
         state = jax.device_put(state, devices[g % workers])
         energies = []
         for _ in range(0, warmup, block):
+            if stop.is_set():
+                return
             state, out = advance(state)
             energies.append(np.asarray(out[4]))
             tick(chains)
@@ -302,6 +306,8 @@ def run_nuts(data: ModelData, config: FitConfig, starts: dict, key) -> tuple[dic
         chains, state = groups[g], group_states[g]
         kept = []
         for _ in range(0, draws, block):
+            if stop.is_set():
+                return
             state, out = advance(state)
             kept.append(jax.device_get(out))
             tick(chains)
@@ -316,9 +322,15 @@ def run_nuts(data: ModelData, config: FitConfig, starts: dict, key) -> tuple[dic
 
         if workers == 1:
             run_on(0)
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(run_on, range(workers)))
+            return
+        pool = ThreadPoolExecutor(workers)
+        try:
+            list(pool.map(run_on, range(workers)))
+        except BaseException:  # Ctrl-C: the other threads stop after their block, unwaited
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
 
     each_group(warm)
     restarts = {}

@@ -545,9 +545,11 @@ def test_sigterm_is_an_interrupt_once_and_the_handler_comes_back():
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+@pytest.mark.slow
 def test_fit_stopped_by_ctrl_c_exits_130_and_writes_nothing(fitted, tmp_path):
-    """Ctrl-C in the middle of NUTS: status 130 and one line, no output; the process used to
-    crash on its way out (status -11) with JAX's threads still sampling."""
+    """Ctrl-C in the middle of NUTS (4 chains: two groups in threads): status 130 and one
+    line within seconds, no output; the process used to crash on its way out (status -11)
+    with JAX's threads still sampling, and to wait for the other thread's whole phase."""
     import os
     import signal
     import subprocess
@@ -557,20 +559,22 @@ def test_fit_stopped_by_ctrl_c_exits_130_and_writes_nothing(fitted, tmp_path):
 
     out = tmp_path / "fit.imgcate"
     args = [sys.executable, "-m", "imgcate.cli", "-v", "fit", str(fitted / "units.csv")]
-    args += [str(fitted / "embeddings.parquet"), str(out), "--chains", "2", "--draws", "2000"]
+    args += [str(fitted / "embeddings.parquet"), str(out), "--chains", "4", "--draws", "3000"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
     err: list[str] = []
     reader = threading.Thread(target=lambda: err.extend(iter(lambda: proc.stderr.read(1), "")))
     reader.start()
     deadline = time.monotonic() + 300
-    while "NUTS, 2 chain(s)" not in "".join(err) and proc.poll() is None:
+    while "NUTS, 4 chain(s)" not in "".join(err) and proc.poll() is None:
         assert time.monotonic() < deadline, "NUTS did not start in 300 s"
         time.sleep(0.1)
     time.sleep(1.0)
     assert proc.poll() is None, "".join(err)
     proc.send_signal(signal.SIGINT)
+    stopped = time.monotonic()
     proc.wait(timeout=120)
+    assert time.monotonic() - stopped < 30  # a block of draws, not the whole warm-up
     reader.join(timeout=10)
     said = "".join(err)
     assert proc.returncode == 130, said
