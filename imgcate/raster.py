@@ -485,7 +485,9 @@ def scale_values(scale: Any) -> tuple[float, ...] | None:
     if scale is None:
         return None
     try:
-        values = tuple(float(v) for v in np.atleast_1d(scale))
+        array = np.atleast_1d(np.asarray(scale))
+        numbers = array.dtype.kind in "iuf"  # not text ("0.5"), not True / False
+        values = tuple(float(v) for v in array.ravel()) if numbers and array.ndim == 1 else ()
     except (TypeError, ValueError):
         values = ()
     if not values or not all(np.isfinite(v) and v > 0 for v in values):

@@ -145,7 +145,7 @@ def test_size_in_metres_and_scale(scene):
     px = extract_chips(trial, scene, 8)
     m = extract_chips(trial, scene, 240.0, size_unit="m", scale=0.5)  # 30 m pixels
     np.testing.assert_allclose(m.values, px.values * 0.5)
-    for bad in (0, -1.0, float("nan"), [1.0, 0.0, 1.0, 1.0], "x"):  # 0 blanks every chip
+    for bad in (0, -1.0, float("nan"), [1.0, 0.0, 1.0, 1.0], "x", "0.5", True):  # 0: blank
         with pytest.raises(InputError, match="must be a number above 0"):
             extract_chips(trial, scene, 8, scale=bad)
 

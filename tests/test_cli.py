@@ -90,6 +90,8 @@ def test_an_output_that_is_an_input_is_refused_even_with_overwrite(fitted):
         + ["--effects", str(fitted / "new.imgcate")],
     )
     assert res.exit_code == 2 and "also given as --effects" in res.output, res.output
+    res = runner.invoke(main, ["effects", str(fit_file), str(units), "--overwrite"])
+    assert res.exit_code == 2 and "the units table the fit records" in res.output, res.output
     assert fit_file.read_bytes() == before and not (fitted / "new.imgcate").exists()
     assert pd.read_csv(units).shape[0] == 200
 
@@ -280,7 +282,7 @@ def test_too_many_clusters_point_at_their_own_option(fitted, tmp_path):
     res = CliRunner().invoke(main, ["fit", *args[:3], "-k", "auto", "--k-max", "11"])
     assert res.exit_code == 2 and "--k-max" in res.output, res.output
     assert not out.exists()
-    for scale in ("0", "-1"):  # a scale of 0 made blank chips and a map all outside support
+    for scale in ("0", "-1", "nan", "inf"):  # 0 made blank chips, a map all outside support
         res = CliRunner().invoke(main, ["fit", *args[:3], "--scale", scale])
         assert res.exit_code == 2 and "Invalid value for '--scale'" in res.output, res.output
 

@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import json
 import logging
+import math
 import re
 import signal
 import sys
@@ -42,6 +43,21 @@ class RasterSource(click.ParamType):
 
 
 RASTER_SOURCES = RasterSource()
+
+
+class PositiveFinite(click.ParamType):
+    """A number above 0 and finite (``--scale``: 0 blanks every chip, nan and inf too)."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not (math.isfinite(number) and number > 0):
+            self.fail(f"{value!r} is not a finite number above 0.", param, ctx)
+        return number
+
+
+POSITIVE_FINITE = PositiveFinite()
 
 log = logging.getLogger("imgcate")
 
@@ -259,23 +275,44 @@ class Command(click.Command):
                 return super().invoke(ctx)
         except KeyboardInterrupt as exc:
             raise interrupted(exc, received, self.name or "") from None
-        except (rasterio.errors.RasterioError, zipfile.BadZipFile) as exc:
-            files = [str(v) for _, v in _path_values(ctx) if Path(v).is_file()]
-            which = f"{files[0]!r}" if len(files) == 1 else f"one of {files}"
+        except READ_ERRORS as exc:
+            log.debug("the read that failed", exc_info=True)  # -v: where, for a bug report
+            files = [str(v) for param, v in _path_values(ctx, urls=True) if _is_input(param)]
+            which = f"{files[0]!r}" if len(files) == 1 else f"one of {', '.join(files)}"
             raise click.ClickException(
                 f"{which} could not be read ({type(exc).__name__}: {exc}); it may be damaged or "
                 "cut short: check it, then write, download or export it again."
             ) from exc
 
 
-def _path_values(ctx: click.Context) -> Iterator[tuple[click.Parameter, Any]]:
-    """The command's path arguments and options (files, rasters; not URLs), value by value."""
+def _path_values(ctx: click.Context, urls: bool = False) -> Iterator[tuple[click.Parameter, Any]]:
+    """The command's path arguments and options (files, rasters; URLs too if ``urls``), value
+    by value."""
     for param in ctx.command.params:
         if isinstance(param.type, click.Path | RasterSource):
             values = ctx.params.get(param.name)
             for value in values if isinstance(values, tuple | list) else (values,):
-                if value is not None and not is_url(str(value)):
+                if value is not None and (urls or not is_url(str(value))):
                     yield param, value
+
+
+def _is_input(param: click.Parameter) -> bool:
+    """Whether a path parameter is read (a raster, or a file that must exist), not written."""
+    return isinstance(param.type, RasterSource) or bool(getattr(param.type, "exists", False))
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """A file that could not be read: GDAL's I/O errors through rasterio (or a CPLE_* error
+    itself), a zip archive (.npz, .imgcate) cut short or damaged. Not rasterio's other errors,
+    which are ours to fix."""
+    try:
+        from rasterio._err import CPLE_BaseError
+    except ImportError:  # moved in another rasterio
+        return (rasterio.errors.RasterioIOError, zipfile.BadZipFile)
+    return (rasterio.errors.RasterioIOError, CPLE_BaseError, zipfile.BadZipFile)
+
+
+READ_ERRORS = _read_errors()
 
 
 def common(fn):

@@ -8,6 +8,7 @@ import click
 
 from imgcate.cli.common import (
     EXISTING_FILE,
+    POSITIVE_FINITE,
     RASTER_SOURCES,
     Command,
     band_option,
@@ -72,7 +73,7 @@ from imgcate.raster import is_url
 )
 @click.option(
     "--scale",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE_FINITE,
     default=None,
     help="Multiplier of raw values, as used when the trial's chips were extracted.",
 )

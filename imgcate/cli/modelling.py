@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -499,6 +500,13 @@ def effects(fit_file, output, prob, level, units, overwrite, verbose, quiet):
     if not 0 < prob < 1:
         raise click.BadParameter("must be between 0 and 1", param_hint="--prob")
     check_output(output, overwrite)
+    read = recorded_units(fit_file) if units is None and level == "unit" else None
+    if read is not None and output.exists() and output.samefile(read):
+        raise click.UsageError(
+            f"output {str(output)!r} is the units table the fit records, which the unit "
+            "effects are keyed by: writing it would replace that file. Choose another output "
+            "path."
+        )
     result = run(load_fit, fit_file)
     table = {"unit": result.unit_effects, "cluster": result.cluster_effects, "ate": result.ate}[
         level
@@ -513,24 +521,29 @@ def effects(fit_file, output, prob, level, units, overwrite, verbose, quiet):
     click.echo(f"wrote {output}")
 
 
+def recorded_units(fit_file: Path) -> Path | None:
+    """The units table a fit's provenance records, where it is still a file."""
+    recorded = (fit_provenance(fit_file).get("inputs") or {}).get("units") or {}
+    path = recorded.get("path") if isinstance(recorded, dict) else None
+    return Path(path) if path and Path(path).is_file() else None
+
+
 def units_of(fit_file: Path, units: Path | None):
     """The trial a fit was made from, as its provenance records it (None if unknown)."""
     record = fit_provenance(fit_file)
     roles = dict(record.get("roles") or {})
     given = units is not None
     if units is None:
-        recorded = (record.get("inputs") or {}).get("units") or {}
-        path = recorded.get("path") if isinstance(recorded, dict) else None
-        if not path or not Path(path).is_file():
+        units = recorded_units(fit_file)
+        if units is None:
             return None
-        units = Path(path)
     image_id = roles.pop("image_id", None)
     keep = {k: roles[k] for k in ("id", "lon", "lat", "crs") if roles.get(k) is not None}
     try:
         return load_units(units, keep, image_id, outcome=None)
     except click.ClickException as exc:
         if given:  # effects has no role options: the table must be the fit's own
-            why = exc.message.replace("; pass --id-column <column name>", "").rstrip(".")
+            why = re.sub(r"; pass --[^;]*$", "", exc.message).rstrip(".")  # no such options
             raise click.BadParameter(
                 f"cannot key this fit's unit effects ({why}); give the units table the fit "
                 f"was made from (its id column: {keep.get('id', 'id')!r}).",

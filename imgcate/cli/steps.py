@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from imgcate.cli.common import (
+    POSITIVE_FINITE,
     RASTER_SOURCES,
     Command,
     band_option,
@@ -55,7 +56,7 @@ def chip_options(fn):
         ),
         click.option(
             "--scale",
-            type=click.FloatRange(min=0, min_open=True),
+            type=POSITIVE_FINITE,
             default=None,
             help="Multiplier of raw values (above 0).",
         ),

@@ -472,6 +472,7 @@ def map_job(
 ) -> tuple[TileJob, TileGrid, str, Any]:
     """A map's job and tile grid, its raster's label (for messages and tags) and its source
     (for the provenance), with the raster's bands, CRS and the region checked."""
+    scale = scale_values(scale)  # before the band check scales the raster's statistics
     ds, owned = open_raster(raster)
     try:
         # warnings point at the caller of predict_map / write_map, two frames above

@@ -125,6 +125,9 @@ def test_clear_errors(inputs, tmp_path, write_variant):
         predict_map(fit, scene, tile_size=0)
     with pytest.raises(InputError, match="workers"):
         predict_map(fit, scene, workers=0)
+    for bad in (0, float("nan"), "x"):  # refused before the band check scales by it
+        with pytest.raises(InputError, match="must be a number above 0"):
+            predict_map(fit, scene, scale=bad, **MAP_OPTS)
     assert tile_grid(scene, (b.left, b.bottom, b.right, b.top)).shape == (12, 12)
 
 
