@@ -25,17 +25,10 @@ from rasterio.io import DatasetReader
 from imgcate.bands import band_stats
 from imgcate.errors import InputError, RasterError
 from imgcate.provenance import collect
-from imgcate.raster import (
-    WindowRead,
-    band_indexes,
-    chip_shape,
-    open_raster,
-    raster_source,
-    read_windows,
-    scale_values,
-)
+from imgcate.raster import band_indexes, open_raster, raster_source
 from imgcate.units import Trial
 from imgcate.validation import check_choice
+from imgcate.windows import WindowRead, chip_shape, read_windows, scale_values
 
 Layout = Literal["band_first", "band_last"]
 LAYOUTS = ("band_first", "band_last")

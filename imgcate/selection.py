@@ -133,7 +133,7 @@ class ClusterComparison:
         )
 
     def reason(self) -> str:
-        """Why the rule selected ``best_k``, in one sentence: the order it tried the models
+        """Why the rule selected ``best_k``, in a sentence: the order it tried the models
         in, the best model, and by how much each model it preferred fell short; then what the
         choice does not show (the constant model selected; clusters that barely depend on the
         image, ``membership_dependence`` below 0.3)."""

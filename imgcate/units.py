@@ -230,7 +230,7 @@ def _to_geodataframe(
             if crs is None:
                 raise InputError("the units geometry has no CRS; pass crs='EPSG:....'.")
             gdf = gdf.set_crs(_parse_crs(crs))
-        elif crs is not None and _parse_crs(crs) != gdf.crs:  # crs= would be silently unused
+        elif crs is not None and not _parse_crs(crs).equals(gdf.crs, ignore_axis_order=True):
             raise InputError(
                 f"the units geometry has its own CRS ({gdf.crs.to_string()}), not crs={crs!r}; "
                 "leave crs out (it is for coordinate columns or a geometry without a CRS)."

@@ -168,3 +168,5 @@ def test_unknown_crs_for_a_geometry_without_one_is_named():
     assert read_units(own, crs="EPSG:4326").crs.to_epsg() == 4326
     with pytest.raises(InputError, match=r"its own CRS \(EPSG:4326\), not crs='EPSG:32636'"):
         read_units(own, crs="EPSG:32636")
+    crs84 = gdf.set_crs("OGC:CRS84")  # the same CRS but for its axis order: no contradiction
+    assert read_units(crs84, crs="EPSG:4326").crs == crs84.crs

@@ -87,7 +87,7 @@ for _command in (
     main.add_command(_command)
 
 
-def run() -> None:
+def script() -> None:
     """The ``imgcate`` command (``python -m imgcate.cli``): :func:`main`, and a command stopped
     by Ctrl-C or SIGTERM leaves the process at once with 130 or 143. JAX's threads may still
     be inside a compiled computation then (a fit's sampler), and the interpreter's usual
@@ -103,7 +103,7 @@ def run() -> None:
         raise
 
 
-__all__ = ["main", "run"]
+__all__ = ["main", "script"]
 
 if __name__ == "__main__":
-    run()
+    script()

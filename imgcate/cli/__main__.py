@@ -1,5 +1,5 @@
 """``python -m imgcate.cli``: the ``imgcate`` command."""
 
-from imgcate.cli import run
+from imgcate.cli import script
 
-run()
+script()

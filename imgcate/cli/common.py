@@ -144,6 +144,10 @@ CLI_PHRASES = (
     ("method='auto' chose SVI", "--method auto chose SVI"),
     ("pass method='nuts' for exact inference", "pass --method nuts for exact inference"),
     ("or drop those units with trial.subset(...).", "or remove those rows from the units table."),
+    (
+        "leave crs out (it is for coordinate columns or a geometry without a CRS)",
+        "leave out --crs (it is for --lon/--lat columns or a geometry without a CRS)",
+    ),
     ("(e.g. gdf.set_crs('EPSG:4326')).", "(e.g. ogr2ogr -a_srs EPSG:4326 out.gpkg in.gpkg)."),
     ("embeddings made by imgcate.embed (which", "embeddings made by imgcate embed (which"),
     (

@@ -26,16 +26,10 @@ from imgcate.maps.grid import TileGrid, check_tiles, tile_grid
 from imgcate.maps.tiles import MAP_VARIABLES, TileJob, draw_count
 from imgcate.prediction import EXTRAPOLATION_WARN_SHARE
 from imgcate.provenance import collect, dumps, settled_identity
-from imgcate.raster import (
-    band_indexes,
-    open_raster,
-    raster_label,
-    raster_source,
-    read_or_explain,
-    scale_values,
-)
+from imgcate.raster import band_indexes, open_raster, raster_label, raster_source
 from imgcate.results import EffectFit
 from imgcate.validation import check_prob
+from imgcate.windows import read_or_explain, scale_values
 
 log = logging.getLogger("imgcate")
 

@@ -98,7 +98,8 @@ class SceneTruth(Truth):
     cluster : numpy.ndarray
         int, shape (unit,): true cluster 0..K-1 (ordered by effect).
     tau_cluster : numpy.ndarray
-        Shape (cluster,): effect of each cluster on the outcome scale.
+        Shape (cluster,): effect of each cluster on the outcome scale; with ``ramp`` the ends
+        of the curve, not any unit's effect (``tau_unit`` is).
     share : numpy.ndarray
         Shape (unit,): the chip statistic the cluster is a function of (built-up or vegetated
         share of the chip's pixels).
