@@ -84,6 +84,12 @@ def scale_values(scale: Any) -> tuple[float, ...] | None:
     return values
 
 
+def gdal_words(exc: BaseException) -> str:
+    """A GDAL error's text without "See previous exception for details." (an exception the
+    user does not see)."""
+    return str(exc).replace(" See previous exception for details.", "").strip()
+
+
 def read_or_explain(ds: DatasetReader, indexes, **options: Any) -> np.ma.MaskedArray:
     """``ds.read(indexes, **options)``; a read GDAL fails (a damaged or cut-short file) is a
     :class:`~imgcate.errors.RasterError` naming the raster and what to do.
@@ -114,8 +120,8 @@ def read_or_explain(ds: DatasetReader, indexes, **options: Any) -> np.ma.MaskedA
         at = "" if w is None else f" at rows {w.row_off}-{w.row_off + w.height - 1}"
         at += "" if w is None else f", columns {w.col_off}-{w.col_off + w.width - 1}"
         raise RasterError(
-            f"raster {raster_label(ds)!r} could not be read{at} ({exc}); the file may be "
-            "damaged or cut short: check it (gdalinfo -checksum), then re-download or "
+            f"raster {raster_label(ds)!r} could not be read{at} ({gdal_words(exc)}); the file "
+            "may be damaged or cut short: check it (gdalinfo -checksum), then re-download or "
             "re-export it."
         ) from exc
 

@@ -25,6 +25,7 @@ import rasterio.errors
 from imgcate.errors import ImgcateError
 from imgcate.output import check_writable, write_table
 from imgcate.raster import file_stem, is_url
+from imgcate.windows import gdal_words
 
 #: An existing file (rasters, fits, chips, units tables).
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -284,8 +285,8 @@ class Command(click.Command):
             files = [str(v) for param, v in _path_values(ctx, urls=True) if _is_input(param)]
             which = f"{files[0]!r}" if len(files) == 1 else f"one of {', '.join(files)}"
             raise click.ClickException(
-                f"{which} could not be read ({type(exc).__name__}: {exc}); it may be damaged or "
-                "cut short: check it, then write, download or export it again."
+                f"{which} could not be read ({type(exc).__name__}: {gdal_words(exc)}); it may be "
+                "damaged or cut short: check it, then write, download or export it again."
             ) from exc
 
 
