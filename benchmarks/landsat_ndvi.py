@@ -16,6 +16,7 @@ ATE and its interval against the sample ATE), then a summary.
 
     python benchmarks/landsat_ndvi.py                      # seeds 0-3, 2 processes
     python benchmarks/landsat_ndvi.py --components 16 --features 256   # the default encoder
+    python benchmarks/landsat_ndvi.py --quick              # seed 0, 2 x 200 draws (smoke run)
 """
 
 from __future__ import annotations
@@ -85,8 +86,9 @@ def trial_table(seed: int):
     return table, tau
 
 
-def one_trial(seed: int, features: int, components: int) -> dict:
-    """Simulate, embed, fit and measure one trial (in a worker process)."""
+def one_trial(seed: int, features: int, components: int, draws: dict) -> dict:
+    """Simulate, embed, fit and measure one trial (in a worker process); ``draws``: NUTS's
+    settings where not ``fit``'s defaults."""
     import imgcate
     from imgcate.datasets import landsat_path
 
@@ -99,7 +101,7 @@ def one_trial(seed: int, features: int, components: int) -> dict:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = imgcate.fit(trial, embeddings, n_clusters=2, seed=seed, progress=False)
+        result = imgcate.fit(trial, embeddings, n_clusters=2, seed=seed, progress=False, **draws)
     seconds = time.perf_counter() - start
     units = result.unit_effects(prob=PROB)
     truth = tau[np.searchsorted(table["village"].to_numpy(), units["unit"].to_numpy())]
@@ -132,14 +134,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", type=int, default=128, help="raw RCF features (128)")
     parser.add_argument("--components", type=int, default=8, help="components kept (8)")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="seed 0, 2 chains x 200 draws")
     args = parser.parse_args(argv)
     if min(args.features, args.components, args.jobs) < 1 or min(args.seeds) < 0:
         parser.error("--features, --components and --jobs must be >= 1, seeds >= 0")
+    draws = {}
+    if args.quick:
+        args.seeds = args.seeds[:1]
+        draws = {"num_chains": 2, "num_warmup": 200, "num_samples": 200}
     header = {"benchmark": "landsat_ndvi", "python": platform.python_version(), **vars(args)}
     print(json.dumps(header), flush=True)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-        futures = [pool.submit(one_trial, s, args.features, args.components) for s in args.seeds]
+        futures = [
+            pool.submit(one_trial, s, args.features, args.components, draws) for s in args.seeds
+        ]
         rows = []
         for future in futures:
             rows.append(future.result())
