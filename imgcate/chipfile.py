@@ -89,7 +89,12 @@ def load_chips(path: str | Path):
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             arrays = {name: data[name] for name in data.files if name != "meta"}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # cut short: BadZipFile
+    except zipfile.BadZipFile as exc:  # cut short or damaged
+        raise InputError(
+            f"chips file {str(path)!r} is damaged or cut short ({exc}); write it again with "
+            "Chips.save() or imgcate chips."
+        ) from exc
+    except (OSError, ValueError, KeyError) as exc:
         raise InputError(
             f"{str(path)!r} is not an imgcate chips file ({type(exc).__name__}: {exc}); write it "
             "with Chips.save() or imgcate chips."

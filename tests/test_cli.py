@@ -131,7 +131,7 @@ def test_a_damaged_raster_or_chips_file_is_an_error_line_not_a_traceback(tmp_pat
     chips = tmp_path / "short.npz"
     chips.write_bytes(b"PK\x03\x04" + bytes(100))
     res = runner.invoke(main, ["embed", str(chips), str(tmp_path / "e.parquet")])
-    assert res.exit_code == 1 and "is not an imgcate chips file (BadZipFile" in res.output
+    assert res.exit_code == 1 and "is damaged or cut short (File is not a zip" in res.output
 
 
 def test_info_on_a_damaged_fit_shows_what_it_can_and_fails(fitted, tmp_path):
