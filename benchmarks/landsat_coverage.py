@@ -79,7 +79,9 @@ def one_trial(seed: int, n_units: int, prior: dict, draws: dict, ramp: float | N
         "units": n_units,
         "seconds": round(seconds, 1),
         "cover": round(float(covered.mean()), 4),
-        **(_by_thirds(truth, covered) if ramp is not None else _by_side(none, low, covered)),
+        **(
+            coverage_by_thirds(truth, covered) if ramp is not None else _by_side(none, low, covered)
+        ),
         "sqrt_pehe": round(float(np.sqrt(np.mean((units["tau_mean"].to_numpy() - truth) ** 2))), 4),
         "interval_width": round(float(np.mean(high - low)), 4),
         "membership_dependence": round(float(het.loc["membership_dependence", "mean"]), 4),
@@ -100,7 +102,7 @@ def _by_side(none: np.ndarray, low: np.ndarray, covered: np.ndarray) -> dict:
     }
 
 
-def _by_thirds(truth: np.ndarray, covered: np.ndarray) -> dict:
+def coverage_by_thirds(truth: np.ndarray, covered: np.ndarray) -> dict:
     """The ramp's coverage in the thirds of the units' true effects, lowest first."""
     third = np.searchsorted(np.quantile(truth, [1 / 3, 2 / 3]), truth, side="right")
     return {

@@ -31,6 +31,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+from landsat_coverage import coverage_by_thirds, summarize  # benchmarks/ is sys.path[0]
 
 CHIP, UNITS, PROB = 16, 500, 0.9
 
@@ -107,17 +108,15 @@ def one_trial(seed: int, features: int, components: int, draws: dict) -> dict:
     truth = tau[np.searchsorted(table["village"].to_numpy(), units["unit"].to_numpy())]
     low, high = units["tau_5%"].to_numpy(), units["tau_95%"].to_numpy()
     covered = (low <= truth) & (truth <= high)
-    third = np.searchsorted(np.quantile(truth, [1 / 3, 2 / 3]), truth, side="right")
     ate = result.ate(prob=PROB).loc["model_implied"]
     means = units["tau_mean"].to_numpy()
     return {
         "seed": seed,
         "seconds": round(seconds, 1),
         "cover": round(float(covered.mean()), 4),
-        "cover_by_effect_third": [round(float(covered[third == i].mean()), 4) for i in range(3)],
+        **coverage_by_thirds(truth, covered),
         "sqrt_pehe": round(float(np.sqrt(np.mean((means - truth) ** 2))), 4),
         "sd_of_means": round(float(means.std()), 4),
-        "truth_sd": round(float(truth.std()), 4),
         "ate": round(float(ate["estimate"]), 4),
         "ate_interval": [round(float(ate["5%"]), 4), round(float(ate["95%"]), 4)],
         "sample_ate": round(float(tau.mean()), 4),
@@ -153,17 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         for future in futures:
             rows.append(future.result())
             print(json.dumps(rows[-1]), flush=True)
-    cover = np.array([r["cover"] for r in rows])
     summary = {
-        "summary": True,
-        "trials": len(rows),
-        "cover": round(float(cover.mean()), 4),
-        "cover_mcse": round(float(cover.std(ddof=1) / np.sqrt(len(cover))), 4)
-        if len(cover) > 1
-        else None,
-        "cover_by_effect_third": np.round(
-            np.mean([r["cover_by_effect_third"] for r in rows], axis=0), 4
-        ).tolist(),
+        **summarize(rows),
         "ate_covered": int(
             sum(lo <= r["sample_ate"] <= hi for r in rows for lo, hi in [r["ate_interval"]])
         ),
