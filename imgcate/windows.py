@@ -84,6 +84,16 @@ def scale_values(scale: Any) -> tuple[float, ...] | None:
     return values
 
 
+def gdal_errors() -> tuple[type[BaseException], ...]:
+    """GDAL's own error class as rasterio raises it for a failed read (``CPLE_BaseError``,
+    beside ``RasterioIOError``); none where another rasterio moved it."""
+    try:
+        from rasterio._err import CPLE_BaseError
+    except ImportError:  # moved in another rasterio: its read errors are still RasterioError
+        return ()
+    return (CPLE_BaseError,)
+
+
 def gdal_words(exc: BaseException) -> str:
     """A GDAL error's text without "See previous exception for details." (an exception the
     user does not see)."""

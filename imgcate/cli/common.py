@@ -25,7 +25,7 @@ import rasterio.errors
 from imgcate.errors import ImgcateError
 from imgcate.output import check_writable, write_table
 from imgcate.raster import file_stem, is_url
-from imgcate.windows import gdal_words
+from imgcate.windows import gdal_errors, gdal_words
 
 #: An existing file (rasters, fits, chips, units tables).
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -189,7 +189,9 @@ def run(fn, *args, **kwargs):
         raise click.ClickException(in_cli_words(str(exc))) from exc
 
 
-def _same_path(a: Path, b: Path) -> bool:
+def same_path(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (the same file by any spelling or link, where both
+    exist)."""
     if a.exists() and b.exists():
         return a.samefile(b)
     return a.resolve() == b.resolve()
@@ -201,7 +203,7 @@ def check_output(path: Path, overwrite: bool) -> None:
     or another output): a usage error naming both, before any work."""
     ctx = click.get_current_context(silent=True)
     for param, value in _path_values(ctx) if ctx is not None else ():
-        if value is not path and _same_path(Path(value), Path(path)):
+        if value is not path and same_path(Path(value), Path(path)):
             what = (param.metavar or param.name.upper()).rstrip(".")
             what = param.opts[0] if isinstance(param, click.Option) else what
             raise click.UsageError(
@@ -306,18 +308,10 @@ def _is_input(param: click.Parameter) -> bool:
     return isinstance(param.type, RasterSource) or bool(getattr(param.type, "exists", False))
 
 
-def _read_errors() -> tuple[type[BaseException], ...]:
-    """A file that could not be read: GDAL's I/O errors through rasterio (or a CPLE_* error
-    itself), a zip archive (.npz, .imgcate) cut short or damaged. Not rasterio's other errors,
-    which are ours to fix."""
-    try:
-        from rasterio._err import CPLE_BaseError
-    except ImportError:  # moved in another rasterio
-        return (rasterio.errors.RasterioIOError, zipfile.BadZipFile)
-    return (rasterio.errors.RasterioIOError, CPLE_BaseError, zipfile.BadZipFile)
-
-
-READ_ERRORS = _read_errors()
+#: A file that could not be read: GDAL's I/O errors through rasterio (or a CPLE_* error
+#: itself), a zip archive (.npz, .imgcate) cut short or damaged. Not rasterio's other errors,
+#: which are ours to fix.
+READ_ERRORS = (rasterio.errors.RasterioIOError, *gdal_errors(), zipfile.BadZipFile)
 
 
 def common(fn):

@@ -24,6 +24,7 @@ from imgcate.cli.common import (
     provenance,
     raster_argument,
     run,
+    same_path,
     start,
     unit_role_options,
     write_csv,
@@ -501,11 +502,10 @@ def effects(fit_file, output, prob, level, units, overwrite, verbose, quiet):
         raise click.BadParameter("must be between 0 and 1", param_hint="--prob")
     check_output(output, overwrite)
     read = recorded_units(fit_file) if units is None and level == "unit" else None
-    if read is not None and output.exists() and output.samefile(read):
+    if read is not None and same_path(output, read):
         raise click.UsageError(
-            f"output {str(output)!r} is the units table the fit records, which the unit "
-            "effects are keyed by: writing it would replace that file. Choose another output "
-            "path."
+            f"output {str(output)!r} is the units table the fit records, which the unit effects "
+            "are keyed by: writing it would replace that file. Choose another output path."
         )
     result = run(load_fit, fit_file)
     table = {"unit": result.unit_effects, "cluster": result.cluster_effects, "ate": result.ate}[

@@ -15,6 +15,7 @@ from imgcate.errors import RasterError
 from imgcate.prediction import support_distance
 from imgcate.raster import open_raster, raster_env, raster_label
 from imgcate.results import EffectFit
+from imgcate.windows import gdal_errors
 
 log = logging.getLogger("imgcate")
 
@@ -197,11 +198,7 @@ def _read_errors() -> tuple[type[BaseException], ...]:
     CPLE_* error itself), or ours from reopening."""
     import rasterio.errors
 
-    try:
-        from rasterio._err import CPLE_BaseError
-    except ImportError:  # moved in another rasterio: its read errors are still RasterioError
-        return (rasterio.errors.RasterioError, RasterError)
-    return (rasterio.errors.RasterioError, CPLE_BaseError, RasterError)
+    return (rasterio.errors.RasterioError, *gdal_errors(), RasterError)
 
 
 class TileReader:
