@@ -11,74 +11,78 @@ simulate/ for trials with known truth; intervals, validation, output and optiona
 
 import warnings
 
-from imgcate.compilation import enable_compilation_cache
-from imgcate.devices import request_cpu_devices
+from imgcate.startup import interrupts_held
 
-with warnings.catch_warnings():
-    request_cpu_devices()  # before JAX starts: one CPU device per core, for parallel chains
-    enable_compilation_cache()  # compiled samplers kept between processes
-    # numpyro imports tqdm.auto, which warns in a notebook without ipywidgets
-    warnings.filterwarnings("ignore", message="IProgress not found")  # without ipywidgets
-    import numpyro.util  # noqa: F401
+# Ctrl-C during these imports (seconds: JAX, NumPyro, rasterio) acts once they end
+with interrupts_held():
+    from imgcate.compilation import enable_compilation_cache
+    from imgcate.devices import request_cpu_devices
 
-from imgcate.chipfile import load_chips
-from imgcate.chips import Chips, chips_from_array, extract_chips
-from imgcate.config import FitConfig
-from imgcate.embeddingfile import embed_to_file
-from imgcate.embeddings import (
-    Embeddings,
-    as_embeddings,
-    embed,
-    encoder_from_state,
-    load_embeddings,
-)
-from imgcate.encoders import CNNEncoder, RandomConvFeatures
-from imgcate.errors import (
-    ApproximationWarning,
-    BalanceWarning,
-    BandWarning,
-    CheckpointWarning,
-    ConvergenceWarning,
-    DurationWarning,
-    ExtrapolationWarning,
-    FitError,
-    ImgcateError,
-    InputError,
-    MapInterrupted,
-    MissingDependencyError,
-    ModelCheckWarning,
-    OutputExistsError,
-    OverlapWarning,
-    ParetoKWarning,
-    RasterError,
-    RegionWarning,
-    WriteError,
-)
-from imgcate.inference import fit
-from imgcate.maps import (
-    TileGrid,
-    aggregate_by_polygon,
-    fit_tile_size,
-    polygon_effects,
-    predict_map,
-    tile_grid,
-    write_cog,
-    write_map,
-)
-from imgcate.raster import stack_bands
-from imgcate.results import EffectFit, Prediction, load_fit
-from imgcate.segments import (
-    cluster_sensitivity,
-    saliency,
-    segment_chips,
-    segment_sensitivity,
-    sensitivity_map,
-    typical_images,
-)
-from imgcate.selection import ClusterComparison, compare_clusters
-from imgcate.simulate import SimulatedTrial, simulate_trial
-from imgcate.trialcheck import RandomizationCheck, check_randomization
-from imgcate.units import Trial, read_units
+    with warnings.catch_warnings():
+        request_cpu_devices()  # before JAX starts: one CPU device per core, for parallel chains
+        enable_compilation_cache()  # compiled samplers kept between processes
+        # numpyro imports tqdm.auto, which warns in a notebook without ipywidgets
+        warnings.filterwarnings("ignore", message="IProgress not found")  # without ipywidgets
+        import numpyro.util  # noqa: F401
+
+    from imgcate.chipfile import load_chips
+    from imgcate.chips import Chips, chips_from_array, extract_chips
+    from imgcate.config import FitConfig
+    from imgcate.embeddingfile import embed_to_file
+    from imgcate.embeddings import (
+        Embeddings,
+        as_embeddings,
+        embed,
+        encoder_from_state,
+        load_embeddings,
+    )
+    from imgcate.encoders import CNNEncoder, RandomConvFeatures
+    from imgcate.errors import (
+        ApproximationWarning,
+        BalanceWarning,
+        BandWarning,
+        CheckpointWarning,
+        ConvergenceWarning,
+        DurationWarning,
+        ExtrapolationWarning,
+        FitError,
+        ImgcateError,
+        InputError,
+        MapInterrupted,
+        MissingDependencyError,
+        ModelCheckWarning,
+        OutputExistsError,
+        OverlapWarning,
+        ParetoKWarning,
+        RasterError,
+        RegionWarning,
+        WriteError,
+    )
+    from imgcate.inference import fit
+    from imgcate.maps import (
+        TileGrid,
+        aggregate_by_polygon,
+        fit_tile_size,
+        polygon_effects,
+        predict_map,
+        tile_grid,
+        write_cog,
+        write_map,
+    )
+    from imgcate.raster import stack_bands
+    from imgcate.results import EffectFit, Prediction, load_fit
+    from imgcate.segments import (
+        cluster_sensitivity,
+        saliency,
+        segment_chips,
+        segment_sensitivity,
+        sensitivity_map,
+        typical_images,
+    )
+    from imgcate.selection import ClusterComparison, compare_clusters
+    from imgcate.simulate import SimulatedTrial, simulate_trial
+    from imgcate.trialcheck import RandomizationCheck, check_randomization
+    from imgcate.units import Trial, read_units
 
 __version__ = "0.1.0"
 

@@ -21,13 +21,16 @@ from __future__ import annotations
 import os
 import sys
 
-import click
+from imgcate.startup import interrupts_held
 
-from imgcate.cli.about import info
-from imgcate.cli.common import ARGV
-from imgcate.cli.mapping import aggregate, map_command
-from imgcate.cli.modelling import demo, effects, fit_command, simulate
-from imgcate.cli.steps import chips_command, embed_command, embed_raster_command
+with interrupts_held():  # Ctrl-C while the commands' modules import acts once they end
+    import click
+
+    from imgcate.cli.about import info
+    from imgcate.cli.common import ARGV
+    from imgcate.cli.mapping import aggregate, map_command
+    from imgcate.cli.modelling import demo, effects, fit_command, simulate
+    from imgcate.cli.steps import chips_command, embed_command, embed_raster_command
 
 
 class Group(click.Group):
