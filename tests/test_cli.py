@@ -943,3 +943,22 @@ def test_chips_drop_names_the_dropped_units(tmp_path):
     assert f"{dropped} units dropped (--on-edge drop" in res.output
     assert str(chips.dropped_units[0]) in res.output
     assert "remove them from the units table before imgcate fit" in res.output
+
+
+def test_a_raster_cut_short_is_blamed_on_the_raster_not_on_bounds(map_fit, tmp_path):
+    """A scene cut short with a --bounds inside it: an error line (exit 1) naming the raster,
+    not `Invalid value for --bounds` (usage, exit 2) as when the region was checked with it."""
+    scene, fit_path = map_fit
+    with rasterio.open(scene) as ds:
+        west, south, east, north = ds.bounds
+    inside = [west + 0.25 * (east - west), south + 0.25 * (north - south)]
+    inside += [west + 0.75 * (east - west), south + 0.75 * (north - south)]
+    for keep in (400, scene.stat().st_size // 2):  # the header cut; the pixels cut
+        short = tmp_path / f"short{keep}.tif"
+        short.write_bytes(scene.read_bytes()[:keep])
+        out = tmp_path / f"map{keep}.tif"
+        args = ["map", str(fit_path), str(short), str(out), "--bounds", *map(str, inside)]
+        res = CliRunner().invoke(main, args + ["--stride", "16", "--max-draws", "20", "-q"])
+        assert res.exit_code == 1, (keep, res.output)
+        assert str(short) in res.output and "--bounds" not in res.output, res.output
+        assert not out.exists() and list(tmp_path.glob(f"map{keep}*")) == []

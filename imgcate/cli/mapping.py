@@ -190,13 +190,15 @@ def map_command(
         tile_size = fit_tile_size(fit_result, tile_size)
     except ImgcateError as exc:
         raise click.BadParameter(in_cli_words(str(exc)), param_hint="--tile-size") from exc
-    try:
-        # checked before the map starts; the map itself warns of a region past the raster
-        tile_grid(raster, area, tile_size=tile_size, stride=stride, stacklevel=None)
-    except ImgcateError as exc:
-        if area is None:
-            raise click.ClickException(in_cli_words(str(exc))) from exc
-        raise click.BadParameter(in_cli_words(str(exc)), param_hint=hint) from exc
+    # checked before the map starts, the raster first (opened, a CRS, north-up, a tile's
+    # size: not the region's fault), then the region; the map warns of a region past the raster
+    for where in (None, area) if area is not None else (None,):
+        try:
+            tile_grid(raster, where, tile_size=tile_size, stride=stride, stacklevel=None)
+        except ImgcateError as exc:
+            if where is None:
+                raise click.ClickException(in_cli_words(str(exc))) from exc
+            raise click.BadParameter(in_cli_words(str(exc)), param_hint=hint) from exc
     # SIGTERM and Ctrl-C stop the map as an error would: nothing at OUTPUT, no staging folder
     # beside it; the message says how many blocks were saved and how to resume
     with sigterm_as_interrupt() as received:
