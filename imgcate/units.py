@@ -185,6 +185,25 @@ def _parse_crs(crs) -> pyproj.CRS:
         ) from exc
 
 
+def same_coordinates(given: pyproj.CRS, own: pyproj.CRS, bounds) -> bool:
+    """Whether ``given`` reads the coordinates of a file in CRS ``own`` as the same places:
+    equal CRSs (axis order aside), or two spellings of one (an EPSG code and its ``+proj``
+    string) under which the corners and centre of ``bounds`` (xmin, ymin, xmax, ymax) move by
+    less than a millimetre (1e-8 degrees)."""
+    if given.equals(own, ignore_axis_order=True):
+        return True
+    xmin, ymin, xmax, ymax = (float(v) for v in bounds)
+    x = np.array([xmin, xmin, xmax, xmax, (xmin + xmax) / 2])
+    y = np.array([ymin, ymax, ymin, ymax, (ymin + ymax) / 2])
+    try:
+        tx, ty = pyproj.Transformer.from_crs(own, given, always_xy=True).transform(x, y)
+    except pyproj.exceptions.ProjError:
+        return False
+    tolerance = 1e-8 if given.is_geographic else 1e-3
+    moved = np.hypot(np.asarray(tx) - x, np.asarray(ty) - y)
+    return bool(np.all(np.isfinite(moved)) and moved.max() < tolerance)
+
+
 def _points(gdf: gpd.GeoDataFrame, polygons: str, id_col: str) -> gpd.GeoDataFrame:
     """Point locations: points as they are; polygons only where ``polygons`` says which point
     of each stands for the unit."""
@@ -230,7 +249,7 @@ def _to_geodataframe(
             if crs is None:
                 raise InputError("the units geometry has no CRS; pass crs='EPSG:....'.")
             gdf = gdf.set_crs(_parse_crs(crs))
-        elif crs is not None and not _parse_crs(crs).equals(gdf.crs, ignore_axis_order=True):
+        elif crs is not None and not same_coordinates(_parse_crs(crs), gdf.crs, gdf.total_bounds):
             raise InputError(
                 f"the units geometry has its own CRS ({gdf.crs.to_string()}), not crs={crs!r}; "
                 "leave crs out (it is for coordinate columns or a geometry without a CRS)."

@@ -170,3 +170,25 @@ def test_unknown_crs_for_a_geometry_without_one_is_named():
         read_units(own, crs="EPSG:32636")
     crs84 = gdf.set_crs("OGC:CRS84")  # the same CRS but for its axis order: no contradiction
     assert read_units(crs84, crs="EPSG:4326").crs == crs84.crs
+
+
+def test_a_crs_spelled_another_way_agrees_with_a_geometry_of_that_crs():
+    """An EPSG code and its +proj string read the same coordinates as the same places: no
+    contradiction; another datum (NAD27 against WGS 84: tens of metres) still is one."""
+    df = table()
+    utm = gpd.GeoDataFrame(
+        df.drop(columns=["lon", "lat"]),
+        geometry=gpd.points_from_xy(500000 + 1000 * df.lon, 9000000 + 1000 * df.lat),
+        crs="EPSG:31985",  # SIRGAS 2000 / UTM zone 25S
+    )
+    spelled = "+proj=utm +zone=25 +south +ellps=GRS80 +units=m +no_defs"
+    assert read_units(utm, crs=spelled).crs.to_epsg() == 31985  # the file's own CRS kept
+    with pytest.raises(InputError, match="its own CRS"):
+        read_units(utm, crs="EPSG:32724")  # zone 24: other places
+    lonlat = gpd.GeoDataFrame(
+        df.drop(columns=["lon", "lat"]),
+        geometry=gpd.points_from_xy(-100 + df.lon, 40 + df.lat),
+        crs="EPSG:4326",
+    )
+    with pytest.raises(InputError, match="its own CRS"):
+        read_units(lonlat, crs="EPSG:4267")
