@@ -962,3 +962,9 @@ def test_a_raster_cut_short_is_blamed_on_the_raster_not_on_bounds(map_fit, tmp_p
         assert res.exit_code == 1, (keep, res.output)
         assert str(short) in res.output and "--bounds" not in res.output, res.output
         assert not out.exists() and list(tmp_path.glob(f"map{keep}*")) == []
+
+
+def test_simulate_with_q_says_only_what_it_wrote(tmp_path):
+    res = CliRunner().invoke(main, ["-q", "simulate", str(tmp_path / "t"), "--n-units", "40"])
+    assert res.exit_code == 0, res.output
+    assert res.output == f"wrote {tmp_path / 't'}/units.csv, embeddings.parquet, truth.csv\n"

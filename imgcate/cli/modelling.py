@@ -91,7 +91,7 @@ def simulate(output_dir, n_units, n_clusters, seed, overwrite, verbose, quiet):
     from imgcate.output import ensure_folder
     from imgcate.simulate import simulate_trial
 
-    start(verbose, quiet)
+    _, quiet, _ = start(verbose, quiet)
     check_minimum(("--n-clusters", n_clusters, 1), ("--n-units", n_units, 4))
     sim = run(simulate_trial, seed, n_units, n_clusters)
     run(ensure_folder, output_dir)
@@ -111,7 +111,7 @@ def simulate(output_dir, n_units, n_clusters, seed, overwrite, verbose, quiet):
     )
     write_csv(truth, output_dir / "truth.csv", overwrite)
     click.echo(f"wrote {output_dir}/units.csv, embeddings.parquet, truth.csv")
-    if sim.trial.covariates:  # imgcate fit uses only the columns --covariate names
+    if sim.trial.covariates and not quiet:  # fit uses only the columns --covariate names
         names = ", ".join(sim.trial.covariates)
         flags = " ".join(f"--covariate {name}" for name in sim.trial.covariates)
         click.echo(f"covariates {names}: imgcate fit adjusts for them with {flags}")
