@@ -163,6 +163,12 @@ class FitConfig:
         return f"K={self.n_clusters}"
 
     @property
+    def effect_clusters(self) -> bool:
+        """Whether the effect has clusters whose effects differ (not K = 1, not the
+        constant-effect model's clusters of the baseline alone)."""
+        return self.n_clusters > 1 and not self.equal_effects
+
+    @property
     def likelihood_label(self) -> str:
         """The likelihood's name in displays, the hurdle's positive part named, and a noise
         sd that varies with the image (``noise_scale="image"``) said."""

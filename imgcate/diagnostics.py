@@ -17,6 +17,8 @@ from imgcate.devices import cpu_device_count
 if TYPE_CHECKING:
     import arviz as az
 
+    from imgcate.config import FitConfig
+
 #: Posterior variables whose convergence is checked (raw non-centred weights are not read).
 CHECKED = (
     "alpha",
@@ -361,17 +363,27 @@ def divergent_transitions(idata: az.InferenceData) -> int:
     return int(stats["diverging"].values.sum()) if has else 0
 
 
-def convergence_problems(idata: az.InferenceData) -> list[str]:
+def sampling_problems(idata: az.InferenceData, config: FitConfig) -> list[str]:
+    """:func:`convergence_problems` of a fit with options ``config``: none for SVI (one guide,
+    no chains), and advice about fewer clusters only where its effect has clusters."""
+    if config.method != "nuts":
+        return []
+    return convergence_problems(idata, config.effect_clusters)
+
+
+def convergence_problems(idata: az.InferenceData, effect_clusters: bool = True) -> list[str]:
     """What is wrong with the sampling, in words: chains in different modes, divergences,
-    R-hat > 1.01, bulk ESS below 100 per chain (empty when nothing is)."""
+    R-hat > 1.01, bulk ESS below 100 per chain (empty when nothing is). ``effect_clusters``
+    (:attr:`imgcate.config.FitConfig.effect_clusters`): whether fewer clusters is advice
+    worth giving (not for a model whose effect has none)."""
     problems = []
     stuck = chain_modes(idata)
     if stuck:
+        fewer = ". Compare fewer clusters (imgcate.compare_clusters), " if effect_clusters else "; "
         problems.append(
             f"chains {stuck} settled in a mode with a clearly lower log density than the best "
-            "chain: the posterior has several modes and the results mix them. Compare fewer "
-            "clusters (imgcate.compare_clusters), raise init_restarts, or drop those chains "
-            "(idata.sel(chain=...))"
+            f"chain: the posterior has several modes and the results mix them{fewer}raise "
+            "init_restarts, or drop those chains (idata.sel(chain=...))"
         )
     n_div = divergent_transitions(idata)
     if n_div:
@@ -381,7 +393,7 @@ def convergence_problems(idata: az.InferenceData) -> list[str]:
     if n_chains > 1:
         bad = table[table["r_hat"] > 1.01]
         if len(bad):
-            clusters = any(n.startswith(CLUSTER_SITES) for n in bad.index)
+            clusters = effect_clusters and any(n.startswith(CLUSTER_SITES) for n in bad.index)
             advice = "; weakly identified clusters if it persists: compare fewer" * clusters
             problems.append(
                 f"R-hat > 1.01 for {list(bad.index[:5])} (run longer or more chains{advice})"

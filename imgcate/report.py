@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 
 from imgcate.diagnostics import (
-    convergence_problems,
     divergent_transitions,
     restart_note,
+    sampling_problems,
 )
 from imgcate.errors import InputError
 from imgcate.optional import require
@@ -246,7 +246,7 @@ def _diagnostics(fit: EffectFit, seed: int) -> Section:
 def _failed_checks(fit: EffectFit, seed: int) -> str:
     """The diagnostics section's last line: every check that failed (the chains' for NUTS,
     the replicated outcomes' where kept), or what passed."""
-    problems = convergence_problems(fit.idata) if fit.config.method == "nuts" else []
+    problems = sampling_problems(fit.idata, fit.config)
     if "posterior_predictive" in fit.idata.groups():
         problems += outcome_problems(
             fit.check_outcome(seed=seed), fit.config.likelihood, fit.config.noise_scale

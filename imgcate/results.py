@@ -22,11 +22,11 @@ from imgcate.diagnostics import (
     ate_gap,
     checks_passed,
     checks_skipped,
-    convergence_problems,
     diagnostics_table,
     divergent_transitions,
     observational,
     restart_note,
+    sampling_problems,
 )
 from imgcate.errors import ConvergenceWarning, FitError, InputError, ModelCheckWarning
 from imgcate.fitfile import read_fit_file, write_fit_file
@@ -169,7 +169,7 @@ class EffectFit:
     def check_convergence(self) -> list[str]:
         """NUTS: warn (ConvergenceWarning) about R-hat > 1.01, low ESS, divergences or chains in
         different modes, and return the problems; none for SVI (one guide, no chains)."""
-        problems = convergence_problems(self.idata) if self.config.method == "nuts" else []
+        problems = sampling_problems(self.idata, self.config)
         for message in problems:
             warnings.warn(f"imgcate fit: {message}.", ConvergenceWarning, stacklevel=3)
         return problems
@@ -467,7 +467,7 @@ class EffectFit:
 
     def _problems(self) -> list[str]:
         """Every failed check in words: convergence, outcome distribution, ATE gap."""
-        problems = convergence_problems(self.idata) if self.config.method == "nuts" else []
+        problems = sampling_problems(self.idata, self.config)
         return problems + self._model_problems()
 
     def _model_problems(self) -> list[str]:

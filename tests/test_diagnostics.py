@@ -91,3 +91,24 @@ def test_r_hat_advice_names_clusters_only_where_the_clusters_mix_badly():
     clusters = az.from_dict(posterior={"sigma": together, "tau_cluster": apart})
     (problem,) = [p for p in convergence_problems(clusters) if "R-hat" in p]
     assert "compare fewer" in problem
+    # a model whose effect has no clusters (K = 1, the constant effect): not that advice
+    units = az.from_dict(posterior={"sigma": together, "tau_unit": apart[..., None]})
+    assert "compare fewer" in " ".join(convergence_problems(units))
+    (problem,) = [p for p in convergence_problems(units, effect_clusters=False) if "R-hat" in p]
+    assert "tau_unit" in problem and "compare fewer" not in problem
+
+
+def test_sampling_problems_follow_the_fit_config():
+    from imgcate.config import FitConfig
+    from imgcate.diagnostics import sampling_problems
+
+    rng = np.random.default_rng(1)
+    units = rng.normal(size=(2, 200, 1)) + np.array([0.0, 3.0])[:, None, None]
+    idata = az.from_dict(posterior={"tau_unit": units})
+    constant = FitConfig(n_clusters=2, equal_effects=True)
+    assert constant.label.startswith("constant effect") and not constant.effect_clusters
+    assert FitConfig(n_clusters=2).effect_clusters and not FitConfig(n_clusters=1).effect_clusters
+    for config, advised in ((FitConfig(n_clusters=3), True), (constant, False)):
+        (problem,) = [p for p in sampling_problems(idata, config) if "R-hat" in p]
+        assert ("compare fewer" in problem) is advised
+    assert sampling_problems(idata, FitConfig(n_clusters=3, method="svi")) == []
