@@ -372,7 +372,7 @@ def read_units(
     id: str = "id",
     treatment: str = "treatment",
     outcome: str | None = "outcome",
-    covariates: Sequence[str] = (),
+    covariates: str | Sequence[str] = (),
     lon: str | None = None,
     lat: str | None = None,
     crs=None,
@@ -392,8 +392,9 @@ def read_units(
     id, treatment, outcome : str
         Column names. ``outcome=None`` reads a table without outcomes (prediction only); the
         treatment column is then optional too.
-    covariates : sequence of str
-        Numeric covariate columns used in the baseline (and propensity) models.
+    covariates : str or sequence of str
+        Numeric covariate columns used in the baseline (and propensity) models (one name
+        alone is one column).
     lon, lat : str, optional
         Coordinate columns (default ``"lon"``/``"lat"`` when the table has no geometry).
     crs : optional
@@ -447,8 +448,14 @@ def read_units(
     if outcome is not None:
         roles.update(treatment=treatment, outcome=outcome)
     _require_columns(df, roles, name)
+    if isinstance(covariates, str):  # one column by its name, not its letters
+        covariates = (covariates,)
     for col in covariates:
-        _require_columns(df, {"covariate": col}, name)
+        if col not in df.columns:
+            raise InputError(
+                f"covariate column {col!r} is not in {name} (columns: {list(df.columns)}); "
+                "pass covariates=[<column name>, ...]."
+            )
     ids = df[id].to_numpy()
     if df[id].isna().any():
         raise InputError(f"id column {id!r} has missing ids; every unit needs an id.")

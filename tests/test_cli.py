@@ -688,6 +688,9 @@ def test_advice_is_given_in_options():
     assert in_cli_words("no column 'z'; pass covariate=<column name>") == (
         "no column 'z'; pass --covariate <column name>"
     )
+    assert in_cli_words("no column 'z'; pass covariates=[<column name>, ...].") == (
+        "no column 'z'; pass --covariate <column name> (once for each)."
+    )
     assert in_cli_words("check the declared design (stratum=, cluster=); if") == (
         "check the declared design (--stratum, --cluster); if"
     )

@@ -192,3 +192,11 @@ def test_a_crs_spelled_another_way_agrees_with_a_geometry_of_that_crs():
     )
     with pytest.raises(InputError, match="its own CRS"):
         read_units(lonlat, crs="EPSG:4267")
+
+
+def test_one_covariate_by_its_name_is_one_column_and_a_missing_one_names_the_argument():
+    df = table()
+    trial = read_units(df, covariates="x")
+    assert trial.covariates == ("x",) and trial.covariate_matrix.shape == (6, 1)
+    with pytest.raises(InputError, match=r"covariate column 'market' .*pass covariates=\["):
+        read_units(df, covariates="market")

@@ -102,6 +102,7 @@ OPTION_OF_ARGUMENT = {
     "treatment": "--treatment",
     "outcome": "--outcome",
     "covariate": "--covariate",
+    "covariates": "--covariate",
     "image_id": "--image-id",
     "lon": "--lon",
     "lat": "--lat",
@@ -119,6 +120,7 @@ _ARGUMENT = re.compile(r"\b(" + "|".join(OPTION_OF_ARGUMENT) + r")=([,)]?)")
 #: Advice in the library's words (Python arguments) and the same advice on the command line.
 CLI_PHRASES = (
     ("pass overwrite=True (--overwrite)", "pass --overwrite"),
+    ("pass covariates=[<column name>, ...]", "pass --covariate <column name> (once for each)"),
     ("(raise num_samples / --draws)", "(raise --draws)"),
     ("(raise target_accept)", "(raise --option target_accept=0.95)"),
     ("raise init_restarts", "raise --option init_restarts=64"),
