@@ -266,7 +266,7 @@ def fit(
     n_clusters: int = 2,
     likelihood: str = "gaussian",
     method: str = "nuts",
-    propensity: np.ndarray | None = None,
+    propensity: Any = None,
     seed: int = 0,
     provenance: dict | None = None,
     **options: Any,
@@ -300,13 +300,14 @@ def fit(
         (:class:`~imgcate.DurationWarning`). Faster: ``method="svi"`` (approximate; 34 s at
         2,000 units), or NUTS without the Gaussian processes (``n_basis=0,
         deviation="linear"``); see docs/benchmarks.md.
-    propensity : ndarray (unit,), optional
-        Estimated propensity scores for an observational study (e.g. from
-        :func:`imgcate.confounding.estimate_propensity`). They enter the baseline as a
-        covariate named ``propensity``, as in Bayesian causal forests (Hahn, Murray and
-        Carvalho 2020), so that targeting on what the image shows is not mistaken for effect
-        heterogeneity. The effects are causal under ignorability given the image embedding and
-        covariates, and overlap (0 < propensity < 1); check overlap first.
+    propensity : Propensity or ndarray (unit,), optional
+        Estimated propensity scores for an observational study (e.g. the
+        :class:`~imgcate.confounding.Propensity` of
+        :func:`imgcate.confounding.estimate_propensity`, or its ``scores``). They enter the
+        baseline as a covariate named ``propensity``, as in Bayesian causal forests (Hahn,
+        Murray and Carvalho 2020), so that targeting on what the image shows is not mistaken
+        for effect heterogeneity. The effects are causal under ignorability given the image
+        embedding and covariates, and overlap (0 < propensity < 1); check overlap first.
     seed : int
         Random seed; the same seed gives the same posterior on the same machine.
     provenance : dict, optional
@@ -447,8 +448,9 @@ def fit(
 
 
 def _with_propensity(trial: Trial, propensity: np.ndarray) -> Trial:
-    """The trial with the propensity score added as a baseline covariate."""
-    scores = as_propensity(propensity)
+    """The trial with the propensity score (a :class:`~imgcate.confounding.Propensity`'s
+    scores, or the scores) added as a baseline covariate."""
+    scores = as_propensity(getattr(propensity, "scores", propensity))
     if len(scores) != trial.n_units:
         raise InputError(
             f"propensity has {len(scores)} values but the trial has {trial.n_units} units."

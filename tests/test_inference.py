@@ -805,3 +805,30 @@ def test_the_baseline_has_clusters_of_its_own(tmp_path, edit_fit_file):
     assert "baseline_clusters=shared" in settings["older"]
     with pytest.raises(InputError, match="baseline_clusters.*own.*shared"):
         fit(sim.trial, sim.embeddings, baseline_clusters="separate", **opts)
+
+
+def test_a_propensity_object_is_taken_for_its_scores():
+    """fit(propensity=estimate_propensity(...)) uses the object's scores, as ate_estimates
+    does (it was refused: "propensity must be numeric")."""
+    from imgcate.confounding import estimate_propensity
+
+    sim = simulate_trial(5, 120, 2)
+    features = sim.embeddings.unit_rows(sim.trial.image_keys)
+    ps = estimate_propensity(features, sim.trial.treatment_array, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = fit(
+            sim.trial,
+            sim.embeddings,
+            propensity=ps,
+            seed=0,
+            num_warmup=20,
+            num_samples=20,
+            num_chains=1,
+            init_restarts=2,
+        )
+    names = list(result.idata.constant_data.coords["covariate"].values)
+    std = result.standardizer
+    j = names.index("propensity")
+    scores = result.idata.constant_data["covariates"].values[:, j] * std.covariate_sd[j]
+    np.testing.assert_allclose(scores + std.covariate_mean[j], ps.scores, atol=1e-6)
