@@ -106,7 +106,16 @@ def check_lengths(**arrays: np.ndarray | None) -> int:
 
 def as_treatment(values: Any, n: int | None = None) -> np.ndarray:
     """A binary 0/1 treatment vector (float64) with both arms present."""
-    t = as_vector("treatment", values, n)
+    try:
+        t = as_vector("treatment", values, n)
+    except InputError as exc:
+        if "must be numeric" not in str(exc):
+            raise
+        shown = pd.unique(np.asarray(values, dtype=object).ravel())[:5].tolist()
+        raise InputError(
+            f"treatment must be binary (0/1); found value(s) {shown}. Recode it as 1 = "
+            "treated, 0 = control (e.g. (values == 'yes').astype(int))."
+        ) from exc
     levels = np.unique(t)
     if not np.isin(levels, (0.0, 1.0)).all():
         shown = levels[~np.isin(levels, (0.0, 1.0))][:5].tolist()

@@ -29,6 +29,8 @@ def test_treatment_and_propensity():
         as_treatment([0, 1, 2])
     with pytest.raises(InputError, match="must contain both treated"):
         as_treatment([1, 1])
+    with pytest.raises(InputError, match=r"found value\(s\) \['no', 'yes'\]\. Recode it"):
+        as_treatment(np.array(["no", "yes", "no"]))  # as read from a table, before recoding
     with pytest.raises(InputError, match="treatment has 2 entries but outcome/scores have 3"):
         as_treatment([0, 1], n=3)
     np.testing.assert_array_equal(as_propensity(0.5, n=3), [0.5, 0.5, 0.5])  # known by design
