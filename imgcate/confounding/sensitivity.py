@@ -391,6 +391,12 @@ def confounding_sensitivity(
     names = [f"covariate_{j}" for j in range(x.shape[1])] if names is None else list(names)
     if len(names) != x.shape[1]:
         raise InputError(f"names has {len(names)} entries but covariates has {x.shape[1]} columns.")
+    constant = [name for name, sd in zip(names, x.std(axis=0), strict=True) if sd == 0]
+    if constant:
+        raise InputError(
+            f"covariates {constant} are constant (the regression has its intercept already); "
+            "drop them."
+        )
     positions = _benchmark_positions(benchmark, names)
     const = np.ones((n, 1))
     coef, se, dof = _ols(y, np.hstack([const, t[:, None], x]))

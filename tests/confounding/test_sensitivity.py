@@ -114,6 +114,9 @@ def test_sensitivity_on_the_image_simulation(sim):
     assert 0 < res.rv_qa < res.rv_q < 1
     with pytest.raises(InputError, match="is not a covariate name"):
         confounding_sensitivity(sim.outcome, sim.treatment, sim.features[:, :2], benchmark="roads")
+    flat = np.column_stack([sim.features[:, :2], np.ones(len(sim.outcome))])
+    with pytest.raises(InputError, match=r"covariates \['market'\] are constant"):
+        confounding_sensitivity(sim.outcome, sim.treatment, flat, names=["a", "b", "market"])
 
 
 # The Darfur example of Cinelli & Hazlett (2020, sec. 5), from published regression summaries
