@@ -22,6 +22,22 @@ from imgcate.provenance import collect
 from imgcate.validation import as_float_array, check_choice
 
 
+def _kinds_differ(missing: np.ndarray, image_ids: np.ndarray) -> str:
+    """A hint when the missing keys are numbers and the image ids text or the other way
+    round (ids read as integers from one file and as text from another), else "."."""
+
+    def textual(values) -> bool:
+        return all(isinstance(v, str) for v in values[:20])
+
+    if textual(list(missing)) == textual(list(image_ids)):
+        return "."
+    text = "text" if textual(list(image_ids)) else "numbers"
+    return (
+        f". The embeddings' image ids are {text} and these are not: convert one side "
+        "(e.g. units[id] = units[id].astype(str))."
+    )
+
+
 @dataclass(frozen=True)
 class Embeddings:
     """Embeddings of images, one row per image.
@@ -154,7 +170,7 @@ class Embeddings:
             raise InputError(
                 f"no embedding for {len(missing)} of {len(pd.unique(np.asarray(keys)))} image "
                 f"ids (first {missing[:5].tolist()}); embed every image the units refer to "
-                "(or check the trial's image_id column)."
+                f"(or check the trial's image_id column){_kinds_differ(missing, self.image_ids)}"
             )
         return pos
 
