@@ -451,7 +451,7 @@ def _rewarn(caught: list, fold: int, n_folds: int) -> list[str]:
     """Warn again what a fold's fit warned, prefixed by the fold; return the fit problems."""
     problems = []
     for record in caught:
-        message = f"crossfit_cate, fold {fold + 1} of {n_folds}: {record.message}"
+        message = f"crossfit_cate, fold {fold} (folds 0-{n_folds - 1}): {record.message}"
         warnings.warn(message, record.category, stacklevel=3)
         if issubclass(record.category, FIT_WARNINGS):
             problems.append(message)

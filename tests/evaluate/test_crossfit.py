@@ -239,3 +239,17 @@ def test_out_of_fold_rate_and_blp_reject_only_real_heterogeneity():
     for name in ("rate_autoc", "blp_hte"):
         assert counts["constant"][name] <= 2, counts  # level: at most 10 % of 20
         assert counts["clusters"][name] >= 5, counts  # power: at least 5 of 6
+
+
+def test_a_folds_warnings_number_it_as_the_table_does():
+    """A fold's fit warnings are repeated with the fold's number as to_frame()['fold'] has it
+    (0-based), and a fit's problems are kept for the result."""
+    from imgcate.errors import ConvergenceWarning
+    from imgcate.evaluate.crossfit import _rewarn
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.warn("R-hat > 1.01", ConvergenceWarning, stacklevel=1)
+    with pytest.warns(ConvergenceWarning, match=r"crossfit_cate, fold 4 \(folds 0-4\): R-hat"):
+        problems = _rewarn(caught, 4, 5)
+    assert problems == ["crossfit_cate, fold 4 (folds 0-4): R-hat > 1.01"]
