@@ -456,7 +456,7 @@ def estimate_propensity(
         raw, diagnostics = _bayes_propensity(
             x, t, int(seed), num_warmup, num_samples, num_chains, progress_bar
         )
-    _warn_extreme(raw)
+    _warn_extreme(raw, clip)
     scores = np.clip(raw, clip, 1 - clip)
     n_clipped = int(np.sum(scores != raw))
     return Propensity(scores, t, method, float(clip), n_clipped, diagnostics, equations)
@@ -475,14 +475,18 @@ def format_probability(p: float) -> str:
     return f"{p:.{digits}f}".rstrip("0").rstrip(".")
 
 
-def _warn_extreme(scores: np.ndarray) -> None:
+def _warn_extreme(scores: np.ndarray, clip: float) -> None:
+    """Warn of scores (before clipping at ``clip``) closer than EXTREME_PROPENSITY to 0 or 1."""
     extreme = (scores < EXTREME_PROPENSITY) | (scores > 1 - EXTREME_PROPENSITY)
     if extreme.any():
+        lo, hi = OVERLAP_BAND
         warnings.warn(
             f"{int(extreme.sum())} of {len(scores)} propensity scores lie outside "
             f"[{EXTREME_PROPENSITY}, {1 - EXTREME_PROPENSITY}] (min "
-            f"{format_probability(scores.min())}, max {format_probability(scores.max())}); "
-            "weights will be extreme. Check overlap_summary() and consider trim(...).",
+            f"{format_probability(scores.min())}, max {format_probability(scores.max())} "
+            f"before clipping to [{clip:g}, {1 - clip:g}]); weights will be extreme. Check "
+            f"overlap_summary() (its frac_outside counts the clipped scores outside [{lo}, {hi}]) "
+            "and consider trim(...).",
             OverlapWarning,
             stacklevel=3,
         )

@@ -85,7 +85,8 @@ def test_bayes_propensity_small_fit_tracks_truth():
 
 def test_extreme_propensities_warn_and_are_clipped():
     sim = simulate_confounded(seed=2, n_units=400, strength=25.0)
-    with pytest.warns(OverlapWarning, match="propensity scores lie outside"):
+    said = r"propensity scores lie outside .* before clipping to \[0.02, 0.98\]\).*\[0.05, 0.95\]"
+    with pytest.warns(OverlapWarning, match=said):
         ps = estimate_propensity(
             sim.features, sim.treatment, method="logistic", C=100.0, seed=2, clip=0.02
         )
