@@ -418,16 +418,27 @@ def _labelled(name: str, values: np.ndarray):
 
 
 def ate_gap(table: pd.DataFrame) -> str | None:
-    """A sentence when the model-implied ATE and the difference in means of
-    ``EffectFit.ate()``'s ``table`` disagree beyond chance (|difference| > 2.58 combined sds;
-    for randomized trials), else None."""
-    model, dim = table.loc["model_implied"], table.loc["difference_in_means"]
-    spread = np.hypot(model["std_err"], dim["std_err"])
-    if not np.isfinite(spread) or abs(model["estimate"] - dim["estimate"]) <= 2.58 * spread:
+    """A sentence when the model-implied ATE of ``EffectFit.ate()``'s ``table`` and the
+    design-based estimate beside it disagree beyond chance (|difference| > 2.58 combined sds),
+    else None: the AIPW estimate where the fit was given a propensity score (an observational
+    study), else the difference in means (a randomized trial)."""
+    model = table.loc["model_implied"]
+    other = "aipw" if "aipw" in table.index else "difference_in_means"
+    design = table.loc[other]
+    spread = np.hypot(model["std_err"], design["std_err"])
+    if not np.isfinite(spread) or abs(model["estimate"] - design["estimate"]) <= 2.58 * spread:
         return None
+    if other == "aipw":
+        return (
+            f"the model-implied ATE ({model['estimate']:.3g}) and the doubly robust AIPW "
+            f"estimate ({design['estimate']:.3g}, se {design['std_err']:.2g}) disagree beyond "
+            "chance: with the propensity score given, both estimate the ATE, so the outcome "
+            "model is misspecified where the treated and control units differ (check overlap; "
+            "read the AIPW estimate)."
+        )
     return (
         f"the model-implied ATE ({model['estimate']:.3g}) and the difference in means "
-        f"({dim['estimate']:.3g}, se {dim['std_err']:.2g}) disagree beyond chance: in a "
+        f"({design['estimate']:.3g}, se {design['std_err']:.2g}) disagree beyond chance: in a "
         "randomized trial they estimate the same thing, so the model is misspecified for "
         "this outcome (check_outcome(); another likelihood)."
     )
@@ -435,7 +446,7 @@ def ate_gap(table: pd.DataFrame) -> str | None:
 
 def observational(fit) -> bool:
     """Whether a fit adjusted for a propensity score (then the unadjusted difference in means
-    is biased by design, and not compared with the model's ATE)."""
+    is biased by design, and the model's ATE is compared with the AIPW estimate instead)."""
     coords = fit.idata.constant_data.coords
     return "covariate" in coords and "propensity" in coords["covariate"].values
 
@@ -445,8 +456,9 @@ def checks_passed(fit) -> str:
     done = ["the chains agree"] if fit.config.method == "nuts" else []
     if "posterior_predictive" in fit.idata.groups():
         done.append("replicated outcomes match the data in both arms")
-    if not observational(fit):
-        done.append("the model-implied ATE agrees with the difference in means")
+    design = "the difference in means"
+    design = "the doubly robust (AIPW) estimate" if observational(fit) else design
+    done.append(f"the model-implied ATE agrees with {design}")
     return ", ".join(done) or "none ran"
 
 

@@ -24,7 +24,6 @@ from imgcate.diagnostics import (
     checks_skipped,
     diagnostics_table,
     divergent_transitions,
-    observational,
     restart_note,
     sampling_problems,
 )
@@ -265,40 +264,22 @@ class EffectFit:
         out["cluster"] = q["cluster_prob"].argmax(1)
         return out
 
-    def ate(self, prob: float = 0.9) -> pd.DataFrame:
-        """The model-implied ATE beside the design-based difference in means.
+    def ate(self, prob: float = 0.9, seed: int = 0) -> pd.DataFrame:
+        """The model-implied ATE beside design-based estimates (:func:`imgcate.ates.ate_table`).
 
-        Both should agree in a randomized trial; a gap points at a misspecified model. The
-        difference in means has Neyman's standard error (HC2), or a cluster-robust one (CR2,
-        Student-t interval with G - 1 df) when units share their assignment or their image
-        (the trial's ``cluster`` column, else a shared ``image_id``); ``vcov`` says which
-        (:func:`imgcate.confounding.difference_in_means`). Where a cluster holds a whole arm
-        there is no design-based standard error: NaN, and ``vcov`` says why.
+        Rows ``model_implied``; ``aipw`` for a fit given a propensity score (doubly robust,
+        with that score and cross-fitted outcome regressions on the fit's embedding and
+        covariates; ``seed`` sets their folds); ``difference_in_means``, Neyman's standard
+        error (HC2) or a cluster-robust one (CR2, Student-t interval with G - 1 df) when units
+        share their assignment or their image (the trial's ``cluster`` column, else a shared
+        ``image_id``). In a randomized trial the model's ATE and the difference in means
+        estimate the same thing, and in an observational study the model's and AIPW's: a gap
+        points at a misspecified outcome model. ``vcov`` says how each standard error was
+        computed (NaN where a cluster holds a whole arm, and why).
         """
-        from imgcate.confounding import difference_in_means
+        from imgcate.ates import ate_table
 
-        lo_name, hi_name = interval_names(prob)
-        draws = self._draws("ate")
-        lo, hi = quantiles(draws, prob)
-        const = self.idata.constant_data
-        clusters = const["design_cluster"].values if "design_cluster" in const else None
-        y, t = self.observed_outcome(), const["treatment"].values
-        try:
-            dim = difference_in_means(y, t, clusters=clusters, prob=prob)
-            row = (dim.estimate, dim.std_err, dim.lower, dim.upper, dim.vcov)
-        except InputError:  # a cluster holds a whole arm: no design-based standard error
-            diff = float(y[t == 1].mean() - y[t == 0].mean())
-            row = (diff, np.nan, np.nan, np.nan, "none: a cluster holds a whole arm")
-        return pd.DataFrame(
-            {
-                "estimator": ["model_implied", "difference_in_means"],
-                "estimate": [float(draws.mean()), row[0]],
-                "std_err": [float(draws.std()), row[1]],
-                lo_name: [float(lo), row[2]],
-                hi_name: [float(hi), row[3]],
-                "vcov": ["posterior", row[4]],
-            }
-        ).set_index("estimator")
+        return ate_table(self, prob, seed)
 
     def observed_outcome(self) -> np.ndarray:
         """The trial's outcome on its original scale (unit,)."""
@@ -472,11 +453,11 @@ class EffectFit:
 
     def _model_problems(self) -> list[str]:
         """Failed model checks in words: the outcome's distribution (not kept for very large
-        fits) and the ATE against the difference in means (randomized trials)."""
+        fits) and the ATE against the design's (:func:`imgcate.diagnostics.ate_gap`)."""
         problems, cfg = [], self.config
         if "posterior_predictive" in self.idata.groups():
             problems += outcome_problems(self.check_outcome(), cfg.likelihood, cfg.noise_scale)
-        gap = None if observational(self) else ate_gap(self.ate())
+        gap = ate_gap(self.ate())
         return problems + ([gap] if gap else [])
 
     def _cluster_notes(self) -> list[str]:

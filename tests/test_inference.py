@@ -712,6 +712,25 @@ def test_propensity_adjusted_fit_on_confounded_data():
         result = fit(trial, sim.embeddings, propensity=p, seed=0, **FAST)
     assert "propensity" in result.idata.posterior["beta"].coords["covariate"].values
     assert_recovers(result, sim.truth)
+    # beside the model's ATE: AIPW with the scores given, on the fit's own features (the
+    # difference in means is confounded here); the slow way gives the same row
+    from imgcate.confounding import aipw
+    from imgcate.diagnostics import ate_gap, checks_passed
+
+    table = result.ate(prob=0.95)
+    assert list(table.index) == ["model_implied", "aipw", "difference_in_means"]
+    const = result.idata.constant_data
+    features = np.hstack([const["embedding"].values, const["covariates"].values[:, :-1]])
+    slow = aipw(trial.outcome_array, trial.treatment_array, p, features=features, seed=0)
+    assert abs(table.loc["aipw", "estimate"] - slow.estimate) < 1e-4 * slow.std_err
+    sample_ate = float(sim.truth.cate.mean())
+    assert table.loc["aipw", "2.5%"] < sample_ate < table.loc["aipw", "97.5%"]
+    assert ate_gap(table) is None and "agrees with the doubly robust (AIPW)" in checks_passed(
+        result
+    )
+    wrong = table.copy()
+    wrong.loc["model_implied", "estimate"] += 5 * wrong.loc["aipw", "std_err"]
+    assert "doubly robust AIPW estimate" in ate_gap(wrong)
     with pytest.raises(InputError, match="strictly between 0 and 1"):
         fit(trial, sim.embeddings, propensity=np.r_[p[:-1], 1.0])
 
