@@ -39,6 +39,10 @@ MISMATCH_FLOOR = 0.75
 SCALE_WARN = 3.0
 SCALE_SPREAD = 2.0
 
+#: Two bands of a suggested order are called alike (their order among themselves not told by
+#: their values) when exchanging them costs less than this many trial sds in all.
+ALIKE = 1.0
+
 
 def default_names(n: int) -> list[str]:
     """Names given to undescribed bands: ``band_1``, ``band_2``, ..."""
@@ -60,24 +64,44 @@ def band_stats(values: np.ndarray) -> tuple[list[float], list[float]]:
     return moved.mean(axis=1).tolist(), moved.std(axis=1).tolist()
 
 
-def best_order(
-    means: Sequence[float], spec: dict[str, Any], sds: Sequence[float] | None = None
-) -> tuple[list[int], float, float]:
-    """The band order whose statistics best fit the trial's, and the mismatch of it and of
-    the order given, per band: the difference of means in trial sds, plus twice the absolute
-    log ratio of the sds (when given)."""
-    from scipy.optimize import linear_sum_assignment
-
+def order_costs(means, spec: dict[str, Any], sds=None) -> np.ndarray:
+    """Mismatch (trial band, new band) of each new band taken for each trial band: the
+    difference of means in trial sds, plus twice the absolute log ratio of the sds (when
+    given)."""
     want = np.asarray(spec["band_mean"], float)
     sd = np.maximum(np.asarray(spec.get("band_sd") or np.ones_like(want), float), 1e-9)
-    have = np.asarray(means, float)
-    cost = np.abs(have[None, :] - want[:, None]) / sd[:, None]  # (trial band, new band)
+    cost = np.abs(np.asarray(means, float)[None, :] - want[:, None]) / sd[:, None]
     if sds is not None and spec.get("band_sd"):
         ratio = np.maximum(np.asarray(sds, float), 1e-9)[None, :] / sd[:, None]
         cost = cost + 2 * np.abs(np.log(ratio))
+    return cost
+
+
+def best_order(
+    means: Sequence[float], spec: dict[str, Any], sds: Sequence[float] | None = None
+) -> tuple[list[int], float, float]:
+    """The band order whose statistics best fit the trial's, and the mismatch
+    (:func:`order_costs`) of it and of the order given, per band."""
+    from scipy.optimize import linear_sum_assignment
+
+    cost = order_costs(means, spec, sds)
     rows, cols = linear_sum_assignment(cost)
     order = cols[np.argsort(rows)].tolist()
     return order, float(cost[rows, cols].mean()), float(np.diag(cost).mean())
+
+
+def alike_bands(order: Sequence[int], means, spec: dict[str, Any], sds=None) -> list[int]:
+    """Positions of ``order`` (:func:`best_order`) whose new bands could be exchanged with
+    another's at a cost below :data:`ALIKE` trial sds: bands whose values are alike, so that
+    their order among themselves is not told by the values."""
+    cost = order_costs(means, spec, sds)
+    alike = set()
+    for i in range(len(order)):
+        for k in range(i + 1, len(order)):
+            kept = cost[i, order[i]] + cost[k, order[k]]
+            if cost[i, order[k]] + cost[k, order[i]] - kept < ALIKE:
+                alike.update((i, k))
+    return sorted(alike)
 
 
 def check_band_identity(
@@ -188,11 +212,19 @@ def check_band_identity(
         label = want if is_described(want) else default_names(len(names))
         looks = [names[j] for j in order]
         reversed_ = order == list(range(len(names)))[::-1]
+        alike = alike_bands(order, means, spec, sds)
+        unsure = (
+            f"; but {[looks[i] for i in alike]} have values too alike to tell their order "
+            f"among themselves (as the trial's {[label[i] for i in alike]}), so that part is a "
+            "guess: find their order in the stack's own record, not from this list"
+            if alike
+            else ""
+        )
         warnings.warn(
             f"the bands of {source} look {'reversed' if reversed_ else 'out of order'}: their "
             f"values fit the trial's bands {label} best in the order {looks} (mismatch "
-            f"{best:.2f} vs {given:.2f} trial sds per band in the order given); check the "
-            f"stack's band order ({hint}).",
+            f"{best:.2f} vs {given:.2f} trial sds per band in the order given){unsure}; check "
+            f"the stack's band order ({hint}).",
             BandWarning,
             stacklevel=stacklevel,
         )

@@ -174,3 +174,24 @@ def test_bands_named_by_file_are_refused_with_how_to_name_them(bands, trial, nam
     by_file = extract_chips(trial, vrt_xml(list(bands)), 16)
     with pytest.raises(Exception, match=r"other bands.*name them in order \(--band-name blue"):
         named_encoder.transform(by_file)
+
+
+def test_bands_too_alike_to_order_are_named_as_a_guess():
+    """Two bands whose values are alike: the order suggested for them is a guess, and the
+    warning says so instead of naming one order as the answer (a user who followed such a
+    suggestion got a wrong map and no further warning)."""
+    spec = {"band_names": ["blue", "green", "red"], "band_mean": [10.0, 64.0, 65.0]}
+    spec["band_sd"] = [2.0, 8.0, 8.0]
+    given = [f"band_{i + 1}" for i in range(3)]
+    with pytest.warns(BandWarning, match="look reversed") as caught:
+        check_band_identity(
+            given, spec, source="raster", means=[65.0, 64.0, 10.0], sds=[8.0, 8.0, 2.0]
+        )
+    (text,) = [str(w.message) for w in caught if "look reversed" in str(w.message)]
+    assert "['band_2', 'band_1'] have values too alike" in text and "guess" in text
+    clear = {**spec, "band_mean": [10.0, 40.0, 90.0]}  # far apart: no hedge
+    with pytest.warns(BandWarning, match="look reversed") as caught:
+        check_band_identity(
+            given, clear, source="raster", means=[90.0, 40.0, 10.0], sds=[8.0, 8.0, 2.0]
+        )
+    assert not any("alike" in str(w.message) for w in caught)

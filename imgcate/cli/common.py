@@ -130,7 +130,8 @@ CLI_PHRASES = (
     ),
     (
         "describe them (imgcate.raster.stack_bands(..., names=...))",
-        "name them (--band-name, once per file, in order)",
+        "name them (stacked files: --band-name, once per file, in order; one multi-band file: "
+        "write its band descriptions, e.g. with rasterio's set_band_description)",
     ),
     ("; names= or a mapping in Python)", ")"),
     ("imgcate.fit(n_clusters=1)", "-k 1"),
