@@ -7,11 +7,15 @@ goes on, so that ``imgcate map ...`` ran to its end as if the key had never been
 :func:`interrupts_held` keeps the signal until the imports it wraps have finished; then the
 ``imgcate`` command (or ``python -m imgcate...``) leaves with one line and status 130, and
 any other program gets its ``KeyboardInterrupt`` there, at the end of ``import imgcate``.
+Once the command runs, :func:`interrupts_past_gc` keeps a Ctrl-C that lands inside a
+garbage-collection callback from being lost there.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -21,6 +25,9 @@ from pathlib import PureWindowsPath
 
 #: Exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
 INTERRUPTED_STATUS = 128 + int(signal.SIGINT)
+
+#: Seconds after which a Ctrl-C caught inside a garbage-collection callback is delivered again.
+REDELIVERY_S = 0.02
 
 
 def is_command(argv0: str) -> bool:
@@ -65,3 +72,28 @@ def interrupts_held(argv0: str | None = None) -> Iterator[list]:
         sys.stderr.flush()
         os._exit(INTERRUPTED_STATUS)  # JAX's threads are up: no interpreter shutdown in them
     raise KeyboardInterrupt
+
+
+def interrupts_past_gc() -> None:
+    """Make a Ctrl-C that lands inside a garbage-collection callback count.
+
+    Python reports an exception raised in such a callback as ignored and goes on; JAX runs
+    one at every collection, so a Ctrl-C that arrived while it ran was lost and the command
+    ran to its end. Each callback is wrapped (once) so that the interrupt is delivered to the
+    main thread again :data:`REDELIVERY_S` later (``_thread.interrupt_main``), outside the
+    collector.
+    """
+
+    def guarded(callback):
+        def run(phase, info):
+            try:
+                callback(phase, info)
+            except KeyboardInterrupt:  # raised here again at once, it would be lost again
+                threading.Timer(REDELIVERY_S, _thread.interrupt_main).start()
+
+        run.__wrapped__ = callback
+        return run
+
+    gc.callbacks[:] = [
+        cb if hasattr(cb, "__wrapped__") else guarded(cb) for cb in list(gc.callbacks)
+    ]

@@ -65,3 +65,34 @@ def test_ctrl_c_while_the_command_starts_exits_130_with_one_line(tmp_path):
     assert proc.returncode == 130, err
     assert err == "imgcate: interrupted while starting; nothing was done.\n"
     assert not out.exists()
+
+
+def test_a_ctrl_c_inside_a_gc_callback_is_delivered_again_after_it():
+    """A KeyboardInterrupt raised inside a garbage-collection callback (JAX runs one at every
+    collection) is reported as ignored by Python, and the program goes on; wrapped, the
+    callback delivers it to the main thread again as it returns."""
+    import gc
+
+    from imgcate.startup import interrupts_past_gc
+
+    fired = []
+
+    def callback(phase, info):
+        if phase == "start" and not fired:
+            fired.append(True)
+            raise KeyboardInterrupt
+
+    before = list(gc.callbacks)
+    gc.callbacks.append(callback)
+    try:
+        interrupts_past_gc()
+        interrupts_past_gc()  # wrapped once only
+        assert [cb.__wrapped__ for cb in gc.callbacks][-1] is callback
+        assert not any(hasattr(cb.__wrapped__, "__wrapped__") for cb in gc.callbacks)
+        with pytest.raises(KeyboardInterrupt):
+            gc.collect()
+            for _ in range(1000):  # delivered at the next check of the main thread
+                time.sleep(0.001)
+        assert fired == [True]
+    finally:
+        gc.callbacks[:] = before

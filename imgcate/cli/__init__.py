@@ -19,9 +19,10 @@ embeddings.parquet --size 16`` replaces the first two steps (a chunk of images a
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
-from imgcate.startup import interrupts_held
+from imgcate.startup import interrupts_held, interrupts_past_gc
 
 with interrupts_held():  # Ctrl-C while the commands' modules import acts once they end
     import click
@@ -96,6 +97,7 @@ def script() -> None:
     be inside a compiled computation then (a fit's sampler), and the interpreter's usual
     shutdown crashed in them (a segmentation fault, status -11); the command's own cleanup
     (partial outputs removed) has run by then."""
+    interrupts_past_gc()
     try:
         main(prog_name="imgcate")
     except SystemExit as stop:
@@ -103,6 +105,8 @@ def script() -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(stop.code)
+        if not stop.code:  # done: a Ctrl-C now would only make a whole output look stopped
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise
 
 
