@@ -92,7 +92,7 @@ class DurationWarning(UserWarning):
 
 class RegionWarning(UserWarning):
     """A map's region reaches past the raster's extent: the map covers only the part of the
-    region inside the raster."""
+    region inside the raster; or its stride is wider than its tiles, which leave gaps."""
 
 
 class ParetoKWarning(UserWarning):

@@ -221,7 +221,8 @@ def tile_grid(
     -----
     RegionWarning
         If the region reaches more than a pixel past the raster on any side: the grid covers
-        only the part inside.
+        only the part inside. And if ``stride`` is wider than ``tile_size``: the tiles leave
+        gaps between them.
 
     Raises
     ------
@@ -279,6 +280,17 @@ def tile_grid(
             )
         if region is not None and stacklevel is not None:
             warn_past_raster(name, bounds, ds, stacklevel + 1)
+        if stride > tile_size and stacklevel is not None:
+            warnings.warn(
+                f"stride={stride} is wider than the tiles ({tile_size} px): each cell of "
+                f"{stride} px takes the value of the tile at its centre, so "
+                f"{1 - (tile_size / stride) ** 2:.0%} of the ground is not looked at, and the "
+                "map's outer cells reach past the raster; a coverage share of its polygons "
+                "counts cells, not ground. Give a stride of at most the tile size for a map "
+                "of all of it.",
+                RegionWarning,
+                stacklevel=stacklevel,
+            )
         shape = (row_hi - row_lo + 1, col_hi - col_lo + 1)
         transform = full @ Affine.translation(col_lo, row_lo)
         if polygons is None:

@@ -59,3 +59,17 @@ def test_bounds_past_the_raster_warn_that_only_the_part_inside_is_mapped(inputs)
         tile_grid(scene, (west, south, b.right, b.top), tile_size=TILE)  # within a pixel
         tile_grid(scene, None, tile_size=TILE)
         tile_grid(scene, (west, south, b.right + 500, b.top), tile_size=TILE, stacklevel=None)
+
+
+def test_a_stride_wider_than_the_tiles_warns_of_the_ground_left_out(inputs):
+    """stride=64 with 32-px tiles: each cell takes its centre tile's value, so three quarters
+    of the ground is not looked at; the warning says so (a user's district averages from such
+    a map read 'covered_share 1.0'). A stride up to the tile size does not warn."""
+    scene, _ = inputs
+    with pytest.warns(RegionWarning, match=r"stride=64 is wider .* so 75% of the ground") as w:
+        tile_grid(scene, None, tile_size=TILE, stride=64)
+    assert [c.filename for c in w] == [__file__]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RegionWarning)
+        tile_grid(scene, None, tile_size=TILE, stride=TILE)
+        tile_grid(scene, None, tile_size=TILE, stride=64, stacklevel=None)
