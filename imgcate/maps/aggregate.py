@@ -69,16 +69,18 @@ def aggregate_by_polygon(
     Returns
     -------
     geopandas.GeoDataFrame
-        The polygons (their columns kept, in the map's CRS) with ``mean``, ``lower_<p>``,
-        ``upper_<p>``, ``prob_positive``, ``extrapolation``, ``outside_support_share``,
-        ``covered_share`` (share of the polygon's area with a map value) and ``n_tiles``.
+        The polygons (their columns and geometries kept, in their own CRS) with ``mean``,
+        ``lower_<p>``, ``upper_<p>``, ``prob_positive``, ``extrapolation``,
+        ``outside_support_share``, ``covered_share`` (share of the polygon's area with a map
+        value) and ``n_tiles``.
     """
     import geopandas as gpd
     import shapely
 
     if path is not None:
         check_writable(path, overwrite)
-    gdf = read_polygons(polygons).to_crs(dataset.attrs["crs"]).reset_index(drop=True)
+    own = read_polygons(polygons).reset_index(drop=True)  # returned in their own CRS
+    gdf = own.to_crs(dataset.attrs["crs"])
     t = Affine(*dataset.attrs["transform"][:6])
     h, w = dataset.sizes["y"], dataset.sizes["x"]
     lo, hi = band_names(dataset)[2:4]
@@ -115,9 +117,9 @@ def aggregate_by_polygon(
     import pandas as pd
 
     out = gpd.GeoDataFrame(
-        pd.concat([gdf.drop(columns="geometry"), pd.DataFrame(rows)], axis=1),
-        geometry=gdf.geometry,
-        crs=gdf.crs,
+        pd.concat([own.drop(columns="geometry"), pd.DataFrame(rows)], axis=1),
+        geometry=own.geometry.to_numpy(),
+        crs=own.crs,
     )
     if path is not None:
         path = Path(path)

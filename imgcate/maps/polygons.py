@@ -92,7 +92,7 @@ def polygon_effects(
     Returns
     -------
     geopandas.GeoDataFrame
-        The polygons (their columns kept, in the raster's CRS) with ``mean``, ``sd``,
+        The polygons (their columns and geometries kept, in their own CRS) with ``mean``, ``sd``,
         ``lower_<p>``, ``upper_<p>`` (credible interval of the polygon's average effect),
         ``prob_positive`` (P(average effect > 0)), ``n_tiles``, ``covered_share``.
 
@@ -114,12 +114,12 @@ def polygon_effects(
             "this fit has no encoder, so tiles cannot be embedded; fit on embeddings made by "
             "imgcate.embed (imgcate embed), which keep their encoder."
         )
-    gdf = read_polygons(polygons)
+    own = read_polygons(polygons)  # returned in their own CRS, as given
     ds, owned = open_raster(raster)
     try:
         indexes = check_bands(fit, ds, bands, scale)
         tile_size, scale = chip_settings(fit, ds, tile_size, scale)
-        gdf = gdf.to_crs(ds.crs)
+        gdf = own.to_crs(ds.crs)
         # polygons past the raster: their covered_share says so
         grid = tile_grid(ds, gdf, tile_size=tile_size, stride=stride, stacklevel=None)
         name = str(ds.name)
@@ -176,9 +176,9 @@ def polygon_effects(
                 }
         rows.append(row)
     out = gpd.GeoDataFrame(
-        pd.concat([gdf.drop(columns="geometry"), pd.DataFrame(rows)], axis=1),
-        geometry=gdf.geometry,
-        crs=gdf.crs,
+        pd.concat([own.drop(columns="geometry"), pd.DataFrame(rows)], axis=1),
+        geometry=own.geometry.to_numpy(),
+        crs=own.crs,
     )
     out.attrs.update(prob=prob, n_draws=n_draws, tile_size=grid.tile_size, stride=grid.stride)
     if path is not None:

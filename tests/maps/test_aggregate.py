@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import geopandas as gpd
+import numpy as np
 import pytest
 import rasterio
 from shapely.geometry import box
@@ -35,6 +36,11 @@ def test_aggregate_by_polygon_weights_cells_by_area(full_map, tmp_path):
     )
     back = gpd.read_file(tmp_path / "districts.gpkg")
     assert list(back["name"]) == ["a", "b"]
+    # polygons in another CRS come back in it, as given, with the same numbers
+    lonlat = polys.to_crs(4326)
+    again = aggregate_by_polygon(full_map, lonlat)
+    assert again.crs == lonlat.crs and again.geometry.equals(lonlat.geometry)
+    np.testing.assert_allclose(again["mean"], out["mean"], rtol=1e-6)
 
 
 def test_a_table_without_geometries_as_polygons_is_a_clear_error(tmp_path):
