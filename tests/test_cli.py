@@ -971,3 +971,34 @@ def test_simulate_with_q_says_only_what_it_wrote(tmp_path):
     res = CliRunner().invoke(main, ["-q", "simulate", str(tmp_path / "t"), "--n-units", "40"])
     assert res.exit_code == 0, res.output
     assert res.output == f"wrote {tmp_path / 't'}/units.csv, embeddings.parquet, truth.csv\n"
+
+
+def test_aggregate_names_a_file_that_is_not_a_map_or_not_polygons(tmp_path):
+    """Usage errors (exit 2) naming the file: a GeoTIFF imgcate map did not write; points, or
+    polygons without a CRS, as POLYGONS (checked before the fit is read)."""
+    import geopandas as gpd
+    from rasterio.transform import from_origin
+    from shapely.geometry import Point, box
+
+    profile = {"driver": "GTiff", "width": 4, "height": 4, "count": 1, "dtype": "float32"}
+    profile.update(crs="EPSG:32636", transform=from_origin(500000, 100000, 30, 30))
+    plain, tagged = tmp_path / "plain.tif", tmp_path / "tagged.tif"
+    for path in (plain, tagged):
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(np.zeros((1, 4, 4), "float32"))
+            if path == tagged:
+                dst.update_tags(tile_size="32", stride="32")
+    points = tmp_path / "villages.gpkg"
+    gpd.GeoDataFrame(geometry=[Point(500030, 99970)], crs="EPSG:32636").to_file(points)
+    bare = tmp_path / "bare.shp"  # no .prj: no CRS (a GeoJSON would read as EPSG:4326)
+    gpd.GeoDataFrame(geometry=[box(500000, 99900, 500100, 100000)]).to_file(bare)
+    out = tmp_path / "out.gpkg"
+    runner = CliRunner()
+    res = runner.invoke(main, ["aggregate", str(plain), str(points), str(out)])
+    assert res.exit_code == 2 and f"'{plain}' is not a map written by imgcate map" in res.output
+    res = runner.invoke(main, ["aggregate", str(tagged), str(points), str(out)])
+    assert res.exit_code == 2 and "Invalid value for POLYGONS" in res.output, res.output
+    assert f"polygons file '{points}' holds ['Point'] geometries" in res.output
+    res = runner.invoke(main, ["aggregate", str(tagged), str(bare), str(out)])
+    assert res.exit_code == 2 and f"polygons file '{bare}' has no CRS" in res.output, res.output
+    assert not out.exists()

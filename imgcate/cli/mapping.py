@@ -299,6 +299,7 @@ def aggregate(
       imgcate aggregate effect_map.tif districts.gpkg district_effects.gpkg
       imgcate aggregate map.tif districts.gpkg out.gpkg --fit fit.imgcate --raster scene.tif
     """
+    from imgcate.maps.aggregate import read_polygons
     from imgcate.maps.polygons import polygon_effects
     from imgcate.provenance import file_sha256
     from imgcate.results import load_fit
@@ -312,7 +313,14 @@ def aggregate(
     record = map_record(map_file)
     tags = record["tags"]
     if "tile_size" not in tags:
-        raise click.BadParameter("is not a map written by imgcate map", param_hint="MAP")
+        raise click.BadParameter(
+            f"{str(map_file)!r} is not a map written by imgcate map (it has no tile_size tag)",
+            param_hint="MAP",
+        )
+    try:  # before the fit is read: a wrong polygons file is a usage error, named
+        read_polygons(polygons)
+    except ImgcateError as exc:
+        raise click.BadParameter(in_cli_words(str(exc)), param_hint="POLYGONS") from exc
     if fit_file is None:
         fit_file, digest = recorded_path(record, "fit")
         if fit_file is None or not Path(fit_file).is_file():

@@ -39,8 +39,19 @@ def read_polygons(polygons: Any):
         raise InputError(
             f"polygons must be a vector file path or a GeoDataFrame, got {type(polygons).__name__}."
         )
+    name = f"polygons file {str(polygons)!r}" if isinstance(polygons, str | Path) else "polygons"
+    kinds = sorted(set(gdf.geometry.dropna().geom_type) - {"Polygon", "MultiPolygon"})
+    if kinds:
+        raise InputError(
+            f"{name} holds {kinds} geometries, not only polygons; give areas (districts, "
+            "a grid of cells): effects at points come from imgcate effects / predict."
+        )
     if gdf.crs is None:
-        raise InputError("polygons have no CRS; set one (e.g. gdf.set_crs('EPSG:4326')).")
+        if name == "polygons":
+            raise InputError("polygons have no CRS; set one (e.g. gdf.set_crs('EPSG:4326')).")
+        raise InputError(
+            f"{name} has no CRS; assign one (e.g. ogr2ogr -a_srs EPSG:4326 out.gpkg in.gpkg)."
+        )
     return gdf.reset_index(drop=True)
 
 
