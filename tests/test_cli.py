@@ -1002,3 +1002,28 @@ def test_aggregate_names_a_file_that_is_not_a_map_or_not_polygons(tmp_path):
     res = runner.invoke(main, ["aggregate", str(tagged), str(bare), str(out)])
     assert res.exit_code == 2 and f"polygons file '{bare}' has no CRS" in res.output, res.output
     assert not out.exists()
+
+
+def test_unit_tables_name_coordinates_apart_from_an_outcome_named_y():
+    """An outcome column named y is not taken for a coordinate; coordinates from a geometry
+    are lon/lat where its CRS is geographic (they were x/y, and a y beside the user's own y
+    meant two things)."""
+    import geopandas as gpd
+
+    from imgcate.cli.common import join_units
+    from imgcate.units import read_units
+
+    table = pd.DataFrame({"unit": ["a", "b"], "tau_mean": [0.5, 1.5]})
+    base = {"vid": ["a", "b"], "treat": [0, 1], "y": [3.0, 4.0]}
+    points = gpd.points_from_xy([32.1, 32.2], [0.5, 0.6])
+    own = gpd.GeoDataFrame(base, geometry=points, crs="EPSG:4326")
+    roles = {"id": "vid", "treatment": "treat", "outcome": "y"}
+    out = join_units(table, read_units(own, **roles))
+    assert list(out.columns) == ["vid", "lon", "lat", "tau_mean"]
+    np.testing.assert_allclose(out["lat"], [0.5, 0.6])
+    columns = pd.DataFrame({**base, "longitude": [32.1, 32.2], "latitude": [0.5, 0.6]})
+    out = join_units(table, read_units(columns, lon="longitude", lat="latitude", **roles))
+    assert list(out.columns) == ["vid", "longitude", "latitude", "tau_mean"]
+    utm = own.to_crs("EPSG:32636")
+    out = join_units(table, read_units(utm, **roles))
+    assert list(out.columns) == ["vid", "unit_x", "unit_y", "tau_mean"]

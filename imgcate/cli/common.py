@@ -491,3 +491,23 @@ def unit_role_options(fn, *, outcomes: bool = True):
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def join_units(table: pd.DataFrame, trial) -> pd.DataFrame:
+    """A unit table keyed by the user's id column, with image id and coordinates beside it."""
+    keys = pd.DataFrame({trial.id: trial.ids})
+    if trial.image_id and trial.image_id != trial.id:
+        keys[trial.image_id] = trial.data[trial.image_id].to_numpy()
+    data, taken = trial.data, {trial.outcome, trial.treatment, *trial.covariates}
+    coords = [c for c in ("lon", "lat", "x", "y", "longitude", "latitude") if c in data.columns]
+    coords = [c for c in coords if c not in taken]  # an outcome named y is not a coordinate
+    if len(coords) >= 2:
+        for col in coords:
+            keys[col] = data[col].to_numpy()
+    else:  # from the geometry, named for what they are, never as one of the table's columns
+        geographic = trial.crs is not None and trial.crs.is_geographic
+        names = ["lon", "lat"] if geographic else ["x", "y"]
+        names = [f"unit_{n}" for n in names] if set(names) & set(data.columns) else names
+        keys[names[0]], keys[names[1]] = trial.xy()
+    out = table.rename(columns={"unit": trial.id})
+    return keys.merge(out, on=trial.id, how="right")

@@ -18,6 +18,7 @@ from imgcate.cli.common import (
     check_output,
     common,
     in_cli_words,
+    join_units,
     load_units,
     log,
     parse_options,
@@ -53,23 +54,6 @@ def fit_provenance(path: Path) -> dict[str, Any]:
         return {}
     record = meta.get("provenance") if isinstance(meta, dict) else None
     return record if isinstance(record, dict) else {}
-
-
-def join_units(table: pd.DataFrame, trial) -> pd.DataFrame:
-    """A unit table keyed by the user's id column, with image id and coordinates beside it."""
-    keys = pd.DataFrame({trial.id: trial.ids})
-    if trial.image_id and trial.image_id != trial.id:
-        keys[trial.image_id] = trial.data[trial.image_id].to_numpy()
-    data = trial.data
-    coords = [c for c in ("lon", "lat", "x", "y", "longitude", "latitude") if c in data.columns]
-    if len(coords) >= 2:
-        for col in coords:
-            keys[col] = data[col].to_numpy()
-    else:
-        x, y = trial.xy()
-        keys["x"], keys["y"] = x, y
-    out = table.rename(columns={"unit": trial.id})
-    return keys.merge(out, on=trial.id, how="right")
 
 
 @click.command(cls=Command)
