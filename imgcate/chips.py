@@ -349,9 +349,16 @@ def _group_units(trial: Trial) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     return chip_ids, loc_codes[key_codes], cx[first_key], cy[first_key]
 
 
-def _warn_shared_locations(trial: Trial, unit_chip: np.ndarray) -> None:
+#: The start of the warning that images share a chip because they share a location.
+SHARED_LOCATIONS = "sit at the same location as another"
+
+
+def warn_shared_locations(trial: Trial, unit_chip: np.ndarray | None = None, stacklevel=3):
     """Warn when images (units, without an ``image_id``) share a chip only because they sit
-    at the same location: the model then treats them as one image."""
+    at the same location: the model then treats them as one image (``unit_chip``: each
+    unit's chip, computed when not given)."""
+    if unit_chip is None:
+        unit_chip = _group_units(trial)[1]
     keys = pd.Series(trial.image_keys)
     images_per_chip = keys.groupby(unit_chip).nunique()
     merged = images_per_chip.index[images_per_chip.to_numpy() > 1]
@@ -360,11 +367,11 @@ def _warn_shared_locations(trial: Trial, unit_chip: np.ndarray) -> None:
     shared = keys[np.isin(unit_chip, merged)].unique()
     what = "images" if trial.image_id is not None else "units"
     warnings.warn(
-        f"{len(shared)} {what} ({_ids_text(shared)}) sit at the same location as another, so "
+        f"{len(shared)} {what} ({_ids_text(shared)}) {SHARED_LOCATIONS}, so "
         f"they share one chip ({len(merged)} chip(s) for them): the model treats them as one "
         "image. Check their coordinates, or give them a shared image_id column to say so.",
         UserWarning,
-        stacklevel=3,
+        stacklevel=stacklevel,
     )
 
 
@@ -500,7 +507,7 @@ def extract_chips(
         raise InputError("raster is an empty list; give at least one raster.")
     is_seq = isinstance(raster, list | tuple)
     chip_ids, unit_chip, cx, cy = _group_units(trial)
-    _warn_shared_locations(trial, unit_chip)
+    warn_shared_locations(trial, unit_chip)
     reads = []
     for item in rasters:
         ds, owned = open_raster(item)

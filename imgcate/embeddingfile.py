@@ -99,7 +99,12 @@ def embed_to_file(
     """
     import pyarrow.parquet as pq
 
-    from imgcate.chips import NothingLeftError, extract_chips
+    from imgcate.chips import (
+        SHARED_LOCATIONS,
+        NothingLeftError,
+        extract_chips,
+        warn_shared_locations,
+    )
     from imgcate.embeddings import embed
     from imgcate.output import progress_bar
     from imgcate.provenance import collect
@@ -122,7 +127,9 @@ def embed_to_file(
     starts = range(0, len(images), chunk_images)
     steps = progress_bar(["fit", *starts], progress, "embed_to_file", len(starts) + 1)
     dropped, padded = [], 0
-    with atomic_path(path, overwrite=overwrite) as tmp:
+    warn_shared_locations(trial, stacklevel=3)  # once, for the whole trial, not by chunk
+    with atomic_path(path, overwrite=overwrite) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=f".*{SHARED_LOCATIONS}")
         writer = None
         try:
             for step in steps:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -163,3 +164,28 @@ def test_ids_read_as_numbers_against_ids_as_text_are_named_as_such():
         emb.for_keys(np.array([0, 1]))
     with pytest.raises(InputError, match=r"\(first \['7'\]\); .* image_id column\)\.$"):
         emb.for_keys(np.array(["1", "7"]))  # another id of the same kind: no such hint
+
+
+def test_embed_to_file_warns_once_of_units_at_one_location(landsat_path, tmp_path):
+    """Units at the same place share a chip: one warning over the whole trial (it came once
+    per chunk, and for the encoder's sample, each with that chunk's counts)."""
+    from imgcate.embeddingfile import embed_to_file
+    from tests.test_chips import _trial_at
+
+    rows, cols = np.array([100, 100, 200, 200, 150, 150]), np.array([50, 50, 90, 90, 70, 70])
+    trial = _trial_at(landsat_path, rows, cols)  # three pairs, each at one location
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        embed_to_file(
+            trial,
+            landsat_path,
+            16,
+            tmp_path / "e.parquet",
+            n_features=8,
+            n_components=2,
+            chunk_images=2,
+            seed=0,
+        )
+    said = [str(w.message) for w in caught if "same location" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith("6 units (") and "(3 chip(s)" in said[0]
+    assert caught[0].filename == __file__
