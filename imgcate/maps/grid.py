@@ -274,9 +274,16 @@ def tile_grid(
         row_hi, col_hi = min(row_hi, rows_all - 1), min(col_hi, cols_all - 1)
         if not overlap or row_hi < row_lo or col_hi < col_lo:
             what = _region_words(name, bounds, "in the raster's CRS")
+            degrees = (
+                polygons is None
+                and not ds.crs.is_geographic
+                and all(abs(v) <= 180 for v in bounds[::2])
+                and all(abs(v) <= 90 for v in bounds[1::2])
+            )
+            hint = f" (these look like degrees; the raster's CRS is {ds.crs})" * degrees
             raise RasterError(
                 f"{what} does not overlap the tiles of raster {ds.name!r} (bounds "
-                f"{_fmt_bounds(tuple(rb))}); give a region inside the raster's extent."
+                f"{_fmt_bounds(tuple(rb))}); give a region inside the raster's extent{hint}."
             )
         if region is not None and stacklevel is not None:
             warn_past_raster(name, bounds, ds, stacklevel + 1)

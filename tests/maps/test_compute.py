@@ -115,6 +115,8 @@ def test_clear_errors(inputs, tmp_path, write_variant):
         b = src.bounds
     with pytest.raises(RasterError, match=r"bounds \(1000000.0, .*does not overlap.*raster"):
         predict_map(fit, scene, (1e6, 1e6, 1.1e6, 1.1e6), **MAP_OPTS)
+    with pytest.raises(RasterError, match=r"extent \(these look like degrees; the raster's CRS"):
+        predict_map(fit, scene, (32.1, 0.2, 32.3, 0.4), **MAP_OPTS)  # lon/lat, not metres
     far = gpd.GeoDataFrame(geometry=[box(0, 0, 1, 1)], crs=4326)
     with pytest.raises(RasterError, match="region of 1 polygon.*does not overlap"):
         predict_map(fit, scene, far, **MAP_OPTS)
