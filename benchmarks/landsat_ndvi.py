@@ -10,12 +10,21 @@ chip; the baseline ``1 + 1.2 sin(1.8 e) + 0.5 e^2`` with ``e`` the standardized 
 Chips are embedded with random convolutional features (``--features``, 128) reduced to
 ``--components`` (8), and fitted with ``fit``'s defaults and K = 2.
 
+With ``--targeting T`` (0: the randomized trial above) the study is observational, as a
+second new user's was: treatment ``Bernoulli(expit(T z - 0.3))``, targeted on the chip's NDVI,
+and the baseline gets ``+ 0.8 z`` too, so that the difference in means is confounded; the fit
+is given the propensity the package estimates (``estimate_propensity``, covariate balancing,
+on the embedding and the elevation; ``--true-propensity``: the true one). Rows then add the
+AIPW estimate that ``EffectFit.ate()`` puts beside the model's, and unit coverage by band of
+the true propensity.
+
 Prints JSON: one row per trial (coverage of the 90 % unit intervals, by third of the true
 effects too; sqrt(PEHE); the sd of the posterior means against the truth's; the model-implied
 ATE and its interval against the sample ATE), then a summary.
 
     python benchmarks/landsat_ndvi.py                      # seeds 0-3, 2 processes
     python benchmarks/landsat_ndvi.py --components 16 --features 256   # the default encoder
+    python benchmarks/landsat_ndvi.py --targeting 1.3      # observational, targeted on NDVI
     python benchmarks/landsat_ndvi.py --quick              # seed 0, 2 x 200 draws (smoke run)
 """
 
@@ -36,8 +45,13 @@ from landsat_coverage import coverage_by_thirds, summarize  # benchmarks/ is sys
 CHIP, UNITS, PROB = 16, 500, 0.9
 
 
-def trial_table(seed: int):
-    """The trial's units table (lon, lat, treatment, outcome, elevation) and its truth."""
+#: Bands of the true propensity over which an observational study's unit coverage is given.
+PROPENSITY_BANDS = ((0.0, 0.2), (0.2, 0.8), (0.8, 1.0))
+
+
+def trial_table(seed: int, targeting: float = 0.0):
+    """The trial's units table (lon, lat, treatment, outcome, elevation), its true effects and
+    its true propensities (``targeting`` 0: a randomized half)."""
     import pandas as pd
     import rasterio
     from rasterio.warp import transform as warp
@@ -71,9 +85,16 @@ def trial_table(seed: int):
     z = (chip_ndvi - np.median(chip_ndvi)) / chip_ndvi.std()
     tau = 0.5 + 1.5 * expit(1.5 * z)
     e = (elevation - elevation.mean()) / elevation.std()
-    treated = np.zeros(UNITS, int)
-    treated[rng.permutation(UNITS)[: UNITS // 2]] = 1
-    outcome = 1.0 + 1.2 * np.sin(1.8 * e) + 0.5 * e**2 + treated * tau + rng.normal(0, 1, UNITS)
+    baseline = 1.0 + 1.2 * np.sin(1.8 * e) + 0.5 * e**2
+    if targeting:
+        propensity = expit(targeting * z - 0.3)
+        treated = (rng.random(UNITS) < propensity).astype(int)
+        baseline = baseline + 0.8 * z  # what targeting saw moves the outcome too
+    else:
+        propensity = np.full(UNITS, 0.5)
+        treated = np.zeros(UNITS, int)
+        treated[rng.permutation(UNITS)[: UNITS // 2]] = 1
+    outcome = baseline + treated * tau + rng.normal(0, 1, UNITS)
     table = pd.DataFrame(
         {
             "village": [f"U{i:03d}" for i in range(UNITS)],
@@ -84,16 +105,20 @@ def trial_table(seed: int):
             "elevation_m": elevation,
         }
     )
-    return table, tau
+    return table, tau, propensity
 
 
-def one_trial(seed: int, features: int, components: int, draws: dict) -> dict:
+def one_trial(
+    seed: int, features: int, components: int, draws: dict, targeting=0.0, true_ps=False
+) -> dict:
     """Simulate, embed, fit and measure one trial (in a worker process); ``draws``: NUTS's
-    settings where not ``fit``'s defaults."""
+    settings where not ``fit``'s defaults; ``targeting``, ``true_ps``: an observational study
+    (module docstring)."""
     import imgcate
+    from imgcate.confounding import estimate_propensity
     from imgcate.datasets import landsat_path
 
-    table, tau = trial_table(seed)
+    table, tau, propensity = trial_table(seed, targeting)
     trial = imgcate.read_units(table, id="village", outcome="y", covariates=["elevation_m"])
     chips = imgcate.extract_chips(trial, landsat_path(), CHIP)
     embeddings = imgcate.embed(
@@ -102,14 +127,36 @@ def one_trial(seed: int, features: int, components: int, draws: dict) -> dict:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = imgcate.fit(trial, embeddings, n_clusters=2, seed=seed, progress=False, **draws)
+        given = None
+        if targeting:
+            features_ps = np.hstack([embeddings.for_keys(trial.image_keys), trial.covariate_matrix])
+            ps = estimate_propensity(features_ps, trial.treatment_array, seed=seed)
+            given = propensity if true_ps else ps.scores
+        result = imgcate.fit(
+            trial, embeddings, n_clusters=2, seed=seed, progress=False, propensity=given, **draws
+        )
     seconds = time.perf_counter() - start
     units = result.unit_effects(prob=PROB)
     truth = tau[np.searchsorted(table["village"].to_numpy(), units["unit"].to_numpy())]
     low, high = units["tau_5%"].to_numpy(), units["tau_95%"].to_numpy()
     covered = (low <= truth) & (truth <= high)
-    ate = result.ate(prob=PROB).loc["model_implied"]
+    table_ate = result.ate(prob=PROB)
+    ate = table_ate.loc["model_implied"]
     means = units["tau_mean"].to_numpy()
+    extra = {}
+    if targeting:
+        dr = table_ate.loc["aipw"]
+        p = propensity[np.searchsorted(table["village"].to_numpy(), units["unit"].to_numpy())]
+        extra = {
+            "aipw": round(float(dr["estimate"]), 4),
+            "aipw_interval": [round(float(dr["5%"]), 4), round(float(dr["95%"]), 4)],
+            "cover_by_propensity": {
+                f"{a}-{b}": [round(float(covered[(p >= a) & (p < b)].mean()), 4), int(n)]
+                for a, b in PROPENSITY_BANDS
+                if (n := ((p >= a) & (p < b)).sum())
+            },
+            "treated_share": round(float(trial.treatment_array.mean()), 4),
+        }
     return {
         "seed": seed,
         "seconds": round(seconds, 1),
@@ -124,6 +171,7 @@ def one_trial(seed: int, features: int, components: int, draws: dict) -> dict:
             float(result.heterogeneity(PROB).loc["membership_dependence", "mean"]), 4
         ),
         "divergences": int(result.idata.sample_stats["diverging"].values.sum()),
+        **extra,
     }
 
 
@@ -134,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--components", type=int, default=8, help="components kept (8)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="seed 0, 2 chains x 200 draws")
+    parser.add_argument("--targeting", type=float, default=0.0, help="0: randomized (0)")
+    parser.add_argument(
+        "--true-propensity", action="store_true", help="give the fit the true propensity"
+    )
     args = parser.parse_args(argv)
     if min(args.features, args.components, args.jobs) < 1 or min(args.seeds) < 0:
         parser.error("--features, --components and --jobs must be >= 1, seeds >= 0")
@@ -146,7 +198,16 @@ def main(argv: list[str] | None = None) -> int:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
         futures = [
-            pool.submit(one_trial, s, args.features, args.components, draws) for s in args.seeds
+            pool.submit(
+                one_trial,
+                s,
+                args.features,
+                args.components,
+                draws,
+                args.targeting,
+                args.true_propensity,
+            )
+            for s in args.seeds
         ]
         rows = []
         for future in futures:
@@ -158,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
             sum(lo <= r["sample_ate"] <= hi for r in rows for lo, hi in [r["ate_interval"]])
         ),
     }
+    if args.targeting:
+        summary["aipw_covered"] = int(
+            sum(lo <= r["sample_ate"] <= hi for r in rows for lo, hi in [r["aipw_interval"]])
+        )
     print(json.dumps(summary), flush=True)
     return 0
 
