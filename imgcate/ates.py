@@ -22,23 +22,30 @@ from imgcate.posterior import flat
 if TYPE_CHECKING:
     from imgcate.results import EffectFit
 
-#: Propensity scores are kept this far from 0 and 1 in the AIPW row (the fit's scores come
-#: back from its float32 covariates; an unclipped score near 0 would make its weight absurd).
-PROPENSITY_CLIP = 1e-3
+#: Folds of the AIPW row's cross-fitted outcome regressions (fewer where the design has fewer
+#: clusters).
+AIPW_FOLDS = 5
 
 
 def ate_table(fit: EffectFit, prob: float = 0.9, seed: int = 0) -> pd.DataFrame:
-    """The rows of :meth:`imgcate.results.EffectFit.ate`: ``model_implied``, then ``aipw`` for
-    a fit given a propensity score, then ``difference_in_means``; columns ``estimate``,
-    ``std_err``, the interval (``prob``) and ``vcov`` (how the standard error was computed).
+    """The rows of :meth:`imgcate.results.EffectFit.ate`.
 
     Parameters
     ----------
     fit : EffectFit
+        A fitted effect model.
     prob : float
         Interval probability.
     seed : int
         Seed of the AIPW row's cross-fitting folds.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``estimator``: ``model_implied``, then ``aipw`` for a fit given a propensity
+        score, then ``difference_in_means``; columns ``estimate``, ``std_err``, the interval
+        (``prob``) and ``vcov`` (how the standard error was computed, or why there is none:
+        NaN then).
     """
     from imgcate.confounding import aipw, difference_in_means
 
@@ -51,8 +58,21 @@ def ate_table(fit: EffectFit, prob: float = 0.9, seed: int = 0) -> pd.DataFrame:
     rows = {"model_implied": (float(draws.mean()), float(draws.std()), lo, hi, "posterior")}
     scores, features = fit_propensity(fit)
     if scores is not None:
-        dr = aipw(y, t, scores, features=features, clusters=clusters, prob=prob, seed=seed)
-        rows["aipw"] = (dr.estimate, dr.std_err, dr.lower, dr.upper, f"{dr.vcov}, propensity given")
+        groups = len(np.unique(clusters)) if clusters is not None else len(y)
+        try:
+            dr = aipw(
+                y,
+                t,
+                scores,
+                features=features,
+                clusters=clusters,
+                n_folds=max(2, min(AIPW_FOLDS, groups)),
+                prob=prob,
+                seed=seed,
+            )
+            rows["aipw"] = (dr.estimate, dr.std_err, dr.lower, dr.upper, f"{dr.vcov}, scores given")
+        except (InputError, ValueError) as exc:  # too few clusters or units of an arm to cross-fit
+            rows["aipw"] = (np.nan, np.nan, np.nan, np.nan, f"none: {exc}")
     try:
         dim = difference_in_means(y, t, clusters=clusters, prob=prob)
         rows["difference_in_means"] = (dim.estimate, dim.std_err, dim.lower, dim.upper, dim.vcov)
@@ -66,18 +86,33 @@ def ate_table(fit: EffectFit, prob: float = 0.9, seed: int = 0) -> pd.DataFrame:
 
 
 def fit_propensity(fit: EffectFit) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The propensity score a fit was given (``fit(..., propensity=...)``), clipped to
-    [:data:`PROPENSITY_CLIP`, 1 - :data:`PROPENSITY_CLIP`], and the fit's other adjustment
-    features (its embedding and other covariates, model scale); (None, None) for a fit given
-    none."""
+    """The propensity scores a fit was given (``fit(..., propensity=...)``) and its other
+    adjustment features.
+
+    Parameters
+    ----------
+    fit : EffectFit
+        A fitted effect model.
+
+    Returns
+    -------
+    scores : ndarray (unit,) or None
+        The scores as given (float64, kept with the fit), or, for a fit saved before they were
+        kept, read back from its ``propensity`` covariate; None for a fit given none.
+    features : ndarray (unit, feature) or None
+        The fit's embedding and its other covariates (model scale).
+    """
     const = fit.idata.constant_data
     names = list(const.coords["covariate"].values) if "covariate" in const.coords else []
     if "propensity" not in names:
         return None, None
     j = names.index("propensity")
-    std = fit.standardizer
     covariates = np.asarray(const["covariates"].values, dtype=float)
+    features = np.hstack(
+        [np.asarray(const["embedding"].values, dtype=float), np.delete(covariates, j, axis=1)]
+    )
+    if "propensity_given" in const:
+        return np.asarray(const["propensity_given"].values, dtype=float), features
+    std = fit.standardizer  # float32 on the model scale: back within ~1e-7 of the scores
     scores = covariates[:, j] * std.covariate_sd[j] + std.covariate_mean[j]
-    others = np.delete(covariates, j, axis=1)
-    features = np.hstack([np.asarray(const["embedding"].values, dtype=float), others])
-    return np.clip(scores, PROPENSITY_CLIP, 1 - PROPENSITY_CLIP), features
+    return np.clip(scores, 1e-6, 1 - 1e-6), features

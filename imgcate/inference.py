@@ -455,6 +455,12 @@ def _with_propensity(trial: Trial, propensity: np.ndarray) -> Trial:
         raise InputError(
             f"propensity has {len(scores)} values but the trial has {trial.n_units} units."
         )
+    fitted_to = getattr(propensity, "treatment", None)
+    if fitted_to is not None and not np.array_equal(np.asarray(fitted_to), trial.treatment_array):
+        raise InputError(
+            "propensity was estimated for another treatment vector than the trial's (another "
+            "order or other units?); estimate it on trial.treatment_array."
+        )
     if "propensity" in trial.covariates:
         raise InputError("the trial already has a covariate named 'propensity'; rename it.")
     data = trial.data.assign(propensity=scores)
@@ -544,6 +550,9 @@ def _to_inference_data(
             coords[level] = np.arange(int(codes.max()) + 1)
     constant["outcome_original"] = trial.outcome_array  # float64, as given (exact zeros stay 0)
     dims["outcome_original"] = ["unit"]
+    if "propensity" in trial.covariates:  # the scores as given, for ate()'s AIPW row
+        constant["propensity_given"] = trial.data["propensity"].to_numpy(dtype=float)
+        dims["propensity_given"] = ["unit"]
     design = design_clusters(trial)
     if design is not None:
         constant["design_cluster"] = design

@@ -731,6 +731,16 @@ def test_propensity_adjusted_fit_on_confounded_data():
     wrong = table.copy()
     wrong.loc["model_implied", "estimate"] += 5 * wrong.loc["aipw", "std_err"]
     assert "doubly robust AIPW estimate" in ate_gap(wrong)
+    np.testing.assert_array_equal(const["propensity_given"].values, p)  # kept in float64
+    # a design of few clusters: folds as many as the clusters; too few: a row that says why
+    import dataclasses
+
+    for n_groups, fine in ((3, True), (1, False)):
+        idata = result.idata.copy()
+        groups = np.arange(len(p)) % n_groups
+        idata.constant_data = idata.constant_data.assign(design_cluster=("unit", groups))
+        row = dataclasses.replace(result, idata=idata).ate().loc["aipw"]
+        assert np.isfinite(row["estimate"]) == fine and row["vcov"].startswith("none") != fine
     with pytest.raises(InputError, match="strictly between 0 and 1"):
         fit(trial, sim.embeddings, propensity=np.r_[p[:-1], 1.0])
 
@@ -851,3 +861,6 @@ def test_a_propensity_object_is_taken_for_its_scores():
     j = names.index("propensity")
     scores = result.idata.constant_data["covariates"].values[:, j] * std.covariate_sd[j]
     np.testing.assert_allclose(scores + std.covariate_mean[j], ps.scores, atol=1e-6)
+    other = estimate_propensity(features, sim.trial.treatment_array[::-1], seed=0)
+    with pytest.raises(InputError, match="estimated for another treatment vector"):
+        fit(sim.trial, sim.embeddings, propensity=other)
