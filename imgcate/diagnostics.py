@@ -432,9 +432,9 @@ def ate_gap(table: pd.DataFrame) -> str | None:
         return (
             f"the model-implied ATE ({model['estimate']:.3g}) and the doubly robust AIPW "
             f"estimate ({design['estimate']:.3g}, se {design['std_err']:.2g}) disagree beyond "
-            "chance: with the propensity score given, both estimate the ATE, so the outcome "
-            "model is misspecified where the treated and control units differ (check overlap; "
-            "read the AIPW estimate)."
+            "chance: with the propensity score given, both estimate the ATE, so the model's "
+            "outcome model (where the treated and control units differ) or the propensity is "
+            "off (check overlap and balance; report the AIPW estimate if the propensity holds)."
         )
     return (
         f"the model-implied ATE ({model['estimate']:.3g}) and the difference in means "

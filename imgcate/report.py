@@ -21,7 +21,9 @@ import numpy as np
 import pandas as pd
 
 from imgcate.diagnostics import (
+    ate_gap,
     divergent_transitions,
+    observational,
     restart_note,
     sampling_problems,
 )
@@ -251,6 +253,8 @@ def _failed_checks(fit: EffectFit, seed: int) -> str:
         problems += outcome_problems(
             fit.check_outcome(seed=seed), fit.config.likelihood, fit.config.noise_scale
         )
+    gap = ate_gap(fit.ate())  # the model's ATE against the design's
+    problems += [gap] if gap else []
     if problems:
         return "Failed checks: " + " ".join(
             f"({i + 1}) {p.rstrip('.')}." for i, p in enumerate(problems)
@@ -260,6 +264,8 @@ def _failed_checks(fit: EffectFit, seed: int) -> str:
         passed.append("replicated outcomes match both arms")
     else:
         passed.append("replicated outcomes were not kept: too many units x draws")
+    design = "AIPW" if observational(fit) else "the difference in means"
+    passed.append(f"the model's ATE agrees with {design}")
     return "Failed checks: none (" + "; ".join(passed) + ")."
 
 
@@ -344,8 +350,9 @@ def _cluster_effects(fit: EffectFit, prob: float) -> Section:
         SECTIONS[4],
         f"Each cluster's average treatment effect on the outcome's mean scale, with its "
         f"central {prob:.0%} credible interval and its share of units; below, the "
-        "model-implied ATE beside the design-based difference in means, which should agree "
-        "in a randomized trial.",
+        "model-implied ATE beside design-based estimates: the difference in means, which "
+        "should agree with it in a randomized trial, and, for a fit given a propensity "
+        "score, the doubly robust AIPW estimate, which should agree with it then.",
     )
     section.table(fit.cluster_effects(prob).reset_index())
     section.table(fit.ate(prob).reset_index())
