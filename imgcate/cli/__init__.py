@@ -22,7 +22,7 @@ import os
 import signal
 import sys
 
-from imgcate.startup import interrupts_held, interrupts_past_gc
+from imgcate.startup import interrupts_held, keep_lost_interrupts
 
 with interrupts_held():  # Ctrl-C while the commands' modules import acts once they end
     import click
@@ -97,7 +97,7 @@ def script() -> None:
     be inside a compiled computation then (a fit's sampler), and the interpreter's usual
     shutdown crashed in them (a segmentation fault, status -11); the command's own cleanup
     (partial outputs removed) has run by then."""
-    interrupts_past_gc()
+    keep_lost_interrupts()
     try:
         main(prog_name="imgcate")
     except SystemExit as stop:
