@@ -64,10 +64,24 @@ def band_stats(values: np.ndarray) -> tuple[list[float], list[float]]:
     return moved.mean(axis=1).tolist(), moved.std(axis=1).tolist()
 
 
-def order_costs(means, spec: dict[str, Any], sds=None) -> np.ndarray:
-    """Mismatch (trial band, new band) of each new band taken for each trial band: the
-    difference of means in trial sds, plus twice the absolute log ratio of the sds (when
-    given)."""
+def order_costs(
+    means: Sequence[float], spec: dict[str, Any], sds: Sequence[float] | None = None
+) -> np.ndarray:
+    """Mismatch of each new band taken for each trial band.
+
+    Parameters
+    ----------
+    means, sds : sequence of float
+        Per-band means (and sds, optional) of the new data.
+    spec : dict
+        The trial's chip spec (``band_mean``, ``band_sd``).
+
+    Returns
+    -------
+    ndarray (trial band, new band)
+        The difference of means in trial sds, plus twice the absolute log ratio of the sds
+        (when given).
+    """
     want = np.asarray(spec["band_mean"], float)
     sd = np.maximum(np.asarray(spec.get("band_sd") or np.ones_like(want), float), 1e-9)
     cost = np.abs(np.asarray(means, float)[None, :] - want[:, None]) / sd[:, None]
@@ -90,10 +104,27 @@ def best_order(
     return order, float(cost[rows, cols].mean()), float(np.diag(cost).mean())
 
 
-def alike_bands(order: Sequence[int], means, spec: dict[str, Any], sds=None) -> list[int]:
-    """Positions of ``order`` (:func:`best_order`) whose new bands could be exchanged with
-    another's at a cost below :data:`ALIKE` trial sds: bands whose values are alike, so that
-    their order among themselves is not told by the values."""
+def alike_bands(
+    order: Sequence[int],
+    means: Sequence[float],
+    spec: dict[str, Any],
+    sds: Sequence[float] | None = None,
+) -> list[int]:
+    """Positions of ``order`` whose bands' order among themselves the values do not tell.
+
+    Parameters
+    ----------
+    order : sequence of int
+        A band order (:func:`best_order`): the new band taken for each trial band.
+    means, spec, sds
+        As in :func:`order_costs`.
+
+    Returns
+    -------
+    list of int
+        Positions whose new band could be exchanged with another's at a cost below
+        :data:`ALIKE` trial sds.
+    """
     cost = order_costs(means, spec, sds)
     alike = set()
     for i in range(len(order)):

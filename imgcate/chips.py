@@ -353,10 +353,10 @@ def _group_units(trial: Trial) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 SHARED_LOCATIONS = "sit at the same location as another"
 
 
-def warn_shared_locations(trial: Trial, unit_chip: np.ndarray | None = None, stacklevel=3):
-    """Warn when images (units, without an ``image_id``) share a chip only because they sit
-    at the same location: the model then treats them as one image (``unit_chip``: each
-    unit's chip, computed when not given)."""
+def warn_shared_locations(trial: Trial, unit_chip=None, stacklevel: int = 3) -> None:
+    """Warn (UserWarning) when images (units, without an ``image_id``) share a chip only
+    because they sit at one location (the model then treats them as one image). ``unit_chip``:
+    each unit's chip (computed when None); ``stacklevel`` as ``warnings.warn`` counts here."""
     if unit_chip is None:
         unit_chip = _group_units(trial)[1]
     keys = pd.Series(trial.image_keys)

@@ -31,10 +31,14 @@ def _kinds_differ(missing: np.ndarray, image_ids: np.ndarray) -> str:
 
     if textual(list(missing)) == textual(list(image_ids)):
         return "."
-    text = "text" if textual(list(image_ids)) else "numbers"
+    if textual(list(image_ids)):
+        return (
+            ". The embeddings' image ids are text and these are numbers: read the units' id "
+            "(or image id) column as text (e.g. units[col] = units[col].astype(str))."
+        )
     return (
-        f". The embeddings' image ids are {text} and these are not: convert one side "
-        "(e.g. units[id] = units[id].astype(str))."
+        ". The embeddings' image ids are numbers and these are text: read the units' id (or "
+        "image id) column as numbers (e.g. units[col] = units[col].astype(int))."
     )
 
 

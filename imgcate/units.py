@@ -185,11 +185,23 @@ def _parse_crs(crs) -> pyproj.CRS:
         ) from exc
 
 
-def same_coordinates(given: pyproj.CRS, own: pyproj.CRS, bounds) -> bool:
-    """Whether ``given`` reads the coordinates of a file in CRS ``own`` as the same places:
-    equal CRSs (axis order aside), or two spellings of one (an EPSG code and its ``+proj``
-    string) under which the corners and centre of ``bounds`` (xmin, ymin, xmax, ymax) move by
-    less than a millimetre (1e-8 degrees)."""
+def same_coordinates(given: pyproj.CRS, own: pyproj.CRS, bounds: Sequence[float]) -> bool:
+    """Whether ``given`` reads the coordinates of a file in CRS ``own`` as the same places.
+
+    Parameters
+    ----------
+    given, own : pyproj.CRS
+        The CRS a user named and the file's own.
+    bounds : sequence of float
+        (xmin, ymin, xmax, ymax) of the file's coordinates, in ``own``.
+
+    Returns
+    -------
+    bool
+        True for equal CRSs (axis order aside), or two spellings of one (an EPSG code and its
+        ``+proj`` string) under which the corners and centre of ``bounds`` move by less than
+        a millimetre (1e-8 degrees).
+    """
     if given.equals(own, ignore_axis_order=True):
         return True
     xmin, ymin, xmax, ymax = (float(v) for v in bounds)

@@ -160,8 +160,11 @@ def test_embed_to_file_warns_of_dropped_units(landsat_path, tmp_path):
 
 def test_ids_read_as_numbers_against_ids_as_text_are_named_as_such():
     emb = Embeddings(values=np.zeros((3, 2)), image_ids=np.array(["0", "1", "2"]))
-    with pytest.raises(InputError, match=r"image ids are text and these are not: convert one"):
+    with pytest.raises(InputError, match=r"ids are text and these are numbers: read .* as text"):
         emb.for_keys(np.array([0, 1]))
+    numbered = Embeddings(values=np.zeros((3, 2)), image_ids=np.arange(3))
+    with pytest.raises(InputError, match=r"ids are numbers and these are text: read .* numbers"):
+        numbered.for_keys(np.array(["0", "1"]))
     with pytest.raises(InputError, match=r"\(first \['7'\]\); .* image_id column\)\.$"):
         emb.for_keys(np.array(["1", "7"]))  # another id of the same kind: no such hint
 

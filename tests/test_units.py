@@ -196,7 +196,7 @@ def test_a_crs_spelled_another_way_agrees_with_a_geometry_of_that_crs():
 
 def test_one_covariate_by_its_name_is_one_column_and_a_missing_one_names_the_argument():
     df = table()
-    trial = read_units(df, covariates="x")
-    assert trial.covariates == ("x",) and trial.covariate_matrix.shape == (6, 1)
+    trial = read_units(df, covariates="village")  # not 'v', 'i', 'l', ...
+    assert trial.covariates == ("village",) and trial.covariate_matrix.shape == (6, 1)
     with pytest.raises(InputError, match=r"covariate column 'market' .*pass covariates=\["):
         read_units(df, covariates="market")

@@ -193,8 +193,9 @@ def map_command(
     # checked before the map starts, the raster first (opened, a CRS, north-up, a tile's
     # size: not the region's fault), then the region; the map warns of a region past the raster
     for where in (None, area) if area is not None else (None,):
+        step = tile_size if where is None else stride  # the raster's own check: a small grid
         try:
-            tile_grid(raster, where, tile_size=tile_size, stride=stride, stacklevel=None)
+            tile_grid(raster, where, tile_size=tile_size, stride=step, stacklevel=None)
         except ImgcateError as exc:
             if where is None:
                 raise click.ClickException(in_cli_words(str(exc))) from exc
@@ -314,7 +315,8 @@ def aggregate(
     tags = record["tags"]
     if "tile_size" not in tags:
         raise click.BadParameter(
-            f"{str(map_file)!r} is not a map written by imgcate map (it has no tile_size tag)",
+            f"{str(map_file)!r} is not a map written by imgcate map (it has no tile_size "
+            "tag); give the GeoTIFF that imgcate map wrote",
             param_hint="MAP",
         )
     try:  # before the fit is read: a wrong polygons file is a usage error, named

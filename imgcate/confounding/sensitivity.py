@@ -391,7 +391,7 @@ def confounding_sensitivity(
     names = [f"covariate_{j}" for j in range(x.shape[1])] if names is None else list(names)
     if len(names) != x.shape[1]:
         raise InputError(f"names has {len(names)} entries but covariates has {x.shape[1]} columns.")
-    constant = [name for name, sd in zip(names, x.std(axis=0), strict=True) if sd == 0]
+    constant = [name for name, span in zip(names, np.ptp(x, axis=0), strict=True) if span == 0]
     if constant:
         raise InputError(
             f"covariates {constant} are constant (the regression has its intercept already); "

@@ -114,7 +114,7 @@ def test_sensitivity_on_the_image_simulation(sim):
     assert 0 < res.rv_qa < res.rv_q < 1
     with pytest.raises(InputError, match="is not a covariate name"):
         confounding_sensitivity(sim.outcome, sim.treatment, sim.features[:, :2], benchmark="roads")
-    flat = np.column_stack([sim.features[:, :2], np.ones(len(sim.outcome))])
+    flat = np.column_stack([sim.features[:, :2], np.full(len(sim.outcome), 0.1)])  # sd 1e-17
     with pytest.raises(InputError, match=r"covariates \['market'\] are constant"):
         confounding_sensitivity(sim.outcome, sim.treatment, flat, names=["a", "b", "market"])
 
