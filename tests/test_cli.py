@@ -563,7 +563,9 @@ def test_fit_stopped_by_ctrl_c_exits_130_and_writes_nothing(fitted, tmp_path):
     args = [sys.executable, "-m", "imgcate.cli", "-v", "fit", str(fitted / "units.csv")]
     args += [str(fitted / "embeddings.parquet"), str(out), "--chains", "4", "--draws", "3000"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+    # SIGINT's default action in the child: a shell starts background jobs with it ignored
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=restore)
     err: list[str] = []
     reader = threading.Thread(target=lambda: err.extend(iter(lambda: proc.stderr.read(1), "")))
     reader.start()

@@ -13,6 +13,22 @@ import pytest
 from imgcate.startup import interrupts_held, is_command
 
 
+@pytest.fixture(autouse=True)
+def python_sigint_handler():
+    """Python's own SIGINT handler for each test, as an interactive program has it: a shell
+    starts background jobs (a CI step, `make test &`) with SIGINT ignored, and Python then
+    keeps it ignored."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def sigint_as_default() -> None:
+    """In a child process before it runs Python: SIGINT's default action, so that Python
+    installs its handler (a child inherits an ignored SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_a_held_ctrl_c_is_a_keyboard_interrupt_at_the_end_of_the_block_in_a_program():
     """In a program that imports imgcate, the interrupt is neither lost nor raised inside the
     imports: it comes at the end of the block, and Python's handler is back."""
@@ -69,9 +85,8 @@ def test_ctrl_c_while_the_command_starts_exits_130_with_one_line(tmp_path):
     out = tmp_path / "trial"
     args = [sys.executable, "-m", "imgcate.cli", "simulate", str(out), "--n-units", "100"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": env}
+    proc = subprocess.Popen(args, **pipes, preexec_fn=sigint_as_default)
     time.sleep(1.0)  # inside the imports, which take 2-5 s (interpreter start-up: < 0.2 s)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

@@ -148,5 +148,5 @@ def test_overlap_warning_prints_enough_digits():
     assert format_probability(2.5e-6) == "2.5e-06"
     assert format_probability(0.5) == "0.5"
     sim = simulate_confounded(seed=2, n_units=400, strength=25.0)
-    with pytest.warns(OverlapWarning, match=r"max 0\.99\d*[1-9]\)"):
+    with pytest.warns(OverlapWarning, match=r"max 0\.99\d*[1-9] before clipping"):
         estimate_propensity(sim.features, sim.treatment, method="logistic", C=100.0, seed=2)
