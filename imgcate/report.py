@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 
 from imgcate.diagnostics import (
+    ate_design,
     ate_gap,
     divergent_transitions,
-    observational,
     restart_note,
     sampling_problems,
 )
@@ -253,7 +253,8 @@ def _failed_checks(fit: EffectFit, seed: int) -> str:
         problems += outcome_problems(
             fit.check_outcome(seed=seed), fit.config.likelihood, fit.config.noise_scale
         )
-    gap = ate_gap(fit.ate())  # the model's ATE against the design's
+    table = fit.ate()
+    gap = ate_gap(table)  # the model's ATE against the design's
     problems += [gap] if gap else []
     if problems:
         return "Failed checks: " + " ".join(
@@ -264,8 +265,8 @@ def _failed_checks(fit: EffectFit, seed: int) -> str:
         passed.append("replicated outcomes match both arms")
     else:
         passed.append("replicated outcomes were not kept: too many units x draws")
-    design = "AIPW" if observational(fit) else "the difference in means"
-    passed.append(f"the model's ATE agrees with {design}")
+    design = ate_design(table)
+    passed += [f"the model's ATE agrees with {design}"] if design else []
     return "Failed checks: none (" + "; ".join(passed) + ")."
 
 

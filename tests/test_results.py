@@ -282,9 +282,14 @@ def test_ate_without_a_design_se_and_the_ate_gap_check(k2):
     t = result.idata.constant_data["treatment"].values
     idata = result.idata.copy()
     idata.constant_data = idata.constant_data.assign(design_cluster=("unit", t))
-    table = dataclasses.replace(result, idata=idata).ate()
+    whole_arms = dataclasses.replace(result, idata=idata)
+    table = whole_arms.ate()
     assert np.isnan(table.loc["difference_in_means", "std_err"])
     assert "whole arm" in table.loc["difference_in_means", "vcov"]
+    from imgcate.diagnostics import ate_design, checks_passed
+
+    assert ate_design(table) is None and "ATE agrees" not in checks_passed(whole_arms)
+    assert ate_design(result.ate()) == "the difference in means"
     assert ate_gap(result.ate()) is None
     assert "disagree beyond chance" not in result.summary().split("Checks:")[1]
     shifted = result.idata.copy()
