@@ -444,12 +444,13 @@ def ate_gap(table: pd.DataFrame) -> str | None:
     )
 
 
-def checks_passed(fit) -> str:
-    """The checks a fit passed, in words (for ``EffectFit.summary``)."""
+def checks_passed(fit, ate: pd.DataFrame | None = None) -> str:
+    """The checks a fit passed, in words (for ``EffectFit.summary``; ``ate``: its ATE table
+    where the caller has it)."""
     done = ["the chains agree"] if fit.config.method == "nuts" else []
     if "posterior_predictive" in fit.idata.groups():
         done.append("replicated outcomes match the data in both arms")
-    design = ate_design(fit.ate())
+    design = ate_design(fit.ate() if ate is None else ate)
     if design:
         done.append(f"the model-implied ATE agrees with {design}")
     return ", ".join(done) or "none ran"

@@ -407,6 +407,7 @@ class EffectFit:
         how image-driven they are, ATE check, diagnostics; ``out_of_sample`` (a
         :class:`~imgcate.evaluate.CrossfitResult` of this trial) adds its out-of-sample test."""
         fmt = {"float_format": lambda v: f"{v:.3f}"}
+        ate = self.ate(prob)  # once: a fit given a propensity cross-fits AIPW for it
         lines = [
             f"imgcate effect fit: {self.config.label}, likelihood={self.config.likelihood_label}, "
             f"deviation={self.config.deviation}, method={self.config.method_label}, "
@@ -416,7 +417,7 @@ class EffectFit:
             self.cluster_effects(prob).to_string(**fmt),
             "",
             "Average treatment effect:",
-            self.ate(prob).to_string(**fmt),
+            ate.to_string(**fmt),
         ]
         if self.n_clusters > 1:
             lines += ["", "How the clusters describe the effect:"]
@@ -424,10 +425,10 @@ class EffectFit:
         if out_of_sample is not None:
             lines += ["", out_of_sample.summary(unit_ids=self.unit_ids)]
         lines += ["", self._diagnostics_line(), "Checks:"]
-        problems = self._problems()
+        problems = self._problems(ate)
         return "\n".join(
             lines
-            + ([f"- {p}" for p in problems] or [f"- none failed: {checks_passed(self)}."])
+            + ([f"- {p}" for p in problems] or [f"- none failed: {checks_passed(self, ate)}."])
             + [f"- not checked: {skipped}" for skipped in checks_skipped(self)]
             + [f"- note: {note}." for note in [restart_note(self.idata)] if note]
         )
@@ -446,18 +447,19 @@ class EffectFit:
         worst = f"max R-hat {r_hat}, min bulk ESS {diag['ess_bulk'].min():.0f}"
         return f"Diagnostics: {worst}, divergences {divergent_transitions(self.idata)}"
 
-    def _problems(self) -> list[str]:
+    def _problems(self, ate: pd.DataFrame | None = None) -> list[str]:
         """Every failed check in words: convergence, outcome distribution, ATE gap."""
         problems = sampling_problems(self.idata, self.config)
-        return problems + self._model_problems()
+        return problems + self._model_problems(ate)
 
-    def _model_problems(self) -> list[str]:
+    def _model_problems(self, ate: pd.DataFrame | None = None) -> list[str]:
         """Failed model checks in words: the outcome's distribution (not kept for very large
-        fits) and the ATE against the design's (:func:`imgcate.diagnostics.ate_gap`)."""
+        fits) and the ATE against the design's (:func:`imgcate.diagnostics.ate_gap`; ``ate``:
+        the ATE table where the caller has it, at any ``prob``)."""
         problems, cfg = [], self.config
         if "posterior_predictive" in self.idata.groups():
             problems += outcome_problems(self.check_outcome(), cfg.likelihood, cfg.noise_scale)
-        gap = ate_gap(self.ate())
+        gap = ate_gap(self.ate() if ate is None else ate)
         return problems + ([gap] if gap else [])
 
     def _cluster_notes(self) -> list[str]:
