@@ -104,8 +104,8 @@ def fit_propensity(fit: EffectFit) -> tuple[np.ndarray | None, np.ndarray | None
     """
     const = fit.idata.constant_data
     names = list(const.coords["covariate"].values) if "covariate" in const.coords else []
-    if "propensity" not in names:
-        return None, None
+    if "propensity" not in names or not const.attrs.get("propensity_given", 1):
+        return None, None  # none, or a covariate of the user's that happens to be so named
     j = names.index("propensity")
     covariates = np.asarray(const["covariates"].values, dtype=float)
     features = np.hstack(

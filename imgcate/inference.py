@@ -425,7 +425,9 @@ def fit(
     samples, stats = runner(data, config, key)
     loglik = _log_likelihood(samples, data)
     replicated = _posterior_predictive(samples, data, key_predictive)
-    idata = _to_inference_data(samples, stats, loglik, replicated, data, trial, config)
+    idata = _to_inference_data(
+        samples, stats, loglik, replicated, data, trial, config, propensity is not None
+    )
     inputs = data.inputs  # the derived pass's: its basis need not be computed again
     del data, samples, loglik, replicated  # in idata now
     if provenance is None:
@@ -504,6 +506,7 @@ def _to_inference_data(
     data: ModelData,
     trial: Trial,
     config: FitConfig,
+    propensity_given: bool = False,
 ) -> az.InferenceData:
     import arviz as az
 
@@ -550,7 +553,7 @@ def _to_inference_data(
             coords[level] = np.arange(int(codes.max()) + 1)
     constant["outcome_original"] = trial.outcome_array  # float64, as given (exact zeros stay 0)
     dims["outcome_original"] = ["unit"]
-    if "propensity" in trial.covariates:  # the scores as given, for ate()'s AIPW row
+    if propensity_given:  # the scores as given, for ate()'s AIPW row
         constant["propensity_given"] = trial.data["propensity"].to_numpy(dtype=float)
         dims["propensity_given"] = ["unit"]
     design = design_clusters(trial)
@@ -568,6 +571,8 @@ def _to_inference_data(
         dims=dims,
     )
     idata.posterior.attrs.update({"inference_library": "numpyro", "imgcate_method": config.method})
+    # says whether the covariate named propensity is the scores given (older fits: unknown)
+    idata.constant_data.attrs["propensity_given"] = int(propensity_given)
     if stats.get("restarts"):
         chains = sorted(stats["restarts"])
         moves = [stats["restarts"][c] for c in chains]

@@ -745,6 +745,25 @@ def test_propensity_adjusted_fit_on_confounded_data():
         fit(trial, sim.embeddings, propensity=np.r_[p[:-1], 1.0])
 
 
+def test_a_covariate_named_propensity_is_not_taken_for_scores_given(tmp_path):
+    """A user's own covariate called propensity, with no ``propensity=``: the fit is analysed
+    as randomized, with no AIPW row read from that covariate, before and after a save."""
+    sim = simulate_trial(3, 200, 2, separation=4.5)
+    data = sim.trial.data.assign(propensity=np.linspace(0.2, 0.8, sim.trial.n_units))
+    trial = sim.trial.__class__(
+        **{**sim.trial.__dict__, "data": data, "covariates": ("propensity",)}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = fit(trial, sim.embeddings, seed=0, **FAST)
+    assert "propensity" in result.idata.constant_data.coords["covariate"].values
+    assert list(result.ate().index) == ["model_implied", "difference_in_means"]
+    from imgcate.results import load_fit
+
+    loaded = load_fit(result.save(tmp_path / "fit.imgcate"))
+    assert list(loaded.ate().index) == ["model_implied", "difference_in_means"]
+
+
 @pytest.mark.slow
 def test_interval_calibration_over_replications():
     """90% intervals of cluster effects and of unit CATE cover 80-97% over 40 replications.
