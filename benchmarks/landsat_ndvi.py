@@ -128,10 +128,11 @@ def one_trial(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         given = None
-        if targeting:
+        if targeting and true_ps:
+            given = propensity
+        elif targeting:  # estimated only where used: at strong targeting it may not balance
             features_ps = np.hstack([embeddings.for_keys(trial.image_keys), trial.covariate_matrix])
-            ps = estimate_propensity(features_ps, trial.treatment_array, seed=seed)
-            given = propensity if true_ps else ps.scores
+            given = estimate_propensity(features_ps, trial.treatment_array, seed=seed).scores
         result = imgcate.fit(
             trial, embeddings, n_clusters=2, seed=seed, progress=False, propensity=given, **draws
         )
