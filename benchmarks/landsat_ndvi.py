@@ -16,7 +16,7 @@ and the baseline gets ``+ 0.8 z`` too, so that the difference in means is confou
 is given the propensity the package estimates (``estimate_propensity``, covariate balancing,
 on the embedding and the elevation; ``--true-propensity``: the true one). Rows then add the
 AIPW estimate that ``EffectFit.ate()`` puts beside the model's, and unit coverage by band of
-the true propensity.
+the true propensity and outside the band where ``fit`` warns of limited overlap.
 
 Prints JSON: one row per trial (coverage of the 90 % unit intervals, by third of the true
 effects too; sqrt(PEHE); the sd of the posterior means against the truth's; the model-implied
@@ -115,6 +115,7 @@ def one_trial(
     settings where not ``fit``'s defaults; ``targeting``, ``true_ps``: an observational study
     (module docstring)."""
     import imgcate
+    from imgcate.ates import OVERLAP_LIMITS
     from imgcate.confounding import estimate_propensity
     from imgcate.datasets import landsat_path
 
@@ -148,6 +149,7 @@ def one_trial(
     if targeting:
         dr = table_ate.loc["aipw"]
         p = propensity[np.searchsorted(table["village"].to_numpy(), units["unit"].to_numpy())]
+        outside = (p < OVERLAP_LIMITS[0]) | (p > OVERLAP_LIMITS[1])  # fit's OverlapWarning
         extra = {
             "aipw": round(float(dr["estimate"]), 4),
             "aipw_interval": [round(float(dr["5%"]), 4), round(float(dr["95%"]), 4)],
@@ -156,6 +158,11 @@ def one_trial(
                 for a, b in PROPENSITY_BANDS
                 if (n := ((p >= a) & (p < b)).sum())
             },
+            "cover_outside_overlap": [
+                round(float(covered[outside].mean()), 4) if outside.any() else None,
+                int(outside.sum()),
+            ],
+            "cover_inside_overlap": round(float(covered[~outside].mean()), 4),
             "treated_share": round(float(trial.treatment_array.mean()), 4),
         }
     return {
@@ -224,6 +231,17 @@ def main(argv: list[str] | None = None) -> int:
         summary["aipw_covered"] = int(
             sum(lo <= r["sample_ate"] <= hi for r in rows for lo, hi in [r["aipw_interval"]])
         )
+        n_out = [r["cover_outside_overlap"][1] for r in rows]
+        hits = sum(c * n for r in rows for c, n in [r["cover_outside_overlap"]] if n)
+        summary["cover_outside_overlap"] = [round(hits / max(sum(n_out), 1), 4), sum(n_out)]
+        summary["cover_inside_overlap_range"] = [
+            min(r["cover_inside_overlap"] for r in rows),
+            max(r["cover_inside_overlap"] for r in rows),
+        ]
+        summary["cover_outside_overlap_range"] = [
+            min((c for c, n in (r["cover_outside_overlap"] for r in rows) if n), default=None),
+            max((c for c, n in (r["cover_outside_overlap"] for r in rows) if n), default=None),
+        ]
     print(json.dumps(summary), flush=True)
     return 0
 

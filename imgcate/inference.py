@@ -24,6 +24,7 @@ from numpyro.optim import Adam
 
 import imgcate.config
 from imgcate.anchors import anchor_at, anchor_steps
+from imgcate.ates import overlap_note
 from imgcate.chains import (
     chain_starts,
     flat_draws,
@@ -41,7 +42,13 @@ from imgcate.config import (
     model_data,
 )
 from imgcate.embeddings import Embeddings, unit_embeddings
-from imgcate.errors import ApproximationWarning, BalanceWarning, DurationWarning, InputError
+from imgcate.errors import (
+    ApproximationWarning,
+    BalanceWarning,
+    DurationWarning,
+    InputError,
+    OverlapWarning,
+)
 from imgcate.guides import GUIDES, chosen_guide
 from imgcate.methods import check_method_options
 from imgcate.model import effect_model
@@ -307,7 +314,7 @@ def fit(
         baseline as a covariate named ``propensity``, as in Bayesian causal forests (Hahn,
         Murray and Carvalho 2020), so that targeting on what the image shows is not mistaken
         for effect heterogeneity. The effects are causal under ignorability given the image
-        embedding and covariates, and overlap (0 < propensity < 1); check overlap first.
+        embedding and covariates, and overlap: units outside [0.1, 0.9] get an OverlapWarning.
     seed : int
         Random seed; the same seed gives the same posterior on the same machine.
     provenance : dict, optional
@@ -465,6 +472,8 @@ def _with_propensity(trial: Trial, propensity: np.ndarray) -> Trial:
         )
     if "propensity" in trial.covariates:
         raise InputError("the trial already has a covariate named 'propensity'; rename it.")
+    if note := overlap_note(scores):
+        warnings.warn(f"imgcate fit: {note}.", OverlapWarning, stacklevel=3)
     data = trial.data.assign(propensity=scores)
     return replace(trial, data=data, covariates=(*trial.covariates, "propensity"))
 

@@ -245,8 +245,12 @@ class EffectFit:
         """Unit CATE with intervals and P(cluster k | image), one row per trial unit.
 
         ``cluster`` is each unit's most probable cluster. The CATE is the effect on the
-        outcome's mean given the unit's image, covariates and random intercepts.
+        outcome's mean given the unit's image, covariates and random intercepts. A fit given
+        a propensity adds it as ``propensity``: outside [0.1, 0.9] effects are extrapolated
+        (:func:`imgcate.ates.overlap_note`).
         """
+        from imgcate.ates import fit_propensity
+
         lo_name, hi_name = interval_names(prob)
         q = unit_summaries(self, prob)
         out = pd.DataFrame(
@@ -262,7 +266,8 @@ class EffectFit:
         for k in range(self.n_clusters):
             out[f"cluster_prob_{k}"] = q["cluster_prob"][:, k]
         out["cluster"] = q["cluster_prob"].argmax(1)
-        return out
+        scores, _ = fit_propensity(self)
+        return out if scores is None else out.assign(propensity=scores)
 
     def ate(self, prob: float = 0.9, seed: int = 0) -> pd.DataFrame:
         """The model-implied ATE beside design-based estimates (:func:`imgcate.ates.ate_table`).
@@ -406,8 +411,11 @@ class EffectFit:
         """A printable summary: settings, cluster effects, how much the clusters explain and
         how image-driven they are, ATE check, diagnostics; ``out_of_sample`` (a
         :class:`~imgcate.evaluate.CrossfitResult` of this trial) adds its out-of-sample test."""
+        from imgcate.ates import fit_propensity, overlap_note
+
         fmt = {"float_format": lambda v: f"{v:.3f}"}
         ate = self.ate(prob)  # once: a fit given a propensity cross-fits AIPW for it
+        overlap = overlap_note(fit_propensity(self)[0])
         lines = [
             f"imgcate effect fit: {self.config.label}, likelihood={self.config.likelihood_label}, "
             f"deviation={self.config.deviation}, method={self.config.method_label}, "
@@ -430,7 +438,7 @@ class EffectFit:
             lines
             + ([f"- {p}" for p in problems] or [f"- none failed: {checks_passed(self, ate)}."])
             + [f"- not checked: {skipped}" for skipped in checks_skipped(self)]
-            + [f"- note: {note}." for note in [restart_note(self.idata)] if note]
+            + [f"- note: {note}." for note in [restart_note(self.idata), overlap] if note]
         )
 
     def _diagnostics_line(self) -> str:

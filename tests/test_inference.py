@@ -21,6 +21,7 @@ from imgcate import (
     DurationWarning,
     FitError,
     InputError,
+    OverlapWarning,
 )
 from imgcate.inference import fit, memory_mappings, release_compiled_code
 from imgcate.simulate import simulate_trial
@@ -698,7 +699,7 @@ def test_fit_input_errors(k2):
         fit(sim.trial, sim.embeddings, likelihood="bernoulli")
 
 
-def test_propensity_adjusted_fit_on_confounded_data():
+def test_propensity_adjusted_fit_on_confounded_data(tmp_path):
     """Targeting on the image plus a baseline that moves with the propensity: the adjusted
     model (propensity in the baseline, as in BCF) recovers the cluster effects."""
     from scipy.special import expit
@@ -707,11 +708,16 @@ def test_propensity_adjusted_fit_on_confounded_data():
     p = sim.truth.propensity
     shifted = sim.trial.data.assign(outcome=sim.trial.outcome_array + 3.0 * expit(8 * (p - 0.5)))
     trial = sim.trial.__class__(**{**sim.trial.__dict__, "data": shifted})
-    with warnings.catch_warnings():
+    outside = (p < 0.1) | (p > 0.9)  # 263 of 800: limited overlap is warned of and kept
+    with warnings.catch_warnings(), pytest.warns(OverlapWarning, match=f"{outside.sum()} of 800"):
         warnings.simplefilter("ignore", ConvergenceWarning)
         result = fit(trial, sim.embeddings, propensity=p, seed=0, **FAST)
     assert "propensity" in result.idata.posterior["beta"].coords["covariate"].values
     assert_recovers(result, sim.truth)
+    np.testing.assert_array_equal(result.unit_effects()["propensity"].to_numpy(), p)
+    assert f"- note: {outside.sum()} of 800 units (33%) have a propensity" in result.summary()
+    report = result.report(tmp_path / "report.md").read_text()
+    assert f"Limited overlap: {outside.sum()} of 800 units" in report
     # beside the model's ATE: AIPW with the scores given, on the fit's own features (the
     # difference in means is confounded here); the slow way gives the same row
     from imgcate.confounding import aipw

@@ -315,3 +315,15 @@ def test_checks_without_replicated_outcomes(k2):
     assert "Checks:" in bare.summary()
     with pytest.raises(FitError, match="no posterior_predictive group"):
         bare.check_outcome()
+
+
+def test_overlap_note_counts_units_outside_the_band_and_is_silent_inside_it():
+    """The fit's OverlapWarning and summary note: units with a propensity outside [0.1, 0.9]
+    (the edges themselves inside), none for all inside or for a fit given none."""
+    from imgcate.ates import overlap_note
+
+    assert overlap_note(None) is None
+    assert overlap_note(np.array([0.1, 0.5, 0.9])) is None
+    note = overlap_note(np.array([0.05, 0.1, 0.5, 0.95]))
+    assert note.startswith("2 of 4 units (50%) have a propensity outside [0.1, 0.9]")
+    assert not note.endswith(".")  # a sentence for a warning or a summary to end
