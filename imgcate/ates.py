@@ -99,12 +99,15 @@ def fit_propensity(fit: EffectFit) -> tuple[np.ndarray | None, np.ndarray | None
     scores : ndarray (unit,) or None
         The scores as given (float64, kept with the fit), or, for a fit saved before they were
         kept, read back from its ``propensity`` covariate; None for a fit given none.
+        A fit saved before 2026-12-07 does not record whether ``propensity=`` was passed, so
+        a covariate of its own named ``propensity`` is read as the scores there; refit it to
+        tell the two apart.
     features : ndarray (unit, feature) or None
         The fit's embedding and its other covariates (model scale).
     """
     const = fit.idata.constant_data
     names = list(const.coords["covariate"].values) if "covariate" in const.coords else []
-    if "propensity" not in names or not const.attrs.get("propensity_given", 1):
+    if "propensity" not in names or not const.attrs.get("propensity_passed", 1):
         return None, None  # none, or a covariate of the user's that happens to be so named
     j = names.index("propensity")
     covariates = np.asarray(const["covariates"].values, dtype=float)
@@ -135,7 +138,14 @@ def overlap_note(scores: np.ndarray | None) -> str | None:
     Returns
     -------
     str or None
-        A sentence without a final full stop, for a warning or a summary's notes.
+        Two sentences without a final full stop, for a warning or a summary's notes.
+
+    Examples
+    --------
+    >>> overlap_note(np.array([0.05, 0.5, 0.6, 0.7]))[:56]
+    '1 of 4 units (25%) have a propensity outside [0.1, 0.9]:'
+    >>> overlap_note(np.array([0.1, 0.5, 0.9])) is None
+    True
     """
     if scores is None:
         return None
@@ -146,10 +156,9 @@ def overlap_note(scores: np.ndarray | None) -> str | None:
     return (
         f"{int(outside.sum())} of {len(scores)} units ({outside.mean():.0%}) have a propensity "
         f"outside [{lo}, {hi}]: for them one arm is rare, so their effects are carried over "
-        "from units unlike them, and their unit intervals can be too narrow (in a benchmark "
-        "of strongly targeted studies they covered 0.49-1.00 of such units by study, against "
-        "0.81-1.00 inside; docs/confounding.md, 'Limited overlap'). Read their effects (the "
-        "propensity column of unit_effects()) as extrapolations, trim them before claims "
-        "about them (imgcate.confounding.trim(scores, rule=0.1)), and read the model's ATE "
-        "beside the AIPW row"
+        "from units unlike them, and their unit intervals can be too narrow (docs/"
+        "confounding.md, 'Limited overlap', gives the coverage measured). Read their effects "
+        "(the propensity column of unit_effects()) as extrapolations, trim them before claims "
+        f"about them (imgcate.confounding.trim(scores, rule={lo})), and read the model's ATE "
+        "beside the design's (the AIPW row of ate())"
     )

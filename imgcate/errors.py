@@ -36,7 +36,8 @@ class ConvergenceWarning(UserWarning):
 
 
 class OverlapWarning(UserWarning):
-    """Propensity scores come close to 0 or 1, so weights are extreme."""
+    """Propensity scores come close to 0 or 1: weights are extreme, and a fit's effects for
+    such units are extrapolated from units unlike them."""
 
 
 class ExtrapolationWarning(UserWarning):

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 import xarray as xr
 from numpyro.infer import SVI, Predictive, Trace_ELBO, log_likelihood
 from numpyro.infer.initialization import init_to_median, init_to_value
@@ -57,7 +56,7 @@ from imgcate.posterior import with_derived
 from imgcate.provenance import collect
 from imgcate.results import EffectFit
 from imgcate.trialcheck import check_randomization
-from imgcate.units import Trial
+from imgcate.units import Trial, design_clusters
 from imgcate.validation import as_propensity
 
 if TYPE_CHECKING:
@@ -343,6 +342,8 @@ def fit(
     -----
     ApproximationWarning
         When ``method="auto"`` chose SVI.
+    OverlapWarning
+        When ``propensity`` puts units outside [0.1, 0.9] (:func:`imgcate.ates.overlap_note`).
     ConvergenceWarning
         When R-hat > 1.01, ESS is low, NUTS diverged, or chains settled in different modes.
     ModelCheckWarning
@@ -495,18 +496,6 @@ SITE_DIMS = {
 }
 
 
-def design_clusters(trial: Trial) -> np.ndarray | None:
-    """Codes of the units that share their assignment or their image (unit,): the trial's
-    cluster column, else its image id when images are shared; None when every unit is its own
-    cluster. Design-based standard errors are cluster-robust over them."""
-    codes = trial.codes("cluster")
-    if codes is None and trial.image_id is not None:
-        codes = pd.factorize(trial.data[trial.image_id], sort=True)[0].astype(np.int32)
-    if codes is None or len(np.unique(codes)) == len(codes):
-        return None
-    return codes
-
-
 def _to_inference_data(
     samples: dict,
     stats: dict,
@@ -580,8 +569,8 @@ def _to_inference_data(
         dims=dims,
     )
     idata.posterior.attrs.update({"inference_library": "numpyro", "imgcate_method": config.method})
-    # says whether the covariate named propensity is the scores given (older fits: unknown)
-    idata.constant_data.attrs["propensity_given"] = int(propensity_given)
+    # whether the covariate named propensity is the scores given (fits before 2026-12-07: unknown)
+    idata.constant_data.attrs["propensity_passed"] = int(propensity_given)
     if stats.get("restarts"):
         chains = sorted(stats["restarts"])
         moves = [stats["restarts"][c] for c in chains]

@@ -27,6 +27,7 @@ from imgcate.errors import (
     ConvergenceWarning,
     InputError,
     ModelCheckWarning,
+    OverlapWarning,
     ParetoKWarning,
 )
 from imgcate.evaluate.splits import spatial_blocks, spatial_folds
@@ -400,8 +401,8 @@ def _quiet_fit(
 ) -> EffectFit:
     """A fit used for the comparison, with the options ``model`` (:func:`model_options`): its
     convergence and outcome checks do not warn (the selected model is checked afterwards); a
-    fold fit does not check balance either (the fit to all units did)."""
-    quiet = (ConvergenceWarning, ModelCheckWarning) + ((BalanceWarning,) if fold else ())
+    fold fit does not check balance or overlap either (the fit to all units did)."""
+    quiet = (ConvergenceWarning, ModelCheckWarning) + ((BalanceWarning, OverlapWarning) * fold)
     with warnings.catch_warnings():
         for category in quiet:
             warnings.simplefilter("ignore", category)

@@ -503,3 +503,15 @@ def read_units(
         stratum=stratum,
         cluster=cluster,
     )
+
+
+def design_clusters(trial: Trial) -> np.ndarray | None:
+    """Codes of the units that share their assignment or their image (unit,): the trial's
+    cluster column, else its image id when images are shared; None when every unit is its own
+    cluster. Design-based standard errors are cluster-robust over them."""
+    codes = trial.codes("cluster")
+    if codes is None and trial.image_id is not None:
+        codes = pd.factorize(trial.data[trial.image_id], sort=True)[0].astype(np.int32)
+    if codes is None or len(np.unique(codes)) == len(codes):
+        return None
+    return codes

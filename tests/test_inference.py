@@ -737,10 +737,16 @@ def test_propensity_adjusted_fit_on_confounded_data(tmp_path):
     wrong = table.copy()
     wrong.loc["model_implied", "estimate"] += 5 * wrong.loc["aipw", "std_err"]
     assert "doubly robust AIPW estimate" in ate_gap(wrong)
-    np.testing.assert_array_equal(const["propensity_given"].values, p)  # kept in float64
-    # a design of few clusters: folds as many as the clusters; too few: a row that says why
     import dataclasses
 
+    np.testing.assert_array_equal(const["propensity_given"].values, p)  # kept in float64
+    # a fit saved before it recorded propensity_passed: its covariate is read as the scores
+    older = result.idata.copy()
+    older.constant_data = older.constant_data.drop_vars("propensity_given")
+    del older.constant_data.attrs["propensity_passed"]
+    older_table = dataclasses.replace(result, idata=older).ate(prob=0.95)
+    assert abs(older_table.loc["aipw", "estimate"] - table.loc["aipw", "estimate"]) < 1e-3
+    # a design of few clusters: folds as many as the clusters; too few: a row that says why
     for n_groups, fine in ((3, True), (1, False)):
         idata = result.idata.copy()
         groups = np.arange(len(p)) % n_groups
@@ -764,6 +770,7 @@ def test_a_covariate_named_propensity_is_not_taken_for_scores_given(tmp_path):
         result = fit(trial, sim.embeddings, seed=0, **FAST)
     assert "propensity" in result.idata.constant_data.coords["covariate"].values
     assert list(result.ate().index) == ["model_implied", "difference_in_means"]
+    assert "propensity" not in result.unit_effects().columns
     from imgcate.results import load_fit
 
     loaded = load_fit(result.save(tmp_path / "fit.imgcate"))

@@ -39,7 +39,7 @@ def test_ate_is_cluster_robust_where_units_share_assignment_or_images(k2):
     import dataclasses
 
     from imgcate.confounding import difference_in_means
-    from imgcate.inference import design_clusters
+    from imgcate.units import design_clusters
 
     sim, result = k2
     trial = sim.trial

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from imgcate.ates import overlap_note
 from imgcate.embeddings import Embeddings, keyed_embeddings, unit_embeddings
 from imgcate.errors import (
     BalanceWarning,
@@ -26,6 +27,7 @@ from imgcate.errors import (
     ExtrapolationWarning,
     InputError,
     ModelCheckWarning,
+    OverlapWarning,
 )
 from imgcate.evaluate.calibration import test_calibration
 from imgcate.evaluate.genericml import blp
@@ -381,7 +383,8 @@ def crossfit_cate(
     >>> cf.heterogeneity_tests()["term"].tolist()  # doctest: +SKIP
     ['rate_autoc', 'blp_hte', 'calibration_differential']
     """
-    from imgcate.inference import design_clusters, fit
+    from imgcate.inference import fit
+    from imgcate.units import design_clusters
 
     if not isinstance(trial, Trial):
         raise InputError("trial must be a Trial; build one with imgcate.read_units(...).")
@@ -398,6 +401,8 @@ def crossfit_cate(
     covariates = trial.covariate_matrix
     if observational:
         covariates = np.column_stack([covariates, propensity])  # as fit adds it
+        if note := overlap_note(propensity):  # once, not for each fold's units
+            warnings.warn(f"crossfit_cate: {note}.", OverlapWarning, stacklevel=2)
     n = trial.n_units
     out = {name: np.empty(n) for name in ("cate", "cate_sd", "lower", "upper", "mu0", "mu1")}
     fits, problems = [], []
@@ -451,6 +456,8 @@ def _rewarn(caught: list, fold: int, n_folds: int) -> list[str]:
     """Warn again what a fold's fit warned, prefixed by the fold; return the fit problems."""
     problems = []
     for record in caught:
+        if issubclass(record.category, OverlapWarning):  # said once for all units
+            continue
         message = f"crossfit_cate, fold {fold} (folds 0-{n_folds - 1}): {record.message}"
         warnings.warn(message, record.category, stacklevel=3)
         if issubclass(record.category, FIT_WARNINGS):

@@ -253,3 +253,25 @@ def test_a_folds_warnings_number_it_as_the_table_does():
     with pytest.warns(ConvergenceWarning, match=r"crossfit_cate, fold 4 \(folds 0-4\): R-hat"):
         problems = _rewarn(caught, 4, 5)
     assert problems == ["crossfit_cate, fold 4 (folds 0-4): R-hat > 1.01"]
+
+
+def test_limited_overlap_is_warned_once_for_all_units(small_trial):
+    """Given a propensity with units outside [0.1, 0.9], crossfit_cate warns once, for the
+    trial's units, not once more for each fold's fit."""
+    from imgcate.errors import OverlapWarning
+
+    p = np.linspace(0.05, 0.95, small_trial.trial.n_units)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        crossfit_cate(
+            small_trial.trial,
+            small_trial.embeddings,
+            n_folds=2,
+            seed=4,
+            progress=False,
+            propensity=p,
+            **TINY,
+        )
+    overlap = [str(w.message) for w in caught if w.category is OverlapWarning]
+    outside = int(((p < 0.1) | (p > 0.9)).sum())
+    assert len(overlap) == 1 and overlap[0].startswith(f"crossfit_cate: {outside} of 80 units")
