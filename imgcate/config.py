@@ -13,15 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from imgcate.errors import InputError
+from imgcate.kernels import basis_in_chunks, squared_exponential
 from imgcate.likelihoods import LIKELIHOODS, at_the_floor, outcome_scale
 from imgcate.methods import default_restarts
-from imgcate.model import (
-    DEVIATIONS,
-    ModelInputs,
-    ModelSpec,
-    basis_in_chunks,
-    squared_exponential,
-)
+from imgcate.model import DEVIATIONS, ModelInputs, ModelSpec
 from imgcate.moments import (
     GatheredRows,
     affine_rows,
@@ -305,7 +300,7 @@ class Standardizer:
     basis_landmarks, basis_transform, basis_coef : ndarray (landmark, feature),
         (landmark, basis), (feature+1, basis)
         The basis of the model's Gaussian-process terms (:func:`kernel_basis`,
-        :func:`imgcate.model.basis_features`).
+        :func:`imgcate.kernels.basis_features`).
     """
 
     outcome_mean: float
@@ -382,7 +377,7 @@ class Standardizer:
 
     @property
     def basis_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(landmarks, transform, coef) for :func:`imgcate.model.basis_features`."""
+        """(landmarks, transform, coef) for :func:`imgcate.kernels.basis_features`."""
         return self.basis_landmarks, self.basis_transform, self.basis_coef
 
     @property

@@ -17,7 +17,8 @@ import pandas as pd
 from imgcate.embeddings import Embeddings
 from imgcate.errors import ExtrapolationWarning, FitError, InputError
 from imgcate.intervals import interval_names, quantiles
-from imgcate.model import ModelInputs, basis_features, unit_quantities
+from imgcate.kernels import basis_features
+from imgcate.model import ModelInputs, unit_quantities
 from imgcate.posterior import fit_spec, site_draws
 from imgcate.validation import as_float_array, check_positive_int, seed_int
 

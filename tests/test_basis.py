@@ -7,7 +7,7 @@ import pytest
 
 import imgcate.config
 from imgcate.config import kernel_basis
-from imgcate.model import basis_features, squared_exponential
+from imgcate.kernels import basis_features, squared_exponential
 
 
 @pytest.fixture(scope="module")
