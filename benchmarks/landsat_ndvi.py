@@ -49,9 +49,9 @@ CHIP, UNITS, PROB = 16, 500, 0.9
 PROPENSITY_BANDS = ((0.0, 0.2), (0.2, 0.8), (0.8, 1.0))
 
 
-def trial_table(seed: int, targeting: float = 0.0):
+def trial_table(seed: int, targeting: float = 0.0, effect: str = "ndvi"):
     """The trial's units table (lon, lat, treatment, outcome, elevation), its true effects and
-    its true propensities (``targeting`` 0: a randomized half)."""
+    its true propensities (``targeting`` 0: a randomized half; ``effect``: see ``--effect``)."""
     import pandas as pd
     import rasterio
     from rasterio.warp import transform as warp
@@ -84,6 +84,13 @@ def trial_table(seed: int, targeting: float = 0.0):
     elevation = heights[np.clip(er, 0, heights.shape[0] - 1), np.clip(ec, 0, heights.shape[1] - 1)]
     z = (chip_ndvi - np.median(chip_ndvi)) / chip_ndvi.std()
     tau = 0.5 + 1.5 * expit(1.5 * z)
+    if effect == "constant":
+        tau = np.full(UNITS, 1.3)
+    elif effect == "texture":  # the chip's NIR texture: nearly uncorrelated with its NDVI
+        rough = np.array(
+            [nir[r - 8 : r + 8, c - 8 : c + 8].std() for r, c in zip(rows, cols, strict=True)]
+        )
+        tau = 0.5 + 1.5 * expit(1.5 * (rough - np.median(rough)) / rough.std())
     e = (elevation - elevation.mean()) / elevation.std()
     baseline = 1.0 + 1.2 * np.sin(1.8 * e) + 0.5 * e**2
     if targeting:
@@ -109,7 +116,13 @@ def trial_table(seed: int, targeting: float = 0.0):
 
 
 def one_trial(
-    seed: int, features: int, components: int, draws: dict, targeting=0.0, true_ps=False
+    seed: int,
+    features: int,
+    components: int,
+    draws: dict,
+    targeting=0.0,
+    true_ps=False,
+    effect="ndvi",
 ) -> dict:
     """Simulate, embed, fit and measure one trial (in a worker process); ``draws``: NUTS's
     settings where not ``fit``'s defaults; ``targeting``, ``true_ps``: an observational study
@@ -119,7 +132,7 @@ def one_trial(
     from imgcate.confounding import estimate_propensity
     from imgcate.datasets import landsat_path
 
-    table, tau, propensity = trial_table(seed, targeting)
+    table, tau, propensity = trial_table(seed, targeting, effect)
     trial = imgcate.read_units(table, id="village", outcome="y", covariates=["elevation_m"])
     chips = imgcate.extract_chips(trial, landsat_path(), CHIP)
     embeddings = imgcate.embed(
@@ -149,7 +162,8 @@ def one_trial(
     if targeting:
         dr = table_ate.loc["aipw"]
         p = propensity[np.searchsorted(table["village"].to_numpy(), units["unit"].to_numpy())]
-        outside = (p < OVERLAP_LIMITS[0]) | (p > OVERLAP_LIMITS[1])  # fit's OverlapWarning
+        # the band fit warns of, by the true propensity (fit sees the scores it is given)
+        outside = (p < OVERLAP_LIMITS[0]) | (p > OVERLAP_LIMITS[1])
         extra = {
             "aipw": round(float(dr["estimate"]), 4),
             "aipw_interval": [round(float(dr["5%"]), 4), round(float(dr["95%"]), 4)],
@@ -194,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--true-propensity", action="store_true", help="give the fit the true propensity"
     )
+    parser.add_argument(
+        "--effect",
+        choices=["ndvi", "constant", "texture"],
+        default="ndvi",
+        help="the true effect: a curve in NDVI (default), 1.3 everywhere, or a curve in the "
+        "chip's near-infrared texture (its sd), nearly uncorrelated with NDVI",
+    )
     args = parser.parse_args(argv)
     if min(args.features, args.components, args.jobs) < 1 or min(args.seeds) < 0:
         parser.error("--features, --components and --jobs must be >= 1, seeds >= 0")
@@ -214,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 draws,
                 args.targeting,
                 args.true_propensity,
+                args.effect,
             )
             for s in args.seeds
         ]

@@ -312,8 +312,10 @@ def fit(
         :func:`imgcate.confounding.estimate_propensity`, or its ``scores``). They enter the
         baseline as a covariate named ``propensity``, as in Bayesian causal forests (Hahn,
         Murray and Carvalho 2020), so that targeting on what the image shows is not mistaken
-        for effect heterogeneity. The effects are causal under ignorability given the image
-        embedding and covariates, and overlap: units outside [0.1, 0.9] get an OverlapWarning.
+        for effect heterogeneity, and the effect gets a slope of its own along the embedding's
+        direction that predicts them (docs/model.md, "The targeting slope"). The effects are
+        causal under ignorability given the image embedding and covariates, and overlap:
+        units outside [0.1, 0.9] get an OverlapWarning.
     seed : int
         Random seed; the same seed gives the same posterior on the same machine.
     provenance : dict, optional
@@ -415,7 +417,8 @@ def fit(
     std = Standardizer.fitted(
         trial.outcome_array, trial.covariate_matrix, unit_embedding, config, trial.outcome
     )
-    data = model_data(trial, unit_embedding, std, config)
+    scores = trial.data["propensity"].to_numpy(float) if propensity is not None else None
+    data = model_data(trial, unit_embedding, std, config, scores)
     del unit_embedding  # the model's (unit, component) copy is in data: a raw one may be large
     config = chosen_guide(config, data)
     if method == "auto" and chosen == "svi":
@@ -554,6 +557,9 @@ def _to_inference_data(
     if propensity_given:  # the scores as given, for ate()'s AIPW row
         constant["propensity_given"] = trial.data["propensity"].to_numpy(dtype=float)
         dims["propensity_given"] = ["unit"]
+    if data.spec.targeting:  # the effect's targeting direction (fit_spec reads it)
+        constant["targeting"] = np.asarray(data.spec.targeting)
+        dims["targeting"] = ["feature"]
     design = design_clusters(trial)
     if design is not None:
         constant["design_cluster"] = design

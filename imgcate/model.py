@@ -65,6 +65,7 @@ PRIOR = {
     "deviation_scale": 0.5,  # global shrinkage sd of the effect's linear deviation
     "deviation_local": 1.0,
     "deviation_amp": 0.3,  # half-normal scale of the effect's Gaussian-process amplitude
+    "targeting_slope": 0.5,  # sd of the effect's slope along the targeting (no global scale)
     "sigma": 1.0,
     "noise_slope": 0.5,  # half-normal scale of the noise sd's log-slope on the image (its norm)
     "group_sd": 0.5,  # stratum / cluster random-effect sd
@@ -99,6 +100,10 @@ class ModelSpec:
         (``FitConfig.noise_scale="image"``; :func:`unit_scale`).
     floor : float
         Censoring point (censored) on the model scale; the hurdle's floor is 0 there.
+    targeting : tuple of float
+        Where a propensity was given: the embedding's direction that predicts its log-odds
+        (unit sd over the trial's units), along which the effect gets a slope of its own
+        (``targeting_slope``) beside ``z delta``; () for none.
     """
 
     n_clusters: int
@@ -113,6 +118,7 @@ class ModelSpec:
     n_groups: int = 0
     image_noise: bool = False
     floor: float = 0.0
+    targeting: tuple[float, ...] = ()
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -202,6 +208,8 @@ def _part_parameters(prefix: str, spec: ModelSpec, ordered: bool) -> dict:
             f"{prefix}deviation_local", PRIOR["deviation_local"], (d,)
         )
         p["deviation_raw"] = _normal(f"{prefix}deviation_raw", 1.0, (d,))
+        if spec.targeting:  # as BCF's include_pi="both": the baseline has the propensity
+            p["targeting_slope"] = _normal(f"{prefix}targeting_slope", PRIOR["targeting_slope"], ())
         if spec.deviation == "smooth" and m:
             p["deviation_amp"] = _half_normal(f"{prefix}deviation_amp", PRIOR["deviation_amp"])
             p["deviation_basis_raw"] = _normal(f"{prefix}deviation_basis_raw", 1.0, (m,))
@@ -398,6 +406,8 @@ def _part_predictors(
     linear = [p["gamma_scale"] * p["gamma_raw"]]
     if deviation:
         linear.append(p["deviation_scale"] * p["deviation_local"] * p["deviation_raw"])
+        if "targeting_slope" in p:
+            linear[1] = linear[1] + jnp.asarray(spec.targeting) * p["targeting_slope"]
     linear = _products(inputs.embedding, linear)
     smooth = [p["basis_amp"] * p["basis_raw"]] if spec.n_basis else []
     if "deviation_amp" in p:

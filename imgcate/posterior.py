@@ -110,6 +110,7 @@ def fit_spec(fit: EffectFit) -> ModelSpec:
         n_strata=levels("stratum"),
         n_groups=levels("group"),
         floor=fit.standardizer.floor_on_model_scale(),
+        targeting=tuple(const["targeting"].values.tolist()) if "targeting" in const else (),
     )
 
 

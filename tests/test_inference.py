@@ -777,6 +777,52 @@ def test_a_covariate_named_propensity_is_not_taken_for_scores_given(tmp_path):
     assert list(loaded.ate().index) == ["model_implied", "difference_in_means"]
 
 
+def test_targeting_direction_is_the_embeddings_fit_of_the_log_odds():
+    """The direction whose scores are the least-squares fit of logit(propensity) on the
+    embedding, at unit sd over the units; none where the scores do not vary."""
+    from scipy.special import expit
+
+    from imgcate.config import targeting_direction
+
+    z = np.random.default_rng(0).normal(size=(500, 4))
+    w = np.array(targeting_direction(z, expit(0.5 + z @ [2.0, -1.0, 0.0, 0.0])))
+    np.testing.assert_allclose(
+        w / np.linalg.norm(w), np.array([2.0, -1.0, 0, 0]) / 5**0.5, atol=1e-12
+    )
+    assert abs((z @ w).std() - 1.0) < 1e-12
+    assert targeting_direction(z, np.full(500, 0.3)) == ()
+
+
+def test_the_effect_has_a_slope_along_the_targeting(tmp_path):
+    """A fit given a propensity gets the site targeting_slope: a slope of the effect along
+    the embedding's direction that predicts the targeting (kept with the fit); the unit
+    effects, predict on the trial's own units and a saved fit agree; a randomized fit has no
+    such site."""
+    from imgcate.config import targeting_direction
+    from imgcate.results import load_fit
+
+    sim = simulate_trial(21, 300, 2, assignment="confounded", confounding=2.0, separation=4.5)
+    p = sim.truth.propensity
+    opts = {"num_warmup": 30, "num_samples": 30, "num_chains": 2, "seed": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = fit(sim.trial, sim.embeddings, propensity=p, **opts)
+        randomized = fit(sim.trial, sim.embeddings, **opts)
+    const = result.idata.constant_data
+    direction = targeting_direction(const["embedding"].values.astype(float), p)
+    np.testing.assert_allclose(const["targeting"].values, direction, atol=1e-6)  # z in float32
+    assert result.idata.posterior["targeting_slope"].shape == (2, 30)
+    assert "targeting_slope" not in randomized.idata.posterior
+    assert "targeting" not in randomized.idata.constant_data
+    units = result.unit_effects()
+    covariates = np.column_stack([sim.trial.covariate_matrix, p])  # the fit's, with the scores
+    images = sim.embeddings.for_keys(sim.trial.image_keys)  # in unit order
+    new = result.predict(images, covariates=covariates).to_frame(0.9)
+    np.testing.assert_allclose(new["tau_mean"], units["tau_mean"], atol=1e-4)
+    loaded = load_fit(result.save(tmp_path / "fit.imgcate"))
+    np.testing.assert_allclose(loaded.unit_effects()["tau_mean"], units["tau_mean"], atol=1e-6)
+
+
 @pytest.mark.slow
 def test_interval_calibration_over_replications():
     """90% intervals of cluster effects and of unit CATE cover 80-97% over 40 replications.
