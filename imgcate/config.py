@@ -26,6 +26,7 @@ from imgcate.moments import (
     leading_eigenvectors,
     nonzero_sd,
 )
+from imgcate.targeting import targeting_direction
 from imgcate.units import Trial
 from imgcate.validation import KINDS, check_choice, of_kind
 
@@ -567,24 +568,12 @@ def model_data(
         n_strata=0 if stratum is None else int(stratum.max()) + 1,
         n_groups=0 if group is None else int(group.max()) + 1,
         floor=std.floor_on_model_scale(),
-        targeting=() if propensity is None else targeting_direction(z, propensity),
+        targeting=() if config.deviation == "none" else targeting_direction(z, propensity),
     )
     outcome = std.outcome(y)
     if config.likelihood == "hurdle":  # exact zeros at the floor
         outcome = np.where(at_the_floor(y, std.outcome_floor), 0.0, outcome)
     return ModelData(inputs=inputs, outcome=outcome.astype(np.float32), spec=spec)
-
-
-def targeting_direction(z: np.ndarray, propensity: np.ndarray) -> tuple[float, ...]:
-    """The direction ``w`` in the model-scale embedding ``z`` whose scores ``z w`` are the
-    least-squares fit of the propensity's log-odds, scaled to unit sd over the units; () where
-    the embedding does not predict it at all."""
-    z = np.asarray(z, float)
-    logit = np.log(propensity) - np.log1p(-propensity)
-    design = np.column_stack([np.ones(len(z)), z])
-    coef = np.linalg.lstsq(design, logit - logit.mean(), rcond=None)[0][1:]
-    spread = float((z @ coef).std())
-    return () if spread < 1e-8 * max(float(logit.std()), 1e-300) else tuple(coef / spread)
 
 
 def fit_config_dict(config: FitConfig) -> dict:

@@ -27,12 +27,13 @@ if TYPE_CHECKING:
     import arviz as az
 
 #: Version of the archive layout; files of another version are refused.
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 
 #: Older versions this imgcate still reads, and the likelihoods it cannot read from them
 #: (format 3's hurdle had a log-normal positive part, format 4's and later a gamma one;
-#: formats 3 and 4 stored the Gaussian-process basis, which format 5 computes again).
-READABLE = {3: ("hurdle",), 4: ()}
+#: formats 3 and 4 stored the Gaussian-process basis, which format 5 computes again; format 6
+#: may hold the targeting slope, which an imgcate reading format 5 would leave out).
+READABLE = {3: ("hurdle",), 4: (), 5: ()}
 
 #: Settings that fits saved before they existed were fitted with.
 OLDER_FIT_SETTINGS = {"baseline_clusters": "shared", "restart_chains": False}
@@ -222,5 +223,5 @@ def read_fit_file(path: str | Path) -> dict[str, Any]:
         "encoder": encoder,
         "provenance": record if isinstance(record, dict) else {},
         "summaries_current": meta.get("cluster_effects") == CLUSTER_EFFECTS
-        and meta.get("format_version") == FORMAT_VERSION,
+        and meta.get("format_version") in (5, FORMAT_VERSION),
     }

@@ -360,7 +360,7 @@ def with_derived(fit: EffectFit, inputs: ModelInputs | None = None) -> EffectFit
     if cate is not None:
         derived["tau_unit"] = (("chain", "draw", "unit"), cate.reshape(shape + cate.shape[1:]))
     derived["gamma"] = post["gamma_scale"] * post["gamma_raw"]
-    if "deviation_raw" in post:
+    if "deviation_raw" in post:  # delta alone: a fit given a propensity adds targeting_slope w
         derived["deviation"] = (
             post["deviation_scale"] * post["deviation_local"] * post["deviation_raw"]
         )

@@ -297,7 +297,8 @@ class EffectFit:
         """How the clusters describe the effect, with intervals (K >= 2).
 
         Rows: ``effect_share_clusters``, the share of the unit CATE's variance over the
-        trial's units that the cluster averages explain (the rest is the smooth deviation);
+        trial's units that the cluster averages explain (the rest is the continuous deviation,
+        with the targeting slope of a fit given a propensity);
         ``membership_dependence``, the mutual information between cluster and image as a share
         of log K (0: every image has the same membership, so the clusters say nothing about
         images; 1: every image sits in one cluster for sure); ``effect_sd``, the spread of the
@@ -482,7 +483,7 @@ class EffectFit:
                 "model without clusters, imgcate.fit(n_clusters=1), describes it too)."
             )
         share = float(self._draws("effect_share_clusters").mean())
-        rest = "; the smooth deviation holds the rest" if share < 0.995 else ""
+        rest = "; the continuous deviation holds the rest" if share < 0.995 else ""
         notes.append(
             f"The clusters explain {100 * share:.0f}% of the effect's variance over the "
             f"trial's units{rest}."

@@ -782,7 +782,7 @@ def test_targeting_direction_is_the_embeddings_fit_of_the_log_odds():
     embedding, at unit sd over the units; none where the scores do not vary."""
     from scipy.special import expit
 
-    from imgcate.config import targeting_direction
+    from imgcate.targeting import targeting_direction
 
     z = np.random.default_rng(0).normal(size=(500, 4))
     w = np.array(targeting_direction(z, expit(0.5 + z @ [2.0, -1.0, 0.0, 0.0])))
@@ -791,6 +791,11 @@ def test_targeting_direction_is_the_embeddings_fit_of_the_log_odds():
     )
     assert abs((z @ w).std() - 1.0) < 1e-12
     assert targeting_direction(z, np.full(500, 0.3)) == ()
+    assert targeting_direction(z, None) == ()
+    # targeting on something else (a covariate): the embedding explains 2 % of the log-odds
+    other = np.random.default_rng(1).normal(size=500)
+    assert targeting_direction(z, expit(other + 0.15 * z[:, 0])) == ()
+    assert targeting_direction(z, expit(other + 0.5 * z[:, 0])) != ()  # 20 %
 
 
 def test_the_effect_has_a_slope_along_the_targeting(tmp_path):
@@ -798,8 +803,8 @@ def test_the_effect_has_a_slope_along_the_targeting(tmp_path):
     the embedding's direction that predicts the targeting (kept with the fit); the unit
     effects, predict on the trial's own units and a saved fit agree; a randomized fit has no
     such site."""
-    from imgcate.config import targeting_direction
     from imgcate.results import load_fit
+    from imgcate.targeting import targeting_direction
 
     sim = simulate_trial(21, 300, 2, assignment="confounded", confounding=2.0, separation=4.5)
     p = sim.truth.propensity
@@ -821,6 +826,16 @@ def test_the_effect_has_a_slope_along_the_targeting(tmp_path):
     np.testing.assert_allclose(new["tau_mean"], units["tau_mean"], atol=1e-4)
     loaded = load_fit(result.save(tmp_path / "fit.imgcate"))
     np.testing.assert_allclose(loaded.unit_effects()["tau_mean"], units["tau_mean"], atol=1e-6)
+    # the sampler's model is the one read back, and the slope moves the effects
+    import dataclasses
+
+    from imgcate.posterior import fit_spec
+
+    assert fit_spec(loaded).targeting == tuple(const["targeting"].values.tolist())
+    idata = result.idata.copy()
+    idata.posterior["targeting_slope"] = idata.posterior["targeting_slope"] * 0
+    flat = dataclasses.replace(result, idata=idata).predict(images, covariates=covariates)
+    assert np.abs(flat.to_frame(0.9)["tau_mean"] - new["tau_mean"]).max() > 0.01
 
 
 @pytest.mark.slow

@@ -227,6 +227,7 @@ def test_older_and_newer_fit_files_say_what_to_do(k2, tmp_path, edit_fit_file):
         (99, "upgrade imgcate"),
         (3, None),  # format 3 (before the hurdle's gamma part) still loads a gaussian fit
         (4, None),  # format 4 stored the Gaussian-process basis: it is read from the file
+        (5, None),  # format 5 had no targeting slope (a fit given a propensity: none)
     ):
         copy = edit_fit_file(
             path,

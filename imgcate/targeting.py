@@ -1,0 +1,50 @@
+"""The targeting direction: where a fit given a propensity lets its effect have a slope of
+its own (docs/model.md, "The targeting slope")."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: The share of logit(propensity)'s variance the embedding must explain for the effect to get
+#: a slope along it: below it the targeting is not on the image (a covariate, a stratum) and a
+#: direction fitted to it would be noise.
+MIN_TARGETING_R2 = 0.05
+
+
+def targeting_direction(z: np.ndarray, propensity: np.ndarray | None) -> tuple[float, ...]:
+    """The direction of the embedding along which a fit's effect gets its targeting slope.
+
+    Parameters
+    ----------
+    z : ndarray (unit, feature)
+        The model-scale embedding of the trial's units.
+    propensity : ndarray (unit,) or None
+        The scores given to ``fit`` (clipped to [1e-6, 1 - 1e-6] here); None for a
+        randomized trial.
+
+    Returns
+    -------
+    tuple of float
+        ``w`` whose scores ``z w`` are the least-squares fit of logit(propensity), scaled to
+        unit sd over the units; () for no propensity, or where the embedding explains less
+        than :data:`MIN_TARGETING_R2` of the log-odds' variance.
+
+    Examples
+    --------
+    >>> z = np.random.default_rng(0).normal(size=(200, 2))
+    >>> w = targeting_direction(z, 1 / (1 + np.exp(-z[:, 0])))
+    >>> round(float((z @ np.array(w)).std()), 6), bool(abs(w[1]) < 1e-12)
+    (1.0, True)
+    """
+    if propensity is None:
+        return ()
+    z = np.asarray(z, float)
+    p = np.clip(np.asarray(propensity, float), 1e-6, 1 - 1e-6)
+    logit = np.log(p) - np.log1p(-p)
+    mean = z.mean(0)
+    cross = z.T @ z - len(z) * np.outer(mean, mean)  # d x d: no (unit, d) copy at 10^6 units
+    coef = np.linalg.lstsq(cross, z.T @ (logit - logit.mean()), rcond=None)[0]
+    scores = z @ coef
+    if logit.var() == 0 or scores.var() < MIN_TARGETING_R2 * logit.var():
+        return ()
+    return tuple(coef / scores.std())
