@@ -156,7 +156,7 @@ def overlap_note(scores: np.ndarray | None) -> str | None:
     return (
         f"{int(outside.sum())} of {len(scores)} units ({outside.mean():.0%}) have a propensity "
         f"outside [{lo}, {hi}]: for them one arm is rare, so their effects are carried over "
-        "from units unlike them, and their unit intervals can be too narrow (docs/"
+        "from units unlike them, and their unit intervals can be far too narrow (docs/"
         "confounding.md, 'Limited overlap', gives the coverage measured). Read their effects "
         "(the propensity column of unit_effects()) as extrapolations, trim them before claims "
         f"about them (imgcate.confounding.trim(scores, rule={lo})), and read the model's ATE "

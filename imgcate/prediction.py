@@ -201,9 +201,12 @@ def predict(
     if covariates is not None:
         raw = as_float_array("covariates", np.asarray(covariates, dtype=float), ndim=2)
         if raw.shape != (len(values), len(fit.standardizer.covariate_mean)):
+            coords = fit.idata.constant_data.coords
+            names = [str(n) for n in coords["covariate"].values] if "covariate" in coords else []
             raise InputError(
                 f"covariates have shape {raw.shape}; give one row per image and one column per "
-                f"covariate of the fit ({len(fit.standardizer.covariate_mean)})."
+                f"covariate of the fit, in its order: {names} (a fit given a propensity has "
+                "it as its last covariate)."
             )
         x = fit.standardizer.covariates(raw)
     effect = jax.jit(effect_function(fit, max_draws=max_draws, seed=seed, covariates=x))

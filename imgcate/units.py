@@ -324,7 +324,8 @@ def _check_treatment(df: pd.DataFrame, col: str, ids: np.ndarray) -> None:
     if values.nunique() < 2:
         raise InputError(
             f"treatment column {col!r} is constant ({int(values.iloc[0])} for every unit); "
-            "effects need both treated and control units."
+            "effects need both treated and control units. For places to predict at, read "
+            "them with treatment=None, outcome=None."
         )
     df[col] = values.astype(np.int32)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import re
 import shutil
 import warnings
 
@@ -328,3 +329,13 @@ def test_overlap_note_counts_units_outside_the_band_and_is_silent_inside_it():
     note = overlap_note(np.array([0.05, 0.1, 0.5, 0.95]))
     assert note.startswith("2 of 4 units (50%) have a propensity outside [0.1, 0.9]")
     assert not note.endswith(".")  # a sentence for a warning or a summary to end
+
+
+def test_predict_names_the_fits_covariates_when_their_shape_is_wrong(k2):
+    """A covariates array of the wrong width is refused with the fit's covariates in order
+    (a fit given a propensity has it as its last: the user did not add it)."""
+    sim, result = k2
+    images = sim.embeddings.for_keys(sim.trial.image_keys)[:5]
+    names = list(sim.trial.covariates)
+    with pytest.raises(InputError, match=re.escape(f"in its order: {names}")):
+        result.predict(images, covariates=np.zeros((5, len(names) + 1)))

@@ -435,3 +435,12 @@ def test_input_errors():
     for bad in (None, True, "100", 0, 2.5):
         with pytest.raises(InputError, match="n_permutations.*positive integer"):
             check_randomization(tr, np.eye(40)[:, :5], n_permutations=bad)
+
+
+def test_a_constant_treatment_says_how_to_read_places_to_predict_at():
+    """Places without a trial (every unit 'treated', or 0) are refused as a trial, with the
+    way to read them as places to predict at, which then works."""
+    df = units(50, seed=0).assign(treatment=0)
+    with pytest.raises(InputError, match="read them with treatment=None, outcome=None"):
+        read_units(df)
+    assert read_units(df, treatment=None, outcome=None).n_units == 50
