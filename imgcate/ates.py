@@ -97,28 +97,49 @@ def fit_propensity(fit: EffectFit) -> tuple[np.ndarray | None, np.ndarray | None
     Returns
     -------
     scores : ndarray (unit,) or None
+        As :func:`given_propensity`.
+    features : ndarray (unit, feature) or None
+        The fit's embedding and its other covariates (model scale).
+    """
+    scores = given_propensity(fit)
+    if scores is None:
+        return None, None
+    const = fit.idata.constant_data
+    j = list(const.coords["covariate"].values).index("propensity")
+    covariates = np.asarray(const["covariates"].values, dtype=float)
+    features = np.hstack(
+        [np.asarray(const["embedding"].values, dtype=float), np.delete(covariates, j, axis=1)]
+    )
+    return scores, features
+
+
+def given_propensity(fit: EffectFit) -> np.ndarray | None:
+    """The propensity scores a fit was given (``fit(..., propensity=...)``), or None.
+
+    Parameters
+    ----------
+    fit : EffectFit
+        A fitted effect model.
+
+    Returns
+    -------
+    ndarray (unit,) or None
         The scores as given (float64, kept with the fit), or, for a fit saved before they were
         kept, read back from its ``propensity`` covariate; None for a fit given none.
         A fit saved before 2026-12-07 does not record whether ``propensity=`` was passed, so
         a covariate of its own named ``propensity`` is read as the scores there; refit it to
         tell the two apart.
-    features : ndarray (unit, feature) or None
-        The fit's embedding and its other covariates (model scale).
     """
     const = fit.idata.constant_data
     names = list(const.coords["covariate"].values) if "covariate" in const.coords else []
     if "propensity" not in names or not const.attrs.get("propensity_passed", 1):
-        return None, None  # none, or a covariate of the user's that happens to be so named
-    j = names.index("propensity")
-    covariates = np.asarray(const["covariates"].values, dtype=float)
-    features = np.hstack(
-        [np.asarray(const["embedding"].values, dtype=float), np.delete(covariates, j, axis=1)]
-    )
+        return None  # none, or a covariate of the user's that happens to be so named
     if "propensity_given" in const:
-        return np.asarray(const["propensity_given"].values, dtype=float), features
+        return np.asarray(const["propensity_given"].values, dtype=float)
+    j = names.index("propensity")
     std = fit.standardizer  # float32 on the model scale: back within ~1e-7 of the scores
-    scores = covariates[:, j] * std.covariate_sd[j] + std.covariate_mean[j]
-    return np.clip(scores, 1e-6, 1 - 1e-6), features
+    scores = np.asarray(const["covariates"].values[:, j], dtype=float)
+    return np.clip(scores * std.covariate_sd[j] + std.covariate_mean[j], 1e-6, 1 - 1e-6)
 
 
 #: Propensities outside this band mark units whose other arm is rare (Crump et al. 2009's
@@ -133,7 +154,7 @@ def overlap_note(scores: np.ndarray | None) -> str | None:
     Parameters
     ----------
     scores : ndarray (unit,) or None
-        The propensity scores the fit was given (:func:`fit_propensity`).
+        The propensity scores the fit was given (:func:`given_propensity`).
 
     Returns
     -------

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from imgcate.ates import fit_propensity, overlap_note
+from imgcate.ates import given_propensity, overlap_note
 from imgcate.diagnostics import (
     ate_design,
     ate_gap,
@@ -358,7 +358,7 @@ def _cluster_effects(fit: EffectFit, prob: float) -> Section:
     )
     section.table(fit.cluster_effects(prob).reset_index())
     section.table(fit.ate(prob).reset_index())
-    overlap = overlap_note(fit_propensity(fit)[0])
+    overlap = overlap_note(given_propensity(fit))
     if overlap:
         section.text(f"Limited overlap: {overlap}.")
     section.figure(_cate_png(fit, prob), "unit CATE by cluster")

@@ -249,7 +249,7 @@ class EffectFit:
         a propensity adds it as ``propensity``: outside [0.1, 0.9] effects are extrapolated
         (:func:`imgcate.ates.overlap_note`).
         """
-        from imgcate.ates import fit_propensity
+        from imgcate.ates import given_propensity
 
         lo_name, hi_name = interval_names(prob)
         q = unit_summaries(self, prob)
@@ -266,7 +266,7 @@ class EffectFit:
         for k in range(self.n_clusters):
             out[f"cluster_prob_{k}"] = q["cluster_prob"][:, k]
         out["cluster"] = q["cluster_prob"].argmax(1)
-        scores, _ = fit_propensity(self)
+        scores = given_propensity(self)
         return out if scores is None else out.assign(propensity=scores)
 
     def ate(self, prob: float = 0.9, seed: int = 0) -> pd.DataFrame:
@@ -412,11 +412,11 @@ class EffectFit:
         """A printable summary: settings, cluster effects, how much the clusters explain and
         how image-driven they are, ATE check, diagnostics; ``out_of_sample`` (a
         :class:`~imgcate.evaluate.CrossfitResult` of this trial) adds its out-of-sample test."""
-        from imgcate.ates import fit_propensity, overlap_note
+        from imgcate.ates import given_propensity, overlap_note
 
         fmt = {"float_format": lambda v: f"{v:.3f}"}
         ate = self.ate(prob)  # once: a fit given a propensity cross-fits AIPW for it
-        overlap = overlap_note(fit_propensity(self)[0])
+        overlap = overlap_note(given_propensity(self))
         lines = [
             f"imgcate effect fit: {self.config.label}, likelihood={self.config.likelihood_label}, "
             f"deviation={self.config.deviation}, method={self.config.method_label}, "
