@@ -394,8 +394,9 @@ def fit(
             DurationWarning,
             stacklevel=2,
         )
+    scores = None  # the propensity scores given, as validated
     if propensity is not None:
-        trial = _with_propensity(trial, propensity)
+        trial, scores = _with_propensity(trial, propensity)
     if isinstance(embeddings, Embeddings):
         _check_no_leakage(embeddings, trial)
         unit_embedding, encoder = embeddings.unit_rows(trial.image_keys), embeddings.encoder
@@ -417,7 +418,6 @@ def fit(
     std = Standardizer.fitted(
         trial.outcome_array, trial.covariate_matrix, unit_embedding, config, trial.outcome
     )
-    scores = trial.data["propensity"].to_numpy(float) if propensity is not None else None
     data = model_data(trial, unit_embedding, std, config, scores)
     del unit_embedding  # the model's (unit, component) copy is in data: a raw one may be large
     config = chosen_guide(config, data)
@@ -436,9 +436,7 @@ def fit(
     samples, stats = runner(data, config, key)
     loglik = _log_likelihood(samples, data)
     replicated = _posterior_predictive(samples, data, key_predictive)
-    idata = _to_inference_data(
-        samples, stats, loglik, replicated, data, trial, config, propensity is not None
-    )
+    idata = _to_inference_data(samples, stats, loglik, replicated, data, trial, config, scores)
     inputs = data.inputs  # the derived pass's: its basis need not be computed again
     del data, samples, loglik, replicated  # in idata now
     if provenance is None:
@@ -460,9 +458,9 @@ def fit(
     return result
 
 
-def _with_propensity(trial: Trial, propensity: np.ndarray) -> Trial:
+def _with_propensity(trial: Trial, propensity: np.ndarray) -> tuple[Trial, np.ndarray]:
     """The trial with the propensity score (a :class:`~imgcate.confounding.Propensity`'s
-    scores, or the scores) added as a baseline covariate."""
+    scores, or the scores) added as a baseline covariate, and the scores (float64)."""
     scores = as_propensity(getattr(propensity, "scores", propensity))
     if len(scores) != trial.n_units:
         raise InputError(
@@ -479,7 +477,7 @@ def _with_propensity(trial: Trial, propensity: np.ndarray) -> Trial:
     if note := overlap_note(scores):
         warnings.warn(f"imgcate fit: {note}.", OverlapWarning, stacklevel=3)
     data = trial.data.assign(propensity=scores)
-    return replace(trial, data=data, covariates=(*trial.covariates, "propensity"))
+    return replace(trial, data=data, covariates=(*trial.covariates, "propensity")), scores
 
 
 #: ArviZ dims of the model's sites (hurdle sites take the same dims under their prefix).
@@ -507,7 +505,7 @@ def _to_inference_data(
     data: ModelData,
     trial: Trial,
     config: FitConfig,
-    propensity_given: bool = False,
+    propensity: np.ndarray | None = None,
 ) -> az.InferenceData:
     import arviz as az
 
@@ -554,8 +552,8 @@ def _to_inference_data(
             coords[level] = np.arange(int(codes.max()) + 1)
     constant["outcome_original"] = trial.outcome_array  # float64, as given (exact zeros stay 0)
     dims["outcome_original"] = ["unit"]
-    if propensity_given:  # the scores as given, for ate()'s AIPW row
-        constant["propensity_given"] = trial.data["propensity"].to_numpy(dtype=float)
+    if propensity is not None:  # the scores as given, for ate()'s AIPW row
+        constant["propensity_given"] = propensity
         dims["propensity_given"] = ["unit"]
     if data.spec.targeting:  # the effect's targeting direction (fit_spec reads it)
         constant["targeting"] = np.asarray(data.spec.targeting)
@@ -576,7 +574,7 @@ def _to_inference_data(
     )
     idata.posterior.attrs.update({"inference_library": "numpyro", "imgcate_method": config.method})
     # whether the covariate named propensity is the scores given (fits before 2026-12-07: unknown)
-    idata.constant_data.attrs["propensity_passed"] = int(propensity_given)
+    idata.constant_data.attrs["propensity_passed"] = int(propensity is not None)
     if stats.get("restarts"):
         chains = sorted(stats["restarts"])
         moves = [stats["restarts"][c] for c in chains]
