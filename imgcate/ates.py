@@ -183,3 +183,36 @@ def overlap_note(scores: np.ndarray | None) -> str | None:
         f"about them (imgcate.confounding.trim(scores, rule={lo})), and read the model's ATE "
         "beside the design's (the AIPW row of ate())"
     )
+
+
+def targeting_slope_line(fit: EffectFit, prob: float = 0.9) -> str | None:
+    """The targeting slope of a fit given a propensity, in words, or None (no slope).
+
+    Parameters
+    ----------
+    fit : EffectFit
+        A fitted effect model.
+    prob : float
+        Interval probability.
+
+    Returns
+    -------
+    str or None
+        θ's posterior mean and central ``prob`` interval: the effect's change per sd of the
+        targeting score (docs/model.md, "The targeting slope"), in the outcome's units where
+        the likelihood's mean is its linear predictor, else on the linear-predictor scale
+        (for the hurdle, its positive part's).
+    """
+    from imgcate.likelihoods import IDENTITY_MEAN
+
+    post = fit.idata.posterior
+    if "targeting_slope" not in post:
+        return None
+    identity = fit.config.likelihood in IDENTITY_MEAN
+    draws = flat(post["targeting_slope"].values) * (fit.standardizer.outcome_sd if identity else 1)
+    lo, hi = quantiles(draws, prob)
+    scale = "outcome units" if identity else "linear-predictor scale"
+    return (
+        f"Targeting slope (the effect's change per sd of the image's targeting score, {scale}): "
+        f"{draws.mean():.3f}, {prob:.0%} interval {lo:.3f} to {hi:.3f}"
+    )

@@ -55,6 +55,7 @@ from imgcate.output import progress_bar
 from imgcate.posterior import with_derived
 from imgcate.provenance import collect
 from imgcate.results import EffectFit
+from imgcate.targeting import targeting_line
 from imgcate.trialcheck import check_randomization
 from imgcate.units import Trial, design_clusters
 from imgcate.validation import as_propensity
@@ -575,6 +576,9 @@ def _to_inference_data(
     idata.posterior.attrs.update({"inference_library": "numpyro", "imgcate_method": config.method})
     # whether the covariate named propensity is the scores given (fits before 2026-12-07: unknown)
     idata.constant_data.attrs["propensity_passed"] = int(propensity is not None)
+    if data.spec.targeting:  # how the images predict the targeting: predict()'s new images
+        line = targeting_line(constant["embedding"], data.spec.targeting, propensity)
+        idata.constant_data.attrs["targeting_line"] = list(line)
     if stats.get("restarts"):
         chains = sorted(stats["restarts"])
         moves = [stats["restarts"][c] for c in chains]

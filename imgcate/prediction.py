@@ -14,12 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from imgcate.ates import OVERLAP_LIMITS
 from imgcate.embeddings import Embeddings
-from imgcate.errors import ExtrapolationWarning, FitError, InputError
+from imgcate.errors import ExtrapolationWarning, FitError, InputError, OverlapWarning
 from imgcate.intervals import interval_names, quantiles
 from imgcate.kernels import basis_features
 from imgcate.model import ModelInputs, unit_quantities
 from imgcate.posterior import fit_spec, site_draws
+from imgcate.targeting import image_propensity
 from imgcate.validation import as_float_array, check_positive_int, seed_int
 
 if TYPE_CHECKING:
@@ -40,6 +42,12 @@ class Prediction:
         Mahalanobis distance of each embedding from the trial's embeddings (model scale).
     support_limit : float
         99th percentile of the trial units' own distances; beyond it an image is flagged.
+    image_propensity : ndarray (image,) or None
+        For a fit given a propensity: the propensity each image alone predicts
+        (:func:`imgcate.targeting.image_propensity`); outside
+        :data:`imgcate.ates.OVERLAP_LIMITS` one arm is rare among trial units like it, and
+        its effect is carried over from units unlike it. None for a randomized fit, or where
+        the images do not predict the targeting.
     """
 
     image_ids: np.ndarray
@@ -47,6 +55,16 @@ class Prediction:
     cluster_prob: np.ndarray
     extrapolation: np.ndarray
     support_limit: float
+    image_propensity: np.ndarray | None = None
+
+    @property
+    def outside_overlap(self) -> np.ndarray | None:
+        """True where :attr:`image_propensity` lies outside
+        :data:`imgcate.ates.OVERLAP_LIMITS` (None without it)."""
+        if self.image_propensity is None:
+            return None
+        lo, hi = OVERLAP_LIMITS
+        return (self.image_propensity < lo) | (self.image_propensity > hi)
 
     @property
     def outside_support(self) -> np.ndarray:
@@ -54,7 +72,9 @@ class Prediction:
         return self.extrapolation > self.support_limit
 
     def to_frame(self, prob: float = 0.9) -> pd.DataFrame:
-        """One row per image: CATE mean, sd, interval, P(CATE > 0), cluster probabilities."""
+        """One row per image: CATE mean, sd, interval, P(CATE > 0), cluster probabilities,
+        the extrapolation score and, for a fit given a propensity, ``image_propensity`` and
+        ``outside_overlap``."""
         lo_name, hi_name = interval_names(prob)
         lo, hi = quantiles(self.cate, prob)
         out = pd.DataFrame(
@@ -71,6 +91,9 @@ class Prediction:
             out[f"cluster_prob_{k}"] = self.cluster_prob[:, :, k].mean(0)
         out["extrapolation"] = self.extrapolation
         out["outside_support"] = self.outside_support
+        if self.image_propensity is not None:
+            out["image_propensity"] = self.image_propensity
+            out["outside_overlap"] = self.outside_overlap
         return out
 
 
@@ -224,15 +247,58 @@ def predict(
     mean, prec, limit = fit.trial_support()
     dist = support_distance(emb, mean, prec)
     out = Prediction(
-        image_ids=ids, cate=cate, cluster_prob=prob, extrapolation=dist, support_limit=limit
+        image_ids=ids,
+        cate=cate,
+        cluster_prob=prob,
+        extrapolation=dist,
+        support_limit=limit,
+        image_propensity=_image_propensity(fit, emb),
     )
     warn_outside_support(out, stacklevel + 1)
+    warn_outside_overlap(out, stacklevel + 1)
     return out
+
+
+def _image_propensity(fit: EffectFit, emb: np.ndarray) -> np.ndarray | None:
+    """The propensity the images ``emb`` (model scale) alone predict, or None (no line)."""
+    line = overlap_line(fit)
+    return None if line is None else image_propensity(emb, *line)
+
+
+def overlap_line(fit: EffectFit) -> tuple[tuple[float, ...], tuple[float, float]] | None:
+    """The targeting direction of a fit given a propensity and the line of logit(propensity)
+    on its score (:func:`imgcate.targeting.image_propensity`'s arguments after the
+    embedding), or None: a randomized fit, one whose images do not predict the targeting, or
+    one saved before imgcate kept the line."""
+    const = fit.idata.constant_data
+    line = const.attrs.get("targeting_line")
+    if "targeting" not in const or line is None:
+        return None
+    direction = tuple(float(v) for v in const["targeting"].values)
+    return direction, tuple(float(v) for v in np.ravel(line))
 
 
 #: Share of the images of a prediction (or tiles of a map) outside the trial's support above
 #: which imgcate warns.
 EXTRAPOLATION_WARN_SHARE = 0.1
+
+
+def warn_outside_overlap(prediction: Prediction, stacklevel: int = 3) -> None:
+    """Warn when more than :data:`EXTRAPOLATION_WARN_SHARE` of a prediction's images have an
+    image-predicted propensity outside :data:`imgcate.ates.OVERLAP_LIMITS`."""
+    outside = prediction.outside_overlap
+    if outside is not None and len(outside) and outside.mean() > EXTRAPOLATION_WARN_SHARE:
+        first = np.asarray(prediction.image_ids)[outside][:5].tolist()
+        lo, hi = OVERLAP_LIMITS
+        warnings.warn(
+            f"{int(outside.sum())} of {len(outside)} images have an image-predicted "
+            f"propensity outside [{lo}, {hi}] (first {first}): among the trial's units like "
+            "them one arm was rare, so their effects are carried over from units unlike them "
+            "and their intervals can be far too narrow (see the 'image_propensity' column of "
+            "to_frame()).",
+            OverlapWarning,
+            stacklevel=stacklevel,
+        )
 
 
 def warn_outside_support(prediction: Prediction, stacklevel: int = 3) -> None:

@@ -412,7 +412,7 @@ class EffectFit:
         """A printable summary: settings, cluster effects, how much the clusters explain and
         how image-driven they are, ATE check, diagnostics; ``out_of_sample`` (a
         :class:`~imgcate.evaluate.CrossfitResult` of this trial) adds its out-of-sample test."""
-        from imgcate.ates import given_propensity, overlap_note
+        from imgcate.ates import given_propensity, overlap_note, targeting_slope_line
 
         fmt = {"float_format": lambda v: f"{v:.3f}"}
         ate = self.ate(prob)  # once: a fit given a propensity cross-fits AIPW for it
@@ -428,6 +428,7 @@ class EffectFit:
             "Average treatment effect:",
             ate.to_string(**fmt),
         ]
+        lines += [slope] if (slope := targeting_slope_line(self, prob)) else []
         if self.n_clusters > 1:
             lines += ["", "How the clusters describe the effect:"]
             lines += [self.heterogeneity(prob).to_string(**fmt), *self._cluster_notes()]

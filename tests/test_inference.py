@@ -802,7 +802,9 @@ def test_the_effect_has_a_slope_along_the_targeting(tmp_path):
     """A fit given a propensity gets the site targeting_slope: a slope of the effect along
     the embedding's direction that predicts the targeting (kept with the fit); the unit
     effects, predict on the trial's own units and a saved fit agree; a randomized fit has no
-    such site."""
+    such site. Predictions for new images say where they stand against the overlap."""
+    from imgcate.ates import targeting_slope_line
+    from imgcate.errors import OverlapWarning
     from imgcate.results import load_fit
     from imgcate.targeting import targeting_direction
 
@@ -819,13 +821,34 @@ def test_the_effect_has_a_slope_along_the_targeting(tmp_path):
     assert result.idata.posterior["targeting_slope"].shape == (2, 30)
     assert "targeting_slope" not in randomized.idata.posterior
     assert "targeting" not in randomized.idata.constant_data
+    # summary() gives the slope, in the outcome's units
+    theta = result.idata.posterior["targeting_slope"].values.mean() * result.standardizer.outcome_sd
+    line = targeting_slope_line(result)
+    assert f": {theta:.3f}, 90% interval" in line and line in result.summary()
+    assert targeting_slope_line(randomized) is None
     units = result.unit_effects()
     covariates = np.column_stack([sim.trial.covariate_matrix, p])  # the fit's, with the scores
     images = sim.embeddings.for_keys(sim.trial.image_keys)  # in unit order
-    new = result.predict(images, covariates=covariates).to_frame(0.9)
+    with pytest.warns(OverlapWarning, match="97 of 300 images"):  # 32 % outside the band
+        new = result.predict(images, covariates=covariates).to_frame(0.9)
     np.testing.assert_allclose(new["tau_mean"], units["tau_mean"], atol=1e-4)
+    # where a new image stands against the overlap: the propensity the image alone predicts
+    # (the simulated targeting is on the embedding alone, so it is the true one)
+    np.testing.assert_allclose(new["image_propensity"], p, atol=1e-4)
+    np.testing.assert_array_equal(new["outside_overlap"], (p < 0.1) | (p > 0.9))
+    far = np.argsort(p)[-20:]  # the 20 most likely treated: outside the band, warned of
+    with pytest.warns(OverlapWarning, match="20 of 20 images have an image-predicted"):
+        result.predict(images[far], covariates=covariates[far])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OverlapWarning)  # inside the band: no warning
+        result.predict(images[(p > 0.2) & (p < 0.8)])
+    assert "image_propensity" not in randomized.predict(images).to_frame().columns
     loaded = load_fit(result.save(tmp_path / "fit.imgcate"))
     np.testing.assert_allclose(loaded.unit_effects()["tau_mean"], units["tau_mean"], atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = loaded.predict(images, covariates=covariates).to_frame(0.9)
+    np.testing.assert_allclose(again["image_propensity"], new["image_propensity"], atol=1e-6)
     # the sampler's model is the one read back, and the slope moves the effects
     import dataclasses
 
@@ -834,7 +857,8 @@ def test_the_effect_has_a_slope_along_the_targeting(tmp_path):
     assert fit_spec(loaded).targeting == tuple(const["targeting"].values.tolist())
     idata = result.idata.copy()
     idata.posterior["targeting_slope"] = idata.posterior["targeting_slope"] * 0
-    flat = dataclasses.replace(result, idata=idata).predict(images, covariates=covariates)
+    with pytest.warns(OverlapWarning):
+        flat = dataclasses.replace(result, idata=idata).predict(images, covariates=covariates)
     assert np.abs(flat.to_frame(0.9)["tau_mean"] - new["tau_mean"]).max() > 0.01
 
 
