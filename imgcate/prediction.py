@@ -212,7 +212,8 @@ def predict(
     stacklevel: int = 3,
 ) -> Prediction:
     """Posterior CATE and cluster probabilities for images (see :meth:`EffectFit.predict`); an
-    :class:`~imgcate.ExtrapolationWarning` points ``stacklevel`` frames up."""
+    :class:`~imgcate.ExtrapolationWarning` or :class:`~imgcate.OverlapWarning` points
+    ``stacklevel`` frames up."""
     values, ids = raw_embeddings(fit, embeddings)
     width = len(fit.standardizer.embedding_mean)
     if values.shape[1] != width:
@@ -265,11 +266,22 @@ def _image_propensity(fit: EffectFit, emb: np.ndarray) -> np.ndarray | None:
     return None if line is None else image_propensity(emb, *line)
 
 
-def overlap_line(fit: EffectFit) -> tuple[tuple[float, ...], tuple[float, float]] | None:
-    """The targeting direction of a fit given a propensity and the line of logit(propensity)
-    on its score (:func:`imgcate.targeting.image_propensity`'s arguments after the
-    embedding), or None: a randomized fit, one whose images do not predict the targeting, or
-    one saved before imgcate kept the line."""
+def overlap_line(fit: EffectFit) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """Where a fit's images predict its targeting, for placing new images against its overlap.
+
+    Parameters
+    ----------
+    fit : EffectFit
+        A fitted effect model.
+
+    Returns
+    -------
+    tuple or None
+        ``(direction, line)``: the targeting direction ``w`` and the intercept and slope of
+        logit(propensity) on its score (:func:`imgcate.targeting.image_propensity`'s
+        arguments after the embedding); None for a randomized fit, one whose images do not
+        predict the targeting (no targeting slope), or one saved before imgcate kept the line.
+    """
     const = fit.idata.constant_data
     line = const.attrs.get("targeting_line")
     if "targeting" not in const or line is None:

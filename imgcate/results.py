@@ -539,7 +539,8 @@ class EffectFit:
         -------
         Prediction
             Draws of CATE (sample, image) and cluster probabilities (sample, image, cluster),
-            and an extrapolation score per image. Each image is taken as a new unit: random
+            and an extrapolation score per image (for a fit with a targeting slope also the
+            propensity each image alone predicts). Each image is taken as a new unit: random
             intercepts at their mean; otherwise the same computation as :meth:`unit_effects`.
 
         Raises
@@ -551,6 +552,8 @@ class EffectFit:
         -----
         ExtrapolationWarning
             When more than a tenth of the images lie outside the trial's support.
+        OverlapWarning
+            When more than a tenth have an image-predicted propensity outside [0.1, 0.9].
         """
         return predict(self, embeddings, covariates=covariates, max_draws=max_draws, seed=seed)
 

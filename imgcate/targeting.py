@@ -89,9 +89,24 @@ def targeting_line(
 def image_propensity(
     z: np.ndarray, direction: tuple[float, ...], line: tuple[float, float]
 ) -> np.ndarray:
-    """The propensity an image alone predicts, ``expit(a + b z w)``, for any model-scale
-    embeddings: the part of the trial's targeting that its images explain, so that a new
-    image can be placed against the trial's overlap (``line`` from :func:`targeting_line`).
+    """The propensity an image alone predicts, ``expit(a + b z w)``: the part of the trial's
+    targeting that its images explain, so that a new image can be placed against the trial's
+    overlap.
+
+    Parameters
+    ----------
+    z : ndarray (image, feature)
+        Model-scale embeddings (of the trial's units or of new images).
+    direction : tuple of float
+        ``w`` from :func:`targeting_direction`.
+    line : tuple of float
+        ``(a, b)`` from :func:`targeting_line`.
+
+    Returns
+    -------
+    ndarray (image,)
+        The image-predicted propensities, in (0, 1) (0 or 1 only in floating point, at
+        log-odds beyond about 37).
 
     Examples
     --------

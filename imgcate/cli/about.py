@@ -154,6 +154,9 @@ def map_lines(path: Path) -> list[str]:
                 f"  {int(valid.sum())} tiles with a value; {float(np.nanmean(outside)):.1%} "
                 f"outside the trial's support; mean CATE {float(np.nanmean(mean)):.3g}"
             )
+        if "outside_overlap" in names:  # a map of a fit with a targeting slope
+            overlap = ds.read(names.index("outside_overlap") + 1)
+            lines.append(f"  {float(np.nanmean(overlap)):.1%} outside the overlap [0.1, 0.9]")
     shown = {k: v for k, v in tags.items() if k not in (KEY, "AREA_OR_POINT")}
     lines += [f"  {k}: {v}" for k, v in sorted(shown.items())]
     lines.append("provenance:")

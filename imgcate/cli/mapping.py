@@ -139,7 +139,8 @@ def map_command(
 ):
     """Map the posterior effect of FIT over RASTER; write OUTPUT as a Cloud-Optimized GeoTIFF.
 
-    Bands: mean, sd, lower/upper interval bounds, prob_positive, cluster_prob_k,
+    Bands: mean, sd, lower/upper interval bounds, prob_positive, cluster_prob_k, for a fit with
+    a targeting slope image_propensity and outside_overlap (1 outside [0.1, 0.9]), then
     extrapolation (distance from the trial's images) and outside_support (1 beyond the trial's
     support); NaN outside the region. Tags record the fit file (SHA-256), the raster and the
     command (`imgcate info OUTPUT`). A PNG preview is written beside OUTPUT. RASTER is one file
@@ -233,6 +234,11 @@ def map_command(
         f"wrote {output}"
         + (f" and {written.preview}" if written.preview else "")
         + f": {written.tiles} tiles, {written.outside} outside the trial's support"
+        + (
+            f", {written.outside_overlap} outside its overlap [0.1, 0.9]"
+            if written.outside_overlap is not None
+            else ""
+        )
     )
 
 

@@ -422,6 +422,7 @@ def crossfit_cate(
         held_x = covariates[held] if covariates.shape[1] else None
         with warnings.catch_warnings():  # held-out blocks lie elsewhere by design: not warned
             warnings.simplefilter("ignore", ExtrapolationWarning)
+            warnings.simplefilter("ignore", OverlapWarning)  # warned once, for all units
             pred = fold_fit.predict(unit_embedding[held], covariates=held_x)
         lo, hi = quantiles(pred.cate, prob)
         out["cate"][held], out["cate_sd"][held] = pred.cate.mean(0), pred.cate.std(0)

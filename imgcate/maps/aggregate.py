@@ -83,7 +83,8 @@ def aggregate_by_polygon(
         The polygons (their columns and geometries kept, in their own CRS) with ``mean``,
         ``lower_<p>``, ``upper_<p>``, ``prob_positive``, ``extrapolation``,
         ``outside_support_share``, ``covered_share`` (share of the polygon's area with a map
-        value) and ``n_tiles``.
+        value) and ``n_tiles``; for a map of a fit given a propensity also
+        ``outside_overlap_share``.
     """
     import geopandas as gpd
     import shapely
@@ -103,6 +104,8 @@ def aggregate_by_polygon(
         "extrapolation": "extrapolation",
         "outside_support_share": "outside_support",
     }
+    if "outside_overlap" in dataset:  # a map of a fit given a propensity
+        variables["outside_overlap_share"] = "outside_overlap"
     values = {col: dataset[var].values for col, var in variables.items()}
     rows = []
     for geom in gdf.geometry:

@@ -23,6 +23,7 @@ from imgcate.maps.resume import (
 )
 from imgcate.maps.runners import run_dask, run_local
 from imgcate.maps.tiles import TileJob
+from imgcate.prediction import overlap_line
 from imgcate.results import EffectFit
 
 log = logging.getLogger("imgcate")
@@ -62,7 +63,9 @@ def run_blocks(
     runner: Any = iter(())
     try:
         if directory is not None:
-            saved, key = open_checkpoints(directory, job_record(digest, job, grid, block_tiles))
+            layers = overlap_line(fit) is not None  # the overlap layers: in the record
+            record = job_record(digest, job, grid, block_tiles, layers)
+            saved, key = open_checkpoints(directory, record)
             saved &= set(range(len(blocks)))
             sizes = {i: blocks.size_of(i) for i in saved}
             for index, result in reuse_blocks(directory, key, sizes):

@@ -18,28 +18,49 @@ from imgcate.intervals import interval_names
 from imgcate.optional import require
 from imgcate.output import atomic_path, check_writable, staging_folder, write_error
 
+#: The bands of a map of a fit given a propensity (:func:`band_names`).
+OVERLAP_BANDS = ("image_propensity", "outside_overlap")
+
 
 def band_names(dataset: xr.Dataset) -> list[str]:
     """Band descriptions :func:`write_cog` gives, in order.
 
-    ``mean, sd, lower_<p>, upper_<p>, prob_positive, cluster_prob_0.., extrapolation,
-    outside_support`` with ``p`` the interval percentiles (``lower_5``, ``upper_95`` for
-    ``prob=0.9``); ``outside_support`` is 1 where the tile lies outside the trial's support.
+    ``mean, sd, lower_<p>, upper_<p>, prob_positive, cluster_prob_0..,`` then, for a fit
+    given a propensity, ``image_propensity, outside_overlap,`` then ``extrapolation,
+    outside_support``, with ``p`` the interval percentiles (``lower_5``, ``upper_95`` for
+    ``prob=0.9``); ``outside_support`` is 1 where the tile lies outside the trial's support,
+    ``outside_overlap`` where its image-predicted propensity is outside [0.1, 0.9].
     """
-    return map_band_names(float(dataset.attrs["prob"]), dataset.sizes["cluster"])
+    return map_band_names(
+        float(dataset.attrs["prob"]), dataset.sizes["cluster"], has_overlap_layers(dataset)
+    )
 
 
-def map_band_names(prob: float, n_clusters: int) -> list[str]:
-    """:func:`band_names` of a map of interval probability ``prob`` and ``n_clusters``."""
+def has_overlap_layers(dataset: xr.Dataset) -> bool:
+    """Whether a map has the overlap layers; one without the other is refused."""
+    present = [name in dataset for name in OVERLAP_BANDS]
+    if any(present) and not all(present):
+        raise InputError(
+            f"the map has {[n for n in OVERLAP_BANDS if n in dataset]} without "
+            f"{[n for n in OVERLAP_BANDS if n not in dataset]}; give both or neither."
+        )
+    return all(present)
+
+
+def map_band_names(prob: float, n_clusters: int, overlap: bool = False) -> list[str]:
+    """:func:`band_names` of a map of interval probability ``prob`` and ``n_clusters``, with
+    the overlap bands where ``overlap``."""
     lo, hi = (n.rstrip("%") for n in interval_names(prob))
     names = ["mean", "sd", f"lower_{lo}", f"upper_{hi}", "prob_positive"]
     names += [f"cluster_prob_{k}" for k in range(n_clusters)]
+    names += list(OVERLAP_BANDS) if overlap else []
     return names + ["extrapolation", "outside_support"]
 
 
 def _layers(dataset: xr.Dataset) -> np.ndarray:
     layers = [dataset[v].values for v in ("mean", "sd", "lower", "upper", "prob_positive")]
     layers += list(dataset["cluster_prob"].values)
+    layers += [dataset[v].values for v in OVERLAP_BANDS] if has_overlap_layers(dataset) else []
     layers.append(dataset["extrapolation"].values)
     layers.append(dataset["outside_support"].values)
     return np.stack(layers).astype(np.float32)

@@ -22,9 +22,10 @@ from imgcate.bands import check_band_identity
 from imgcate.errors import ExtrapolationWarning, InputError, RasterError
 from imgcate.intervals import interval_names
 from imgcate.maps.blocks import empty_map, run_blocks
+from imgcate.maps.flags import overlap_layers, warn_extrapolation, warn_overlap
 from imgcate.maps.grid import TileGrid, check_tiles, tile_grid
 from imgcate.maps.tiles import MAP_VARIABLES, TileJob, draw_count
-from imgcate.prediction import EXTRAPOLATION_WARN_SHARE
+from imgcate.prediction import overlap_line
 from imgcate.provenance import collect, dumps, settled_identity
 from imgcate.raster import band_indexes, open_raster, raster_label, raster_source
 from imgcate.results import EffectFit
@@ -392,7 +393,10 @@ def predict_map(
         - ``extrapolation``: Mahalanobis distance of the tile's embedding from the trial's
           embeddings (model scale);
         - ``outside_support``: 1 where ``extrapolation`` exceeds the 99th percentile of the
-          trial's own distances (attr ``support_limit``), else 0.
+          trial's own distances (attr ``support_limit``), else 0;
+        - for a fit given a propensity: ``image_propensity``, the propensity the tile's image
+          alone predicts (as :meth:`EffectFit.predict`'s column), and ``outside_overlap``, 1
+          where it lies outside [0.1, 0.9] (docs/confounding.md, "Limited overlap").
 
         Scalar coordinate ``spatial_ref`` (attrs ``crs_wkt``, ``GeoTransform``); attrs ``crs``
         (WKT), ``transform`` (affine a, b, c, d, e, f), ``prob``, ``seed``, ``max_draws``,
@@ -413,6 +417,9 @@ def predict_map(
     -----
     ExtrapolationWarning
         When more than 10% of the tiles lie outside the trial's support.
+    OverlapWarning
+        For a fit given a propensity, when more than 10% of the tiles have an
+        ``image_propensity`` outside [0.1, 0.9].
 
     Examples
     --------
@@ -425,6 +432,8 @@ def predict_map(
     )
     out = {name: np.full(grid.shape, np.nan, np.float32) for name in MAP_VARIABLES}
     out["cluster_prob"] = np.full(grid.shape + (fit.n_clusters,), np.nan, np.float32)
+    if overlap_line(fit) is not None:
+        out["image_propensity"] = np.full(grid.shape, np.nan, np.float32)
     digest = run_blocks(
         fit,
         job,
@@ -551,10 +560,15 @@ def _to_dataset(
         },
         attrs=map_attrs(grid, fit, job, limit, extra),
     )
+    if "image_propensity" in out:
+        ds = ds.assign(overlap_layers(out["image_propensity"]))
     for name in ds.data_vars:
         ds[name].attrs["grid_mapping"] = "spatial_ref"
     scored = np.isfinite(outside)
     warn_extrapolation(int((outside[scored] == 1).sum()), int(scored.sum()), limit, stacklevel=4)
+    if "outside_overlap" in ds:
+        flags = ds["outside_overlap"].values
+        warn_overlap(int((flags == 1).sum()), int(np.isfinite(flags).sum()), stacklevel=4)
     return ds
 
 
@@ -577,17 +591,3 @@ def map_attrs(grid: TileGrid, fit: EffectFit, job: TileJob, limit: float, extra:
         "imgcate_version": __version__,
         **extra,
     }
-
-
-def warn_extrapolation(outside: int, scored: int, limit: float, stacklevel: int = 3) -> None:
-    """Warn when more than :data:`EXTRAPOLATION_WARN_SHARE` of a map's ``scored`` tiles (with
-    an extrapolation score) lie outside the trial's support."""
-    share = outside / scored if scored else 0.0
-    if share > EXTRAPOLATION_WARN_SHARE:
-        warnings.warn(
-            f"{share:.0%} of the map's tiles lie outside the trial's support (extrapolation > "
-            f"{limit:.2f}); their effects are extrapolation, not evidence (see the "
-            "'outside_support' layer).",
-            ExtrapolationWarning,
-            stacklevel=stacklevel,
-        )

@@ -224,10 +224,16 @@ def raster_version(raster: str) -> dict[str, Any]:
     return {"raster_size": stat.st_size, "raster_mtime": stat.st_mtime_ns}
 
 
-def job_record(digest: str, job: TileJob, grid: TileGrid, block_tiles: int) -> dict[str, Any]:
+def job_record(
+    digest: str, job: TileJob, grid: TileGrid, block_tiles: int, overlap: bool = False
+) -> dict[str, Any]:
     """Everything a map job's blocks depend on: the fit (its :func:`fingerprint`, ``digest``),
-    the raster's version, the tile geometry, the region and the options (JSON-ready)."""
+    the raster's version, the tile geometry, the region and the options (JSON-ready); with
+    ``overlap`` (a fit with the overlap layers) their names too, so that blocks saved without
+    them are not taken (a map of a fit without them keeps the record of before)."""
+    layers = {"layers": ["image_propensity"]} if overlap else {}
     return {
+        **layers,
         "fit": digest,
         "job": {**asdict(job), "raster": _raster_name(job.raster)},
         "block_tiles": block_tiles,

@@ -12,14 +12,16 @@ from typing import Any
 import numpy as np
 
 from imgcate.errors import RasterError
-from imgcate.prediction import support_distance
+from imgcate.prediction import overlap_line, support_distance
 from imgcate.raster import open_raster, raster_env, raster_label
 from imgcate.results import EffectFit
+from imgcate.targeting import image_propensity
 from imgcate.windows import gdal_errors
 
 log = logging.getLogger("imgcate")
 
-#: Variables of a map with (y, x) dims, in the band order of :func:`write_cog`.
+#: Variables with (y, x) dims that every map has, in the band order of :func:`write_cog`; a
+#: fit with a targeting slope adds ``image_propensity`` (:data:`imgcate.maps.cog.OVERLAP_BANDS`).
 MAP_VARIABLES = ("mean", "sd", "lower", "upper", "prob_positive", "extrapolation")
 
 #: Seconds to wait before each new try of a block whose read failed (a dropped connection, an
@@ -93,6 +95,7 @@ class TileModel:
         self.n_clusters = fit.n_clusters
         self.effect = jax.jit(fit.effect_function(max_draws=job.max_draws, seed=job.seed))
         self.support_mean, self.support_prec, self.support_limit = fit.trial_support()
+        self.overlap = overlap_line(fit)  # None: no image_propensity layer
         self.prob = job.prob
         self.batch_size = job.batch_size
 
@@ -130,6 +133,8 @@ class TileModel:
             "extrapolation": dist,
             "cluster_prob": prob.mean(0),
         }
+        if self.overlap is not None:
+            out["image_propensity"] = image_propensity(emb, *self.overlap)
         # a tile whose embedding or effect is not finite (pixels out of float range) is NaN in
         # every layer, never a confident number such as prob_positive = 0
         bad = ~(np.isfinite(np.asarray(raw[:n])).all(axis=1) & np.isfinite(cate).all(axis=0))
@@ -317,6 +322,8 @@ def compute_piece(model: TileModel, reader: TileReader, index: int, flat: np.nda
     tiles, valid = reader.read(flat, index)
     out = {name: np.full(len(flat), np.nan, np.float32) for name in MAP_VARIABLES}
     out["cluster_prob"] = np.full((len(flat), model.n_clusters), np.nan, np.float32)
+    if model.overlap is not None:
+        out["image_propensity"] = np.full(len(flat), np.nan, np.float32)
     if valid.any():
         for name, value in model(tiles[valid]).items():
             out[name][valid] = value

@@ -34,10 +34,11 @@ from imgcate.maps.compute import (
     map_attrs,
     map_job,
     source_attrs,
-    warn_extrapolation,
 )
+from imgcate.maps.flags import overlap_layers, warn_extrapolation, warn_overlap
 from imgcate.maps.grid import TileGrid
 from imgcate.output import atomic_path, check_writable, staging_folder
+from imgcate.prediction import overlap_line
 from imgcate.results import EffectFit
 
 log = logging.getLogger("imgcate")
@@ -63,6 +64,9 @@ class WrittenMap:
         Tiles with an effect (inside the region and free of nodata).
     outside : int
         Of those, tiles outside the trial's support (band ``outside_support`` 1).
+    outside_overlap : int or None
+        Of those, tiles outside the overlap (band ``outside_overlap`` 1); None for a map
+        without the overlap layers.
     """
 
     path: Path
@@ -70,6 +74,7 @@ class WrittenMap:
     shape: tuple[int, int]
     tiles: int
     outside: int
+    outside_overlap: int | None = None
 
 
 class RowWriter:
@@ -86,6 +91,7 @@ class RowWriter:
         self.left = grid.mask.sum(axis=1, dtype=np.int64)  # tiles still to come, per row
         self.open: dict[int, np.ndarray] = {}
         self.tiles = self.outside = self.scored = 0
+        self.overlap_outside = self.overlap_scored = 0  # tiles outside [0.1, 0.9], and scored
         empty = np.flatnonzero(self.left == 0)
         step = max(1, EMPTY_BYTES // (4 * self.count * self.width))
         for start in range(0, len(empty), step):
@@ -98,6 +104,12 @@ class RowWriter:
         outside = np.where(np.isnan(extrapolation), np.nan, extrapolation > self.limit)
         parts = [result[v] for v in ("mean", "sd", "lower", "upper", "prob_positive")]
         parts += list(np.asarray(result["cluster_prob"]).T)
+        if "image_propensity" in result:  # a fit given a propensity
+            propensity = result["image_propensity"]
+            flags = overlap_layers(propensity)["outside_overlap"][1]
+            self.overlap_scored += int(np.isfinite(flags).sum())
+            self.overlap_outside += int((flags == 1).sum())
+            parts += [propensity, flags]
         return np.stack([*parts, extrapolation, outside]).astype(np.float32)
 
     def place(self, flat: np.ndarray, result: dict[str, np.ndarray]) -> None:
@@ -176,7 +188,8 @@ def write_map(
     memory held is the blocks in flight and the rows not yet complete, and for the copy
     GDAL's block cache (:data:`~imgcate.maps.cog.COPY_CACHE_MB`), whatever the region's
     size, plus a byte a tile for the region's mask. The staging file takes ``4 * bands``
-    bytes a tile of disk (bands: ``7 + n_clusters``) until the copy.
+    bytes a tile of disk (bands: ``7 + n_clusters``, 9 with the overlap layers) until the
+    copy.
 
     Parameters
     ----------
@@ -217,6 +230,9 @@ def write_map(
     -----
     ExtrapolationWarning
         When more than 10% of the tiles lie outside the trial's support.
+    OverlapWarning
+        For a fit with the overlap layers, when more than 10% of the tiles have an
+        ``image_propensity`` outside [0.1, 0.9].
 
     Examples
     --------
@@ -237,7 +253,7 @@ def write_map(
     )
     options = cog_options(grid.shape, co)
     limit = fit.trial_support()[2]
-    names = map_band_names(prob, fit.n_clusters)
+    names = map_band_names(prob, fit.n_clusters, overlap_line(fit) is not None)
     profile = staging_profile(grid.crs_wkt, grid.transform, grid.shape, len(names))
     with staging_folder(path) as workdir:
         staging = workdir / "staging.tif"
@@ -284,4 +300,6 @@ def write_map(
                 f"map interrupted while its COG was written. {copy_advice(checkpoint_dir)}"
             ) from exc
     warn_extrapolation(writer.outside, writer.scored, limit)
-    return WrittenMap(path, png, grid.shape, writer.tiles, writer.outside)
+    warn_overlap(writer.overlap_outside, writer.overlap_scored)
+    overlap = writer.overlap_outside if "outside_overlap" in names else None
+    return WrittenMap(path, png, grid.shape, writer.tiles, writer.outside, overlap)

@@ -257,10 +257,14 @@ def test_a_folds_warnings_number_it_as_the_table_does():
 
 def test_limited_overlap_is_warned_once_for_all_units(small_trial):
     """Given a propensity with units outside [0.1, 0.9], crossfit_cate warns once, for the
-    trial's units, not once more for each fold's fit."""
+    trial's units, not once more for each fold's fit nor for its predictions of the held-out
+    units (the targeting is on the image, so the fold fits have a targeting line)."""
+    from scipy.special import expit
+
     from imgcate.errors import OverlapWarning
 
-    p = np.linspace(0.05, 0.95, small_trial.trial.n_units)
+    z = small_trial.embeddings.for_keys(small_trial.trial.image_keys)[:, 0]
+    p = expit(3 * (z - z.mean()) / z.std())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         crossfit_cate(
@@ -274,4 +278,5 @@ def test_limited_overlap_is_warned_once_for_all_units(small_trial):
         )
     overlap = [str(w.message) for w in caught if w.category is OverlapWarning]
     outside = int(((p < 0.1) | (p > 0.9)).sum())
+    assert outside > 8  # more than a tenth: a fold's predictions would warn
     assert len(overlap) == 1 and overlap[0].startswith(f"crossfit_cate: {outside} of 80 units")
