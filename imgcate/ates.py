@@ -10,7 +10,7 @@ propensity and cross-fitted outcome regressions on the fit's own embedding and c
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -63,14 +63,15 @@ def ate_table(fit: EffectFit, prob: float = 0.9, seed: int = 0) -> pd.DataFrame:
             dr = aipw(
                 y,
                 t,
-                scores,
+                kept_propensity(fit, scores),
                 features=features,
                 clusters=clusters,
                 n_folds=max(2, min(AIPW_FOLDS, groups)),
                 prob=prob,
                 seed=seed,
             )
-            rows["aipw"] = (dr.estimate, dr.std_err, dr.lower, dr.upper, f"{dr.vcov}, scores given")
+            how = "score estimation stacked" if dr.propensity == "estimated" else "scores given"
+            rows["aipw"] = (dr.estimate, dr.std_err, dr.lower, dr.upper, f"{dr.vcov}, {how}")
         except (InputError, ValueError) as exc:  # too few clusters or units of an arm to cross-fit
             rows["aipw"] = (np.nan, np.nan, np.nan, np.nan, f"none: {exc}")
     try:
@@ -140,6 +141,63 @@ def given_propensity(fit: EffectFit) -> np.ndarray | None:
     std = fit.standardizer  # float32 on the model scale: back within ~1e-7 of the scores
     scores = np.asarray(const["covariates"].values[:, j], dtype=float)
     return np.clip(scores * std.covariate_sd[j] + std.covariate_mean[j], 1e-6, 1 - 1e-6)
+
+
+#: Units up to which a fit keeps the estimating equations of a propensity model it was given
+#: (two unit x parameter arrays in float64: 32 MB at 200,000 units and 10 parameters).
+EQUATIONS_MAX_UNITS = 200_000
+
+#: constant_data names of the kept equations (:func:`keep_propensity_equations`).
+EQUATION_ARRAYS = {
+    "propensity_estfun": "estfun",
+    "propensity_score_gradient": "score_gradient",
+    "propensity_jacobian": "jacobian",
+}
+
+
+def keep_propensity_equations(idata: Any, propensity: Any) -> None:
+    """Keep with a fit (``idata``, in place) the estimating equations of an estimated
+    :class:`~imgcate.confounding.Propensity` it was given, so that the AIPW row of
+    :func:`ate_table` stacks the scores' estimation into its standard error, as
+    :func:`imgcate.confounding.aipw` does with the object itself. Nothing for plain scores, a
+    ``"bayes"`` propensity (no equations), or more than :data:`EQUATIONS_MAX_UNITS` units."""
+    equations = getattr(propensity, "equations", None)
+    if equations is None or len(equations.estfun) > EQUATIONS_MAX_UNITS:
+        return
+    dims = {
+        "propensity_estfun": ("unit", "propensity_parameter"),
+        "propensity_score_gradient": ("unit", "propensity_parameter"),
+        "propensity_jacobian": ("propensity_parameter", "propensity_parameter_2"),
+    }
+    arrays = {
+        name: (dims[name], np.asarray(getattr(equations, field), dtype=np.float64))
+        for name, field in EQUATION_ARRAYS.items()
+    }
+    idata.constant_data = idata.constant_data.assign(arrays)
+    idata.constant_data.attrs["propensity_method"] = str(propensity.method)
+    idata.constant_data.attrs["propensity_clip"] = float(propensity.clip)
+
+
+def kept_propensity(fit: EffectFit, scores: np.ndarray) -> Any:
+    """The scores a fit was given, as a :class:`~imgcate.confounding.Propensity` with its
+    estimating equations where the fit kept them (:func:`keep_propensity_equations`), else
+    the scores alone (treated as known)."""
+    from imgcate.confounding import Propensity
+    from imgcate.confounding.mestimation import EstimatingEquations
+
+    const = fit.idata.constant_data
+    if not all(name in const for name in EQUATION_ARRAYS):
+        return scores
+    equations = EstimatingEquations(
+        **{field: np.asarray(const[name].values) for name, field in EQUATION_ARRAYS.items()}
+    )
+    return Propensity(
+        scores=scores,
+        treatment=np.asarray(const["treatment"].values, dtype=int),
+        method=str(const.attrs.get("propensity_method", "cbps")),
+        clip=float(const.attrs.get("propensity_clip", 1e-3)),
+        equations=equations,
+    )
 
 
 #: Propensities outside this band mark units whose other arm is rare (Crump et al. 2009's

@@ -23,7 +23,7 @@ from numpyro.optim import Adam
 
 import imgcate.config
 from imgcate.anchors import anchor_at, anchor_steps
-from imgcate.ates import overlap_note
+from imgcate.ates import keep_propensity_equations, overlap_note
 from imgcate.chains import (
     chain_starts,
     flat_draws,
@@ -438,6 +438,7 @@ def fit(
     loglik = _log_likelihood(samples, data)
     replicated = _posterior_predictive(samples, data, key_predictive)
     idata = _to_inference_data(samples, stats, loglik, replicated, data, trial, config, scores)
+    keep_propensity_equations(idata, propensity)  # for ate()'s AIPW row
     inputs = data.inputs  # the derived pass's: its basis need not be computed again
     del data, samples, loglik, replicated  # in idata now
     if provenance is None:

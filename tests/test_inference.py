@@ -757,6 +757,42 @@ def test_propensity_adjusted_fit_on_confounded_data(tmp_path):
         fit(trial, sim.embeddings, propensity=np.r_[p[:-1], 1.0])
 
 
+def test_an_estimated_propensitys_equations_are_stacked_into_the_aipw_row(tmp_path):
+    """A fit given an estimated Propensity keeps its model's estimating equations, so that
+    ate()'s AIPW row is aipw() with the object itself (the scores' estimation stacked into the
+    standard error), also once saved and loaded; given the scores alone, they are known."""
+    from imgcate.confounding import aipw, estimate_propensity
+    from imgcate.results import load_fit
+
+    sim = simulate_trial(23, 300, 2, assignment="confounded", confounding=1.0, separation=4.5)
+    trial = sim.trial
+    features = np.hstack([sim.embeddings.for_keys(trial.image_keys), trial.covariate_matrix])
+    ps = estimate_propensity(features, trial.treatment_array, seed=0)
+    assert ps.equations is not None
+    opts = {"num_warmup": 60, "num_samples": 60, "num_chains": 1, "seed": 0, "progress": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stacked = fit(trial, sim.embeddings, propensity=ps, **opts)
+        known = fit(trial, sim.embeddings, propensity=ps.scores, **opts)
+    const = stacked.idata.constant_data
+    assert const["propensity_estfun"].shape == ps.equations.estfun.shape
+    assert "propensity_estfun" not in known.idata.constant_data
+    row, plain = stacked.ate().loc["aipw"], known.ate().loc["aipw"]
+    assert row["vcov"].endswith("score estimation stacked")
+    assert plain["vcov"].endswith("scores given")
+    # the slow way: aipw() with the Propensity object, on the fit's own features
+    own = np.hstack([const["embedding"].values, const["covariates"].values[:, :-1]])
+    y, t = trial.outcome_array, trial.treatment_array
+    slow = aipw(y, t, ps, features=own, seed=0, prob=0.9)
+    slow_known = aipw(y, t, ps.scores, features=own, seed=0, prob=0.9)
+    assert row["std_err"] == pytest.approx(slow.std_err, rel=1e-9)
+    assert plain["std_err"] == pytest.approx(slow_known.std_err, rel=1e-9)
+    assert abs(slow.std_err - slow_known.std_err) > 1e-6 * slow_known.std_err
+    assert row["estimate"] == pytest.approx(plain["estimate"], rel=1e-9)  # the same point
+    loaded = load_fit(stacked.save(tmp_path / "fit.imgcate"))
+    assert loaded.ate().loc["aipw", "std_err"] == pytest.approx(row["std_err"], rel=1e-12)
+
+
 def test_a_covariate_named_propensity_is_not_taken_for_scores_given(tmp_path):
     """A user's own covariate called propensity, with no ``propensity=``: the fit is analysed
     as randomized, with no AIPW row read from that covariate, before and after a save."""

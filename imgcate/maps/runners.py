@@ -151,9 +151,11 @@ def map_part(fit: EffectFit) -> EffectFit:
     7 MB instead of its 96 MB file)."""
     import arviz as az
 
+    from imgcate.ates import EQUATION_ARRAYS
     from imgcate.posterior import site_names
 
-    const = fit.idata.constant_data.drop_vars("basis_features", errors="ignore")
+    drop = ["basis_features", *EQUATION_ARRAYS]  # the propensity model's: ate() reads them
+    const = fit.idata.constant_data.drop_vars(drop, errors="ignore")
     idata = az.InferenceData(posterior=fit.idata.posterior[site_names(fit)], constant_data=const)
     return replace(fit, idata=idata)
 
