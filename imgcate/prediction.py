@@ -43,11 +43,11 @@ class Prediction:
     support_limit : float
         99th percentile of the trial units' own distances; beyond it an image is flagged.
     image_propensity : ndarray (image,) or None
-        For a fit given a propensity: the propensity each image alone predicts
-        (:func:`imgcate.targeting.image_propensity`); outside
-        :data:`imgcate.ates.OVERLAP_LIMITS` one arm is rare among trial units like it, and
-        its effect is carried over from units unlike it. None for a randomized fit, or where
-        the images do not predict the targeting.
+        For a fit with a targeting slope (given a propensity its images predict): the
+        propensity each image alone predicts (:func:`imgcate.targeting.image_propensity`);
+        outside :data:`imgcate.ates.OVERLAP_LIMITS` one arm is rare among trial units like
+        it, and its effect is carried over from units unlike it. None otherwise (a randomized
+        fit, or one whose images do not predict the targeting).
     """
 
     image_ids: np.ndarray
@@ -73,7 +73,7 @@ class Prediction:
 
     def to_frame(self, prob: float = 0.9) -> pd.DataFrame:
         """One row per image: CATE mean, sd, interval, P(CATE > 0), cluster probabilities,
-        the extrapolation score and, for a fit given a propensity, ``image_propensity`` and
+        the extrapolation score and, for a fit with a targeting slope, ``image_propensity`` and
         ``outside_overlap``."""
         lo_name, hi_name = interval_names(prob)
         lo, hi = quantiles(self.cate, prob)

@@ -83,7 +83,7 @@ def aggregate_by_polygon(
         The polygons (their columns and geometries kept, in their own CRS) with ``mean``,
         ``lower_<p>``, ``upper_<p>``, ``prob_positive``, ``extrapolation``,
         ``outside_support_share``, ``covered_share`` (share of the polygon's area with a map
-        value) and ``n_tiles``; for a map of a fit given a propensity also
+        value) and ``n_tiles``; for a map of a fit with a targeting slope also
         ``outside_overlap_share``.
     """
     import geopandas as gpd
@@ -104,7 +104,7 @@ def aggregate_by_polygon(
         "extrapolation": "extrapolation",
         "outside_support_share": "outside_support",
     }
-    if "outside_overlap" in dataset:  # a map of a fit given a propensity
+    if "outside_overlap" in dataset:  # a map of a fit with a targeting slope
         variables["outside_overlap_share"] = "outside_overlap"
     values = {col: dataset[var].values for col, var in variables.items()}
     rows = []

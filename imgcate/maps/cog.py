@@ -18,7 +18,7 @@ from imgcate.intervals import interval_names
 from imgcate.optional import require
 from imgcate.output import atomic_path, check_writable, staging_folder, write_error
 
-#: The bands of a map of a fit given a propensity (:func:`band_names`).
+#: The bands of a map of a fit with a targeting slope (:func:`band_names`).
 OVERLAP_BANDS = ("image_propensity", "outside_overlap")
 
 

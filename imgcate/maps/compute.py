@@ -394,7 +394,7 @@ def predict_map(
           embeddings (model scale);
         - ``outside_support``: 1 where ``extrapolation`` exceeds the 99th percentile of the
           trial's own distances (attr ``support_limit``), else 0;
-        - for a fit given a propensity: ``image_propensity``, the propensity the tile's image
+        - for a fit with a targeting slope: ``image_propensity``, the propensity the tile's image
           alone predicts (as :meth:`EffectFit.predict`'s column), and ``outside_overlap``, 1
           where it lies outside [0.1, 0.9] (docs/confounding.md, "Limited overlap").
 
@@ -418,7 +418,7 @@ def predict_map(
     ExtrapolationWarning
         When more than 10% of the tiles lie outside the trial's support.
     OverlapWarning
-        For a fit given a propensity, when more than 10% of the tiles have an
+        For a fit with a targeting slope, when more than 10% of the tiles have an
         ``image_propensity`` outside [0.1, 0.9].
 
     Examples

@@ -1,5 +1,5 @@
 """Where a map's tiles stand against the trial: outside its support (the extrapolation
-score) or, for a fit given a propensity, outside its overlap (the image-predicted
+score) or, for a fit with a targeting slope, outside its overlap (the image-predicted
 propensity); the layers that say so and the warnings when many tiles are."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from imgcate.prediction import EXTRAPOLATION_WARN_SHARE
 
 
 def overlap_layers(propensity: np.ndarray) -> dict[str, tuple]:
-    """The map variables of a fit given a propensity: ``image_propensity`` and
+    """The map variables of a fit with a targeting slope: ``image_propensity`` and
     ``outside_overlap`` (1 outside :data:`imgcate.ates.OVERLAP_LIMITS`, NaN where no tile)."""
     lo, hi = OVERLAP_LIMITS
     outside = np.where(np.isnan(propensity), np.nan, (propensity < lo) | (propensity > hi))

@@ -104,7 +104,7 @@ class RowWriter:
         outside = np.where(np.isnan(extrapolation), np.nan, extrapolation > self.limit)
         parts = [result[v] for v in ("mean", "sd", "lower", "upper", "prob_positive")]
         parts += list(np.asarray(result["cluster_prob"]).T)
-        if "image_propensity" in result:  # a fit given a propensity
+        if "image_propensity" in result:  # a fit with a targeting slope
             propensity = result["image_propensity"]
             flags = overlap_layers(propensity)["outside_overlap"][1]
             self.overlap_scored += int(np.isfinite(flags).sum())
