@@ -56,7 +56,8 @@ class SensitivityWarning(UserWarning):
 class BalanceWarning(UserWarning):
     """A trial analysed as randomized has arms that differ in pre-treatment variables
     (covariates, embedding components) by more than randomization allows: the treatment
-    column, the declared design (strata, clusters) or the randomization itself is in doubt."""
+    column, the declared design (strata, clusters) or the randomization itself is in doubt.
+    Also: an estimated propensity whose weights leave the arms' features apart."""
 
 
 class ModelCheckWarning(UserWarning):

@@ -88,14 +88,28 @@ def fit_cbps(
         else:
             if np.abs(grad).max() < 1e-7:  # converged to the loss's floating-point resolution
                 break
-            raise InputError(
-                "the features separate treated from control units, so no weights balance "
-                "them (covariate-balancing propensity). Trim units without overlap, drop "
-                "features, or pass a penalty C for approximate balance (smaller C, stronger "
-                "penalty: e.g. C=0.01)."
-            )
+            raise InputError(_separated(C))
         beta, loss, f = beta - size * step, new_loss, new_f
     return beta, {"iterations": iterations, "max_abs_gradient": float(np.abs(grad).max())}
+
+
+def _separated(C: float | None) -> str:
+    """What to do when the balancing fit drives a log-odds past :data:`MAX_LOGIT`."""
+    if C is None:
+        advice = (
+            "pass a penalty C for approximate balance (smaller C, stronger penalty: e.g. "
+            "C=0.01), or method='logistic'"
+        )
+    else:
+        advice = (
+            f"with C={C:g} some log-odds still pass +-{MAX_LOGIT:g}: give a smaller C (a "
+            f"stronger penalty, e.g. C={float(C) / 10:g}), or method='logistic'"
+        )
+    return (
+        "the features separate treated from control units, so no weights balance them "
+        f"(covariate-balancing propensity). Trim units without overlap, drop features, or "
+        f"{advice}; check the weighted balance that follows (diagnostics['max_abs_smd'])."
+    )
 
 
 def cbps_equations(

@@ -24,7 +24,7 @@ from imgcate.confounding.mestimation import (
     logistic_equations,
 )
 from imgcate.confounding.weights import ipw_weights, smd
-from imgcate.errors import ConvergenceWarning, InputError, OverlapWarning
+from imgcate.errors import BalanceWarning, ConvergenceWarning, InputError, OverlapWarning
 from imgcate.optional import axes
 from imgcate.validation import (
     as_features,
@@ -66,7 +66,8 @@ class Propensity:
         Number of scores that were moved by clipping.
     diagnostics : dict
         Method details: chosen penalties per fold, Newton iterations, or R-hat / divergences of
-        the posterior.
+        the posterior; for every method ``max_abs_smd``, the largest |standardized mean
+        difference| of a feature between the arms after weighting by the scores.
     equations : EstimatingEquations or None
         The fitted model's estimating equations (``"cbps"`` and ``"logistic"``), which
         :func:`~imgcate.confounding.hajek_ipw` and :func:`~imgcate.confounding.aipw` use to
@@ -418,6 +419,10 @@ def estimate_propensity(
     -----
     OverlapWarning
         When some scores fall below 0.01 or above 0.99.
+    BalanceWarning
+        When the scores' inverse-probability weights leave a feature's |standardized mean
+        difference| between the arms above 0.25 (``diagnostics["max_abs_smd"]`` has the
+        largest).
     ConvergenceWarning
         When the NUTS fit has R-hat above 1.05 or divergences.
 
@@ -459,6 +464,9 @@ def estimate_propensity(
     _warn_extreme(raw, clip)
     scores = np.clip(raw, clip, 1 - clip)
     n_clipped = int(np.sum(scores != raw))
+    imbalance = np.abs(smd(x, t, ipw_weights(t, scores)))
+    diagnostics["max_abs_smd"] = float(np.nanmax(imbalance))
+    _warn_imbalance(imbalance)
     return Propensity(scores, t, method, float(clip), n_clipped, diagnostics, equations)
 
 
@@ -473,6 +481,29 @@ def format_probability(p: float) -> str:
     distance = min(p, 1 - p)
     digits = max(3, int(np.ceil(-np.log10(distance))) + 1)
     return f"{p:.{digits}f}".rstrip("0").rstrip(".")
+
+
+#: Largest |standardized mean difference| of a feature between the arms after weighting by a
+#: propensity's inverse (ATE weights) before ``estimate_propensity`` warns: 0.25, the rule of
+#: thumb for serious imbalance (Rubin 2001; Stuart 2010).
+MAX_WEIGHTED_SMD = 0.25
+
+
+def _warn_imbalance(imbalance: np.ndarray) -> None:
+    """Warn where the weights leave a feature's |SMD| above :data:`MAX_WEIGHTED_SMD`."""
+    worst = int(np.nanargmax(imbalance)) if np.isfinite(imbalance).any() else None
+    if worst is not None and imbalance[worst] > MAX_WEIGHTED_SMD:
+        bad = int(np.sum(imbalance > MAX_WEIGHTED_SMD))
+        warnings.warn(
+            f"the propensity's weights leave {bad} of {len(imbalance)} features unbalanced "
+            f"between the arms (|standardized mean difference| above {MAX_WEIGHTED_SMD}; "
+            f"feature {worst}: {imbalance[worst]:.2f}): scores that do not balance the "
+            "features carry their confounding into AIPW and into a fit given them. Try "
+            "another C or method, or trim units without overlap (trim(...)), and compare "
+            "the estimates they give.",
+            BalanceWarning,
+            stacklevel=3,
+        )
 
 
 def _warn_extreme(scores: np.ndarray, clip: float) -> None:

@@ -17,7 +17,7 @@ from imgcate.confounding import (
     hajek_ipw,
 )
 from imgcate.confounding.mestimation import design_matrix
-from imgcate.errors import InputError, OverlapWarning
+from imgcate.errors import BalanceWarning, InputError, OverlapWarning
 from imgcate.simulate import simulate_confounded
 
 
@@ -132,12 +132,29 @@ def test_cbps_reports_features_that_separate_the_arms():
     rng = np.random.default_rng(0)
     t = np.repeat([0, 1], 50)
     x = np.column_stack([t + 0.01 * rng.normal(size=100), rng.normal(size=100)])
-    with pytest.raises(InputError, match="separate treated from control"):
+    with pytest.raises(InputError, match="separate treated from control.*e.g. C=0.01"):
         estimate_propensity(x, t, seed=0)
+    # a penalty too weak to keep the log-odds finite: the advice is a smaller C, not "a C"
+    with pytest.raises(InputError, match=r"with C=100 some log-odds still pass .*e\.g\. C=10\b"):
+        estimate_propensity(x, t, C=100.0, seed=0)
+    # a penalty keeps it finite, and then the weights cannot balance the separating feature:
+    # said, with the feature, where before only diagnostics held it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OverlapWarning)
-        penalized = estimate_propensity(x, t, C=0.01, seed=0)  # a penalty keeps it finite
+        with pytest.warns(BalanceWarning, match="leave 1 of 2 features unbalanced.*feature 0"):
+            penalized = estimate_propensity(x, t, C=0.01, seed=0)
     assert np.isfinite(penalized.scores).all()
+    assert penalized.diagnostics["max_abs_smd"] > 0.25
+
+
+def test_balanced_scores_are_not_warned_of():
+    """Where the weights balance the features (the exact CBPS, overlap fine), no
+    BalanceWarning, and the diagnostics say how close the balance is."""
+    sim = simulate_confounded(seed=0, n_units=400)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BalanceWarning)
+        ps = estimate_propensity(sim.features, sim.treatment, seed=0)
+    assert ps.diagnostics["max_abs_smd"] < 0.05
 
 
 def test_overlap_warning_prints_enough_digits():
