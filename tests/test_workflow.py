@@ -168,6 +168,7 @@ def test_aggregates_are_joint_draw_averages_of_the_map(workflow):
 
     with rasterio.open(workflow / "map.tif") as ds:
         mean = ds.read(1)
+        outside = ds.read(list(ds.descriptions).index("outside_support") + 1)
         transform, crs = ds.transform, ds.crs
     import xarray as xr
 
@@ -179,7 +180,7 @@ def test_aggregates_are_joint_draw_averages_of_the_map(workflow):
             "upper": (("y", "x"), mean),
             "prob_positive": (("y", "x"), mean),
             "extrapolation": (("y", "x"), mean),
-            "outside_support": (("y", "x"), mean),
+            "outside_support": (("y", "x"), outside),
         },
         coords={"cluster": [0, 1]},
         attrs={"crs": crs.to_wkt(), "transform": list(transform)[:6], "prob": 0.9},
@@ -187,6 +188,11 @@ def test_aggregates_are_joint_draw_averages_of_the_map(workflow):
     assert fake.sizes["y"] == h and fake.sizes["x"] == w
     expected = aggregate_by_polygon(fake, datasets.districts_path())
     np.testing.assert_allclose(table["mean"], expected["mean"], rtol=1e-4, atol=1e-5)
+    # and its share of tiles outside the trial's support is the map layer's
+    np.testing.assert_allclose(
+        table["outside_support_share"], expected["outside_support_share"], atol=1e-9
+    )
+    assert "outside_overlap_share" not in table  # a randomized trial's fit
 
 
 def test_info_reports_what_each_file_holds_and_where_it_came_from(workflow):

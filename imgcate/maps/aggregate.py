@@ -89,6 +89,13 @@ def aggregate_by_polygon(
     import geopandas as gpd
     import shapely
 
+    if not isinstance(dataset, xr.Dataset):
+        raise InputError(
+            f"aggregate_by_polygon takes the xarray Dataset of predict_map, not "
+            f"{type(dataset).__name__} {str(dataset)[:80]!r}; for a map written to a file, "
+            "use polygon_effects(fit, raster, polygons) or `imgcate aggregate MAP POLYGONS "
+            "OUTPUT`, which also give each polygon's credible interval."
+        )
     if path is not None:
         check_writable(path, overwrite)
     own = read_polygons(polygons).reset_index(drop=True)  # returned in their own CRS

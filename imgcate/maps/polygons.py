@@ -94,7 +94,9 @@ def polygon_effects(
     geopandas.GeoDataFrame
         The polygons (their columns and geometries kept, in their own CRS) with ``mean``, ``sd``,
         ``lower_<p>``, ``upper_<p>`` (credible interval of the polygon's average effect),
-        ``prob_positive`` (P(average effect > 0)), ``n_tiles``, ``covered_share``.
+        ``prob_positive`` (P(average effect > 0)), ``n_tiles``, ``covered_share``,
+        ``outside_support_share`` (the area-weighted share of its tiles outside the trial's
+        support) and, for a fit with a targeting slope, ``outside_overlap_share``.
 
     Raises
     ------
@@ -142,12 +144,17 @@ def polygon_effects(
     model = TileModel(fit, job)
     n_draws = draw_count(fit, max_draws, seed)
     draws = np.full((len(flat), n_draws), np.nan)
+    shares = ["outside_support"] + (["outside_overlap"] if model.overlap is not None else [])
+    flags = {name: np.full(len(flat), np.nan) for name in shares}
     with TileReader(job) as reader:
         for start in range(0, len(flat), block_tiles):
             part = flat[start : start + block_tiles]
             tiles, valid = reader.read(part)
             if valid.any():
-                draws[start : start + len(part)][valid] = model.draws(tiles[valid]).T
+                got = model.draws(tiles[valid])
+                draws[start : start + len(part)][valid] = got["cate"].T
+                for name in shares:
+                    flags[name][start : start + len(part)][valid] = got[name]
     position = {int(f): i for i, f in enumerate(flat)}
     lo_name, hi_name = (
         f"{side}_{n.rstrip('%')}"
@@ -158,12 +165,16 @@ def polygon_effects(
     for (idx, area), geom in zip(weights, gdf.geometry, strict=True):
         row = {"mean": np.nan, "sd": np.nan, lo_name: np.nan, hi_name: np.nan}
         row |= {"prob_positive": np.nan, "n_tiles": 0, "covered_share": 0.0}
+        row |= {f"{name}_share": np.nan for name in shares}
         if len(idx):
-            sub = draws[[position[int(f)] for f in idx]]
+            rows_of = [position[int(f)] for f in idx]
+            sub = draws[rows_of]
             ok = np.isfinite(sub).all(axis=1)
             if ok.any():
                 w = area[ok] / area[ok].sum()
                 average = w @ sub[ok]  # (draw,)
+                for name in shares:  # the area-weighted share of the polygon's tiles
+                    row[f"{name}_share"] = float(w @ flags[name][rows_of][ok])
                 lower, upper = np.quantile(average, [lo, 1 - lo])
                 row |= {
                     "mean": float(average.mean()),

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from imgcate.ates import OVERLAP_LIMITS
 from imgcate.errors import RasterError
 from imgcate.prediction import overlap_line, support_distance
 from imgcate.raster import open_raster, raster_env, raster_label
@@ -99,16 +100,28 @@ class TileModel:
         self.prob = job.prob
         self.batch_size = job.batch_size
 
-    def draws(self, tiles: np.ndarray) -> np.ndarray:
-        """Posterior draws of the CATE of tiles (tile, band, y, x): shape (sample, tile)."""
+    def draws(self, tiles: np.ndarray) -> dict[str, np.ndarray]:
+        """Posterior draws of the CATE of tiles (tile, band, y, x), ``cate`` (sample, tile),
+        with where each tile stands against the trial: ``outside_support`` (tile,) and, for a
+        fit with a targeting slope, ``outside_overlap`` (tile,); NaN where a tile's embedding
+        is not finite."""
         import jax.numpy as jnp
 
         n = len(tiles)
         raw = self.encoder.transform(_pad(tiles, self.batch_size), batch_size=self.batch_size)
         cate, _ = self.effect(jnp.asarray(raw, jnp.float32))
         cate = np.asarray(cate, np.float64)[:, :n]
-        cate[:, ~np.isfinite(np.asarray(raw[:n])).all(axis=1)] = np.nan
-        return cate
+        bad = ~np.isfinite(np.asarray(raw[:n])).all(axis=1)
+        emb = self.standardizer.embedding(np.where(bad[:, None], 0.0, raw[:n]))
+        dist = support_distance(emb, self.support_mean, self.support_prec)
+        out = {"cate": cate, "outside_support": (dist > self.support_limit).astype(float)}
+        if self.overlap is not None:
+            p = image_propensity(emb, *self.overlap)
+            lo, hi = OVERLAP_LIMITS
+            out["outside_overlap"] = ((p < lo) | (p > hi)).astype(float)
+        for value in out.values():
+            value[..., bad] = np.nan
+        return out
 
     def __call__(self, tiles: np.ndarray) -> dict[str, np.ndarray]:
         """Summaries of the posterior effect for tiles (tile, band, y, x)."""

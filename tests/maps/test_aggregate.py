@@ -52,3 +52,16 @@ def test_a_table_without_geometries_as_polygons_is_a_clear_error(tmp_path):
 
     with pytest.raises(InputError, match="villages.csv.*holds no geometries"):
         read_polygons(datasets.villages_path())
+
+
+def test_a_map_file_in_place_of_the_dataset_is_a_clear_error(tmp_path):
+    """A written map's path given for the dataset: an InputError naming what to pass and the
+    calls that read a written map, not an AttributeError on str.attrs."""
+    from imgcate import datasets
+    from imgcate.errors import InputError
+
+    polygons = gpd.GeoDataFrame(geometry=[box(0, 0, 1, 1)], crs="EPSG:4326")
+    with pytest.raises(InputError, match="not str 'effect_map.tif'.*polygon_effects"):
+        aggregate_by_polygon("effect_map.tif", polygons)
+    with pytest.raises(InputError, match="not (Posix|Windows)Path"):
+        aggregate_by_polygon(datasets.landsat_path(), polygons)

@@ -150,3 +150,19 @@ def test_the_command_line_counts_tiles_outside_the_overlap(observational, tmp_pa
     info = CliRunner().invoke(main, ["info", str(out)])
     assert info.exit_code == 0, info.output
     assert f"{np.nanmean(flags):.1%} outside the overlap [0.1, 0.9]" in info.output
+    # `imgcate aggregate`: a polygon's share of tiles outside the overlap, from the same tiles
+    import geopandas as gpd
+
+    with rasterio.open(out) as src:
+        left, bottom, right, top = src.bounds
+        crs = src.crs
+    districts = tmp_path / "districts.gpkg"
+    gpd.GeoDataFrame({"name": ["all"]}, geometry=[box(left, bottom, right, top)], crs=crs).to_file(
+        districts
+    )
+    res = CliRunner().invoke(
+        main, ["aggregate", str(out), str(districts), str(tmp_path / "d.gpkg")]
+    )
+    assert res.exit_code == 0, res.output
+    table = gpd.read_file(tmp_path / "d.gpkg")
+    assert table["outside_overlap_share"].iloc[0] == pytest.approx(np.nanmean(flags), abs=0.02)
