@@ -51,7 +51,7 @@ from scipy.optimize import minimize
 from imgcate.chips import extract_chips
 from imgcate.confounding import aipw, difference_in_means, estimate_propensity, hajek_ipw
 from imgcate.embeddings import embed
-from imgcate.errors import OverlapWarning
+from imgcate.errors import OverlapWarning, PropensityBalanceWarning
 from imgcate.simulate import (
     simulate_confounded,
     simulate_pattern_confounded,
@@ -240,6 +240,7 @@ def main() -> None:
     if args.quick:
         args.reps, args.n_units = min(args.reps, 2), 400
     warnings.simplefilter("ignore", OverlapWarning)
+    warnings.simplefilter("ignore", PropensityBalanceWarning)  # would repeat each replication
     rows, recovery, started = [], {}, time.time()
     with tempfile.TemporaryDirectory() as tmp:
         for design in args.designs:

@@ -56,8 +56,12 @@ class SensitivityWarning(UserWarning):
 class BalanceWarning(UserWarning):
     """A trial analysed as randomized has arms that differ in pre-treatment variables
     (covariates, embedding components) by more than randomization allows: the treatment
-    column, the declared design (strata, clusters) or the randomization itself is in doubt.
-    Also: an estimated propensity whose weights leave the arms' features apart."""
+    column, the declared design (strata, clusters) or the randomization itself is in doubt."""
+
+
+class PropensityBalanceWarning(BalanceWarning):
+    """An estimated propensity's inverse-probability weights leave the arms' features apart
+    (``estimate_propensity``): the scores do not remove the confounding they were meant to."""
 
 
 class ModelCheckWarning(UserWarning):

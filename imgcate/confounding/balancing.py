@@ -96,19 +96,18 @@ def fit_cbps(
 def _separated(C: float | None) -> str:
     """What to do when the balancing fit drives a log-odds past :data:`MAX_LOGIT`."""
     if C is None:
+        what = "no weights balance them exactly"
         advice = (
             "pass a penalty C for approximate balance (smaller C, stronger penalty: e.g. "
-            "C=0.01), or method='logistic'"
+            "C=0.01), or use method='logistic'"
         )
     else:
-        advice = (
-            f"with C={C:g} some log-odds still pass +-{MAX_LOGIT:g}: give a smaller C (a "
-            f"stronger penalty, e.g. C={float(C) / 10:g}), or method='logistic'"
-        )
+        what = f"the balancing fit with C={C:g} found no solution"
+        advice = f"give a smaller C (a stronger penalty, e.g. C={float(C) / 10:g})"
     return (
-        "the features separate treated from control units, so no weights balance them "
+        f"the features (nearly) separate treated from control units, so {what} "
         f"(covariate-balancing propensity). Trim units without overlap, drop features, or "
-        f"{advice}; check the weighted balance that follows (diagnostics['max_abs_smd'])."
+        f"{advice}; then check the weighted balance (diagnostics['max_abs_smd'])."
     )
 
 

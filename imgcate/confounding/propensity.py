@@ -24,7 +24,12 @@ from imgcate.confounding.mestimation import (
     logistic_equations,
 )
 from imgcate.confounding.weights import ipw_weights, smd
-from imgcate.errors import BalanceWarning, ConvergenceWarning, InputError, OverlapWarning
+from imgcate.errors import (
+    ConvergenceWarning,
+    InputError,
+    OverlapWarning,
+    PropensityBalanceWarning,
+)
 from imgcate.optional import axes
 from imgcate.validation import (
     as_features,
@@ -331,7 +336,6 @@ def _cbps(
     raw = expit(design @ beta)
     free = (raw > clip) & (raw < 1 - clip)
     scores = np.clip(raw, clip, 1 - clip)
-    info["max_abs_smd"] = float(np.nanmax(np.abs(smd(x, t, ipw_weights(t, scores)))))
     info["C"] = C
     return raw, info, cbps_equations(design, t.astype(float), beta, C, scores, free)
 
@@ -419,10 +423,10 @@ def estimate_propensity(
     -----
     OverlapWarning
         When some scores fall below 0.01 or above 0.99.
-    BalanceWarning
+    PropensityBalanceWarning
         When the scores' inverse-probability weights leave a feature's |standardized mean
-        difference| between the arms above 0.25 (``diagnostics["max_abs_smd"]`` has the
-        largest).
+        difference| between the arms above 0.25 and above chance (three of its standard
+        errors); ``diagnostics["max_abs_smd"]`` has the largest.
     ConvergenceWarning
         When the NUTS fit has R-hat above 1.05 or divergences.
 
@@ -465,8 +469,12 @@ def estimate_propensity(
     scores = np.clip(raw, clip, 1 - clip)
     n_clipped = int(np.sum(scores != raw))
     imbalance = np.abs(smd(x, t, ipw_weights(t, scores)))
-    diagnostics["max_abs_smd"] = float(np.nanmax(imbalance))
-    _warn_imbalance(imbalance)
+    finite = np.isfinite(imbalance).any()  # no all-NaN warning where every feature is constant
+    diagnostics["max_abs_smd"] = float(np.nanmax(imbalance)) if finite else float("nan")
+    names = [str(c) for c in getattr(features, "columns", [])]
+    if len(names) != x.shape[1]:  # an array (or columns dropped): by position
+        names = [f"feature {j}" for j in range(x.shape[1])]
+    _warn_imbalance(imbalance, t, names)
     return Propensity(scores, t, method, float(clip), n_clipped, diagnostics, equations)
 
 
@@ -485,23 +493,30 @@ def format_probability(p: float) -> str:
 
 #: Largest |standardized mean difference| of a feature between the arms after weighting by a
 #: propensity's inverse (ATE weights) before ``estimate_propensity`` warns: 0.25, the rule of
-#: thumb for serious imbalance (Rubin 2001; Stuart 2010).
+#: thumb for serious imbalance (Rubin 2001; Stuart 2010), and at least three standard errors
+#: of an SMD under no imbalance, ``3 sqrt(1 / n_1 + 1 / n_0)``, so that chance alone (the
+#: largest of many noise features in a small trial) does not warn.
 MAX_WEIGHTED_SMD = 0.25
 
 
-def _warn_imbalance(imbalance: np.ndarray) -> None:
-    """Warn where the weights leave a feature's |SMD| above :data:`MAX_WEIGHTED_SMD`."""
-    worst = int(np.nanargmax(imbalance)) if np.isfinite(imbalance).any() else None
-    if worst is not None and imbalance[worst] > MAX_WEIGHTED_SMD:
-        bad = int(np.sum(imbalance > MAX_WEIGHTED_SMD))
+def _warn_imbalance(imbalance: np.ndarray, t: np.ndarray, names: list[str]) -> None:
+    """Warn where the weights leave a feature's |SMD| above :data:`MAX_WEIGHTED_SMD` and
+    above chance."""
+    if not np.isfinite(imbalance).any():
+        return
+    n1, n0 = int(t.sum()), int(len(t) - t.sum())
+    limit = max(MAX_WEIGHTED_SMD, 3 * np.sqrt(1 / n1 + 1 / n0))
+    worst = int(np.nanargmax(imbalance))
+    if imbalance[worst] > limit:
+        bad = int(np.sum(imbalance > limit))
         warnings.warn(
-            f"the propensity's weights leave {bad} of {len(imbalance)} features unbalanced "
-            f"between the arms (|standardized mean difference| above {MAX_WEIGHTED_SMD}; "
-            f"feature {worst}: {imbalance[worst]:.2f}): scores that do not balance the "
-            "features carry their confounding into AIPW and into a fit given them. Try "
-            "another C or method, or trim units without overlap (trim(...)), and compare "
-            "the estimates they give.",
-            BalanceWarning,
+            f"the propensity's weights leave {bad} of {len(imbalance)} features apart between "
+            f"the arms (|standardized mean difference| above {limit:.2f}; {names[worst]}: "
+            f"{imbalance[worst]:.2f}): such scores can leave confounding in IPW, and in AIPW "
+            "and a fit given them unless their outcome model is right. Try another C or "
+            "method, or trim units without overlap (trim(...)), and compare the estimates "
+            "they give.",
+            PropensityBalanceWarning,
             stacklevel=3,
         )
 

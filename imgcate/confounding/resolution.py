@@ -12,7 +12,7 @@ import pandas as pd
 from imgcate.confounding.balance import balance_table
 from imgcate.confounding.estimators import ate_estimates
 from imgcate.confounding.propensity import estimate_propensity
-from imgcate.errors import OverlapWarning
+from imgcate.errors import OverlapWarning, PropensityBalanceWarning
 from imgcate.intervals import interval_names
 from imgcate.validation import as_treatment
 
@@ -81,8 +81,9 @@ def resolution_check(
         coarse = chips.coarsen(int(factor))
         emb = embed(coarse, "rcf", n_features=n_features, n_components=n_components, seed=seed)
         features = np.column_stack([emb.for_keys(trial.image_keys), trial.covariate_matrix])
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # the balance after weighting is in the table
             warnings.simplefilter("ignore", OverlapWarning)
+            warnings.simplefilter("ignore", PropensityBalanceWarning)
             ps = estimate_propensity(features, treatment, n_folds=n_folds, seed=seed)
         table = ate_estimates(
             outcome, treatment, ps, features=features, n_folds=n_folds, prob=prob, seed=seed

@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.special import expit, logit
 
@@ -17,7 +18,7 @@ from imgcate.confounding import (
     hajek_ipw,
 )
 from imgcate.confounding.mestimation import design_matrix
-from imgcate.errors import BalanceWarning, InputError, OverlapWarning
+from imgcate.errors import InputError, OverlapWarning, PropensityBalanceWarning
 from imgcate.simulate import simulate_confounded
 
 
@@ -135,14 +136,16 @@ def test_cbps_reports_features_that_separate_the_arms():
     with pytest.raises(InputError, match="separate treated from control.*e.g. C=0.01"):
         estimate_propensity(x, t, seed=0)
     # a penalty too weak to keep the log-odds finite: the advice is a smaller C, not "a C"
-    with pytest.raises(InputError, match=r"with C=100 some log-odds still pass .*e\.g\. C=10\b"):
+    with pytest.raises(InputError, match=r"fit with C=100 found no solution.*e\.g\. C=10\b"):
         estimate_propensity(x, t, C=100.0, seed=0)
     # a penalty keeps it finite, and then the weights cannot balance the separating feature:
     # said, with the feature, where before only diagnostics held it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OverlapWarning)
-        with pytest.warns(BalanceWarning, match="leave 1 of 2 features unbalanced.*feature 0"):
-            penalized = estimate_propensity(x, t, C=0.01, seed=0)
+        with pytest.warns(PropensityBalanceWarning, match="leave 1 of 2 features apart.*ndvi"):
+            penalized = estimate_propensity(
+                pd.DataFrame(x, columns=["ndvi", "elev"]), t, C=0.01, seed=0
+            )
     assert np.isfinite(penalized.scores).all()
     assert penalized.diagnostics["max_abs_smd"] > 0.25
 
@@ -152,7 +155,7 @@ def test_balanced_scores_are_not_warned_of():
     BalanceWarning, and the diagnostics say how close the balance is."""
     sim = simulate_confounded(seed=0, n_units=400)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", BalanceWarning)
+        warnings.simplefilter("error", PropensityBalanceWarning)
         ps = estimate_propensity(sim.features, sim.treatment, seed=0)
     assert ps.diagnostics["max_abs_smd"] < 0.05
 
