@@ -71,6 +71,8 @@ def ate_table(fit: EffectFit, prob: float = 0.9, seed: int = 0) -> pd.DataFrame:
                 seed=seed,
             )
             how = "score estimation stacked" if dr.propensity == "estimated" else "scores given"
+            if reason := fit.idata.constant_data.attrs.get("propensity_equations"):
+                how += f" (their equations {reason})"
             rows["aipw"] = (dr.estimate, dr.std_err, dr.lower, dr.upper, f"{dr.vcov}, {how}")
         except (InputError, ValueError) as exc:  # too few clusters or units of an arm to cross-fit
             rows["aipw"] = (np.nan, np.nan, np.nan, np.nan, f"none: {exc}")
@@ -143,9 +145,10 @@ def given_propensity(fit: EffectFit) -> np.ndarray | None:
     return np.clip(scores * std.covariate_sd[j] + std.covariate_mean[j], 1e-6, 1 - 1e-6)
 
 
-#: Units up to which a fit keeps the estimating equations of a propensity model it was given
-#: (two unit x parameter arrays in float64: 32 MB at 200,000 units and 10 parameters).
-EQUATIONS_MAX_UNITS = 200_000
+#: Values (units x parameters) up to which a fit keeps each of the two unit-by-parameter
+#: arrays of the estimating equations of a propensity model it was given (float64: 16 MB each,
+#: e.g. 200,000 units and 10 parameters).
+EQUATIONS_MAX_VALUES = 2_000_000
 
 #: constant_data names of the kept equations (:func:`keep_propensity_equations`).
 EQUATION_ARRAYS = {
@@ -160,9 +163,16 @@ def keep_propensity_equations(idata: Any, propensity: Any) -> None:
     :class:`~imgcate.confounding.Propensity` it was given, so that the AIPW row of
     :func:`ate_table` stacks the scores' estimation into its standard error, as
     :func:`imgcate.confounding.aipw` does with the object itself. Nothing for plain scores, a
-    ``"bayes"`` propensity (no equations), or more than :data:`EQUATIONS_MAX_UNITS` units."""
+    ``"bayes"`` propensity (no equations); past :data:`EQUATIONS_MAX_VALUES` the reason is
+    kept instead (``constant_data.attrs["propensity_equations"]``), for the row to say."""
     equations = getattr(propensity, "equations", None)
-    if equations is None or len(equations.estfun) > EQUATIONS_MAX_UNITS:
+    if equations is None:
+        return
+    if equations.estfun.size > EQUATIONS_MAX_VALUES:
+        units, parameters = equations.estfun.shape
+        idata.constant_data.attrs["propensity_equations"] = (
+            f"not kept: {units:,} units x {parameters} parameters"
+        )
         return
     dims = {
         "propensity_estfun": ("unit", "propensity_parameter"),
@@ -176,6 +186,18 @@ def keep_propensity_equations(idata: Any, propensity: Any) -> None:
     idata.constant_data = idata.constant_data.assign(arrays)
     idata.constant_data.attrs["propensity_method"] = str(propensity.method)
     idata.constant_data.attrs["propensity_clip"] = float(propensity.clip)
+
+
+def check_equations(propensity: Any, n_units: int) -> None:
+    """Refuse a :class:`~imgcate.confounding.Propensity` whose estimating equations are not
+    one row per unit (one subset after it was estimated), before a fit runs."""
+    equations = getattr(propensity, "equations", None)
+    if equations is not None and len(equations.estfun) != n_units:
+        raise InputError(
+            f"the Propensity's estimating equations have {len(equations.estfun)} rows but its "
+            f"scores {n_units}: estimate it again on these units, or pass its .scores (then "
+            "treated as known)."
+        )
 
 
 def kept_propensity(fit: EffectFit, scores: np.ndarray) -> Any:

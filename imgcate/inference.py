@@ -23,7 +23,7 @@ from numpyro.optim import Adam
 
 import imgcate.config
 from imgcate.anchors import anchor_at, anchor_steps
-from imgcate.ates import keep_propensity_equations, overlap_note
+from imgcate.ates import check_equations, keep_propensity_equations, overlap_note
 from imgcate.chains import (
     chain_starts,
     flat_draws,
@@ -464,6 +464,7 @@ def _with_propensity(trial: Trial, propensity: np.ndarray) -> tuple[Trial, np.nd
     """The trial with the propensity score (a :class:`~imgcate.confounding.Propensity`'s
     scores, or the scores) added as a baseline covariate, and the scores (float64)."""
     scores = as_propensity(getattr(propensity, "scores", propensity))
+    check_equations(propensity, len(scores))
     if len(scores) != trial.n_units:
         raise InputError(
             f"propensity has {len(scores)} values but the trial has {trial.n_units} units."

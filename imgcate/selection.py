@@ -560,6 +560,7 @@ def _fold_options(full: EffectFit, options: dict, n_units: int) -> dict:
     if full.config.likelihood in ("hurdle", "censored") and options.get("floor") is None:
         options["floor"] = float(full.standardizer.outcome_floor)
     propensity = options.get("propensity")
+    options["propensity"] = propensity = getattr(propensity, "scores", propensity)  # a Propensity
     if propensity is not None and len(np.asarray(propensity)) != n_units:
         raise InputError(f"propensity has {len(propensity)} values; give one per unit.")
     return options

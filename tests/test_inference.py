@@ -757,7 +757,7 @@ def test_propensity_adjusted_fit_on_confounded_data(tmp_path):
         fit(trial, sim.embeddings, propensity=np.r_[p[:-1], 1.0])
 
 
-def test_an_estimated_propensitys_equations_are_stacked_into_the_aipw_row(tmp_path):
+def test_an_estimated_propensitys_equations_are_stacked_into_the_aipw_row(tmp_path, monkeypatch):
     """A fit given an estimated Propensity keeps its model's estimating equations, so that
     ate()'s AIPW row is aipw() with the object itself (the scores' estimation stacked into the
     standard error), also once saved and loaded; given the scores alone, they are known."""
@@ -776,6 +776,7 @@ def test_an_estimated_propensitys_equations_are_stacked_into_the_aipw_row(tmp_pa
         known = fit(trial, sim.embeddings, propensity=ps.scores, **opts)
     const = stacked.idata.constant_data
     assert const["propensity_estfun"].shape == ps.equations.estfun.shape
+    p = ps.equations.estfun.shape[1]  # parameters of the propensity model
     assert "propensity_estfun" not in known.idata.constant_data
     row, plain = stacked.ate().loc["aipw"], known.ate().loc["aipw"]
     assert row["vcov"].endswith("score estimation stacked")
@@ -791,6 +792,23 @@ def test_an_estimated_propensitys_equations_are_stacked_into_the_aipw_row(tmp_pa
     assert row["estimate"] == pytest.approx(plain["estimate"], rel=1e-9)  # the same point
     loaded = load_fit(stacked.save(tmp_path / "fit.imgcate"))
     assert loaded.ate().loc["aipw", "std_err"] == pytest.approx(row["std_err"], rel=1e-12)
+    # past the size limit the reason is kept, and the row says it
+    import dataclasses
+
+    from imgcate import ates
+
+    idata = known.idata.copy()
+    monkeypatch.setattr(ates, "EQUATIONS_MAX_VALUES", 10)
+    ates.keep_propensity_equations(idata, ps)
+    assert "propensity_estfun" not in idata.constant_data
+    capped = dataclasses.replace(known, idata=idata).ate().loc["aipw", "vcov"]
+    assert capped.endswith(f"scores given (their equations not kept: 300 units x {p} parameters)")
+    # equations for other units than the scores: refused before anything runs
+    other = dataclasses.replace(
+        ps, equations=dataclasses.replace(ps.equations, estfun=ps.equations.estfun[:-1])
+    )
+    with pytest.raises(InputError, match="equations have 299 rows but its scores 300"):
+        fit(trial, sim.embeddings, propensity=other, **opts)
 
 
 def test_a_covariate_named_propensity_is_not_taken_for_scores_given(tmp_path):

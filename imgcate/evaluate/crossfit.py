@@ -395,7 +395,7 @@ def crossfit_cate(
     propensity = fit_options.pop("propensity", None)
     observational = propensity is not None
     if observational:
-        propensity = as_propensity(propensity, trial.n_units)
+        propensity = as_propensity(getattr(propensity, "scores", propensity), trial.n_units)
     fold, scheme = _assign_folds(trial, folds, n_folds, seed, block_size, crs)
     fit_seeds = np.random.SeedSequence(seed).generate_state(int(fold.max()) + 1) % (2**31 - 1)
     covariates = trial.covariate_matrix

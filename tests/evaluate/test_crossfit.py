@@ -261,10 +261,13 @@ def test_limited_overlap_is_warned_once_for_all_units(small_trial):
     units (the targeting is on the image, so the fold fits have a targeting line)."""
     from scipy.special import expit
 
+    from imgcate.confounding import Propensity
     from imgcate.errors import OverlapWarning
 
     z = small_trial.embeddings.for_keys(small_trial.trial.image_keys)[:, 0]
     p = expit(3 * (z - z.mean()) / z.std())
+    t = small_trial.trial.treatment_array  # a Propensity object is taken for its scores
+    given = Propensity(scores=p, treatment=t, method="cbps", clip=1e-3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         crossfit_cate(
@@ -273,7 +276,7 @@ def test_limited_overlap_is_warned_once_for_all_units(small_trial):
             n_folds=2,
             seed=4,
             progress=False,
-            propensity=p,
+            propensity=given,
             **TINY,
         )
     overlap = [str(w.message) for w in caught if w.category is OverlapWarning]

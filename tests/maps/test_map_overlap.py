@@ -165,4 +165,4 @@ def test_the_command_line_counts_tiles_outside_the_overlap(observational, tmp_pa
     )
     assert res.exit_code == 0, res.output
     table = gpd.read_file(tmp_path / "d.gpkg")
-    assert table["outside_overlap_share"].iloc[0] == pytest.approx(np.nanmean(flags), abs=0.02)
+    assert table["outside_overlap_share"].iloc[0] == pytest.approx(np.nanmean(flags), abs=1e-6)
