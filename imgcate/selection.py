@@ -559,11 +559,10 @@ def _fold_options(full: EffectFit, options: dict, n_units: int) -> dict:
     options.update(progress=False, method=method)
     if full.config.likelihood in ("hurdle", "censored") and options.get("floor") is None:
         options["floor"] = float(full.standardizer.outcome_floor)
-    propensity = options.get("propensity")
-    options["propensity"] = propensity = getattr(propensity, "scores", propensity)  # a Propensity
+    propensity = getattr(options.get("propensity"), "scores", options.get("propensity"))
     if propensity is not None and len(np.asarray(propensity)) != n_units:
         raise InputError(f"propensity has {len(propensity)} values; give one per unit.")
-    return options
+    return options if propensity is None else {**options, "propensity": propensity}  # scores
 
 
 def _table(fits: dict, loos: dict, elpds: dict, threshold: float, method: str) -> pd.DataFrame:

@@ -436,6 +436,13 @@ def test_fold_fits_leave_out_the_other_methods_options_where_auto_chose():
     Full.config = FitConfig(method="svi")
     options = _fold_options(Full(), {"svi_batch_size": 500, "num_chains": 2}, 100)
     assert options == {"svi_batch_size": 500, "progress": False, "method": "svi"}
+    # a Propensity object: the fold fits get its scores (its equations are the whole trial's)
+    from imgcate.confounding import Propensity
+
+    scores = np.linspace(0.2, 0.8, 100)
+    ps = Propensity(scores=scores, treatment=np.arange(100) % 2, method="cbps", clip=1e-3)
+    options = _fold_options(Full(), {"propensity": ps}, 100)
+    assert options["propensity"] is scores
 
 
 def test_svi_recovers_effects(monkeypatch, tmp_path):
