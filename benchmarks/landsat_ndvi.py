@@ -128,7 +128,7 @@ def one_trial(
     settings where not ``fit``'s defaults; ``targeting``, ``true_ps``: an observational study
     (module docstring)."""
     import imgcate
-    from imgcate.ates import OVERLAP_LIMITS
+    from imgcate.ates import outside_overlap
     from imgcate.confounding import estimate_propensity
     from imgcate.datasets import landsat_path
 
@@ -163,7 +163,7 @@ def one_trial(
         dr = table_ate.loc["aipw"]
         p = propensity[np.searchsorted(table["village"].to_numpy(), units["unit"].to_numpy())]
         # the band fit warns of, by the true propensity (fit sees the scores it is given)
-        outside = (p < OVERLAP_LIMITS[0]) | (p > OVERLAP_LIMITS[1])
+        outside = outside_overlap(p)
         extra = {
             "aipw": round(float(dr["estimate"]), 4),
             "aipw_interval": [round(float(dr["5%"]), 4), round(float(dr["95%"]), 4)],

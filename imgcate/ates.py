@@ -227,6 +227,19 @@ def kept_propensity(fit: EffectFit, scores: np.ndarray) -> Any:
 OVERLAP_LIMITS = (0.1, 0.9)
 
 
+def outside_overlap(propensity: np.ndarray) -> np.ndarray:
+    """True where a propensity lies outside :data:`OVERLAP_LIMITS` (False for NaN).
+
+    Examples
+    --------
+    >>> outside_overlap(np.array([0.05, 0.1, 0.5, 0.95])).tolist()
+    [True, False, False, True]
+    """
+    lo, hi = OVERLAP_LIMITS
+    propensity = np.asarray(propensity)
+    return (propensity < lo) | (propensity > hi)
+
+
 def overlap_note(scores: np.ndarray | None) -> str | None:
     """What limited overlap means for the unit effects, or None (no scores, or all inside
     :data:`OVERLAP_LIMITS`).
@@ -251,7 +264,7 @@ def overlap_note(scores: np.ndarray | None) -> str | None:
     if scores is None:
         return None
     lo, hi = OVERLAP_LIMITS
-    outside = (scores < lo) | (scores > hi)
+    outside = outside_overlap(scores)
     if not outside.any():
         return None
     return (

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from imgcate.ates import OVERLAP_LIMITS
+from imgcate.ates import OVERLAP_LIMITS, outside_overlap
 from imgcate.embeddings import Embeddings
 from imgcate.errors import ExtrapolationWarning, FitError, InputError, OverlapWarning
 from imgcate.intervals import interval_names, quantiles
@@ -63,8 +63,7 @@ class Prediction:
         :data:`imgcate.ates.OVERLAP_LIMITS` (None without it)."""
         if self.image_propensity is None:
             return None
-        lo, hi = OVERLAP_LIMITS
-        return (self.image_propensity < lo) | (self.image_propensity > hi)
+        return outside_overlap(self.image_propensity)
 
     @property
     def outside_support(self) -> np.ndarray:

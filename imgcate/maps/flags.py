@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from imgcate.ates import OVERLAP_LIMITS
+from imgcate.ates import OVERLAP_LIMITS, outside_overlap
 from imgcate.errors import ExtrapolationWarning, OverlapWarning
 from imgcate.prediction import EXTRAPOLATION_WARN_SHARE
 
@@ -17,7 +17,6 @@ def overlap_layers(propensity: np.ndarray) -> dict[str, tuple]:
     """The map variables of a fit with a targeting slope: ``image_propensity`` and
     ``outside_overlap`` (1 outside :data:`imgcate.ates.OVERLAP_LIMITS`, NaN where no tile)."""
     lo, hi = OVERLAP_LIMITS
-    outside = np.where(np.isnan(propensity), np.nan, (propensity < lo) | (propensity > hi))
     dims = ("y", "x")
     return {
         "image_propensity": (
@@ -27,10 +26,17 @@ def overlap_layers(propensity: np.ndarray) -> dict[str, tuple]:
         ),
         "outside_overlap": (
             dims,
-            outside.astype(np.float32),
+            overlap_flags(propensity),
             {"long_name": f"1 if image_propensity is outside [{lo}, {hi}]"},
         ),
     }
+
+
+def overlap_flags(propensity: np.ndarray) -> np.ndarray:
+    """The ``outside_overlap`` layer (float32) of tiles' image-predicted propensities: 1
+    outside :data:`imgcate.ates.OVERLAP_LIMITS`, 0 inside, NaN where no tile."""
+    flags = np.where(np.isnan(propensity), np.nan, outside_overlap(propensity))
+    return flags.astype(np.float32)
 
 
 def warn_overlap(outside: int, scored: int, stacklevel: int = 3) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from imgcate.ates import OVERLAP_LIMITS
+from imgcate.ates import outside_overlap
 from imgcate.errors import RasterError
 from imgcate.prediction import overlap_line, support_distance
 from imgcate.raster import open_raster, raster_env, raster_label
@@ -117,8 +117,7 @@ class TileModel:
         out = {"cate": cate, "outside_support": (dist > self.support_limit).astype(float)}
         if self.overlap is not None:
             p = image_propensity(emb, *self.overlap)
-            lo, hi = OVERLAP_LIMITS
-            out["outside_overlap"] = ((p < lo) | (p > hi)).astype(float)
+            out["outside_overlap"] = outside_overlap(p).astype(float)
         for value in out.values():
             value[..., bad] = np.nan
         return out

@@ -35,7 +35,7 @@ from imgcate.maps.compute import (
     map_job,
     source_attrs,
 )
-from imgcate.maps.flags import overlap_layers, warn_extrapolation, warn_overlap
+from imgcate.maps.flags import overlap_flags, warn_extrapolation, warn_overlap
 from imgcate.maps.grid import TileGrid
 from imgcate.output import atomic_path, check_writable, staging_folder
 from imgcate.prediction import overlap_line
@@ -106,7 +106,7 @@ class RowWriter:
         parts += list(np.asarray(result["cluster_prob"]).T)
         if "image_propensity" in result:  # a fit with a targeting slope
             propensity = result["image_propensity"]
-            flags = overlap_layers(propensity)["outside_overlap"][1]
+            flags = overlap_flags(propensity)
             self.overlap_scored += int(np.isfinite(flags).sum())
             self.overlap_outside += int((flags == 1).sum())
             parts += [propensity, flags]
