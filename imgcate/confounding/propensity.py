@@ -473,7 +473,7 @@ def estimate_propensity(
     diagnostics["max_abs_smd"] = float(np.nanmax(imbalance)) if finite else float("nan")
     names = [str(c) for c in getattr(features, "columns", [])]
     if len(names) != x.shape[1]:  # an array (or columns dropped): by position
-        names = [f"feature {j}" for j in range(x.shape[1])]
+        names = [f"feature_{j}" for j in range(x.shape[1])]  # as balance_table names them
     _warn_imbalance(imbalance, t, names)
     return Propensity(scores, t, method, float(clip), n_clipped, diagnostics, equations)
 
