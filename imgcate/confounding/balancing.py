@@ -29,6 +29,11 @@ from imgcate.errors import InputError
 MAX_LOGIT = 25.0
 
 
+class SeparationError(InputError):
+    """The features (nearly) separate treated from control units: no balancing weights exist
+    at the penalty given."""
+
+
 def _loss_parts(design: np.ndarray, t: np.ndarray, beta: np.ndarray, lam: np.ndarray):
     f = design @ beta
     if np.abs(f).max() > MAX_LOGIT:
@@ -59,7 +64,7 @@ def fit_cbps(
 
     Raises
     ------
-    InputError
+    SeparationError
         When the features separate treated from control units (no balancing weights exist).
     """
     n, p = design.shape
@@ -88,7 +93,7 @@ def fit_cbps(
         else:
             if np.abs(grad).max() < 1e-7:  # converged to the loss's floating-point resolution
                 break
-            raise InputError(_separated(C))
+            raise SeparationError(_separated(C))
         beta, loss, f = beta - size * step, new_loss, new_f
     return beta, {"iterations": iterations, "max_abs_gradient": float(np.abs(grad).max())}
 
@@ -98,16 +103,18 @@ def _separated(C: float | None) -> str:
     if C is None:
         what = "no weights balance them exactly"
         advice = (
-            "pass a penalty C for approximate balance (smaller C, stronger penalty: e.g. "
-            "C=0.01), or use method='logistic'"
+            "pass C='auto' (the weakest penalty that has a solution: a strong one, such as "
+            "C=0.01, leaves confounding behind)"
         )
     else:
         what = f"the balancing fit with C={C:g} found no solution"
         advice = f"give a smaller C (a stronger penalty, e.g. C={float(C) / 10:g})"
     return (
         f"the features (nearly) separate treated from control units, so {what} "
-        f"(covariate-balancing propensity). Trim units without overlap, drop features, or "
-        f"{advice}; then check the weighted balance (diagnostics['max_abs_smd'])."
+        f"(covariate-balancing propensity). Such a study has units that only one arm "
+        f"represents: estimate the effect where the arms overlap (ate_estimates(..., "
+        f"trim='crump')), drop features, or {advice}; then check the weighted balance "
+        f"(diagnostics['max_abs_smd'])."
     )
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from imgcate.confounding.mestimation import EstimatingEquations
+from imgcate.confounding.overlap import trim as trim_units
 from imgcate.confounding.propensity import Propensity, fold_ids, propensity_scores
 from imgcate.errors import InputError
 from imgcate.evaluate import aipw_scores
@@ -453,6 +454,7 @@ def ate_estimates(
     n_folds: int = 5,
     outcome_model: OutcomeModel | Any = None,
     prob: float = 0.95,
+    trim: Literal["crump"] | float | None = None,
     seed: int,
 ) -> pd.DataFrame:
     """Difference in means, Hajek IPW and AIPW estimates of the ATE side by side.
@@ -478,6 +480,15 @@ def ate_estimates(
     prob : float
         Probability of the central intervals (0.95 by default); stored in
         ``table.attrs["prob"]``.
+    trim : "crump" or float, optional
+        Estimate the effect where the arms overlap: every row on the units that
+        :func:`imgcate.confounding.trim` keeps by this rule (``"crump"``, the threshold of
+        Crump et al. 2009, or a fixed threshold such as 0.1). The estimand is then the average
+        effect of the kept units, not of all; with scores near 0 or 1 the full ATE rests on a
+        few units' weights and its intervals miss far more often than they say
+        (docs/confounding.md, "Limited overlap"). The kept units' scores are taken as known
+        (``propensity`` column ``"known, trimmed"``), and ``table.attrs["trim"]`` gives the
+        rule, its threshold and the units kept and dropped.
     seed : int
         Random seed (fold assignment).
 
@@ -493,7 +504,8 @@ def ate_estimates(
     Raises
     ------
     InputError
-        On non-binary treatment, scores outside (0, 1) or mismatched lengths.
+        On non-binary treatment, scores outside (0, 1), mismatched lengths, or a trimming
+        rule that is unknown or keeps too few units of an arm.
 
     Examples
     --------
@@ -502,6 +514,19 @@ def ate_estimates(
     >>> list(table.columns)
     ['estimate', 'std_err', '2.5%', '97.5%', 'n', 'n_clusters', 'vcov', 'propensity']
     """
+    if trim is not None:
+        return _trimmed_estimates(
+            outcome,
+            treatment,
+            propensity,
+            trim,
+            features,
+            clusters,
+            n_folds,
+            outcome_model,
+            prob,
+            seed,
+        )
     results = [
         difference_in_means(outcome, treatment, clusters=clusters, prob=prob),
         hajek_ipw(outcome, treatment, propensity, clusters=clusters, prob=prob),
@@ -522,4 +547,44 @@ def ate_estimates(
         )
     table = pd.concat([r.tidy() for r in results]).set_index("term").rename_axis("estimator")
     table.attrs["prob"] = prob
+    return table
+
+
+def _trimmed_estimates(
+    outcome, treatment, propensity, rule, features, clusters, n_folds, outcome_model, prob, seed
+) -> pd.DataFrame:
+    """:func:`ate_estimates` on the units that ``trim(propensity, rule)`` keeps, their scores
+    taken as known."""
+    y, t, e, codes, prob = _common(outcome, treatment, propensity, clusters, prob)
+    x = None if features is None else as_features(features)
+    if x is not None:
+        check_lengths(outcome=y, features=x)
+    kept = trim_units(propensity, rule)
+    keep = kept.keep
+    arms = {"control": int(np.sum(keep & (t == 0))), "treated": int(np.sum(keep & (t == 1)))}
+    if min(arms.values()) < 2:
+        raise InputError(
+            f"trim={rule!r} keeps {arms['treated']} treated and {arms['control']} control units "
+            "(at least 2 of each are needed): the scores leave almost no overlap. Use a "
+            "smaller threshold, or check the propensity (overlap_summary())."
+        )
+    table = ate_estimates(
+        y[keep],
+        t[keep],
+        e[keep],
+        features=None if x is None else x[keep],
+        clusters=None if codes is None else codes[keep],
+        n_folds=n_folds,
+        outcome_model=outcome_model,
+        prob=prob,
+        seed=seed,
+    )
+    table["propensity"] = table["propensity"].replace({"known": "known, trimmed"})
+    table.attrs["trim"] = {
+        "rule": kept.rule,
+        "alpha": kept.alpha,
+        "n_kept": int(keep.sum()),
+        "n_dropped": kept.n_dropped,
+        "kept_by_arm": arms,
+    }
     return table

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from imgcate.confounding.balancing import cbps_equations, fit_cbps
+from imgcate.confounding.balancing import SeparationError, cbps_equations, fit_cbps
 from imgcate.confounding.mestimation import (
     EstimatingEquations,
     design_matrix,
@@ -326,13 +326,39 @@ def _logistic_equations(
     return logistic_equations(design, t, fitted, coef, C_full, scores, free)
 
 
+def _positive_C(C: Any) -> float:
+    try:
+        value = float(C)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not value > 0:
+        raise InputError(f"C={C!r} must be a positive number, 'auto' or None.")
+    return value
+
+
+#: Penalties ``estimate_propensity(method="cbps", C="auto")`` tries, weakest first, after the
+#: exact fit: it keeps the first with a solution.
+CBPS_AUTO_C_GRID = (10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
+
+
 def _cbps(
-    x: np.ndarray, t: np.ndarray, C: float | None, clip: float
+    x: np.ndarray, t: np.ndarray, C: float | str | None, clip: float
 ) -> tuple[np.ndarray, dict[str, Any], EstimatingEquations]:
     from scipy.special import expit
 
     design = design_matrix(x)
-    beta, info = fit_cbps(design, t.astype(float), C)
+    if C == "auto":  # exact if it can be, else the weakest penalty on the grid that has a solution
+        for candidate in (None, *CBPS_AUTO_C_GRID):
+            try:
+                beta, info = fit_cbps(design, t.astype(float), candidate)
+            except SeparationError:
+                if candidate == CBPS_AUTO_C_GRID[-1]:
+                    raise
+                continue
+            C = candidate
+            break
+    else:
+        beta, info = fit_cbps(design, t.astype(float), C)
     raw = expit(design @ beta)
     free = (raw > clip) & (raw < 1 - clip)
     scores = np.clip(raw, clip, 1 - clip)
@@ -346,7 +372,7 @@ def estimate_propensity(
     *,
     method: PropensityMethod = "cbps",
     n_folds: int = 5,
-    C: float | None = None,
+    C: float | Literal["auto"] | None = None,
     tune: Literal["balance", "log_loss"] = "balance",
     inner_folds: int = 3,
     clusters: Any = None,
@@ -383,10 +409,14 @@ def estimate_propensity(
         scale tau, fitted with NUTS; returns posterior-mean propensities (in-sample).
     n_folds : int
         Cross-fitting folds (``"logistic"``).
-    C : float, optional
+    C : float or "auto", optional
         Fixed inverse penalty (per unit: the penalty is ``||beta||^2 / (2 C)`` on the summed
         loss, as in scikit-learn); ``None``: exact balance for ``"cbps"``, chosen as ``tune``
-        says for ``"logistic"``.
+        says for ``"logistic"``. ``"auto"`` (``"cbps"`` only): exact balance where the
+        features allow it, else the weakest penalty of ``CBPS_AUTO_C_GRID`` (10 down to 0.001)
+        that has a solution, the nearest to exact balance (``diagnostics["C"]`` says which).
+        A stronger penalty than needed shrinks the scores towards the treated share and
+        leaves confounding behind (docs/confounding.md, "Limited overlap").
     tune : {"balance", "log_loss"}
         How ``C`` is chosen for ``"logistic"`` when not given. ``"balance"`` (default): the
         value on the grid ``BALANCE_C_GRID`` whose cross-fitted scores give the smallest
@@ -417,7 +447,8 @@ def estimate_propensity(
     ------
     InputError
         On non-binary treatment, mismatched lengths, non-finite features or bad options, or
-        (``"cbps"`` without ``C``) features that separate the arms.
+        (``"cbps"``) features that separate the arms at the penalty given (with ``"auto"``,
+        at every penalty of the grid).
 
     Warns
     -----
@@ -443,8 +474,12 @@ def estimate_propensity(
     n = check_lengths(features=x, treatment=t)
     if not 0 < clip < 0.5:
         raise InputError(f"clip={clip!r} must lie in (0, 0.5), e.g. 1e-3.")
-    if C is not None and not float(C) > 0:
-        raise InputError(f"C={C!r} must be a positive number (or None).")
+    if C == "auto" and method != "cbps":
+        raise InputError(f"C='auto' is for method='cbps'; method={method!r} takes a number.")
+    if C is not None and not isinstance(C, str):
+        C = _positive_C(C)
+    elif isinstance(C, str) and C != "auto":
+        raise InputError(f"C={C!r} must be a positive number, 'auto' or None.")
     rng = rng_from_seed(seed)
     check_choice("tune", tune, ("balance", "log_loss"))
     equations = None
@@ -513,9 +548,9 @@ def _warn_imbalance(imbalance: np.ndarray, t: np.ndarray, names: list[str]) -> N
             f"the propensity's weights leave {bad} of {len(imbalance)} features apart between "
             f"the arms (|standardized mean difference| above {limit:.2f}; {names[worst]}: "
             f"{imbalance[worst]:.2f}): such scores can leave confounding in IPW, and in AIPW "
-            "and a fit given them unless their outcome model is right. Try another C or "
-            "method, or trim units without overlap (trim(...)), and compare the estimates "
-            "they give.",
+            "and a fit given them unless their outcome model is right. Try C='auto' (\"cbps\") "
+            "or another method, or estimate the effect where the arms overlap "
+            "(ate_estimates(..., trim='crump')), and compare the estimates they give.",
             PropensityBalanceWarning,
             stacklevel=3,
         )
@@ -532,7 +567,7 @@ def _warn_extreme(scores: np.ndarray, clip: float) -> None:
             f"{format_probability(scores.min())}, max {format_probability(scores.max())} "
             f"before clipping to [{clip:g}, {1 - clip:g}]); weights will be extreme. Check "
             f"overlap_summary() (its frac_outside counts the clipped scores outside [{lo}, {hi}]) "
-            "and consider trim(...).",
+            "and consider estimating where the arms overlap (ate_estimates(..., trim='crump')).",
             OverlapWarning,
             stacklevel=3,
         )

@@ -195,3 +195,44 @@ def test_propensity_object_is_accepted_everywhere(fitted, sim):
     assert isinstance(res.tidy(), pd.DataFrame)
     assert list(res.tidy().columns)[:6] == ["term", "estimate", "std_err", "2.5%", "97.5%", "n"]
     assert res.propensity == "known"  # scores passed as an array are taken as given
+
+
+def test_trimmed_estimates_are_those_of_the_kept_units():
+    """ate_estimates(trim=...) is ate_estimates on the units trim() keeps, their scores given
+    as known: the same rows, said in the propensity column and attrs."""
+    from imgcate.confounding import estimate_propensity, trim
+
+    sim = simulate_confounded(seed=1, n_units=400, strength=8.0)
+    with pytest.warns(Warning):  # scores near 0 and 1 are what trimming is for
+        ps = estimate_propensity(sim.features, sim.treatment, seed=1, C="auto")
+    table = ate_estimates(
+        sim.outcome, sim.treatment, ps, features=sim.features, seed=0, trim="crump"
+    )
+    keep = trim(ps, rule="crump").keep
+    assert 0 < (~keep).sum() < len(keep)
+    by_hand = ate_estimates(
+        sim.outcome[keep],
+        sim.treatment[keep],
+        ps.scores[keep],
+        features=sim.features[keep],
+        seed=0,
+    )
+    cols = ["estimate", "std_err", "2.5%", "97.5%", "n"]
+    pd.testing.assert_frame_equal(table[cols], by_hand[cols])
+    assert list(table["propensity"]) == ["none", "known, trimmed", "known, trimmed"]
+    info = table.attrs["trim"]
+    assert info["rule"] == "crump" and 0 < info["alpha"] < 0.5
+    assert info["n_kept"] == keep.sum() and info["n_dropped"] == (~keep).sum()
+    assert sum(info["kept_by_arm"].values()) == keep.sum()
+    fixed = ate_estimates(sim.outcome, sim.treatment, ps, seed=0, trim=0.1)
+    assert fixed.attrs["trim"]["alpha"] == 0.1 and "aipw" not in fixed.index
+
+
+def test_a_trim_that_leaves_no_overlap_is_refused():
+    rng = np.random.default_rng(0)
+    t = np.repeat([0, 1], 50)
+    scores = np.where(t == 1, 0.95, 0.3) + rng.uniform(-0.01, 0.01, 100)
+    with pytest.raises(InputError, match="keeps 0 treated and 50 control units"):
+        ate_estimates(rng.normal(size=100), t, scores, seed=0, trim=0.1)
+    with pytest.raises(InputError, match="rule="):
+        ate_estimates(rng.normal(size=100), t, scores, seed=0, trim=0.7)

@@ -133,7 +133,7 @@ def test_cbps_reports_features_that_separate_the_arms():
     rng = np.random.default_rng(0)
     t = np.repeat([0, 1], 50)
     x = np.column_stack([t + 0.01 * rng.normal(size=100), rng.normal(size=100)])
-    with pytest.raises(InputError, match="separate treated from control.*e.g. C=0.01"):
+    with pytest.raises(InputError, match="separate treated from control.*trim='crump'.*C='auto'"):
         estimate_propensity(x, t, seed=0)
     # a penalty too weak to keep the log-odds finite: the advice is a smaller C, not "a C"
     with pytest.raises(InputError, match=r"fit with C=100 found no solution.*e\.g\. C=10\b"):
@@ -170,3 +170,48 @@ def test_overlap_warning_prints_enough_digits():
     sim = simulate_confounded(seed=2, n_units=400, strength=25.0)
     with pytest.warns(OverlapWarning, match=r"max 0\.99\d*[1-9] before clipping"):
         estimate_propensity(sim.features, sim.treatment, method="logistic", C=100.0, seed=2)
+
+
+def test_cbps_auto_is_exact_where_it_can_be_and_else_the_weakest_penalty_that_fits():
+    """C="auto": the exact fit where the features allow one; where they separate the arms,
+    the first penalty of the grid (weakest first) with a solution, the same scores as that C
+    given by hand, while the next weaker one has none."""
+    from imgcate.confounding.balancing import SeparationError
+    from imgcate.confounding.propensity import CBPS_AUTO_C_GRID
+
+    sim = simulate_confounded(seed=0, n_units=300)
+    exact = estimate_propensity(sim.features, sim.treatment, seed=0)
+    auto = estimate_propensity(sim.features, sim.treatment, seed=0, C="auto")
+    assert auto.diagnostics["C"] is None
+    np.testing.assert_array_equal(auto.scores, exact.scores)
+
+    steep = simulate_confounded(seed=0, n_units=300, strength=12.0)
+    with pytest.raises(SeparationError):
+        estimate_propensity(steep.features, steep.treatment, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (OverlapWarning, PropensityBalanceWarning))
+        auto = estimate_propensity(steep.features, steep.treatment, seed=0, C="auto")
+        chosen = auto.diagnostics["C"]
+        assert chosen in CBPS_AUTO_C_GRID and chosen != CBPS_AUTO_C_GRID[0]
+        by_hand = estimate_propensity(steep.features, steep.treatment, seed=0, C=chosen)
+        np.testing.assert_array_equal(auto.scores, by_hand.scores)
+        weaker = CBPS_AUTO_C_GRID[CBPS_AUTO_C_GRID.index(chosen) - 1]
+        with pytest.raises(SeparationError):
+            estimate_propensity(steep.features, steep.treatment, seed=0, C=weaker)
+        # a stronger penalty's weights balance the features less
+        stronger = estimate_propensity(steep.features, steep.treatment, seed=0, C=chosen / 10)
+    assert auto.diagnostics["max_abs_smd"] < stronger.diagnostics["max_abs_smd"]
+
+
+@pytest.mark.parametrize(
+    ("C", "method", "message"),
+    [
+        ("x", "cbps", "must be a positive number, 'auto' or None"),
+        (-1.0, "cbps", "must be a positive number, 'auto' or None"),
+        ("auto", "logistic", "C='auto' is for method='cbps'"),
+    ],
+)
+def test_bad_penalties_are_refused(C, method, message):
+    sim = simulate_confounded(seed=0, n_units=100)
+    with pytest.raises(InputError, match=message):
+        estimate_propensity(sim.features, sim.treatment, seed=0, C=C, method=method)

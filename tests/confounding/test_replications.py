@@ -24,6 +24,7 @@ import pytest  # noqa: E402
 from imgcate.chips import extract_chips  # noqa: E402
 from imgcate.confounding import (  # noqa: E402
     aipw,
+    ate_estimates,
     difference_in_means,
     estimate_propensity,
     hajek_ipw,
@@ -150,3 +151,32 @@ def test_a_confounder_the_encoder_cannot_see_and_the_remedy(tmp_path):
     print(f"\nposition: IPW bias {ipw_blind:.3f} (default), {ipw_nested:.3f} (nested chips)")
     assert ipw_blind > 1.0
     assert abs(ipw_nested) < 0.2
+
+
+@pytest.mark.slow
+def test_trimming_restores_coverage_where_the_arms_barely_overlap():
+    """Targeting so steep that about 45 % of the units have a true propensity outside
+    [0.1, 0.9] (``strength=8``): over 20 replications of 400 units the full-sample AIPW with
+    the CBPS of C="auto" holds the ATE 0.40 of the time at a nominal 0.90 (measured), on
+    the units Crump et al.'s rule keeps 1.00 (its scores taken as known, a conservative
+    standard error). The effect is constant, so both estimate the same number."""
+    covered = {"full": 0, "crump": 0}
+    for seed in range(20):
+        sim = simulate_confounded(seed=seed, n_units=400, ate=TRUE_ATE, strength=8.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ps = estimate_propensity(sim.features, sim.treatment, seed=seed, C="auto")
+        for name, rule in (("full", None), ("crump", "crump")):
+            row = ate_estimates(
+                sim.outcome,
+                sim.treatment,
+                ps,
+                features=sim.features,
+                seed=seed,
+                prob=0.9,
+                trim=rule,
+            ).loc["aipw"]
+            covered[name] += row["5%"] <= TRUE_ATE <= row["95%"]
+    # 20 draws at a true 0.90: 15 or more of 20 with probability 0.99
+    assert covered["crump"] >= 15
+    assert covered["full"] <= 12  # the miss that trimming repairs (0.40 measured)
