@@ -14,9 +14,11 @@ With ``--targeting T`` (0: the randomized trial above) the study is observationa
 second new user's was: treatment ``Bernoulli(expit(T z - 0.3))``, targeted on the chip's NDVI,
 and the baseline gets ``+ 0.8 z`` too, so that the difference in means is confounded; the fit
 is given the propensity the package estimates (``estimate_propensity``, covariate balancing,
-on the embedding and the elevation; ``--true-propensity``: the true one). Rows then add the
-AIPW estimate that ``EffectFit.ate()`` puts beside the model's, and unit coverage by band of
-the true propensity and outside the band where ``fit`` warns of limited overlap.
+on the embedding and the elevation, ``C="auto"``; ``--true-propensity``: the true one). Rows
+then add the AIPW estimate that ``EffectFit.ate()`` puts beside the model's, unit coverage by
+band of the true propensity and outside the band where ``fit`` warns of limited overlap, and
+``ate(trim="crump")``'s model and AIPW rows on the units Crump et al.'s rule keeps by the
+scores the fit was given (``trimmed_*``, against those units' mean effect).
 
 Prints JSON: one row per trial (coverage of the 90 % unit intervals, by third of the true
 effects too; sqrt(PEHE); the sd of the posterior means against the truth's; the model-implied
@@ -44,6 +46,9 @@ from landsat_coverage import coverage_by_thirds, summarize  # benchmarks/ is sys
 
 CHIP, UNITS, PROB = 16, 500, 0.9
 
+
+#: A trimmed row's estimate and 90 % interval (``trimmed_ate``, ``trimmed_aipw``).
+COLUMNS = ("estimate", "5%", "95%")
 
 #: Bands of the true propensity over which an observational study's unit coverage is given.
 PROPENSITY_BANDS = ((0.0, 0.2), (0.2, 0.8), (0.8, 1.0))
@@ -129,7 +134,7 @@ def one_trial(
     (module docstring)."""
     import imgcate
     from imgcate.ates import outside_overlap
-    from imgcate.confounding import estimate_propensity
+    from imgcate.confounding import estimate_propensity, trim
     from imgcate.datasets import landsat_path
 
     table, tau, propensity = trial_table(seed, targeting, effect)
@@ -146,7 +151,9 @@ def one_trial(
             given = propensity
         elif targeting:  # estimated only where used: at strong targeting it may not balance
             features_ps = np.hstack([embeddings.for_keys(trial.image_keys), trial.covariate_matrix])
-            given = estimate_propensity(features_ps, trial.treatment_array, seed=seed).scores
+            given = estimate_propensity(
+                features_ps, trial.treatment_array, seed=seed, C="auto"
+            ).scores
         result = imgcate.fit(
             trial, embeddings, n_clusters=2, seed=seed, progress=False, propensity=given, **draws
         )
@@ -162,11 +169,22 @@ def one_trial(
     if targeting:
         dr = table_ate.loc["aipw"]
         p = propensity[np.searchsorted(table["village"].to_numpy(), units["unit"].to_numpy())]
+        # where the arms overlap: Crump et al.'s rule on the scores the fit was given
+        trimmed = result.ate(prob=PROB, trim="crump")
+        keep = trim(units["propensity"].to_numpy(), rule="crump").keep
+        kept_ate = float(truth[keep].mean())
         # the band fit warns of, by the true propensity (fit sees the scores it is given)
         outside = outside_overlap(p)
         extra = {
             "aipw": round(float(dr["estimate"]), 4),
             "aipw_interval": [round(float(dr["5%"]), 4), round(float(dr["95%"]), 4)],
+            "trimmed_units": int(keep.sum()),
+            "cover_trimmed_units": round(float(covered[keep].mean()), 4),
+            "trimmed_sample_ate": round(kept_ate, 4),
+            **{
+                f"trimmed_{name}": [round(float(trimmed.loc[row, c]), 4) for c in COLUMNS]
+                for name, row in (("ate", "model_implied"), ("aipw", "aipw"))
+            },
             "cover_by_propensity": {
                 f"{a}-{b}": [round(float(covered[(p >= a) & (p < b)].mean()), 4), int(n)]
                 for a, b in PROPENSITY_BANDS
@@ -253,6 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         summary["aipw_covered"] = int(
             sum(lo <= r["sample_ate"] <= hi for r in rows for lo, hi in [r["aipw_interval"]])
         )
+        for name in ("ate", "aipw"):  # against the kept units' mean effect
+            summary[f"trimmed_{name}_covered"] = int(
+                sum(
+                    r["trimmed_sample_ate"] - lo >= 0 >= r["trimmed_sample_ate"] - hi
+                    for r in rows
+                    for _, lo, hi in [r[f"trimmed_{name}"]]
+                )
+            )
         n_out = [r["cover_outside_overlap"][1] for r in rows]
         hits = sum(c * n for r in rows for c, n in [r["cover_outside_overlap"]] if n)
         summary["cover_outside_overlap"] = [round(hits / max(sum(n_out), 1), 4), sum(n_out)]

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 AIPW_FOLDS = 5
 
 
-def ate_table(fit: EffectFit, prob: float = 0.9, seed: int = 0) -> pd.DataFrame:
+def ate_table(
+    fit: EffectFit, prob: float = 0.9, seed: int = 0, trim: str | float | None = None
+) -> pd.DataFrame:
     """The rows of :meth:`imgcate.results.EffectFit.ate`.
 
     Parameters
@@ -38,6 +40,10 @@ def ate_table(fit: EffectFit, prob: float = 0.9, seed: int = 0) -> pd.DataFrame:
         Interval probability.
     seed : int
         Seed of the AIPW row's cross-fitting folds.
+    trim : "crump" or float, optional
+        For a fit given a propensity: every row on the units that
+        :func:`imgcate.confounding.trim` keeps by this rule (the effect where the arms
+        overlap); ``table.attrs["trim"]`` says the rule, its threshold and the units kept.
 
     Returns
     -------
@@ -46,24 +52,37 @@ def ate_table(fit: EffectFit, prob: float = 0.9, seed: int = 0) -> pd.DataFrame:
         score, then ``difference_in_means``; columns ``estimate``, ``std_err``, the interval
         (``prob``) and ``vcov`` (how the standard error was computed, or why there is none:
         NaN then).
+
+    Raises
+    ------
+    InputError
+        ``trim`` for a fit given no propensity, an unknown rule, or one that keeps fewer than
+        2 units of an arm.
     """
     from imgcate.confounding import aipw, difference_in_means
 
     lo_name, hi_name = interval_names(prob)
-    draws = flat(fit.idata.posterior["ate"].values)
-    lo, hi = quantiles(draws, prob)
     const = fit.idata.constant_data
     clusters = const["design_cluster"].values if "design_cluster" in const else None
     y, t = fit.observed_outcome(), const["treatment"].values
-    rows = {"model_implied": (float(draws.mean()), float(draws.std()), lo, hi, "posterior")}
     scores, features = fit_propensity(fit)
-    if scores is not None:
+    keep, info = _trimmed_units(scores, t, trim)
+    if keep is None:
+        draws = flat(fit.idata.posterior["ate"].values)
+        propensity = None if scores is None else kept_propensity(fit, scores)
+    else:
+        draws = subset_ate_draws(fit, keep)
+        y, t, features, propensity = y[keep], t[keep], features[keep], scores[keep]
+        clusters = None if clusters is None else clusters[keep]
+    lo, hi = quantiles(draws, prob)
+    rows = {"model_implied": (float(draws.mean()), float(draws.std()), lo, hi, "posterior")}
+    if propensity is not None:
         groups = len(np.unique(clusters)) if clusters is not None else len(y)
         try:
             dr = aipw(
                 y,
                 t,
-                kept_propensity(fit, scores),
+                propensity,
                 features=features,
                 clusters=clusters,
                 n_folds=max(2, min(AIPW_FOLDS, groups)),
@@ -71,7 +90,9 @@ def ate_table(fit: EffectFit, prob: float = 0.9, seed: int = 0) -> pd.DataFrame:
                 seed=seed,
             )
             how = "score estimation stacked" if dr.propensity == "estimated" else "scores given"
-            if reason := fit.idata.constant_data.attrs.get("propensity_equations"):
+            if keep is not None:
+                how += ", trimmed"
+            elif reason := fit.idata.constant_data.attrs.get("propensity_equations"):
                 how += f" (their equations {reason})"
             rows["aipw"] = (dr.estimate, dr.std_err, dr.lower, dr.upper, f"{dr.vcov}, {how}")
         except (InputError, ValueError) as exc:  # too few clusters or units of an arm to cross-fit
@@ -85,7 +106,65 @@ def ate_table(fit: EffectFit, prob: float = 0.9, seed: int = 0) -> pd.DataFrame:
         rows["difference_in_means"] = (diff, np.nan, np.nan, np.nan, why)
     columns = ["estimate", "std_err", lo_name, hi_name, "vcov"]
     table = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
-    return table.rename_axis("estimator").astype({c: float for c in columns[:4]})
+    table = table.rename_axis("estimator").astype({c: float for c in columns[:4]})
+    if info is not None:
+        table.attrs["trim"] = info
+    return table
+
+
+def _trimmed_units(
+    scores: np.ndarray | None, t: np.ndarray, rule: str | float | None
+) -> tuple[np.ndarray | None, dict | None]:
+    """The units ``trim(scores, rule)`` keeps and what ``attrs["trim"]`` says of them."""
+    if rule is None:
+        return None, None
+    if scores is None:
+        raise InputError(
+            f"trim={rule!r} needs a fit given a propensity (fit(..., propensity=...)): the "
+            "units are trimmed on it. A randomized trial has overlap by design."
+        )
+    from imgcate.confounding import trim
+
+    kept = trim(scores, rule)
+    arms = {
+        "control": int(np.sum(kept.keep & (t == 0))),
+        "treated": int(np.sum(kept.keep & (t == 1))),
+    }
+    if min(arms.values()) < 2:
+        raise InputError(
+            f"trim={rule!r} keeps {arms['treated']} treated and {arms['control']} control units "
+            "(at least 2 of each are needed): use a smaller threshold."
+        )
+    info = {
+        "rule": kept.rule,
+        "alpha": kept.alpha,
+        "n_kept": int(kept.keep.sum()),
+        "n_dropped": kept.n_dropped,
+        "kept_by_arm": arms,
+    }
+    return kept.keep, info
+
+
+def subset_ate_draws(fit: EffectFit, keep: np.ndarray) -> np.ndarray:
+    """Posterior draws (sample,) of the average CATE over the trial's units where ``keep``
+    (original scale), from the stored unit CATE where the fit kept it, else evaluated in
+    chunks of units (:func:`imgcate.posterior.evaluate`)."""
+    from imgcate.posterior import evaluate, fit_spec, site_draws, trial_inputs
+
+    post = fit.idata.posterior
+    if "tau_unit" in post:
+        return flat(post["tau_unit"].values)[:, keep].astype(np.float64).mean(1)
+    params, inputs, spec = site_draws(fit), trial_inputs(fit), fit_spec(fit)
+    rows = np.flatnonzero(keep)
+    total = 0.0
+    for start in range(0, len(rows), UNITS_PER_CHUNK):
+        q = evaluate(params, inputs.take(rows[start : start + UNITS_PER_CHUNK]), spec)
+        total = total + np.asarray(q["cate"], np.float64).sum(1)
+    return total * fit.standardizer.outcome_sd / len(rows)
+
+
+#: Units evaluated at once by :func:`subset_ate_draws` for a fit without stored unit CATEs.
+UNITS_PER_CHUNK = 2_000
 
 
 def fit_propensity(fit: EffectFit) -> tuple[np.ndarray | None, np.ndarray | None]:

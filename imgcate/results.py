@@ -269,7 +269,9 @@ class EffectFit:
         scores = given_propensity(self)
         return out if scores is None else out.assign(propensity=scores)
 
-    def ate(self, prob: float = 0.9, seed: int = 0) -> pd.DataFrame:
+    def ate(
+        self, prob: float = 0.9, seed: int = 0, trim: str | float | None = None
+    ) -> pd.DataFrame:
         """The model-implied ATE beside design-based estimates (:func:`imgcate.ates.ate_table`).
 
         Rows ``model_implied``; ``aipw`` for a fit given a propensity score (doubly robust,
@@ -279,12 +281,14 @@ class EffectFit:
         share their assignment or their image (the trial's ``cluster`` column, else a shared
         ``image_id``). In a randomized trial the model's ATE and the difference in means
         estimate the same thing, and in an observational study the model's and AIPW's: a gap
-        points at a misspecified outcome model. ``vcov`` says how each standard error was
-        computed (NaN where a cluster holds a whole arm, and why).
+        points at a misspecified outcome model. ``vcov``: how each standard error was computed
+        (NaN where a cluster holds a whole arm, and why). ``trim`` (``"crump"``, or e.g. 0.1):
+        every row on the units that :func:`imgcate.confounding.trim` keeps by the propensity
+        given, the effect where the arms overlap (``attrs["trim"]``).
         """
         from imgcate.ates import ate_table
 
-        return ate_table(self, prob, seed)
+        return ate_table(self, prob, seed, trim)
 
     def observed_outcome(self) -> np.ndarray:
         """The trial's outcome on its original scale (unit,)."""

@@ -818,6 +818,54 @@ def test_an_estimated_propensitys_equations_are_stacked_into_the_aipw_row(tmp_pa
         fit(trial, sim.embeddings, propensity=other, **opts)
 
 
+def test_ate_where_the_arms_overlap_is_every_row_on_the_kept_units():
+    """ate(trim=...): the model's ATE averaged over the units trim() keeps (from the stored
+    unit CATE, and the same evaluated afresh for a fit that did not store it), AIPW and the
+    difference in means on those units with their scores given; a fit given no propensity
+    has nothing to trim on."""
+    import dataclasses
+
+    from imgcate.ates import subset_ate_draws
+    from imgcate.confounding import aipw, difference_in_means, trim
+    from imgcate.posterior import flat
+
+    sim = simulate_trial(24, 300, 2, assignment="confounded", confounding=3.0, separation=4.5)
+    p, trial = sim.truth.propensity, sim.trial
+    opts = {"num_warmup": 60, "num_samples": 60, "num_chains": 1, "seed": 0, "progress": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = fit(trial, sim.embeddings, propensity=p, **opts)
+    table = result.ate(trim="crump")
+    keep = trim(p, rule="crump").keep
+    assert 0 < (~keep).sum() < 300
+    info = table.attrs["trim"]
+    assert info["n_kept"] == keep.sum() and info["rule"] == "crump"
+    tau = flat(result.idata.posterior["tau_unit"].values)
+    assert table.loc["model_implied", "estimate"] == pytest.approx(tau[:, keep].mean(), rel=1e-6)
+    const = result.idata.constant_data
+    own = np.hstack([const["embedding"].values, const["covariates"].values[:, :-1]])
+    y, t = trial.outcome_array, trial.treatment_array
+    slow = aipw(y[keep], t[keep], p[keep], features=own[keep], seed=0, prob=0.9)
+    assert table.loc["aipw", "estimate"] == pytest.approx(slow.estimate, rel=1e-9)
+    assert table.loc["aipw", "std_err"] == pytest.approx(slow.std_err, rel=1e-9)
+    assert table.loc["aipw", "vcov"] == "HC0, scores given, trimmed"
+    dim = difference_in_means(y[keep], t[keep], prob=0.9)
+    assert table.loc["difference_in_means", "estimate"] == pytest.approx(dim.estimate)
+    # a fit too large to store its unit CATE: the same draws, evaluated in chunks of units
+    idata = result.idata.copy()
+    idata.posterior = idata.posterior.drop_vars("tau_unit")
+    unstored = subset_ate_draws(dataclasses.replace(result, idata=idata), keep)
+    np.testing.assert_allclose(unstored, tau[:, keep].mean(1), rtol=1e-4, atol=1e-5)
+    every = subset_ate_draws(result, np.ones(300, bool))
+    np.testing.assert_allclose(every, flat(result.idata.posterior["ate"].values), atol=1e-5)
+    with pytest.raises(InputError, match="keeps 0 treated"):
+        result.ate(trim=0.4999)
+    randomized = dataclasses.replace(result, idata=result.idata.copy())
+    randomized.idata.constant_data.attrs["propensity_passed"] = 0
+    with pytest.raises(InputError, match="needs a fit given a propensity"):
+        randomized.ate(trim="crump")
+
+
 def test_a_covariate_named_propensity_is_not_taken_for_scores_given(tmp_path):
     """A user's own covariate called propensity, with no ``propensity=``: the fit is analysed
     as randomized, with no AIPW row read from that covariate, before and after a save."""
