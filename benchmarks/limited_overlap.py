@@ -84,7 +84,7 @@ def one_study(seed: int, targeting: float, units: int) -> dict:
             "seed": seed,
             "outside_overlap": int(np.sum((propensity < 0.1) | (propensity > 0.9))),
             "sample_ate": round(float(tau.mean()), 4),
-            "auto_C": scores["cbps_auto"].diagnostics["C"],
+            "auto_C": None if scores["cbps_auto"] is None else scores["cbps_auto"].diagnostics["C"],
         }
 
         def measure(name, ps, rule, target):
@@ -104,6 +104,9 @@ def one_study(seed: int, targeting: float, units: int) -> dict:
             measure(name, ps, None, float(tau.mean()))
         for base in ("true", "cbps_auto"):
             for rule in ("crump", 0.1):
+                if scores[base] is None:  # C="auto" found no solution
+                    row[f"{base}_trim_{rule}"] = None
+                    continue
                 keep = trim(scores[base], rule=rule).keep
                 measure(f"{base}_trim_{rule}", scores[base], rule, float(tau[keep].mean()))
     return row

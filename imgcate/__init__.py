@@ -57,6 +57,7 @@ with interrupts_held():
         PropensityBalanceWarning,
         RasterError,
         RegionWarning,
+        SeparationError,
         WriteError,
     )
     from imgcate.inference import fit
@@ -116,6 +117,7 @@ __all__ = [
     "RandomConvFeatures",
     "RasterError",
     "RegionWarning",
+    "SeparationError",
     "SimulatedTrial",
     "Trial",
     "WriteError",

@@ -66,7 +66,16 @@ def ate_table(
     clusters = const["design_cluster"].values if "design_cluster" in const else None
     y, t = fit.observed_outcome(), const["treatment"].values
     scores, features = fit_propensity(fit)
-    keep, info = _trimmed_units(scores, t, trim)
+    keep, info = None, None
+    if trim is not None:
+        if scores is None:
+            raise InputError(
+                f"trim={trim!r} needs a fit given a propensity (fit(..., propensity=...)): the "
+                "units are trimmed on it. A randomized trial has overlap by design."
+            )
+        from imgcate.confounding.overlap import trimmed_units
+
+        keep, info = trimmed_units(scores, t, trim)
     if keep is None:
         draws = flat(fit.idata.posterior["ate"].values)
         propensity = None if scores is None else kept_propensity(fit, scores)
@@ -91,7 +100,7 @@ def ate_table(
             )
             how = "score estimation stacked" if dr.propensity == "estimated" else "scores given"
             if keep is not None:
-                how += ", trimmed"
+                how = "scores taken as known, trimmed"
             elif reason := fit.idata.constant_data.attrs.get("propensity_equations"):
                 how += f" (their equations {reason})"
             rows["aipw"] = (dr.estimate, dr.std_err, dr.lower, dr.upper, f"{dr.vcov}, {how}")
@@ -112,59 +121,37 @@ def ate_table(
     return table
 
 
-def _trimmed_units(
-    scores: np.ndarray | None, t: np.ndarray, rule: str | float | None
-) -> tuple[np.ndarray | None, dict | None]:
-    """The units ``trim(scores, rule)`` keeps and what ``attrs["trim"]`` says of them."""
-    if rule is None:
-        return None, None
-    if scores is None:
-        raise InputError(
-            f"trim={rule!r} needs a fit given a propensity (fit(..., propensity=...)): the "
-            "units are trimmed on it. A randomized trial has overlap by design."
-        )
-    from imgcate.confounding import trim
-
-    kept = trim(scores, rule)
-    arms = {
-        "control": int(np.sum(kept.keep & (t == 0))),
-        "treated": int(np.sum(kept.keep & (t == 1))),
-    }
-    if min(arms.values()) < 2:
-        raise InputError(
-            f"trim={rule!r} keeps {arms['treated']} treated and {arms['control']} control units "
-            "(at least 2 of each are needed): use a smaller threshold."
-        )
-    info = {
-        "rule": kept.rule,
-        "alpha": kept.alpha,
-        "n_kept": int(kept.keep.sum()),
-        "n_dropped": kept.n_dropped,
-        "kept_by_arm": arms,
-    }
-    return kept.keep, info
-
-
 def subset_ate_draws(fit: EffectFit, keep: np.ndarray) -> np.ndarray:
-    """Posterior draws (sample,) of the average CATE over the trial's units where ``keep``
-    (original scale), from the stored unit CATE where the fit kept it, else evaluated in
-    chunks of units (:func:`imgcate.posterior.evaluate`)."""
-    from imgcate.posterior import evaluate, fit_spec, site_draws, trial_inputs
+    """Posterior draws of the average CATE over some of the trial's units.
+
+    Parameters
+    ----------
+    fit : EffectFit
+        A fitted effect model.
+    keep : numpy.ndarray
+        Boolean mask over the trial's units, shape (unit,).
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (sample,), on the outcome's original scale: the mean of the stored unit CATE
+        over the kept units where the fit kept it, else the same evaluated in chunks of units
+        (:func:`imgcate.posterior.evaluate`, as ``unit_effects`` does).
+    """
+    from imgcate.posterior import DRAW_CHUNK_VALUES, evaluate, fit_spec, site_draws, trial_inputs
 
     post = fit.idata.posterior
     if "tau_unit" in post:
         return flat(post["tau_unit"].values)[:, keep].astype(np.float64).mean(1)
     params, inputs, spec = site_draws(fit), trial_inputs(fit), fit_spec(fit)
+    n_draws = len(next(iter(params.values())))
+    chunk = max(1, DRAW_CHUNK_VALUES // (n_draws * max(spec.n_clusters, 2)))  # as unit_summaries
     rows = np.flatnonzero(keep)
-    total = 0.0
-    for start in range(0, len(rows), UNITS_PER_CHUNK):
-        q = evaluate(params, inputs.take(rows[start : start + UNITS_PER_CHUNK]), spec)
-        total = total + np.asarray(q["cate"], np.float64).sum(1)
+    total = np.zeros(n_draws)
+    for start in range(0, len(rows), chunk):
+        q = evaluate(params, inputs.take(rows[start : start + chunk]), spec)
+        total += np.asarray(q["cate"], np.float64).sum(1)
     return total * fit.standardizer.outcome_sd / len(rows)
-
-
-#: Units evaluated at once by :func:`subset_ate_draws` for a fit without stored unit CATEs.
-UNITS_PER_CHUNK = 2_000
 
 
 def fit_propensity(fit: EffectFit) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -351,9 +338,9 @@ def overlap_note(scores: np.ndarray | None) -> str | None:
         f"outside [{lo}, {hi}]: for them one arm is rare, so their effects are carried over "
         "from units unlike them, and their unit intervals can be far too narrow (docs/"
         "confounding.md, 'Limited overlap', gives the coverage measured). Read their effects "
-        "(the propensity column of unit_effects()) as extrapolations, trim them before claims "
-        f"about them (imgcate.confounding.trim(scores, rule={lo})), and read the model's ATE "
-        "beside the design's (the AIPW row of ate())"
+        "(the propensity column of unit_effects()) as extrapolations, and report the average "
+        "effect where the arms overlap, the model's beside the design's (ate(trim='crump'): "
+        "the units Crump et al.'s rule keeps)"
     )
 
 

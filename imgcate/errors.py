@@ -15,6 +15,11 @@ class InputError(ImgcateError, ValueError):
     """A user-supplied table, array or option is invalid."""
 
 
+class SeparationError(InputError):
+    """The features (nearly) separate treated from control units: the covariate-balancing
+    propensity has no solution at the penalty given."""
+
+
 class RasterError(ImgcateError, ValueError):
     """A raster cannot be read or does not fit the request (CRS, extent, bands, nodata)."""
 

@@ -361,6 +361,18 @@ def _cluster_effects(fit: EffectFit, prob: float) -> Section:
     overlap = overlap_note(given_propensity(fit))
     if overlap:
         section.text(f"Limited overlap: {overlap}.")
+        try:
+            trimmed = fit.ate(prob, trim="crump")
+        except InputError as exc:
+            section.text(f"Where the arms overlap: no estimate ({exc})")
+        else:
+            kept, n = trimmed.attrs["trim"]["n_kept"], len(given_propensity(fit))
+            section.text(
+                f"Where the arms overlap: the same rows on the {kept:,} of {n:,} units that "
+                "Crump et al.'s rule keeps (ate(trim='crump')); their average effect is the "
+                "one to report."
+            )
+            section.table(trimmed.reset_index())
     section.figure(_cate_png(fit, prob), "unit CATE by cluster")
     return section
 

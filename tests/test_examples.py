@@ -46,6 +46,9 @@ assert accuracy > 0.9, accuracy
 assert np.corrcoef(ps.scores, truth.propensity)[0, 1] > 0.9
 assert most_tied["benchmark"] == "pc1" and most_tied["r2yz_dx"] < 0.05, most_tied
 assert (bounds["adjusted_2.5%"] > 0).all(), bounds
+# trim="crump" is the Crump rule's units; the fit given the Propensity stacks its estimation
+assert trimmed.attrs["trim"]["n_kept"] == kept.keep.sum() < len(kept.keep)
+assert result.ate().loc["aipw", "vcov"].endswith("score estimation stacked")
 """,
 }
 

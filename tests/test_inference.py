@@ -725,6 +725,8 @@ def test_propensity_adjusted_fit_on_confounded_data(tmp_path):
     assert f"- note: {outside.sum()} of 800 units (33%) have a propensity" in result.summary()
     report = result.report(tmp_path / "report.md").read_text()
     assert f"Limited overlap: {outside.sum()} of 800 units" in report
+    assert "Where the arms overlap: the same rows on the" in report
+    assert "ate(trim='crump')" in report
     # beside the model's ATE: AIPW with the scores given, on the fit's own features (the
     # difference in means is confounded here); the slow way gives the same row
     from imgcate.confounding import aipw
@@ -848,7 +850,7 @@ def test_ate_where_the_arms_overlap_is_every_row_on_the_kept_units():
     slow = aipw(y[keep], t[keep], p[keep], features=own[keep], seed=0, prob=0.9)
     assert table.loc["aipw", "estimate"] == pytest.approx(slow.estimate, rel=1e-9)
     assert table.loc["aipw", "std_err"] == pytest.approx(slow.std_err, rel=1e-9)
-    assert table.loc["aipw", "vcov"] == "HC0, scores given, trimmed"
+    assert table.loc["aipw", "vcov"] == "HC0, scores taken as known, trimmed"
     dim = difference_in_means(y[keep], t[keep], prob=0.9)
     assert table.loc["difference_in_means", "estimate"] == pytest.approx(dim.estimate)
     # a fit too large to store its unit CATE: the same draws, evaluated in chunks of units
@@ -856,7 +858,7 @@ def test_ate_where_the_arms_overlap_is_every_row_on_the_kept_units():
     idata.posterior = idata.posterior.drop_vars("tau_unit")
     unstored = subset_ate_draws(dataclasses.replace(result, idata=idata), keep)
     np.testing.assert_allclose(unstored, tau[:, keep].mean(1), rtol=1e-4, atol=1e-5)
-    every = subset_ate_draws(result, np.ones(300, bool))
+    every = subset_ate_draws(dataclasses.replace(result, idata=idata), np.ones(300, bool))
     np.testing.assert_allclose(every, flat(result.idata.posterior["ate"].values), atol=1e-5)
     with pytest.raises(InputError, match="keeps 0 treated"):
         result.ate(trim=0.4999)

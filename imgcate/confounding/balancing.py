@@ -23,15 +23,10 @@ import numpy as np
 from scipy.special import expit
 
 from imgcate.confounding.mestimation import EstimatingEquations
-from imgcate.errors import InputError
+from imgcate.errors import SeparationError
 
 #: Largest |logit| the solver accepts before declaring the arms separated by the features.
 MAX_LOGIT = 25.0
-
-
-class SeparationError(InputError):
-    """The features (nearly) separate treated from control units: no balancing weights exist
-    at the penalty given."""
 
 
 def _loss_parts(design: np.ndarray, t: np.ndarray, beta: np.ndarray, lam: np.ndarray):
@@ -93,29 +88,37 @@ def fit_cbps(
         else:
             if np.abs(grad).max() < 1e-7:  # converged to the loss's floating-point resolution
                 break
-            raise SeparationError(_separated(C))
+            raise SeparationError(separated_message(C))
         beta, loss, f = beta - size * step, new_loss, new_f
     return beta, {"iterations": iterations, "max_abs_gradient": float(np.abs(grad).max())}
 
 
-def _separated(C: float | None) -> str:
+def separated_message(C: float | str | None) -> str:
     """What to do when the balancing fit drives a log-odds past :data:`MAX_LOGIT`."""
     if C is None:
         what = "no weights balance them exactly"
         advice = (
-            "pass C='auto' (the weakest penalty that has a solution: a strong one, such as "
-            "C=0.01, leaves confounding behind)"
+            "C='auto' (the weakest penalty that has a solution: a strong one, such as C=0.01, "
+            "leaves confounding behind) or method='logistic'"
         )
+    elif C == "auto":
+        what = f"no penalty down to C={CBPS_AUTO_C_GRID[-1]:g} has a solution"
+        advice = "drop the feature that (nearly) identifies the treatment, or method='logistic'"
     else:
         what = f"the balancing fit with C={C:g} found no solution"
-        advice = f"give a smaller C (a stronger penalty, e.g. C={float(C) / 10:g})"
+        advice = f"a smaller C (a stronger penalty, e.g. C={float(C) / 10:g}) or C='auto'"
     return (
         f"the features (nearly) separate treated from control units, so {what} "
         f"(covariate-balancing propensity). Such a study has units that only one arm "
-        f"represents: estimate the effect where the arms overlap (ate_estimates(..., "
-        f"trim='crump')), drop features, or {advice}; then check the weighted balance "
-        f"(diagnostics['max_abs_smd'])."
+        f"represents. Get scores with {advice}, check their weighted balance "
+        f"(diagnostics['max_abs_smd']), and estimate the effect where the arms overlap "
+        f"(ate_estimates(..., trim='crump'))."
     )
+
+
+#: Penalties ``estimate_propensity(method="cbps", C="auto")`` tries, weakest first, after the
+#: exact fit: it keeps the first with a solution.
+CBPS_AUTO_C_GRID = (10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
 
 
 def cbps_equations(

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from imgcate.confounding.mestimation import EstimatingEquations
-from imgcate.confounding.overlap import trim as trim_units
+from imgcate.confounding.overlap import trimmed_units
 from imgcate.confounding.propensity import Propensity, fold_ids, propensity_scores
 from imgcate.errors import InputError
 from imgcate.evaluate import aipw_scores
@@ -486,9 +486,10 @@ def ate_estimates(
         Crump et al. 2009, or a fixed threshold such as 0.1). The estimand is then the average
         effect of the kept units, not of all; with scores near 0 or 1 the full ATE rests on a
         few units' weights and its intervals miss far more often than they say
-        (docs/confounding.md, "Limited overlap"). The kept units' scores are taken as known
-        (``propensity`` column ``"known, trimmed"``), and ``table.attrs["trim"]`` gives the
-        rule, its threshold and the units kept and dropped.
+        (docs/confounding.md, "The ATE where the arms barely overlap"). The kept units' scores
+        are taken as known (``propensity`` column ``"known, trimmed"``; the threshold is taken
+        as fixed), and ``table.attrs["trim"]`` gives the rule, its threshold and the units
+        kept and dropped.
     seed : int
         Random seed (fold assignment).
 
@@ -559,15 +560,7 @@ def _trimmed_estimates(
     x = None if features is None else as_features(features)
     if x is not None:
         check_lengths(outcome=y, features=x)
-    kept = trim_units(propensity, rule)
-    keep = kept.keep
-    arms = {"control": int(np.sum(keep & (t == 0))), "treated": int(np.sum(keep & (t == 1)))}
-    if min(arms.values()) < 2:
-        raise InputError(
-            f"trim={rule!r} keeps {arms['treated']} treated and {arms['control']} control units "
-            "(at least 2 of each are needed): the scores leave almost no overlap. Use a "
-            "smaller threshold, or check the propensity (overlap_summary())."
-        )
+    keep, info = trimmed_units(propensity, t, rule)
     table = ate_estimates(
         y[keep],
         t[keep],
@@ -580,11 +573,5 @@ def _trimmed_estimates(
         seed=seed,
     )
     table["propensity"] = table["propensity"].replace({"known": "known, trimmed"})
-    table.attrs["trim"] = {
-        "rule": kept.rule,
-        "alpha": kept.alpha,
-        "n_kept": int(keep.sum()),
-        "n_dropped": kept.n_dropped,
-        "kept_by_arm": arms,
-    }
+    table.attrs["trim"] = info
     return table

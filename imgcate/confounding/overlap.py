@@ -132,3 +132,54 @@ def trim(propensity: Propensity | Any, rule: Literal["crump"] | float = "crump")
             "treated": int(np.sum(~keep & (t == 1))),
         }
     return TrimResult(keep, alpha, name, int((~keep).sum()), by_arm)
+
+
+def trimmed_units(
+    propensity: Propensity | Any, treatment: np.ndarray, rule: Literal["crump"] | float
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The units ``trim(propensity, rule)`` keeps, and what an estimate on them records.
+
+    Parameters
+    ----------
+    propensity : Propensity or array-like
+        Scores in (0, 1), shape (unit,).
+    treatment : numpy.ndarray
+        0/1 treatment, shape (unit,).
+    rule : "crump" or float
+        As :func:`trim`.
+
+    Returns
+    -------
+    keep : numpy.ndarray
+        Boolean mask, shape (unit,).
+    info : dict
+        ``rule``, ``alpha``, ``n_kept``, ``n_dropped`` and ``kept_by_arm`` (``control``,
+        ``treated``): ``attrs["trim"]`` of a trimmed estimate.
+
+    Raises
+    ------
+    InputError
+        On an unknown rule, or one that keeps fewer than 2 units of an arm.
+    """
+    kept = trim(propensity, rule)
+    t = np.asarray(treatment)
+    arms = {
+        "control": int(np.sum(kept.keep & (t == 0))),
+        "treated": int(np.sum(kept.keep & (t == 1))),
+    }
+    if min(arms.values()) < 2:
+        smaller = f"a fixed threshold below {kept.alpha:.3g} (e.g. trim={kept.alpha / 2:.2g})"
+        raise InputError(
+            f"trim={rule!r} (keep {kept.alpha:.3g} <= e <= {1 - kept.alpha:.3g}) keeps "
+            f"{arms['treated']} treated and {arms['control']} control units (at least 2 of "
+            f"each are needed): the scores leave almost no overlap. Give {smaller}, or check "
+            "the propensity (overlap_summary())."
+        )
+    info = {
+        "rule": kept.rule,
+        "alpha": kept.alpha,
+        "n_kept": int(kept.keep.sum()),
+        "n_dropped": kept.n_dropped,
+        "kept_by_arm": arms,
+    }
+    return kept.keep, info

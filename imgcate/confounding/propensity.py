@@ -17,7 +17,12 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from imgcate.confounding.balancing import SeparationError, cbps_equations, fit_cbps
+from imgcate.confounding.balancing import (
+    CBPS_AUTO_C_GRID,
+    cbps_equations,
+    fit_cbps,
+    separated_message,
+)
 from imgcate.confounding.mestimation import (
     EstimatingEquations,
     design_matrix,
@@ -29,6 +34,7 @@ from imgcate.errors import (
     InputError,
     OverlapWarning,
     PropensityBalanceWarning,
+    SeparationError,
 )
 from imgcate.optional import axes
 from imgcate.validation import (
@@ -336,11 +342,6 @@ def _positive_C(C: Any) -> float:
     return value
 
 
-#: Penalties ``estimate_propensity(method="cbps", C="auto")`` tries, weakest first, after the
-#: exact fit: it keeps the first with a solution.
-CBPS_AUTO_C_GRID = (10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
-
-
 def _cbps(
     x: np.ndarray, t: np.ndarray, C: float | str | None, clip: float
 ) -> tuple[np.ndarray, dict[str, Any], EstimatingEquations]:
@@ -352,11 +353,12 @@ def _cbps(
             try:
                 beta, info = fit_cbps(design, t.astype(float), candidate)
             except SeparationError:
-                if candidate == CBPS_AUTO_C_GRID[-1]:
-                    raise
                 continue
-            C = candidate
-            break
+            if info["max_abs_gradient"] < 1e-7:  # converged, not stopped at the step limit
+                C = candidate
+                break
+        else:
+            raise SeparationError(separated_message("auto"))
     else:
         beta, info = fit_cbps(design, t.astype(float), C)
     raw = expit(design @ beta)
@@ -413,10 +415,12 @@ def estimate_propensity(
         Fixed inverse penalty (per unit: the penalty is ``||beta||^2 / (2 C)`` on the summed
         loss, as in scikit-learn); ``None``: exact balance for ``"cbps"``, chosen as ``tune``
         says for ``"logistic"``. ``"auto"`` (``"cbps"`` only): exact balance where the
-        features allow it, else the weakest penalty of ``CBPS_AUTO_C_GRID`` (10 down to 0.001)
-        that has a solution, the nearest to exact balance (``diagnostics["C"]`` says which).
-        A stronger penalty than needed shrinks the scores towards the treated share and
-        leaves confounding behind (docs/confounding.md, "Limited overlap").
+        features allow it, else the weakest penalty of
+        :data:`imgcate.confounding.balancing.CBPS_AUTO_C_GRID` (10 down to 0.001) that has a
+        solution, the nearest to exact balance (``diagnostics["C"]`` says which; the penalty
+        is per unit, so at large n even 0.001 is weak). A stronger penalty than needed shrinks
+        the scores towards the treated share and leaves confounding behind
+        (docs/confounding.md, "The ATE where the arms barely overlap").
     tune : {"balance", "log_loss"}
         How ``C`` is chosen for ``"logistic"`` when not given. ``"balance"`` (default): the
         value on the grid ``BALANCE_C_GRID`` whose cross-fitted scores give the smallest
@@ -446,9 +450,10 @@ def estimate_propensity(
     Raises
     ------
     InputError
-        On non-binary treatment, mismatched lengths, non-finite features or bad options, or
-        (``"cbps"``) features that separate the arms at the penalty given (with ``"auto"``,
-        at every penalty of the grid).
+        On non-binary treatment, mismatched lengths, non-finite features or bad options.
+    SeparationError
+        (``"cbps"``) When the features separate the arms at the penalty given (with
+        ``"auto"``, at every penalty of the grid); an ``InputError``.
 
     Warns
     -----
@@ -475,7 +480,9 @@ def estimate_propensity(
     if not 0 < clip < 0.5:
         raise InputError(f"clip={clip!r} must lie in (0, 0.5), e.g. 1e-3.")
     if C == "auto" and method != "cbps":
-        raise InputError(f"C='auto' is for method='cbps'; method={method!r} takes a number.")
+        raise InputError(
+            f"C='auto' is for method='cbps'; method={method!r} takes a number, or None (tuned)."
+        )
     if C is not None and not isinstance(C, str):
         C = _positive_C(C)
     elif isinstance(C, str) and C != "auto":

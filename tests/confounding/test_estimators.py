@@ -226,6 +226,26 @@ def test_trimmed_estimates_are_those_of_the_kept_units():
     assert sum(info["kept_by_arm"].values()) == keep.sum()
     fixed = ate_estimates(sim.outcome, sim.treatment, ps, seed=0, trim=0.1)
     assert fixed.attrs["trim"]["alpha"] == 0.1 and "aipw" not in fixed.index
+    # clusters are trimmed with their units
+    clusters = np.arange(400) // 4
+    clustered = ate_estimates(
+        sim.outcome,
+        sim.treatment,
+        ps,
+        features=sim.features,
+        clusters=clusters,
+        seed=0,
+        trim="crump",
+    )
+    by_hand = ate_estimates(
+        sim.outcome[keep],
+        sim.treatment[keep],
+        ps.scores[keep],
+        features=sim.features[keep],
+        clusters=clusters[keep],
+        seed=0,
+    )
+    pd.testing.assert_frame_equal(clustered[cols + ["n_clusters"]], by_hand[cols + ["n_clusters"]])
 
 
 def test_a_trim_that_leaves_no_overlap_is_refused():

@@ -133,7 +133,7 @@ def test_cbps_reports_features_that_separate_the_arms():
     rng = np.random.default_rng(0)
     t = np.repeat([0, 1], 50)
     x = np.column_stack([t + 0.01 * rng.normal(size=100), rng.normal(size=100)])
-    with pytest.raises(InputError, match="separate treated from control.*trim='crump'.*C='auto'"):
+    with pytest.raises(InputError, match="separate treated from control.*C='auto'.*trim='crump'"):
         estimate_propensity(x, t, seed=0)
     # a penalty too weak to keep the log-odds finite: the advice is a smaller C, not "a C"
     with pytest.raises(InputError, match=r"fit with C=100 found no solution.*e\.g\. C=10\b"):
@@ -176,8 +176,8 @@ def test_cbps_auto_is_exact_where_it_can_be_and_else_the_weakest_penalty_that_fi
     """C="auto": the exact fit where the features allow one; where they separate the arms,
     the first penalty of the grid (weakest first) with a solution, the same scores as that C
     given by hand, while the next weaker one has none."""
-    from imgcate.confounding.balancing import SeparationError
-    from imgcate.confounding.propensity import CBPS_AUTO_C_GRID
+    from imgcate.confounding.balancing import CBPS_AUTO_C_GRID
+    from imgcate.errors import SeparationError
 
     sim = simulate_confounded(seed=0, n_units=300)
     exact = estimate_propensity(sim.features, sim.treatment, seed=0)
@@ -201,6 +201,25 @@ def test_cbps_auto_is_exact_where_it_can_be_and_else_the_weakest_penalty_that_fi
         # a stronger penalty's weights balance the features less
         stronger = estimate_propensity(steep.features, steep.treatment, seed=0, C=chosen / 10)
     assert auto.diagnostics["max_abs_smd"] < stronger.diagnostics["max_abs_smd"]
+    # numbers of numpy's types are penalties as before
+    for c in (np.float64(chosen), np.float32(chosen)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (OverlapWarning, PropensityBalanceWarning))
+            same = estimate_propensity(steep.features, steep.treatment, seed=0, C=c)
+        np.testing.assert_allclose(same.scores, by_hand.scores, rtol=1e-6)
+
+
+def test_cbps_auto_says_when_no_penalty_of_its_grid_has_a_solution():
+    """At 100,000 units the per-unit penalty of C=0.001 is still weak: a feature that is the
+    treatment up to noise separates the arms at every penalty, and the message says so and
+    what to do, not a C the user never gave."""
+    from imgcate.errors import SeparationError
+
+    rng = np.random.default_rng(0)
+    t = np.repeat([0, 1], 50_000)
+    x = np.column_stack([t + 0.01 * rng.normal(size=t.size), rng.normal(size=t.size)])
+    with pytest.raises(SeparationError, match="no penalty down to C=0.001.*method='logistic'"):
+        estimate_propensity(x, t, seed=0, C="auto")
 
 
 @pytest.mark.parametrize(
