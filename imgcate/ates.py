@@ -57,7 +57,7 @@ def ate_table(
     ------
     InputError
         ``trim`` for a fit given no propensity, an unknown rule, or one that keeps fewer than
-        2 units of an arm.
+        ten units of an arm (:data:`imgcate.confounding.overlap.MIN_KEPT_PER_ARM`).
     """
     from imgcate.confounding import aipw, difference_in_means
 

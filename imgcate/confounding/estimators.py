@@ -5,6 +5,7 @@ and cluster-robust when cluster ids are given.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -14,7 +15,7 @@ import pandas as pd
 from imgcate.confounding.mestimation import EstimatingEquations
 from imgcate.confounding.overlap import trimmed_units
 from imgcate.confounding.propensity import Propensity, fold_ids, propensity_scores
-from imgcate.errors import InputError
+from imgcate.errors import InputError, OverlapWarning
 from imgcate.evaluate import aipw_scores
 from imgcate.intervals import normal_interval, tidy_table
 from imgcate.validation import (
@@ -508,6 +509,12 @@ def ate_estimates(
         On non-binary treatment, scores outside (0, 1), mismatched lengths, or a trimming
         rule that is unknown or keeps too few units of an arm.
 
+    Warns
+    -----
+    OverlapWarning
+        Without ``trim``, when more than a tenth of the units have a propensity outside
+        [0.1, 0.9]: then estimate where the arms overlap as well.
+
     Examples
     --------
     >>> sim = simulate_confounded(seed=0, n_units=400)
@@ -515,19 +522,18 @@ def ate_estimates(
     >>> list(table.columns)
     ['estimate', 'std_err', '2.5%', '97.5%', 'n', 'n_clusters', 'vcov', 'propensity']
     """
+    args = (outcome, treatment, propensity, features, clusters, n_folds, outcome_model, prob, seed)
     if trim is not None:
-        return _trimmed_estimates(
-            outcome,
-            treatment,
-            propensity,
-            trim,
-            features,
-            clusters,
-            n_folds,
-            outcome_model,
-            prob,
-            seed,
-        )
+        return _trimmed_estimates(*args, trim)
+    table = _estimates(*args)
+    _warn_limited_overlap(propensity_scores(propensity))
+    return table
+
+
+def _estimates(
+    outcome, treatment, propensity, features, clusters, n_folds, outcome_model, prob, seed
+) -> pd.DataFrame:
+    """The rows of :func:`ate_estimates` on every unit given."""
     results = [
         difference_in_means(outcome, treatment, clusters=clusters, prob=prob),
         hajek_ipw(outcome, treatment, propensity, clusters=clusters, prob=prob),
@@ -551,8 +557,29 @@ def ate_estimates(
     return table
 
 
+def _warn_limited_overlap(scores: np.ndarray) -> None:
+    """Warn when more than a tenth of the units have a propensity outside the overlap band:
+    the full-sample ATE then rests on few units' weights or on extrapolation."""
+    from imgcate.ates import OVERLAP_LIMITS, outside_overlap
+    from imgcate.prediction import EXTRAPOLATION_WARN_SHARE
+
+    outside = outside_overlap(scores)
+    if outside.mean() > EXTRAPOLATION_WARN_SHARE:
+        lo, hi = OVERLAP_LIMITS
+        warnings.warn(
+            f"{int(outside.sum())} of {len(scores)} units ({outside.mean():.0%}) have a "
+            f"propensity outside [{lo}, {hi}]: the ATE of all units then rests on a few "
+            "units' weights (IPW) or on the outcome model's extrapolation (AIPW), and its "
+            "intervals can miss far more often than they say. Estimate the effect where the "
+            "arms overlap as well (ate_estimates(..., trim='crump'); docs/confounding.md, "
+            "'The ATE where the arms barely overlap').",
+            OverlapWarning,
+            stacklevel=3,
+        )
+
+
 def _trimmed_estimates(
-    outcome, treatment, propensity, rule, features, clusters, n_folds, outcome_model, prob, seed
+    outcome, treatment, propensity, features, clusters, n_folds, outcome_model, prob, seed, rule
 ) -> pd.DataFrame:
     """:func:`ate_estimates` on the units that ``trim(propensity, rule)`` keeps, their scores
     taken as known."""
@@ -561,16 +588,16 @@ def _trimmed_estimates(
     if x is not None:
         check_lengths(outcome=y, features=x)
     keep, info = trimmed_units(propensity, t, rule)
-    table = ate_estimates(
+    table = _estimates(
         y[keep],
         t[keep],
         e[keep],
-        features=None if x is None else x[keep],
-        clusters=None if codes is None else codes[keep],
-        n_folds=n_folds,
-        outcome_model=outcome_model,
-        prob=prob,
-        seed=seed,
+        None if x is None else x[keep],
+        None if codes is None else codes[keep],
+        n_folds,
+        outcome_model,
+        prob,
+        seed,
     )
     table["propensity"] = table["propensity"].replace({"known": "known, trimmed"})
     table.attrs["trim"] = info

@@ -134,6 +134,11 @@ def trim(propensity: Propensity | Any, rule: Literal["crump"] | float = "crump")
     return TrimResult(keep, alpha, name, int((~keep).sum()), by_arm)
 
 
+#: Fewest units of each arm a trimmed estimate keeps: fewer leave the cross-fitted outcome
+#: regressions of AIPW (five folds) a unit or two of an arm per fold.
+MIN_KEPT_PER_ARM = 10
+
+
 def trimmed_units(
     propensity: Propensity | Any, treatment: np.ndarray, rule: Literal["crump"] | float
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -159,7 +164,8 @@ def trimmed_units(
     Raises
     ------
     InputError
-        On an unknown rule, or one that keeps fewer than 2 units of an arm.
+        On an unknown rule, or one that keeps fewer than :data:`MIN_KEPT_PER_ARM` units of
+        an arm.
     """
     kept = trim(propensity, rule)
     t = np.asarray(treatment)
@@ -167,13 +173,14 @@ def trimmed_units(
         "control": int(np.sum(kept.keep & (t == 0))),
         "treated": int(np.sum(kept.keep & (t == 1))),
     }
-    if min(arms.values()) < 2:
-        smaller = f"a fixed threshold below {kept.alpha:.3g} (e.g. trim={kept.alpha / 2:.2g})"
+    if min(arms.values()) < MIN_KEPT_PER_ARM:
+        smaller = "trim=0.1, the rule of thumb" if kept.alpha > 0.1 else "a smaller threshold"
         raise InputError(
             f"trim={rule!r} (keep {kept.alpha:.3g} <= e <= {1 - kept.alpha:.3g}) keeps "
-            f"{arms['treated']} treated and {arms['control']} control units (at least 2 of "
-            f"each are needed): the scores leave almost no overlap. Give {smaller}, or check "
-            "the propensity (overlap_summary())."
+            f"{arms['treated']} treated and {arms['control']} control units (at least "
+            f"{MIN_KEPT_PER_ARM} of each are needed for the estimates on them): give "
+            f"{smaller}, or check the propensity (overlap_summary()); where no threshold "
+            "keeps enough of both arms, the data hold no estimate of the effect."
         )
     info = {
         "rule": kept.rule,

@@ -4,6 +4,8 @@ replications against the standard error of the mean."""
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -256,3 +258,32 @@ def test_a_trim_that_leaves_no_overlap_is_refused():
         ate_estimates(rng.normal(size=100), t, scores, seed=0, trim=0.1)
     with pytest.raises(InputError, match="rule="):
         ate_estimates(rng.normal(size=100), t, scores, seed=0, trim=0.7)
+
+
+def test_a_trim_that_keeps_a_handful_of_an_arm_is_refused_and_says_what_to_give():
+    """Fewer than ten units of an arm leave nothing to estimate on (a user's trim=0.49 kept 5
+    units and printed intervals): refused, with the rule of thumb to try."""
+    rng = np.random.default_rng(1)
+    t = np.repeat([0, 1], 200)
+    scores = np.clip(rng.normal(np.where(t == 1, 0.7, 0.3), 0.1), 0.01, 0.99)
+    with pytest.raises(InputError, match=r"at least 10 of each.*give trim=0\.1, the rule"):
+        ate_estimates(rng.normal(size=400), t, scores, seed=0, trim=0.49)
+
+
+def test_an_untrimmed_table_on_scores_near_0_and_1_warns_and_names_the_remedy():
+    from imgcate.confounding import estimate_propensity
+    from imgcate.errors import OverlapWarning
+
+    steep = simulate_confounded(seed=1, n_units=400, strength=8.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ps = estimate_propensity(steep.features, steep.treatment, seed=1, C="auto")
+    with pytest.warns(
+        OverlapWarning, match=r"units \(\d+%\) have a propensity outside.*trim='crump'"
+    ):
+        ate_estimates(steep.outcome, steep.treatment, ps, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OverlapWarning)  # trimmed, or overlap fine: no warning
+        ate_estimates(steep.outcome, steep.treatment, ps, seed=0, trim="crump")
+        mild = simulate_confounded(seed=1, n_units=400)
+        ate_estimates(mild.outcome, mild.treatment, mild.truth.propensity, seed=0)
