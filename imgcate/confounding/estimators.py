@@ -15,7 +15,7 @@ import pandas as pd
 from imgcate.confounding.mestimation import EstimatingEquations
 from imgcate.confounding.overlap import trimmed_units
 from imgcate.confounding.propensity import Propensity, fold_ids, propensity_scores
-from imgcate.errors import InputError, OverlapWarning
+from imgcate.errors import InputError, OverlapWarning, PropensityBalanceWarning
 from imgcate.evaluate import aipw_scores
 from imgcate.intervals import normal_interval, tidy_table
 from imgcate.validation import (
@@ -514,6 +514,10 @@ def ate_estimates(
     OverlapWarning
         Without ``trim``, when more than a tenth of the units have a propensity outside
         [0.1, 0.9]: then estimate where the arms overlap as well.
+    PropensityBalanceWarning
+        When ``propensity`` is a :class:`Propensity` whose weights leave a feature apart
+        between the arms (its ``diagnostics["max_abs_smd"]``, as ``estimate_propensity``
+        warned).
 
     Examples
     --------
@@ -524,10 +528,34 @@ def ate_estimates(
     """
     args = (outcome, treatment, propensity, features, clusters, n_folds, outcome_model, prob, seed)
     if trim is not None:
-        return _trimmed_estimates(*args, trim)
-    table = _estimates(*args)
-    _warn_limited_overlap(propensity_scores(propensity))
+        table = _trimmed_estimates(*args, trim)
+    else:
+        table = _estimates(*args)
+        _warn_limited_overlap(propensity_scores(propensity))
+    _warn_propensity_balance(propensity)
     return table
+
+
+def _warn_propensity_balance(propensity: Propensity | Any) -> None:
+    """Say again, beside the estimates, that a Propensity's weights left the arms apart."""
+    from imgcate.confounding.propensity import imbalance_limit
+
+    if not isinstance(propensity, Propensity):
+        return
+    worst = propensity.diagnostics.get("max_abs_smd", float("nan"))
+    limit = imbalance_limit(propensity.treatment)
+    if np.isfinite(worst) and worst > limit:
+        C = propensity.diagnostics.get("C")
+        penalty = f", C={C:g}" if isinstance(C, int | float) else ""
+        warnings.warn(
+            f"the Propensity ({propensity.method}{penalty}) leaves the features apart between "
+            f"the arms (largest weighted |SMD| {worst:.2f}, above {limit:.2f}): every row of "
+            "this table, trimmed or not, can keep confounding, and trimming on its scores "
+            "keeps units whose own propensity is extreme. Compare with another method, or "
+            "with fewer features.",
+            PropensityBalanceWarning,
+            stacklevel=3,
+        )
 
 
 def _estimates(

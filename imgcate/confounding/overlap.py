@@ -167,7 +167,13 @@ def trimmed_units(
         On an unknown rule, or one that keeps fewer than :data:`MIN_KEPT_PER_ARM` units of
         an arm.
     """
-    kept = trim(propensity, rule)
+    fixed = isinstance(rule, int | float | np.floating) and not isinstance(rule, bool)
+    if not (rule == "crump" if isinstance(rule, str) else fixed and 0 < float(rule) < 0.5):
+        raise InputError(
+            f"trim={rule!r}: give 'crump' (Crump et al.'s threshold) or a fixed threshold in "
+            "(0, 0.5), such as 0.1."
+        )
+    kept = trim(propensity, rule if isinstance(rule, str) else float(rule))
     t = np.asarray(treatment)
     arms = {
         "control": int(np.sum(kept.keep & (t == 0))),

@@ -516,7 +516,7 @@ def estimate_propensity(
     names = [str(c) for c in getattr(features, "columns", [])]
     if len(names) != x.shape[1]:  # an array (or columns dropped): by position
         names = [f"feature_{j}" for j in range(x.shape[1])]  # as balance_table names them
-    _warn_imbalance(imbalance, t, names)
+    _warn_imbalance(imbalance, t, names, method == "cbps" and diagnostics.get("C") is not None)
     return Propensity(scores, t, method, float(clip), n_clipped, diagnostics, equations)
 
 
@@ -541,23 +541,41 @@ def format_probability(p: float) -> str:
 MAX_WEIGHTED_SMD = 0.25
 
 
-def _warn_imbalance(imbalance: np.ndarray, t: np.ndarray, names: list[str]) -> None:
+def imbalance_limit(t: np.ndarray) -> float:
+    """The weighted |SMD| above which a propensity's balance is warned of:
+    :data:`MAX_WEIGHTED_SMD`, or three standard errors of an SMD where that is larger."""
+    n1, n0 = int(np.sum(t)), int(len(t) - np.sum(t))
+    return float(max(MAX_WEIGHTED_SMD, 3 * np.sqrt(1 / n1 + 1 / n0)))
+
+
+def _warn_imbalance(
+    imbalance: np.ndarray, t: np.ndarray, names: list[str], penalized: bool
+) -> None:
     """Warn where the weights leave a feature's |SMD| above :data:`MAX_WEIGHTED_SMD` and
     above chance."""
     if not np.isfinite(imbalance).any():
         return
-    n1, n0 = int(t.sum()), int(len(t) - t.sum())
-    limit = max(MAX_WEIGHTED_SMD, 3 * np.sqrt(1 / n1 + 1 / n0))
+    limit = imbalance_limit(t)
     worst = int(np.nanargmax(imbalance))
     if imbalance[worst] > limit:
         bad = int(np.sum(imbalance > limit))
+        if penalized:  # C='auto' or a C given: a weaker penalty had no solution, or was not tried
+            advice = (
+                "The penalty shrinks the scores, so trimming on them keeps units whose own "
+                "propensity is extreme: drop the features that (nearly) separate the arms, or "
+                "try method='logistic', and compare the estimates they give."
+            )
+        else:
+            advice = (
+                "Try C='auto' (\"cbps\") or another method, or estimate the effect where the "
+                "arms overlap (ate_estimates(..., trim='crump')), and compare the estimates "
+                "they give."
+            )
         warnings.warn(
             f"the propensity's weights leave {bad} of {len(imbalance)} features apart between "
             f"the arms (|standardized mean difference| above {limit:.2f}; {names[worst]}: "
             f"{imbalance[worst]:.2f}): such scores can leave confounding in IPW, and in AIPW "
-            "and a fit given them unless their outcome model is right. Try C='auto' (\"cbps\") "
-            "or another method, or estimate the effect where the arms overlap "
-            "(ate_estimates(..., trim='crump')), and compare the estimates they give.",
+            f"and a fit given them unless their outcome model is right. {advice}",
             PropensityBalanceWarning,
             stacklevel=3,
         )

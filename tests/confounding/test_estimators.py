@@ -256,8 +256,9 @@ def test_a_trim_that_leaves_no_overlap_is_refused():
     scores = np.where(t == 1, 0.95, 0.3) + rng.uniform(-0.01, 0.01, 100)
     with pytest.raises(InputError, match="keeps 0 treated and 50 control units"):
         ate_estimates(rng.normal(size=100), t, scores, seed=0, trim=0.1)
-    with pytest.raises(InputError, match="rule="):
-        ate_estimates(rng.normal(size=100), t, scores, seed=0, trim=0.7)
+    for bad in (0.7, "Crump", "0.1", True):  # named as given, with what to give
+        with pytest.raises(InputError, match=r"trim=.*give 'crump'.*such as 0\.1"):
+            ate_estimates(rng.normal(size=100), t, scores, seed=0, trim=bad)
 
 
 def test_a_trim_that_keeps_a_handful_of_an_arm_is_refused_and_says_what_to_give():
@@ -287,3 +288,23 @@ def test_an_untrimmed_table_on_scores_near_0_and_1_warns_and_names_the_remedy():
         ate_estimates(steep.outcome, steep.treatment, ps, seed=0, trim="crump")
         mild = simulate_confounded(seed=1, n_units=400)
         ate_estimates(mild.outcome, mild.treatment, mild.truth.propensity, seed=0)
+
+
+def test_a_propensity_that_leaves_the_arms_apart_is_said_again_beside_the_estimates():
+    """A penalized CBPS whose weights leave features apart: estimate_propensity warns, and
+    so does the table built on it, trimmed or not, with the penalty named; the warning at
+    estimation no longer suggests C='auto' to a user who passed it."""
+    from imgcate.confounding import estimate_propensity
+    from imgcate.errors import OverlapWarning, PropensityBalanceWarning
+
+    steep = simulate_confounded(seed=0, n_units=300, strength=12.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OverlapWarning)
+        with pytest.warns(PropensityBalanceWarning, match="drop the features") as caught:
+            ps = estimate_propensity(steep.features, steep.treatment, seed=0, C="auto")
+    assert not any("Try C='auto'" in str(w.message) for w in caught)
+    for rule in (None, "crump"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OverlapWarning)
+            with pytest.warns(PropensityBalanceWarning, match=r"\(cbps, C=0\.03\) leaves"):
+                ate_estimates(steep.outcome, steep.treatment, ps, seed=0, trim=rule)
