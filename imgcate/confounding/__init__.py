@@ -51,7 +51,6 @@ from imgcate.confounding.balance import balance_table, plot_love
 from imgcate.confounding.estimators import (
     AteEstimate,
     aipw,
-    ate_estimates,
     difference_in_means,
     hajek_ipw,
 )
@@ -65,6 +64,7 @@ from imgcate.confounding.sensitivity import (
     partial_r2,
     robustness_value,
 )
+from imgcate.confounding.tables import ate_estimates
 
 __all__ = [
     "AteEstimate",

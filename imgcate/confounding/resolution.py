@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from imgcate.confounding.balance import balance_table
-from imgcate.confounding.estimators import ate_estimates
 from imgcate.confounding.propensity import estimate_propensity
+from imgcate.confounding.tables import ate_estimates
 from imgcate.errors import OverlapWarning, PropensityBalanceWarning
 from imgcate.intervals import interval_names
 from imgcate.validation import as_treatment
