@@ -366,7 +366,8 @@ def _cluster_effects(fit: EffectFit, prob: float) -> Section:
         except InputError as exc:
             section.text(f"Where the arms overlap: no estimate ({exc})")
         else:
-            kept, n = trimmed.attrs["trim"]["n_kept"], len(given_propensity(fit))
+            info = trimmed.attrs["trim"]
+            kept, n = info["n_kept"], info["n_kept"] + info["n_dropped"]
             section.text(
                 f"Where the arms overlap: the same rows on the {kept:,} of {n:,} units that "
                 "Crump et al.'s rule keeps (ate(trim='crump')); their average effect is the "
